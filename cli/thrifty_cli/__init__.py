@@ -1,0 +1,1 @@
+"""The `thrifty` command line: one entry point that dispatches to each component."""

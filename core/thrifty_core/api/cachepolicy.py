@@ -1,0 +1,240 @@
+"""CachePolicy: exact and semantic cache layers, their stores, eligibility and guard."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from .base import (
+    HTTP_URL,
+    MODEL_NAME,
+    QUANTITY,
+    REDIS_URL,
+    ApiModel,
+    CommonStatus,
+    PrinterColumn,
+    Resource,
+    Resources,
+    SecretKeyRef,
+    cel,
+    with_cel,
+)
+
+GuardCheck = Literal["numbers", "negation", "antonyms", "entities", "length"]
+GUARD_CHECKS: tuple[GuardCheck, ...] = ("numbers", "negation", "antonyms", "entities", "length")
+
+
+class ExactLayer(ApiModel):
+    """Exact cache: a SHA-256 of every answer-changing field, stored in Redis."""
+
+    enabled: bool = Field(default=True, description="Serve identical requests from cache.")
+    ttl_seconds: int = Field(
+        default=86400, ge=1, le=31_536_000, description="Time to live of an entry."
+    )
+    max_entry_bytes: int = Field(
+        default=1_048_576, ge=1024, le=67_108_864, description="Larger answers are not stored."
+    )
+    max_entries: int = Field(
+        default=100_000,
+        ge=1,
+        le=100_000_000,
+        description="Entry cap of the embedded store (Redis uses its maxmemory policy).",
+    )
+    compress: bool = Field(default=True, description="Compress stored answers (zstd).")
+
+
+class EmbeddingModel(ApiModel):
+    """The model that embeds the final user turn for semantic lookup."""
+
+    backend: Literal["local", "openai"] = Field(
+        default="local",
+        description="local runs the model on CPU in the gateway; openai calls an "
+        "OpenAI-compatible embeddings endpoint.",
+    )
+    model: str = Field(
+        default="all-MiniLM-L6-v2",
+        min_length=1,
+        max_length=128,
+        pattern=MODEL_NAME,
+        description="Embedding model name.",
+    )
+    dimensions: int = Field(default=384, ge=8, le=8192, description="Vector size.")
+    endpoint: str | None = Field(
+        default=None, max_length=2048, pattern=HTTP_URL, description="Base URL for backend openai."
+    )
+    api_key_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="API key for the remote embeddings endpoint."
+    )
+
+    model_config = with_cel(
+        cel(
+            "self.backend != 'openai' || has(self.endpoint)",
+            "an openai embedding backend needs an endpoint",
+            ".endpoint",
+        )
+    )
+
+
+class Guard(ApiModel):
+    """Verification of semantic candidates before they are served."""
+
+    enabled: bool = Field(default=True, description="Verify candidate hits before serving.")
+    checks: list[GuardCheck] = Field(
+        default_factory=lambda: list(GUARD_CHECKS),
+        max_length=8,
+        description="Checks a candidate must pass; any mismatch rejects the hit.",
+    )
+
+
+class SemanticLayer(ApiModel):
+    """Semantic cache: a similar final user turn under identical context."""
+
+    enabled: bool = Field(default=False, description="Serve paraphrases from cache.")
+    threshold: float = Field(
+        default=0.9, ge=0.5, le=1.0, description="Minimum cosine similarity for a candidate."
+    )
+    ttl_seconds: int = Field(
+        default=86400, ge=1, le=31_536_000, description="Time to live of an entry."
+    )
+    max_entries: int = Field(
+        default=1_000_000, ge=1, le=100_000_000, description="Entries kept per collection."
+    )
+    embedding: EmbeddingModel | None = Field(
+        default=None, description="Embedding model; required when the layer is enabled."
+    )
+    guard: Guard = Field(default_factory=Guard, description="Wrong-hit guard.")
+
+
+class Eligibility(ApiModel):
+    """Which requests and answers may be cached."""
+
+    max_temperature: float = Field(
+        default=1.0, ge=0, le=2, description="Requests sampled hotter than this are not cached."
+    )
+    cache_tool_calls: bool = Field(
+        default=False, description="Cache answers that call tools or requests with tool results."
+    )
+    cache_multiple_choices: bool = Field(default=False, description="Cache requests with n > 1.")
+    cache_streaming: bool = Field(default=True, description="Assemble and store streamed answers.")
+
+
+class StoreEndpoint(ApiModel):
+    """A managed (operator-run) or external store."""
+
+    managed: bool = Field(default=True, description="Let the operator run the store.")
+    url: str | None = Field(
+        default=None, max_length=2048, description="URL of an external store (managed: false)."
+    )
+    password_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="Secret key with the store's password or API key."
+    )
+    storage: str = Field(
+        default="1Gi", pattern=QUANTITY, description="PVC size of a managed store."
+    )
+    storage_class_name: str | None = Field(
+        default=None, max_length=253, description="StorageClass of a managed store's PVC."
+    )
+    image: str | None = Field(default=None, max_length=512, description="Managed store image.")
+    resources: Resources = Field(default_factory=Resources, description="Managed store resources.")
+
+    model_config = with_cel(
+        cel(
+            "self.managed || has(self.url)",
+            "an external store (managed: false) needs a url",
+            ".url",
+        ),
+        cel("!self.managed || !has(self.url)", "a managed store takes no url", ".url"),
+    )
+
+
+class RedisStore(StoreEndpoint):
+    """Redis for the exact cache, the batch queue and budgets."""
+
+    url: str | None = Field(
+        default=None, max_length=2048, pattern=REDIS_URL, description="redis:// or rediss:// URL."
+    )
+
+
+class QdrantStore(StoreEndpoint):
+    """Qdrant for semantic vectors."""
+
+    url: str | None = Field(
+        default=None, max_length=2048, pattern=HTTP_URL, description="http(s) URL of Qdrant."
+    )
+    collection: str = Field(
+        default="",
+        max_length=128,
+        pattern=r"^[A-Za-z0-9_-]*$",
+        description="Collection name (default: thrifty-<namespace>-<policy>).",
+    )
+
+
+class Stores(ApiModel):
+    """Where cached data lives."""
+
+    redis: RedisStore = Field(default_factory=RedisStore, description="Exact layer store.")
+    qdrant: QdrantStore = Field(default_factory=QdrantStore, description="Semantic layer store.")
+
+
+class CachePolicySpec(ApiModel):
+    """Desired caching behaviour."""
+
+    exact: ExactLayer = Field(default_factory=ExactLayer, description="Exact layer.")
+    semantic: SemanticLayer = Field(default_factory=SemanticLayer, description="Semantic layer.")
+    scope: Literal["tenant", "shared"] = Field(
+        default="tenant",
+        description="tenant isolates every entry to its tenant; shared lets tenants share answers "
+        "(opt-in, for public data only).",
+    )
+    eligibility: Eligibility = Field(default_factory=Eligibility, description="Eligibility rules.")
+    stores: Stores = Field(default_factory=Stores, description="Backing stores.")
+    deletion_policy: Literal["Retain", "Delete"] = Field(
+        default="Retain",
+        description="Delete removes the semantic collection when the policy is deleted.",
+    )
+
+    model_config = with_cel(
+        cel(
+            "!self.semantic.enabled || has(self.semantic.embedding)",
+            "a semantic layer needs an embedding model",
+            ".semantic.embedding",
+        )
+    )
+
+    @model_validator(mode="after")
+    def _semantic_needs_embedding(self) -> CachePolicySpec:
+        if self.semantic.enabled and self.semantic.embedding is None:
+            raise ValueError("a semantic layer needs an embedding model (semantic.embedding)")
+        return self
+
+
+class CachePolicyStatus(CommonStatus):
+    """Observed state of a cache policy."""
+
+    keyspace_version: str = Field(
+        default="", description="Version of the cache keyspace; changes purge old entries."
+    )
+    collection: str = Field(default="", description="Semantic collection in use.")
+    redis_url: str = Field(default="", description="Redis endpoint in use (no credentials).")
+    qdrant_url: str = Field(default="", description="Qdrant endpoint in use (no credentials).")
+
+
+class CachePolicy(Resource):
+    """Caching policy referenced by gateways and routes."""
+
+    kind_name: ClassVar[str] = "CachePolicy"
+    plural: ClassVar[str] = "cachepolicies"
+    singular: ClassVar[str] = "cachepolicy"
+    short_names: ClassVar[tuple[str, ...]] = ("cpol",)
+    description: ClassVar[str] = (
+        "CachePolicy declares exact and semantic caching for the gateways that reference it."
+    )
+    extra_columns: ClassVar[tuple[PrinterColumn, ...]] = (
+        PrinterColumn(name="Semantic", type="boolean", json_path=".spec.semantic.enabled"),
+        PrinterColumn(name="Threshold", type="number", json_path=".spec.semantic.threshold"),
+    )
+
+    kind: Literal["CachePolicy"] = Field(default="CachePolicy", description="Resource kind.")
+    spec: CachePolicySpec = Field(default_factory=CachePolicySpec, description="Desired state.")
+    status: CachePolicyStatus | None = Field(default=None, description="Observed state.")

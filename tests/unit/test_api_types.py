@@ -1,0 +1,118 @@
+"""API types: every example parses, invalid values are refused with a message naming the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from thrifty_core.api import BY_KIND, CachePolicy, DistilledModel, LLMGateway
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _example_docs() -> list[tuple[str, dict[str, Any]]]:
+    docs = []
+    for path in sorted((ROOT / "examples").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc and doc.get("apiVersion") == "thrifty.dev/v1alpha1":
+                docs.append((f"{path.name}:{doc['kind']}", doc))
+    return docs
+
+
+EXAMPLES = _example_docs()
+
+
+def test_examples_cover_every_kind() -> None:
+    assert {doc["kind"] for _, doc in EXAMPLES} == set(BY_KIND)
+
+
+@pytest.mark.parametrize(("name", "doc"), EXAMPLES, ids=[n for n, _ in EXAMPLES])
+def test_example_parses(name: str, doc: dict[str, Any]) -> None:
+    resource = BY_KIND[doc["kind"]].parse_object(doc)
+    assert resource.metadata.name == doc["metadata"]["name"], name
+
+
+def _gateway(**spec: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "providers": [{"name": "p", "baseUrl": "http://sim:9100/v1"}],
+        "routes": [{"name": "m", "targets": [{"provider": "p", "model": "m"}]}],
+    }
+    base.update(spec)
+    return {"apiVersion": "thrifty.dev/v1alpha1", "kind": "LLMGateway", "spec": base}
+
+
+def _error_text(exc: pytest.ExceptionInfo[ValidationError]) -> str:
+    return str(exc.value)
+
+
+def test_minimal_gateway_gets_defaults() -> None:
+    gw = LLMGateway.model_validate(_gateway())
+    assert gw.spec.replicas == 2
+    assert gw.spec.routes[0].timeout_seconds == 60
+    assert gw.spec.max_request_bytes == 4 * 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        ({"replicas": -1}, "replicas"),
+        ({"providers": [{"name": "Bad_Name", "baseUrl": "http://x"}]}, "name"),
+        ({"providers": [{"name": "p", "baseUrl": "ftp://x"}]}, "baseUrl"),
+        ({"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}}, "minReplicas"),
+        ({"routes": [{"name": "m", "targets": []}]}, "targets"),
+        ({"routes": [{"name": "m", "targets": [{"provider": "nope", "model": "m"}]}]}, "nope"),
+        ({"apiKey": "sk-inline"}, "apiKey"),
+    ],
+)
+def test_invalid_gateway_rejected_with_field(spec: dict[str, Any], field: str) -> None:
+    with pytest.raises(ValidationError) as exc:
+        LLMGateway.model_validate(_gateway(**spec))
+    assert field in _error_text(exc)
+
+
+def test_provider_keys_are_secret_refs_only() -> None:
+    doc = _gateway(providers=[{"name": "p", "baseUrl": "http://x", "apiKey": "sk-123"}])
+    with pytest.raises(ValidationError) as exc:
+        LLMGateway.model_validate(doc)
+    assert "apiKey" in _error_text(exc)
+
+
+def test_semantic_layer_needs_embedding() -> None:
+    doc = {"kind": "CachePolicy", "spec": {"semantic": {"enabled": True}}}
+    with pytest.raises(ValidationError) as exc:
+        CachePolicy.model_validate(doc)
+    assert "embedding" in _error_text(exc)
+
+
+def test_threshold_out_of_range() -> None:
+    doc = {
+        "kind": "CachePolicy",
+        "spec": {"semantic": {"enabled": True, "threshold": 1.5, "embedding": {}}},
+    }
+    with pytest.raises(ValidationError) as exc:
+        CachePolicy.model_validate(doc)
+    assert "threshold" in _error_text(exc)
+
+
+def test_causal_lm_needs_base_model() -> None:
+    doc = {
+        "kind": "DistilledModel",
+        "spec": {
+            "teacher": {"gatewayRef": {"name": "gw"}, "route": "r"},
+            "student": {"kind": "causal-lm"},
+        },
+    }
+    with pytest.raises(ValidationError) as exc:
+        DistilledModel.model_validate(doc)
+    assert "baseModel" in _error_text(exc)
+
+
+def test_round_trip_uses_camel_case() -> None:
+    gw = LLMGateway.model_validate(_gateway())
+    dumped = gw.model_dump(by_alias=True, exclude_none=True)
+    assert "maxRequestBytes" in dumped["spec"]
+    assert LLMGateway.model_validate(dumped) == gw
