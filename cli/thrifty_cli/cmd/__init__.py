@@ -1,0 +1,1 @@
+"""Component subcommands, one module each."""
