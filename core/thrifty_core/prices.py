@@ -1,0 +1,127 @@
+"""The price catalog: what a request costs, from its token usage.
+
+Built-in list prices (USD per million tokens, public list prices of late 2025) can be
+overridden per gateway (`GatewayConfig.prices`) and per provider (`ProviderConfig.prices`).
+Dated model names (`gpt-4o-2024-08-06`) and provider prefixes (`openai/gpt-4o`) resolve to the
+longest known prefix. Unknown models cost 0 and are reported as such (never guessed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from .api.llmgateway import ModelPrice
+
+LEVERS: tuple[str, ...] = ("cache", "batch", "distill", "tier")
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """USD per million tokens."""
+
+    input: float
+    output: float
+    cached_input: float | None = None
+    batch_discount: float = 0.5
+
+    @property
+    def cached(self) -> float:
+        return self.input if self.cached_input is None else self.cached_input
+
+    @classmethod
+    def from_model_price(cls, p: ModelPrice) -> Price:
+        return cls(
+            input=p.input_per_m_tok,
+            output=p.output_per_m_tok,
+            cached_input=p.cached_input_per_m_tok,
+            batch_discount=p.batch_discount,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token usage of one request, as providers report it."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+BUILTIN_PRICES: Mapping[str, Price] = {
+    "gpt-5": Price(1.25, 10.0, 0.125),
+    "gpt-5-mini": Price(0.25, 2.0, 0.025),
+    "gpt-5-nano": Price(0.05, 0.40, 0.005),
+    "gpt-4.1": Price(2.0, 8.0, 0.50),
+    "gpt-4.1-mini": Price(0.40, 1.60, 0.10),
+    "gpt-4.1-nano": Price(0.10, 0.40, 0.025),
+    "gpt-4o": Price(2.50, 10.0, 1.25),
+    "gpt-4o-mini": Price(0.15, 0.60, 0.075),
+    "gpt-4-turbo": Price(10.0, 30.0),
+    "gpt-4": Price(30.0, 60.0),
+    "gpt-3.5-turbo": Price(0.50, 1.50),
+    "o1": Price(15.0, 60.0, 7.50),
+    "o1-mini": Price(1.10, 4.40, 0.55),
+    "o3": Price(2.0, 8.0, 0.50),
+    "o3-mini": Price(1.10, 4.40, 0.55),
+    "o4-mini": Price(1.10, 4.40, 0.275),
+    "text-embedding-3-small": Price(0.02, 0.0),
+    "text-embedding-3-large": Price(0.13, 0.0),
+    "text-embedding-ada-002": Price(0.10, 0.0),
+}
+
+
+def cost_usd(price: Price | None, usage: Usage, *, batch: bool = False) -> float:
+    """Cost of `usage` at `price` (cached prompt tokens at the cached rate)."""
+    if price is None:
+        return 0.0
+    uncached = max(usage.prompt_tokens - usage.cached_tokens, 0)
+    total = (
+        uncached * price.input
+        + min(usage.cached_tokens, usage.prompt_tokens) * price.cached
+        + usage.completion_tokens * price.output
+    ) / 1_000_000
+    return total * price.batch_discount if batch else total
+
+
+class PriceCatalog:
+    """Model name -> price, with overrides layered over the built-in list."""
+
+    def __init__(
+        self,
+        overrides: Iterable[ModelPrice] = (),
+        base: Mapping[str, Price] = BUILTIN_PRICES,
+    ) -> None:
+        self._prices: dict[str, Price] = dict(base)
+        for p in overrides:
+            self._prices[p.model] = Price.from_model_price(p)
+        self._by_length = sorted(self._prices, key=len, reverse=True)
+        self._memo: dict[str, Price | None] = {}
+
+    def with_overrides(self, overrides: Iterable[ModelPrice]) -> PriceCatalog:
+        """A new catalog with `overrides` on top of this one."""
+        return PriceCatalog(overrides, base=self._prices)
+
+    def lookup(self, model: str) -> Price | None:
+        """Exact name, else the longest known prefix (after dropping a `provider/` prefix)."""
+        if model in self._memo:
+            return self._memo[model]
+        found = self._prices.get(model)
+        if found is None:
+            bare = model.rsplit("/", 1)[-1]
+            found = self._prices.get(bare) or next(
+                (self._prices[k] for k in self._by_length if bare.startswith(k + "-")), None
+            )
+        if len(self._memo) < 4096:
+            self._memo[model] = found
+        return found
+
+    def cost(self, model: str, usage: Usage, *, batch: bool = False) -> float:
+        return cost_usd(self.lookup(model), usage, batch=batch)
+
+    def models(self) -> list[str]:
+        return sorted(self._prices)

@@ -1,0 +1,215 @@
+"""Render a `GatewayConfig` from an `LLMGateway` and the policies it references.
+
+A pure function the operator calls on every reconcile; the result goes into the gateway's
+ConfigMap. Secrets appear only as mount paths (`/var/run/thrifty/secrets/<secret>/<key>`,
+`secret_file`): the operator mounts every Secret the gateway references there.
+
+Managed stores get in-cluster Service URLs by convention (`managed_redis_url`,
+`managed_qdrant_url`); a policy's `status` URLs win when the operator has already recorded them.
+"""
+
+from __future__ import annotations
+
+from .api.batchqueue import BatchQueue
+from .api.cachepolicy import CachePolicy
+from .api.distilledmodel import DistilledModel
+from .api.llmgateway import LLMGateway
+from .config import (
+    AdminConfig,
+    BatchConfig,
+    CachePolicyConfig,
+    CacheStoreConfig,
+    GatewayConfig,
+    LedgerConfig,
+    ProviderConfig,
+    RouteConfig,
+    ServerConfig,
+    StudentConfig,
+    TenantConfig,
+    secret_file,
+)
+
+BATCH_FILES_DIR = "/var/lib/thrifty/batch-files"
+CAPTURE_DIR = "/var/lib/thrifty/capture"
+STUDENT_ARTIFACTS_DIR = "/var/lib/thrifty/students"
+
+
+def managed_redis_url(owner: str, namespace: str) -> str:
+    """In-cluster URL of the Redis the operator runs for `owner` (a policy or queue name)."""
+    return f"redis://{owner}-redis.{namespace}.svc:6379/0"
+
+
+def managed_qdrant_url(policy: str, namespace: str) -> str:
+    """In-cluster URL of the Qdrant the operator runs for cache policy `policy`."""
+    return f"http://{policy}-qdrant.{namespace}.svc:6333"
+
+
+def student_endpoint(model: str, namespace: str) -> str:
+    """In-cluster OpenAI-compatible URL of a causal-lm student's serving Deployment."""
+    return f"http://{model}-student.{namespace}.svc:8000/v1"
+
+
+def collection_name(policy: CachePolicy) -> str:
+    spec = policy.spec.stores.qdrant.collection
+    return spec or f"thrifty-{policy.metadata.namespace}-{policy.metadata.name}"
+
+
+def render_cache_policy(policy: CachePolicy) -> CachePolicyConfig:
+    ns = policy.metadata.namespace
+    stores = policy.spec.stores
+    status = policy.status
+    redis_url = (status.redis_url if status else "") or (
+        managed_redis_url(policy.metadata.name, ns) if stores.redis.managed else stores.redis.url
+    )
+    qdrant_url: str | None = None
+    if policy.spec.semantic.enabled:
+        qdrant_url = (status.qdrant_url if status else "") or (
+            managed_qdrant_url(policy.metadata.name, ns)
+            if stores.qdrant.managed
+            else stores.qdrant.url
+        )
+    redis_pw = stores.redis.password_secret_ref
+    qdrant_key = stores.qdrant.password_secret_ref
+    return CachePolicyConfig(
+        spec=policy.spec,
+        stores=CacheStoreConfig(
+            redis_url=redis_url,
+            redis_password=secret_file(redis_pw.name, redis_pw.key) if redis_pw else None,
+            qdrant_url=qdrant_url,
+            qdrant_api_key=secret_file(qdrant_key.name, qdrant_key.key) if qdrant_key else None,
+            collection=(status.collection if status else "") or collection_name(policy),
+            keyspace_version=(status.keyspace_version if status else "") or "v1",
+        ),
+    )
+
+
+def render_student(model: DistilledModel) -> StudentConfig:
+    spec = model.spec
+    ns = model.metadata.namespace
+    name = model.metadata.name
+    status = model.status
+    version = spec.serving.version or (status.active_version if status else "") or None
+    is_lm = spec.student.kind == "causal-lm"
+    return StudentConfig(
+        route=spec.teacher.route,
+        name=name,
+        kind=spec.student.kind,
+        mode=spec.routing.mode,
+        confidence_threshold=spec.routing.confidence_threshold,
+        canary_percent=spec.routing.canary_percent,
+        evaluation_sample_rate=spec.routing.evaluation_sample_rate,
+        labels=list(spec.student.labels),
+        artifact_path=None if is_lm else f"{STUDENT_ARTIFACTS_DIR}/{name}",
+        endpoint=((status.endpoint if status else "") or student_endpoint(name, ns))
+        if is_lm
+        else None,
+        served_model=name if is_lm else None,
+        version=version,
+        cost_per_hour=spec.serving.cost_per_hour,
+        capture=spec.capture,
+        capture_dir=f"{CAPTURE_DIR}/{name}",
+    )
+
+
+def render_gateway_config(
+    gateway: LLMGateway,
+    cache_policies: dict[str, CachePolicy],
+    batch_queue: BatchQueue | None,
+    distilled: list[DistilledModel],
+) -> GatewayConfig:
+    """The config a gateway pod runs with. Pure: no I/O, no clock, deterministic output.
+
+    `cache_policies` maps policy names to the CachePolicy objects the gateway references (the
+    gateway-wide ref and per-route refs); missing ones raise `KeyError` so the caller can report
+    them in a condition. Only students whose teacher is this gateway are included.
+    """
+    spec = gateway.spec
+    ns = gateway.metadata.namespace
+    referenced = {r.cache_policy_ref.name for r in spec.routes if r.cache_policy_ref}
+    if spec.cache_policy_ref:
+        referenced.add(spec.cache_policy_ref.name)
+    missing = sorted(referenced - cache_policies.keys())
+    if missing:
+        raise KeyError(f"cache policies not found: {', '.join(missing)}")
+
+    providers = [
+        ProviderConfig(
+            name=p.name,
+            type=p.type,
+            base_url=p.base_url,
+            api_key=secret_file(p.api_key_secret_ref.name, p.api_key_secret_ref.key)
+            if p.api_key_secret_ref
+            else None,
+            api_version=p.api_version,
+            max_connections=p.max_connections,
+            supports_batch=p.supports_batch,
+            prices=list(p.prices),
+        )
+        for p in spec.providers
+    ]
+    routes = [
+        RouteConfig(
+            name=r.name,
+            targets=list(r.targets),
+            timeout_seconds=r.timeout_seconds,
+            max_retries=r.max_retries,
+            open=r.open,
+            deferrable=r.deferrable,
+            cache_policy=r.cache_policy_ref.name if r.cache_policy_ref else None,
+            max_tokens_ceiling=r.max_tokens_ceiling,
+        )
+        for r in spec.routes
+    ]
+    tenants = [
+        TenantConfig(
+            name=t.name,
+            api_keys_file=secret_file(t.api_keys_secret_ref.name, t.api_keys_secret_ref.key),
+            requests_per_minute=t.requests_per_minute,
+            tokens_per_minute=t.tokens_per_minute,
+        )
+        for t in spec.tenants
+    ]
+    admin = AdminConfig(
+        api_keys_file=secret_file(spec.admin_key_secret_ref.name, spec.admin_key_secret_ref.key)
+        if spec.admin_key_secret_ref
+        else None
+    )
+    batch = None
+    if batch_queue is not None:
+        batch = BatchConfig(
+            name=batch_queue.metadata.name,
+            spec=batch_queue.spec,
+            redis_url=managed_redis_url(batch_queue.metadata.name, ns),
+            files_dir=BATCH_FILES_DIR,
+        )
+    students = [
+        render_student(m)
+        for m in sorted(distilled, key=lambda m: m.metadata.name)
+        if m.spec.teacher.gateway_ref.name == gateway.metadata.name
+    ]
+    default_policy = spec.cache_policy_ref.name if spec.cache_policy_ref else None
+    rendered_policies = {
+        name: render_cache_policy(cache_policies[name]) for name in sorted(referenced)
+    }
+    ledger_redis = (
+        rendered_policies[default_policy].stores.redis_url
+        if default_policy
+        else (batch.redis_url if batch else None)
+    )
+    return GatewayConfig(
+        server=ServerConfig(
+            host="0.0.0.0",
+            port=8080,
+            max_request_bytes=spec.max_request_bytes,
+            log_format="json",
+        ),
+        providers=providers,
+        routes=routes,
+        tenants=tenants,
+        admin=admin,
+        cache_policies=rendered_policies,
+        default_cache_policy=default_policy,
+        batch=batch,
+        students=students,
+        ledger=LedgerConfig(redis_url=ledger_redis),
+    )

@@ -1,0 +1,7 @@
+"""Batches API (owned by the batch component; stub until it lands)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter()

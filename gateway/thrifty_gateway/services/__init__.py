@@ -1,0 +1,1 @@
+"""Gateway services: upstream client, routing, auth, limits, ledger, pipeline stages."""

@@ -1,0 +1,1 @@
+"""A separate OpenAI-compatible provider process for development, tests and the demo."""

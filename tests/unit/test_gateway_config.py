@@ -1,0 +1,98 @@
+"""The rendered gateway config: loading, validation and rendering from custom resources."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from thrifty_core.api import BatchQueue, CachePolicy, DistilledModel, LLMGateway
+from thrifty_core.config import GatewayConfig, SecretSource, dump_config, load_config, parse_config
+from thrifty_core.render import render_gateway_config
+
+
+def _examples(root: Path) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for name in ("llmgateway", "cachepolicy", "batchqueue", "distilledmodel"):
+        out[name] = yaml.safe_load((root / "examples" / f"{name}.yaml").read_text())
+    return out
+
+
+def test_local_example_loads(repo_root: Path) -> None:
+    config = load_config(repo_root / "examples" / "local.yaml")
+    assert [r.name for r in config.routes] == ["gpt-4o-mini", "gpt-4o", "text-embedding-3-small"]
+    assert config.route("gpt-4o") is not None
+    assert [t.model for t in config.routes[1].targets] == ["gpt-4o", "gpt-4o-mini"]
+    assert {t.name for t in config.tenants} == {"team-a", "team-b"}
+    assert config.cache_policy_for("gpt-4o-mini") is None or config.default_cache_policy
+
+
+def test_unknown_provider_is_refused() -> None:
+    with pytest.raises(ValidationError, match="unknown provider"):
+        parse_config(
+            {
+                "providers": [{"name": "p", "baseUrl": "http://x/v1"}],
+                "routes": [{"name": "m", "targets": [{"provider": "q", "model": "m"}]}],
+            }
+        )
+
+
+def test_unknown_keys_are_refused() -> None:
+    with pytest.raises(ValidationError):
+        parse_config(
+            {
+                "providers": [{"name": "p", "baseUrl": "http://x/v1", "apiKey": "sk-inline"}],
+                "routes": [{"name": "m", "targets": [{"provider": "p", "model": "m"}]}],
+            }
+        )
+
+
+def test_secret_source_reads_env_and_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("THRIFTY_TEST_KEY", "value-from-env\n")
+    assert SecretSource(env="THRIFTY_TEST_KEY").read() == "value-from-env"
+    path = tmp_path / "key"
+    path.write_text("value-from-file\n")
+    assert SecretSource(file=str(path)).read() == "value-from-file"
+    with pytest.raises(LookupError):
+        SecretSource(file=str(tmp_path / "missing")).read()
+    with pytest.raises(ValidationError):
+        SecretSource(env="A", file="/b")
+
+
+def test_render_from_examples(repo_root: Path) -> None:
+    ex = _examples(repo_root)
+    gateway = LLMGateway.model_validate(ex["llmgateway"])
+    policy = CachePolicy.model_validate(ex["cachepolicy"])
+    queue = BatchQueue.model_validate(ex["batchqueue"])
+    student = DistilledModel.model_validate(ex["distilledmodel"])
+    config = render_gateway_config(gateway, {policy.metadata.name: policy}, queue, [student])
+    assert isinstance(config, GatewayConfig)
+    assert config.default_cache_policy == policy.metadata.name
+    assert config.providers[0].api_key is not None
+    assert config.providers[0].api_key.file == (
+        "/var/run/thrifty/secrets/thrifty-provider-keys/simulator"
+    )
+    for tenant in config.tenants:
+        assert tenant.api_keys_file is not None
+        assert tenant.api_keys_file.file is not None
+        assert tenant.api_keys_file.file.startswith("/var/run/thrifty/secrets/")
+        assert not tenant.api_key_hashes
+    assert config.batch is not None and config.batch.spec == queue.spec
+    assert [s.name for s in config.students] == [student.metadata.name]
+    # Rendering is deterministic and round-trips through YAML.
+    text = dump_config(config)
+    assert text == dump_config(
+        render_gateway_config(gateway, {policy.metadata.name: policy}, queue, [student])
+    )
+    assert parse_config(yaml.safe_load(text)) == config
+    # Secret values never appear in the rendered text.
+    assert "sk-" not in text
+
+
+def test_render_reports_missing_policy(repo_root: Path) -> None:
+    gateway = LLMGateway.model_validate(_examples(repo_root)["llmgateway"])
+    with pytest.raises(KeyError, match="cache policies not found"):
+        render_gateway_config(gateway, {}, None, [])

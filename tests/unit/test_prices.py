@@ -1,0 +1,40 @@
+"""The price catalog."""
+
+from __future__ import annotations
+
+import pytest
+
+from thrifty_core.api.llmgateway import ModelPrice
+from thrifty_core.prices import PriceCatalog, Usage, cost_usd
+
+
+def test_known_model_cost() -> None:
+    catalog = PriceCatalog()
+    cost = catalog.cost("gpt-4o-mini", Usage(prompt_tokens=1_000_000, completion_tokens=1_000_000))
+    assert cost == pytest.approx(0.15 + 0.60)
+
+
+def test_dated_and_prefixed_names_resolve() -> None:
+    catalog = PriceCatalog()
+    assert catalog.lookup("gpt-4o-mini-2024-07-18") == catalog.lookup("gpt-4o-mini")
+    assert catalog.lookup("gpt-4o-2024-08-06") == catalog.lookup("gpt-4o")
+    assert catalog.lookup("openai/gpt-4o") == catalog.lookup("gpt-4o")
+    assert catalog.lookup("no-such-model") is None
+    assert catalog.cost("no-such-model", Usage(10, 10)) == 0.0
+
+
+def test_cached_and_batch_prices() -> None:
+    catalog = PriceCatalog()
+    price = catalog.lookup("gpt-4o")
+    usage = Usage(prompt_tokens=1_000_000, completion_tokens=0, cached_tokens=500_000)
+    assert cost_usd(price, usage) == pytest.approx(0.5 * 2.5 + 0.5 * 1.25)
+    full = Usage(prompt_tokens=1_000_000, completion_tokens=1_000_000)
+    assert catalog.cost("gpt-4o", full, batch=True) == pytest.approx((2.5 + 10.0) / 2)
+
+
+def test_overrides_win() -> None:
+    catalog = PriceCatalog().with_overrides(
+        [ModelPrice(model="gpt-4o", input_per_m_tok=1.0, output_per_m_tok=2.0)]
+    )
+    assert catalog.cost("gpt-4o", Usage(1_000_000, 1_000_000)) == pytest.approx(3.0)
+    assert catalog.cost("gpt-4o-mini", Usage(1_000_000, 0)) == pytest.approx(0.15)
