@@ -1,0 +1,52 @@
+"""The embedding runtime shared by the semantic cache and the classifier student.
+
+`Embedder` is the contract; `create_embedder(spec)` picks the implementation from a
+`CachePolicy` `EmbeddingModel` spec: `local` runs all-MiniLM-L6-v2 through onnxruntime on CPU
+(`LocalEmbedder`), `openai` calls an OpenAI-compatible embeddings endpoint (`OpenAIEmbedder`).
+Heavy dependencies (numpy, onnxruntime, onnx, tokenizers, safetensors; httpx for `openai`) are
+imported inside the implementations, behind the `embed` extra.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..api.cachepolicy import EmbeddingModel
+from .protocol import Embedder
+
+__all__ = ["Embedder", "create_embedder"]
+
+LOCAL_MODELS = frozenset({"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"})
+
+
+def create_embedder(
+    spec: EmbeddingModel,
+    *,
+    api_key: str | None = None,
+    cache_dir: Path | None = None,
+    threads: int = 1,
+    quantize: bool = False,
+    timeout: float = 5.0,
+) -> Embedder:
+    """Build the embedder a spec declares (the API key is resolved by the caller)."""
+    if spec.backend == "openai":
+        from .remote import OpenAIEmbedder
+
+        if spec.endpoint is None:
+            raise ValueError("an openai embedding backend needs an endpoint")
+        return OpenAIEmbedder(
+            spec.endpoint, spec.model, spec.dimensions, api_key=api_key, timeout=timeout
+        )
+    if spec.model not in LOCAL_MODELS:
+        raise ValueError(
+            f"local embedding model {spec.model!r} is not packaged; "
+            f"available: {', '.join(sorted(LOCAL_MODELS))}"
+        )
+    from .local import LocalEmbedder
+
+    embedder = LocalEmbedder(cache_dir=cache_dir, threads=threads, quantize=quantize)
+    if embedder.dim != spec.dimensions:
+        raise ValueError(
+            f"{spec.model} has {embedder.dim} dimensions, the spec says {spec.dimensions}"
+        )
+    return embedder

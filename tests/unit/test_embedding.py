@@ -1,0 +1,147 @@
+"""The local embedding runtime: graph vs numpy reference, semantics, remote backend."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from thrifty_core.api.cachepolicy import EmbeddingModel
+from thrifty_core.embedding import Embedder, create_embedder
+from thrifty_core.embedding.local import LocalEmbedder
+from thrifty_core.embedding.reference import reference_forward
+from thrifty_core.embedding.remote import EmbeddingError, OpenAIEmbedder
+from thrifty_core.embedding.weights import BertFiles, load_minilm
+
+
+@pytest.fixture(scope="module")
+def files() -> BertFiles:
+    return load_minilm()
+
+
+@pytest.fixture(scope="module")
+def embedder(files: BertFiles, tmp_path_factory: pytest.TempPathFactory) -> LocalEmbedder:
+    return LocalEmbedder(files, cache_dir=tmp_path_factory.mktemp("cache"))
+
+
+def test_graph_matches_numpy_reference(embedder: LocalEmbedder, files: BertFiles) -> None:
+    texts = [
+        "How do I reset my password?",
+        "a",
+        "The quick brown fox jumps over the lazy dog, twice, in 2014 and again in 2018.",
+    ]
+    ids, mask = embedder.tokenize(texts)
+    assert mask[1].sum() < mask[2].sum()  # padding is exercised
+    expected = reference_forward(files.config, files.weights, ids, mask)
+    got = embedder.embed(texts)
+    assert got.dtype == np.float32
+    assert got.shape == (3, 384)
+    cosines = (got.astype(np.float64) * expected).sum(axis=1)
+    assert cosines.min() > 0.9999
+
+
+def test_vectors_are_unit_and_batch_independent(embedder: LocalEmbedder) -> None:
+    texts = ["short", "a somewhat longer sentence about caching answers of language models"]
+    batch = embedder.embed(texts)
+    assert np.allclose(np.linalg.norm(batch, axis=1), 1.0, atol=1e-5)
+    alone = embedder.embed([texts[0]])
+    assert float(alone[0] @ batch[0]) > 0.9999
+    assert embedder.embed([]).shape == (0, 384)
+
+
+def test_paraphrase_scores_higher_than_unrelated(embedder: LocalEmbedder) -> None:
+    v = embedder.embed(
+        [
+            "How do I reset my password?",
+            "How can I change my password?",
+            "What is the capital of France?",
+        ]
+    )
+    assert float(v[0] @ v[1]) > 0.75
+    assert float(v[0] @ v[2]) < 0.3
+
+
+def test_long_input_is_truncated(embedder: LocalEmbedder) -> None:
+    ids, _ = embedder.tokenize(["word " * 1000])
+    assert ids.shape[1] == 256
+    assert embedder.embed(["word " * 1000]).shape == (1, 384)
+
+
+def test_onnx_file_is_cached(files: BertFiles, tmp_path: Path) -> None:
+    LocalEmbedder(files, cache_dir=tmp_path)
+    built = list((tmp_path / "embedding").glob("*.onnx"))
+    assert len(built) == 1
+    assert files.digest in built[0].name
+    mtime = built[0].stat().st_mtime_ns
+    LocalEmbedder(files, cache_dir=tmp_path)
+    assert built[0].stat().st_mtime_ns == mtime
+
+
+def test_factory_builds_local_and_checks_dimensions(tmp_path: Path) -> None:
+    embedder = create_embedder(EmbeddingModel(), cache_dir=tmp_path)
+    assert isinstance(embedder, Embedder)
+    assert embedder.dim == 384
+    with pytest.raises(ValueError, match="dimensions"):
+        create_embedder(EmbeddingModel(dimensions=768), cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="not packaged"):
+        create_embedder(EmbeddingModel(model="bge-large"), cache_dir=tmp_path)
+
+
+class _EmbeddingsHandler(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if self.headers.get("Authorization") != "Bearer k":
+            self.send_response(401)
+            self.end_headers()
+            return
+        data = [
+            {"index": i, "embedding": [float(len(t))] + [0.0] * 7}
+            for i, t in enumerate(body["input"])
+        ][::-1]
+        payload = json.dumps({"data": data, "model": body["model"]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        del format, args
+
+
+@pytest.fixture
+def endpoint() -> Iterator[str]:
+    server = HTTPServer(("127.0.0.1", 0), _EmbeddingsHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_remote_embedder_orders_and_normalises(endpoint: str) -> None:
+    spec = EmbeddingModel(backend="openai", endpoint=endpoint, model="emb", dimensions=8)
+    embedder = create_embedder(spec, api_key="k")
+    out = embedder.embed(["ab", "abcd"])
+    assert out.shape == (2, 8)
+    assert np.allclose(out[:, 0], 1.0)
+    assert isinstance(embedder, OpenAIEmbedder)
+    embedder.close()
+
+
+def test_remote_embedder_errors_are_typed(endpoint: str) -> None:
+    bad_key = OpenAIEmbedder(endpoint, "emb", 8, api_key="wrong")
+    with pytest.raises(EmbeddingError):
+        bad_key.embed(["x"])
+    bad_dim = OpenAIEmbedder(endpoint, "emb", 16, api_key="k")
+    with pytest.raises(EmbeddingError, match="shape"):
+        bad_dim.embed(["x"])
+    bad_key.close()
+    bad_dim.close()
