@@ -35,7 +35,7 @@ ALLOWED_EXTRA: frozenset[str] = frozenset(
         "job_id",
         "resource",
         "namespace",
-        "name",
+        "stages",
         "reason",
         "error_type",
     }

@@ -1,0 +1,48 @@
+"""OpenAI-compatible endpoints: chat completions, embeddings, models."""
+
+from __future__ import annotations
+
+import orjson
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from thrifty_core.errors import AuthenticationError, ModelNotFoundError
+
+from .deps import CallerDep, ProxyDep, StateDep
+
+router = APIRouter()
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request, proxy: ProxyDep, caller: CallerDep) -> Response:
+    """Proxy a chat completion (streaming or not); unknown fields pass through untouched."""
+    raw = await request.body()
+    return await proxy.handle("chat", raw, request.headers, caller.tenant)
+
+
+@router.post("/v1/embeddings")
+async def embeddings(request: Request, proxy: ProxyDep, caller: CallerDep) -> Response:
+    """Proxy an embeddings request."""
+    raw = await request.body()
+    return await proxy.handle("embeddings", raw, request.headers, caller.tenant)
+
+
+@router.get("/v1/models")
+async def list_models(state: StateDep, caller: CallerDep) -> Response:
+    """The routes this caller may use, as OpenAI model objects."""
+    routes = [r for r in state.config.routes if caller.tenant is not None or r.open]
+    if caller.tenant is None and not routes:
+        raise AuthenticationError("You didn't provide an API key.")
+    data = [{"id": r.name, "object": "model", "created": 0, "owned_by": "thrifty"} for r in routes]
+    return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
+
+
+@router.get("/v1/models/{model:path}")
+async def get_model(model: str, state: StateDep, caller: CallerDep) -> Response:
+    route = state.config.route(model)
+    if route is None:
+        raise ModelNotFoundError(f"The model `{model}` does not exist.", param="model")
+    if caller.tenant is None and not route.open:
+        raise AuthenticationError("You didn't provide an API key.")
+    body = {"id": route.name, "object": "model", "created": 0, "owned_by": "thrifty"}
+    return Response(orjson.dumps(body), media_type="application/json")

@@ -1,0 +1,53 @@
+"""Operational endpoints: health, readiness, Prometheus metrics, usage summary."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import orjson
+from fastapi import APIRouter, Query
+from starlette.responses import Response
+
+from thrifty_core.errors import InvalidRequestError
+
+from ..services.ledger import parse_since
+from .deps import AuthedDep, StateDep
+
+router = APIRouter()
+
+
+@router.get("/healthz")
+async def healthz() -> Response:
+    return Response(b'{"status":"ok"}', media_type="application/json")
+
+
+@router.get("/readyz")
+async def readyz(state: StateDep) -> Response:
+    if not state.ready:
+        return Response(b'{"status":"starting"}', status_code=503, media_type="application/json")
+    return Response(b'{"status":"ready"}', media_type="application/json")
+
+
+@router.get("/metrics")
+async def metrics(state: StateDep) -> Response:
+    return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+@router.get("/v1/thrifty/usage")
+async def usage(
+    state: StateDep,
+    caller: AuthedDep,
+    bucket: Literal["hour", "day"] | None = Query(default=None),
+    since: str | None = Query(default=None),
+    tenant: str | None = Query(default=None),
+) -> Response:
+    """Usage, cost and savings per tenant/route/model. Tenants see only their own figures;
+    the admin key sees every tenant (or one, with `?tenant=`)."""
+    try:
+        since_ts = parse_since(since)
+    except ValueError as exc:
+        raise InvalidRequestError("since must be epoch seconds or ISO-8601", param="since") from exc
+    assert caller.tenant is not None
+    scope = tenant if caller.admin else caller.tenant.name
+    body = state.ledger.summary(since=since_ts, bucket=bucket, tenant=scope)
+    return Response(orjson.dumps(body), media_type="application/json")

@@ -1,0 +1,99 @@
+"""The gateway app factory: `create_app(config)` builds the FastAPI app; its lifespan opens
+the upstream pools and builds the stages, and puts everything on `app.state.gateway`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from thrifty_core.config import GatewayConfig
+
+from .api import batches, files, openai, ops
+from .api.errors import BodyLimitMiddleware, install_error_handlers
+from .services.auth import KeyStore
+from .services.ledger import Ledger
+from .services.metrics import Metrics
+from .services.pipeline import StageFactory
+from .services.proxy import Proxy
+from .services.ratelimit import LocalLimiter
+from .services.resilience import Breakers
+from .services.upstream import HttpUpstream, UpstreamClient
+from .stages import default_stage_factories
+from .state import GatewayState, build_catalog, build_routes
+
+log = logging.getLogger(__name__)
+
+
+def provider_keys(config: GatewayConfig) -> dict[str, str | None]:
+    """Read every provider key from its env var or Secret file (fails fast, names no value)."""
+    keys: dict[str, str | None] = {}
+    for provider in config.providers:
+        keys[provider.name] = provider.api_key.read() if provider.api_key else None
+    return keys
+
+
+def build_state(config: GatewayConfig, upstream: UpstreamClient | None = None) -> GatewayState:
+    metrics = Metrics()
+    return GatewayState(
+        config=config,
+        catalog=build_catalog(config),
+        keys=KeyStore.from_config(config),
+        limiter=LocalLimiter(),
+        upstream=upstream or HttpUpstream(config.providers, provider_keys(config)),
+        breakers=Breakers(),
+        metrics=metrics,
+        ledger=Ledger(metrics, config.ledger.retention_hours),
+        routes=build_routes(config),
+    )
+
+
+def create_app(
+    config: GatewayConfig,
+    *,
+    stage_factories: Sequence[StageFactory] | None = None,
+    upstream: UpstreamClient | None = None,
+) -> FastAPI:
+    """The gateway app for `config`. Nothing is opened until the lifespan starts."""
+    factories = list(default_stage_factories() if stage_factories is None else stage_factories)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = build_state(config, upstream)
+        for factory in factories:
+            stage = await factory(config, state)
+            if stage is not None:
+                state.stages.append(stage)
+        app.state.gateway = state
+        app.state.proxy = Proxy(state)
+        state.ready = True
+        log.info(
+            "gateway ready",
+            extra={"port": config.server.port, "stages": ",".join(s.name for s in state.stages)},
+        )
+        try:
+            yield
+        finally:
+            state.ready = False
+            for stage in reversed(state.stages):
+                close = getattr(stage, "aclose", None)
+                if close is not None:
+                    await close()
+            await state.upstream.aclose()
+
+    app = FastAPI(
+        title="Thrifty gateway",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=config.server.max_request_bytes)
+    app.include_router(openai.router)
+    app.include_router(ops.router)
+    app.include_router(files.router)
+    app.include_router(batches.router)
+    return app

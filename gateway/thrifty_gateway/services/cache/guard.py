@@ -1,0 +1,237 @@
+"""The wrong-hit guard: cheap lexical checks on a semantic candidate before it is served.
+
+A similarity threshold alone matches "start the server" with "stop the server", 2014 with 2018
+and Paris with Lyon: sentence embeddings place such pairs very close. Each check below is a
+pure function of the two texts (the new final user turn and the cached one) and rejects the
+candidate when the texts disagree on something that changes the answer:
+
+* numbers: the multisets of numbers (digits, number words, ordinals, dates) differ;
+* negation: one text is negated and the other is not;
+* antonyms: the texts use opposite members of an antonym / direction pair (start/stop,
+  buy/sell, increase/decrease, before/after, to/from order ...);
+* entities: a named entity (capitalised or mixed-case token, acronym) of one text is absent
+  from the other, or shared entities appear in a different order ("USD to EUR" / "EUR to USD");
+* length: one text is far longer than the other (it asks for more).
+
+Every check is measured in `bench/bench_semantic.py`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+_WORD = re.compile(r"[A-Za-z][A-Za-z'\-]*[A-Za-z]|[A-Za-z]|\d[\d,.:/\-]*\d|\d")
+_SENTENCE_END = re.compile(r"[.!?]\s+|\n")
+
+NUMBER_WORDS = {
+    "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
+    "seven": "7", "eight": "8", "nine": "9", "ten": "10", "eleven": "11", "twelve": "12",
+    "thirteen": "13", "fourteen": "14", "fifteen": "15", "sixteen": "16", "seventeen": "17",
+    "eighteen": "18", "nineteen": "19", "twenty": "20", "thirty": "30", "forty": "40",
+    "fifty": "50", "sixty": "60", "seventy": "70", "eighty": "80", "ninety": "90",
+    "hundred": "100", "thousand": "1000", "million": "1000000", "billion": "1000000000",
+    "first": "1", "second": "2", "third": "3", "fourth": "4", "fifth": "5", "sixth": "6",
+    "seventh": "7", "eighth": "8", "ninth": "9", "tenth": "10", "twice": "2", "half": "0.5",
+    "dozen": "12", "single": "1", "double": "2", "triple": "3",
+}  # fmt: skip
+
+MONTHS = (
+    "january february march april may june july august september october november december"
+).split()
+
+NEGATIONS = frozenset(
+    "not no never none nobody nothing neither nor without cannot can't won't don't doesn't "
+    "didn't isn't aren't wasn't weren't shouldn't wouldn't couldn't haven't hasn't hadn't "
+    "mustn't needn't ain't nowhere unable".split()
+)
+
+ANTONYM_PAIRS: tuple[tuple[str, str], ...] = tuple(
+    tuple(p.split("/"))  # type: ignore[misc]
+    for p in (
+        "start/stop start/end begin/end open/close enable/disable on/off up/down in/out "
+        "increase/decrease rise/fall raise/lower gain/lose win/lose buy/sell import/export "
+        "upload/download push/pull add/remove insert/delete encrypt/decrypt encode/decode "
+        "compress/decompress connect/disconnect lock/unlock install/uninstall include/exclude "
+        "accept/reject allow/deny before/after above/below over/under inside/outside "
+        "max/min maximum/minimum most/least more/less higher/lower high/low big/small "
+        "large/small long/short fast/slow hot/cold warm/cool best/worst better/worse good/bad "
+        "first/last true/false positive/negative pros/cons advantage/disadvantage "
+        "cheap/expensive cheapest/expensive strong/weak easy/hard easy/difficult "
+        "left/right north/south east/west male/female men/women boy/girl love/hate "
+        "like/dislike happy/sad rich/poor old/new old/young past/future yesterday/tomorrow "
+        "morning/evening day/night summer/winter light/dark black/white early/late "
+        "import/export send/receive give/take lend/borrow teach/learn buy/rent "
+        "inhale/exhale internal/external input/output client/server read/write get/set "
+        "success/failure pass/fail legal/illegal possible/impossible safe/dangerous "
+        "true/fake real/fake friend/enemy agree/disagree same/different similar/different "
+        "from/to to/from vs/versus ascending/descending asc/desc synchronous/asynchronous "
+        "sync/async public/private import/export mean/median"
+    ).split()
+)
+
+COMMON_CAPITALISED = frozenset(
+    "i a an the what what's whats how how's why when where who whom whose which is are was "
+    "were can could should would will do does did have has had may might must shall if in "
+    "on at for to of and or but so as my your our their his her its it it's this that these "
+    "those there here please tell give explain write describe list make create find show "
+    "help let i'm i've i'd i'll hi hello hey thanks thank yes no not any some all each every "
+    "best most why's where's who's after before with without from by about into be been "
+    "being am also then than just only very really now today yesterday tomorrow".split()
+)
+
+
+def _stem(word: str) -> str:
+    w = word.lower()
+    for suffix in ("ing", "ed", "es", "s"):
+        if len(w) > len(suffix) + 3 and w.endswith(suffix):
+            return w[: -len(suffix)]
+    return w
+
+
+@dataclass(frozen=True, slots=True)
+class Features:
+    """What the checks need from one text, computed once per text."""
+
+    tokens: tuple[str, ...]
+    lower: tuple[str, ...]
+    stems: frozenset[str]
+    numbers: tuple[str, ...]
+    negated: bool
+    entities: tuple[str, ...]  # lower-cased, in order of appearance
+
+
+def _number_of(token: str) -> str | None:
+    low = token.lower()
+    if low in NUMBER_WORDS:
+        return NUMBER_WORDS[low]
+    if low in MONTHS:
+        return f"month:{MONTHS.index(low) + 1}"
+    if token[0].isdigit():
+        return token.replace(",", "").rstrip(".")
+    m = re.fullmatch(r"(\d+)(st|nd|rd|th|s|k|m|gb|mb|kb|am|pm|x)", low)
+    return (
+        m.group(1) + (m.group(2) if m.group(2) in {"k", "m", "gb", "mb", "kb"} else "")
+        if m
+        else None
+    )
+
+
+def _entity_tokens(text: str) -> list[str]:
+    entities: list[str] = []
+    for sentence in _SENTENCE_END.split(text):
+        words = _WORD.findall(sentence)
+        for i, word in enumerate(words):
+            if not word[0].isalpha():
+                continue
+            upper_inside = any(c.isupper() for c in word[1:])
+            capital = word[0].isupper()
+            if not (capital or upper_inside):
+                continue
+            low = word.lower()
+            if low in COMMON_CAPITALISED or low in MONTHS or low in NUMBER_WORDS:
+                continue
+            if i == 0 and not upper_inside and len(words) > 1 and low.endswith("ing"):
+                continue
+            entities.append(low)
+    return entities
+
+
+@lru_cache(maxsize=4096)
+def features(text: str) -> Features:
+    """Tokenise once (cached: cached entries are compared again and again)."""
+    tokens = tuple(_WORD.findall(text))
+    lower = tuple(t.lower() for t in tokens)
+    numbers = tuple(sorted(n for n in (_number_of(t) for t in tokens) if n is not None))
+    negated = any(t in NEGATIONS or t.endswith("n't") for t in lower)
+    return Features(
+        tokens=tokens,
+        lower=lower,
+        stems=frozenset(_stem(t) for t in lower),
+        numbers=numbers,
+        negated=negated,
+        entities=tuple(_entity_tokens(text)),
+    )
+
+
+def numbers_match(a: Features, b: Features) -> bool:
+    return Counter(a.numbers) == Counter(b.numbers)
+
+
+def negation_matches(a: Features, b: Features) -> bool:
+    return a.negated == b.negated
+
+
+@lru_cache(maxsize=1)
+def _antonym_stems() -> tuple[tuple[str, str], ...]:
+    return tuple((_stem(x), _stem(y)) for x, y in ANTONYM_PAIRS)
+
+
+def _ordered(words: Sequence[str], x: str, y: str) -> tuple[int, int] | None:
+    try:
+        return words.index(x), words.index(y)
+    except ValueError:
+        return None
+
+
+def antonyms_match(a: Features, b: Features) -> bool:
+    for x, y in _antonym_stems():
+        sa = (x in a.stems, y in a.stems)
+        sb = (x in b.stems, y in b.stems)
+        if sa != sb and any(sa) and any(sb):
+            return False
+    return _direction_matches(a, b)
+
+
+def _direction_matches(a: Features, b: Features) -> bool:
+    """Shared words around to/from/into/vs keep their order ("USD to EUR" vs "EUR to USD")."""
+    for marker in ("to", "into", "from", "vs", "versus", "than"):
+        if marker not in a.lower or marker not in b.lower:
+            continue
+        ia, ib = a.lower.index(marker), b.lower.index(marker)
+        before_a, after_a = set(a.lower[:ia]), set(a.lower[ia + 1 :])
+        before_b, after_b = set(b.lower[:ib]), set(b.lower[ib + 1 :])
+        content = {w for w in before_a | after_a if w not in COMMON_CAPITALISED and len(w) > 2}
+        if (before_a & after_b & content) and (after_a & before_b & content):
+            return False
+    return True
+
+
+def entities_match(a: Features, b: Features) -> bool:
+    words_a, words_b = set(a.lower), set(b.lower)
+    if any(e not in words_b for e in a.entities) or any(e not in words_a for e in b.entities):
+        return False
+    shared = [e for e in dict.fromkeys(a.entities) if e in b.entities]
+    order_b = [e for e in dict.fromkeys(b.entities) if e in shared]
+    return shared == order_b
+
+
+def length_matches(a: Features, b: Features, ratio: float = 3.0) -> bool:
+    la, lb = len(a.tokens), len(b.tokens)
+    short, long_ = min(la, lb), max(la, lb)
+    return long_ <= 6 or long_ <= ratio * max(short, 1)
+
+
+CHECKS: dict[str, Callable[[Features, Features], bool]] = {
+    "numbers": numbers_match,
+    "negation": negation_matches,
+    "antonyms": antonyms_match,
+    "entities": entities_match,
+    "length": length_matches,
+}
+
+
+def first_failure(query: str, cached: str, checks: Iterable[str]) -> str | None:
+    """The name of the first check the pair fails, or None when the candidate may be served."""
+    a, b = features(query), features(cached)
+    for name in checks:
+        if not CHECKS[name](a, b):
+            return name
+    return None
+
+
+def passes(query: str, cached: str, checks: Iterable[str] = tuple(CHECKS)) -> bool:
+    return first_failure(query, cached, checks) is None

@@ -1,0 +1,199 @@
+"""The cost ledger: what every request cost, what it would have cost, what each lever saved.
+
+Entries aggregate into hourly buckets per (tenant, route, model) in memory (bounded by the
+retention) and into Prometheus counters. `summary()` is the `/v1/thrifty/usage` body.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from thrifty_core.prices import LEVERS, Usage
+
+from .metrics import Metrics
+
+HOUR = 3600
+DAY = 86400
+
+
+@dataclass(slots=True)
+class Totals:
+    requests: int = 0
+    errors: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    cost_usd: float = 0.0
+    baseline_usd: float = 0.0
+    saved_usd: dict[str, float] = field(default_factory=dict)
+    served_by_lever: dict[str, int] = field(default_factory=dict)
+
+    def add(self, other: Totals) -> None:
+        self.requests += other.requests
+        self.errors += other.errors
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+        self.cached_tokens += other.cached_tokens
+        self.cost_usd += other.cost_usd
+        self.baseline_usd += other.baseline_usd
+        for k, v in other.saved_usd.items():
+            self.saved_usd[k] = self.saved_usd.get(k, 0.0) + v
+        for k, n in other.served_by_lever.items():
+            self.served_by_lever[k] = self.served_by_lever.get(k, 0) + n
+
+    def as_dict(self) -> dict[str, Any]:
+        saved = {lever: round(self.saved_usd.get(lever, 0.0), 8) for lever in LEVERS}
+        return {
+            "requests": self.requests,
+            "errors": self.errors,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cached_tokens": self.cached_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "cost_usd": round(self.cost_usd, 8),
+            "baseline_cost_usd": round(self.baseline_usd, 8),
+            "saved_usd": round(sum(self.saved_usd.values()), 8),
+            "saved_by_lever_usd": saved,
+            "served_by_lever": {lever: self.served_by_lever.get(lever, 0) for lever in LEVERS},
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One request as the ledger records it."""
+
+    tenant: str
+    route: str
+    model: str
+    usage: Usage
+    cost_usd: float
+    savings: dict[str, float]
+    lever: str | None = None
+    error: bool = False
+
+
+Key = tuple[int, str, str, str]
+
+
+class Ledger:
+    """In-memory hourly buckets plus Prometheus counters."""
+
+    def __init__(
+        self,
+        metrics: Metrics,
+        retention_hours: int = 24 * 14,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._metrics = metrics
+        self._clock = clock
+        self._retention = retention_hours * HOUR
+        self._buckets: dict[Key, Totals] = {}
+        self._records = 0
+
+    def record(self, entry: Entry) -> None:
+        now = self._clock()
+        key = (int(now // HOUR) * HOUR, entry.tenant, entry.route, entry.model)
+        totals = self._buckets.get(key)
+        if totals is None:
+            totals = self._buckets[key] = Totals()
+        u = entry.usage
+        saved = sum(entry.savings.values())
+        totals.requests += 1
+        totals.errors += entry.error
+        totals.prompt_tokens += u.prompt_tokens
+        totals.completion_tokens += u.completion_tokens
+        totals.cached_tokens += u.cached_tokens
+        totals.cost_usd += entry.cost_usd
+        totals.baseline_usd += entry.cost_usd + saved
+        for lever, usd in entry.savings.items():
+            totals.saved_usd[lever] = totals.saved_usd.get(lever, 0.0) + usd
+        if entry.lever:
+            totals.served_by_lever[entry.lever] = totals.served_by_lever.get(entry.lever, 0) + 1
+
+        m = self._metrics
+        if u.prompt_tokens:
+            m.tokens.labels(entry.tenant, entry.route, entry.model, "prompt").inc(u.prompt_tokens)
+        if u.completion_tokens:
+            m.tokens.labels(entry.tenant, entry.route, entry.model, "completion").inc(
+                u.completion_tokens
+            )
+        if entry.cost_usd:
+            m.cost.labels(entry.tenant, entry.route, entry.model).inc(entry.cost_usd)
+        if entry.cost_usd or saved:
+            m.baseline.labels(entry.tenant, entry.route).inc(entry.cost_usd + saved)
+        for lever, usd in entry.savings.items():
+            if usd > 0:
+                m.saved.labels(entry.tenant, entry.route, lever).inc(usd)
+
+        self._records += 1
+        if self._records % 10_000 == 0:
+            self._expire(now)
+
+    def _expire(self, now: float) -> None:
+        cutoff = now - self._retention
+        for key in [k for k in self._buckets if k[0] < cutoff]:
+            del self._buckets[key]
+
+    def summary(
+        self,
+        *,
+        since: float | None = None,
+        bucket: Literal["hour", "day"] | None = None,
+        tenant: str | None = None,
+    ) -> dict[str, Any]:
+        """Totals overall and per tenant/route/model (and per time bucket when asked)."""
+        total = Totals()
+        groups: dict[str, dict[str, Totals]] = {"tenant": {}, "route": {}, "model": {}}
+        series: dict[tuple[int, str, str, str], Totals] = {}
+        width = DAY if bucket == "day" else HOUR
+        for (start, ten, route, model), t in self._buckets.items():
+            if tenant is not None and ten != tenant:
+                continue
+            if since is not None and start + HOUR <= since:
+                continue
+            total.add(t)
+            for name, value in (("tenant", ten), ("route", route), ("model", model)):
+                groups[name].setdefault(value, Totals()).add(t)
+            if bucket:
+                skey = (start // width * width, ten, route, model)
+                series.setdefault(skey, Totals()).add(t)
+        out: dict[str, Any] = {
+            "object": "thrifty.usage",
+            "since": _iso(since) if since is not None else None,
+            "generated_at": _iso(self._clock()),
+            "totals": total.as_dict(),
+            "by_tenant": [
+                {"tenant": k, **v.as_dict()} for k, v in sorted(groups["tenant"].items())
+            ],
+            "by_route": [{"route": k, **v.as_dict()} for k, v in sorted(groups["route"].items())],
+            "by_model": [{"model": k, **v.as_dict()} for k, v in sorted(groups["model"].items())],
+        }
+        if bucket:
+            out["bucket"] = bucket
+            out["buckets"] = [
+                {"start": _iso(s), "tenant": ten, "route": r, "model": m, **t.as_dict()}
+                for (s, ten, r, m), t in sorted(series.items())
+            ]
+        return out
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+def parse_since(value: str | None) -> float | None:
+    """`since` as epoch seconds or an ISO-8601 time (naive means UTC)."""
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()

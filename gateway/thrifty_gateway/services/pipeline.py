@@ -1,0 +1,174 @@
+"""The request pipeline: the contract caching, student routing, deferral and tiering plug into.
+
+One proxied request (`POST /v1/chat/completions`, `POST /v1/embeddings`) flows like this:
+
+    413 check -> auth (tenant) -> route -> rate limit -> RequestContext
+      -> for stage in stages: stage.before_upstream(ctx)   # first non-None StageResponse wins
+      -> upstream (retries, fallbacks, circuit breakers) unless a stage answered
+      -> response to the client (streams are forwarded chunk by chunk)
+      -> for stage in stages: stage.after_upstream(ctx, outcome)   # after the response is sent
+      -> ledger.record(ctx, outcome)
+
+Writing a stage (a class satisfying `Stage`; the gateway's `create_app` takes a list of stage
+factories, each `(GatewayConfig, AppResources) -> Stage | None`):
+
+* `before_upstream(ctx)` may return a `StageResponse` to answer without the provider:
+  a cache hit (`lever="cache"`), a confident student (`lever="distill"`), a deferred 202
+  (`lever="batch"`). Set `saved_usd` to what the provider call would have cost (use
+  `ctx.baseline_cost(usage)`) and `cost_usd` to what serving it cost (embedding, GPU time).
+  For `stream=True` requests set `chunks` (SSE `data:` payload objects, replayed for you)
+  or leave `body` and let the gateway replay it as a stream.
+  It may also change the request instead: replace `ctx.targets` (tiering to a cheaper model,
+  recording `ctx.add_saving("tier", usd)` when the answer comes back), or edit `ctx.body`
+  (the gateway serialises `ctx.body` for the upstream call).
+* `after_upstream(ctx, outcome)` sees the final answer, streams already assembled into one
+  `chat.completion` object (`outcome.body`), with usage and costs. It runs after the response
+  was sent (never on the latency path); use it to fill caches or capture teacher pairs. It
+  must not raise (log and return); it must not log prompt or completion text.
+* `ctx.state` is a free dict for a stage to pass data from its before hook to its after hook
+  (key it by the stage's name).
+
+Stages run in list order: put cheaper ones (exact cache) before dearer ones (semantic cache,
+student). The gateway never imports a stage module at import time of the app; stages are
+given to `create_app`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from thrifty_core.config import RouteConfig, TenantConfig
+from thrifty_core.prices import PriceCatalog, Usage
+
+Endpoint = Literal["chat", "embeddings"]
+Lever = Literal["cache", "batch", "distill", "tier"]
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One upstream choice: provider name and the model name at that provider."""
+
+    provider: str
+    model: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.provider}/{self.model}"
+
+
+@dataclass(frozen=True, slots=True)
+class CacheControl:
+    """Client cache directives (`x-thrifty-cache: no-cache | no-store | only-if-cached`)."""
+
+    no_cache: bool = False  # do not serve from cache (still store)
+    no_store: bool = False  # do not store this answer
+    only_if_cached: bool = False  # answer 504 instead of calling the provider on a miss
+
+    @classmethod
+    def parse(cls, header: str | None) -> CacheControl:
+        if not header:
+            return NO_DIRECTIVES
+        tokens = {t.strip().lower() for t in header.split(",")}
+        return cls(
+            no_cache="no-cache" in tokens,
+            no_store="no-store" in tokens,
+            only_if_cached="only-if-cached" in tokens,
+        )
+
+
+NO_DIRECTIVES = CacheControl()
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """Everything the stages know about one request. Mutable by stages, per request."""
+
+    request_id: str
+    endpoint: Endpoint
+    route: RouteConfig
+    tenant: TenantConfig | None
+    body: dict[str, Any]
+    headers: Mapping[str, str]
+    targets: list[Target]
+    catalog: PriceCatalog
+    stream: bool = False
+    include_usage: bool = False
+    cache_control: CacheControl = NO_DIRECTIVES
+    started: float = field(default_factory=time.perf_counter)
+    savings: dict[str, float] = field(default_factory=dict)
+    state: dict[str, Any] = field(default_factory=dict)
+    response_headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def tenant_name(self) -> str:
+        return self.tenant.name if self.tenant else "anonymous"
+
+    @property
+    def model(self) -> str:
+        """The public model (route) name the client asked for."""
+        return self.route.name
+
+    def baseline_model(self) -> str:
+        """The model a direct call would have used: the route's first target."""
+        return self.route.targets[0].model
+
+    def baseline_cost(self, usage: Usage) -> float:
+        """What `usage` costs at the baseline model's list price (no Thrifty)."""
+        return self.catalog.cost(self.baseline_model(), usage)
+
+    def add_saving(self, lever: Lever, usd: float) -> None:
+        """Record money a lever saved on this request (positive USD)."""
+        self.savings[lever] = self.savings.get(lever, 0.0) + usd
+
+
+@dataclass(slots=True)
+class StageResponse:
+    """An answer produced by a stage instead of the provider."""
+
+    lever: Lever | None
+    body: dict[str, Any] | None = None
+    chunks: list[dict[str, Any]] | None = None
+    status: int = 200
+    usage: Usage = field(default_factory=Usage)
+    model: str = ""
+    served_by: str = ""  # what answered, for x-thrifty-upstream ("cache:exact", "student:x")
+    cost_usd: float = 0.0
+    saved_usd: float = 0.0
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Outcome:
+    """The final answer of a request, as after-hooks and the ledger see it."""
+
+    status: int
+    body: dict[str, Any] | None
+    usage: Usage
+    model: str  # model that produced the answer
+    served_by: str  # "<provider>/<model>" or a stage's served_by
+    cost_usd: float  # what this request actually cost
+    from_stage: bool = False
+    lever: str | None = None
+    error_type: str | None = None
+    batch: bool = False
+
+
+class Stage(Protocol):
+    """A pipeline stage (see the module docstring)."""
+
+    name: str
+
+    async def before_upstream(self, ctx: RequestContext) -> StageResponse | None: ...
+
+    async def after_upstream(self, ctx: RequestContext, outcome: Outcome) -> None: ...
+
+
+class StageFactory(Protocol):
+    """Builds a stage at app start-up from the config and the app's resources (its
+    `GatewayState`: config, price catalog, upstream client, ...); None when not configured.
+    A stage with an `async def aclose()` method is closed at shutdown."""
+
+    async def __call__(self, config: Any, resources: Any) -> Stage | None: ...

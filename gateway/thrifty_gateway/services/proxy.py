@@ -1,0 +1,362 @@
+"""The proxied request: route, limits, stages, upstream, response, ledger.
+
+The hot path avoids pydantic: the body is parsed once with orjson into a dict, only `model`,
+`stream` and `stream_options` are read, the upstream payload is the same dict re-serialised
+with the target's model, and a non-streaming upstream answer goes back byte for byte.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from starlette.background import BackgroundTask
+from starlette.responses import Response, StreamingResponse
+
+from thrifty_core.config import TenantConfig
+from thrifty_core.errors import (
+    AuthenticationError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    ThriftyError,
+    UpstreamTimeoutError,
+)
+from thrifty_core.prices import Usage
+
+from ..state import GatewayState, RouteRuntime
+from .ledger import Entry
+from .pipeline import CacheControl, Endpoint, Outcome, RequestContext, StageResponse, Target
+from .resilience import call_with_fallback
+from .sse import (
+    DONE,
+    EventSplitter,
+    StreamAssembler,
+    completion_to_chunks,
+    encode_chunks,
+    event_data,
+    usage_of,
+)
+
+log = logging.getLogger(__name__)
+
+JSON = "application/json"
+PATHS: dict[str, str] = {"chat": "chat/completions", "embeddings": "embeddings"}
+_SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+
+
+def parse_body(raw: bytes) -> dict[str, Any]:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequestError("The request body is not valid JSON.") from exc
+    if not isinstance(body, dict):
+        raise InvalidRequestError("The request body must be a JSON object.")
+    return body
+
+
+def resolve_route(state: GatewayState, body: dict[str, Any]) -> RouteRuntime:
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequestError("you must provide a model parameter", param="model")
+    route = state.routes.get(model)
+    if route is None:
+        raise ModelNotFoundError(
+            f"The model `{model}` does not exist or you do not have access to it.",
+            param="model",
+        )
+    return route
+
+
+def _clamp_max_tokens(body: dict[str, Any], ceiling: int | None) -> None:
+    if ceiling is None:
+        return
+    for key in ("max_tokens", "max_completion_tokens"):
+        value = body.get(key)
+        if isinstance(value, int) and value > ceiling:
+            body[key] = ceiling
+    if "max_tokens" not in body and "max_completion_tokens" not in body:
+        body["max_tokens"] = ceiling
+
+
+def estimate_usage(body: dict[str, Any], answer: dict[str, Any] | None) -> Usage:
+    """~4 characters per token, for providers that report no usage."""
+    prompt = len(orjson.dumps(body.get("messages") or body.get("input") or "")) // 4
+    completion = 0
+    for choice in (answer or {}).get("choices") or ():
+        msg = choice.get("message") or {}
+        completion += len(msg.get("content") or "") // 4
+        completion += (
+            len(orjson.dumps(msg.get("tool_calls") or [])) // 4 if msg.get("tool_calls") else 0
+        )
+    return Usage(prompt_tokens=prompt, completion_tokens=completion)
+
+
+class Proxy:
+    """Handles one proxied endpoint for a `GatewayState`."""
+
+    def __init__(self, state: GatewayState) -> None:
+        self.state = state
+
+    async def handle(
+        self, endpoint: Endpoint, raw: bytes, headers: Any, tenant: TenantConfig | None
+    ) -> Response:
+        state = self.state
+        body = parse_body(raw)
+        route = resolve_route(state, body)
+        if tenant is None and not route.config.open:
+            state.metrics.rejected.labels("auth").inc()
+            raise AuthenticationError(
+                "You didn't provide a valid API key. Use 'Authorization: Bearer <key>'."
+            )
+        if tenant is not None:
+            try:
+                state.limiter.check(tenant)
+            except ThriftyError:
+                state.metrics.rejected.labels("rate_limit").inc()
+                raise
+        _clamp_max_tokens(body, route.config.max_tokens_ceiling)
+        stream = endpoint == "chat" and bool(body.get("stream"))
+        include_usage = stream and bool((body.get("stream_options") or {}).get("include_usage"))
+        ctx = RequestContext(
+            request_id=headers.get("x-request-id") or os.urandom(8).hex(),
+            endpoint=endpoint,
+            route=route.config,
+            tenant=tenant,
+            body=body,
+            headers=headers,
+            targets=list(route.targets),
+            catalog=state.catalog,
+            stream=stream,
+            include_usage=include_usage,
+            cache_control=CacheControl.parse(headers.get("x-thrifty-cache")),
+        )
+        try:
+            for stage in state.stages:
+                answer = await stage.before_upstream(ctx)
+                if answer is not None:
+                    return self._stage_response(ctx, answer)
+            if ctx.cache_control.only_if_cached:
+                raise UpstreamTimeoutError(
+                    "No cached answer and only-if-cached was asked.", code="cache_miss"
+                )
+            return await self._upstream(ctx, route)
+        except ThriftyError as exc:
+            self._finish_error(ctx, exc)
+            raise
+
+    # -- upstream ---------------------------------------------------------------------------
+
+    async def _upstream(self, ctx: RequestContext, route: RouteRuntime) -> Response:
+        state = self.state
+        body = ctx.body
+        if ctx.stream and not ctx.include_usage:
+            body = {
+                **body,
+                "stream_options": {**(body.get("stream_options") or {}), "include_usage": True},
+            }
+
+        def payload_for(target: Target) -> bytes:
+            return orjson.dumps({**body, "model": target.model})
+
+        def on_retry(target: Target, reason: str) -> None:
+            state.metrics.upstream_retries.labels(target.label, reason).inc()
+
+        attempt = await call_with_fallback(
+            state.upstream,
+            state.breakers,
+            ctx.targets,
+            PATHS[ctx.endpoint],
+            payload_for,
+            route.timeouts,
+            stream=ctx.stream,
+            max_retries=ctx.route.max_retries,
+            retry_budget=ctx.route.retry_budget_seconds,
+            on_retry=on_retry,
+        )
+        target = attempt.target
+        headers = {
+            "x-thrifty-route": ctx.route.name,
+            "x-thrifty-upstream": target.label,
+            "x-request-id": ctx.request_id,
+            **ctx.response_headers,
+        }
+        resp = attempt.response
+        if resp.chunks is not None:
+            return StreamingResponse(
+                self._relay(ctx, target, resp.chunks, resp.close),
+                media_type="text/event-stream",
+                headers={**headers, **_SSE_HEADERS},
+            )
+        try:
+            answer = orjson.loads(resp.body)
+        except orjson.JSONDecodeError:
+            answer = None
+        usage = usage_of(answer) or estimate_usage(ctx.body, answer)
+        cost = state.catalog.cost(target.model, usage)
+        headers["x-thrifty-cost-usd"] = f"{cost:.8f}"
+        outcome = Outcome(resp.status, answer, usage, target.model, target.label, cost)
+        return Response(
+            resp.body,
+            status_code=resp.status,
+            media_type=JSON,
+            headers=headers,
+            background=BackgroundTask(self._finish, ctx, outcome),
+        )
+
+    async def _relay(
+        self, ctx: RequestContext, target: Target, chunks: AsyncIterator[bytes], close: Any
+    ) -> AsyncIterator[bytes]:
+        """Forward events as they come; drop the usage chunk the client did not ask for."""
+        splitter = EventSplitter()
+        assembler = StreamAssembler()
+        assemble = bool(self.state.stages)
+        usage: Usage | None = None
+        done = False
+        try:
+            async for data in chunks:
+                out: list[bytes] = []
+                for event in splitter.feed(data):
+                    payload = event_data(event)
+                    if payload is None or payload == b"[DONE]":
+                        done = done or payload == b"[DONE]"
+                        out.append(event)
+                        continue
+                    if not assemble and b'"usage"' not in payload:
+                        out.append(event)
+                        continue
+                    try:
+                        chunk = orjson.loads(payload)
+                    except orjson.JSONDecodeError:
+                        out.append(event)
+                        continue
+                    if assemble:
+                        assembler.add(chunk)
+                    found = usage_of(chunk)
+                    if found is not None:
+                        usage = found
+                        if not ctx.include_usage and not chunk.get("choices"):
+                            continue
+                    out.append(event)
+                if out:
+                    yield b"".join(out)
+            rest = splitter.rest()
+            if rest.strip():
+                yield rest
+        finally:
+            close()
+            completion = assembler.completion() if assemble else None
+            final = usage or estimate_usage(ctx.body, completion)
+            cost = self.state.catalog.cost(target.model, final)
+            status = 200 if done or usage is not None else 502
+            await self._finish(
+                ctx, Outcome(status, completion, final, target.model, target.label, cost)
+            )
+
+    # -- stage answers ----------------------------------------------------------------------
+
+    def _stage_response(self, ctx: RequestContext, answer: StageResponse) -> Response:
+        if answer.lever and answer.saved_usd:
+            ctx.add_saving(answer.lever, answer.saved_usd)
+        outcome = Outcome(
+            answer.status,
+            answer.body,
+            answer.usage,
+            answer.model or ctx.route.name,
+            answer.served_by or (answer.lever or "stage"),
+            answer.cost_usd,
+            from_stage=True,
+            lever=answer.lever,
+        )
+        headers = {
+            "x-thrifty-route": ctx.route.name,
+            "x-thrifty-upstream": outcome.served_by,
+            "x-thrifty-cost-usd": f"{answer.cost_usd:.8f}",
+            "x-request-id": ctx.request_id,
+            **ctx.response_headers,
+            **answer.headers,
+        }
+        task = BackgroundTask(self._finish, ctx, outcome)
+        if ctx.stream and answer.status == 200 and (answer.chunks or answer.body):
+            events = (
+                encode_chunks(answer.chunks)
+                if answer.chunks is not None
+                else completion_to_chunks(answer.body or {}, ctx.include_usage)
+            )
+            return StreamingResponse(
+                iter(list(events)),
+                media_type="text/event-stream",
+                headers={**headers, **_SSE_HEADERS},
+                background=task,
+            )
+        return Response(
+            orjson.dumps(answer.body) if answer.body is not None else b"",
+            status_code=answer.status,
+            media_type=JSON,
+            headers=headers,
+            background=task,
+        )
+
+    # -- accounting -------------------------------------------------------------------------
+
+    async def _finish(self, ctx: RequestContext, outcome: Outcome) -> None:
+        """After the response: stage after-hooks, ledger, limits, metrics. Never raises."""
+        state = self.state
+        for stage in state.stages:
+            try:
+                await stage.after_upstream(ctx, outcome)
+            except Exception:
+                log.exception("stage after_upstream failed", extra={"reason": stage.name})
+        error = outcome.status >= 400
+        state.ledger.record(
+            Entry(
+                tenant=ctx.tenant_name,
+                route=ctx.route.name,
+                model=outcome.model,
+                usage=outcome.usage,
+                cost_usd=outcome.cost_usd,
+                savings=ctx.savings,
+                lever=outcome.lever,
+                error=error,
+            )
+        )
+        if ctx.tenant is not None:
+            state.limiter.record_tokens(ctx.tenant, outcome.usage.total_tokens)
+        state.metrics.requests.labels(
+            ctx.tenant_name, ctx.route.name, str(outcome.status), outcome.lever or "none"
+        ).inc()
+        state.metrics.duration.labels(ctx.route.name).observe(time.perf_counter() - ctx.started)
+
+    def _finish_error(self, ctx: RequestContext, exc: ThriftyError) -> None:
+        state = self.state
+        state.ledger.record(
+            Entry(
+                tenant=ctx.tenant_name,
+                route=ctx.route.name,
+                model=ctx.route.name,
+                usage=Usage(),
+                cost_usd=0.0,
+                savings={},
+                error=True,
+            )
+        )
+        state.metrics.requests.labels(
+            ctx.tenant_name, ctx.route.name, str(exc.status), "none"
+        ).inc()
+        state.metrics.duration.labels(ctx.route.name).observe(time.perf_counter() - ctx.started)
+        log.warning(
+            "request failed",
+            extra={
+                "tenant": ctx.tenant_name,
+                "route": ctx.route.name,
+                "status": exc.status,
+                "error_type": type(exc).__name__,
+                "request_id": ctx.request_id,
+            },
+        )
+
+
+__all__ = ["DONE", "Proxy"]

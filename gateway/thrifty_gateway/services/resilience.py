@@ -1,0 +1,233 @@
+"""Retries, fallbacks and circuit breakers around single upstream attempts.
+
+A small loop rather than tenacity: the policy spans several targets (retry this one, then
+fall over to the next), honours `Retry-After` against a total budget shared by the whole
+chain, skips targets whose breaker is open, and must keep the hot path (a first attempt that
+succeeds) free of allocations. `backoff_delay` and `CircuitBreaker` are pure and unit-tested.
+
+Retried: HTTP 429, 5xx and connection errors. A timeout falls over to the next target
+without retrying the same one (it already cost a full timeout). Anything else (400, 404...)
+is the caller's fault and goes back as is. Final errors: timeout 504, 429 429 (with the
+provider's Retry-After), 5xx/connection/open circuits 502, provider auth failures 502.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import orjson
+
+from thrifty_core.errors import (
+    RateLimitError,
+    ThriftyError,
+    UpstreamError,
+    UpstreamStatusError,
+    UpstreamTimeoutError,
+)
+
+from .pipeline import Target
+from .upstream import (
+    Timeouts,
+    UpstreamClient,
+    UpstreamConnectionError,
+    UpstreamResponse,
+    UpstreamTimeout,
+)
+
+log = logging.getLogger(__name__)
+
+RETRYABLE = frozenset({429, 500, 502, 503, 504, 520, 522, 524, 529})
+BASE_DELAY = 0.2
+MAX_DELAY = 8.0
+MAX_RETRY_AFTER = 20.0
+
+
+def parse_retry_after(headers: object) -> float | None:
+    """Seconds from `retry-after-ms` or `retry-after` (number of seconds); None if absent."""
+    get = getattr(headers, "get", None)
+    if get is None:
+        return None
+    ms = get("retry-after-ms")
+    if ms:
+        try:
+            return max(float(ms) / 1000, 0.0)
+        except ValueError:
+            pass
+    value = get("retry-after")
+    if value:
+        try:
+            return max(float(value), 0.0)
+        except ValueError:
+            return None
+    return None
+
+
+def backoff_delay(
+    attempt: int, retry_after: float | None, rand: Callable[[], float] = random.random
+) -> float:
+    """Delay before retry number `attempt` (0-based): Retry-After when given (plus up to 10%
+    jitter), else exponential backoff with equal jitter, capped at MAX_DELAY."""
+    if retry_after is not None:
+        return retry_after * (1 + 0.1 * rand())
+    ceiling: float = min(MAX_DELAY, BASE_DELAY * 2.0**attempt)
+    return ceiling / 2 + rand() * ceiling / 2
+
+
+@dataclass(slots=True)
+class CircuitBreaker:
+    """Per-target breaker: opens after `threshold` consecutive failures, stays open for
+    `cooldown` seconds, then lets one probe through (half-open)."""
+
+    threshold: int = 5
+    cooldown: float = 30.0
+    clock: Callable[[], float] = time.monotonic
+    failures: int = 0
+    opened_at: float | None = None
+    probing: bool = False
+
+    @property
+    def state(self) -> str:
+        if self.opened_at is None:
+            return "closed"
+        return "half-open" if self.clock() - self.opened_at >= self.cooldown else "open"
+
+    def allow(self) -> bool:
+        if self.opened_at is None:
+            return True
+        if self.clock() - self.opened_at < self.cooldown or self.probing:
+            return False
+        self.probing = True
+        return True
+
+    def success(self) -> None:
+        self.failures = 0
+        self.opened_at = None
+        self.probing = False
+
+    def failure(self) -> None:
+        self.failures += 1
+        self.probing = False
+        if self.failures >= self.threshold or self.opened_at is not None:
+            self.opened_at = self.clock()
+
+
+@dataclass(slots=True)
+class Breakers:
+    threshold: int = 5
+    cooldown: float = 30.0
+    by_target: dict[Target, CircuitBreaker] = field(default_factory=dict)
+
+    def get(self, target: Target) -> CircuitBreaker:
+        breaker = self.by_target.get(target)
+        if breaker is None:
+            breaker = CircuitBreaker(self.threshold, self.cooldown)
+            self.by_target[target] = breaker
+        return breaker
+
+
+def _error_message(body: bytes) -> tuple[str, str | None, str | None]:
+    try:
+        data = orjson.loads(body)
+        err = data.get("error") if isinstance(data, dict) else None
+        if isinstance(err, dict):
+            return str(err.get("message", "")), err.get("type"), err.get("code")
+    except orjson.JSONDecodeError:
+        pass
+    return "", None, None
+
+
+@dataclass(slots=True)
+class Attempt:
+    """What happened on the way to an answer (for logs, metrics and tests)."""
+
+    target: Target
+    response: UpstreamResponse
+    attempts: int
+    fallbacks: int
+
+
+async def call_with_fallback(
+    client: UpstreamClient,
+    breakers: Breakers,
+    targets: list[Target],
+    path: str,
+    payload_for: Callable[[Target], bytes],
+    timeouts: Timeouts,
+    *,
+    stream: bool,
+    max_retries: int,
+    retry_budget: float,
+    on_retry: Callable[[Target, str], None] | None = None,
+) -> Attempt:
+    """Send to the first healthy target, retrying and falling over per the module rules."""
+    budget = retry_budget
+    last: ThriftyError | None = None
+    attempts = 0
+    for index, target in enumerate(targets):
+        breaker = breakers.get(target)
+        if not breaker.allow():
+            last = last or UpstreamError(f"circuit open for upstream {target.label}")
+            continue
+        payload = payload_for(target)
+        for attempt in range(max_retries + 1):
+            attempts += 1
+            retry_after: float | None = None
+            try:
+                resp = await client.send(target, path, payload, timeouts, stream)
+            except UpstreamTimeout:
+                breaker.failure()
+                last = UpstreamTimeoutError(f"upstream {target.label} timed out")
+                if on_retry:
+                    on_retry(target, "timeout")
+                break
+            except UpstreamConnectionError:
+                breaker.failure()
+                last = UpstreamError(f"upstream {target.label} is unreachable")
+                reason = "connection"
+            else:
+                if resp.status < 400:
+                    breaker.success()
+                    return Attempt(target, resp, attempts, index)
+                message, type_, code = _error_message(resp.body)
+                if resp.status not in RETRYABLE:
+                    breaker.success()
+                    if resp.status in (401, 403):
+                        raise UpstreamError(
+                            f"upstream {target.label} refused the gateway's credentials"
+                        )
+                    raise UpstreamStatusError(
+                        message or f"upstream answered {resp.status}",
+                        status=resp.status,
+                        type_=type_,
+                        code=code,
+                    )
+                breaker.failure()
+                retry_after = parse_retry_after(resp.headers)
+                if resp.status == 429:
+                    last = RateLimitError(
+                        f"upstream {target.label} is rate limited",
+                        retry_after=retry_after or 1.0,
+                        code="upstream_rate_limited",
+                    )
+                elif resp.status == 504:
+                    last = UpstreamTimeoutError(f"upstream {target.label} timed out (504)")
+                else:
+                    last = UpstreamError(f"upstream {target.label} answered {resp.status}")
+                reason = str(resp.status)
+            if on_retry:
+                on_retry(target, reason)
+            if attempt == max_retries or not breaker.allow():
+                break
+            if retry_after is not None and retry_after > MAX_RETRY_AFTER:
+                break
+            delay = backoff_delay(attempt, retry_after)
+            if delay > budget:
+                break
+            budget -= delay
+            await asyncio.sleep(delay)
+    raise last or UpstreamError("no upstream target available")

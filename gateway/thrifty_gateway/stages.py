@@ -1,0 +1,15 @@
+"""The default pipeline stages, in order (see services/pipeline.py for the contract).
+
+Each entry is a `StageFactory`: an async callable `(config, state) -> Stage | None` that
+imports its module lazily and returns None when the config does not enable it. Components add
+their factory here (exact cache, semantic cache, student routing, deferral, tiering).
+"""
+
+from __future__ import annotations
+
+from .services.pipeline import StageFactory
+
+
+def default_stage_factories() -> list[StageFactory]:
+    """Factories `create_app` uses when the caller passes none."""
+    return []

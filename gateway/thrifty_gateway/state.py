@@ -1,0 +1,62 @@
+"""Typed app state: what the lifespan opens and the routes get through `Depends`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from thrifty_core.config import GatewayConfig, RouteConfig
+from thrifty_core.prices import PriceCatalog
+
+from .services.auth import KeyStore
+from .services.ledger import Ledger
+from .services.metrics import Metrics
+from .services.pipeline import Stage, Target
+from .services.ratelimit import Limiter
+from .services.resilience import Breakers
+from .services.upstream import Timeouts, UpstreamClient
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRuntime:
+    """A route with everything the hot path needs precomputed."""
+
+    config: RouteConfig
+    targets: tuple[Target, ...]
+    timeouts: Timeouts
+
+
+def build_routes(config: GatewayConfig) -> dict[str, RouteRuntime]:
+    return {
+        r.name: RouteRuntime(
+            config=r,
+            targets=tuple(Target(t.provider, t.model) for t in r.targets),
+            timeouts=Timeouts(connect=r.connect_timeout_seconds, total=r.timeout_seconds),
+        )
+        for r in config.routes
+    }
+
+
+def build_catalog(config: GatewayConfig) -> PriceCatalog:
+    """Built-in prices, then gateway-wide overrides, then per-provider overrides."""
+    catalog = PriceCatalog(config.prices)
+    for provider in config.providers:
+        if provider.prices:
+            catalog = catalog.with_overrides(provider.prices)
+    return catalog
+
+
+@dataclass
+class GatewayState:
+    """Everything one gateway app holds; built by the lifespan, read by the routes."""
+
+    config: GatewayConfig
+    catalog: PriceCatalog
+    keys: KeyStore
+    limiter: Limiter
+    upstream: UpstreamClient
+    breakers: Breakers
+    metrics: Metrics
+    ledger: Ledger
+    routes: dict[str, RouteRuntime]
+    stages: list[Stage] = field(default_factory=list)
+    ready: bool = False
