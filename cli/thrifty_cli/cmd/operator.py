@@ -1,10 +1,94 @@
-"""`thrifty` subcommands for the operator component."""
+"""`thrifty operator`: run the kopf operator; the collection Job entry points."""
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+operator_app = typer.Typer(
+    help="Kubernetes operator for Thrifty's custom resources.", invoke_without_command=True
+)
+
+
+@operator_app.callback()
+def run(
+    ctx: typer.Context,
+    namespace: Annotated[
+        list[str] | None,
+        typer.Option("--namespace", "-n", help="Watch only this namespace (repeatable)."),
+    ] = None,
+    all_namespaces: Annotated[
+        bool, typer.Option("--all-namespaces", "-A", help="Watch every namespace (default).")
+    ] = False,
+    standalone: Annotated[
+        bool,
+        typer.Option(
+            "--standalone/--peering",
+            help="Run without kopf peering (the chart runs one replica, Recreate strategy).",
+        ),
+    ] = True,
+    liveness: Annotated[
+        str | None,
+        typer.Option(
+            help="Liveness endpoint, e.g. http://0.0.0.0:8081/healthz (default: "
+            "from THRIFTY_OPERATOR_HEALTH_PORT; 'none' disables it)."
+        ),
+    ] = None,
+) -> None:
+    """Run the operator (kopf) until SIGTERM."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from thrifty_operator.main import run_operator
+    from thrifty_operator.settings import OperatorSettings
+
+    if namespace and all_namespaces:
+        raise typer.BadParameter("use either --namespace or --all-namespaces")
+    settings = OperatorSettings()
+    if liveness is None and settings.health_port:
+        liveness = f"http://0.0.0.0:{settings.health_port}/healthz"
+    run_operator(
+        settings,
+        namespaces=list(namespace or []),
+        standalone=standalone,
+        liveness=None if liveness == "none" else liveness,
+    )
+
+
+def _read_key(path: Path | None) -> str | None:
+    return path.read_text(encoding="utf-8").strip() if path else None
+
+
+@operator_app.command("ensure-collection")
+def ensure_collection(
+    url: Annotated[str, typer.Option(help="Qdrant base URL.")],
+    collection: Annotated[str, typer.Option(help="Collection name.")],
+    size: Annotated[int, typer.Option(help="Vector size.", min=1)],
+    tenant_field: Annotated[str, typer.Option(help="Payload field holding the tenant.")] = (
+        "tenant"
+    ),
+    api_key_file: Annotated[Path | None, typer.Option(help="File with the API key.")] = None,
+) -> None:
+    """Create the semantic collection and its tenant index (idempotent)."""
+    from thrifty_operator.collection import ensure_collection as ensure
+
+    asyncio.run(ensure(url, collection, size, tenant_field, _read_key(api_key_file)))
+
+
+@operator_app.command("delete-collection")
+def delete_collection(
+    url: Annotated[str, typer.Option(help="Qdrant base URL.")],
+    collection: Annotated[str, typer.Option(help="Collection name.")],
+    api_key_file: Annotated[Path | None, typer.Option(help="File with the API key.")] = None,
+) -> None:
+    """Drop the semantic collection (a CachePolicy with deletionPolicy Delete)."""
+    from thrifty_operator.collection import delete_collection as drop
+
+    asyncio.run(drop(url, collection, _read_key(api_key_file)))
 
 
 def register(app: typer.Typer) -> None:
-    """Attach this component's commands (none yet)."""
-    del app
+    """Attach `thrifty operator` and its subcommands."""
+    app.add_typer(operator_app, name="operator")

@@ -1,0 +1,184 @@
+"""A small Kubernetes client: server-side apply under one field manager, get, list, delete.
+
+Wraps `kubernetes_asyncio.client.ApiClient` with a fixed table of the kinds the operator
+manages (no discovery round trips). API errors become `KubeError` with the HTTP status, so
+handlers can tell a bad manifest (4xx: permanent) from a transient fault (5xx, 429: retry).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes_asyncio import config
+from kubernetes_asyncio.client import ApiClient, Configuration
+from kubernetes_asyncio.client.exceptions import ApiException
+
+FIELD_MANAGER = "thrifty-operator"
+
+
+@dataclass(frozen=True)
+class KindInfo:
+    plural: str
+    namespaced: bool = True
+
+
+KINDS: dict[tuple[str, str], KindInfo] = {
+    ("v1", "ConfigMap"): KindInfo("configmaps"),
+    ("v1", "Service"): KindInfo("services"),
+    ("v1", "ServiceAccount"): KindInfo("serviceaccounts"),
+    ("v1", "PersistentVolumeClaim"): KindInfo("persistentvolumeclaims"),
+    ("v1", "Pod"): KindInfo("pods"),
+    ("apps/v1", "Deployment"): KindInfo("deployments"),
+    ("apps/v1", "StatefulSet"): KindInfo("statefulsets"),
+    ("batch/v1", "Job"): KindInfo("jobs"),
+    ("autoscaling/v2", "HorizontalPodAutoscaler"): KindInfo("horizontalpodautoscalers"),
+    ("policy/v1", "PodDisruptionBudget"): KindInfo("poddisruptionbudgets"),
+    ("rbac.authorization.k8s.io/v1", "Role"): KindInfo("roles"),
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"): KindInfo("rolebindings"),
+    ("thrifty.dev/v1alpha1", "LLMGateway"): KindInfo("llmgateways"),
+    ("thrifty.dev/v1alpha1", "CachePolicy"): KindInfo("cachepolicies"),
+    ("thrifty.dev/v1alpha1", "BatchQueue"): KindInfo("batchqueues"),
+    ("thrifty.dev/v1alpha1", "DistilledModel"): KindInfo("distilledmodels"),
+}
+
+
+class KubeError(Exception):
+    """An API call failed; `status` is the HTTP status (0 when there was no response)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status}: {message}")
+        self.status = status
+        self.message = message
+
+    @property
+    def permanent(self) -> bool:
+        """4xx other than 409/429: retrying the same request cannot succeed."""
+        return 400 <= self.status < 500 and self.status not in (404, 409, 429)
+
+
+def path(api_version: str, kind: str, namespace: str | None, name: str | None = None) -> str:
+    """The REST path of a collection or an object of a known kind."""
+    info = KINDS.get((api_version, kind))
+    if info is None:
+        raise KeyError(f"unknown kind {api_version}/{kind}")
+    prefix = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
+    ns = f"/namespaces/{namespace}" if info.namespaced and namespace else ""
+    out = f"{prefix}{ns}/{info.plural}"
+    return f"{out}/{name}" if name else out
+
+
+def _message(body: Any, fallback: Any) -> str:
+    """The API server's Status message, else the fallback text."""
+    try:
+        parsed = json.loads(body or "{}")
+        return str(parsed.get("message") or fallback)
+    except (ValueError, TypeError, AttributeError):
+        return str(fallback)
+
+
+class KubeClient:
+    """The operator's API access; one instance per operator, kept in kopf's memo."""
+
+    def __init__(self, api: ApiClient, field_manager: str = FIELD_MANAGER) -> None:
+        self._api = api
+        self.field_manager = field_manager
+
+    async def _call(
+        self,
+        method: str,
+        url: str,
+        *,
+        query: list[tuple[str, Any]] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+    ) -> dict[str, Any]:
+        try:
+            resp = await self._api.call_api(
+                url,
+                method,
+                query_params=query or [],
+                header_params={"Accept": "application/json", "Content-Type": content_type},
+                body=body,
+                auth_settings=["BearerToken"],
+                _preload_content=False,
+                _return_http_data_only=True,
+            )
+            data = await resp.read()
+            status = int(resp.status)
+        except ApiException as exc:
+            raise KubeError(int(exc.status or 0), _message(exc.body, exc.reason)) from exc
+        except (OSError, TimeoutError) as exc:
+            raise KubeError(0, f"{type(exc).__name__}: {exc}") from exc
+        if not 200 <= status <= 299:
+            raise KubeError(status, _message(data, f"HTTP {status}"))
+        result: dict[str, Any] = json.loads(data) if data else {}
+        return result
+
+    async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """Server-side apply (force: the operator owns the fields it sets)."""
+        meta = manifest["metadata"]
+        url = path(manifest["apiVersion"], manifest["kind"], meta.get("namespace"), meta["name"])
+        return await self._call(
+            "PATCH",
+            url,
+            query=[("fieldManager", self.field_manager), ("force", "true")],
+            body=manifest,
+            content_type="application/apply-patch+yaml",
+        )
+
+    async def get(
+        self, api_version: str, kind: str, namespace: str, name: str
+    ) -> dict[str, Any] | None:
+        try:
+            return await self._call("GET", path(api_version, kind, namespace, name))
+        except KubeError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def list(
+        self, api_version: str, kind: str, namespace: str, selector: dict[str, str]
+    ) -> list[dict[str, Any]]:
+        label_selector = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
+        data = await self._call(
+            "GET", path(api_version, kind, namespace), query=[("labelSelector", label_selector)]
+        )
+        items: list[dict[str, Any]] = data.get("items", [])
+        return items
+
+    async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
+        """Delete (background propagation); False when it was already gone."""
+        try:
+            await self._call(
+                "DELETE",
+                path(api_version, kind, namespace, name),
+                body={"propagationPolicy": "Background"},
+            )
+        except KubeError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    async def patch_status(
+        self, api_version: str, kind: str, namespace: str, name: str, status: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Merge-patch the status subresource of one of our custom resources."""
+        return await self._call(
+            "PATCH",
+            path(api_version, kind, namespace, name) + "/status",
+            body={"status": status},
+            content_type="application/merge-patch+json",
+        )
+
+
+async def connect() -> ApiClient:
+    """An API client from the in-cluster service account, else from KUBECONFIG."""
+    cfg = Configuration()
+    try:
+        config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+    except config.ConfigException:
+        await config.load_kube_config(client_configuration=cfg)
+    return ApiClient(configuration=cfg)

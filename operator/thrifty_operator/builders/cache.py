@@ -1,0 +1,127 @@
+"""CachePolicy -> managed Redis, managed Qdrant and the semantic collection Jobs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from thrifty_core.api import CachePolicy
+from thrifty_core.render import collection_name, managed_qdrant_url, managed_redis_url
+
+from . import names
+from .common import Manifest, Owner, container, metadata, pod_spec, short_hash
+from .defaults import Defaults
+from .secrets import secret_path, secret_volumes
+from .stores import build_qdrant, build_redis
+
+COLLECTION_COMPONENT = "thrifty-collection"
+TENANT_FIELD = "tenant"
+
+
+@dataclass(frozen=True)
+class Collection:
+    """The semantic collection a policy needs (None of it when the layer is off)."""
+
+    url: str
+    name: str
+    size: int
+    digest: str
+
+
+def redis_url(policy: CachePolicy) -> str:
+    stores = policy.spec.stores
+    if stores.redis.managed:
+        return managed_redis_url(policy.metadata.name, policy.metadata.namespace)
+    return stores.redis.url or ""
+
+
+def qdrant_url(policy: CachePolicy) -> str:
+    stores = policy.spec.stores
+    if stores.qdrant.managed:
+        return managed_qdrant_url(policy.metadata.name, policy.metadata.namespace)
+    return stores.qdrant.url or ""
+
+
+def collection(policy: CachePolicy) -> Collection | None:
+    semantic = policy.spec.semantic
+    if not semantic.enabled or semantic.embedding is None:
+        return None
+    url = qdrant_url(policy)
+    name = collection_name(policy)
+    size = semantic.embedding.dimensions
+    return Collection(url, name, size, short_hash([url, name, size]))
+
+
+def keyspace_version(policy: CachePolicy) -> str:
+    """Changes when cached answers stop being valid (scope, embedding model, guard)."""
+    spec = policy.spec
+    embedding = spec.semantic.embedding
+    basis = [spec.scope, embedding.model_dump(mode="json") if embedding else None]
+    return f"v-{short_hash(basis, 10)}"
+
+
+def build_stores(policy: CachePolicy, owner: Owner, defaults: Defaults) -> list[Manifest]:
+    """The managed Redis (exact layer) and Qdrant (semantic layer) the policy asks for."""
+    spec = policy.spec
+    out: list[Manifest] = []
+    if spec.stores.redis.managed:
+        out += build_redis(owner, spec.stores.redis, defaults, evict=True)
+    if spec.semantic.enabled and spec.stores.qdrant.managed:
+        out += build_qdrant(
+            owner, spec.stores.qdrant, defaults, delete_data=spec.deletion_policy == "Delete"
+        )
+    return out
+
+
+def _collection_job(
+    policy: CachePolicy, owner: Owner, defaults: Defaults, job_name: str, args: list[str]
+) -> Manifest:
+    ref = policy.spec.stores.qdrant.password_secret_ref
+    volumes, mounts = secret_volumes([ref] if ref else [])
+    if ref is not None:
+        args = [*args, "--api-key-file", secret_path(ref)]
+    main = container("collection", defaults.operator_image, args=args, mounts=mounts)
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": metadata(owner, job_name, COLLECTION_COMPONENT),
+        "spec": {
+            "backoffLimit": 10,
+            "template": {
+                "metadata": {"labels": metadata(owner, "", COLLECTION_COMPONENT)["labels"]},
+                "spec": pod_spec([main], volumes=volumes, restart_policy="OnFailure"),
+            },
+        },
+    }
+
+
+def build_collection_job(policy: CachePolicy, owner: Owner, defaults: Defaults) -> Manifest | None:
+    """A Job creating the collection (vector size, cosine, tenant payload index); idempotent."""
+    target = collection(policy)
+    if target is None:
+        return None
+    args = [
+        "operator",
+        "ensure-collection",
+        "--url",
+        target.url,
+        "--collection",
+        target.name,
+        "--size",
+        str(target.size),
+        "--tenant-field",
+        TENANT_FIELD,
+    ]
+    return _collection_job(
+        policy, owner, defaults, names.collection_job(owner.name, target.digest), args
+    )
+
+
+def build_collection_delete_job(
+    policy: CachePolicy, owner: Owner, defaults: Defaults
+) -> Manifest | None:
+    """A Job dropping the collection (run from the finalizer when deletionPolicy is Delete)."""
+    target = collection(policy)
+    if target is None:
+        return None
+    args = ["operator", "delete-collection", "--url", target.url, "--collection", target.name]
+    return _collection_job(policy, owner, defaults, names.collection_delete_job(owner.name), args)

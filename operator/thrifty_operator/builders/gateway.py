@@ -1,0 +1,195 @@
+"""LLMGateway -> ConfigMap (rendered config), Deployment, Service, HPA, PDB."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from thrifty_core.api import LLMGateway, SecretKeyRef
+from thrifty_core.render import BATCH_FILES_DIR, CAPTURE_DIR, STUDENT_ARTIFACTS_DIR
+
+from . import names
+from .common import (
+    CONFIG_HASH_ANNOTATION,
+    Manifest,
+    Owner,
+    container,
+    http_probes,
+    metadata,
+    pod_spec,
+    resources,
+    selector_labels,
+)
+from .defaults import CONFIG_DIR, CONFIG_FILE, GATEWAY_PORT, Defaults
+from .secrets import secret_volumes
+
+COMPONENT = "thrifty-gateway"
+
+
+@dataclass(frozen=True)
+class GatewayMounts:
+    """Storage a gateway pod shares with its batch worker and students."""
+
+    secret_refs: Sequence[SecretKeyRef] = ()
+    batch_queue: str | None = None
+    students: Sequence[str] = field(default_factory=tuple)
+
+
+def build_config_map(owner: Owner, config_yaml: str, config_hash: str) -> Manifest:
+    """The rendered gateway config; its hash is also on the pods so they roll on change."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata(
+            owner,
+            names.gateway_config(owner.name),
+            COMPONENT,
+            {CONFIG_HASH_ANNOTATION: config_hash},
+        ),
+        "data": {CONFIG_FILE: config_yaml},
+    }
+
+
+def config_volume(gateway_name: str) -> dict[str, Any]:
+    return {
+        "name": "config",
+        "configMap": {
+            "name": names.gateway_config(gateway_name),
+            "items": [{"key": CONFIG_FILE, "path": CONFIG_FILE}],
+        },
+    }
+
+
+def shared_volumes(mounts: GatewayMounts) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Secrets, the batch file store and the students' capture/artifact volumes."""
+    volumes, vmounts = secret_volumes(mounts.secret_refs)
+    if mounts.batch_queue:
+        volumes.append(
+            {
+                "name": "batch-files",
+                "persistentVolumeClaim": {"claimName": names.batch_files(mounts.batch_queue)},
+            }
+        )
+        vmounts.append({"name": "batch-files", "mountPath": BATCH_FILES_DIR})
+    for student in sorted(mounts.students):
+        vol = f"student-{student}"[:63].rstrip("-")
+        claim = names.distill_artifacts(student)
+        volumes.append({"name": vol, "persistentVolumeClaim": {"claimName": claim}})
+        vmounts.append({"name": vol, "mountPath": f"{CAPTURE_DIR}/{student}", "subPath": "capture"})
+        vmounts.append(
+            {
+                "name": vol,
+                "mountPath": f"{STUDENT_ARTIFACTS_DIR}/{student}",
+                "subPath": "students",
+                "readOnly": True,
+            }
+        )
+    return volumes, vmounts
+
+
+def build_deployment(
+    gateway: LLMGateway,
+    owner: Owner,
+    config_hash: str,
+    mounts: GatewayMounts,
+    defaults: Defaults,
+) -> Manifest:
+    """The gateway Deployment; replicas are left to the HPA when autoscaling is on."""
+    spec = gateway.spec
+    volumes, vmounts = shared_volumes(mounts)
+    volumes.insert(0, config_volume(owner.name))
+    vmounts.insert(0, {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True})
+    main = container(
+        "gateway",
+        spec.image or defaults.gateway_image,
+        args=["gateway", "--config", f"{CONFIG_DIR}/{CONFIG_FILE}", "--host", "0.0.0.0"],
+        ports=[{"name": "http", "containerPort": GATEWAY_PORT, "protocol": "TCP"}],
+        mounts=vmounts,
+        resources_block=resources(spec.resources.requests, spec.resources.limits),
+        probes=http_probes("http", "/healthz", "/readyz"),
+    )
+    deploy_spec: dict[str, Any] = {
+        "selector": {"matchLabels": selector_labels(owner, COMPONENT)},
+        "strategy": {
+            "type": "RollingUpdate",
+            "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+        },
+        "template": {
+            "metadata": {
+                "labels": metadata(owner, "", COMPONENT)["labels"],
+                "annotations": {CONFIG_HASH_ANNOTATION: config_hash},
+            },
+            "spec": pod_spec([main], volumes=volumes),
+        },
+    }
+    if not spec.autoscaling.enabled:
+        deploy_spec["replicas"] = spec.replicas
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata(owner, names.gateway(owner.name), COMPONENT),
+        "spec": deploy_spec,
+    }
+
+
+def build_service(owner: Owner) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(owner, names.gateway(owner.name), COMPONENT),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector_labels(owner, COMPONENT),
+            "ports": [{"name": "http", "port": GATEWAY_PORT, "targetPort": "http"}],
+        },
+    }
+
+
+def build_hpa(gateway: LLMGateway, owner: Owner) -> Manifest | None:
+    """An autoscaling/v2 HPA on CPU, or None when autoscaling is off."""
+    auto = gateway.spec.autoscaling
+    if not auto.enabled:
+        return None
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": metadata(owner, names.gateway(owner.name), COMPONENT),
+        "spec": {
+            "scaleTargetRef": {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "name": names.gateway(owner.name),
+            },
+            "minReplicas": auto.min_replicas,
+            "maxReplicas": auto.max_replicas,
+            "metrics": [
+                {
+                    "type": "Resource",
+                    "resource": {
+                        "name": "cpu",
+                        "target": {
+                            "type": "Utilization",
+                            "averageUtilization": auto.target_cpu_utilization,
+                        },
+                    },
+                }
+            ],
+        },
+    }
+
+
+def build_pdb(gateway: LLMGateway, owner: Owner) -> Manifest | None:
+    """A policy/v1 PodDisruptionBudget, or None when not asked for."""
+    pdb = gateway.spec.pod_disruption_budget
+    if not pdb.enabled:
+        return None
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": metadata(owner, names.gateway(owner.name), COMPONENT),
+        "spec": {
+            "minAvailable": pdb.min_available,
+            "selector": {"matchLabels": selector_labels(owner, COMPONENT)},
+        },
+    }

@@ -1,0 +1,194 @@
+"""Managed stores: Redis (exact cache, batch queue) and Qdrant (semantic vectors)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from thrifty_core.api.cachepolicy import QdrantStore, RedisStore
+
+from . import names
+from .common import (
+    Manifest,
+    Owner,
+    container,
+    metadata,
+    pod_spec,
+    resources,
+    selector_labels,
+)
+from .defaults import QDRANT_GRPC_PORT, QDRANT_HTTP_PORT, REDIS_PORT, Defaults
+
+REDIS_COMPONENT = "thrifty-redis"
+QDRANT_COMPONENT = "thrifty-qdrant"
+
+
+def _secret_env(name: str, ref: Any) -> list[dict[str, Any]]:
+    if ref is None:
+        return []
+    return [{"name": name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}]
+
+
+def _pvc_spec(size: str, storage_class: str | None, mode: str = "ReadWriteOnce") -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "accessModes": [mode],
+        "resources": {"requests": {"storage": size}},
+    }
+    if storage_class:
+        spec["storageClassName"] = storage_class
+    return spec
+
+
+def build_redis(
+    owner: Owner, store: RedisStore, defaults: Defaults, *, evict: bool
+) -> list[Manifest]:
+    """PVC + single-replica Deployment (Recreate: one writer) + Service for a managed Redis.
+
+    `evict` picks allkeys-lru (a cache) or noeviction (a queue must never lose entries).
+    """
+    name = names.redis(owner.name)
+    data = f"{name}-data"
+    args = [
+        "--port",
+        str(REDIS_PORT),
+        "--dir",
+        "/data",
+        "--appendonly",
+        "yes",
+        "--maxmemory-policy",
+        "allkeys-lru" if evict else "noeviction",
+        "--protected-mode",
+        "no",
+    ]
+    if store.password_secret_ref is not None:
+        args += ["--requirepass", "$(REDIS_PASSWORD)"]
+    main = container(
+        "redis",
+        store.image or defaults.redis_image,
+        command=["redis-server"],
+        args=args,
+        ports=[{"name": "redis", "containerPort": REDIS_PORT, "protocol": "TCP"}],
+        env=_secret_env("REDIS_PASSWORD", store.password_secret_ref),
+        mounts=[{"name": "data", "mountPath": "/data"}],
+        resources_block=resources(store.resources.requests, store.resources.limits),
+        probes={
+            "livenessProbe": {"tcpSocket": {"port": "redis"}, "periodSeconds": 10},
+            "readinessProbe": {"tcpSocket": {"port": "redis"}, "periodSeconds": 5},
+        },
+    )
+    pvc = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": metadata(owner, data, REDIS_COMPONENT),
+        "spec": _pvc_spec(store.storage, store.storage_class_name),
+    }
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata(owner, name, REDIS_COMPONENT),
+        "spec": {
+            "replicas": 1,
+            "strategy": {"type": "Recreate"},
+            "selector": {"matchLabels": selector_labels(owner, REDIS_COMPONENT)},
+            "template": {
+                "metadata": {"labels": metadata(owner, "", REDIS_COMPONENT)["labels"]},
+                "spec": pod_spec(
+                    [main],
+                    volumes=[{"name": "data", "persistentVolumeClaim": {"claimName": data}}],
+                ),
+            },
+        },
+    }
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(owner, name, REDIS_COMPONENT),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector_labels(owner, REDIS_COMPONENT),
+            "ports": [{"name": "redis", "port": REDIS_PORT, "targetPort": "redis"}],
+        },
+    }
+    return [pvc, deployment, service]
+
+
+def build_qdrant(
+    owner: Owner, store: QdrantStore, defaults: Defaults, *, delete_data: bool
+) -> list[Manifest]:
+    """Headless Service + StatefulSet (one PVC per pod) for a managed Qdrant.
+
+    The PVC follows the policy's deletionPolicy: Delete removes it with the StatefulSet.
+    """
+    name = names.qdrant(owner.name)
+    main = container(
+        "qdrant",
+        store.image or defaults.qdrant_image,
+        ports=[
+            {"name": "http", "containerPort": QDRANT_HTTP_PORT, "protocol": "TCP"},
+            {"name": "grpc", "containerPort": QDRANT_GRPC_PORT, "protocol": "TCP"},
+        ],
+        env=[
+            {"name": "QDRANT__STORAGE__STORAGE_PATH", "value": "/qdrant/storage"},
+            {"name": "QDRANT__STORAGE__SNAPSHOTS_PATH", "value": "/qdrant/snapshots"},
+            {"name": "QDRANT__TELEMETRY_DISABLED", "value": "true"},
+            *_secret_env("QDRANT__SERVICE__API_KEY", store.password_secret_ref),
+        ],
+        mounts=[
+            {"name": "storage", "mountPath": "/qdrant/storage"},
+            {"name": "snapshots", "mountPath": "/qdrant/snapshots"},
+        ],
+        resources_block=resources(store.resources.requests, store.resources.limits),
+        probes={
+            "livenessProbe": {"httpGet": {"path": "/livez", "port": "http"}, "periodSeconds": 10},
+            "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5},
+        },
+    )
+    policy = "Delete" if delete_data else "Retain"
+    statefulset = {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": metadata(owner, name, QDRANT_COMPONENT),
+        "spec": {
+            "serviceName": name,
+            "replicas": 1,
+            "podManagementPolicy": "Parallel",
+            "selector": {"matchLabels": selector_labels(owner, QDRANT_COMPONENT)},
+            "persistentVolumeClaimRetentionPolicy": {"whenDeleted": policy, "whenScaled": "Retain"},
+            "template": {
+                "metadata": {"labels": metadata(owner, "", QDRANT_COMPONENT)["labels"]},
+                "spec": pod_spec(
+                    [main], volumes=[{"name": "snapshots", "emptyDir": {"sizeLimit": "1Gi"}}]
+                ),
+            },
+            "volumeClaimTemplates": [
+                {
+                    "metadata": {"name": "storage"},
+                    "spec": _pvc_spec(store.storage, store.storage_class_name),
+                }
+            ],
+        },
+    }
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(owner, name, QDRANT_COMPONENT),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": False,
+            "selector": selector_labels(owner, QDRANT_COMPONENT),
+            "ports": [
+                {"name": "http", "port": QDRANT_HTTP_PORT, "targetPort": "http"},
+                {"name": "grpc", "port": QDRANT_GRPC_PORT, "targetPort": "grpc"},
+            ],
+        },
+    }
+    return [service, statefulset]
+
+
+def pvc(owner: Owner, name: str, component: str, size: str, storage_class: str | None) -> Manifest:
+    """A shared ReadWriteMany claim (batch files, distillation artifacts)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": metadata(owner, name, component),
+        "spec": _pvc_spec(size, storage_class, "ReadWriteMany"),
+    }

@@ -1,0 +1,69 @@
+"""The semantic collection's lifecycle, run by the collection Jobs (`thrifty operator
+ensure-collection|delete-collection`): Qdrant's REST API through aiohttp (a kopf dependency).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import aiohttp
+
+logger = logging.getLogger(__name__)
+
+
+def collection_body(size: int) -> dict[str, Any]:
+    """Cosine vectors of the embedding size; payload kept on disk for large collections."""
+    return {"vectors": {"size": size, "distance": "Cosine"}, "on_disk_payload": True}
+
+
+def tenant_index_body(field: str) -> dict[str, Any]:
+    """A keyword payload index marked as the tenant key (Qdrant co-locates a tenant's points)."""
+    return {"field_name": field, "field_schema": {"type": "keyword", "is_tenant": True}}
+
+
+class CollectionMismatch(Exception):
+    """The collection exists with another vector size: refuse to touch it."""
+
+
+async def ensure_collection(
+    url: str, name: str, size: int, tenant_field: str, api_key: str | None = None
+) -> bool:
+    """Create the collection and its tenant index when missing; True when it was created."""
+    headers = {"api-key": api_key} if api_key else {}
+    base = url.rstrip("/")
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(headers=headers, timeout=timeout) as http:
+        async with http.get(f"{base}/collections/{name}") as resp:
+            if resp.status == 200:
+                info = await resp.json()
+                vectors = info["result"]["config"]["params"]["vectors"]
+                if int(vectors.get("size", size)) != size:
+                    raise CollectionMismatch(
+                        f"collection {name} has vector size {vectors.get('size')}, want {size}"
+                    )
+                created = False
+            elif resp.status == 404:
+                created = True
+            else:
+                resp.raise_for_status()
+        if created:
+            async with http.put(f"{base}/collections/{name}", json=collection_body(size)) as resp:
+                resp.raise_for_status()
+        async with http.put(
+            f"{base}/collections/{name}/index?wait=true", json=tenant_index_body(tenant_field)
+        ) as resp:
+            resp.raise_for_status()
+    logger.info("collection %s ready (size %d, created=%s)", name, size, created)
+    return created
+
+
+async def delete_collection(url: str, name: str, api_key: str | None = None) -> None:
+    """Drop the collection (missing is fine)."""
+    headers = {"api-key": api_key} if api_key else {}
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(headers=headers, timeout=timeout) as http:
+        async with http.delete(f"{url.rstrip('/')}/collections/{name}") as resp:
+            if resp.status != 404:
+                resp.raise_for_status()
+    logger.info("collection %s deleted", name)

@@ -1,0 +1,1 @@
+"""kopf handlers, one module per kind; they parse, call pure builders, apply, report."""

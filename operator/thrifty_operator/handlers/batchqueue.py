@@ -1,0 +1,48 @@
+"""BatchQueue: its Redis and file store; the worker runs with its gateway's config."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from thrifty_core.api import BatchQueue
+
+from ..builders import names
+from ..builders.batch import build_queue_stores
+from ..builders.common import Owner
+from ..conditions import Cond, false, true
+from . import gateway
+from .common import Body, Context, Outcome, apply_all, deployment_state, parse
+from .indexes import Indexes
+
+
+async def reconcile(body: Body, ix: Indexes, ctx: Context) -> Outcome:
+    queue = parse(BatchQueue, body)
+    owner = Owner.from_body(body)
+    ns = owner.namespace
+    await apply_all(ctx.kube, build_queue_stores(queue, owner, ctx.defaults))
+    redis_ok, message = deployment_state(
+        await ctx.kube.get("apps/v1", "Deployment", ns, names.redis(owner.name))
+    )
+    conds: list[Cond] = [
+        true("StoreReady", "StoresAvailable", f"redis: {message}")
+        if redis_ok
+        else false("StoreReady", "StoresProgressing", f"redis: {message}")
+    ]
+    fields: dict[str, Any] = {"stream": names.batch_stream(owner.name, ns), "workerReplicas": 0}
+    users = ix.gateways_using_queue(ns, owner.name)
+    if not users:
+        conds.append(
+            false("Available", "NoGateway", "no LLMGateway references this queue (batchQueueRef)")
+        )
+        return Outcome(conds, fields)
+    # The worker mounts its gateway's config: re-render the gateways (they apply the worker).
+    await gateway.resync(ix, ctx, ns, users)
+    worker = await ctx.kube.get("apps/v1", "Deployment", ns, names.batch_worker(owner.name))
+    ok, message = deployment_state(worker)
+    fields["workerReplicas"] = int((worker or {}).get("status", {}).get("readyReplicas", 0))
+    conds.append(
+        true("Available", "WorkersAvailable", f"{message} (config of gateway {users[0]})")
+        if ok
+        else false("Available", "WorkersProgressing", message)
+    )
+    return Outcome(conds, fields)

@@ -1,0 +1,177 @@
+"""What every handler shares: the injected context, parsing, status writing, child state."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar, cast
+
+import kopf
+from pydantic import ValidationError
+
+from thrifty_core.api import Resource
+
+from ..apply import KubeClient, KubeError
+from ..builders.defaults import Defaults
+from ..conditions import Cond, false, merge, ready, transitions
+from ..settings import OperatorSettings
+
+logger = logging.getLogger(__name__)
+
+R = TypeVar("R", bound=Resource)
+Body = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Context:
+    """Clients and settings created once at startup and handed to handlers through the memo."""
+
+    kube: KubeClient
+    defaults: Defaults
+    settings: OperatorSettings
+
+
+@dataclass
+class Outcome:
+    """What a reconcile found: kind-specific conditions and extra status fields."""
+
+    conditions: list[Cond]
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+class InvalidSpec(Exception):
+    """The spec passed the CRD schema but not the API types' own checks."""
+
+
+def context(memo: Any) -> Context:
+    ctx = getattr(memo, "ctx", None)
+    if not isinstance(ctx, Context):
+        raise kopf.TemporaryError("operator context is not initialised yet", delay=5)
+    return ctx
+
+
+def plain(body: Body) -> dict[str, Any]:
+    """A deep JSON copy of a kopf body (safe to keep in an index or hand to pydantic)."""
+    out: dict[str, Any] = json.loads(json.dumps(dict(body), default=dict))
+    return out
+
+
+def parse(cls: type[R], body: Body) -> R:
+    """Validate a body into its API type; the error names the offending fields.
+
+    A status that does not validate (written by an older operator) is dropped, not fatal.
+    """
+    data = plain(body)
+    meta = data.get("metadata", {})
+    data["metadata"] = {k: meta[k] for k in ("name", "namespace", "generation") if k in meta}
+    status = data.pop("status", None)
+    try:
+        model = cls.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise InvalidSpec(problems) from exc
+    if isinstance(status, dict) and status:
+        try:
+            return cls.model_validate({**data, "status": status})
+        except ValidationError:
+            logger.debug("ignoring an unreadable status of %s", meta.get("name"))
+    return model
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def finish(body: Body, out: MutableMapping[str, Any], outcome: Outcome) -> Cond:
+    """Write conditions (with Ready) and fields into the status patch; post Events on change."""
+    summary = ready(outcome.conditions)
+    conds = [summary, *outcome.conditions]
+    status = body.get("status") or {}
+    existing = status.get("conditions") or []
+    generation = int(body.get("metadata", {}).get("generation", 0))
+    out["conditions"] = merge(existing, conds, generation, now())
+    out["observedGeneration"] = generation
+    out.update(outcome.fields)
+    obj = cast(kopf.Body, body)
+    for cond in transitions(existing, conds):
+        kind = "Normal" if cond.ok else "Warning"
+        kopf.event(obj, type=kind, reason=cond.reason, message=f"{cond.type}: {cond.message}")
+    return summary
+
+
+async def run(
+    body: Body,
+    patch: kopf.Patch,
+    reconcile: Callable[[], Awaitable[Outcome]],
+    *,
+    strict: bool,
+) -> None:
+    """Run one reconcile and write its status.
+
+    `strict` (change handlers) raises so kopf retries transient faults and stops on permanent
+    ones; timers only record the result and try again at the next interval.
+    """
+    try:
+        outcome = await reconcile()
+    except InvalidSpec as exc:
+        finish(body, patch.status, Outcome([false("SpecValid", "InvalidSpec", str(exc))]))
+        if strict:
+            raise kopf.PermanentError(f"invalid spec: {exc}") from exc
+        return
+    except KubeError as exc:
+        reason = "ApplyRejected" if exc.permanent else "ApiUnavailable"
+        finish(body, patch.status, Outcome([false("Applied", reason, exc.message)]))
+        if strict and exc.permanent:
+            raise kopf.PermanentError(f"the API server refused a child: {exc.message}") from exc
+        if strict:
+            raise kopf.TemporaryError(f"API error, will retry: {exc.message}", delay=10) from exc
+        return
+    finish(body, patch.status, outcome)
+
+
+async def apply_all(kube: KubeClient, manifests: Iterable[dict[str, Any] | None]) -> None:
+    for manifest in manifests:
+        if manifest is not None:
+            await kube.apply(manifest)
+
+
+def deployment_state(obj: dict[str, Any] | None) -> tuple[bool, str]:
+    """(available, message) of a Deployment: all replicas updated and available."""
+    if obj is None:
+        return False, "not created yet"
+    spec, status = obj.get("spec", {}), obj.get("status", {})
+    want = int(spec.get("replicas", 1))
+    meta_gen = int(obj.get("metadata", {}).get("generation", 0))
+    updated = int(status.get("updatedReplicas", 0))
+    available = int(status.get("availableReplicas", 0))
+    seen = int(status.get("observedGeneration", 0)) >= meta_gen
+    ok = seen and updated >= want and available >= want
+    return ok, f"{available}/{want} replicas available, {updated} updated"
+
+
+def statefulset_state(obj: dict[str, Any] | None) -> tuple[bool, str]:
+    if obj is None:
+        return False, "not created yet"
+    want = int(obj.get("spec", {}).get("replicas", 1))
+    ready_n = int(obj.get("status", {}).get("readyReplicas", 0))
+    return ready_n >= want, f"{ready_n}/{want} replicas ready"
+
+
+def job_state(obj: dict[str, Any] | None) -> str:
+    """Complete, Failed, Running or Missing, from the Job's conditions."""
+    if obj is None:
+        return "Missing"
+    for cond in obj.get("status", {}).get("conditions") or []:
+        if cond.get("status") == "True" and cond.get("type") in ("Complete", "Failed"):
+            return str(cond["type"])
+    return "Running"
+
+
+def owner_key(body: Body) -> tuple[str, str]:
+    meta = body.get("metadata", {})
+    return str(meta.get("namespace", "default")), str(meta.get("name", ""))

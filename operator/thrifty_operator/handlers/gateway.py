@@ -1,0 +1,183 @@
+"""LLMGateway: render the config from the spec and the policies it references, apply children.
+
+`sync` is also called by the CachePolicy, BatchQueue and DistilledModel handlers when they
+change, so the gateways using them re-render and roll (and only those).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from thrifty_core.api import BatchQueue, CachePolicy, DistilledModel, LLMGateway
+from thrifty_core.config import dump_config
+from thrifty_core.render import render_gateway_config
+
+from ..apply import KubeError
+from ..builders import gateway as gw_builders
+from ..builders import names
+from ..builders.batch import build_worker
+from ..builders.common import Owner, short_hash
+from ..builders.secrets import gateway_secret_refs
+from ..conditions import Cond, false, true
+from .common import (
+    Context,
+    InvalidSpec,
+    Outcome,
+    apply_all,
+    deployment_state,
+    finish,
+    parse,
+)
+from .indexes import Indexes
+
+logger = logging.getLogger(__name__)
+
+HPA = ("autoscaling/v2", "HorizontalPodAutoscaler")
+PDB = ("policy/v1", "PodDisruptionBudget")
+
+
+class MissingReference(Exception):
+    """A referenced resource does not exist (or has an invalid spec)."""
+
+
+def _resolve(ix: Indexes, kind: type[Any], namespace: str, name: str) -> Any:
+    body = ix.body(kind.kind_name, namespace, name)
+    if body is None:
+        raise MissingReference(f"{kind.kind_name} {name!r} not found in {namespace}")
+    try:
+        return parse(kind, body)
+    except InvalidSpec as exc:
+        raise MissingReference(f"{kind.kind_name} {name!r} has an invalid spec: {exc}") from exc
+
+
+def gather(
+    gateway: LLMGateway, ix: Indexes
+) -> tuple[dict[str, CachePolicy], BatchQueue | None, list[DistilledModel]]:
+    """The policies, queue and students the gateway's config is rendered from."""
+    ns = gateway.metadata.namespace
+    spec = gateway.spec
+    wanted = {r.cache_policy_ref.name for r in spec.routes if r.cache_policy_ref}
+    if spec.cache_policy_ref:
+        wanted.add(spec.cache_policy_ref.name)
+    policies = {n: _resolve(ix, CachePolicy, ns, n) for n in sorted(wanted)}
+    queue = (
+        _resolve(ix, BatchQueue, ns, spec.batch_queue_ref.name) if spec.batch_queue_ref else None
+    )
+    students: list[DistilledModel] = []
+    for name in ix.students_of(ns, gateway.metadata.name):
+        try:
+            students.append(_resolve(ix, DistilledModel, ns, name))
+        except MissingReference as exc:
+            logger.warning(
+                "skipping student %s of gateway %s: %s", name, gateway.metadata.name, exc
+            )
+    return policies, queue, students
+
+
+async def sync(body: dict[str, Any], ix: Indexes, ctx: Context) -> Outcome:
+    """Render and apply everything for one gateway; return its conditions and status fields."""
+    gateway = parse(LLMGateway, body)
+    owner = Owner.from_body(body)
+    ns = owner.namespace
+    fields: dict[str, Any] = {
+        "endpoint": names.gateway_endpoint(owner.name, ns),
+        "routes": [r.name for r in gateway.spec.routes],
+    }
+    try:
+        policies, queue, students = gather(gateway, ix)
+        config = render_gateway_config(gateway, policies, queue, students)
+    except (MissingReference, KeyError) as exc:
+        message = str(exc.args[0]) if exc.args else str(exc)
+        return Outcome(
+            [
+                false("ConfigRendered", "MissingReference", message),
+                false("Available", "WaitingForConfig", "the config cannot be rendered yet"),
+            ],
+            fields,
+        )
+    except ValueError as exc:
+        return Outcome(
+            [
+                false("ConfigRendered", "RenderFailed", str(exc)),
+                false("Available", "WaitingForConfig", "the config cannot be rendered"),
+            ],
+            fields,
+        )
+    text = dump_config(config)
+    digest = short_hash(text)
+    refs = gateway_secret_refs(gateway, policies.values())
+    mounts = gw_builders.GatewayMounts(
+        secret_refs=refs,
+        batch_queue=queue.metadata.name if queue else None,
+        students=[s.metadata.name for s in students],
+    )
+    defaults = ctx.defaults
+    await apply_all(
+        ctx.kube,
+        [
+            gw_builders.build_config_map(owner, text, digest),
+            gw_builders.build_deployment(gateway, owner, digest, mounts, defaults),
+            gw_builders.build_service(owner),
+        ],
+    )
+    for (api_version, kind), manifest in (
+        (HPA, gw_builders.build_hpa(gateway, owner)),
+        (PDB, gw_builders.build_pdb(gateway, owner)),
+    ):
+        if manifest is not None:
+            await ctx.kube.apply(manifest)
+        else:
+            await ctx.kube.delete(api_version, kind, ns, names.gateway(owner.name))
+    if queue is not None:
+        await _sync_worker(owner.name, queue, digest, refs, ix, ctx)
+    deployment = await ctx.kube.get("apps/v1", "Deployment", ns, names.gateway(owner.name))
+    available, message = deployment_state(deployment)
+    status = (deployment or {}).get("status", {})
+    fields.update(
+        configHash=digest,
+        replicas=int(status.get("replicas", 0)),
+        readyReplicas=int(status.get("readyReplicas", 0)),
+    )
+    conds: list[Cond] = [
+        true("ConfigRendered", "Rendered", f"config {digest} from {len(policies)} cache policies"),
+        true("Available", "MinimumReplicasAvailable", message)
+        if available
+        else false("Available", "Progressing", message),
+    ]
+    return Outcome(conds, fields)
+
+
+async def _sync_worker(
+    gateway: str, queue: BatchQueue, digest: str, refs: Any, ix: Indexes, ctx: Context
+) -> None:
+    """The first gateway (by name) that uses a queue drives its worker's config."""
+    ns = queue.metadata.namespace
+    users = ix.gateways_using_queue(ns, queue.metadata.name)
+    if users and users[0] != gateway:
+        return
+    queue_body = ix.body("BatchQueue", ns, queue.metadata.name)
+    if queue_body is None:
+        return
+    owner = Owner.from_body(queue_body)
+    await ctx.kube.apply(build_worker(queue, owner, gateway, digest, refs, ctx.defaults))
+
+
+async def resync(ix: Indexes, ctx: Context, namespace: str, gateways: list[str]) -> None:
+    """Re-render the given gateways after a dependency changed, and record their status."""
+    for name in gateways:
+        body = ix.body("LLMGateway", namespace, name)
+        if body is None:
+            continue
+        try:
+            outcome = await sync(body, ix, ctx)
+        except InvalidSpec:
+            continue  # the gateway's own handler reports it
+        status: dict[str, Any] = {}
+        finish(body, status, outcome)
+        try:
+            await ctx.kube.patch_status(
+                "thrifty.dev/v1alpha1", "LLMGateway", namespace, name, status
+            )
+        except KubeError as exc:
+            logger.warning("status of gateway %s not written: %s", name, exc.message)

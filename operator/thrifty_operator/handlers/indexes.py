@@ -1,0 +1,95 @@
+"""kopf indexes: every Thrifty object by key, and who references whom (no list calls)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+
+from .common import plain
+
+Key = tuple[str, str]
+
+GATEWAYS = "thrifty_gateways"
+CACHEPOLICIES = "thrifty_cachepolicies"
+BATCHQUEUES = "thrifty_batchqueues"
+DISTILLEDMODELS = "thrifty_distilledmodels"
+GATEWAYS_BY_POLICY = "thrifty_gateways_by_policy"
+GATEWAYS_BY_QUEUE = "thrifty_gateways_by_queue"
+STUDENTS_BY_GATEWAY = "thrifty_students_by_gateway"
+
+BY_KIND = {
+    "LLMGateway": GATEWAYS,
+    "CachePolicy": CACHEPOLICIES,
+    "BatchQueue": BATCHQUEUES,
+    "DistilledModel": DISTILLEDMODELS,
+}
+
+
+def by_key(body: kopf.Body, namespace: str | None, name: str | None, **_: Any) -> dict[Key, Any]:
+    """The object itself, as a plain dict, under (namespace, name)."""
+    return {(namespace or "default", name or ""): plain(body)}
+
+
+def gateways_by_policy(
+    spec: kopf.Spec, namespace: str | None, name: str | None, **_: Any
+) -> dict[Key, str]:
+    """(namespace, cache policy) -> gateway, for the gateway-wide and every route's policy."""
+    refs = {r["cachePolicyRef"]["name"] for r in spec.get("routes", []) if r.get("cachePolicyRef")}
+    if spec.get("cachePolicyRef"):
+        refs.add(spec["cachePolicyRef"]["name"])
+    return {(namespace or "default", ref): name or "" for ref in refs}
+
+
+def gateways_by_queue(
+    spec: kopf.Spec, namespace: str | None, name: str | None, **_: Any
+) -> dict[Key, str]:
+    ref = spec.get("batchQueueRef")
+    return {(namespace or "default", ref["name"]): name or ""} if ref else {}
+
+
+def students_by_gateway(
+    spec: kopf.Spec, namespace: str | None, name: str | None, **_: Any
+) -> dict[Key, str]:
+    gateway = spec.get("teacher", {}).get("gatewayRef", {}).get("name")
+    return {(namespace or "default", gateway): name or ""} if gateway else {}
+
+
+@dataclass(frozen=True)
+class Indexes:
+    """The indexes one handler call sees, with lookups that return plain values."""
+
+    stores: Mapping[str, Any]
+    overrides: Mapping[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
+
+    @classmethod
+    def from_kwargs(cls, kwargs: Mapping[str, Any]) -> Indexes:
+        names = (*BY_KIND.values(), GATEWAYS_BY_POLICY, GATEWAYS_BY_QUEUE, STUDENTS_BY_GATEWAY)
+        return cls({n: kwargs.get(n, {}) for n in names})
+
+    def _values(self, index: str, key: Key) -> list[Any]:
+        store = self.stores[index].get(key)
+        return list(store) if store is not None else []
+
+    def with_body(self, body: dict[str, Any]) -> Indexes:
+        """These indexes, seeing `body` (e.g. with a status not yet written) instead."""
+        meta = body["metadata"]
+        key = (str(body["kind"]), str(meta.get("namespace", "default")), str(meta["name"]))
+        return Indexes(self.stores, {**self.overrides, key: body})
+
+    def body(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        if (kind, namespace, name) in self.overrides:
+            return self.overrides[(kind, namespace, name)]
+        found = self._values(BY_KIND[kind], (namespace, name))
+        return found[0] if found else None
+
+    def gateways_using_policy(self, namespace: str, policy: str) -> list[str]:
+        return sorted(set(self._values(GATEWAYS_BY_POLICY, (namespace, policy))))
+
+    def gateways_using_queue(self, namespace: str, queue: str) -> list[str]:
+        return sorted(set(self._values(GATEWAYS_BY_QUEUE, (namespace, queue))))
+
+    def students_of(self, namespace: str, gateway: str) -> list[str]:
+        return sorted(set(self._values(STUDENTS_BY_GATEWAY, (namespace, gateway))))

@@ -1,0 +1,164 @@
+"""Registration only: wire the handlers, indexes, timers and probes into a kopf registry.
+
+`thrifty operator` builds a registry with `build_registry(settings)` and runs it; nothing is
+registered or configured at import time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import kopf
+
+from .apply import KubeClient, connect
+from .handlers import batchqueue, cachepolicy, distilledmodel, gateway
+from .handlers import indexes as ix
+from .handlers.common import Body, Context, context, plain, run
+from .settings import OperatorSettings, configure_kopf
+
+GROUP, VERSION = "thrifty.dev", "v1alpha1"
+PLURALS = {
+    "LLMGateway": "llmgateways",
+    "CachePolicy": "cachepolicies",
+    "BatchQueue": "batchqueues",
+    "DistilledModel": "distilledmodels",
+}
+
+logger = logging.getLogger(__name__)
+
+
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    """Operator settings in one place; the API client every handler uses (via the memo)."""
+    configure_kopf(settings)
+    ours = memo.get("settings")
+    if not isinstance(ours, OperatorSettings):
+        ours = OperatorSettings()
+    api = await connect()
+    memo["api"] = api
+    memo["ctx"] = Context(KubeClient(api, ours.field_manager), ours.defaults(), ours)
+    logger.info("thrifty operator started (drift check every %ss)", ours.drift_interval_seconds)
+
+
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    api = memo.get("api")
+    if api is not None:
+        await api.close()
+
+
+def probe_context(memo: kopf.Memo, **_: Any) -> bool:
+    """Liveness: the operator initialised its clients."""
+    return isinstance(memo.get("ctx"), Context)
+
+
+async def _gateway(body: Body, patch: Any, indexes: ix.Indexes, ctx: Context, strict: bool) -> None:
+    await run(body, patch, lambda: gateway.sync(plain(body), indexes, ctx), strict=strict)
+
+
+async def _cachepolicy(
+    body: Body, patch: Any, indexes: ix.Indexes, ctx: Context, strict: bool
+) -> None:
+    await run(body, patch, lambda: cachepolicy.reconcile(body, ctx), strict=strict)
+    await cachepolicy.dependents(body, dict(patch.status), indexes, ctx)
+
+
+async def _batchqueue(
+    body: Body, patch: Any, indexes: ix.Indexes, ctx: Context, strict: bool
+) -> None:
+    await run(body, patch, lambda: batchqueue.reconcile(body, indexes, ctx), strict=strict)
+
+
+async def _distilledmodel(
+    body: Body, patch: Any, indexes: ix.Indexes, ctx: Context, strict: bool
+) -> None:
+    await run(body, patch, lambda: distilledmodel.reconcile(body, ctx), strict=strict)
+    await distilledmodel.dependents(body, dict(patch.status), indexes, ctx)
+
+
+def _register_reconcile(
+    registry: kopf.OperatorRegistry,
+    plural: str,
+    fn: Callable[[Body, Any, ix.Indexes, Context, bool], Awaitable[None]],
+    interval: float,
+) -> None:
+    """One level-based reconcile on create/update/resume, and the same as a drift timer."""
+
+    async def on_change(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **kw: Any) -> None:
+        await fn(body, patch, ix.Indexes.from_kwargs(kw), context(memo), True)
+
+    async def on_timer(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **kw: Any) -> None:
+        await fn(body, patch, ix.Indexes.from_kwargs(kw), context(memo), False)
+
+    common: dict[str, Any] = {"registry": registry}
+    kopf.on.create(GROUP, VERSION, plural, id=f"{plural}-create", **common)(on_change)
+    kopf.on.update(GROUP, VERSION, plural, id=f"{plural}-update", **common)(on_change)
+    kopf.on.resume(GROUP, VERSION, plural, id=f"{plural}-resume", **common)(on_change)
+    kopf.timer(
+        GROUP,
+        VERSION,
+        plural,
+        id=f"{plural}-drift",
+        interval=interval,
+        initial_delay=interval,
+        **common,
+    )(on_timer)
+
+
+async def _delete_collection(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    await cachepolicy.delete_collection(body, context(memo))
+
+
+def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
+    """A fresh registry with every handler, index, timer and probe of the operator."""
+    registry = kopf.OperatorRegistry()
+    kopf.on.startup(registry=registry, id="startup")(startup)
+    kopf.on.cleanup(registry=registry, id="cleanup")(cleanup)
+    kopf.on.probe(registry=registry, id="initialised")(probe_context)
+    for kind, plural in PLURALS.items():
+        kopf.index(GROUP, VERSION, plural, registry=registry, id=ix.BY_KIND[kind])(ix.by_key)
+    kopf.index(GROUP, VERSION, "llmgateways", registry=registry, id=ix.GATEWAYS_BY_POLICY)(
+        ix.gateways_by_policy
+    )
+    kopf.index(GROUP, VERSION, "llmgateways", registry=registry, id=ix.GATEWAYS_BY_QUEUE)(
+        ix.gateways_by_queue
+    )
+    kopf.index(GROUP, VERSION, "distilledmodels", registry=registry, id=ix.STUDENTS_BY_GATEWAY)(
+        ix.students_by_gateway
+    )
+    interval = settings.drift_interval_seconds
+    _register_reconcile(registry, "llmgateways", _gateway, interval)
+    _register_reconcile(registry, "cachepolicies", _cachepolicy, interval)
+    _register_reconcile(registry, "batchqueues", _batchqueue, interval)
+    _register_reconcile(registry, "distilledmodels", _distilledmodel, interval)
+    kopf.on.delete(
+        GROUP,
+        VERSION,
+        "cachepolicies",
+        registry=registry,
+        id="collection-delete",
+        field="spec.deletionPolicy",
+        value="Delete",
+    )(_delete_collection)
+    return registry
+
+
+def run_operator(
+    settings: OperatorSettings,
+    *,
+    namespaces: list[str],
+    standalone: bool,
+    liveness: str | None,
+) -> None:
+    """Run until stopped (SIGINT/SIGTERM); blocking."""
+    kopf.configure(
+        log_format=kopf.LogFormat.JSON if settings.log_format == "json" else kopf.LogFormat.FULL
+    )
+    kopf.run(
+        registry=build_registry(settings),
+        memo=kopf.Memo(settings=settings),
+        namespaces=namespaces,
+        clusterwide=not namespaces,
+        standalone=standalone,
+        liveness_endpoint=liveness,
+    )

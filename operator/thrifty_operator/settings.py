@@ -1,0 +1,62 @@
+"""Operator settings (environment, THRIFTY_OPERATOR_*) and how they configure kopf."""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+import kopf
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .apply import FIELD_MANAGER
+from .builders.defaults import Defaults
+
+PREFIX = "thrifty.dev"
+FINALIZER = f"{PREFIX}/finalizer"
+
+
+class OperatorSettings(BaseSettings):
+    """Images the children run and how often the operator re-checks them."""
+
+    model_config = SettingsConfigDict(env_prefix="THRIFTY_OPERATOR_", extra="ignore")
+
+    gateway_image: str = Defaults.gateway_image
+    operator_image: str = Defaults.operator_image
+    distill_image: str = Defaults.distill_image
+    vllm_image: str = Defaults.vllm_image
+    qdrant_image: str = Defaults.qdrant_image
+    redis_image: str = Defaults.redis_image
+    drift_interval_seconds: float = Field(
+        default=60.0, gt=0, description="How often children are re-applied and status refreshed."
+    )
+    field_manager: str = FIELD_MANAGER
+    log_format: Literal["json", "plain"] = "json"
+    health_port: int = Field(default=8081, ge=0, le=65535, description="0 disables /healthz.")
+
+    def defaults(self) -> Defaults:
+        return Defaults(
+            gateway_image=self.gateway_image,
+            operator_image=self.operator_image,
+            distill_image=self.distill_image,
+            vllm_image=self.vllm_image,
+            qdrant_image=self.qdrant_image,
+            redis_image=self.redis_image,
+        )
+
+
+def configure_kopf(settings: kopf.OperatorSettings) -> None:
+    """kopf's own knobs: state in annotations (status is schema-pruned), our finalizer name,
+    Events for warnings and above, bounded watch and request timeouts, backoff on errors."""
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=PREFIX, key="last-handled-configuration"
+    )
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 30
+    settings.networking.request_timeout = 60
+    settings.batching.error_delays = (1, 2, 5, 10, 30, 60)
+    settings.execution.max_workers = 8

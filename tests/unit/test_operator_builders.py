@@ -1,0 +1,307 @@
+"""Operator builders: pure spec -> manifest functions, checked without an API server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from thrifty_core.api import BatchQueue, CachePolicy, DistilledModel, LLMGateway
+from thrifty_core.config import dump_config
+from thrifty_core.render import render_gateway_config
+from thrifty_operator.builders import batch, cache, distill, names
+from thrifty_operator.builders import gateway as gw
+from thrifty_operator.builders.common import CONFIG_HASH_ANNOTATION, Owner, short_hash
+from thrifty_operator.builders.defaults import Defaults
+from thrifty_operator.builders.secrets import gateway_secret_refs
+
+ROOT = Path(__file__).resolve().parents[2]
+NS = "shop"
+DEFAULTS = Defaults()
+SECRET_VALUES = [
+    v
+    for doc in yaml.safe_load_all((ROOT / "examples" / "secrets.yaml").read_text())
+    for v in doc["stringData"].values()
+]
+
+
+def example(kind: str) -> dict[str, Any]:
+    body: dict[str, Any] = yaml.safe_load((ROOT / "examples" / f"{kind}.yaml").read_text())
+    body["metadata"].update(namespace=NS, uid=f"uid-{kind}", generation=1)
+    return body
+
+
+def owner(body: dict[str, Any]) -> Owner:
+    return Owner.from_body(body)
+
+
+def render(gateway: LLMGateway, policy: CachePolicy, queue: BatchQueue) -> tuple[str, str]:
+    cfg = render_gateway_config(gateway, {policy.metadata.name: policy}, queue, [])
+    text = dump_config(cfg)
+    return text, short_hash(text)
+
+
+def all_manifests() -> list[dict[str, Any]]:
+    gbody, pbody, qbody = example("llmgateway"), example("cachepolicy"), example("batchqueue")
+    dbody = example("distilledmodel")
+    gateway = LLMGateway.model_validate(gbody)
+    policy = CachePolicy.model_validate(pbody)
+    queue = BatchQueue.model_validate(qbody)
+    model = DistilledModel.model_validate(dbody)
+    lm_body = {**dbody, "metadata": {**dbody["metadata"], "name": "summariser"}}
+    lm_body["spec"] = {
+        **dbody["spec"],
+        "student": {"kind": "causal-lm", "baseModel": "Qwen/Qwen2.5-0.5B-Instruct"},
+        "training": {"gpu": {"count": 1, "product": "NVIDIA-L4"}},
+    }
+    lm = DistilledModel.model_validate(lm_body)
+    text, digest = render(gateway, policy, queue)
+    refs = gateway_secret_refs(gateway, [policy])
+    mounts = gw.GatewayMounts(refs, queue.metadata.name, ["banking-intent"])
+    go = owner(gbody)
+    out: list[dict[str, Any] | None] = [
+        gw.build_config_map(go, text, digest),
+        gw.build_deployment(gateway, go, digest, mounts, DEFAULTS),
+        gw.build_service(go),
+        gw.build_hpa(gateway, go),
+        gw.build_pdb(gateway, go),
+        *cache.build_stores(policy, owner(pbody), DEFAULTS),
+        cache.build_collection_job(policy, owner(pbody), DEFAULTS),
+        cache.build_collection_delete_job(policy, owner(pbody), DEFAULTS),
+        *batch.build_queue_stores(queue, owner(qbody), DEFAULTS),
+        batch.build_worker(queue, owner(qbody), "thrifty", digest, refs, DEFAULTS),
+        distill.build_artifacts_pvc(owner(dbody)),
+        *distill.build_report_access(owner(dbody), "v1"),
+        distill.build_train_job(model, owner(dbody), "v1", DEFAULTS),
+        distill.build_eval_job(model, owner(dbody), "v1", DEFAULTS),
+        distill.build_train_job(lm, owner(lm_body), "v1", DEFAULTS),
+        *distill.build_serving(lm, owner(lm_body), "v1", DEFAULTS),
+    ]
+    return [m for m in out if m is not None]
+
+
+MANIFESTS = all_manifests()
+
+
+def pod_templates() -> list[tuple[str, dict[str, Any]]]:
+    return [
+        (f"{m['kind']}/{m['metadata']['name']}", m["spec"]["template"]["spec"])
+        for m in MANIFESTS
+        if m["kind"] in ("Deployment", "StatefulSet", "Job")
+    ]
+
+
+def test_every_kind_is_built() -> None:
+    kinds = {m["kind"] for m in MANIFESTS}
+    assert kinds >= {
+        "ConfigMap",
+        "Deployment",
+        "Service",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+        "StatefulSet",
+        "PersistentVolumeClaim",
+        "Job",
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+    }
+
+
+@pytest.mark.parametrize(
+    "manifest", MANIFESTS, ids=lambda m: f"{m['kind']}-{m['metadata']['name']}"
+)
+def test_every_child_has_a_controller_owner_and_labels(manifest: dict[str, Any]) -> None:
+    meta = manifest["metadata"]
+    assert meta["namespace"] == NS
+    (ref,) = meta["ownerReferences"]
+    assert ref["controller"] is True and ref["blockOwnerDeletion"] is True
+    assert ref["apiVersion"] == "thrifty.dev/v1alpha1"
+    assert ref["uid"].startswith("uid-") and ref["name"] == meta["labels"]["thrifty.dev/owner-name"]
+    assert meta["labels"]["app.kubernetes.io/managed-by"] == "thrifty-operator"
+
+
+@pytest.mark.parametrize("name,pod", pod_templates(), ids=lambda v: v if isinstance(v, str) else "")
+def test_pods_meet_the_restricted_standard(name: str, pod: dict[str, Any]) -> None:
+    sec = pod["securityContext"]
+    assert sec["runAsNonRoot"] is True and sec["runAsUser"] > 0, name
+    assert sec["seccompProfile"] == {"type": "RuntimeDefault"}
+    for c in pod["containers"] + pod.get("initContainers", []):
+        csc = c["securityContext"]
+        assert csc["allowPrivilegeEscalation"] is False, name
+        assert csc["capabilities"] == {"drop": ["ALL"]}, name
+        assert csc["readOnlyRootFilesystem"] is True, name
+        assert csc["runAsNonRoot"] is True
+        assert csc["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert not csc.get("privileged")
+        assert all("hostPath" not in v for v in pod["volumes"])
+        assert not c.get("ports") or all("hostPort" not in p for p in c["ports"])
+
+
+def test_selectors_match_pod_labels() -> None:
+    for m in MANIFESTS:
+        if m["kind"] in ("Deployment", "StatefulSet"):
+            selector = m["spec"]["selector"]["matchLabels"]
+            labels = m["spec"]["template"]["metadata"]["labels"]
+            assert selector.items() <= labels.items(), m["metadata"]["name"]
+
+
+def _by(kind: str, name: str) -> dict[str, Any]:
+    return next(m for m in MANIFESTS if m["kind"] == kind and m["metadata"]["name"] == name)
+
+
+def test_gateway_deployment_rolls_on_config_hash_and_mounts_secrets_as_files() -> None:
+    deploy = _by("Deployment", names.gateway("thrifty"))
+    cm = _by("ConfigMap", names.gateway_config("thrifty"))
+    digest = deploy["spec"]["template"]["metadata"]["annotations"][CONFIG_HASH_ANNOTATION]
+    assert digest == cm["metadata"]["annotations"][CONFIG_HASH_ANNOTATION]
+    assert digest == short_hash(cm["data"]["gateway.yaml"])
+    assert "replicas" not in deploy["spec"]  # the HPA owns the replica count
+    mounts = {
+        v["mountPath"] for v in deploy["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+    }
+    assert "/var/run/thrifty/secrets/thrifty-provider-keys" in mounts
+    assert "/var/run/thrifty/secrets/thrifty-tenant-keys" in mounts
+    assert "/etc/thrifty" in mounts
+    config = cm["data"]["gateway.yaml"]
+    assert "/var/run/thrifty/secrets/thrifty-tenant-keys/team-a" in config
+    for value in SECRET_VALUES:
+        assert value not in config
+
+
+def test_config_hash_follows_the_referenced_policy_only() -> None:
+    gateway = LLMGateway.model_validate(example("llmgateway"))
+    queue = BatchQueue.model_validate(example("batchqueue"))
+    pbody = example("cachepolicy")
+    _, before = render(gateway, CachePolicy.model_validate(pbody), queue)
+    _, again = render(gateway, CachePolicy.model_validate(pbody), queue)
+    pbody["spec"]["semantic"]["threshold"] = 0.95
+    _, after = render(gateway, CachePolicy.model_validate(pbody), queue)
+    assert before == again
+    assert before != after
+
+
+def test_hpa_and_pdb_only_when_asked() -> None:
+    body = example("llmgateway")
+    body["spec"]["autoscaling"] = {"enabled": False}
+    body["spec"]["podDisruptionBudget"] = {"enabled": False}
+    gateway = LLMGateway.model_validate(body)
+    assert gw.build_hpa(gateway, owner(body)) is None
+    assert gw.build_pdb(gateway, owner(body)) is None
+    deploy = gw.build_deployment(gateway, owner(body), "h", gw.GatewayMounts(), DEFAULTS)
+    assert deploy["spec"]["replicas"] == 2
+    hpa = _by("HorizontalPodAutoscaler", names.gateway("thrifty"))
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 6)
+
+
+def test_qdrant_statefulset_headless_service_and_pvc_retention() -> None:
+    sts = _by("StatefulSet", names.qdrant("default-cache"))
+    svc = _by("Service", names.qdrant("default-cache"))
+    assert svc["spec"]["clusterIP"] == "None"
+    assert sts["spec"]["serviceName"] == svc["metadata"]["name"]
+    claim = sts["spec"]["volumeClaimTemplates"][0]["spec"]
+    assert claim["resources"]["requests"]["storage"] == "2Gi"
+    # deletionPolicy: Retain keeps the vectors when the policy goes away
+    assert sts["spec"]["persistentVolumeClaimRetentionPolicy"]["whenDeleted"] == "Retain"
+
+
+def test_collection_job_carries_vector_size_and_tenant_index() -> None:
+    job = next(
+        m
+        for m in MANIFESTS
+        if m["kind"] == "Job"
+        and "-collection-" in m["metadata"]["name"]
+        and "delete" not in m["metadata"]["name"]
+    )
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[:2] == ["operator", "ensure-collection"]
+    assert args[args.index("--size") + 1] == "384"
+    assert args[args.index("--collection") + 1] == f"thrifty-{NS}-default-cache"
+    assert args[args.index("--tenant-field") + 1] == "tenant"
+
+
+def test_external_stores_build_nothing() -> None:
+    body = example("cachepolicy")
+    body["spec"]["stores"] = {
+        "redis": {"managed": False, "url": "redis://redis.example:6379/0"},
+        "qdrant": {"managed": False, "url": "http://qdrant.example:6333"},
+    }
+    policy = CachePolicy.model_validate(body)
+    assert cache.build_stores(policy, owner(body), DEFAULTS) == []
+    assert cache.redis_url(policy) == "redis://redis.example:6379/0"
+    job = cache.build_collection_job(policy, owner(body), DEFAULTS)
+    assert (
+        job is not None
+        and "http://qdrant.example:6333" in job["spec"]["template"]["spec"]["containers"][0]["args"]
+    )
+
+
+def test_batch_redis_never_evicts_and_worker_uses_gateway_config() -> None:
+    redis = _by("Deployment", names.redis("default-batch"))
+    args = redis["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--maxmemory-policy") + 1] == "noeviction"
+    cache_redis = _by("Deployment", names.redis("default-cache"))
+    cargs = cache_redis["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert cargs[cargs.index("--maxmemory-policy") + 1] == "allkeys-lru"
+    worker = _by("Deployment", names.batch_worker("default-batch"))
+    pod = worker["spec"]["template"]["spec"]
+    assert pod["containers"][0]["args"][0] == "batch-worker"
+    claims = {
+        v["persistentVolumeClaim"]["claimName"]
+        for v in pod["volumes"]
+        if "persistentVolumeClaim" in v
+    }
+    assert claims == {names.batch_files("default-batch")}
+    cm = next(v for v in pod["volumes"] if v["name"] == "config")
+    assert cm["configMap"]["name"] == names.gateway_config("thrifty")
+
+
+def test_gpu_serving_requests_gpus_and_targets_gpu_nodes() -> None:
+    deploy = _by("Deployment", names.student("summariser"))
+    pod = deploy["spec"]["template"]["spec"]
+    limits = pod["containers"][0]["resources"]["limits"]
+    assert limits["nvidia.com/gpu"] == "1"
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod[
+        "tolerations"
+    ]
+    args = pod["containers"][0]["args"]
+    assert "--enable-lora" in args and "summariser=/var/lib/thrifty/artifacts/students/v1" in args
+    train = _by("Job", names.train_job("summariser", "v1"))
+    tpod = train["spec"]["template"]["spec"]
+    assert tpod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-L4"}
+    assert tpod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert _by("Service", names.student("summariser"))["spec"]["ports"][0]["port"] == 8000
+
+
+def test_classifier_student_needs_no_serving_deployment() -> None:
+    body = example("distilledmodel")
+    model = DistilledModel.model_validate(body)
+    assert distill.build_serving(model, owner(body), "v1", DEFAULTS) == []
+    train = distill.build_train_job(model, owner(body), "v1", DEFAULTS)
+    assert "nodeSelector" not in train["spec"]["template"]["spec"]
+
+
+def test_eval_report_access_is_limited_to_one_configmap() -> None:
+    role = _by("Role", names.distill_service_account("banking-intent"))
+    (rule,) = role["rules"]
+    assert rule["resources"] == ["configmaps"]
+    assert rule["resourceNames"] == [names.eval_report("banking-intent", "v1")]
+    assert set(rule["verbs"]) == {"get", "patch", "update"}
+    job = _by("Job", names.eval_job("banking-intent", "v1"))
+    assert job["spec"]["template"]["spec"]["serviceAccountName"] == role["metadata"]["name"]
+
+
+def test_candidate_version_is_stable_and_follows_training_inputs() -> None:
+    body = example("distilledmodel")
+    first = distill.candidate_version(DistilledModel.model_validate(body))
+    assert first == distill.candidate_version(DistilledModel.model_validate(body))
+    body["spec"]["routing"]["confidenceThreshold"] = 0.9  # routing does not retrain
+    assert first == distill.candidate_version(DistilledModel.model_validate(body))
+    body["spec"]["training"]["epochs"] = 7
+    assert first != distill.candidate_version(DistilledModel.model_validate(body))
+
+
+def test_builders_are_deterministic() -> None:
+    assert all_manifests() == MANIFESTS

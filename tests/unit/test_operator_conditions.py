@@ -1,0 +1,71 @@
+"""Conditions and status helpers of the operator: pure functions."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from thrifty_core.api import DistilledModel
+from thrifty_operator.conditions import false, merge, ready, transitions, true
+from thrifty_operator.handlers.common import deployment_state, job_state
+from thrifty_operator.handlers.distilledmodel import gate, read_report
+
+T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+
+
+def test_ready_summarises_the_first_failing_condition() -> None:
+    conds = [true("StoreReady", "StoresAvailable"), false("CollectionReady", "Creating", "wait")]
+    summary = ready(conds)
+    assert (summary.status, summary.reason, summary.message) == ("False", "Creating", "wait")
+    assert ready([true("A", "Ok")]).status == "True"
+
+
+def test_merge_keeps_transition_time_until_status_changes() -> None:
+    first = merge([], [false("Available", "Progressing")], 1, T0)
+    later = T0 + timedelta(minutes=5)
+    same = merge(first, [false("Available", "Progressing", "1/2")], 2, later)
+    assert same[0]["lastTransitionTime"] == first[0]["lastTransitionTime"]
+    assert same[0]["observedGeneration"] == 2
+    flipped = merge(same, [true("Available", "MinimumReplicasAvailable")], 2, later)
+    assert flipped[0]["lastTransitionTime"] == "2026-11-27T12:05:00Z"
+
+
+def test_transitions_report_only_changes() -> None:
+    old = merge([], [false("Available", "Progressing")], 1, T0)
+    assert transitions(old, [false("Available", "Progressing", "other text")]) == []
+    assert [c.reason for c in transitions(old, [true("Available", "Up")])] == ["Up"]
+
+
+def test_deployment_and_job_state() -> None:
+    assert deployment_state(None) == (False, "not created yet")
+    obj = {
+        "metadata": {"generation": 3},
+        "spec": {"replicas": 2},
+        "status": {"observedGeneration": 3, "updatedReplicas": 2, "availableReplicas": 2},
+    }
+    assert deployment_state(obj)[0] is True
+    obj["status"]["observedGeneration"] = 2
+    assert deployment_state(obj)[0] is False
+    assert job_state(None) == "Missing"
+    assert job_state({"status": {"conditions": [{"type": "Complete", "status": "True"}]}}) == (
+        "Complete"
+    )
+    assert job_state({"status": {"conditions": [{"type": "Failed", "status": "True"}]}}) == "Failed"
+    assert job_state({"status": {}}) == "Running"
+
+
+def test_evaluation_gate_reads_the_report() -> None:
+    model = DistilledModel.model_validate(
+        {
+            "metadata": {"name": "m"},
+            "spec": {
+                "teacher": {"gatewayRef": {"name": "g"}, "route": "r"},
+                "student": {"kind": "classifier"},
+                "evaluation": {"minAgreement": 0.9, "minCoverage": 0.5},
+            },
+        }
+    )
+    report = read_report({"data": {"report.json": '{"agreement": 0.95, "coverage": 0.6}'}})
+    assert report is not None and gate(model, report)[0] is True
+    assert gate(model, {"agreement": 0.95, "coverage": 0.4})[0] is False
+    assert read_report({"data": {}}) is None
+    assert read_report({"data": {"report.json": "not json"}}) is None
