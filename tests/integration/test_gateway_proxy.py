@@ -1,0 +1,175 @@
+"""The gateway driven by the official openai client against the simulator (separate
+processes): chat (plain and streaming), embeddings, models, tools and pass-through fields."""
+
+from __future__ import annotations
+
+import base64
+import struct
+from typing import Any
+
+import httpx
+import openai
+import orjson
+import pytest
+
+from tests.integration.procs import Gateway, Simulator
+
+pytestmark = pytest.mark.integration
+
+KEY_A = "sk-local-a"
+MESSAGES: list[Any] = [
+    {"role": "system", "content": "You are a helpful assistant."},
+    {"role": "user", "content": "How do I check my account balance?"},
+]
+
+
+def client(gw: Gateway, key: str = KEY_A) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gw.base_url(), api_key=key, max_retries=0, timeout=20)
+
+
+def direct(sim: Simulator, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    data: dict[str, Any] = httpx.post(f"{sim.url}/v1/{path}", json=body, timeout=20).json()
+    return data
+
+
+def test_chat_non_streaming_matches_provider(gateway: Gateway, simulator: Simulator) -> None:
+    raw = client(gateway).chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=MESSAGES, temperature=0
+    )
+    completion = raw.parse()
+    assert raw.headers["x-thrifty-route"] == "gpt-4o-mini"
+    assert raw.headers["x-thrifty-upstream"] == "simulator/gpt-4o-mini"
+    expected = direct(
+        simulator,
+        "chat/completions",
+        {"model": "gpt-4o-mini", "messages": MESSAGES, "temperature": 0},
+    )
+    assert completion.choices[0].message.content == expected["choices"][0]["message"]["content"]
+    assert completion.usage is not None
+    assert completion.usage.prompt_tokens == expected["usage"]["prompt_tokens"]
+    cost = float(raw.headers["x-thrifty-cost-usd"])
+    price_in, price_out = 0.15, 0.60  # gpt-4o-mini list price per 1M tokens
+    assert cost == pytest.approx(
+        (completion.usage.prompt_tokens * price_in + completion.usage.completion_tokens * price_out)
+        / 1e6
+    )
+
+
+def test_chat_streaming(gateway: Gateway) -> None:
+    c = client(gateway)
+    plain = c.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+    chunks = list(c.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True))
+    text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    assert text == plain.choices[0].message.content
+    assert [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1] == "stop"
+    # The gateway asks the provider for usage but does not show it to clients that did not ask.
+    assert all(ch.usage is None for ch in chunks)
+    with_usage = list(
+        c.chat.completions.create(
+            model="gpt-4o", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    assert with_usage[-1].usage is not None
+    assert plain.usage is not None
+    assert with_usage[-1].usage.completion_tokens == plain.usage.completion_tokens
+
+
+def test_streaming_headers(gateway: Gateway) -> None:
+    with client(gateway).chat.completions.with_streaming_response.create(
+        model="gpt-4o-mini", messages=MESSAGES, stream=True
+    ) as resp:
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        assert resp.headers["x-thrifty-upstream"] == "simulator/gpt-4o-mini"
+        body = b"".join(resp.iter_bytes())
+    assert body.rstrip().endswith(b"data: [DONE]")
+
+
+def test_embeddings(gateway: Gateway, simulator: Simulator) -> None:
+    result = client(gateway).embeddings.create(
+        model="text-embedding-3-small", input=["refund my card", "refund my card please"]
+    )
+    assert len(result.data) == 2
+    assert len(result.data[0].embedding) == 1536
+    expected = direct(
+        simulator,
+        "embeddings",
+        {
+            "model": "text-embedding-3-small",
+            "input": ["refund my card"],
+            "encoding_format": "base64",
+        },
+    )
+    vec = struct.unpack("<1536f", base64.b64decode(expected["data"][0]["embedding"]))
+    assert result.data[0].embedding == pytest.approx(list(vec))
+    assert result.usage.prompt_tokens > 0
+
+
+def test_models_lists_routes(gateway: Gateway) -> None:
+    ids = [m.id for m in client(gateway).models.list()]
+    assert ids == ["gpt-4o-mini", "gpt-4o", "text-embedding-3-small"]
+
+
+def test_tool_calls_and_unknown_fields_pass_through(gateway: Gateway) -> None:
+    tools: list[Any] = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "Weather for a city",
+                "parameters": {
+                    "type": "object",
+                    "properties": {"city": {"type": "string"}},
+                    "required": ["city"],
+                },
+            },
+        }
+    ]
+    c = client(gateway)
+    completion = c.chat.completions.create(
+        model="gpt-4o",
+        messages=[{"role": "user", "content": "Use get_weather for Paris please"}],
+        tools=tools,
+        extra_body={"x_vendor_field": {"kept": True}},
+    )
+    calls = completion.choices[0].message.tool_calls
+    assert completion.choices[0].finish_reason == "tool_calls"
+    assert calls is not None and calls[0].type == "function"
+    assert calls[0].function.name == "get_weather"
+    assert "city" in orjson.loads(calls[0].function.arguments)
+    streamed = list(
+        c.chat.completions.create(
+            model="gpt-4o",
+            messages=[{"role": "user", "content": "Use get_weather for Paris please"}],
+            tools=tools,
+            stream=True,
+        )
+    )
+    names = [
+        tc.function.name
+        for ch in streamed
+        if ch.choices
+        for tc in ch.choices[0].delta.tool_calls or []
+        if tc.function is not None
+    ]
+    assert names == ["get_weather"]
+    logprobs = c.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=MESSAGES,
+        logprobs=True,
+        top_logprobs=2,
+        n=2,
+        response_format={"type": "json_object"},
+    )
+    assert len(logprobs.choices) == 2
+    assert logprobs.choices[0].logprobs is not None
+    assert logprobs.choices[0].logprobs.content
+    assert len(logprobs.choices[0].logprobs.content[0].top_logprobs) == 2
+    assert "answer" in orjson.loads(logprobs.choices[0].message.content or "{}")
+
+
+def test_unknown_model_is_404_in_openai_shape(gateway: Gateway) -> None:
+    with pytest.raises(openai.NotFoundError) as info:
+        client(gateway).chat.completions.create(model="no-such-model", messages=MESSAGES)
+    body = info.value.body
+    assert isinstance(body, dict)
+    assert body["code"] == "model_not_found"
