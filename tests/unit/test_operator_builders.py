@@ -288,7 +288,7 @@ def test_eval_report_access_is_limited_to_one_configmap() -> None:
     (rule,) = role["rules"]
     assert rule["resources"] == ["configmaps"]
     assert rule["resourceNames"] == [names.eval_report("banking-intent", "v1")]
-    assert set(rule["verbs"]) == {"get", "patch", "update"}
+    assert set(rule["verbs"]) == {"get", "patch"}
     job = _by("Job", names.eval_job("banking-intent", "v1"))
     assert job["spec"]["template"]["spec"]["serviceAccountName"] == role["metadata"]["name"]
 

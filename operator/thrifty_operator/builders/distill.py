@@ -95,7 +95,7 @@ def build_report_access(owner: Owner, version: str) -> list[Manifest]:
                     "apiGroups": [""],
                     "resources": ["configmaps"],
                     "resourceNames": [report],
-                    "verbs": ["get", "patch", "update"],
+                    "verbs": ["get", "patch"],
                 }
             ],
         },

@@ -1,0 +1,61 @@
+"""The exact API permissions the operator uses (the chart's ClusterRole must equal this).
+
+Server-side apply of a new object needs `create` as well as `patch`; reads are `get`; kopf
+watches the custom resources (`list`, `watch`), patches them (finalizers, its annotations) and
+their status, posts Events, and watches CRDs to notice new versions.
+"""
+
+from __future__ import annotations
+
+from typing import TypedDict
+
+
+class Rule(TypedDict):
+    apiGroups: list[str]
+    resources: list[str]
+    verbs: list[str]
+
+
+APPLY = ["get", "create", "patch"]
+
+RULES: list[Rule] = [
+    {
+        "apiGroups": ["thrifty.dev"],
+        "resources": ["llmgateways", "cachepolicies", "batchqueues", "distilledmodels"],
+        "verbs": ["get", "list", "watch", "patch"],
+    },
+    {
+        "apiGroups": ["thrifty.dev"],
+        "resources": [
+            "llmgateways/status",
+            "cachepolicies/status",
+            "batchqueues/status",
+            "distilledmodels/status",
+        ],
+        "verbs": ["patch"],
+    },
+    {
+        "apiGroups": [""],
+        "resources": ["configmaps", "services", "serviceaccounts", "persistentvolumeclaims"],
+        "verbs": APPLY,
+    },
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+    {"apiGroups": ["apps"], "resources": ["deployments", "statefulsets"], "verbs": APPLY},
+    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": APPLY},
+    {
+        "apiGroups": ["autoscaling"],
+        "resources": ["horizontalpodautoscalers"],
+        "verbs": [*APPLY, "delete"],
+    },
+    {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": [*APPLY, "delete"]},
+    {
+        "apiGroups": ["rbac.authorization.k8s.io"],
+        "resources": ["roles", "rolebindings"],
+        "verbs": APPLY,
+    },
+    {
+        "apiGroups": ["apiextensions.k8s.io"],
+        "resources": ["customresourcedefinitions"],
+        "verbs": ["list", "watch"],
+    },
+]

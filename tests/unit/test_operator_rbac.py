@@ -1,0 +1,46 @@
+"""The operator's permissions: no wildcards, and every kind it applies is covered."""
+
+from __future__ import annotations
+
+from tests.unit.test_operator_builders import MANIFESTS
+from thrifty_operator.apply import KINDS
+from thrifty_operator.rbac import RULES
+
+
+def _allowed(group: str, resource: str) -> set[str]:
+    verbs: set[str] = set()
+    for rule in RULES:
+        if group in rule["apiGroups"] and resource in rule["resources"]:
+            verbs |= set(rule["verbs"])
+    return verbs
+
+
+def test_no_wildcards() -> None:
+    for rule in RULES:
+        for field in ("apiGroups", "resources", "verbs"):
+            assert "*" not in rule[field]
+
+
+def test_every_built_kind_can_be_applied() -> None:
+    for manifest in MANIFESTS:
+        api_version, kind = manifest["apiVersion"], manifest["kind"]
+        group = api_version.split("/")[0] if "/" in api_version else ""
+        resource = KINDS[(api_version, kind)].plural
+        assert {"get", "create", "patch"} <= _allowed(group, resource), kind
+
+
+def test_the_custom_resources_are_watched_and_their_status_written() -> None:
+    for plural in ("llmgateways", "cachepolicies", "batchqueues", "distilledmodels"):
+        assert {"list", "watch", "patch"} <= _allowed("thrifty.dev", plural)
+        assert _allowed("thrifty.dev", f"{plural}/status") == {"patch"}
+    assert _allowed("", "events") == {"create"}
+    assert _allowed("", "secrets") == set()  # Secrets are mounted by kubelet, never read
+
+
+def test_the_eval_role_grants_nothing_the_operator_lacks() -> None:
+    roles = [m for m in MANIFESTS if m["kind"] == "Role"]
+    assert roles
+    for role in roles:
+        for rule in role["rules"]:
+            for resource in rule["resources"]:
+                assert set(rule["verbs"]) <= _allowed(rule["apiGroups"][0], resource)
