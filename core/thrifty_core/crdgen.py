@@ -88,13 +88,16 @@ def to_structural(
             required = [r for r in node.get("required", []) if r in props]
             if required:
                 out["required"] = required
-            # Nested objects with defaults get `{}` so the API server applies leaf defaults.
+            # Nested objects with defaults get their leaf defaults spelled out (the API server
+            # checks CEL rules against the default itself, so `{}` would fail them).
             # Optional objects (default None) stay absent so CEL `has()` means "set by the user".
             for name, prop in out["properties"].items():
                 optional = "default" in props[name] and props[name]["default"] is None
                 nested = prop.get("type") == "object" and "properties" in prop
                 if nested and name not in required and not optional and _has_defaults(prop):
-                    prop["default"] = {}
+                    prop["default"] = {
+                        k: v["default"] for k, v in prop["properties"].items() if "default" in v
+                    }
         extra = node.get("additionalProperties")
         if isinstance(extra, dict):
             out["additionalProperties"] = to_structural(extra, defs, out["description"])
@@ -131,7 +134,8 @@ def schema_for(resource: type[Resource]) -> JsonSchema:
         "properties": {
             "apiVersion": {"type": "string", "description": "API version of the resource."},
             "kind": {"type": "string", "description": "Kind of the resource."},
-            "metadata": {"type": "object", "description": "Standard object metadata."},
+            # The API server allows nothing but the type here (not even a description).
+            "metadata": {"type": "object"},
             "spec": spec,
             "status": status,
         },
