@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -25,6 +26,10 @@ from .stages import default_stage_factories
 from .state import GatewayState, build_catalog, build_routes
 
 log = logging.getLogger(__name__)
+
+# FastAPI's native OpenTelemetry hooks check providers on every request; the gateway exports
+# Prometheus metrics instead, so they are switched off (measurably cheaper hot path).
+NO_TELEMETRY: Any = {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}
 
 
 def provider_keys(config: GatewayConfig) -> dict[str, str | None]:
@@ -89,6 +94,7 @@ def create_app(
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
+        telemetry=NO_TELEMETRY,
     )
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.server.max_request_bytes)

@@ -17,12 +17,12 @@ from ..state import GatewayState
 ADMIN_TENANT = TenantConfig(name="admin", api_key_hashes=["0" * 64])
 
 
-def get_state(request: Request) -> GatewayState:
+async def get_state(request: Request) -> GatewayState:
     state: GatewayState = request.app.state.gateway
     return state
 
 
-def get_proxy(request: Request) -> Proxy:
+async def get_proxy(request: Request) -> Proxy:
     proxy: Proxy = request.app.state.proxy
     return proxy
 
@@ -35,7 +35,9 @@ class Caller:
     admin: bool = False
 
 
-def get_caller(request: Request, state: Annotated[GatewayState, Depends(get_state)]) -> Caller:
+async def get_caller(
+    request: Request, state: Annotated[GatewayState, Depends(get_state)]
+) -> Caller:
     """Resolve the gateway key; a key that is present but unknown is refused (401)."""
     headers = request.headers
     key = bearer(headers.get("authorization"), headers.get("api-key"))
@@ -50,7 +52,7 @@ def get_caller(request: Request, state: Annotated[GatewayState, Depends(get_stat
     return Caller(state.keys.tenant(owner))
 
 
-def require_caller(caller: Annotated[Caller, Depends(get_caller)]) -> Caller:
+async def require_caller(caller: Annotated[Caller, Depends(get_caller)]) -> Caller:
     if caller.tenant is None:
         raise AuthenticationError(
             "You didn't provide an API key. Use 'Authorization: Bearer <key>'."
@@ -58,7 +60,7 @@ def require_caller(caller: Annotated[Caller, Depends(get_caller)]) -> Caller:
     return caller
 
 
-def require_admin(caller: Annotated[Caller, Depends(require_caller)]) -> Caller:
+async def require_admin(caller: Annotated[Caller, Depends(require_caller)]) -> Caller:
     if not caller.admin:
         raise PermissionDeniedError("This endpoint needs the admin key.")
     return caller

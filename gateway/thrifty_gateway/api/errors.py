@@ -13,6 +13,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -67,6 +68,12 @@ async def _validation(_: Request, exc: Exception) -> Response:
     return _plain(400, f"Invalid parameter {loc}: {first.get('msg', 'invalid')}", "invalid_value")
 
 
+async def _disconnect(_: Request, exc: Exception) -> Response:
+    del exc
+    log.debug("client disconnected before the request body arrived")
+    return Response(b"", status_code=499)
+
+
 async def _unexpected(_: Request, exc: Exception) -> Response:
     log.error("unhandled error", extra={"error_type": type(exc).__name__})
     return _plain(500, "The gateway had an internal error.", "internal_error")
@@ -76,6 +83,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ThriftyError, _thrifty)
     app.add_exception_handler(StarletteHTTPException, _http)
     app.add_exception_handler(RequestValidationError, _validation)
+    app.add_exception_handler(ClientDisconnect, _disconnect)
     app.add_exception_handler(Exception, _unexpected)
 
 

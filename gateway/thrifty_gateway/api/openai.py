@@ -8,23 +8,33 @@ from starlette.responses import Response
 
 from thrifty_core.errors import AuthenticationError, ModelNotFoundError
 
-from .deps import CallerDep, ProxyDep, StateDep
+from .deps import CallerDep, StateDep, get_caller, get_proxy
 
 router = APIRouter()
 
 
-@router.post("/v1/chat/completions")
-async def chat_completions(request: Request, proxy: ProxyDep, caller: CallerDep) -> Response:
-    """Proxy a chat completion (streaming or not); unknown fields pass through untouched."""
+async def chat_completions(request: Request) -> Response:
+    """Proxy a chat completion (streaming or not); unknown fields pass through untouched.
+
+    The two proxied endpoints are plain Starlette routes: FastAPI's dependency solver costs
+    more than the rest of the hot path (see bench/RESULTS.md). They resolve the same
+    dependencies by calling them directly."""
+    proxy = await get_proxy(request)
+    caller = await get_caller(request, proxy.state)
     raw = await request.body()
     return await proxy.handle("chat", raw, request.headers, caller.tenant)
 
 
-@router.post("/v1/embeddings")
-async def embeddings(request: Request, proxy: ProxyDep, caller: CallerDep) -> Response:
+async def embeddings(request: Request) -> Response:
     """Proxy an embeddings request."""
+    proxy = await get_proxy(request)
+    caller = await get_caller(request, proxy.state)
     raw = await request.body()
     return await proxy.handle("embeddings", raw, request.headers, caller.tenant)
+
+
+router.add_route("/v1/chat/completions", chat_completions, methods=["POST"])
+router.add_route("/v1/embeddings", embeddings, methods=["POST"])
 
 
 @router.get("/v1/models")
