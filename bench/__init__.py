@@ -1,0 +1,1 @@
+"""Thrifty benchmarks: each `bench/bench_*.py` exposes `main() -> dict` and prints JSON."""

@@ -1,0 +1,183 @@
+"""Gateway overhead: added latency over calling the provider directly, throughput, memory.
+
+Starts the simulator (answering instantly) and one gateway worker as separate processes on
+loopback, then with wrk (or the asyncio fallback in bench/loadgen.py):
+
+* latency at 1 connection, direct vs through the gateway, ROUNDS interleaved rounds; the
+  added p50/p99 is the median over rounds of (gateway - direct);
+* throughput through the gateway at 16 connections (requests/s, p50, p99, errors);
+* gateway RSS at idle, after REQUESTS proxied requests and after twice that (growth check).
+
+Run: `uv run --frozen --all-extras python -m bench gateway` (JSON on stdout). Environment:
+THRIFTY_BENCH_SECONDS (per latency round, default 5), THRIFTY_BENCH_ROUNDS (3),
+THRIFTY_BENCH_REQUESTS (100000).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.loadgen import load
+
+ROOT = Path(__file__).resolve().parents[1]
+SECONDS = float(os.environ.get("THRIFTY_BENCH_SECONDS", "5"))
+ROUNDS = int(os.environ.get("THRIFTY_BENCH_ROUNDS", "3"))
+REQUESTS = int(os.environ.get("THRIFTY_BENCH_REQUESTS", "100000"))
+BODY = json.dumps(
+    {
+        "model": "gpt-4o-mini",
+        "messages": [
+            {"role": "system", "content": "You are a concise support assistant."},
+            {"role": "user", "content": "How do I reset the password of my account?"},
+        ],
+        "max_tokens": 64,
+        "temperature": 0,
+    }
+).encode()
+HEADERS = {"content-type": "application/json", "authorization": "Bearer sk-local-a"}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _wait(url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(url)
+
+
+@contextmanager
+def _proc(args: list[str], ready_url: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, *args], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        _wait(ready_url)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    raise RuntimeError("no VmRSS")
+
+
+def _gateway_config(sim_port: int, port: int) -> dict[str, Any]:
+    config: dict[str, Any] = yaml.safe_load((ROOT / "examples" / "local.yaml").read_text())
+    config["providers"][0]["baseUrl"] = f"http://127.0.0.1:{sim_port}/v1"
+    config["server"] = {
+        "host": "127.0.0.1",
+        "port": port,
+        "logLevel": "WARNING",
+        "logFormat": "json",
+        "workers": 1,
+    }
+    for tenant in config["tenants"]:
+        tenant.pop("requestsPerMinute", None)
+    return config
+
+
+def _drive(url: str, total: int) -> dict[str, Any]:
+    """At least `total` requests at 16 connections (in bounded chunks)."""
+    done = 0
+    errors = 0
+    started = time.perf_counter()
+    while done < total:
+        result = load(url, BODY, HEADERS, 16, 10)
+        done += result["requests"]
+        errors += result["errors"]
+    return {"requests": done, "errors": errors, "seconds": round(time.perf_counter() - started, 1)}
+
+
+def main() -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="thrifty-bench-gw-"))
+    sim_port, gw_port = _free_port(), _free_port()
+    config_path = work / "gateway.yaml"
+    config_path.write_text(yaml.safe_dump(_gateway_config(sim_port, gw_port)))
+    direct = f"http://127.0.0.1:{sim_port}/v1/chat/completions"
+    proxied = f"http://127.0.0.1:{gw_port}/v1/chat/completions"
+    sim_args = ["-m", "thrifty_cli", "simulator", "--port", str(sim_port)]
+    gw_args = ["-m", "thrifty_gateway", "--config", str(config_path)]
+    with (
+        _proc(sim_args, f"http://127.0.0.1:{sim_port}/healthz", work / "sim.log"),
+        _proc(gw_args, f"http://127.0.0.1:{gw_port}/readyz", work / "gw.log") as gw,
+    ):
+        rss_start = _rss_mib(gw.pid)
+        load(proxied, BODY, HEADERS, 4, 2)  # warm up pools and code paths
+        load(direct, BODY, HEADERS, 4, 1)
+        time.sleep(1)
+        rss_idle = _rss_mib(gw.pid)
+        rounds = []
+        for _ in range(ROUNDS):
+            d = load(direct, BODY, HEADERS, 1, SECONDS)
+            g = load(proxied, BODY, HEADERS, 1, SECONDS)
+            rounds.append({"direct": d, "gateway": g})
+        added_p50 = statistics.median(
+            r["gateway"]["p50_ms"] - r["direct"]["p50_ms"] for r in rounds
+        )
+        added_p99 = statistics.median(
+            r["gateway"]["p99_ms"] - r["direct"]["p99_ms"] for r in rounds
+        )
+        throughput = load(proxied, BODY, HEADERS, 16, 10)
+        direct16 = load(direct, BODY, HEADERS, 16, 5)
+        first = _drive(proxied, REQUESTS)
+        rss_after = _rss_mib(gw.pid)
+        second = _drive(proxied, REQUESTS)
+        rss_after2 = _rss_mib(gw.pid)
+    return {
+        "date": datetime.now(UTC).date().isoformat(),
+        "machine": f"{platform.machine()} {os.cpu_count()} cpus, "
+        f"{platform.python_implementation()} {platform.python_version()}",
+        "workers": 1,
+        "latency_1conn": {
+            "added_p50_ms": round(added_p50, 3),
+            "added_p99_ms": round(added_p99, 3),
+            "rounds": rounds,
+            "target": "added p50 <= 1 ms, p99 <= 3 ms",
+        },
+        "throughput_16conn": {**throughput, "direct": direct16, "target": ">= 1000 rps"},
+        "memory": {
+            "rss_start_mib": rss_start,
+            "rss_idle_mib": rss_idle,
+            "rss_after_mib": rss_after,
+            "rss_after_2x_mib": rss_after2,
+            "drive": [first, second],
+        },
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(), indent=2))
