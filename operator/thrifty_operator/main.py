@@ -41,6 +41,12 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     logger.info("thrifty operator started (drift check every %ss)", ours.drift_interval_seconds)
 
 
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """kopf's own credentials: the pod's service account, else KUBECONFIG."""
+    info: kopf.ConnectionInfo | None = kopf.login_with_service_account(**kwargs)
+    return info or kopf.login_with_kubeconfig(**kwargs)
+
+
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     api = memo.get("api")
     if api is not None:
@@ -72,7 +78,7 @@ async def _batchqueue(
 async def _distilledmodel(
     body: Body, patch: Any, indexes: ix.Indexes, ctx: Context, strict: bool
 ) -> None:
-    await run(body, patch, lambda: distilledmodel.reconcile(body, ctx), strict=strict)
+    await run(body, patch, lambda: distilledmodel.reconcile(body, indexes, ctx), strict=strict)
     await distilledmodel.dependents(body, dict(patch.status), indexes, ctx)
 
 
@@ -112,6 +118,7 @@ async def _delete_collection(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None
 def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
     """A fresh registry with every handler, index, timer and probe of the operator."""
     registry = kopf.OperatorRegistry()
+    kopf.on.login(registry=registry, id="login")(login)
     kopf.on.startup(registry=registry, id="startup")(startup)
     kopf.on.cleanup(registry=registry, id="cleanup")(cleanup)
     kopf.on.probe(registry=registry, id="initialised")(probe_context)

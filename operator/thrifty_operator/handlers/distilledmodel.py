@@ -18,7 +18,17 @@ from ..builders import distill, names
 from ..builders.common import Owner
 from ..conditions import Cond, false, true
 from . import gateway
-from .common import Body, Context, Outcome, apply_all, deployment_state, job_state, parse, plain
+from .common import (
+    Body,
+    Context,
+    InvalidSpec,
+    Outcome,
+    apply_all,
+    deployment_state,
+    job_state,
+    parse,
+    plain,
+)
 from .indexes import Indexes
 
 logger = logging.getLogger(__name__)
@@ -77,10 +87,30 @@ async def _evaluate(
     return false("Evaluated", "GateFailed", f"{version}: {message}"), report, False
 
 
-async def reconcile(body: Body, ctx: Context) -> Outcome:
+def check_teacher(model: DistilledModel, ix: Indexes) -> Cond | None:
+    """A missing teacher gateway is waited for; a route it does not serve is a bad spec."""
+    ns, teacher = model.metadata.namespace, model.spec.teacher
+    body = ix.body("LLMGateway", ns, teacher.gateway_ref.name)
+    if body is None:
+        return false(
+            "Trained", "TeacherMissing", f"LLMGateway {teacher.gateway_ref.name} not found"
+        )
+    routes = [r.get("name") for r in body.get("spec", {}).get("routes", [])]
+    if teacher.route not in routes:
+        raise InvalidSpec(
+            f"spec.teacher.route: gateway {teacher.gateway_ref.name} has no route "
+            f"{teacher.route!r} (routes: {', '.join(str(r) for r in routes)})"
+        )
+    return None
+
+
+async def reconcile(body: Body, ix: Indexes, ctx: Context) -> Outcome:
     model = parse(DistilledModel, body)
     owner = Owner.from_body(body)
     ns = owner.namespace
+    waiting = check_teacher(model, ix)
+    if waiting is not None:
+        return Outcome([waiting])
     version = distill.candidate_version(model)
     previous = model.status.active_version if model.status else ""
     await ctx.kube.apply(distill.build_artifacts_pvc(owner))
@@ -107,8 +137,7 @@ async def reconcile(body: Body, ctx: Context) -> Outcome:
     active = model.spec.serving.version or (version if passed else previous)
     fields["activeVersion"] = active
     conds.append(await _serve(model, owner, active, ctx, fields))
-    # Serving first: it is what Ready reports when the loop is otherwise incomplete.
-    return Outcome([conds[-1], *conds[:-1]], fields)
+    return Outcome(conds, fields)
 
 
 async def _serve(

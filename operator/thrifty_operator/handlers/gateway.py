@@ -65,13 +65,17 @@ def gather(
         _resolve(ix, BatchQueue, ns, spec.batch_queue_ref.name) if spec.batch_queue_ref else None
     )
     students: list[DistilledModel] = []
+    routes = {r.name for r in spec.routes}
     for name in ix.students_of(ns, gateway.metadata.name):
         try:
-            students.append(_resolve(ix, DistilledModel, ns, name))
+            student = _resolve(ix, DistilledModel, ns, name)
         except MissingReference as exc:
             logger.warning(
                 "skipping student %s of gateway %s: %s", name, gateway.metadata.name, exc
             )
+            continue
+        if student.spec.teacher.route in routes:  # a student of an unknown route reports it
+            students.append(student)
     return policies, queue, students
 
 
