@@ -1,0 +1,53 @@
+"""Retry delays, Retry-After parsing and the circuit breaker (pure parts)."""
+
+from __future__ import annotations
+
+import pytest
+
+from thrifty_gateway.services.resilience import (
+    MAX_DELAY,
+    CircuitBreaker,
+    backoff_delay,
+    parse_retry_after,
+)
+
+
+def test_backoff_grows_with_jitter_and_is_capped() -> None:
+    lows = [backoff_delay(a, None, rand=lambda: 0.0) for a in range(8)]
+    highs = [backoff_delay(a, None, rand=lambda: 1.0) for a in range(8)]
+    assert lows[0] == pytest.approx(0.1) and highs[0] == pytest.approx(0.2)
+    assert all(b >= a for a, b in zip(highs, highs[1:], strict=False))
+    assert highs[-1] == MAX_DELAY
+    assert all(lo <= hi for lo, hi in zip(lows, highs, strict=True))
+
+
+def test_retry_after_wins_with_small_jitter() -> None:
+    assert backoff_delay(0, 2.0, rand=lambda: 0.0) == 2.0
+    assert backoff_delay(5, 2.0, rand=lambda: 1.0) == pytest.approx(2.2)
+
+
+def test_parse_retry_after() -> None:
+    assert parse_retry_after({"retry-after": "3"}) == 3.0
+    assert parse_retry_after({"retry-after-ms": "250", "retry-after": "3"}) == 0.25
+    assert parse_retry_after({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) is None
+    assert parse_retry_after({}) is None
+
+
+def test_breaker_opens_then_half_opens_with_one_probe() -> None:
+    now = [0.0]
+    breaker = CircuitBreaker(threshold=3, cooldown=10.0, clock=lambda: now[0])
+    for _ in range(2):
+        breaker.failure()
+    assert breaker.state == "closed" and breaker.allow()
+    breaker.failure()
+    assert breaker.state == "open" and not breaker.allow()
+    now[0] = 10.5
+    assert breaker.state == "half-open"
+    assert breaker.allow()  # the probe
+    assert not breaker.allow()  # only one at a time
+    breaker.failure()  # the probe failed: open again for a full cooldown
+    assert breaker.state == "open"
+    now[0] = 21.0
+    assert breaker.allow()
+    breaker.success()
+    assert breaker.state == "closed" and breaker.allow()
