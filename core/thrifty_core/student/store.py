@@ -1,0 +1,108 @@
+"""The dataset store: append-only shards of capture records (one JSON object per line).
+
+`DatasetStore` is the contract (a file store on a PVC here; an object store fits it too:
+shards are written whole by one writer and never modified once rotated). Each writer (gateway
+process) appends to its own shard, so replicas sharing a ReadWriteMany volume never
+interleave lines; a shard rotates after `shard_records` lines.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Protocol
+
+SHARD_PREFIX = "capture-"
+SHARD_SUFFIX = ".jsonl"
+
+
+class DatasetStore(Protocol):
+    """Where captured pairs go and where the export reads them back."""
+
+    def append(self, lines: Sequence[bytes]) -> None:
+        """Append serialised records (no trailing newline) to this writer's shard."""
+        ...
+
+    def count(self) -> int:
+        """Records stored so far (all writers, as of the last scan plus own appends)."""
+        ...
+
+    def shards(self) -> list[str]:
+        """Shard names, oldest first."""
+        ...
+
+    def read(self, shard: str) -> Iterator[bytes]:
+        """The lines of one shard (a partly written last line is skipped)."""
+        ...
+
+
+def writer_id() -> str:
+    """A name unique to this process on this host (pod)."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class FileDatasetStore:
+    """Shards as files under `root`: capture-<writer>-<seq>.jsonl."""
+
+    def __init__(self, root: Path, *, shard_records: int = 10_000, writer: str | None = None):
+        self.root = root
+        self.shard_records = shard_records
+        self.writer = writer or writer_id()
+        self._lock = threading.Lock()
+        self._seq = 0
+        self._in_shard = 0
+        self._count: int | None = None
+
+    def _shard_path(self) -> Path:
+        return self.root / f"{SHARD_PREFIX}{self.writer}-{self._seq:06d}{SHARD_SUFFIX}"
+
+    def append(self, lines: Sequence[bytes]) -> None:
+        if not lines:
+            return
+        with self._lock:
+            self.root.mkdir(parents=True, exist_ok=True)
+            if self._count is None:
+                self._count = self._scan()
+            if self._in_shard >= self.shard_records:
+                self._seq += 1
+                self._in_shard = 0
+            path = self._shard_path()
+            while self._in_shard == 0 and path.exists():  # never reuse an older shard
+                self._seq += 1
+                path = self._shard_path()
+            with path.open("ab") as fh:
+                fh.write(b"".join(line + b"\n" for line in lines))
+            self._in_shard += len(lines)
+            self._count += len(lines)
+
+    def _scan(self) -> int:
+        total = 0
+        for name in self.shards():
+            with (self.root / name).open("rb") as fh:
+                total += sum(1 for line in fh if line.endswith(b"\n"))
+        return total
+
+    def count(self) -> int:
+        with self._lock:
+            if self._count is None:
+                self._count = self._scan()
+            return self._count
+
+    def shards(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        names = [
+            p.name
+            for p in self.root.iterdir()
+            if p.name.startswith(SHARD_PREFIX) and p.name.endswith(SHARD_SUFFIX)
+        ]
+        return sorted(names, key=lambda n: ((self.root / n).stat().st_mtime, n))
+
+    def read(self, shard: str) -> Iterator[bytes]:
+        with (self.root / shard).open("rb") as fh:
+            for line in fh:
+                if line.endswith(b"\n") and line.strip():
+                    yield line.rstrip(b"\n")

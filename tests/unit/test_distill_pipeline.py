@@ -1,0 +1,205 @@
+"""Distill pieces: export with a held-out split, evaluation figures, costs, the gated pipeline."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from thrifty_core.api.distilledmodel import DistilledModel
+from thrifty_core.embedding.local import LocalEmbedder
+from thrifty_core.student.artifact import list_versions, resolve_version
+from thrifty_core.student.capture import TokenLogprob, TopLogprob, build_record, label_index
+from thrifty_core.student.store import FileDatasetStore
+from thrifty_distill import pipeline
+from thrifty_distill.costs import cost_structure
+from thrifty_distill.dataset import Snapshot, export_snapshot, held_out, soft_label
+from thrifty_distill.evaluate import evaluate_predictions, trade_off
+
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "banking77"
+
+
+def banking_rows(limit_labels: int, per_label: int) -> list[tuple[str, str]]:
+    import os
+
+    root = Path(os.environ.get("THRIFTY_DATA_DIR", DATA.parent)) / "banking77"
+    with (root / "train.csv").open(encoding="utf-8", newline="") as fh:
+        rows = [(r["text"], r["category"]) for r in csv.DictReader(fh)]
+    labels = sorted({c for _, c in rows})[:limit_labels]
+    out: list[tuple[str, str]] = []
+    for label in labels:
+        out.extend([r for r in rows if r[1] == label][:per_label])
+    return out
+
+
+def write_captures(store: FileDatasetStore, rows: list[tuple[str, str]], route: str) -> None:
+    lines = []
+    for i, (text, label) in enumerate(rows):
+        record = build_record(
+            request_id=f"r{i}",
+            ts=1_700_000_000 + i * 10.0,
+            route=route,
+            student="intent",
+            model="gpt-4o",
+            messages=[{"role": "user", "content": text}],
+            completion={"choices": [{"message": {"content": label.replace("_", " ").title()}}]},
+            prompt_tokens=400,
+            completion_tokens=4,
+            cost_usd=0.00104,
+        )
+        assert record is not None
+        lines.append(record.model_dump_json().encode())
+    store.append(lines)
+
+
+def test_trade_off_counts_the_fallback_as_agreement() -> None:
+    predicted = ["a", "b", "a", "b"]
+    teacher = ["a", "a", "a", "b"]
+    confidence = [0.9, 0.4, 0.95, 0.8]
+    point = trade_off(predicted, confidence, teacher, 0.5)
+    assert point.coverage == 0.75
+    assert point.accuracy_covered == 1.0
+    assert point.agreement_with_fallback == 1.0
+    everything = trade_off(predicted, confidence, teacher, 0.0)
+    assert everything.agreement_with_fallback == 0.75
+    report = evaluate_predictions(
+        predicted,
+        confidence,
+        teacher,
+        ["a", "b"],
+        threshold=0.5,
+        min_agreement=0.9,
+        min_coverage=0.8,
+    )
+    assert report["gate"]["passed"] is False  # coverage 0.75 < 0.8
+    assert report["per_class"]["a"]["recall"] == pytest.approx(2 / 3, abs=1e-3)
+    assert 0 <= report["ece"] <= 1
+
+
+def test_cost_structure_break_even() -> None:
+    costs = cost_structure(
+        teacher_cost_per_request=0.001,
+        coverage=0.8,
+        requests_per_day=100_000,
+        training_seconds=3600,
+        node_price_per_hour=4.0,
+        serving_cost_per_hour=1.0,
+    )
+    # replaces 80 USD/day of teacher spend for 24 USD/day of serving: 56 USD/day net
+    assert costs["net_saving_per_day_usd"] == pytest.approx(56.0)
+    assert costs["break_even_days"] == pytest.approx(4 / 56, abs=1e-4)
+    assert costs["break_even_requests"] == round(4 / (56 / 100_000))
+    losing = cost_structure(
+        teacher_cost_per_request=0.001,
+        coverage=0.8,
+        requests_per_day=100,
+        training_seconds=60,
+        node_price_per_hour=1.0,
+        serving_cost_per_hour=1.0,
+    )
+    assert losing["pays_off"] is False and losing["break_even_days"] is None
+
+
+def test_soft_label_spreads_first_token_mass() -> None:
+    index = label_index(["card_arrival", "card_linking", "exchange_rate"])
+    logprobs = [
+        TokenLogprob(
+            token="card",
+            logprob=-0.1,
+            top=[TopLogprob(token="card", logprob=-0.2), TopLogprob(token="exchange", logprob=-2)],
+        )
+    ]
+    soft = soft_label(logprobs, "card_arrival", index)
+    assert soft is not None
+    assert soft["card_arrival"] > soft["exchange_rate"] > 0
+    assert sum(soft.values()) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_export_dedupes_discovers_labels_and_holds_out(tmp_path: Path) -> None:
+    rows = banking_rows(limit_labels=4, per_label=30)
+    store = FileDatasetStore(tmp_path / "capture", writer="gw")
+    write_captures(store, rows + rows[:10], route="intent")  # repeats keep one example
+    write_captures(store, [("unrelated", "other")], route="chat")  # another route
+    snap = export_snapshot(store, tmp_path / "snap", route="intent", held_out_fraction=0.25)
+    assert snap.train + snap.held_out == len(rows)
+    assert len(snap.labels) == 4 and all(label == label.lower() for label in snap.labels)
+    assert 10 <= snap.held_out <= 50
+    again = Snapshot.load(tmp_path / "snap")
+    assert again.requests == len(rows) + 10 and again.requests_per_day > 0
+    assert held_out("same text", 0.25) == held_out("same text", 0.25)
+
+
+@pytest.fixture(scope="module")
+def embedder() -> LocalEmbedder:
+    return LocalEmbedder(threads=2)
+
+
+def resource(min_agreement: float, threshold: float = 0.5) -> DistilledModel:
+    return DistilledModel.model_validate(
+        {
+            "metadata": {"name": "intent"},
+            "spec": {
+                "teacher": {"gatewayRef": {"name": "gw"}, "route": "intent"},
+                "student": {"kind": "classifier"},
+                "training": {"minExamples": 50, "nodePricePerHour": 1.0},
+                "evaluation": {"minAgreement": min_agreement, "minCoverage": 0.5},
+                "routing": {"confidenceThreshold": threshold},
+                "serving": {"costPerHour": 0.05},
+            },
+        }
+    )
+
+
+def test_pipeline_promotes_only_when_the_gate_passes(
+    tmp_path: Path, embedder: LocalEmbedder
+) -> None:
+    rows = banking_rows(limit_labels=6, per_label=40)
+    random.Random(0).shuffle(rows)
+    store = FileDatasetStore(tmp_path / "capture", writer="gw")
+    write_captures(store, rows, route="intent")
+    job = pipeline.Job.from_resource(
+        resource(min_agreement=0.9), tmp_path / "capture", tmp_path / "snap", tmp_path / "art"
+    )
+    pipeline.export(job)
+    first = pipeline.train(job, embedder)
+    report = pipeline.evaluate(job, embedder=embedder)
+    assert report["quality"]["gate"]["passed"] is True
+    assert report["promoted"] is True
+    assert report["costs"]["training_cost_usd"] > 0
+    assert json.loads((tmp_path / "art" / first.version / "report.json").read_text())
+    assert (tmp_path / "art" / first.version / "report.png").read_bytes()[:4] == b"\x89PNG"
+    active = resolve_version(tmp_path / "art")
+    assert active is not None and active.version == first.version
+
+    # a student of an inconsistent teacher (random answers) fails the gate: trained,
+    # evaluated, never promoted; the route keeps the promoted version
+    labels = sorted({label for _, label in rows})
+    rng = random.Random(1)
+    noisy = [(text, rng.choice(labels)) for text, _ in rows]
+    write_captures(FileDatasetStore(tmp_path / "noisy", writer="gw"), noisy, route="intent")
+    bad = pipeline.Job.from_resource(
+        resource(min_agreement=0.9), tmp_path / "noisy", tmp_path / "snap2", tmp_path / "art"
+    )
+    pipeline.export(bad)
+    second = pipeline.train(bad, embedder)
+    failed = pipeline.evaluate(bad, embedder=embedder)
+    assert failed["quality"]["gate"]["passed"] is False and failed["promoted"] is False
+    versions = {m.version: m for m in list_versions(tmp_path / "art")}
+    assert versions[second.version].evaluated and not versions[second.version].promoted
+    still = resolve_version(tmp_path / "art")
+    assert still is not None and still.version == first.version
+
+
+def test_train_refuses_too_few_examples(tmp_path: Path, embedder: LocalEmbedder) -> None:
+    store = FileDatasetStore(tmp_path / "capture", writer="gw")
+    write_captures(store, banking_rows(limit_labels=2, per_label=10), route="intent")
+    job = pipeline.Job.from_resource(
+        resource(0.9), tmp_path / "capture", tmp_path / "snap", tmp_path / "art"
+    )
+    pipeline.export(job)
+    with pytest.raises(pipeline.NotEnoughExamplesError):
+        pipeline.train(job, embedder)
+    assert list_versions(tmp_path / "art") == []
