@@ -7,6 +7,7 @@ with the target's model, and a non-streaming upstream answer goes back byte for 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -100,6 +101,14 @@ class Proxy:
 
     def __init__(self, state: GatewayState) -> None:
         self.state = state
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def _spawn_finish(self, ctx: RequestContext, outcome: Outcome) -> None:
+        """Run `_finish` in its own task: a client that hangs up mid-stream cancels the
+        response task, but must not cancel accounting or cache fills."""
+        task = asyncio.get_running_loop().create_task(self._finish(ctx, outcome))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def handle(
         self, endpoint: Endpoint, raw: bytes, headers: Any, tenant: TenantConfig | None
@@ -252,7 +261,7 @@ class Proxy:
             final = usage or estimate_usage(ctx.body, completion)
             cost = self.state.catalog.cost(target.model, final)
             status = 200 if done or usage is not None else 502
-            await self._finish(
+            self._spawn_finish(
                 ctx, Outcome(status, completion, final, target.model, target.label, cost)
             )
 
@@ -279,19 +288,24 @@ class Proxy:
             **ctx.response_headers,
             **answer.headers,
         }
-        task = BackgroundTask(self._finish, ctx, outcome)
         if ctx.stream and answer.status == 200 and (answer.chunks or answer.body):
-            events = (
+            events = list(
                 encode_chunks(answer.chunks)
                 if answer.chunks is not None
                 else completion_to_chunks(answer.body or {}, ctx.include_usage)
             )
+
+            async def replay() -> AsyncIterator[bytes]:
+                try:
+                    for event in events:
+                        yield event
+                finally:
+                    self._spawn_finish(ctx, outcome)
+
             return StreamingResponse(
-                iter(list(events)),
-                media_type="text/event-stream",
-                headers={**headers, **_SSE_HEADERS},
-                background=task,
+                replay(), media_type="text/event-stream", headers={**headers, **_SSE_HEADERS}
             )
+        task = BackgroundTask(self._finish, ctx, outcome)
         return Response(
             orjson.dumps(answer.body) if answer.body is not None else b"",
             status_code=answer.status,

@@ -1,0 +1,121 @@
+"""Which requests may be looked up / stored, and which answers may be stored, and client
+directives (Cache-Control, x-thrifty-cache, x-thrifty-cache-threshold, x-thrifty-cache-tags).
+
+All pure functions of the request body, headers and the policy's `Eligibility` rules.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from thrifty_core.api.cachepolicy import Eligibility
+
+_TAG = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
+MAX_TAGS = 8
+
+
+@dataclass(frozen=True, slots=True)
+class Directives:
+    """Client cache directives: skip lookup, skip write, maximum age, tighter threshold, tags."""
+
+    no_cache: bool = False
+    no_store: bool = False
+    max_age: int | None = None
+    threshold: float | None = None
+    tags: tuple[str, ...] = ()
+
+
+def parse_directives(headers: Mapping[str, str]) -> Directives:
+    """`Cache-Control` (no-cache, no-store, max-age=N) and the x-thrifty-cache headers."""
+    tokens: list[str] = []
+    for name in ("cache-control", "x-thrifty-cache"):
+        value = headers.get(name)
+        if value:
+            tokens.extend(t.strip().lower() for t in value.split(","))
+    max_age: int | None = None
+    for token in tokens:
+        if token.startswith("max-age="):
+            try:
+                max_age = max(0, int(token.split("=", 1)[1]))
+            except ValueError:
+                continue
+    threshold: float | None = None
+    raw = headers.get("x-thrifty-cache-threshold")
+    if raw:
+        try:
+            threshold = float(raw)
+        except ValueError:
+            threshold = None
+    tags_raw = headers.get("x-thrifty-cache-tags") or ""
+    tags = tuple(dict.fromkeys(t.strip() for t in tags_raw.split(",") if _TAG.match(t.strip())))[
+        :MAX_TAGS
+    ]
+    return Directives(
+        no_cache="no-cache" in tokens or max_age == 0,
+        no_store="no-store" in tokens,
+        max_age=max_age,
+        threshold=threshold,
+        tags=tags,
+    )
+
+
+def effective_threshold(policy: float, client: float | None) -> float:
+    """Clients may tighten the policy's threshold, never loosen it."""
+    if client is None or client != client:  # NaN
+        return policy
+    return min(1.0, max(policy, client))
+
+
+def request_ineligible(body: Mapping[str, Any], rules: Eligibility) -> str | None:
+    """Why a request must not use the cache at all (None when it may)."""
+    temperature = body.get("temperature")
+    if isinstance(temperature, int | float) and temperature > rules.max_temperature:
+        return "temperature"
+    n = body.get("n")
+    if isinstance(n, int) and n > 1 and not rules.cache_multiple_choices:
+        return "n"
+    if not rules.cache_tool_calls:
+        if body.get("tools") or body.get("functions"):
+            return "tools"
+        for message in body.get("messages") or ():
+            if isinstance(message, Mapping) and (
+                message.get("role") in ("tool", "function") or message.get("tool_calls")
+            ):
+                return "tools"
+    if body.get("stream") and not rules.cache_streaming:
+        return "stream"
+    return None
+
+
+def answer_ineligible(
+    status: int, body: Mapping[str, Any] | None, rules: Eligibility
+) -> str | None:
+    """Why an answer must not be stored: errors, refusals, truncation, aborted streams,
+    tool calls (unless allowed), empty answers."""
+    if status != 200 or not isinstance(body, Mapping):
+        return "error"
+    if body.get("error") is not None:
+        return "error"
+    choices = body.get("choices")
+    if not isinstance(choices, list) or not choices:
+        return "empty"
+    for choice in choices:
+        if not isinstance(choice, Mapping):
+            return "empty"
+        reason = choice.get("finish_reason")
+        if reason not in ("stop", "tool_calls"):
+            return "truncated" if reason == "length" else "unfinished"
+        message = choice.get("message")
+        if not isinstance(message, Mapping):
+            return "empty"
+        if message.get("refusal"):
+            return "refusal"
+        if message.get("tool_calls") or reason == "tool_calls":
+            if not rules.cache_tool_calls:
+                return "tools"
+        elif not message.get("content"):
+            return "empty"
+    return None

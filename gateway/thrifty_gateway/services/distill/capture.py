@@ -1,0 +1,115 @@
+"""Capture of teacher answers on a student's route into the dataset store.
+
+Sampled by `capture.sampleRate`, capped at `capture.maxExamples` records, skipped when the
+client sends `x-thrifty-no-capture` (any value but "0"/"false"), redacted by default. When
+`capture.logprobs` is on, sampled requests ask the teacher for `logprobs`/`top_logprobs`
+(unless the client already did) so the student learns the teacher's distribution.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from thrifty_core.api.distilledmodel import Capture
+from thrifty_core.student.capture import NO_CAPTURE_HEADER, build_record
+from thrifty_core.student.redact import Redactor, no_redaction, redact
+from thrifty_core.student.store import DatasetStore, FileDatasetStore
+
+log = logging.getLogger(__name__)
+
+TOP_LOGPROBS = 5
+
+
+def opted_out(headers: Mapping[str, str]) -> bool:
+    value = headers.get(NO_CAPTURE_HEADER)
+    return value is not None and value.strip().lower() not in ("0", "false", "no")
+
+
+class CaptureSink:
+    """Decides per request whether to capture, and appends records off the event loop."""
+
+    def __init__(
+        self,
+        store: DatasetStore,
+        spec: Capture,
+        *,
+        route: str,
+        student: str,
+        redactor: Redactor | None = None,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.store = store
+        self.spec = spec
+        self.route = route
+        self.student = student
+        self.redactor = redactor or (redact if spec.redact else no_redaction)
+        self.rand = rand
+        self.written = 0
+        self.full = False
+
+    @classmethod
+    def to_directory(
+        cls, directory: str, spec: Capture, *, route: str, student: str
+    ) -> CaptureSink:
+        return cls(FileDatasetStore(Path(directory)), spec, route=route, student=student)
+
+    def wants(self, headers: Mapping[str, str]) -> bool:
+        if self.full or opted_out(headers):
+            return False
+        return self.spec.sample_rate >= 1 or self.rand() < self.spec.sample_rate
+
+    def ask_logprobs(self, body: dict[str, Any]) -> None:
+        """Make the teacher return its token distribution (only when the client did not ask)."""
+        if self.spec.logprobs and "logprobs" not in body:
+            body["logprobs"] = True
+            body["top_logprobs"] = TOP_LOGPROBS
+
+    async def record(
+        self,
+        *,
+        request_id: str,
+        ts: float,
+        model: str,
+        messages: list[dict[str, Any]],
+        completion: dict[str, Any] | None,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cost_usd: float,
+        source: Literal["teacher", "evaluation"] = "teacher",
+    ) -> bool:
+        record = build_record(
+            request_id=request_id,
+            ts=ts,
+            route=self.route,
+            student=self.student,
+            model=model,
+            messages=messages,
+            completion=completion,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            cost_usd=cost_usd,
+            redactor=self.redactor,
+            source=source,
+            keep_logprobs=self.spec.logprobs,
+        )
+        if record is None:
+            return False
+        line = record.model_dump_json(exclude_none=True).encode()
+        count = await asyncio.to_thread(self._append, line)
+        if count >= self.spec.max_examples:
+            if not self.full:
+                log.info("capture for %s reached its cap of %d", self.student, count)
+            self.full = True
+        return True
+
+    def _append(self, line: bytes) -> int:
+        if self.store.count() >= self.spec.max_examples:
+            return self.store.count()
+        self.store.append([line])
+        self.written += 1
+        return self.store.count()

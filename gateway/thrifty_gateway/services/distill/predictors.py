@@ -1,0 +1,129 @@
+"""Students as the gateway runs them: `Predictor` answers a chat request with a label (or a
+short answer) and a confidence, or None when it cannot.
+
+* `ClassifierPredictor` — in process: the shared sentence embedder + the calibrated head of
+  the serving artifact version (`thrifty_core.student.classifier`), run in a worker thread
+  so the event loop stays free.
+* `EndpointPredictor` — a causal-lm student behind its OpenAI-compatible server (vLLM with
+  the LoRA adapter): greedy, `logprobs`, confidence = exp(mean token log-probability).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+
+from thrifty_core.embedding import Embedder
+from thrifty_core.student.capture import label_index, match_label, student_input
+from thrifty_core.student.classifier import ClassifierStudent
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    text: str
+    confidence: float
+    version: str
+    seconds: float = 0.0
+
+
+class Predictor(Protocol):
+    version: str
+
+    async def predict(self, body: dict[str, Any]) -> Answer | None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class ClassifierPredictor:
+    """The in-process classifier student."""
+
+    def __init__(self, student: ClassifierStudent) -> None:
+        self.student = student
+        self.version = student.version
+
+    @classmethod
+    def load(cls, root: Path, embedder: Embedder, pinned: str | None) -> ClassifierPredictor | None:
+        student = ClassifierStudent.load(root, embedder, pinned)
+        return cls(student) if student is not None else None
+
+    def predict_text(self, text: str) -> Answer:
+        (pred,) = self.student.predict([text])
+        return Answer(pred.label, pred.confidence, self.version)
+
+    async def predict(self, body: dict[str, Any]) -> Answer | None:
+        text = student_input(body.get("messages") or [])
+        if not text.strip():
+            return None
+        return await asyncio.to_thread(self.predict_text, text)
+
+    async def aclose(self) -> None:
+        return None
+
+
+class EndpointPredictor:
+    """A causal-lm student behind an OpenAI-compatible server."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        served_model: str,
+        *,
+        version: str = "",
+        labels: list[str] | None = None,
+        timeout: float = 10.0,
+        max_tokens: int = 64,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.url = endpoint.rstrip("/") + "/chat/completions"
+        self.served_model = served_model
+        self.version = version or served_model
+        self.index = label_index(labels or [])
+        self.max_tokens = max_tokens
+        self.client = client or httpx.AsyncClient(timeout=timeout)
+
+    async def predict(self, body: dict[str, Any]) -> Answer | None:
+        payload = {
+            "model": self.served_model,
+            "messages": body.get("messages") or [],
+            "temperature": 0,
+            "max_tokens": self.max_tokens,
+            "logprobs": True,
+        }
+        try:
+            resp = await self.client.post(self.url, json=payload)
+        except httpx.HTTPError as exc:
+            log.warning("student endpoint failed: %s", type(exc).__name__)
+            return None
+        if resp.status_code != 200:
+            log.warning("student endpoint answered %d", resp.status_code)
+            return None
+        return self.parse(resp.json())
+
+    def parse(self, data: dict[str, Any]) -> Answer | None:
+        choices = data.get("choices") or []
+        if not choices:
+            return None
+        choice = choices[0]
+        text = (choice.get("message") or {}).get("content")
+        if not isinstance(text, str) or not text.strip() or choice.get("finish_reason") == "length":
+            return None
+        if self.index:
+            label = match_label(text, self.index)
+            if label is None:
+                return None  # an answer outside the label set is never served
+            text = label
+        tokens = ((choice.get("logprobs") or {}).get("content")) or []
+        logps = [float(t.get("logprob", 0.0)) for t in tokens]
+        confidence = math.exp(sum(logps) / len(logps)) if logps else 0.0
+        return Answer(text, confidence, self.version)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()

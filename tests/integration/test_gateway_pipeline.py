@@ -1,0 +1,130 @@
+"""The stage contract: a stage answering before the provider (a small exact cache written
+against services/pipeline.py), after-hooks seeing assembled streams, and the ledger crediting
+the lever. The app runs in-process; the provider is the simulator process."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import openai
+import orjson
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.integration.procs import Simulator, local_config
+from thrifty_core.config import parse_config
+from thrifty_gateway.app import create_app
+from thrifty_gateway.services.pipeline import Outcome, RequestContext, Stage, StageResponse
+from thrifty_gateway.services.sse import usage_of
+
+pytestmark = pytest.mark.integration
+
+
+class DictCache:
+    """An exact cache keyed by model + messages, filled by the after-hook."""
+
+    name = "dict-cache"
+
+    def __init__(self) -> None:
+        self.store: dict[bytes, dict[str, Any]] = {}
+        self.outcomes: list[Outcome] = []
+
+    @staticmethod
+    def key(ctx: RequestContext) -> bytes:
+        return orjson.dumps([ctx.route.name, ctx.body.get("messages")])
+
+    async def before_upstream(self, ctx: RequestContext) -> StageResponse | None:
+        hit = None if ctx.cache_control.no_cache else self.store.get(self.key(ctx))
+        if hit is None:
+            return None
+        usage = usage_of(hit)
+        assert usage is not None
+        return StageResponse(
+            lever="cache",
+            body=hit,
+            usage=usage,
+            model=str(hit.get("model", "")),
+            served_by="cache:dict",
+            saved_usd=ctx.baseline_cost(usage),
+        )
+
+    async def after_upstream(self, ctx: RequestContext, outcome: Outcome) -> None:
+        self.outcomes.append(outcome)
+        if not outcome.from_stage and outcome.status == 200 and outcome.body:
+            self.store[self.key(ctx)] = outcome.body
+
+
+@pytest.fixture
+def cached(simulator: Simulator) -> Iterator[tuple[openai.OpenAI, DictCache, TestClient]]:
+    cache = DictCache()
+
+    async def factory(config: Any, state: Any) -> Stage:
+        del config, state
+        return cache
+
+    app = create_app(parse_config(local_config(simulator.url)), stage_factories=[factory])
+    with TestClient(app) as http:
+        client = openai.OpenAI(
+            base_url="http://testserver/v1", api_key="sk-local-a", http_client=http, max_retries=0
+        )
+        yield client, cache, http
+
+
+def _wait_for(cond: Any) -> None:
+    deadline = time.monotonic() + 5
+    while not cond() and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def test_stage_answers_and_ledger_credits_the_lever(
+    cached: tuple[openai.OpenAI, DictCache, TestClient],
+) -> None:
+    client, cache, http = cached
+    messages: list[Any] = [{"role": "user", "content": "What is the fee for a wire transfer?"}]
+    miss = client.chat.completions.with_raw_response.create(model="gpt-4o", messages=messages)
+    assert miss.headers["x-thrifty-upstream"] == "simulator/gpt-4o"
+    _wait_for(lambda: len(cache.store) == 1)
+    hit = client.chat.completions.with_raw_response.create(model="gpt-4o", messages=messages)
+    assert hit.headers["x-thrifty-upstream"] == "cache:dict"
+    assert float(hit.headers["x-thrifty-cost-usd"]) == 0.0
+    assert hit.parse().choices[0].message.content == miss.parse().choices[0].message.content
+    streamed = list(client.chat.completions.create(model="gpt-4o", messages=messages, stream=True))
+    text = "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
+    assert text == miss.parse().choices[0].message.content
+    bypass = client.chat.completions.with_raw_response.create(
+        model="gpt-4o", messages=messages, extra_headers={"x-thrifty-cache": "no-cache"}
+    )
+    assert bypass.headers["x-thrifty-upstream"] == "simulator/gpt-4o"
+
+    def totals() -> dict[str, Any]:
+        usage = http.get("/v1/thrifty/usage", headers={"authorization": "Bearer sk-local-a"})
+        data: dict[str, Any] = usage.json()["totals"]
+        return data
+
+    _wait_for(lambda: totals()["requests"] == 4)
+    figures = totals()
+    miss_cost = float(miss.headers["x-thrifty-cost-usd"])
+    assert figures["requests"] == 4
+    assert figures["served_by_lever"]["cache"] == 2
+    assert figures["saved_by_lever_usd"]["cache"] == pytest.approx(2 * miss_cost)
+    assert figures["cost_usd"] == pytest.approx(2 * miss_cost)
+    assert figures["baseline_cost_usd"] == pytest.approx(4 * miss_cost)
+
+
+def test_after_hook_sees_assembled_streams(
+    cached: tuple[openai.OpenAI, DictCache, TestClient],
+) -> None:
+    client, cache, _ = cached
+    messages: list[Any] = [{"role": "user", "content": "Can I freeze my card from the app?"}]
+    chunks = list(
+        client.chat.completions.create(model="gpt-4o-mini", messages=messages, stream=True)
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    _wait_for(lambda: len(cache.outcomes) == 1)
+    outcome = cache.outcomes[0]
+    assert outcome.body is not None
+    assert outcome.body["choices"][0]["message"]["content"] == text
+    assert outcome.usage.completion_tokens > 0
+    assert outcome.served_by == "simulator/gpt-4o-mini"
