@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import yaml
 
 from tests.services import free_port, wait_for_port
@@ -56,9 +57,24 @@ class Simulator(Proc):
 @dataclass
 class Gateway(Proc):
     config: dict[str, Any] = field(default_factory=dict)
+    clients: list[openai.OpenAI] = field(default_factory=list)
 
     def base_url(self) -> str:
         return f"{self.url}/v1"
+
+    def openai(self, key: str, **kwargs: Any) -> openai.OpenAI:
+        """An official client for this gateway (no client-side retries), closed on stop()."""
+        client = openai.OpenAI(
+            base_url=self.base_url(), api_key=key, **{"max_retries": 0, "timeout": 20, **kwargs}
+        )
+        self.clients.append(client)
+        return client
+
+    def stop(self) -> None:
+        for client in self.clients:
+            client.close()
+        self.clients.clear()
+        super().stop()
 
 
 def _spawn(

@@ -70,6 +70,7 @@ def cached(simulator: Simulator) -> Iterator[tuple[openai.OpenAI, DictCache, Tes
             base_url="http://testserver/v1", api_key="sk-local-a", http_client=http, max_retries=0
         )
         yield client, cache, http
+        client.close()
 
 
 def _wait_for(cond: Any) -> None:

@@ -24,7 +24,7 @@ MESSAGES: list[Any] = [
 
 
 def client(gw: Gateway, key: str = KEY_A) -> openai.OpenAI:
-    return openai.OpenAI(base_url=gw.base_url(), api_key=key, max_retries=0, timeout=20)
+    return gw.openai(key)
 
 
 def direct(sim: Simulator, path: str, body: dict[str, Any]) -> dict[str, Any]:

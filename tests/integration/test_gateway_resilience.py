@@ -52,7 +52,7 @@ def resilient(gateway_factory: GatewayFactory, simulator: Simulator) -> openai.O
             },
         )
     )
-    return openai.OpenAI(base_url=gw.base_url(), api_key="sk-local-a", max_retries=0, timeout=20)
+    return gw.openai("sk-local-a")
 
 
 def test_429_storm_is_retried_then_failed_over(

@@ -25,7 +25,7 @@ def test_auth_refused_without_or_with_a_wrong_key(gateway: Gateway) -> None:
     )
     assert no_key.status_code == 401
     assert no_key.json()["error"]["type"] == "invalid_request_error"
-    wrong = openai.OpenAI(base_url=gateway.base_url(), api_key="sk-wrong", max_retries=0)
+    wrong = gateway.openai("sk-wrong")
     with pytest.raises(openai.AuthenticationError):
         wrong.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
     assert httpx.get(f"{gateway.base_url()}/models").status_code == 401
@@ -55,7 +55,7 @@ def test_tenant_over_its_rate_limit_gets_429_with_retry_after(
     tenants = local_config(simulator.url)["tenants"]
     tenants[1] = {**tenants[1], "requestsPerMinute": 2}
     gw = gateway_factory(tenants=tenants)
-    b = openai.OpenAI(base_url=gw.base_url(), api_key="sk-local-b", max_retries=0)
+    b = gw.openai("sk-local-b")
     for _ in range(2):
         b.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
     with pytest.raises(openai.RateLimitError) as info:
@@ -63,7 +63,7 @@ def test_tenant_over_its_rate_limit_gets_429_with_retry_after(
     retry_after = int(info.value.response.headers["retry-after"])
     assert 1 <= retry_after <= 60
     # Another tenant is not affected.
-    a = openai.OpenAI(base_url=gw.base_url(), api_key="sk-local-a", max_retries=0)
+    a = gw.openai("sk-local-a")
     assert a.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES).choices
 
 
@@ -73,7 +73,7 @@ def test_token_rate_limit(gateway_factory: GatewayFactory, simulator: Simulator)
     tenants = local_config(simulator.url)["tenants"]
     tenants[1] = {**tenants[1], "tokensPerMinute": 50}
     gw = gateway_factory(tenants=tenants)
-    b = openai.OpenAI(base_url=gw.base_url(), api_key="sk-local-b", max_retries=0)
+    b = gw.openai("sk-local-b")
     b.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=100)
     time.sleep(0.2)  # the ledger and token debit run right after the response is sent
     with pytest.raises(openai.RateLimitError) as info:
@@ -105,12 +105,12 @@ def test_oversized_body_is_413_before_auth(
         headers={"authorization": "Bearer sk-local-a", "content-type": "application/json"},
     )
     assert resp.status_code == 413
-    small = openai.OpenAI(base_url=gw.base_url(), api_key="sk-local-a", max_retries=0)
+    small = gw.openai("sk-local-a")
     assert small.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES).choices
 
 
 def test_ledger_matches_provider_usage(gateway: Gateway) -> None:
-    c = openai.OpenAI(base_url=gateway.base_url(), api_key="sk-local-a", max_retries=0)
+    c = gateway.openai("sk-local-a")
     prompt = completion = 0
     cost = 0.0
     for i, model in enumerate(["gpt-4o-mini", "gpt-4o", "gpt-4o-mini"]):
@@ -176,7 +176,7 @@ def test_logs_hold_no_prompts_completions_or_keys(
         server={"accessLog": True},
     )
     secret_prompt = "zebra-orchid-prompt-7731 my card number is 4111"
-    c = openai.OpenAI(base_url=gw.base_url(), api_key="sk-local-a", max_retries=0)
+    c = gw.openai("sk-local-a")
     answer = c.chat.completions.create(
         model="gpt-4o-mini", messages=[{"role": "user", "content": secret_prompt}]
     )
@@ -191,9 +191,7 @@ def test_logs_hold_no_prompts_completions_or_keys(
             model="broken", messages=[{"role": "user", "content": secret_prompt}]
         )
     with pytest.raises(openai.AuthenticationError):
-        openai.OpenAI(
-            base_url=gw.base_url(), api_key="sk-wrong-key-123", max_retries=0
-        ).models.list()
+        gw.openai("sk-wrong-key-123").models.list()
     time.sleep(0.3)
     gw.stop()
     log = gw.log()
