@@ -2,7 +2,7 @@
 
 Server-side apply of a new object needs `create` as well as `patch`; reads are `get`; kopf
 watches the custom resources (`list`, `watch`), patches them (finalizers, its annotations) and
-their status, posts Events, and watches CRDs to notice new versions.
+their status, posts Events, and watches namespaces and CRDs (to notice new ones).
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ RULES: list[Rule] = [
         "resources": ["roles", "rolebindings"],
         "verbs": APPLY,
     },
+    {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
     {
         "apiGroups": ["apiextensions.k8s.io"],
         "resources": ["customresourcedefinitions"],

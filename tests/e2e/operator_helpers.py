@@ -1,0 +1,248 @@
+"""Helpers for the operator e2e tests: volumes, a ServiceAccount kubeconfig, the operator process.
+
+The operator runs IN THIS MACHINE as a `thrifty operator` subprocess (kwok nodes execute no
+containers), authenticated with a token of the chart's ServiceAccount: whatever it manages to
+do, the chart's RBAC allowed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.e2e.k8s import Cluster, wait_for
+from tests.services import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ("cachepolicy.yaml", "batchqueue.yaml", "llmgateway.yaml", "distilledmodel.yaml")
+KINDS = ("llmgateway", "cachepolicy", "batchqueue", "distilledmodel")
+
+
+def create_volumes(cluster: Cluster, prefix: str, count: int) -> list[str]:
+    """hostPath PersistentVolumes without a class (the test cluster has no provisioner)."""
+    names = [f"{prefix}-pv-{i}" for i in range(count)]
+    docs = [
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": n, "labels": {"thrifty.dev/e2e": prefix}},
+            "spec": {
+                "capacity": {"storage": "100Gi"},
+                "accessModes": ["ReadWriteOnce", "ReadWriteMany"],
+                "persistentVolumeReclaimPolicy": "Retain",
+                "hostPath": {"path": f"/tmp/{n}"},
+            },
+        }
+        for n in names
+    ]
+    cluster.kubectl(
+        "apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": docs})
+    )
+    return names
+
+
+def delete_volumes(cluster: Cluster, prefix: str) -> None:
+    cluster.kubectl("delete", "pv", "-l", f"thrifty.dev/e2e={prefix}", "--wait=false", check=False)
+
+
+def service_account_kubeconfig(cluster: Cluster, namespace: str, account: str, path: Path) -> Path:
+    """A kubeconfig that authenticates as a ServiceAccount (a bound token, 2 hours)."""
+    token = cluster.kubectl(
+        "create", "token", account, "-n", namespace, "--duration=2h"
+    ).stdout.strip()
+    admin = json.loads(cluster.kubectl("config", "view", "--raw", "--minify", "-o", "json").stdout)
+    server = admin["clusters"][0]["cluster"]
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "e2e", "cluster": server}],
+        "users": [{"name": account, "user": {"token": token}}],
+        "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": account}}],
+        "current-context": "e2e",
+    }
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+    return path
+
+
+@dataclass
+class OperatorProcess:
+    """`thrifty operator -n NS` as a subprocess; kill it, start it again."""
+
+    kubeconfig: Path
+    namespace: str
+    log_path: Path
+    drift_seconds: float = 3.0
+    proc: subprocess.Popen[bytes] | None = None
+    health_port: int = 0
+
+    def start(self) -> None:
+        self.health_port = free_port()
+        env = dict(os.environ)
+        env.update(
+            KUBECONFIG=str(self.kubeconfig),
+            THRIFTY_OPERATOR_DRIFT_INTERVAL_SECONDS=str(self.drift_seconds),
+            THRIFTY_OPERATOR_LOG_FORMAT="plain",
+        )
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "thrifty_cli",
+                "operator",
+                "--namespace",
+                self.namespace,
+                f"--liveness=http://127.0.0.1:{self.health_port}/healthz",
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+        log.close()
+        wait_for(self.healthy, timeout=60, message=lambda: f"operator health\n{self.tail()}")
+
+    def healthy(self) -> bool:
+        if self.proc is None or self.proc.poll() is not None:
+            raise AssertionError(f"the operator exited\n{self.tail()}")
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.health_port}/healthz", timeout=2
+            ) as resp:
+                return bool(resp.status == 200)
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, no chance to finish what it was doing."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def tail(self, lines: int = 60) -> str:
+        with suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+
+@contextmanager
+def running_operator(kubeconfig: Path, namespace: str, log_path: Path) -> Iterator[OperatorProcess]:
+    op = OperatorProcess(kubeconfig, namespace, log_path)
+    op.start()
+    try:
+        yield op
+    finally:
+        op.stop()
+
+
+def get(cluster: Cluster, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+    result = cluster.kubectl("get", kind, name, "-n", namespace, "-o", "json", check=False)
+    if result.returncode != 0:
+        return None
+    obj: dict[str, Any] = json.loads(result.stdout)
+    return obj
+
+
+def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any]:
+    for cond in (obj or {}).get("status", {}).get("conditions") or []:
+        if cond.get("type") == type_:
+            return dict(cond)
+    return {}
+
+
+def wait_ready(
+    cluster: Cluster, kind: str, namespace: str, name: str, timeout: float = 120
+) -> dict[str, Any]:
+    """Wait for Ready=True with an up-to-date observedGeneration."""
+
+    def probe() -> dict[str, Any] | None:
+        obj = get(cluster, kind, namespace, name)
+        if obj is None:
+            return None
+        status = obj.get("status") or {}
+        fresh = status.get("observedGeneration") == obj["metadata"].get("generation")
+        return obj if fresh and condition(obj, "Ready").get("status") == "True" else None
+
+    def explain() -> str:
+        obj = get(cluster, kind, namespace, name)
+        return f"{kind}/{name} Ready: {json.dumps((obj or {}).get('status'), indent=1)}"
+
+    return wait_for(probe, timeout=timeout, interval=1.0, message=explain)
+
+
+def wait_gone(cluster: Cluster, kind: str, namespace: str, name: str, timeout: float = 90) -> None:
+    wait_for(
+        lambda: get(cluster, kind, namespace, name) is None,
+        timeout=timeout,
+        interval=1.0,
+        message=f"{kind}/{name} to be deleted",
+    )
+
+
+def simulate_evaluation(
+    cluster: Cluster, namespace: str, model: str, agreement: float, coverage: float
+) -> str:
+    """Write the report the evaluate Job would write (kwok runs no containers).
+
+    kwok completes Job pods by itself, so the train and evaluate Jobs reach Complete on their
+    own; only the report content has to be supplied. Returns the version evaluated.
+    """
+    version = wait_for(
+        lambda: (
+            (get(cluster, "distilledmodel", namespace, model) or {})
+            .get("status", {})
+            .get("candidateVersion")
+        ),
+        timeout=60,
+        message=f"{model} candidate version",
+    )
+    report = f"{model}-eval-{version}"
+    wait_for(
+        lambda: get(cluster, "configmap", namespace, report),
+        timeout=90,
+        message=f"report ConfigMap {report}",
+    )
+    data = json.dumps({"agreement": agreement, "coverage": coverage, "examples": 2000})
+    cluster.kubectl(
+        "patch",
+        "configmap",
+        report,
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        json.dumps({"data": {"report.json": data}}),
+    )
+    return str(version)
+
+
+def pod_template_hash(cluster: Cluster, namespace: str, deployment: str) -> str:
+    obj = get(cluster, "deployment", namespace, deployment) or {}
+    annotations = obj.get("spec", {}).get("template", {}).get("metadata", {}).get("annotations")
+    return str((annotations or {}).get("thrifty.dev/config-hash", ""))
+
+
+def settle(seconds: float) -> None:
+    """Give the drift timer time to act (used only before asserting that nothing changed)."""
+    time.sleep(seconds)

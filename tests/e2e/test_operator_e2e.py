@@ -1,0 +1,398 @@
+"""The operator on the real control plane (kwok nodes): install the chart, apply examples/,
+converge, edit, delete, hand-delete, crash, and stay within the chart's RBAC.
+
+One module-scoped platform keeps this affordable on a small machine; tests run in file order
+and each asserts on its own step. Job completion comes from kwok (it completes Job pods); the
+evaluation report is written by the test in place of the evaluate Job (see
+`simulate_evaluation`).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.e2e.k8s import GPU_NODES, Cluster, tool_path, wait_for
+from tests.e2e.operator_helpers import (
+    EXAMPLES,
+    KINDS,
+    ROOT,
+    OperatorProcess,
+    condition,
+    create_volumes,
+    delete_volumes,
+    get,
+    pod_template_hash,
+    service_account_kubeconfig,
+    settle,
+    simulate_evaluation,
+    wait_gone,
+    wait_ready,
+)
+from thrifty_core.config import parse_config
+from thrifty_operator.rbac import RULES
+
+pytestmark = pytest.mark.e2e
+
+RESTRICTED = {
+    "pod-security.kubernetes.io/enforce": "restricted",
+    "pod-security.kubernetes.io/enforce-version": "latest",
+}
+
+
+@dataclass
+class Platform:
+    cluster: Cluster
+    ns: str
+    system_ns: str
+    release: str
+    operator: OperatorProcess
+
+    @property
+    def account(self) -> str:
+        return f"{self.release}-operator"
+
+
+def _restricted_namespace(cluster: Cluster, name: str) -> None:
+    cluster.kubectl("create", "namespace", name)
+    cluster.kubectl("label", "namespace", name, *(f"{k}={v}" for k, v in RESTRICTED.items()))
+
+
+def _helm(cluster: Cluster, *args: str) -> str:
+    import subprocess
+
+    result = subprocess.run(
+        [str(tool_path("helm")), *args],
+        env=cluster.env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, f"helm {' '.join(args)}:\n{result.stderr}"
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def platform(k8s_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    cluster = k8s_cluster
+    suffix = uuid.uuid4().hex[:6]
+    ns, system_ns, release = f"op-{suffix}", f"thrifty-system-{suffix}", f"thrifty-{suffix}"
+    tmp = tmp_path_factory.mktemp("operator")
+    operator: OperatorProcess | None = None
+    try:
+        _restricted_namespace(cluster, ns)
+        _restricted_namespace(cluster, system_ns)
+        create_volumes(cluster, ns, 16)
+        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
+        _helm(cluster, "install", release, str(ROOT / "charts" / "thrifty"), "-n", system_ns)
+        kubeconfig = service_account_kubeconfig(
+            cluster, system_ns, f"{release}-operator", tmp / "operator.kubeconfig"
+        )
+        operator = OperatorProcess(kubeconfig, ns, tmp / "operator.log")
+        operator.start()
+        cluster.kubectl("apply", "-n", ns, "-f", str(ROOT / "examples" / "secrets.yaml"))
+        for name in EXAMPLES:
+            cluster.kubectl("apply", "-n", ns, "-f", str(ROOT / "examples" / name))
+        yield Platform(cluster, ns, system_ns, release, operator)
+    finally:
+        if operator is not None:
+            print(operator.tail(200))  # noqa: T201 - shown by pytest only when a test failed
+            operator.stop()
+        _helm(cluster, "uninstall", release, "-n", system_ns, "--ignore-not-found")
+        cluster.delete_namespace(ns)
+        cluster.delete_namespace(system_ns)
+        delete_volumes(cluster, ns)
+
+
+def _items(cluster: Cluster, kind: str, ns: str, selector: str = "") -> list[dict[str, Any]]:
+    args = [kind, "-n", ns] + (["-l", selector] if selector else [])
+    items: list[dict[str, Any]] = cluster.get_json(*args)["items"]
+    return items
+
+
+def test_examples_reach_ready(platform: Platform) -> None:
+    cluster, ns = platform.cluster, platform.ns
+    for kind, name in (
+        ("cachepolicy", "default-cache"),
+        ("batchqueue", "default-batch"),
+        ("llmgateway", "thrifty"),
+    ):
+        obj = wait_ready(cluster, kind, ns, name, timeout=180)
+        assert condition(obj, "Ready")["reason"] == "Reconciled"
+    version = simulate_evaluation(cluster, ns, "banking-intent", agreement=0.93, coverage=0.8)
+    model = wait_ready(cluster, "distilledmodel", ns, "banking-intent", timeout=120)
+    assert model["status"]["activeVersion"] == version
+    assert condition(model, "Evaluated")["reason"] == "GatePassed"
+    assert condition(model, "Trained")["status"] == "True"
+    policy = get(cluster, "cachepolicy", ns, "default-cache") or {}
+    assert policy["status"]["collection"] == f"thrifty-{ns}-default-cache"
+    assert condition(policy, "CollectionReady")["reason"] == "Created"
+
+
+def test_pods_are_admitted_as_restricted_and_scheduled(platform: Platform) -> None:
+    cluster, ns = platform.cluster, platform.ns
+    labels = json.loads(cluster.kubectl("get", "ns", ns, "-o", "json").stdout)["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+    for workload in _items(cluster, "deployments", ns) + _items(cluster, "statefulsets", ns):
+        want = workload["spec"].get("replicas", 1)
+        assert workload["status"].get("readyReplicas", 0) == want, workload["metadata"]["name"]
+    pods = cluster.pods(ns)
+    assert len(pods) >= 8
+    for pod in pods:
+        assert pod["spec"].get("nodeName"), pod["metadata"]["name"]
+        assert pod["spec"]["nodeName"] not in GPU_NODES, pod["metadata"]["name"]
+    events = cluster.kubectl("get", "events", "-n", ns, "-o", "json").stdout
+    assert "violates PodSecurity" not in events
+    operator_pods = cluster.pods(platform.system_ns)
+    assert operator_pods and all(p["spec"].get("nodeName") for p in operator_pods)
+
+
+def test_rendered_config_matches_the_specs(platform: Platform) -> None:
+    cluster, ns = platform.cluster, platform.ns
+    cm = get(cluster, "configmap", ns, "thrifty-gateway-config") or {}
+    config = parse_config(yaml.safe_load(cm["data"]["gateway.yaml"]))
+    spec = yaml.safe_load((ROOT / "examples" / "llmgateway.yaml").read_text())["spec"]
+    assert [r.name for r in config.routes] == [r["name"] for r in spec["routes"]]
+    assert config.providers[0].base_url == spec["providers"][0]["baseUrl"]
+    assert config.default_cache_policy == "default-cache"
+    policy = config.cache_policies["default-cache"]
+    assert policy.spec.semantic.threshold == 0.9
+    assert policy.stores.collection == f"thrifty-{ns}-default-cache"
+    assert policy.stores.redis_url == f"redis://default-cache-redis.{ns}.svc:6379/0"
+    assert config.batch is not None and config.batch.name == "default-batch"
+    (student,) = config.students
+    model = get(cluster, "distilledmodel", ns, "banking-intent") or {}
+    assert (student.name, student.version) == ("banking-intent", model["status"]["activeVersion"])
+    assert {t.name for t in config.tenants} == {"team-a", "team-b"}
+    assert "sk-simulator-dev" not in cm["data"]["gateway.yaml"]
+    gateway = get(cluster, "llmgateway", ns, "thrifty") or {}
+    assert gateway["status"]["configHash"] == pod_template_hash(cluster, ns, "thrifty-gateway")
+
+
+def test_gpu_student_is_trained_and_served_on_gpu_nodes(platform: Platform) -> None:
+    cluster, ns = platform.cluster, platform.ns
+    manifest = {
+        "apiVersion": "thrifty.dev/v1alpha1",
+        "kind": "DistilledModel",
+        "metadata": {"name": "summariser", "namespace": ns},
+        "spec": {
+            "teacher": {"gatewayRef": {"name": "thrifty"}, "route": "gpt-4o"},
+            "student": {"kind": "causal-lm", "baseModel": "Qwen/Qwen2.5-0.5B-Instruct"},
+            "training": {"gpu": {"count": 1, "product": "NVIDIA-H100-80GB-HBM3"}},
+            "serving": {"replicas": 2, "gpu": {"count": 1}},
+            "routing": {"mode": "canary", "canaryPercent": 10},
+        },
+    }
+    cluster.apply(manifest)
+    simulate_evaluation(cluster, ns, "summariser", agreement=0.95, coverage=0.9)
+    model = wait_ready(cluster, "distilledmodel", ns, "summariser", timeout=150)
+    assert model["status"]["endpoint"] == f"http://summariser-student.{ns}.svc:8000/v1"
+    training = _items(cluster, "pods", ns, "app.kubernetes.io/name=thrifty-distill-train")
+    serving = _items(cluster, "pods", ns, "app.kubernetes.io/name=thrifty-student")
+    gpu_pods = [
+        p
+        for p in training + serving
+        if p["metadata"]["labels"].get("thrifty.dev/owner-name") == "summariser"
+    ]
+    assert len(serving) == 2 and gpu_pods
+    for pod in gpu_pods:
+        assert pod["spec"]["nodeName"] in GPU_NODES, pod["metadata"]["name"]
+
+
+def test_policy_edit_rolls_only_the_gateways_using_it(platform: Platform) -> None:
+    cluster, ns = platform.cluster, platform.ns
+    plain = yaml.safe_load((ROOT / "examples" / "llmgateway.yaml").read_text())
+    plain["metadata"] = {"name": "plain", "namespace": ns}
+    for key in ("cachePolicyRef", "batchQueueRef", "autoscaling", "podDisruptionBudget"):
+        plain["spec"].pop(key)
+    plain["spec"]["replicas"] = 1
+    cluster.apply(plain)
+    wait_ready(cluster, "llmgateway", ns, "plain")
+    wait_ready(cluster, "llmgateway", ns, "thrifty")
+    settle(4)  # one drift period: both are stable before the edit
+    before_using = pod_template_hash(cluster, ns, "thrifty-gateway")
+    before_plain = pod_template_hash(cluster, ns, "plain-gateway")
+    cluster.kubectl(
+        "patch",
+        "cachepolicy",
+        "default-cache",
+        "-n",
+        ns,
+        "--type=merge",
+        "-p",
+        '{"spec": {"semantic": {"threshold": 0.95}}}',
+    )
+    after = wait_for(
+        lambda: (h := pod_template_hash(cluster, ns, "thrifty-gateway")) != before_using and h,
+        timeout=60,
+        message="the gateway using the policy to roll",
+    )
+    cm = get(cluster, "configmap", ns, "thrifty-gateway-config") or {}
+    assert "threshold: 0.95" in cm["data"]["gateway.yaml"]
+    settle(4)
+    assert pod_template_hash(cluster, ns, "plain-gateway") == before_plain
+    assert pod_template_hash(cluster, ns, "thrifty-gateway") == after
+    worker = get(cluster, "deployment", ns, "default-batch-batch-worker") or {}
+    annotations = worker["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["thrifty.dev/config-hash"] == after  # the worker rolls with its gateway
+
+
+def _recreated(
+    cluster: Cluster, ns: str, kind: str, name: str, old_uid: str
+) -> Callable[[], dict[str, Any] | None]:
+    def probe() -> dict[str, Any] | None:
+        obj = get(cluster, kind, ns, name)
+        return obj if obj and obj["metadata"]["uid"] != old_uid else None
+
+    return probe
+
+
+def _none_left(cluster: Cluster, kind: str, ns: str) -> Callable[[], bool]:
+    return lambda: not _items(cluster, kind, ns)
+
+
+def test_hand_deleted_children_come_back(platform: Platform) -> None:
+    cluster, ns = platform.cluster, platform.ns
+    children = [
+        ("service", "thrifty-gateway"),
+        ("configmap", "thrifty-gateway-config"),
+        ("deployment", "default-cache-redis"),
+        ("horizontalpodautoscaler", "thrifty-gateway"),
+    ]
+    uids = {(k, n): (get(cluster, k, ns, n) or {})["metadata"]["uid"] for k, n in children}
+    for kind, name in children:
+        cluster.kubectl("delete", kind, name, "-n", ns, "--wait=false")
+    for kind, name in children:
+        back = wait_for(
+            _recreated(cluster, ns, kind, name, uids[(kind, name)]),
+            timeout=60,
+            message=f"{kind}/{name} to be recreated",
+        )
+        assert back["metadata"]["ownerReferences"][0]["controller"] is True
+    wait_ready(cluster, "cachepolicy", ns, "default-cache")
+
+
+def test_deleting_a_resource_removes_its_children(platform: Platform) -> None:
+    cluster, ns = platform.cluster, platform.ns
+    cluster.kubectl("delete", "llmgateway", "plain", "-n", ns, "--wait=false")
+    wait_gone(cluster, "llmgateway", ns, "plain")
+    for kind in ("deployment", "service"):
+        wait_gone(cluster, kind, ns, "plain-gateway")
+    wait_gone(cluster, "configmap", ns, "plain-gateway-config")
+    assert get(cluster, "deployment", ns, "thrifty-gateway") is not None
+
+
+def test_bad_spec_is_reported_without_a_retry_storm(platform: Platform) -> None:
+    cluster, ns = platform.cluster, platform.ns
+    before = pod_template_hash(cluster, ns, "thrifty-gateway")
+    cluster.apply(
+        {
+            "apiVersion": "thrifty.dev/v1alpha1",
+            "kind": "DistilledModel",
+            "metadata": {"name": "bad-route", "namespace": ns},
+            "spec": {
+                "teacher": {"gatewayRef": {"name": "thrifty"}, "route": "no-such-route"},
+                "student": {"kind": "classifier"},
+            },
+        }
+    )
+
+    def reported() -> dict[str, Any] | None:
+        ready = condition(get(cluster, "distilledmodel", ns, "bad-route"), "Ready")
+        return ready if ready.get("reason") == "InvalidSpec" else None
+
+    ready = wait_for(reported, timeout=60, message="bad-route Ready=False InvalidSpec")
+    assert ready["status"] == "False" and "no-such-route" in ready["message"]
+    settle(8)  # several drift periods
+    events = _items(cluster, "events", ns, "")
+    mine = [e for e in events if e["involvedObject"].get("name") == "bad-route"]
+    assert sum(int(e.get("count", 1) or 1) for e in mine) <= 3, mine
+    assert not _items(cluster, "jobs", ns, "thrifty.dev/owner-name=bad-route")
+    assert pod_template_hash(cluster, ns, "thrifty-gateway") == before
+    cluster.kubectl("delete", "distilledmodel", "bad-route", "-n", ns)
+
+
+def test_operator_killed_mid_reconcile_converges(platform: Platform) -> None:
+    cluster, ns, op = platform.cluster, platform.ns, platform.operator
+    late = yaml.safe_load((ROOT / "examples" / "llmgateway.yaml").read_text())
+    late["metadata"] = {"name": "late", "namespace": ns}
+    late["spec"].pop("batchQueueRef")
+    cluster.apply(late)
+    wait_for(
+        lambda: get(cluster, "configmap", ns, "late-gateway-config"),
+        timeout=30,
+        interval=0.1,
+        message="the operator to start on late",
+    )
+    op.kill()  # mid-reconcile: the ConfigMap exists, the rest may not
+    cluster.kubectl(
+        "patch",
+        "llmgateway",
+        "late",
+        "-n",
+        ns,
+        "--type=merge",
+        "-p",
+        '{"spec": {"replicas": 3, "autoscaling": {"enabled": false}}}',
+    )
+    op.start()
+    obj = wait_ready(cluster, "llmgateway", ns, "late")
+    assert obj["status"]["readyReplicas"] == 3
+    for kind in ("deployments", "services", "configmaps", "replicasets"):
+        owned = _items(cluster, kind, ns, "thrifty.dev/owner-name=late")
+        names = [o["metadata"]["name"] for o in owned]
+        if kind != "replicasets":
+            assert len(names) == 1, (kind, names)
+    assert get(cluster, "horizontalpodautoscaler", ns, "late-gateway") is None
+    for kind in KINDS:  # kopf's finalizer (its drift timers need one) and nothing else
+        for item in _items(cluster, kind, ns):
+            assert set(item["metadata"].get("finalizers", [])) <= {"thrifty.dev/finalizer"}
+    cluster.kubectl("delete", "llmgateway", "late", "-n", ns, "--wait=false")
+    wait_gone(cluster, "llmgateway", ns, "late")
+    wait_gone(cluster, "deployment", ns, "late-gateway")
+
+
+def test_rbac_is_exactly_what_the_operator_uses(platform: Platform) -> None:
+    cluster = platform.cluster
+    role = json.loads(cluster.kubectl("get", "clusterrole", platform.account, "-o", "json").stdout)
+    got = sorted(json.dumps(r, sort_keys=True) for r in role["rules"])
+    assert got == sorted(json.dumps(dict(r), sort_keys=True) for r in RULES)
+    who = f"system:serviceaccount:{platform.system_ns}:{platform.account}"
+    for verb, resource, allowed in (
+        ("patch", "deployments.apps", "yes"),
+        ("create", "jobs.batch", "yes"),
+        ("get", "secrets", "no"),
+        ("list", "pods", "no"),
+        ("delete", "deployments.apps", "no"),
+        ("create", "clusterroles.rbac.authorization.k8s.io", "no"),
+        ("update", "configmaps", "no"),
+    ):
+        result = cluster.kubectl(
+            "auth", "can-i", verb, resource, "-n", platform.ns, f"--as={who}", check=False
+        )
+        assert result.stdout.strip() == allowed, (verb, resource, result.stdout)
+    # Everything above converged with this account's token: the rules are enough.
+    assert platform.operator.healthy()
+
+
+def test_deleting_the_resources_leaves_nothing_behind(platform: Platform) -> None:
+    cluster, ns = platform.cluster, platform.ns
+    for kind in KINDS:
+        cluster.kubectl("delete", kind, "--all", "-n", ns, "--wait=false")
+    for kind in KINDS:
+        wait_for(_none_left(cluster, kind, ns), timeout=90, message=f"{kind} gone")
+    wait_for(
+        lambda: (
+            not _items(cluster, "deployments", ns, "app.kubernetes.io/managed-by=thrifty-operator")
+        ),
+        timeout=90,
+        message="children garbage-collected",
+    )
+    assert not _items(cluster, "statefulsets", ns)
