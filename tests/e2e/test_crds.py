@@ -1,0 +1,136 @@
+"""The generated CRDs on the real API server: accepted, explained, validating, status kept."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.e2e.k8s import Cluster, KubectlError, wait_for
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+PLURALS = ("llmgateways", "cachepolicies", "batchqueues", "distilledmodels")
+
+
+@pytest.fixture(scope="module")
+def crds(k8s_cluster: Cluster) -> Cluster:
+    k8s_cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
+    for plural in PLURALS:
+        k8s_cluster.kubectl(
+            "wait", "--for=condition=Established", f"crd/{plural}.thrifty.dev", "--timeout=60s"
+        )
+    return k8s_cluster
+
+
+def _resources(path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d and "apiVersion" in d]
+
+
+def _apply_error(cluster: Cluster, namespace: str, manifest: dict[str, Any]) -> str:
+    result = cluster.kubectl(
+        "apply", "-n", namespace, "-f", "-", input=json.dumps(manifest), check=False
+    )
+    assert result.returncode != 0, f"accepted: {manifest}"
+    return result.stderr
+
+
+def test_crds_are_established(crds: Cluster) -> None:
+    for plural in PLURALS:
+        crd = crds.get_json(f"crd/{plural}.thrifty.dev")
+        established = {c["type"]: c["status"] for c in crd["status"]["conditions"]}
+        assert established["Established"] == "True"
+        assert "thrifty" in crd["spec"]["names"]["categories"]
+
+
+def test_explain_teaches_the_api(crds: Cluster) -> None:
+    out = crds.kubectl("explain", "cachepolicy.spec").stdout
+    assert "Desired state." in out and "deletionPolicy" in out
+    assert "semantic" in out and "Semantic layer." in out
+    deep = crds.kubectl("explain", "cachepolicy.spec.semantic.threshold").stdout
+    assert "Minimum cosine similarity" in deep
+
+
+def test_every_example_is_accepted(crds: Cluster, namespace: str) -> None:
+    crds.kubectl("apply", "-n", namespace, "-f", str(ROOT / "examples" / "secrets.yaml"))
+    applied = 0
+    for path in sorted((ROOT / "examples").glob("*.yaml")):
+        for doc in _resources(path):
+            if doc["apiVersion"].startswith("thrifty.dev/"):
+                crds.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(doc))
+                applied += 1
+    assert applied >= 4
+    names = crds.kubectl("get", "thrifty", "-n", namespace, "-o", "name").stdout.split()
+    assert len(names) == applied
+
+
+def _policy(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "thrifty.dev/v1alpha1",
+        "kind": "CachePolicy",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+
+
+def test_out_of_range_value_is_rejected_naming_the_field(crds: Cluster, namespace: str) -> None:
+    error = _apply_error(crds, namespace, _policy("hot", {"semantic": {"threshold": 1.5}}))
+    assert "spec.semantic.threshold" in error
+
+
+def test_cel_rule_is_enforced_naming_the_field(crds: Cluster, namespace: str) -> None:
+    error = _apply_error(crds, namespace, _policy("no-embedding", {"semantic": {"enabled": True}}))
+    assert "spec.semantic.embedding" in error
+    assert "a semantic layer needs an embedding model" in error
+    queue = {
+        "apiVersion": "thrifty.dev/v1alpha1",
+        "kind": "BatchQueue",
+        "metadata": {"name": "lines"},
+        "spec": {"limits": {"maxLinesPerBatch": 10, "maxLinesPerJob": 100}},
+    }
+    assert "spec.limits.maxLinesPerJob" in _apply_error(crds, namespace, queue)
+
+
+def test_status_survives_a_read_back(crds: Cluster, namespace: str) -> None:
+    crds.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(_policy("kept", {})))
+    status = {
+        "observedGeneration": 1,
+        "conditions": [
+            {
+                "type": "Ready",
+                "status": "True",
+                "reason": "Reconciled",
+                "message": "all conditions are met",
+                "observedGeneration": 1,
+                "lastTransitionTime": "2026-11-27T12:00:00Z",
+            }
+        ],
+        "keyspaceVersion": "v-abc",
+        "collection": "thrifty-x-kept",
+        "redisUrl": "redis://kept-redis.x.svc:6379/0",
+        "qdrantUrl": "http://kept-qdrant.x.svc:6333",
+    }
+    try:
+        crds.kubectl(
+            "patch",
+            "cachepolicy",
+            "kept",
+            "-n",
+            namespace,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            json.dumps({"status": status}),
+        )
+    except KubectlError as exc:  # pragma: no cover - shows the API server's reason
+        raise AssertionError(str(exc)) from exc
+    got = wait_for(
+        lambda: crds.get_json("cachepolicy", "kept", "-n", namespace).get("status"),
+        timeout=10,
+        message="status",
+    )
+    assert got == status
