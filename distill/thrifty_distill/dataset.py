@@ -113,9 +113,15 @@ def read_records(store: DatasetStore, route: str | None = None) -> Iterator[Capt
 def discover_labels(
     answers: Iterable[str], min_count: int = 2, max_labels: int = 4096
 ) -> list[str]:
-    """Normalised answers seen at least `min_count` times (the `max_labels` most frequent)."""
-    counts = Counter(normalise_label(a) for a in answers)
-    found = [label for label, n in counts.most_common(max_labels) if label and n >= min_count]
+    """Labels from teacher answers: answers equal after normalisation form one label, named
+    by their most frequent spelling; kept when seen `min_count` times (`max_labels` at most)."""
+    forms: dict[str, Counter[str]] = {}
+    for answer in answers:
+        key = normalise_label(answer)
+        if key:
+            forms.setdefault(key, Counter())[answer.strip()] += 1
+    ranked = sorted(forms.values(), key=lambda c: -sum(c.values()))
+    found = [c.most_common(1)[0][0] for c in ranked[:max_labels] if sum(c.values()) >= min_count]
     return sorted(found)
 
 

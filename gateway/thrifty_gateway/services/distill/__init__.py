@@ -1,0 +1,162 @@
+"""Distillation in the gateway: capture, student routing, confidence fallback, evaluation.
+
+For every `students` entry of the config (one per `DistilledModel`), on its route:
+
+* **capture** — sampled teacher answers (request, answer, usage, optional logprobs) are
+  redacted and appended to the dataset store (`captureDir`), capped, skipped on
+  `x-thrifty-no-capture`;
+* **routing** — `shadow`: the student predicts, the teacher answers, agreement is measured;
+  `canary`: a stable `canaryPercent` of requests may go to the student; `active`: all
+  eligible requests may. The student answers only when its confidence reaches
+  `confidenceThreshold`; otherwise the teacher answers (and is captured). Every answer on a
+  student route carries `x-thrifty-served-by: student|teacher`. Student answers are priced at
+  the serving cost (`costPerHour` x inference time) and the ledger books the difference to
+  the teacher's price under the `distill` lever;
+* **continuous evaluation** — `evaluationSampleRate` of student answers also go to the
+  teacher after the response; the rolling agreement is a metric and in `status()`; below the
+  version's gate (`min_agreement` in its manifest) the student is demoted (traffic back to the
+  teacher, a warning, `thrifty_distill_demoted` = 1) until a new version is loaded. Teacher
+  answers from evaluation are captured too: fresh data for the next training run.
+
+`classifier` students run in-process (the shared embedder + the artifact's head; a new
+promoted version under `artifactPath` is picked up every `reload_seconds`); `causal-lm`
+students are called at `endpoint` (vLLM with the LoRA adapter).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+from thrifty_core.config import GatewayConfig, StudentConfig
+from thrifty_core.embedding import Embedder
+from thrifty_core.student.artifact import Gate, resolve_version
+
+from ...state import GatewayState
+from ..pipeline import StageFactory
+from .agreement import AgreementTracker
+from .capture import CaptureSink
+from .metrics import DistillMetrics
+from .predictors import ClassifierPredictor, EndpointPredictor, Predictor
+from .stage import SERVED_BY, DistillStage, StudentRoute
+
+__all__ = ["SERVED_BY", "DistillStage", "distill_stage_factory"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MIN_AGREEMENT = Gate().min_agreement
+
+
+def _embedder(state: GatewayState) -> Embedder:
+    shared = getattr(state, "embedder", None)
+    if shared is not None:
+        return shared  # type: ignore[no-any-return]
+    from thrifty_core.embedding.local import LocalEmbedder
+
+    return LocalEmbedder(threads=1)
+
+
+def load_predictor(cfg: StudentConfig, embedder_for: Any) -> tuple[Predictor | None, float]:
+    """The serving predictor of a student and the gate's agreement floor."""
+    if cfg.kind == "causal-lm":
+        if not cfg.endpoint:
+            return None, DEFAULT_MIN_AGREEMENT
+        model = cfg.served_model or cfg.name
+        return (
+            EndpointPredictor(cfg.endpoint, model, version=cfg.version or "", labels=cfg.labels),
+            DEFAULT_MIN_AGREEMENT,
+        )
+    if not cfg.artifact_path:
+        return None, DEFAULT_MIN_AGREEMENT
+    root = Path(cfg.artifact_path)
+    try:
+        manifest = resolve_version(root, cfg.version)
+    except LookupError as exc:
+        log.error("student %s: %s; the route stays on the teacher", cfg.name, exc)
+        return None, DEFAULT_MIN_AGREEMENT
+    if manifest is None:
+        log.info("student %s has no promoted version yet", cfg.name)
+        return None, DEFAULT_MIN_AGREEMENT
+    predictor = ClassifierPredictor.load(root, embedder_for(), manifest.version)
+    return predictor, manifest.gate.min_agreement
+
+
+async def reload_loop(stage: DistillStage, embedder_for: Any, interval: float) -> None:
+    """Pick up newly promoted classifier versions (or a changed pin)."""
+    while True:
+        await asyncio.sleep(interval)
+        for sr in stage.students.values():
+            cfg = sr.config
+            if cfg.kind != "classifier" or not cfg.artifact_path:
+                continue
+            try:
+                manifest = await asyncio.to_thread(
+                    resolve_version, Path(cfg.artifact_path), cfg.version
+                )
+            except (LookupError, OSError, ValueError):
+                continue
+            if manifest is None or manifest.version == sr.version:
+                continue
+            try:
+                predictor, floor = await asyncio.to_thread(load_predictor, cfg, embedder_for)
+            except (OSError, ValueError) as exc:
+                log.warning("student %s: cannot load %s: %s", cfg.name, manifest.version, exc)
+                continue
+            old = sr.predictor
+            sr.predictor = predictor
+            sr.tracker = AgreementTracker(min_agreement=floor)
+            sr.demoted = False
+            sr.demoted_reason = ""
+            stage.metrics.demoted.labels(sr.name).set(0)
+            log.info("student %s now serves version %s", cfg.name, sr.version)
+            if old is not None:
+                await old.aclose()
+
+
+def distill_stage_factory(reload_seconds: float = 15.0) -> StageFactory:
+    """The stage factory for `create_app` (None when the config declares no students)."""
+
+    async def factory(config: GatewayConfig, state: GatewayState, /) -> DistillStage | None:
+        if not config.students:
+            return None
+        shared: list[Embedder] = []
+
+        def embedder_for() -> Embedder:
+            if not shared:
+                shared.append(_embedder(state))
+            return shared[0]
+
+        students: dict[str, StudentRoute] = {}
+        for cfg in config.students:
+            predictor, floor = await asyncio.to_thread(load_predictor, cfg, embedder_for)
+            capture = (
+                CaptureSink.to_directory(
+                    cfg.capture_dir, cfg.capture, route=cfg.route, student=cfg.name
+                )
+                if cfg.capture_dir
+                else None
+            )
+            students[cfg.route] = StudentRoute(
+                config=cfg,
+                predictor=predictor,
+                capture=capture,
+                tracker=AgreementTracker(min_agreement=floor),
+            )
+            log.info(
+                "student %s on route %s: mode %s, version %s",
+                cfg.name,
+                cfg.route,
+                cfg.mode,
+                predictor.version if predictor else "none",
+            )
+        stage = DistillStage(students, state, DistillMetrics(state.metrics.registry))
+        if reload_seconds > 0:
+            task = asyncio.get_running_loop().create_task(
+                reload_loop(stage, embedder_for, reload_seconds)
+            )
+            stage.tasks.add(task)
+        return stage
+
+    return factory

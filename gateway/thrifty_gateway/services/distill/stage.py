@@ -1,0 +1,333 @@
+"""The distill stage: route a student's requests to it, fall back to the teacher when it is
+unsure, capture teacher answers, and keep measuring agreement (see the package docstring)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from thrifty_core.config import StudentConfig
+from thrifty_core.prices import Usage
+from thrifty_core.student.capture import answer_text
+
+from ...state import GatewayState
+from ..ledger import Entry
+from ..pipeline import Outcome, RequestContext, StageResponse
+from ..proxy import estimate_usage
+from ..resilience import call_with_fallback
+from ..sse import usage_of
+from .agreement import AgreementTracker, same_answer
+from .capture import CaptureSink
+from .metrics import DistillMetrics
+from .predictors import Answer, Predictor
+
+log = logging.getLogger(__name__)
+
+SERVED_BY = "x-thrifty-served-by"
+EVAL_TENANT = "thrifty:distill-evaluation"
+
+
+@dataclass
+class StudentRoute:
+    """One student and what the stage tracks about it."""
+
+    config: StudentConfig
+    predictor: Predictor | None
+    capture: CaptureSink | None
+    tracker: AgreementTracker
+    demoted: bool = False
+    demoted_reason: str = ""
+    prompt_ratio: float = 1.0  # teacher-reported / estimated prompt tokens (moving average)
+    completion_ratio: float = 1.0
+    served: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def version(self) -> str:
+        return self.predictor.version if self.predictor else ""
+
+    def count(self, reason: str) -> None:
+        self.served[reason] = self.served.get(reason, 0) + 1
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "student": self.name,
+            "route": self.config.route,
+            "kind": self.config.kind,
+            "mode": self.config.mode,
+            "version": self.version,
+            "demoted": self.demoted,
+            "demoted_reason": self.demoted_reason,
+            "agreement": self.tracker.rate,
+            "comparisons": self.tracker.total,
+            "served": dict(self.served),
+            "captured": self.capture.written if self.capture else 0,
+        }
+
+
+def canary_bucket(request_id: str) -> int:
+    """0..99, stable per request id."""
+    return zlib.crc32(request_id.encode()) % 100
+
+
+def eligible(body: dict[str, Any]) -> bool:
+    """Students answer plain single-choice text requests (no tools, no n > 1)."""
+    if body.get("tools") or body.get("functions") or int(body.get("n") or 1) != 1:
+        return False
+    fmt = body.get("response_format") or {}
+    return fmt.get("type") in (None, "text")
+
+
+def student_completion(
+    ctx: RequestContext, answer: Answer, usage: Usage, student: str
+) -> dict[str, Any]:
+    return {
+        "id": f"chatcmpl-student-{ctx.request_id}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": ctx.route.name,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": answer.text, "refusal": None},
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.total_tokens,
+        },
+        "system_fingerprint": f"thrifty-student-{student}-{answer.version}",
+    }
+
+
+class DistillStage:
+    """Student routing, confidence fallback, capture and continuous evaluation."""
+
+    name = "distill"
+
+    def __init__(
+        self,
+        students: dict[str, StudentRoute],
+        state: GatewayState,
+        metrics: DistillMetrics,
+        *,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.students = students
+        self.state = state
+        self.metrics = metrics
+        self.rand = rand
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    # -- before the provider ----------------------------------------------------------------
+
+    async def before_upstream(self, ctx: RequestContext) -> StageResponse | None:
+        sr = self.students.get(ctx.route.name)
+        if sr is None or ctx.endpoint != "chat":
+            return None
+        st: dict[str, Any] = {"student": sr}
+        ctx.state[self.name] = st
+        if sr.capture is not None and sr.capture.wants(ctx.headers):
+            st["capture"] = True
+            sr.capture.ask_logprobs(ctx.body)
+        cfg = sr.config
+        reason = self._teacher_reason(ctx, sr)
+        if reason is not None:
+            self._teacher(ctx, sr, reason)
+            return None
+        assert sr.predictor is not None
+        started = time.perf_counter()
+        answer = await sr.predictor.predict(ctx.body)
+        seconds = time.perf_counter() - started
+        self.metrics.latency.labels(sr.name).observe(seconds)
+        if cfg.mode == "shadow":
+            st["shadow"] = answer
+            self._teacher(ctx, sr, "shadow")
+            return None
+        if answer is None or answer.confidence < cfg.confidence_threshold:
+            self._teacher(ctx, sr, "low_confidence")
+            return None
+        if cfg.evaluation_sample_rate and self.rand() < cfg.evaluation_sample_rate:
+            st["evaluate"] = answer
+        return self._student(ctx, sr, answer, seconds)
+
+    def _teacher_reason(self, ctx: RequestContext, sr: StudentRoute) -> str | None:
+        if sr.predictor is None:
+            return "no_student"
+        if sr.demoted:
+            return "demoted"
+        if ctx.stream or not eligible(ctx.body):
+            return "ineligible"
+        if sr.config.mode == "canary" and canary_bucket(ctx.request_id) >= sr.config.canary_percent:
+            return "canary"
+        return None
+
+    def _teacher(self, ctx: RequestContext, sr: StudentRoute, reason: str) -> None:
+        ctx.response_headers[SERVED_BY] = "teacher"
+        sr.count(reason)
+        self.metrics.requests.labels(sr.name, "teacher", reason).inc()
+
+    def _student(
+        self, ctx: RequestContext, sr: StudentRoute, answer: Answer, seconds: float
+    ) -> StageResponse:
+        cfg = sr.config
+        usage = estimate_usage(ctx.body, {"choices": [{"message": {"content": answer.text}}]})
+        teacher_usage = Usage(
+            prompt_tokens=round(usage.prompt_tokens * sr.prompt_ratio),
+            completion_tokens=max(1, round(usage.completion_tokens * sr.completion_ratio)),
+        )
+        cost = cfg.cost_per_hour * seconds / 3600
+        saved = max(ctx.baseline_cost(teacher_usage) - cost, 0.0)
+        sr.count("confident")
+        self.metrics.requests.labels(sr.name, "student", "confident").inc()
+        return StageResponse(
+            lever="distill",
+            body=student_completion(ctx, answer, teacher_usage, sr.name),
+            usage=teacher_usage,
+            model=f"student:{sr.name}",
+            served_by=f"student:{sr.name}@{answer.version}",
+            cost_usd=cost,
+            saved_usd=saved,
+            headers={
+                SERVED_BY: "student",
+                "x-thrifty-student-version": answer.version,
+                "x-thrifty-student-confidence": f"{answer.confidence:.4f}",
+            },
+        )
+
+    # -- after the response -----------------------------------------------------------------
+
+    async def after_upstream(self, ctx: RequestContext, outcome: Outcome) -> None:
+        st = ctx.state.get(self.name)
+        if not st:
+            return
+        sr: StudentRoute = st["student"]
+        if outcome.from_stage:
+            if outcome.lever == "distill" and "evaluate" in st:
+                self._spawn(self._evaluate(ctx, sr, st["evaluate"]))
+            return
+        if outcome.status != 200 or outcome.body is None:
+            return
+        teacher = answer_text(outcome.body)
+        self._learn_ratios(ctx, sr, outcome)
+        shadow: Answer | None = st.get("shadow")
+        if shadow is not None and teacher and shadow.confidence >= sr.config.confidence_threshold:
+            self._compare(sr, shadow.text, teacher)
+        if st.get("capture") and sr.capture is not None:
+            await self._capture(ctx, sr, outcome, "teacher")
+
+    def _learn_ratios(self, ctx: RequestContext, sr: StudentRoute, outcome: Outcome) -> None:
+        estimate = estimate_usage(ctx.body, outcome.body)
+        actual = outcome.usage
+        if estimate.prompt_tokens and actual.prompt_tokens:
+            ratio = actual.prompt_tokens / estimate.prompt_tokens
+            sr.prompt_ratio += 0.05 * (ratio - sr.prompt_ratio)
+        if estimate.completion_tokens and actual.completion_tokens:
+            ratio = actual.completion_tokens / estimate.completion_tokens
+            sr.completion_ratio += 0.05 * (ratio - sr.completion_ratio)
+
+    async def _capture(
+        self, ctx: RequestContext, sr: StudentRoute, outcome: Outcome, source: str
+    ) -> None:
+        assert sr.capture is not None
+        try:
+            written = await sr.capture.record(
+                request_id=ctx.request_id,
+                ts=time.time(),
+                model=outcome.model,
+                messages=list(ctx.body.get("messages") or []),
+                completion=outcome.body,
+                prompt_tokens=outcome.usage.prompt_tokens,
+                completion_tokens=outcome.usage.completion_tokens,
+                cost_usd=outcome.cost_usd,
+                source="evaluation" if source == "evaluation" else "teacher",
+            )
+        except OSError as exc:
+            log.warning("capture for %s failed: %s", sr.name, type(exc).__name__)
+            return
+        if written:
+            self.metrics.captured.labels(sr.name, source).inc()
+
+    def _compare(self, sr: StudentRoute, student: str, teacher: str) -> None:
+        agreed = same_answer(student, teacher)
+        sr.tracker.add(agreed)
+        self.metrics.comparisons.labels(sr.name, "agree" if agreed else "disagree").inc()
+        rate = sr.tracker.rate
+        if rate is not None:
+            self.metrics.agreement.labels(sr.name).set(rate)
+        if sr.config.mode != "shadow" and not sr.demoted and sr.tracker.below_gate:
+            self.demote(sr, f"agreement {rate:.3f} fell below {sr.tracker.min_agreement:.3f}")
+
+    def demote(self, sr: StudentRoute, reason: str) -> None:
+        """Route the student's traffic back to the teacher until a new version arrives."""
+        sr.demoted = True
+        sr.demoted_reason = reason
+        self.metrics.demoted.labels(sr.name).set(1)
+        log.warning("student %s version %s demoted: %s", sr.name, sr.version, reason)
+
+    async def _evaluate(self, ctx: RequestContext, sr: StudentRoute, answer: Answer) -> None:
+        """Ask the teacher too (after the response was sent) and compare."""
+        state = self.state
+        route = state.routes[ctx.route.name]
+        body = {k: v for k, v in ctx.body.items() if k not in ("stream", "stream_options")}
+        try:
+            attempt = await call_with_fallback(
+                state.upstream,
+                state.breakers,
+                list(route.targets),
+                "chat/completions",
+                lambda target: orjson.dumps({**body, "model": target.model}),
+                route.timeouts,
+                stream=False,
+                max_retries=0,
+                retry_budget=route.config.retry_budget_seconds,
+            )
+            completion = orjson.loads(attempt.response.body)
+        except Exception as exc:  # evaluation must never break serving
+            log.info("evaluation call for %s failed: %s", sr.name, type(exc).__name__)
+            return
+        teacher = answer_text(completion)
+        if teacher is None:
+            return
+        self._compare(sr, answer.text, teacher)
+        usage = usage_of(completion) or estimate_usage(ctx.body, completion)
+        model = attempt.target.model
+        cost = state.catalog.cost(model, usage)
+        state.ledger.record(
+            Entry(EVAL_TENANT, ctx.route.name, model, usage, cost, savings={}, lever=None)
+        )
+        if sr.capture is not None and sr.capture.wants(ctx.headers):
+            outcome = Outcome(200, completion, usage, model, attempt.target.label, cost)
+            await self._capture(ctx, sr, outcome, "evaluation")
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def status(self) -> list[dict[str, Any]]:
+        return [sr.status() for sr in self.students.values()]
+
+    async def aclose(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        for sr in self.students.values():
+            if sr.predictor is not None:
+                await sr.predictor.aclose()
