@@ -12,7 +12,7 @@ from fastapi import FastAPI
 
 from thrifty_core.config import GatewayConfig
 
-from .api import batches, files, openai, ops
+from .api import batches, cache_admin, files, openai, ops
 from .api.errors import BodyLimitMiddleware, install_error_handlers
 from .services.auth import KeyStore
 from .services.ledger import Ledger
@@ -102,4 +102,5 @@ def create_app(
     app.include_router(ops.router)
     app.include_router(files.router)
     app.include_router(batches.router)
+    app.include_router(cache_admin.router)
     return app

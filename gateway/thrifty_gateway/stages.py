@@ -7,9 +7,18 @@ their factory here (exact cache, semantic cache, student routing, deferral, tier
 
 from __future__ import annotations
 
-from .services.pipeline import StageFactory
+from typing import Any
+
+from .services.pipeline import Stage, StageFactory
+
+
+async def cache_stage(config: Any, resources: Any) -> Stage | None:
+    """Exact + semantic cache (services/cache), when the config declares cache policies."""
+    from .services.cache.stage import cache_stage as factory
+
+    return await factory(config, resources)
 
 
 def default_stage_factories() -> list[StageFactory]:
     """Factories `create_app` uses when the caller passes none."""
-    return []
+    return [cache_stage]

@@ -1,0 +1,49 @@
+"""Admin API of the cache: purge by tenant, route, model, tag, age or policy (admin key)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from thrifty_core.errors import InvalidRequestError
+
+from ..services.cache.selector import Selector
+from ..services.cache.stage import CacheStage
+from .deps import AdminDep, StateDep
+
+router = APIRouter(prefix="/v1/thrifty/cache", tags=["cache"])
+
+
+class PurgeRequest(BaseModel):
+    """Entries matching every given field are removed; no field at all purges everything."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+    tenant: str | None = None
+    route: str | None = None
+    model: str | None = None
+    tag: str | None = None
+    older_than_seconds: float | None = Field(default=None, ge=0)
+    policy: str | None = None
+
+
+class PurgeResult(BaseModel):
+    exact: int
+    semantic: int
+
+
+@router.post("/purge")
+async def purge(body: PurgeRequest, state: StateDep, _: AdminDep) -> PurgeResult:
+    stage = next((s for s in state.stages if isinstance(s, CacheStage)), None)
+    if stage is None:
+        raise InvalidRequestError("No cache policy is configured on this gateway.")
+    selector = Selector(
+        tenant=body.tenant,
+        route=body.route,
+        model=body.model,
+        tag=body.tag,
+        older_than_seconds=body.older_than_seconds,
+    )
+    counts = await stage.purge(selector, body.policy)
+    return PurgeResult(**counts)

@@ -1,0 +1,1 @@
+"""Exact and semantic response caching (see `stage.py` for the request flow)."""

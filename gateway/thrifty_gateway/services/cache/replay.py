@@ -1,0 +1,71 @@
+"""Replay a cached `chat.completion` as a valid SSE stream: a role chunk, the content in
+small chunks, tool calls, the finish reason, usage (when asked) and `[DONE]` (added by the
+gateway's encoder)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+_PIECE = re.compile(r"\S+\s*|\s+")
+CHUNK_CHARS = 24
+
+
+def split_content(text: str, size: int = CHUNK_CHARS) -> Iterator[str]:
+    """Pieces of about `size` characters, cut after whitespace; joined they give `text`."""
+    buf = ""
+    for match in _PIECE.finditer(text):
+        buf += match.group(0)
+        if len(buf) >= size:
+            yield buf
+            buf = ""
+    if buf:
+        yield buf
+
+
+def replay_chunks(completion: dict[str, Any], include_usage: bool) -> list[dict[str, Any]]:
+    base = {
+        "id": completion.get("id", "chatcmpl-thrifty"),
+        "object": "chat.completion.chunk",
+        "created": completion.get("created", 0),
+        "model": completion.get("model", ""),
+    }
+    if completion.get("system_fingerprint"):
+        base["system_fingerprint"] = completion["system_fingerprint"]
+
+    def chunk(index: int, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return {**base, "choices": [choice]}
+
+    out: list[dict[str, Any]] = []
+    for choice in completion.get("choices") or ():
+        index = int(choice.get("index", 0))
+        message = choice.get("message") or {}
+        out.append(chunk(index, {"role": "assistant", "content": ""}))
+        for piece in split_content(message.get("content") or ""):
+            out.append(chunk(index, {"content": piece}))
+        for i, call in enumerate(message.get("tool_calls") or ()):
+            fn = call.get("function") or {}
+            out.append(
+                chunk(
+                    index,
+                    {
+                        "tool_calls": [
+                            {
+                                "index": i,
+                                "id": call.get("id"),
+                                "type": call.get("type", "function"),
+                                "function": {
+                                    "name": fn.get("name", ""),
+                                    "arguments": fn.get("arguments", ""),
+                                },
+                            }
+                        ]
+                    },
+                )
+            )
+        out.append(chunk(index, {}, choice.get("finish_reason") or "stop"))
+    if include_usage and completion.get("usage"):
+        out.append({**base, "choices": [], "usage": completion["usage"]})
+    return out

@@ -1,0 +1,87 @@
+"""One cache policy as the gateway runs it: its stores, embedder and keyspace."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from thrifty_core.api.cachepolicy import CachePolicySpec
+from thrifty_core.config import CachePolicyConfig
+from thrifty_core.embedding import Embedder, create_embedder
+
+from .entry import Codec
+from .exact import ExactStore, MemoryExactStore, RedisExactStore
+from .semantic import EdgeIndex, SemanticIndex, ServerIndex
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PolicyRuntime:
+    name: str
+    spec: CachePolicySpec
+    keyspace: str
+    exact: ExactStore | None
+    semantic: SemanticIndex | None
+    embedder: Embedder | None
+
+    async def aclose(self) -> None:
+        if self.exact is not None:
+            await self.exact.aclose()
+        if self.semantic is not None:
+            await asyncio.to_thread(self.semantic.close)
+
+
+def _secret(source: Any) -> str | None:
+    return source.read() if source is not None else None
+
+
+async def open_policy(
+    name: str, policy: CachePolicyConfig, embedders: dict[str, Embedder]
+) -> PolicyRuntime:
+    """Open the stores of a policy (embedders are shared between policies by spec)."""
+    spec, stores = policy.spec, policy.stores
+    keyspace = f"{name}/{stores.keyspace_version}"
+    exact: ExactStore | None = None
+    if spec.exact.enabled:
+        codec = Codec(spec.exact.compress)
+        if stores.redis_url:
+            exact = RedisExactStore(
+                stores.redis_url,
+                f"thrifty:cache:{keyspace}:",
+                codec,
+                spec.exact.max_entry_bytes,
+                password=_secret(stores.redis_password),
+            )
+        else:
+            exact = MemoryExactStore(spec.exact.max_entries, codec, spec.exact.max_entry_bytes)
+    semantic: SemanticIndex | None = None
+    embedder: Embedder | None = None
+    if spec.semantic.enabled and spec.semantic.embedding is not None:
+        emb = spec.semantic.embedding
+        fingerprint = emb.model_dump_json()
+        embedder = embedders.get(fingerprint)
+        if embedder is None:
+            embedder = await asyncio.to_thread(create_embedder, emb)
+            embedders[fingerprint] = embedder
+        sem_keyspace = f"{keyspace}/{emb.model}/{emb.dimensions}"
+        if stores.qdrant_url:
+            semantic = await asyncio.to_thread(
+                ServerIndex,
+                stores.qdrant_url,
+                stores.collection,
+                emb.dimensions,
+                sem_keyspace,
+                api_key=_secret(stores.qdrant_api_key),
+            )
+        else:
+            semantic = await asyncio.to_thread(EdgeIndex, emb.dimensions, sem_keyspace)
+    log.info(
+        "cache policy %s: exact=%s semantic=%s",
+        name,
+        type(exact).__name__ if exact else "off",
+        type(semantic).__name__ if semantic else "off",
+    )
+    return PolicyRuntime(name, spec, keyspace, exact, semantic, embedder)

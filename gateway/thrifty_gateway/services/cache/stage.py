@@ -1,0 +1,284 @@
+"""The cache stage: exact then semantic lookup before the upstream call, storage after it.
+
+Lookup order: eligibility -> exact (Redis or memory) -> semantic (embedding of the final user
+turn, Qdrant search under hard scope + context filters, guard on each candidate). Store: only
+answers the policy allows (no errors, refusals, truncation, aborted streams or fallback-model
+answers), after the response was sent. Any store failure is a bypass, never an error.
+Response headers: `x-thrifty-cache: exact|semantic|miss|bypass`, `x-thrifty-similarity` on a
+semantic hit. Cache keys never leave the gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from thrifty_core.config import GatewayConfig
+from thrifty_core.embedding import Embedder
+from thrifty_core.prices import Usage
+
+from ..pipeline import Outcome, RequestContext, StageResponse
+from ..sse import usage_of
+from .eligibility import (
+    Directives,
+    answer_ineligible,
+    effective_threshold,
+    parse_directives,
+    request_ineligible,
+)
+from .entry import CachedAnswer
+from .exact import StoreUnavailable
+from .guard import first_failure
+from .keys import SemanticKey, canonical_request, exact_key, scope_of, semantic_key
+from .metrics import CacheMetrics
+from .replay import replay_chunks
+from .runtime import PolicyRuntime, open_policy
+from .selector import Selector
+
+log = logging.getLogger(__name__)
+
+HEADER = "x-thrifty-cache"
+SIMILARITY = "x-thrifty-similarity"
+STATE_KEY = "cache"
+CANDIDATES = 5
+SEMANTIC_TIMEOUT = 0.25  # seconds for embedding + search before the lookup is bypassed
+
+
+@dataclass(slots=True)
+class Plan:
+    """What the before hook learned, for the after hook."""
+
+    policy: PolicyRuntime
+    key: str
+    scope: str
+    primary: str
+    directives: Directives
+    semantic: SemanticKey | None
+    vector: Any = None
+    tags: tuple[str, ...] = field(default_factory=tuple)
+
+
+class CacheStage:
+    name = "cache"
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        policies: dict[str, PolicyRuntime],
+        metrics: CacheMetrics,
+    ) -> None:
+        self._config = config
+        self.policies = policies
+        self._metrics = metrics
+        self._route_policy: dict[str, PolicyRuntime | None] = {}
+        for route in config.routes:
+            name = route.cache_policy or config.default_cache_policy
+            self._route_policy[route.name] = policies.get(name) if name else None
+
+    # -- lookup -----------------------------------------------------------------------------
+
+    async def before_upstream(self, ctx: RequestContext) -> StageResponse | None:
+        if ctx.endpoint != "chat":
+            return None
+        policy = self._route_policy.get(ctx.route.name)
+        if policy is None:
+            return None
+        spec = policy.spec
+        directives = parse_directives(ctx.headers)
+        if ctx.cache_control.no_cache or ctx.cache_control.no_store:
+            directives = Directives(
+                no_cache=directives.no_cache or ctx.cache_control.no_cache,
+                no_store=directives.no_store or ctx.cache_control.no_store,
+                max_age=directives.max_age,
+                threshold=directives.threshold,
+                tags=directives.tags,
+            )
+        if request_ineligible(ctx.body, spec.eligibility) is not None:
+            self._metrics.lookups.labels("all", "bypass").inc()
+            ctx.response_headers[HEADER] = "bypass"
+            return None
+        primary = ctx.targets[0].label
+        canonical = canonical_request(ctx.body, primary)
+        scope = scope_of(ctx.tenant_name, spec.scope)
+        plan = Plan(
+            policy=policy,
+            key=exact_key(canonical, policy.keyspace, scope),
+            scope=scope,
+            primary=primary,
+            directives=directives,
+            semantic=semantic_key(canonical, policy.keyspace)
+            if policy.semantic is not None
+            else None,
+            tags=directives.tags,
+        )
+        ctx.state[STATE_KEY] = plan
+        if directives.no_cache:
+            self._metrics.lookups.labels("all", "bypass").inc()
+            ctx.response_headers[HEADER] = "bypass"
+            return None
+        answer = await self._exact(ctx, plan)
+        if answer is None and plan.semantic is not None:
+            answer = await self._semantic(ctx, plan)
+        if answer is None:
+            ctx.response_headers[HEADER] = "miss"
+        return answer
+
+    def _fresh(self, entry: CachedAnswer, plan: Plan) -> bool:
+        max_age = plan.directives.max_age
+        return max_age is None or entry.age() <= max_age
+
+    async def _exact(self, ctx: RequestContext, plan: Plan) -> StageResponse | None:
+        store = plan.policy.exact
+        if store is None:
+            return None
+        try:
+            entry = await store.get(plan.key)
+        except StoreUnavailable:
+            self._metrics.errors.labels("exact", "get").inc()
+            self._metrics.lookups.labels("exact", "error").inc()
+            return None
+        except Exception:
+            log.exception("exact cache lookup failed")
+            self._metrics.errors.labels("exact", "get").inc()
+            return None
+        if entry is None or not self._fresh(entry, plan):
+            self._metrics.lookups.labels("exact", "miss").inc()
+            return None
+        self._metrics.lookups.labels("exact", "hit").inc()
+        return self._respond(ctx, entry, "exact", {})
+
+    async def _semantic(self, ctx: RequestContext, plan: Plan) -> StageResponse | None:
+        index, embedder, sem = plan.policy.semantic, plan.policy.embedder, plan.semantic
+        if index is None or embedder is None or sem is None:
+            return None
+        layer = plan.policy.spec.semantic
+        threshold = effective_threshold(layer.threshold, plan.directives.threshold)
+
+        def lookup() -> tuple[Any, list[Any]]:
+            vector = embedder.embed([sem.query])[0]
+            return vector, index.search(vector, plan.scope, sem.context, threshold, CANDIDATES)
+
+        try:
+            vector, candidates = await asyncio.wait_for(asyncio.to_thread(lookup), SEMANTIC_TIMEOUT)
+        except Exception as exc:
+            log.warning("semantic cache lookup bypassed: %s", type(exc).__name__)
+            self._metrics.errors.labels("semantic", "search").inc()
+            self._metrics.lookups.labels("semantic", "error").inc()
+            return None
+        plan.vector = vector
+        checks = layer.guard.checks if layer.guard.enabled else []
+        for candidate in candidates:
+            if not self._fresh(candidate.entry, plan):
+                continue
+            failed = first_failure(sem.query, candidate.query, checks)
+            if failed is not None:
+                self._metrics.guard_rejections.labels(failed).inc()
+                continue
+            self._metrics.lookups.labels("semantic", "hit").inc()
+            return self._respond(
+                ctx, candidate.entry, "semantic", {SIMILARITY: f"{candidate.score:.4f}"}
+            )
+        self._metrics.lookups.labels("semantic", "miss").inc()
+        return None
+
+    def _respond(
+        self, ctx: RequestContext, entry: CachedAnswer, layer: str, headers: dict[str, str]
+    ) -> StageResponse:
+        body = {**entry.body, "id": f"chatcmpl-{os.urandom(12).hex()}", "created": int(time.time())}
+        usage = usage_of(body)
+        saved = ctx.baseline_cost(usage) if usage is not None else 0.0
+        return StageResponse(
+            lever="cache",
+            body=body,
+            chunks=replay_chunks(body, ctx.include_usage) if ctx.stream else None,
+            usage=usage or Usage(),
+            model=entry.model,
+            served_by=f"cache:{layer}",
+            cost_usd=0.0,
+            saved_usd=saved,
+            headers={HEADER: layer, **headers},
+        )
+
+    # -- store ------------------------------------------------------------------------------
+
+    async def after_upstream(self, ctx: RequestContext, outcome: Outcome) -> None:
+        plan: Plan | None = ctx.state.get(STATE_KEY)
+        if plan is None or outcome.from_stage:
+            return
+        if plan.directives.no_store:
+            self._metrics.stores.labels("no_store").inc()
+            return
+        if outcome.served_by != plan.primary:
+            self._metrics.stores.labels("fallback").inc()
+            return
+        why = answer_ineligible(outcome.status, outcome.body, plan.policy.spec.eligibility)
+        if why is not None or outcome.body is None:
+            self._metrics.stores.labels(why or "error").inc()
+            return
+        entry = CachedAnswer(
+            body=outcome.body,
+            tenant=ctx.tenant_name,
+            route=ctx.route.name,
+            model=outcome.model,
+            tags=plan.tags,
+        )
+        spec = plan.policy.spec
+        if plan.policy.exact is not None:
+            try:
+                await plan.policy.exact.put(plan.key, entry, spec.exact.ttl_seconds)
+                self._metrics.stores.labels("exact").inc()
+            except StoreUnavailable:
+                self._metrics.errors.labels("exact", "put").inc()
+        await self._store_semantic(plan, entry)
+
+    async def _store_semantic(self, plan: Plan, entry: CachedAnswer) -> None:
+        index, embedder, sem = plan.policy.semantic, plan.policy.embedder, plan.semantic
+        if index is None or embedder is None or sem is None:
+            return
+        ttl = plan.policy.spec.semantic.ttl_seconds
+        vector = plan.vector
+
+        def add() -> None:
+            v = vector if vector is not None else embedder.embed([sem.query])[0]
+            index.add(plan.key, v.tolist(), plan.scope, sem.context, sem.query, entry, ttl)
+
+        try:
+            await asyncio.to_thread(add)
+            self._metrics.stores.labels("semantic").inc()
+        except Exception as exc:
+            log.warning("semantic cache store failed: %s", type(exc).__name__)
+            self._metrics.errors.labels("semantic", "put").inc()
+
+    # -- admin ------------------------------------------------------------------------------
+
+    async def purge(self, selector: Selector, policy: str | None = None) -> dict[str, int]:
+        """Remove matching entries from every (or one) policy's stores."""
+        counts = {"exact": 0, "semantic": 0}
+        for name, runtime in self.policies.items():
+            if policy is not None and name != policy:
+                continue
+            if runtime.exact is not None:
+                counts["exact"] += await runtime.exact.purge(selector)
+            if runtime.semantic is not None:
+                counts["semantic"] += await asyncio.to_thread(runtime.semantic.purge, selector)
+        return counts
+
+    async def aclose(self) -> None:
+        for runtime in self.policies.values():
+            await runtime.aclose()
+
+
+async def cache_stage(config: GatewayConfig, resources: Any) -> CacheStage | None:
+    """Stage factory: a `CacheStage` when the config declares cache policies."""
+    if not config.cache_policies:
+        return None
+    embedders: dict[str, Embedder] = {}
+    policies = {
+        name: await open_policy(name, policy, embedders)
+        for name, policy in config.cache_policies.items()
+    }
+    return CacheStage(config, policies, CacheMetrics(resources.metrics.registry))

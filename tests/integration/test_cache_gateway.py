@@ -1,0 +1,322 @@
+"""The cache stage in the gateway, driven by the official openai client against the provider
+simulator: tenant isolation, answer-changing fields, paraphrases and the guard, eligibility,
+client directives, streamed hits, purge and the ledger."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import openai
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.integration.procs import Simulator, local_config
+from thrifty_core.config import parse_config
+from thrifty_gateway.app import create_app
+
+pytestmark = pytest.mark.integration
+
+POLICY = {
+    "spec": {
+        "semantic": {"enabled": True, "threshold": 0.85, "embedding": {}},
+        "eligibility": {"maxTemperature": 1.0},
+    },
+}
+EXTRA_ROUTES = [
+    {"name": "broken", "targets": [{"provider": "simulator", "model": "broken-model"}]},
+    {
+        "name": "falls-back",
+        "maxRetries": 0,
+        "targets": [
+            {"provider": "simulator", "model": "broken-model"},
+            {"provider": "simulator", "model": "gpt-4o-mini"},
+        ],
+    },
+]
+
+
+def cache_config(simulator_url: str, policy: dict[str, Any] | None = None) -> dict[str, Any]:
+    base = local_config(simulator_url)
+    return {
+        **base,
+        "routes": [*base["routes"], *EXTRA_ROUTES],
+        "cachePolicies": {"default": policy or POLICY},
+        "defaultCachePolicy": "default",
+    }
+
+
+class Harness:
+    def __init__(self, http: TestClient, simulator: Simulator) -> None:
+        self.http = http
+        self.simulator = simulator
+        self.a = self.client("sk-local-a")
+        self.b = self.client("sk-local-b")
+
+    def client(self, key: str) -> openai.OpenAI:
+        return openai.OpenAI(
+            base_url="http://testserver/v1", api_key=key, http_client=self.http, max_retries=0
+        )
+
+    def ask(
+        self,
+        text: str,
+        client: openai.OpenAI | None = None,
+        headers: dict[str, str] | None = None,
+        model: str = "gpt-4o-mini",
+        **kwargs: Any,
+    ) -> Any:
+        return (client or self.a).chat.completions.with_raw_response.create(
+            model=model,
+            messages=[{"role": "user", "content": text}],
+            extra_headers=headers,
+            **kwargs,
+        )
+
+    def upstream_calls(self, model: str = "gpt-4o-mini") -> int:
+        return int(self.simulator.stats()["requests"].get(model, 0))
+
+
+def wait_for(cond: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 5
+    while not cond() and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def cache_of(resp: Any) -> str:
+    value: str = resp.headers["x-thrifty-cache"]
+    return value
+
+
+def settle() -> None:
+    """Entries are stored after the response is sent; give the after-hook a moment."""
+    time.sleep(0.15)
+
+
+@pytest.fixture(scope="module")
+def h(simulator: Simulator) -> Iterator[Harness]:
+    app = create_app(parse_config(cache_config(simulator.url)))
+    with TestClient(app) as http:
+        harness = Harness(http, simulator)
+        yield harness
+        harness.a.close()
+        harness.b.close()
+
+
+def unique(text: str) -> str:
+    return f"{text} [{uuid.uuid4().hex[:8]}]"
+
+
+def test_exact_hit_serves_the_same_answer_without_the_provider(h: Harness) -> None:
+    q = unique("What is the fee for a wire transfer?")
+    first = h.ask(q)
+    assert cache_of(first) == "miss"
+    settle()
+    calls = h.upstream_calls()
+    second = h.ask(q)
+    assert cache_of(second) == "exact"
+    assert second.headers["x-thrifty-upstream"] == "cache:exact"
+    assert "x-thrifty-similarity" not in second.headers
+    assert h.upstream_calls() == calls
+    assert second.parse().choices[0].message.content == first.parse().choices[0].message.content
+    assert not any("key" in name and "cache" in name for name in second.headers)
+
+
+def test_identical_requests_from_two_tenants_never_share_an_entry(h: Harness) -> None:
+    q = unique("How do I close my account?")
+    assert cache_of(h.ask(q, h.a)) == "miss"
+    settle()
+    assert cache_of(h.ask(q, h.b)) == "miss"
+    settle()
+    assert cache_of(h.ask(q, h.b)) == "exact"
+    assert cache_of(h.ask(q, h.a)) == "exact"
+    paraphrase_other_tenant = h.ask(q.replace("How do I", "How can I"), h.b)
+    assert cache_of(paraphrase_other_tenant) in ("miss", "semantic")
+    # b's own entry may answer b's paraphrase, never a's: purge b and retry.
+    purge(h, {"tenant": "team-b"})
+    assert cache_of(h.ask(q.replace("How do I", "How can I"), h.b)) == "miss"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"temperature": 0.3},
+        {"top_p": 0.5},
+        {"seed": 11},
+        {"max_tokens": 300},
+        {"stop": ["\n\n"]},
+        {"presence_penalty": 0.1},
+        {"response_format": {"type": "json_object"}},
+        {"logit_bias": {"50256": -100}},
+        {"logprobs": True},
+        {"model": "gpt-4o"},
+        {"messages_system": "Answer in French."},
+    ],
+)
+def test_each_answer_changing_field_changed_alone_misses(
+    h: Harness, change: dict[str, Any]
+) -> None:
+    q = unique("Which documents do I need to open an account?")
+    base: dict[str, Any] = {"temperature": 0.2, "seed": 1, "max_tokens": 200}
+    assert cache_of(h.ask(q, **base)) == "miss"
+    settle()
+    assert cache_of(h.ask(q, **base)) == "exact"
+    args = {**base, **change}
+    if "messages_system" in args:
+        system = args.pop("messages_system")
+        resp = h.a.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "system", "content": system}, {"role": "user", "content": q}],
+            **args,
+        )
+    else:
+        resp = h.ask(q, **args)
+    assert cache_of(resp) == "miss"
+
+
+def test_a_paraphrase_within_a_tenant_hits_the_semantic_layer(h: Harness) -> None:
+    tag = uuid.uuid4().hex[:6]
+    first = h.ask(f"How do I reset my online banking password? ref {tag}")
+    assert cache_of(first) == "miss"
+    settle()
+    hit = h.ask(f"How can I reset my online banking password? ref {tag}")
+    assert cache_of(hit) == "semantic"
+    assert 0.85 <= float(hit.headers["x-thrifty-similarity"]) < 1.0
+    assert hit.parse().choices[0].message.content == first.parse().choices[0].message.content
+    other_tenant = h.ask(f"How can I reset my online banking password? ref {tag}", h.b)
+    assert cache_of(other_tenant) == "miss"
+    # Clients may tighten the threshold, never loosen it.
+    strict = h.ask(
+        f"How could I reset my online banking password? ref {tag}",
+        headers={"x-thrifty-cache-threshold": "0.999"},
+    )
+    assert cache_of(strict) == "miss"
+
+
+@pytest.mark.parametrize(
+    ("cached", "asked"),
+    [
+        ("How do I start the payment server?", "How do I stop the payment server?"),
+        ("What was the bank's revenue in 2014?", "What was the bank's revenue in 2018?"),
+        ("Can I transfer money to Germany?", "Can I transfer money to France?"),
+        ("Is the savings account taxable?", "Is the savings account not taxable?"),
+        ("How do I convert USD to EUR?", "How do I convert EUR to USD?"),
+    ],
+)
+def test_the_guard_refuses_near_misses(h: Harness, cached: str, asked: str) -> None:
+    tag = uuid.uuid4().hex[:6]
+    assert cache_of(h.ask(f"{cached} {tag}")) == "miss"
+    settle()
+    assert cache_of(h.ask(f"{asked} {tag}")) == "miss"
+
+
+def test_truncated_answers_are_never_stored(h: Harness) -> None:
+    q = unique("Explain in detail how mortgage interest is computed")
+    first = h.ask(q, max_tokens=2)
+    assert first.parse().choices[0].finish_reason == "length"
+    settle()
+    assert cache_of(h.ask(q, max_tokens=2)) == "miss"
+
+
+def test_errors_and_fallback_answers_are_never_stored(h: Harness) -> None:
+    q = unique("What is my balance?")
+    for _ in range(2):
+        with pytest.raises(openai.APIStatusError):
+            h.ask(q, model="broken")
+        settle()
+    for _ in range(2):
+        resp = h.ask(q, model="falls-back")
+        assert resp.headers["x-thrifty-upstream"] == "simulator/gpt-4o-mini"
+        assert cache_of(resp) == "miss"
+        settle()
+
+
+def test_ineligible_requests_bypass(h: Harness) -> None:
+    q = unique("Tell me a story")
+    hot = h.ask(q, temperature=1.8)
+    assert cache_of(hot) == "bypass"
+    many = h.ask(q, n=2)
+    assert cache_of(many) == "bypass"
+
+
+def test_no_store_no_cache_and_max_age(h: Harness) -> None:
+    q = unique("What are the branch opening hours?")
+    assert cache_of(h.ask(q, headers={"cache-control": "no-store"})) == "miss"
+    settle()
+    assert cache_of(h.ask(q)) == "miss"  # nothing was stored
+    settle()
+    assert cache_of(h.ask(q)) == "exact"
+    assert cache_of(h.ask(q, headers={"cache-control": "no-cache"})) == "bypass"
+    time.sleep(1.1)
+    assert cache_of(h.ask(q, headers={"cache-control": "max-age=1"})) == "miss"
+    assert cache_of(h.ask(q, headers={"cache-control": "max-age=600"})) == "exact"
+
+
+def test_streamed_answers_are_stored_and_replayed_as_sse(h: Harness) -> None:
+    q = unique("Summarise the overdraft policy")
+    messages: Any = [{"role": "user", "content": q}]
+    first = list(h.a.chat.completions.create(model="gpt-4o-mini", messages=messages, stream=True))
+    text = "".join(c.choices[0].delta.content or "" for c in first if c.choices)
+    settle()
+    raw = h.a.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini",
+        messages=messages,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    assert cache_of(raw) == "exact"
+    chunks = list(raw.parse())
+    replayed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert replayed == text
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) > 1
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens > 0
+    plain = h.ask(q)
+    assert cache_of(plain) == "exact"
+    assert plain.parse().choices[0].message.content == text
+
+
+def purge(h: Harness, body: dict[str, Any], key: str = "sk-local-admin") -> Any:
+    return h.http.post(
+        "/v1/thrifty/cache/purge", json=body, headers={"authorization": f"Bearer {key}"}
+    )
+
+
+def test_purge_by_tenant_tag_and_everything(h: Harness) -> None:
+    q1, q2 = unique("Purge me by tag"), unique("Purge me with everything")
+    h.ask(q1, headers={"x-thrifty-cache-tags": "faq,release-1"})
+    h.ask(q2)
+    settle()
+    assert cache_of(h.ask(q1)) == "exact"
+    assert purge(h, {"tag": "release-1"}, key="sk-local-a").status_code == 403
+    resp = purge(h, {"tag": "release-1"})
+    assert resp.status_code == 200 and resp.json()["exact"] >= 1
+    assert cache_of(h.ask(q1)) in ("miss", "semantic")
+    assert cache_of(h.ask(q2)) == "exact"
+    assert purge(h, {"route": "gpt-4o-mini", "olderThanSeconds": 0}).status_code == 200
+    assert cache_of(h.ask(q2)) == "miss"
+    assert purge(h, {}).status_code == 200
+
+
+def test_hits_are_recorded_as_saved_cost(h: Harness) -> None:
+    def totals() -> dict[str, Any]:
+        usage = h.http.get("/v1/thrifty/usage", headers={"authorization": "Bearer sk-local-b"})
+        data: dict[str, Any] = usage.json()["totals"]
+        return data
+
+    before = totals()
+    q = unique("What is the interest rate on savings?")
+    miss = h.ask(q, h.b)
+    settle()
+    hit = h.ask(q, h.b)
+    assert cache_of(hit) == "exact"
+    wait_for(lambda: totals()["requests"] == before["requests"] + 2)
+    after = totals()
+    saved = after["saved_by_lever_usd"].get("cache", 0.0) - before["saved_by_lever_usd"].get(
+        "cache", 0.0
+    )
+    assert saved == pytest.approx(float(miss.headers["x-thrifty-cost-usd"]))
+    assert float(hit.headers["x-thrifty-cost-usd"]) == 0.0

@@ -1,0 +1,163 @@
+"""Eligibility, client directives, SSE replay and the in-process exact store."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+
+from thrifty_core.api.cachepolicy import Eligibility
+from thrifty_gateway.services.cache.eligibility import (
+    answer_ineligible,
+    effective_threshold,
+    parse_directives,
+    request_ineligible,
+)
+from thrifty_gateway.services.cache.entry import CachedAnswer, Codec
+from thrifty_gateway.services.cache.exact import MemoryExactStore
+from thrifty_gateway.services.cache.replay import replay_chunks, split_content
+from thrifty_gateway.services.cache.selector import Selector
+from thrifty_gateway.services.sse import StreamAssembler
+
+RULES = Eligibility()
+
+
+def answer(content: str | None = "Paris.", finish: str = "stop", **msg: Any) -> dict[str, Any]:
+    return {
+        "id": "x",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "m",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content, **msg},
+                "finish_reason": finish,
+            }
+        ],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
+    }
+
+
+def test_request_eligibility() -> None:
+    msgs = [{"role": "user", "content": "hi"}]
+    assert request_ineligible({"messages": msgs}, RULES) is None
+    assert request_ineligible({"messages": msgs, "temperature": 1.5}, RULES) == "temperature"
+    assert request_ineligible({"messages": msgs, "n": 3}, RULES) == "n"
+    assert request_ineligible({"messages": msgs, "tools": [{"type": "function"}]}, RULES) == "tools"
+    tool_turn = [*msgs, {"role": "tool", "content": "1", "tool_call_id": "a"}]
+    assert request_ineligible({"messages": tool_turn}, RULES) == "tools"
+    allowing = Eligibility(max_temperature=2, cache_tool_calls=True, cache_multiple_choices=True)
+    assert request_ineligible({"messages": tool_turn, "n": 3, "temperature": 1.5}, allowing) is None
+    no_stream = Eligibility(cache_streaming=False)
+    assert request_ineligible({"messages": msgs, "stream": True}, no_stream) == "stream"
+
+
+def test_answer_eligibility() -> None:
+    assert answer_ineligible(200, answer(), RULES) is None
+    assert answer_ineligible(500, answer(), RULES) == "error"
+    assert answer_ineligible(502, None, RULES) == "error"
+    assert answer_ineligible(200, {"error": {"message": "x"}}, RULES) == "error"
+    assert answer_ineligible(200, answer(finish="length"), RULES) == "truncated"
+    assert answer_ineligible(200, answer(finish="content_filter"), RULES) == "unfinished"
+    unfinished = answer()
+    unfinished["choices"][0]["finish_reason"] = None
+    assert answer_ineligible(200, unfinished, RULES) == "unfinished"
+    assert answer_ineligible(200, answer(refusal="I can't help."), RULES) == "refusal"
+    assert answer_ineligible(200, answer(content=""), RULES) == "empty"
+    calls = [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]
+    tool_answer = answer(content=None, finish="tool_calls", tool_calls=calls)
+    assert answer_ineligible(200, tool_answer, RULES) == "tools"
+    assert answer_ineligible(200, tool_answer, Eligibility(cache_tool_calls=True)) is None
+
+
+def test_directives_and_threshold_tightening() -> None:
+    d = parse_directives(
+        {
+            "cache-control": "no-store, max-age=60",
+            "x-thrifty-cache-threshold": "0.97",
+            "x-thrifty-cache-tags": "faq, v2,bad tag!",
+        }
+    )
+    assert (d.no_cache, d.no_store, d.max_age, d.threshold) == (False, True, 60, 0.97)
+    assert d.tags == ("faq", "v2")
+    assert parse_directives({"cache-control": "no-cache"}).no_cache
+    assert parse_directives({"x-thrifty-cache": "no-store"}).no_store
+    assert parse_directives({"cache-control": "max-age=0"}).no_cache
+    assert effective_threshold(0.9, 0.97) == 0.97
+    assert effective_threshold(0.9, 0.5) == 0.9  # never loosened
+    assert effective_threshold(0.9, None) == 0.9
+    assert effective_threshold(0.9, float("nan")) == 0.9
+
+
+def test_replay_is_a_valid_stream_of_the_same_answer() -> None:
+    text = "The capital of France is Paris, a city on the Seine with many museums."
+    completion = answer(content=text)
+    chunks = replay_chunks(completion, include_usage=True)
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert len(chunks) > 4  # content in small pieces
+    assert chunks[-1]["usage"]["total_tokens"] == 7 and chunks[-1]["choices"] == []
+    assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
+    assembler = StreamAssembler()
+    for chunk in chunks:
+        assembler.add(orjson.loads(orjson.dumps(chunk)))
+    rebuilt = assembler.completion()
+    assert rebuilt["choices"][0]["message"]["content"] == text
+    assert "".join(split_content(text, 5)) == text
+    no_usage = replay_chunks(completion, include_usage=False)
+    assert all("usage" not in c for c in no_usage)
+
+
+def test_replay_carries_tool_calls() -> None:
+    calls = [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"a":1}'}}]
+    chunks = replay_chunks(answer(content=None, finish="tool_calls", tool_calls=calls), False)
+    assembler = StreamAssembler()
+    for chunk in chunks:
+        assembler.add(chunk)
+    message = assembler.completion()["choices"][0]["message"]
+    assert message["tool_calls"][0]["function"] == {"name": "f", "arguments": '{"a":1}'}
+    assert assembler.completion()["choices"][0]["finish_reason"] == "tool_calls"
+
+
+def entry(
+    tenant: str = "a", tags: tuple[str, ...] = (), created: float | None = None
+) -> CachedAnswer:
+    e = CachedAnswer(body=answer(), tenant=tenant, route="r", model="m", tags=tags)
+    if created is not None:
+        e.created = created
+    return e
+
+
+def test_codec_roundtrip_compressed_and_plain() -> None:
+    for compress in (True, False):
+        codec = Codec(compress)
+        blob = codec.encode(entry(tags=("t",)))
+        assert blob.startswith(b"\x28\xb5\x2f\xfd") == compress
+        back = Codec(not compress).decode(blob)
+        assert back.body == answer() and back.tags == ("t",)
+
+
+def test_memory_store_lru_ttl_and_purge() -> None:
+    async def scenario() -> None:
+        store = MemoryExactStore(max_entries=2, codec=Codec(), max_entry_bytes=1 << 20)
+        await store.put("k1", entry(), ttl=60)
+        await store.put("k2", entry(tenant="b"), ttl=60)
+        assert await store.get("k1") is not None  # k1 is now most recent
+        await store.put("k3", entry(tags=("faq",)), ttl=60)
+        assert await store.get("k2") is None and store.evictions == 1
+        assert await store.purge(Selector(tag="faq")) == 1
+        assert await store.get("k3") is None and await store.get("k1") is not None
+        await store.put("old", entry(created=0.0), ttl=60)
+        assert await store.purge(Selector(older_than_seconds=3600)) == 1
+        assert await store.purge(Selector(tenant="a")) == 1
+        assert len(store) == 0
+        tiny = MemoryExactStore(max_entries=10, codec=Codec(False), max_entry_bytes=1024)
+        await tiny.put("gone", entry(), ttl=0)
+        assert await tiny.get("gone") is None
+        big = entry()
+        big.body = answer(content="x" * 5000)
+        await tiny.put("big", big, ttl=60)
+        assert await tiny.get("big") is None
+
+    asyncio.run(scenario())

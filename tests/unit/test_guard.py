@@ -1,0 +1,64 @@
+"""The wrong-hit guard: pairs that differ by a negation, a number, a date, a direction or a
+named entity are rejected; plain paraphrases pass."""
+
+from __future__ import annotations
+
+import pytest
+
+from thrifty_gateway.services.cache.guard import CHECKS, first_failure, passes
+
+MUST_REJECT = [
+    # negation
+    ("Is Python a compiled language?", "Is Python not a compiled language?"),
+    ("Why can't I sleep at night?", "Why can I sleep at night?"),
+    ("Should I use a VPN?", "Should I never use a VPN?"),
+    # numbers and dates
+    ("Who won the World Cup in 2014?", "Who won the World Cup in 2018?"),
+    ("What is 15% of 200?", "What is 15% of 300?"),
+    ("Give me three tips for sleeping better", "Give me five tips for sleeping better"),
+    ("What happened on March 3?", "What happened on March 4?"),
+    ("What happened in March?", "What happened in April?"),
+    ("How do I sort a list in Python 2?", "How do I sort a list in Python 3?"),
+    # antonyms and direction
+    ("How do I start the docker container?", "How do I stop the docker container?"),
+    ("How to increase my credit score", "How to decrease my credit score"),
+    ("What is the best time to buy stocks?", "What is the best time to sell stocks?"),
+    ("How do I enable dark mode?", "How do I disable dark mode?"),
+    ("Convert USD to EUR", "Convert EUR to USD"),
+    ("How do I upload files to S3?", "How do I download files from S3?"),
+    ("What should I eat before a workout?", "What should I eat after a workout?"),
+    ("How to lose weight fast?", "How to gain weight fast?"),
+    # named entities
+    ("What is the capital of France?", "What is the capital of Germany?"),
+    ("Who is the CEO of Google?", "Who is the CEO of Microsoft?"),
+    ("How do I install numpy on Windows?", "How do I install numpy on Ubuntu?"),
+    ("What did Obama say about healthcare?", "What did Trump say about healthcare?"),
+]
+
+MUST_PASS = [
+    ("How do I reset my password?", "How can I reset my password?"),
+    ("What is the capital of France?", "What's the capital city of France?"),
+    ("How can I learn Python quickly?", "What is the fastest way to learn Python?"),
+    ("Who won the World Cup in 2014?", "Which team won the 2014 World Cup?"),
+    ("Explain recursion simply", "Explain recursion in simple terms"),
+    ("Why is the sky blue?", "Why does the sky look blue?"),
+]
+
+
+@pytest.mark.parametrize(("a", "b"), MUST_REJECT)
+def test_rejects_answer_changing_differences(a: str, b: str) -> None:
+    assert not passes(a, b)
+    assert not passes(b, a)
+
+
+@pytest.mark.parametrize(("a", "b"), MUST_PASS)
+def test_passes_paraphrases(a: str, b: str) -> None:
+    assert first_failure(a, b, CHECKS) is None
+
+
+def test_reports_the_failing_check() -> None:
+    assert first_failure("in 2014", "in 2018", ["numbers"]) == "numbers"
+    assert first_failure("start it", "stop it", ["antonyms"]) == "antonyms"
+    assert first_failure("start it", "stop it", ["numbers"]) is None
+    long_q = "Write a detailed essay about the history, causes, consequences and legacy of the war"
+    assert first_failure("Write an essay", long_q, ["length"]) == "length"
