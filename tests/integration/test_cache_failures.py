@@ -1,0 +1,126 @@
+"""The cache on a real redis-server: shared entries across gateway instances, Redis killed
+mid-run (every request still succeeds, as a bypass), and aborted streams never stored."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.integration.procs import Simulator, local_config, start_gateway, start_simulator
+from tests.services import RedisServer, start_redis
+from thrifty_core.config import parse_config
+from thrifty_gateway.app import create_app
+
+pytestmark = pytest.mark.integration
+
+
+def redis_config(simulator_url: str, redis_url: str) -> dict[str, Any]:
+    return {
+        **local_config(simulator_url),
+        "cachePolicies": {"default": {"stores": {"redisUrl": redis_url}}},
+        "defaultCachePolicy": "default",
+    }
+
+
+def ask(client: openai.OpenAI, text: str, **kwargs: Any) -> Any:
+    return client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": text}], **kwargs
+    )
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = start_redis(tmp_path / "redis")
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+def test_redis_entries_are_shared_by_gateways_and_isolated_by_tenant(
+    simulator: Simulator, redis: RedisServer
+) -> None:
+    config = parse_config(redis_config(simulator.url, redis.url))
+    q = f"Where is my card? {uuid.uuid4().hex[:8]}"
+    with TestClient(create_app(config)) as one, TestClient(create_app(config)) as two:
+        a1 = openai.OpenAI(base_url="http://t/v1", api_key="sk-local-a", http_client=one)
+        a2 = openai.OpenAI(base_url="http://t/v1", api_key="sk-local-a", http_client=two)
+        b2 = openai.OpenAI(base_url="http://t/v1", api_key="sk-local-b", http_client=two)
+        assert ask(a1, q).headers["x-thrifty-cache"] == "miss"
+        time.sleep(0.1)
+        assert ask(a2, q).headers["x-thrifty-cache"] == "exact"
+        assert ask(b2, q).headers["x-thrifty-cache"] == "miss"
+        purged = one.post(
+            "/v1/thrifty/cache/purge",
+            json={"tenant": "team-a"},
+            headers={"authorization": "Bearer sk-local-admin"},
+        )
+        assert purged.status_code == 200 and purged.json()["exact"] >= 1
+        assert ask(a2, q).headers["x-thrifty-cache"] == "miss"
+        for c in (a1, a2, b2):
+            c.close()
+
+
+def test_killing_redis_mid_run_keeps_every_request_succeeding(
+    simulator: Simulator, own_redis: RedisServer
+) -> None:
+    config = parse_config(redis_config(simulator.url, own_redis.url))
+    prompts = [f"Question {i} {uuid.uuid4().hex[:6]}" for i in range(5)]
+    with TestClient(create_app(config)) as http:
+        client = openai.OpenAI(base_url="http://t/v1", api_key="sk-local-a", http_client=http)
+        for p in prompts:
+            ask(client, p)
+        time.sleep(0.1)
+        assert all(ask(client, p).headers["x-thrifty-cache"] == "exact" for p in prompts)
+        own_redis.kill()
+        started = time.monotonic()
+        states = []
+        for round_ in range(3):
+            for p in prompts:
+                resp = ask(client, p)
+                assert resp.http_response.status_code == 200
+                assert resp.parse().choices[0].message.content
+                states.append(resp.headers["x-thrifty-cache"])
+            del round_
+        assert set(states) == {"miss"}
+        assert time.monotonic() - started < 10
+        metrics = http.get("/metrics").text
+        assert 'thrifty_cache_errors_total{layer="exact",op="get"}' in metrics
+        client.close()
+
+
+def test_aborted_streams_are_never_stored(tmp_path: Path) -> None:
+    slow: Simulator = start_simulator(tmp_path / "sim", "--chunk-delay-ms", "40")
+    gateway = start_gateway(
+        tmp_path / "gw",
+        {
+            **local_config(slow.url),
+            "cachePolicies": {"default": {}},
+            "defaultCachePolicy": "default",
+        },
+    )
+    try:
+        client = gateway.openai("sk-local-a")
+        q = f"Write a long answer about savings accounts {uuid.uuid4().hex[:6]}"
+        messages: Any = [{"role": "user", "content": q}]
+        stream = client.chat.completions.create(model="gpt-4o-mini", messages=messages, stream=True)
+        first = next(iter(stream))
+        assert first.choices
+        stream.close()  # the client goes away mid-answer
+        time.sleep(1.0)
+        again = ask(client, q)
+        assert again.headers["x-thrifty-cache"] == "miss"
+        time.sleep(0.3)
+        assert ask(client, q).headers["x-thrifty-cache"] == "exact"  # complete answers are
+        assert httpx.get(f"{gateway.url}/healthz").status_code == 200
+    finally:
+        gateway.stop()
+        slow.stop()
