@@ -115,19 +115,18 @@ class Ledger:
             totals.served_by_lever[entry.lever] = totals.served_by_lever.get(entry.lever, 0) + 1
 
         m = self._metrics
+        t, r, mod = entry.tenant, entry.route, entry.model
         if u.prompt_tokens:
-            m.tokens.labels(entry.tenant, entry.route, entry.model, "prompt").inc(u.prompt_tokens)
+            m.child(m.tokens, t, r, mod, "prompt").inc(u.prompt_tokens)
         if u.completion_tokens:
-            m.tokens.labels(entry.tenant, entry.route, entry.model, "completion").inc(
-                u.completion_tokens
-            )
+            m.child(m.tokens, t, r, mod, "completion").inc(u.completion_tokens)
         if entry.cost_usd:
-            m.cost.labels(entry.tenant, entry.route, entry.model).inc(entry.cost_usd)
+            m.child(m.cost, t, r, mod).inc(entry.cost_usd)
         if entry.cost_usd or saved:
-            m.baseline.labels(entry.tenant, entry.route).inc(entry.cost_usd + saved)
+            m.child(m.baseline, t, r).inc(entry.cost_usd + saved)
         for lever, usd in entry.savings.items():
             if usd > 0:
-                m.saved.labels(entry.tenant, entry.route, lever).inc(usd)
+                m.child(m.saved, t, r, lever).inc(usd)
 
         self._records += 1
         if self._records % 10_000 == 0:

@@ -339,10 +339,15 @@ class Proxy:
         )
         if ctx.tenant is not None:
             state.limiter.record_tokens(ctx.tenant, outcome.usage.total_tokens)
-        state.metrics.requests.labels(
-            ctx.tenant_name, ctx.route.name, str(outcome.status), outcome.lever or "none"
+        m = state.metrics
+        m.child(
+            m.requests,
+            ctx.tenant_name,
+            ctx.route.name,
+            str(outcome.status),
+            outcome.lever or "none",
         ).inc()
-        state.metrics.duration.labels(ctx.route.name).observe(time.perf_counter() - ctx.started)
+        m.child(m.duration, ctx.route.name).observe(time.perf_counter() - ctx.started)
 
     def _finish_error(self, ctx: RequestContext, exc: ThriftyError) -> None:
         state = self.state
