@@ -41,7 +41,7 @@ RULES: list[Rule] = [
     },
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
     {"apiGroups": ["apps"], "resources": ["deployments", "statefulsets"], "verbs": APPLY},
-    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": APPLY},
+    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": [*APPLY, "delete"]},
     {
         "apiGroups": ["autoscaling"],
         "resources": ["horizontalpodautoscalers"],

@@ -30,6 +30,9 @@ class OperatorSettings(BaseSettings):
     drift_interval_seconds: float = Field(
         default=60.0, gt=0, description="How often children are re-applied and status refreshed."
     )
+    retrain_after_seconds: float = Field(
+        default=900.0, gt=0, description="A failed train Job is retried after this long."
+    )
     field_manager: str = FIELD_MANAGER
     log_format: Literal["json", "plain"] = "json"
     health_port: int = Field(default=8081, ge=0, le=65535, description="0 disables /healthz.")

@@ -201,40 +201,43 @@ def wait_gone(cluster: Cluster, kind: str, namespace: str, name: str, timeout: f
 
 
 def simulate_evaluation(
-    cluster: Cluster, namespace: str, model: str, agreement: float, coverage: float
+    cluster: Cluster,
+    namespace: str,
+    model: str,
+    agreement: float,
+    coverage: float,
+    version: str = "v0001",
 ) -> str:
-    """Write the report the evaluate Job would write (kwok runs no containers).
+    """Write the report the evaluate Job would publish (kwok runs no containers).
 
     kwok completes Job pods by itself, so the train and evaluate Jobs reach Complete on their
-    own; only the report content has to be supplied. Returns the version evaluated.
+    own; only the report content (what `thrifty operator publish-report` writes) is supplied.
     """
-    version = wait_for(
-        lambda: (
-            (get(cluster, "distilledmodel", namespace, model) or {})
-            .get("status", {})
-            .get("candidateVersion")
-        ),
-        timeout=60,
-        message=f"{model} candidate version",
-    )
-    report = f"{model}-eval-{version}"
-    wait_for(
-        lambda: get(cluster, "configmap", namespace, report),
-        timeout=90,
-        message=f"report ConfigMap {report}",
-    )
-    data = json.dumps({"agreement": agreement, "coverage": coverage, "examples": 2000})
+    selector = f"thrifty.dev/owner-name={model},app.kubernetes.io/name=thrifty-distill-eval"
+
+    def report_map() -> str | None:
+        items = cluster.get_json("configmaps", "-n", namespace, "-l", selector)["items"]
+        return str(items[0]["metadata"]["name"]) if items else None
+
+    name = wait_for(report_map, timeout=90, interval=1.0, message=f"{model} report ConfigMap")
+    report = {
+        "version": version,
+        "passed": agreement >= 0.9,
+        "agreement": agreement,
+        "coverage": coverage,
+        "examples": 2000,
+    }
     cluster.kubectl(
         "patch",
         "configmap",
-        report,
+        name,
         "-n",
         namespace,
         "--type=merge",
         "-p",
-        json.dumps({"data": {"report.json": data}}),
+        json.dumps({"data": {"report.json": json.dumps(report)}}),
     )
-    return str(version)
+    return version
 
 
 def pod_template_hash(cluster: Cluster, namespace: str, deployment: str) -> str:

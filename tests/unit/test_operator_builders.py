@@ -73,6 +73,7 @@ def all_manifests() -> list[dict[str, Any]]:
         *batch.build_queue_stores(queue, owner(qbody), DEFAULTS),
         batch.build_worker(queue, owner(qbody), "thrifty", digest, refs, DEFAULTS),
         distill.build_artifacts_pvc(owner(dbody)),
+        distill.build_resource_config(model, owner(dbody)),
         *distill.build_report_access(owner(dbody), "v1"),
         distill.build_train_job(model, owner(dbody), "v1", DEFAULTS),
         distill.build_eval_job(model, owner(dbody), "v1", DEFAULTS),
@@ -267,11 +268,16 @@ def test_gpu_serving_requests_gpus_and_targets_gpu_nodes() -> None:
         "tolerations"
     ]
     args = pod["containers"][0]["args"]
-    assert "--enable-lora" in args and "summariser=/var/lib/thrifty/artifacts/students/v1" in args
+    assert (
+        "--enable-lora" in args and "summariser=/var/lib/thrifty/data/students/v1/adapter" in args
+    )
+    assert pod["containers"][0]["command"] == ["vllm"] and args[0] == "serve"
     train = _by("Job", names.train_job("summariser", "v1"))
     tpod = train["spec"]["template"]["spec"]
     assert tpod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-L4"}
     assert tpod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert [c["name"] for c in tpod["initContainers"]] == ["export"]
+    assert "nvidia.com/gpu" not in tpod["initContainers"][0].get("resources", {}).get("limits", {})
     assert _by("Service", names.student("summariser"))["spec"]["ports"][0]["port"] == 8000
 
 
@@ -305,3 +311,44 @@ def test_candidate_version_is_stable_and_follows_training_inputs() -> None:
 
 def test_builders_are_deterministic() -> None:
     assert all_manifests() == MANIFESTS
+
+
+def test_pipeline_jobs_run_the_distill_commands_on_the_shared_volume() -> None:
+    train = _by("Job", names.train_job("banking-intent", "v1"))
+    pod = train["spec"]["template"]["spec"]
+    export, main = pod["initContainers"][0], pod["containers"][0]
+    assert export["args"][:2] == ["distill", "export"] and main["args"][:2] == ["distill", "train"]
+    assert (
+        export["args"][export["args"].index("--capture-dir") + 1] == "/var/lib/thrifty/data/capture"
+    )
+    rule = train["spec"]["podFailurePolicy"]["rules"][0]
+    assert rule["action"] == "FailJob" and rule["onExitCodes"]["values"] == [3]
+    claims = {
+        v["persistentVolumeClaim"]["claimName"]
+        for v in pod["volumes"]
+        if "persistentVolumeClaim" in v
+    }
+    assert claims == {names.distill_artifacts("banking-intent")}
+    evaluate = _by("Job", names.eval_job("banking-intent", "v1"))
+    args = evaluate["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[:4] == [
+        "operator",
+        "publish-report",
+        "--configmap",
+        names.eval_report("banking-intent", "v1"),
+    ]
+    assert args[args.index("--") + 1 :][:3] == ["thrifty", "distill", "evaluate"]
+    resource = yaml.safe_load(
+        _by("ConfigMap", names.distill_resource("banking-intent"))["data"]["resource.yaml"]
+    )
+    assert DistilledModel.model_validate(resource).metadata.name == "banking-intent"
+
+
+def test_gateway_mounts_capture_and_students_from_the_same_volume() -> None:
+    deploy = _by("Deployment", names.gateway("thrifty"))
+    mounts = deploy["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+    by_path = {m["mountPath"]: m for m in mounts}
+    capture = by_path["/var/lib/thrifty/capture/banking-intent"]
+    students = by_path["/var/lib/thrifty/students/banking-intent"]
+    assert capture["subPath"] == "capture" and students["subPath"] == "students"
+    assert students["readOnly"] is True and capture["name"] == students["name"]

@@ -8,6 +8,7 @@ from thrifty_core.api import DistilledModel
 from thrifty_operator.conditions import false, merge, ready, transitions, true
 from thrifty_operator.handlers.common import deployment_state, job_state
 from thrifty_operator.handlers.distilledmodel import gate, read_report
+from thrifty_operator.report import normalise
 
 T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
@@ -69,3 +70,22 @@ def test_evaluation_gate_reads_the_report() -> None:
     assert gate(model, {"agreement": 0.95, "coverage": 0.4})[0] is False
     assert read_report({"data": {}}) is None
     assert read_report({"data": {"report.json": "not json"}}) is None
+
+
+def test_report_from_the_evaluate_summary() -> None:
+    summary = {
+        "version": "v0002",
+        "promoted": True,
+        "gate": {"passed": True, "min_agreement": 0.9},
+        "at_threshold": {"coverage": 0.71, "agreement_with_fallback": 0.95, "threshold": 0.7},
+    }
+    report = normalise(summary)
+    assert report == {
+        "version": "v0002",
+        "passed": True,
+        "agreement": 0.95,
+        "coverage": 0.71,
+        "examples": 0,
+    }
+    summary["gate"] = {"passed": False}
+    assert normalise(summary)["passed"] is False

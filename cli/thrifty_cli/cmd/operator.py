@@ -89,6 +89,25 @@ def delete_collection(
     asyncio.run(drop(url, collection, _read_key(api_key_file)))
 
 
+@operator_app.command(
+    "publish-report", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
+)
+def publish_report(
+    ctx: typer.Context,
+    configmap: Annotated[str, typer.Option(help="Report ConfigMap to patch.")],
+) -> None:
+    """Run the evaluate command after `--` and publish its summary (evaluate Job entry point)."""
+    import logging
+
+    from thrifty_operator.report import ApiTarget, run_and_publish
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    command = list(ctx.args)
+    if not command:
+        raise typer.BadParameter("give the evaluate command after --")
+    raise typer.Exit(run_and_publish(command, configmap, ApiTarget.in_cluster()))
+
+
 def register(app: typer.Typer) -> None:
     """Attach `thrifty operator` and its subcommands."""
     app.add_typer(operator_app, name="operator")

@@ -7,11 +7,14 @@ ServiceAccount may patch that one ConfigMap and nothing else).
 
 from __future__ import annotations
 
-import json
 from typing import Any
+
+import yaml
 
 from thrifty_core.api import DistilledModel
 from thrifty_core.api.base import GpuSpec
+from thrifty_core.student.artifact import ADAPTER
+from thrifty_core.student.serving import vllm_args
 
 from . import names
 from .common import (
@@ -24,7 +27,7 @@ from .common import (
     selector_labels,
     short_hash,
 )
-from .defaults import ARTIFACTS_DIR, STUDENT_PORT, Defaults
+from .defaults import STUDENT_PORT, Defaults
 from .stores import pvc
 
 TRAIN_COMPONENT = "thrifty-distill-train"
@@ -32,6 +35,13 @@ EVAL_COMPONENT = "thrifty-distill-eval"
 SERVE_COMPONENT = "thrifty-student"
 ARTIFACTS_COMPONENT = "thrifty-distill-artifacts"
 REPORT_KEY = "report.json"
+RESOURCE_KEY = "resource.yaml"
+DATA_DIR = "/var/lib/thrifty/data"
+CAPTURE = f"{DATA_DIR}/capture"
+SNAPSHOT = f"{DATA_DIR}/snapshot"
+STUDENTS = f"{DATA_DIR}/students"
+RESOURCE_DIR = "/etc/thrifty/distill"
+NOT_ENOUGH_EXAMPLES = 3  # `thrifty distill train` exit code
 ARTIFACTS_SIZE = "10Gi"
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
@@ -113,129 +123,166 @@ def build_report_access(owner: Owner, version: str) -> list[Manifest]:
     ]
 
 
+def build_resource_config(model: DistilledModel, owner: Owner) -> Manifest:
+    """The DistilledModel as the pipeline commands read it (`--resource FILE`)."""
+    resource = {
+        "apiVersion": "thrifty.dev/v1alpha1",
+        "kind": "DistilledModel",
+        "metadata": {"name": owner.name, "namespace": owner.namespace},
+        "spec": model.spec.model_dump(mode="json", by_alias=True, exclude_none=True),
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata(owner, names.distill_resource(owner.name), TRAIN_COMPONENT),
+        "data": {RESOURCE_KEY: yaml.safe_dump(resource, sort_keys=True)},
+    }
+
+
+def _step(name: str, image: str, args: list[str], res: dict[str, Any]) -> dict[str, Any]:
+    step = container(
+        name,
+        image,
+        args=args,
+        env=[
+            {"name": "THRIFTY_DISTILL_RESOURCE", "value": f"{RESOURCE_DIR}/{RESOURCE_KEY}"},
+            {"name": "THRIFTY_SNAPSHOT_DIR", "value": SNAPSHOT},
+            {"name": "THRIFTY_ARTIFACTS_DIR", "value": STUDENTS},
+            {"name": "HOME", "value": "/tmp"},
+        ],
+        mounts=[
+            {"name": "data", "mountPath": DATA_DIR},
+            {"name": "resource", "mountPath": RESOURCE_DIR, "readOnly": True},
+        ],
+        resources_block=res,
+    )
+    step["terminationMessagePolicy"] = "FallbackToLogsOnError"
+    return step
+
+
 def _job(
     model: DistilledModel,
     owner: Owner,
-    defaults: Defaults,
     *,
     name: str,
     component: str,
-    args: list[str],
+    steps: list[dict[str, Any]],
     service_account: str | None = None,
+    fail_fast_exit: tuple[str, int] | None = None,
 ) -> Manifest:
+    """A run-once Job: earlier steps as init containers, the last as the main container."""
     training = model.spec.training
-    res, selector, tolerations = gpu_placement(
-        training.gpu, training.resources.requests, training.resources.limits
-    )
-    env: list[dict[str, Any]] = [
-        {"name": "THRIFTY_DISTILLED_MODEL", "value": owner.name},
-        {
-            "name": "THRIFTY_DISTILL_SPEC",
-            "value": json.dumps(model.spec.model_dump(mode="json", by_alias=True), sort_keys=True),
-        },
-        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
-    ]
-    main = container(
-        "distill",
-        defaults.distill_image,
-        args=args,
-        env=env,
-        mounts=[{"name": "artifacts", "mountPath": ARTIFACTS_DIR}],
-        resources_block=res,
-    )
-    main["terminationMessagePolicy"] = "FallbackToLogsOnError"
+    _, selector, tolerations = gpu_placement(training.gpu, {}, {})
     volumes = [
         {
-            "name": "artifacts",
+            "name": "data",
             "persistentVolumeClaim": {"claimName": names.distill_artifacts(owner.name)},
-        }
+        },
+        {"name": "resource", "configMap": {"name": names.distill_resource(owner.name)}},
     ]
+    pod = pod_spec(
+        steps[-1:],
+        volumes=volumes,
+        node_selector=selector,
+        tolerations=tolerations,
+        restart_policy="Never",
+        service_account=service_account,
+    )
+    if len(steps) > 1:
+        pod["initContainers"] = steps[:-1]
+    spec: dict[str, Any] = {
+        "backoffLimit": 2,
+        "template": {"metadata": {"labels": metadata(owner, "", component)["labels"]}, "spec": pod},
+    }
+    if fail_fast_exit is not None:
+        step, code = fail_fast_exit
+        spec["podFailurePolicy"] = {
+            "rules": [
+                {
+                    "action": "FailJob",
+                    "onExitCodes": {"containerName": step, "operator": "In", "values": [code]},
+                }
+            ]
+        }
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": metadata(owner, name, component),
-        "spec": {
-            "backoffLimit": 2,
-            "template": {
-                "metadata": {"labels": metadata(owner, "", component)["labels"]},
-                "spec": pod_spec(
-                    [main],
-                    volumes=volumes,
-                    node_selector=selector,
-                    tolerations=tolerations,
-                    restart_policy="Never",
-                    service_account=service_account,
-                ),
-            },
-        },
+        "spec": spec,
     }
 
 
-def build_train_job(
-    model: DistilledModel, owner: Owner, version: str, defaults: Defaults
-) -> Manifest:
-    """`thrifty distill train`: export a snapshot with a held-out split, train a version."""
-    args = [
+def build_train_job(model: DistilledModel, owner: Owner, run: str, defaults: Defaults) -> Manifest:
+    """`thrifty distill export` (held-out split) then `thrifty distill train` (a new version).
+
+    Too few captured examples fails the Job at once (no retries); the operator retries later.
+    """
+    training = model.spec.training
+    res, _, _ = gpu_placement(training.gpu, training.resources.requests, training.resources.limits)
+    resource = f"{RESOURCE_DIR}/{RESOURCE_KEY}"
+    export = [
+        "distill",
+        "export",
+        "-f",
+        resource,
+        "--capture-dir",
+        CAPTURE,
+        "--snapshot-dir",
+        SNAPSHOT,
+    ]
+    train = [
         "distill",
         "train",
-        "--name",
-        owner.name,
-        "--version",
-        version,
-        "--data-dir",
-        ARTIFACTS_DIR,
+        "-f",
+        resource,
+        "--snapshot-dir",
+        SNAPSHOT,
+        "--artifacts-dir",
+        STUDENTS,
     ]
+    image = defaults.distill_image
     return _job(
         model,
         owner,
-        defaults,
-        name=names.train_job(owner.name, version),
+        name=names.train_job(owner.name, run),
         component=TRAIN_COMPONENT,
-        args=args,
+        steps=[
+            _step("export", image, export, resources(training.resources.requests, {})),
+            _step("train", image, train, res),
+        ],
+        fail_fast_exit=("train", NOT_ENOUGH_EXAMPLES),
     )
 
 
-def build_eval_job(
-    model: DistilledModel, owner: Owner, version: str, defaults: Defaults
-) -> Manifest:
-    """`thrifty distill evaluate`: score the version, write the report into its ConfigMap."""
+def build_eval_job(model: DistilledModel, owner: Owner, run: str, defaults: Defaults) -> Manifest:
+    """`thrifty distill evaluate` wrapped by `thrifty operator publish-report`, which writes
+    the summary into the report ConfigMap (the only object its ServiceAccount may touch)."""
+    resource = f"{RESOURCE_DIR}/{RESOURCE_KEY}"
     args = [
+        "operator",
+        "publish-report",
+        "--configmap",
+        names.eval_report(owner.name, run),
+        "--",
+        "thrifty",
         "distill",
         "evaluate",
-        "--name",
-        owner.name,
-        "--version",
-        version,
-        "--data-dir",
-        ARTIFACTS_DIR,
-        "--report-configmap",
-        names.eval_report(owner.name, version),
+        "-f",
+        resource,
+        "--snapshot-dir",
+        SNAPSHOT,
+        "--artifacts-dir",
+        STUDENTS,
     ]
-    job = _job(
+    res = resources(model.spec.training.resources.requests, model.spec.training.resources.limits)
+    return _job(
         model,
         owner,
-        defaults,
-        name=names.eval_job(owner.name, version),
+        name=names.eval_job(owner.name, run),
         component=EVAL_COMPONENT,
-        args=args,
+        steps=[_step("evaluate", defaults.distill_image, args, res)],
         service_account=names.distill_service_account(owner.name),
     )
-    return job
-
-
-def vllm_args(base_model: str, adapter_path: str, served_name: str) -> list[str]:
-    """vLLM OpenAI server arguments serving the LoRA adapter under the student's name."""
-    return [
-        "--model",
-        base_model,
-        "--enable-lora",
-        "--lora-modules",
-        f"{served_name}={adapter_path}",
-        "--host",
-        "0.0.0.0",
-        "--port",
-        str(STUDENT_PORT),
-    ]
 
 
 def build_serving(
@@ -248,15 +295,16 @@ def build_serving(
     res, selector, tolerations = gpu_placement(
         serving.gpu, serving.resources.requests, serving.resources.limits
     )
-    adapter = f"{ARTIFACTS_DIR}/students/{version}"
+    adapter = f"{STUDENTS}/{version}/{ADAPTER}"
     main = container(
         "student",
         serving.image or defaults.vllm_image,
-        args=vllm_args(model.spec.student.base_model or "", adapter, owner.name),
+        command=["vllm"],
+        args=vllm_args(model.spec.student.base_model or "", adapter, owner.name, port=STUDENT_PORT),
         ports=[{"name": "http", "containerPort": STUDENT_PORT, "protocol": "TCP"}],
         env=[{"name": "HF_HOME", "value": "/var/cache/thrifty/hf"}],
         mounts=[
-            {"name": "artifacts", "mountPath": ARTIFACTS_DIR, "readOnly": True},
+            {"name": "artifacts", "mountPath": DATA_DIR, "readOnly": True},
             {"name": "cache", "mountPath": "/var/cache/thrifty"},
         ],
         resources_block=res,

@@ -61,6 +61,10 @@ def distill_artifacts(model: str) -> str:
     return f"{model}-artifacts"
 
 
+def distill_resource(model: str) -> str:
+    return f"{model}-distill-resource"
+
+
 def distill_service_account(model: str) -> str:
     return f"{model}-distill"
 

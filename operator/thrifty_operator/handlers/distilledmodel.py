@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import datetime
 from typing import Any
 
 from thrifty_core.api import DistilledModel
@@ -26,6 +27,7 @@ from .common import (
     apply_all,
     deployment_state,
     job_state,
+    now,
     parse,
     plain,
 )
@@ -51,7 +53,11 @@ def gate(model: DistilledModel, report: dict[str, Any]) -> tuple[bool, str]:
     want = model.spec.evaluation
     agreement = float(report.get("agreement", 0.0))
     coverage = float(report.get("coverage", 0.0))
-    ok = agreement >= want.min_agreement and coverage >= want.min_coverage
+    ok = (
+        agreement >= want.min_agreement
+        and coverage >= want.min_coverage
+        and bool(report.get("passed", True))
+    )
     message = (
         f"agreement {agreement:.3f} (min {want.min_agreement}), "
         f"coverage {coverage:.3f} (min {want.min_coverage})"
@@ -60,31 +66,47 @@ def gate(model: DistilledModel, report: dict[str, Any]) -> tuple[bool, str]:
 
 
 async def _evaluate(
-    model: DistilledModel, owner: Owner, version: str, ctx: Context
+    model: DistilledModel, owner: Owner, run: str, ctx: Context
 ) -> tuple[Cond, dict[str, Any] | None, bool]:
     ns = owner.namespace
-    await apply_all(ctx.kube, distill.build_report_access(owner, version))
-    await ctx.kube.apply(distill.build_eval_job(model, owner, version, ctx.defaults))
-    state = job_state(
-        await ctx.kube.get("batch/v1", "Job", ns, names.eval_job(owner.name, version))
-    )
+    await apply_all(ctx.kube, distill.build_report_access(owner, run))
+    await ctx.kube.apply(distill.build_eval_job(model, owner, run, ctx.defaults))
+    job = await ctx.kube.get("batch/v1", "Job", ns, names.eval_job(owner.name, run))
+    state = job_state(job)
     if state == "Failed":
-        return (
-            false("Evaluated", "EvaluationFailed", f"the evaluate Job of {version} failed"),
-            None,
-            False,
-        )
+        detail = failure(job)
+        return false("Evaluated", "EvaluationFailed", f"run {run}: {detail}"), None, False
     if state != "Complete":
-        return false("Evaluated", "Evaluating", f"evaluating {version}"), None, False
+        return false("Evaluated", "Evaluating", f"run {run}: evaluate Job running"), None, False
     report = read_report(
-        await ctx.kube.get("v1", "ConfigMap", ns, names.eval_report(owner.name, version))
+        await ctx.kube.get("v1", "ConfigMap", ns, names.eval_report(owner.name, run))
     )
-    if report is None:
-        return false("Evaluated", "ReportMissing", f"no report for {version}"), None, False
+    if report is None or not report.get("version"):
+        return false("Evaluated", "ReportMissing", f"run {run}: no report written"), None, False
     passed, message = gate(model, report)
+    version = report["version"]
     if passed:
         return true("Evaluated", "GatePassed", f"{version}: {message}"), report, True
     return false("Evaluated", "GateFailed", f"{version}: {message}"), report, False
+
+
+def failure(job: dict[str, Any] | None) -> str:
+    """The Job's own words for why it failed."""
+    for cond in (job or {}).get("status", {}).get("conditions") or []:
+        if cond.get("type") == "Failed" and cond.get("status") == "True":
+            return str(cond.get("message") or cond.get("reason") or "failed")
+    return "failed"
+
+
+async def _retry_failed(job: dict[str, Any] | None, ctx: Context, ns: str, name: str) -> bool:
+    """Delete a failed train Job once it is old enough, so the next reconcile trains again
+    (typically: more examples have been captured since). True when deleted."""
+    for cond in (job or {}).get("status", {}).get("conditions") or []:
+        if cond.get("type") == "Failed" and cond.get("status") == "True":
+            when = datetime.fromisoformat(str(cond["lastTransitionTime"]).replace("Z", "+00:00"))
+            if (now() - when).total_seconds() >= ctx.settings.retrain_after_seconds:
+                return await ctx.kube.delete("batch/v1", "Job", ns, name)
+    return False
 
 
 def check_teacher(model: DistilledModel, ix: Indexes) -> Cond | None:
@@ -111,30 +133,39 @@ async def reconcile(body: Body, ix: Indexes, ctx: Context) -> Outcome:
     waiting = check_teacher(model, ix)
     if waiting is not None:
         return Outcome([waiting])
-    version = distill.candidate_version(model)
+    run = distill.candidate_version(model)
     previous = model.status.active_version if model.status else ""
-    await ctx.kube.apply(distill.build_artifacts_pvc(owner))
-    await ctx.kube.apply(distill.build_train_job(model, owner, version, ctx.defaults))
-    train = job_state(
-        await ctx.kube.get("batch/v1", "Job", ns, names.train_job(owner.name, version))
+    await apply_all(
+        ctx.kube, [distill.build_artifacts_pvc(owner), distill.build_resource_config(model, owner)]
     )
-    fields: dict[str, Any] = {"candidateVersion": version}
+    await ctx.kube.apply(distill.build_train_job(model, owner, run, ctx.defaults))
+    train_name = names.train_job(owner.name, run)
+    train_job = await ctx.kube.get("batch/v1", "Job", ns, train_name)
+    train = job_state(train_job)
+    fields: dict[str, Any] = {}
     conds: list[Cond] = []
     report: dict[str, Any] | None = None
     passed = False
     if train == "Complete":
-        conds.append(true("Trained", "TrainingSucceeded", f"version {version} trained"))
-        evaluated, report, passed = await _evaluate(model, owner, version, ctx)
+        conds.append(true("Trained", "TrainingSucceeded", f"run {run}: a new version trained"))
+        evaluated, report, passed = await _evaluate(model, owner, run, ctx)
         conds.append(evaluated)
+    elif train == "Failed":
+        retried = await _retry_failed(train_job, ctx, ns, train_name)
+        reason = "Retrying" if retried else "TrainingFailed"
+        conds.append(false("Trained", reason, f"run {run}: {failure(train_job)}"))
+        conds.append(false("Evaluated", "WaitingForTraining", "nothing to evaluate yet"))
     else:
-        reason = "TrainingFailed" if train == "Failed" else "Training"
-        conds.append(false("Trained", reason, f"version {version}: train Job {train.lower()}"))
+        conds.append(false("Trained", "Training", f"run {run}: train Job running"))
         conds.append(false("Evaluated", "WaitingForTraining", "nothing to evaluate yet"))
     if report is not None:
+        fields["candidateVersion"] = str(report["version"])
         fields["agreement"] = max(0.0, min(1.0, float(report.get("agreement", 0.0))))
         fields["coverage"] = max(0.0, min(1.0, float(report.get("coverage", 0.0))))
         fields["examples"] = max(0, int(report.get("examples", 0)))
-    active = model.spec.serving.version or (version if passed else previous)
+    active = model.spec.serving.version or (
+        str(report["version"]) if passed and report else previous
+    )
     fields["activeVersion"] = active
     conds.append(await _serve(model, owner, active, ctx, fields))
     return Outcome(conds, fields)
