@@ -110,6 +110,37 @@ def _gateway_config(sim_port: int, port: int) -> dict[str, Any]:
     return config
 
 
+async def _client_cpu_us(url: str, kind: str, n: int = 3000) -> float:
+    """Client CPU per sequential POST with aiohttp or httpx (the upstream client choice)."""
+    import aiohttp
+    import httpx
+
+    start = time.process_time()
+    if kind == "aiohttp":
+        async with aiohttp.ClientSession() as session:
+            for i in range(n + 200):
+                if i == 200:
+                    start = time.process_time()
+                async with session.post(url, data=BODY, headers=HEADERS) as resp:
+                    await resp.read()
+    else:
+        async with httpx.AsyncClient() as client:
+            for i in range(n + 200):
+                if i == 200:
+                    start = time.process_time()
+                (await client.post(url, content=BODY, headers=HEADERS)).read()
+    return round((time.process_time() - start) / n * 1e6, 1)
+
+
+def client_overhead(url: str) -> dict[str, float]:
+    import uvloop
+
+    return {
+        f"{kind}_cpu_us_per_request": uvloop.run(_client_cpu_us(url, kind))
+        for kind in ("aiohttp", "httpx")
+    }
+
+
 def _drive(url: str, total: int) -> dict[str, Any]:
     """At least `total` requests at 16 connections (in bounded chunks)."""
     done = 0
@@ -157,6 +188,7 @@ def main() -> dict[str, Any]:
         rss_after = _rss_mib(gw.pid)
         second = _drive(proxied, REQUESTS)
         rss_after2 = _rss_mib(gw.pid)
+        clients = client_overhead(direct)
     return {
         "date": datetime.now(UTC).date().isoformat(),
         "machine": f"{platform.machine()} {os.cpu_count()} cpus, "
@@ -169,6 +201,7 @@ def main() -> dict[str, Any]:
             "target": "added p50 <= 1 ms, p99 <= 3 ms",
         },
         "throughput_16conn": {**throughput, "direct": direct16, "target": ">= 1000 rps"},
+        "upstream_client": clients,
         "memory": {
             "rss_start_mib": rss_start,
             "rss_idle_mib": rss_idle,
