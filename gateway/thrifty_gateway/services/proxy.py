@@ -127,7 +127,8 @@ class Proxy:
             except ThriftyError:
                 state.metrics.rejected.labels("rate_limit").inc()
                 raise
-        _clamp_max_tokens(body, route.config.max_tokens_ceiling)
+        if endpoint == "chat":
+            _clamp_max_tokens(body, route.config.max_tokens_ceiling)
         stream = endpoint == "chat" and bool(body.get("stream"))
         include_usage = stream and bool((body.get("stream_options") or {}).get("include_usage"))
         ctx = RequestContext(
