@@ -9,10 +9,14 @@ evaluation report is written by the test in place of the evaluate Job (see
 
 from __future__ import annotations
 
+import base64
 import json
+import sys
+import urllib.error
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -37,6 +41,7 @@ from tests.e2e.operator_helpers import (
 )
 from thrifty_core.config import parse_config
 from thrifty_operator.rbac import RULES
+from thrifty_operator.report import ApiTarget, patch_configmap, run_and_publish
 
 pytestmark = pytest.mark.e2e
 
@@ -134,6 +139,50 @@ def test_examples_reach_ready(platform: Platform) -> None:
     policy = get(cluster, "cachepolicy", ns, "default-cache") or {}
     assert policy["status"]["collection"] == f"thrifty-{ns}-default-cache"
     assert condition(policy, "CollectionReady")["reason"] == "Created"
+
+
+def _api_target(cluster: Cluster, ns: str, account: str, tmp: Path) -> ApiTarget:
+    """What the evaluate Job's pod would see: its ServiceAccount token and the cluster CA."""
+    token = cluster.kubectl("create", "token", account, "-n", ns, "--duration=10m").stdout
+    view = json.loads(cluster.kubectl("config", "view", "--raw", "--minify", "-o", "json").stdout)
+    server = view["clusters"][0]["cluster"]
+    if "certificate-authority-data" in server:
+        ca = tmp / "ca.crt"
+        ca.write_bytes(base64.b64decode(server["certificate-authority-data"]))
+        return ApiTarget(server["server"], token.strip(), ns, str(ca))
+    return ApiTarget(server["server"], token.strip(), ns, server["certificate-authority"])
+
+
+def test_evaluation_report_is_published_with_the_jobs_own_account(
+    platform: Platform, tmp_path: Path
+) -> None:
+    """`publish-report` as the evaluate Job runs it, with the Job's ServiceAccount: it may write
+    its report ConfigMap and nothing else; a new passing version switches the gateway's route."""
+    cluster, ns = platform.cluster, platform.ns
+    target = _api_target(cluster, ns, "banking-intent-distill", tmp_path)
+    selector = "thrifty.dev/owner-name=banking-intent,app.kubernetes.io/name=thrifty-distill-eval"
+    (report,) = _items(cluster, "configmaps", ns, selector)
+    summary = {
+        "version": "v0002",
+        "gate": {"passed": True},
+        "at_threshold": {"coverage": 0.75, "agreement_with_fallback": 0.94},
+    }
+    evaluate = [sys.executable, "-c", f"print({json.dumps(json.dumps(summary))})"]
+    assert run_and_publish(evaluate, report["metadata"]["name"], target) == 0
+
+    def switched() -> bool:
+        cm = get(cluster, "configmap", ns, "thrifty-gateway-config") or {}
+        config = parse_config(yaml.safe_load(cm["data"]["gateway.yaml"]))
+        return [s.version for s in config.students] == ["v0002"]
+
+    wait_for(switched, timeout=60, message="the gateway config to route to v0002")
+    model = wait_ready(cluster, "distilledmodel", ns, "banking-intent")
+    assert model["status"]["activeVersion"] == "v0002"
+    assert model["status"]["agreement"] == 0.94
+    with pytest.raises(urllib.error.HTTPError) as denied:
+        patch_configmap(target, "thrifty-gateway-config", {"gateway.yaml": "tampered"})
+    denied.value.close()
+    assert denied.value.code == 403
 
 
 def test_pods_are_admitted_as_restricted_and_scheduled(platform: Platform) -> None:
