@@ -107,6 +107,9 @@ def _gateway_config(sim_port: int, port: int) -> dict[str, Any]:
     }
     for tenant in config["tenants"]:
         tenant.pop("requestsPerMinute", None)
+    # Every request is identical: measure the proxied (miss) path, not the cache.
+    config.pop("cachePolicies", None)
+    config.pop("defaultCachePolicy", None)
     return config
 
 

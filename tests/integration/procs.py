@@ -106,11 +106,15 @@ def start_simulator(workdir: Path, *extra: str) -> Simulator:
     return Simulator(port=port, proc=proc, log_path=log_path)
 
 
-def local_config(simulator_url: str, **overrides: Any) -> dict[str, Any]:
-    """examples/local.yaml pointed at `simulator_url`, with `overrides` merged on top."""
+def local_config(simulator_url: str, *, cache: bool = False, **overrides: Any) -> dict[str, Any]:
+    """examples/local.yaml pointed at `simulator_url`, with `overrides` merged on top. The
+    cache section is dropped unless `cache` (these tests exercise the proxy path)."""
     root = Path(__file__).resolve().parents[2]
     config: dict[str, Any] = yaml.safe_load((root / "examples" / "local.yaml").read_text())
     config["providers"][0]["baseUrl"] = f"{simulator_url}/v1"
+    if not cache:
+        config.pop("cachePolicies", None)
+        config.pop("defaultCachePolicy", None)
     for key, value in overrides.items():
         config[key] = value
     return config
