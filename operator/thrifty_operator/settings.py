@@ -27,6 +27,7 @@ class OperatorSettings(BaseSettings):
     vllm_image: str = Defaults.vllm_image
     qdrant_image: str = Defaults.qdrant_image
     redis_image: str = Defaults.redis_image
+    shared_access_mode: Literal["ReadWriteMany", "ReadWriteOnce"] = "ReadWriteMany"
     drift_interval_seconds: float = Field(
         default=60.0, gt=0, description="How often children are re-applied and status refreshed."
     )
@@ -45,6 +46,7 @@ class OperatorSettings(BaseSettings):
             vllm_image=self.vllm_image,
             qdrant_image=self.qdrant_image,
             redis_image=self.redis_image,
+            shared_access_mode=self.shared_access_mode,
         )
 
 

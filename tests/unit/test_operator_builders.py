@@ -72,7 +72,7 @@ def all_manifests() -> list[dict[str, Any]]:
         cache.build_collection_delete_job(policy, owner(pbody), DEFAULTS),
         *batch.build_queue_stores(queue, owner(qbody), DEFAULTS),
         batch.build_worker(queue, owner(qbody), "thrifty", digest, refs, DEFAULTS),
-        distill.build_artifacts_pvc(owner(dbody)),
+        distill.build_artifacts_pvc(owner(dbody), DEFAULTS),
         distill.build_resource_config(model, owner(dbody)),
         *distill.build_report_access(owner(dbody), "v1"),
         distill.build_train_job(model, owner(dbody), "v1", DEFAULTS),

@@ -37,6 +37,7 @@ def build_queue_stores(queue: BatchQueue, owner: Owner, defaults: Defaults) -> l
             FILES_COMPONENT,
             files.size,
             files.storage_class_name,
+            defaults.shared_access_mode,
         ),
     ]
 

@@ -26,3 +26,6 @@ class Defaults:
     vllm_image: str = "docker.io/vllm/vllm-openai:v0.6.3"
     qdrant_image: str = "docker.io/qdrant/qdrant:v1.12.4"
     redis_image: str = "docker.io/library/redis:7.4.1-alpine"
+    # Volumes shared by several pods (batch files, capture/artifacts) need ReadWriteMany in a
+    # real cluster; single-node development clusters (kind's local-path) only offer RWO.
+    shared_access_mode: str = "ReadWriteMany"

@@ -73,10 +73,15 @@ def gpu_placement(
     return resources(requests, limits), selector, tolerations
 
 
-def build_artifacts_pvc(owner: Owner) -> Manifest:
+def build_artifacts_pvc(owner: Owner, defaults: Defaults) -> Manifest:
     """Capture shards (written by gateways) and trained versions (written by Jobs)."""
     return pvc(
-        owner, names.distill_artifacts(owner.name), ARTIFACTS_COMPONENT, ARTIFACTS_SIZE, None
+        owner,
+        names.distill_artifacts(owner.name),
+        ARTIFACTS_COMPONENT,
+        ARTIFACTS_SIZE,
+        None,
+        defaults.shared_access_mode,
     )
 
 

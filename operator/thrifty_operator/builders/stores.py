@@ -184,11 +184,18 @@ def build_qdrant(
     return [service, statefulset]
 
 
-def pvc(owner: Owner, name: str, component: str, size: str, storage_class: str | None) -> Manifest:
-    """A shared ReadWriteMany claim (batch files, distillation artifacts)."""
+def pvc(
+    owner: Owner,
+    name: str,
+    component: str,
+    size: str,
+    storage_class: str | None,
+    mode: str = "ReadWriteMany",
+) -> Manifest:
+    """A claim shared by several pods (batch files, distillation artifacts)."""
     return {
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
         "metadata": metadata(owner, name, component),
-        "spec": _pvc_spec(size, storage_class, "ReadWriteMany"),
+        "spec": _pvc_spec(size, storage_class, mode),
     }

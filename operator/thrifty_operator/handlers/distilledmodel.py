@@ -136,7 +136,11 @@ async def reconcile(body: Body, ix: Indexes, ctx: Context) -> Outcome:
     run = distill.candidate_version(model)
     previous = model.status.active_version if model.status else ""
     await apply_all(
-        ctx.kube, [distill.build_artifacts_pvc(owner), distill.build_resource_config(model, owner)]
+        ctx.kube,
+        [
+            distill.build_artifacts_pvc(owner, ctx.defaults),
+            distill.build_resource_config(model, owner),
+        ],
     )
     await ctx.kube.apply(distill.build_train_job(model, owner, run, ctx.defaults))
     train_name = names.train_job(owner.name, run)
