@@ -198,7 +198,9 @@ class ProxyStage:
 
 def default_stages() -> list[DemoStage]:
     """The demo's stages, in order. Components append theirs here."""
-    return [ProxyStage()]
+    from .demo_distill import DistillDemoStage
+
+    return [ProxyStage(), DistillDemoStage()]
 
 
 # -- processes -------------------------------------------------------------------------------

@@ -19,6 +19,15 @@ async def cache_stage(config: Any, resources: Any) -> Stage | None:
     return await factory(config, resources)
 
 
+async def distill_stage(config: Any, resources: Any) -> Stage | None:
+    """Student routing, capture and evaluation (services/distill), when students are declared."""
+    if not getattr(config, "students", None):
+        return None
+    from .services.distill import distill_stage_factory
+
+    return await distill_stage_factory()(config, resources)
+
+
 def default_stage_factories() -> list[StageFactory]:
     """Factories `create_app` uses when the caller passes none."""
-    return [cache_stage]
+    return [cache_stage, distill_stage]
