@@ -82,6 +82,9 @@ def test_streaming_headers(gateway: Gateway) -> None:
         assert resp.headers["x-thrifty-upstream"] == "simulator/gpt-4o-mini"
         body = b"".join(resp.iter_bytes())
     assert body.rstrip().endswith(b"data: [DONE]")
+    # The cost, unknown when the headers left, comes as an SSE comment before [DONE].
+    comment = [line for line in body.split(b"\n") if line.startswith(b": x-thrifty-cost-usd ")]
+    assert len(comment) == 1 and float(comment[0].split()[-1]) > 0
 
 
 def test_embeddings(gateway: Gateway, simulator: Simulator) -> None:

@@ -232,6 +232,11 @@ class Proxy:
                 for event in splitter.feed(data):
                     payload = event_data(event)
                     if payload is None or payload == b"[DONE]":
+                        if payload == b"[DONE]" and usage is not None and not done:
+                            # Headers left before the cost was known: say it in an SSE
+                            # comment (clients ignore comments) just before [DONE].
+                            cost = self.state.catalog.cost(target.model, usage)
+                            out.append(b": x-thrifty-cost-usd %.8f\n\n" % cost)
                         done = done or payload == b"[DONE]"
                         out.append(event)
                         continue
