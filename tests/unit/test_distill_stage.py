@@ -1,0 +1,117 @@
+"""Pure parts of the gateway's distill stage: canary buckets, eligibility, agreement and
+demotion thresholds, the causal-lm student's confidence, capture sampling and opt-out."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from thrifty_core.api.distilledmodel import Capture
+from thrifty_core.student.store import FileDatasetStore
+from thrifty_gateway.services.distill.agreement import AgreementTracker, same_answer
+from thrifty_gateway.services.distill.capture import CaptureSink, opted_out
+from thrifty_gateway.services.distill.predictors import EndpointPredictor
+from thrifty_gateway.services.distill.stage import canary_bucket, eligible
+
+
+def test_canary_buckets_are_stable_and_spread() -> None:
+    assert canary_bucket("req-1") == canary_bucket("req-1")
+    buckets = [canary_bucket(f"req-{i}") for i in range(2000)]
+    share = sum(b < 10 for b in buckets) / len(buckets)
+    assert 0.07 < share < 0.13
+
+
+def test_eligibility() -> None:
+    assert eligible({"messages": []})
+    assert not eligible({"tools": [{"type": "function"}]})
+    assert not eligible({"n": 2})
+    assert not eligible({"response_format": {"type": "json_object"}})
+    assert eligible({"response_format": {"type": "text"}})
+
+
+def test_agreement_tracker_needs_samples_before_demoting() -> None:
+    tracker = AgreementTracker(min_agreement=0.9, window=50, min_samples=20)
+    for _ in range(19):
+        tracker.add(False)
+    assert not tracker.below_gate  # too few samples to judge
+    tracker.add(False)
+    assert tracker.below_gate
+    for _ in range(50):
+        tracker.add(True)
+    assert tracker.rate == 1.0 and not tracker.below_gate  # the window moved on
+    assert tracker.total == 70
+    assert same_answer("Card arrival.", "card_arrival")
+    assert not same_answer("card_arrival", "card_linking")
+
+
+def test_endpoint_confidence_is_the_geometric_mean_token_probability() -> None:
+    predictor = EndpointPredictor(
+        "http://127.0.0.1:1/v1", "student", labels=["card_arrival", "exchange_rate"]
+    )
+    lp = [{"token": "card", "logprob": -0.1}, {"token": "_arrival", "logprob": -0.3}]
+    answer = predictor.parse(
+        {
+            "choices": [
+                {
+                    "message": {"content": "Card arrival"},
+                    "logprobs": {"content": lp},
+                    "finish_reason": "stop",
+                }
+            ]
+        }
+    )
+    assert answer is not None
+    assert answer.text == "card_arrival"
+    assert math.isclose(answer.confidence, math.exp(-0.2))
+    outside = {"choices": [{"message": {"content": "no idea"}, "finish_reason": "stop"}]}
+    assert predictor.parse(outside) is None  # never serve an answer outside the label set
+    cut = {"choices": [{"message": {"content": "card_arrival"}, "finish_reason": "length"}]}
+    assert predictor.parse(cut) is None
+
+
+def test_capture_sampling_opt_out_and_logprobs(tmp_path: Path) -> None:
+    rolls = iter([0.1, 0.9])
+    sink = CaptureSink(
+        FileDatasetStore(tmp_path),
+        Capture(sample_rate=0.5, logprobs=True, max_examples=100),
+        route="intent",
+        student="s",
+        rand=lambda: next(rolls),
+    )
+    assert sink.wants({})  # 0.1 < 0.5
+    assert not sink.wants({})  # 0.9 >= 0.5
+    assert opted_out({"x-thrifty-no-capture": "1"})
+    assert not opted_out({"x-thrifty-no-capture": "false"})
+    assert not sink.wants({"x-thrifty-no-capture": "yes"})
+    body: dict[str, object] = {"messages": []}
+    sink.ask_logprobs(body)
+    assert body["logprobs"] is True and body["top_logprobs"] == 5
+    mine: dict[str, object] = {"logprobs": False}
+    sink.ask_logprobs(mine)
+    assert mine == {"logprobs": False}  # the client's choice wins
+
+
+async def test_capture_stops_at_the_cap(tmp_path: Path) -> None:
+    sink = CaptureSink(
+        FileDatasetStore(tmp_path),
+        Capture(max_examples=100),
+        route="intent",
+        student="s",
+    )
+    completion = {"choices": [{"message": {"content": "card_arrival"}}]}
+    for i in range(105):
+        await sink.record(
+            request_id=str(i),
+            ts=float(i),
+            model="gpt-4o",
+            messages=[{"role": "user", "content": f"call me on +1 415 555 01{i:02d}"}],
+            completion=completion,
+            prompt_tokens=10,
+            completion_tokens=2,
+            cost_usd=0.0,
+        )
+    store = FileDatasetStore(tmp_path, writer="reader")
+    assert store.count() == 100
+    assert sink.full and not sink.wants({})
+    first = next(store.read(store.shards()[0]))
+    assert b"[PHONE]" in first and b"415" not in first
