@@ -57,6 +57,7 @@ def test_pipeline_commands(tmp_path: Path) -> None:
     assert out.exit_code == 0, out.output
     summary = json.loads(out.stdout)
     assert summary["promoted"] is True and summary["gate"]["passed"] is True
+    assert summary["examples"] > 10 and summary["at_threshold"]["coverage"] > 0.5
     out = runner.invoke(app, ["distill", "versions"], env=env)
     assert out.stdout.startswith("* v0001")
     out = runner.invoke(app, ["distill", "serve"], env=env)

@@ -114,6 +114,7 @@ def evaluate(
     summary = {
         "version": report["version"],
         "promoted": report["promoted"],
+        "examples": report["held_out_examples"],
         "gate": report["quality"]["gate"],
         "at_threshold": report["quality"]["at_threshold"],
         "ece": report["quality"]["ece"],
