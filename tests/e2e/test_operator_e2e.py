@@ -408,6 +408,30 @@ def test_operator_killed_mid_reconcile_converges(platform: Platform) -> None:
     wait_gone(cluster, "deployment", ns, "late-gateway")
 
 
+def test_policy_asking_to_delete_data_drops_its_collection_first(platform: Platform) -> None:
+    cluster, ns = platform.cluster, platform.ns
+    policy = yaml.safe_load((ROOT / "examples" / "cachepolicy.yaml").read_text())
+    policy["metadata"] = {"name": "scratch", "namespace": ns}
+    policy["spec"]["deletionPolicy"] = "Delete"
+    cluster.apply(policy)
+    obj = wait_ready(cluster, "cachepolicy", ns, "scratch", timeout=120)
+    assert obj["metadata"]["finalizers"] == ["thrifty.dev/finalizer"]
+    sts = get(cluster, "statefulset", ns, "scratch-qdrant") or {}
+    assert sts["spec"]["persistentVolumeClaimRetentionPolicy"]["whenDeleted"] == "Delete"
+    cluster.kubectl("delete", "cachepolicy", "scratch", "-n", ns, "--wait=false")
+    # The finalizer runs the delete Job (kwok completes it) before letting the policy go.
+    job = wait_for(
+        lambda: get(cluster, "job", ns, "scratch-collection-delete"),
+        timeout=30,
+        message="the collection delete Job",
+    )
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[:2] == ["operator", "delete-collection"] and f"thrifty-{ns}-scratch" in args
+    wait_gone(cluster, "cachepolicy", ns, "scratch")
+    wait_gone(cluster, "statefulset", ns, "scratch-qdrant")
+    wait_gone(cluster, "persistentvolumeclaim", ns, "storage-scratch-qdrant-0")
+
+
 def test_rbac_is_exactly_what_the_operator_uses(platform: Platform) -> None:
     cluster = platform.cluster
     role = json.loads(cluster.kubectl("get", "clusterrole", platform.account, "-o", "json").stdout)
