@@ -209,6 +209,9 @@ def train_lora(
     dev = device()
     torch.manual_seed(config.seed)
     base, tokenizer = load_base(config, examples)
+    if config.base_model == TINY:  # nothing to download it from later: keep it (before LoRA)
+        base.save_pretrained(str(directory / BASE))
+        tokenizer.save_pretrained(str(directory / BASE))
     lora = LoraConfig(
         r=config.lora_rank,
         lora_alpha=config.lora_alpha,
@@ -258,9 +261,6 @@ def train_lora(
     adapter = directory / ADAPTER
     model.save_pretrained(str(adapter))
     tokenizer.save_pretrained(str(adapter))
-    if config.base_model == TINY:
-        model.get_base_model().save_pretrained(str(directory / BASE))
-        tokenizer.save_pretrained(str(directory / BASE))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     seconds = time.perf_counter() - started
     log.info("trained LoRA adapter for %d steps on %s in %.1fs", steps, dev, seconds)
