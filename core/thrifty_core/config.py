@@ -166,6 +166,10 @@ class BatchConfig(ConfigModel):
     redis_url: str | None = Field(default=None, description="redis:// URL; None = memory.")
     redis_password: SecretSource | None = None
     files_dir: str = Field(default="", description="File store directory; '' = a temp dir.")
+    coalesce_window_ms: float = Field(
+        default=5.0, ge=0, le=1000, description="Embeddings coalescing window; 0 = off."
+    )
+    coalesce_max_inputs: int = Field(default=256, ge=1, le=2048, description="Inputs per call.")
 
 
 class StudentConfig(ConfigModel):

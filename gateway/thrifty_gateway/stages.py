@@ -28,6 +28,14 @@ async def distill_stage(config: Any, resources: Any) -> Stage | None:
     return await distill_stage_factory()(config, resources)
 
 
+async def batch_stage(config: Any, resources: Any) -> Stage | None:
+    """Deferral (202 + queue) and embeddings coalescing (services/batching), when the config
+    has a batch section."""
+    from .services.batching.stage import batch_stage as factory
+
+    return await factory(config, resources)
+
+
 def default_stage_factories() -> list[StageFactory]:
     """Factories `create_app` uses when the caller passes none."""
-    return [cache_stage, distill_stage]
+    return [cache_stage, distill_stage, batch_stage]

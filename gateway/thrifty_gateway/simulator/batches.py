@@ -1,7 +1,315 @@
-"""Batches API (owned by the batch component; stub until it lands)."""
+"""The simulator's Files + Batches API, behaving like OpenAI's.
+
+A job moves validating -> in_progress -> finalizing -> completed in the background (times
+divided by `SimulatorSettings.batch_speedup`); lines are answered by the same engine as the
+synchronous endpoints. Faults, set with `POST /sim/batches/faults`:
+
+* `fail_rate`: share of lines answered 500 in the error file (deterministic per job and line),
+  in the next `fail_jobs` jobs (-1: every job);
+* `expire_next`: the next N jobs expire half-way (the rest of their lines in the error file
+  with code `batch_expired`, like OpenAI's);
+* per-model faults (`--fault MODEL=500`) answer every line of that model with the fault.
+
+`GET /sim/batches/stats` counts API calls and lines; `POST /sim/reset` does not clear them.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import asyncio
+import hashlib
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
 
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from . import engine
+from .settings import SimState
+
+log = logging.getLogger(__name__)
 router = APIRouter()
+JSON = "application/json"
+VALIDATING_S = 0.5
+LINES_PER_S = 2000.0
+FINALIZING_S = 0.3
+URLS = ("/v1/chat/completions", "/v1/embeddings")
+
+
+@dataclass
+class BatchSim:
+    """Files, jobs and fault settings of one simulator process."""
+
+    files: dict[str, tuple[dict[str, Any], bytes]] = field(default_factory=dict)
+    jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    fail_rate: float = 0.0
+    fail_jobs: int = -1
+    expire_next: int = 0
+    stats: dict[str, int] = field(default_factory=dict)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.stats[name] = self.stats.get(name, 0) + n
+
+
+def _sim(request: Request) -> tuple[BatchSim, SimState]:
+    app_state = request.app.state
+    sim: SimState = app_state.sim
+    batch_sim: BatchSim | None = getattr(app_state, "batch_sim", None)
+    if batch_sim is None:
+        batch_sim = app_state.batch_sim = BatchSim()
+    return batch_sim, sim
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type=JSON)
+
+
+def _error(status: int, message: str) -> Response:
+    err = {"message": message, "type": "invalid_request_error", "param": None, "code": None}
+    return _json({"error": err}, status)
+
+
+def _id(prefix: str) -> str:
+    return f"{prefix}{os.urandom(12).hex()}"
+
+
+# -- files ------------------------------------------------------------------------------------
+
+
+@router.post("/v1/files")
+async def upload_file(request: Request) -> Response:
+    bs, _ = _sim(request)
+    form = await request.form()
+    upload = form.get("file")
+    purpose = str(form.get("purpose") or "")
+    if upload is None or isinstance(upload, str):
+        return _error(400, "file is required")
+    data = await upload.read()
+    file_id = _id("file-sim")
+    meta: dict[str, Any] = {
+        "id": file_id,
+        "object": "file",
+        "bytes": len(data),
+        "created_at": int(time.time()),
+        "filename": upload.filename or "upload.jsonl",
+        "purpose": purpose,
+        "status": "processed",
+    }
+    bs.files[file_id] = (meta, data)
+    bs.count("files_uploaded")
+    return _json(meta)
+
+
+@router.get("/v1/files/{file_id}")
+async def get_file(file_id: str, request: Request) -> Response:
+    bs, _ = _sim(request)
+    found = bs.files.get(file_id)
+    return _json(found[0]) if found else _error(404, f"No such File object: {file_id}")
+
+
+@router.get("/v1/files/{file_id}/content")
+async def file_content(file_id: str, request: Request) -> Response:
+    bs, _ = _sim(request)
+    found = bs.files.get(file_id)
+    if found is None:
+        return _error(404, f"No such File object: {file_id}")
+    bs.count("downloads")
+    return Response(found[1], media_type="application/octet-stream")
+
+
+@router.delete("/v1/files/{file_id}")
+async def delete_file(file_id: str, request: Request) -> Response:
+    bs, _ = _sim(request)
+    deleted = bs.files.pop(file_id, None) is not None
+    return _json({"id": file_id, "object": "file", "deleted": deleted})
+
+
+# -- batches ----------------------------------------------------------------------------------
+
+
+@router.post("/v1/batches")
+async def create_batch(request: Request) -> Response:
+    bs, sim = _sim(request)
+    try:
+        body = orjson.loads(await request.body())
+    except orjson.JSONDecodeError:
+        return _error(400, "Invalid JSON body.")
+    file_id = body.get("input_file_id")
+    if file_id not in bs.files:
+        return _error(400, f"Invalid input_file_id: {file_id}")
+    if body.get("endpoint") not in URLS:
+        return _error(400, "endpoint must be /v1/chat/completions or /v1/embeddings")
+    if body.get("completion_window") != "24h":
+        return _error(400, "completion_window must be 24h")
+    now = int(time.time())
+    job: dict[str, Any] = {
+        "id": _id("batch_sim"),
+        "object": "batch",
+        "endpoint": body["endpoint"],
+        "errors": None,
+        "input_file_id": file_id,
+        "completion_window": "24h",
+        "status": "validating",
+        "output_file_id": None,
+        "error_file_id": None,
+        "created_at": now,
+        "in_progress_at": None,
+        "expires_at": now + 86400,
+        "finalizing_at": None,
+        "completed_at": None,
+        "failed_at": None,
+        "expired_at": None,
+        "cancelling_at": None,
+        "cancelled_at": None,
+        "request_counts": {"total": 0, "completed": 0, "failed": 0},
+        "metadata": body.get("metadata"),
+    }
+    expire = bs.expire_next > 0
+    if expire:
+        bs.expire_next -= 1
+    fail_rate = bs.fail_rate if bs.fail_jobs != 0 else 0.0
+    if bs.fail_jobs > 0:
+        bs.fail_jobs -= 1
+    bs.jobs[job["id"]] = job
+    bs.count("batches_created")
+    task = asyncio.get_running_loop().create_task(_run(bs, sim, job, expire, fail_rate))
+    bs.tasks.add(task)
+    task.add_done_callback(bs.tasks.discard)
+    return _json(job)
+
+
+@router.get("/v1/batches/{batch_id}")
+async def get_batch(batch_id: str, request: Request) -> Response:
+    bs, _ = _sim(request)
+    bs.count("retrieves")
+    job = bs.jobs.get(batch_id)
+    return _json(job) if job else _error(404, f"No such Batch object: {batch_id}")
+
+
+@router.get("/v1/batches")
+async def list_batches(request: Request) -> Response:
+    bs, _ = _sim(request)
+    data = sorted(bs.jobs.values(), key=lambda j: j["created_at"], reverse=True)
+    return _json({"object": "list", "data": data, "has_more": False})
+
+
+@router.post("/v1/batches/{batch_id}/cancel")
+async def cancel_batch(batch_id: str, request: Request) -> Response:
+    bs, _ = _sim(request)
+    job = bs.jobs.get(batch_id)
+    if job is None:
+        return _error(404, f"No such Batch object: {batch_id}")
+    if job["status"] in ("validating", "in_progress"):
+        job["status"] = "cancelling"
+        job["cancelling_at"] = int(time.time())
+    return _json(job)
+
+
+@router.post("/sim/batches/faults")
+async def set_faults(request: Request) -> Response:
+    bs, _ = _sim(request)
+    body = orjson.loads(await request.body() or b"{}")
+    bs.fail_rate = float(body.get("fail_rate", bs.fail_rate))
+    bs.fail_jobs = int(body.get("fail_jobs", bs.fail_jobs))
+    bs.expire_next = int(body.get("expire_next", bs.expire_next))
+    return _json(
+        {"fail_rate": bs.fail_rate, "fail_jobs": bs.fail_jobs, "expire_next": bs.expire_next}
+    )
+
+
+@router.get("/sim/batches/stats")
+async def batch_stats(request: Request) -> Response:
+    bs, _ = _sim(request)
+    return _json({**bs.stats, "jobs": len(bs.jobs)})
+
+
+# -- execution --------------------------------------------------------------------------------
+
+
+def _roll(job_id: str, custom_id: str) -> float:
+    digest = hashlib.sha256(f"{job_id}:{custom_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") / 2**64
+
+
+def _answer(sim: SimState, url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    model = str(body.get("model", ""))
+    fault = sim.settings.model_faults.get(model)
+    if fault in ("429", "500", "502", "503"):
+        err = {"message": "The server had an error (simulated).", "type": "server_error"}
+        return int(fault), {"error": err}
+    if url == "/v1/embeddings":
+        return 200, engine.embeddings(body, sim.settings.embedding_dimensions)
+    return 200, engine.chat_completion(body, oracle=sim.oracle)
+
+
+def _out(custom_id: str, status: int | None, body: Any, error: Any = None) -> bytes:
+    response = (
+        {"status_code": status, "request_id": _id("req_"), "body": body}
+        if status is not None
+        else None
+    )
+    return orjson.dumps(
+        {"id": _id("batch_req_"), "custom_id": custom_id, "response": response, "error": error}
+    )
+
+
+async def _run(
+    bs: BatchSim, sim: SimState, job: dict[str, Any], expire: bool, fail_rate: float
+) -> None:
+    speed = sim.settings.batch_speedup
+    await asyncio.sleep(VALIDATING_S / speed)
+    if job["status"] == "cancelling":
+        job.update(status="cancelled", cancelled_at=int(time.time()))
+        return
+    lines = []
+    for raw in bs.files[job["input_file_id"]][1].splitlines():
+        if raw.strip():
+            lines.append(orjson.loads(raw))
+    job.update(status="in_progress", in_progress_at=int(time.time()))
+    job["request_counts"]["total"] = len(lines)
+    out: list[bytes] = []
+    err: list[bytes] = []
+    cut = len(lines) // 2 if expire else len(lines)
+    for index, item in enumerate(lines):
+        custom_id = item["custom_id"]
+        if index >= cut or job["status"] == "cancelling":
+            code = "batch_expired" if expire else "batch_cancelled"
+            msg = "This request could not be executed before the completion window expired."
+            err.append(_out(custom_id, None, None, {"code": code, "message": msg}))
+            job["request_counts"]["failed"] += 1
+            continue
+        if index % 200 == 0:
+            await asyncio.sleep(200 / LINES_PER_S / speed)
+        status, body = _answer(sim, job["endpoint"], item.get("body") or {})
+        if status == 200 and fail_rate and _roll(job["id"], custom_id) < fail_rate:
+            status = 500
+            body = {"error": {"message": "Internal error (simulated).", "type": "server_error"}}
+        bs.count("lines")
+        if status == 200:
+            out.append(_out(custom_id, status, body))
+            job["request_counts"]["completed"] += 1
+        else:
+            err.append(_out(custom_id, status, body))
+            job["request_counts"]["failed"] += 1
+    job.update(status="finalizing", finalizing_at=int(time.time()))
+    await asyncio.sleep(FINALIZING_S / speed)
+    for name, rows in (("output_file_id", out), ("error_file_id", err)):
+        if rows:
+            file_id = _id("file-sim")
+            meta = {
+                "id": file_id,
+                "object": "file",
+                "bytes": sum(len(r) + 1 for r in rows),
+                "created_at": int(time.time()),
+                "filename": f"{job['id']}_{name}.jsonl",
+                "purpose": "batch_output",
+                "status": "processed",
+            }
+            bs.files[file_id] = (meta, b"\n".join(rows) + b"\n")
+            job[name] = file_id
+    final = "expired" if expire else ("cancelled" if job["status"] == "cancelling" else "completed")
+    job.update(status=final, **{f"{final}_at": int(time.time())})

@@ -1,0 +1,184 @@
+"""Embeddings coalescing: concurrent `/v1/embeddings` calls to the same route (and the same
+parameters) within a short window become one upstream call with an input array; each caller
+gets its own slice back, with its share of the usage.
+
+A group flushes when its window ends, or at once when the next caller would push it past the
+input-count or token limit. An upstream failure fails every caller of the group with the same
+error (each sees what a direct call would have seen).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from thrifty_core.errors import ThriftyError, UpstreamError
+from thrifty_core.prices import PriceCatalog, Usage
+
+from ...state import RouteRuntime
+from ..pipeline import RequestContext, StageResponse, Target
+from ..resilience import Breakers, call_with_fallback
+from ..upstream import UpstreamClient
+
+log = logging.getLogger(__name__)
+
+Slice = tuple[list[Any], Target, int]  # embeddings objects, target, total input tokens
+
+
+def estimate_tokens(item: Any) -> int:
+    return max(1, len(item) // 4) if isinstance(item, str) else max(1, len(item))
+
+
+@dataclass
+class Group:
+    route: RouteRuntime
+    params: dict[str, Any]
+    inputs: list[Any] = field(default_factory=list)
+    tokens: int = 0
+    waiters: list[tuple[int, int, asyncio.Future[Slice]]] = field(default_factory=list)
+    timer: asyncio.TimerHandle | None = None
+    flushed: bool = False
+
+
+class Coalescer:
+    """Merges concurrent embeddings requests (see the module docstring)."""
+
+    def __init__(
+        self,
+        upstream: UpstreamClient,
+        catalog: PriceCatalog,
+        *,
+        window_ms: float,
+        max_inputs: int = 256,
+        max_tokens: int = 200_000,
+    ) -> None:
+        self.upstream = upstream
+        self.catalog = catalog
+        self.breakers = Breakers()
+        self.window = window_ms / 1000
+        self.max_inputs = max_inputs
+        self.max_tokens = max_tokens
+        self._open: dict[bytes, Group] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.upstream_calls = 0
+        self.requests = 0
+
+    @staticmethod
+    def items_of(body: Mapping[str, Any]) -> list[Any] | None:
+        """The inputs of a request, if it can be coalesced (strings or token arrays)."""
+        value = body.get("input")
+        if isinstance(value, str):
+            return [value]
+        if isinstance(value, list) and value:
+            if all(isinstance(v, str) for v in value):
+                return list(value)
+            if all(isinstance(v, int) for v in value):
+                return [value]
+            if all(isinstance(v, list) for v in value):
+                return list(value)
+        return None
+
+    async def embed(self, ctx: RequestContext, route: RouteRuntime) -> StageResponse | None:
+        items = self.items_of(ctx.body)
+        if items is None or len(items) > self.max_inputs:
+            return None
+        params = {k: v for k, v in ctx.body.items() if k not in ("input", "user")}
+        key = orjson.dumps(params, option=orjson.OPT_SORT_KEYS)
+        tokens = sum(estimate_tokens(i) for i in items)
+        group = self._open.get(key)
+        if group is not None and (
+            len(group.inputs) + len(items) > self.max_inputs
+            or group.tokens + tokens > self.max_tokens
+        ):
+            self._flush(key, group)
+            group = None
+        if group is None:
+            group = self._open[key] = Group(route, params)
+            group.timer = asyncio.get_running_loop().call_later(
+                self.window, self._flush, key, group
+            )
+        future: asyncio.Future[Slice] = asyncio.get_running_loop().create_future()
+        group.waiters.append((len(group.inputs), len(items), future))
+        group.inputs.extend(items)
+        group.tokens += tokens
+        self.requests += 1
+        data, target, total = await future
+        share = round(total * tokens / max(group.tokens, 1)) if total else tokens
+        usage = Usage(prompt_tokens=share)
+        body = {
+            "object": "list",
+            "data": data,
+            "model": target.model,
+            "usage": {"prompt_tokens": share, "total_tokens": share},
+        }
+        return StageResponse(
+            lever=None,
+            body=body,
+            usage=usage,
+            model=target.model,
+            served_by=f"{target.label}",
+            cost_usd=self.catalog.cost(target.model, usage),
+            headers={"x-thrifty-coalesced": str(len(group.waiters))},
+        )
+
+    def _flush(self, key: bytes, group: Group) -> None:
+        if self._open.get(key) is group:
+            del self._open[key]
+        if group.timer is not None:
+            group.timer.cancel()
+            group.timer = None
+        if group.flushed or not group.waiters:
+            return
+        group.flushed = True
+        task = asyncio.get_running_loop().create_task(self._call(group))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _call(self, group: Group) -> None:
+        route = group.route
+        self.upstream_calls += 1
+        try:
+            attempt = await call_with_fallback(
+                self.upstream,
+                self.breakers,
+                list(route.targets),
+                "embeddings",
+                lambda t: orjson.dumps({**group.params, "model": t.model, "input": group.inputs}),
+                route.timeouts,
+                stream=False,
+                max_retries=route.config.max_retries,
+                retry_budget=route.config.retry_budget_seconds,
+            )
+            answer = orjson.loads(attempt.response.body)
+            data = sorted(answer["data"], key=lambda d: d["index"])
+            if len(data) != len(group.inputs):
+                raise UpstreamError("upstream returned a different number of embeddings")
+            total = int((answer.get("usage") or {}).get("prompt_tokens") or 0)
+        except ThriftyError as exc:
+            for _, _, future in group.waiters:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        except (ValueError, KeyError, TypeError) as exc:
+            error = UpstreamError(
+                f"upstream embeddings answer was malformed ({type(exc).__name__})"
+            )
+            for _, _, future in group.waiters:
+                if not future.done():
+                    future.set_exception(error)
+            return
+        for start, count, future in group.waiters:
+            part = [{**d, "index": i} for i, d in enumerate(data[start : start + count])]
+            if not future.done():
+                future.set_result((part, attempt.target, total))
+
+    async def aclose(self) -> None:
+        for key, group in list(self._open.items()):
+            self._flush(key, group)
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -1,0 +1,121 @@
+"""Finalizing a batch: once every line has a result, write the output and error files (in
+input order, one line per custom_id) and move the batch to its terminal status."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import orjson
+
+from .files import FileStore
+from .model import BatchRecord, Result
+from .queue import RedisQueue
+
+log = logging.getLogger(__name__)
+
+
+def output_line(batch_id: str, result: Result) -> bytes:
+    response = (
+        {
+            "status_code": result.status_code,
+            "request_id": f"req_{os.urandom(8).hex()}",
+            "body": result.body,
+        }
+        if result.status_code is not None
+        else None
+    )
+    error = (
+        {"code": result.error_code, "message": result.error_message}
+        if result.error_code is not None
+        else None
+    )
+    item = {
+        "id": f"batch_req_{batch_id[-12:]}_{os.urandom(6).hex()}",
+        "custom_id": result.custom_id,
+        "response": response,
+        "error": error,
+    }
+    return orjson.dumps(item)
+
+
+def order_of(input_data: bytes | None, results: dict[str, Result]) -> list[str]:
+    """custom_ids in input order (results without an input line go last)."""
+    order: list[str] = []
+    for raw in (input_data or b"").splitlines():
+        if raw.strip():
+            try:
+                order.append(str(orjson.loads(raw)["custom_id"]))
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                continue
+    known = set(order)
+    return order + sorted(k for k in results if k not in known)
+
+
+async def finalize(queue: RedisQueue, store: FileStore, batch_id: str, owner: str) -> bool:
+    """Finalize `batch_id` if all its lines are done; True when it is terminal afterwards."""
+    record = await queue.get(batch_id)
+    if record is None:
+        await queue.deactivate(batch_id)
+        return True
+    counts = record.request_counts
+    if record.status in ("completed", "failed", "expired", "cancelled"):
+        await queue.deactivate(batch_id)
+        return True
+    if counts.completed + counts.failed < counts.total:
+        return False
+    if not await queue.lease(f"finalize:{batch_id}", owner, 120_000):
+        return False
+    try:
+        cancelling = record.cancelling_at is not None
+        if record.status != "finalizing":
+            moved = await queue.transition(batch_id, "finalizing", finalizing_at=int(time.time()))
+            if moved is None:
+                return False
+            record = moved
+        await _write_files(queue, store, record, cancelling)
+        return True
+    finally:
+        await queue.release(f"finalize:{batch_id}", owner)
+
+
+async def _write_files(
+    queue: RedisQueue, store: FileStore, record: BatchRecord, cancelling: bool
+) -> None:
+    results = await queue.results(record.id)
+    fields: dict[str, object] = {}
+    if not record.deferred:
+        data = await store.read(record.input_file_id) if record.input_file_id else None
+        out: list[bytes] = []
+        err: list[bytes] = []
+        for custom_id in order_of(data, results):
+            result = results.get(custom_id)
+            if result is None:
+                continue
+            (out if result.ok else err).append(output_line(record.id, result))
+        stem = record.id.removeprefix("batch_")
+        if out:
+            meta = await store.put(
+                b"\n".join(out) + b"\n",
+                filename=f"{record.id}_output.jsonl",
+                purpose="batch_output",
+                tenant=record.tenant,
+                file_id=f"file-{stem}-output",
+            )
+            fields["output_file_id"] = meta.id
+        if err:
+            meta = await store.put(
+                b"\n".join(err) + b"\n",
+                filename=f"{record.id}_error.jsonl",
+                purpose="batch_output",
+                tenant=record.tenant,
+                file_id=f"file-{stem}-error",
+            )
+            fields["error_file_id"] = meta.id
+    now = int(time.time())
+    final = "cancelled" if cancelling else "completed"
+    stamp = "cancelled_at" if cancelling else "completed_at"
+    await queue.transition(record.id, final, **{stamp: now}, **fields)
+    await queue.deactivate(record.id)
+    log.info("batch %s %s (%d results)", record.id, final, len(results))

@@ -1,0 +1,205 @@
+"""Batch records, statuses and their transitions, queue lines, results and Redis key names."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, Field
+
+Status = Literal[
+    "validating",
+    "failed",
+    "in_progress",
+    "finalizing",
+    "completed",
+    "expired",
+    "cancelling",
+    "cancelled",
+]
+TERMINAL: frozenset[str] = frozenset({"failed", "completed", "expired", "cancelled"})
+TRANSITIONS: dict[str, frozenset[str]] = {
+    "validating": frozenset({"in_progress", "failed", "cancelling", "cancelled"}),
+    "in_progress": frozenset({"finalizing", "cancelling", "expired"}),
+    "finalizing": frozenset({"completed", "expired", "cancelled"}),
+    "cancelling": frozenset({"finalizing", "cancelled"}),
+}
+URLS: dict[str, str] = {"/v1/chat/completions": "chat", "/v1/embeddings": "embeddings"}
+ENDPOINT_URLS: dict[str, str] = {v: k for k, v in URLS.items()}
+WINDOW_SECONDS = {"24h": 86400}
+
+
+def can_move(current: str, target: str) -> bool:
+    return target in TRANSITIONS.get(current, frozenset())
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{os.urandom(12).hex()}"
+
+
+class RequestCounts(BaseModel):
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+
+
+class BatchRecord(BaseModel):
+    """A client batch (or a deferred single request) as stored in Redis and shown by the API."""
+
+    id: str
+    object: Literal["batch"] = "batch"
+    endpoint: str
+    input_file_id: str | None = None
+    completion_window: str = "24h"
+    status: Status = "validating"
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    created_at: int = Field(default_factory=lambda: int(time.time()))
+    in_progress_at: int | None = None
+    expires_at: int | None = None
+    finalizing_at: int | None = None
+    completed_at: int | None = None
+    failed_at: int | None = None
+    expired_at: int | None = None
+    cancelling_at: int | None = None
+    cancelled_at: int | None = None
+    request_counts: RequestCounts = Field(default_factory=RequestCounts)
+    metadata: dict[str, str] | None = None
+    errors: dict[str, Any] | None = None
+    tenant: str = Field(default="anonymous", exclude=True)
+    deferred: bool = Field(default=False, exclude=True)
+
+    def public(self) -> dict[str, Any]:
+        """The OpenAI batch object."""
+        return self.model_dump(mode="json")
+
+    def store(self) -> bytes:
+        return orjson.dumps(
+            {**self.model_dump(mode="json"), "tenant": self.tenant, "deferred": self.deferred}
+        )
+
+    @classmethod
+    def load(cls, raw: bytes | str) -> BatchRecord:
+        return cls.model_validate(orjson.loads(raw))
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """One request of a batch, as queued."""
+
+    batch_id: str
+    custom_id: str
+    endpoint: str  # "chat" | "embeddings"
+    body: dict[str, Any]
+    tenant: str = "anonymous"
+    attempt: int = 1
+
+    @property
+    def route(self) -> str:
+        return str(self.body.get("model", ""))
+
+    def fields(self) -> dict[str, bytes | str]:
+        return {
+            "b": self.batch_id,
+            "c": self.custom_id,
+            "e": self.endpoint,
+            "t": self.tenant,
+            "a": str(self.attempt),
+            "d": orjson.dumps(self.body),
+        }
+
+    @classmethod
+    def from_fields(cls, data: dict[bytes, bytes]) -> Line:
+        return cls(
+            batch_id=data[b"b"].decode(),
+            custom_id=data[b"c"].decode(),
+            endpoint=data[b"e"].decode(),
+            body=orjson.loads(data[b"d"]),
+            tenant=data.get(b"t", b"anonymous").decode(),
+            attempt=int(data.get(b"a", b"1")),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "b": self.batch_id,
+            "c": self.custom_id,
+            "e": self.endpoint,
+            "t": self.tenant,
+            "a": self.attempt,
+            "d": self.body,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Line:
+        return cls(data["b"], data["c"], data["e"], data["d"], data["t"], int(data["a"]))
+
+    def retried(self) -> Line:
+        return Line(
+            self.batch_id, self.custom_id, self.endpoint, self.body, self.tenant, self.attempt + 1
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """The outcome of one line: an HTTP answer (any status) or an error without one."""
+
+    custom_id: str
+    status_code: int | None
+    body: dict[str, Any] | None
+    error_code: str | None = None
+    error_message: str | None = None
+    model: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    saved_usd: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+    def dump(self) -> bytes:
+        return orjson.dumps(
+            {
+                "s": self.status_code,
+                "b": self.body,
+                "ec": self.error_code,
+                "em": self.error_message,
+            }
+        )
+
+    @classmethod
+    def load(cls, custom_id: str, raw: bytes) -> Result:
+        data = orjson.loads(raw)
+        return cls(custom_id, data["s"], data["b"], data["ec"], data["em"])
+
+
+class Keys:
+    """Redis key names of one queue (`thrifty:batch:<name>:...`)."""
+
+    def __init__(self, name: str) -> None:
+        self.prefix = f"thrifty:batch:{name}:"
+        self.stream = self.prefix + "lines"
+        self.group = "workers"
+        self.dead = self.prefix + "dead"
+        self.ledger = self.prefix + "ledger"
+        self.ledger_group = "gateways"
+        self.index = self.prefix + "batches"
+        self.active = self.prefix + "active"
+        self.jobs = self.prefix + "jobs"
+        self.inflight = self.prefix + "inflight"
+
+    def batch(self, batch_id: str) -> str:
+        return f"{self.prefix}batch:{batch_id}"
+
+    def results(self, batch_id: str) -> str:
+        return f"{self.prefix}results:{batch_id}"
+
+    def counts(self, batch_id: str) -> str:
+        return f"{self.prefix}counts:{batch_id}"
+
+    def lock(self, name: str) -> str:
+        return f"{self.prefix}lock:{name}"

@@ -1,0 +1,214 @@
+"""Provider mode: pack queued lines into provider batch jobs and read their results back.
+
+`Packer` groups lines by (provider, model, url) and flushes a pack when it reaches the
+lines-per-job or bytes-per-job limit, or when its oldest line has waited the flush window.
+`ProviderBatches` is the protocol of a provider's Batch API; `OpenAIBatches` implements it
+with the official `openai` client (any OpenAI-compatible base URL, the simulator included).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import openai
+import orjson
+
+from thrifty_core.config import ProviderConfig
+
+from ..pipeline import Target
+from .model import ENDPOINT_URLS, Line
+
+log = logging.getLogger(__name__)
+
+RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
+
+
+@dataclass(frozen=True, slots=True)
+class JobState:
+    status: str
+    output_file_id: str | None
+    error_file_id: str | None
+
+
+class ProviderBatches(Protocol):
+    async def submit(self, target: Target, url: str, jsonl: bytes, window: str) -> str: ...
+
+    async def state(self, target: Target, job_id: str) -> JobState: ...
+
+    async def download(self, target: Target, file_id: str) -> bytes: ...
+
+    async def aclose(self) -> None: ...
+
+
+class OpenAIBatches:
+    """Files + Batches calls through `openai.AsyncOpenAI`, one client per provider."""
+
+    def __init__(
+        self, providers: list[ProviderConfig], keys: Mapping[str, str | None], timeout: float = 60
+    ) -> None:
+        self._clients = {
+            p.name: openai.AsyncOpenAI(
+                base_url=p.base_url, api_key=keys.get(p.name) or "none", timeout=timeout
+            )
+            for p in providers
+        }
+
+    async def submit(self, target: Target, url: str, jsonl: bytes, window: str) -> str:
+        client = self._clients[target.provider]
+        uploaded = await client.files.create(file=("thrifty.jsonl", jsonl), purpose="batch")
+        job = await client.batches.create(
+            input_file_id=uploaded.id,
+            endpoint=url,  # type: ignore[arg-type]
+            completion_window=window,  # type: ignore[arg-type]
+            metadata={"created_by": "thrifty"},
+        )
+        return job.id
+
+    async def state(self, target: Target, job_id: str) -> JobState:
+        job = await self._clients[target.provider].batches.retrieve(job_id)
+        return JobState(job.status, job.output_file_id, job.error_file_id)
+
+    async def download(self, target: Target, file_id: str) -> bytes:
+        content = await self._clients[target.provider].files.content(file_id)
+        return content.content
+
+    async def aclose(self) -> None:
+        for client in self._clients.values():
+            await client.close()
+
+
+@dataclass
+class Pack:
+    target: Target
+    url: str
+    entries: list[tuple[str, Line]] = field(default_factory=list)
+    lines: list[bytes] = field(default_factory=list)
+    size: int = 0
+    first_at: float = 0.0
+
+    def jsonl(self) -> bytes:
+        return b"\n".join(self.lines) + b"\n"
+
+
+def job_line(entry_id: str, line: Line, target: Target) -> bytes:
+    """The provider's input line: our stream entry id as its custom_id (unique per job)."""
+    return orjson.dumps(
+        {
+            "custom_id": entry_id,
+            "method": "POST",
+            "url": ENDPOINT_URLS[line.endpoint],
+            "body": {**line.body, "model": target.model},
+        }
+    )
+
+
+class Packer:
+    """Pending packs, flushed by count, size or age."""
+
+    def __init__(self, max_lines: int, max_bytes: int, window_seconds: float) -> None:
+        self.max_lines = max_lines
+        self.max_bytes = max_bytes
+        self.window = window_seconds
+        self._packs: dict[tuple[str, str, str], Pack] = {}
+
+    def __len__(self) -> int:
+        return sum(len(p.entries) for p in self._packs.values())
+
+    def add(self, entry_id: str, line: Line, target: Target, now: float) -> list[Pack]:
+        """Add a line; returns packs that are full (flush them now)."""
+        url = ENDPOINT_URLS[line.endpoint]
+        key = (target.provider, target.model, url)
+        data = job_line(entry_id, line, target)
+        flushed: list[Pack] = []
+        pack = self._packs.get(key)
+        if pack is not None and pack.size + len(data) + 1 > self.max_bytes:
+            flushed.append(self._packs.pop(key))
+            pack = None
+        if pack is None:
+            pack = self._packs[key] = Pack(target, url, first_at=now)
+        pack.entries.append((entry_id, line))
+        pack.lines.append(data)
+        pack.size += len(data) + 1
+        if len(pack.entries) >= self.max_lines:
+            flushed.append(self._packs.pop(key))
+        return flushed
+
+    def due(self, now: float) -> list[Pack]:
+        """Packs whose oldest line has waited the flush window."""
+        keys = [k for k, p in self._packs.items() if now - p.first_at >= self.window]
+        return [self._packs.pop(k) for k in keys]
+
+    def next_due(self, now: float) -> float | None:
+        """Seconds until the next pack is due (None when nothing is pending)."""
+        if not self._packs:
+            return None
+        return max(0.0, min(p.first_at for p in self._packs.values()) + self.window - now)
+
+
+@dataclass(frozen=True, slots=True)
+class LineOutcome:
+    """A provider output/error line for one of our entries."""
+
+    status_code: int | None
+    body: dict[str, Any] | None
+    error_code: str | None
+    error_message: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+    @property
+    def retryable(self) -> bool:
+        return self.status_code is None or self.status_code in RETRYABLE_STATUS
+
+
+def parse_outputs(*files: bytes) -> dict[str, LineOutcome]:
+    """Provider output and error files -> outcome per custom_id (our entry id)."""
+    out: dict[str, LineOutcome] = {}
+    for data in files:
+        for raw in data.splitlines():
+            if not raw.strip():
+                continue
+            try:
+                item = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                log.warning("provider output line is not JSON; ignored")
+                continue
+            custom_id = item.get("custom_id")
+            if not isinstance(custom_id, str):
+                continue
+            response = item.get("response") or None
+            error = item.get("error") or None
+            status = response.get("status_code") if isinstance(response, dict) else None
+            body = response.get("body") if isinstance(response, dict) else None
+            outcome = LineOutcome(
+                status,
+                body if isinstance(body, dict) else None,
+                (error or {}).get("code") if isinstance(error, dict) else None,
+                (error or {}).get("message") if isinstance(error, dict) else None,
+            )
+            if custom_id not in out or outcome.ok:
+                out[custom_id] = outcome
+    return out
+
+
+def next_poll(interval: float, started: float, now: float) -> float:
+    """Backoff: poll at the initial interval, stretching by 1.5x per elapsed interval up to
+    ten times it."""
+    elapsed = max(now - started, 0.0)
+    ratio: float = elapsed / max(interval, 1e-3)
+    factor = min(10.0, 1.0 + 0.5 * math.sqrt(ratio))
+    return interval * factor
+
+
+TERMINAL_JOB = frozenset({"completed", "failed", "expired", "cancelled"})
+
+
+def now() -> float:
+    return time.time()

@@ -1,0 +1,335 @@
+"""The durable queue: Redis Streams with a consumer group.
+
+* Lines are stream entries (`XADD`); workers read them with `XREADGROUP` and own them until
+  `XACK`. A crashed worker's pending lines are taken over with `XAUTOCLAIM` after an idle time.
+* A result is stored with `HSETNX` under (batch id, custom_id), its counters bumped and the
+  entry acknowledged in ONE Lua script: nothing is acknowledged before its result is stored,
+  and a line delivered twice is counted once (idempotent results).
+* A line out of attempts moves to the dead-letter stream (and its error to the error file).
+* Lines inside a provider batch job stay pending; `inflight` maps them to the job so a reclaim
+  leaves them to whoever polls that job.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError, WatchError
+
+from .model import BatchRecord, Keys, Line, RequestCounts, Result, can_move
+
+log = logging.getLogger(__name__)
+
+Entry = tuple[str, Line]
+
+_COMPLETE = """
+local added = redis.call('HSETNX', KEYS[1], ARGV[3], ARGV[4])
+if added == 1 then
+  if ARGV[5] == '1' then
+    redis.call('HINCRBY', KEYS[2], 'completed', 1)
+  else
+    redis.call('HINCRBY', KEYS[2], 'failed', 1)
+  end
+  redis.call('HINCRBY', KEYS[2], 'prompt_tokens', ARGV[9])
+  redis.call('HINCRBY', KEYS[2], 'completion_tokens', ARGV[10])
+  redis.call('HINCRBYFLOAT', KEYS[2], 'cost_usd', ARGV[11])
+  redis.call('HINCRBYFLOAT', KEYS[2], 'saved_usd', ARGV[12])
+  if ARGV[13] == '1' then
+    redis.call('XADD', KEYS[5], '*', 'b', ARGV[14], 'c', ARGV[3], 'r', ARGV[4], 'l', ARGV[15])
+  end
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', '1000000', '*', 't', ARGV[6], 'r', ARGV[7],
+    'm', ARGV[8], 'p', ARGV[9], 'c', ARGV[10], 'u', ARGV[11], 's', ARGV[12], 'ok', ARGV[5])
+end
+if ARGV[2] ~= '' then
+  redis.call('XACK', KEYS[3], ARGV[1], ARGV[2])
+  redis.call('HDEL', KEYS[6], ARGV[2])
+end
+local c = redis.call('HMGET', KEYS[2], 'completed', 'failed')
+return (tonumber(c[1]) or 0) + (tonumber(c[2]) or 0)
+"""
+
+
+def _decode(entries: Sequence[Any]) -> list[Entry]:
+    out: list[Entry] = []
+    for entry_id, fields in entries:
+        if fields is None:  # deleted entry
+            continue
+        eid = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+        out.append((eid, Line.from_fields(fields)))
+    return out
+
+
+class RedisQueue:
+    """Batches, lines and results of one `BatchQueue` in Redis."""
+
+    def __init__(self, redis: Redis, name: str, *, max_attempts: int, dead_letter: bool) -> None:
+        # redis-py's return types are unions of bytes/str/awaitables; results are decoded here
+        self.redis: Any = redis
+        self.keys = Keys(name)
+        self.max_attempts = max_attempts
+        self.dead_letter_enabled = dead_letter
+        self._complete = redis.register_script(_COMPLETE)
+
+    @classmethod
+    def from_url(
+        cls, url: str, name: str, *, max_attempts: int, dead_letter: bool, password: str | None
+    ) -> RedisQueue:
+        client = Redis.from_url(url, password=password, socket_timeout=30)
+        return cls(client, name, max_attempts=max_attempts, dead_letter=dead_letter)
+
+    async def aclose(self) -> None:
+        await self.redis.aclose()
+
+    async def ensure_groups(self) -> None:
+        for stream, group in (
+            (self.keys.stream, self.keys.group),
+            (self.keys.ledger, self.keys.ledger_group),
+        ):
+            try:
+                await self.redis.xgroup_create(stream, group, id="0", mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    # -- batches ----------------------------------------------------------------------------
+
+    async def create(self, record: BatchRecord, lines: Sequence[Line]) -> BatchRecord:
+        """Store the record, enqueue every line, then move it to in_progress."""
+        k = self.keys
+        record.request_counts = RequestCounts(total=len(lines))
+        await self.ensure_groups()
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(k.batch(record.id), record.store())
+            pipe.zadd(k.index, {record.id: record.created_at})
+            pipe.hset(k.counts(record.id), mapping={"completed": 0, "failed": 0})
+            await pipe.execute()
+        for start in range(0, len(lines), 1000):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for line in lines[start : start + 1000]:
+                    pipe.xadd(k.stream, line.fields())
+                await pipe.execute()
+        now = int(time.time())
+        moved = await self.transition(
+            record.id, "in_progress", in_progress_at=now, expires_at=now + 86400
+        )
+        await self.redis.sadd(k.active, record.id)
+        return moved or record
+
+    async def get(self, batch_id: str) -> BatchRecord | None:
+        k = self.keys
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.get(k.batch(batch_id))
+            pipe.hmget(k.counts(batch_id), ["completed", "failed"])
+            raw, counts = await pipe.execute()
+        if raw is None:
+            return None
+        record = BatchRecord.load(raw)
+        total = record.request_counts.total
+        record.request_counts = RequestCounts(
+            total=total, completed=int(counts[0] or 0), failed=int(counts[1] or 0)
+        )
+        return record
+
+    async def list_batches(
+        self, tenant: str, after: str | None, limit: int
+    ) -> tuple[list[BatchRecord], bool]:
+        ids = [i.decode() for i in await self.redis.zrevrange(self.keys.index, 0, -1)]
+        if after and after in ids:
+            ids = ids[ids.index(after) + 1 :]
+        out: list[BatchRecord] = []
+        for batch_id in ids:
+            record = await self.get(batch_id)
+            if record is not None and record.tenant == tenant and not record.deferred:
+                out.append(record)
+                if len(out) > limit:
+                    break
+        return out[:limit], len(out) > limit
+
+    async def transition(self, batch_id: str, to: str, **fields: Any) -> BatchRecord | None:
+        """Move a batch to status `to` if allowed from its current status (optimistic lock);
+        None when the batch is missing or the move is not allowed."""
+        key = self.keys.batch(batch_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(key)
+                    raw = await pipe.get(key)
+                    if raw is None:
+                        return None
+                    record = BatchRecord.load(raw)
+                    if not can_move(record.status, to):
+                        return None
+                    record = record.model_copy(update={"status": to, **fields})
+                    pipe.multi()
+                    pipe.set(key, record.store())
+                    await pipe.execute()
+                    return record
+                except WatchError:
+                    continue
+
+    async def results(self, batch_id: str) -> dict[str, Result]:
+        raw = await self.redis.hgetall(self.keys.results(batch_id))
+        return {k.decode(): Result.load(k.decode(), v) for k, v in raw.items()}
+
+    async def result(self, batch_id: str, custom_id: str) -> Result | None:
+        raw = await self.redis.hget(self.keys.results(batch_id), custom_id)
+        return Result.load(custom_id, raw) if raw is not None else None
+
+    async def active(self) -> list[str]:
+        members = await self.redis.smembers(self.keys.active)
+        return sorted(m.decode() for m in members)
+
+    async def deactivate(self, batch_id: str) -> None:
+        await self.redis.srem(self.keys.active, batch_id)
+
+    # -- lines ------------------------------------------------------------------------------
+
+    async def read(
+        self, consumer: str, count: int, block_ms: int, own: bool = False
+    ) -> list[Entry]:
+        """New lines for `consumer` (or, with `own`, the ones it already holds: a restart)."""
+        got = await self.redis.xreadgroup(
+            self.keys.group,
+            consumer,
+            {self.keys.stream: "0" if own else ">"},
+            count=count,
+            block=None if own else block_ms,
+        )
+        return _decode(got[0][1]) if got else []
+
+    async def reclaim(self, consumer: str, min_idle_ms: int, count: int = 500) -> list[Entry]:
+        """Take over lines idle longer than `min_idle_ms` (a crashed worker's), except lines
+        waiting inside a provider job. Lines delivered too often are dead-lettered here."""
+        k = self.keys
+        out: list[Entry] = []
+        cursor = "0-0"
+        while True:
+            reply = await self.redis.xautoclaim(
+                k.stream, k.group, consumer, min_idle_ms, start_id=cursor, count=count
+            )
+            cursor = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
+            entries = _decode(reply[1])
+            if entries:
+                jobs = await self.redis.hmget(k.inflight, [e for e, _ in entries])
+                for (eid, line), job in zip(entries, jobs, strict=True):
+                    if job is None:
+                        out.append((eid, line))
+            if cursor == "0-0" or len(out) >= count:
+                break
+        fresh: list[Entry] = []
+        for eid, line in out:
+            delivered = await self._deliveries(eid)
+            if delivered > self.max_attempts + 2:
+                log.warning("line redelivered %d times: dead-lettered", delivered)
+                await self.dead_letter(
+                    eid, line, "poison_line", "the line crashed workers repeatedly"
+                )
+            else:
+                fresh.append((eid, line))
+        return fresh
+
+    async def _deliveries(self, entry_id: str) -> int:
+        info = await self.redis.xpending_range(
+            self.keys.stream, self.keys.group, min=entry_id, max=entry_id, count=1
+        )
+        return int(info[0]["times_delivered"]) if info else 0
+
+    async def complete(
+        self, entry_id: str, line: Line, result: Result, *, dead: bool = False
+    ) -> int:
+        """Store `result` (first one wins), count it, acknowledge the entry; returns how many
+        lines of the batch have a result."""
+        k = self.keys
+        done = await self._complete(
+            keys=[
+                k.results(line.batch_id),
+                k.counts(line.batch_id),
+                k.stream,
+                k.ledger,
+                k.dead,
+                k.inflight,
+            ],
+            args=[
+                k.group,
+                entry_id,
+                line.custom_id,
+                result.dump(),
+                "1" if result.ok else "0",
+                line.tenant,
+                line.route,
+                result.model or line.route,
+                result.prompt_tokens,
+                result.completion_tokens,
+                repr(result.cost_usd),
+                repr(result.saved_usd),
+                "1" if dead and self.dead_letter_enabled else "0",
+                line.batch_id,
+                orjson.dumps({**line.body}) if dead else b"",
+            ],
+        )
+        return int(done)
+
+    async def resubmit(self, entry_id: str, line: Line) -> None:
+        """Queue the line again (next attempt) and acknowledge the old entry, atomically."""
+        k = self.keys
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xadd(k.stream, line.retried().fields())
+            pipe.xack(k.stream, k.group, entry_id)
+            pipe.hdel(k.inflight, entry_id)
+            await pipe.execute()
+
+    async def dead_letter(self, entry_id: str, line: Line, code: str, message: str) -> int:
+        result = Result(line.custom_id, None, None, code, message)
+        return await self.complete(entry_id, line, result, dead=True)
+
+    async def fail_or_retry(
+        self, entry_id: str, line: Line, result: Result, retryable: bool
+    ) -> int | None:
+        """A failed attempt: resubmit while attempts remain, else store the failure (and
+        dead-letter it when it was retryable). Returns the done count when stored."""
+        if retryable and line.attempt < self.max_attempts:
+            await self.resubmit(entry_id, line)
+            return None
+        return await self.complete(entry_id, line, result, dead=retryable)
+
+    async def dead_letters(self, count: int = 1000) -> list[dict[str, str]]:
+        entries = await self.redis.xrange(self.keys.dead, count=count)
+        return [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in entries]
+
+    # -- provider jobs ----------------------------------------------------------------------
+
+    async def save_job(self, job_id: str, job: dict[str, Any], entry_ids: Sequence[str]) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self.keys.jobs, job_id, orjson.dumps(job))
+            if entry_ids:
+                pipe.hset(self.keys.inflight, mapping=dict.fromkeys(entry_ids, job_id))
+            await pipe.execute()
+
+    async def jobs(self) -> dict[str, dict[str, Any]]:
+        raw = await self.redis.hgetall(self.keys.jobs)
+        return {k.decode(): orjson.loads(v) for k, v in raw.items()}
+
+    async def drop_job(self, job_id: str) -> None:
+        await self.redis.hdel(self.keys.jobs, job_id)
+
+    async def lease(self, name: str, owner: str, ttl_ms: int) -> bool:
+        """A short exclusive lease (finalizing a batch, polling a job)."""
+        key = self.keys.lock(name)
+        if await self.redis.set(key, owner, nx=True, px=ttl_ms):
+            return True
+        current = await self.redis.get(key)
+        if current is not None and current.decode() == owner:
+            await self.redis.pexpire(key, ttl_ms)
+            return True
+        return False
+
+    async def release(self, name: str, owner: str) -> None:
+        key = self.keys.lock(name)
+        current = await self.redis.get(key)
+        if current is not None and current.decode() == owner:
+            await self.redis.delete(key)

@@ -1,0 +1,143 @@
+"""Batch input validation: every line checked up front, one report naming each bad line."""
+
+from __future__ import annotations
+
+from collections.abc import Container
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from thrifty_core.api.batchqueue import BatchLimits
+
+from .model import URLS
+
+MAX_REPORTED = 20
+
+
+@dataclass(frozen=True, slots=True)
+class LineError:
+    line: int  # 1-based; 0 for the whole file
+    code: str
+    message: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, "param": None, "line": self.line}
+
+
+@dataclass(frozen=True, slots=True)
+class InputLine:
+    custom_id: str
+    url: str
+    body: dict[str, Any]
+
+    @property
+    def endpoint(self) -> str:
+        return URLS[self.url]
+
+
+@dataclass
+class Report:
+    lines: list[InputLine] = field(default_factory=list)
+    errors: list[LineError] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def message(self) -> str:
+        shown = "; ".join(
+            (f"line {e.line}: {e.message}" if e.line else e.message)
+            for e in self.errors[:MAX_REPORTED]
+        )
+        more = len(self.errors) - MAX_REPORTED
+        return shown + (f"; and {more} more" if more > 0 else "")
+
+    def as_errors(self) -> dict[str, Any]:
+        """OpenAI's batch `errors` object."""
+        return {"object": "list", "data": [e.as_dict() for e in self.errors[:MAX_REPORTED]]}
+
+
+def _check_line(
+    number: int, raw: bytes, routes: Container[str] | None, seen: set[str]
+) -> InputLine | LineError:
+    try:
+        item = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return LineError(number, "invalid_json", "not valid JSON")
+    if not isinstance(item, dict):
+        return LineError(number, "invalid_request", "must be a JSON object")
+    custom_id = item.get("custom_id")
+    if not isinstance(custom_id, str) or not custom_id:
+        return LineError(number, "missing_custom_id", "custom_id must be a non-empty string")
+    if len(custom_id) > 512:
+        return LineError(number, "invalid_custom_id", "custom_id is longer than 512 characters")
+    if custom_id in seen:
+        return LineError(number, "duplicate_custom_id", f"duplicate custom_id {custom_id!r}")
+    seen.add(custom_id)
+    if item.get("method", "POST") != "POST":
+        return LineError(number, "invalid_method", "method must be POST")
+    url = item.get("url")
+    if url not in URLS:
+        return LineError(
+            number, "invalid_url", f"url must be one of {', '.join(URLS)} (got {url!r})"
+        )
+    body = item.get("body")
+    if not isinstance(body, dict):
+        return LineError(number, "invalid_body", "body must be a JSON object")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        return LineError(number, "missing_model", "body.model is required")
+    if routes is not None and model not in routes:
+        return LineError(number, "model_not_found", f"unknown model {model!r}")
+    if body.get("stream"):
+        return LineError(number, "invalid_body", "stream is not supported in batches")
+    if URLS[url] == "chat" and not isinstance(body.get("messages"), list):
+        return LineError(number, "invalid_body", "body.messages must be a list")
+    if URLS[url] == "embeddings" and "input" not in body:
+        return LineError(number, "invalid_body", "body.input is required")
+    return InputLine(custom_id, url, body)
+
+
+def validate_input(
+    data: bytes, limits: BatchLimits, routes: Container[str] | None = None
+) -> Report:
+    """Check a JSONL batch input file against the queue's limits; collect every bad line."""
+    report = Report()
+    if len(data) > limits.max_file_bytes:
+        report.errors.append(
+            LineError(0, "file_too_large", f"the file exceeds {limits.max_file_bytes} bytes")
+        )
+        return report
+    raw_lines = data.splitlines()
+    while raw_lines and not raw_lines[-1].strip():
+        raw_lines.pop()
+    if not raw_lines:
+        report.errors.append(LineError(0, "empty_file", "the file has no lines"))
+        return report
+    if len(raw_lines) > limits.max_lines_per_batch:
+        report.errors.append(
+            LineError(
+                0,
+                "too_many_lines",
+                f"the file has {len(raw_lines)} lines; the limit is {limits.max_lines_per_batch}",
+            )
+        )
+        return report
+    seen: set[str] = set()
+    urls: set[str] = set()
+    for number, raw in enumerate(raw_lines, start=1):
+        if not raw.strip():
+            report.errors.append(LineError(number, "empty_line", "empty line"))
+            continue
+        checked = _check_line(number, raw, routes, seen)
+        if isinstance(checked, LineError):
+            report.errors.append(checked)
+        else:
+            urls.add(checked.url)
+            report.lines.append(checked)
+    if len(urls) > 1:
+        report.errors.append(
+            LineError(0, "mixed_urls", "all lines of a batch must use the same url")
+        )
+    return report

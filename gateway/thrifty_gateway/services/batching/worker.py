@@ -1,0 +1,346 @@
+"""The batch worker (`thrifty batch-worker`): reads lines from the queue and runs them in the
+`BatchQueue`'s mode, polls provider jobs, reclaims crashed workers' lines, finalizes batches.
+
+Three loops share one `Worker`: the reader (new lines, then packs or direct calls), the poller
+(provider jobs, with backoff, any worker may poll any job under a short lease) and the sweeper
+(`XAUTOCLAIM` of idle lines, finalization of batches whose lines are all done).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from thrifty_core.config import BatchConfig, GatewayConfig
+
+from ...state import RouteRuntime, build_catalog, build_routes
+from ..upstream import UpstreamClient
+from .direct import DirectExecutor, LineCache, cached, success
+from .files import FileStore
+from .finalize import finalize
+from .model import Line, Result
+from .provider import TERMINAL_JOB, Pack, Packer, ProviderBatches, next_poll, parse_outputs
+from .queue import Entry, RedisQueue
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    consumer: str
+    reclaim_idle_seconds: float = 120.0
+    sweep_seconds: float = 1.0
+    read_block_ms: int = 500
+
+
+@dataclass
+class WorkerStats:
+    lines: int = 0
+    jobs_submitted: int = 0
+    polls: int = 0
+    direct_calls: int = 0
+    resubmitted: int = 0
+    reclaimed: int = 0
+    cache_hits: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+class Worker:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        queue: RedisQueue,
+        store: FileStore,
+        upstream: UpstreamClient,
+        batches: ProviderBatches,
+        options: WorkerOptions,
+        cache: LineCache | None = None,
+    ) -> None:
+        assert config.batch is not None
+        self.batch: BatchConfig = config.batch
+        self.spec = self.batch.spec
+        self.queue = queue
+        self.store = store
+        self.batches = batches
+        self.options = options
+        self.cache = cache
+        self.routes: dict[str, RouteRuntime] = build_routes(config)
+        self.catalog = build_catalog(config)
+        self.providers = {p.name: p for p in config.providers}
+        self.direct = DirectExecutor(upstream, self.routes, self.catalog, self.spec.direct)
+        limits = self.spec.limits
+        self.packer = Packer(
+            limits.max_lines_per_job, limits.max_bytes_per_job, self.spec.flush_window_seconds
+        )
+        self.stats = WorkerStats()
+        self._info: dict[str, tuple[str, int, float]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._next_poll: dict[str, float] = {}
+        self._held: set[str] = set()  # entries in a pack or a direct call of this worker
+        self._stop = asyncio.Event()
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        await self.queue.ensure_groups()
+        own = await self.queue.read(self.options.consumer, 100_000, 0, own=True)
+        for entry_id, line in await self._not_inflight(own):
+            await self._handle(entry_id, line)
+        loops = [
+            asyncio.create_task(self._reader(), name="batch-reader"),
+            asyncio.create_task(self._poller(), name="batch-poller"),
+            asyncio.create_task(self._sweeper(), name="batch-sweeper"),
+        ]
+        try:
+            await self._stop.wait()
+        finally:
+            for task in loops:
+                task.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _spawn(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("batch task failed", exc_info=task.exception())
+
+    async def _not_inflight(self, entries: list[Entry]) -> list[Entry]:
+        if not entries:
+            return []
+        jobs = await self.queue.redis.hmget(self.queue.keys.inflight, [e for e, _ in entries])
+        return [entry for entry, job in zip(entries, jobs, strict=True) if job is None]
+
+    # -- reading ----------------------------------------------------------------------------
+
+    async def _reader(self) -> None:
+        while not self._stop.is_set():
+            try:
+                room = max(1, self.spec.direct.concurrency * 4 - len(self._tasks))
+                if self.spec.mode == "provider":
+                    room = max(room, self.spec.limits.max_lines_per_job)
+                wait = self.packer.next_due(time.monotonic())
+                block = self.options.read_block_ms
+                if wait is not None:
+                    block = max(1, min(block, int(wait * 1000) + 1))
+                if len(self._tasks) >= self.spec.direct.concurrency * 4:
+                    await asyncio.sleep(0.01)
+                    entries: list[Entry] = []
+                else:
+                    entries = await self.queue.read(self.options.consumer, room, block)
+                for entry_id, line in entries:
+                    await self._handle(entry_id, line)
+                for pack in self.packer.due(time.monotonic()):
+                    await self._submit(pack)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("batch reader error; retrying")
+                await asyncio.sleep(1.0)
+
+    async def _batch_info(self, batch_id: str) -> tuple[str, int] | None:
+        now = time.monotonic()
+        hit = self._info.get(batch_id)
+        if hit is not None and now - hit[2] < 1.0:
+            return hit[0], hit[1]
+        record = await self.queue.get(batch_id)
+        if record is None:
+            return None
+        self._info[batch_id] = (record.status, record.request_counts.total, now)
+        if len(self._info) > 10_000:
+            self._info.clear()
+        return record.status, record.request_counts.total
+
+    async def _handle(self, entry_id: str, line: Line) -> None:
+        self.stats.lines += 1
+        info = await self._batch_info(line.batch_id)
+        if info is None or info[0] in ("cancelling", "cancelled", "expired"):
+            code = "batch_cancelled" if info else "batch_missing"
+            result = Result(line.custom_id, None, None, code, "the batch was cancelled")
+            await self._store(entry_id, line, result)
+            return
+        route = self.routes.get(line.route)
+        if route is None:
+            result = Result(line.custom_id, None, None, "model_not_found", "unknown model")
+            await self._store(entry_id, line, result)
+            return
+        if self.cache is not None:
+            answer = await self.cache.get(line)
+            if answer is not None:
+                self.stats.cache_hits += 1
+                await self._store(entry_id, line, cached(line, answer, self.catalog, route))
+                return
+        target = route.targets[0]
+        provider = self.providers[target.provider]
+        self._held.add(entry_id)
+        if self.spec.mode == "provider" and provider.supports_batch:
+            for pack in self.packer.add(entry_id, line, target, time.monotonic()):
+                await self._submit(pack)
+        else:
+            self._spawn(self._run_direct(entry_id, line))
+
+    async def _store(self, entry_id: str, line: Line, result: Result) -> None:
+        done = await self.queue.complete(entry_id, line, result)
+        await self._maybe_finalize(line.batch_id, done)
+
+    async def _maybe_finalize(self, batch_id: str, done: int) -> None:
+        info = await self._batch_info(batch_id)
+        if info is not None and done >= info[1]:
+            await finalize(self.queue, self.store, batch_id, self.options.consumer)
+
+    # -- direct -----------------------------------------------------------------------------
+
+    async def _run_direct(self, entry_id: str, line: Line) -> None:
+        self._held.add(entry_id)
+        try:
+            await self._direct_once(entry_id, line)
+        finally:
+            self._held.discard(entry_id)
+
+    async def _direct_once(self, entry_id: str, line: Line) -> None:
+        self.stats.direct_calls += 1
+        result, retryable = await self.direct.run(line)
+        if result.ok:
+            if self.cache is not None and result.body is not None:
+                await self.cache.put(line, result.body)
+            await self._store(entry_id, line, result)
+            return
+        done = await self.queue.fail_or_retry(entry_id, line, result, retryable)
+        if done is None:
+            self.stats.resubmitted += 1
+        else:
+            await self._maybe_finalize(line.batch_id, done)
+
+    # -- provider jobs ----------------------------------------------------------------------
+
+    async def _submit(self, pack: Pack) -> None:
+        try:
+            await self._submit_once(pack)
+        finally:
+            self._held.difference_update(eid for eid, _ in pack.entries)
+
+    async def _submit_once(self, pack: Pack) -> None:
+        try:
+            job_id = await self.batches.submit(
+                pack.target, pack.url, pack.jsonl(), self.spec.completion_window
+            )
+        except Exception as exc:
+            log.warning("provider batch submit failed (%s); lines retried", type(exc).__name__)
+            for entry_id, line in pack.entries:
+                result = Result(line.custom_id, None, None, "submit_failed", str(exc)[:200])
+                done = await self.queue.fail_or_retry(entry_id, line, result, True)
+                if done is not None:
+                    await self._maybe_finalize(line.batch_id, done)
+            return
+        job = {
+            "provider": pack.target.provider,
+            "model": pack.target.model,
+            "url": pack.url,
+            "started": time.time(),
+            "lines": {eid: line.to_json() for eid, line in pack.entries},
+        }
+        await self.queue.save_job(job_id, job, [eid for eid, _ in pack.entries])
+        self.stats.jobs_submitted += 1
+        log.info("provider batch job %s submitted with %d lines", job_id, len(pack.entries))
+
+    async def _poller(self) -> None:
+        interval = float(self.spec.poll_interval_seconds)
+        while not self._stop.is_set():
+            try:
+                for job_id, job in (await self.queue.jobs()).items():
+                    now = time.time()
+                    if now < self._next_poll.get(job_id, 0.0):
+                        continue
+                    self._next_poll[job_id] = now + next_poll(interval, job["started"], now)
+                    if await self.queue.lease(f"job:{job_id}", self.options.consumer, 300_000):
+                        await self._poll(job_id, job)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("batch poller error; retrying")
+            await asyncio.sleep(min(interval, 0.5))
+
+    async def _poll(self, job_id: str, job: dict[str, Any]) -> None:
+        from ..pipeline import Target
+
+        target = Target(job["provider"], job["model"])
+        self.stats.polls += 1
+        state = await self.batches.state(target, job_id)
+        if state.status not in TERMINAL_JOB:
+            return
+        files = []
+        for file_id in (state.output_file_id, state.error_file_id):
+            if file_id:
+                files.append(await self.batches.download(target, file_id))
+        outcomes = parse_outputs(*files)
+        for entry_id, data in job["lines"].items():
+            line = Line.from_json(data)
+            outcome = outcomes.get(entry_id)
+            route = self.routes.get(line.route)
+            if outcome is not None and outcome.ok and outcome.body is not None and route:
+                result = success(line, outcome.body, self.catalog, route, job["model"], batch=True)
+                if self.cache is not None:
+                    await self.cache.put(line, outcome.body)
+                await self._store(entry_id, line, result)
+                continue
+            if outcome is None:
+                code = "batch_expired" if state.status == "expired" else "missing_result"
+                result = Result(line.custom_id, None, None, code, f"provider job {state.status}")
+                retryable = True
+            else:
+                result = Result(
+                    line.custom_id,
+                    outcome.status_code,
+                    outcome.body,
+                    outcome.error_code,
+                    outcome.error_message,
+                )
+                retryable = outcome.retryable
+            await self._retry(entry_id, line, result, retryable)
+        await self.queue.drop_job(job_id)
+        self._next_poll.pop(job_id, None)
+        log.info("provider batch job %s %s", job_id, state.status)
+
+    async def _retry(self, entry_id: str, line: Line, result: Result, retryable: bool) -> None:
+        if (
+            retryable
+            and self.spec.retries.on_failure == "direct"
+            and (line.attempt < self.queue.max_attempts)
+        ):
+            self._spawn(self._run_direct(entry_id, line.retried()))
+            return
+        done = await self.queue.fail_or_retry(entry_id, line, result, retryable)
+        if done is None:
+            self.stats.resubmitted += 1
+        else:
+            await self._maybe_finalize(line.batch_id, done)
+
+    # -- sweeping ---------------------------------------------------------------------------
+
+    async def _sweeper(self) -> None:
+        idle_ms = int(self.options.reclaim_idle_seconds * 1000)
+        while not self._stop.is_set():
+            try:
+                reclaimed = await self.queue.reclaim(self.options.consumer, idle_ms)
+                self.stats.reclaimed += len(reclaimed)
+                for entry_id, line in reclaimed:
+                    if entry_id not in self._held:
+                        await self._handle(entry_id, line)
+                for batch_id in await self.queue.active():
+                    await finalize(self.queue, self.store, batch_id, self.options.consumer)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("batch sweeper error; retrying")
+            await asyncio.sleep(self.options.sweep_seconds)

@@ -1,0 +1,348 @@
+"""Batching end to end: the official `openai` client against the gateway, a real
+redis-server, `thrifty batch-worker` processes and the simulator's Batch API."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import orjson
+import pytest
+import redis as redis_sync
+import yaml
+
+from tests.integration.procs import (
+    Gateway,
+    Simulator,
+    _spawn,
+    local_config,
+    start_gateway,
+    start_simulator,
+)
+from tests.services import RedisServer
+
+pytestmark = pytest.mark.integration
+KEY = "sk-local-a"
+ADMIN = "sk-local-admin"
+TERMINAL = {"completed", "failed", "expired", "cancelled"}
+
+
+@pytest.fixture(scope="module")
+def batch_sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Simulator]:
+    """A simulator whose Batch API runs 20x real time; `broken-model` always answers 500."""
+    sim = start_simulator(
+        tmp_path_factory.mktemp("batch-sim"),
+        "--batch-speedup",
+        "20",
+        "--fault",
+        "broken-model=500",
+        "--retry-after",
+        "0.01",
+    )
+    yield sim
+    sim.stop()
+
+
+def batch_config(
+    sim: Simulator, redis: RedisServer, workdir: Path, name: str, **spec: Any
+) -> dict[str, Any]:
+    config = local_config(sim.url)
+    config["routes"].append(
+        {
+            "name": "broken-model",
+            "targets": [{"provider": "simulator", "model": "broken-model"}],
+            "maxRetries": 0,
+        }
+    )
+    config["batch"] = {
+        "name": name,
+        "redisUrl": redis.url,
+        "filesDir": str(workdir / f"files-{name}"),
+        "spec": {
+            "mode": "provider",
+            "flushWindowSeconds": 1,
+            "pollIntervalSeconds": 1,
+            "retries": {"maxAttempts": 3},
+            "limits": {"maxLinesPerBatch": 500, "maxLinesPerJob": 500},
+            **spec,
+        },
+    }
+    return config
+
+
+class Worker:
+    def __init__(self, workdir: Path, config: dict[str, Any], consumer: str) -> None:
+        self.path = workdir / f"worker-{consumer}.yaml"
+        self.path.write_text(yaml.safe_dump(config))
+        self.log_path = workdir / f"worker-{consumer}.log"
+        self.proc, log_file = _spawn(
+            [
+                "-m",
+                "thrifty_cli",
+                "batch-worker",
+                "--config",
+                str(self.path),
+                "--consumer",
+                consumer,
+                "--reclaim-idle-seconds",
+                "1",
+                "--sweep-seconds",
+                "0.3",
+            ],
+            self.log_path,
+        )
+        log_file.close()
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def stack(batch_sim: Simulator, redis: RedisServer, tmp_path: Path) -> Iterator[Any]:
+    """start(name, **spec) -> (gateway, worker config); everything stopped at the end."""
+    gateways: list[Gateway] = []
+    workers: list[Worker] = []
+
+    def start(name: str, sim: Simulator | None = None, **spec: Any) -> tuple[Gateway, Any]:
+        config = batch_config(sim or batch_sim, redis, tmp_path, name, **spec)
+        gw = start_gateway(tmp_path, config)
+        gateways.append(gw)
+
+        def worker(consumer: str) -> Worker:
+            w = Worker(tmp_path, gw.config, consumer)
+            workers.append(w)
+            return w
+
+        return gw, worker
+
+    yield start
+    for w in workers:
+        w.stop()
+    for gw in gateways:
+        gw.stop()
+    httpx.post(
+        f"{batch_sim.url}/sim/batches/faults",
+        json={"fail_rate": 0, "fail_jobs": -1, "expire_next": 0},
+    )
+
+
+def jsonl(items: list[dict[str, Any]]) -> bytes:
+    return b"\n".join(orjson.dumps(i) for i in items) + b"\n"
+
+
+def chat_line(i: int, model: str = "gpt-4o-mini") -> dict[str, Any]:
+    return {
+        "custom_id": f"req-{i}",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": model, "messages": [{"role": "user", "content": f"Summarise item {i}"}]},
+    }
+
+
+def wait_terminal(client: openai.OpenAI, batch_id: str, timeout: float = 90) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        batch = client.batches.retrieve(batch_id)
+        if batch.status in TERMINAL:
+            return batch
+        time.sleep(0.2)
+    raise AssertionError(f"batch {batch_id} not terminal after {timeout}s")
+
+
+def lines_of(client: openai.OpenAI, file_id: str | None) -> list[dict[str, Any]]:
+    if file_id is None:
+        return []
+    data = client.files.content(file_id).content
+    return [orjson.loads(raw) for raw in data.splitlines() if raw.strip()]
+
+
+def test_openai_batch_flow_end_to_end(stack: Any, batch_sim: Simulator) -> None:
+    gw, worker = stack("flow")
+    worker("w1")
+    client = gw.openai(KEY)
+    before = httpx.get(f"{batch_sim.url}/sim/batches/stats").json()
+    uploaded = client.files.create(
+        file=("in.jsonl", jsonl([chat_line(i) for i in range(40)])), purpose="batch"
+    )
+    assert uploaded.purpose == "batch" and uploaded.bytes > 0
+    batch = client.batches.create(
+        input_file_id=uploaded.id,
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+        metadata={"job": "nightly"},
+    )
+    assert batch.status in ("validating", "in_progress")
+    done = wait_terminal(client, batch.id)
+    assert done.status == "completed"
+    assert done.request_counts is not None
+    assert (done.request_counts.total, done.request_counts.completed) == (40, 40)
+    assert done.metadata == {"job": "nightly"}
+    out = lines_of(client, done.output_file_id)
+    assert [o["custom_id"] for o in out] == [f"req-{i}" for i in range(40)]
+    assert all(o["response"]["status_code"] == 200 for o in out)
+    assert out[0]["response"]["body"]["object"] == "chat.completion"
+    assert done.error_file_id is None
+    after = httpx.get(f"{batch_sim.url}/sim/batches/stats").json()
+    assert after.get("batches_created", 0) - before.get("batches_created", 0) == 1
+    listed = client.batches.list()
+    assert any(b.id == batch.id for b in listed.data)
+    # the ledger prices the lines at the batch price and records the saving under `batch`
+    deadline = time.monotonic() + 10
+    saved = 0.0
+    while time.monotonic() < deadline and saved <= 0:
+        usage = httpx.get(
+            f"{gw.url}/v1/thrifty/usage", headers={"authorization": f"Bearer {ADMIN}"}
+        ).json()
+        saved = usage["totals"]["saved_by_lever_usd"]["batch"]
+        time.sleep(0.2)
+    assert saved > 0
+    assert usage["totals"]["cost_usd"] == pytest.approx(saved, rel=0.05)
+
+
+def test_partial_failures_and_expired_job_are_resubmitted(stack: Any, batch_sim: Simulator) -> None:
+    gw, worker = stack("retry")
+    httpx.post(
+        f"{batch_sim.url}/sim/batches/faults",
+        json={"fail_rate": 0.3, "fail_jobs": 1, "expire_next": 1},
+    )
+    worker("w1")
+    client = gw.openai(KEY)
+    before = httpx.get(f"{batch_sim.url}/sim/batches/stats").json()
+    uploaded = client.files.create(
+        file=("in.jsonl", jsonl([chat_line(i) for i in range(60)])), purpose="batch"
+    )
+    batch = client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    done = wait_terminal(client, batch.id)
+    assert done.status == "completed"
+    assert done.request_counts is not None and done.request_counts.completed == 60
+    out = lines_of(client, done.output_file_id)
+    assert sorted(o["custom_id"] for o in out) == sorted(f"req-{i}" for i in range(60))
+    assert done.error_file_id is None
+    after = httpx.get(f"{batch_sim.url}/sim/batches/stats").json()
+    assert after["batches_created"] - before.get("batches_created", 0) >= 2
+
+
+def test_poison_line_is_dead_lettered_not_looped(stack: Any, redis: RedisServer) -> None:
+    gw, worker = stack("poison")
+    worker("w1")
+    client = gw.openai(KEY)
+    items = [chat_line(0), chat_line(1, model="broken-model"), chat_line(2)]
+    uploaded = client.files.create(file=("in.jsonl", jsonl(items)), purpose="batch")
+    batch = client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    done = wait_terminal(client, batch.id)
+    assert done.status == "completed"
+    assert done.request_counts is not None
+    assert (done.request_counts.completed, done.request_counts.failed) == (2, 1)
+    errors = lines_of(client, done.error_file_id)
+    assert [e["custom_id"] for e in errors] == ["req-1"]
+    assert errors[0]["response"]["status_code"] == 500
+    assert sorted(o["custom_id"] for o in lines_of(client, done.output_file_id)) == [
+        "req-0",
+        "req-2",
+    ]
+    dead = redis_sync.Redis.from_url(redis.url).xrange("thrifty:batch:poison:dead")
+    assert [fields[b"c"] for _, fields in dead] == [b"req-1"]
+    # three attempts (maxAttempts), not a loop: nothing of this batch is left pending
+    pending = redis_sync.Redis.from_url(redis.url).xpending("thrifty:batch:poison:lines", "workers")
+    assert pending["pending"] == 0
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b'{"custom_id": "a"\n', "line 1: not valid JSON"),
+        (jsonl([chat_line(1), chat_line(1)]), "line 2: duplicate custom_id 'req-1'"),
+        (jsonl([chat_line(i) for i in range(501)]), "the file has 501 lines; the limit is 500"),
+        (jsonl([{**chat_line(1), "url": "/v1/completions"}]), "line 1: url must be one of"),
+        (jsonl([chat_line(1, model="no-such-model")]), "line 1: unknown model 'no-such-model'"),
+    ],
+    ids=["malformed", "duplicate", "too-many-lines", "unknown-url", "unknown-model"],
+)
+def test_bad_input_is_refused_and_nothing_stored(
+    stack: Any, tmp_path: Path, content: bytes, expected: str
+) -> None:
+    gw, _ = stack("bad")
+    client = gw.openai(KEY)
+    with pytest.raises(openai.BadRequestError) as info:
+        client.files.create(file=("in.jsonl", content), purpose="batch")
+    assert expected in str(info.value)
+    assert info.value.code == "invalid_batch_input"
+    assert client.files.list().data == []
+    assert list((tmp_path / "files-bad").iterdir()) == []
+
+
+def test_deferred_request_is_accepted_and_polled(stack: Any) -> None:
+    gw, worker = stack("defer", mode="direct")
+    worker("w1")
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "later is fine"}]}
+    headers = {"authorization": f"Bearer {KEY}", "x-thrifty-defer": "true"}
+    resp = httpx.post(f"{gw.url}/v1/chat/completions", json=body, headers=headers)
+    assert resp.status_code == 202
+    poll = resp.json()["poll_url"]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        got = httpx.get(f"{gw.url}{poll}", headers={"authorization": f"Bearer {KEY}"})
+        if got.status_code != 202:
+            break
+        time.sleep(0.1)
+    assert got.status_code == 200
+    assert got.json()["object"] == "chat.completion"
+    # a route whose policy does not allow deferral is served at once
+    body["model"] = "gpt-4o-mini"
+    resp = httpx.post(f"{gw.url}/v1/chat/completions", json=body, headers=headers)
+    assert resp.status_code == 200
+    assert resp.headers["x-thrifty-deferred"] == "refused"
+
+
+def test_worker_sigkilled_mid_batch_every_line_exactly_once(stack: Any, tmp_path: Path) -> None:
+    slow = start_simulator(tmp_path / "slow-sim", "--latency-ms", "15")
+    try:
+        gw, worker = stack("kill", sim=slow, mode="direct", direct={"concurrency": 4})
+        first = worker("w1")
+        client = gw.openai(KEY)
+        uploaded = client.files.create(
+            file=("in.jsonl", jsonl([chat_line(i) for i in range(400)])), purpose="batch"
+        )
+        batch = client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            counts = client.batches.retrieve(batch.id).request_counts
+            assert counts is not None
+            if counts.completed >= 40:
+                break
+            time.sleep(0.05)
+        first.kill()
+        mid = client.batches.retrieve(batch.id)
+        assert mid.status == "in_progress"
+        assert mid.request_counts is not None and mid.request_counts.completed < 400
+        worker("w2")
+        done = wait_terminal(client, batch.id)
+        assert done.status == "completed"
+        ids = [o["custom_id"] for o in lines_of(client, done.output_file_id)]
+        ids += [e["custom_id"] for e in lines_of(client, done.error_file_id)]
+        assert len(ids) == 400
+        assert sorted(ids) == sorted(f"req-{i}" for i in range(400))
+    finally:
+        slow.stop()
