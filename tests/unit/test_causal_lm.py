@@ -10,7 +10,14 @@ import pytest
 
 from thrifty_core.student.serving import vllm_args
 from thrifty_distill.dataset import Example
-from thrifty_distill.lm import TINY, LmTrainConfig, distillation_loss, predict_labels, train_lora
+from thrifty_distill.lm import (
+    TINY,
+    LmTrainConfig,
+    distillation_loss,
+    load_student,
+    predict_labels,
+    train_lora,
+)
 
 LABELS = ["card_arrival", "lost_or_stolen_card", "exchange_rate"]
 TEXTS = {
@@ -50,6 +57,11 @@ def test_lora_trains_on_cpu_and_saves_an_adapter(tmp_path: Path) -> None:
     cfg = json.loads((adapter / "adapter_config.json").read_text())
     assert cfg["r"] == 8 and cfg["peft_type"] == "LORA"
     assert set(cfg["target_modules"]) >= {"q_proj", "v_proj"}
+
+    # the adapter loads back onto the saved base with its trained (non-zero) LoRA B matrices
+    model, _ = load_student(tmp_path)
+    lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    assert lora_b and all(float(p.abs().sum()) > 0 for p in lora_b)
 
     answers, confidences = predict_labels(tmp_path, ["where is my new card"], LABELS)
     assert len(answers) == 1
