@@ -176,8 +176,16 @@ def test_evaluation_report_is_published_with_the_jobs_own_account(
         return [s.version for s in config.students] == ["v0002"]
 
     wait_for(switched, timeout=60, message="the gateway config to route to v0002")
-    model = wait_ready(cluster, "distilledmodel", ns, "banking-intent")
-    assert model["status"]["activeVersion"] == "v0002"
+    model = wait_for(
+        lambda: (
+            (m := get(cluster, "distilledmodel", ns, "banking-intent"))
+            and m["status"].get("activeVersion") == "v0002"
+            and m
+        ),
+        timeout=30,
+        message="activeVersion v0002",
+    )
+    assert condition(model, "Ready")["status"] == "True"
     assert model["status"]["agreement"] == 0.94
     with pytest.raises(urllib.error.HTTPError) as denied:
         patch_configmap(target, "thrifty-gateway-config", {"gateway.yaml": "tampered"})
