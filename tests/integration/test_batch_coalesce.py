@@ -1,0 +1,63 @@
+"""Embeddings coalescing through the gateway: concurrent single-input callers become a few
+upstream calls, and each caller gets exactly its own embedding back."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.integration.conftest import GatewayFactory
+from tests.integration.procs import Simulator
+
+pytestmark = pytest.mark.integration
+KEY = "sk-local-a"
+MODEL = "text-embedding-3-small"
+
+
+async def _embed_all(url: str, texts: list[str]) -> list[dict[str, Any]]:
+    async with httpx.AsyncClient(
+        base_url=url, headers={"authorization": f"Bearer {KEY}"}, timeout=20
+    ) as client:
+
+        async def one(text: str) -> dict[str, Any]:
+            resp = await client.post("/v1/embeddings", json={"model": MODEL, "input": text})
+            assert resp.status_code == 200, resp.text
+            data: dict[str, Any] = resp.json()
+            return data
+
+        return await asyncio.gather(*(one(t) for t in texts))
+
+
+def test_concurrent_embeddings_are_coalesced_and_split_back(
+    gateway_factory: GatewayFactory, simulator: Simulator
+) -> None:
+    gw = gateway_factory(batch={"name": "coalesce", "coalesceWindowMs": 20})
+    texts = [f"document number {i} about invoices" for i in range(64)]
+    before = simulator.stats()["requests"].get(MODEL, 0)
+    answers = asyncio.run(_embed_all(gw.url, texts))
+    calls = simulator.stats()["requests"].get(MODEL, 0) - before
+    assert calls <= 6  # 64 callers -> at least 10x fewer upstream calls
+    direct = httpx.post(
+        f"{simulator.url}/v1/embeddings", json={"model": MODEL, "input": texts[5]}
+    ).json()
+    assert answers[5]["data"][0]["embedding"] == direct["data"][0]["embedding"]
+    assert all(len(a["data"]) == 1 and a["data"][0]["index"] == 0 for a in answers)
+    assert all(a["usage"]["prompt_tokens"] > 0 for a in answers)
+
+
+def test_list_input_keeps_its_order(gateway_factory: GatewayFactory, simulator: Simulator) -> None:
+    gw = gateway_factory(batch={"name": "coalesce-list", "coalesceWindowMs": 5})
+    texts = ["alpha", "beta", "gamma"]
+    resp = httpx.post(
+        f"{gw.url}/v1/embeddings",
+        json={"model": MODEL, "input": texts},
+        headers={"authorization": f"Bearer {KEY}"},
+    ).json()
+    direct = httpx.post(
+        f"{simulator.url}/v1/embeddings", json={"model": MODEL, "input": texts}
+    ).json()
+    assert [d["embedding"] for d in resp["data"]] == [d["embedding"] for d in direct["data"]]
+    assert [d["index"] for d in resp["data"]] == [0, 1, 2]

@@ -1,0 +1,153 @@
+"""Batching pure parts: input validation, status transitions, packing, provider outputs,
+the file store's size limit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from thrifty_core.api.batchqueue import BatchLimits
+from thrifty_gateway.services.batching.files import FilesystemStore, StoreFullError
+from thrifty_gateway.services.batching.finalize import order_of, output_line
+from thrifty_gateway.services.batching.model import BatchRecord, Line, Result, can_move
+from thrifty_gateway.services.batching.provider import Packer, next_poll, parse_outputs
+from thrifty_gateway.services.batching.validate import validate_input
+from thrifty_gateway.services.pipeline import Target
+
+
+def item(i: int, **extra: Any) -> dict[str, Any]:
+    return {
+        "custom_id": f"r{i}",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+        **extra,
+    }
+
+
+def jsonl(*items: Any) -> bytes:
+    return b"\n".join(orjson.dumps(i) for i in items) + b"\n"
+
+
+def test_valid_input_yields_lines() -> None:
+    report = validate_input(jsonl(item(1), item(2)), BatchLimits(), {"m"})
+    assert report.ok
+    assert [line.custom_id for line in report.lines] == ["r1", "r2"]
+    assert report.lines[0].endpoint == "chat"
+
+
+def test_every_bad_line_is_reported() -> None:
+    data = jsonl(item(1), item(1), {"custom_id": "x"}, item(3, method="GET")) + b"{oops\n"
+    report = validate_input(data, BatchLimits(), None)
+    assert [(e.line, e.code) for e in report.errors] == [
+        (2, "duplicate_custom_id"),
+        (3, "invalid_url"),
+        (4, "invalid_method"),
+        (5, "invalid_json"),
+    ]
+    assert "line 2: duplicate custom_id 'r1'" in report.message()
+    assert report.as_errors()["data"][0]["line"] == 2
+
+
+def test_limits_refuse_whole_file() -> None:
+    limits = BatchLimits(max_lines_per_batch=2, max_file_bytes=1024)
+    assert validate_input(jsonl(item(1), item(2), item(3)), limits).errors[0].code == (
+        "too_many_lines"
+    )
+    big = jsonl(*(item(i) for i in range(20)))
+    assert validate_input(big, limits).errors[0].code == "file_too_large"
+    assert validate_input(b"\n", limits).errors[0].code == "empty_file"
+
+
+def test_mixed_urls_are_refused() -> None:
+    emb = {**item(2), "url": "/v1/embeddings", "body": {"model": "m", "input": "x"}}
+    report = validate_input(jsonl(item(1), emb), BatchLimits())
+    assert [e.code for e in report.errors] == ["mixed_urls"]
+
+
+def test_status_transitions() -> None:
+    assert can_move("validating", "in_progress")
+    assert can_move("in_progress", "finalizing")
+    assert can_move("finalizing", "completed")
+    assert can_move("cancelling", "finalizing")
+    assert not can_move("completed", "in_progress")
+    assert not can_move("cancelled", "cancelling")
+
+
+def test_record_roundtrip_keeps_private_fields() -> None:
+    record = BatchRecord(id="batch_1", endpoint="/v1/embeddings", tenant="t", deferred=True)
+    again = BatchRecord.load(record.store())
+    assert (again.tenant, again.deferred) == ("t", True)
+    assert "tenant" not in record.public()
+
+
+def line(i: int, size: int = 10) -> Line:
+    return Line("b", f"c{i}", "chat", {"model": "m", "messages": [{"content": "x" * size}]})
+
+
+def test_packer_flushes_by_count_size_and_age() -> None:
+    target = Target("p", "m")
+    packer = Packer(max_lines=3, max_bytes=10_000, window_seconds=5)
+    assert packer.add("1-0", line(1), target, 0.0) == []
+    assert packer.add("2-0", line(2), target, 0.0) == []
+    full = packer.add("3-0", line(3), target, 0.0)
+    assert [len(p.entries) for p in full] == [3]
+    assert len(packer) == 0
+    packer.add("4-0", line(4), target, 10.0)
+    assert packer.due(14.0) == []
+    assert packer.next_due(14.0) == pytest.approx(1.0)
+    assert [len(p.entries) for p in packer.due(15.0)] == [1]
+    small = Packer(max_lines=100, max_bytes=400, window_seconds=5)
+    flushed = []
+    for i in range(5):
+        flushed += small.add(f"{i}-0", line(i, 100), target, 0.0)
+    assert flushed and all(p.size <= 400 for p in flushed)
+    job = orjson.loads(flushed[0].jsonl().splitlines()[0])
+    assert job["custom_id"] == "0-0" and job["body"]["model"] == "m"
+
+
+def test_parse_outputs_prefers_success_and_classifies() -> None:
+    out = jsonl({"custom_id": "a", "response": {"status_code": 200, "body": {"x": 1}}})
+    err = jsonl(
+        {"custom_id": "b", "response": {"status_code": 500, "body": {}}, "error": None},
+        {"custom_id": "c", "response": None, "error": {"code": "batch_expired", "message": ""}},
+        {"custom_id": "d", "response": {"status_code": 400, "body": {}}},
+    )
+    got = parse_outputs(out, err)
+    assert got["a"].ok and got["a"].body == {"x": 1}
+    assert got["b"].retryable and got["c"].retryable and got["c"].error_code == "batch_expired"
+    assert not got["d"].retryable
+
+
+def test_poll_backoff_grows_and_is_capped() -> None:
+    assert next_poll(2, 0, 0) == 2
+    assert next_poll(2, 0, 100) > next_poll(2, 0, 10) > 2
+    assert next_poll(2, 0, 10**9) == 20
+
+
+def test_output_lines_and_order() -> None:
+    ok = Result("a", 200, {"id": 1})
+    bad = Result("b", None, None, "poison_line", "no")
+    assert orjson.loads(output_line("batch_x", ok))["response"]["status_code"] == 200
+    assert orjson.loads(output_line("batch_x", bad))["error"]["code"] == "poison_line"
+    assert order_of(jsonl({"custom_id": "b"}, {"custom_id": "a"}), {"a": ok, "z": ok}) == [
+        "b",
+        "a",
+        "z",
+    ]
+
+
+async def test_file_store_limit_and_roundtrip(tmp_path: Path) -> None:
+    store = FilesystemStore(tmp_path, max_total_bytes=1000)
+    meta = await store.put(b"x" * 600, filename="a", purpose="batch", tenant="t")
+    assert (await store.read(meta.id)) == b"x" * 600
+    with pytest.raises(StoreFullError):
+        await store.put(b"y" * 600, filename="b", purpose="batch", tenant="t")
+    assert [f.id for f in await store.list("t")] == [meta.id]
+    assert await store.list("other") == []
+    assert await store.get("../etc/passwd") is None
+    assert await store.delete(meta.id)
+    assert await store.read(meta.id) is None
