@@ -260,10 +260,11 @@ def test_poison_line_is_dead_lettered_not_looped(stack: Any, redis: RedisServer)
         "req-0",
         "req-2",
     ]
-    dead = redis_sync.Redis.from_url(redis.url).xrange("thrifty:batch:poison:dead")
+    client_r: Any = redis_sync.Redis.from_url(redis.url)
+    dead = client_r.xrange("thrifty:batch:poison:dead")
     assert [fields[b"c"] for _, fields in dead] == [b"req-1"]
     # three attempts (maxAttempts), not a loop: nothing of this batch is left pending
-    pending = redis_sync.Redis.from_url(redis.url).xpending("thrifty:batch:poison:lines", "workers")
+    pending = client_r.xpending("thrifty:batch:poison:lines", "workers")
     assert pending["pending"] == 0
 
 
