@@ -1,0 +1,271 @@
+"""Batching benchmarks (`python -m bench batch`), against the simulator as separate processes.
+
+1. A 10,000-line batch end to end through the official `openai` client, the gateway, a real
+   redis-server, one `thrifty batch-worker` (provider mode) and the simulator's Batch API:
+   lines/s from create to completed, peak RSS (VmHWM) of gateway and worker, upstream calls
+   made, lines lost or duplicated in the output file.
+2. Embeddings coalescing: rounds of 64 concurrent single-input callers, with the coalescer
+   (window 5 ms) and without it: upstream calls per round and per-request p50 latency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import orjson
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+LINES = int(os.environ.get("THRIFTY_BENCH_BATCH_LINES", "10000"))
+CALLERS = 64
+ROUNDS = 30
+WINDOW_MS = 5.0
+KEY = "sk-local-a"
+EMBED = "text-embedding-3-small"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _wait(url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(url)
+
+
+@contextmanager
+def _proc(args: list[str], log: Path, ready_url: str | None = None) -> Iterator[int]:
+    with log.open("wb") as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        if ready_url:
+            _wait(ready_url)
+        else:
+            time.sleep(0.5)
+        yield proc.pid
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _peak_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
+
+
+def _config(sim_port: int, port: int, batch: dict[str, Any]) -> dict[str, Any]:
+    config: dict[str, Any] = yaml.safe_load((ROOT / "examples" / "local.yaml").read_text())
+    config["providers"][0]["baseUrl"] = f"http://127.0.0.1:{sim_port}/v1"
+    config["server"] = {
+        "host": "127.0.0.1",
+        "port": port,
+        "logLevel": "WARNING",
+        "logFormat": "json",
+        "maxRequestBytes": 64 * 1024 * 1024,
+    }
+    for tenant in config["tenants"]:
+        tenant.pop("requestsPerMinute", None)
+    config["batch"] = batch
+    return config
+
+
+def _simulator(stack: ExitStack, work: Path, *extra: str) -> int:
+    port = _free_port()
+    stack.enter_context(
+        _proc(
+            [sys.executable, "-m", "thrifty_cli", "simulator", "--port", str(port), *extra],
+            work / f"sim-{port}.log",
+            f"http://127.0.0.1:{port}/healthz",
+        )
+    )
+    return port
+
+
+def _gateway(stack: ExitStack, work: Path, config: dict[str, Any]) -> tuple[str, int, Path]:
+    port = config["server"]["port"]
+    path = work / f"gateway-{port}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    pid = stack.enter_context(
+        _proc(
+            [sys.executable, "-m", "thrifty_gateway", "--config", str(path)],
+            work / f"gateway-{port}.log",
+            f"http://127.0.0.1:{port}/readyz",
+        )
+    )
+    return f"http://127.0.0.1:{port}", pid, path
+
+
+def batch_end_to_end(work: Path) -> dict[str, Any]:
+    redis_bin = shutil.which("redis-server")
+    if redis_bin is None:
+        raise RuntimeError("redis-server is not installed")
+    with ExitStack() as stack:
+        redis_port = _free_port()
+        stack.enter_context(
+            _proc(
+                [redis_bin, "--port", str(redis_port), "--save", "", "--appendonly", "no"],
+                work / "redis.log",
+            )
+        )
+        sim_port = _simulator(stack, work, "--batch-speedup", "50")
+        batch = {
+            "name": "bench",
+            "redisUrl": f"redis://127.0.0.1:{redis_port}/0",
+            "filesDir": str(work / "files"),
+            "spec": {
+                "mode": "provider",
+                "flushWindowSeconds": 1,
+                "pollIntervalSeconds": 1,
+                "limits": {"maxLinesPerBatch": 50_000, "maxLinesPerJob": 2_500},
+            },
+        }
+        url, gw_pid, path = _gateway(stack, work, _config(sim_port, _free_port(), batch))
+        worker_pid = stack.enter_context(
+            _proc(
+                [sys.executable, "-m", "thrifty_cli", "batch-worker", "--config", str(path)],
+                work / "worker.log",
+            )
+        )
+        items = [
+            {
+                "custom_id": f"line-{i}",
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {
+                    "model": "gpt-4o-mini",
+                    "messages": [{"role": "user", "content": f"Summarise ticket {i} briefly."}],
+                },
+            }
+            for i in range(LINES)
+        ]
+        data = b"\n".join(orjson.dumps(i) for i in items) + b"\n"
+        with openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0, timeout=120) as oc:
+            uploaded = oc.files.create(file=("bench.jsonl", data), purpose="batch")
+            started = time.perf_counter()
+            created = oc.batches.create(
+                input_file_id=uploaded.id,
+                endpoint="/v1/chat/completions",
+                completion_window="24h",
+            )
+            enqueued = time.perf_counter() - started
+            while True:
+                got = oc.batches.retrieve(created.id)
+                if got.status in ("completed", "failed", "expired", "cancelled"):
+                    break
+                time.sleep(0.1)
+            elapsed = time.perf_counter() - started
+            out = oc.files.content(got.output_file_id).content if got.output_file_id else b""
+        ids = [orjson.loads(raw)["custom_id"] for raw in out.splitlines() if raw.strip()]
+        expected = {f"line-{i}" for i in range(LINES)}
+        sim_stats = httpx.get(f"http://127.0.0.1:{sim_port}/sim/batches/stats").json()
+        calls = {k: sim_stats.get(k, 0) for k in ("files_uploaded", "batches_created")}
+        calls.update({k: sim_stats.get(k, 0) for k in ("retrieves", "downloads")})
+        return {
+            "lines": LINES,
+            "status": got.status,
+            "enqueue_seconds": round(enqueued, 2),
+            "end_to_end_seconds": round(elapsed, 2),
+            "lines_per_second": round(LINES / elapsed, 1),
+            "peak_rss_mib": {"gateway": _peak_mib(gw_pid), "worker": _peak_mib(worker_pid)},
+            "upstream_calls": {**calls, "total": sum(calls.values())},
+            "provider_lines_run": sim_stats.get("lines", 0),
+            "lost": len(expected - set(ids)),
+            "duplicated": len(ids) - len(set(ids)),
+        }
+
+
+async def _round(client: httpx.AsyncClient) -> list[float]:
+    async def one(i: int) -> float:
+        t0 = time.perf_counter()
+        resp = await client.post("/v1/embeddings", json={"model": EMBED, "input": f"doc {i}"})
+        resp.raise_for_status()
+        return (time.perf_counter() - t0) * 1000
+
+    return await asyncio.gather(*(one(i) for i in range(CALLERS)))
+
+
+async def _drive(url: str) -> list[float]:
+    latencies: list[float] = []
+    async with httpx.AsyncClient(
+        base_url=url,
+        headers={"authorization": f"Bearer {KEY}"},
+        limits=httpx.Limits(max_connections=CALLERS),
+        timeout=30,
+    ) as client:
+        await _round(client)  # warm-up: connections and imports
+        for _ in range(ROUNDS):
+            latencies += await _round(client)
+    return latencies
+
+
+def coalescing(work: Path) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    with ExitStack() as stack:
+        sim_port = _simulator(stack, work)
+        for label, window in (("direct", 0.0), ("coalesced", WINDOW_MS)):
+            batch = {"name": f"c-{label}", "coalesceWindowMs": window}
+            url, _, _ = _gateway(stack, work, _config(sim_port, _free_port(), batch))
+            before = httpx.get(f"http://127.0.0.1:{sim_port}/sim/stats").json()["requests"]
+            latencies = asyncio.run(_drive(url))
+            after = httpx.get(f"http://127.0.0.1:{sim_port}/sim/stats").json()["requests"]
+            calls = after.get(EMBED, 0) - before.get(EMBED, 0)
+            results[label] = {
+                "requests": CALLERS * (ROUNDS + 1),
+                "upstream_calls": calls,
+                "p50_ms": round(statistics.median(latencies), 2),
+                "p99_ms": round(statistics.quantiles(latencies, n=100)[98], 2),
+            }
+    direct, merged = results["direct"], results["coalesced"]
+    return {
+        "callers": CALLERS,
+        "rounds": ROUNDS,
+        "window_ms": WINDOW_MS,
+        **results,
+        "call_reduction_x": round(direct["upstream_calls"] / max(merged["upstream_calls"], 1), 1),
+        "added_p50_ms": round(merged["p50_ms"] - direct["p50_ms"], 2),
+    }
+
+
+def main() -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="thrifty-bench-batch-"))
+    return {
+        "machine": f"{os.cpu_count()} cores",
+        "batch_end_to_end": batch_end_to_end(work),
+        "embeddings_coalescing": coalescing(work),
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(), indent=2))
