@@ -197,6 +197,17 @@ def test_capture_train_promote_route(
         totals = gw.usage()
         assert totals["saved_by_lever_usd"]["distill"] > 0
         assert totals["cost_usd"] < totals["baseline_cost_usd"]
+        # streamed requests get the student's answer as chunks
+        asked = ((t, *gw.ask(t)) for t, _ in NEW_ROWS)
+        text, answer = next((t, a) for t, a, h in asked if h["x-thrifty-served-by"] == "student")
+        with gw.client.chat.completions.with_streaming_response.create(
+            model="intent",
+            messages=banking77.messages(text, LABELS),  # type: ignore[arg-type]
+            stream=True,
+        ) as stream:
+            assert stream.headers["x-thrifty-served-by"] == "student"
+            chunks: list[Any] = list(stream.parse())
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == answer
     finally:
         sim.stop()
 

@@ -170,7 +170,7 @@ class DistillStage:
             return "no_student"
         if sr.demoted:
             return "demoted"
-        if ctx.stream or not eligible(ctx.body):
+        if not eligible(ctx.body):
             return "ineligible"
         if sr.config.mode == "canary" and canary_bucket(ctx.request_id) >= sr.config.canary_percent:
             return "canary"
