@@ -42,6 +42,7 @@ def ensure_onnx_file(files: BertFiles, name: str, cache_dir: Path, quantize: boo
     folder = cache_dir / "embedding"
     folder.mkdir(parents=True, exist_ok=True)
     stem = f"{name}-{files.digest}-g{GRAPH_VERSION}"
+    quant_stem = f"{stem}-int8pc"
     plain = folder / f"{stem}.onnx"
     if not plain.exists():
         logger.info("building ONNX graph for %s in %s", name, plain)
@@ -50,12 +51,19 @@ def ensure_onnx_file(files: BertFiles, name: str, cache_dir: Path, quantize: boo
         tmp.replace(plain)  # atomic: concurrent workers never read a half-written file
     if not quantize:
         return plain
-    quant = folder / f"{stem}-int8.onnx"
+    quant = folder / f"{quant_stem}.onnx"
     if not quant.exists():
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         tmp = quant.with_suffix(f".tmp{os.getpid()}")
-        quantize_dynamic(str(plain), str(tmp), weight_type=QuantType.QInt8)
+        # Weights of the dense layers only (the embedding tables stay float), per channel.
+        quantize_dynamic(
+            str(plain),
+            str(tmp),
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["MatMul"],
+            per_channel=True,
+        )
         tmp.replace(quant)
     return quant
 

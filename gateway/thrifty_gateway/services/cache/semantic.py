@@ -103,11 +103,19 @@ class EdgeIndex:
     """The embedded index: a qdrant-edge shard in a directory (a temp dir by default)."""
 
     def __init__(
-        self, dim: int, keyspace: str, path: str | None = None, search_threads: int = 1
+        self,
+        dim: int,
+        keyspace: str,
+        path: str | None = None,
+        search_threads: int = 1,
+        optimize_every: int = 10_000,
     ) -> None:
         import qdrant_edge as qe
 
         self._qe = qe
+        self._optimize_every = optimize_every
+        self._unindexed = 0
+        self._optimizer: threading.Thread | None = None
         self._keyspace = keyspace
         self._own_dir = path is None
         self._path = path or tempfile.mkdtemp(prefix="thrifty-qdrant-")
@@ -115,6 +123,10 @@ class EdgeIndex:
             vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Dot),
             max_search_threads=search_threads,
             payload_memory=qe.Memory.Cached,
+            hnsw_config=qe.HnswIndexConfig(
+                m=16, ef_construct=64, full_scan_threshold=10_000, max_indexing_threads=1
+            ),
+            optimizers=qe.EdgeOptimizersConfig(indexing_threshold=10_000),
         )
         try:
             self._shard = qe.EdgeShard.load(self._path, config)
@@ -178,6 +190,37 @@ class EdgeIndex:
         point = qe.Point(point_id(key), list(vector), payload)
         with self._lock:
             self._shard.update(qe.UpdateOperation.upsert_points([point]))
+            self._unindexed += 1
+            due = self._unindexed >= self._optimize_every
+        if due:
+            self.optimize_in_background()
+
+    def optimize_in_background(self) -> bool:
+        """Build the HNSW index of new segments in a background thread (the edge engine only
+        indexes when asked); searches keep running meanwhile. False when one is running."""
+        with self._lock:
+            if self._optimizer is not None and self._optimizer.is_alive():
+                return False
+            self._unindexed = 0
+            self._optimizer = threading.Thread(
+                target=self._optimize, name="thrifty-qdrant-optimize", daemon=True
+            )
+            self._optimizer.start()
+        return True
+
+    def _optimize(self) -> None:
+        started = time.monotonic()
+        try:
+            self._shard.optimize()
+        except Exception as exc:
+            log.warning("semantic index optimisation failed: %s", type(exc).__name__)
+            return
+        log.info("semantic index optimised in %.1fs", time.monotonic() - started)
+
+    def wait_optimized(self, timeout: float | None = None) -> None:
+        optimizer = self._optimizer
+        if optimizer is not None:
+            optimizer.join(timeout)
 
     def purge(self, selector: Selector) -> int:
         qe = self._qe
@@ -216,6 +259,7 @@ class EdgeIndex:
             return int(self._shard.count(self._qe.CountRequest(exact=True)))
 
     def close(self) -> None:
+        self.wait_optimized(timeout=60)
         with self._lock:
             self._shard.close()
         if self._own_dir:

@@ -1,0 +1,200 @@
+"""Cache latency: exact hits end to end, semantic lookup cost, search at 100k entries.
+
+* exact hit end to end: simulator + one gateway worker (separate processes) with an in-process
+  exact store, then the same with Redis; one request fills the entry, then wrk (or the asyncio
+  fallback) at 1 connection (p50/p99) and 16 connections (requests/s). Direct simulator
+  latency at 1 connection is printed next to it.
+* semantic lookup (embedding + search + guard) on one core: LocalEmbedder(threads=1), an
+  embedded qdrant-edge index holding 1,000 QQP questions, 300 QQP paraphrases under 64 tokens
+  as queries.
+* search at N (default 100,000) entries in the embedded index (random unit vectors, 384-d):
+  worst case (all entries in one tenant and context) after the background HNSW build, and
+  spread over 100 tenants.
+
+Run: `uv run --frozen --all-extras python -m bench cache_latency`. Environment:
+THRIFTY_BENCH_SECONDS (default 5), THRIFTY_BENCH_ENTRIES (100000).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from bench.bench_gateway import BODY, HEADERS, _free_port, _gateway_config, _proc
+from bench.bench_semantic import load_workloads
+from bench.loadgen import load
+from thrifty_core.embedding.local import LocalEmbedder
+from thrifty_gateway.services.cache.entry import CachedAnswer
+from thrifty_gateway.services.cache.guard import CHECKS, first_failure
+from thrifty_gateway.services.cache.semantic import EdgeIndex, payload_of
+
+SECONDS = float(os.environ.get("THRIFTY_BENCH_SECONDS", "5"))
+ENTRIES = int(os.environ.get("THRIFTY_BENCH_ENTRIES", "100000"))
+ANSWER = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "x" * 300}}]}
+
+
+def _pct(samples: list[float]) -> dict[str, float]:
+    ms = np.asarray(samples) * 1e3
+    return {
+        "p50_ms": round(float(np.percentile(ms, 50)), 3),
+        "p99_ms": round(float(np.percentile(ms, 99)), 3),
+        "n": len(samples),
+    }
+
+
+def exact_hits(redis_url: str | None) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="thrifty-bench-cache-"))
+    sim_port, gw_port = _free_port(), _free_port()
+    config = _gateway_config(sim_port, gw_port)
+    stores = {"redisUrl": redis_url} if redis_url else {}
+    config["cachePolicies"] = {"default": {"stores": stores}}
+    config["defaultCachePolicy"] = "default"
+    path = work / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config))
+    direct = f"http://127.0.0.1:{sim_port}/v1/chat/completions"
+    proxied = f"http://127.0.0.1:{gw_port}/v1/chat/completions"
+    sim = ["-m", "thrifty_cli", "simulator", "--port", str(sim_port)]
+    gw = ["-m", "thrifty_gateway", "--config", str(path)]
+    with (
+        _proc(sim, f"http://127.0.0.1:{sim_port}/healthz", work / "sim.log"),
+        _proc(gw, f"http://127.0.0.1:{gw_port}/readyz", work / "gw.log"),
+    ):
+        load(proxied, BODY, HEADERS, 1, 1)  # fills the entry, warms the paths
+        time.sleep(0.5)
+        one = load(proxied, BODY, HEADERS, 1, SECONDS)
+        sixteen = load(proxied, BODY, HEADERS, 16, SECONDS)
+        baseline = load(direct, BODY, HEADERS, 1, SECONDS)
+    return {
+        "store": "redis" if redis_url else "memory",
+        "hit_1conn": one,
+        "hit_16conn": sixteen,
+        "direct_simulator_1conn": baseline,
+        "targets": "p50 <= 1 ms end to end; >= 2500 rps at 16 connections",
+    }
+
+
+def semantic_lookup() -> dict[str, Any]:
+    embedder = LocalEmbedder(threads=1)
+    qqp = next(w for w in load_workloads() if w.name == "qqp")
+    index = EdgeIndex(embedder.dim, "bench")
+    vectors = embedder.embed(qqp.cached)
+    for i, (text, vector) in enumerate(zip(qqp.cached, vectors, strict=True)):
+        entry = CachedAnswer(body=ANSWER, tenant="t", route="r", model="m")
+        index.add(f"{i:064x}", vector.tolist(), "tenant:t", "ctx", text, entry, 3600)
+    queries = [q for q in qqp.queries[: qqp.positives] if embedder.count_tokens(q) < 64][:300]
+    for q in queries[:20]:
+        embedder.embed([q])
+    total, embed_only, search_only, guard_only = [], [], [], []
+    for q in queries:
+        t0 = time.perf_counter()
+        vector = embedder.embed([q])[0]
+        t1 = time.perf_counter()
+        candidates = index.search(vector.tolist(), "tenant:t", "ctx", 0.8, 5)
+        t2 = time.perf_counter()
+        for c in candidates:
+            if first_failure(q, c.query, CHECKS) is None:
+                break
+        t3 = time.perf_counter()
+        total.append(t3 - t0)
+        embed_only.append(t1 - t0)
+        search_only.append(t2 - t1)
+        guard_only.append(t3 - t2)
+    index.close()
+    return {
+        "cached": len(qqp.cached),
+        "embedding_search_guard": _pct(total),
+        "embedding": _pct(embed_only),
+        "search": _pct(search_only),
+        "guard": _pct(guard_only),
+        "targets": "p50 <= 8 ms, p99 <= 20 ms (prompts < 64 tokens, one core)",
+    }
+
+
+def _fill(index: EdgeIndex, vectors: np.ndarray[Any, Any], scopes: int) -> None:
+    qe = index._qe  # bulk load through the engine (add() is one point per call)
+    entry = CachedAnswer(body=ANSWER, tenant="t", route="r", model="m")
+    for start in range(0, len(vectors), 2000):
+        points = [
+            qe.Point(
+                i,
+                vectors[i].tolist(),
+                payload_of(f"tenant:t{i % scopes}", "ctx", "q", entry, 86400, "bench"),
+            )
+            for i in range(start, min(start + 2000, len(vectors)))
+        ]
+        index._shard.update(qe.UpdateOperation.upsert_points(points))
+
+
+def _search_times(index: EdgeIndex, vectors: np.ndarray[Any, Any], scopes: int) -> list[float]:
+    rng = np.random.default_rng(1)
+    out = []
+    for k in rng.choice(len(vectors), 300, replace=False):
+        noisy = vectors[k] + rng.standard_normal(vectors.shape[1]).astype(np.float32) * 0.02
+        noisy /= np.linalg.norm(noisy)
+        t = time.perf_counter()
+        index.search(noisy.tolist(), f"tenant:t{k % scopes}", "ctx", 0.5, 5)
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def search_at_scale() -> dict[str, Any]:
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((ENTRIES, 384)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    result: dict[str, Any] = {"entries": ENTRIES}
+    spread = EdgeIndex(384, "bench")
+    _fill(spread, vectors, 100)
+    result["spread_100_tenants"] = _pct(_search_times(spread, vectors, 100))
+    spread.close()
+    one = EdgeIndex(384, "bench")
+    _fill(one, vectors, 1)
+    result["one_context_unindexed"] = _pct(_search_times(one, vectors, 1))
+    started = time.perf_counter()
+    one.optimize_in_background()
+    one.wait_optimized()
+    result["hnsw_build_seconds"] = round(time.perf_counter() - started, 1)
+    result["one_context_hnsw"] = _pct(_search_times(one, vectors, 1))
+    one.close()
+    result["target"] = "p99 < 5 ms at 100k entries"
+    return result
+
+
+def main() -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "date": datetime.now(UTC).date().isoformat(),
+        "machine": f"{platform.machine()} {os.cpu_count()} cpus, "
+        f"Python {platform.python_version()}",
+        "semantic_lookup": semantic_lookup(),
+        "exact_hit_memory": exact_hits(None),
+    }
+    redis_bin = shutil.which("redis-server")
+    if redis_bin:
+        port = _free_port()
+        proc = subprocess.Popen(
+            [redis_bin, "--port", str(port), "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+        )
+        try:
+            time.sleep(0.3)
+            out["exact_hit_redis"] = exact_hits(f"redis://127.0.0.1:{port}/0")
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+    out["search_at_scale"] = search_at_scale()
+    return out
+
+
+if __name__ == "__main__":
+    import json
+
+    print(json.dumps(main(), indent=1))
