@@ -22,6 +22,7 @@ from pydantic.alias_generators import to_camel
 from .api.base import MODEL_NAME
 from .api.batchqueue import BatchQueueSpec
 from .api.cachepolicy import CachePolicySpec
+from .api.costcontrol import Budget, Hygiene, NetSavings, Tiering
 from .api.distilledmodel import Capture
 from .api.llmgateway import ModelPrice, RouteTarget
 
@@ -111,6 +112,9 @@ class RouteConfig(ConfigModel):
     deferrable: bool = False
     cache_policy: str | None = Field(default=None, description="Name in cachePolicies.")
     max_tokens_ceiling: int | None = Field(default=None, ge=1)
+    tiering: Tiering | None = Field(default=None, description="Cheaper tiers and cascade.")
+    hygiene: Hygiene | None = Field(default=None, description="Stop sequences, prefix metric.")
+    budget: Budget | None = Field(default=None, description="Spend limit of this route.")
 
 
 class TenantConfig(ConfigModel):
@@ -125,6 +129,7 @@ class TenantConfig(ConfigModel):
     )
     requests_per_minute: int | None = Field(default=None, ge=1)
     tokens_per_minute: int | None = Field(default=None, ge=1)
+    budget: Budget | None = Field(default=None, description="Spend limit of this tenant.")
 
     @model_validator(mode="after")
     def _has_keys(self) -> TenantConfig:
@@ -195,7 +200,9 @@ class StudentConfig(ConfigModel):
 class LedgerConfig(ConfigModel):
     """Cost ledger settings."""
 
-    redis_url: str | None = Field(default=None, description="Shared ledger; None = memory.")
+    redis_url: str | None = Field(
+        default=None, description="Shared ledger and budget state; None = memory."
+    )
     retention_hours: int = Field(default=24 * 14, ge=1, description="Buckets kept in memory.")
 
 
@@ -215,6 +222,7 @@ class GatewayConfig(ConfigModel):
     batch: BatchConfig | None = None
     students: list[StudentConfig] = Field(default_factory=list)
     ledger: LedgerConfig = Field(default_factory=LedgerConfig)
+    net_savings: NetSavings | None = Field(default=None, description="Running-cost prices.")
 
     @model_validator(mode="after")
     def _references(self) -> GatewayConfig:
@@ -230,6 +238,13 @@ class GatewayConfig(ConfigModel):
                     raise ValueError(
                         f"route {route.name!r} targets unknown provider {target.provider!r}"
                     )
+            for tier in route.tiering.tiers if route.tiering else ():
+                for tier_target in tier.targets:
+                    if tier_target.provider not in providers:
+                        raise ValueError(
+                            f"tier {tier.name!r} of route {route.name!r} targets unknown "
+                            f"provider {tier_target.provider!r}"
+                        )
             if route.cache_policy and route.cache_policy not in self.cache_policies:
                 raise ValueError(
                     f"route {route.name!r} uses unknown cache policy {route.cache_policy!r}"

@@ -157,6 +157,9 @@ def render_gateway_config(
             deferrable=r.deferrable,
             cache_policy=r.cache_policy_ref.name if r.cache_policy_ref else None,
             max_tokens_ceiling=r.max_tokens_ceiling,
+            tiering=r.tiering,
+            hygiene=r.hygiene,
+            budget=r.budget,
         )
         for r in spec.routes
     ]
@@ -166,6 +169,7 @@ def render_gateway_config(
             api_keys_file=secret_file(t.api_keys_secret_ref.name, t.api_keys_secret_ref.key),
             requests_per_minute=t.requests_per_minute,
             tokens_per_minute=t.tokens_per_minute,
+            budget=t.budget,
         )
         for t in spec.tenants
     ]
@@ -212,4 +216,5 @@ def render_gateway_config(
         batch=batch,
         students=students,
         ledger=LedgerConfig(redis_url=ledger_redis),
+        net_savings=spec.net_savings,
     )

@@ -21,6 +21,7 @@ from .base import (
     list_map,
     with_cel,
 )
+from .costcontrol import Budget, Hygiene, NetSavings, Tiering
 
 ROUTE_PROVIDERS_EXIST = (
     "self.routes.all(r, r.targets.all(t, self.providers.exists(p, p.name == t.provider)))"
@@ -128,6 +129,13 @@ class Route(ApiModel):
     max_tokens_ceiling: int | None = Field(
         default=None, ge=1, le=1_000_000, description="Upper bound applied to max_tokens."
     )
+    tiering: Tiering | None = Field(
+        default=None, description="Cheaper tiers for easy requests, with an optional cascade."
+    )
+    hygiene: Hygiene | None = Field(
+        default=None, description="Default stop sequences and the repeated-prefix metric."
+    )
+    budget: Budget | None = Field(default=None, description="Spend limit of this route.")
 
 
 class Tenant(ApiModel):
@@ -144,6 +152,7 @@ class Tenant(ApiModel):
     tokens_per_minute: int | None = Field(
         default=None, ge=1, le=1_000_000_000, description="Token rate limit; unset means none."
     )
+    budget: Budget | None = Field(default=None, description="Spend limit of this tenant.")
 
 
 class Autoscaling(ApiModel):
@@ -219,6 +228,10 @@ class LLMGatewaySpec(ApiModel):
         le=256 * 1024 * 1024,
         description="Request bodies over this size are refused with 413.",
     )
+    net_savings: NetSavings | None = Field(
+        default=None,
+        description="Running-cost prices and workloads; savings are then also reported net.",
+    )
 
     model_config = with_cel(
         cel(
@@ -237,6 +250,13 @@ class LLMGatewaySpec(ApiModel):
                     raise ValueError(
                         f"route {route.name!r} targets unknown provider {target.provider!r}"
                     )
+            for tier in route.tiering.tiers if route.tiering else ():
+                for tier_target in tier.targets:
+                    if tier_target.provider not in names:
+                        raise ValueError(
+                            f"tier {tier.name!r} of route {route.name!r} targets unknown "
+                            f"provider {tier_target.provider!r}"
+                        )
         return self
 
 
