@@ -4,18 +4,17 @@
    redis-server, one `thrifty batch-worker` (provider mode) and the simulator's Batch API:
    lines/s from create to completed, peak RSS (VmHWM) of gateway and worker, upstream calls
    made, lines lost or duplicated in the output file.
-2. Embeddings coalescing: rounds of 64 concurrent single-input callers, with the coalescer
-   (window 5 ms) and without it: upstream calls per round and per-request p50 latency.
+2. Embeddings coalescing: 64 concurrent single-input callers (wrk, closed loop), with the
+   coalescer (window 5 ms) and without it: upstream calls per request and p50 latency; and one
+   caller alone, where the window is pure added latency.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,7 +33,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 LINES = int(os.environ.get("THRIFTY_BENCH_BATCH_LINES", "10000"))
 CALLERS = 64
-ROUNDS = 30
+SECONDS = 5.0
 WINDOW_MS = 5.0
 KEY = "sk-local-a"
 EMBED = "text-embedding-3-small"
@@ -206,55 +205,53 @@ def batch_end_to_end(work: Path) -> dict[str, Any]:
         }
 
 
-async def _round(client: httpx.AsyncClient) -> list[float]:
-    async def one(i: int) -> float:
-        t0 = time.perf_counter()
-        resp = await client.post("/v1/embeddings", json={"model": EMBED, "input": f"doc {i}"})
-        resp.raise_for_status()
-        return (time.perf_counter() - t0) * 1000
+def _embed_load(url: str, connections: int, seconds: float) -> dict[str, Any]:
+    from bench.loadgen import load
 
-    return await asyncio.gather(*(one(i) for i in range(CALLERS)))
-
-
-async def _drive(url: str) -> list[float]:
-    latencies: list[float] = []
-    async with httpx.AsyncClient(
-        base_url=url,
-        headers={"authorization": f"Bearer {KEY}"},
-        limits=httpx.Limits(max_connections=CALLERS),
-        timeout=30,
-    ) as client:
-        await _round(client)  # warm-up: connections and imports
-        for _ in range(ROUNDS):
-            latencies += await _round(client)
-    return latencies
+    body = orjson.dumps({"model": EMBED, "input": "an invoice about cloud storage"})
+    headers = {"authorization": f"Bearer {KEY}", "content-type": "application/json"}
+    return load(f"{url}/v1/embeddings", body, headers, connections, seconds)
 
 
 def coalescing(work: Path) -> dict[str, Any]:
+    """wrk (closed loop, 64 connections = 64 concurrent single-input callers) against a gateway
+    without and with the coalescer; also one caller alone (where the window is pure cost)."""
     results: dict[str, Any] = {}
     with ExitStack() as stack:
         sim_port = _simulator(stack, work)
         for label, window in (("direct", 0.0), ("coalesced", WINDOW_MS)):
             batch = {"name": f"c-{label}", "coalesceWindowMs": window}
             url, _, _ = _gateway(stack, work, _config(sim_port, _free_port(), batch))
-            before = httpx.get(f"http://127.0.0.1:{sim_port}/sim/stats").json()["requests"]
-            latencies = asyncio.run(_drive(url))
-            after = httpx.get(f"http://127.0.0.1:{sim_port}/sim/stats").json()["requests"]
-            calls = after.get(EMBED, 0) - before.get(EMBED, 0)
-            results[label] = {
-                "requests": CALLERS * (ROUNDS + 1),
-                "upstream_calls": calls,
-                "p50_ms": round(statistics.median(latencies), 2),
-                "p99_ms": round(statistics.quantiles(latencies, n=100)[98], 2),
-            }
-    direct, merged = results["direct"], results["coalesced"]
+            _embed_load(url, CALLERS, 1)  # warm-up
+            row: dict[str, Any] = {}
+            for callers in (CALLERS, 1):
+                before = httpx.get(f"http://127.0.0.1:{sim_port}/sim/stats").json()["requests"]
+                run = _embed_load(url, callers, SECONDS)
+                after = httpx.get(f"http://127.0.0.1:{sim_port}/sim/stats").json()["requests"]
+                calls = after.get(EMBED, 0) - before.get(EMBED, 0)
+                row[f"callers_{callers}"] = {
+                    "requests": run["requests"],
+                    "errors": run["errors"],
+                    "upstream_calls": calls,
+                    "rps": run["rps"],
+                    "p50_ms": round(run["p50_ms"], 3),
+                    "p99_ms": round(run["p99_ms"], 3),
+                }
+            results[label] = row
+    direct, merged = (
+        results["direct"][f"callers_{CALLERS}"],
+        results["coalesced"][f"callers_{CALLERS}"],
+    )
+    ratio_direct = direct["upstream_calls"] / max(direct["requests"], 1)
+    ratio_merged = merged["upstream_calls"] / max(merged["requests"], 1)
+    alone_d, alone_m = results["direct"]["callers_1"], results["coalesced"]["callers_1"]
     return {
-        "callers": CALLERS,
-        "rounds": ROUNDS,
         "window_ms": WINDOW_MS,
+        "seconds_per_run": SECONDS,
         **results,
-        "call_reduction_x": round(direct["upstream_calls"] / max(merged["upstream_calls"], 1), 1),
-        "added_p50_ms": round(merged["p50_ms"] - direct["p50_ms"], 2),
+        "call_reduction_x": round(ratio_direct / max(ratio_merged, 1e-9), 1),
+        "added_p50_ms_64_callers": round(merged["p50_ms"] - direct["p50_ms"], 2),
+        "added_p50_ms_1_caller": round(alone_m["p50_ms"] - alone_d["p50_ms"], 2),
     }
 
 

@@ -3,8 +3,10 @@ parameters) within a short window become one upstream call with an input array; 
 gets its own slice back, with its share of the usage.
 
 A group flushes when its window ends, or at once when the next caller would push it past the
-input-count or token limit. An upstream failure fails every caller of the group with the same
-error (each sees what a direct call would have seen).
+input-count or token limit. A lone caller (nothing in flight for its key and the last group
+had one caller) skips the window: coalescing only waits when there is company to wait for.
+An upstream failure fails every caller of the group with the same error (each sees what a
+direct call would have seen).
 """
 
 from __future__ import annotations
@@ -65,6 +67,8 @@ class Coalescer:
         self.max_tokens = max_tokens
         self._open: dict[bytes, Group] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._inflight: dict[bytes, int] = {}
+        self._last_size: dict[bytes, int] = {}
         self.upstream_calls = 0
         self.requests = 0
 
@@ -97,16 +101,20 @@ class Coalescer:
         ):
             self._flush(key, group)
             group = None
+        alone = group is None and not self._inflight.get(key) and self._last_size.get(key, 1) <= 1
         if group is None:
             group = self._open[key] = Group(route, params)
-            group.timer = asyncio.get_running_loop().call_later(
-                self.window, self._flush, key, group
-            )
+            if not alone:
+                group.timer = asyncio.get_running_loop().call_later(
+                    self.window, self._flush, key, group
+                )
         future: asyncio.Future[Slice] = asyncio.get_running_loop().create_future()
         group.waiters.append((len(group.inputs), len(items), future))
         group.inputs.extend(items)
         group.tokens += tokens
         self.requests += 1
+        if alone:
+            self._flush(key, group)
         data, target, total = await future
         share = round(total * tokens / max(group.tokens, 1)) if total else tokens
         usage = Usage(prompt_tokens=share)
@@ -135,11 +143,25 @@ class Coalescer:
         if group.flushed or not group.waiters:
             return
         group.flushed = True
-        task = asyncio.get_running_loop().create_task(self._call(group))
+        if len(self._last_size) > 4096:
+            self._last_size.clear()
+        self._last_size[key] = len(group.waiters)
+        self._inflight[key] = self._inflight.get(key, 0) + 1
+        task = asyncio.get_running_loop().create_task(self._call(key, group))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _call(self, group: Group) -> None:
+    async def _call(self, key: bytes, group: Group) -> None:
+        try:
+            await self._send(group)
+        finally:
+            left = self._inflight.get(key, 1) - 1
+            if left > 0:
+                self._inflight[key] = left
+            else:
+                self._inflight.pop(key, None)
+
+    async def _send(self, group: Group) -> None:
         route = group.route
         self.upstream_calls += 1
         try:
