@@ -14,6 +14,8 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +48,7 @@ SIMILARITY = "x-thrifty-similarity"
 STATE_KEY = "cache"
 CANDIDATES = 5
 SEMANTIC_TIMEOUT = 0.25  # seconds for embedding + search before the lookup is bypassed
+QUEUE_PER_WORKER = 2  # semantic lookups waiting per embedding thread before new ones bypass
 
 
 @dataclass(slots=True)
@@ -74,6 +77,10 @@ class CacheStage:
         self._config = config
         self.policies = policies
         self._metrics = metrics
+        # Embedding is CPU-bound: a bounded pool, and a bypass instead of a queue when busy.
+        self._workers = max(1, os.cpu_count() or 1)
+        self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="thrifty-embed")
+        self._pending = 0
         self._route_policy: dict[str, PolicyRuntime | None] = {}
         for route in config.routes:
             name = route.cache_policy or config.default_cache_policy
@@ -126,6 +133,13 @@ class CacheStage:
         if answer is None:
             ctx.response_headers[HEADER] = "miss"
         return answer
+
+    async def _run(self, fn: Callable[[], Any]) -> Any:
+        self._pending += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
+        finally:
+            self._pending -= 1
 
     def _fresh(self, entry: CachedAnswer, plan: Plan) -> bool:
         max_age = plan.directives.max_age
@@ -247,7 +261,7 @@ class CacheStage:
             index.add(plan.key, v.tolist(), plan.scope, sem.context, sem.query, entry, ttl)
 
         try:
-            await asyncio.to_thread(add)
+            await self._run(add)
             self._metrics.stores.labels("semantic").inc()
         except Exception as exc:
             log.warning("semantic cache store failed: %s", type(exc).__name__)
@@ -268,6 +282,7 @@ class CacheStage:
         return counts
 
     async def aclose(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
         for runtime in self.policies.values():
             await runtime.aclose()
 
