@@ -82,13 +82,24 @@ async def _distilledmodel(
     await distilledmodel.dependents(body, dict(patch.status), indexes, ctx)
 
 
+def not_ready(status: kopf.Status, **_: Any) -> bool:
+    """Filter of the progress timer: runs only until the resource reports Ready=True."""
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "Ready":
+            return bool(cond.get("status") != "True")
+    return True
+
+
 def _register_reconcile(
     registry: kopf.OperatorRegistry,
     plural: str,
     fn: Callable[[Body, Any, ix.Indexes, Context, bool], Awaitable[None]],
-    interval: float,
+    settings: OperatorSettings,
 ) -> None:
-    """One level-based reconcile on create/update/resume, and the same as a drift timer."""
+    """One level-based reconcile on create/update/resume, and the same as timers: a drift
+    check at a slow interval, and a faster one only while the resource is not Ready (so status
+    follows children that become available without waiting for the drift check)."""
+    interval = settings.drift_interval_seconds
 
     async def on_change(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **kw: Any) -> None:
         await fn(body, patch, ix.Indexes.from_kwargs(kw), context(memo), True)
@@ -107,6 +118,16 @@ def _register_reconcile(
         id=f"{plural}-drift",
         interval=interval,
         initial_delay=interval,
+        **common,
+    )(on_timer)
+    kopf.timer(
+        GROUP,
+        VERSION,
+        plural,
+        id=f"{plural}-progress",
+        interval=min(settings.progress_interval_seconds, interval),
+        initial_delay=min(settings.progress_interval_seconds, interval),
+        when=not_ready,
         **common,
     )(on_timer)
 
@@ -133,11 +154,10 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
     kopf.index(GROUP, VERSION, "distilledmodels", registry=registry, id=ix.STUDENTS_BY_GATEWAY)(
         ix.students_by_gateway
     )
-    interval = settings.drift_interval_seconds
-    _register_reconcile(registry, "llmgateways", _gateway, interval)
-    _register_reconcile(registry, "cachepolicies", _cachepolicy, interval)
-    _register_reconcile(registry, "batchqueues", _batchqueue, interval)
-    _register_reconcile(registry, "distilledmodels", _distilledmodel, interval)
+    _register_reconcile(registry, "llmgateways", _gateway, settings)
+    _register_reconcile(registry, "cachepolicies", _cachepolicy, settings)
+    _register_reconcile(registry, "batchqueues", _batchqueue, settings)
+    _register_reconcile(registry, "distilledmodels", _distilledmodel, settings)
     kopf.on.delete(
         GROUP,
         VERSION,

@@ -31,6 +31,9 @@ class OperatorSettings(BaseSettings):
     drift_interval_seconds: float = Field(
         default=60.0, gt=0, description="How often children are re-applied and status refreshed."
     )
+    progress_interval_seconds: float = Field(
+        default=5.0, gt=0, description="Re-check interval while a resource is not Ready yet."
+    )
     retrain_after_seconds: float = Field(
         default=900.0, gt=0, description="A failed train Job is retried after this long."
     )
