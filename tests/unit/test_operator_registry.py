@@ -1,0 +1,41 @@
+"""The operator's registration and small pure helpers (no API server)."""
+
+from __future__ import annotations
+
+import kopf
+import pytest
+
+from thrifty_operator.collection import collection_body, tenant_index_body
+from thrifty_operator.main import build_registry, not_ready
+from thrifty_operator.settings import OperatorSettings
+
+
+def test_registry_builds_without_side_effects() -> None:
+    first = build_registry(OperatorSettings(drift_interval_seconds=30))
+    second = build_registry(OperatorSettings(drift_interval_seconds=30))
+    assert isinstance(first, kopf.OperatorRegistry) and first is not second
+    assert first is not kopf.get_default_registry()
+
+
+def _status(conditions: list[dict[str, str]]) -> kopf.Status:
+    return kopf.Body({"status": {"conditions": conditions}}).status
+
+
+def test_progress_timer_runs_only_until_ready() -> None:
+    assert not_ready(status=kopf.Body({}).status) is True
+    assert not_ready(status=_status([{"type": "Ready", "status": "False"}])) is True
+    assert not_ready(status=_status([{"type": "Ready", "status": "True"}])) is False
+
+
+def test_collection_and_tenant_index_requests() -> None:
+    assert collection_body(384)["vectors"] == {"size": 384, "distance": "Cosine"}
+    index = tenant_index_body("tenant")
+    assert index == {"field_name": "tenant", "field_schema": {"type": "keyword", "is_tenant": True}}
+
+
+def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("THRIFTY_OPERATOR_GATEWAY_IMAGE", "registry.local/gw:1")
+    monkeypatch.setenv("THRIFTY_OPERATOR_SHARED_ACCESS_MODE", "ReadWriteOnce")
+    defaults = OperatorSettings().defaults()
+    assert defaults.gateway_image == "registry.local/gw:1"
+    assert defaults.shared_access_mode == "ReadWriteOnce"
