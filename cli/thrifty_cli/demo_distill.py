@@ -193,6 +193,7 @@ async def run_distill_demo(console: Console, work: Path) -> list[tuple[str, str]
         lines = [
             (
                 "distill",
+                "own gateway + teacher simulator, not in the tables above: "
                 f"captured {len(first)} teacher answers on route intent ({len(labels)} "
                 f"Banking77 intents); {snapshot.train} train / {snapshot.held_out} held out; "
                 f"pipeline {pipeline_seconds:.1f}s",
