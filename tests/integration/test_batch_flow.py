@@ -50,9 +50,17 @@ def batch_sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Simulator]:
 
 
 def batch_config(
-    sim: Simulator, redis: RedisServer, workdir: Path, name: str, **spec: Any
+    sim: Simulator,
+    redis: RedisServer,
+    workdir: Path,
+    name: str,
+    cache: dict[str, Any] | None = None,
+    **spec: Any,
 ) -> dict[str, Any]:
     config = local_config(sim.url)
+    if cache is not None:
+        config["cachePolicies"] = {"batch": cache}
+        config["defaultCachePolicy"] = "batch"
     config["routes"].append(
         {
             "name": "broken-model",
@@ -119,8 +127,10 @@ def stack(batch_sim: Simulator, redis: RedisServer, tmp_path: Path) -> Iterator[
     gateways: list[Gateway] = []
     workers: list[Worker] = []
 
-    def start(name: str, sim: Simulator | None = None, **spec: Any) -> tuple[Gateway, Any]:
-        config = batch_config(sim or batch_sim, redis, tmp_path, name, **spec)
+    def start(
+        name: str, sim: Simulator | None = None, cache: dict[str, Any] | None = None, **spec: Any
+    ) -> tuple[Gateway, Any]:
+        config = batch_config(sim or batch_sim, redis, tmp_path, name, cache, **spec)
         gw = start_gateway(tmp_path, config)
         gateways.append(gw)
 
@@ -347,3 +357,45 @@ def test_worker_sigkilled_mid_batch_every_line_exactly_once(stack: Any, tmp_path
         assert sorted(ids) == sorted(f"req-{i}" for i in range(400))
     finally:
         slow.stop()
+
+
+def test_lines_check_the_cache_and_fill_it(
+    stack: Any, batch_sim: Simulator, redis: RedisServer
+) -> None:
+    gw, worker = stack(
+        "cached",
+        cache={"spec": {"exact": {"enabled": True}}, "stores": {"redisUrl": redis.url}},
+    )
+    worker("w1")
+    client = gw.openai(KEY)
+    items = [chat_line(i) for i in range(100, 110)]
+    for i in items:  # unique prompts for this test, so nothing is cached yet
+        i["body"]["messages"][0]["content"] += " (cache test)"
+
+    def run() -> Any:
+        uploaded = client.files.create(file=("in.jsonl", jsonl(items)), purpose="batch")
+        batch = client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        return wait_terminal(client, batch.id)
+
+    first = run()
+    jobs = httpx.get(f"{batch_sim.url}/sim/batches/stats").json()["batches_created"]
+    second = run()
+    assert second.status == "completed"
+    assert second.request_counts is not None and second.request_counts.completed == 10
+    assert httpx.get(f"{batch_sim.url}/sim/batches/stats").json()["batches_created"] == jobs
+    answers = {
+        o["custom_id"]: o["response"]["body"] for o in lines_of(client, first.output_file_id)
+    }
+    again = {o["custom_id"]: o["response"]["body"] for o in lines_of(client, second.output_file_id)}
+    assert {k: v["choices"] for k, v in again.items()} == {
+        k: v["choices"] for k, v in answers.items()
+    }
+    # an interactive request for a batch line is now an exact cache hit
+    hit = httpx.post(
+        f"{gw.url}/v1/chat/completions",
+        json=items[0]["body"],
+        headers={"authorization": f"Bearer {KEY}"},
+    )
+    assert hit.headers["x-thrifty-cache"] == "exact"

@@ -107,6 +107,7 @@ def cached(line: Line, body: dict[str, Any], catalog: PriceCatalog, route: Route
         prompt_tokens=usage.prompt_tokens,
         completion_tokens=usage.completion_tokens,
         saved_usd=saved + catalog.cost(route.config.targets[0].model, usage),
+        lever="cache",
     )
 
 

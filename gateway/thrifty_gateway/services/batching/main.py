@@ -11,6 +11,7 @@ from thrifty_core.config import GatewayConfig
 
 from ..upstream import HttpUpstream
 from .files import FilesystemStore
+from .linecache import ExactLineCache
 from .provider import OpenAIBatches
 from .stage import open_queue
 from .worker import Worker, WorkerOptions
@@ -32,7 +33,8 @@ async def run_worker(config: GatewayConfig, options: WorkerOptions) -> None:
     store = FilesystemStore(config.batch.files_dir, config.batch.spec.file_store.max_total_bytes)
     upstream = HttpUpstream(config.providers, keys)
     batches = OpenAIBatches(config.providers, keys)
-    worker = Worker(config, queue, store, upstream, batches, options)
+    cache = ExactLineCache.from_config(config)
+    worker = Worker(config, queue, store, upstream, batches, options, cache)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.stop)
@@ -48,4 +50,6 @@ async def run_worker(config: GatewayConfig, options: WorkerOptions) -> None:
         await upstream.aclose()
         await batches.aclose()
         await queue.aclose()
+        if cache is not None:
+            await cache.aclose()
         log.info("batch worker %s stopped (%s)", options.consumer, worker.stats)

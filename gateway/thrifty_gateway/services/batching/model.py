@@ -156,6 +156,7 @@ class Result:
     completion_tokens: int = 0
     cost_usd: float = 0.0
     saved_usd: float = 0.0
+    lever: str = "batch"  # the ledger lever its saving goes to ("cache" for a cache hit)
 
     @property
     def ok(self) -> bool:

@@ -43,7 +43,8 @@ if added == 1 then
     redis.call('XADD', KEYS[5], '*', 'b', ARGV[14], 'c', ARGV[3], 'r', ARGV[4], 'l', ARGV[15])
   end
   redis.call('XADD', KEYS[4], 'MAXLEN', '~', '1000000', '*', 't', ARGV[6], 'r', ARGV[7],
-    'm', ARGV[8], 'p', ARGV[9], 'c', ARGV[10], 'u', ARGV[11], 's', ARGV[12], 'ok', ARGV[5])
+    'm', ARGV[8], 'p', ARGV[9], 'c', ARGV[10], 'u', ARGV[11], 's', ARGV[12], 'ok', ARGV[5],
+    'lv', ARGV[16])
 end
 if ARGV[2] ~= '' then
   redis.call('XACK', KEYS[3], ARGV[1], ARGV[2])
@@ -270,6 +271,7 @@ class RedisQueue:
                 "1" if dead and self.dead_letter_enabled else "0",
                 line.batch_id,
                 orjson.dumps({**line.body}) if dead else b"",
+                result.lever,
             ],
         )
         return int(done)

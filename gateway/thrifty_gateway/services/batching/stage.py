@@ -142,6 +142,7 @@ class BatchStage:
 
     def _record(self, f: dict[str, str]) -> None:
         saved = float(f.get("s", "0") or 0)
+        lever = f.get("lv") or "batch"
         self.ledger.record(
             Entry(
                 tenant=f.get("t", "anonymous"),
@@ -149,8 +150,8 @@ class BatchStage:
                 model=f.get("m", ""),
                 usage=Usage(int(f.get("p", "0")), int(f.get("c", "0"))),
                 cost_usd=float(f.get("u", "0") or 0),
-                savings={"batch": saved} if saved > 0 else {},
-                lever="batch",
+                savings={lever: saved} if saved > 0 else {},
+                lever=lever,
                 error=f.get("ok") != "1",
             )
         )
