@@ -19,14 +19,23 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import socket
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
+
+import httpx
+import yaml
 
 from thrifty_core.embedding.local import LocalEmbedder
 from thrifty_core.prices import BUILTIN_PRICES, Usage, cost_usd
-from thrifty_core.student.artifact import ArtifactManifest
-from thrifty_core.student.classifier import ClassifierStudent
+from thrifty_core.student.artifact import ArtifactManifest, write_manifest
+from thrifty_core.student.classifier import ClassifierHead, ClassifierStudent, save_head
 from thrifty_distill import banking77
 from thrifty_distill.classifier import embed_texts, train_classifier
 from thrifty_distill.costs import cost_structure
@@ -39,6 +48,122 @@ THRESHOLD = float(os.environ.get("THRIFTY_BENCH_THRESHOLD", "0.7"))
 ERROR_RATE = float(os.environ.get("THRIFTY_ORACLE_ERROR_RATE", str(DEFAULT_ERROR_RATE)))
 LATENCY_SAMPLES = int(os.environ.get("THRIFTY_BENCH_LATENCY_SAMPLES", "500"))
 TEACHER = "gpt-4o"
+GATEWAY_REQUESTS = int(os.environ.get("THRIFTY_BENCH_GATEWAY_REQUESTS", "400"))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _wait(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url}: exited with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(url)
+
+
+def gateway_latency(head: ClassifierHead, labels: list[str], texts: list[str]) -> dict[str, Any]:
+    """End to end through a real gateway process pinned to one core (student in-process,
+    teacher = the simulator), one request at a time over keep-alive: ms by who answered."""
+    work = Path(tempfile.mkdtemp(prefix="thrifty-bench-distill-"))
+    art = work / "artifacts"
+    manifest = ArtifactManifest(
+        version="v0001",
+        kind="classifier",
+        labels=labels,
+        dim=int(head.weights.shape[0]),
+        temperature=head.temperature,
+        gate_passed=True,
+        promoted=True,
+    )
+    write_manifest(art / "v0001", manifest)
+    save_head(art / "v0001", head)
+    root = Path(__file__).resolve().parents[1]
+    config: dict[str, Any] = yaml.safe_load((root / "examples" / "local.yaml").read_text())
+    sim_port, gw_port = _free_port(), _free_port()
+    config["providers"][0]["baseUrl"] = f"http://127.0.0.1:{sim_port}/v1"
+    config["routes"].append(
+        {"name": "intent", "targets": [{"provider": "simulator", "model": TEACHER}]}
+    )
+    config["server"] = {"port": gw_port, "logLevel": "WARNING", "logFormat": "text"}
+    for tenant in config["tenants"]:
+        tenant.pop("requestsPerMinute", None)
+    config["students"] = [
+        {
+            "route": "intent",
+            "name": "intent",
+            "kind": "classifier",
+            "mode": "active",
+            "confidenceThreshold": THRESHOLD,
+            "evaluationSampleRate": 0.0,
+            "artifactPath": str(art),
+        }
+    ]
+    (work / "gateway.yaml").write_text(yaml.safe_dump(config))
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else [0]
+    pin = ["taskset", "-c", str(cores[0])] if shutil.which("taskset") else []
+    py = sys.executable
+    with (work / "sim.log").open("wb") as sim_log, (work / "gw.log").open("wb") as gw_log:
+        sim = subprocess.Popen(
+            [
+                py,
+                "-m",
+                "thrifty_cli",
+                "simulator",
+                "--port",
+                str(sim_port),
+                "--oracle",
+                "banking77",
+            ],
+            stdout=sim_log,
+            stderr=subprocess.STDOUT,
+        )
+        gw = subprocess.Popen(
+            [*pin, py, "-m", "thrifty_gateway", "--config", str(work / "gateway.yaml")],
+            stdout=gw_log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        _wait(f"http://127.0.0.1:{sim_port}/healthz", sim)
+        _wait(f"http://127.0.0.1:{gw_port}/readyz", gw)
+        times: dict[str, list[float]] = {"student": [], "teacher": []}
+        with httpx.Client(
+            base_url=f"http://127.0.0.1:{gw_port}/v1",
+            headers={"authorization": "Bearer sk-local-a"},
+            timeout=30,
+        ) as client:
+            for i, text in enumerate(texts):
+                body = {"model": "intent", "messages": banking77.messages(text, labels)}
+                t0 = time.perf_counter()
+                resp = client.post("/chat/completions", json=body)
+                ms = (time.perf_counter() - t0) * 1000
+                resp.raise_for_status()
+                if i >= 20:  # warm-up
+                    times[resp.headers.get("x-thrifty-served-by", "teacher")].append(ms)
+    finally:
+        for proc in (gw, sim):
+            proc.terminate()
+            proc.wait(timeout=10)
+    out: dict[str, Any] = {"gateway_pinned_to_one_core": bool(pin)}
+    for who, values in times.items():
+        values.sort()
+        if values:
+            out[who] = {
+                "requests": len(values),
+                "p50_ms": round(statistics.median(values), 3),
+                "p95_ms": round(values[int(0.95 * (len(values) - 1))], 3),
+            }
+    return out
 
 
 def main() -> dict[str, Any]:
@@ -83,6 +208,8 @@ def main() -> dict[str, Any]:
     started = time.perf_counter()
     full = train_classifier(everything, labels, LocalEmbedder(threads=cores))
     train_10k_seconds = time.perf_counter() - started
+
+    gateway = gateway_latency(full.head, labels, [e.text for e, _ in test][:GATEWAY_REQUESTS])
 
     # serving latency: one request at a time on one core (embedding + head)
     if hasattr(os, "sched_setaffinity"):
@@ -159,6 +286,7 @@ def main() -> dict[str, Any]:
             "p99": round(latencies[int(0.99 * (len(latencies) - 1))], 3),
             "samples": len(latencies),
         },
+        "gateway_end_to_end": gateway,
         "costs_at_100k_requests_per_day": {
             "teacher": TEACHER,
             "teacher_cost_per_request_usd": round(teacher_cost, 7),
