@@ -399,3 +399,35 @@ def test_lines_check_the_cache_and_fill_it(
         headers={"authorization": f"Bearer {KEY}"},
     )
     assert hit.headers["x-thrifty-cache"] == "exact"
+
+
+def test_worker_sigkilled_while_a_provider_job_runs_resumes_polling_it(
+    stack: Any, tmp_path: Path, redis: RedisServer
+) -> None:
+    slow = start_simulator(tmp_path / "slow-batch-sim", "--batch-speedup", "0.25")
+    try:
+        gw, worker = stack("kill-provider", sim=slow)
+        first = worker("w1")
+        client = gw.openai(KEY)
+        uploaded = client.files.create(
+            file=("in.jsonl", jsonl([chat_line(i) for i in range(100)])), purpose="batch"
+        )
+        batch = client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        r: Any = redis_sync.Redis.from_url(redis.url)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not r.hlen("thrifty:batch:kill-provider:jobs"):
+            time.sleep(0.05)
+        assert r.hlen("thrifty:batch:kill-provider:jobs") == 1
+        first.kill()
+        worker("w2")
+        done = wait_terminal(client, batch.id)
+        assert done.status == "completed"
+        ids = [o["custom_id"] for o in lines_of(client, done.output_file_id)]
+        assert sorted(ids) == sorted(f"req-{i}" for i in range(100))
+        # the restarted worker polled the running job instead of submitting the lines again
+        assert httpx.get(f"{slow.url}/sim/batches/stats").json()["batches_created"] == 1
+        assert r.hlen("thrifty:batch:kill-provider:jobs") == 0
+    finally:
+        slow.stop()
