@@ -13,7 +13,7 @@ from fastapi import FastAPI
 
 from thrifty_core.config import GatewayConfig
 
-from .api import batches, cache_admin, files, openai, ops
+from .api import batches, budgets, cache_admin, dashboard, files, openai, ops
 from .api.errors import BodyLimitMiddleware, install_error_handlers
 from .services.auth import KeyStore
 from .services.ledger import Ledger
@@ -108,4 +108,6 @@ def create_app(
     app.include_router(files.router)
     app.include_router(batches.router)
     app.include_router(cache_admin.router)
+    app.include_router(budgets.router)
+    app.include_router(dashboard.router)
     return app

@@ -36,6 +36,29 @@ async def batch_stage(config: Any, resources: Any) -> Stage | None:
     return await factory(config, resources)
 
 
+async def budget_stage(config: Any, resources: Any) -> Stage | None:
+    """Tenant and route budgets (services/budgets), first: a hard limit refuses before any
+    work, a soft limit marks the request for the cheapest tier."""
+    from .services.budgets.stage import budget_stage as factory
+
+    return await factory(config, resources)
+
+
+async def hygiene_stage(config: Any, resources: Any) -> Stage | None:
+    """Default stop sequences and the repeated-prefix metric (services/hygiene)."""
+    from .services.hygiene.stage import hygiene_stage as factory
+
+    return await factory(config, resources)
+
+
+async def tier_stage(config: Any, resources: Any) -> Stage | None:
+    """Tiered routing and cascade (services/tiering), last: only what no cache, student or
+    deferral answered goes to a model."""
+    from .services.tiering.stage import tier_stage as factory
+
+    return await factory(config, resources)
+
+
 def default_stage_factories() -> list[StageFactory]:
     """Factories `create_app` uses when the caller passes none."""
-    return [cache_stage, distill_stage, batch_stage]
+    return [budget_stage, hygiene_stage, cache_stage, distill_stage, batch_stage, tier_stage]

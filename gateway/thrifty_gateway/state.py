@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from thrifty_core.config import GatewayConfig, RouteConfig
@@ -60,3 +61,4 @@ class GatewayState:
     routes: dict[str, RouteRuntime]
     stages: list[Stage] = field(default_factory=list)
     ready: bool = False
+    started: float = field(default_factory=time.time)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Literal
 
 import orjson
@@ -9,6 +10,7 @@ from fastapi import APIRouter, Query
 from starlette.responses import Response
 
 from thrifty_core.errors import InvalidRequestError
+from thrifty_core.running_cost import net_savings
 
 from ..services.ledger import parse_since
 from .deps import AuthedDep, StateDep
@@ -50,4 +52,9 @@ async def usage(
     assert caller.tenant is not None
     scope = tenant if caller.admin else caller.tenant.name
     body = state.ledger.summary(since=since_ts, bucket=bucket, tenant=scope)
+    if state.config.net_savings is not None:
+        start = since_ts if since_ts is not None else state.started
+        hours = max(time.time() - start, 0.0) / 3600
+        saved = body["totals"]["saved_by_lever_usd"]
+        body["net_savings"] = net_savings(state.config.net_savings, saved, hours)
     return Response(orjson.dumps(body), media_type="application/json")

@@ -31,6 +31,7 @@ class Totals:
     baseline_usd: float = 0.0
     saved_usd: dict[str, float] = field(default_factory=dict)
     served_by_lever: dict[str, int] = field(default_factory=dict)
+    served_by_tier: dict[str, int] = field(default_factory=dict)
 
     def add(self, other: Totals) -> None:
         self.requests += other.requests
@@ -44,6 +45,8 @@ class Totals:
             self.saved_usd[k] = self.saved_usd.get(k, 0.0) + v
         for k, n in other.served_by_lever.items():
             self.served_by_lever[k] = self.served_by_lever.get(k, 0) + n
+        for k, n in other.served_by_tier.items():
+            self.served_by_tier[k] = self.served_by_tier.get(k, 0) + n
 
     def as_dict(self) -> dict[str, Any]:
         saved = {lever: round(self.saved_usd.get(lever, 0.0), 8) for lever in LEVERS}
@@ -59,6 +62,7 @@ class Totals:
             "saved_usd": round(sum(self.saved_usd.values()), 8),
             "saved_by_lever_usd": saved,
             "served_by_lever": {lever: self.served_by_lever.get(lever, 0) for lever in LEVERS},
+            "served_by_tier": dict(sorted(self.served_by_tier.items())),
         }
 
 
@@ -74,6 +78,7 @@ class Entry:
     savings: dict[str, float]
     lever: str | None = None
     error: bool = False
+    tier: str | None = None  # tier that answered, on routes with tiering
 
 
 Key = tuple[int, str, str, str]
@@ -113,6 +118,8 @@ class Ledger:
             totals.saved_usd[lever] = totals.saved_usd.get(lever, 0.0) + usd
         if entry.lever:
             totals.served_by_lever[entry.lever] = totals.served_by_lever.get(entry.lever, 0) + 1
+        if entry.tier:
+            totals.served_by_tier[entry.tier] = totals.served_by_tier.get(entry.tier, 0) + 1
 
         m = self._metrics
         t, r, mod = entry.tenant, entry.route, entry.model

@@ -341,6 +341,7 @@ class Proxy:
                 savings=ctx.savings,
                 lever=outcome.lever,
                 error=error,
+                tier=ctx.state.get("tier"),
             )
         )
         if ctx.tenant is not None:

@@ -1,0 +1,230 @@
+"""The budget stage: checks a request's tenant and route budgets before anything else runs.
+
+* hard limit reached: 429 in OpenAI's shape (`type: insufficient_quota`,
+  `code: budget_exceeded`) with `Retry-After` up to the end of the period;
+* soft limit reached: the request goes on, downgraded to the route's cheapest tier
+  (`ctx.state[DOWNGRADE_KEY]`, read by the tiering stage), with an `x-thrifty-budget` header
+  and the `thrifty_budget_limited` metric.
+
+The after hook adds what the request cost to every budget it falls under. Spend is checked
+before and added after a request, so concurrent requests can overshoot a limit by what they
+cost together. When the store fails the stage lets traffic through (fail open) and says so in
+the log and the `thrifty_budget_store_errors` metric.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from prometheus_client import Counter, Gauge
+
+from thrifty_core.api.costcontrol import Budget
+from thrifty_core.config import GatewayConfig
+from thrifty_core.errors import RateLimitError
+
+from ..pipeline import Outcome, RequestContext, StageResponse
+from ..tiering.stage import DOWNGRADE_KEY
+from .periods import period_bounds, period_label
+from .store import MemorySpendStore, RedisSpendStore, SpendStore
+
+log = logging.getLogger(__name__)
+
+Scope = Literal["tenant", "route"]
+BUDGET_HEADER = "x-thrifty-budget"
+_STATE_KEY = "budgets"
+
+
+class BudgetExceededError(RateLimitError):
+    """A hard budget limit: 429 until the period ends."""
+
+    type = "insufficient_quota"
+    code = "budget_exceeded"
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetLine:
+    """One budget: whose (tenant or route) and its limits."""
+
+    scope: Scope
+    owner: str
+    budget: Budget
+
+    def window(self, now: float) -> tuple[str, datetime, datetime]:
+        """(store key, period start, period end) of the period containing `now`."""
+        start, end = period_bounds(self.budget.period, now)
+        label = period_label(self.budget.period, start)
+        return f"thrifty:budget:{self.scope}:{self.owner}:{self.budget.period}:{label}", start, end
+
+
+class BudgetMetrics:
+    def __init__(self, registry: Any) -> None:
+        self.spend = Gauge(
+            "thrifty_budget_spend_usd",
+            "Money spent in the current budget period (as last seen by this replica).",
+            ["scope", "owner", "period"],
+            registry=registry,
+        )
+        self.limit = Gauge(
+            "thrifty_budget_limit_usd",
+            "Budget limits.",
+            ["scope", "owner", "period", "kind"],
+            registry=registry,
+        )
+        self.limited = Counter(
+            "thrifty_budget_limited",
+            "Requests downgraded (soft) or refused (hard) by a budget.",
+            ["scope", "owner", "kind"],
+            registry=registry,
+        )
+        self.store_errors = Counter(
+            "thrifty_budget_store_errors",
+            "Budget store failures (requests were let through).",
+            registry=registry,
+        )
+
+
+class BudgetStage:
+    """See the module docstring."""
+
+    name = "budgets"
+
+    def __init__(
+        self,
+        lines: list[BudgetLine],
+        store: SpendStore,
+        metrics: BudgetMetrics,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.lines = lines
+        self._tenants = {ln.owner: ln for ln in lines if ln.scope == "tenant"}
+        self._routes = {ln.owner: ln for ln in lines if ln.scope == "route"}
+        self.store = store
+        self.metrics = metrics
+        self._clock = clock
+        self._warned: set[str] = set()
+        for ln in lines:
+            b = ln.budget
+            for kind, value in (("soft", b.soft_limit_usd), ("hard", b.hard_limit_usd)):
+                if value is not None:
+                    metrics.limit.labels(ln.scope, ln.owner, b.period, kind).set(value)
+
+    def lines_for(self, tenant: str | None, route: str) -> list[BudgetLine]:
+        found = [self._tenants[tenant]] if tenant in self._tenants else []
+        if route in self._routes:
+            found.append(self._routes[route])
+        return found
+
+    async def before_upstream(self, ctx: RequestContext) -> StageResponse | None:
+        lines = self.lines_for(ctx.tenant.name if ctx.tenant else None, ctx.route.name)
+        if not lines:
+            return None
+        now = self._clock()
+        windows = [ln.window(now) for ln in lines]
+        ctx.state[_STATE_KEY] = [(key, end.timestamp()) for key, _, end in windows]
+        try:
+            spent = await self.store.get([key for key, _, _ in windows])
+        except Exception:
+            self.metrics.store_errors.inc()
+            log.warning("budget store unavailable; request let through", exc_info=True)
+            return None
+        soft: list[str] = []
+        for line, (key, _, end), usd in zip(lines, windows, spent, strict=True):
+            b = line.budget
+            self.metrics.spend.labels(line.scope, line.owner, b.period).set(usd)
+            if b.hard_limit_usd is not None and usd >= b.hard_limit_usd:
+                self.metrics.limited.labels(line.scope, line.owner, "hard").inc()
+                self._warn(key, "hard", line)
+                raise BudgetExceededError(
+                    f"The {line.scope} '{line.owner}' has used its {b.period}ly budget of "
+                    f"${b.hard_limit_usd:.2f} (spent ${usd:.2f}). It resets at "
+                    f"{end.isoformat().replace('+00:00', 'Z')}.",
+                    retry_after=end.timestamp() - now,
+                )
+            if b.soft_limit_usd is not None and usd >= b.soft_limit_usd:
+                self.metrics.limited.labels(line.scope, line.owner, "soft").inc()
+                self._warn(key, "soft", line)
+                soft.append(f"{line.scope}={line.owner}")
+        if soft:
+            ctx.state[DOWNGRADE_KEY] = True
+            ctx.response_headers[BUDGET_HEADER] = "soft-limit; " + ",".join(soft)
+        return None
+
+    def _warn(self, key: str, kind: str, line: BudgetLine) -> None:
+        """Log the first time a budget passes a limit in a period (per replica)."""
+        marker = f"{key}:{kind}"
+        if marker in self._warned:
+            return
+        if len(self._warned) > 10_000:
+            self._warned.clear()
+        self._warned.add(marker)
+        log.warning(
+            "budget %s limit reached",
+            kind,
+            extra={"scope": line.scope, line.scope: line.owner, "period": line.budget.period},
+        )
+
+    async def after_upstream(self, ctx: RequestContext, outcome: Outcome) -> None:
+        items: list[tuple[str, float]] | None = ctx.state.get(_STATE_KEY)
+        if not items or outcome.cost_usd <= 0:
+            return
+        try:
+            await self.store.add(items, outcome.cost_usd)
+        except Exception:
+            self.metrics.store_errors.inc()
+            log.warning("budget store unavailable; spend not recorded", exc_info=True)
+
+    async def status(self, tenant: str | None = None) -> list[dict[str, Any]]:
+        """Every budget (or one tenant's) with its spend in the current period."""
+        lines = [
+            ln for ln in self.lines if tenant is None or (ln.scope, ln.owner) == ("tenant", tenant)
+        ]
+        now = self._clock()
+        windows = [ln.window(now) for ln in lines]
+        spent = await self.store.get([key for key, _, _ in windows])
+        out = []
+        for line, (_, start, end), usd in zip(lines, windows, spent, strict=True):
+            b = line.budget
+            state = "ok"
+            if b.hard_limit_usd is not None and usd >= b.hard_limit_usd:
+                state = "hard"
+            elif b.soft_limit_usd is not None and usd >= b.soft_limit_usd:
+                state = "soft"
+            out.append(
+                {
+                    "scope": line.scope,
+                    "owner": line.owner,
+                    "period": b.period,
+                    "period_start": start.isoformat().replace("+00:00", "Z"),
+                    "period_end": end.isoformat().replace("+00:00", "Z"),
+                    "spent_usd": round(usd, 8),
+                    "soft_limit_usd": b.soft_limit_usd,
+                    "hard_limit_usd": b.hard_limit_usd,
+                    "state": state,
+                }
+            )
+        return out
+
+    async def aclose(self) -> None:
+        await self.store.aclose()
+
+
+def budget_lines(config: GatewayConfig) -> list[BudgetLine]:
+    lines = [BudgetLine("tenant", t.name, t.budget) for t in config.tenants if t.budget]
+    lines += [BudgetLine("route", r.name, r.budget) for r in config.routes if r.budget]
+    return lines
+
+
+async def budget_stage(config: GatewayConfig, resources: Any) -> BudgetStage | None:
+    """The stage when a tenant or route declares a budget (spend in the ledger's Redis when
+    configured, else in memory)."""
+    lines = budget_lines(config)
+    if not lines:
+        return None
+    url = config.ledger.redis_url
+    store: SpendStore = RedisSpendStore.from_url(url) if url else MemorySpendStore()
+    return BudgetStage(lines, store, BudgetMetrics(resources.metrics.registry))

@@ -1,0 +1,249 @@
+"""The tiering stage: send easy chat requests to a cheaper tier, optionally as a cascade.
+
+Routing only (no cascade, or a streamed request): the stage replaces `ctx.targets` with the
+tier's targets followed by the route's own (fallback), and the after hook records what the
+cheaper model saved against the route's baseline model under the `tier` lever.
+
+Cascade (non-streaming): the stage calls the chosen tier itself, checks the answer (mean
+log-probability, JSON validity, refusal patterns) and escalates tier by tier up to the route's
+own targets. The answer's cost includes every attempt, so a cascade that escalates shows a
+negative `tier` saving instead of hiding what the failed attempt cost.
+
+Every decision is in `x-thrifty-tier` (and `x-thrifty-tier-escalated` when the cascade
+escalated), in `ctx.state["tier"]` for the ledger, and in the `thrifty_tier_decisions` metric.
+A budget over its soft limit sets `ctx.state[DOWNGRADE_KEY]`: the request then goes to the
+cheapest tier without escalation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from prometheus_client import Counter
+
+from thrifty_core.api.costcontrol import Tiering
+from thrifty_core.config import GatewayConfig
+from thrifty_core.errors import ThriftyError
+
+from ..pipeline import Outcome, RequestContext, StageResponse, Target
+from ..proxy import estimate_usage
+from ..resilience import call_with_fallback
+from ..sse import usage_of
+from .checks import check_answer, compile_patterns
+from .classifier import DifficultyScorer
+from .features import extract_features
+from .rules import choose_tier, needs_difficulty
+
+log = logging.getLogger(__name__)
+
+TIER_KEY = "tier"  # ctx.state key: the tier that served (read by the ledger)
+DOWNGRADE_KEY = "budget_downgrade"  # ctx.state key set by the budget stage (soft limit)
+ROUTE_TIER = "route"  # name of the route's own targets, the strongest tier
+TIER_HEADER = "x-thrifty-tier"
+ESCALATED_HEADER = "x-thrifty-tier-escalated"
+_PLAN_KEY = "tiering"
+
+
+@dataclass(frozen=True, slots=True)
+class TierPlan:
+    """A route's tiering, compiled: (name, targets) cheapest first, the route's own last."""
+
+    tiering: Tiering
+    tiers: tuple[tuple[str, tuple[Target, ...]], ...]
+    patterns: tuple[re.Pattern[str], ...]
+    scorer: DifficultyScorer | None = None
+
+    @property
+    def top(self) -> int:
+        return len(self.tiers) - 1
+
+
+def build_plan(
+    tiering: Tiering, route_targets: tuple[Target, ...], scorer: DifficultyScorer | None = None
+) -> TierPlan:
+    tiers = tuple(
+        (t.name, tuple(Target(x.provider, x.model) for x in t.targets)) for t in tiering.tiers
+    )
+    return TierPlan(
+        tiering=tiering,
+        tiers=(*tiers, (ROUTE_TIER, route_targets)),
+        patterns=compile_patterns(tiering.cascade.refusal_patterns),
+        scorer=scorer,
+    )
+
+
+class TierMetrics:
+    def __init__(self, registry: Any) -> None:
+        self.decisions = Counter(
+            "thrifty_tier_decisions",
+            "Tier routing decisions (the tier that answered).",
+            ["route", "tier", "reason"],
+            registry=registry,
+        )
+        self.escalations = Counter(
+            "thrifty_tier_escalations",
+            "Cascade escalations, by the tier that failed and the failed check.",
+            ["route", "tier", "check"],
+            registry=registry,
+        )
+
+
+class TierStage:
+    """See the module docstring."""
+
+    name = "tiering"
+
+    def __init__(self, plans: dict[str, TierPlan], resources: Any, metrics: TierMetrics) -> None:
+        self.plans = plans
+        self.resources = resources
+        self.metrics = metrics
+
+    async def _difficulty(self, plan: TierPlan, text: str) -> float | None:
+        if plan.scorer is None or not needs_difficulty(plan.tiering):
+            return None
+        try:
+            return await asyncio.to_thread(plan.scorer.difficulty, text)
+        except Exception:
+            log.exception("difficulty classifier failed; rules needing it do not match")
+            return None
+
+    async def before_upstream(self, ctx: RequestContext) -> StageResponse | None:
+        plan = self.plans.get(ctx.route.name)
+        if plan is None or ctx.endpoint != "chat":
+            return None
+        downgrade = bool(ctx.state.get(DOWNGRADE_KEY))
+        if downgrade:
+            index, reason = 0, "budget"
+        else:
+            features = extract_features(ctx.body, ctx.headers)
+            difficulty = await self._difficulty(plan, features.user_text)
+            index, reason = choose_tier(plan.tiering, features, difficulty), "rules"
+        cascade = plan.tiering.cascade.enabled and not ctx.stream and not downgrade
+        if cascade and index < plan.top:
+            return await self._cascade(ctx, plan, index)
+        name, targets = plan.tiers[index]
+        if index < plan.top:
+            ctx.targets = [*targets, *(t for t in ctx.targets if t not in targets)]
+        ctx.state[TIER_KEY] = name
+        ctx.state[_PLAN_KEY] = "route"
+        ctx.response_headers[TIER_HEADER] = name
+        self.metrics.decisions.labels(ctx.route.name, name, reason).inc()
+        return None
+
+    async def _cascade(self, ctx: RequestContext, plan: TierPlan, index: int) -> StageResponse:
+        state = self.resources
+        runtime = state.routes[ctx.route.name]
+        cascade = plan.tiering.cascade
+        spent = 0.0
+        escalated: list[str] = []
+        for i in range(index, plan.top + 1):
+            name, targets = plan.tiers[i]
+            last = i == plan.top
+            body = ctx.body
+            add_logprobs = (
+                not last and cascade.min_mean_logprob is not None and not body.get("logprobs")
+            )
+            if add_logprobs:
+                body = {**body, "logprobs": True}
+
+            def payload_for(target: Target, body: dict[str, Any] = body) -> bytes:
+                return orjson.dumps({**body, "model": target.model})
+
+            chain = ctx.targets if last else list(targets)
+            try:
+                attempt = await call_with_fallback(
+                    state.upstream,
+                    state.breakers,
+                    chain,
+                    "chat/completions",
+                    payload_for,
+                    runtime.timeouts,
+                    stream=False,
+                    max_retries=0 if not last else ctx.route.max_retries,
+                    retry_budget=ctx.route.retry_budget_seconds,
+                )
+            except ThriftyError:
+                if last:
+                    raise
+                escalated.append(f"{name}:error")
+                self.metrics.escalations.labels(ctx.route.name, name, "error").inc()
+                continue
+            try:
+                answer: dict[str, Any] | None = orjson.loads(attempt.response.body)
+            except orjson.JSONDecodeError:
+                answer = None
+            usage = usage_of(answer) or estimate_usage(body, answer)
+            spent += ctx.catalog.cost(attempt.target.model, usage)
+            if not last:
+                verdict = check_answer(cascade, plan.patterns, ctx.body, answer)
+                if not verdict.ok:
+                    escalated.append(f"{name}:{verdict.reason}")
+                    self.metrics.escalations.labels(ctx.route.name, name, verdict.reason).inc()
+                    continue
+                if add_logprobs and answer is not None:
+                    for choice in answer.get("choices") or ():
+                        choice["logprobs"] = None
+            saved = ctx.baseline_cost(usage) - spent
+            ctx.add_saving("tier", saved)
+            ctx.state[TIER_KEY] = name
+            ctx.state[_PLAN_KEY] = "cascade"
+            headers = {TIER_HEADER: name}
+            if escalated:
+                headers[ESCALATED_HEADER] = ",".join(escalated)
+            ctx.response_headers.update(headers)
+            reason = "cascade-escalated" if escalated else "cascade"
+            self.metrics.decisions.labels(ctx.route.name, name, reason).inc()
+            return StageResponse(
+                lever="tier" if not last else None,
+                body=answer,
+                usage=usage,
+                model=attempt.target.model,
+                served_by=attempt.target.label,
+                cost_usd=spent,
+                headers=headers,
+            )
+        raise AssertionError("the route tier always answers or raises")  # pragma: no cover
+
+    async def after_upstream(self, ctx: RequestContext, outcome: Outcome) -> None:
+        """Routing decisions: what the cheaper model saved against the baseline model."""
+        if ctx.state.get(_PLAN_KEY) != "route" or ctx.state.get(TIER_KEY) == ROUTE_TIER:
+            return
+        if outcome.from_stage or outcome.status >= 400:
+            return
+        ctx.add_saving("tier", ctx.baseline_cost(outcome.usage) - outcome.cost_usd)
+
+
+async def tier_stage(config: GatewayConfig, resources: Any) -> TierStage | None:
+    """The stage for the routes that declare `tiering` (None when none does)."""
+    configured = [r for r in config.routes if r.tiering is not None]
+    if not configured:
+        return None
+    plans: dict[str, TierPlan] = {}
+    for route in configured:
+        assert route.tiering is not None
+        scorer = None
+        if route.tiering.classifier is not None and needs_difficulty(route.tiering):
+            scorer = await asyncio.to_thread(_load_scorer, route.tiering, resources)
+        plans[route.name] = build_plan(route.tiering, resources.routes[route.name].targets, scorer)
+    return TierStage(plans, resources, TierMetrics(resources.metrics.registry))
+
+
+def _load_scorer(tiering: Tiering, resources: Any) -> DifficultyScorer | None:
+    from .classifier import load_classifier
+
+    assert tiering.classifier is not None
+    embedder = getattr(resources, "embedder", None)
+    if embedder is None:
+        from thrifty_core.embedding.local import LocalEmbedder
+
+        embedder = LocalEmbedder(threads=1)
+    try:
+        return load_classifier(tiering.classifier, embedder)
+    except (OSError, ValueError):
+        log.exception("difficulty classifier cannot be loaded; maxDifficulty rules never match")
+        return None
