@@ -11,7 +11,7 @@ import yaml
 from thrifty_core.api import BatchQueue, CachePolicy, DistilledModel, LLMGateway
 from thrifty_core.config import dump_config
 from thrifty_core.render import render_gateway_config
-from thrifty_operator.builders import batch, cache, distill, names
+from thrifty_operator.builders import batch, cache, distill, names, serving
 from thrifty_operator.builders import gateway as gw
 from thrifty_operator.builders.common import CONFIG_HASH_ANNOTATION, Owner, short_hash
 from thrifty_operator.builders.defaults import Defaults
@@ -78,7 +78,7 @@ def all_manifests() -> list[dict[str, Any]]:
         distill.build_train_job(model, owner(dbody), "v1", DEFAULTS),
         distill.build_eval_job(model, owner(dbody), "v1", DEFAULTS),
         distill.build_train_job(lm, owner(lm_body), "v1", DEFAULTS),
-        *distill.build_serving(lm, owner(lm_body), "v1", DEFAULTS),
+        *serving.build_serving(lm, owner(lm_body), "v1", DEFAULTS),
     ]
     return [m for m in out if m is not None]
 
@@ -284,7 +284,7 @@ def test_gpu_serving_requests_gpus_and_targets_gpu_nodes() -> None:
 def test_classifier_student_needs_no_serving_deployment() -> None:
     body = example("distilledmodel")
     model = DistilledModel.model_validate(body)
-    assert distill.build_serving(model, owner(body), "v1", DEFAULTS) == []
+    assert serving.build_serving(model, owner(body), "v1", DEFAULTS) == []
     train = distill.build_train_job(model, owner(body), "v1", DEFAULTS)
     assert "nodeSelector" not in train["spec"]["template"]["spec"]
 

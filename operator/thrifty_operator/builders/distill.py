@@ -13,8 +13,6 @@ import yaml
 
 from thrifty_core.api import DistilledModel
 from thrifty_core.api.base import GpuSpec
-from thrifty_core.student.artifact import ADAPTER
-from thrifty_core.student.serving import vllm_args
 
 from . import names
 from .common import (
@@ -24,15 +22,13 @@ from .common import (
     metadata,
     pod_spec,
     resources,
-    selector_labels,
     short_hash,
 )
-from .defaults import STUDENT_PORT, Defaults
+from .defaults import Defaults
 from .stores import pvc
 
 TRAIN_COMPONENT = "thrifty-distill-train"
 EVAL_COMPONENT = "thrifty-distill-eval"
-SERVE_COMPONENT = "thrifty-student"
 ARTIFACTS_COMPONENT = "thrifty-distill-artifacts"
 REPORT_KEY = "report.json"
 RESOURCE_KEY = "resource.yaml"
@@ -288,69 +284,3 @@ def build_eval_job(model: DistilledModel, owner: Owner, run: str, defaults: Defa
         steps=[_step("evaluate", defaults.distill_image, args, res)],
         service_account=names.distill_service_account(owner.name),
     )
-
-
-def build_serving(
-    model: DistilledModel, owner: Owner, version: str, defaults: Defaults
-) -> list[Manifest]:
-    """GPU Deployment + Service for a causal-lm student (classifiers run in the gateway)."""
-    if model.spec.student.kind != "causal-lm":
-        return []
-    serving = model.spec.serving
-    res, selector, tolerations = gpu_placement(
-        serving.gpu, serving.resources.requests, serving.resources.limits
-    )
-    adapter = f"{STUDENTS}/{version}/{ADAPTER}"
-    main = container(
-        "student",
-        serving.image or defaults.vllm_image,
-        command=["vllm"],
-        args=vllm_args(model.spec.student.base_model or "", adapter, owner.name, port=STUDENT_PORT),
-        ports=[{"name": "http", "containerPort": STUDENT_PORT, "protocol": "TCP"}],
-        env=[{"name": "HF_HOME", "value": "/var/cache/thrifty/hf"}],
-        mounts=[
-            {"name": "artifacts", "mountPath": DATA_DIR, "readOnly": True},
-            {"name": "cache", "mountPath": "/var/cache/thrifty"},
-        ],
-        resources_block=res,
-        probes={
-            "livenessProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 15},
-            "readinessProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 5},
-        },
-    )
-    volumes = [
-        {
-            "name": "artifacts",
-            "persistentVolumeClaim": {"claimName": names.distill_artifacts(owner.name)},
-        },
-        {"name": "cache", "emptyDir": {"sizeLimit": "20Gi"}},
-    ]
-    deployment = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": metadata(owner, names.student(owner.name), SERVE_COMPONENT),
-        "spec": {
-            "replicas": serving.replicas,
-            "selector": {"matchLabels": selector_labels(owner, SERVE_COMPONENT)},
-            "template": {
-                "metadata": {
-                    "labels": metadata(owner, "", SERVE_COMPONENT)["labels"],
-                    "annotations": {"thrifty.dev/version": version},
-                },
-                "spec": pod_spec(
-                    [main], volumes=volumes, node_selector=selector, tolerations=tolerations
-                ),
-            },
-        },
-    }
-    service = {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": metadata(owner, names.student(owner.name), SERVE_COMPONENT),
-        "spec": {
-            "type": "ClusterIP",
-            "selector": selector_labels(owner, SERVE_COMPONENT),
-            "ports": [{"name": "http", "port": STUDENT_PORT, "targetPort": "http"}],
-        },
-    }
-    return [deployment, service]

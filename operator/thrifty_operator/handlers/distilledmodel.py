@@ -15,7 +15,7 @@ from typing import Any
 
 from thrifty_core.api import DistilledModel
 
-from ..builders import distill, names
+from ..builders import distill, names, serving
 from ..builders.common import Owner
 from ..conditions import Cond, false, true
 from . import gateway
@@ -182,7 +182,7 @@ async def _serve(
         return false("Serving", "NoPassingVersion", "no version has passed the evaluation gate")
     if model.spec.student.kind != "causal-lm":
         return true("Serving", "InProcess", f"{active} is served inside the teacher's gateway")
-    await apply_all(ctx.kube, distill.build_serving(model, owner, active, ctx.defaults))
+    await apply_all(ctx.kube, serving.build_serving(model, owner, active, ctx.defaults))
     fields["endpoint"] = names.student_endpoint(owner.name, owner.namespace)
     ok, message = deployment_state(
         await ctx.kube.get("apps/v1", "Deployment", owner.namespace, names.student(owner.name))
