@@ -431,3 +431,27 @@ def test_worker_sigkilled_while_a_provider_job_runs_resumes_polling_it(
         assert r.hlen("thrifty:batch:kill-provider:jobs") == 0
     finally:
         slow.stop()
+
+
+def test_batch_past_its_completion_window_expires_with_an_error_file(
+    stack: Any, redis: RedisServer
+) -> None:
+    gw, worker = stack("window")
+    client = gw.openai(KEY)
+    uploaded = client.files.create(
+        file=("in.jsonl", jsonl([chat_line(i) for i in range(5)])), purpose="batch"
+    )
+    batch = client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    r: Any = redis_sync.Redis.from_url(redis.url)
+    key = f"thrifty:batch:window:batch:{batch.id}"
+    record = orjson.loads(r.get(key))
+    r.set(key, orjson.dumps({**record, "expires_at": int(time.time()) - 1}))
+    worker("w1")  # starts after the window closed
+    done = wait_terminal(client, batch.id)
+    assert done.status == "expired"
+    assert done.expired_at is not None
+    errors = lines_of(client, done.error_file_id)
+    assert sorted(e["custom_id"] for e in errors) == sorted(f"req-{i}" for i in range(5))
+    assert {e["error"]["code"] for e in errors} == {"batch_expired"}

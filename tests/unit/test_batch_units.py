@@ -151,3 +151,20 @@ async def test_file_store_limit_and_roundtrip(tmp_path: Path) -> None:
     assert await store.get("../etc/passwd") is None
     assert await store.delete(meta.id)
     assert await store.read(meta.id) is None
+
+
+async def test_rate_gate_holds_requests_over_the_per_minute_limit() -> None:
+    import asyncio
+
+    from thrifty_core.api.batchqueue import DirectLimits
+    from thrifty_gateway.services.batching.direct import RateGate
+
+    gate = RateGate(DirectLimits(requests_per_minute=2))
+    await asyncio.wait_for(gate.acquire(10), 1)
+    await asyncio.wait_for(gate.acquire(10), 1)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(gate.acquire(10), 0.2)
+    tokens = RateGate(DirectLimits(tokens_per_minute=100))
+    await asyncio.wait_for(tokens.acquire(500), 1)  # one call may exceed: the bucket owes 400
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(tokens.acquire(1), 0.2)

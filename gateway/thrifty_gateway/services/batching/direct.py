@@ -57,9 +57,14 @@ class RateGate:
                     wait = self._requests.take(1, now)
                 if wait <= 0.0:
                     if self._tokens is not None:
-                        self._tokens.debit(min(tokens, self._tokens.rate_per_min), now)
+                        self._tokens.debit(tokens, now)  # into debt: later calls wait
                     return
                 await asyncio.sleep(min(wait, 5.0))
+
+    def record(self, tokens: int) -> None:
+        """Debit tokens known only after the call (the completion)."""
+        if self._tokens is not None and tokens > 0:
+            self._tokens.debit(tokens, time.monotonic())
 
 
 def price(
@@ -157,4 +162,6 @@ class DirectExecutor:
             body = orjson.loads(attempt.response.body)
         except orjson.JSONDecodeError:
             return Result(line.custom_id, None, None, "bad_response", "not JSON"), True
-        return success(line, body, self.catalog, route, attempt.target.model, batch=False), False
+        result = success(line, body, self.catalog, route, attempt.target.model, batch=False)
+        self.gate.record(result.completion_tokens)
+        return result, False

@@ -114,8 +114,9 @@ async def _write_files(
             )
             fields["error_file_id"] = meta.id
     now = int(time.time())
-    final = "cancelled" if cancelling else "completed"
-    stamp = "cancelled_at" if cancelling else "completed_at"
+    expired = any(r.error_code == "batch_expired" for r in results.values())
+    final = "cancelled" if cancelling else ("expired" if expired else "completed")
+    stamp = f"{final}_at"
     await queue.transition(record.id, final, **{stamp: now}, **fields)
     await queue.deactivate(record.id)
     log.info("batch %s %s (%d results)", record.id, final, len(results))

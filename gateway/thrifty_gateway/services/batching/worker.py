@@ -26,6 +26,7 @@ from .provider import TERMINAL_JOB, Pack, Packer, ProviderBatches, next_poll, pa
 from .queue import Entry, RedisQueue
 
 log = logging.getLogger(__name__)
+EXPIRED = "This request could not be executed before the completion window expired."
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ class Worker:
             limits.max_lines_per_job, limits.max_bytes_per_job, self.spec.flush_window_seconds
         )
         self.stats = WorkerStats()
-        self._info: dict[str, tuple[str, int, float]] = {}
+        self._info: dict[str, tuple[str, int, int | None, float]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._next_poll: dict[str, float] = {}
         self._held: set[str] = set()  # entries in a pack or a direct call of this worker
@@ -149,18 +150,20 @@ class Worker:
                 log.exception("batch reader error; retrying")
                 await asyncio.sleep(1.0)
 
-    async def _batch_info(self, batch_id: str) -> tuple[str, int] | None:
+    async def _batch_info(self, batch_id: str) -> tuple[str, int, int | None] | None:
+        """(status, total lines, expires_at) of a batch, cached for a second."""
         now = time.monotonic()
         hit = self._info.get(batch_id)
-        if hit is not None and now - hit[2] < 1.0:
-            return hit[0], hit[1]
+        if hit is not None and now - hit[3] < 1.0:
+            return hit[0], hit[1], hit[2]
         record = await self.queue.get(batch_id)
         if record is None:
             return None
-        self._info[batch_id] = (record.status, record.request_counts.total, now)
+        total = record.request_counts.total
+        self._info[batch_id] = (record.status, total, record.expires_at, now)
         if len(self._info) > 10_000:
             self._info.clear()
-        return record.status, record.request_counts.total
+        return record.status, total, record.expires_at
 
     async def _handle(self, entry_id: str, line: Line) -> None:
         self.stats.lines += 1
@@ -168,6 +171,10 @@ class Worker:
         if info is None or info[0] in ("cancelling", "cancelled", "expired"):
             code = "batch_cancelled" if info else "batch_missing"
             result = Result(line.custom_id, None, None, code, "the batch was cancelled")
+            await self._store(entry_id, line, result)
+            return
+        if info[2] is not None and time.time() > info[2]:
+            result = Result(line.custom_id, None, None, "batch_expired", EXPIRED)
             await self._store(entry_id, line, result)
             return
         route = self.routes.get(line.route)
