@@ -83,10 +83,11 @@ async def _distilledmodel(
 
 
 def not_ready(status: kopf.Status, **_: Any) -> bool:
-    """Filter of the progress timer: runs only until the resource reports Ready=True."""
+    """Filter of the progress timer: runs until the resource reports Ready=True, and not for a
+    spec that cannot work (only an edit or the slow drift check looks at it again)."""
     for cond in status.get("conditions") or []:
         if cond.get("type") == "Ready":
-            return bool(cond.get("status") != "True")
+            return bool(cond.get("status") != "True" and cond.get("reason") != "InvalidSpec")
     return True
 
 

@@ -25,6 +25,8 @@ def test_progress_timer_runs_only_until_ready() -> None:
     assert not_ready(status=kopf.Body({}).status) is True
     assert not_ready(status=_status([{"type": "Ready", "status": "False"}])) is True
     assert not_ready(status=_status([{"type": "Ready", "status": "True"}])) is False
+    invalid = [{"type": "Ready", "status": "False", "reason": "InvalidSpec"}]
+    assert not_ready(status=_status(invalid)) is False
 
 
 def test_collection_and_tenant_index_requests() -> None:
