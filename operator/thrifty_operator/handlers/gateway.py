@@ -177,6 +177,9 @@ async def resync(ix: Indexes, ctx: Context, namespace: str, gateways: list[str])
             outcome = await sync(body, ix, ctx)
         except InvalidSpec:
             continue  # the gateway's own handler reports it
+        except KubeError as exc:  # its own handler or drift check retries
+            logger.warning("gateway %s not re-rendered: %s", name, exc.message)
+            continue
         status: dict[str, Any] = {}
         finish(body, status, outcome)
         try:
