@@ -6,6 +6,8 @@
   entry acknowledged in ONE Lua script: nothing is acknowledged before its result is stored,
   and a line delivered twice is counted once (idempotent results).
 * A line out of attempts moves to the dead-letter stream (and its error to the error file).
+* Acknowledged entries are deleted (`XDEL`), so the stream holds only outstanding lines; a
+  terminal batch's record and results expire after a retention period.
 * Lines inside a provider batch job stay pending; `inflight` maps them to the job so a reclaim
   leaves them to whoever polls that job.
 """
@@ -48,6 +50,7 @@ if added == 1 then
 end
 if ARGV[2] ~= '' then
   redis.call('XACK', KEYS[3], ARGV[1], ARGV[2])
+  redis.call('XDEL', KEYS[3], ARGV[2])
   redis.call('HDEL', KEYS[6], ARGV[2])
 end
 local c = redis.call('HMGET', KEYS[2], 'completed', 'failed')
@@ -106,7 +109,8 @@ class RedisQueue:
         await self.ensure_groups()
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.set(k.batch(record.id), record.store())
-            pipe.zadd(k.index, {record.id: record.created_at})
+            if not record.deferred:
+                pipe.zadd(k.index, {record.id: record.created_at})
             pipe.hset(k.counts(record.id), mapping={"completed": 0, "failed": 0})
             await pipe.execute()
         for start in range(0, len(lines), 1000):
@@ -139,16 +143,23 @@ class RedisQueue:
     async def list_batches(
         self, tenant: str, after: str | None, limit: int
     ) -> tuple[list[BatchRecord], bool]:
-        ids = [i.decode() for i in await self.redis.zrevrange(self.keys.index, 0, -1)]
-        if after and after in ids:
-            ids = ids[ids.index(after) + 1 :]
+        """The tenant's batches, newest first, after the batch `after` (a cursor)."""
+        start = 0
+        if after:
+            rank = await self.redis.zrevrank(self.keys.index, after)
+            start = rank + 1 if rank is not None else 0
         out: list[BatchRecord] = []
-        for batch_id in ids:
-            record = await self.get(batch_id)
-            if record is not None and record.tenant == tenant and not record.deferred:
-                out.append(record)
-                if len(out) > limit:
-                    break
+        while len(out) <= limit:
+            page = await self.redis.zrevrange(self.keys.index, start, start + 199)
+            if not page:
+                break
+            start += len(page)
+            for raw in page:
+                record = await self.get(raw.decode())
+                if record is None:
+                    await self.redis.zrem(self.keys.index, raw)  # expired record
+                elif record.tenant == tenant:
+                    out.append(record)
         return out[:limit], len(out) > limit
 
     async def transition(self, batch_id: str, to: str, **fields: Any) -> BatchRecord | None:
@@ -185,8 +196,15 @@ class RedisQueue:
         members = await self.redis.smembers(self.keys.active)
         return sorted(m.decode() for m in members)
 
-    async def deactivate(self, batch_id: str) -> None:
-        await self.redis.srem(self.keys.active, batch_id)
+    async def deactivate(self, batch_id: str, retain_seconds: int = 30 * 86400) -> None:
+        """A terminal batch: no longer swept; its record and results expire after
+        `retain_seconds` (the output and error files stay in the file store)."""
+        k = self.keys
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.srem(k.active, batch_id)
+            for key in (k.batch(batch_id), k.results(batch_id), k.counts(batch_id)):
+                pipe.expire(key, retain_seconds)
+            await pipe.execute()
 
     # -- lines ------------------------------------------------------------------------------
 
@@ -282,6 +300,7 @@ class RedisQueue:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.xadd(k.stream, line.retried().fields())
             pipe.xack(k.stream, k.group, entry_id)
+            pipe.xdel(k.stream, entry_id)
             pipe.hdel(k.inflight, entry_id)
             await pipe.execute()
 
