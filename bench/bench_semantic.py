@@ -35,7 +35,33 @@ DATA = Path(
 N = int(os.environ.get("THRIFTY_BENCH_PAIRS", "1000"))
 TOP_K = 5
 THRESHOLDS = [round(0.70 + 0.01 * i, 2) for i in range(30)]
-DEFAULT_THRESHOLD = float(os.environ.get("THRIFTY_BENCH_THRESHOLD", "0.80"))
+DEFAULT_THRESHOLD = float(os.environ.get("THRIFTY_BENCH_THRESHOLD", "0.90"))  # policy default
+OPERATING_POINTS = (0.85, 0.90, 0.95)
+
+# Pairs that differ only by a negation, a number, a date, a direction or a named entity: a
+# cache must never serve one for the other.
+NEAR_MISSES = [
+    ("Is Python a compiled language?", "Is Python not a compiled language?"),
+    ("Why can't I sleep at night?", "Why can I sleep at night?"),
+    ("Who won the World Cup in 2014?", "Who won the World Cup in 2018?"),
+    ("What is 15% of 200?", "What is 15% of 300?"),
+    ("Give me three tips for sleeping better", "Give me five tips for sleeping better"),
+    ("What happened on March 3?", "What happened on March 4?"),
+    ("How do I sort a list in Python 2?", "How do I sort a list in Python 3?"),
+    ("How do I start the docker container?", "How do I stop the docker container?"),
+    ("How to increase my credit score", "How to decrease my credit score"),
+    ("What is the best time to buy stocks?", "What is the best time to sell stocks?"),
+    ("How do I enable dark mode?", "How do I disable dark mode?"),
+    ("Convert USD to EUR", "Convert EUR to USD"),
+    ("How do I upload files to S3?", "How do I download files from S3?"),
+    ("What should I eat before a workout?", "What should I eat after a workout?"),
+    ("How to lose weight fast?", "How to gain weight fast?"),
+    ("What is the capital of France?", "What is the capital of Germany?"),
+    ("Who is the CEO of Google?", "Who is the CEO of Microsoft?"),
+    ("How do I install numpy on Windows?", "How do I install numpy on Ubuntu?"),
+    ("What did Obama say about healthcare?", "What did Trump say about healthcare?"),
+    ("Is coffee bad for your health?", "Is coffee not bad for your health?"),
+]
 MAX_WRONG_SHARE = 0.02
 
 
@@ -168,6 +194,16 @@ def evaluate(w: Workload, embedder: LocalEmbedder) -> dict[str, Any]:
     plain = curve(w, sims, order, None)
     thrifty = curve(w, sims, order, guard_verifier(tuple(CHECKS)))
     at_default = next(r for r in thrifty if r["threshold"] == DEFAULT_THRESHOLD)
+    points = {}
+    for t in OPERATING_POINTS:
+        mine = next(r for r in thrifty if r["threshold"] == t)
+        same = best_plain_at(plain, mine["wrong_share"])
+        points[str(t)] = {
+            "thrifty": mine,
+            "plain_same_threshold": next(r for r in plain if r["threshold"] == t),
+            "plain_best_at_same_wrong_share": same,
+            "ratio": round(mine["correct_hits"] / max(same["correct_hits"], 1), 2),
+        }
     plain_same = best_plain_at(plain, at_default["wrong_share"])
     ablation = {}
     for name in CHECKS:
@@ -185,15 +221,34 @@ def evaluate(w: Workload, embedder: LocalEmbedder) -> dict[str, Any]:
         "plain_at_default": next(r for r in plain if r["threshold"] == DEFAULT_THRESHOLD),
         "correct_hits_ratio": round(ratio, 2),
         "meets_targets": at_default["wrong_share"] <= MAX_WRONG_SHARE and ratio >= 1.5,
+        "operating_points": points,
         "single_check_at_default": ablation,
         "curve_thrifty": thrifty,
         "curve_plain": plain,
     }
 
 
+def near_misses(embedder: LocalEmbedder) -> dict[str, Any]:
+    """How many near-miss pairs a plain threshold serves, and how many Thrifty serves."""
+    a = embedder.embed([x for x, _ in NEAR_MISSES])
+    b = embedder.embed([y for _, y in NEAR_MISSES])
+    sims = (a * b).sum(axis=1)
+    guarded = [first_failure(x, y, tuple(CHECKS)) for x, y in NEAR_MISSES]
+    out: dict[str, Any] = {"pairs": len(NEAR_MISSES), "cosine_min": round(float(sims.min()), 3)}
+    for t in OPERATING_POINTS:
+        out[f"plain_served_at_{t}"] = int((sims >= t).sum())
+        out[f"thrifty_served_at_{t}"] = int(
+            sum(1 for s, g in zip(sims, guarded, strict=True) if s >= t and g is None)
+        )
+    out["rejected_by"] = {name: guarded.count(name) for name in CHECKS}
+    return out
+
+
 def main() -> dict[str, Any]:
     embedder = LocalEmbedder(threads=max(1, (os.cpu_count() or 1)))
-    return {w.name: evaluate(w, embedder) for w in load_workloads()}
+    result: dict[str, Any] = {w.name: evaluate(w, embedder) for w in load_workloads()}
+    result["near_misses"] = near_misses(embedder)
+    return result
 
 
 if __name__ == "__main__":

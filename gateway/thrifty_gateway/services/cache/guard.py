@@ -7,10 +7,11 @@ candidate when the texts disagree on something that changes the answer:
 
 * numbers: the multisets of numbers (digits, number words, ordinals, dates) differ;
 * negation: one text is negated and the other is not;
-* antonyms: the texts use opposite members of an antonym / direction pair (start/stop,
-  buy/sell, increase/decrease, before/after, to/from order ...);
-* entities: a named entity (capitalised or mixed-case token, acronym) of one text is absent
-  from the other, or shared entities appear in a different order ("USD to EUR" / "EUR to USD");
+* antonyms: one text uses one member of an antonym / direction pair and the other text the
+  other member (start/stop, buy/sell, increase/decrease, before/after ...), or shared words
+  swap sides around to/from/into/vs ("USD to EUR" / "EUR to USD");
+* entities: a named entity (capitalised or mixed-case token, acronym) of each text is absent
+  from the other (a substitution), or shared entities appear in a different order;
 * length: one text is far longer than the other (it asks for more).
 
 Every check is measured in `bench/bench_semantic.py`.
@@ -68,7 +69,7 @@ ANTONYM_PAIRS: tuple[tuple[str, str], ...] = tuple(
         "inhale/exhale internal/external input/output client/server read/write get/set "
         "success/failure pass/fail legal/illegal possible/impossible safe/dangerous "
         "true/fake real/fake friend/enemy agree/disagree same/different similar/different "
-        "from/to to/from vs/versus ascending/descending asc/desc synchronous/asynchronous "
+        "ascending/descending asc/desc synchronous/asynchronous "
         "sync/async public/private import/export mean/median"
     ).split()
 )
@@ -181,28 +182,37 @@ def antonyms_match(a: Features, b: Features) -> bool:
     for x, y in _antonym_stems():
         sa = (x in a.stems, y in a.stems)
         sb = (x in b.stems, y in b.stems)
-        if sa != sb and any(sa) and any(sb):
+        # A swap (one text says x and not y, the other y and not x), not a mere addition.
+        if (sa == (True, False) and sb == (False, True)) or (
+            sa == (False, True) and sb == (True, False)
+        ):
             return False
     return _direction_matches(a, b)
 
 
+DIRECTION_WINDOW = 2
+
+
 def _direction_matches(a: Features, b: Features) -> bool:
-    """Shared words around to/from/into/vs keep their order ("USD to EUR" vs "EUR to USD")."""
+    """Words next to to/from/into/vs keep their side ("USD to EUR" vs "EUR to USD")."""
     for marker in ("to", "into", "from", "vs", "versus", "than"):
         if marker not in a.lower or marker not in b.lower:
             continue
         ia, ib = a.lower.index(marker), b.lower.index(marker)
-        before_a, after_a = set(a.lower[:ia]), set(a.lower[ia + 1 :])
-        before_b, after_b = set(b.lower[:ib]), set(b.lower[ib + 1 :])
-        content = {w for w in before_a | after_a if w not in COMMON_CAPITALISED and len(w) > 2}
+        w = DIRECTION_WINDOW
+        before_a, after_a = set(a.lower[max(0, ia - w) : ia]), set(a.lower[ia + 1 : ia + 1 + w])
+        before_b, after_b = set(b.lower[max(0, ib - w) : ib]), set(b.lower[ib + 1 : ib + 1 + w])
+        content = {w for w in before_a | after_a if w not in COMMON_CAPITALISED and len(w) > 1}
         if (before_a & after_b & content) and (after_a & before_b & content):
             return False
     return True
 
 
 def entities_match(a: Features, b: Features) -> bool:
+    """A named entity replaced by another (each text has one the other lacks), or shared
+    entities in another order. One text naming an extra entity is not a mismatch."""
     words_a, words_b = set(a.lower), set(b.lower)
-    if any(e not in words_b for e in a.entities) or any(e not in words_a for e in b.entities):
+    if any(e not in words_b for e in a.entities) and any(e not in words_a for e in b.entities):
         return False
     shared = [e for e in dict.fromkeys(a.entities) if e in b.entities]
     order_b = [e for e in dict.fromkeys(b.entities) if e in shared]
