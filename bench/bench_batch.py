@@ -1,7 +1,8 @@
 """Batching benchmarks (`python -m bench batch`), against the simulator as separate processes.
 
 1. A 10,000-line batch end to end through the official `openai` client, the gateway, a real
-   redis-server, one `thrifty batch-worker` (provider mode) and the simulator's Batch API:
+   redis-server, one `thrifty batch-worker` and the simulator: provider mode (the simulator's
+   Batch API) and direct mode (32 concurrent chat calls):
    lines/s from create to completed, peak RSS (VmHWM) of gateway and worker, upstream calls
    made, lines lost or duplicated in the output file.
 2. Embeddings coalescing: 64 concurrent single-input callers (wrk, closed loop), with the
@@ -126,7 +127,7 @@ def _gateway(stack: ExitStack, work: Path, config: dict[str, Any]) -> tuple[str,
     return f"http://127.0.0.1:{port}", pid, path
 
 
-def batch_end_to_end(work: Path) -> dict[str, Any]:
+def batch_end_to_end(work: Path, mode: str = "provider") -> dict[str, Any]:
     redis_bin = shutil.which("redis-server")
     if redis_bin is None:
         raise RuntimeError("redis-server is not installed")
@@ -140,11 +141,12 @@ def batch_end_to_end(work: Path) -> dict[str, Any]:
         )
         sim_port = _simulator(stack, work, "--batch-speedup", "50")
         batch = {
-            "name": "bench",
+            "name": f"bench-{mode}",
             "redisUrl": f"redis://127.0.0.1:{redis_port}/0",
-            "filesDir": str(work / "files"),
+            "filesDir": str(work / f"files-{mode}"),
             "spec": {
-                "mode": "provider",
+                "mode": mode,
+                "direct": {"concurrency": 32},
                 "flushWindowSeconds": 1,
                 "pollIntervalSeconds": 1,
                 "limits": {"maxLinesPerBatch": 50_000, "maxLinesPerJob": 2_500},
@@ -154,7 +156,7 @@ def batch_end_to_end(work: Path) -> dict[str, Any]:
         worker_pid = stack.enter_context(
             _proc(
                 [sys.executable, "-m", "thrifty_cli", "batch-worker", "--config", str(path)],
-                work / "worker.log",
+                work / f"worker-{mode}.log",
             )
         )
         items = [
@@ -191,7 +193,10 @@ def batch_end_to_end(work: Path) -> dict[str, Any]:
         sim_stats = httpx.get(f"http://127.0.0.1:{sim_port}/sim/batches/stats").json()
         calls = {k: sim_stats.get(k, 0) for k in ("files_uploaded", "batches_created")}
         calls.update({k: sim_stats.get(k, 0) for k in ("retrieves", "downloads")})
+        sync = httpx.get(f"http://127.0.0.1:{sim_port}/sim/stats").json()["requests"]
+        calls["chat_completions"] = sum(sync.values())
         return {
+            "mode": mode,
             "lines": LINES,
             "status": got.status,
             "enqueue_seconds": round(enqueued, 2),
@@ -260,6 +265,7 @@ def main() -> dict[str, Any]:
     return {
         "machine": f"{os.cpu_count()} cores",
         "batch_end_to_end": batch_end_to_end(work),
+        "batch_end_to_end_direct": batch_end_to_end(work, "direct"),
         "embeddings_coalescing": coalescing(work),
     }
 
