@@ -336,6 +336,29 @@ def test_hand_deleted_children_come_back(platform: Platform) -> None:
     wait_ready(cluster, "cachepolicy", ns, "default-cache")
 
 
+def test_hand_edited_children_are_repaired(platform: Platform) -> None:
+    cluster, ns = platform.cluster, platform.ns
+    rendered = (get(cluster, "configmap", ns, "thrifty-gateway-config") or {})["data"]
+    cluster.kubectl(
+        "patch",
+        "configmap",
+        "thrifty-gateway-config",
+        "-n",
+        ns,
+        "--type=merge",
+        "-p",
+        json.dumps({"data": {"gateway.yaml": "tampered: true\n"}}),
+    )
+    cluster.kubectl("scale", "deployment", "default-cache-redis", "-n", ns, "--replicas=3")
+
+    def repaired() -> bool:
+        cm = get(cluster, "configmap", ns, "thrifty-gateway-config") or {}
+        redis = get(cluster, "deployment", ns, "default-cache-redis") or {}
+        return bool(cm.get("data") == rendered and redis["spec"]["replicas"] == 1)
+
+    wait_for(repaired, timeout=60, message="the drift check to restore the children")
+
+
 def test_deleting_a_resource_removes_its_children(platform: Platform) -> None:
     cluster, ns = platform.cluster, platform.ns
     cluster.kubectl("delete", "llmgateway", "plain", "-n", ns, "--wait=false")
