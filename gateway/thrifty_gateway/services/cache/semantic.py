@@ -293,6 +293,19 @@ class ServerIndex:
                 collection,
                 vectors_config=models.VectorParams(size=dim, distance=models.Distance.DOT),
             )
+        if url != ":memory:":  # the local mode has no payload indexes (and warns)
+            self._create_indexes(collection)
+        self._client.delete(
+            collection,
+            points_selector=models.Filter(
+                must_not=[
+                    models.FieldCondition(key="keyspace", match=models.MatchValue(value=keyspace))
+                ]
+            ),
+        )
+
+    def _create_indexes(self, collection: str) -> None:
+        models = self._m
         self._client.create_payload_index(
             collection,
             "scope",
@@ -302,14 +315,6 @@ class ServerIndex:
             self._client.create_payload_index(collection, name, models.PayloadSchemaType.KEYWORD)
         for name in ("expires", "created"):
             self._client.create_payload_index(collection, name, models.PayloadSchemaType.FLOAT)
-        self._client.delete(
-            collection,
-            points_selector=models.Filter(
-                must_not=[
-                    models.FieldCondition(key="keyspace", match=models.MatchValue(value=keyspace))
-                ]
-            ),
-        )
 
     def search(
         self, vector: Sequence[float], scope: str, context: str, threshold: float, limit: int

@@ -1,0 +1,88 @@
+"""Semantic indexes (embedded qdrant-edge, and qdrant-client's local mode standing for a
+server): hard scope and context filters, expiry, purge, keyspace versions."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from thrifty_gateway.services.cache.entry import CachedAnswer
+from thrifty_gateway.services.cache.selector import Selector
+from thrifty_gateway.services.cache.semantic import EdgeIndex, SemanticIndex, ServerIndex
+
+DIM = 8
+
+
+def unit(*values: float) -> list[float]:
+    v = np.zeros(DIM, dtype=np.float32)
+    v[: len(values)] = values
+    return [float(x) for x in v / np.linalg.norm(v)]
+
+
+def entry(tenant: str = "a", tags: tuple[str, ...] = (), route: str = "r") -> CachedAnswer:
+    return CachedAnswer(body={"answer": tenant}, tenant=tenant, route=route, model="m", tags=tags)
+
+
+def key(n: int) -> str:
+    return hashlib.sha256(str(n).encode()).hexdigest()
+
+
+@pytest.fixture(params=["edge", "client"])
+def index(request: pytest.FixtureRequest) -> Iterator[SemanticIndex]:
+    made: SemanticIndex = (
+        EdgeIndex(DIM, "ks1")
+        if request.param == "edge"
+        else ServerIndex(":memory:", "c", DIM, "ks1")
+    )
+    yield made
+    made.close()
+
+
+def test_scope_and_context_are_hard_filters(index: SemanticIndex) -> None:
+    index.add(key(1), unit(1, 0), "tenant:a", "ctx1", "q a", entry("a"), 60)
+    index.add(key(2), unit(1, 0.01), "tenant:b", "ctx1", "q b", entry("b"), 60)
+    index.add(key(3), unit(1, 0.02), "tenant:a", "ctx2", "q a2", entry("a"), 60)
+    found = index.search(unit(1, 0), "tenant:a", "ctx1", 0.5, 5)
+    assert [c.query for c in found] == ["q a"]
+    assert found[0].entry.body == {"answer": "a"} and found[0].score > 0.99
+    assert [c.query for c in index.search(unit(1, 0), "tenant:b", "ctx1", 0.5, 5)] == ["q b"]
+    assert index.search(unit(1, 0), "tenant:c", "ctx1", 0.5, 5) == []
+    assert index.search(unit(0, 1), "tenant:a", "ctx1", 0.5, 5) == []  # below threshold
+
+
+def test_expired_entries_are_not_found(index: SemanticIndex) -> None:
+    old = entry("a")
+    old.created = time.time() - 120
+    index.add(key(1), unit(1), "tenant:a", "ctx", "old", old, 60)
+    index.add(key(2), unit(1, 0.1), "tenant:a", "ctx", "new", entry("a"), 60)
+    assert [c.query for c in index.search(unit(1), "tenant:a", "ctx", 0.5, 5)] == ["new"]
+
+
+def test_purge_by_tenant_tag_route_age_and_all(index: SemanticIndex) -> None:
+    index.add(key(1), unit(1), "tenant:a", "ctx", "a1", entry("a", ("faq",)), 600)
+    index.add(key(2), unit(1, 0.1), "tenant:b", "ctx", "b1", entry("b"), 600)
+    index.add(key(3), unit(1, 0.2), "tenant:a", "ctx", "a2", entry("a", route="x"), 600)
+    assert index.count() == 3
+    assert index.purge(Selector(tag="faq")) == 1
+    assert index.purge(Selector(route="x")) == 1
+    assert index.purge(Selector(tenant="b", older_than_seconds=3600)) == 0
+    assert index.count() == 1
+    assert index.purge(Selector()) == 1
+    assert index.count() == 0
+
+
+def test_a_new_keyspace_version_drops_old_entries(tmp_path: object) -> None:
+    path = str(tmp_path)
+    first = EdgeIndex(DIM, "ks1", path=path)
+    first.add(key(1), unit(1), "tenant:a", "ctx", "q", entry(), 600)
+    first.close()
+    same = EdgeIndex(DIM, "ks1", path=path)
+    assert same.count() == 1
+    same.close()
+    bumped = EdgeIndex(DIM, "ks2", path=path)
+    assert bumped.count() == 0
+    bumped.close()
