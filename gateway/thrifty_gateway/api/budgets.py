@@ -22,4 +22,5 @@ async def budgets(state: StateDep, caller: AuthedDep) -> Response:
     if stage is not None:
         assert caller.tenant is not None
         data = await stage.status(None if caller.admin else caller.tenant.name)
-    return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
+    body = {"object": "list", "data": data, "admin": caller.admin}
+    return Response(orjson.dumps(body), media_type="application/json")

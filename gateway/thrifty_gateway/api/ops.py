@@ -53,7 +53,8 @@ async def usage(
     scope = tenant if caller.admin else caller.tenant.name
     body = state.ledger.summary(since=since_ts, bucket=bucket, tenant=scope)
     if state.config.net_savings is not None:
-        start = since_ts if since_ts is not None else state.started
+        # the in-memory ledger covers this process's life: charge running cost over the same
+        start = max(since_ts, state.started) if since_ts is not None else state.started
         hours = max(time.time() - start, 0.0) / 3600
         saved = body["totals"]["saved_by_lever_usd"]
         body["net_savings"] = net_savings(state.config.net_savings, saved, hours)

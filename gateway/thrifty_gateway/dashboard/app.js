@@ -132,6 +132,13 @@
     });
   }
 
+  /* Requests a lever answered; for `tier`, requests a cheaper tier served (routed or not). */
+  function leverCount(totals, lever) {
+    if (lever !== "tier") return totals.served_by_lever[lever];
+    const tiers = totals.served_by_tier || {};
+    return Object.entries(tiers).reduce((n, [name, c]) => n + (name === "route" ? 0 : c), 0);
+  }
+
   function renderHitRates(usage) {
     const t = usage.totals;
     const req = t.requests || 0;
@@ -140,8 +147,8 @@
       max: 1,
       fmt: pct,
       emptyText: "No request was answered by a lever in this period.",
-      items: LEVERS.map((l) => ({ label: l, value: req ? t.served_by_lever[l] / req : 0,
-        color: COLORS[l], note: `${t.served_by_lever[l]} of ${req}` })),
+      items: LEVERS.map((l) => ({ label: l, value: req ? leverCount(t, l) / req : 0,
+        color: COLORS[l], note: `${leverCount(t, l)} of ${req}` })),
     });
   }
 
@@ -244,6 +251,7 @@
       let sum = 0;
       const points = [[x0, 0]];
       for (const t of times) {
+        points.push([t, sum]);  // flat until the hour the money was spent in
         sum += slots.get(t).cost;
         points.push([Math.min(t + 3600e3, Date.now()), sum]);
       }
@@ -253,8 +261,10 @@
       const section = document.createElement("div");
       section.className = "budget";
       const h = document.createElement("h3");
+      const named = [["soft", b.soft_limit_usd], ["hard", b.hard_limit_usd]]
+        .filter(([, v]) => v !== null).map(([k, v]) => `${k} ${money(v)}`).join(", ");
       h.textContent = `${b.scope} ${b.owner} - ${b.period} from ${b.period_start.slice(0, 10)}: ` +
-        `${money(b.spent_usd)} spent `;
+        `${money(b.spent_usd)} spent (${named || "no limit"}) `;
       const badge = document.createElement("span");
       badge.className = "badge " + b.state;
       badge.textContent = b.state === "ok" ? "within budget" : b.state + " limit reached";
@@ -291,6 +301,9 @@
         getJSON(`/v1/thrifty/usage?bucket=${p.bucket}&since=${encodeURIComponent(since)}`),
         getJSON("/v1/thrifty/budgets"),
       ]);
+      if (!budgets.admin) {
+        throw new AuthError("This is a tenant key: the dashboard needs the admin key.");
+      }
       $("login").hidden = true;
       $("controls").hidden = false;
       $("content").hidden = false;

@@ -108,13 +108,13 @@
   function hbars(container, opts) {
     const items = opts.items.filter((it) => it.value > 0).slice(0, opts.limit || 8);
     if (!items.length) return empty(container, opts.emptyText);
-    const W = 520, row = 26, H = items.length * row + 10;
-    const left = 150, width = W - left - 90;
+    const W = 400, row = 24, H = items.length * row + 10;
+    const left = 120, width = W - left - 70;
     const max = opts.max || niceMax(Math.max(...items.map((it) => it.value)));
     const svg = svgRoot(container, W, H, opts.id || "hbars");
     items.forEach((it, i) => {
       const y = 5 + i * row;
-      text(svg, left - 8, y + 16, it.label.length > 22 ? it.label.slice(0, 21) + "…" : it.label,
+      text(svg, left - 8, y + 16, it.label.length > 18 ? it.label.slice(0, 17) + "…" : it.label,
         { "text-anchor": "end", class: "label-text" });
       const w = Math.max(1, (it.value / max) * width);
       const rect = el("rect", { x: left, y: y + 4, width: w, height: row - 10,
@@ -129,15 +129,19 @@
   function lines(container, opts) {
     const W = 960, H = 220;
     const box = { left: 64, top: 24, width: W - 90, height: H - 56 };
+    /* Scale to the data and the nearest limit; limits far above it are left out (the caller
+       names them in its heading) so that the spend line stays readable. */
     const all = opts.series.flatMap((s) => s.points.map((p) => p[1]));
-    const limits = (opts.limits || []).map((l) => l.value);
-    const max = niceMax(Math.max(0, ...all, ...limits));
+    const top = Math.max(0, ...all);
+    const lowest = Math.min(...(opts.limits || []).map((l) => l.value), Infinity);
+    const max = niceMax(Math.max(top, Number.isFinite(lowest) ? lowest : 0) * 1.1);
+    const shown = (opts.limits || []).filter((l) => l.value <= max);
     const svg = svgRoot(container, W, H, opts.id || "lines");
     yAxis(svg, box, max, opts.fmt);
     const x0 = opts.x0, x1 = opts.x1 > opts.x0 ? opts.x1 : opts.x0 + 1;
     const sx = (t) => box.left + ((t - x0) / (x1 - x0)) * box.width;
     const sy = (v) => box.top + box.height - (v / max) * box.height;
-    for (const limit of opts.limits || []) {
+    for (const limit of shown) {
       el("line", { x1: box.left, x2: box.left + box.width, y1: sy(limit.value),
         y2: sy(limit.value), stroke: limit.color, "stroke-dasharray": "6 4",
         class: "limit" }, svg);
@@ -154,10 +158,11 @@
       tip(path, `${ser.name}: ${opts.fmt(ser.points[ser.points.length - 1][1])}`);
     }
     const ticks = opts.ticks || [];
-    for (const t of ticks) {
+    ticks.forEach((t, i) => {
+      const anchor = i === 0 ? "start" : i === ticks.length - 1 ? "end" : "middle";
       text(svg, sx(t[0]), box.top + box.height + 16, t[1],
-        { "text-anchor": "middle", class: "label-text" });
-    }
+        { "text-anchor": anchor, class: "label-text" });
+    });
     legend(svg, opts.series, box.left, 14);
     return svg;
   }
