@@ -326,3 +326,23 @@ def test_student_is_demoted_when_the_teacher_stops_agreeing(
         assert "evaluation" in sources
     finally:
         sim.stop()
+
+
+def test_canary_sends_a_stable_share_to_the_student(
+    gateway_for: Callable[..., Gw],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    promoted: Path,
+) -> None:
+    sim = oracle_simulator(tmp_path / "sim", 0.03, monkeypatch)
+    try:
+        gw = gateway_for(sim, student_config(tmp_path, promoted, mode="canary", canaryPercent=30))
+        served = {"student": 0, "teacher": 0}
+        for text, _ in NEW_ROWS[:150]:
+            served[gw.ask(text)[1]["x-thrifty-served-by"]] += 1
+        status = gw.stage.status()[0]
+        assert 0.15 * 150 <= served["student"] <= 0.40 * 150, served
+        assert status["served"]["canary"] >= 0.55 * 150  # outside the canary: the teacher
+        assert status["served"]["confident"] == served["student"]
+    finally:
+        sim.stop()
