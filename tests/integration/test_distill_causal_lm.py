@@ -42,6 +42,7 @@ def test_causal_lm_student_with_confidence_fallback(
                 "kind": "causal-lm",
                 "mode": "active",
                 "confidenceThreshold": 0.8,
+                "evaluationSampleRate": 0.0,
                 "endpoint": f"{student.url}/v1",
                 "servedModel": "intent-lm-v0001",
                 "version": "v0001",

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -12,6 +15,16 @@ from tests.unit.test_distill_pipeline import banking_rows, write_captures
 from thrifty_cli.main import app
 from thrifty_core.student.artifact import ArtifactManifest, write_manifest
 from thrifty_core.student.store import FileDatasetStore
+
+
+@pytest.fixture(autouse=True)
+def keep_logging() -> Iterator[None]:
+    """The commands configure the root logger on CliRunner's (then closed) stderr: undo it."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 def resource(path: Path, kind: str = "classifier", base: str | None = None) -> Path:
