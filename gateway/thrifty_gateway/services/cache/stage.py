@@ -221,12 +221,14 @@ class CacheStage:
 
     async def after_upstream(self, ctx: RequestContext, outcome: Outcome) -> None:
         plan: Plan | None = ctx.state.get(STATE_KEY)
-        if plan is None or outcome.from_stage:
+        # A tiering stage names the target it chose (its answers are cacheable, cascade too).
+        chosen: str | None = ctx.state.get("tier_target")
+        if plan is None or (outcome.from_stage and chosen is None):
             return
         if plan.directives.no_store:
             self._metrics.stores.labels("no_store").inc()
             return
-        if outcome.served_by != plan.primary:
+        if outcome.served_by != (chosen or plan.primary):
             self._metrics.stores.labels("fallback").inc()
             return
         why = answer_ineligible(outcome.status, outcome.body, plan.policy.spec.eligibility)

@@ -42,6 +42,7 @@ from .rules import choose_tier, needs_difficulty
 log = logging.getLogger(__name__)
 
 TIER_KEY = "tier"  # ctx.state key: the tier that served (read by the ledger)
+TARGET_KEY = "tier_target"  # ctx.state key: the tier's primary target (read by the cache)
 DOWNGRADE_KEY = "budget_downgrade"  # ctx.state key set by the budget stage (soft limit)
 ROUTE_TIER = "route"  # name of the route's own targets, the strongest tier
 TIER_HEADER = "x-thrifty-tier"
@@ -129,6 +130,7 @@ class TierStage:
         name, targets = plan.tiers[index]
         if index < plan.top:
             ctx.targets = [*targets, *(t for t in ctx.targets if t not in targets)]
+            ctx.state[TARGET_KEY] = targets[0].label
         ctx.state[TIER_KEY] = name
         ctx.state[_PLAN_KEY] = "route"
         ctx.response_headers[TIER_HEADER] = name
@@ -192,6 +194,8 @@ class TierStage:
             ctx.add_saving("tier", saved)
             ctx.state[TIER_KEY] = name
             ctx.state[_PLAN_KEY] = "cascade"
+            if attempt.fallbacks == 0:  # the tier's own first choice, not a fallback
+                ctx.state[TARGET_KEY] = attempt.target.label
             headers = {TIER_HEADER: name}
             if escalated:
                 headers[ESCALATED_HEADER] = ",".join(escalated)
