@@ -31,6 +31,8 @@ import openai
 import orjson
 import yaml
 
+from thrifty_core.config import read_config_data
+
 ROOT = Path(__file__).resolve().parents[1]
 LINES = int(os.environ.get("THRIFTY_BENCH_BATCH_LINES", "10000"))
 CALLERS = 64
@@ -86,7 +88,7 @@ def _peak_mib(pid: int) -> float:
 
 
 def _config(sim_port: int, port: int, batch: dict[str, Any]) -> dict[str, Any]:
-    config: dict[str, Any] = yaml.safe_load((ROOT / "examples" / "local.yaml").read_text())
+    config: dict[str, Any] = read_config_data(ROOT / "examples" / "local.yaml")
     config["providers"][0]["baseUrl"] = f"http://127.0.0.1:{sim_port}/v1"
     config["server"] = {
         "host": "127.0.0.1",

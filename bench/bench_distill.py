@@ -32,6 +32,7 @@ from typing import Any
 import httpx
 import yaml
 
+from thrifty_core.config import read_config_data
 from thrifty_core.embedding.local import LocalEmbedder
 from thrifty_core.prices import BUILTIN_PRICES, Usage, cost_usd
 from thrifty_core.student.artifact import ArtifactManifest, write_manifest
@@ -89,7 +90,7 @@ def gateway_latency(head: ClassifierHead, labels: list[str], texts: list[str]) -
     write_manifest(art / "v0001", manifest)
     save_head(art / "v0001", head)
     root = Path(__file__).resolve().parents[1]
-    config: dict[str, Any] = yaml.safe_load((root / "examples" / "local.yaml").read_text())
+    config: dict[str, Any] = read_config_data(root / "examples" / "local.yaml")
     sim_port, gw_port = _free_port(), _free_port()
     config["providers"][0]["baseUrl"] = f"http://127.0.0.1:{sim_port}/v1"
     config["routes"].append(

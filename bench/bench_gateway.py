@@ -34,6 +34,7 @@ from typing import Any
 import yaml
 
 from bench.loadgen import load
+from thrifty_core.config import read_config_data
 
 ROOT = Path(__file__).resolve().parents[1]
 SECONDS = float(os.environ.get("THRIFTY_BENCH_SECONDS", "5"))
@@ -96,7 +97,7 @@ def _rss_mib(pid: int) -> float:
 
 
 def _gateway_config(sim_port: int, port: int) -> dict[str, Any]:
-    config: dict[str, Any] = yaml.safe_load((ROOT / "examples" / "local.yaml").read_text())
+    config: dict[str, Any] = read_config_data(ROOT / "examples" / "local.yaml")
     config["providers"][0]["baseUrl"] = f"http://127.0.0.1:{sim_port}/v1"
     config["server"] = {
         "host": "127.0.0.1",

@@ -32,6 +32,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from thrifty_core.config import read_config_data
+
 log = logging.getLogger("thrifty.demo")
 ROOT = Path(__file__).resolve().parents[2]
 TENANT_KEYS = {"team-a": "sk-local-a", "team-b": "sk-local-b"}
@@ -249,7 +251,7 @@ def _process(args: list[str], ready: str, log_path: Path) -> Iterator[None]:
 
 def demo_config(sim_port: int, gw_port: int) -> dict[str, Any]:
     """examples/local.yaml on the chosen ports, rate limits relaxed for the replay."""
-    config: dict[str, Any] = yaml.safe_load((ROOT / "examples" / "local.yaml").read_text())
+    config: dict[str, Any] = read_config_data(ROOT / "examples" / "local.yaml")
     for provider in config["providers"]:
         if provider["name"] == "simulator":
             provider["baseUrl"] = f"http://127.0.0.1:{sim_port}/v1"

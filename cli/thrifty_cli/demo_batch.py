@@ -25,6 +25,8 @@ from typing import Any, Protocol
 
 import yaml
 
+from thrifty_core.config import read_config_data
+
 ROOT = Path(__file__).resolve().parents[2]
 TENANT_KEY = "sk-local-a"
 ADMIN_KEY = "sk-local-admin"
@@ -91,7 +93,7 @@ def _own_stack(stack: ExitStack, simulator_url: str, work: Path) -> str:
     )
     time.sleep(0.3)
     port = _port()
-    config: dict[str, Any] = yaml.safe_load((ROOT / "examples" / "local.yaml").read_text())
+    config: dict[str, Any] = read_config_data(ROOT / "examples" / "local.yaml")
     config["providers"][0]["baseUrl"] = f"{simulator_url}/v1"
     config["server"] = {"host": "127.0.0.1", "port": port, "logLevel": "WARNING"}
     config["batch"] = {

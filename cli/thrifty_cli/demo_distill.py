@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
+from thrifty_core.config import read_config_data
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -49,7 +49,7 @@ def _free_port() -> int:
 
 
 def _config(sim_port: int, work: Path) -> dict[str, Any]:
-    config: dict[str, Any] = yaml.safe_load((ROOT / "examples" / "local.yaml").read_text())
+    config: dict[str, Any] = read_config_data(ROOT / "examples" / "local.yaml")
     config["providers"][0]["baseUrl"] = f"http://127.0.0.1:{sim_port}/v1"
     config["routes"].append(
         {"name": "intent", "targets": [{"provider": "simulator", "model": "gpt-4o"}]}

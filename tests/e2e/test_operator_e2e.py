@@ -24,7 +24,6 @@ import yaml
 
 from tests.e2e.k8s import GPU_NODES, Cluster, tool_path, wait_for
 from tests.e2e.operator_helpers import (
-    EXAMPLES,
     KINDS,
     ROOT,
     OperatorProcess,
@@ -103,8 +102,8 @@ def platform(k8s_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> 
         operator = OperatorProcess(kubeconfig, ns, tmp / "operator.log")
         operator.start()
         cluster.kubectl("apply", "-n", ns, "-f", str(ROOT / "examples" / "secrets.yaml"))
-        for name in EXAMPLES:
-            cluster.kubectl("apply", "-n", ns, "-f", str(ROOT / "examples" / name))
+        # The whole folder, as a user runs it (the simulator, the local config as a ConfigMap).
+        cluster.kubectl("apply", "-n", ns, "-f", str(ROOT / "examples"))
         yield Platform(cluster, ns, system_ns, release, operator)
     finally:
         if operator is not None:

@@ -17,6 +17,7 @@ import openai
 import yaml
 
 from tests.services import free_port, wait_for_port
+from thrifty_core.config import read_config_data
 
 
 @dataclass
@@ -110,7 +111,7 @@ def local_config(simulator_url: str, *, cache: bool = False, **overrides: Any) -
     """examples/local.yaml pointed at `simulator_url`, with `overrides` merged on top. The
     cache section is dropped unless `cache` (these tests exercise the proxy path)."""
     root = Path(__file__).resolve().parents[2]
-    config: dict[str, Any] = yaml.safe_load((root / "examples" / "local.yaml").read_text())
+    config: dict[str, Any] = read_config_data(root / "examples" / "local.yaml")
     config["providers"][0]["baseUrl"] = f"{simulator_url}/v1"
     if not cache:
         config.pop("cachePolicies", None)
