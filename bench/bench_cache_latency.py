@@ -4,7 +4,8 @@
   exact store, then the same with Redis; one request fills the entry, then wrk (or the asyncio
   fallback) at 1 connection (p50/p99) and 16 connections (requests/s). Direct simulator
   latency at 1 connection is printed next to it.
-* semantic lookup (embedding + search + guard) on one core: LocalEmbedder(threads=1), an
+* semantic lookup (embedding + search + guard) on one core, float32 and int8 (dense layers,
+  per channel) graphs: LocalEmbedder(threads=1), an
   embedded qdrant-edge index holding 1,000 QQP questions, 300 QQP paraphrases under 64 tokens
   as queries.
 * search at N (default 100,000) entries in the embedded index (random unit vectors, 384-d):
@@ -83,8 +84,8 @@ def exact_hits(redis_url: str | None) -> dict[str, Any]:
     }
 
 
-def semantic_lookup() -> dict[str, Any]:
-    embedder = LocalEmbedder(threads=1)
+def semantic_lookup(quantize: bool = False) -> dict[str, Any]:
+    embedder = LocalEmbedder(threads=1, quantize=quantize)
     qqp = next(w for w in load_workloads() if w.name == "qqp")
     index = EdgeIndex(embedder.dim, "bench")
     vectors = embedder.embed(qqp.cached)
@@ -111,6 +112,7 @@ def semantic_lookup() -> dict[str, Any]:
         guard_only.append(t3 - t2)
     index.close()
     return {
+        "model": "int8 dense layers" if quantize else "float32",
         "cached": len(qqp.cached),
         "embedding_search_guard": _pct(total),
         "embedding": _pct(embed_only),
@@ -175,6 +177,7 @@ def main() -> dict[str, Any]:
         "machine": f"{platform.machine()} {os.cpu_count()} cpus, "
         f"Python {platform.python_version()}",
         "semantic_lookup": semantic_lookup(),
+        "semantic_lookup_int8": semantic_lookup(quantize=True),
         "exact_hit_memory": exact_hits(None),
     }
     redis_bin = shutil.which("redis-server")

@@ -9,7 +9,8 @@ the same all-MiniLM-L6-v2 embeddings and the same exact top-k search; Thrifty se
 candidate above the threshold that passes the guard, the plain cache serves the top-1 above the
 threshold.
 
-Run: `uv run --frozen --all-extras python -m bench.bench_semantic` (prints JSON).
+Run: `uv run --frozen --all-extras python -m bench semantic` (prints JSON);
+THRIFTY_BENCH_QUANTIZE=1 uses the int8 graph, THRIFTY_BENCH_THRESHOLD the default point.
 """
 
 from __future__ import annotations
@@ -245,8 +246,10 @@ def near_misses(embedder: LocalEmbedder) -> dict[str, Any]:
 
 
 def main() -> dict[str, Any]:
-    embedder = LocalEmbedder(threads=max(1, (os.cpu_count() or 1)))
-    result: dict[str, Any] = {w.name: evaluate(w, embedder) for w in load_workloads()}
+    quantize = os.environ.get("THRIFTY_BENCH_QUANTIZE", "") == "1"
+    embedder = LocalEmbedder(threads=max(1, (os.cpu_count() or 1)), quantize=quantize)
+    result: dict[str, Any] = {"embedding": "int8 dense layers" if quantize else "float32"}
+    result |= {w.name: evaluate(w, embedder) for w in load_workloads()}
     result["near_misses"] = near_misses(embedder)
     return result
 
