@@ -3,6 +3,7 @@ mid-run (every request still succeeds, as a bypass), and aborted streams never s
 
 from __future__ import annotations
 
+import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -90,10 +91,33 @@ def test_killing_redis_mid_run_keeps_every_request_succeeding(
                 assert resp.parse().choices[0].message.content
                 states.append(resp.headers["x-thrifty-cache"])
             del round_
-        assert set(states) == {"miss"}
+        assert set(states) == {"bypass"}
         assert time.monotonic() - started < 10
         metrics = http.get("/metrics").text
         assert 'thrifty_cache_errors_total{layer="exact",op="get"}' in metrics
+        client.close()
+
+
+def test_a_hung_redis_is_bypassed_within_a_short_timeout(
+    simulator: Simulator, own_redis: RedisServer
+) -> None:
+    config = parse_config(redis_config(simulator.url, own_redis.url))
+    q = f"Is the branch open on Sunday? {uuid.uuid4().hex[:6]}"
+    with TestClient(create_app(config)) as http:
+        client = openai.OpenAI(base_url="http://t/v1", api_key="sk-local-a", http_client=http)
+        ask(client, q)
+        time.sleep(0.1)
+        assert ask(client, q).headers["x-thrifty-cache"] == "exact"
+        own_redis.proc.send_signal(signal.SIGSTOP)  # alive but answering nothing
+        try:
+            for i in range(4):
+                started = time.monotonic()
+                resp = ask(client, f"{q} {i}")
+                assert resp.http_response.status_code == 200
+                assert resp.headers["x-thrifty-cache"] == "bypass"
+                assert time.monotonic() - started < 2.0
+        finally:
+            own_redis.proc.send_signal(signal.SIGCONT)
         client.close()
 
 

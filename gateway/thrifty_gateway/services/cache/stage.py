@@ -63,6 +63,7 @@ class Plan:
     semantic: SemanticKey | None
     vector: Any = None
     tags: tuple[str, ...] = field(default_factory=tuple)
+    degraded: bool = False  # a store failed or timed out: the lookup was a bypass
 
 
 class CacheStage:
@@ -131,7 +132,7 @@ class CacheStage:
         if answer is None and plan.semantic is not None:
             answer = await self._semantic(ctx, plan)
         if answer is None:
-            ctx.response_headers[HEADER] = "miss"
+            ctx.response_headers[HEADER] = "bypass" if plan.degraded else "miss"
         return answer
 
     async def _run(self, fn: Callable[[], Any]) -> Any:
@@ -154,10 +155,12 @@ class CacheStage:
         except StoreUnavailable:
             self._metrics.errors.labels("exact", "get").inc()
             self._metrics.lookups.labels("exact", "error").inc()
+            plan.degraded = True
             return None
         except Exception:
             log.exception("exact cache lookup failed")
             self._metrics.errors.labels("exact", "get").inc()
+            plan.degraded = True
             return None
         if entry is None or not self._fresh(entry, plan):
             self._metrics.lookups.labels("exact", "miss").inc()
@@ -182,6 +185,7 @@ class CacheStage:
             log.warning("semantic cache lookup bypassed: %s", type(exc).__name__)
             self._metrics.errors.labels("semantic", "search").inc()
             self._metrics.lookups.labels("semantic", "error").inc()
+            plan.degraded = True
             return None
         plan.vector = vector
         checks = layer.guard.checks if layer.guard.enabled else []
