@@ -1,0 +1,76 @@
+"""Cost control settings travel from the LLMGateway resource into the rendered gateway config
+and through its YAML round trip."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from thrifty_core.api.llmgateway import LLMGateway
+from thrifty_core.config import dump_config, load_config
+from thrifty_core.render import render_gateway_config
+
+
+def gateway(**route_extra: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "thrifty.dev/v1alpha1",
+        "kind": "LLMGateway",
+        "metadata": {"name": "gw", "namespace": "team"},
+        "spec": {
+            "providers": [{"name": "openai", "baseUrl": "https://api.openai.com/v1"}],
+            "routes": [
+                {
+                    "name": "chat",
+                    "targets": [{"provider": "openai", "model": "gpt-4o"}],
+                    "tiering": {
+                        "tiers": [
+                            {
+                                "name": "mini",
+                                "targets": [{"provider": "openai", "model": "gpt-4o-mini"}],
+                                "rules": [{"maxPromptTokens": 500, "hasTools": False}],
+                            }
+                        ],
+                        "cascade": {"enabled": True, "minMeanLogprob": -0.8},
+                    },
+                    "hygiene": {"defaultStop": ["\n\nUser:"]},
+                    "budget": {"period": "day", "hardLimitUsd": 50},
+                    **route_extra,
+                }
+            ],
+            "tenants": [
+                {
+                    "name": "team-a",
+                    "apiKeysSecretRef": {"name": "keys", "key": "team-a"},
+                    "budget": {"period": "month", "softLimitUsd": 100, "hardLimitUsd": 120},
+                }
+            ],
+            "netSavings": {
+                "cpuHourUsd": 0.03,
+                "components": [{"name": "qdrant", "lever": "cache", "cpu": 1, "memoryGib": 2}],
+            },
+        },
+    }
+
+
+def test_render_carries_tiering_hygiene_budgets_and_prices(tmp_path: Any) -> None:
+    cr = LLMGateway.model_validate(gateway())
+    config = render_gateway_config(cr, {}, None, [])
+    route = config.routes[0]
+    assert route.tiering is not None and route.tiering.tiers[0].name == "mini"
+    assert route.tiering.cascade.min_mean_logprob == -0.8
+    assert route.hygiene is not None and route.hygiene.default_stop == ["\n\nUser:"]
+    assert route.budget is not None and route.budget.hard_limit_usd == 50
+    assert config.tenants[0].budget is not None and config.tenants[0].budget.soft_limit_usd == 100
+    assert config.net_savings is not None and config.net_savings.cpu_hour_usd == 0.03
+    path = tmp_path / "gateway.yaml"
+    path.write_text(dump_config(config))
+    assert load_config(path) == config
+
+
+def test_tier_targets_must_name_a_provider() -> None:
+    bad = gateway()
+    bad["spec"]["routes"][0]["tiering"]["tiers"][0]["targets"][0]["provider"] = "nope"
+    with pytest.raises(ValidationError, match="tier 'mini' of route 'chat'"):
+        LLMGateway.model_validate(bad)
