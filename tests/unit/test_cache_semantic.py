@@ -86,3 +86,21 @@ def test_a_new_keyspace_version_drops_old_entries(tmp_path: object) -> None:
     bumped = EdgeIndex(DIM, "ks2", path=path)
     assert bumped.count() == 0
     bumped.close()
+
+
+def test_maintenance_drops_expired_and_the_oldest_above_the_cap() -> None:
+    index = EdgeIndex(DIM, "ks1", max_entries=3)
+    try:
+        expired = entry()
+        expired.created = time.time() - 120
+        index.add(key(0), unit(1), "tenant:a", "ctx", "expired", expired, 60)
+        for n in range(1, 6):
+            e = entry()
+            e.created = time.time() - 100 + n
+            index.add(key(n), unit(1, n / 10), "tenant:a", "ctx", f"q{n}", e, 600)
+        assert index.count() == 6
+        assert index.maintain() == 2
+        left = {c.query for c in index.search(unit(1), "tenant:a", "ctx", 0.1, 10)}
+        assert left == {"q3", "q4", "q5"}
+    finally:
+        index.close()

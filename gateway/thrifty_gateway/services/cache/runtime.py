@@ -77,7 +77,13 @@ async def open_policy(
                 api_key=_secret(stores.qdrant_api_key),
             )
         else:
-            semantic = await asyncio.to_thread(EdgeIndex, emb.dimensions, sem_keyspace)
+            semantic = await asyncio.to_thread(
+                EdgeIndex,
+                emb.dimensions,
+                sem_keyspace,
+                max_entries=spec.semantic.max_entries,
+                optimize_every=min(10_000, spec.semantic.max_entries),
+            )
     log.info(
         "cache policy %s: exact=%s semantic=%s",
         name,

@@ -109,11 +109,13 @@ class EdgeIndex:
         path: str | None = None,
         search_threads: int = 1,
         optimize_every: int = 10_000,
+        max_entries: int | None = None,
     ) -> None:
         import qdrant_edge as qe
 
         self._qe = qe
         self._optimize_every = optimize_every
+        self._max_entries = max_entries
         self._unindexed = 0
         self._optimizer: threading.Thread | None = None
         self._keyspace = keyspace
@@ -208,9 +210,28 @@ class EdgeIndex:
             self._optimizer.start()
         return True
 
+    def maintain(self) -> int:
+        """Drop expired entries, then the oldest ones above `max_entries`; returns how many
+        were dropped beyond expiry."""
+        qe = self._qe
+        self.expire()
+        if self._max_entries is None:
+            return 0
+        excess = self.count() - self._max_entries
+        if excess <= 0:
+            return 0
+        order = qe.OrderBy("created", qe.Direction.Asc)
+        with self._lock:
+            oldest, _ = self._shard.scroll(
+                qe.ScrollRequest(limit=excess, order_by=order, with_payload=False)
+            )
+            self._shard.update(qe.UpdateOperation.delete_points([p.id for p in oldest]))
+        return len(oldest)
+
     def _optimize(self) -> None:
         started = time.monotonic()
         try:
+            self.maintain()
             self._shard.optimize()
         except Exception as exc:
             log.warning("semantic index optimisation failed: %s", type(exc).__name__)
