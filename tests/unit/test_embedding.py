@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -145,3 +146,12 @@ def test_remote_embedder_errors_are_typed(endpoint: str) -> None:
         bad_dim.embed(["x"])
     bad_key.close()
     bad_dim.close()
+
+
+def test_unusable_cache_dir_falls_back_to_temp(files: BertFiles, tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the cache folder should be")
+    embedder = LocalEmbedder(files, cache_dir=blocker)
+    assert embedder.embed(["hello"]).shape == (1, 384)
+    fallback = Path(tempfile.gettempdir()) / "thrifty" / "embedding"
+    assert any(files.digest in p.name for p in fallback.glob("*.onnx"))

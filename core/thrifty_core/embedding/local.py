@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,7 +41,14 @@ def ensure_onnx_file(files: BertFiles, name: str, cache_dir: Path, quantize: boo
     import onnx
 
     folder = cache_dir / "embedding"
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not os.access(folder, os.W_OK):
+            raise PermissionError(str(folder))
+    except OSError:  # read-only home (containers): build under the temp dir instead
+        folder = Path(tempfile.gettempdir()) / "thrifty" / "embedding"
+        folder.mkdir(parents=True, exist_ok=True)
+        logger.warning("embedding cache dir not writable; using %s", folder)
     stem = f"{name}-{files.digest}-g{GRAPH_VERSION}"
     quant_stem = f"{stem}-int8pc"
     plain = folder / f"{stem}.onnx"
