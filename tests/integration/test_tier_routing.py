@@ -161,3 +161,28 @@ def test_cascade_escalates_when_the_cheap_answer_fails_a_check(
     metrics = httpx.get(f"{gw.url}/metrics").text
     for check in ("logprob", "json", "refusal"):
         assert f'check="{check}"' in metrics
+
+
+def test_hygiene_ceiling_default_stop_and_repeated_prefixes(
+    gateway_factory: GatewayFactory, simulator: Simulator
+) -> None:
+    base: list[dict[str, Any]] = local_config(simulator.url)["routes"]
+    tidy = {
+        "name": "tidy",
+        "targets": [{"provider": SIM, "model": "gpt-4o-mini"}],
+        "maxTokensCeiling": 5,
+        "hygiene": {"defaultStop": ["\n\nUser:"], "prefixWatch": {"minPrefixTokens": 64}},
+    }
+    gw = gateway_factory(routes=[*base, tidy])
+    client = gw.openai("sk-local-a")
+    system = {"role": "system", "content": "You answer questions about our shop. " * 20}
+    for question in ("Where is my parcel?", "Can I pay by card?"):
+        messages: Any = [system, {"role": "user", "content": question}]
+        answer = client.chat.completions.create(model="tidy", messages=messages, max_tokens=500)
+        assert answer.choices[0].finish_reason == "length"  # the ceiling, not the client's 500
+        assert answer.usage is not None and answer.usage.completion_tokens <= 5
+
+    metrics = httpx.get(f"{gw.url}/metrics").text
+    assert 'thrifty_default_stop_added_total{route="tidy"} 2.0' in metrics
+    assert 'thrifty_prompt_repeated_prefix_total{route="tidy"} 1.0' in metrics
+    assert 'thrifty_prompt_repeated_prefix_tokens_total{route="tidy"} 64.0' in metrics
