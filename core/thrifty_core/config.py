@@ -203,6 +203,7 @@ class LedgerConfig(ConfigModel):
     redis_url: str | None = Field(
         default=None, description="Shared ledger and budget state; None = memory."
     )
+    redis_password: SecretSource | None = Field(default=None, description="Redis password.")
     retention_hours: int = Field(default=24 * 14, ge=1, description="Buckets kept in memory.")
 
 

@@ -200,6 +200,11 @@ def render_gateway_config(
         if default_policy
         else (batch.redis_url if batch else None)
     )
+    ledger_password = (
+        rendered_policies[default_policy].stores.redis_password
+        if default_policy
+        else (batch.redis_password if batch else None)
+    )
     return GatewayConfig(
         server=ServerConfig(
             host="0.0.0.0",
@@ -215,6 +220,6 @@ def render_gateway_config(
         default_cache_policy=default_policy,
         batch=batch,
         students=students,
-        ledger=LedgerConfig(redis_url=ledger_redis),
+        ledger=LedgerConfig(redis_url=ledger_redis, redis_password=ledger_password),
         net_savings=spec.net_savings,
     )

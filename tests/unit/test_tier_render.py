@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from thrifty_core.api.cachepolicy import CachePolicy
 from thrifty_core.api.llmgateway import LLMGateway
 from thrifty_core.config import dump_config, load_config
 from thrifty_core.render import render_gateway_config
@@ -74,3 +75,28 @@ def test_tier_targets_must_name_a_provider() -> None:
     bad["spec"]["routes"][0]["tiering"]["tiers"][0]["targets"][0]["provider"] = "nope"
     with pytest.raises(ValidationError, match="tier 'mini' of route 'chat'"):
         LLMGateway.model_validate(bad)
+
+
+def test_budgets_share_the_default_cache_policys_redis_and_its_password() -> None:
+    spec = gateway()
+    spec["spec"]["cachePolicyRef"] = {"name": "shared"}
+    policy = CachePolicy.model_validate(
+        {
+            "apiVersion": "thrifty.dev/v1alpha1",
+            "kind": "CachePolicy",
+            "metadata": {"name": "shared", "namespace": "team"},
+            "spec": {
+                "stores": {
+                    "redis": {
+                        "managed": False,
+                        "url": "redis://redis.team.svc:6379/0",
+                        "passwordSecretRef": {"name": "redis", "key": "password"},
+                    }
+                }
+            },
+        }
+    )
+    config = render_gateway_config(LLMGateway.model_validate(spec), {"shared": policy}, None, [])
+    assert config.ledger.redis_url == "redis://redis.team.svc:6379/0"
+    assert config.ledger.redis_password is not None
+    assert config.ledger.redis_password.file == "/var/run/thrifty/secrets/redis/password"

@@ -226,5 +226,10 @@ async def budget_stage(config: GatewayConfig, resources: Any) -> BudgetStage | N
     if not lines:
         return None
     url = config.ledger.redis_url
-    store: SpendStore = RedisSpendStore.from_url(url) if url else MemorySpendStore()
+    secret = config.ledger.redis_password
+    store: SpendStore = (
+        RedisSpendStore.from_url(url, password=secret.read() if secret else None)
+        if url
+        else MemorySpendStore()
+    )
     return BudgetStage(lines, store, BudgetMetrics(resources.metrics.registry))
