@@ -22,6 +22,9 @@ from playwright.sync_api import ConsoleMessage, Page, sync_playwright
 from tests.integration.procs import Gateway, local_config, start_gateway, start_simulator
 from thrifty_cli.demo import build_workload
 
+# Local processes and a local browser, no control plane: marked like the integration tests.
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "artifacts"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
