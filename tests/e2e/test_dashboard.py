@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 
 import httpx
 import pytest
-from playwright.sync_api import ConsoleMessage, Page, sync_playwright
+from playwright.sync_api import ConsoleMessage, Page, expect, sync_playwright
 
 from tests.integration.procs import Gateway, local_config, start_gateway, start_simulator
 from thrifty_cli.demo import build_workload
@@ -187,9 +187,7 @@ def test_dashboard_renders_the_replayed_workload_in_chromium(replayed: Gateway) 
 
             # the period switch redraws from the ledger (30 daily bars)
             page.select_option("#period", "month")
-            page.wait_for_function(
-                "document.querySelectorAll('#chart-over-time .bar-group').length >= 30"
-            )
+            expect(page.locator("#chart-over-time .bar-group")).to_have_count(30)
         finally:
             browser.close()
 
