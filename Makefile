@@ -1,18 +1,22 @@
 # Thrifty developer entry points. `make demo` and `make test` do all their own set-up.
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
-UV ?= uv
+# `uv` on PATH, else the module pip installed (works for --user installs off PATH too).
+UV ?= $(shell command -v uv >/dev/null 2>&1 && echo uv || echo "python3 -m uv")
 export UV_LINK_MODE ?= copy
 RUN := $(UV) run --frozen --all-extras
 K8S_VERSION ?= v1.36.3
 
-.PHONY: help install system-deps demo test test-unit test-integration test-e2e lint fmt crds cluster-up cluster-down bench
+.PHONY: help install system-deps test-deps k8s-tools demo test test-unit test-integration test-e2e lint fmt crds cluster-up cluster-down bench
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
 system-deps: ## install uv and redis-server when missing
 	@./scripts/system-deps.sh
+
+test-deps: ## also chromium, for the headless dashboard test
+	@./scripts/system-deps.sh --test
 
 install: system-deps ## create the uv environment from the lock file
 	@$(UV) sync --frozen --all-extras --group dev
@@ -34,7 +38,7 @@ fmt: install ## apply ruff formatting and fixes
 crds: install ## regenerate crds/ from the API types
 	$(RUN) thrifty crds generate
 
-test: lint k8s-tools ## lint, then unit, integration and e2e tests
+test: lint test-deps k8s-tools ## lint, then unit, integration and e2e tests
 	$(RUN) pytest tests
 
 test-unit: install
@@ -43,7 +47,7 @@ test-unit: install
 test-integration: install
 	$(RUN) pytest tests/integration
 
-test-e2e: install k8s-tools
+test-e2e: install test-deps k8s-tools
 	$(RUN) pytest tests/e2e
 
 k8s-tools: ## build (or reuse) the pinned control-plane binaries
