@@ -10,8 +10,11 @@ Managed stores get in-cluster Service URLs by convention (`managed_redis_url`,
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from .api.batchqueue import BatchQueue
 from .api.cachepolicy import CachePolicy
+from .api.costcontrol import NetSavings, RunningComponent
 from .api.distilledmodel import DistilledModel
 from .api.llmgateway import LLMGateway
 from .config import (
@@ -111,17 +114,33 @@ def render_student(model: DistilledModel) -> StudentConfig:
     )
 
 
+def net_savings_with(
+    declared: NetSavings | None, running: Sequence[RunningComponent]
+) -> NetSavings | None:
+    """The declared running-cost settings plus the workloads the operator found it owns
+    (`running_cost.component_from_workload`); a declared component with the same name wins."""
+    if not running:
+        return declared
+    base = declared or NetSavings()
+    named = {c.name for c in base.components}
+    extra = sorted((c for c in running if c.name not in named), key=lambda c: c.name)
+    return base.model_copy(update={"components": [*base.components, *extra]})
+
+
 def render_gateway_config(
     gateway: LLMGateway,
     cache_policies: dict[str, CachePolicy],
     batch_queue: BatchQueue | None,
     distilled: list[DistilledModel],
+    running: Sequence[RunningComponent] = (),
 ) -> GatewayConfig:
     """The config a gateway pod runs with. Pure: no I/O, no clock, deterministic output.
 
     `cache_policies` maps policy names to the CachePolicy objects the gateway references (the
     gateway-wide ref and per-route refs); missing ones raise `KeyError` so the caller can report
     them in a condition. Only students whose teacher is this gateway are included.
+    `running` are Thrifty workloads the operator owns (for net savings), added to
+    `spec.netSavings.components`.
     """
     spec = gateway.spec
     ns = gateway.metadata.namespace
@@ -221,5 +240,5 @@ def render_gateway_config(
         batch=batch,
         students=students,
         ledger=LedgerConfig(redis_url=ledger_redis, redis_password=ledger_password),
-        net_savings=spec.net_savings,
+        net_savings=net_savings_with(spec.net_savings, running),
     )

@@ -9,9 +9,11 @@ import pytest
 from pydantic import ValidationError
 
 from thrifty_core.api.cachepolicy import CachePolicy
+from thrifty_core.api.costcontrol import RunningComponent
 from thrifty_core.api.llmgateway import LLMGateway
 from thrifty_core.config import dump_config, load_config
 from thrifty_core.render import render_gateway_config
+from thrifty_core.running_cost import component_from_workload
 
 
 def gateway(**route_extra: Any) -> dict[str, Any]:
@@ -100,3 +102,30 @@ def test_budgets_share_the_default_cache_policys_redis_and_its_password() -> Non
     assert config.ledger.redis_url == "redis://redis.team.svc:6379/0"
     assert config.ledger.redis_password is not None
     assert config.ledger.redis_password.file == "/var/run/thrifty/secrets/redis/password"
+
+
+def test_workloads_the_operator_owns_join_the_declared_components() -> None:
+    qdrant = component_from_workload(
+        {
+            "kind": "StatefulSet",
+            "metadata": {
+                "name": "shared-qdrant",
+                "labels": {"thrifty.dev/owner-kind": "cachepolicy"},
+            },
+            "spec": {
+                "replicas": 1,
+                "template": {
+                    "spec": {"containers": [{"resources": {"requests": {"cpu": "500m"}}}]}
+                },
+            },
+        }
+    )
+    assert qdrant is not None
+    duplicate = RunningComponent(name="qdrant", lever="cache", cpu=99)
+    cr = LLMGateway.model_validate(gateway())
+    config = render_gateway_config(cr, {}, None, [], running=[qdrant, duplicate])
+    assert config.net_savings is not None
+    by_name = {c.name: c for c in config.net_savings.components}
+    assert by_name["qdrant"].cpu == 1  # the declared one wins
+    assert by_name["shared-qdrant"].cpu == 0.5 and by_name["shared-qdrant"].lever == "cache"
+    assert config.net_savings.cpu_hour_usd == 0.03
