@@ -16,15 +16,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from .api.base import MODEL_NAME
+from .api.base import DNS_LABEL, MODEL_NAME
 from .api.batchqueue import BatchQueueSpec
 from .api.cachepolicy import CachePolicySpec
 from .api.costcontrol import Budget, Hygiene, NetSavings, Tiering
 from .api.distilledmodel import Capture
-from .api.llmgateway import ModelPrice, RouteTarget
+from .api.llmgateway import ModelPrice, RouteTarget, check_tenant_name
 
 SECRETS_ROOT = "/var/run/thrifty/secrets"
 
@@ -120,7 +120,7 @@ class RouteConfig(ConfigModel):
 class TenantConfig(ConfigModel):
     """A tenant: SHA-256 hashes of its keys and its limits."""
 
-    name: str = Field(min_length=1)
+    name: str = Field(min_length=1, max_length=63, pattern=DNS_LABEL)
     api_key_hashes: list[str] = Field(
         default_factory=list, description="Inline SHA-256 hex hashes (development)."
     )
@@ -130,6 +130,11 @@ class TenantConfig(ConfigModel):
     requests_per_minute: int | None = Field(default=None, ge=1)
     tokens_per_minute: int | None = Field(default=None, ge=1)
     budget: Budget | None = Field(default=None, description="Spend limit of this tenant.")
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, name: str) -> str:
+        return check_tenant_name(name)
 
     @model_validator(mode="after")
     def _has_keys(self) -> TenantConfig:

@@ -116,3 +116,36 @@ def test_round_trip_uses_camel_case() -> None:
     dumped = gw.model_dump(by_alias=True, exclude_none=True)
     assert "maxRequestBytes" in dumped["spec"]
     assert LLMGateway.model_validate(dumped) == gw
+
+
+@pytest.mark.parametrize("name", ["anonymous", "admin"])
+def test_reserved_tenant_names_are_refused(name: str) -> None:
+    tenant = {"name": name, "apiKeysSecretRef": {"name": "keys", "key": name}}
+    with pytest.raises(ValidationError) as exc:
+        LLMGateway.model_validate(_gateway(tenants=[tenant]))
+    assert "reserved" in _error_text(exc)
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://:secret@redis:6379/0", "redis://user:secret@redis/0", "rediss://a@b"]
+)
+def test_store_urls_carry_no_credentials(url: str) -> None:
+    doc = {"kind": "CachePolicy", "spec": {"stores": {"redis": {"managed": False, "url": url}}}}
+    with pytest.raises(ValidationError) as exc:
+        CachePolicy.model_validate(doc)
+    assert "url" in _error_text(exc)
+
+
+def test_store_url_without_credentials_is_accepted() -> None:
+    doc = {
+        "kind": "CachePolicy",
+        "spec": {"stores": {"redis": {"managed": False, "url": "redis://redis.db:6379/2"}}},
+    }
+    assert CachePolicy.model_validate(doc).spec.stores.redis.url == "redis://redis.db:6379/2"
+
+
+def test_provider_url_carries_no_credentials() -> None:
+    doc = _gateway(providers=[{"name": "p", "baseUrl": "https://user:pw@api.example.com/v1"}])
+    with pytest.raises(ValidationError) as exc:
+        LLMGateway.model_validate(doc)
+    assert "baseUrl" in _error_text(exc)

@@ -10,7 +10,14 @@ import yaml
 from pydantic import ValidationError
 
 from thrifty_core.api import BatchQueue, CachePolicy, DistilledModel, LLMGateway
-from thrifty_core.config import GatewayConfig, SecretSource, dump_config, load_config, parse_config
+from thrifty_core.config import (
+    GatewayConfig,
+    SecretSource,
+    TenantConfig,
+    dump_config,
+    load_config,
+    parse_config,
+)
 from thrifty_core.render import render_gateway_config
 
 
@@ -96,3 +103,9 @@ def test_render_reports_missing_policy(repo_root: Path) -> None:
     gateway = LLMGateway.model_validate(_examples(repo_root)["llmgateway"])
     with pytest.raises(KeyError, match="cache policies not found"):
         render_gateway_config(gateway, {}, None, [])
+
+
+@pytest.mark.parametrize("name", ["anonymous", "admin"])
+def test_reserved_tenant_names_are_refused_in_the_gateway_config(name: str) -> None:
+    with pytest.raises(ValidationError, match="reserved"):
+        TenantConfig(name=name, api_key_hashes=["0" * 64])

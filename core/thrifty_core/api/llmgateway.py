@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from .base import (
     HTTP_URL,
@@ -138,8 +138,28 @@ class Route(ApiModel):
     budget: Budget | None = Field(default=None, description="Spend limit of this route.")
 
 
+# Identities the gateway gives callers without a tenant key: key-less callers of open routes act
+# as `anonymous`, the admin key as `admin`. A real tenant with either name would share their
+# cache entries, batches and files, so the names are reserved.
+RESERVED_TENANT_NAMES: tuple[str, ...] = ("anonymous", "admin")
+
+
+def check_tenant_name(name: str) -> str:
+    if name in RESERVED_TENANT_NAMES:
+        raise ValueError(f"tenant name {name!r} is reserved ({', '.join(RESERVED_TENANT_NAMES)})")
+    return name
+
+
 class Tenant(ApiModel):
     """A tenant: a set of gateway API keys with its own limits and cache scope."""
+
+    model_config = with_cel(
+        cel(
+            "!(self.name in " + str(list(RESERVED_TENANT_NAMES)) + ")",
+            "tenant names anonymous and admin are reserved",
+            ".name",
+        )
+    )
 
     name: Name = Field(description="Tenant name; scopes caches, budgets and usage.")
     api_keys_secret_ref: SecretKeyRef = Field(
@@ -152,6 +172,12 @@ class Tenant(ApiModel):
     tokens_per_minute: int | None = Field(
         default=None, ge=1, le=1_000_000_000, description="Token rate limit; unset means none."
     )
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, name: str) -> str:
+        return check_tenant_name(name)
+
     budget: Budget | None = Field(default=None, description="Spend limit of this tenant.")
 
 
