@@ -161,6 +161,7 @@ def test_cascade_escalates_when_the_cheap_answer_fails_a_check(
     metrics = httpx.get(f"{gw.url}/metrics").text
     for check in ("logprob", "json", "refusal"):
         assert f'check="{check}"' in metrics
+    assert 'thrifty_tier_cascade_wasted_usd_total{route="smart"}' in metrics
 
 
 def test_hygiene_ceiling_default_stop_and_repeated_prefixes(

@@ -92,6 +92,12 @@ class TierMetrics:
             ["route", "tier", "check"],
             registry=registry,
         )
+        self.wasted = Counter(
+            "thrifty_tier_cascade_wasted_usd",
+            "Money spent on cheap answers the cascade rejected, USD.",
+            ["route"],
+            registry=registry,
+        )
 
 
 class TierStage:
@@ -190,6 +196,9 @@ class TierStage:
                 if add_logprobs and answer is not None:
                     for choice in answer.get("choices") or ():
                         choice["logprobs"] = None
+            answer_cost = ctx.catalog.cost(attempt.target.model, usage)
+            if spent > answer_cost:
+                self.metrics.wasted.labels(ctx.route.name).inc(spent - answer_cost)
             saved = ctx.baseline_cost(usage) - spent
             ctx.add_saving("tier", saved)
             ctx.state[TIER_KEY] = name
