@@ -52,8 +52,9 @@ async def usage(
     assert caller.tenant is not None
     scope = tenant if caller.admin else caller.tenant.name
     body = state.ledger.summary(since=since_ts, bucket=bucket, tenant=scope)
-    if state.config.net_savings is not None:
-        # the in-memory ledger covers this process's life: charge running cost over the same
+    if state.config.net_savings is not None and caller.admin and tenant is None:
+        # The platform's running cost is set against all tenants' savings together (admin,
+        # unfiltered view), over the window the in-memory ledger covers (this process's life).
         start = max(since_ts, state.started) if since_ts is not None else state.started
         hours = max(time.time() - start, 0.0) / 3600
         saved = body["totals"]["saved_by_lever_usd"]
