@@ -3,6 +3,7 @@ the upstream pools and builds the stages, and puts everything on `app.state.gate
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 from collections.abc import AsyncIterator, Sequence
@@ -56,6 +57,16 @@ def build_state(config: GatewayConfig, upstream: UpstreamClient | None = None) -
     )
 
 
+KEY_RELOAD_SECONDS = 10.0
+
+
+async def _reload_keys(keys: KeyStore, interval: float) -> None:
+    """Pick up rotated or revoked gateway keys from their mounted Secret files."""
+    while True:
+        await asyncio.sleep(interval)
+        keys.reload_if_changed()
+
+
 def create_app(
     config: GatewayConfig,
     *,
@@ -78,6 +89,7 @@ def create_app(
         # collector's generations so that collections on the hot path stay short.
         gc.collect()
         gc.freeze()
+        reload_keys = asyncio.create_task(_reload_keys(state.keys, KEY_RELOAD_SECONDS))
         state.ready = True
         log.info(
             "gateway ready",
@@ -87,6 +99,7 @@ def create_app(
             yield
         finally:
             state.ready = False
+            reload_keys.cancel()
             for stage in reversed(state.stages):
                 close = getattr(stage, "aclose", None)
                 if close is not None:

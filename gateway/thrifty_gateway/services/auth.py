@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import os
 from collections.abc import Iterable
 
 from thrifty_core.config import AdminConfig, GatewayConfig, SecretSource, TenantConfig
@@ -40,16 +41,61 @@ def _hashes(inline: Iterable[str], source: SecretSource | None) -> list[str]:
 
 
 class KeyStore:
-    """Resolve `Authorization: Bearer <key>` to a tenant (or the admin)."""
+    """Resolve `Authorization: Bearer <key>` to a tenant (or the admin).
+
+    Key hashes from mounted Secret files are re-read when a file changes (`reload_if_changed`,
+    called periodically by the app), so a revoked or rotated key stops or starts working without
+    a restart. A file that cannot be read or parsed keeps the previous keys and is logged.
+    """
 
     def __init__(self, tenants: list[TenantConfig], admin: AdminConfig) -> None:
-        self._entries: list[tuple[bytes, str]] = []
+        self._tenant_list = tenants
+        self._admin = admin
         self._tenants = {t.name: t for t in tenants}
-        for tenant in tenants:
+        self._entries: list[tuple[bytes, str]] = []
+        self._stamps: dict[str, tuple[float, int] | None] = {}
+        self._entries = self._load()
+        self._stamps = self._file_stamps()
+
+    def _load(self) -> list[tuple[bytes, str]]:
+        entries: list[tuple[bytes, str]] = []
+        for tenant in self._tenant_list:
             for h in _hashes(tenant.api_key_hashes, tenant.api_keys_file):
-                self._entries.append((bytes.fromhex(h), tenant.name))
-        for h in _hashes(admin.api_key_hashes, admin.api_keys_file):
-            self._entries.append((bytes.fromhex(h), ADMIN))
+                entries.append((bytes.fromhex(h), tenant.name))
+        for h in _hashes(self._admin.api_key_hashes, self._admin.api_keys_file):
+            entries.append((bytes.fromhex(h), ADMIN))
+        return entries
+
+    def _files(self) -> list[str]:
+        sources = [t.api_keys_file for t in self._tenant_list] + [self._admin.api_keys_file]
+        return [s.file for s in sources if s is not None and s.file is not None]
+
+    def _file_stamps(self) -> dict[str, tuple[float, int] | None]:
+        stamps: dict[str, tuple[float, int] | None] = {}
+        for path in self._files():
+            try:
+                st = os.stat(path)  # follows the ..data symlink swap of Secret volumes
+                stamps[path] = (st.st_mtime, st.st_size)
+            except OSError:
+                stamps[path] = None
+        return stamps
+
+    def reload_if_changed(self) -> bool:
+        """Re-read key files whose mtime or size changed; True when the keys were replaced."""
+        stamps = self._file_stamps()
+        if stamps == self._stamps:
+            return False
+        try:
+            entries = self._load()
+        except (LookupError, ValueError) as exc:
+            log.warning(
+                "gateway key files changed but could not be loaded; keeping old keys: %s", exc
+            )
+            return False
+        self._entries = entries  # one assignment: resolve() sees the old or the new list
+        self._stamps = stamps
+        log.info("gateway keys reloaded", extra={"keys": len(entries)})
+        return True
 
     @classmethod
     def from_config(cls, config: GatewayConfig) -> KeyStore:
