@@ -49,6 +49,7 @@ class Example:
     completion_tokens: int = 0
     cost_usd: float = 0.0
     messages: list[dict[str, str]] = field(default_factory=list)
+    tenant: str = ""
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Example:
@@ -164,14 +165,16 @@ def held_out(text: str, fraction: float, seed: int = 0) -> bool:
 def build_examples(
     records: Iterable[CaptureRecord], declared: Sequence[str] = (), min_label_count: int = 2
 ) -> tuple[list[Example], list[str], int]:
-    """Examples (latest answer per input text), the label set, and how many were dropped."""
-    latest: dict[str, CaptureRecord] = {}
+    """Examples (latest answer per tenant and input text), the label set, and how many were
+    dropped. Each example keeps the tenant its record came from."""
+    latest: dict[tuple[str, str], CaptureRecord] = {}
     for record in records:
         if not record.input.strip():
             continue
-        prev = latest.get(record.input)
+        key = (record.tenant, record.input)
+        prev = latest.get(key)
         if prev is None or record.ts >= prev.ts:
-            latest[record.input] = record
+            latest[key] = record
     labels = list(declared) or discover_labels((r.answer for r in latest.values()), min_label_count)
     index = label_index(labels)
     examples: list[Example] = []
@@ -192,6 +195,7 @@ def build_examples(
                 completion_tokens=record.completion_tokens,
                 cost_usd=record.cost_usd,
                 messages=record.messages,
+                tenant=record.tenant,
             )
         )
     examples.sort(key=lambda e: e.ts)

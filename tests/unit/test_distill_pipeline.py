@@ -16,7 +16,15 @@ from thrifty_core.student.capture import TokenLogprob, TopLogprob, build_record,
 from thrifty_core.student.store import FileDatasetStore
 from thrifty_distill import pipeline
 from thrifty_distill.costs import cost_structure
-from thrifty_distill.dataset import Snapshot, export_snapshot, held_out, soft_label
+from thrifty_distill.dataset import (
+    HELD_OUT,
+    TRAIN,
+    Snapshot,
+    export_snapshot,
+    held_out,
+    read_examples,
+    soft_label,
+)
 from thrifty_distill.evaluate import evaluate_predictions, trade_off
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "banking77"
@@ -35,7 +43,9 @@ def banking_rows(limit_labels: int, per_label: int) -> list[tuple[str, str]]:
     return out
 
 
-def write_captures(store: FileDatasetStore, rows: list[tuple[str, str]], route: str) -> None:
+def write_captures(
+    store: FileDatasetStore, rows: list[tuple[str, str]], route: str, tenant: str = "team-a"
+) -> None:
     lines = []
     for i, (text, label) in enumerate(rows):
         record = build_record(
@@ -43,6 +53,7 @@ def write_captures(store: FileDatasetStore, rows: list[tuple[str, str]], route: 
             ts=1_700_000_000 + i * 10.0,
             route=route,
             student="intent",
+            tenant=tenant,
             model="gpt-4o",
             messages=[{"role": "user", "content": text}],
             completion={"choices": [{"message": {"content": label.replace("_", " ").title()}}]},
@@ -131,6 +142,11 @@ def test_export_dedupes_discovers_labels_and_holds_out(tmp_path: Path) -> None:
     again = Snapshot.load(tmp_path / "snap")
     assert again.requests == len(rows) + 10 and again.requests_per_day > 0
     assert held_out("same text", 0.25) == held_out("same text", 0.25)
+    # every example keeps the tenant its teacher answer was captured for
+    examples = read_examples(tmp_path / "snap" / TRAIN) + read_examples(
+        tmp_path / "snap" / HELD_OUT
+    )
+    assert examples and {e.tenant for e in examples} == {"team-a"}
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,13 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from thrifty_core.api.distilledmodel import Capture
+import pytest
+from pydantic import ValidationError
+
+from thrifty_core.api.distilledmodel import Capture, DistilledModel
+from thrifty_core.config import StudentConfig
+from thrifty_core.render import render_student
+from thrifty_core.student.capture import CaptureRecord
 from thrifty_core.student.store import FileDatasetStore
 from thrifty_gateway.services.distill.agreement import AgreementTracker, same_answer
 from thrifty_gateway.services.distill.capture import CaptureSink, opted_out
@@ -78,11 +84,11 @@ def test_capture_sampling_opt_out_and_logprobs(tmp_path: Path) -> None:
         student="s",
         rand=lambda: next(rolls),
     )
-    assert sink.wants({})  # 0.1 < 0.5
-    assert not sink.wants({})  # 0.9 >= 0.5
+    assert sink.wants({}, "team-a")  # 0.1 < 0.5
+    assert not sink.wants({}, "team-a")  # 0.9 >= 0.5
     assert opted_out({"x-thrifty-no-capture": "1"})
     assert not opted_out({"x-thrifty-no-capture": "false"})
-    assert not sink.wants({"x-thrifty-no-capture": "yes"})
+    assert not sink.wants({"x-thrifty-no-capture": "yes"}, "team-a")
     body: dict[str, object] = {"messages": []}
     sink.ask_logprobs(body)
     assert body["logprobs"] is True and body["top_logprobs"] == 5
@@ -103,6 +109,7 @@ async def test_capture_stops_at_the_cap(tmp_path: Path) -> None:
         await sink.record(
             request_id=str(i),
             ts=float(i),
+            tenant="team-a",
             model="gpt-4o",
             messages=[{"role": "user", "content": f"call me on +1 415 555 01{i:02d}"}],
             completion=completion,
@@ -112,6 +119,53 @@ async def test_capture_stops_at_the_cap(tmp_path: Path) -> None:
         )
     store = FileDatasetStore(tmp_path, writer="reader")
     assert store.count() == 100
-    assert sink.full and not sink.wants({})
+    assert sink.full and not sink.wants({}, "team-a")
     first = next(store.read(store.shards()[0]))
     assert b"[PHONE]" in first and b"415" not in first
+
+
+async def test_capture_records_only_the_listed_tenants_and_names_them(tmp_path: Path) -> None:
+    sink = CaptureSink(
+        FileDatasetStore(tmp_path),
+        Capture(tenants=["team-a"], max_examples=100),
+        route="intent",
+        student="s",
+    )
+    assert sink.wants({}, "team-a")
+    assert not sink.wants({}, "team-b")
+    assert not sink.wants({}, "anonymous")
+    everyone = CaptureSink(FileDatasetStore(tmp_path / "all"), Capture(), route="i", student="s")
+    assert everyone.wants({}, "team-b") and everyone.wants({}, "anonymous")  # empty = all
+    await sink.record(
+        request_id="1",
+        ts=1.0,
+        tenant="team-a",
+        model="gpt-4o",
+        messages=[{"role": "user", "content": "where is my card?"}],
+        completion={"choices": [{"message": {"content": "card_arrival"}}]},
+        prompt_tokens=10,
+        completion_tokens=2,
+        cost_usd=0.0,
+    )
+    store = FileDatasetStore(tmp_path, writer="reader")
+    (line,) = [line for shard in store.shards() for line in store.read(shard)]
+    assert CaptureRecord.model_validate_json(line).tenant == "team-a"
+
+
+def test_capture_tenants_reach_the_gateway_config() -> None:
+    model = DistilledModel.model_validate(
+        {
+            "metadata": {"name": "intent", "namespace": "ml"},
+            "spec": {
+                "teacher": {"gatewayRef": {"name": "gw"}, "route": "intent"},
+                "student": {"kind": "classifier"},
+                "capture": {"tenants": ["team-a"]},
+            },
+        }
+    )
+    rendered = render_student(model)
+    assert rendered.capture.tenants == ["team-a"]
+    config = StudentConfig.model_validate(rendered.model_dump(by_alias=True))
+    assert config.capture.tenants == ["team-a"]  # survives the ConfigMap round trip
+    with pytest.raises(ValidationError):
+        Capture.model_validate({"tenants": ["Not A Tenant"]})

@@ -12,6 +12,7 @@ from .base import (
     CommonStatus,
     GpuSpec,
     LocalObjectRef,
+    Name,
     PrinterColumn,
     Resource,
     Resources,
@@ -72,6 +73,12 @@ class Capture(ApiModel):
     )
     redact: bool = Field(
         default=True, description="Redact emails, phone and card numbers before storing."
+    )
+    tenants: list[Name] = Field(
+        default_factory=list,
+        max_length=256,
+        description="Only requests of these gateway tenants are recorded (a causal-lm student "
+        "can repeat what it was trained on); empty records every tenant.",
     )
 
 

@@ -50,6 +50,7 @@ class CaptureRecord(BaseModel):
     ts: float
     route: str
     student: str
+    tenant: str = Field(default="", description="The gateway tenant that asked.")
     model: str = Field(description="The teacher model that answered.")
     source: Literal["teacher", "evaluation"] = "teacher"
     messages: list[dict[str, str]] = Field(description="role/content pairs, redacted.")
@@ -135,6 +136,7 @@ def build_record(
     prompt_tokens: int,
     completion_tokens: int,
     cost_usd: float,
+    tenant: str = "",
     redactor: Redactor = redact,
     source: Literal["teacher", "evaluation"] = "teacher",
     keep_logprobs: bool = False,
@@ -153,6 +155,7 @@ def build_record(
         ts=ts,
         route=route,
         student=student,
+        tenant=tenant,
         model=model,
         source=source,
         messages=kept,

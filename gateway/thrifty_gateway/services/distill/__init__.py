@@ -2,9 +2,9 @@
 
 For every `students` entry of the config (one per `DistilledModel`), on its route:
 
-* **capture** — sampled teacher answers (request, answer, usage, optional logprobs) are
-  redacted and appended to the dataset store (`captureDir`), capped, skipped on
-  `x-thrifty-no-capture`;
+* **capture** — sampled teacher answers (tenant, request, answer, usage, optional logprobs)
+  are redacted and appended to the dataset store (`captureDir`), capped, skipped on
+  `x-thrifty-no-capture` and for tenants outside `capture.tenants` (when set);
 * **routing** — `shadow`: the student predicts, the teacher answers, agreement is measured;
   `canary`: a stable `canaryPercent` of requests may go to the student; `active`: all
   eligible requests may. The student answers only when its confidence reaches

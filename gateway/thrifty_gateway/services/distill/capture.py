@@ -1,7 +1,9 @@
 """Capture of teacher answers on a student's route into the dataset store.
 
 Sampled by `capture.sampleRate`, capped at `capture.maxExamples` records, skipped when the
-client sends `x-thrifty-no-capture` (any value but "0"/"false"), redacted by default. When
+client sends `x-thrifty-no-capture` (any value but "0"/"false") or its tenant is not in
+`capture.tenants` (when that list is set), redacted by default. Every record names its
+tenant. When
 `capture.logprobs` is on, sampled requests ask the teacher for `logprobs`/`top_logprobs`
 (unless the client already did) so the student learns the teacher's distribution.
 """
@@ -49,6 +51,7 @@ class CaptureSink:
         self.student = student
         self.redactor = redactor or (redact if spec.redact else no_redaction)
         self.rand = rand
+        self.tenants = frozenset(spec.tenants)
         self.written = 0
         self.full = False
 
@@ -58,8 +61,10 @@ class CaptureSink:
     ) -> CaptureSink:
         return cls(FileDatasetStore(Path(directory)), spec, route=route, student=student)
 
-    def wants(self, headers: Mapping[str, str]) -> bool:
+    def wants(self, headers: Mapping[str, str], tenant: str) -> bool:
         if self.full or opted_out(headers):
+            return False
+        if self.tenants and tenant not in self.tenants:
             return False
         return self.spec.sample_rate >= 1 or self.rand() < self.spec.sample_rate
 
@@ -74,6 +79,7 @@ class CaptureSink:
         *,
         request_id: str,
         ts: float,
+        tenant: str,
         model: str,
         messages: list[dict[str, Any]],
         completion: dict[str, Any] | None,
@@ -87,6 +93,7 @@ class CaptureSink:
             ts=ts,
             route=self.route,
             student=self.student,
+            tenant=tenant,
             model=model,
             messages=messages,
             completion=completion,

@@ -141,7 +141,7 @@ class DistillStage:
             return None
         st: dict[str, Any] = {"student": sr}
         ctx.state[self.name] = st
-        if sr.capture is not None and sr.capture.wants(ctx.headers):
+        if sr.capture is not None and sr.capture.wants(ctx.headers, ctx.tenant_name):
             st["capture"] = True
             sr.capture.ask_logprobs(ctx.body)
         cfg = sr.config
@@ -248,6 +248,7 @@ class DistillStage:
             written = await sr.capture.record(
                 request_id=ctx.request_id,
                 ts=time.time(),
+                tenant=ctx.tenant_name,
                 model=outcome.model,
                 messages=list(ctx.body.get("messages") or []),
                 completion=outcome.body,
@@ -310,7 +311,7 @@ class DistillStage:
         state.ledger.record(
             Entry(EVAL_TENANT, ctx.route.name, model, usage, cost, savings={}, lever=None)
         )
-        if sr.capture is not None and sr.capture.wants(ctx.headers):
+        if sr.capture is not None and sr.capture.wants(ctx.headers, ctx.tenant_name):
             outcome = Outcome(200, completion, usage, model, attempt.target.label, cost)
             await self._capture(ctx, sr, outcome, "evaluation")
 

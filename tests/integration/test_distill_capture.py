@@ -1,0 +1,89 @@
+"""Capture through a real gateway process (simulator as the teacher): tenant scoping of the
+captured data, the logprobs capture asks for never reaching clients or the cache, and the
+students admin endpoint."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.integration.conftest import GatewayFactory
+from tests.integration.procs import Gateway
+from thrifty_core.student.store import FileDatasetStore
+
+pytestmark = pytest.mark.integration
+
+ROUTE = "gpt-4o-mini"
+KEYS = {"team-a": "sk-local-a", "team-b": "sk-local-b"}
+ADMIN_KEY = "sk-local-admin"
+
+
+def wait_for(cond: Callable[[], bool], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert cond()
+
+
+def student(tmp: Path, **capture: Any) -> dict[str, Any]:
+    """A classifier student with no trained version yet: the teacher answers, capture runs."""
+    return {
+        "route": ROUTE,
+        "name": "intent",
+        "kind": "classifier",
+        "mode": "active",
+        "artifactPath": str(tmp / "artifacts"),
+        "captureDir": str(tmp / "capture"),
+        "capture": {"maxExamples": 1000, **capture},
+    }
+
+
+def records(tmp: Path) -> list[dict[str, Any]]:
+    store = FileDatasetStore(tmp / "capture", writer="reader")
+    return [json.loads(line) for shard in store.shards() for line in store.read(shard)]
+
+
+def finished(gw: Gateway, tenant: str) -> int:
+    """Requests of `tenant` whose after-hooks (capture included) have run: the gateway counts
+    a request only after its stages' after_upstream hooks."""
+    text = httpx.get(f"{gw.url}/metrics").text
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        if family.name != "thrifty_requests":
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_total") and sample.labels.get("tenant") == tenant:
+                total += sample.value
+    return int(total)
+
+
+def ask(gw: Gateway, tenant: str, text: str, **extra: Any) -> dict[str, Any]:
+    resp = httpx.post(
+        f"{gw.base_url()}/chat/completions",
+        headers={"authorization": f"Bearer {KEYS[tenant]}"},
+        json={"model": ROUTE, "messages": [{"role": "user", "content": text}], **extra},
+        timeout=20,
+    )
+    assert resp.status_code == 200, resp.text
+    body: dict[str, Any] = resp.json()
+    return body
+
+
+def test_only_listed_tenants_are_captured(gateway_factory: GatewayFactory, tmp_path: Path) -> None:
+    gw = gateway_factory(students=[student(tmp_path, tenants=["team-a"])])
+    for i in range(5):
+        ask(gw, "team-b", f"team-b secret number {i}")
+    for i in range(5):
+        ask(gw, "team-a", f"team-a question {i}")
+    wait_for(lambda: finished(gw, "team-b") == 5 and finished(gw, "team-a") == 5)
+    wait_for(lambda: len(records(tmp_path)) == 5)
+    lines = records(tmp_path)
+    assert {r["tenant"] for r in lines} == {"team-a"}
+    assert not any("team-b" in r["input"] for r in lines)  # never captured
