@@ -68,6 +68,17 @@ def batch_config(
             "maxRetries": 0,
         }
     )
+    config["routes"].append(  # the primary always fails: every answer comes from the fallback
+        {
+            "name": "broken-first",
+            "deferrable": True,
+            "targets": [
+                {"provider": "simulator", "model": "broken-model"},
+                {"provider": "simulator", "model": "gpt-4o-mini"},
+            ],
+            "maxRetries": 0,
+        }
+    )
     config["batch"] = {
         "name": name,
         "redisUrl": redis.url,
@@ -148,7 +159,7 @@ def stack(batch_sim: Simulator, redis: RedisServer, tmp_path: Path) -> Iterator[
         gw.stop()
     httpx.post(
         f"{batch_sim.url}/sim/batches/faults",
-        json={"fail_rate": 0, "fail_jobs": -1, "expire_next": 0},
+        json={"fail_rate": 0, "fail_jobs": -1, "expire_next": 0, "forget_next": 0},
     )
 
 
@@ -455,3 +466,79 @@ def test_batch_past_its_completion_window_expires_with_an_error_file(
     errors = lines_of(client, done.error_file_id)
     assert sorted(e["custom_id"] for e in errors) == sorted(f"req-{i}" for i in range(5))
     assert {e["error"]["code"] for e in errors} == {"batch_expired"}
+
+
+def test_fallback_answers_do_not_fill_the_primary_cache(stack: Any, redis: RedisServer) -> None:
+    """The exact cache is keyed by the route's primary target: a line (or a deferred request)
+    answered by a fallback target must not be stored there."""
+    gw, worker = stack(
+        "fallback",
+        cache={"spec": {"exact": {"enabled": True}}, "stores": {"redisUrl": redis.url}},
+        mode="direct",
+    )
+    worker("w1")
+    client = gw.openai(KEY)
+    items = [chat_line(i, model="broken-first") for i in range(200, 204)]
+    for i in items:
+        i["body"]["messages"][0]["content"] += " (fallback test)"
+    uploaded = client.files.create(file=("in.jsonl", jsonl(items)), purpose="batch")
+    batch = client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    done = wait_terminal(client, batch.id)
+    assert done.status == "completed"
+    out = lines_of(client, done.output_file_id)
+    assert len(out) == 4 and {o["response"]["body"]["model"] for o in out} == {"gpt-4o-mini"}
+    # a deferred request on the same route, answered by the fallback too
+    deferred_body = {
+        "model": "broken-first",
+        "messages": [{"role": "user", "content": "deferred (fallback test)"}],
+    }
+    auth = {"authorization": f"Bearer {KEY}"}
+    resp = httpx.post(
+        f"{gw.url}/v1/chat/completions",
+        json=deferred_body,
+        headers={**auth, "x-thrifty-defer": "true"},
+    )
+    assert resp.status_code == 202
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        got = httpx.get(f"{gw.url}{resp.json()['poll_url']}", headers=auth)
+        if got.status_code != 202:
+            break
+        time.sleep(0.1)
+    assert got.status_code == 200 and got.json()["model"] == "gpt-4o-mini"
+    # interactive requests for the same prompts are not served the fallback's answers
+    for body in [items[0]["body"], deferred_body]:
+        again = httpx.post(f"{gw.url}/v1/chat/completions", json=body, headers=auth)
+        assert again.status_code == 200
+        assert again.headers.get("x-thrifty-cache") != "exact"
+
+
+def test_provider_job_that_cannot_be_retrieved_is_given_up_and_resubmitted(
+    stack: Any, batch_sim: Simulator, redis: RedisServer
+) -> None:
+    """The provider forgets the first job (every poll answers 404): after a few failed polls
+    its lines go into a new job instead of waiting forever."""
+    gw, worker = stack("forgotten")
+    httpx.post(f"{batch_sim.url}/sim/batches/faults", json={"forget_next": 1})
+    worker("w1")
+    client = gw.openai(KEY)
+    before = httpx.get(f"{batch_sim.url}/sim/batches/stats").json()
+    uploaded = client.files.create(
+        file=("in.jsonl", jsonl([chat_line(i) for i in range(10)])), purpose="batch"
+    )
+    batch = client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    done = wait_terminal(client, batch.id)
+    assert done.status == "completed"
+    assert done.request_counts is not None and done.request_counts.completed == 10
+    ids = sorted(o["custom_id"] for o in lines_of(client, done.output_file_id))
+    assert ids == sorted(f"req-{i}" for i in range(10))
+    after = httpx.get(f"{batch_sim.url}/sim/batches/stats").json()
+    assert after["batches_forgotten"] - before.get("batches_forgotten", 0) == 1
+    assert after["batches_created"] - before.get("batches_created", 0) == 2
+    r: Any = redis_sync.Redis.from_url(redis.url)
+    assert r.hlen("thrifty:batch:forgotten:jobs") == 0
+    assert r.hlen("thrifty:batch:forgotten:jobfailures") == 0

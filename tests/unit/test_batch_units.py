@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import httpx2
+import openai
 import orjson
 import pytest
 
@@ -13,7 +15,13 @@ from thrifty_core.api.batchqueue import BatchLimits
 from thrifty_gateway.services.batching.files import FilesystemStore, StoreFullError
 from thrifty_gateway.services.batching.finalize import order_of, output_line
 from thrifty_gateway.services.batching.model import BatchRecord, Line, Result, can_move
-from thrifty_gateway.services.batching.provider import Packer, next_poll, parse_outputs
+from thrifty_gateway.services.batching.provider import (
+    Packer,
+    job_lost,
+    next_poll,
+    parse_outputs,
+    poll_error_is_gone,
+)
 from thrifty_gateway.services.batching.validate import validate_input
 from thrifty_gateway.services.pipeline import Target
 
@@ -126,6 +134,32 @@ def test_poll_backoff_grows_and_is_capped() -> None:
     assert next_poll(2, 0, 0) == 2
     assert next_poll(2, 0, 100) > next_poll(2, 0, 10) > 2
     assert next_poll(2, 0, 10**9) == 20
+
+
+def api_error(status: int) -> openai.APIStatusError:
+    request = httpx2.Request("GET", "http://provider/v1/batches/b")
+    response = httpx2.Response(status, request=request, json={"error": {"message": "x"}})
+    return openai.APIStatusError("x", response=response, body=None)
+
+
+def test_poll_errors_saying_the_job_is_gone() -> None:
+    assert poll_error_is_gone(api_error(404)) and poll_error_is_gone(api_error(401))
+    assert poll_error_is_gone(api_error(403))
+    assert not poll_error_is_gone(api_error(429)) and not poll_error_is_gone(api_error(500))
+    request = httpx2.Request("GET", "http://provider/v1/batches/b")
+    assert not poll_error_is_gone(openai.APIConnectionError(request=request))
+
+
+def test_job_is_given_up_after_failures_or_past_its_window() -> None:
+    def lost(failures: int, gone: bool, now: float) -> str | None:
+        return job_lost(
+            failures=failures, gone=gone, max_failures=5, started=1000.0, deadline=9e4, now=now
+        )
+
+    assert lost(4, True, 1100.0) is None
+    assert lost(50, False, 1100.0) is None  # transient failures: wait for the deadline
+    assert "5 polls failed" in (lost(5, True, 1100.0) or "")
+    assert "completion window" in (lost(0, False, 1000.0 + 90001) or "")
 
 
 def test_output_lines_and_order() -> None:

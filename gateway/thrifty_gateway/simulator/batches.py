@@ -8,6 +8,8 @@ synchronous endpoints. Faults, set with `POST /sim/batches/faults`:
   in the next `fail_jobs` jobs (-1: every job);
 * `expire_next`: the next N jobs expire half-way (the rest of their lines in the error file
   with code `batch_expired`, like OpenAI's);
+* `forget_next`: the next N jobs are accepted, then forgotten: retrieving them answers 404
+  (a job deleted on the provider's side, or one the key can no longer see);
 * per-model faults (`--fault MODEL=500`) answer every line of that model with the fault.
 
 `GET /sim/batches/stats` counts API calls and lines; `POST /sim/reset` does not clear them.
@@ -48,6 +50,7 @@ class BatchSim:
     fail_rate: float = 0.0
     fail_jobs: int = -1
     expire_next: int = 0
+    forget_next: int = 0
     stats: dict[str, int] = field(default_factory=dict)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -174,8 +177,12 @@ async def create_batch(request: Request) -> Response:
     fail_rate = bs.fail_rate if bs.fail_jobs != 0 else 0.0
     if bs.fail_jobs > 0:
         bs.fail_jobs -= 1
-    bs.jobs[job["id"]] = job
     bs.count("batches_created")
+    if bs.forget_next > 0:
+        bs.forget_next -= 1
+        bs.count("batches_forgotten")
+        return _json(job)
+    bs.jobs[job["id"]] = job
     task = asyncio.get_running_loop().create_task(_run(bs, sim, job, expire, fail_rate))
     bs.tasks.add(task)
     task.add_done_callback(bs.tasks.discard)
@@ -216,8 +223,14 @@ async def set_faults(request: Request) -> Response:
     bs.fail_rate = float(body.get("fail_rate", bs.fail_rate))
     bs.fail_jobs = int(body.get("fail_jobs", bs.fail_jobs))
     bs.expire_next = int(body.get("expire_next", bs.expire_next))
+    bs.forget_next = int(body.get("forget_next", bs.forget_next))
     return _json(
-        {"fail_rate": bs.fail_rate, "fail_jobs": bs.fail_jobs, "expire_next": bs.expire_next}
+        {
+            "fail_rate": bs.fail_rate,
+            "fail_jobs": bs.fail_jobs,
+            "expire_next": bs.expire_next,
+            "forget_next": bs.forget_next,
+        }
     )
 
 

@@ -84,8 +84,10 @@ def success(
     model: str,
     *,
     batch: bool,
+    primary: bool,
     status: int = 200,
 ) -> Result:
+    """A line answered by `model`; `primary` when that was the route's primary target."""
     usage = usage_of(body) or estimate_usage(line.body, body)
     cost, saved = price(catalog, route, model, usage, batch=batch)
     return Result(
@@ -97,6 +99,7 @@ def success(
         completion_tokens=usage.completion_tokens,
         cost_usd=cost,
         saved_usd=saved,
+        primary=primary,
     )
 
 
@@ -162,6 +165,9 @@ class DirectExecutor:
             body = orjson.loads(attempt.response.body)
         except orjson.JSONDecodeError:
             return Result(line.custom_id, None, None, "bad_response", "not JSON"), True
-        result = success(line, body, self.catalog, route, attempt.target.model, batch=False)
+        primary = attempt.fallbacks == 0 and attempt.target == route.targets[0]
+        result = success(
+            line, body, self.catalog, route, attempt.target.model, batch=False, primary=primary
+        )
         self.gate.record(result.completion_tokens)
         return result, False

@@ -53,8 +53,17 @@ def order_of(input_data: bytes | None, results: dict[str, Result]) -> list[str]:
     return order + sorted(k for k in results if k not in known)
 
 
-async def finalize(queue: RedisQueue, store: FileStore, batch_id: str, owner: str) -> bool:
-    """Finalize `batch_id` if all its lines are done; True when it is terminal afterwards."""
+async def finalize(
+    queue: RedisQueue,
+    store: FileStore,
+    batch_id: str,
+    owner: str,
+    *,
+    stale_validating_seconds: float | None = None,
+) -> bool:
+    """Finalize `batch_id` if all its lines are done; True when it is terminal afterwards.
+    With `stale_validating_seconds`, a batch still `validating` that long after it was
+    created (its creation was cut short) is failed instead."""
     record = await queue.get(batch_id)
     if record is None:
         await queue.deactivate(batch_id)
@@ -63,6 +72,12 @@ async def finalize(queue: RedisQueue, store: FileStore, batch_id: str, owner: st
     if record.status in ("completed", "failed", "expired", "cancelled"):
         await queue.deactivate(batch_id)
         return True
+    if (
+        stale_validating_seconds is not None
+        and record.status == "validating"
+        and time.time() - record.created_at >= stale_validating_seconds
+    ):
+        return await fail_interrupted(queue, record)
     if counts.completed + counts.failed < counts.total:
         return False
     if not await queue.lease(f"finalize:{batch_id}", owner, 120_000):
@@ -78,6 +93,29 @@ async def finalize(queue: RedisQueue, store: FileStore, batch_id: str, owner: st
         return True
     finally:
         await queue.release(f"finalize:{batch_id}", owner)
+
+
+async def fail_interrupted(queue: RedisQueue, record: BatchRecord) -> bool:
+    """Fail a batch whose creation stopped before all its lines were queued (its queued
+    lines not yet run are then answered `batch_failed` by the workers, without a call)."""
+    error = {
+        "code": "enqueue_interrupted",
+        "message": "The batch was not fully queued (the gateway stopped while creating it). "
+        "Create it again.",
+        "param": None,
+        "line": None,
+    }
+    moved = await queue.transition(
+        record.id,
+        "failed",
+        failed_at=int(time.time()),
+        errors={"object": "list", "data": [error]},
+    )
+    if moved is None:
+        return False
+    await queue.deactivate(record.id)
+    log.warning("batch %s failed: its creation was interrupted", record.id)
+    return True
 
 
 async def _write_files(

@@ -157,6 +157,9 @@ class Result:
     cost_usd: float = 0.0
     saved_usd: float = 0.0
     lever: str = "batch"  # the ledger lever its saving goes to ("cache" for a cache hit)
+    # answered by the route's primary target (its first, no fallback): only such an answer
+    # may fill the exact cache, which is keyed by the primary target
+    primary: bool = False
 
     @property
     def ok(self) -> bool:
@@ -192,6 +195,7 @@ class Keys:
         self.active = self.prefix + "active"
         self.jobs = self.prefix + "jobs"
         self.inflight = self.prefix + "inflight"
+        self.job_failures = self.prefix + "jobfailures"
 
     def batch(self, batch_id: str) -> str:
         return f"{self.prefix}batch:{batch_id}"

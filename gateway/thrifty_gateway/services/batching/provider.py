@@ -210,5 +210,26 @@ def next_poll(interval: float, started: float, now: float) -> float:
 TERMINAL_JOB = frozenset({"completed", "failed", "expired", "cancelled"})
 
 
+def poll_error_is_gone(exc: BaseException) -> bool:
+    """A poll error saying the job cannot be retrieved any more (404, 401, 403, other 4xx
+    but 408/409/429), as opposed to a transient one (network, 5xx, rate limit)."""
+    if isinstance(exc, openai.APIStatusError):
+        return 400 <= exc.status_code < 500 and exc.status_code not in RETRYABLE_STATUS
+    return False
+
+
+def job_lost(
+    *, failures: int, gone: bool, max_failures: int, started: float, deadline: float, now: float
+) -> str | None:
+    """Why to give up on a provider job (None: keep polling): `failures` consecutive polls
+    failed and the last said the job is gone, or the job is past `deadline` seconds after
+    `started` (its completion window and a grace period) whatever its polls said."""
+    if gone and failures >= max_failures:
+        return f"the provider job could not be retrieved ({failures} polls failed)"
+    if now - started > deadline:
+        return "the provider job did not finish within its completion window"
+    return None
+
+
 def now() -> float:
     return time.time()

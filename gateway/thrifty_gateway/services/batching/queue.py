@@ -23,9 +23,10 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError, WatchError
 
-from .model import BatchRecord, Keys, Line, RequestCounts, Result, can_move
+from .model import WINDOW_SECONDS, BatchRecord, Keys, Line, RequestCounts, Result, can_move
 
 log = logging.getLogger(__name__)
+CHUNK = 1000  # lines per enqueue round trip (and the most enqueued in one transaction)
 
 Entry = tuple[str, Line]
 
@@ -103,27 +104,41 @@ class RedisQueue:
     # -- batches ----------------------------------------------------------------------------
 
     async def create(self, record: BatchRecord, lines: Sequence[Line]) -> BatchRecord:
-        """Store the record, enqueue every line, then move it to in_progress."""
+        """Store the record and enqueue every line. Up to `CHUNK` lines this is one
+        transaction (the batch starts in_progress). A larger batch is stored `validating` and
+        active first, then its lines go in chunks and it moves to in_progress: if that is cut
+        short, the sweeper fails the batch once it has been validating too long."""
         k = self.keys
         record.request_counts = RequestCounts(total=len(lines))
         await self.ensure_groups()
+        now = int(time.time())
+        expires = now + WINDOW_SECONDS.get(record.completion_window, 86400)
+        small = len(lines) <= CHUNK
+        if small:
+            record = record.model_copy(
+                update={"status": "in_progress", "in_progress_at": now, "expires_at": expires}
+            )
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.set(k.batch(record.id), record.store())
             if not record.deferred:
                 pipe.zadd(k.index, {record.id: record.created_at})
             pipe.hset(k.counts(record.id), mapping={"completed": 0, "failed": 0})
+            pipe.sadd(k.active, record.id)
+            if small:
+                for line in lines:
+                    pipe.xadd(k.stream, line.fields())
             await pipe.execute()
-        for start in range(0, len(lines), 1000):
+        if small:
+            return record
+        for start in range(0, len(lines), CHUNK):
             async with self.redis.pipeline(transaction=False) as pipe:
-                for line in lines[start : start + 1000]:
+                for line in lines[start : start + CHUNK]:
                     pipe.xadd(k.stream, line.fields())
                 await pipe.execute()
-        now = int(time.time())
         moved = await self.transition(
-            record.id, "in_progress", in_progress_at=now, expires_at=now + 86400
+            record.id, "in_progress", in_progress_at=now, expires_at=expires
         )
-        await self.redis.sadd(k.active, record.id)
-        return moved or record
+        return moved or await self.get(record.id) or record
 
     async def get(self, batch_id: str) -> BatchRecord | None:
         k = self.keys
@@ -336,7 +351,17 @@ class RedisQueue:
         return {k.decode(): orjson.loads(v) for k, v in raw.items()}
 
     async def drop_job(self, job_id: str) -> None:
-        await self.redis.hdel(self.keys.jobs, job_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hdel(self.keys.jobs, job_id)
+            pipe.hdel(self.keys.job_failures, job_id)
+            await pipe.execute()
+
+    async def job_poll_failed(self, job_id: str) -> int:
+        """Count a failed poll of a provider job; returns its consecutive failures."""
+        return int(await self.redis.hincrby(self.keys.job_failures, job_id, 1))
+
+    async def job_poll_ok(self, job_id: str) -> None:
+        await self.redis.hdel(self.keys.job_failures, job_id)
 
     async def lease(self, name: str, owner: str, ttl_ms: int) -> bool:
         """A short exclusive lease (finalizing a batch, polling a job)."""

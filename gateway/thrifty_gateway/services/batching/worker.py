@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from thrifty_core.config import BatchConfig, GatewayConfig
 
@@ -20,9 +20,18 @@ from ...state import RouteRuntime, build_catalog, build_routes
 from ..upstream import UpstreamClient
 from .direct import DirectExecutor, LineCache, cached, success
 from .files import FileStore
-from .finalize import finalize
-from .model import Line, Result
-from .provider import TERMINAL_JOB, Pack, Packer, ProviderBatches, next_poll, parse_outputs
+from .finalize import fail_interrupted, finalize
+from .model import WINDOW_SECONDS, Line, Result
+from .provider import (
+    TERMINAL_JOB,
+    Pack,
+    Packer,
+    ProviderBatches,
+    job_lost,
+    next_poll,
+    parse_outputs,
+    poll_error_is_gone,
+)
 from .queue import Entry, RedisQueue
 
 log = logging.getLogger(__name__)
@@ -35,6 +44,19 @@ class WorkerOptions:
     reclaim_idle_seconds: float = 120.0
     sweep_seconds: float = 1.0
     read_block_ms: int = 500
+    # a provider job whose polls fail this many times in a row, the last saying it is gone
+    # (404/401/403), is given up and its lines retried per the policy
+    job_lost_after_failures: int = 5
+    # a provider job is given up this long after its completion window, whatever its polls say
+    job_grace_seconds: float = 3600.0
+    # a batch still `validating` this long after it was created (creation cut short) is failed
+    stale_validating_seconds: float = 600.0
+
+
+class BatchInfo(NamedTuple):
+    status: str
+    total: int
+    expires_at: int | None
 
 
 @dataclass
@@ -44,6 +66,7 @@ class WorkerStats:
     polls: int = 0
     direct_calls: int = 0
     resubmitted: int = 0
+    jobs_lost: int = 0
     reclaimed: int = 0
     cache_hits: int = 0
     extra: dict[str, int] = field(default_factory=dict)
@@ -77,7 +100,7 @@ class Worker:
             limits.max_lines_per_job, limits.max_bytes_per_job, self.spec.flush_window_seconds
         )
         self.stats = WorkerStats()
-        self._info: dict[str, tuple[str, int, int | None, float]] = {}
+        self._info: dict[str, tuple[BatchInfo, float]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._next_poll: dict[str, float] = {}
         self._held: set[str] = set()  # entries in a pack or a direct call of this worker
@@ -150,27 +173,38 @@ class Worker:
                 log.exception("batch reader error; retrying")
                 await asyncio.sleep(1.0)
 
-    async def _batch_info(self, batch_id: str) -> tuple[str, int, int | None] | None:
-        """(status, total lines, expires_at) of a batch, cached for a second."""
+    async def _batch_info(self, batch_id: str) -> BatchInfo | None:
+        """(status, total lines, expires_at) of a batch, cached for a second. A batch still
+        `validating` long after it was created (its creation was cut short) is failed here,
+        before any of its lines runs."""
         now = time.monotonic()
         hit = self._info.get(batch_id)
-        if hit is not None and now - hit[3] < 1.0:
-            return hit[0], hit[1], hit[2]
+        if hit is not None and now - hit[1] < 1.0:
+            return hit[0]
         record = await self.queue.get(batch_id)
         if record is None:
             return None
-        total = record.request_counts.total
-        self._info[batch_id] = (record.status, total, record.expires_at, now)
+        if (
+            record.status == "validating"
+            and time.time() - record.created_at >= self.options.stale_validating_seconds
+        ):
+            await fail_interrupted(self.queue, record)
+            record = await self.queue.get(batch_id)
+            if record is None:
+                return None
+        info = BatchInfo(record.status, record.request_counts.total, record.expires_at)
+        self._info[batch_id] = (info, now)
         if len(self._info) > 10_000:
             self._info.clear()
-        return record.status, total, record.expires_at
+        return info
 
     async def _handle(self, entry_id: str, line: Line) -> None:
         self.stats.lines += 1
         info = await self._batch_info(line.batch_id)
-        if info is None or info[0] in ("cancelling", "cancelled", "expired"):
-            code = "batch_cancelled" if info else "batch_missing"
-            result = Result(line.custom_id, None, None, code, "the batch was cancelled")
+        if info is None or info[0] in ("cancelling", "cancelled", "expired", "failed"):
+            status = "cancelled" if info is None or info[0] == "cancelling" else info[0]
+            status = "missing" if info is None else status
+            result = Result(line.custom_id, None, None, f"batch_{status}", f"the batch is {status}")
             await self._store(entry_id, line, result)
             return
         if info[2] is not None and time.time() > info[2]:
@@ -219,7 +253,8 @@ class Worker:
         self.stats.direct_calls += 1
         result, retryable = await self.direct.run(line)
         if result.ok:
-            if self.cache is not None and result.body is not None:
+            # a fallback target's answer must not fill the cache under the primary's key
+            if self.cache is not None and result.body is not None and result.primary:
                 await self.cache.put(line, result.body)
             await self._store(entry_id, line, result)
             return
@@ -271,12 +306,54 @@ class Worker:
                         continue
                     self._next_poll[job_id] = now + next_poll(interval, job["started"], now)
                     if await self.queue.lease(f"job:{job_id}", self.options.consumer, 300_000):
-                        await self._poll(job_id, job)
+                        await self._poll_guarded(job_id, job)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("batch poller error; retrying")
             await asyncio.sleep(min(interval, 0.5))
+
+    def _job_lost(self, job: dict[str, Any], failures: int, gone: bool) -> str | None:
+        window = WINDOW_SECONDS.get(self.spec.completion_window, 86400)
+        return job_lost(
+            failures=failures,
+            gone=gone,
+            max_failures=self.options.job_lost_after_failures,
+            started=float(job["started"]),
+            deadline=window + self.options.job_grace_seconds,
+            now=time.time(),
+        )
+
+    async def _poll_guarded(self, job_id: str, job: dict[str, Any]) -> None:
+        """Poll one job; a job that keeps failing to poll, or outlives its window, is given
+        up so that its lines do not wait forever."""
+        try:
+            await self._poll(job_id, job)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            failures = await self.queue.job_poll_failed(job_id)
+            gone = poll_error_is_gone(exc)
+            log.warning(
+                "polling provider job %s failed (%s, %d in a row)",
+                job_id,
+                type(exc).__name__,
+                failures,
+            )
+            reason = self._job_lost(job, failures, gone)
+            if reason is not None:
+                await self._abandon(job_id, job, reason)
+
+    async def _abandon(self, job_id: str, job: dict[str, Any], reason: str) -> None:
+        """Give up on a provider job: its lines are retried (or dead-lettered) per the policy."""
+        self.stats.jobs_lost += 1
+        log.warning("provider job %s given up: %s", job_id, reason)
+        for entry_id, data in job["lines"].items():
+            line = Line.from_json(data)
+            result = Result(line.custom_id, None, None, "provider_job_lost", reason)
+            await self._retry(entry_id, line, result, True)
+        await self.queue.drop_job(job_id)
+        self._next_poll.pop(job_id, None)
 
     async def _poll(self, job_id: str, job: dict[str, Any]) -> None:
         from ..pipeline import Target
@@ -284,7 +361,11 @@ class Worker:
         target = Target(job["provider"], job["model"])
         self.stats.polls += 1
         state = await self.batches.state(target, job_id)
+        await self.queue.job_poll_ok(job_id)
         if state.status not in TERMINAL_JOB:
+            reason = self._job_lost(job, 0, False)
+            if reason is not None:
+                await self._abandon(job_id, job, reason)
             return
         files = []
         for file_id in (state.output_file_id, state.error_file_id):
@@ -296,8 +377,17 @@ class Worker:
             outcome = outcomes.get(entry_id)
             route = self.routes.get(line.route)
             if outcome is not None and outcome.ok and outcome.body is not None and route:
-                result = success(line, outcome.body, self.catalog, route, job["model"], batch=True)
-                if self.cache is not None:
+                primary = route.targets[0] == target
+                result = success(
+                    line,
+                    outcome.body,
+                    self.catalog,
+                    route,
+                    job["model"],
+                    batch=True,
+                    primary=primary,
+                )
+                if self.cache is not None and primary:
                     await self.cache.put(line, outcome.body)
                 await self._store(entry_id, line, result)
                 continue
@@ -345,7 +435,13 @@ class Worker:
                     if entry_id not in self._held:
                         await self._handle(entry_id, line)
                 for batch_id in await self.queue.active():
-                    await finalize(self.queue, self.store, batch_id, self.options.consumer)
+                    await finalize(
+                        self.queue,
+                        self.store,
+                        batch_id,
+                        self.options.consumer,
+                        stale_validating_seconds=self.options.stale_validating_seconds,
+                    )
             except asyncio.CancelledError:
                 raise
             except Exception:
