@@ -1,6 +1,5 @@
 """Capture through a real gateway process (simulator as the teacher): tenant scoping of the
-captured data, the logprobs capture asks for never reaching clients or the cache, and the
-students admin endpoint."""
+captured data, and the logprobs capture asks for never reaching clients or the cache."""
 
 from __future__ import annotations
 
@@ -22,7 +21,6 @@ pytestmark = pytest.mark.integration
 
 ROUTE = "gpt-4o-mini"
 KEYS = {"team-a": "sk-local-a", "team-b": "sk-local-b"}
-ADMIN_KEY = "sk-local-admin"
 
 
 def wait_for(cond: Callable[[], bool], timeout: float = 10) -> None:
@@ -64,7 +62,7 @@ def finished(gw: Gateway, tenant: str) -> int:
     return int(total)
 
 
-def ask(gw: Gateway, tenant: str, text: str, **extra: Any) -> dict[str, Any]:
+def post(gw: Gateway, tenant: str, text: str, **extra: Any) -> httpx.Response:
     resp = httpx.post(
         f"{gw.base_url()}/chat/completions",
         headers={"authorization": f"Bearer {KEYS[tenant]}"},
@@ -72,7 +70,11 @@ def ask(gw: Gateway, tenant: str, text: str, **extra: Any) -> dict[str, Any]:
         timeout=20,
     )
     assert resp.status_code == 200, resp.text
-    body: dict[str, Any] = resp.json()
+    return resp
+
+
+def ask(gw: Gateway, tenant: str, text: str, **extra: Any) -> dict[str, Any]:
+    body: dict[str, Any] = post(gw, tenant, text, **extra).json()
     return body
 
 
@@ -87,3 +89,38 @@ def test_only_listed_tenants_are_captured(gateway_factory: GatewayFactory, tmp_p
     lines = records(tmp_path)
     assert {r["tenant"] for r in lines} == {"team-a"}
     assert not any("team-b" in r["input"] for r in lines)  # never captured
+
+
+def test_capture_logprobs_reach_neither_the_client_nor_the_cache(
+    gateway_factory: GatewayFactory, tmp_path: Path
+) -> None:
+    gw = gateway_factory(cache=True, students=[student(tmp_path, logprobs=True)])
+    first = post(gw, "team-a", "what is the exchange rate today?")
+    assert first.headers["x-thrifty-cache"] == "miss"
+    assert first.json()["choices"][0]["logprobs"] is None  # the client did not ask
+    wait_for(lambda: finished(gw, "team-a") == 1)
+    (record,) = records(tmp_path)
+    assert record["logprobs"], "the teacher was asked for logprobs for the capture"
+    # the same request again: answered from the exact cache, still without logprobs
+    again = post(gw, "team-a", "what is the exchange rate today?")
+    assert again.headers["x-thrifty-cache"] == "exact"
+    assert again.json()["choices"][0]["logprobs"] is None
+    assert again.json()["choices"][0]["message"] == first.json()["choices"][0]["message"]
+    # a streamed request gets no logprobs either
+    with httpx.stream(
+        "POST",
+        f"{gw.base_url()}/chat/completions",
+        headers={"authorization": f"Bearer {KEYS['team-a']}"},
+        json={
+            "model": ROUTE,
+            "messages": [{"role": "user", "content": "how do I top up by card?"}],
+            "stream": True,
+        },
+        timeout=20,
+    ) as stream:
+        events = [line[6:] for line in stream.iter_lines() if line.startswith("data: {")]
+    chunks = [json.loads(e) for e in events]
+    assert chunks and all(c["logprobs"] is None for ch in chunks for c in ch["choices"])
+    # a client that asks for logprobs gets them (its own cache key)
+    mine = ask(gw, "team-a", "what is the exchange rate today?", logprobs=True)
+    assert mine["choices"][0]["logprobs"]["content"]

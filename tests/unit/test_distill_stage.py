@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -18,6 +19,7 @@ from thrifty_gateway.services.distill.agreement import AgreementTracker, same_an
 from thrifty_gateway.services.distill.capture import CaptureSink, opted_out
 from thrifty_gateway.services.distill.predictors import EndpointPredictor
 from thrifty_gateway.services.distill.stage import canary_bucket, eligible
+from thrifty_gateway.services.proxy import hide_choice_fields
 
 
 def test_canary_buckets_are_stable_and_spread() -> None:
@@ -90,11 +92,32 @@ def test_capture_sampling_opt_out_and_logprobs(tmp_path: Path) -> None:
     assert not opted_out({"x-thrifty-no-capture": "false"})
     assert not sink.wants({"x-thrifty-no-capture": "yes"}, "team-a")
     body: dict[str, object] = {"messages": []}
-    sink.ask_logprobs(body)
-    assert body["logprobs"] is True and body["top_logprobs"] == 5
-    mine: dict[str, object] = {"logprobs": False}
-    sink.ask_logprobs(mine)
-    assert mine == {"logprobs": False}  # the client's choice wins
+    assert sink.logprobs_request(body) == {"logprobs": True, "top_logprobs": 5}
+    assert body == {"messages": []}  # the client's request (and cache key) is left alone
+    assert sink.logprobs_request({"logprobs": False}) == {}  # the client's choice wins
+
+
+def test_hidden_choice_fields_are_nulled_in_a_copy() -> None:
+    lp = {"content": [{"token": "hi", "logprob": -0.1, "top_logprobs": []}]}
+    chunk: dict[str, Any] = {
+        "id": "c",
+        "choices": [
+            {"index": 0, "delta": {"content": "hi"}, "logprobs": lp, "finish_reason": None}
+        ],
+    }
+    hidden = hide_choice_fields(chunk, {"logprobs"})
+    assert hidden is not None
+    assert hidden["choices"][0] == {
+        "index": 0,
+        "delta": {"content": "hi"},
+        "logprobs": None,
+        "finish_reason": None,
+    }
+    assert chunk["choices"][0]["logprobs"] == lp  # the original keeps them (for capture)
+    assert hide_choice_fields(hidden, {"logprobs"}) is None  # nothing left to hide
+    assert hide_choice_fields(chunk, set()) is None
+    assert hide_choice_fields({"choices": [], "usage": {}}, {"logprobs"}) is None
+    assert hide_choice_fields(None, {"logprobs"}) is None
 
 
 async def test_capture_stops_at_the_cap(tmp_path: Path) -> None:

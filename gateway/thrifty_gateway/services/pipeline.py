@@ -20,7 +20,12 @@ factories, each `(GatewayConfig, AppResources) -> Stage | None`):
   or leave `body` and let the gateway replay it as a stream.
   It may also change the request instead: replace `ctx.targets` (tiering to a cheaper model,
   recording `ctx.add_saving("tier", usd)` when the answer comes back), or edit `ctx.body`
-  (the gateway serialises `ctx.body` for the upstream call).
+  (the gateway serialises `ctx.body` for the upstream call). To ask the provider for
+  something the client did not ask for (capture's `logprobs`), put the fields in
+  `ctx.upstream_extra` (sent upstream only: `ctx.body`, and so cache keys, stay the client's)
+  and name the choice fields they add in `ctx.hidden_choice_fields`: the gateway nulls them
+  in what the client and the after hooks' `outcome.body` get; `outcome.upstream_body` keeps
+  the provider's answer as it came.
 * `after_upstream(ctx, outcome)` sees the final answer, streams already assembled into one
   `chat.completion` object (`outcome.body`), with usage and costs. It runs after the response
   was sent (never on the latency path); use it to fill caches or capture teacher pairs. It
@@ -101,6 +106,8 @@ class RequestContext:
     savings: dict[str, float] = field(default_factory=dict)
     state: dict[str, Any] = field(default_factory=dict)
     response_headers: dict[str, str] = field(default_factory=dict)
+    upstream_extra: dict[str, Any] = field(default_factory=dict)
+    hidden_choice_fields: set[str] = field(default_factory=set)
 
     @property
     def tenant_name(self) -> str:
@@ -154,6 +161,7 @@ class Outcome:
     lever: str | None = None
     error_type: str | None = None
     batch: bool = False
+    upstream_body: dict[str, Any] | None = None  # before hidden_choice_fields were nulled
 
 
 class Stage(Protocol):

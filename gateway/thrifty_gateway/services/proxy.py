@@ -96,6 +96,24 @@ def estimate_usage(body: dict[str, Any], answer: dict[str, Any] | None) -> Usage
     return Usage(prompt_tokens=prompt, completion_tokens=completion)
 
 
+def hide_choice_fields(answer: Any, fields: set[str]) -> dict[str, Any] | None:
+    """A copy of `answer` (a completion or a chunk) with `fields` of its choices nulled, or
+    None when no choice carries one of them (nothing to hide)."""
+    if not fields or not isinstance(answer, dict) or not isinstance(answer.get("choices"), list):
+        return None
+    choices = answer["choices"]
+    hide = [isinstance(c, dict) and any(c.get(f) is not None for f in fields) for c in choices]
+    if not any(hide):
+        return None
+    return {
+        **answer,
+        "choices": [
+            {**c, **dict.fromkeys(c.keys() & fields)} if h else c
+            for c, h in zip(choices, hide, strict=True)
+        ],
+    }
+
+
 class Proxy:
     """Handles one proxied endpoint for a `GatewayState`."""
 
@@ -169,6 +187,9 @@ class Proxy:
                 "stream_options": {**(body.get("stream_options") or {}), "include_usage": True},
             }
 
+        if ctx.upstream_extra:
+            body = {**body, **ctx.upstream_extra}
+
         def payload_for(target: Target) -> bytes:
             return orjson.dumps({**body, "model": target.model})
 
@@ -209,8 +230,13 @@ class Proxy:
         cost = state.catalog.cost(target.model, usage)
         headers["x-thrifty-cost-usd"] = f"{cost:.8f}"
         outcome = Outcome(resp.status, answer, usage, target.model, target.label, cost)
+        content = resp.body
+        hidden = hide_choice_fields(answer, ctx.hidden_choice_fields)
+        if hidden is not None:  # the client did not ask for them: neither it nor caches see them
+            content = orjson.dumps(hidden)
+            outcome.body, outcome.upstream_body = hidden, answer
         return Response(
-            resp.body,
+            content,
             status_code=resp.status,
             media_type=JSON,
             headers=headers,
@@ -255,6 +281,9 @@ class Proxy:
                         usage = found
                         if not ctx.include_usage and not chunk.get("choices"):
                             continue
+                    hidden = hide_choice_fields(chunk, ctx.hidden_choice_fields)
+                    if hidden is not None:
+                        event = b"data: " + orjson.dumps(hidden) + b"\n\n"
                     out.append(event)
                 if out:
                     yield b"".join(out)
@@ -267,9 +296,11 @@ class Proxy:
             final = usage or estimate_usage(ctx.body, completion)
             cost = self.state.catalog.cost(target.model, final)
             status = 200 if done or usage is not None else 502
-            self._spawn_finish(
-                ctx, Outcome(status, completion, final, target.model, target.label, cost)
-            )
+            outcome = Outcome(status, completion, final, target.model, target.label, cost)
+            hidden = hide_choice_fields(completion, ctx.hidden_choice_fields)
+            if hidden is not None:
+                outcome.body, outcome.upstream_body = hidden, completion
+            self._spawn_finish(ctx, outcome)
 
     # -- stage answers ----------------------------------------------------------------------
 

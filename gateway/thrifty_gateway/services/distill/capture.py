@@ -5,7 +5,9 @@ client sends `x-thrifty-no-capture` (any value but "0"/"false") or its tenant is
 `capture.tenants` (when that list is set), redacted by default. Every record names its
 tenant. When
 `capture.logprobs` is on, sampled requests ask the teacher for `logprobs`/`top_logprobs`
-(unless the client already did) so the student learns the teacher's distribution.
+(unless the client already did) so the student learns the teacher's distribution: in the
+upstream payload only, so the cache key stays the client's request, and the gateway nulls
+them in the answer the client and the caches get (the capture reads `outcome.upstream_body`).
 """
 
 from __future__ import annotations
@@ -68,11 +70,12 @@ class CaptureSink:
             return False
         return self.spec.sample_rate >= 1 or self.rand() < self.spec.sample_rate
 
-    def ask_logprobs(self, body: dict[str, Any]) -> None:
-        """Make the teacher return its token distribution (only when the client did not ask)."""
+    def logprobs_request(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """The fields that make the teacher return its token distribution, for the upstream
+        payload only (empty when capture does not want logprobs or the client chose)."""
         if self.spec.logprobs and "logprobs" not in body:
-            body["logprobs"] = True
-            body["top_logprobs"] = TOP_LOGPROBS
+            return {"logprobs": True, "top_logprobs": TOP_LOGPROBS}
+        return {}
 
     async def record(
         self,

@@ -143,7 +143,10 @@ class DistillStage:
         ctx.state[self.name] = st
         if sr.capture is not None and sr.capture.wants(ctx.headers, ctx.tenant_name):
             st["capture"] = True
-            sr.capture.ask_logprobs(ctx.body)
+            extra = sr.capture.logprobs_request(ctx.body)
+            if extra:  # upstream only: not in ctx.body (the cache key), nulled for the client
+                ctx.upstream_extra.update(extra)
+                ctx.hidden_choice_fields.add("logprobs")
         cfg = sr.config
         reason = self._teacher_reason(ctx, sr)
         if reason is not None:
@@ -251,7 +254,7 @@ class DistillStage:
                 tenant=ctx.tenant_name,
                 model=outcome.model,
                 messages=list(ctx.body.get("messages") or []),
-                completion=outcome.body,
+                completion=outcome.body if outcome.upstream_body is None else outcome.upstream_body,
                 prompt_tokens=outcome.usage.prompt_tokens,
                 completion_tokens=outcome.usage.completion_tokens,
                 cost_usd=outcome.cost_usd,
@@ -285,6 +288,9 @@ class DistillStage:
         state = self.state
         route = state.routes[ctx.route.name]
         body = {k: v for k, v in ctx.body.items() if k not in ("stream", "stream_options")}
+        capture = sr.capture is not None and sr.capture.wants(ctx.headers, ctx.tenant_name)
+        if capture and sr.capture is not None:
+            body.update(sr.capture.logprobs_request(ctx.body))  # never reaches the client
         try:
             attempt = await call_with_fallback(
                 state.upstream,
@@ -311,7 +317,7 @@ class DistillStage:
         state.ledger.record(
             Entry(EVAL_TENANT, ctx.route.name, model, usage, cost, savings={}, lever=None)
         )
-        if sr.capture is not None and sr.capture.wants(ctx.headers, ctx.tenant_name):
+        if capture:
             outcome = Outcome(200, completion, usage, model, attempt.target.label, cost)
             await self._capture(ctx, sr, outcome, "evaluation")
 
