@@ -14,7 +14,7 @@ from fastapi import FastAPI
 
 from thrifty_core.config import GatewayConfig
 
-from .api import batches, budgets, cache_admin, dashboard, files, openai, ops
+from .api import batches, budgets, cache_admin, dashboard, files, openai, ops, students
 from .api.errors import BodyLimitMiddleware, install_error_handlers
 from .services.auth import KeyStore
 from .services.ledger import Ledger
@@ -123,4 +123,5 @@ def create_app(
     app.include_router(cache_admin.router)
     app.include_router(budgets.router)
     app.include_router(dashboard.router)
+    app.include_router(students.router)
     return app

@@ -320,6 +320,12 @@ def test_student_is_demoted_when_the_teacher_stops_agreeing(
         assert status["agreement"] < 0.9
         metrics = gw.http.get("/metrics").text
         assert 'thrifty_distill_demoted{student="intent"} 1.0' in metrics
+        # operators and the operator read the demotion on the admin endpoint
+        admin = {"authorization": "Bearer sk-local-admin"}
+        (row,) = gw.http.get("/v1/thrifty/students", headers=admin).json()["data"]
+        assert row["demoted"] and "agreement" in row["demoted_reason"]
+        assert row["version"] == status["version"] and row["mode"] == "active"
+        assert row["comparisons"] >= status["comparisons"] >= 20
         # evaluation answers from the teacher are captured for the next training run
         records = FileDatasetStore(tmp_path / "capture", writer="r")
         sources = {json.loads(line)["source"] for s in records.shards() for line in records.read(s)}

@@ -1,5 +1,6 @@
 """Capture through a real gateway process (simulator as the teacher): tenant scoping of the
-captured data, and the logprobs capture asks for never reaching clients or the cache."""
+captured data, the logprobs capture asks for never reaching clients or the cache, and the
+students admin endpoint."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ pytestmark = pytest.mark.integration
 
 ROUTE = "gpt-4o-mini"
 KEYS = {"team-a": "sk-local-a", "team-b": "sk-local-b"}
+ADMIN_KEY = "sk-local-admin"
 
 
 def wait_for(cond: Callable[[], bool], timeout: float = 10) -> None:
@@ -124,3 +126,34 @@ def test_capture_logprobs_reach_neither_the_client_nor_the_cache(
     # a client that asks for logprobs gets them (its own cache key)
     mine = ask(gw, "team-a", "what is the exchange rate today?", logprobs=True)
     assert mine["choices"][0]["logprobs"]["content"]
+
+
+def test_students_admin_endpoint_shows_each_route(
+    gateway_factory: GatewayFactory, tmp_path: Path
+) -> None:
+    gw = gateway_factory(students=[student(tmp_path, tenants=["team-a"])])
+    ask(gw, "team-a", "where is my card?")
+    ask(gw, "team-b", "where is my card?")
+    wait_for(lambda: finished(gw, "team-a") == 1 and finished(gw, "team-b") == 1)
+    url = f"{gw.url}/v1/thrifty/students"
+    assert httpx.get(url).status_code == 401  # no key
+    tenant = httpx.get(url, headers={"authorization": f"Bearer {KEYS['team-a']}"})
+    assert tenant.status_code == 403  # a tenant key is not enough
+    resp = httpx.get(url, headers={"authorization": f"Bearer {ADMIN_KEY}"})
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["object"] == "list" and body["replica"]
+    (row,) = body["data"]
+    assert row["student"] == "intent" and row["route"] == ROUTE
+    assert row["mode"] == "active" and row["version"] == ""  # nothing trained yet
+    assert row["demoted"] is False and row["agreement"] is None and row["comparisons"] == 0
+    assert row["served"] == {"no_student": 2}
+    assert row["captured"] == 1  # team-b is not captured
+
+
+def test_students_endpoint_without_students_is_empty(gateway_factory: GatewayFactory) -> None:
+    gw = gateway_factory()
+    resp = httpx.get(
+        f"{gw.url}/v1/thrifty/students", headers={"authorization": f"Bearer {ADMIN_KEY}"}
+    )
+    assert resp.status_code == 200 and resp.json()["data"] == []
