@@ -2,7 +2,8 @@
 
 Each entry is a `StageFactory`: an async callable `(config, state) -> Stage | None` that
 imports its module lazily and returns None when the config does not enable it. Components add
-their factory here (exact cache, semantic cache, student routing, deferral, tiering).
+their factory here (tier decision, exact cache, semantic cache, student routing, deferral,
+cascade).
 """
 
 from __future__ import annotations
@@ -51,14 +52,39 @@ async def hygiene_stage(config: Any, resources: Any) -> Stage | None:
     return await factory(config, resources)
 
 
-async def tier_stage(config: Any, resources: Any) -> Stage | None:
-    """Tiered routing and cascade (services/tiering), last: only what no cache, student or
-    deferral answered goes to a model."""
-    from .services.tiering.stage import tier_stage as factory
+def tier_stages() -> tuple[StageFactory, StageFactory]:
+    """Tiering (services/tiering) as two stages sharing one decision-maker: the decision
+    before the cache (the cache keys an answer by the chosen tier's model, so tiers never share
+    an entry), the cascade last (only what no cache, student or deferral answered goes to a
+    model). Each call gives a fresh pair."""
+    built: list[Any] = []
 
-    return await factory(config, resources)
+    async def tier_stage(config: Any, resources: Any) -> Stage | None:
+        from .services.tiering.stage import tier_stage as factory
+
+        stage = await factory(config, resources)
+        built[:] = [stage]
+        return stage
+
+    async def tier_cascade_stage(_config: Any, _resources: Any) -> Stage | None:
+        from .services.tiering.stage import cascade_stage
+
+        return cascade_stage(built[0] if built else None)
+
+    return tier_stage, tier_cascade_stage
 
 
 def default_stage_factories() -> list[StageFactory]:
-    """Factories `create_app` uses when the caller passes none."""
-    return [budget_stage, hygiene_stage, cache_stage, distill_stage, batch_stage, tier_stage]
+    """Factories `create_app` uses when the caller passes none: budgets first (a soft limit
+    decides the tier), then hygiene (it edits the body the cache key is made of), the tier
+    decision, the caches, student routing, deferral, and the cascade."""
+    tier_decision, tier_cascade = tier_stages()
+    return [
+        budget_stage,
+        hygiene_stage,
+        tier_decision,
+        cache_stage,
+        distill_stage,
+        batch_stage,
+        tier_cascade,
+    ]

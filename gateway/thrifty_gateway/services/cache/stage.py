@@ -1,9 +1,16 @@
 """The cache stage: exact then semantic lookup before the upstream call, storage after it.
 
+Keys: the request is keyed by the model its answer is expected from: on a route with tiering,
+the first target of the tier the tiering stage chose before this lookup (`TierDecision`), else
+the route's first target. Answers of different tiers therefore never share an entry, and a hit
+returns what the chosen tier would answer (see services/tiering/stage.py for which tier answers
+are stored: never escalated ones, never unchecked cheap ones on a cascade route).
+
 Lookup order: eligibility -> exact (Redis or memory) -> semantic (embedding of the final user
 turn, Qdrant search under hard scope + context filters, guard on each candidate). Store: only
-answers the policy allows (no errors, refusals, truncation, aborted streams or fallback-model
-answers), after the response was sent. Any store failure is a bypass, never an error.
+answers the policy allows (no errors, refusals, truncation, aborted streams, fallback-model
+answers or answers of another tier than the chosen one), after the response was sent. Any
+store failure is a bypass, never an error.
 Response headers: `x-thrifty-cache: exact|semantic|miss|bypass`, `x-thrifty-similarity` on a
 semantic hit. Cache keys never leave the gateway.
 """
@@ -25,6 +32,7 @@ from thrifty_core.prices import Usage
 
 from ..pipeline import Outcome, RequestContext, StageResponse
 from ..sse import usage_of
+from ..tiering.decision import DECISION_KEY, TierDecision
 from .eligibility import (
     Directives,
     answer_ineligible,
@@ -109,7 +117,8 @@ class CacheStage:
             self._metrics.lookups.labels("all", "bypass").inc()
             ctx.response_headers[HEADER] = "bypass"
             return None
-        primary = ctx.targets[0].label
+        decision: TierDecision | None = ctx.state.get(DECISION_KEY)
+        primary = decision.target if decision is not None else ctx.targets[0].label
         canonical = canonical_request(ctx.body, primary)
         scope = scope_of(ctx.tenant_name, spec.scope)
         plan = Plan(
@@ -225,14 +234,17 @@ class CacheStage:
 
     async def after_upstream(self, ctx: RequestContext, outcome: Outcome) -> None:
         plan: Plan | None = ctx.state.get(STATE_KEY)
-        # A tiering stage names the target it chose (its answers are cacheable, cascade too).
-        chosen: str | None = ctx.state.get("tier_target")
-        if plan is None or (outcome.from_stage and chosen is None):
-            return
+        decision: TierDecision | None = ctx.state.get(DECISION_KEY)
+        if plan is None or (outcome.from_stage and not (decision and decision.answered)):
+            return  # no lookup, or a cache, student or deferral answer (the cascade's is stored)
         if plan.directives.no_store:
             self._metrics.stores.labels("no_store").inc()
             return
-        if outcome.served_by != (chosen or plan.primary):
+        why_not = decision.cacheable() if decision is not None else None
+        if why_not is not None:
+            self._metrics.stores.labels(why_not).inc()
+            return
+        if outcome.served_by != plan.primary:
             self._metrics.stores.labels("fallback").inc()
             return
         why = answer_ineligible(outcome.status, outcome.body, plan.policy.spec.eligibility)

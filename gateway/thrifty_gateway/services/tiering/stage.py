@@ -1,18 +1,31 @@
 """The tiering stage: send easy chat requests to a cheaper tier, optionally as a cascade.
 
-Routing only (no cascade, or a streamed request): the stage replaces `ctx.targets` with the
-tier's targets followed by the route's own (fallback), and the after hook records what the
-cheaper model saved against the route's baseline model under the `tier` lever.
+The decision comes first: `TierStage` runs before the cache (see `stages.py`), picks the tier
+(rules on the request, or the cheapest tier when a budget is over its soft limit) and leaves a
+`TierDecision` in `ctx.state[DECISION_KEY]`. The cache keys the request by the chosen tier's
+first target, so a cheaper tier's answer is never served to a request that would have gone to
+another tier (tags, `metadata` and budget downgrades are not in the request's cache key).
 
-Cascade (non-streaming): the stage calls the chosen tier itself, checks the answer (mean
-log-probability, JSON validity, refusal patterns) and escalates tier by tier up to the route's
-own targets. The answer's cost includes every attempt, so a cascade that escalates shows a
-negative `tier` saving instead of hiding what the failed attempt cost.
+Routing only (no cascade, a streamed request, or a budget downgrade): the decision replaces
+`ctx.targets` with the tier's targets followed by the route's own (fallback), and the after
+hook records what the cheaper model saved against the route's baseline model under the `tier`
+lever.
+
+Cascade (non-streaming): `CascadeStage`, the last stage (only what no cache, student or
+deferral answered), calls the chosen tier itself, checks the answer (mean log-probability,
+JSON validity, refusal patterns) and escalates tier by tier up to the route's own targets. The
+answer's cost includes every attempt, so a cascade that escalates shows a negative `tier`
+saving instead of hiding what the failed attempt cost.
+
+Cache rule (`TierDecision.cacheable`): an answer is stored only under the key of the tier that
+was chosen, and only when that tier's first target produced it. On a route with a cascade,
+a cheap tier's answer is stored only once the cascade checked it: escalated answers are never
+cached (the next identical request runs the cascade again), and neither are cheap answers
+routed without the checks (streams, budget downgrades).
 
 Every decision is in `x-thrifty-tier` (and `x-thrifty-tier-escalated` when the cascade
-escalated), in `ctx.state["tier"]` for the ledger, and in the `thrifty_tier_decisions` metric.
-A budget over its soft limit sets `ctx.state[DOWNGRADE_KEY]`: the request then goes to the
-cheapest tier without escalation.
+escalated), in `ctx.state["tier"]` for the ledger, and in the `thrifty_tier_decisions` metric
+(counted when a model answered, not on a cache, student or deferral answer).
 """
 
 from __future__ import annotations
@@ -36,18 +49,26 @@ from ..resilience import call_with_fallback
 from ..sse import usage_of
 from .checks import check_answer, compile_patterns
 from .classifier import DifficultyScorer
+from .decision import DECISION_KEY, DOWNGRADE_KEY, TIER_KEY, TierDecision
 from .features import extract_features
 from .rules import choose_tier, needs_difficulty
 
 log = logging.getLogger(__name__)
 
-TIER_KEY = "tier"  # ctx.state key: the tier that served (read by the ledger)
-TARGET_KEY = "tier_target"  # ctx.state key: the tier's primary target (read by the cache)
-DOWNGRADE_KEY = "budget_downgrade"  # ctx.state key set by the budget stage (soft limit)
+__all__ = [
+    "DECISION_KEY",
+    "DOWNGRADE_KEY",
+    "TIER_KEY",
+    "CascadeStage",
+    "TierDecision",
+    "TierStage",
+    "cascade_stage",
+    "tier_stage",
+]
+
 ROUTE_TIER = "route"  # name of the route's own targets, the strongest tier
 TIER_HEADER = "x-thrifty-tier"
 ESCALATED_HEADER = "x-thrifty-tier-escalated"
-_PLAN_KEY = "tiering"
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +140,12 @@ class TierStage:
             log.exception("difficulty classifier failed; rules needing it do not match")
             return None
 
+    @property
+    def has_cascade(self) -> bool:
+        return any(p.tiering.cascade.enabled for p in self.plans.values())
+
     async def before_upstream(self, ctx: RequestContext) -> StageResponse | None:
+        """Decide the tier (before the cache looks up); route to it unless it cascades."""
         plan = self.plans.get(ctx.route.name)
         if plan is None or ctx.endpoint != "chat":
             return None
@@ -130,20 +156,29 @@ class TierStage:
             features = extract_features(ctx.body, ctx.headers)
             difficulty = await self._difficulty(plan, features.user_text)
             index, reason = choose_tier(plan.tiering, features, difficulty), "rules"
-        cascade = plan.tiering.cascade.enabled and not ctx.stream and not downgrade
-        if cascade and index < plan.top:
-            return await self._cascade(ctx, plan, index)
         name, targets = plan.tiers[index]
-        if index < plan.top:
+        below_top = index < plan.top
+        checks = plan.tiering.cascade.enabled and below_top
+        decision = TierDecision(
+            tier=name,
+            index=index,
+            target=targets[0].label,
+            reason=reason,
+            cascade=checks and not ctx.stream and not downgrade,
+            needs_check=checks,
+        )
+        if below_top and not decision.cascade:
             ctx.targets = [*targets, *(t for t in ctx.targets if t not in targets)]
-            ctx.state[TARGET_KEY] = targets[0].label
-        ctx.state[TIER_KEY] = name
-        ctx.state[_PLAN_KEY] = "route"
+        ctx.state[DECISION_KEY] = decision
         ctx.response_headers[TIER_HEADER] = name
-        self.metrics.decisions.labels(ctx.route.name, name, reason).inc()
         return None
 
-    async def _cascade(self, ctx: RequestContext, plan: TierPlan, index: int) -> StageResponse:
+    async def cascade(
+        self, ctx: RequestContext, plan: TierPlan, decision: TierDecision
+    ) -> StageResponse:
+        """Call the chosen tier, check its answer, escalate until one passes (or the route's
+        own targets answer)."""
+        index = decision.index
         state = self.resources
         runtime = state.routes[ctx.route.name]
         cascade = plan.tiering.cascade
@@ -202,9 +237,9 @@ class TierStage:
             saved = ctx.baseline_cost(usage) - spent
             ctx.add_saving("tier", saved)
             ctx.state[TIER_KEY] = name
-            ctx.state[_PLAN_KEY] = "cascade"
-            if attempt.fallbacks == 0:  # the tier's own first choice, not a fallback
-                ctx.state[TARGET_KEY] = attempt.target.label
+            decision.answered = True
+            decision.escalated = bool(escalated)
+            decision.checked = not escalated and not last
             headers = {TIER_HEADER: name}
             if escalated:
                 headers[ESCALATED_HEADER] = ",".join(escalated)
@@ -223,12 +258,35 @@ class TierStage:
         raise AssertionError("the route tier always answers or raises")  # pragma: no cover
 
     async def after_upstream(self, ctx: RequestContext, outcome: Outcome) -> None:
-        """Routing decisions: what the cheaper model saved against the baseline model."""
-        if ctx.state.get(_PLAN_KEY) != "route" or ctx.state.get(TIER_KEY) == ROUTE_TIER:
-            return
-        if outcome.from_stage or outcome.status >= 400:
-            return
-        ctx.add_saving("tier", ctx.baseline_cost(outcome.usage) - outcome.cost_usd)
+        """Routed requests a model answered: the tier for the ledger, the decision metric,
+        and what the cheaper model saved against the baseline model."""
+        decision: TierDecision | None = ctx.state.get(DECISION_KEY)
+        if decision is None or decision.cascade or outcome.from_stage:
+            return  # the cascade records its own; a cache, student or deferral answered
+        ctx.state[TIER_KEY] = decision.tier
+        self.metrics.decisions.labels(ctx.route.name, decision.tier, decision.reason).inc()
+        if decision.tier != ROUTE_TIER and outcome.status < 400:
+            ctx.add_saving("tier", ctx.baseline_cost(outcome.usage) - outcome.cost_usd)
+
+
+class CascadeStage:
+    """The cascade of the routes whose decision says so; the last stage (see the module
+    docstring). Shares the deciding `TierStage`'s plans and metrics."""
+
+    name = "tiering-cascade"
+
+    def __init__(self, router: TierStage) -> None:
+        self.router = router
+
+    async def before_upstream(self, ctx: RequestContext) -> StageResponse | None:
+        decision: TierDecision | None = ctx.state.get(DECISION_KEY)
+        plan = self.router.plans.get(ctx.route.name)
+        if decision is None or not decision.cascade or plan is None:
+            return None
+        return await self.router.cascade(ctx, plan, decision)
+
+    async def after_upstream(self, ctx: RequestContext, outcome: Outcome) -> None:
+        del ctx, outcome  # the deciding stage's after hook does the accounting
 
 
 async def tier_stage(config: GatewayConfig, resources: Any) -> TierStage | None:
@@ -244,6 +302,11 @@ async def tier_stage(config: GatewayConfig, resources: Any) -> TierStage | None:
             scorer = await asyncio.to_thread(_load_scorer, route.tiering, resources)
         plans[route.name] = build_plan(route.tiering, resources.routes[route.name].targets, scorer)
     return TierStage(plans, resources, TierMetrics(resources.metrics.registry))
+
+
+def cascade_stage(router: TierStage | None) -> CascadeStage | None:
+    """The cascade stage for `router`'s plans (None when no route enables a cascade)."""
+    return CascadeStage(router) if router is not None and router.has_cascade else None
 
 
 def _load_scorer(tiering: Tiering, resources: Any) -> DifficultyScorer | None:
