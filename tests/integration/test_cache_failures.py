@@ -16,6 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.integration.procs import Simulator, local_config, start_gateway, start_simulator
+from tests.integration.waiting import wait_cache_stores, wait_recorded
 from tests.services import RedisServer, start_redis
 from thrifty_core.config import parse_config
 from thrifty_gateway.app import create_app
@@ -56,7 +57,7 @@ def test_redis_entries_are_shared_by_gateways_and_isolated_by_tenant(
         a2 = openai.OpenAI(base_url="http://t/v1", api_key="sk-local-a", http_client=two)
         b2 = openai.OpenAI(base_url="http://t/v1", api_key="sk-local-b", http_client=two)
         assert ask(a1, q).headers["x-thrifty-cache"] == "miss"
-        time.sleep(0.1)
+        wait_cache_stores(one, 1)  # stored in Redis after the response
         assert ask(a2, q).headers["x-thrifty-cache"] == "exact"
         assert ask(b2, q).headers["x-thrifty-cache"] == "miss"
         purged = one.post(
@@ -79,7 +80,7 @@ def test_killing_redis_mid_run_keeps_every_request_succeeding(
         client = openai.OpenAI(base_url="http://t/v1", api_key="sk-local-a", http_client=http)
         for p in prompts:
             ask(client, p)
-        time.sleep(0.1)
+        wait_cache_stores(http, len(prompts))
         assert all(ask(client, p).headers["x-thrifty-cache"] == "exact" for p in prompts)
         own_redis.kill()
         started = time.monotonic()
@@ -106,7 +107,7 @@ def test_a_hung_redis_is_bypassed_within_a_short_timeout(
     with TestClient(create_app(config)) as http:
         client = openai.OpenAI(base_url="http://t/v1", api_key="sk-local-a", http_client=http)
         ask(client, q)
-        time.sleep(0.1)
+        wait_cache_stores(http, 1)
         assert ask(client, q).headers["x-thrifty-cache"] == "exact"
         own_redis.proc.send_signal(signal.SIGSTOP)  # alive but answering nothing
         try:
@@ -139,10 +140,12 @@ def test_aborted_streams_are_never_stored(tmp_path: Path) -> None:
         first = next(iter(stream))
         assert first.choices
         stream.close()  # the client goes away mid-answer
-        time.sleep(1.0)
+        # The gateway sees the hang-up, then runs the after-hook (which must not store) and
+        # records the aborted request in the ledger.
+        wait_recorded(gateway.url, 1, tenant="team-a")
         again = ask(client, q)
         assert again.headers["x-thrifty-cache"] == "miss"
-        time.sleep(0.3)
+        wait_cache_stores(gateway.url, 1)
         assert ask(client, q).headers["x-thrifty-cache"] == "exact"  # complete answers are
         assert httpx.get(f"{gateway.url}/healthz").status_code == 200
     finally:

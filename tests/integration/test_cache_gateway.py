@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
+import httpx2
 import openai
 import pytest
 from fastapi.testclient import TestClient
 
 from tests.integration.procs import Simulator, local_config
+from tests.integration.waiting import wait_recorded, wait_until
 from thrifty_core.config import parse_config
 from thrifty_gateway.app import create_app
 
@@ -52,8 +54,20 @@ class Harness:
     def __init__(self, http: TestClient, simulator: Simulator) -> None:
         self.http = http
         self.simulator = simulator
+        self.sent = 0  # chat requests sent to the app, counted as they leave the client
+        http.event_hooks["request"].append(self._count)
         self.a = self.client("sk-local-a")
         self.b = self.client("sk-local-b")
+
+    def _count(self, request: httpx2.Request) -> None:
+        if request.url.path.endswith("/chat/completions"):
+            self.sent += 1
+
+    def settle(self) -> None:
+        """Entries are stored after the response is sent (streamed answers in a task of their
+        own): wait until the ledger, written after the stores' after-hooks, holds every chat
+        request sent so far."""
+        wait_recorded(self.http, self.sent)
 
     def client(self, key: str) -> openai.OpenAI:
         return openai.OpenAI(
@@ -79,20 +93,9 @@ class Harness:
         return int(self.simulator.stats()["requests"].get(model, 0))
 
 
-def wait_for(cond: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + 5
-    while not cond() and time.monotonic() < deadline:
-        time.sleep(0.02)
-
-
 def cache_of(resp: Any) -> str:
     value: str = resp.headers["x-thrifty-cache"]
     return value
-
-
-def settle() -> None:
-    """Entries are stored after the response is sent; give the after-hook a moment."""
-    time.sleep(0.15)
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +116,7 @@ def test_exact_hit_serves_the_same_answer_without_the_provider(h: Harness) -> No
     q = unique("What is the fee for a wire transfer?")
     first = h.ask(q)
     assert cache_of(first) == "miss"
-    settle()
+    h.settle()
     calls = h.upstream_calls()
     second = h.ask(q)
     assert cache_of(second) == "exact"
@@ -127,9 +130,9 @@ def test_exact_hit_serves_the_same_answer_without_the_provider(h: Harness) -> No
 def test_identical_requests_from_two_tenants_never_share_an_entry(h: Harness) -> None:
     q = unique("How do I close my account?")
     assert cache_of(h.ask(q, h.a)) == "miss"
-    settle()
+    h.settle()
     assert cache_of(h.ask(q, h.b)) == "miss"
-    settle()
+    h.settle()
     assert cache_of(h.ask(q, h.b)) == "exact"
     assert cache_of(h.ask(q, h.a)) == "exact"
     paraphrase_other_tenant = h.ask(q.replace("How do I", "How can I"), h.b)
@@ -161,7 +164,7 @@ def test_each_answer_changing_field_changed_alone_misses(
     q = unique("Which documents do I need to open an account?")
     base: dict[str, Any] = {"temperature": 0.2, "seed": 1, "max_tokens": 200}
     assert cache_of(h.ask(q, **base)) == "miss"
-    settle()
+    h.settle()
     assert cache_of(h.ask(q, **base)) == "exact"
     args = {**base, **change}
     if "messages_system" in args:
@@ -180,7 +183,7 @@ def test_a_paraphrase_within_a_tenant_hits_the_semantic_layer(h: Harness) -> Non
     tag = uuid.uuid4().hex[:6]
     first = h.ask(f"How do I reset my online banking password? ref {tag}")
     assert cache_of(first) == "miss"
-    settle()
+    h.settle()
     hit = h.ask(f"How can I reset my online banking password? ref {tag}")
     assert cache_of(hit) == "semantic"
     assert 0.85 <= float(hit.headers["x-thrifty-similarity"]) < 1.0
@@ -208,7 +211,7 @@ def test_a_paraphrase_within_a_tenant_hits_the_semantic_layer(h: Harness) -> Non
 def test_the_guard_refuses_near_misses(h: Harness, cached: str, asked: str) -> None:
     tag = uuid.uuid4().hex[:6]
     assert cache_of(h.ask(f"{cached} {tag}")) == "miss"
-    settle()
+    h.settle()
     assert cache_of(h.ask(f"{asked} {tag}")) == "miss"
 
 
@@ -216,7 +219,7 @@ def test_truncated_answers_are_never_stored(h: Harness) -> None:
     q = unique("Explain in detail how mortgage interest is computed")
     first = h.ask(q, max_tokens=2)
     assert first.parse().choices[0].finish_reason == "length"
-    settle()
+    h.settle()
     assert cache_of(h.ask(q, max_tokens=2)) == "miss"
 
 
@@ -225,12 +228,12 @@ def test_errors_and_fallback_answers_are_never_stored(h: Harness) -> None:
     for _ in range(2):
         with pytest.raises(openai.APIStatusError):
             h.ask(q, model="broken")
-        settle()
+        h.settle()
     for _ in range(2):
         resp = h.ask(q, model="falls-back")
         assert resp.headers["x-thrifty-upstream"] == "simulator/gpt-4o-mini"
         assert cache_of(resp) == "miss"
-        settle()
+        h.settle()
 
 
 def test_ineligible_requests_bypass(h: Harness) -> None:
@@ -244,12 +247,13 @@ def test_ineligible_requests_bypass(h: Harness) -> None:
 def test_no_store_no_cache_and_max_age(h: Harness) -> None:
     q = unique("What are the branch opening hours?")
     assert cache_of(h.ask(q, headers={"cache-control": "no-store"})) == "miss"
-    settle()
+    h.settle()
     assert cache_of(h.ask(q)) == "miss"  # nothing was stored
-    settle()
+    h.settle()
     assert cache_of(h.ask(q)) == "exact"
     assert cache_of(h.ask(q, headers={"cache-control": "no-cache"})) == "bypass"
-    time.sleep(1.1)
+    h.settle()  # the no-cache answer is stored again: its age counts from that store
+    time.sleep(1.5)  # wait out max-age=1 (a real clock: entries carry their creation time)
     assert cache_of(h.ask(q, headers={"cache-control": "max-age=1"})) == "miss"
     assert cache_of(h.ask(q, headers={"cache-control": "max-age=600"})) == "exact"
 
@@ -259,7 +263,7 @@ def test_streamed_answers_are_stored_and_replayed_as_sse(h: Harness) -> None:
     messages: Any = [{"role": "user", "content": q}]
     first = list(h.a.chat.completions.create(model="gpt-4o-mini", messages=messages, stream=True))
     text = "".join(c.choices[0].delta.content or "" for c in first if c.choices)
-    settle()
+    h.settle()
     raw = h.a.chat.completions.with_raw_response.create(
         model="gpt-4o-mini",
         messages=messages,
@@ -289,7 +293,7 @@ def test_purge_by_tenant_tag_and_everything(h: Harness) -> None:
     q1, q2 = unique("Purge me by tag"), unique("Purge me with everything")
     h.ask(q1, headers={"x-thrifty-cache-tags": "faq,release-1"})
     h.ask(q2)
-    settle()
+    h.settle()
     assert cache_of(h.ask(q1)) == "exact"
     assert purge(h, {"tag": "release-1"}, key="sk-local-a").status_code == 403
     resp = purge(h, {"tag": "release-1"})
@@ -310,10 +314,12 @@ def test_hits_are_recorded_as_saved_cost(h: Harness) -> None:
     before = totals()
     q = unique("What is the interest rate on savings?")
     miss = h.ask(q, h.b)
-    settle()
+    h.settle()
     hit = h.ask(q, h.b)
     assert cache_of(hit) == "exact"
-    wait_for(lambda: totals()["requests"] == before["requests"] + 2)
+    wait_until(
+        lambda: totals()["requests"] >= before["requests"] + 2, "team-b's miss and hit are recorded"
+    )
     after = totals()
     saved = after["saved_by_lever_usd"].get("cache", 0.0) - before["saved_by_lever_usd"].get(
         "cache", 0.0

@@ -4,7 +4,6 @@ the lever. The app runs in-process; the provider is the simulator process."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,6 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.integration.procs import Simulator, local_config
+from tests.integration.waiting import wait_until
 from thrifty_core.config import parse_config
 from thrifty_gateway.app import create_app
 from thrifty_gateway.services.pipeline import Outcome, RequestContext, Stage, StageResponse
@@ -73,12 +73,6 @@ def cached(simulator: Simulator) -> Iterator[tuple[openai.OpenAI, DictCache, Tes
         client.close()
 
 
-def _wait_for(cond: Any) -> None:
-    deadline = time.monotonic() + 5
-    while not cond() and time.monotonic() < deadline:
-        time.sleep(0.02)
-
-
 def test_stage_answers_and_ledger_credits_the_lever(
     cached: tuple[openai.OpenAI, DictCache, TestClient],
 ) -> None:
@@ -86,7 +80,7 @@ def test_stage_answers_and_ledger_credits_the_lever(
     messages: list[Any] = [{"role": "user", "content": "What is the fee for a wire transfer?"}]
     miss = client.chat.completions.with_raw_response.create(model="gpt-4o", messages=messages)
     assert miss.headers["x-thrifty-upstream"] == "simulator/gpt-4o"
-    _wait_for(lambda: len(cache.store) == 1)
+    wait_until(lambda: len(cache.store) == 1, "the after-hook stored the answer")
     hit = client.chat.completions.with_raw_response.create(model="gpt-4o", messages=messages)
     assert hit.headers["x-thrifty-upstream"] == "cache:dict"
     assert float(hit.headers["x-thrifty-cost-usd"]) == 0.0
@@ -104,7 +98,7 @@ def test_stage_answers_and_ledger_credits_the_lever(
         data: dict[str, Any] = usage.json()["totals"]
         return data
 
-    _wait_for(lambda: totals()["requests"] == 4)
+    wait_until(lambda: totals()["requests"] >= 4, "the ledger holds the 4 requests")
     figures = totals()
     miss_cost = float(miss.headers["x-thrifty-cost-usd"])
     assert figures["requests"] == 4
@@ -123,7 +117,7 @@ def test_after_hook_sees_assembled_streams(
         client.chat.completions.create(model="gpt-4o-mini", messages=messages, stream=True)
     )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    _wait_for(lambda: len(cache.outcomes) == 1)
+    wait_until(lambda: len(cache.outcomes) >= 1, "the after-hook saw the streamed answer")
     outcome = cache.outcomes[0]
     assert outcome.body is not None
     assert outcome.body["choices"][0]["message"]["content"] == text

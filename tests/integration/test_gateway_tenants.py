@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,6 +11,7 @@ import pytest
 
 from tests.integration.conftest import GatewayFactory
 from tests.integration.procs import Gateway, Simulator
+from tests.integration.waiting import wait_recorded
 
 pytestmark = pytest.mark.integration
 
@@ -75,7 +75,8 @@ def test_token_rate_limit(gateway_factory: GatewayFactory, simulator: Simulator)
     gw = gateway_factory(tenants=tenants)
     b = gw.openai("sk-local-b")
     b.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=100)
-    time.sleep(0.2)  # the ledger and token debit run right after the response is sent
+    # The ledger and the token debit run right after the response is sent.
+    wait_recorded(gw.url, 1, tenant="team-b")
     with pytest.raises(openai.RateLimitError) as info:
         b.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
     assert info.value.response.headers["retry-after"]
@@ -132,7 +133,7 @@ def test_ledger_matches_provider_usage(gateway: Gateway) -> None:
     prompt += last.prompt_tokens
     completion += last.completion_tokens
     cost += (last.prompt_tokens * 2.5 + last.completion_tokens * 10.0) / 1e6
-    time.sleep(0.2)
+    wait_recorded(gateway.url, 4, tenant="team-a")
     usage = httpx.get(
         f"{gateway.base_url()}/thrifty/usage", headers={"authorization": "Bearer sk-local-a"}
     ).json()
@@ -192,7 +193,7 @@ def test_logs_hold_no_prompts_completions_or_keys(
         )
     with pytest.raises(openai.AuthenticationError):
         gw.openai("sk-wrong-key-123").models.list()
-    time.sleep(0.3)
+    wait_recorded(gw.url, 3, tenant="team-a")  # the streamed answer's accounting is done too
     gw.stop()
     log = gw.log()
     assert "request failed" in log  # the failure was logged ...
