@@ -22,7 +22,7 @@ from thrifty_gateway.services.batching.provider import (
     parse_outputs,
     poll_error_is_gone,
 )
-from thrifty_gateway.services.batching.validate import validate_input
+from thrifty_gateway.services.batching.validate import validate_input, validate_lines
 from thrifty_gateway.services.pipeline import Target
 
 
@@ -68,6 +68,23 @@ def test_limits_refuse_whole_file() -> None:
     big = jsonl(*(item(i) for i in range(20)))
     assert validate_input(big, limits).errors[0].code == "file_too_large"
     assert validate_input(b"\n", limits).errors[0].code == "empty_file"
+
+
+def test_streamed_lines_validate_like_a_whole_file(tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(jsonl(item(1)) + b"\n" + jsonl(item(2)) + b"\n\n")
+    limits = BatchLimits()
+    with path.open("rb") as f:
+        report = validate_lines(f, path.stat().st_size, limits, keep_lines=False)
+    assert [(e.line, e.code) for e in report.errors] == [(2, "empty_line")]
+    assert report.lines == []  # checked, not kept
+    whole = validate_input(path.read_bytes(), limits)
+    assert [(e.line, e.code) for e in whole.errors] == [(2, "empty_line")]
+    assert [x.custom_id for x in whole.lines] == ["r1", "r2"]
+    small = BatchLimits(max_lines_per_batch=2)
+    with path.open("rb") as f:
+        too_many = validate_lines(iter([*f, b'{"custom_id": "x"}\n']), 10, small)
+    assert [e.message for e in too_many.errors] == ["the file has 6 lines; the limit is 2"]
 
 
 def test_mixed_urls_are_refused() -> None:

@@ -2,7 +2,8 @@
 
 Also the body-size guard, a pure ASGI middleware so that an oversized body is refused with 413
 before any other work (auth, parsing): by `Content-Length` up front, or by counting the bytes
-of a chunked body as they arrive.
+of a chunked body as they arrive. `POST /v1/files` is left to its route, which applies the
+batch queue's (much larger) file limit the same way.
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ _TYPES = {
     405: "invalid_request_error",
     422: "invalid_request_error",
 }
+
+
+# routes that limit their own bodies: file uploads (the batch queue's `limits.maxFileBytes`)
+OWN_LIMIT_PATHS = frozenset({"/v1/files"})
 
 
 def error_response(exc: ThriftyError) -> Response:
@@ -88,14 +93,22 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 class BodyLimitMiddleware:
-    """Refuse request bodies over `max_bytes` with 413 before anything else runs."""
+    """Refuse request bodies over `max_bytes` with 413 before anything else runs (except on
+    `own_limit_paths`, whose routes enforce a limit of their own)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, own_limit_paths: frozenset[str] = OWN_LIMIT_PATHS
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.own_limit_paths = own_limit_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+        if (
+            scope["type"] != "http"
+            or scope["method"] in ("GET", "HEAD", "OPTIONS")
+            or scope["path"] in self.own_limit_paths
+        ):
             await self.app(scope, receive, send)
             return
         limit = self.max_bytes

@@ -1,17 +1,24 @@
 """The OpenAI Files API (`/v1/files`): upload, list, retrieve, content, delete.
 
 Files live in the batch queue's file store (a size-limited directory shared with the
-workers). An upload with purpose `batch` is validated line by line first: a bad file is
+workers). An upload is limited by the queue's `limits.maxFileBytes` (not by the chat body
+limit, which the body-size middleware leaves to this route): refused with 413 by its
+`Content-Length` up front, or as soon as a chunked body passes the limit. The multipart
+parser spools the file to disk and it is copied into the store in chunks, never held whole
+in memory. An upload with purpose `batch` is validated line by line first: a bad file is
 refused with a report naming each bad line, and nothing is stored.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 import orjson
 from fastapi import APIRouter, Depends, Request
+from starlette.datastructures import UploadFile
 from starlette.responses import Response
+from starlette.types import Message, Receive
 
 from thrifty_core.errors import (
     InvalidRequestError,
@@ -22,12 +29,13 @@ from thrifty_core.errors import (
 
 from ..services.batching.files import FileObject, StoreFullError
 from ..services.batching.stage import BatchRuntime, find_stage
-from ..services.batching.validate import validate_input
+from ..services.batching.validate import validate_lines
 from .deps import AuthedDep, Caller, StateDep
 
 router = APIRouter()
 JSON = "application/json"
 PURPOSES = frozenset({"batch", "batch_output", "assistants", "fine-tune", "vision", "user_data"})
+MULTIPART_OVERHEAD = 64 * 1024  # room for the multipart framing and the other form fields
 
 
 class BatchingDisabledError(ThriftyError):
@@ -58,35 +66,73 @@ async def owned_file(runtime: BatchRuntime, caller: Caller, file_id: str) -> Fil
     return meta
 
 
-@router.post("/v1/files")
-async def upload_file(request: Request, runtime: RuntimeDep, caller: AuthedDep) -> Response:
-    form = await request.form()
-    upload = form.get("file")
-    purpose = str(form.get("purpose") or "")
-    if upload is None or isinstance(upload, str):
-        raise InvalidRequestError("'file' is a required multipart field.", param="file")
-    if purpose not in PURPOSES:
-        raise InvalidRequestError(f"Invalid purpose {purpose!r}.", param="purpose")
-    data = await upload.read()
-    await upload.close()
+def _too_large(limit: int) -> PayloadTooLargeError:
+    return PayloadTooLargeError(f"The file exceeds the upload limit of {limit} bytes.")
+
+
+def _limited(receive: Receive, max_bytes: int, limit: int) -> Receive:
+    """`receive` that raises 413 once the body passes `max_bytes`."""
+    seen = 0
+
+    async def counted() -> Message:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > max_bytes:
+                raise _too_large(limit)
+        return message
+
+    return counted
+
+
+async def _check_and_store(
+    runtime: BatchRuntime, upload: UploadFile, purpose: str, tenant: str, limit: int
+) -> FileObject:
+    if upload.size is not None and upload.size > limit:
+        raise _too_large(limit)
     if purpose == "batch":
-        report = validate_input(data, runtime.spec.limits, runtime.routes)
-        if not report.ok:
-            raise InvalidRequestError(
-                f"Invalid batch input file: {report.message()}",
-                param="file",
-                code="invalid_batch_input",
+
+        def check() -> str | None:
+            upload.file.seek(0)
+            report = validate_lines(
+                upload.file, upload.size or 0, runtime.spec.limits, runtime.routes, keep_lines=False
             )
-    assert caller.tenant is not None
+            return None if report.ok else report.message()
+
+        problem = await asyncio.to_thread(check)
+        if problem is not None:
+            raise InvalidRequestError(
+                f"Invalid batch input file: {problem}", param="file", code="invalid_batch_input"
+            )
     try:
-        meta = await runtime.store.put(
-            data,
-            filename=upload.filename or "upload.jsonl",
-            purpose=purpose,
-            tenant=caller.tenant.name,
+        return await runtime.store.put_stream(
+            upload.file, filename=upload.filename or "upload.jsonl", purpose=purpose, tenant=tenant
         )
     except StoreFullError as exc:
         raise PayloadTooLargeError(str(exc), code="file_store_full") from exc
+
+
+@router.post("/v1/files")
+async def upload_file(request: Request, runtime: RuntimeDep, caller: AuthedDep) -> Response:
+    limit = runtime.spec.limits.max_file_bytes
+    max_body = limit + MULTIPART_OVERHEAD
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > max_body:
+        raise _too_large(limit)
+    limited = Request(request.scope, _limited(request.receive, max_body, limit))
+    form = await limited.form(max_files=1, max_fields=8)
+    try:
+        upload = form.get("file")
+        purpose = str(form.get("purpose") or "")
+        if upload is None or isinstance(upload, str):
+            raise InvalidRequestError("'file' is a required multipart field.", param="file")
+        if purpose not in PURPOSES:
+            raise InvalidRequestError(f"Invalid purpose {purpose!r}.", param="purpose")
+        assert caller.tenant is not None
+        meta = await _check_and_store(runtime, upload, purpose, caller.tenant.name, limit)
+    finally:
+        await form.close()
     return json_response(meta.public())
 
 

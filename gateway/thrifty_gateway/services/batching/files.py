@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import orjson
 from pydantic import BaseModel
@@ -39,6 +40,12 @@ class FileStore(Protocol):
     async def put(
         self, data: bytes, *, filename: str, purpose: str, tenant: str, file_id: str | None = None
     ) -> FileObject: ...
+
+    async def put_stream(
+        self, source: BinaryIO, *, filename: str, purpose: str, tenant: str
+    ) -> FileObject:
+        """Store what `source` holds from its start, copied in chunks (not read whole)."""
+        ...
 
     async def get(self, file_id: str) -> FileObject | None: ...
 
@@ -96,6 +103,40 @@ class FilesystemStore:
         async with self._lock:
             await asyncio.to_thread(write)
         return meta
+
+    async def put_stream(
+        self, source: BinaryIO, *, filename: str, purpose: str, tenant: str
+    ) -> FileObject:
+        file_id = new_id("file").replace("_", "-", 1)
+        data_path = self.root / f"{file_id}.data"
+
+        def write() -> FileObject:
+            tmp = data_path.with_suffix(f".data.{os.getpid()}.tmp")
+            try:
+                source.seek(0)
+                with tmp.open("wb") as out:
+                    shutil.copyfileobj(source, out, 1024 * 1024)
+                size = tmp.stat().st_size
+                if self._used() + size > self.max_total_bytes:
+                    raise StoreFullError(
+                        f"the file store is full ({self.max_total_bytes} bytes); delete files first"
+                    )
+                meta = FileObject(
+                    id=file_id,
+                    bytes=size,
+                    created_at=int(time.time()),
+                    filename=filename,
+                    purpose=purpose,
+                    tenant=tenant,
+                )
+                tmp.replace(data_path)
+            finally:
+                tmp.unlink(missing_ok=True)
+            self._write(self.root / f"{file_id}.json", orjson.dumps(meta.model_dump()))
+            return meta
+
+        async with self._lock:
+            return await asyncio.to_thread(write)
 
     async def get(self, file_id: str) -> FileObject | None:
         if not _valid_id(file_id):

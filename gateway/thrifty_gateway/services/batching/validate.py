@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Container
+from collections.abc import Container, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,39 +103,51 @@ def validate_input(
     data: bytes, limits: BatchLimits, routes: Container[str] | None = None
 ) -> Report:
     """Check a JSONL batch input file against the queue's limits; collect every bad line."""
+    return validate_lines(data.splitlines(), len(data), limits, routes)
+
+
+def validate_lines(
+    raw_lines: Iterable[bytes],
+    size: int,
+    limits: BatchLimits,
+    routes: Container[str] | None = None,
+    *,
+    keep_lines: bool = True,
+) -> Report:
+    """`validate_input` over the lines of a file as they are read (an upload on disk is not
+    loaded whole); without `keep_lines` the parsed lines are checked, then dropped."""
     report = Report()
-    if len(data) > limits.max_file_bytes:
+    if size > limits.max_file_bytes:
         report.errors.append(
             LineError(0, "file_too_large", f"the file exceeds {limits.max_file_bytes} bytes")
         )
         return report
-    raw_lines = data.splitlines()
-    while raw_lines and not raw_lines[-1].strip():
-        raw_lines.pop()
-    if not raw_lines:
-        report.errors.append(LineError(0, "empty_file", "the file has no lines"))
-        return report
-    if len(raw_lines) > limits.max_lines_per_batch:
-        report.errors.append(
-            LineError(
-                0,
-                "too_many_lines",
-                f"the file has {len(raw_lines)} lines; the limit is {limits.max_lines_per_batch}",
-            )
-        )
-        return report
     seen: set[str] = set()
     urls: set[str] = set()
+    blanks: list[int] = []  # blank lines so far; an error unless only blanks follow them
+    last = 0  # number of the last non-blank line: the file's line count
     for number, raw in enumerate(raw_lines, start=1):
         if not raw.strip():
-            report.errors.append(LineError(number, "empty_line", "empty line"))
+            if last <= limits.max_lines_per_batch:
+                blanks.append(number)
             continue
+        last = number
+        if number > limits.max_lines_per_batch:
+            continue  # only counted from here on
+        report.errors.extend(LineError(n, "empty_line", "empty line") for n in blanks)
+        blanks.clear()
         checked = _check_line(number, raw, routes, seen)
         if isinstance(checked, LineError):
             report.errors.append(checked)
         else:
             urls.add(checked.url)
-            report.lines.append(checked)
+            if keep_lines:
+                report.lines.append(checked)
+    if last == 0:
+        return Report(errors=[LineError(0, "empty_file", "the file has no lines")])
+    if last > limits.max_lines_per_batch:
+        message = f"the file has {last} lines; the limit is {limits.max_lines_per_batch}"
+        return Report(errors=[LineError(0, "too_many_lines", message)])
     if len(urls) > 1:
         report.errors.append(
             LineError(0, "mixed_urls", "all lines of a batch must use the same url")
