@@ -122,6 +122,14 @@ def fit_head(
     model = LogisticRegression(C=c, max_iter=max_iter, tol=1e-3)
     model.fit(x[rows], y, sample_weight=np.asarray(weights))
     classes = model.classes_.astype(int)
+    if len(classes) == 2:
+        # Binary problems have one coefficient row, the log-odds of classes[1]: softmax over
+        # (0, row) gives the same probabilities.
+        w[:, classes[0]] = 0.0
+        w[:, classes[1]] = model.coef_[0].astype(np.float32)
+        b[classes[0]] = 0.0
+        b[classes[1]] = np.float32(model.intercept_[0])
+        return w, b
     w[:, classes] = model.coef_.T.astype(np.float32)
     b[classes] = model.intercept_.astype(np.float32)
     return w, b
