@@ -92,7 +92,7 @@ class SemanticLayer(ApiModel):
 
     enabled: bool = Field(default=False, description="Serve paraphrases from cache.")
     threshold: float = Field(
-        default=0.9, ge=0.5, le=1.0, description="Minimum cosine similarity for a candidate."
+        default=0.95, ge=0.5, le=1.0, description="Minimum cosine similarity for a candidate."
     )
     ttl_seconds: int = Field(
         default=86400, ge=1, le=31_536_000, description="Time to live of an entry."

@@ -12,9 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..api.cachepolicy import EmbeddingModel
-from .protocol import Embedder
+from .protocol import Embedder, TokenEmbedder
 
-__all__ = ["Embedder", "create_embedder"]
+__all__ = ["Embedder", "TokenEmbedder", "create_embedder"]
 
 LOCAL_MODELS = frozenset({"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"})
 

@@ -137,3 +137,28 @@ class LocalEmbedder:
         (out,) = self._session.run(["embeddings"], {"input_ids": ids, "attention_mask": mask})
         result: npt.NDArray[np.float32] = np.ascontiguousarray(out, dtype=np.float32)
         return result
+
+    def embed_with_tokens(
+        self, texts: Sequence[str]
+    ) -> tuple[npt.NDArray[np.float32], list[npt.NDArray[np.float32]]]:
+        """Sentence vectors and, per text, its contextual token vectors (one run).
+
+        Token vectors are the encoder's last hidden state, L2-normalised per token, without
+        [CLS] and [SEP]: row j of `tokens[i]` is word piece j of texts[i].
+        """
+        import numpy as np
+
+        if not texts:
+            return np.zeros((0, self._dim), dtype=np.float32), []
+        ids, mask = self.tokenize(texts)
+        out, states = self._session.run(
+            ["embeddings", "token_states"], {"input_ids": ids, "attention_mask": mask}
+        )
+        tokens: list[npt.NDArray[np.float32]] = []
+        for row in range(len(texts)):
+            n = int(mask[row].sum())
+            t = np.asarray(states[row, 1 : max(n - 1, 1)], dtype=np.float32)
+            norms = np.linalg.norm(t, axis=1, keepdims=True)
+            tokens.append(t / np.maximum(norms, 1e-12))
+        vectors: npt.NDArray[np.float32] = np.ascontiguousarray(out, dtype=np.float32)
+        return vectors, tokens

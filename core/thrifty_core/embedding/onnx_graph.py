@@ -8,7 +8,10 @@ LayerNorm/GELU/MatMul+Add itself and runs it on one core in a few milliseconds. 
 reference forward pass (`reference.py`) checks the graph numerically in the unit tests.
 
 The graph takes `input_ids` and `attention_mask` (int64, [batch, seq]) and returns
-`embeddings` (float32, [batch, hidden]), mean-pooled over unmasked tokens and L2-normalised.
+`embeddings` (float32, [batch, hidden]), mean-pooled over unmasked tokens and L2-normalised,
+and `token_states` (float32, [batch, seq, hidden]), the last hidden state before pooling (the
+contextual token embeddings the semantic cache's verifier aligns, BERTScore-style). Asking
+onnxruntime for both costs one run.
 Token type ids are always 0 for single sentences, so the type-0 row is folded into the
 position table. The query projection is pre-scaled by 1/sqrt(head_dim).
 """
@@ -25,7 +28,7 @@ if TYPE_CHECKING:
     import numpy.typing as npt
 
 OPSET = 17
-GRAPH_VERSION = "1"  # bump when the graph layout changes (it keys the on-disk cache)
+GRAPH_VERSION = "2"  # bump when the graph layout changes (it keys the on-disk cache)
 MASK_NEG = -1e4
 
 
@@ -156,6 +159,7 @@ def build_bert_onnx(config: BertConfig, weights: dict[str, npt.NDArray[np.float3
             config.layer_norm_eps,
         )
 
+    g.nodes.append(helper.make_node("Identity", [x], ["token_states"], name="token_states"))
     # Mean pooling over unmasked tokens, then L2 normalisation.
     m3 = g.op("Unsqueeze", [maskf, g.const("ax2", np.array([2], i64))])
     summed = g.op(
@@ -175,7 +179,14 @@ def build_bert_onnx(config: BertConfig, weights: dict[str, npt.NDArray[np.float3
             helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
             helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "seq"]),
         ],
-        [helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, ["batch", config.hidden])],
+        [
+            helper.make_tensor_value_info(
+                "embeddings", TensorProto.FLOAT, ["batch", config.hidden]
+            ),
+            helper.make_tensor_value_info(
+                "token_states", TensorProto.FLOAT, ["batch", "seq", config.hidden]
+            ),
+        ],
         initializer=g.inits,
     )
     model = helper.make_model(

@@ -22,3 +22,15 @@ class Embedder(Protocol):
     def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         """Embed `texts`; row i is the unit vector of texts[i]. Thread-safe."""
         ...
+
+
+@runtime_checkable
+class TokenEmbedder(Embedder, Protocol):
+    """An embedder that also returns contextual token vectors (for token alignment)."""
+
+    def embed_with_tokens(
+        self, texts: Sequence[str]
+    ) -> tuple[npt.NDArray[np.float32], list[npt.NDArray[np.float32]]]:
+        """Sentence vectors (as `embed`) and, per text, L2-normalised token vectors of shape
+        (tokens, dim) without special tokens. Thread-safe."""
+        ...
