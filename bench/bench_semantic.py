@@ -420,6 +420,40 @@ def train_verifier(embedder: LocalEmbedder) -> dict[str, Any]:
     return {"pairs": len(pool), "rows": len(ys), "positive_rows": int(sum(ys))}
 
 
+def verifier_latency(quantize: bool, samples: int = 300) -> dict[str, Any]:
+    """One core: embedding alone vs embedding + token vectors + the verifier over the top-5
+    candidates whose token vectors come int8-encoded from the payload (no re-embedding)."""
+    embedder = LocalEmbedder(threads=1, quantize=quantize)
+    with gzip.open(DATA / "qqp_duplicate_pairs_dev.json.gz") as fh:
+        qqp = json.load(fh)
+    texts = [p["similar"] for p in qqp[:samples] if embedder.count_tokens(p["similar"]) < 64]
+    _, cand_tokens = embedder.embed_with_tokens([p["origin"] for p in qqp[:TOP_K]])
+    encoded = [encode_tokens(t) for t in cand_tokens]
+    model = load_model()
+    plain, verified = [], []
+    for text in texts:
+        t0 = time.perf_counter()
+        embedder.embed([text])
+        t1 = time.perf_counter()
+        _, (tokens,) = embedder.embed_with_tokens([text])
+        for cached, enc in zip(qqp[:TOP_K], encoded, strict=True):
+            decoded = decode_tokens(enc, embedder.dim)
+            model.probability(pair_features(text, cached["origin"], 0.9, tokens, decoded))
+        t2 = time.perf_counter()
+        plain.append(t1 - t0)
+        verified.append(t2 - t1)
+
+    def pct(xs: list[float]) -> dict[str, float]:
+        return {q: round(1000 * float(np.percentile(xs, int(q[1:]))), 2) for q in ("p50", "p99")}
+
+    return {
+        "prompts": len(texts),
+        "embedding_ms": pct(plain),
+        "embedding_tokens_verifier_top5_ms": pct(verified),
+        "payload_bytes_per_token": embedder.dim + 2,
+    }
+
+
 def main() -> dict[str, Any]:
     quantize = os.environ.get("THRIFTY_BENCH_QUANTIZE", "") == "1"
     embedder = LocalEmbedder(threads=max(1, (os.cpu_count() or 1)), quantize=quantize)
@@ -429,6 +463,7 @@ def main() -> dict[str, Any]:
     model = load_model()
     result |= {w.name: evaluate(w, embedder, model) for w in load_workloads()}
     result["near_misses"] = near_misses(embedder, model)
+    result["verifier_latency_one_core"] = verifier_latency(quantize)
     return result
 
 
