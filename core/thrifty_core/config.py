@@ -206,10 +206,14 @@ class LedgerConfig(ConfigModel):
     """Cost ledger settings."""
 
     redis_url: str | None = Field(
-        default=None, description="Shared ledger and budget state; None = memory."
+        default=None,
+        description="Usage figures shared by every replica, and budget state; None = memory "
+        "(each replica counts its own).",
     )
     redis_password: SecretSource | None = Field(default=None, description="Redis password.")
-    retention_hours: int = Field(default=24 * 14, ge=1, description="Buckets kept in memory.")
+    retention_hours: int = Field(
+        default=24 * 14, ge=1, description="Hours of usage buckets kept (memory and Redis)."
+    )
 
 
 class GatewayConfig(ConfigModel):

@@ -17,7 +17,7 @@ from thrifty_core.config import GatewayConfig
 from .api import batches, budgets, cache_admin, dashboard, files, openai, ops, students
 from .api.errors import BodyLimitMiddleware, install_error_handlers
 from .services.auth import KeyStore
-from .services.ledger import Ledger
+from .services.ledger import open_ledger
 from .services.metrics import Metrics
 from .services.pipeline import StageFactory
 from .services.proxy import Proxy
@@ -52,7 +52,7 @@ def build_state(config: GatewayConfig, upstream: UpstreamClient | None = None) -
         upstream=upstream or HttpUpstream(config.providers, provider_keys(config)),
         breakers=Breakers(),
         metrics=metrics,
-        ledger=Ledger(metrics, config.ledger.retention_hours),
+        ledger=open_ledger(metrics, config.ledger),
         routes=build_routes(config),
     )
 
@@ -104,6 +104,7 @@ def create_app(
                 close = getattr(stage, "aclose", None)
                 if close is not None:
                     await close()
+            await state.ledger.aclose()
             await state.upstream.aclose()
 
     app = FastAPI(

@@ -44,17 +44,18 @@ async def usage(
     tenant: str | None = Query(default=None),
 ) -> Response:
     """Usage, cost and savings per tenant/route/model. Tenants see only their own figures;
-    the admin key sees every tenant (or one, with `?tenant=`)."""
+    the admin key sees every tenant (or one, with `?tenant=`). With a shared ledger
+    (`ledger.redisUrl`) every replica answers with the figures of all of them."""
     try:
         since_ts = parse_since(since)
     except ValueError as exc:
         raise InvalidRequestError("since must be epoch seconds or ISO-8601", param="since") from exc
     assert caller.tenant is not None
     scope = tenant if caller.admin else caller.tenant.name
-    body = state.ledger.summary(since=since_ts, bucket=bucket, tenant=scope)
+    body = await state.ledger.usage(since=since_ts, bucket=bucket, tenant=scope)
     if state.config.net_savings is not None and caller.admin and tenant is None:
         # The platform's running cost is set against all tenants' savings together (admin,
-        # unfiltered view), over the window the in-memory ledger covers (this process's life).
+        # unfiltered view), over this process's life (or since `since`, if later).
         start = max(since_ts, state.started) if since_ts is not None else state.started
         hours = max(time.time() - start, 0.0) / 3600
         saved = body["totals"]["saved_by_lever_usd"]

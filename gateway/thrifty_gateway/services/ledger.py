@@ -1,20 +1,30 @@
 """The cost ledger: what every request cost, what it would have cost, what each lever saved.
 
 Entries aggregate into hourly buckets per (tenant, route, model) in memory (bounded by the
-retention) and into Prometheus counters. `summary()` is the `/v1/thrifty/usage` body.
+retention) and into Prometheus counters. `summary()` is this replica's `/v1/thrifty/usage`
+body; `usage()` is what the endpoint serves: with `ledger.redisUrl` set, the buckets every
+replica shares in Redis (ledger_shared.py), else (or while Redis fails) this replica's own.
 """
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from thrifty_core.prices import LEVERS, Usage
 
 from .metrics import Metrics
+
+if TYPE_CHECKING:
+    from thrifty_core.config import LedgerConfig
+
+    from .ledger_shared import SharedBuckets
+
+log = logging.getLogger(__name__)
 
 HOUR = 3600
 DAY = 86400
@@ -82,44 +92,46 @@ class Entry:
 
 
 Key = tuple[int, str, str, str]
+Bucket = Literal["hour", "day"]
 
 
 class Ledger:
-    """In-memory hourly buckets plus Prometheus counters."""
+    """In-memory hourly buckets plus Prometheus counters (and the shared buckets, if any)."""
 
     def __init__(
         self,
         metrics: Metrics,
         retention_hours: int = 24 * 14,
         clock: Callable[[], float] = time.time,
+        shared: SharedBuckets | None = None,
     ) -> None:
         self._metrics = metrics
         self._clock = clock
         self._retention = retention_hours * HOUR
         self._buckets: dict[Key, Totals] = {}
         self._records = 0
+        self.shared = shared
 
     def record(self, entry: Entry) -> None:
         now = self._clock()
         key = (int(now // HOUR) * HOUR, entry.tenant, entry.route, entry.model)
-        totals = self._buckets.get(key)
-        if totals is None:
-            totals = self._buckets[key] = Totals()
         u = entry.usage
         saved = sum(entry.savings.values())
-        totals.requests += 1
-        totals.errors += entry.error
-        totals.prompt_tokens += u.prompt_tokens
-        totals.completion_tokens += u.completion_tokens
-        totals.cached_tokens += u.cached_tokens
-        totals.cost_usd += entry.cost_usd
-        totals.baseline_usd += entry.cost_usd + saved
-        for lever, usd in entry.savings.items():
-            totals.saved_usd[lever] = totals.saved_usd.get(lever, 0.0) + usd
-        if entry.lever:
-            totals.served_by_lever[entry.lever] = totals.served_by_lever.get(entry.lever, 0) + 1
-        if entry.tier:
-            totals.served_by_tier[entry.tier] = totals.served_by_tier.get(entry.tier, 0) + 1
+        delta = Totals(
+            requests=1,
+            errors=int(entry.error),
+            prompt_tokens=u.prompt_tokens,
+            completion_tokens=u.completion_tokens,
+            cached_tokens=u.cached_tokens,
+            cost_usd=entry.cost_usd,
+            baseline_usd=entry.cost_usd + saved,
+            saved_usd=dict(entry.savings),
+            served_by_lever={entry.lever: 1} if entry.lever else {},
+            served_by_tier={entry.tier: 1} if entry.tier else {},
+        )
+        self._buckets.setdefault(key, Totals()).add(delta)
+        if self.shared is not None:
+            self.shared.add(key, delta)
 
         m = self._metrics
         t, r, mod = entry.tenant, entry.route, entry.model
@@ -148,43 +160,97 @@ class Ledger:
         self,
         *,
         since: float | None = None,
-        bucket: Literal["hour", "day"] | None = None,
+        bucket: Bucket | None = None,
         tenant: str | None = None,
     ) -> dict[str, Any]:
-        """Totals overall and per tenant/route/model (and per time bucket when asked)."""
-        total = Totals()
-        groups: dict[str, dict[str, Totals]] = {"tenant": {}, "route": {}, "model": {}}
-        series: dict[tuple[int, str, str, str], Totals] = {}
-        width = DAY if bucket == "day" else HOUR
-        for (start, ten, route, model), t in self._buckets.items():
-            if tenant is not None and ten != tenant:
-                continue
-            if since is not None and start + HOUR <= since:
-                continue
-            total.add(t)
-            for name, value in (("tenant", ten), ("route", route), ("model", model)):
-                groups[name].setdefault(value, Totals()).add(t)
-            if bucket:
-                skey = (start // width * width, ten, route, model)
-                series.setdefault(skey, Totals()).add(t)
-        out: dict[str, Any] = {
-            "object": "thrifty.usage",
-            "since": _iso(since) if since is not None else None,
-            "generated_at": _iso(self._clock()),
-            "totals": total.as_dict(),
-            "by_tenant": [
-                {"tenant": k, **v.as_dict()} for k, v in sorted(groups["tenant"].items())
-            ],
-            "by_route": [{"route": k, **v.as_dict()} for k, v in sorted(groups["route"].items())],
-            "by_model": [{"model": k, **v.as_dict()} for k, v in sorted(groups["model"].items())],
-        }
+        """This replica's totals overall and per tenant/route/model (and per time bucket)."""
+        body = summarise(self._buckets.items(), since, bucket, tenant, self._clock())
+        return {**body, "source": "memory"}
+
+    async def usage(
+        self,
+        *,
+        since: float | None = None,
+        bucket: Bucket | None = None,
+        tenant: str | None = None,
+    ) -> dict[str, Any]:
+        """The `/v1/thrifty/usage` body: every replica's figures when the ledger is shared
+        (this replica's pending ones written first), this replica's when not or when Redis
+        fails (`"source": "memory"` says so)."""
+        shared = self.shared
+        if shared is None:
+            return self.summary(since=since, bucket=bucket, tenant=tenant)
+        try:
+            if not shared.failing:  # a down Redis costs the reader one timeout, not two
+                await shared.flush()
+            buckets = await shared.read(since)
+        except Exception as exc:
+            shared.errors.labels("read").inc()
+            log.warning("shared ledger unreadable; serving this replica's figures: %s", exc)
+            return self.summary(since=since, bucket=bucket, tenant=tenant)
+        body = summarise(buckets, since, bucket, tenant, self._clock())
+        return {**body, "source": "redis"}
+
+    async def aclose(self) -> None:
+        if self.shared is not None:
+            await self.shared.aclose()
+
+
+def open_ledger(metrics: Metrics, config: LedgerConfig) -> Ledger:
+    """The gateway's ledger: shared through Redis when `redisUrl` is set (memory otherwise)."""
+    shared = None
+    if config.redis_url:
+        from .ledger_shared import SharedBuckets
+
+        secret = config.redis_password
+        shared = SharedBuckets.from_url(
+            config.redis_url,
+            metrics.registry,
+            config.retention_hours,
+            password=secret.read() if secret else None,
+        )
+    return Ledger(metrics, config.retention_hours, shared=shared)
+
+
+def summarise(
+    buckets: Iterable[tuple[Key, Totals]],
+    since: float | None,
+    bucket: Bucket | None,
+    tenant: str | None,
+    now: float,
+) -> dict[str, Any]:
+    """Totals overall and per tenant/route/model (and per time bucket when asked)."""
+    total = Totals()
+    groups: dict[str, dict[str, Totals]] = {"tenant": {}, "route": {}, "model": {}}
+    series: dict[tuple[int, str, str, str], Totals] = {}
+    width = DAY if bucket == "day" else HOUR
+    for (start, ten, route, model), t in buckets:
+        if tenant is not None and ten != tenant:
+            continue
+        if since is not None and start + HOUR <= since:
+            continue
+        total.add(t)
+        for name, value in (("tenant", ten), ("route", route), ("model", model)):
+            groups[name].setdefault(value, Totals()).add(t)
         if bucket:
-            out["bucket"] = bucket
-            out["buckets"] = [
-                {"start": _iso(s), "tenant": ten, "route": r, "model": m, **t.as_dict()}
-                for (s, ten, r, m), t in sorted(series.items())
-            ]
-        return out
+            skey = (start // width * width, ten, route, model)
+            series.setdefault(skey, Totals()).add(t)
+    out: dict[str, Any] = {
+        "object": "thrifty.usage",
+        "since": _iso(since) if since is not None else None,
+        "generated_at": _iso(now),
+        "totals": total.as_dict(),
+        "by_tenant": [{"tenant": k, **v.as_dict()} for k, v in sorted(groups["tenant"].items())],
+        "by_route": [{"route": k, **v.as_dict()} for k, v in sorted(groups["route"].items())],
+        "by_model": [{"model": k, **v.as_dict()} for k, v in sorted(groups["model"].items())],
+    }
+    if bucket:
+        out["bucket"] = bucket
+        out["buckets"] = [
+            {"start": _iso(s), "tenant": ten, "route": r, "model": m, **t.as_dict()}
+            for (s, ten, r, m), t in sorted(series.items())
+        ]
+    return out
 
 
 def _iso(ts: float) -> str:

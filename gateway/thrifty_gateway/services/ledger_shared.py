@@ -1,0 +1,211 @@
+"""The ledger's hourly buckets shared by every gateway replica, in Redis (`ledger.redisUrl`).
+
+Each replica keeps counting in memory and adds what it recorded to Redis after the response:
+`record()` only merges the request's figures into a pending delta per bucket, and a background
+task writes the pending deltas in one pipelined transaction (`HINCRBY` / `HINCRBYFLOAT`) a
+moment later, so many requests cost one round trip and none waits on Redis. A bucket is one
+hash `thrifty:ledger:b:[start,tenant,route,model]` (fields `requests`, `cost_usd`,
+`saved:<lever>`, `lever:<lever>`, `tier:<tier>`, ...) that expires after the retention, listed
+in the sorted set `thrifty:ledger:index` (score: the hour's start).
+
+When Redis fails or is slow (short socket timeouts) the deltas stay pending and are retried
+with a growing pause, and the failure is logged and counted in
+`thrifty_ledger_shared_errors_total`; the replica's own memory figures keep counting. A write
+that timed out after Redis applied it is retried too (at-least-once): figures can then count a
+batch twice, never lose one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import orjson
+from prometheus_client import Counter
+
+from .ledger import HOUR, Key, Totals
+
+log = logging.getLogger(__name__)
+
+PREFIX = "thrifty:ledger:"
+FLUSH_DELAY = 0.02  # seconds: requests finishing together share one write
+TIMEOUT = 2.0  # seconds for one pipelined write or read
+MAX_PAUSE = 30.0  # seconds between retries while Redis is down
+READ_CHUNK = 500  # buckets per pipelined read
+_INT_FIELDS = ("requests", "errors", "prompt_tokens", "completion_tokens", "cached_tokens")
+
+
+def to_fields(t: Totals) -> tuple[dict[str, int], dict[str, float]]:
+    """(integer fields, float fields) of a delta, zeros left out."""
+    ints = {name: getattr(t, name) for name in _INT_FIELDS if getattr(t, name)}
+    ints.update({f"lever:{k}": n for k, n in t.served_by_lever.items() if n})
+    ints.update({f"tier:{k}": n for k, n in t.served_by_tier.items() if n})
+    floats = {"cost_usd": t.cost_usd, "baseline_usd": t.baseline_usd}
+    floats.update({f"saved:{k}": v for k, v in t.saved_usd.items()})
+    return ints, {k: v for k, v in floats.items() if v}
+
+
+def from_fields(fields: dict[bytes, bytes]) -> Totals:
+    """A bucket's hash read back into `Totals` (unknown fields ignored)."""
+    t = Totals()
+    for raw_name, raw_value in fields.items():
+        name, value = raw_name.decode(), raw_value.decode()
+        kind, _, sub = name.partition(":")
+        if name in _INT_FIELDS:
+            setattr(t, name, int(value))
+        elif name in ("cost_usd", "baseline_usd"):
+            setattr(t, name, float(value))
+        elif kind == "saved" and sub:
+            t.saved_usd[sub] = float(value)
+        elif kind == "lever" and sub:
+            t.served_by_lever[sub] = int(value)
+        elif kind == "tier" and sub:
+            t.served_by_tier[sub] = int(value)
+    return t
+
+
+def bucket_id(key: Key) -> bytes:
+    return orjson.dumps(list(key))
+
+
+class SharedBuckets:
+    """Pending deltas and their writer; reads every replica's buckets back."""
+
+    def __init__(
+        self,
+        client: Any,
+        registry: Any,
+        retention_hours: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.client = client
+        self._retention = retention_hours * HOUR
+        self._clock = clock
+        self._pending: dict[Key, Totals] = {}
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._failing = False
+        self.errors = Counter(
+            "thrifty_ledger_shared_errors",
+            "Shared ledger (Redis) writes or reads that failed; figures kept in memory.",
+            ["op"],
+            registry=registry,
+        )
+
+    @classmethod
+    def from_url(
+        cls, url: str, registry: Any, retention_hours: int, *, password: str | None = None
+    ) -> SharedBuckets:
+        from redis import asyncio as aioredis
+
+        client = aioredis.Redis.from_url(
+            url, password=password, socket_timeout=1.0, socket_connect_timeout=1.0
+        )
+        return cls(client, registry, retention_hours)
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    @property
+    def failing(self) -> bool:
+        """The last write failed (Redis down or slow)."""
+        return self._failing
+
+    def add(self, key: Key, delta: Totals) -> None:
+        """Queue a delta (called from the event loop, after the response)."""
+        found = self._pending.get(key)
+        if found is None:
+            self._pending[key] = delta
+        else:
+            found.add(delta)
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        pause = 0.5
+        await asyncio.sleep(FLUSH_DELAY)
+        while self._pending:
+            if await self.flush():
+                pause = 0.5
+            else:
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, MAX_PAUSE)
+
+    async def flush(self) -> bool:
+        """Write the pending deltas now; False (deltas kept for a retry) when Redis fails."""
+        async with self._lock:
+            if not self._pending:
+                return True
+            batch, self._pending = self._pending, {}
+            try:
+                await asyncio.wait_for(self._write(batch), TIMEOUT)
+            except Exception as exc:
+                for key, delta in batch.items():
+                    self._pending.setdefault(key, Totals()).add(delta)
+                self.errors.labels("write").inc()
+                if not self._failing:
+                    log.warning(
+                        "shared ledger unavailable; counting in memory: %s", type(exc).__name__
+                    )
+                self._failing = True
+                return False
+            if self._failing:
+                log.info("shared ledger reachable again")
+            self._failing = False
+            return True
+
+    async def _write(self, batch: dict[Key, Totals]) -> None:
+        now = self._clock()
+        pipe = self.client.pipeline(transaction=True)
+        index = PREFIX + "index"
+        for key, delta in batch.items():
+            member = bucket_id(key)
+            name = PREFIX.encode() + b"b:" + member
+            ints, floats = to_fields(delta)
+            for field, n in ints.items():
+                pipe.hincrby(name, field, n)
+            for field, usd in floats.items():
+                pipe.hincrbyfloat(name, field, usd)
+            pipe.expireat(name, int(key[0] + self._retention + HOUR))
+            pipe.zadd(index, {member: key[0]})
+        pipe.zremrangebyscore(index, "-inf", now - self._retention - HOUR)
+        await pipe.execute()
+
+    async def read(self, since: float | None) -> list[tuple[Key, Totals]]:
+        """Every replica's buckets (those overlapping `since` onwards)."""
+        return await asyncio.wait_for(self._read(since), TIMEOUT)
+
+    async def _read(self, since: float | None) -> list[tuple[Key, Totals]]:
+        low: float | str = since - HOUR if since is not None else "-inf"
+        members: list[bytes] = await self.client.zrangebyscore(PREFIX + "index", low, "+inf")
+        out: list[tuple[Key, Totals]] = []
+        for chunk in _chunks(members, READ_CHUNK):
+            pipe = self.client.pipeline(transaction=False)
+            for member in chunk:
+                pipe.hgetall(PREFIX.encode() + b"b:" + member)
+            for member, fields in zip(chunk, await pipe.execute(), strict=True):
+                if fields:  # expired since the index was read
+                    start, tenant, route, model = orjson.loads(member)
+                    key = (int(start), str(tenant), str(route), str(model))
+                    out.append((key, from_fields(fields)))
+        return out
+
+    async def aclose(self) -> None:
+        """Write what is pending (one try) and close the connection."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        await self.flush()
+        await self.client.aclose()
+
+
+def _chunks(items: list[bytes], size: int) -> Iterable[list[bytes]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

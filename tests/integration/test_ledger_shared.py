@@ -1,0 +1,100 @@
+"""The shared ledger: two gateway processes with `ledger.redisUrl` on one real redis-server;
+traffic through both, and /v1/thrifty/usage from either shows the total of both (and survives
+a restart). Without Redis reachable a gateway keeps counting its own traffic in memory."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import redis as redis_lib
+
+from tests.integration.conftest import GatewayFactory
+from tests.integration.procs import Gateway
+from tests.services import RedisServer, free_port
+
+pytestmark = pytest.mark.integration
+
+ADMIN = {"authorization": "Bearer sk-local-admin"}
+MESSAGES: list[Any] = [{"role": "user", "content": "How much did this cost?"}]
+
+
+@pytest.fixture
+def clean_ledger(redis: RedisServer) -> Iterator[RedisServer]:
+    """The session Redis without ledger keys left by earlier tests."""
+    client = redis_lib.Redis.from_url(redis.url)
+    for key in client.scan_iter("thrifty:ledger:*"):
+        client.delete(key)
+    client.close()
+    yield redis
+
+
+def usage(gw: Gateway, key: str = "sk-local-admin", **params: str) -> dict[str, Any]:
+    body: dict[str, Any] = httpx.get(
+        f"{gw.base_url()}/thrifty/usage",
+        headers={"authorization": f"Bearer {key}"},
+        params=params,
+    ).json()
+    return body
+
+
+def usage_until(gw: Gateway, requests: int) -> dict[str, Any]:
+    """The usage once it counts `requests` (ledger writes follow the response)."""
+    for _ in range(200):
+        body = usage(gw)
+        if body["totals"]["requests"] >= requests:
+            return body
+        time.sleep(0.05)
+    return usage(gw)
+
+
+def send(gw: Gateway, key: str, n: int) -> None:
+    client = gw.openai(key)
+    for _ in range(n):
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+
+
+def test_usage_from_either_gateway_shows_both(
+    gateway_factory: GatewayFactory, clean_ledger: RedisServer
+) -> None:
+    ledger = {"redisUrl": clean_ledger.url}
+    one = gateway_factory(ledger=ledger)
+    two = gateway_factory(ledger=ledger)
+    send(one, "sk-local-a", 3)
+    send(two, "sk-local-a", 2)
+    send(two, "sk-local-b", 1)
+
+    seen = [usage_until(gw, 6) for gw in (one, two)]
+    for body in seen:
+        assert body["source"] == "redis"
+        assert body["totals"]["requests"] == 6
+        tenants = {row["tenant"]: row["requests"] for row in body["by_tenant"]}
+        assert tenants == {"team-a": 5, "team-b": 1}
+        assert body["totals"]["cost_usd"] > 0
+    assert seen[0]["totals"]["cost_usd"] == pytest.approx(seen[1]["totals"]["cost_usd"])
+    assert seen[0]["totals"]["prompt_tokens"] == seen[1]["totals"]["prompt_tokens"]
+
+    # a tenant sees its own share of every replica's traffic; hourly buckets too
+    mine = usage(one, "sk-local-b", bucket="hour")
+    assert mine["totals"]["requests"] == 1
+    assert [b["tenant"] for b in mine["buckets"]] == ["team-b"]
+
+    # the figures outlive the gateways
+    one.stop()
+    two.stop()
+    three = gateway_factory(ledger=ledger)
+    assert usage(three)["totals"]["requests"] == 6
+
+
+def test_without_redis_a_gateway_counts_in_memory(gateway_factory: GatewayFactory) -> None:
+    gw = gateway_factory(ledger={"redisUrl": f"redis://127.0.0.1:{free_port()}/0"})
+    send(gw, "sk-local-a", 2)
+    body = usage_until(gw, 2)
+    assert body["source"] == "memory"
+    assert body["totals"]["requests"] == 2
+    metrics = httpx.get(f"{gw.url}/metrics").text
+    assert 'thrifty_ledger_shared_errors_total{op="write"}' in metrics
+    assert 'thrifty_ledger_shared_errors_total{op="read"}' in metrics
