@@ -2,7 +2,9 @@
 
 A batch is created from an uploaded `batch` file: its lines are validated again (the route
 table may have changed) and enqueued; the workers run them and finalize the batch with an
-output and an error file keyed by `custom_id`. The deferred-request routes are mounted here.
+output and an error file keyed by `custom_id`. A tenant (or a route of the batch) at its hard
+budget limit is refused with 429 `budget_exceeded`; what the lines cost is charged to the
+budgets as they finish. The deferred-request routes are mounted here.
 """
 
 from __future__ import annotations
@@ -16,12 +18,13 @@ from starlette.responses import Response
 
 from thrifty_core.errors import InvalidRequestError, NotFoundError, ThriftyError
 
+from ..services.batching.budgets import find_budgets, refuse_over_hard_limit
 from ..services.batching.finalize import finalize
 from ..services.batching.model import URLS, BatchRecord, Line, new_id
 from ..services.batching.queue import RedisQueue
 from ..services.batching.validate import validate_input
 from . import deferred
-from .deps import AuthedDep, Caller
+from .deps import AuthedDep, Caller, StateDep
 from .files import RuntimeDep, json_response, owned_file
 
 router = APIRouter()
@@ -49,7 +52,9 @@ async def owned_batch(queue: RedisQueue, caller: Caller, batch_id: str) -> Batch
 
 
 @router.post("/v1/batches")
-async def create_batch(request: Request, runtime: RuntimeDep, caller: AuthedDep) -> Response:
+async def create_batch(
+    request: Request, runtime: RuntimeDep, caller: AuthedDep, state: StateDep
+) -> Response:
     queue = require_queue(runtime.queue)
     try:
         body: dict[str, Any] = orjson.loads(await request.body())
@@ -87,6 +92,8 @@ async def create_batch(request: Request, runtime: RuntimeDep, caller: AuthedDep)
         )
     assert caller.tenant is not None
     tenant = caller.tenant.name
+    routes = {str(line.body.get("model", "")) for line in report.lines}
+    await refuse_over_hard_limit(find_budgets(state.stages), tenant, routes, time.time())
     record = BatchRecord(
         id=new_id("batch"),
         endpoint=str(endpoint),

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import tempfile
+from collections.abc import Sequence
 from typing import Any
 
 from thrifty_core.config import GatewayConfig
@@ -20,6 +21,7 @@ from thrifty_core.prices import Usage
 
 from ..ledger import Entry, Ledger
 from ..pipeline import Outcome, RequestContext, StageResponse
+from .budgets import charge, find_budgets
 from .coalesce import Coalescer
 from .files import FilesystemStore
 from .model import ENDPOINT_URLS, BatchRecord, Line, new_id
@@ -61,12 +63,18 @@ class BatchStage:
     name = STAGE_NAME
 
     def __init__(
-        self, runtime: BatchRuntime, coalescer: Coalescer | None, ledger: Ledger, routes: Any
+        self,
+        runtime: BatchRuntime,
+        coalescer: Coalescer | None,
+        ledger: Ledger,
+        routes: Any,
+        stages: Sequence[Any] = (),
     ) -> None:
         self.runtime = runtime
         self.coalescer = coalescer
         self.ledger = ledger
         self.routes = routes
+        self.stages = stages  # the gateway's stages (the budgets stage charges batch spend)
         self._sync: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -130,9 +138,19 @@ class BatchStage:
                     if not got:
                         continue
                     ids = []
+                    spend: dict[tuple[str, str, int], float] = {}
                     for entry_id, fields in got[0][1]:
                         ids.append(entry_id)
-                        self._record({k.decode(): v.decode() for k, v in fields.items()})
+                        f = {k.decode(): v.decode() for k, v in fields.items()}
+                        self._record(f)
+                        # spend per tenant, route and hour (budget periods start on the hour)
+                        hour = int(entry_id.split(b"-")[0]) // 3_600_000
+                        key = (f.get("t", "anonymous"), f.get("r", ""), hour)
+                        spend[key] = spend.get(key, 0.0) + float(f.get("u", "0") or 0)
+                    await charge(
+                        find_budgets(self.stages),
+                        [(t, r, usd, hour * 3600.0) for (t, r, hour), usd in spend.items()],
+                    )
                     await queue.redis.xack(keys.ledger, keys.ledger_group, *ids)
             except asyncio.CancelledError:
                 raise
@@ -182,7 +200,9 @@ async def batch_stage(config: GatewayConfig, resources: Any) -> BatchStage | Non
             window_ms=config.batch.coalesce_window_ms,
             max_inputs=config.batch.coalesce_max_inputs,
         )
-    stage = BatchStage(runtime, coalescer, resources.ledger, resources.routes)
+    stage = BatchStage(
+        runtime, coalescer, resources.ledger, resources.routes, getattr(resources, "stages", ())
+    )
     stage.start()
     return stage
 

@@ -1,0 +1,80 @@
+"""Batch work against the tenant and route budgets of the budgets stage (services/budgets).
+
+Deferred requests and Batch API lines are not priced when they are accepted but when a worker
+has run them: the gateway's ledger sync `charge`s what each finished line cost to its tenant's
+and route's budgets (in the budget's period of the moment the line finished). Creating a
+batch is refused with the stage's hard-limit error (429 `budget_exceeded`) while the tenant,
+or a route the batch uses, is over its hard limit; a deferred request is refused by the
+budgets stage itself, which runs before the deferral. As in the stage, a failing spend store
+lets work through (fail open) and says so in the log.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from ..budgets.stage import BudgetExceededError, BudgetLine, BudgetStage
+
+log = logging.getLogger(__name__)
+
+
+def find_budgets(stages: Iterable[Any]) -> BudgetStage | None:
+    return next((s for s in stages if isinstance(s, BudgetStage)), None)
+
+
+def _lines(budgets: BudgetStage, tenant: str, routes: Iterable[str]) -> list[BudgetLine]:
+    found: dict[tuple[str, str], BudgetLine] = {}
+    for route in [*routes] or [""]:
+        for line in budgets.lines_for(tenant, route):
+            found[(line.scope, line.owner)] = line
+    return list(found.values())
+
+
+async def refuse_over_hard_limit(
+    budgets: BudgetStage | None, tenant: str, routes: Iterable[str], now: float
+) -> None:
+    """Raise `BudgetExceededError` when `tenant` or one of `routes` is at its hard limit."""
+    if budgets is None:
+        return
+    lines = [ln for ln in _lines(budgets, tenant, routes) if ln.budget.hard_limit_usd is not None]
+    if not lines:
+        return
+    windows = [ln.window(now) for ln in lines]
+    try:
+        spent = await budgets.store.get([key for key, _, _ in windows])
+    except Exception:
+        budgets.metrics.store_errors.inc()
+        log.warning("budget store unavailable; batch let through", exc_info=True)
+        return
+    for line, (_, _, end), usd in zip(lines, windows, spent, strict=True):
+        b = line.budget
+        assert b.hard_limit_usd is not None
+        if usd >= b.hard_limit_usd:
+            budgets.metrics.limited.labels(line.scope, line.owner, "hard").inc()
+            raise BudgetExceededError(
+                f"The {line.scope} '{line.owner}' has used its {b.period}ly budget of "
+                f"${b.hard_limit_usd:.2f} (spent ${usd:.2f}). It resets at "
+                f"{end.isoformat().replace('+00:00', 'Z')}.",
+                retry_after=end.timestamp() - now,
+            )
+
+
+async def charge(
+    budgets: BudgetStage | None, spend: Sequence[tuple[str, str, float, float]]
+) -> None:
+    """Add each (tenant, route, usd, when) to the budgets it falls under."""
+    if budgets is None:
+        return
+    try:
+        for tenant, route, usd, when in spend:
+            if usd <= 0:
+                continue
+            lines = budgets.lines_for(tenant, route)
+            items = [(key, end.timestamp()) for key, _, end in (ln.window(when) for ln in lines)]
+            if items:
+                await budgets.store.add(items, usd)
+    except Exception:
+        budgets.metrics.store_errors.inc()
+        log.warning("budget store unavailable; batch spend not recorded", exc_info=True)
