@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     """Operator settings in one place; the API client every handler uses (via the memo)."""
-    configure_kopf(settings)
+    configure_kopf(settings, namespaced=bool(memo.get("namespaced")))
     ours = memo.get("settings")
     if not isinstance(ours, OperatorSettings):
         ours = OperatorSettings()
@@ -184,7 +184,7 @@ def run_operator(
     )
     kopf.run(
         registry=build_registry(settings),
-        memo=kopf.Memo(settings=settings),
+        memo=kopf.Memo(settings=settings, namespaced=bool(namespaces)),
         namespaces=namespaces,
         clusterwide=not namespaces,
         standalone=standalone,

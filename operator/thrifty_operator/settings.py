@@ -37,6 +37,12 @@ class OperatorSettings(BaseSettings):
     retrain_after_seconds: float = Field(
         default=900.0, gt=0, description="A failed train Job is retried after this long."
     )
+    collection_delete_timeout_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        description="The CachePolicy finalizer waits this long (from deletionTimestamp) for the "
+        "collection delete Job, then lets the policy go with a Warning Event.",
+    )
     field_manager: str = FIELD_MANAGER
     log_format: Literal["json", "plain"] = "json"
     health_port: int = Field(default=8081, ge=0, le=65535, description="0 disables /healthz.")
@@ -53,9 +59,17 @@ class OperatorSettings(BaseSettings):
         )
 
 
-def configure_kopf(settings: kopf.OperatorSettings) -> None:
+def configure_kopf(settings: kopf.OperatorSettings, *, namespaced: bool = False) -> None:
     """kopf's own knobs: state in annotations (status is schema-pruned), our finalizer name,
-    Events for warnings and above, bounded watch and request timeouts, backoff on errors."""
+    Events for warnings and above, bounded watch and request timeouts, backoff on errors.
+
+    `namespaced` (exact `--namespace` names): no namespace scanning. kopf stops watching a
+    namespace as soon as it is marked for deletion, before the finalizers of the objects in it
+    ran, which would hold the namespace in Terminating forever (nolar/kopf#1088); the watched
+    namespaces are known exactly, so nothing is lost (CRDs come before the operator, as the
+    chart installs them).
+    """
+    settings.scanning.disabled = namespaced
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -66,5 +80,5 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 30
     settings.networking.request_timeout = 60
-    settings.batching.error_delays = (1, 2, 5, 10, 30, 60)
+    settings.queueing.error_delays = (1, 2, 5, 10, 30, 60)
     settings.execution.max_workers = 8

@@ -22,12 +22,35 @@ from typing import Any
 
 import yaml
 
-from tests.e2e.k8s import Cluster, wait_for
+from tests.e2e.k8s import Cluster, tool_path, wait_for
 from tests.services import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
+RESTRICTED = {
+    "pod-security.kubernetes.io/enforce": "restricted",
+    "pod-security.kubernetes.io/enforce-version": "latest",
+}
 EXAMPLES = ("cachepolicy.yaml", "batchqueue.yaml", "llmgateway.yaml", "distilledmodel.yaml")
 KINDS = ("llmgateway", "cachepolicy", "batchqueue", "distilledmodel")
+
+
+def restricted_namespace(cluster: Cluster, name: str) -> None:
+    """A namespace enforcing the `restricted` Pod Security Standard."""
+    cluster.kubectl("create", "namespace", name)
+    cluster.kubectl("label", "namespace", name, *(f"{k}={v}" for k, v in RESTRICTED.items()))
+
+
+def helm(cluster: Cluster, *args: str) -> str:
+    result = subprocess.run(
+        [str(tool_path("helm")), *args],
+        env=cluster.env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, f"helm {' '.join(args)}:\n{result.stderr}"
+    return result.stdout
 
 
 def create_volumes(cluster: Cluster, prefix: str, count: int) -> list[str]:

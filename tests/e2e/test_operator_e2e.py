@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.k8s import GPU_NODES, Cluster, tool_path, wait_for
+from tests.e2e.k8s import GPU_NODES, Cluster, wait_for
 from tests.e2e.operator_helpers import (
     KINDS,
     ROOT,
@@ -31,7 +31,9 @@ from tests.e2e.operator_helpers import (
     create_volumes,
     delete_volumes,
     get,
+    helm,
     pod_template_hash,
+    restricted_namespace,
     service_account_kubeconfig,
     settle,
     simulate_evaluation,
@@ -43,11 +45,6 @@ from thrifty_operator.rbac import RULES
 from thrifty_operator.report import ApiTarget, patch_configmap, run_and_publish
 
 pytestmark = pytest.mark.e2e
-
-RESTRICTED = {
-    "pod-security.kubernetes.io/enforce": "restricted",
-    "pod-security.kubernetes.io/enforce-version": "latest",
-}
 
 
 @dataclass
@@ -63,26 +60,6 @@ class Platform:
         return f"{self.release}-operator"
 
 
-def _restricted_namespace(cluster: Cluster, name: str) -> None:
-    cluster.kubectl("create", "namespace", name)
-    cluster.kubectl("label", "namespace", name, *(f"{k}={v}" for k, v in RESTRICTED.items()))
-
-
-def _helm(cluster: Cluster, *args: str) -> str:
-    import subprocess
-
-    result = subprocess.run(
-        [str(tool_path("helm")), *args],
-        env=cluster.env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert result.returncode == 0, f"helm {' '.join(args)}:\n{result.stderr}"
-    return result.stdout
-
-
 @pytest.fixture(scope="module")
 def platform(k8s_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     cluster = k8s_cluster
@@ -91,11 +68,11 @@ def platform(k8s_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> 
     tmp = tmp_path_factory.mktemp("operator")
     operator: OperatorProcess | None = None
     try:
-        _restricted_namespace(cluster, ns)
-        _restricted_namespace(cluster, system_ns)
+        restricted_namespace(cluster, ns)
+        restricted_namespace(cluster, system_ns)
         create_volumes(cluster, ns, 16)
         cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
-        _helm(cluster, "install", release, str(ROOT / "charts" / "thrifty"), "-n", system_ns)
+        helm(cluster, "install", release, str(ROOT / "charts" / "thrifty"), "-n", system_ns)
         kubeconfig = service_account_kubeconfig(
             cluster, system_ns, f"{release}-operator", tmp / "operator.kubeconfig"
         )
@@ -109,7 +86,7 @@ def platform(k8s_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> 
         if operator is not None:
             print(operator.tail(200))  # noqa: T201 - shown by pytest only when a test failed
             operator.stop()
-        _helm(cluster, "uninstall", release, "-n", system_ns, "--ignore-not-found")
+        helm(cluster, "uninstall", release, "-n", system_ns, "--ignore-not-found")
         cluster.delete_namespace(ns)
         cluster.delete_namespace(system_ns)
         delete_volumes(cluster, ns)
@@ -219,7 +196,8 @@ def test_rendered_config_matches_the_specs(platform: Platform) -> None:
     assert config.providers[0].base_url == spec["providers"][0]["baseUrl"]
     assert config.default_cache_policy == "default-cache"
     policy = config.cache_policies["default-cache"]
-    assert policy.spec.semantic.threshold == 0.9
+    example = yaml.safe_load((ROOT / "examples" / "cachepolicy.yaml").read_text())
+    assert policy.spec.semantic.threshold == example["spec"]["semantic"]["threshold"]
     assert policy.stores.collection == f"thrifty-{ns}-default-cache"
     assert policy.stores.redis_url == f"redis://default-cache-redis.{ns}.svc:6379/0"
     assert config.batch is not None and config.batch.name == "default-batch"
@@ -283,7 +261,7 @@ def test_policy_edit_rolls_only_the_gateways_using_it(platform: Platform) -> Non
         ns,
         "--type=merge",
         "-p",
-        '{"spec": {"semantic": {"threshold": 0.95}}}',
+        '{"spec": {"semantic": {"threshold": 0.97}}}',
     )
     after = wait_for(
         lambda: (h := pod_template_hash(cluster, ns, "thrifty-gateway")) != before_using and h,
@@ -291,7 +269,7 @@ def test_policy_edit_rolls_only_the_gateways_using_it(platform: Platform) -> Non
         message="the gateway using the policy to roll",
     )
     cm = get(cluster, "configmap", ns, "thrifty-gateway-config") or {}
-    assert "threshold: 0.95" in cm["data"]["gateway.yaml"]
+    assert "threshold: 0.97" in cm["data"]["gateway.yaml"]
     settle(4)
     assert pod_template_hash(cluster, ns, "plain-gateway") == before_plain
     assert pod_template_hash(cluster, ns, "thrifty-gateway") == after

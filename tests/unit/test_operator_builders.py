@@ -178,7 +178,7 @@ def test_config_hash_follows_the_referenced_policy_only() -> None:
     pbody = example("cachepolicy")
     _, before = render(gateway, CachePolicy.model_validate(pbody), queue)
     _, again = render(gateway, CachePolicy.model_validate(pbody), queue)
-    pbody["spec"]["semantic"]["threshold"] = 0.95
+    pbody["spec"]["semantic"]["threshold"] = 0.85
     _, after = render(gateway, CachePolicy.model_validate(pbody), queue)
     assert before == again
     assert before != after

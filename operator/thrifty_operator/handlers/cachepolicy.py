@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, cast
 
 import kopf
 
 from thrifty_core.api import CachePolicy
 
+from ..apply import KubeError
 from ..builders import cache, names
 from ..builders.common import Owner
 from ..conditions import Cond, false, true
@@ -20,11 +24,14 @@ from .common import (
     apply_all,
     deployment_state,
     job_state,
+    now,
     parse,
     plain,
     statefulset_state,
 )
 from .indexes import Indexes
+
+logger = logging.getLogger(__name__)
 
 
 async def _store_state(policy: CachePolicy, owner: Owner, ctx: Context) -> tuple[bool, bool, str]:
@@ -89,26 +96,97 @@ async def dependents(body: Body, status: dict[str, Any], ix: Indexes, ctx: Conte
     await gateway.resync(ix.with_body(current), ctx, ns, ix.gateways_using_policy(ns, name))
 
 
+@dataclass(frozen=True)
+class FinalizerStep:
+    """What the collection finalizer does next: wait (retry soon) or release the policy, with
+    a Warning (reason, message) when the collection may be left behind."""
+
+    release: bool
+    reason: str = ""
+    message: str = ""
+
+
+def deleted_at(body: Body) -> datetime | None:
+    """The policy's metadata.deletionTimestamp (None when it is not being deleted)."""
+    raw = body.get("metadata", {}).get("deletionTimestamp")
+    try:
+        return datetime.fromisoformat(str(raw)) if raw else None
+    except ValueError:
+        return None
+
+
+def collection_delete_step(
+    collection: str,
+    state: str | None,
+    error: KubeError | None,
+    since: datetime | None,
+    now: datetime,
+    timeout_s: float,
+) -> FinalizerStep:
+    """Decide the finalizer's next step from the delete Job's state or the API error.
+
+    A refusal that retrying cannot fix (403, e.g. the namespace is being terminated; 404; 422)
+    releases at once; a Job that neither completes nor fails (e.g. stuck Pending) or a transient
+    API fault is waited for until `timeout_s` after the deletionTimestamp, then released. Either
+    way the policy never blocks its namespace's deletion forever.
+    """
+    if error is not None and (error.permanent or error.status == 404):
+        return FinalizerStep(
+            True,
+            "CollectionDeleteRefused",
+            f"the API server refused the delete Job ({error.status}: {error.message}); "
+            f"the collection {collection} may remain",
+        )
+    if error is None and state == "Complete":
+        return FinalizerStep(True)
+    if error is None and state == "Failed":
+        return FinalizerStep(
+            True,
+            "CollectionNotDeleted",
+            f"the collection delete Job failed; the collection {collection} was left in place",
+        )
+    if since is not None and (now - since).total_seconds() >= timeout_s:
+        return FinalizerStep(
+            True,
+            "CollectionDeleteTimedOut",
+            f"the collection delete Job did not finish within {timeout_s:.0f}s of the deletion; "
+            f"giving up, the collection {collection} may remain",
+        )
+    why = f"API error {error.status}" if error is not None else f"Job {state}"
+    return FinalizerStep(False, "", f"waiting for the collection to be deleted ({why})")
+
+
 async def delete_collection(body: Body, ctx: Context) -> None:
-    """Finalizer step for deletionPolicy Delete: run the delete Job and wait for it."""
+    """Finalizer step for deletionPolicy Delete: run the delete Job and wait for it, within a
+    deadline; a refused or stuck Job lets the policy go with a Warning Event."""
     try:
         policy = parse(CachePolicy, body)
     except InvalidSpec:
         return
     owner = Owner.from_body(body)
     job = cache.build_collection_delete_job(policy, owner, ctx.defaults)
-    if job is None:
+    target = cache.collection(policy)
+    if job is None or target is None:
         return
-    await ctx.kube.apply(job)
-    obj = await ctx.kube.get("batch/v1", "Job", owner.namespace, job["metadata"]["name"])
-    state = job_state(obj)
-    if state == "Complete":
-        return
-    if state == "Failed":
-        kopf.warn(
-            cast(kopf.Body, body),
-            reason="CollectionNotDeleted",
-            message="the collection delete Job failed; the data was left in place",
+    state: str | None = None
+    error: KubeError | None = None
+    try:
+        await ctx.kube.apply(job)
+        state = job_state(
+            await ctx.kube.get("batch/v1", "Job", owner.namespace, job["metadata"]["name"])
         )
-        return
-    raise kopf.TemporaryError("waiting for the collection to be deleted", delay=5)
+    except KubeError as exc:
+        error = exc
+    step = collection_delete_step(
+        target.name,
+        state,
+        error,
+        deleted_at(body),
+        now(),
+        ctx.settings.collection_delete_timeout_seconds,
+    )
+    if not step.release:
+        raise kopf.TemporaryError(step.message, delay=5)
+    if step.reason:
+        logger.warning("cachepolicy %s/%s released: %s", owner.namespace, owner.name, step.message)
+        kopf.warn(cast(kopf.Body, body), reason=step.reason, message=step.message)
