@@ -1,5 +1,5 @@
 """The operator's guard rails on the real control plane (kwok nodes), with the chart's RBAC:
-a CachePolicy finalizer never blocks its namespace's deletion.
+a BatchQueue serves one gateway; a CachePolicy finalizer never blocks its namespace's deletion.
 
 One module-scoped install (chart, CRDs, the operator as the chart's ServiceAccount) watching one
 namespace; tests run in file order and the last one deletes that namespace.
@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 import yaml
@@ -18,13 +19,16 @@ from tests.e2e.k8s import Cluster, wait_for
 from tests.e2e.operator_helpers import (
     ROOT,
     OperatorProcess,
+    condition,
     create_volumes,
     delete_volumes,
+    get,
     helm,
     restricted_namespace,
     service_account_kubeconfig,
     wait_ready,
 )
+from thrifty_core.config import parse_config
 
 pytestmark = pytest.mark.e2e
 
@@ -65,6 +69,68 @@ def install(k8s_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> I
         cluster.delete_namespace(ns)
         cluster.delete_namespace(system_ns)
         delete_volumes(cluster, ns)
+
+
+def _gateway(ns: str, name: str, queue: str) -> dict[str, Any]:
+    body: dict[str, Any] = yaml.safe_load((ROOT / "examples" / "llmgateway.yaml").read_text())
+    body["metadata"] = {"name": name, "namespace": ns}
+    for key in ("cachePolicyRef", "autoscaling", "podDisruptionBudget"):
+        body["spec"].pop(key)
+    body["spec"].update(replicas=1, batchQueueRef={"name": queue})
+    return body
+
+
+def _batch_of(cluster: Cluster, ns: str, gateway: str) -> str | None:
+    cm = get(cluster, "configmap", ns, f"{gateway}-gateway-config") or {}
+    config = parse_config(yaml.safe_load(cm["data"]["gateway.yaml"]))
+    return config.batch.name if config.batch else None
+
+
+def _serves(cluster: Cluster, ns: str, gateway: str) -> bool:
+    queue = get(cluster, "batchqueue", ns, "jobs") or {}
+    worker = get(cluster, "deployment", ns, "jobs-batch-worker") or {}
+    annotations = worker.get("spec", {}).get("template", {}).get("metadata", {})
+    return bool(
+        queue.get("status", {}).get("gateway") == gateway
+        and (annotations.get("annotations") or {}).get("thrifty.dev/gateway") == gateway
+    )
+
+
+def test_a_batch_queue_serves_one_gateway(install: Install) -> None:
+    """A second gateway on the same queue would run its lines with the first one's providers
+    and keys and share its tenants' batches: it is refused (naming the holder) until the
+    holder goes. The holder is the oldest, not the first by name."""
+    cluster, ns = install.cluster, install.ns
+    queue = yaml.safe_load((ROOT / "examples" / "batchqueue.yaml").read_text())
+    queue["metadata"] = {"name": "jobs", "namespace": ns}
+    cluster.apply(queue)
+    cluster.apply(_gateway(ns, "zeta", "jobs"))
+    zeta = wait_ready(cluster, "llmgateway", ns, "zeta", timeout=120)
+    assert condition(zeta, "BatchQueueReady")["reason"] == "Serving"
+    cluster.apply(_gateway(ns, "alpha", "jobs"))
+
+    def refused() -> dict[str, Any] | None:
+        obj = get(cluster, "llmgateway", ns, "alpha")
+        return obj if condition(obj, "Ready").get("reason") == "BatchQueueInUse" else None
+
+    alpha = wait_for(refused, timeout=60, message="alpha Ready=False BatchQueueInUse")
+    assert condition(alpha, "Ready")["status"] == "False"
+    assert "'zeta'" in condition(alpha, "BatchQueueReady")["message"]
+    wait_for(lambda: _serves(cluster, ns, "zeta"), timeout=60, message="jobs serving zeta")
+    assert _batch_of(cluster, ns, "zeta") == "jobs"
+    assert _batch_of(cluster, ns, "alpha") is None  # neither its stream nor its files
+    deploy = get(cluster, "deployment", ns, "alpha-gateway") or {}
+    claims = [
+        v["persistentVolumeClaim"]["claimName"]
+        for v in deploy["spec"]["template"]["spec"]["volumes"]
+        if "persistentVolumeClaim" in v
+    ]
+    assert "jobs-files" not in claims
+    cluster.kubectl("delete", "llmgateway", "zeta", "-n", ns)
+    alpha = wait_ready(cluster, "llmgateway", ns, "alpha", timeout=90)
+    assert condition(alpha, "BatchQueueReady")["reason"] == "Serving"
+    wait_for(lambda: _serves(cluster, ns, "alpha"), timeout=60, message="jobs serving alpha")
+    assert _batch_of(cluster, ns, "alpha") == "jobs"
 
 
 def test_deleting_the_namespace_is_not_blocked_by_the_collection_finalizer(

@@ -129,6 +129,12 @@ class BatchQueueStatus(CommonStatus):
 
     worker_replicas: int = Field(default=0, ge=0, description="Ready worker pods.")
     stream: str = Field(default="", description="Redis stream the queue uses.")
+    gateway: str = Field(
+        default="",
+        description="The LLMGateway this queue serves (the oldest one referencing it); its "
+        "worker runs that gateway's config. Other gateways referencing the queue are refused "
+        "(their BatchQueueReady condition says BatchQueueInUse).",
+    )
 
 
 class BatchQueue(Resource):
@@ -144,6 +150,7 @@ class BatchQueue(Resource):
     extra_columns: ClassVar[tuple[PrinterColumn, ...]] = (
         PrinterColumn(name="Mode", type="string", json_path=".spec.mode"),
         PrinterColumn(name="Workers", type="integer", json_path=".status.workerReplicas"),
+        PrinterColumn(name="Gateway", type="string", json_path=".status.gateway"),
     )
 
     kind: Literal["BatchQueue"] = Field(default="BatchQueue", description="Resource kind.")

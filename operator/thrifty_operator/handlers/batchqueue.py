@@ -1,4 +1,5 @@
-"""BatchQueue: its Redis and file store; the worker runs with its gateway's config."""
+"""BatchQueue: its Redis and file store; the worker runs with the config of the one gateway
+it serves (the oldest referencing it)."""
 
 from __future__ import annotations
 
@@ -28,21 +29,32 @@ async def reconcile(body: Body, ix: Indexes, ctx: Context) -> Outcome:
         if redis_ok
         else false("StoreReady", "StoresProgressing", f"redis: {message}")
     ]
-    fields: dict[str, Any] = {"stream": names.batch_stream(owner.name, ns), "workerReplicas": 0}
+    fields: dict[str, Any] = {
+        "stream": names.batch_stream(owner.name, ns),
+        "workerReplicas": 0,
+        "gateway": "",
+    }
     users = ix.gateways_using_queue(ns, owner.name)
-    if not users:
+    holder = ix.queue_holder(ns, owner.name)
+    if holder is None:
         conds.append(
             false("Available", "NoGateway", "no LLMGateway references this queue (batchQueueRef)")
         )
         return Outcome(conds, fields)
-    # The worker mounts its gateway's config: re-render the gateways (they apply the worker).
+    fields["gateway"] = holder
+    # The worker mounts its gateway's config: re-render the gateways (the holder applies the
+    # worker; the others learn that they are refused).
     await gateway.resync(ix, ctx, ns, users)
     worker = await ctx.kube.get("apps/v1", "Deployment", ns, names.batch_worker(owner.name))
     ok, message = deployment_state(worker)
     fields["workerReplicas"] = int((worker or {}).get("status", {}).get("readyReplicas", 0))
+    refused = [u for u in users if u != holder]
+    serves = f"serves gateway {holder}" + (
+        f"; refused (BatchQueueInUse): {', '.join(refused)}" if refused else ""
+    )
     conds.append(
-        true("Available", "WorkersAvailable", f"{message} (config of gateway {users[0]})")
+        true("Available", "WorkersAvailable", f"{message}; {serves}")
         if ok
-        else false("Available", "WorkersProgressing", message)
+        else false("Available", "WorkersProgressing", f"{message}; {serves}")
     )
     return Outcome(conds, fields)

@@ -88,8 +88,11 @@ async def sync(body: dict[str, Any], ix: Indexes, ctx: Context) -> Outcome:
         "endpoint": names.gateway_endpoint(owner.name, ns),
         "routes": [r.name for r in gateway.spec.routes],
     }
+    queue_cond = queue_condition(gateway, ix)
     try:
         policies, queue, students = gather(gateway, ix)
+        if not queue_cond.ok:
+            queue = None  # refused: neither its stream, its files nor its worker
         config = render_gateway_config(gateway, policies, queue, students)
     except (MissingReference, KeyError) as exc:
         message = str(exc.args[0]) if exc.args else str(exc)
@@ -149,16 +152,36 @@ async def sync(body: dict[str, Any], ix: Indexes, ctx: Context) -> Outcome:
         if available
         else false("Available", "Progressing", message),
     ]
+    if gateway.spec.batch_queue_ref is not None:
+        conds.append(queue_cond)
     return Outcome(conds, fields)
+
+
+def queue_condition(gateway: LLMGateway, ix: Indexes) -> Cond:
+    """BatchQueueReady: a queue serves one gateway (its worker runs that gateway's providers,
+    keys and tenants), the oldest that references it; any other is refused, by name."""
+    ref = gateway.spec.batch_queue_ref
+    if ref is None:
+        return true("BatchQueueReady", "NotUsed", "no batchQueueRef")
+    ns, name = gateway.metadata.namespace, gateway.metadata.name
+    holder = ix.queue_holder(ns, ref.name)
+    if holder is not None and holder != name:
+        return false(
+            "BatchQueueReady",
+            "BatchQueueInUse",
+            f"BatchQueue {ref.name!r} already serves LLMGateway {holder!r}; a queue serves one "
+            "gateway (give this one its own BatchQueue)",
+        )
+    return true("BatchQueueReady", "Serving", f"BatchQueue {ref.name!r} runs this gateway's config")
 
 
 async def _sync_worker(
     gateway: str, queue: BatchQueue, digest: str, refs: Any, ix: Indexes, ctx: Context
 ) -> None:
-    """The first gateway (by name) that uses a queue drives its worker's config."""
+    """Only the gateway the queue serves drives its worker's config."""
     ns = queue.metadata.namespace
-    users = ix.gateways_using_queue(ns, queue.metadata.name)
-    if users and users[0] != gateway:
+    holder = ix.queue_holder(ns, queue.metadata.name)
+    if holder is not None and holder != gateway:
         return
     queue_body = ix.body("BatchQueue", ns, queue.metadata.name)
     if queue_body is None:

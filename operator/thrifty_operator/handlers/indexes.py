@@ -57,6 +57,12 @@ def students_by_gateway(
     return {(namespace or "default", gateway): name or ""} if gateway else {}
 
 
+def _age_key(body: Mapping[str, Any] | None, name: str) -> tuple[str, str]:
+    """Sorts by creationTimestamp (RFC 3339 UTC sorts as text), unknown ones last."""
+    created = (body or {}).get("metadata", {}).get("creationTimestamp")
+    return (str(created) if created else "~", name)
+
+
 @dataclass(frozen=True)
 class Indexes:
     """The indexes one handler call sees, with lookups that return plain values."""
@@ -90,6 +96,14 @@ class Indexes:
 
     def gateways_using_queue(self, namespace: str, queue: str) -> list[str]:
         return sorted(set(self._values(GATEWAYS_BY_QUEUE, (namespace, queue))))
+
+    def queue_holder(self, namespace: str, queue: str) -> str | None:
+        """The one gateway a BatchQueue serves: the oldest referencing it (name breaks ties),
+        so a gateway created later never takes over a queue in use."""
+        users = self.gateways_using_queue(namespace, queue)
+        if not users:
+            return None
+        return min(users, key=lambda n: _age_key(self.body("LLMGateway", namespace, n), n))
 
     def students_of(self, namespace: str, gateway: str) -> list[str]:
         return sorted(set(self._values(STUDENTS_BY_GATEWAY, (namespace, gateway))))
