@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from .api.base import SecretKeyRef
 from .api.batchqueue import BatchQueue
 from .api.cachepolicy import CachePolicy
 from .api.costcontrol import NetSavings, RunningComponent
@@ -40,6 +41,27 @@ STUDENT_ARTIFACTS_DIR = "/var/lib/thrifty/students"
 def managed_redis_url(owner: str, namespace: str) -> str:
     """In-cluster URL of the Redis the operator runs for `owner` (a policy or queue name)."""
     return f"redis://{owner}-redis.{namespace}.svc:6379/0"
+
+
+MANAGED_REDIS_PASSWORD_KEY = "password"
+
+
+def managed_redis_secret(owner: str) -> str:
+    """The Secret with the password the operator generates for the Redis it runs for `owner`."""
+    return f"{owner}-redis-auth"
+
+
+def managed_redis_password(owner: str) -> SecretKeyRef:
+    return SecretKeyRef(name=managed_redis_secret(owner), key=MANAGED_REDIS_PASSWORD_KEY)
+
+
+def redis_password_ref(policy: CachePolicy) -> SecretKeyRef | None:
+    """The policy's Redis password: its own Secret key, else the generated one of a managed
+    Redis (an external Redis without a ref has none)."""
+    redis = policy.spec.stores.redis
+    if redis.password_secret_ref is not None:
+        return redis.password_secret_ref
+    return managed_redis_password(policy.metadata.name) if redis.managed else None
 
 
 def managed_qdrant_url(policy: str, namespace: str) -> str:
@@ -71,7 +93,7 @@ def render_cache_policy(policy: CachePolicy) -> CachePolicyConfig:
             if stores.qdrant.managed
             else stores.qdrant.url
         )
-    redis_pw = stores.redis.password_secret_ref
+    redis_pw = redis_password_ref(policy)
     qdrant_key = stores.qdrant.password_secret_ref
     return CachePolicyConfig(
         spec=policy.spec,
@@ -203,6 +225,9 @@ def render_gateway_config(
             name=batch_queue.metadata.name,
             spec=batch_queue.spec,
             redis_url=managed_redis_url(batch_queue.metadata.name, ns),
+            redis_password=secret_file(
+                managed_redis_secret(batch_queue.metadata.name), MANAGED_REDIS_PASSWORD_KEY
+            ),
             files_dir=BATCH_FILES_DIR,
         )
     students = [

@@ -30,6 +30,8 @@ KINDS: dict[tuple[str, str], KindInfo] = {
     ("v1", "ServiceAccount"): KindInfo("serviceaccounts"),
     ("v1", "PersistentVolumeClaim"): KindInfo("persistentvolumeclaims"),
     ("v1", "Pod"): KindInfo("pods"),
+    ("v1", "Secret"): KindInfo("secrets"),
+    ("networking.k8s.io/v1", "NetworkPolicy"): KindInfo("networkpolicies"),
     ("apps/v1", "Deployment"): KindInfo("deployments"),
     ("apps/v1", "StatefulSet"): KindInfo("statefulsets"),
     ("batch/v1", "Job"): KindInfo("jobs"),
@@ -127,6 +129,22 @@ class KubeClient:
             body=manifest,
             content_type="application/apply-patch+yaml",
         )
+
+    async def create(self, manifest: dict[str, Any]) -> bool:
+        """Create the object unless it exists (then leave it untouched); True when created.
+
+        For what must never be overwritten (a generated password): no read, no apply."""
+        meta = manifest["metadata"]
+        url = path(manifest["apiVersion"], manifest["kind"], meta.get("namespace"))
+        try:
+            await self._call(
+                "POST", url, query=[("fieldManager", self.field_manager)], body=manifest
+            )
+        except KubeError as exc:
+            if exc.status == 409:
+                return False
+            raise
+        return True
 
     async def get(
         self, api_version: str, kind: str, namespace: str, name: str

@@ -2,7 +2,9 @@
 
 Server-side apply of a new object needs `create` as well as `patch`; reads are `get`; kopf
 watches the custom resources (`list`, `watch`), patches them (finalizers, its annotations) and
-their status, posts Events, and watches namespaces and CRDs (to notice new ones).
+their status, posts Events, and watches namespaces and CRDs (to notice new ones). Secrets are
+only created (a managed Redis's generated password, create-if-absent): never read, listed,
+patched or deleted, so the operator cannot see any Secret's value.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ RULES: list[Rule] = [
         "verbs": APPLY,
     },
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
     {"apiGroups": ["apps"], "resources": ["deployments", "statefulsets"], "verbs": APPLY},
     {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": [*APPLY, "delete"]},
     {
@@ -48,6 +51,7 @@ RULES: list[Rule] = [
         "verbs": [*APPLY, "delete"],
     },
     {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": [*APPLY, "delete"]},
+    {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": APPLY},
     {
         "apiGroups": ["rbac.authorization.k8s.io"],
         "resources": ["roles", "rolebindings"],

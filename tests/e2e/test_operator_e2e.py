@@ -200,6 +200,8 @@ def test_rendered_config_matches_the_specs(platform: Platform) -> None:
     assert policy.spec.semantic.threshold == example["spec"]["semantic"]["threshold"]
     assert policy.stores.collection == f"thrifty-{ns}-default-cache"
     assert policy.stores.redis_url == f"redis://default-cache-redis.{ns}.svc:6379/0"
+    assert policy.stores.redis_password is not None
+    assert str(policy.stores.redis_password.file).endswith("/default-cache-redis-auth/password")
     assert config.batch is not None and config.batch.name == "default-batch"
     (student,) = config.students
     model = get(cluster, "distilledmodel", ns, "banking-intent") or {}
@@ -450,6 +452,9 @@ def test_rbac_is_exactly_what_the_operator_uses(platform: Platform) -> None:
         ("patch", "deployments.apps", "yes"),
         ("create", "jobs.batch", "yes"),
         ("get", "secrets", "no"),
+        ("create", "secrets", "yes"),  # the generated Redis passwords, create-if-absent
+        ("patch", "secrets", "no"),
+        ("patch", "networkpolicies.networking.k8s.io", "yes"),
         ("list", "pods", "no"),
         ("delete", "deployments.apps", "no"),
         ("create", "clusterroles.rbac.authorization.k8s.io", "no"),

@@ -7,12 +7,17 @@ namespace; tests run in file order and the last one deletes that namespace.
 
 from __future__ import annotations
 
+import base64
+import shutil
+import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import yaml
 
 from tests.e2e.k8s import Cluster, wait_for
@@ -28,9 +33,12 @@ from tests.e2e.operator_helpers import (
     service_account_kubeconfig,
     wait_ready,
 )
+from tests.services import free_port, wait_for_port
 from thrifty_core.config import parse_config
 
 pytestmark = pytest.mark.e2e
+
+SECRETS = "/var/run/thrifty/secrets"
 
 
 @dataclass
@@ -131,6 +139,98 @@ def test_a_batch_queue_serves_one_gateway(install: Install) -> None:
     assert condition(alpha, "BatchQueueReady")["reason"] == "Serving"
     wait_for(lambda: _serves(cluster, ns, "alpha"), timeout=60, message="jobs serving alpha")
     assert _batch_of(cluster, ns, "alpha") == "jobs"
+    cm = get(cluster, "configmap", ns, "alpha-gateway-config") or {}
+    config = parse_config(yaml.safe_load(cm["data"]["gateway.yaml"]))
+    assert config.batch is not None and config.batch.redis_password is not None
+    assert config.batch.redis_password.file == f"{SECRETS}/jobs-redis-auth/password"
+    for deployment in ("alpha-gateway", "jobs-batch-worker"):
+        assert f"{SECRETS}/jobs-redis-auth" in _mount_paths(cluster, ns, deployment)
+
+
+def _mount_paths(cluster: Cluster, ns: str, deployment: str) -> set[str]:
+    obj = get(cluster, "deployment", ns, deployment) or {}
+    container = obj["spec"]["template"]["spec"]["containers"][0]
+    return {m["mountPath"] for m in container["volumeMounts"]}
+
+
+def _secret(cluster: Cluster, ns: str, name: str) -> tuple[str, str]:
+    """(uid, password) of a generated Redis password Secret."""
+    obj = get(cluster, "secret", ns, name) or {}
+    return obj["metadata"]["uid"], base64.b64decode(obj["data"]["password"]).decode()
+
+
+def _redis_like(
+    args: list[str], password: str, workdir: Path
+) -> tuple[subprocess.Popen[bytes], int]:
+    """A real redis-server with the Deployment's arguments (kubelet's $(VAR) expansion done
+    here; port and data dir moved to this machine)."""
+    port = free_port()
+    local = [password if a == "$(REDIS_PASSWORD)" else a for a in args]
+    local[local.index("--port") + 1] = str(port)
+    local[local.index("--dir") + 1] = str(workdir)
+    proc = subprocess.Popen(
+        [str(shutil.which("redis-server")), *local, "--bind", "127.0.0.1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_for_port(port, proc=proc)
+    return proc, port
+
+
+def test_managed_redis_needs_its_password_generated_once(install: Install, tmp_path: Path) -> None:
+    cluster, ns = install.cluster, install.ns
+    policy = yaml.safe_load((ROOT / "examples" / "cachepolicy.yaml").read_text())
+    policy["metadata"] = {"name": "guarded", "namespace": ns}
+    policy["spec"]["semantic"] = {"enabled": False}
+    cluster.apply(policy)
+    obj = wait_ready(cluster, "cachepolicy", ns, "guarded", timeout=120)
+    secret = get(cluster, "secret", ns, "guarded-redis-auth") or {}
+    (ref,) = secret["metadata"]["ownerReferences"]
+    assert (ref["kind"], ref["uid"]) == ("CachePolicy", obj["metadata"]["uid"])
+    uid, password = _secret(cluster, ns, "guarded-redis-auth")
+    assert len(password) >= 32
+    redis_deploy = get(cluster, "deployment", ns, "guarded-redis") or {}
+    container = redis_deploy["spec"]["template"]["spec"]["containers"][0]
+    (env,) = container["env"]
+    assert env["valueFrom"]["secretKeyRef"] == {"name": "guarded-redis-auth", "key": "password"}
+    netpol = get(cluster, "networkpolicy", ns, "guarded-redis") or {}
+    assert netpol["spec"]["podSelector"] == redis_deploy["spec"]["selector"]
+    peers = [p["podSelector"]["matchLabels"] for p in netpol["spec"]["ingress"][0]["from"]]
+    assert peers == [
+        {"app.kubernetes.io/name": "thrifty-batch-worker"},
+        {"app.kubernetes.io/name": "thrifty-gateway"},
+    ]
+    # The arguments really close the server: no password, no access.
+    server, port = _redis_like(container["args"], password, tmp_path)
+    try:
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=port).ping()
+        assert redis.Redis(port=port, password=password).ping() is True
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    # Reconciles (a spec edit, a hand-deleted Redis) never replace the password.
+    old = redis_deploy["metadata"]["uid"]
+    cluster.kubectl("delete", "deployment", "guarded-redis", "-n", ns)
+    cluster.kubectl(
+        "patch",
+        "cachepolicy",
+        "guarded",
+        "-n",
+        ns,
+        "--type=merge",
+        "-p",
+        '{"spec": {"exact": {"ttlSeconds": 3600}}}',
+    )
+    wait_for(
+        lambda: (
+            (d := get(cluster, "deployment", ns, "guarded-redis")) and d["metadata"]["uid"] != old
+        ),
+        timeout=60,
+        message="guarded-redis to be recreated",
+    )
+    wait_ready(cluster, "cachepolicy", ns, "guarded", timeout=60)
+    assert _secret(cluster, ns, "guarded-redis-auth") == (uid, password)
 
 
 def test_deleting_the_namespace_is_not_blocked_by_the_collection_finalizer(

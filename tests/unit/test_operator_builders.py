@@ -58,7 +58,7 @@ def all_manifests() -> list[dict[str, Any]]:
     }
     lm = DistilledModel.model_validate(lm_body)
     text, digest = render(gateway, policy, queue)
-    refs = gateway_secret_refs(gateway, [policy])
+    refs = gateway_secret_refs(gateway, [policy], queue)
     mounts = gw.GatewayMounts(refs, queue.metadata.name, ["banking-intent"])
     go = owner(gbody)
     out: list[dict[str, Any] | None] = [
@@ -98,6 +98,7 @@ def test_every_kind_is_built() -> None:
     kinds = {m["kind"] for m in MANIFESTS}
     assert kinds >= {
         "ConfigMap",
+        "NetworkPolicy",
         "Deployment",
         "Service",
         "HorizontalPodAutoscaler",

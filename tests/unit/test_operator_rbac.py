@@ -34,7 +34,10 @@ def test_the_custom_resources_are_watched_and_their_status_written() -> None:
         assert {"list", "watch", "patch"} <= _allowed("thrifty.dev", plural)
         assert _allowed("thrifty.dev", f"{plural}/status") == {"patch"}
     assert _allowed("", "events") == {"create"}
-    assert _allowed("", "secrets") == set()  # Secrets are mounted by kubelet, never read
+    # Secrets are mounted by kubelet and never read; the operator only creates the generated
+    # Redis passwords (create-if-absent).
+    assert _allowed("", "secrets") == {"create"}
+    assert {"get", "create", "patch"} == _allowed("networking.k8s.io", "networkpolicies")
 
 
 def test_the_eval_role_grants_nothing_the_operator_lacks() -> None:

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from thrifty_core.api import BatchQueue, SecretKeyRef
 from thrifty_core.api.cachepolicy import RedisStore
+from thrifty_core.render import managed_redis_password
 
 from . import names
 from .common import (
@@ -19,18 +20,29 @@ from .common import (
     selector_labels,
 )
 from .defaults import CONFIG_DIR, CONFIG_FILE, Defaults
+from .gateway import COMPONENT as GATEWAY_COMPONENT
 from .gateway import GatewayMounts, config_volume, shared_volumes
 from .stores import build_redis, pvc
 
 WORKER_COMPONENT = "thrifty-batch-worker"
 FILES_COMPONENT = "thrifty-batch-files"
+# The pods that talk to the managed stores (Redis and Qdrant): gateways and batch workers.
+STORE_CLIENTS = (GATEWAY_COMPONENT, WORKER_COMPONENT)
 
 
 def build_queue_stores(queue: BatchQueue, owner: Owner, defaults: Defaults) -> list[Manifest]:
-    """Redis for the stream (noeviction) and the file store shared with the gateways."""
+    """Redis for the stream (noeviction, its generated password, gateways and workers only)
+    and the file store shared with the gateways."""
     files = queue.spec.file_store
     return [
-        *build_redis(owner, RedisStore(), defaults, evict=False),
+        *build_redis(
+            owner,
+            RedisStore(),
+            defaults,
+            evict=False,
+            password=managed_redis_password(owner.name),
+            clients=STORE_CLIENTS,
+        ),
         pvc(
             owner,
             names.batch_files(owner.name),

@@ -5,9 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from thrifty_core.api import CachePolicy
-from thrifty_core.render import collection_name, managed_qdrant_url, managed_redis_url
+from thrifty_core.render import (
+    collection_name,
+    managed_qdrant_url,
+    managed_redis_url,
+    redis_password_ref,
+)
 
 from . import names
+from .batch import STORE_CLIENTS
 from .common import Manifest, Owner, container, metadata, pod_spec, short_hash
 from .defaults import Defaults
 from .secrets import secret_path, secret_volumes
@@ -60,16 +66,30 @@ def keyspace_version(policy: CachePolicy) -> str:
 
 
 def build_stores(policy: CachePolicy, owner: Owner, defaults: Defaults) -> list[Manifest]:
-    """The managed Redis (exact layer) and Qdrant (semantic layer) the policy asks for."""
+    """The managed Redis (exact layer) and Qdrant (semantic layer) the policy asks for; each
+    admits only gateways and batch workers (and Qdrant the collection Jobs)."""
     spec = policy.spec
     out: list[Manifest] = []
-    if spec.stores.redis.managed:
-        out += build_redis(owner, spec.stores.redis, defaults, evict=True)
+    password = redis_password_ref(policy)
+    if spec.stores.redis.managed and password is not None:
+        out += build_redis(
+            owner, spec.stores.redis, defaults, evict=True, password=password, clients=STORE_CLIENTS
+        )
     if spec.semantic.enabled and spec.stores.qdrant.managed:
         out += build_qdrant(
-            owner, spec.stores.qdrant, defaults, delete_data=spec.deletion_policy == "Delete"
+            owner,
+            spec.stores.qdrant,
+            defaults,
+            delete_data=spec.deletion_policy == "Delete",
+            clients=(*STORE_CLIENTS, COLLECTION_COMPONENT),
         )
     return out
+
+
+def generated_password_needed(policy: CachePolicy) -> bool:
+    """A managed Redis without a password Secret of the user's gets a generated one."""
+    redis = policy.spec.stores.redis
+    return redis.managed and redis.password_secret_ref is None
 
 
 def _collection_job(

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from thrifty_core.api import CachePolicy, LLMGateway, SecretKeyRef
+from thrifty_core.api import BatchQueue, CachePolicy, LLMGateway, SecretKeyRef
+from thrifty_core.render import managed_redis_password, redis_password_ref
 
 from .common import short_hash
 from .defaults import SECRETS_DIR
@@ -17,18 +18,21 @@ def secret_path(ref: SecretKeyRef) -> str:
 
 
 def gateway_secret_refs(
-    gateway: LLMGateway, policies: Iterable[CachePolicy] = ()
+    gateway: LLMGateway, policies: Iterable[CachePolicy] = (), queue: BatchQueue | None = None
 ) -> list[SecretKeyRef]:
-    """Every Secret key a gateway (and the cache policies it uses) references."""
+    """Every Secret key a gateway (and the cache policies and queue it uses) references,
+    including the generated passwords of managed Redis servers."""
     spec = gateway.spec
     refs: list[SecretKeyRef | None] = [p.api_key_secret_ref for p in spec.providers]
     refs += [t.api_keys_secret_ref for t in spec.tenants]
     refs.append(spec.admin_key_secret_ref)
     for policy in policies:
         stores = policy.spec.stores
-        refs += [stores.redis.password_secret_ref, stores.qdrant.password_secret_ref]
+        refs += [redis_password_ref(policy), stores.qdrant.password_secret_ref]
         embedding = policy.spec.semantic.embedding
         refs.append(embedding.api_key_secret_ref if embedding else None)
+    if queue is not None:
+        refs.append(managed_redis_password(queue.metadata.name))
     return [r for r in refs if r is not None]
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+from thrifty_core.api import SecretKeyRef
 from thrifty_core.api.cachepolicy import QdrantStore, RedisStore
+from thrifty_core.render import MANAGED_REDIS_PASSWORD_KEY, managed_redis_secret
 
 from . import names
 from .common import (
@@ -39,9 +42,16 @@ def _pvc_spec(size: str, storage_class: str | None, mode: str = "ReadWriteOnce")
 
 
 def build_redis(
-    owner: Owner, store: RedisStore, defaults: Defaults, *, evict: bool
+    owner: Owner,
+    store: RedisStore,
+    defaults: Defaults,
+    *,
+    evict: bool,
+    password: SecretKeyRef,
+    clients: Sequence[str],
 ) -> list[Manifest]:
-    """PVC + single-replica Deployment (Recreate: one writer) + Service for a managed Redis.
+    """PVC + single-replica Deployment (Recreate: one writer) + Service for a managed Redis,
+    which requires `password` and admits only the `clients` components (a NetworkPolicy).
 
     `evict` picks allkeys-lru (a cache) or noeviction (a queue must never lose entries).
     """
@@ -58,16 +68,16 @@ def build_redis(
         "allkeys-lru" if evict else "noeviction",
         "--protected-mode",
         "no",
+        "--requirepass",
+        "$(REDIS_PASSWORD)",
     ]
-    if store.password_secret_ref is not None:
-        args += ["--requirepass", "$(REDIS_PASSWORD)"]
     main = container(
         "redis",
         store.image or defaults.redis_image,
         command=["redis-server"],
         args=args,
         ports=[{"name": "redis", "containerPort": REDIS_PORT, "protocol": "TCP"}],
-        env=_secret_env("REDIS_PASSWORD", store.password_secret_ref),
+        env=_secret_env("REDIS_PASSWORD", password),
         mounts=[{"name": "data", "mountPath": "/data"}],
         resources_block=resources(store.resources.requests, store.resources.limits),
         probes={
@@ -108,13 +118,57 @@ def build_redis(
             "ports": [{"name": "redis", "port": REDIS_PORT, "targetPort": "redis"}],
         },
     }
-    return [pvc, deployment, service]
+    ingress = build_network_policy(owner, name, REDIS_COMPONENT, [REDIS_PORT], clients)
+    return [pvc, deployment, service, ingress]
+
+
+def build_redis_auth_secret(owner: Owner, password: str) -> Manifest:
+    """The generated password of a managed Redis (created once, never replaced: the caller
+    makes the password; builders stay free of randomness)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": metadata(owner, managed_redis_secret(owner.name), REDIS_COMPONENT),
+        "type": "Opaque",
+        "stringData": {MANAGED_REDIS_PASSWORD_KEY: password},
+    }
+
+
+def build_network_policy(
+    owner: Owner, name: str, component: str, ports: Sequence[int], clients: Sequence[str]
+) -> Manifest:
+    """Ingress to a store's pods only from the pods of the `clients` components (by their
+    app.kubernetes.io/name label, same namespace) and only on its ports."""
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": metadata(owner, name, component),
+        "spec": {
+            "podSelector": {"matchLabels": selector_labels(owner, component)},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {
+                    "from": [
+                        {"podSelector": {"matchLabels": {"app.kubernetes.io/name": client}}}
+                        for client in sorted(set(clients))
+                    ],
+                    "ports": [{"protocol": "TCP", "port": port} for port in ports],
+                }
+            ],
+        },
+    }
 
 
 def build_qdrant(
-    owner: Owner, store: QdrantStore, defaults: Defaults, *, delete_data: bool
+    owner: Owner,
+    store: QdrantStore,
+    defaults: Defaults,
+    *,
+    delete_data: bool,
+    clients: Sequence[str],
 ) -> list[Manifest]:
-    """Headless Service + StatefulSet (one PVC per pod) for a managed Qdrant.
+    """Headless Service + StatefulSet (one PVC per pod) for a managed Qdrant, admitting only
+    the `clients` components (a NetworkPolicy).
 
     The PVC follows the policy's deletionPolicy: Delete removes it with the StatefulSet.
     """
@@ -181,7 +235,9 @@ def build_qdrant(
             ],
         },
     }
-    return [service, statefulset]
+    ports = [QDRANT_HTTP_PORT, QDRANT_GRPC_PORT]
+    ingress = build_network_policy(owner, name, QDRANT_COMPONENT, ports, clients)
+    return [service, statefulset, ingress]
 
 
 def pvc(

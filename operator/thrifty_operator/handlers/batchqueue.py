@@ -12,7 +12,15 @@ from ..builders.batch import build_queue_stores
 from ..builders.common import Owner
 from ..conditions import Cond, false, true
 from . import gateway
-from .common import Body, Context, Outcome, apply_all, deployment_state, parse
+from .common import (
+    Body,
+    Context,
+    Outcome,
+    apply_all,
+    deployment_state,
+    ensure_redis_password,
+    parse,
+)
 from .indexes import Indexes
 
 
@@ -20,6 +28,7 @@ async def reconcile(body: Body, ix: Indexes, ctx: Context) -> Outcome:
     queue = parse(BatchQueue, body)
     owner = Owner.from_body(body)
     ns = owner.namespace
+    await ensure_redis_password(ctx.kube, owner)
     await apply_all(ctx.kube, build_queue_stores(queue, owner, ctx.defaults))
     redis_ok, message = deployment_state(
         await ctx.kube.get("apps/v1", "Deployment", ns, names.redis(owner.name))

@@ -23,6 +23,7 @@ from .common import (
     Outcome,
     apply_all,
     deployment_state,
+    ensure_redis_password,
     job_state,
     now,
     parse,
@@ -52,6 +53,8 @@ async def _store_state(policy: CachePolicy, owner: Owner, ctx: Context) -> tuple
 async def reconcile(body: Body, ctx: Context) -> Outcome:
     policy = parse(CachePolicy, body)
     owner = Owner.from_body(body)
+    if cache.generated_password_needed(policy):
+        await ensure_redis_password(ctx.kube, owner)
     await apply_all(ctx.kube, cache.build_stores(policy, owner, ctx.defaults))
     redis_ok, qdrant_ok, message = await _store_state(policy, owner, ctx)
     conds: list[Cond] = [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -15,7 +16,9 @@ from pydantic import ValidationError
 from thrifty_core.api import Resource
 
 from ..apply import KubeClient, KubeError
+from ..builders.common import Owner
 from ..builders.defaults import Defaults
+from ..builders.stores import build_redis_auth_secret
 from ..conditions import Cond, false, merge, ready, transitions
 from ..settings import OperatorSettings
 
@@ -132,6 +135,13 @@ async def run(
             raise kopf.TemporaryError(f"API error, will retry: {exc.message}", delay=10) from exc
         return
     finish(body, patch.status, outcome)
+
+
+async def ensure_redis_password(kube: KubeClient, owner: Owner) -> None:
+    """Create the managed Redis's password Secret unless it exists: generated once, owned by
+    the resource (deleted with it), never read nor replaced by the operator."""
+    if await kube.create(build_redis_auth_secret(owner, secrets.token_urlsafe(32))):
+        logger.info("generated the Redis password of %s/%s", owner.namespace, owner.name)
 
 
 async def apply_all(kube: KubeClient, manifests: Iterable[dict[str, Any] | None]) -> None:

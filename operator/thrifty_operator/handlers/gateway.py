@@ -113,7 +113,7 @@ async def sync(body: dict[str, Any], ix: Indexes, ctx: Context) -> Outcome:
         )
     text = dump_config(config)
     digest = short_hash(text)
-    refs = gateway_secret_refs(gateway, policies.values())
+    refs = gateway_secret_refs(gateway, policies.values(), queue)
     mounts = gw_builders.GatewayMounts(
         secret_refs=refs,
         batch_queue=queue.metadata.name if queue else None,

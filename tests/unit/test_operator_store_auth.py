@@ -1,0 +1,153 @@
+"""Managed stores are closed: Redis requires a generated password (a Secret owned by its
+resource) that gateways and workers get as a file, and NetworkPolicies admit only them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from tests.unit.test_operator_builders import DEFAULTS, MANIFESTS, example, owner, render
+from thrifty_core.api import BatchQueue, CachePolicy, LLMGateway
+from thrifty_core.config import parse_config
+from thrifty_operator.builders import cache, names
+from thrifty_operator.builders.common import selector_labels
+from thrifty_operator.builders.secrets import gateway_secret_refs
+from thrifty_operator.builders.stores import build_redis_auth_secret
+
+SECRETS = "/var/run/thrifty/secrets"
+
+
+def _by(kind: str, name: str) -> dict[str, Any]:
+    return next(m for m in MANIFESTS if m["kind"] == kind and m["metadata"]["name"] == name)
+
+
+def _container(deployment: dict[str, Any]) -> dict[str, Any]:
+    container: dict[str, Any] = deployment["spec"]["template"]["spec"]["containers"][0]
+    return container
+
+
+def _mounted(deployment: dict[str, Any]) -> set[str]:
+    return {m["mountPath"] for m in _container(deployment)["volumeMounts"]}
+
+
+def test_managed_redis_requires_its_generated_password() -> None:
+    for store in ("default-cache", "default-batch"):
+        redis = _container(_by("Deployment", names.redis(store)))
+        args = redis["args"]
+        assert args[args.index("--requirepass") + 1] == "$(REDIS_PASSWORD)"
+        (env,) = [e for e in redis["env"] if e["name"] == "REDIS_PASSWORD"]
+        ref = env["valueFrom"]["secretKeyRef"]
+        assert ref == {"name": f"{store}-redis-auth", "key": "password"}
+
+
+def test_the_password_secret_is_owned_and_holds_only_the_password() -> None:
+    body = example("cachepolicy")
+    secret = build_redis_auth_secret(owner(body), "s3cret")
+    assert secret["kind"] == "Secret" and secret["type"] == "Opaque"
+    assert secret["metadata"]["name"] == "default-cache-redis-auth"
+    assert secret["metadata"]["namespace"] == body["metadata"]["namespace"]
+    (ref,) = secret["metadata"]["ownerReferences"]
+    assert (ref["kind"], ref["uid"], ref["controller"]) == ("CachePolicy", "uid-cachepolicy", True)
+    assert secret["stringData"] == {"password": "s3cret"}
+    assert build_redis_auth_secret(owner(body), "s3cret") == secret  # the caller picks it
+
+
+def test_a_users_own_password_secret_wins() -> None:
+    body = example("cachepolicy")
+    body["spec"]["stores"]["redis"]["passwordSecretRef"] = {"name": "mine", "key": "pw"}
+    policy = CachePolicy.model_validate(body)
+    assert not cache.generated_password_needed(policy)
+    assert cache.generated_password_needed(CachePolicy.model_validate(example("cachepolicy")))
+    redis = next(
+        m for m in cache.build_stores(policy, owner(body), DEFAULTS) if m["kind"] == "Deployment"
+    )
+    (env,) = _container(redis)["env"]
+    assert env["valueFrom"]["secretKeyRef"] == {"name": "mine", "key": "pw"}
+    gateway = LLMGateway.model_validate(example("llmgateway"))
+    queue = BatchQueue.model_validate(example("batchqueue"))
+    text, _ = render(gateway, policy, queue)
+    assert f"{SECRETS}/mine/pw" in text and "default-cache-redis-auth" not in text
+
+
+def test_an_external_redis_gets_no_generated_password() -> None:
+    body = example("cachepolicy")
+    body["spec"]["stores"]["redis"] = {"managed": False, "url": "redis://redis.example:6379/0"}
+    policy = CachePolicy.model_validate(body)
+    assert not cache.generated_password_needed(policy)
+    gateway = LLMGateway.model_validate(example("llmgateway"))
+    queue = BatchQueue.model_validate(example("batchqueue"))
+    config = parse_config(yaml.safe_load(render(gateway, policy, queue)[0]))
+    assert config.cache_policies["default-cache"].stores.redis_password is None
+
+
+def test_gateways_and_workers_read_the_passwords_as_files() -> None:
+    gateway = LLMGateway.model_validate(example("llmgateway"))
+    policy = CachePolicy.model_validate(example("cachepolicy"))
+    queue = BatchQueue.model_validate(example("batchqueue"))
+    config = parse_config(yaml.safe_load(render(gateway, policy, queue)[0]))
+    cache_pw = config.cache_policies["default-cache"].stores.redis_password
+    assert cache_pw is not None and cache_pw.file == f"{SECRETS}/default-cache-redis-auth/password"
+    assert config.batch is not None and config.batch.redis_password is not None
+    assert config.batch.redis_password.file == f"{SECRETS}/default-batch-redis-auth/password"
+    assert config.ledger.redis_password == cache_pw  # the ledger lives in the cache's Redis
+    refs = {(r.name, r.key) for r in gateway_secret_refs(gateway, [policy], queue)}
+    assert {("default-cache-redis-auth", "password"), ("default-batch-redis-auth", "password")} <= (
+        refs
+    )
+    for deployment in (
+        _by("Deployment", names.gateway("thrifty")),
+        _by("Deployment", names.batch_worker("default-batch")),
+    ):
+        mounted = _mounted(deployment)
+        assert f"{SECRETS}/default-cache-redis-auth" in mounted
+        assert f"{SECRETS}/default-batch-redis-auth" in mounted
+
+
+def _pod_labels(kind: str, name: str) -> dict[str, str]:
+    labels: dict[str, str] = _by(kind, name)["spec"]["template"]["metadata"]["labels"]
+    return labels
+
+
+def _admits(policy: dict[str, Any], labels: dict[str, str]) -> bool:
+    return any(
+        all(labels.get(k) == v for k, v in peer["podSelector"]["matchLabels"].items())
+        for rule in policy["spec"]["ingress"]
+        for peer in rule["from"]
+    )
+
+
+def test_network_policies_admit_only_gateways_workers_and_collection_jobs() -> None:
+    gateway = _pod_labels("Deployment", names.gateway("thrifty"))
+    worker = _pod_labels("Deployment", names.batch_worker("default-batch"))
+    job = _by("Job", names.collection_delete_job("default-cache"))
+    collection = job["spec"]["template"]["metadata"]["labels"]
+    student = _pod_labels("Deployment", names.student("summariser"))
+    stores = [
+        ("Deployment", names.redis("default-cache"), [6379], False),
+        ("Deployment", names.redis("default-batch"), [6379], False),
+        ("StatefulSet", names.qdrant("default-cache"), [6333, 6334], True),
+    ]
+    for kind, name, ports, jobs_too in stores:
+        policy = _by("NetworkPolicy", name)
+        assert policy["spec"]["policyTypes"] == ["Ingress"]
+        selected = policy["spec"]["podSelector"]["matchLabels"]
+        assert selected == _by(kind, name)["spec"]["selector"]["matchLabels"]
+        assert selected.items() <= _pod_labels(kind, name).items()
+        (rule,) = policy["spec"]["ingress"]
+        assert [p["port"] for p in rule["ports"]] == ports
+        assert _admits(policy, gateway) and _admits(policy, worker)
+        assert _admits(policy, collection) is jobs_too
+        assert not _admits(policy, student)
+        assert not _admits(policy, {"app": "anything-else"})
+        assert policy["metadata"]["ownerReferences"][0]["controller"] is True
+
+
+def test_store_selectors_are_the_owners_own() -> None:
+    """Two policies' stores never share a NetworkPolicy selector."""
+    policy = _by("NetworkPolicy", names.redis("default-cache"))
+    other = selector_labels(owner({**example("cachepolicy"), "metadata": {"name": "b"}}), "x")
+    assert policy["spec"]["podSelector"]["matchLabels"] != other
+    assert policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/instance"] == (
+        "default-cache"
+    )
