@@ -24,6 +24,14 @@ def crds(k8s_cluster: Cluster) -> Cluster:
         k8s_cluster.kubectl(
             "wait", "--for=condition=Established", f"crd/{plural}.thrifty.dev", "--timeout=60s"
         )
+    # Established means served; discovery and the published OpenAPI schema follow a moment later
+    # (and kubectl may hold a discovery cache from an earlier cluster on the same address).
+    for plural in PLURALS:
+
+        def explained(plural: str = plural) -> bool:
+            return k8s_cluster.kubectl("explain", plural, check=False).returncode == 0
+
+        wait_for(explained, message=f"kubectl explain {plural} to find the new resource")
     return k8s_cluster
 
 
