@@ -15,14 +15,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +27,7 @@ import openai
 import orjson
 import yaml
 
+from bench.procs import free_port, process
 from thrifty_core.config import read_config_data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,44 +37,6 @@ SECONDS = 5.0
 WINDOW_MS = 5.0
 KEY = "sk-local-a"
 EMBED = "text-embedding-3-small"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _wait(url: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(url)
-
-
-@contextmanager
-def _proc(args: list[str], log: Path, ready_url: str | None = None) -> Iterator[int]:
-    with log.open("wb") as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        if ready_url:
-            _wait(ready_url)
-        else:
-            time.sleep(0.5)
-        yield proc.pid
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _peak_mib(pid: int) -> float:
@@ -104,9 +63,9 @@ def _config(sim_port: int, port: int, batch: dict[str, Any]) -> dict[str, Any]:
 
 
 def _simulator(stack: ExitStack, work: Path, *extra: str) -> int:
-    port = _free_port()
+    port = free_port()
     stack.enter_context(
-        _proc(
+        process(
             [sys.executable, "-m", "thrifty_cli", "simulator", "--port", str(port), *extra],
             work / f"sim-{port}.log",
             f"http://127.0.0.1:{port}/healthz",
@@ -120,12 +79,12 @@ def _gateway(stack: ExitStack, work: Path, config: dict[str, Any]) -> tuple[str,
     path = work / f"gateway-{port}.yaml"
     path.write_text(yaml.safe_dump(config))
     pid = stack.enter_context(
-        _proc(
+        process(
             [sys.executable, "-m", "thrifty_gateway", "--config", str(path)],
             work / f"gateway-{port}.log",
             f"http://127.0.0.1:{port}/readyz",
         )
-    )
+    ).pid
     return f"http://127.0.0.1:{port}", pid, path
 
 
@@ -134,9 +93,9 @@ def batch_end_to_end(work: Path, mode: str = "provider") -> dict[str, Any]:
     if redis_bin is None:
         raise RuntimeError("redis-server is not installed")
     with ExitStack() as stack:
-        redis_port = _free_port()
+        redis_port = free_port()
         stack.enter_context(
-            _proc(
+            process(
                 [redis_bin, "--port", str(redis_port), "--save", "", "--appendonly", "no"],
                 work / "redis.log",
             )
@@ -154,13 +113,13 @@ def batch_end_to_end(work: Path, mode: str = "provider") -> dict[str, Any]:
                 "limits": {"maxLinesPerBatch": 50_000, "maxLinesPerJob": 2_500},
             },
         }
-        url, gw_pid, path = _gateway(stack, work, _config(sim_port, _free_port(), batch))
+        url, gw_pid, path = _gateway(stack, work, _config(sim_port, free_port(), batch))
         worker_pid = stack.enter_context(
-            _proc(
+            process(
                 [sys.executable, "-m", "thrifty_cli", "batch-worker", "--config", str(path)],
                 work / f"worker-{mode}.log",
             )
-        )
+        ).pid
         items = [
             {
                 "custom_id": f"line-{i}",
@@ -228,7 +187,7 @@ def coalescing(work: Path) -> dict[str, Any]:
         sim_port = _simulator(stack, work)
         for label, window in (("direct", 0.0), ("coalesced", WINDOW_MS)):
             batch = {"name": f"c-{label}", "coalesceWindowMs": window}
-            url, _, _ = _gateway(stack, work, _config(sim_port, _free_port(), batch))
+            url, _, _ = _gateway(stack, work, _config(sim_port, free_port(), batch))
             _embed_load(url, CALLERS, 1)  # warm-up
             row: dict[str, Any] = {}
             for callers in (CALLERS, 1):

@@ -22,6 +22,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -31,9 +32,10 @@ from typing import Any
 import numpy as np
 import yaml
 
-from bench.bench_gateway import BODY, HEADERS, _free_port, _gateway_config, _proc
+from bench.bench_gateway import BODY, HEADERS, _gateway_config
 from bench.bench_semantic import load_workloads
 from bench.loadgen import load
+from bench.procs import free_port, process
 from thrifty_core.embedding.local import LocalEmbedder
 from thrifty_gateway.services.cache.entry import CachedAnswer
 from thrifty_gateway.services.cache.guard import CHECKS, first_failure
@@ -55,7 +57,7 @@ def _pct(samples: list[float]) -> dict[str, float]:
 
 def exact_hits(redis_url: str | None) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="thrifty-bench-cache-"))
-    sim_port, gw_port = _free_port(), _free_port()
+    sim_port, gw_port = free_port(), free_port()
     config = _gateway_config(sim_port, gw_port)
     stores = {"redisUrl": redis_url} if redis_url else {}
     config["cachePolicies"] = {"default": {"stores": stores}}
@@ -64,11 +66,11 @@ def exact_hits(redis_url: str | None) -> dict[str, Any]:
     path.write_text(yaml.safe_dump(config))
     direct = f"http://127.0.0.1:{sim_port}/v1/chat/completions"
     proxied = f"http://127.0.0.1:{gw_port}/v1/chat/completions"
-    sim = ["-m", "thrifty_cli", "simulator", "--port", str(sim_port)]
-    gw = ["-m", "thrifty_gateway", "--config", str(path)]
+    sim = [sys.executable, "-m", "thrifty_cli", "simulator", "--port", str(sim_port)]
+    gw = [sys.executable, "-m", "thrifty_gateway", "--config", str(path)]
     with (
-        _proc(sim, f"http://127.0.0.1:{sim_port}/healthz", work / "sim.log"),
-        _proc(gw, f"http://127.0.0.1:{gw_port}/readyz", work / "gw.log"),
+        process(sim, work / "sim.log", f"http://127.0.0.1:{sim_port}/healthz", 30),
+        process(gw, work / "gw.log", f"http://127.0.0.1:{gw_port}/readyz", 30),
     ):
         load(proxied, BODY, HEADERS, 1, 1)  # fills the entry, warms the paths
         time.sleep(0.5)
@@ -182,7 +184,7 @@ def main() -> dict[str, Any]:
     }
     redis_bin = shutil.which("redis-server")
     if redis_bin:
-        port = _free_port()
+        port = free_port()
         proc = subprocess.Popen(
             [redis_bin, "--port", str(port), "--save", "", "--appendonly", "no"],
             stdout=subprocess.DEVNULL,

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from typing import Any
 import httpx
 import yaml
 
+from bench.procs import free_port
 from thrifty_core.config import read_config_data
 from thrifty_core.embedding.local import LocalEmbedder
 from thrifty_core.prices import BUILTIN_PRICES, Usage, cost_usd
@@ -50,13 +50,6 @@ ERROR_RATE = float(os.environ.get("THRIFTY_ORACLE_ERROR_RATE", str(DEFAULT_ERROR
 LATENCY_SAMPLES = int(os.environ.get("THRIFTY_BENCH_LATENCY_SAMPLES", "500"))
 TEACHER = "gpt-4o"
 GATEWAY_REQUESTS = int(os.environ.get("THRIFTY_BENCH_GATEWAY_REQUESTS", "400"))
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _wait(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
@@ -91,7 +84,7 @@ def gateway_latency(head: ClassifierHead, labels: list[str], texts: list[str]) -
     save_head(art / "v0001", head)
     root = Path(__file__).resolve().parents[1]
     config: dict[str, Any] = read_config_data(root / "examples" / "local.yaml")
-    sim_port, gw_port = _free_port(), _free_port()
+    sim_port, gw_port = free_port(), free_port()
     config["providers"][0]["baseUrl"] = f"http://127.0.0.1:{sim_port}/v1"
     config["routes"].append(
         {"name": "intent", "targets": [{"provider": "simulator", "model": TEACHER}]}

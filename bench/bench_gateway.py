@@ -18,15 +18,10 @@ from __future__ import annotations
 import json
 import os
 import platform
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,6 +29,7 @@ from typing import Any
 import yaml
 
 from bench.loadgen import load
+from bench.procs import free_port, process
 from thrifty_core.config import read_config_data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,41 +48,6 @@ BODY = json.dumps(
     }
 ).encode()
 HEADERS = {"content-type": "application/json", "authorization": "Bearer sk-local-a"}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _wait(url: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(url)
-
-
-@contextmanager
-def _proc(args: list[str], ready_url: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, *args], stdout=out, stderr=subprocess.STDOUT)
-    try:
-        _wait(ready_url)
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _rss_mib(pid: int) -> float:
@@ -159,16 +120,16 @@ def _drive(url: str, total: int) -> dict[str, Any]:
 
 def main() -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="thrifty-bench-gw-"))
-    sim_port, gw_port = _free_port(), _free_port()
+    sim_port, gw_port = free_port(), free_port()
     config_path = work / "gateway.yaml"
     config_path.write_text(yaml.safe_dump(_gateway_config(sim_port, gw_port)))
     direct = f"http://127.0.0.1:{sim_port}/v1/chat/completions"
     proxied = f"http://127.0.0.1:{gw_port}/v1/chat/completions"
-    sim_args = ["-m", "thrifty_cli", "simulator", "--port", str(sim_port)]
-    gw_args = ["-m", "thrifty_gateway", "--config", str(config_path)]
+    sim_args = [sys.executable, "-m", "thrifty_cli", "simulator", "--port", str(sim_port)]
+    gw_args = [sys.executable, "-m", "thrifty_gateway", "--config", str(config_path)]
     with (
-        _proc(sim_args, f"http://127.0.0.1:{sim_port}/healthz", work / "sim.log"),
-        _proc(gw_args, f"http://127.0.0.1:{gw_port}/readyz", work / "gw.log") as gw,
+        process(sim_args, work / "sim.log", f"http://127.0.0.1:{sim_port}/healthz", 30),
+        process(gw_args, work / "gw.log", f"http://127.0.0.1:{gw_port}/readyz", 30) as gw,
     ):
         rss_start = _rss_mib(gw.pid)
         load(proxied, BODY, HEADERS, 4, 2)  # warm up pools and code paths

@@ -1,0 +1,54 @@
+"""Processes for the benchmarks: a free loopback port, waiting for a URL, a logged subprocess."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_ok(url: str, timeout: float = 60) -> None:
+    """Until `url` answers 200; TimeoutError after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(url)
+
+
+@contextmanager
+def process(
+    args: list[str], log: Path, ready_url: str | None = None, timeout: float = 60
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`args` with output in `log`, ready when `ready_url` answers (or after half a second);
+    terminated (killed after 10 s) on exit."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        if ready_url:
+            wait_ok(ready_url, timeout)
+        else:
+            time.sleep(0.5)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
