@@ -32,6 +32,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from thrifty_cli.demo_support import stop
 from thrifty_core.config import read_config_data
 
 log = logging.getLogger("thrifty.demo")
@@ -242,12 +243,7 @@ def _process(args: list[str], ready: str, log_path: Path) -> Iterator[None]:
         _wait(ready, proc)
         yield
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
 def demo_config(sim_port: int, gw_port: int) -> dict[str, Any]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,7 @@ from typing import Any, Protocol
 
 import yaml
 
+from thrifty_cli.demo_support import free_port, stop
 from thrifty_core.config import read_config_data
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,13 +38,6 @@ class DemoLike(Protocol):
     gateway_url: str
     simulator_url: str
     notes: list[tuple[str, str]]
-
-
-def _port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _ok(url: str, key: str | None = None) -> bool:
@@ -70,12 +63,7 @@ def _process(args: list[str], log: Path, ready: str | None) -> Iterator[None]:
             time.sleep(0.1)
         yield
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
 def _own_stack(stack: ExitStack, simulator_url: str, work: Path) -> str:
@@ -83,7 +71,7 @@ def _own_stack(stack: ExitStack, simulator_url: str, work: Path) -> str:
     redis_bin = shutil.which("redis-server")
     if redis_bin is None:
         raise RuntimeError("redis-server is not installed (needed by the batch queue)")
-    redis_port = _port()
+    redis_port = free_port()
     stack.enter_context(
         _process(
             [redis_bin, "--port", str(redis_port), "--save", "", "--appendonly", "no"],
@@ -92,7 +80,7 @@ def _own_stack(stack: ExitStack, simulator_url: str, work: Path) -> str:
         )
     )
     time.sleep(0.3)
-    port = _port()
+    port = free_port()
     config: dict[str, Any] = read_config_data(ROOT / "examples" / "local.yaml")
     config["providers"][0]["baseUrl"] = f"{simulator_url}/v1"
     config["server"] = {"host": "127.0.0.1", "port": port, "logLevel": "WARNING"}

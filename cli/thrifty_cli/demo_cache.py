@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import random
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -162,47 +160,15 @@ class CacheDemoStage:
 
 
 async def serve_and_run(simulator_url: str, console: Console) -> list[tuple[str, str]]:
-    import uvicorn
+    from thrifty_cli import demo_support
 
-    from thrifty_cli.demo import _port
-    from thrifty_core.config import parse_config
-    from thrifty_gateway.app import create_app
-
-    port = _port(0)
-    app = create_app(parse_config(cache_config(simulator_url, port)))
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
-    )
-    serving = asyncio.create_task(server.serve())
-    try:
-        import httpx
-
-        async with httpx.AsyncClient() as http:
-            for _ in range(600):
-                try:
-                    if (await http.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                await asyncio.sleep(0.1)
-        return await run_cache_demo(f"http://127.0.0.1:{port}", console)
-    finally:
-        server.should_exit = True
-        await serving
+    return await demo_support.serve_and_run(cache_config, run_cache_demo, simulator_url, console)
 
 
 def main() -> int:
-    from thrifty_cli.demo import _port, _process
+    from thrifty_cli.demo_support import run_alone
 
-    console = Console()
-    work = Path(tempfile.mkdtemp(prefix="thrifty-demo-cache-"))
-    sim_port = _port(0)
-    args = ["-m", "thrifty_cli", "simulator", "--port", str(sim_port)]
-    with _process(args, f"http://127.0.0.1:{sim_port}/healthz", work / "sim.log"):
-        lines = asyncio.run(serve_and_run(f"http://127.0.0.1:{sim_port}", console))
-    for name, line in lines:
-        console.print(f"[dim]{name}:[/dim] {line}")
-    return 0
+    return run_alone("cache", serve_and_run)
 
 
 if __name__ == "__main__":

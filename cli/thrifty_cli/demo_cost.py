@@ -15,10 +15,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -148,51 +146,22 @@ class CostDemoStage:
 
 
 async def serve_and_run(simulator_url: str, console: Console) -> list[tuple[str, str]]:
-    import httpx
-    import uvicorn
+    from thrifty_cli import demo_support
 
-    from thrifty_cli.demo import _port
-    from thrifty_core.config import parse_config
-    from thrifty_gateway.app import create_app
-
-    port = _port(0)
-    app = create_app(parse_config(cost_config(simulator_url, port)))
     # budget refusals are expected here: keep their warnings out of the demo's output
     gateway_log = logging.getLogger("thrifty_gateway")
     level = gateway_log.level
     gateway_log.setLevel(logging.ERROR)
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
-    )
-    serving = asyncio.create_task(server.serve())
     try:
-        async with httpx.AsyncClient() as http:
-            for _ in range(600):
-                try:
-                    if (await http.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                await asyncio.sleep(0.1)
-        return await run_cost_demo(f"http://127.0.0.1:{port}", console)
+        return await demo_support.serve_and_run(cost_config, run_cost_demo, simulator_url, console)
     finally:
-        server.should_exit = True
-        await serving
         gateway_log.setLevel(level)
 
 
 def main() -> int:
-    from thrifty_cli.demo import _port, _process
+    from thrifty_cli.demo_support import run_alone
 
-    console = Console()
-    work = Path(tempfile.mkdtemp(prefix="thrifty-demo-cost-"))
-    sim_port = _port(0)
-    args = ["-m", "thrifty_cli", "simulator", "--port", str(sim_port)]
-    with _process(args, f"http://127.0.0.1:{sim_port}/healthz", work / "sim.log"):
-        lines = asyncio.run(serve_and_run(f"http://127.0.0.1:{sim_port}", console))
-    for name, line in lines:
-        console.print(f"[dim]{name}:[/dim] {line}")
-    return 0
+    return run_alone("cost", serve_and_run)
 
 
 if __name__ == "__main__":

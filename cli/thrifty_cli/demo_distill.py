@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -26,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from thrifty_cli.demo_support import free_port
 from thrifty_core.config import read_config_data
 
 if TYPE_CHECKING:
@@ -39,13 +39,6 @@ THRESHOLD = 0.7
 CONCURRENCY = 8
 ADMIN_KEY = "sk-local-admin"
 KEY = "sk-local-a"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _config(sim_port: int, work: Path) -> dict[str, Any]:
@@ -156,7 +149,7 @@ async def run_distill_demo(console: Console, work: Path) -> list[tuple[str, str]
     rows = banking77.subset(banking77.load_rows(), labels, per_label)
     captured_rows, new_rows = rows[:CAPTURE], rows[CAPTURE : CAPTURE + NEW]
 
-    sim_port, gw_port = _free_port(), _free_port()
+    sim_port, gw_port = free_port(), free_port()
     sim_log = (work / "simulator-distill.log").open("wb")
     sim = subprocess.Popen(
         [sys.executable, "-m", "thrifty_cli", "simulator", "--port", str(sim_port)]
