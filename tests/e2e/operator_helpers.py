@@ -179,6 +179,37 @@ def running_operator(kubeconfig: Path, namespace: str, log_path: Path) -> Iterat
         op.stop()
 
 
+@contextmanager
+def installed_operator(
+    cluster: Cluster, ns: str, system_ns: str, release: str, tmp: Path, volumes: int
+) -> Iterator[OperatorProcess]:
+    """The chart (CRDs, RBAC) in `system_ns` and the operator, as the chart's ServiceAccount,
+    watching `ns` (restricted, with `volumes` PersistentVolumes and examples/secrets.yaml);
+    all of it removed on exit, the operator's log tail printed."""
+    operator: OperatorProcess | None = None
+    try:
+        restricted_namespace(cluster, ns)
+        restricted_namespace(cluster, system_ns)
+        create_volumes(cluster, ns, volumes)
+        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
+        helm(cluster, "install", release, str(ROOT / "charts" / "thrifty"), "-n", system_ns)
+        kubeconfig = service_account_kubeconfig(
+            cluster, system_ns, f"{release}-operator", tmp / "operator.kubeconfig"
+        )
+        operator = OperatorProcess(kubeconfig, ns, tmp / "operator.log")
+        operator.start()
+        cluster.kubectl("apply", "-n", ns, "-f", str(ROOT / "examples" / "secrets.yaml"))
+        yield operator
+    finally:
+        if operator is not None:
+            print(operator.tail(200))  # noqa: T201 - shown by pytest only when a test failed
+            operator.stop()
+        helm(cluster, "uninstall", release, "-n", system_ns, "--ignore-not-found")
+        cluster.delete_namespace(ns)
+        cluster.delete_namespace(system_ns)
+        delete_volumes(cluster, ns)
+
+
 def get(cluster: Cluster, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
     result = cluster.kubectl("get", kind, name, "-n", namespace, "-o", "json", check=False)
     if result.returncode != 0:

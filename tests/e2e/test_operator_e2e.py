@@ -28,13 +28,9 @@ from tests.e2e.operator_helpers import (
     ROOT,
     OperatorProcess,
     condition,
-    create_volumes,
-    delete_volumes,
     get,
-    helm,
+    installed_operator,
     pod_template_hash,
-    restricted_namespace,
-    service_account_kubeconfig,
     settle,
     simulate_evaluation,
     wait_gone,
@@ -66,30 +62,10 @@ def platform(k8s_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> 
     suffix = uuid.uuid4().hex[:6]
     ns, system_ns, release = f"op-{suffix}", f"thrifty-system-{suffix}", f"thrifty-{suffix}"
     tmp = tmp_path_factory.mktemp("operator")
-    operator: OperatorProcess | None = None
-    try:
-        restricted_namespace(cluster, ns)
-        restricted_namespace(cluster, system_ns)
-        create_volumes(cluster, ns, 16)
-        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
-        helm(cluster, "install", release, str(ROOT / "charts" / "thrifty"), "-n", system_ns)
-        kubeconfig = service_account_kubeconfig(
-            cluster, system_ns, f"{release}-operator", tmp / "operator.kubeconfig"
-        )
-        operator = OperatorProcess(kubeconfig, ns, tmp / "operator.log")
-        operator.start()
-        cluster.kubectl("apply", "-n", ns, "-f", str(ROOT / "examples" / "secrets.yaml"))
+    with installed_operator(cluster, ns, system_ns, release, tmp, volumes=16) as operator:
         # The whole folder, as a user runs it (the simulator, the local config as a ConfigMap).
         cluster.kubectl("apply", "-n", ns, "-f", str(ROOT / "examples"))
         yield Platform(cluster, ns, system_ns, release, operator)
-    finally:
-        if operator is not None:
-            print(operator.tail(200))  # noqa: T201 - shown by pytest only when a test failed
-            operator.stop()
-        helm(cluster, "uninstall", release, "-n", system_ns, "--ignore-not-found")
-        cluster.delete_namespace(ns)
-        cluster.delete_namespace(system_ns)
-        delete_volumes(cluster, ns)
 
 
 def _items(cluster: Cluster, kind: str, ns: str, selector: str = "") -> list[dict[str, Any]]:

@@ -25,12 +25,8 @@ from tests.e2e.operator_helpers import (
     ROOT,
     OperatorProcess,
     condition,
-    create_volumes,
-    delete_volumes,
     get,
-    helm,
-    restricted_namespace,
-    service_account_kubeconfig,
+    installed_operator,
     wait_ready,
 )
 from tests.services import free_port, wait_for_port
@@ -55,28 +51,8 @@ def install(k8s_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> I
     ns, system_ns = f"guard-{suffix}", f"thrifty-guard-{suffix}"
     release = f"thrifty-guard-{suffix}"  # the chart names its objects after a "thrifty-*" release
     tmp = tmp_path_factory.mktemp("guards")
-    operator: OperatorProcess | None = None
-    try:
-        restricted_namespace(cluster, ns)
-        restricted_namespace(cluster, system_ns)
-        create_volumes(cluster, ns, 6)
-        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
-        helm(cluster, "install", release, str(ROOT / "charts" / "thrifty"), "-n", system_ns)
-        kubeconfig = service_account_kubeconfig(
-            cluster, system_ns, f"{release}-operator", tmp / "operator.kubeconfig"
-        )
-        operator = OperatorProcess(kubeconfig, ns, tmp / "operator.log")
-        operator.start()
-        cluster.kubectl("apply", "-n", ns, "-f", str(ROOT / "examples" / "secrets.yaml"))
+    with installed_operator(cluster, ns, system_ns, release, tmp, volumes=6) as operator:
         yield Install(cluster, ns, operator)
-    finally:
-        if operator is not None:
-            print(operator.tail(200))  # noqa: T201 - shown by pytest only when a test failed
-            operator.stop()
-        helm(cluster, "uninstall", release, "-n", system_ns, "--ignore-not-found")
-        cluster.delete_namespace(ns)
-        cluster.delete_namespace(system_ns)
-        delete_volumes(cluster, ns)
 
 
 def _gateway(ns: str, name: str, queue: str) -> dict[str, Any]:
