@@ -201,11 +201,12 @@ class ProxyStage:
 
 def default_stages() -> list[DemoStage]:
     """The demo's stages, in order. Components append theirs here."""
+    from .demo_batch import BatchDemoStage
     from .demo_cache import CacheDemoStage
     from .demo_cost import CostDemoStage
     from .demo_distill import DistillDemoStage
 
-    return [ProxyStage(), CacheDemoStage(), DistillDemoStage(), CostDemoStage()]
+    return [ProxyStage(), CacheDemoStage(), BatchDemoStage(), DistillDemoStage(), CostDemoStage()]
 
 
 # -- processes -------------------------------------------------------------------------------
