@@ -32,6 +32,7 @@ import httpx
 import yaml
 
 from bench.procs import free_port
+from thrifty_cli.demo_support import wait_ready
 from thrifty_core.config import read_config_data
 from thrifty_core.embedding.local import LocalEmbedder
 from thrifty_core.prices import BUILTIN_PRICES, Usage, cost_usd
@@ -50,20 +51,6 @@ ERROR_RATE = float(os.environ.get("THRIFTY_ORACLE_ERROR_RATE", str(DEFAULT_ERROR
 LATENCY_SAMPLES = int(os.environ.get("THRIFTY_BENCH_LATENCY_SAMPLES", "500"))
 TEACHER = "gpt-4o"
 GATEWAY_REQUESTS = int(os.environ.get("THRIFTY_BENCH_GATEWAY_REQUESTS", "400"))
-
-
-def _wait(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{url}: exited with {proc.returncode}")
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(url)
 
 
 def gateway_latency(head: ClassifierHead, labels: list[str], texts: list[str]) -> dict[str, Any]:
@@ -128,8 +115,8 @@ def gateway_latency(head: ClassifierHead, labels: list[str], texts: list[str]) -
             stderr=subprocess.STDOUT,
         )
     try:
-        _wait(f"http://127.0.0.1:{sim_port}/healthz", sim)
-        _wait(f"http://127.0.0.1:{gw_port}/readyz", gw)
+        wait_ready(f"http://127.0.0.1:{sim_port}/healthz", sim)
+        wait_ready(f"http://127.0.0.1:{gw_port}/readyz", gw)
         times: dict[str, list[float]] = {"student": [], "teacher": []}
         with httpx.Client(
             base_url=f"http://127.0.0.1:{gw_port}/v1",

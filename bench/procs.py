@@ -4,27 +4,18 @@ from __future__ import annotations
 
 import subprocess
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from thrifty_cli.demo_support import free_port, stop
+from thrifty_cli.demo_support import free_port, stop, wait_ready
 
 __all__ = ["free_port", "process", "wait_ok"]
 
 
 def wait_ok(url: str, timeout: float = 60) -> None:
     """Until `url` answers 200; TimeoutError after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(url)
+    wait_ready(url, None, timeout, interval=0.05)
 
 
 @contextmanager

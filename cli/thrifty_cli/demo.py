@@ -32,7 +32,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from thrifty_cli.demo_support import stop
+from thrifty_cli.demo_support import stop, wait_ready
 from thrifty_core.config import read_config_data
 
 log = logging.getLogger("thrifty.demo")
@@ -222,26 +222,12 @@ def _port(preferred: int) -> int:
         return port
 
 
-def _wait(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{url}: process exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(url)
-
-
 @contextmanager
 def _process(args: list[str], ready: str, log_path: Path) -> Iterator[None]:
     with log_path.open("wb") as out:
         proc = subprocess.Popen([sys.executable, *args], stdout=out, stderr=subprocess.STDOUT)
     try:
-        _wait(ready, proc)
+        wait_ready(ready, proc)
         yield
     finally:
         stop(proc)

@@ -7,6 +7,8 @@ import asyncio
 import socket
 import subprocess
 import tempfile
+import time
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -22,6 +24,27 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def wait_ready(
+    url: str,
+    proc: subprocess.Popen[bytes] | None = None,
+    timeout: float = 60,
+    interval: float = 0.1,
+) -> None:
+    """Until `url` answers 200: RuntimeError as soon as `proc` (when given) exits,
+    TimeoutError after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{url}: process exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            time.sleep(interval)
+    raise TimeoutError(url)
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
