@@ -52,10 +52,8 @@ class KeyStore:
         self._tenant_list = tenants
         self._admin = admin
         self._tenants = {t.name: t for t in tenants}
-        self._entries: list[tuple[bytes, str]] = []
-        self._stamps: dict[str, tuple[float, int] | None] = {}
-        self._entries = self._load()
-        self._stamps = self._file_stamps()
+        self._entries: list[tuple[bytes, str]] = self._load()
+        self._stamps: dict[str, tuple[float, int] | None] = self._file_stamps()
 
     def _load(self) -> list[tuple[bytes, str]]:
         entries: list[tuple[bytes, str]] = []
