@@ -53,12 +53,7 @@ async def refuse_over_hard_limit(
         assert b.hard_limit_usd is not None
         if usd >= b.hard_limit_usd:
             budgets.metrics.limited.labels(line.scope, line.owner, "hard").inc()
-            raise BudgetExceededError(
-                f"The {line.scope} '{line.owner}' has used its {b.period}ly budget of "
-                f"${b.hard_limit_usd:.2f} (spent ${usd:.2f}). It resets at "
-                f"{end.isoformat().replace('+00:00', 'Z')}.",
-                retry_after=end.timestamp() - now,
-            )
+            raise BudgetExceededError.for_line(line, usd, end, now)
 
 
 async def charge(

@@ -45,6 +45,19 @@ class BudgetExceededError(RateLimitError):
     type = "insufficient_quota"
     code = "budget_exceeded"
 
+    @classmethod
+    def for_line(
+        cls, line: BudgetLine, spent: float, end: datetime, now: float
+    ) -> BudgetExceededError:
+        """The error for `line` at its hard limit, retryable when its period ends."""
+        b = line.budget
+        return cls(
+            f"The {line.scope} '{line.owner}' has used its {b.period}ly budget of "
+            f"${b.hard_limit_usd:.2f} (spent ${spent:.2f}). It resets at "
+            f"{end.isoformat().replace('+00:00', 'Z')}.",
+            retry_after=end.timestamp() - now,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class BudgetLine:
@@ -139,12 +152,7 @@ class BudgetStage:
             if b.hard_limit_usd is not None and usd >= b.hard_limit_usd:
                 self.metrics.limited.labels(line.scope, line.owner, "hard").inc()
                 self._warn(key, "hard", line)
-                raise BudgetExceededError(
-                    f"The {line.scope} '{line.owner}' has used its {b.period}ly budget of "
-                    f"${b.hard_limit_usd:.2f} (spent ${usd:.2f}). It resets at "
-                    f"{end.isoformat().replace('+00:00', 'Z')}.",
-                    retry_after=end.timestamp() - now,
-                )
+                raise BudgetExceededError.for_line(line, usd, end, now)
             if b.soft_limit_usd is not None and usd >= b.soft_limit_usd:
                 self.metrics.limited.labels(line.scope, line.owner, "soft").inc()
                 self._warn(key, "soft", line)
