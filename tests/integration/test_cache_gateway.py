@@ -4,6 +4,7 @@ client directives, streamed hits, purge and the ledger."""
 
 from __future__ import annotations
 
+import copy
 import time
 import uuid
 from collections.abc import Iterator
@@ -15,13 +16,15 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.integration.procs import Simulator, local_config
-from tests.integration.waiting import wait_recorded, wait_until
+from tests.integration.waiting import metric_total, wait_recorded, wait_until
+from thrifty_core.api.cachepolicy import GUARD_CHECKS, PairVerifier
 from thrifty_core.config import parse_config
 from thrifty_gateway.app import create_app
+from thrifty_gateway.services.cache.guard import first_failure
 
 pytestmark = pytest.mark.integration
 
-POLICY = {
+POLICY: dict[str, Any] = {
     "spec": {
         "semantic": {"enabled": True, "threshold": 0.85, "embedding": {}},
         "eligibility": {"maxTemperature": 1.0},
@@ -187,6 +190,7 @@ def test_a_paraphrase_within_a_tenant_hits_the_semantic_layer(h: Harness) -> Non
     hit = h.ask(f"How can I reset my online banking password? ref {tag}")
     assert cache_of(hit) == "semantic"
     assert 0.85 <= float(hit.headers["x-thrifty-similarity"]) < 1.0
+    assert float(hit.headers["x-thrifty-verifier-score"]) >= PairVerifier().min_score
     assert hit.parse().choices[0].message.content == first.parse().choices[0].message.content
     other_tenant = h.ask(f"How can I reset my online banking password? ref {tag}", h.b)
     assert cache_of(other_tenant) == "miss"
@@ -213,6 +217,52 @@ def test_the_guard_refuses_near_misses(h: Harness, cached: str, asked: str) -> N
     assert cache_of(h.ask(f"{cached} {tag}")) == "miss"
     h.settle()
     assert cache_of(h.ask(f"{asked} {tag}")) == "miss"
+
+
+# Same intent word for word except the audience or object: the checks have nothing to catch
+# (no number, negation, antonym or entity differs) and the cosine clears the floor; only the
+# pair verifier can tell them apart.
+TOPICAL_NEIGHBOURS = [
+    (
+        "What is the best programming language for beginners?",
+        "What is the best programming language for kids?",
+    ),
+    ("How do I make pizza dough at home?", "How do I make bread dough at home?"),
+]
+
+
+def _ask_pair(simulator: Simulator, verifier: bool, cached: str, asked: str) -> tuple[Any, float]:
+    """Cache `cached`, then ask `asked` under a recall-leaning policy (cosine floor 0.75) with
+    the verifier on or off; returns the second response and the verifier's rejections."""
+    policy = copy.deepcopy(POLICY)
+    policy["spec"]["semantic"]["threshold"] = 0.75
+    policy["spec"]["semantic"]["guard"] = {"verifier": {"enabled": verifier}}
+    with TestClient(create_app(parse_config(cache_config(simulator.url, policy)))) as http:
+        h = Harness(http, simulator)
+        assert cache_of(h.ask(cached)) == "miss"
+        h.settle()
+        resp = h.ask(asked)
+        rejected = metric_total(http, "thrifty_cache_guard_rejections_total", check="verifier")
+        h.a.close()
+        h.b.close()
+    return resp, rejected
+
+
+@pytest.mark.parametrize(("cached", "asked"), TOPICAL_NEIGHBOURS)
+def test_the_verifier_refuses_topical_neighbours_the_checks_let_through(
+    simulator: Simulator, cached: str, asked: str
+) -> None:
+    tag = uuid.uuid4().hex[:6]
+    cached, asked = f"{cached} ref {tag}", f"{asked} ref {tag}"
+    assert first_failure(asked, cached, list(GUARD_CHECKS)) is None
+    # Without the verifier the cosine search and the checks serve the neighbour's answer ...
+    served, _ = _ask_pair(simulator, False, cached, asked)
+    assert cache_of(served) == "semantic"
+    assert "x-thrifty-verifier-score" not in served.headers
+    # ... with it, the same lookup is refused by the verifier.
+    refused, rejections = _ask_pair(simulator, True, cached, asked)
+    assert cache_of(refused) == "miss"
+    assert rejections >= 1
 
 
 def test_truncated_answers_are_never_stored(h: Harness) -> None:

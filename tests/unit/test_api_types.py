@@ -98,6 +98,20 @@ def test_threshold_out_of_range() -> None:
     assert "threshold" in _error_text(exc)
 
 
+@pytest.mark.parametrize(
+    ("verifier", "field"),
+    [({"minScore": 1.2}, "minScore"), ({"model": "gpt-judge"}, "model")],
+)
+def test_bad_pair_verifier_is_refused(verifier: dict[str, Any], field: str) -> None:
+    doc = {
+        "kind": "CachePolicy",
+        "spec": {"semantic": {"enabled": True, "embedding": {}, "guard": {"verifier": verifier}}},
+    }
+    with pytest.raises(ValidationError) as exc:
+        CachePolicy.model_validate(doc)
+    assert field in _error_text(exc)
+
+
 def test_causal_lm_needs_base_model() -> None:
     doc = {
         "kind": "DistilledModel",

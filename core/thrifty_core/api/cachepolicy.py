@@ -76,14 +76,44 @@ class EmbeddingModel(ApiModel):
     )
 
 
+PairModel = Literal["minilm-pair-qqp"]
+
+
+class PairVerifier(ApiModel):
+    """A cross-encoder that reads the query and a candidate together and scores the match."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Score candidates that pass the checks; serve only those scoring minScore.",
+    )
+    model: PairModel = Field(
+        default="minilm-pair-qqp",
+        description="Packaged verifier model (all-MiniLM-L6-v2 with a duplicate-question "
+        "adapter, run on CPU in the gateway).",
+    )
+    min_score: float = Field(
+        default=0.995,
+        ge=0.0,
+        le=1.0,
+        description="Minimum verifier score (0 to 1) for a candidate to be served.",
+    )
+
+
 class Guard(ApiModel):
     """Verification of semantic candidates before they are served."""
 
-    enabled: bool = Field(default=True, description="Verify candidate hits before serving.")
+    enabled: bool = Field(
+        default=True,
+        description="Verify candidate hits before serving (false also turns the verifier off).",
+    )
     checks: list[GuardCheck] = Field(
         default_factory=lambda: list(GUARD_CHECKS),
         max_length=8,
         description="Checks a candidate must pass; any mismatch rejects the hit.",
+    )
+    verifier: PairVerifier = Field(
+        default_factory=PairVerifier,
+        description="Learned pair verifier, run after the checks on the remaining candidates.",
     )
 
 
@@ -92,7 +122,7 @@ class SemanticLayer(ApiModel):
 
     enabled: bool = Field(default=False, description="Serve paraphrases from cache.")
     threshold: float = Field(
-        default=0.95, ge=0.5, le=1.0, description="Minimum cosine similarity for a candidate."
+        default=0.90, ge=0.5, le=1.0, description="Minimum cosine similarity for a candidate."
     )
     ttl_seconds: int = Field(
         default=86400, ge=1, le=31_536_000, description="Time to live of an entry."

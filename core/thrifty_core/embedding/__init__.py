@@ -3,6 +3,8 @@
 `Embedder` is the contract; `create_embedder(spec)` picks the implementation from a
 `CachePolicy` `EmbeddingModel` spec: `local` runs all-MiniLM-L6-v2 through onnxruntime on CPU
 (`LocalEmbedder`), `openai` calls an OpenAI-compatible embeddings endpoint (`OpenAIEmbedder`).
+`create_pair_scorer(model)` builds the semantic cache's pair verifier (`pair.PairScorer`), a
+cross-encoder on the same packaged encoder.
 Heavy dependencies (numpy, onnxruntime, onnx, tokenizers, safetensors; httpx for `openai`) are
 imported inside the implementations, behind the `embed` extra.
 """
@@ -11,10 +13,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..api.cachepolicy import EmbeddingModel
-from .protocol import Embedder, TokenEmbedder
+from ..api.cachepolicy import EmbeddingModel, PairModel
+from .protocol import Embedder, PairScoring
 
-__all__ = ["Embedder", "TokenEmbedder", "create_embedder"]
+__all__ = ["Embedder", "PairScoring", "create_embedder", "create_pair_scorer"]
 
 LOCAL_MODELS = frozenset({"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"})
 
@@ -50,3 +52,15 @@ def create_embedder(
             f"{spec.model} has {embedder.dim} dimensions, the spec says {spec.dimensions}"
         )
     return embedder
+
+
+def create_pair_scorer(
+    model: PairModel, *, cache_dir: Path | None = None, threads: int = 1
+) -> PairScoring:
+    """The packaged pair verifier `model` (its int8 graph, built once and cached on disk)."""
+    from .pair import ADAPTER_DIR, PairScorer
+
+    path = ADAPTER_DIR / f"{model}.safetensors"
+    if not path.exists():
+        raise ValueError(f"pair verifier {model!r} is not packaged ({path} is missing)")
+    return PairScorer(path, cache_dir=cache_dir, threads=threads)

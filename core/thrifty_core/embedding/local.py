@@ -15,8 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +37,20 @@ def default_cache_dir() -> Path:
 
 def ensure_onnx_file(files: BertFiles, name: str, cache_dir: Path, quantize: bool) -> Path:
     """Build (once) and return the path of the cached ONNX graph for `files`."""
+    return cached_graph(
+        f"{name}-{files.digest}-g{GRAPH_VERSION}",
+        lambda: build_bert_onnx(files.config, files.weights),
+        cache_dir,
+        quantize,
+    )
+
+
+def cached_graph(stem: str, build: Callable[[], Any], cache_dir: Path, quantize: bool) -> Path:
+    """`<cache_dir>/embedding/<stem>[-int8pc].onnx`, built by `build()` the first time.
+
+    Files are written under a temporary name and renamed, so concurrent workers never read a
+    half-written graph; a read-only cache dir (containers) falls back to the temp dir.
+    """
     import onnx
 
     folder = cache_dir / "embedding"
@@ -45,25 +58,23 @@ def ensure_onnx_file(files: BertFiles, name: str, cache_dir: Path, quantize: boo
         folder.mkdir(parents=True, exist_ok=True)
         if not os.access(folder, os.W_OK):
             raise PermissionError(str(folder))
-    except OSError:  # read-only home (containers): build under the temp dir instead
+    except OSError:
         folder = Path(tempfile.gettempdir()) / "thrifty" / "embedding"
         folder.mkdir(parents=True, exist_ok=True)
         logger.warning("embedding cache dir not writable; using %s", folder)
-    stem = f"{name}-{files.digest}-g{GRAPH_VERSION}"
-    quant_stem = f"{stem}-int8pc"
     plain = folder / f"{stem}.onnx"
     if not plain.exists():
-        logger.info("building ONNX graph for %s in %s", name, plain)
-        tmp = plain.with_suffix(f".tmp{os.getpid()}")
-        onnx.save_model(build_bert_onnx(files.config, files.weights), str(tmp))
-        tmp.replace(plain)  # atomic: concurrent workers never read a half-written file
+        logger.info("building ONNX graph %s", plain)
+        tmp = _temp_path(folder, plain.name)
+        onnx.save_model(build(), str(tmp))
+        tmp.replace(plain)
     if not quantize:
         return plain
-    quant = folder / f"{quant_stem}.onnx"
+    quant = folder / f"{stem}-int8pc.onnx"
     if not quant.exists():
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        tmp = quant.with_suffix(f".tmp{os.getpid()}")
+        tmp = _temp_path(folder, quant.name)
         # Weights of the dense layers only (the embedding tables stay float), per channel.
         quantize_dynamic(
             str(plain),
@@ -74,6 +85,24 @@ def ensure_onnx_file(files: BertFiles, name: str, cache_dir: Path, quantize: boo
         )
         tmp.replace(quant)
     return quant
+
+
+def _temp_path(folder: Path, name: str) -> Path:
+    """A fresh file name next to the target: unique even across pods sharing the folder."""
+    fd, raw = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    return Path(raw)
+
+
+def cpu_session(path: Path, threads: int) -> Any:
+    """An onnxruntime CPU session with `threads` intra-op threads and full graph optimisation."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 
 class LocalEmbedder:
@@ -89,24 +118,16 @@ class LocalEmbedder:
         quantize: bool = False,
         max_tokens: int = MAX_TOKENS,
     ) -> None:
-        import onnxruntime as ort
         from tokenizers import Tokenizer
 
         files = files or load_minilm()
         self._dim = files.config.hidden
         path = ensure_onnx_file(files, name, cache_dir or default_cache_dir(), quantize)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self._session: Any = ort.InferenceSession(
-            str(path), sess_options=options, providers=["CPUExecutionProvider"]
-        )
+        self._session = cpu_session(path, threads)
         tokenizer = Tokenizer.from_str(files.tokenizer_json)
         tokenizer.enable_truncation(max_length=max_tokens)
         tokenizer.no_padding()
         self._tokenizer = tokenizer
-        self._lock = threading.Lock()  # tokenizers' padding state is per object
 
     @property
     def dim(self) -> int:
@@ -137,28 +158,3 @@ class LocalEmbedder:
         (out,) = self._session.run(["embeddings"], {"input_ids": ids, "attention_mask": mask})
         result: npt.NDArray[np.float32] = np.ascontiguousarray(out, dtype=np.float32)
         return result
-
-    def embed_with_tokens(
-        self, texts: Sequence[str]
-    ) -> tuple[npt.NDArray[np.float32], list[npt.NDArray[np.float32]]]:
-        """Sentence vectors and, per text, its contextual token vectors (one run).
-
-        Token vectors are the encoder's last hidden state, L2-normalised per token, without
-        [CLS] and [SEP]: row j of `tokens[i]` is word piece j of texts[i].
-        """
-        import numpy as np
-
-        if not texts:
-            return np.zeros((0, self._dim), dtype=np.float32), []
-        ids, mask = self.tokenize(texts)
-        out, states = self._session.run(
-            ["embeddings", "token_states"], {"input_ids": ids, "attention_mask": mask}
-        )
-        tokens: list[npt.NDArray[np.float32]] = []
-        for row in range(len(texts)):
-            n = int(mask[row].sum())
-            t = np.asarray(states[row, 1 : max(n - 1, 1)], dtype=np.float32)
-            norms = np.linalg.norm(t, axis=1, keepdims=True)
-            tokens.append(t / np.maximum(norms, 1e-12))
-        vectors: npt.NDArray[np.float32] = np.ascontiguousarray(out, dtype=np.float32)
-        return vectors, tokens

@@ -7,13 +7,13 @@ L2 norm), so it is written once with `onnx.helper` and run by onnxruntime, which
 LayerNorm/GELU/MatMul+Add itself and runs it on one core in a few milliseconds. A numpy
 reference forward pass (`reference.py`) checks the graph numerically in the unit tests.
 
-The graph takes `input_ids` and `attention_mask` (int64, [batch, seq]) and returns
-`embeddings` (float32, [batch, hidden]), mean-pooled over unmasked tokens and L2-normalised,
-and `token_states` (float32, [batch, seq, hidden]), the last hidden state before pooling (the
-contextual token embeddings the semantic cache's verifier aligns, BERTScore-style). Asking
-onnxruntime for both costs one run.
+The sentence graph takes `input_ids` and `attention_mask` (int64, [batch, seq]) and returns
+`embeddings` (float32, [batch, hidden]), mean-pooled over unmasked tokens and L2-normalised.
 Token type ids are always 0 for single sentences, so the type-0 row is folded into the
 position table. The query projection is pre-scaled by 1/sqrt(head_dim).
+
+The pair graph (`build_pair_onnx`, the semantic cache's verifier) is the same encoder over a
+sentence pair with `token_type_ids` and mean pooling; its logistic head runs in numpy.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     import numpy.typing as npt
 
 OPSET = 17
-GRAPH_VERSION = "2"  # bump when the graph layout changes (it keys the on-disk cache)
+GRAPH_VERSION = "3"  # bump when the graph layout changes (it keys the on-disk cache)
 MASK_NEG = -1e4
 
 
@@ -72,24 +72,32 @@ class _Builder:
         return self.op("LayerNormalization", [x, g, b], "ln", axis=-1, epsilon=eps)
 
 
-def build_bert_onnx(config: BertConfig, weights: dict[str, npt.NDArray[np.float32]]) -> Any:
-    """Return an `onnx.ModelProto` of the encoder + mean pooling + L2 normalisation."""
-    import numpy as np
-    from onnx import TensorProto, checker, helper
+def _encoder(
+    g: _Builder,
+    config: BertConfig,
+    weights: dict[str, npt.NDArray[np.float32]],
+    segments: bool,
+) -> tuple[str, str]:
+    """The BERT encoder; returns (last hidden state, float attention mask).
 
-    g = _Builder()
+    With `segments`, a `token_type_ids` input selects rows of the token-type table (sentence
+    pairs); without it the type-0 row is folded into the position table.
+    """
+    import numpy as np
+    from onnx import TensorProto
+
     f32 = np.float32
     i64 = np.int64
     hd = config.head_dim
     scale = 1.0 / math.sqrt(hd)
 
-    # Embeddings: word[ids] + (position + type0)[:seq], then LayerNorm.
+    # Embeddings: word[ids] + (position + type)[:seq], then LayerNorm.
     word = g.const("word_emb", weights["embeddings.word_embeddings.weight"])
-    pos_table = (
-        weights["embeddings.position_embeddings.weight"]
-        + weights["embeddings.token_type_embeddings.weight"][0:1]
-    ).astype(f32)
-    pos = g.const("pos_emb", pos_table)
+    types = weights["embeddings.token_type_embeddings.weight"]
+    pos_table = weights["embeddings.position_embeddings.weight"]
+    if not segments:
+        pos_table = pos_table + types[0:1]
+    pos = g.const("pos_emb", pos_table.astype(f32))
     shape = g.op("Shape", ["input_ids"])
     seq = g.op(
         "Slice", [shape, g.const("one", np.array([1], i64)), g.const("two", np.array([2], i64))]
@@ -98,6 +106,9 @@ def build_bert_onnx(config: BertConfig, weights: dict[str, npt.NDArray[np.float3
         "Slice", [pos, g.const("zero", np.array([0], i64)), seq, g.const("ax0", np.array([0], i64))]
     )
     emb = g.op("Add", [g.op("Gather", [word, "input_ids"], axis=0), pos_rows])
+    if segments:
+        table = g.const("type_emb", types.astype(f32))
+        emb = g.op("Add", [emb, g.op("Gather", [table, "token_type_ids"], axis=0)])
     x = g.layer_norm(
         emb,
         weights["embeddings.LayerNorm.weight"],
@@ -159,39 +170,80 @@ def build_bert_onnx(config: BertConfig, weights: dict[str, npt.NDArray[np.float3
             config.layer_norm_eps,
         )
 
-    g.nodes.append(helper.make_node("Identity", [x], ["token_states"], name="token_states"))
-    # Mean pooling over unmasked tokens, then L2 normalisation.
+    return x, maskf
+
+
+def _pool(g: _Builder, x: str, maskf: str) -> str:
+    """Mean of the hidden states over unmasked tokens."""
+    import numpy as np
+
+    i64 = np.int64
     m3 = g.op("Unsqueeze", [maskf, g.const("ax2", np.array([2], i64))])
     summed = g.op(
         "ReduceSum", [g.op("Mul", [x, m3]), g.const("ax1", np.array([1], i64))], keepdims=0
     )
     count = g.op("ReduceSum", [m3, g.const("ax1", np.array([1], i64))], keepdims=0)
-    count = g.op("Max", [count, g.const("tiny", np.array(1e-9, f32))])
-    mean = g.op("Div", [summed, count])
-    norm = g.op("ReduceL2", [mean], axes=[1], keepdims=1)  # axes is an attribute before 18
-    norm = g.op("Max", [norm, g.const("tiny12", np.array(1e-12, f32))])
-    g.nodes.append(helper.make_node("Div", [mean, norm], ["embeddings"], name="l2norm"))
+    count = g.op("Max", [count, g.const("tiny", np.array(1e-9, np.float32))])
+    return g.op("Div", [summed, count])
 
-    graph = helper.make_graph(
-        g.nodes,
-        "bert_sentence_encoder",
-        [
-            helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
-            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "seq"]),
-        ],
-        [
-            helper.make_tensor_value_info(
-                "embeddings", TensorProto.FLOAT, ["batch", config.hidden]
-            ),
-            helper.make_tensor_value_info(
-                "token_states", TensorProto.FLOAT, ["batch", "seq", config.hidden]
-            ),
-        ],
-        initializer=g.inits,
-    )
+
+def _model(g: _Builder, name: str, inputs: list[Any], outputs: list[Any]) -> Any:
+    from onnx import checker, helper
+
+    graph = helper.make_graph(g.nodes, name, inputs, outputs, initializer=g.inits)
     model = helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="thrifty"
     )
     model.ir_version = 8
     checker.check_model(model)
     return model
+
+
+def build_bert_onnx(config: BertConfig, weights: dict[str, npt.NDArray[np.float32]]) -> Any:
+    """Return an `onnx.ModelProto` of the encoder + mean pooling + L2 normalisation."""
+    import numpy as np
+    from onnx import TensorProto, helper
+
+    g = _Builder()
+    x, maskf = _encoder(g, config, weights, segments=False)
+    mean = _pool(g, x, maskf)
+    norm = g.op("ReduceL2", [mean], axes=[1], keepdims=1)  # axes is an attribute before 18
+    norm = g.op("Max", [norm, g.const("tiny12", np.array(1e-12, np.float32))])
+    g.nodes.append(helper.make_node("Div", [mean, norm], ["embeddings"], name="l2norm"))
+    ids, mask = _int_inputs("input_ids", "attention_mask")
+    return _model(
+        g,
+        "bert_sentence_encoder",
+        [ids, mask],
+        [
+            helper.make_tensor_value_info(
+                "embeddings", TensorProto.FLOAT, ["batch", config.hidden]
+            ),
+        ],
+    )
+
+
+def build_pair_onnx(config: BertConfig, weights: dict[str, npt.NDArray[np.float32]]) -> Any:
+    """A cross-encoder body: the encoder over "[CLS] a [SEP] b [SEP]" with segment ids and
+    mean pooling. Inputs `input_ids`, `token_type_ids`, `attention_mask`; output `pooled`
+    (float32, [batch, hidden]). The logistic head stays outside the graph (one dot product in
+    numpy), so int8 quantisation of the graph never touches it."""
+    from onnx import TensorProto, helper
+
+    g = _Builder()
+    x, maskf = _encoder(g, config, weights, segments=True)
+    g.nodes.append(helper.make_node("Identity", [_pool(g, x, maskf)], ["pooled"], name="pooled"))
+    return _model(
+        g,
+        "bert_pair_encoder",
+        list(_int_inputs("input_ids", "token_type_ids", "attention_mask")),
+        [helper.make_tensor_value_info("pooled", TensorProto.FLOAT, ["batch", config.hidden])],
+    )
+
+
+def _int_inputs(*names: str) -> tuple[Any, ...]:
+    from onnx import TensorProto, helper
+
+    return tuple(
+        helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "seq"]) for n in names
+    )

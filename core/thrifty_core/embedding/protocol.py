@@ -25,12 +25,11 @@ class Embedder(Protocol):
 
 
 @runtime_checkable
-class TokenEmbedder(Embedder, Protocol):
-    """An embedder that also returns contextual token vectors (for token alignment)."""
+class PairScoring(Protocol):
+    """Scores how well each candidate text matches a query, in [0, 1]."""
 
-    def embed_with_tokens(
-        self, texts: Sequence[str]
-    ) -> tuple[npt.NDArray[np.float32], list[npt.NDArray[np.float32]]]:
-        """Sentence vectors (as `embed`) and, per text, L2-normalised token vectors of shape
-        (tokens, dim) without special tokens. Thread-safe."""
+    name: str
+
+    def score(self, query: str, candidates: Sequence[str]) -> npt.NDArray[np.float32]:
+        """One score per candidate, in order. Thread-safe."""
         ...

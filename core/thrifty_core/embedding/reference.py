@@ -39,8 +39,11 @@ def reference_forward(
     weights: dict[str, npt.NDArray[np.float32]],
     input_ids: npt.NDArray[np.int64],
     attention_mask: npt.NDArray[np.int64],
+    token_type_ids: npt.NDArray[np.int64] | None = None,
+    normalize: bool = True,
 ) -> npt.NDArray[np.float64]:
-    """Mean-pooled, L2-normalised sentence embeddings computed in float64 with numpy."""
+    """Mean-pooled sentence embeddings computed in float64 with numpy, L2-normalised unless
+    `normalize` is false (the pair scorer's head reads the raw mean)."""
     import numpy as np
 
     w = {k: v.astype(np.float64) for k, v in weights.items()}
@@ -55,7 +58,9 @@ def reference_forward(
     x = (
         w["embeddings.word_embeddings.weight"][input_ids]
         + w["embeddings.position_embeddings.weight"][:seq][None]
-        + w["embeddings.token_type_embeddings.weight"][0][None, None]
+        + w["embeddings.token_type_embeddings.weight"][
+            token_type_ids if token_type_ids is not None else np.zeros_like(input_ids)
+        ]
     )
     x = _layer_norm(
         x, weights["embeddings.LayerNorm.weight"], weights["embeddings.LayerNorm.bias"], 1e-12
@@ -87,7 +92,9 @@ def reference_forward(
             config.layer_norm_eps,
         )
     m = attention_mask.astype(np.float64)[:, :, None]
-    mean = (x * m).sum(1) / np.maximum(m.sum(1), 1e-9)
+    mean: npt.NDArray[np.float64] = (x * m).sum(1) / np.maximum(m.sum(1), 1e-9)
+    if not normalize:
+        return mean
     out: npt.NDArray[np.float64] = mean / np.maximum(
         np.linalg.norm(mean, axis=1, keepdims=True), 1e-12
     )

@@ -1,15 +1,15 @@
-"""One cache policy as the gateway runs it: its stores, embedder and keyspace."""
+"""One cache policy as the gateway runs it: its stores, embedder, verifier and keyspace."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from thrifty_core.api.cachepolicy import CachePolicySpec
+from thrifty_core.api.cachepolicy import CachePolicySpec, EmbeddingModel, PairModel
 from thrifty_core.config import CachePolicyConfig
-from thrifty_core.embedding import Embedder, create_embedder
+from thrifty_core.embedding import Embedder, PairScoring, create_embedder, create_pair_scorer
 
 from .entry import Codec
 from .exact import ExactStore, MemoryExactStore, RedisExactStore
@@ -26,6 +26,7 @@ class PolicyRuntime:
     exact: ExactStore | None
     semantic: SemanticIndex | None
     embedder: Embedder | None
+    verifier: PairScoring | None = None
 
     async def aclose(self) -> None:
         if self.exact is not None:
@@ -38,10 +39,27 @@ def _secret(source: Any) -> str | None:
     return source.read() if source is not None else None
 
 
-async def open_policy(
-    name: str, policy: CachePolicyConfig, embedders: dict[str, Embedder]
-) -> PolicyRuntime:
-    """Open the stores of a policy (embedders are shared between policies by spec)."""
+@dataclass
+class SharedModels:
+    """Embedders and pair verifiers, shared by every policy that declares the same one."""
+
+    embedders: dict[str, Embedder] = field(default_factory=dict)
+    verifiers: dict[str, PairScoring] = field(default_factory=dict)
+
+    async def embedder(self, spec: EmbeddingModel) -> Embedder:
+        fingerprint = spec.model_dump_json()
+        if fingerprint not in self.embedders:
+            self.embedders[fingerprint] = await asyncio.to_thread(create_embedder, spec)
+        return self.embedders[fingerprint]
+
+    async def verifier(self, model: PairModel) -> PairScoring:
+        if model not in self.verifiers:
+            self.verifiers[model] = await asyncio.to_thread(create_pair_scorer, model)
+        return self.verifiers[model]
+
+
+async def open_policy(name: str, policy: CachePolicyConfig, models: SharedModels) -> PolicyRuntime:
+    """Open the stores of a policy and load (or share) its embedder and verifier."""
     spec, stores = policy.spec, policy.stores
     keyspace = f"{name}/{stores.keyspace_version}"
     exact: ExactStore | None = None
@@ -59,13 +77,13 @@ async def open_policy(
             exact = MemoryExactStore(spec.exact.max_entries, codec, spec.exact.max_entry_bytes)
     semantic: SemanticIndex | None = None
     embedder: Embedder | None = None
+    verifier: PairScoring | None = None
     if spec.semantic.enabled and spec.semantic.embedding is not None:
         emb = spec.semantic.embedding
-        fingerprint = emb.model_dump_json()
-        embedder = embedders.get(fingerprint)
-        if embedder is None:
-            embedder = await asyncio.to_thread(create_embedder, emb)
-            embedders[fingerprint] = embedder
+        embedder = await models.embedder(emb)
+        guard = spec.semantic.guard
+        if guard.enabled and guard.verifier.enabled:
+            verifier = await models.verifier(guard.verifier.model)
         sem_keyspace = f"{keyspace}/{emb.model}/{emb.dimensions}"
         if stores.qdrant_url:
             semantic = await asyncio.to_thread(
@@ -85,9 +103,10 @@ async def open_policy(
                 optimize_every=min(10_000, spec.semantic.max_entries),
             )
     log.info(
-        "cache policy %s: exact=%s semantic=%s",
+        "cache policy %s: exact=%s semantic=%s verifier=%s",
         name,
         type(exact).__name__ if exact else "off",
         type(semantic).__name__ if semantic else "off",
+        verifier.name if verifier else "off",
     )
-    return PolicyRuntime(name, spec, keyspace, exact, semantic, embedder)
+    return PolicyRuntime(name, spec, keyspace, exact, semantic, embedder, verifier)

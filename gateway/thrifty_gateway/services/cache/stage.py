@@ -7,12 +7,14 @@ returns what the chosen tier would answer (see services/tiering/stage.py for whi
 are stored: never escalated ones, never unchecked cheap ones on a cascade route).
 
 Lookup order: eligibility -> exact (Redis or memory) -> semantic (embedding of the final user
-turn, Qdrant search under hard scope + context filters, guard on each candidate). Store: only
+turn, Qdrant search under hard scope + context filters, the guard's checks on each candidate,
+then the pair verifier scores the survivors in one run and the first, in cosine order, that
+reaches `minScore` is served). Store: only
 answers the policy allows (no errors, refusals, truncation, aborted streams, fallback-model
 answers or answers of another tier than the chosen one), after the response was sent. Any
 store failure is a bypass, never an error.
-Response headers: `x-thrifty-cache: exact|semantic|miss|bypass`, `x-thrifty-similarity` on a
-semantic hit. Cache keys never leave the gateway.
+Response headers: `x-thrifty-cache: exact|semantic|miss|bypass`, `x-thrifty-similarity` (cosine)
+and `x-thrifty-verifier-score` on a semantic hit. Cache keys never leave the gateway.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +30,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from thrifty_core.config import GatewayConfig
-from thrifty_core.embedding import Embedder
 from thrifty_core.prices import Usage
 
 from ..pipeline import Outcome, RequestContext, StageResponse
@@ -46,17 +48,30 @@ from .guard import first_failure
 from .keys import SemanticKey, canonical_request, exact_key, scope_of, semantic_key
 from .metrics import CacheMetrics
 from .replay import replay_chunks
-from .runtime import PolicyRuntime, open_policy
+from .runtime import PolicyRuntime, SharedModels, open_policy
 from .selector import Selector
+from .semantic import Candidate
 
 log = logging.getLogger(__name__)
 
 HEADER = "x-thrifty-cache"
 SIMILARITY = "x-thrifty-similarity"
+VERIFIER = "x-thrifty-verifier-score"
 STATE_KEY = "cache"
 CANDIDATES = 5
 SEMANTIC_TIMEOUT = 0.25  # seconds for embedding + search before the lookup is bypassed
 QUEUE_PER_WORKER = 2  # semantic lookups waiting per embedding thread before new ones bypass
+
+
+@dataclass(slots=True)
+class Lookup:
+    """A semantic lookup's result: candidates that passed the checks, in cosine order, and
+    the verifier's score of each (None when the policy runs no verifier)."""
+
+    vector: Any
+    passed: list[Candidate] = field(default_factory=list)
+    rejected: list[str] = field(default_factory=list)
+    scores: list[float] | None = None
 
 
 @dataclass(slots=True)
@@ -90,6 +105,7 @@ class CacheStage:
         self._workers = max(1, os.cpu_count() or 1)
         self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="thrifty-embed")
         self._pending = 0
+        self._pending_lock = threading.Lock()
         self._route_policy: dict[str, PolicyRuntime | None] = {}
         for route in config.routes:
             name = route.cache_policy or config.default_cache_policy
@@ -145,10 +161,26 @@ class CacheStage:
         return answer
 
     async def _run(self, fn: Callable[[], Any]) -> Any:
-        self._pending += 1
+        """Run `fn` on the embedding pool. `_pending` counts it until a thread is done with it
+        (a caller that timed out does not free the thread) or it is cancelled unstarted."""
+
+        def counted() -> Any:
+            try:
+                return fn()
+            finally:
+                self._release()
+
+        with self._pending_lock:
+            self._pending += 1
+        future = self._pool.submit(counted)
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
+            return await asyncio.wrap_future(future)
         finally:
+            if future.cancelled():  # never ran, so `counted` will not release it
+                self._release()
+
+    def _release(self) -> None:
+        with self._pending_lock:
             self._pending -= 1
 
     def _fresh(self, entry: CachedAnswer, plan: Plan) -> bool:
@@ -183,32 +215,52 @@ class CacheStage:
             return None
         layer = plan.policy.spec.semantic
         threshold = effective_threshold(layer.threshold, plan.directives.threshold)
+        checks = layer.guard.checks if layer.guard.enabled else []
+        verifier = plan.policy.verifier
+        min_score = layer.guard.verifier.min_score
 
-        def lookup() -> tuple[Any, list[Any]]:
+        def lookup() -> Lookup:
             vector = embedder.embed([sem.query])[0]
-            return vector, index.search(vector, plan.scope, sem.context, threshold, CANDIDATES)
+            found = Lookup(vector)
+            for candidate in index.search(vector, plan.scope, sem.context, threshold, CANDIDATES):
+                if not self._fresh(candidate.entry, plan):
+                    continue
+                failed = first_failure(sem.query, candidate.query, checks)
+                if failed is not None:
+                    found.rejected.append(failed)
+                    continue
+                found.passed.append(candidate)
+            if verifier is not None and found.passed:
+                scores = verifier.score(sem.query, [c.query for c in found.passed])
+                found.scores = [float(x) for x in scores]
+            return found
 
+        if self._pending >= self._workers * QUEUE_PER_WORKER:
+            # Every embedding thread is busy with a queue behind it: answering from upstream
+            # now beats waiting for a lookup that would likely time out.
+            self._metrics.lookups.labels("semantic", "busy").inc()
+            plan.degraded = True
+            return None
         try:
-            vector, candidates = await asyncio.wait_for(asyncio.to_thread(lookup), SEMANTIC_TIMEOUT)
+            found = await asyncio.wait_for(self._run(lookup), SEMANTIC_TIMEOUT)
         except Exception as exc:
             log.warning("semantic cache lookup bypassed: %s", type(exc).__name__)
             self._metrics.errors.labels("semantic", "search").inc()
             self._metrics.lookups.labels("semantic", "error").inc()
             plan.degraded = True
             return None
-        plan.vector = vector
-        checks = layer.guard.checks if layer.guard.enabled else []
-        for candidate in candidates:
-            if not self._fresh(candidate.entry, plan):
-                continue
-            failed = first_failure(sem.query, candidate.query, checks)
-            if failed is not None:
-                self._metrics.guard_rejections.labels(failed).inc()
-                continue
+        plan.vector = found.vector
+        for check in found.rejected:
+            self._metrics.guard_rejections.labels(check).inc()
+        for i, candidate in enumerate(found.passed):  # cosine order
+            headers = {SIMILARITY: f"{candidate.score:.4f}"}
+            if found.scores is not None:
+                if not found.scores[i] >= min_score:  # NaN never passes
+                    self._metrics.guard_rejections.labels("verifier").inc()
+                    continue
+                headers[VERIFIER] = f"{found.scores[i]:.4f}"
             self._metrics.lookups.labels("semantic", "hit").inc()
-            return self._respond(
-                ctx, candidate.entry, "semantic", {SIMILARITY: f"{candidate.score:.4f}"}
-            )
+            return self._respond(ctx, candidate.entry, "semantic", headers)
         self._metrics.lookups.labels("semantic", "miss").inc()
         return None
 
@@ -309,9 +361,9 @@ async def cache_stage(config: GatewayConfig, resources: Any) -> CacheStage | Non
     """Stage factory: a `CacheStage` when the config declares cache policies."""
     if not config.cache_policies:
         return None
-    embedders: dict[str, Embedder] = {}
+    models = SharedModels()
     policies = {
-        name: await open_policy(name, policy, embedders)
+        name: await open_policy(name, policy, models)
         for name, policy in config.cache_policies.items()
     }
     return CacheStage(config, policies, CacheMetrics(resources.metrics.registry))
