@@ -219,9 +219,12 @@ class CacheStage:
         verifier = plan.policy.verifier
         min_score = layer.guard.verifier.min_score
 
+        step = ["embed"]  # which part failed or timed out, for the error metric
+
         def lookup() -> Lookup:
             vector = embedder.embed([sem.query])[0]
             found = Lookup(vector)
+            step[0] = "search"
             for candidate in index.search(vector, plan.scope, sem.context, threshold, CANDIDATES):
                 if not self._fresh(candidate.entry, plan):
                     continue
@@ -231,6 +234,7 @@ class CacheStage:
                     continue
                 found.passed.append(candidate)
             if verifier is not None and found.passed:
+                step[0] = "verify"
                 scores = verifier.score(sem.query, [c.query for c in found.passed])
                 found.scores = [float(x) for x in scores]
             return found
@@ -245,7 +249,7 @@ class CacheStage:
             found = await asyncio.wait_for(self._run(lookup), SEMANTIC_TIMEOUT)
         except Exception as exc:
             log.warning("semantic cache lookup bypassed: %s", type(exc).__name__)
-            self._metrics.errors.labels("semantic", "search").inc()
+            self._metrics.errors.labels("semantic", step[0]).inc()
             self._metrics.lookups.labels("semantic", "error").inc()
             plan.degraded = True
             return None
