@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..api.cachepolicy import EmbeddingModel, PairModel
 from .protocol import Embedder, PairScoring
+from .weights import BertFiles
 
 __all__ = ["Embedder", "PairScoring", "create_embedder", "create_pair_scorer"]
 
@@ -24,6 +25,7 @@ LOCAL_MODELS = frozenset({"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-
 def create_embedder(
     spec: EmbeddingModel,
     *,
+    files: BertFiles | None = None,
     api_key: str | None = None,
     cache_dir: Path | None = None,
     threads: int = 1,
@@ -46,7 +48,7 @@ def create_embedder(
         )
     from .local import LocalEmbedder
 
-    embedder = LocalEmbedder(cache_dir=cache_dir, threads=threads, quantize=quantize)
+    embedder = LocalEmbedder(files, cache_dir=cache_dir, threads=threads, quantize=quantize)
     if embedder.dim != spec.dimensions:
         raise ValueError(
             f"{spec.model} has {embedder.dim} dimensions, the spec says {spec.dimensions}"
@@ -55,12 +57,17 @@ def create_embedder(
 
 
 def create_pair_scorer(
-    model: PairModel, *, cache_dir: Path | None = None, threads: int = 1
+    model: PairModel,
+    *,
+    files: BertFiles | None = None,
+    cache_dir: Path | None = None,
+    threads: int = 1,
 ) -> PairScoring:
-    """The packaged pair verifier `model` (its int8 graph, built once and cached on disk)."""
+    """The packaged pair verifier `model` (its int8 graph, built once and cached on disk);
+    `files` are the base encoder's, read from the package when not given."""
     from .pair import ADAPTER_DIR, PairScorer
 
     path = ADAPTER_DIR / f"{model}.safetensors"
     if not path.exists():
         raise ValueError(f"pair verifier {model!r} is not packaged ({path} is missing)")
-    return PairScorer(path, cache_dir=cache_dir, threads=threads)
+    return PairScorer(path, files=files, cache_dir=cache_dir, threads=threads)

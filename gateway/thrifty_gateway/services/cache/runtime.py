@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from thrifty_core.api.cachepolicy import CachePolicySpec, EmbeddingModel, PairModel
 from thrifty_core.config import CachePolicyConfig
 from thrifty_core.embedding import Embedder, PairScoring, create_embedder, create_pair_scorer
+from thrifty_core.embedding.weights import BertFiles, load_minilm
 
 from .entry import Codec
 from .exact import ExactStore, MemoryExactStore, RedisExactStore
@@ -45,16 +47,28 @@ class SharedModels:
 
     embedders: dict[str, Embedder] = field(default_factory=dict)
     verifiers: dict[str, PairScoring] = field(default_factory=dict)
+    minilm: BertFiles | None = None  # the packaged encoder, read once for both
+
+    async def _minilm(self) -> BertFiles:
+        if self.minilm is None:
+            self.minilm = await asyncio.to_thread(load_minilm)
+        return self.minilm
 
     async def embedder(self, spec: EmbeddingModel) -> Embedder:
         fingerprint = spec.model_dump_json()
         if fingerprint not in self.embedders:
-            self.embedders[fingerprint] = await asyncio.to_thread(create_embedder, spec)
+            files = await self._minilm() if spec.backend == "local" else None
+            self.embedders[fingerprint] = await asyncio.to_thread(
+                partial(create_embedder, spec, files=files)
+            )
         return self.embedders[fingerprint]
 
     async def verifier(self, model: PairModel) -> PairScoring:
         if model not in self.verifiers:
-            self.verifiers[model] = await asyncio.to_thread(create_pair_scorer, model)
+            files = await self._minilm()
+            self.verifiers[model] = await asyncio.to_thread(
+                partial(create_pair_scorer, model, files=files)
+            )
         return self.verifiers[model]
 
 
