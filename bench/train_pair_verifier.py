@@ -43,7 +43,12 @@ import numpy as np
 
 from bench.data import BENCH_PAIRS, DATA, norm, qqp_groups
 from thrifty_core.embedding.local import LocalEmbedder
-from thrifty_core.embedding.pair import ADAPTER_DIR, DEFAULT_ADAPTER, PAIR_MAX_TOKENS, PairScorer
+from thrifty_core.embedding.pair import (
+    DEFAULT_ADAPTER,
+    PAIR_MAX_TOKENS,
+    PairScorer,
+    packaged_adapter,
+)
 from thrifty_core.embedding.weights import load_minilm
 
 SEED = 13
@@ -227,7 +232,7 @@ def main() -> dict[str, Any]:
     tensors["embeddings.token_type_embeddings.weight"] = types.detach().clone().half()
     tensors["head.weight"] = head.weight.detach().clone().reshape(-1)
     tensors["head.bias"] = head.bias.detach().clone()
-    out = Path(os.environ.get("THRIFTY_TRAIN_OUT", ADAPTER_DIR / f"{DEFAULT_ADAPTER}.safetensors"))
+    out = Path(os.environ.get("THRIFTY_TRAIN_OUT", packaged_adapter(DEFAULT_ADAPTER)))
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file(
         tensors,

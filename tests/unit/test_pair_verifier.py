@@ -10,16 +10,16 @@ import pytest
 from thrifty_core.api.cachepolicy import CachePolicySpec, PairVerifier
 from thrifty_core.embedding import PairScoring, create_pair_scorer
 from thrifty_core.embedding.pair import (
-    ADAPTER_DIR,
     DEFAULT_ADAPTER,
     PairScorer,
     load_adapter,
     merged_weights,
+    packaged_adapter,
 )
 from thrifty_core.embedding.reference import reference_forward
 from thrifty_core.embedding.weights import BertFiles, load_minilm
 
-ADAPTER = ADAPTER_DIR / f"{DEFAULT_ADAPTER}.safetensors"
+ADAPTER = packaged_adapter(DEFAULT_ADAPTER)
 
 
 @pytest.fixture(scope="module")

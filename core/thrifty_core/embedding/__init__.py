@@ -65,9 +65,9 @@ def create_pair_scorer(
 ) -> PairScoring:
     """The packaged pair verifier `model` (its int8 graph, built once and cached on disk);
     `files` are the base encoder's, read from the package when not given."""
-    from .pair import ADAPTER_DIR, PairScorer
+    from .pair import PairScorer, packaged_adapter
 
-    path = ADAPTER_DIR / f"{model}.safetensors"
+    path = packaged_adapter(model)
     if not path.exists():
         raise ValueError(f"pair verifier {model!r} is not packaged ({path} is missing)")
     return PairScorer(path, files=files, cache_dir=cache_dir, threads=threads)

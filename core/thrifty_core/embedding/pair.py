@@ -11,7 +11,6 @@ policy defaults were measured with that graph); the logistic head runs in numpy.
 from __future__ import annotations
 
 import hashlib
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,12 +24,15 @@ if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
 
-logger = logging.getLogger(__name__)
-
 ADAPTER_DIR = Path(__file__).with_name("adapters")
 DEFAULT_ADAPTER = "minilm-pair-qqp"
 PAIR_MAX_TOKENS = 128  # query + cached question; longer pairs are truncated (longest first)
 PAIR_GRAPH_VERSION = "2"  # with the encoder's GRAPH_VERSION, keys the on-disk graph
+
+
+def packaged_adapter(model: str) -> Path:
+    """Where the packaged adapter `model` lives."""
+    return ADAPTER_DIR / f"{model}.safetensors"
 
 
 @dataclass(frozen=True)
@@ -106,7 +108,7 @@ class PairScorer:
         from tokenizers import Tokenizer
 
         files = files or load_minilm()
-        adapter_path = adapter_path or ADAPTER_DIR / f"{DEFAULT_ADAPTER}.safetensors"
+        adapter_path = adapter_path or packaged_adapter(DEFAULT_ADAPTER)
         adapter = load_adapter(adapter_path)
         stem = f"pair-{files.digest}-{adapter.digest}-g{GRAPH_VERSION}p{PAIR_GRAPH_VERSION}"
         path = cached_graph(

@@ -66,9 +66,11 @@ QUEUE_PER_WORKER = 2  # semantic lookups waiting per embedding thread before new
 @dataclass(slots=True)
 class Lookup:
     """A semantic lookup's result: candidates that passed the checks, in cosine order, and
-    the verifier's score of each (None when the policy runs no verifier)."""
+    the verifier's score of each (None when the policy runs no verifier). `step` is the part
+    running, so a failure or timeout is counted against it."""
 
-    vector: Any
+    step: str = "embed"
+    vector: Any = None
     passed: list[Candidate] = field(default_factory=list)
     rejected: list[str] = field(default_factory=list)
     scores: list[float] | None = None
@@ -219,13 +221,13 @@ class CacheStage:
         verifier = plan.policy.verifier
         min_score = layer.guard.verifier.min_score
 
-        step = ["embed"]  # which part failed or timed out, for the error metric
+        found = Lookup()
 
-        def lookup() -> Lookup:
-            vector = embedder.embed([sem.query])[0]
-            found = Lookup(vector)
-            step[0] = "search"
-            for candidate in index.search(vector, plan.scope, sem.context, threshold, CANDIDATES):
+        def lookup() -> None:
+            found.vector = embedder.embed([sem.query])[0]
+            found.step = "search"
+            search = index.search(found.vector, plan.scope, sem.context, threshold, CANDIDATES)
+            for candidate in search:
                 if not self._fresh(candidate.entry, plan):
                     continue
                 failed = first_failure(sem.query, candidate.query, checks)
@@ -234,10 +236,9 @@ class CacheStage:
                     continue
                 found.passed.append(candidate)
             if verifier is not None and found.passed:
-                step[0] = "verify"
+                found.step = "verify"
                 scores = verifier.score(sem.query, [c.query for c in found.passed])
                 found.scores = [float(x) for x in scores]
-            return found
 
         if self._pending >= self._workers * QUEUE_PER_WORKER:
             # Every embedding thread is busy with a queue behind it: answering from upstream
@@ -246,10 +247,10 @@ class CacheStage:
             plan.degraded = True
             return None
         try:
-            found = await asyncio.wait_for(self._run(lookup), SEMANTIC_TIMEOUT)
+            await asyncio.wait_for(self._run(lookup), SEMANTIC_TIMEOUT)
         except Exception as exc:
             log.warning("semantic cache lookup bypassed: %s", type(exc).__name__)
-            self._metrics.errors.labels("semantic", step[0]).inc()
+            self._metrics.errors.labels("semantic", found.step).inc()
             self._metrics.lookups.labels("semantic", "error").inc()
             plan.degraded = True
             return None
