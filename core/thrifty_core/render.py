@@ -64,6 +64,29 @@ def redis_password_ref(policy: CachePolicy) -> SecretKeyRef | None:
     return managed_redis_password(policy.metadata.name) if redis.managed else None
 
 
+MANAGED_QDRANT_KEY = "api-key"
+
+
+def managed_qdrant_secret(policy: str) -> str:
+    """The Secret with the API key the operator generates for the Qdrant it runs for `policy`."""
+    return f"{policy}-qdrant-auth"
+
+
+def managed_qdrant_key(policy: str) -> SecretKeyRef:
+    return SecretKeyRef(name=managed_qdrant_secret(policy), key=MANAGED_QDRANT_KEY)
+
+
+def qdrant_api_key_ref(policy: CachePolicy) -> SecretKeyRef | None:
+    """The policy's Qdrant API key: its own Secret key, else the generated one of a managed
+    Qdrant (only while the semantic layer runs one; an external Qdrant without a ref has none)."""
+    qdrant = policy.spec.stores.qdrant
+    if qdrant.password_secret_ref is not None:
+        return qdrant.password_secret_ref
+    if qdrant.managed and policy.spec.semantic.enabled:
+        return managed_qdrant_key(policy.metadata.name)
+    return None
+
+
 def managed_qdrant_url(policy: str, namespace: str) -> str:
     """In-cluster URL of the Qdrant the operator runs for cache policy `policy`."""
     return f"http://{policy}-qdrant.{namespace}.svc:6333"
@@ -94,7 +117,7 @@ def render_cache_policy(policy: CachePolicy) -> CachePolicyConfig:
             else stores.qdrant.url
         )
     redis_pw = redis_password_ref(policy)
-    qdrant_key = stores.qdrant.password_secret_ref
+    qdrant_key = qdrant_api_key_ref(policy)
     return CachePolicyConfig(
         spec=policy.spec,
         stores=CacheStoreConfig(

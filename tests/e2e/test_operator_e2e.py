@@ -404,6 +404,15 @@ def test_policy_asking_to_delete_data_drops_its_collection_first(platform: Platf
     assert obj["metadata"]["finalizers"] == ["thrifty.dev/finalizer"]
     sts = get(cluster, "statefulset", ns, "scratch-qdrant") or {}
     assert sts["spec"]["persistentVolumeClaimRetentionPolicy"]["whenDeleted"] == "Delete"
+    # The managed Qdrant requires an API key the operator generated, owned by the policy.
+    key = get(cluster, "secret", ns, "scratch-qdrant-auth") or {}
+    assert key["metadata"]["ownerReferences"][0]["uid"] == obj["metadata"]["uid"]
+    (env,) = [
+        e
+        for e in sts["spec"]["template"]["spec"]["containers"][0]["env"]
+        if e["name"] == "QDRANT__SERVICE__API_KEY"
+    ]
+    assert env["valueFrom"]["secretKeyRef"] == {"name": "scratch-qdrant-auth", "key": "api-key"}
     cluster.kubectl("delete", "cachepolicy", "scratch", "-n", ns, "--wait=false")
     # The finalizer runs the delete Job (kwok completes it) before letting the policy go.
     job = wait_for(
@@ -413,6 +422,7 @@ def test_policy_asking_to_delete_data_drops_its_collection_first(platform: Platf
     )
     args = job["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[:2] == ["operator", "delete-collection"] and f"thrifty-{ns}-scratch" in args
+    assert args[args.index("--api-key-file") + 1].endswith("/scratch-qdrant-auth/api-key")
     wait_gone(cluster, "cachepolicy", ns, "scratch")
     wait_gone(cluster, "statefulset", ns, "scratch-qdrant")
     wait_gone(cluster, "persistentvolumeclaim", ns, "storage-scratch-qdrant-0")

@@ -1,5 +1,6 @@
-"""Managed stores are closed: Redis requires a generated password (a Secret owned by its
-resource) that gateways and workers get as a file, and NetworkPolicies admit only them."""
+"""Managed stores are closed: Redis requires a generated password and Qdrant a generated API key
+(Secrets owned by their resource) that gateways, workers and collection Jobs get as files, and
+NetworkPolicies admit only them."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from thrifty_core.config import parse_config
 from thrifty_operator.builders import cache, names
 from thrifty_operator.builders.common import selector_labels
 from thrifty_operator.builders.secrets import gateway_secret_refs
-from thrifty_operator.builders.stores import build_redis_auth_secret
+from thrifty_operator.builders.stores import build_qdrant_auth_secret, build_redis_auth_secret
 
 SECRETS = "/var/run/thrifty/secrets"
 
@@ -151,3 +152,59 @@ def test_store_selectors_are_the_owners_own() -> None:
     assert policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/instance"] == (
         "default-cache"
     )
+
+
+def test_managed_qdrant_requires_its_generated_api_key() -> None:
+    qdrant = _container(_by("StatefulSet", names.qdrant("default-cache")))
+    (env,) = [e for e in qdrant["env"] if e["name"] == "QDRANT__SERVICE__API_KEY"]
+    assert env["valueFrom"]["secretKeyRef"] == {
+        "name": "default-cache-qdrant-auth",
+        "key": "api-key",
+    }
+    # Qdrant exempts exactly these health paths from the key, so the probes keep working.
+    assert qdrant["livenessProbe"]["httpGet"]["path"] == "/livez"
+    assert qdrant["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    secret = build_qdrant_auth_secret(owner(example("cachepolicy")), "k3y")
+    assert secret["metadata"]["name"] == "default-cache-qdrant-auth"
+    assert secret["metadata"]["ownerReferences"][0]["kind"] == "CachePolicy"
+    assert secret["stringData"] == {"api-key": "k3y"}
+
+
+def test_gateways_and_collection_jobs_read_the_qdrant_key_as_a_file() -> None:
+    gateway = LLMGateway.model_validate(example("llmgateway"))
+    policy = CachePolicy.model_validate(example("cachepolicy"))
+    queue = BatchQueue.model_validate(example("batchqueue"))
+    config = parse_config(yaml.safe_load(render(gateway, policy, queue)[0]))
+    key = config.cache_policies["default-cache"].stores.qdrant_api_key
+    assert key is not None and key.file == f"{SECRETS}/default-cache-qdrant-auth/api-key"
+    assert f"{SECRETS}/default-cache-qdrant-auth" in _mounted(
+        _by("Deployment", names.gateway("thrifty"))
+    )
+    job = _by("Job", names.collection_delete_job("default-cache"))
+    args = _container(job)["args"]
+    assert args[args.index("--api-key-file") + 1] == f"{SECRETS}/default-cache-qdrant-auth/api-key"
+    assert cache.generated_qdrant_key_needed(policy)
+
+
+def test_no_generated_qdrant_key_for_a_users_key_an_external_qdrant_or_no_semantic_layer() -> None:
+    def variant(qdrant: dict[str, Any], semantic: bool = True) -> CachePolicy:
+        body = example("cachepolicy")
+        body["spec"]["stores"]["qdrant"] = qdrant
+        body["spec"]["semantic"]["enabled"] = semantic
+        return CachePolicy.model_validate(body)
+
+    mine = variant({"managed": True, "passwordSecretRef": {"name": "mine", "key": "k"}})
+    external = variant({"managed": False, "url": "http://qdrant.example:6333"})
+    off = variant({"managed": True}, semantic=False)
+    for policy in (mine, external, off):
+        assert not cache.generated_qdrant_key_needed(policy)
+    gateway = LLMGateway.model_validate(example("llmgateway"))
+    queue = BatchQueue.model_validate(example("batchqueue"))
+    text, _ = render(gateway, mine, queue)
+    assert f"{SECRETS}/mine/k" in text and "default-cache-qdrant-auth" not in text
+    for policy in (external, off):
+        # Nothing mounts a Secret that nobody creates (the pod would never start).
+        refs = {r.name for r in gateway_secret_refs(gateway, [policy], queue)}
+        assert "default-cache-qdrant-auth" not in refs
+        text, _ = render(gateway, policy, queue)
+        assert "default-cache-qdrant-auth" not in text

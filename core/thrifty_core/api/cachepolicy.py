@@ -157,7 +157,12 @@ class StoreEndpoint(ApiModel):
         default=None, max_length=2048, description="URL of an external store (managed: false)."
     )
     password_secret_ref: SecretKeyRef | None = Field(
-        default=None, description="Secret key with the store's password or API key."
+        default=None,
+        description=(
+            "Secret key with the store's password (Redis) or API key (Qdrant). Without one, a"
+            " managed store gets a generated Secret <policy>-redis-auth / <policy>-qdrant-auth,"
+            " owned by the resource."
+        ),
     )
     storage: str = Field(
         default="1Gi", pattern=QUANTITY, description="PVC size of a managed store."

@@ -7,8 +7,10 @@ from dataclasses import dataclass
 from thrifty_core.api import CachePolicy
 from thrifty_core.render import (
     collection_name,
+    managed_qdrant_key,
     managed_qdrant_url,
     managed_redis_url,
+    qdrant_api_key_ref,
     redis_password_ref,
 )
 
@@ -82,6 +84,7 @@ def build_stores(policy: CachePolicy, owner: Owner, defaults: Defaults) -> list[
             defaults,
             delete_data=spec.deletion_policy == "Delete",
             clients=(*STORE_CLIENTS, COLLECTION_COMPONENT),
+            api_key=qdrant_api_key_ref(policy),
         )
     return out
 
@@ -92,10 +95,15 @@ def generated_password_needed(policy: CachePolicy) -> bool:
     return redis.managed and redis.password_secret_ref is None
 
 
+def generated_qdrant_key_needed(policy: CachePolicy) -> bool:
+    """A managed Qdrant without an API-key Secret of the user's gets a generated key."""
+    return qdrant_api_key_ref(policy) == managed_qdrant_key(policy.metadata.name)
+
+
 def _collection_job(
     policy: CachePolicy, owner: Owner, defaults: Defaults, job_name: str, args: list[str]
 ) -> Manifest:
-    ref = policy.spec.stores.qdrant.password_secret_ref
+    ref = qdrant_api_key_ref(policy)
     volumes, mounts = secret_volumes([ref] if ref else [])
     if ref is not None:
         args = [*args, "--api-key-file", secret_path(ref)]

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from thrifty_core.api import BatchQueue, CachePolicy, LLMGateway, SecretKeyRef
-from thrifty_core.render import managed_redis_password, redis_password_ref
+from thrifty_core.render import managed_redis_password, qdrant_api_key_ref, redis_password_ref
 
 from .common import short_hash
 from .defaults import SECRETS_DIR
@@ -21,14 +21,13 @@ def gateway_secret_refs(
     gateway: LLMGateway, policies: Iterable[CachePolicy] = (), queue: BatchQueue | None = None
 ) -> list[SecretKeyRef]:
     """Every Secret key a gateway (and the cache policies and queue it uses) references,
-    including the generated passwords of managed Redis servers."""
+    including the generated passwords of managed Redis servers and keys of managed Qdrants."""
     spec = gateway.spec
     refs: list[SecretKeyRef | None] = [p.api_key_secret_ref for p in spec.providers]
     refs += [t.api_keys_secret_ref for t in spec.tenants]
     refs.append(spec.admin_key_secret_ref)
     for policy in policies:
-        stores = policy.spec.stores
-        refs += [redis_password_ref(policy), stores.qdrant.password_secret_ref]
+        refs += [redis_password_ref(policy), qdrant_api_key_ref(policy)]
         embedding = policy.spec.semantic.embedding
         refs.append(embedding.api_key_secret_ref if embedding else None)
     if queue is not None:

@@ -7,7 +7,12 @@ from typing import Any
 
 from thrifty_core.api import SecretKeyRef
 from thrifty_core.api.cachepolicy import QdrantStore, RedisStore
-from thrifty_core.render import MANAGED_REDIS_PASSWORD_KEY, managed_redis_secret
+from thrifty_core.render import (
+    MANAGED_QDRANT_KEY,
+    MANAGED_REDIS_PASSWORD_KEY,
+    managed_qdrant_secret,
+    managed_redis_secret,
+)
 
 from . import names
 from .common import (
@@ -134,6 +139,17 @@ def build_redis_auth_secret(owner: Owner, password: str) -> Manifest:
     }
 
 
+def build_qdrant_auth_secret(owner: Owner, api_key: str) -> Manifest:
+    """The generated API key of a managed Qdrant (created once, never replaced)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": metadata(owner, managed_qdrant_secret(owner.name), QDRANT_COMPONENT),
+        "type": "Opaque",
+        "stringData": {MANAGED_QDRANT_KEY: api_key},
+    }
+
+
 def build_network_policy(
     owner: Owner, name: str, component: str, ports: Sequence[int], clients: Sequence[str]
 ) -> Manifest:
@@ -166,9 +182,11 @@ def build_qdrant(
     *,
     delete_data: bool,
     clients: Sequence[str],
+    api_key: SecretKeyRef | None,
 ) -> list[Manifest]:
-    """Headless Service + StatefulSet (one PVC per pod) for a managed Qdrant, admitting only
-    the `clients` components (a NetworkPolicy).
+    """Headless Service + StatefulSet (one PVC per pod) for a managed Qdrant that requires
+    `api_key` on every call (except its health probes), admitting only the `clients`
+    components (a NetworkPolicy).
 
     The PVC follows the policy's deletionPolicy: Delete removes it with the StatefulSet.
     """
@@ -184,7 +202,7 @@ def build_qdrant(
             {"name": "QDRANT__STORAGE__STORAGE_PATH", "value": "/qdrant/storage"},
             {"name": "QDRANT__STORAGE__SNAPSHOTS_PATH", "value": "/qdrant/snapshots"},
             {"name": "QDRANT__TELEMETRY_DISABLED", "value": "true"},
-            *_secret_env("QDRANT__SERVICE__API_KEY", store.password_secret_ref),
+            *_secret_env("QDRANT__SERVICE__API_KEY", api_key),
         ],
         mounts=[
             {"name": "storage", "mountPath": "/qdrant/storage"},

@@ -23,6 +23,7 @@ from .common import (
     Outcome,
     apply_all,
     deployment_state,
+    ensure_qdrant_key,
     ensure_redis_password,
     job_state,
     now,
@@ -55,6 +56,8 @@ async def reconcile(body: Body, ctx: Context) -> Outcome:
     owner = Owner.from_body(body)
     if cache.generated_password_needed(policy):
         await ensure_redis_password(ctx.kube, owner)
+    if cache.generated_qdrant_key_needed(policy):
+        await ensure_qdrant_key(ctx.kube, owner)
     await apply_all(ctx.kube, cache.build_stores(policy, owner, ctx.defaults))
     redis_ok, qdrant_ok, message = await _store_state(policy, owner, ctx)
     conds: list[Cond] = [

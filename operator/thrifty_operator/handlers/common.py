@@ -18,7 +18,7 @@ from thrifty_core.api import Resource
 from ..apply import KubeClient, KubeError
 from ..builders.common import Owner
 from ..builders.defaults import Defaults
-from ..builders.stores import build_redis_auth_secret
+from ..builders.stores import build_qdrant_auth_secret, build_redis_auth_secret
 from ..conditions import Cond, false, merge, ready, transitions
 from ..settings import OperatorSettings
 
@@ -142,6 +142,12 @@ async def ensure_redis_password(kube: KubeClient, owner: Owner) -> None:
     the resource (deleted with it), never read nor replaced by the operator."""
     if await kube.create(build_redis_auth_secret(owner, secrets.token_urlsafe(32))):
         logger.info("generated the Redis password of %s/%s", owner.namespace, owner.name)
+
+
+async def ensure_qdrant_key(kube: KubeClient, owner: Owner) -> None:
+    """Create the managed Qdrant's API-key Secret unless it exists (as for Redis above)."""
+    if await kube.create(build_qdrant_auth_secret(owner, secrets.token_urlsafe(32))):
+        logger.info("generated the Qdrant API key of %s/%s", owner.namespace, owner.name)
 
 
 async def apply_all(kube: KubeClient, manifests: Iterable[dict[str, Any] | None]) -> None:
