@@ -5,7 +5,7 @@
   fallback) at 1 connection (p50/p99) and 16 connections (requests/s). Direct simulator
   latency at 1 connection is printed next to it.
 * semantic lookup (embedding + search + guard + pair verifier) on one core, float32 and int8
-  (dense layers, per channel) embedding graphs (the verifier runs its int8 graph):
+  (dense layers, per channel) embedding graphs (the verifier runs its float32 graph, as served):
   LocalEmbedder(threads=1), PairScorer(threads=1), an
   embedded qdrant-edge index holding 1,000 QQP questions, 300 QQP paraphrases under 64 tokens
   as queries.

@@ -14,7 +14,7 @@ exact top-5 search:
   share" gives the plain cache its best point;
 * checks: the first candidate above the threshold that passes the guard's hand-written checks;
 * thrifty (what the gateway serves): candidates above the policy's cosine floor that pass the
-  checks, scored together by the pair verifier (`thrifty_core.embedding.pair`, int8 graph); the
+  checks, scored together by the pair verifier (`thrifty_core.embedding.pair`, float graph); the
   first in cosine order scoring at least `minScore` is served. Swept over minScore at several
   floors; the default point is the policy's defaults (`SemanticLayer`, `PairVerifier`).
 

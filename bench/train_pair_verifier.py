@@ -19,6 +19,13 @@ question, its nearest questions by MiniLM cosine (MINE_FLOOR to MINE_CEILING) ou
 duplicate group: the hard near-topic neighbours a cosine search returns as candidates.
 GPTCache is never used. The settings are written into the adapter's metadata.
 
+Options for experiments: `THRIFTY_TRAIN_INIT=<adapter>` starts from a trained adapter (a second
+stage) and `THRIFTY_TRAIN_STATEMENTS=<n>` adds statement pairs from n ShareGPT conversations
+(`bench.pair_statements`). Both were tried on 2026-11-28 and the result was not shipped (see
+bench/RESULTS.md, Cache). Batches group rows of similar length (`length_buckets`); the shipped
+adapter was trained before that, on batches in plain shuffled order, so a rerun is equivalent
+but not bit-identical.
+
 Why peft + a plain torch loop and not a trainer framework: 1-2 epochs of a 22M-parameter model
 on CPU need no more, and the export reads the LoRA tensors straight from the peft model.
 
@@ -35,7 +42,7 @@ import os
 import random
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +72,12 @@ BATCH = 32
 LR = float(os.environ.get("THRIFTY_TRAIN_LR", "5e-4"))
 VALID_SHARE = 0.05
 MAX_PAIRS = int(os.environ.get("THRIFTY_TRAIN_MAX_PAIRS", "0"))  # 0 = every eligible pair
+# ShareGPT conversations whose sentences give statement pairs (`bench.pair_statements`); 0 = none.
+STATEMENT_CONVERSATIONS = int(os.environ.get("THRIFTY_TRAIN_STATEMENTS", "0"))
+REWRITE_REPEATS = int(os.environ.get("THRIFTY_TRAIN_REWRITE_REPEATS", "8"))
+STATEMENT_NEIGHBOUR_CEILING = 0.90  # above this, two sentences of one answer may say the same
+# Start from a trained adapter instead of from zero (a second stage); "" = from zero.
+INIT = os.environ.get("THRIFTY_TRAIN_INIT", "")
 
 Example = tuple[str, str, float]
 
@@ -127,6 +140,91 @@ def split_by_group(
     return train, valid
 
 
+def statement_examples(
+    embedder: LocalEmbedder,
+) -> tuple[list[Example], list[Example], int]:
+    """Statement pairs (train, valid) from ShareGPT conversations, split by conversation."""
+    from bench.pair_statements import conversations, examples, rewrite_pairs
+
+    convs = list(conversations(STATEMENT_CONVERSATIONS))
+    neighbours: dict[str, list[str]] = {}
+    for sentences in convs:
+        vectors = embedder.embed(sentences)
+        sims = vectors @ vectors.T
+        np.fill_diagonal(sims, -1.0)
+        sims[sims > STATEMENT_NEIGHBOUR_CEILING] = -1.0
+        for i, s in enumerate(sentences):
+            j = int(np.argmax(sims[i]))
+            if sims[i, j] >= MINE_FLOOR:
+                neighbours[s] = [sentences[j]]
+    rng = random.Random(SEED)
+    held = [rng.random() < VALID_SHARE for _ in convs]
+    train = examples([c for c, h in zip(convs, held, strict=True) if not h], neighbours, rng)
+    valid = examples([c for c, h in zip(convs, held, strict=True) if h], neighbours, rng)
+    for a, b in rewrite_pairs(embedder.embed):
+        if rng.random() < VALID_SHARE:
+            valid += [(a, b, 1.0), (b, a, 1.0)]
+        else:  # few (about 200) but the only real rewordings of statements: repeated
+            train += [(a, b, 1.0), (b, a, 1.0)] * REWRITE_REPEATS
+    return train, valid, len(convs)
+
+
+def length_buckets(
+    rows: Sequence[Example], steps: int, size: Callable[[Example], int]
+) -> list[list[Example]]:
+    """`steps` batches of BATCH rows, the rows of a batch of similar length (a batch is padded
+    to its longest pair: mixing 20-token questions with 120-token statements would make every
+    step cost the long ones), the batches in random order."""
+    rng = random.Random(SEED)
+    stream = [rows[i % len(rows)] for i in range(steps * BATCH)]
+    window = BATCH * 64
+    batches: list[list[Example]] = []
+    for start in range(0, len(stream), window):
+        chunk = sorted(stream[start : start + window], key=size)
+        batches += [chunk[i : i + BATCH] for i in range(0, len(chunk), BATCH)]
+    rng.shuffle(batches)
+    return batches
+
+
+def auc(labels: Any, pred: Any) -> float:
+    """Area under the ROC curve (rank statistic)."""
+    order = np.argsort(-pred)
+    ranks = np.empty(len(pred))
+    ranks[order] = np.arange(len(pred), 0, -1)
+    pos = labels == 1
+    value = (ranks[pos].sum() - pos.sum() * (pos.sum() + 1) / 2) / max(pos.sum() * (~pos).sum(), 1)
+    return float(value)
+
+
+def warm_start(model: Any, types: Any, head: Any, path: Path) -> str:
+    """Load a trained adapter's LoRA tensors, token-type table and head into the model."""
+    import torch
+    from safetensors.torch import load_file
+
+    saved = load_file(str(path))
+    state = model.state_dict()
+    loaded = 0
+    with torch.no_grad():
+        for name in state:
+            if "lora_" not in name:
+                continue
+            module = name.split("base_model.model.", 1)[1].split(".lora_")[0]
+            part = "A" if ".lora_A." in name else "B"
+            state[name].copy_(saved[f"lora.{module}.weight.{part}"].float())
+            loaded += 1
+        types.copy_(saved["embeddings.token_type_embeddings.weight"].float())
+        head.weight.copy_(saved["head.weight"].float().reshape(1, -1))
+        head.bias.copy_(saved["head.bias"].float())
+    assert loaded, "no LoRA tensors found in the model"
+    return load_adapter_digest(path)
+
+
+def load_adapter_digest(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
 def main() -> dict[str, Any]:
     import torch
     from peft import LoraConfig, get_peft_model
@@ -143,6 +241,12 @@ def main() -> dict[str, Any]:
     embedder = LocalEmbedder(threads=max(1, os.cpu_count() or 1), quantize=True)
     examples = mine_examples(pool, groups, embedder)
     train, valid = split_by_group(examples, groups)
+    qqp_valid = len(valid)
+    statements = 0
+    if STATEMENT_CONVERSATIONS:
+        st_train, st_valid, statements = statement_examples(embedder)
+        train += st_train
+        valid += st_valid
     random.shuffle(train)
     mined_s = time.perf_counter() - t0
 
@@ -166,6 +270,7 @@ def main() -> dict[str, Any]:
     types = bert.embeddings.token_type_embeddings.weight
     types.requires_grad_(True)
     head = torch.nn.Linear(files.config.hidden, 1)
+    init_digest = warm_start(model, types, head, Path(INIT)) if INIT else ""
     params = [p for p in model.parameters() if p.requires_grad] + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=LR, weight_decay=0.01)
     steps = int(len(train) * EPOCHS) // BATCH
@@ -192,8 +297,8 @@ def main() -> dict[str, Any]:
     loss_fn = torch.nn.BCEWithLogitsLoss()
     model.train()
     losses: list[float] = []
-    for step in range(steps):
-        batch = [train[(step * BATCH + i) % len(train)] for i in range(BATCH)]
+    batches = length_buckets(train, steps, lambda ex: len(ex[0]) + len(ex[1]))
+    for step, batch in enumerate(batches):
         ids, tt, mask, y = encode(batch)
         loss = loss_fn(logits(ids, tt, mask), y)
         opt.zero_grad()
@@ -215,11 +320,6 @@ def main() -> dict[str, Any]:
             scores.extend(torch.sigmoid(logits(ids, tt, mask)).tolist())
     labels = np.array([lab for _, _, lab in valid])
     pred = np.array(scores)
-    order = np.argsort(-pred)
-    ranks = np.empty(len(pred))
-    ranks[order] = np.arange(len(pred), 0, -1)
-    pos = labels == 1
-    auc = (ranks[pos].sum() - pos.sum() * (pos.sum() + 1) / 2) / max(pos.sum() * (~pos).sum(), 1)
 
     tensors: dict[str, Any] = {}
     for name, value in model.state_dict().items():
@@ -241,7 +341,10 @@ def main() -> dict[str, Any]:
             "base": files.digest,
             "scale": str(ALPHA / RANK),
             "rank": str(RANK),
-            "trained_on": "QQP duplicate pairs outside the bench slice and its groups",
+            "trained_on": "QQP duplicate pairs outside the bench slice and its groups"
+            + (f"; statement pairs from {statements} ShareGPT conversations" if statements else ""),
+            "init": init_digest,
+            "statement_conversations": str(statements),
             "bench_pairs_excluded": str(BENCH_PAIRS),
             "epochs": str(EPOCHS),
             "lr": str(LR),
@@ -264,7 +367,11 @@ def main() -> dict[str, Any]:
         "train_examples": len(train),
         "train_positive_share": round(sum(e[2] for e in train) / len(train), 3),
         "valid_examples": len(valid),
-        "valid_auc": round(float(auc), 4),
+        "valid_auc": round(auc(labels, pred), 4),
+        "valid_auc_qqp": round(auc(labels[:qqp_valid], pred[:qqp_valid]), 4),
+        "valid_auc_statements": round(auc(labels[qqp_valid:], pred[qqp_valid:]), 4)
+        if statements
+        else None,
         "steps": steps,
         "final_loss": round(float(np.mean(losses[-200:])), 4),
         "mining_seconds": round(mined_s, 1),

@@ -33,13 +33,14 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def float_scorer(files: BertFiles, cache_dir: Path) -> PairScorer:
-    return PairScorer(files=files, cache_dir=cache_dir, quantize=False)
+def scorer(files: BertFiles, cache_dir: Path) -> PairScorer:
+    """The default: the float graph the gateway serves."""
+    return PairScorer(files=files, cache_dir=cache_dir)
 
 
 @pytest.fixture(scope="module")
-def scorer(files: BertFiles, cache_dir: Path) -> PairScorer:
-    return PairScorer(files=files, cache_dir=cache_dir)
+def int8_scorer(files: BertFiles, cache_dir: Path) -> PairScorer:
+    return PairScorer(files=files, cache_dir=cache_dir, quantize=True)
 
 
 def test_adapter_is_small_and_merges_into_every_dense_layer(files: BertFiles) -> None:
@@ -64,7 +65,7 @@ def test_adapter_for_other_base_weights_is_refused(files: BertFiles) -> None:
         merged_weights(other, adapter)
 
 
-def test_pair_graph_matches_numpy_reference(files: BertFiles, float_scorer: PairScorer) -> None:
+def test_pair_graph_matches_numpy_reference(files: BertFiles, scorer: PairScorer) -> None:
     from tokenizers import Tokenizer
 
     query = "How do I reset my password?"
@@ -81,24 +82,40 @@ def test_pair_graph_matches_numpy_reference(files: BertFiles, float_scorer: Pair
         files.config, merged_weights(files, adapter), ids, mask, types, normalize=False
     )
     expected = 1.0 / (1.0 + np.exp(-(mean @ adapter.head_weight + adapter.head_bias)))
-    got = float_scorer.score(query, candidates)
+    got = scorer.score(query, candidates)
     assert got.shape == (2,)
     np.testing.assert_allclose(got, expected, atol=1e-4)
 
 
-def test_int8_graph_tracks_the_float_graph(scorer: PairScorer, float_scorer: PairScorer) -> None:
+def test_int8_graph_tracks_the_float_graph(scorer: PairScorer, int8_scorer: PairScorer) -> None:
     query = "What is the best way to learn Python?"
     cands = [
         "How should I learn Python?",
         "What is the best way to learn Java?",
         "How do I cook rice?",
     ]
-    # int8 dense layers move scores by up to ~0.15 (p99 0.095 over 300 QQP pairs); the policy
-    # defaults were measured with the int8 graph the gateway serves.
+    # int8 dense layers move scores by up to ~0.15 (p99 0.095 over 300 QQP pairs) ...
     np.testing.assert_allclose(
-        scorer.score(query, cands), float_scorer.score(query, cands), atol=0.2
+        int8_scorer.score(query, cands), scorer.score(query, cands), atol=0.2
     )
-    assert scorer.score(query, []).shape == (0,)
+    assert int8_scorer.score(query, []).shape == (0,)
+
+
+def test_a_candidates_float_score_does_not_depend_on_its_batch(
+    scorer: PairScorer, int8_scorer: PairScorer
+) -> None:
+    """... and, quantising activations per batch, make a candidate's int8 score depend on the
+    candidates scored with it; the float graph the gateway serves does not."""
+    query = "How do I make pizza dough at home?"
+    cand = "How do I make bread dough at home?"
+    others = ["What is the capital of France and why is it famous for its museums and food?"]
+    alone, batched = scorer.score(query, [cand])[0], scorer.score(query, [cand, *others])[0]
+    assert abs(float(alone) - float(batched)) < 1e-4
+    drift = abs(
+        float(int8_scorer.score(query, [cand])[0])
+        - float(int8_scorer.score(query, [cand, *others])[0])
+    )
+    assert drift > 1e-4
 
 
 @pytest.mark.parametrize(
@@ -135,7 +152,8 @@ def test_factory_builds_the_declared_model(scorer: PairScorer, cache_dir: Path) 
     assert isinstance(built, PairScoring)
     assert built.name == scorer.name and built.name.startswith(DEFAULT_ADAPTER)
     assert [p.name for p in cache_dir.glob("embedding/*.tmp")] == []  # renamed into place
-    assert len(list(cache_dir.glob("embedding/pair-*-int8pc.onnx"))) == 1
+    graphs = [p.name for p in cache_dir.glob("embedding/pair-*.onnx")]
+    assert len([g for g in graphs if not g.endswith("-int8pc.onnx")]) == 1
 
 
 def test_adapter_records_how_it_was_trained(scorer: PairScorer) -> None:

@@ -63,7 +63,7 @@ def create_pair_scorer(
     cache_dir: Path | None = None,
     threads: int = 1,
 ) -> PairScoring:
-    """The packaged pair verifier `model` (its int8 graph, built once and cached on disk);
+    """The packaged pair verifier `model` (its float graph, built once and cached on disk);
     `files` are the base encoder's, read from the package when not given."""
     from .pair import PairScorer, packaged_adapter
 

@@ -4,8 +4,10 @@ The model is the packaged all-MiniLM-L6-v2 encoder plus a small adapter trained 
 (`bench/train_pair_verifier.py`): LoRA deltas for the dense layers, a token-type table and a
 logistic head over mean pooling, about 1.4 MB of float16 in `adapters/`. The adapter is merged
 into the base weights in memory and the encoder graph is built by `onnx_graph.build_pair_onnx`,
-cached on disk like the embedder's and run by onnxruntime (int8 dense layers by default: the
-policy defaults were measured with that graph); the logistic head runs in numpy.
+cached on disk like the embedder's and run by onnxruntime in float32; the logistic head runs in
+numpy. The int8 graph (`quantize=True`) is faster but its activations are quantised per batch,
+so a candidate's score would depend on the other candidates scored with it (bench/RESULTS.md,
+Cache): a cache decision must not.
 """
 
 from __future__ import annotations
@@ -102,7 +104,7 @@ class PairScorer:
         files: BertFiles | None = None,
         cache_dir: Path | None = None,
         threads: int = 1,
-        quantize: bool = True,
+        quantize: bool = False,
     ) -> None:
         import numpy as np
         from tokenizers import Tokenizer
