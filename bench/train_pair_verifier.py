@@ -74,6 +74,20 @@ VALID_SHARE = 0.05
 MAX_PAIRS = int(os.environ.get("THRIFTY_TRAIN_MAX_PAIRS", "0"))  # 0 = every eligible pair
 # ShareGPT conversations whose sentences give statement pairs (`bench.pair_statements`); 0 = none.
 STATEMENT_CONVERSATIONS = int(os.environ.get("THRIFTY_TRAIN_STATEMENTS", "0"))
+SWAP_SHARE = float(os.environ.get("THRIFTY_TRAIN_SWAP_SHARE", "0"))
+AFFIX_SHARE = float(os.environ.get("THRIFTY_TRAIN_AFFIX_SHARE", "0"))
+AFFIXES = (
+    "ref {tag}",
+    "[{tag}]",
+    "Answer briefly.",
+    "Please answer in one paragraph.",
+    "Respond in JSON.",
+    "Explain step by step.",
+    "Context: customer support chat.",
+    "You are a helpful assistant.",
+    "Keep it short, please.",
+    "(request {tag})",
+)
 REWRITE_REPEATS = int(os.environ.get("THRIFTY_TRAIN_REWRITE_REPEATS", "8"))
 STATEMENT_NEIGHBOUR_CEILING = 0.90  # above this, two sentences of one answer may say the same
 # Start from a trained adapter instead of from zero (a second stage); "" = from zero.
@@ -169,6 +183,36 @@ def statement_examples(
     return train, valid, len(convs)
 
 
+def swap_negatives(rows: Sequence[Example], rng: random.Random) -> list[Example]:
+    """PAWS-style negatives: for a share SWAP_SHARE of the mined negatives (a, b), a against
+    itself with one content word replaced by one of b's ("learn guitar" / "learn piano"): the
+    pairs a cosine search finds hardest, which mined neighbours alone rarely show."""
+    from bench.pair_statements import swap_word
+
+    out: list[Example] = []
+    for a, b, label in rows:
+        if label == 0.0 and rng.random() < SWAP_SHARE:
+            swapped = swap_word(a, b, rng)
+            if swapped is not None and swapped != a:
+                out.append((a, swapped, 0.0) if rng.random() < 0.5 else (swapped, a, 0.0))
+    return out
+
+
+def shared_affixes(rows: Sequence[Example], rng: random.Random) -> list[Example]:
+    """A share AFFIX_SHARE of the rows gets one boilerplate affix on both sides (an instruction
+    or a tag that templated prompts share): shared words must not make two texts the same."""
+    out: list[Example] = []
+    for a, b, label in rows:
+        if rng.random() < AFFIX_SHARE:
+            affix = rng.choice(AFFIXES).format(tag=f"{rng.getrandbits(24):06x}")
+            if rng.random() < 0.7:
+                a, b = f"{a} {affix}", f"{b} {affix}"
+            else:
+                a, b = f"{affix} {a}", f"{affix} {b}"
+        out.append((a, b, label))
+    return out
+
+
 def length_buckets(
     rows: Sequence[Example], steps: int, size: Callable[[Example], int]
 ) -> list[list[Example]]:
@@ -241,12 +285,14 @@ def main() -> dict[str, Any]:
     embedder = LocalEmbedder(threads=max(1, os.cpu_count() or 1), quantize=True)
     examples = mine_examples(pool, groups, embedder)
     train, valid = split_by_group(examples, groups)
+    train += swap_negatives(train, random.Random(SEED))
     qqp_valid = len(valid)
     statements = 0
     if STATEMENT_CONVERSATIONS:
         st_train, st_valid, statements = statement_examples(embedder)
         train += st_train
         valid += st_valid
+    train = shared_affixes(train, random.Random(SEED + 1))
     random.shuffle(train)
     mined_s = time.perf_counter() - t0
 
@@ -344,6 +390,8 @@ def main() -> dict[str, Any]:
             "trained_on": "QQP duplicate pairs outside the bench slice and its groups"
             + (f"; statement pairs from {statements} ShareGPT conversations" if statements else ""),
             "init": init_digest,
+            "swap_share": str(SWAP_SHARE),
+            "affix_share": str(AFFIX_SHARE),
             "statement_conversations": str(statements),
             "bench_pairs_excluded": str(BENCH_PAIRS),
             "epochs": str(EPOCHS),

