@@ -19,19 +19,29 @@ question, its nearest questions by MiniLM cosine (MINE_FLOOR to MINE_CEILING) ou
 duplicate group: the hard near-topic neighbours a cosine search returns as candidates.
 GPTCache is never used. The settings are written into the adapter's metadata.
 
-Options for experiments: `THRIFTY_TRAIN_INIT=<adapter>` starts from a trained adapter (a second
-stage) and `THRIFTY_TRAIN_STATEMENTS=<n>` adds statement pairs from n ShareGPT conversations
-(`bench.pair_statements`). Both were tried on 2026-11-28 and the result was not shipped (see
-bench/RESULTS.md, Cache). Batches group rows of similar length (`length_buckets`); the shipped
-adapter was trained before that, on batches in plain shuffled order, so a rerun is equivalent
-but not bit-identical.
+Options tried on 2026-11-28 and not shipped (bench/RESULTS.md, Cache):
+`THRIFTY_TRAIN_STATEMENTS=<n>` adds statement pairs from n ShareGPT conversations
+(`bench.pair_statements`) and `THRIFTY_TRAIN_SWAP_SHARE` adds PAWS-style one-word-swap
+negatives. Batches group rows of similar length (`length_buckets`); the shipped adapter's first
+stage was trained before that, on batches in plain shuffled order, so rerunning it is
+equivalent but not bit-identical.
 
 Why peft + a plain torch loop and not a trainer framework: 1-2 epochs of a 22M-parameter model
 on CPU need no more, and the export reads the LoRA tensors straight from the peft model.
 
-Run: `THRIFTY_TRAIN_EPOCHS=2 THRIFTY_TRAIN_MINE_CEILING=0.93 uv run --frozen --all-extras
-python -m bench.train_pair_verifier` (the shipped adapter's settings; about 50 minutes on 2 CPU
-cores; prints JSON with the validation figures). Needs the `distill-lm` extra (torch).
+Run (the shipped adapter, two stages; about 50 + 8 minutes on 2 CPU cores; each prints JSON
+with the validation figures; needs the `distill-lm` extra for torch):
+
+    THRIFTY_TRAIN_EPOCHS=2 THRIFTY_TRAIN_MINE_CEILING=0.93 \
+        THRIFTY_TRAIN_OUT=/tmp/stage1.safetensors \
+        uv run --frozen --all-extras python -m bench.train_pair_verifier
+    THRIFTY_TRAIN_INIT=/tmp/stage1.safetensors THRIFTY_TRAIN_AFFIX_SHARE=0.25 \
+        THRIFTY_TRAIN_EPOCHS=0.4 THRIFTY_TRAIN_LR=2e-4 THRIFTY_TRAIN_MINE_CEILING=0.93 \
+        uv run --frozen --all-extras python -m bench.train_pair_verifier
+
+The second stage puts one boilerplate affix (an instruction or a tag) on both sides of a
+quarter of the rows, so that words two prompts share by template stop counting as evidence that
+they ask the same thing.
 """
 
 from __future__ import annotations

@@ -127,6 +127,11 @@ def test_a_candidates_float_score_does_not_depend_on_its_batch(
         ),
         ("Explain recursion to a beginner", "Explain recursion to a beginner, please"),
         ("Give me tips to sleep better", "Give me some tips to sleep better"),
+        # The same instruction on both sides (templated prompts) keeps a paraphrase one.
+        (
+            "How do I reset my online banking password? Answer briefly.",
+            "How can I reset my online banking password? Answer briefly.",
+        ),
     ],
 )
 def test_close_paraphrases_pass_the_default(scorer: PairScorer, query: str, cached: str) -> None:
@@ -144,6 +149,27 @@ def test_close_paraphrases_pass_the_default(scorer: PairScorer, query: str, cach
 )
 def test_topical_neighbours_are_rejected(scorer: PairScorer, query: str, cached: str) -> None:
     assert float(scorer.score(query, [cached])[0]) < PairVerifier().min_score
+
+
+@pytest.mark.parametrize(
+    ("query", "cached"),
+    [
+        (
+            "How do I make pizza dough at home? Answer in one paragraph.",
+            "How do I make bread dough at home? Answer in one paragraph.",
+        ),
+        (
+            "How do I make pizza dough at home? ref 3fa9c2",
+            "How do I make bread dough at home? ref 3fa9c2",
+        ),
+    ],
+)
+def test_shared_boilerplate_does_not_make_two_questions_the_same(
+    scorer: PairScorer, query: str, cached: str
+) -> None:
+    """Templated prompts share instructions or tags; the adapter's second stage trained on
+    shared affixes (before it these pairs scored 0.98, a hair under the default minScore)."""
+    assert float(scorer.score(query, [cached])[0]) < 0.5
 
 
 def test_factory_builds_the_declared_model(scorer: PairScorer, cache_dir: Path) -> None:
