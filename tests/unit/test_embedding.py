@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
@@ -14,7 +16,7 @@ import pytest
 
 from thrifty_core.api.cachepolicy import EmbeddingModel
 from thrifty_core.embedding import Embedder, create_embedder
-from thrifty_core.embedding.local import LocalEmbedder
+from thrifty_core.embedding.local import STALE_GRAPH_SECONDS, LocalEmbedder, prune_stale_graphs
 from thrifty_core.embedding.reference import reference_forward
 from thrifty_core.embedding.remote import EmbeddingError, OpenAIEmbedder
 from thrifty_core.embedding.weights import BertFiles, load_minilm
@@ -78,9 +80,34 @@ def test_onnx_file_is_cached(files: BertFiles, tmp_path: Path) -> None:
     built = list((tmp_path / "embedding").glob("*.onnx"))
     assert len(built) == 1
     assert files.digest in built[0].name
-    mtime = built[0].stat().st_mtime_ns
+    before = built[0].stat()
     LocalEmbedder(files, cache_dir=tmp_path)
-    assert built[0].stat().st_mtime_ns == mtime
+    after = built[0].stat()
+    assert after.st_ino == before.st_ino  # loaded, not rebuilt (a rebuild renames a new file in)
+    assert after.st_mtime_ns >= before.st_mtime_ns  # the load is recorded for pruning
+
+
+def test_graphs_unused_for_a_week_are_pruned_when_a_new_one_is_built(
+    files: BertFiles, tmp_path: Path
+) -> None:
+    folder = tmp_path / "embedding"
+    folder.mkdir()
+    week_ago = time.time() - STALE_GRAPH_SECONDS - 60
+    old_graph, old_tmp = folder / "pair-old-g2p1-int8pc.onnx", folder / ".x.onnx.abc.tmp"
+    recent = folder / "minilm-other-g3.onnx"
+    for path in (old_graph, old_tmp, recent):
+        path.write_bytes(b"graph")
+    for path in (old_graph, old_tmp):
+        os.utime(path, (week_ago, week_ago))
+    LocalEmbedder(files, cache_dir=tmp_path)  # builds its graph: prunes what nobody used
+    assert not old_graph.exists() and not old_tmp.exists()
+    assert recent.exists()  # used within the week: kept
+    assert len([p for p in folder.glob("*.onnx") if files.digest in p.name]) == 1
+    # Loading (not building) marks a graph used and prunes nothing.
+    os.utime(recent, (week_ago, week_ago))
+    LocalEmbedder(files, cache_dir=tmp_path)
+    assert recent.exists()
+    assert prune_stale_graphs(folder) == [recent]
 
 
 def test_factory_builds_local_and_checks_dimensions(tmp_path: Path) -> None:

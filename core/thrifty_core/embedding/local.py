@@ -2,7 +2,7 @@
 
 The ONNX graph is generated from the packaged weights on first use (`onnx_graph`) and cached
 under `<cache_dir>/embedding/<model>-<weights digest>-g<graph version>[-int8].onnx`, so later
-starts only load it. `intra_op_num_threads=1` by default: per-request latency on one core
+starts only load it; graphs no process loaded for a week are deleted when a new one is built. `intra_op_num_threads=1` by default: per-request latency on one core
 matters more to the gateway than batch throughput, and several workers share the CPUs.
 
 `quantize=True` applies onnxruntime's dynamic int8 quantisation to the MatMul weights (about
@@ -68,7 +68,9 @@ def cached_graph(stem: str, build: Callable[[], Any], cache_dir: Path, quantize:
         tmp = _temp_path(folder, plain.name)
         onnx.save_model(build(), str(tmp))
         tmp.replace(plain)
+        prune_stale_graphs(folder)
     if not quantize:
+        _mark_used(plain)
         return plain
     quant = folder / f"{stem}-int8pc.onnx"
     if not quant.exists():
@@ -84,6 +86,7 @@ def cached_graph(stem: str, build: Callable[[], Any], cache_dir: Path, quantize:
             per_channel=True,
         )
         tmp.replace(quant)
+    _mark_used(quant)
     return quant
 
 
@@ -92,6 +95,40 @@ def _temp_path(folder: Path, name: str) -> Path:
     fd, raw = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
     os.close(fd)
     return Path(raw)
+
+
+# A graph no process has loaded for this long belongs to an older weights digest, adapter or
+# graph version (or to a setting no longer used, such as an int8 graph): it is deleted when a
+# new graph is built, so upgrades do not pile up 20-90 MB files. A process that still wants it
+# simply rebuilds it.
+STALE_GRAPH_SECONDS = 7 * 24 * 3600
+
+
+def _mark_used(path: Path) -> None:
+    """Record a load in the file's mtime (a read-only cache dir keeps its files anyway)."""
+    try:
+        os.utime(path)
+    except OSError:
+        pass
+
+
+def prune_stale_graphs(folder: Path, now: float | None = None) -> list[Path]:
+    """Delete graphs (and leftover temp files of interrupted builds) unused for
+    STALE_GRAPH_SECONDS; returns what was deleted."""
+    import time
+
+    cutoff = (time.time() if now is None else now) - STALE_GRAPH_SECONDS
+    removed: list[Path] = []
+    for path in [*folder.glob("*.onnx"), *folder.glob(".*.tmp")]:
+        try:
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed.append(path)
+        except OSError:  # gone already (another worker pruned it) or not ours to delete
+            continue
+    if removed:
+        logger.info("removed %d unused ONNX graph files from %s", len(removed), folder)
+    return removed
 
 
 def cpu_session(path: Path, threads: int) -> Any:
