@@ -63,6 +63,7 @@ def cached_graph(stem: str, build: Callable[[], Any], cache_dir: Path, quantize:
         folder.mkdir(parents=True, exist_ok=True)
         logger.warning("embedding cache dir not writable; using %s", folder)
     plain = folder / f"{stem}.onnx"
+    _mark_used(plain)  # first: a graph marked used is never pruned by a concurrent build
     if not plain.exists():
         logger.info("building ONNX graph %s", plain)
         tmp = _temp_path(folder, plain.name)
@@ -70,9 +71,9 @@ def cached_graph(stem: str, build: Callable[[], Any], cache_dir: Path, quantize:
         tmp.replace(plain)
         prune_stale_graphs(folder)
     if not quantize:
-        _mark_used(plain)
         return plain
     quant = folder / f"{stem}-int8pc.onnx"
+    _mark_used(quant)
     if not quant.exists():
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -86,7 +87,6 @@ def cached_graph(stem: str, build: Callable[[], Any], cache_dir: Path, quantize:
             per_channel=True,
         )
         tmp.replace(quant)
-    _mark_used(quant)
     return quant
 
 
