@@ -27,7 +27,7 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from thrifty_cli.demo import sharegpt_conversations
+from thrifty_cli.sharegpt import sharegpt_conversations
 
 Example = tuple[str, str, float]
 
@@ -138,20 +138,21 @@ REWRITE_ASK = re.compile(
 )
 
 
-def rewrite_pairs(embed: Callable[[list[str]], Any]) -> list[tuple[str, str]]:
+def rewrite_pairs(embed: Callable[[list[str]], Any]) -> list[tuple[int, str, str]]:
     """Real rewordings of statements: the sentences of a text a user asked to rewrite or
     rephrase, aligned with the assistant's rewrite (mutual nearest sentences by cosine, 0.80 to
-    0.97, not near-identical, of similar length: a rewrite that adds a fact is left out)."""
+    0.97, not near-identical, of similar length: a rewrite that adds a fact is left out), each
+    with the index of its conversation (to split train and validation by conversation)."""
     turns_pairs = [
-        (_sentences(str(ask["value"])), _sentences(str(answer["value"])))
-        for turns in sharegpt_conversations()
+        (n, _sentences(str(ask.get("value", ""))), _sentences(str(answer.get("value", ""))))
+        for n, turns in enumerate(sharegpt_conversations())
         for ask, answer in zip(turns, turns[1:], strict=False)
         if ask.get("from") == "human"
         and answer.get("from") == "gpt"
         and REWRITE_ASK.search(str(ask.get("value", ""))[:300])
     ]
-    out: list[tuple[str, str]] = []
-    for src, dst in turns_pairs:
+    out: list[tuple[int, str, str]] = []
+    for n, src, dst in turns_pairs:
         if not src or not dst:
             continue
         sims = embed(src) @ embed(dst).T
@@ -164,7 +165,7 @@ def rewrite_pairs(embed: Callable[[list[str]], Any]) -> list[tuple[str, str]]:
                 and difflib.SequenceMatcher(None, a, b).ratio() < 0.9
                 and 0.75 <= len(b.split()) / len(a.split()) <= 1.33
             ):
-                out.append((a, b))
+                out.append((n, a, b))
     return out
 
 

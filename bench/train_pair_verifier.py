@@ -63,7 +63,9 @@ from thrifty_core.embedding.local import LocalEmbedder
 from thrifty_core.embedding.pair import (
     DEFAULT_ADAPTER,
     PAIR_MAX_TOKENS,
+    PairAdapter,
     PairScorer,
+    load_adapter,
     packaged_adapter,
 )
 from thrifty_core.embedding.weights import load_minilm
@@ -185,8 +187,10 @@ def statement_examples(
     held = [rng.random() < VALID_SHARE for _ in convs]
     train = examples([c for c, h in zip(convs, held, strict=True) if not h], neighbours, rng)
     valid = examples([c for c, h in zip(convs, held, strict=True) if h], neighbours, rng)
-    for a, b in rewrite_pairs(embedder.embed):
-        if rng.random() < VALID_SHARE:
+    rewrites = rewrite_pairs(embedder.embed)
+    held_rewrites = {n for n in sorted({n for n, _, _ in rewrites}) if rng.random() < VALID_SHARE}
+    for n, a, b in rewrites:
+        if n in held_rewrites:
             valid += [(a, b, 1.0), (b, a, 1.0)]
         else:  # few (about 200) but the only real rewordings of statements: repeated
             train += [(a, b, 1.0), (b, a, 1.0)] * REWRITE_REPEATS
@@ -250,11 +254,18 @@ def auc(labels: Any, pred: Any) -> float:
     return float(value)
 
 
-def warm_start(model: Any, types: Any, head: Any, path: Path) -> str:
-    """Load a trained adapter's LoRA tensors, token-type table and head into the model."""
+def warm_start(model: Any, types: Any, head: Any, path: Path, base_digest: str) -> PairAdapter:
+    """Load a trained adapter's LoRA tensors, token-type table and head into the model; the
+    adapter must have been trained on the same base weights and LoRA rank."""
     import torch
     from safetensors.torch import load_file
 
+    adapter = load_adapter(path)  # its digest, metadata and base
+    if adapter.base_digest != base_digest or adapter.metadata.get("rank") != str(RANK):
+        raise ValueError(
+            f"{path} was trained on base {adapter.base_digest} with rank "
+            f"{adapter.metadata.get('rank')}; this run uses {base_digest} with rank {RANK}"
+        )
     saved = load_file(str(path))
     state = model.state_dict()
     loaded = 0
@@ -269,14 +280,9 @@ def warm_start(model: Any, types: Any, head: Any, path: Path) -> str:
         types.copy_(saved["embeddings.token_type_embeddings.weight"].float())
         head.weight.copy_(saved["head.weight"].float().reshape(1, -1))
         head.bias.copy_(saved["head.bias"].float())
-    assert loaded, "no LoRA tensors found in the model"
-    return load_adapter_digest(path)
-
-
-def load_adapter_digest(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    if not loaded:
+        raise ValueError("no LoRA tensors found in the model")
+    return adapter
 
 
 def main() -> dict[str, Any]:
@@ -326,7 +332,7 @@ def main() -> dict[str, Any]:
     types = bert.embeddings.token_type_embeddings.weight
     types.requires_grad_(True)
     head = torch.nn.Linear(files.config.hidden, 1)
-    init_digest = warm_start(model, types, head, Path(INIT)) if INIT else ""
+    init = warm_start(model, types, head, Path(INIT), files.digest) if INIT else None
     params = [p for p in model.parameters() if p.requires_grad] + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=LR, weight_decay=0.01)
     steps = int(len(train) * EPOCHS) // BATCH
@@ -399,7 +405,10 @@ def main() -> dict[str, Any]:
             "rank": str(RANK),
             "trained_on": "QQP duplicate pairs outside the bench slice and its groups"
             + (f"; statement pairs from {statements} ShareGPT conversations" if statements else ""),
-            "init": init_digest,
+            "init": init.digest if init else "",
+            # How the starting adapter was trained (its own metadata), so both stages are on
+            # record in the shipped file.
+            "init_metadata": json.dumps(init.metadata, sort_keys=True) if init else "",
             "swap_share": str(SWAP_SHARE),
             "affix_share": str(AFFIX_SHARE),
             "statement_conversations": str(statements),

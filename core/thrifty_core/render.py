@@ -73,6 +73,7 @@ def managed_qdrant_secret(policy: str) -> str:
 
 
 def managed_qdrant_key(policy: str) -> SecretKeyRef:
+    """The generated API key of the Qdrant the operator runs for cache policy `policy`."""
     return SecretKeyRef(name=managed_qdrant_secret(policy), key=MANAGED_QDRANT_KEY)
 
 

@@ -4,6 +4,7 @@ NetworkPolicies admit only them."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import yaml
@@ -13,6 +14,7 @@ from thrifty_core.api import BatchQueue, CachePolicy, LLMGateway
 from thrifty_core.config import parse_config
 from thrifty_operator.builders import cache, names
 from thrifty_operator.builders.common import selector_labels
+from thrifty_operator.builders.defaults import Defaults
 from thrifty_operator.builders.secrets import gateway_secret_refs
 from thrifty_operator.builders.stores import build_qdrant_auth_secret, build_redis_auth_secret
 
@@ -208,3 +210,22 @@ def test_no_generated_qdrant_key_for_a_users_key_an_external_qdrant_or_no_semant
         assert "default-cache-qdrant-auth" not in refs
         text, _ = render(gateway, policy, queue)
         assert "default-cache-qdrant-auth" not in text
+
+
+def test_the_collection_job_is_a_new_job_when_its_pod_template_changes() -> None:
+    """A Job's pod template is immutable: an upgrade that adds the API key (or a new operator
+    image) must create a new ensure Job, not update the finished one (the API server refuses)."""
+    body = example("cachepolicy")
+    policy = CachePolicy.model_validate(body)
+
+    def name(p: CachePolicy, defaults: Defaults = DEFAULTS) -> str:
+        job = cache.build_collection_job(p, owner(body), defaults)
+        assert job is not None
+        job_name: str = job["metadata"]["name"]
+        return job_name
+
+    assert name(policy) == name(CachePolicy.model_validate(example("cachepolicy")))  # stable
+    assert name(policy).startswith("default-cache-collection-")
+    assert name(policy, replace(DEFAULTS, operator_image="op:2")) != name(policy)
+    body["spec"]["stores"]["qdrant"]["passwordSecretRef"] = {"name": "mine", "key": "k"}
+    assert name(CachePolicy.model_validate(body)) != name(policy)

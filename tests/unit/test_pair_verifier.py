@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -185,3 +186,7 @@ def test_factory_builds_the_declared_model(scorer: PairScorer, cache_dir: Path) 
 def test_adapter_records_how_it_was_trained(scorer: PairScorer) -> None:
     assert int(scorer.metadata["bench_pairs_excluded"]) >= 1000  # the semantic bench's QQP slice
     assert "QQP" in scorer.metadata["trained_on"]
+    # Two stages, both on record: the second (shared affixes) started from the first.
+    assert float(scorer.metadata["affix_share"]) > 0
+    stage1 = json.loads(scorer.metadata["init_metadata"])
+    assert float(stage1["epochs"]) == 2 and stage1["base"] == scorer.metadata["base"]

@@ -1,9 +1,10 @@
 """The local embedder: a BERT sentence encoder run by onnxruntime on CPU.
 
 The ONNX graph is generated from the packaged weights on first use (`onnx_graph`) and cached
-under `<cache_dir>/embedding/<model>-<weights digest>-g<graph version>[-int8].onnx`, so later
-starts only load it; graphs no process loaded for a week are deleted when a new one is built. `intra_op_num_threads=1` by default: per-request latency on one core
-matters more to the gateway than batch throughput, and several workers share the CPUs.
+under `<cache_dir>/embedding/<model>-<weights digest>-g<graph version>[-int8pc].onnx`, so
+later starts only load it; graphs no process loaded for a week are deleted when a new one is
+built. `intra_op_num_threads=1` by default: per-request latency on one core matters more to the
+gateway than batch throughput, and several workers share the CPUs.
 
 `quantize=True` applies onnxruntime's dynamic int8 quantisation to the MatMul weights (about
 2x faster on CPUs with VNNI, cosine to the float graph about 0.99); the float graph is the
@@ -15,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +29,14 @@ if TYPE_CHECKING:
     import numpy.typing as npt
 
 logger = logging.getLogger(__name__)
+
+# A graph no process has loaded for this long belongs to an older weights digest, adapter or
+# graph version (or to a setting no longer used, such as an int8 graph): it is deleted when a
+# new graph is built, so upgrades do not pile up 20-90 MB files. A process that still wants it
+# rebuilds it at its next start (a running one holds its graph in memory). Not a lock: a start
+# that loads a week-old graph in the very moment another process prunes it fails (onnxruntime
+# finds no file) and the next start rebuilds the graph.
+STALE_GRAPH_SECONDS = 7 * 24 * 3600
 
 
 def default_cache_dir() -> Path:
@@ -63,7 +73,7 @@ def cached_graph(stem: str, build: Callable[[], Any], cache_dir: Path, quantize:
         folder.mkdir(parents=True, exist_ok=True)
         logger.warning("embedding cache dir not writable; using %s", folder)
     plain = folder / f"{stem}.onnx"
-    _mark_used(plain)  # first: a graph marked used is never pruned by a concurrent build
+    _mark_used(plain)  # first, so that a concurrent build's pruning sees it as used
     if not plain.exists():
         logger.info("building ONNX graph %s", plain)
         tmp = _temp_path(folder, plain.name)
@@ -97,13 +107,6 @@ def _temp_path(folder: Path, name: str) -> Path:
     return Path(raw)
 
 
-# A graph no process has loaded for this long belongs to an older weights digest, adapter or
-# graph version (or to a setting no longer used, such as an int8 graph): it is deleted when a
-# new graph is built, so upgrades do not pile up 20-90 MB files. A process that still wants it
-# simply rebuilds it.
-STALE_GRAPH_SECONDS = 7 * 24 * 3600
-
-
 def _mark_used(path: Path) -> None:
     """Record a load in the file's mtime (a read-only cache dir keeps its files anyway)."""
     try:
@@ -115,8 +118,6 @@ def _mark_used(path: Path) -> None:
 def prune_stale_graphs(folder: Path, now: float | None = None) -> list[Path]:
     """Delete graphs (and leftover temp files of interrupted builds) unused for
     STALE_GRAPH_SECONDS; returns what was deleted."""
-    import time
-
     cutoff = (time.time() if now is None else now) - STALE_GRAPH_SECONDS
     removed: list[Path] = []
     for path in [*folder.glob("*.onnx"), *folder.glob(".*.tmp")]:

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from thrifty_core.api import CachePolicy
 from thrifty_core.render import (
     collection_name,
-    managed_qdrant_key,
     managed_qdrant_url,
     managed_redis_url,
     qdrant_api_key_ref,
@@ -96,8 +95,10 @@ def generated_password_needed(policy: CachePolicy) -> bool:
 
 
 def generated_qdrant_key_needed(policy: CachePolicy) -> bool:
-    """A managed Qdrant without an API-key Secret of the user's gets a generated key."""
-    return qdrant_api_key_ref(policy) == managed_qdrant_key(policy.metadata.name)
+    """A managed Qdrant (semantic layer on) without an API-key Secret of the user's gets a
+    generated key."""
+    qdrant = policy.spec.stores.qdrant
+    return policy.spec.semantic.enabled and qdrant.managed and qdrant.password_secret_ref is None
 
 
 def _collection_job(
@@ -139,9 +140,12 @@ def build_collection_job(policy: CachePolicy, owner: Owner, defaults: Defaults) 
         "--tenant-field",
         TENANT_FIELD,
     ]
-    return _collection_job(
-        policy, owner, defaults, names.collection_job(owner.name, target.digest), args
-    )
+    job = _collection_job(policy, owner, defaults, "", args)
+    # A Job's pod template is immutable: when it changes (operator image, API key), the Job is a
+    # new one rather than a refused update of the finished one.
+    digest = short_hash([target.digest, job["spec"]["template"]])
+    job["metadata"]["name"] = names.collection_job(owner.name, digest)
+    return job
 
 
 def build_collection_delete_job(
