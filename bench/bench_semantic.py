@@ -55,11 +55,13 @@ N = BENCH_PAIRS
 TOP_K = 5
 THRESHOLDS = [round(0.70 + 0.01 * i, 2) for i in range(30)]
 PLAIN_THRESHOLDS = [round(0.70 + 0.005 * i, 3) for i in range(60)]
-SCORES = sorted({round(0.05 * i, 2) for i in range(1, 20)} | {0.96, 0.97, 0.98, 0.99, 0.995, 0.998})
 FLOORS = (0.75, 0.80, 0.85, 0.90)
 DEFAULT_FLOOR = SemanticLayer().threshold
 DEFAULT_SCORE = PairVerifier().min_score
-SCORES = sorted(set(SCORES) | {DEFAULT_SCORE})
+SCORES = sorted(
+    {round(0.05 * i, 2) for i in range(1, 20)}
+    | {0.96, 0.97, 0.98, 0.99, 0.995, 0.998, DEFAULT_SCORE}
+)
 OPERATING_POINTS = (0.85, 0.90, 0.95)
 ADJUDICATED = Path(__file__).with_name("semantic_adjudicated.json")
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from .api.base import SecretKeyRef
 from .api.batchqueue import BatchQueue
-from .api.cachepolicy import CachePolicy
+from .api.cachepolicy import CachePolicy, StoreEndpoint
 from .api.costcontrol import NetSavings, RunningComponent
 from .api.distilledmodel import DistilledModel
 from .api.llmgateway import LLMGateway
@@ -55,13 +55,20 @@ def managed_redis_password(owner: str) -> SecretKeyRef:
     return SecretKeyRef(name=managed_redis_secret(owner), key=MANAGED_REDIS_PASSWORD_KEY)
 
 
+def _own_or_generated(
+    store: StoreEndpoint, generated: SecretKeyRef, runs: bool
+) -> SecretKeyRef | None:
+    """A store's credential: the user's own Secret key, else the generated one while the
+    operator runs the store (`managed` and in use); an external store without a ref has none."""
+    if store.password_secret_ref is not None:
+        return store.password_secret_ref
+    return generated if store.managed and runs else None
+
+
 def redis_password_ref(policy: CachePolicy) -> SecretKeyRef | None:
-    """The policy's Redis password: its own Secret key, else the generated one of a managed
-    Redis (an external Redis without a ref has none)."""
-    redis = policy.spec.stores.redis
-    if redis.password_secret_ref is not None:
-        return redis.password_secret_ref
-    return managed_redis_password(policy.metadata.name) if redis.managed else None
+    """The policy's Redis password (the exact layer's Redis is always run when managed)."""
+    name = policy.metadata.name
+    return _own_or_generated(policy.spec.stores.redis, managed_redis_password(name), True)
 
 
 MANAGED_QDRANT_KEY = "api-key"
@@ -78,14 +85,10 @@ def managed_qdrant_key(policy: str) -> SecretKeyRef:
 
 
 def qdrant_api_key_ref(policy: CachePolicy) -> SecretKeyRef | None:
-    """The policy's Qdrant API key: its own Secret key, else the generated one of a managed
-    Qdrant (only while the semantic layer runs one; an external Qdrant without a ref has none)."""
-    qdrant = policy.spec.stores.qdrant
-    if qdrant.password_secret_ref is not None:
-        return qdrant.password_secret_ref
-    if qdrant.managed and policy.spec.semantic.enabled:
-        return managed_qdrant_key(policy.metadata.name)
-    return None
+    """The policy's Qdrant API key (a managed Qdrant runs only while the semantic layer is on)."""
+    spec = policy.spec
+    generated = managed_qdrant_key(policy.metadata.name)
+    return _own_or_generated(spec.stores.qdrant, generated, spec.semantic.enabled)
 
 
 def managed_qdrant_url(policy: str, namespace: str) -> str:
