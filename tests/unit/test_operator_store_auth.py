@@ -11,7 +11,7 @@ import yaml
 
 from tests.unit.test_operator_builders import DEFAULTS, MANIFESTS, example, owner, render
 from thrifty_core.api import BatchQueue, CachePolicy, LLMGateway
-from thrifty_core.config import parse_config
+from thrifty_core.config import GatewayConfig, parse_config
 from thrifty_operator.builders import cache, names
 from thrifty_operator.builders.common import selector_labels
 from thrifty_operator.builders.defaults import Defaults
@@ -19,6 +19,13 @@ from thrifty_operator.builders.secrets import gateway_secret_refs
 from thrifty_operator.builders.stores import build_qdrant_auth_secret, build_redis_auth_secret
 
 SECRETS = "/var/run/thrifty/secrets"
+GATEWAY = LLMGateway.model_validate(example("llmgateway"))
+QUEUE = BatchQueue.model_validate(example("batchqueue"))
+
+
+def _config(policy: CachePolicy) -> GatewayConfig:
+    """The gateway config the operator renders for the example gateway, queue and `policy`."""
+    return parse_config(yaml.safe_load(render(GATEWAY, policy, QUEUE)[0]))
 
 
 def _by(kind: str, name: str) -> dict[str, Any]:
@@ -67,9 +74,8 @@ def test_a_users_own_password_secret_wins() -> None:
     )
     (env,) = _container(redis)["env"]
     assert env["valueFrom"]["secretKeyRef"] == {"name": "mine", "key": "pw"}
-    gateway = LLMGateway.model_validate(example("llmgateway"))
-    queue = BatchQueue.model_validate(example("batchqueue"))
-    text, _ = render(gateway, policy, queue)
+
+    text, _ = render(GATEWAY, policy, QUEUE)
     assert f"{SECRETS}/mine/pw" in text and "default-cache-redis-auth" not in text
 
 
@@ -78,23 +84,19 @@ def test_an_external_redis_gets_no_generated_password() -> None:
     body["spec"]["stores"]["redis"] = {"managed": False, "url": "redis://redis.example:6379/0"}
     policy = CachePolicy.model_validate(body)
     assert not cache.generated_password_needed(policy)
-    gateway = LLMGateway.model_validate(example("llmgateway"))
-    queue = BatchQueue.model_validate(example("batchqueue"))
-    config = parse_config(yaml.safe_load(render(gateway, policy, queue)[0]))
+    config = _config(policy)
     assert config.cache_policies["default-cache"].stores.redis_password is None
 
 
 def test_gateways_and_workers_read_the_passwords_as_files() -> None:
-    gateway = LLMGateway.model_validate(example("llmgateway"))
     policy = CachePolicy.model_validate(example("cachepolicy"))
-    queue = BatchQueue.model_validate(example("batchqueue"))
-    config = parse_config(yaml.safe_load(render(gateway, policy, queue)[0]))
+    config = _config(policy)
     cache_pw = config.cache_policies["default-cache"].stores.redis_password
     assert cache_pw is not None and cache_pw.file == f"{SECRETS}/default-cache-redis-auth/password"
     assert config.batch is not None and config.batch.redis_password is not None
     assert config.batch.redis_password.file == f"{SECRETS}/default-batch-redis-auth/password"
     assert config.ledger.redis_password == cache_pw  # the ledger lives in the cache's Redis
-    refs = {(r.name, r.key) for r in gateway_secret_refs(gateway, [policy], queue)}
+    refs = {(r.name, r.key) for r in gateway_secret_refs(GATEWAY, [policy], QUEUE)}
     assert {("default-cache-redis-auth", "password"), ("default-batch-redis-auth", "password")} <= (
         refs
     )
@@ -173,10 +175,8 @@ def test_managed_qdrant_requires_its_generated_api_key() -> None:
 
 
 def test_gateways_and_collection_jobs_read_the_qdrant_key_as_a_file() -> None:
-    gateway = LLMGateway.model_validate(example("llmgateway"))
     policy = CachePolicy.model_validate(example("cachepolicy"))
-    queue = BatchQueue.model_validate(example("batchqueue"))
-    config = parse_config(yaml.safe_load(render(gateway, policy, queue)[0]))
+    config = _config(policy)
     key = config.cache_policies["default-cache"].stores.qdrant_api_key
     assert key is not None and key.file == f"{SECRETS}/default-cache-qdrant-auth/api-key"
     assert f"{SECRETS}/default-cache-qdrant-auth" in _mounted(
@@ -200,15 +200,14 @@ def test_no_generated_qdrant_key_for_a_users_key_an_external_qdrant_or_no_semant
     off = variant({"managed": True}, semantic=False)
     for policy in (mine, external, off):
         assert not cache.generated_qdrant_key_needed(policy)
-    gateway = LLMGateway.model_validate(example("llmgateway"))
-    queue = BatchQueue.model_validate(example("batchqueue"))
-    text, _ = render(gateway, mine, queue)
+
+    text, _ = render(GATEWAY, mine, QUEUE)
     assert f"{SECRETS}/mine/k" in text and "default-cache-qdrant-auth" not in text
     for policy in (external, off):
         # Nothing mounts a Secret that nobody creates (the pod would never start).
-        refs = {r.name for r in gateway_secret_refs(gateway, [policy], queue)}
+        refs = {r.name for r in gateway_secret_refs(GATEWAY, [policy], QUEUE)}
         assert "default-cache-qdrant-auth" not in refs
-        text, _ = render(gateway, policy, queue)
+        text, _ = render(GATEWAY, policy, QUEUE)
         assert "default-cache-qdrant-auth" not in text
 
 
