@@ -207,8 +207,8 @@ class LedgerConfig(ConfigModel):
 
     redis_url: str | None = Field(
         default=None,
-        description="Usage figures shared by every replica, and budget state; None = memory "
-        "(each replica counts its own).",
+        description="Usage figures, budget state and tenant rate limits shared by every "
+        "replica; None = memory (each replica counts and limits on its own).",
     )
     redis_password: SecretSource | None = Field(default=None, description="Redis password.")
     retention_hours: int = Field(

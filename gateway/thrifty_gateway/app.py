@@ -12,7 +12,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from thrifty_core.config import GatewayConfig
+from thrifty_core.config import GatewayConfig, LedgerConfig
 
 from .api import batches, budgets, cache_admin, dashboard, files, openai, ops, students
 from .api.errors import BodyLimitMiddleware, install_error_handlers
@@ -21,7 +21,7 @@ from .services.ledger import open_ledger
 from .services.metrics import Metrics
 from .services.pipeline import StageFactory
 from .services.proxy import Proxy
-from .services.ratelimit import LocalLimiter
+from .services.ratelimit import Limiter, LocalLimiter
 from .services.resilience import Breakers
 from .services.upstream import HttpUpstream, UpstreamClient
 from .stages import default_stage_factories
@@ -42,13 +42,26 @@ def provider_keys(config: GatewayConfig) -> dict[str, str | None]:
     return keys
 
 
+def open_limiter(metrics: Metrics, config: LedgerConfig) -> Limiter:
+    """Tenant rate limits: shared by every replica through the ledger's Redis when it is set,
+    else this process's own buckets."""
+    if not config.redis_url:
+        return LocalLimiter()
+    from .services.ratelimit_shared import SharedLimiter
+
+    secret = config.redis_password
+    return SharedLimiter.from_url(
+        config.redis_url, metrics.registry, password=secret.read() if secret else None
+    )
+
+
 def build_state(config: GatewayConfig, upstream: UpstreamClient | None = None) -> GatewayState:
     metrics = Metrics()
     return GatewayState(
         config=config,
         catalog=build_catalog(config),
         keys=KeyStore.from_config(config),
-        limiter=LocalLimiter(),
+        limiter=open_limiter(metrics, config.ledger),
         upstream=upstream or HttpUpstream(config.providers, provider_keys(config)),
         breakers=Breakers(),
         metrics=metrics,
@@ -105,6 +118,7 @@ def create_app(
                 if close is not None:
                     await close()
             await state.ledger.aclose()
+            await state.limiter.aclose()
             await state.upstream.aclose()
 
     app = FastAPI(

@@ -52,23 +52,23 @@ def test_token_bucket_refills_per_minute() -> None:
     assert bucket.wait_time(1.0) == pytest.approx(31.0)
 
 
-def test_limiter_requests_and_tokens() -> None:
+async def test_limiter_requests_and_tokens() -> None:
     now = [0.0]
     limiter = LocalLimiter(clock=lambda: now[0])
     tenant = TenantConfig(
         name="t", api_key_hashes=[hash_key("k")], requests_per_minute=2, tokens_per_minute=100
     )
-    limiter.check(tenant)
-    limiter.check(tenant)
+    await limiter.check(tenant)
+    await limiter.check(tenant)
     with pytest.raises(RateLimitError) as info:
-        limiter.check(tenant)
+        await limiter.check(tenant)
     assert info.value.headers["retry-after"] == "30"
     now[0] = 60.0
-    limiter.check(tenant)
-    limiter.record_tokens(tenant, 250)
+    await limiter.check(tenant)
+    await limiter.record_tokens(tenant, 250)
     with pytest.raises(RateLimitError) as tokens:
-        limiter.check(tenant)
+        await limiter.check(tenant)
     assert tokens.value.code == "tokens_per_minute"
     unlimited = TenantConfig(name="u", api_key_hashes=[hash_key("u")])
     for _ in range(1000):
-        limiter.check(unlimited)
+        await limiter.check(unlimited)

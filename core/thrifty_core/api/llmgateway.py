@@ -167,10 +167,19 @@ class Tenant(ApiModel):
         "per line (`thrifty keys hash` makes them)."
     )
     requests_per_minute: int | None = Field(
-        default=None, ge=1, le=10_000_000, description="Request rate limit; unset means none."
+        default=None,
+        ge=1,
+        le=10_000_000,
+        description="Requests per minute (token bucket, burst one minute's worth), one budget "
+        "for all replicas when the gateway has a shared Redis (its default cache policy's or "
+        "its batch queue's), else per replica; unset means none.",
     )
     tokens_per_minute: int | None = Field(
-        default=None, ge=1, le=1_000_000_000, description="Token rate limit; unset means none."
+        default=None,
+        ge=1,
+        le=1_000_000_000,
+        description="Tokens per minute, debited with each answer's usage and shared like "
+        "requestsPerMinute; unset means none.",
     )
 
     @field_validator("name")

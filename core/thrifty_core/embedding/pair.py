@@ -13,6 +13,7 @@ Cache): a cache decision must not.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,12 +54,15 @@ class PairAdapter:
 def load_adapter(path: Path) -> PairAdapter:
     """Read an adapter file written by `bench/train_pair_verifier.py`."""
     import numpy as np
-    from safetensors import safe_open
+    from safetensors.numpy import load
 
+    # One read serves the digest and the tensors, so both describe the same bytes even if the
+    # file is replaced meanwhile. `safetensors.numpy.load` drops the header's metadata; the
+    # format puts it in the JSON header after an 8-byte little-endian length.
     blob = path.read_bytes()
-    with safe_open(str(path), framework="numpy") as fh:
-        meta = fh.metadata() or {}
-        tensors = {k: fh.get_tensor(k).astype(np.float32) for k in fh.keys()}
+    header_len = int.from_bytes(blob[:8], "little")
+    meta: dict[str, str] = json.loads(blob[8 : 8 + header_len]).get("__metadata__") or {}
+    tensors = {k: v.astype(np.float32) for k, v in load(blob).items()}
     scale = float(meta.get("scale", "1"))
     deltas: dict[str, npt.NDArray[np.float32]] = {}
     for key in [k for k in tensors if k.startswith("lora.") and k.endswith(".A")]:

@@ -141,7 +141,7 @@ class Proxy:
             )
         if tenant is not None:
             try:
-                state.limiter.check(tenant)
+                await state.limiter.check(tenant)
             except ThriftyError:
                 state.metrics.rejected.labels("rate_limit").inc()
                 raise
@@ -376,7 +376,7 @@ class Proxy:
             )
         )
         if ctx.tenant is not None:
-            state.limiter.record_tokens(ctx.tenant, outcome.usage.total_tokens)
+            await state.limiter.record_tokens(ctx.tenant, outcome.usage.total_tokens)
         m = state.metrics
         m.child(
             m.requests,

@@ -1,10 +1,11 @@
-"""Per-tenant request and token rate limits (token buckets, one process).
+"""Per-tenant request and token rate limits (token buckets).
 
 Requests are taken from a bucket of `requestsPerMinute` before the call; tokens are debited
 after the answer with the actual usage, so a tenant whose token bucket is in debt is refused
 until it refills. Refusals carry the seconds until the bucket allows the next request.
-With several replicas each pod enforces its own share; a shared (Redis) limiter can satisfy
-the same `Limiter` protocol later.
+`LocalLimiter` keeps the buckets in this process (the embedded default, where each replica
+enforces the whole limit on its own); a gateway with a shared Redis uses
+`ratelimit_shared.SharedLimiter`, which applies the same rules across replicas.
 """
 
 from __future__ import annotations
@@ -51,9 +52,11 @@ class TokenBucket:
 
 
 class Limiter(Protocol):
-    def check(self, tenant: TenantConfig) -> None: ...
+    async def check(self, tenant: TenantConfig) -> None: ...
 
-    def record_tokens(self, tenant: TenantConfig, tokens: int) -> None: ...
+    async def record_tokens(self, tenant: TenantConfig, tokens: int) -> None: ...
+
+    async def aclose(self) -> None: ...
 
 
 class LocalLimiter:
@@ -71,7 +74,7 @@ class LocalLimiter:
             store[name] = bucket
         return bucket
 
-    def check(self, tenant: TenantConfig) -> None:
+    async def check(self, tenant: TenantConfig) -> None:
         """Raise RateLimitError (429 + Retry-After) when the tenant is over a limit."""
         now = self._clock()
         if tenant.tokens_per_minute:
@@ -91,7 +94,10 @@ class LocalLimiter:
                     code="requests_per_minute",
                 )
 
-    def record_tokens(self, tenant: TenantConfig, tokens: int) -> None:
+    async def record_tokens(self, tenant: TenantConfig, tokens: int) -> None:
         if tenant.tokens_per_minute and tokens:
             bucket = self._bucket(self._tokens, tenant.name, tenant.tokens_per_minute)
             bucket.debit(tokens, self._clock())
+
+    async def aclose(self) -> None:
+        return None

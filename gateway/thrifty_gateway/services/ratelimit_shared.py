@@ -1,0 +1,178 @@
+"""Tenant rate limits shared by every gateway replica, in Redis (the ledger's `redisUrl`).
+
+Without it each replica enforces the whole limit on its own, so three replicas (or an HPA that
+scales out) let a tenant through at three times its `requestsPerMinute`. Here each tenant's two
+buckets are Redis hashes (`thrifty:rl:<tenant>:req` / `:tok`, fields level and time) changed
+only by Lua scripts, which check and take in one atomic round trip and refill from Redis's own
+clock, so replicas' clocks never matter. A bucket's key expires when it would be full again, so
+idle tenants leave nothing behind. Token usage is debited after the answer, from the request's
+finish task, off the response path.
+
+Why scripts and not a library: `limits` and its kin offer fixed or moving windows that are
+checked and consumed by the same amount up front, while token limits here must be debited
+after the call with the actual usage (a bucket may go into debt), the same rule `LocalLimiter`
+applies.
+
+When Redis fails or answers slower than `timeout`, the check and the debit fall back to this
+replica's own buckets (`LocalLimiter`, per-replica limits, as without Redis) for a short
+cool-down, the failure is counted in `thrifty_ratelimit_shared_errors_total` and logged once
+per outage: a Redis outage never fails or slows requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from prometheus_client import Counter
+
+from thrifty_core.config import TenantConfig
+from thrifty_core.errors import RateLimitError
+
+from .ratelimit import LocalLimiter
+from .resilience import CircuitBreaker
+
+log = logging.getLogger(__name__)
+
+PREFIX = "thrifty:rl:"
+
+# Shared by both scripts: the level of bucket `key` (rate `rate` per minute, burst one minute's
+# worth) refilled up to now; an absent bucket is full.
+_LEVEL = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local function level(key, rate)
+  local v = redis.call('HMGET', key, 'l', 't')
+  local l, ts = tonumber(v[1]), tonumber(v[2])
+  if l == nil or ts == nil then return rate end
+  return math.min(rate, l + math.max(0, now - ts) * rate / 60)
+end
+local function store(key, rate, l)
+  redis.call('HSET', key, 'l', tostring(l), 't', tostring(now))
+  redis.call('EXPIRE', key, math.ceil((rate - l) * 60 / rate) + 1)
+end
+"""
+
+# KEYS: request bucket, token bucket; ARGV: requests/min, tokens/min (0 = no limit).
+# Returns {0, "0"} when taken, else {1 (requests) | 2 (tokens), seconds to wait}.
+CHECK = (
+    _LEVEL
+    + """
+local req_rate, tok_rate = tonumber(ARGV[1]), tonumber(ARGV[2])
+if tok_rate > 0 then
+  local l = level(KEYS[2], tok_rate)
+  if l <= 0 then return {2, tostring((1 - l) * 60 / tok_rate)} end
+end
+if req_rate > 0 then
+  local l = level(KEYS[1], req_rate)
+  if l < 1 then return {1, tostring((1 - l) * 60 / req_rate)} end
+  store(KEYS[1], req_rate, l - 1)
+end
+return {0, '0'}
+"""
+)
+
+# KEYS: token bucket; ARGV: tokens/min, tokens used (may put the bucket into debt).
+DEBIT = (
+    _LEVEL
+    + """
+local rate = tonumber(ARGV[1])
+store(KEYS[1], rate, level(KEYS[1], rate) - tonumber(ARGV[2]))
+return 0
+"""
+)
+
+_REFUSALS = {
+    1: ("Tenant request rate limit exceeded.", "requests_per_minute"),
+    2: ("Tenant token rate limit exceeded.", "tokens_per_minute"),
+}
+
+
+class SharedLimiter:
+    """The `Limiter` of a gateway with a shared Redis: one budget for all replicas."""
+
+    def __init__(
+        self,
+        client: Any,
+        registry: Any,
+        *,
+        timeout: float = 0.1,
+        cooldown: float = 2.0,
+        fallback: LocalLimiter | None = None,
+    ) -> None:
+        self.client = client
+        self._check = client.register_script(CHECK)
+        self._debit = client.register_script(DEBIT)
+        self._timeout = timeout
+        self._breaker = CircuitBreaker(threshold=1, cooldown=cooldown)
+        self.fallback = fallback or LocalLimiter()
+        self.errors = Counter(
+            "thrifty_ratelimit_shared_errors",
+            "Shared rate-limit (Redis) calls that failed or timed out; this replica's own "
+            "buckets decided instead.",
+            ["op"],
+            registry=registry,
+        )
+
+    @classmethod
+    def from_url(cls, url: str, registry: Any, *, password: str | None = None) -> SharedLimiter:
+        from redis import asyncio as aioredis
+
+        client = aioredis.Redis.from_url(
+            url,
+            password=password,
+            socket_timeout=0.1,
+            socket_connect_timeout=0.1,
+            retry_on_timeout=False,
+        )
+        return cls(client, registry)
+
+    @staticmethod
+    def keys(tenant: str) -> tuple[str, str]:
+        return f"{PREFIX}{tenant}:req", f"{PREFIX}{tenant}:tok"
+
+    async def _run(self, op: str, script: Any, keys: list[str], args: list[int]) -> Any:
+        """The script's answer, or None when Redis is cooling down, failed or was slow."""
+        if not self._breaker.allow():
+            return None
+        try:
+            result = await asyncio.wait_for(script(keys=keys, args=args), self._timeout)
+        except Exception as exc:  # connection refused, timeouts, script errors
+            self.errors.labels(op).inc()
+            if self._breaker.opened_at is None:
+                log.warning(
+                    "shared rate limits unavailable; limiting per replica: %s",
+                    type(exc).__name__,
+                )
+            self._breaker.failure()
+            return None
+        if self._breaker.opened_at is not None:
+            log.info("shared rate limits reachable again")
+        self._breaker.success()
+        return result
+
+    async def check(self, tenant: TenantConfig) -> None:
+        """Raise RateLimitError (429 + Retry-After) when the tenant is over a limit."""
+        if not (tenant.requests_per_minute or tenant.tokens_per_minute):
+            return
+        args = [tenant.requests_per_minute or 0, tenant.tokens_per_minute or 0]
+        result = await self._run("check", self._check, list(self.keys(tenant.name)), args)
+        if result is None:
+            await self.fallback.check(tenant)
+            return
+        which, wait = int(result[0]), float(result[1])
+        if which:
+            message, code = _REFUSALS[which]
+            raise RateLimitError(message, retry_after=wait, code=code)
+
+    async def record_tokens(self, tenant: TenantConfig, tokens: int) -> None:
+        if not (tenant.tokens_per_minute and tokens):
+            return
+        key = self.keys(tenant.name)[1]
+        done = await self._run("debit", self._debit, [key], [tenant.tokens_per_minute, tokens])
+        if done is None:
+            await self.fallback.record_tokens(tenant, tokens)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
