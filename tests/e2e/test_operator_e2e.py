@@ -91,6 +91,17 @@ def test_examples_reach_ready(platform: Platform) -> None:
     policy = get(cluster, "cachepolicy", ns, "default-cache") or {}
     assert policy["status"]["collection"] == f"thrifty-{ns}-default-cache"
     assert condition(policy, "CollectionReady")["reason"] == "Created"
+    # The status names the completed ensure Job, the only one of the policy's collection Jobs.
+    jobs = _items(
+        cluster,
+        "job",
+        ns,
+        "app.kubernetes.io/name=thrifty-collection,app.kubernetes.io/instance=default-cache",
+    )
+    ensure = [
+        j["metadata"]["name"] for j in jobs if "-collection-delete" not in j["metadata"]["name"]
+    ]
+    assert ensure == [policy["status"]["collectionJob"]]
 
 
 def _api_target(cluster: Cluster, ns: str, account: str, tmp: Path) -> ApiTarget:

@@ -228,3 +228,26 @@ def test_the_collection_job_is_a_new_job_when_its_pod_template_changes() -> None
     assert name(policy, replace(DEFAULTS, operator_image="op:2")) != name(policy)
     body["spec"]["stores"]["qdrant"]["passwordSecretRef"] = {"name": "mine", "key": "k"}
     assert name(CachePolicy.model_validate(body)) != name(policy)
+
+
+def test_a_completed_collection_job_replaces_the_one_before_it() -> None:
+    """Once the Job of the current pod template completes, the one it replaced is deleted: the
+    one the status records, else (a policy reconciled before the status had the field) the one
+    named by the collection alone."""
+    body = example("cachepolicy")
+    policy = CachePolicy.model_validate(body)
+    job = cache.build_collection_job(policy, owner(body), DEFAULTS)
+    assert job is not None
+    current = job["metadata"]["name"]
+    target = cache.collection(policy)
+    assert target is not None
+    legacy = f"default-cache-collection-{target.digest[:8]}"
+    assert legacy != current
+    assert cache.stale_collection_jobs(policy, owner(body), current) == [legacy]
+    body["status"] = {"collectionJob": "default-cache-collection-0ld0ld00"}
+    recorded = CachePolicy.model_validate(body)
+    assert cache.stale_collection_jobs(recorded, owner(body), current) == [
+        "default-cache-collection-0ld0ld00"
+    ]
+    body["status"] = {"collectionJob": current}
+    assert cache.stale_collection_jobs(CachePolicy.model_validate(body), owner(body), current) == []

@@ -251,6 +251,11 @@ class CachePolicyStatus(CommonStatus):
         default="", description="Version of the cache keyspace; changes purge old entries."
     )
     collection: str = Field(default="", description="Semantic collection in use.")
+    collection_job: str = Field(
+        default="",
+        description="The completed Job that created the collection; the operator deletes the "
+        "previous one when a new pod template (operator image, API key) replaces it.",
+    )
     redis_url: str = Field(default="", description="Redis endpoint in use (no credentials).")
     qdrant_url: str = Field(default="", description="Qdrant endpoint in use (no credentials).")
 

@@ -148,6 +148,17 @@ def build_collection_job(policy: CachePolicy, owner: Owner, defaults: Defaults) 
     return job
 
 
+def stale_collection_jobs(policy: CachePolicy, owner: Owner, current: str) -> list[str]:
+    """The ensure-collection Jobs that `current` (complete) replaces: the one the status
+    records, else the one named by the collection alone (before Jobs were named by their pod
+    template). Finished Jobs are kept until then so that `kubectl` shows how it went."""
+    target = collection(policy)
+    recorded = policy.status.collection_job if policy.status else ""
+    legacy = names.collection_job(owner.name, target.digest) if target else ""
+    previous = recorded or legacy
+    return [previous] if previous and previous != current else []
+
+
 def build_collection_delete_job(
     policy: CachePolicy, owner: Owner, defaults: Defaults
 ) -> Manifest | None:

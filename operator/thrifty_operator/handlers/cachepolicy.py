@@ -66,6 +66,7 @@ async def reconcile(body: Body, ctx: Context) -> Outcome:
         else false("StoreReady", "StoresProgressing", message)
     ]
     target = cache.collection(policy)
+    collection_job = policy.status.collection_job if policy.status else ""
     if target is None:
         conds.append(true("CollectionReady", "NotNeeded", "the semantic layer is off"))
     elif not qdrant_ok:
@@ -73,10 +74,13 @@ async def reconcile(body: Body, ctx: Context) -> Outcome:
     else:
         job = cache.build_collection_job(policy, owner, ctx.defaults)
         assert job is not None
+        name = job["metadata"]["name"]
         await ctx.kube.apply(job)
-        state = job_state(
-            await ctx.kube.get("batch/v1", "Job", owner.namespace, job["metadata"]["name"])
-        )
+        state = job_state(await ctx.kube.get("batch/v1", "Job", owner.namespace, name))
+        if state == "Complete":
+            for stale in cache.stale_collection_jobs(policy, owner, name):
+                await ctx.kube.delete("batch/v1", "Job", owner.namespace, stale)
+            collection_job = name
         detail = f"collection {target.name} (size {target.size}, tenant index)"
         conds.append(
             true("CollectionReady", "Created", detail)
@@ -87,6 +91,7 @@ async def reconcile(body: Body, ctx: Context) -> Outcome:
         )
     fields: dict[str, Any] = {
         "collection": target.name if target else "",
+        "collectionJob": collection_job,
         "redisUrl": cache.redis_url(policy),
         "qdrantUrl": cache.qdrant_url(policy) if target else "",
         "keyspaceVersion": cache.keyspace_version(policy),
