@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 
 from tests.integration.procs import Simulator, local_config, start_gateway, start_simulator
 from tests.integration.waiting import wait_cache_stores, wait_recorded
-from tests.services import RedisServer, start_redis
+from tests.services import RedisServer, free_port, start_redis
 from thrifty_core.config import parse_config
 from thrifty_gateway.app import create_app
 
@@ -151,3 +151,30 @@ def test_aborted_streams_are_never_stored(tmp_path: Path) -> None:
     finally:
         gateway.stop()
         slow.stop()
+
+
+def test_a_gateway_starts_and_answers_while_qdrant_is_unreachable(simulator: Simulator) -> None:
+    """The semantic store is an optimisation: a gateway whose Qdrant is down (or still
+    starting) starts, answers every request, and counts the bypassed lookups."""
+    dead = f"http://127.0.0.1:{free_port()}"
+    config = parse_config(
+        {
+            **local_config(simulator.url),
+            "cachePolicies": {
+                "default": {
+                    "spec": {"semantic": {"enabled": True, "embedding": {}}},
+                    "stores": {"qdrantUrl": dead, "collection": "c"},
+                }
+            },
+            "defaultCachePolicy": "default",
+        }
+    )
+    with TestClient(create_app(config)) as gw:
+        client = openai.OpenAI(base_url="http://t/v1", api_key="sk-local-a", http_client=gw)
+        for i in range(3):
+            raw = ask(client, f"Is the semantic store needed? {i} {uuid.uuid4().hex[:6]}")
+            assert raw.parse().choices[0].message.content
+            assert raw.headers["x-thrifty-cache"] == "bypass"
+        metrics = gw.get("/metrics").text
+        assert 'thrifty_cache_errors_total{layer="semantic",op="search"} 3.0' in metrics
+        client.close()

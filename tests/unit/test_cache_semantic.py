@@ -104,3 +104,23 @@ def test_maintenance_drops_expired_and_the_oldest_above_the_cap() -> None:
         assert left == {"q3", "q4", "q5"}
     finally:
         index.close()
+
+
+def test_a_server_index_sets_up_on_first_use_once_qdrant_answers() -> None:
+    """Qdrant down at start: no exception, lookups fail fast (the caller bypasses) and the set-up
+    is retried, at most every SETUP_RETRY seconds, until it succeeds."""
+    from qdrant_client import QdrantClient
+
+    from tests.services import free_port
+
+    index = ServerIndex(f"http://127.0.0.1:{free_port()}", "c", DIM, "ks1")
+    with pytest.raises(ConnectionError):  # within the retry pause: no network call
+        index.search(unit(1, 0), "tenant:a", "ctx", 0.5, 5)
+    # Qdrant comes up (stand-in: the client's local mode) and the pause has passed.
+    index._client.close()
+    index._client = QdrantClient(location=":memory:")
+    index._local = True
+    index._retry_at = 0.0
+    index.add(key(1), unit(1, 0), "tenant:a", "ctx", "q", entry("a"), 60)
+    assert [c.query for c in index.search(unit(1, 0), "tenant:a", "ctx", 0.5, 5)] == ["q"]
+    index.close()

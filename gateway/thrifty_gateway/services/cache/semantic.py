@@ -288,7 +288,15 @@ class EdgeIndex:
 
 
 class ServerIndex:
-    """A Qdrant server collection through qdrant-client (or its `:memory:` local mode)."""
+    """A Qdrant server collection through qdrant-client (or its `:memory:` local mode).
+
+    The collection is set up (created if absent, payload indexes, entries of other keyspaces
+    dropped) on first use rather than at start: a gateway starts while Qdrant is down or still
+    starting, and its semantic lookups bypass the cache (errors counted by the caller) until a
+    setup succeeds, tried again at most every `SETUP_RETRY` seconds.
+    """
+
+    SETUP_RETRY = 5.0
 
     def __init__(
         self,
@@ -305,22 +313,63 @@ class ServerIndex:
         self._m = models
         self._keyspace = keyspace
         self._collection = collection
-        if url == ":memory:":
+        self._dim = dim
+        self._local = url == ":memory:"
+        if self._local:
             self._client = QdrantClient(location=":memory:")
         else:
-            self._client = QdrantClient(url=url, api_key=api_key, timeout=max(1, int(timeout)))
+            # No start-up version check: it runs in a thread that only warns, also when
+            # Qdrant is merely down; the pinned client's calls report a real mismatch.
+            self._client = QdrantClient(
+                url=url,
+                api_key=api_key,
+                timeout=max(1, int(timeout)),
+                check_compatibility=False,
+            )
+        self._setup_lock = threading.Lock()
+        self._ready = False
+        self._retry_at = 0.0
+        try:
+            self._ensure()
+        except Exception as exc:  # unreachable, refused, slow: the first lookup tries again
+            log.warning(
+                "qdrant collection %s not ready; semantic lookups bypass the cache until it "
+                "is: %s",
+                collection,
+                type(exc).__name__,
+            )
+
+    def _ensure(self) -> None:
+        """Set the collection up once; raise (the lookup bypasses) while that fails."""
+        if self._ready:
+            return
+        with self._setup_lock:
+            if self._ready:
+                return
+            now = time.monotonic()
+            if now < self._retry_at:
+                raise ConnectionError("qdrant setup failed recently; retrying soon")
+            self._retry_at = now + self.SETUP_RETRY
+            self._setup()
+            self._ready = True
+            log.info("qdrant collection %s ready", self._collection)
+
+    def _setup(self) -> None:
+        models, collection = self._m, self._collection
         if not self._client.collection_exists(collection):
             self._client.create_collection(
                 collection,
-                vectors_config=models.VectorParams(size=dim, distance=models.Distance.DOT),
+                vectors_config=models.VectorParams(size=self._dim, distance=models.Distance.DOT),
             )
-        if url != ":memory:":  # the local mode has no payload indexes (and warns)
+        if not self._local:  # the local mode has no payload indexes (and warns)
             self._create_indexes(collection)
         self._client.delete(
             collection,
             points_selector=models.Filter(
                 must_not=[
-                    models.FieldCondition(key="keyspace", match=models.MatchValue(value=keyspace))
+                    models.FieldCondition(
+                        key="keyspace", match=models.MatchValue(value=self._keyspace)
+                    )
                 ]
             ),
         )
@@ -340,6 +389,7 @@ class ServerIndex:
     def search(
         self, vector: Sequence[float], scope: str, context: str, threshold: float, limit: int
     ) -> list[Candidate]:
+        self._ensure()
         m = self._m
         flt = m.Filter(
             must=[
@@ -368,6 +418,7 @@ class ServerIndex:
         entry: CachedAnswer,
         ttl: int,
     ) -> None:
+        self._ensure()
         payload = payload_of(scope, context, query, entry, ttl, self._keyspace)
         self._client.upsert(
             self._collection,
@@ -375,6 +426,7 @@ class ServerIndex:
         )
 
     def purge(self, selector: Selector) -> int:
+        self._ensure()
         m = self._m
         must: list[Any] = []
         for name in ("tenant", "route", "model"):
@@ -392,6 +444,7 @@ class ServerIndex:
         return int(count)
 
     def count(self) -> int:
+        self._ensure()
         return int(self._client.count(self._collection, exact=True).count)
 
     def close(self) -> None:
