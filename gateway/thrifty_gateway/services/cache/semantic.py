@@ -333,8 +333,7 @@ class ServerIndex:
             self._ensure()
         except Exception as exc:  # unreachable, refused, slow: the first lookup tries again
             log.warning(
-                "qdrant collection %s not ready; semantic lookups bypass the cache until it "
-                "is: %s",
+                "qdrant collection %s not ready; semantic lookups bypass the cache until it is: %s",
                 collection,
                 type(exc).__name__,
             )
