@@ -247,6 +247,10 @@ def test_batch_redis_never_evicts_and_worker_uses_gateway_config() -> None:
     cache_redis = _by("Deployment", names.redis("default-cache"))
     cargs = cache_redis["spec"]["template"]["spec"]["containers"][0]["args"]
     assert cargs[cargs.index("--maxmemory-policy") + 1] == "allkeys-lru"
+    # Without maxmemory Redis never evicts: the cache is capped (1 GiB without a memory limit),
+    # the queue is not (it must not lose entries).
+    assert cargs[cargs.index("--maxmemory") + 1] == str(1024**3)
+    assert "--maxmemory" not in args
     worker = _by("Deployment", names.batch_worker("default-batch"))
     pod = worker["spec"]["template"]["spec"]
     assert pod["containers"][0]["args"][0] == "batch-worker"
@@ -353,3 +357,43 @@ def test_gateway_mounts_capture_and_students_from_the_same_volume() -> None:
     students = by_path["/var/lib/thrifty/students/banking-intent"]
     assert capture["subPath"] == "capture" and students["subPath"] == "students"
     assert students["readOnly"] is True and capture["name"] == students["name"]
+
+
+def test_a_managed_redis_keeps_headroom_under_its_memory_limit() -> None:
+    from thrifty_core.api.cachepolicy import RedisStore
+    from thrifty_operator.builders.stores import redis_maxmemory
+
+    limited = RedisStore.model_validate({"resources": {"limits": {"memory": "2Gi"}}})
+    assert redis_maxmemory(limited, evict=True) == 3 * 512 * 1024**2
+    assert redis_maxmemory(limited, evict=False) == 3 * 512 * 1024**2  # noeviction refuses
+    assert redis_maxmemory(RedisStore(), evict=True) == 1024**3
+    assert redis_maxmemory(RedisStore(), evict=False) == 0
+
+
+def test_the_keyspace_follows_the_vectors_not_where_they_come_from() -> None:
+    body = example("cachepolicy")
+    base = cache.keyspace_version(CachePolicy.model_validate(body))
+    # A local-backend policy keeps the version it had before endpoint and key were ignored
+    # (computed with that code): upgrading does not purge its caches.
+    assert base == "v-6a86fcd575"
+    remote = {
+        "backend": "openai",
+        "model": "text-embedding-3-small",
+        "dimensions": 1536,
+        "endpoint": "https://api.openai.com/v1",
+        "apiKeySecretRef": {"name": "emb", "key": "k"},
+    }
+    body["spec"]["semantic"]["embedding"] = remote
+    first = cache.keyspace_version(CachePolicy.model_validate(body))
+    assert first != base
+    body["spec"]["semantic"]["embedding"] = {
+        **remote,
+        "endpoint": "https://proxy.example/v1",
+        "apiKeySecretRef": {"name": "emb-rotated", "key": "k2"},
+    }
+    assert cache.keyspace_version(CachePolicy.model_validate(body)) == first
+    body["spec"]["semantic"]["embedding"] = {**remote, "model": "text-embedding-3-large"}
+    assert cache.keyspace_version(CachePolicy.model_validate(body)) != first
+    body["spec"]["scope"] = "shared"
+    body["spec"]["semantic"]["embedding"] = remote
+    assert cache.keyspace_version(CachePolicy.model_validate(body)) != first

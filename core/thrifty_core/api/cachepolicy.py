@@ -39,7 +39,9 @@ class ExactLayer(ApiModel):
         default=100_000,
         ge=1,
         le=100_000_000,
-        description="Entry cap of the embedded store (Redis uses its maxmemory policy).",
+        description="Entry cap of the embedded store. Redis evicts least recently used "
+        "entries at its maxmemory: for a managed Redis, 3/4 of stores.redis.resources.limits."
+        "memory, else 1 GiB.",
     )
     compress: bool = Field(default=True, description="Compress stored answers (zstd).")
 

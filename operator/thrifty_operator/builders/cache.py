@@ -59,10 +59,18 @@ def collection(policy: CachePolicy) -> Collection | None:
 
 
 def keyspace_version(policy: CachePolicy) -> str:
-    """Changes when cached answers stop being valid (scope, embedding model, guard)."""
+    """Changes when cached entries stop being valid: the sharing scope or the vectors' model.
+    Where the embeddings come from (endpoint) and with which key do not change the vectors: a
+    key rotation or a proxy must not throw the caches away. (They are blanked rather than left
+    out so that a local-backend policy keeps the version it had before they were ignored.)"""
     spec = policy.spec
     embedding = spec.semantic.embedding
-    basis = [spec.scope, embedding.model_dump(mode="json") if embedding else None]
+    vectors = (
+        embedding.model_copy(update={"endpoint": None, "api_key_secret_ref": None})
+        if embedding
+        else None
+    )
+    basis = [spec.scope, vectors.model_dump(mode="json") if vectors else None]
     return f"v-{short_hash(basis, 10)}"
 
 

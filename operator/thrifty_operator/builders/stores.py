@@ -13,6 +13,7 @@ from thrifty_core.render import (
     managed_qdrant_secret,
     managed_redis_secret,
 )
+from thrifty_core.running_cost import parse_quantity
 
 from . import names
 from .common import (
@@ -46,6 +47,21 @@ def _pvc_spec(size: str, storage_class: str | None, mode: str = "ReadWriteOnce")
     return spec
 
 
+CACHE_MAXMEMORY = 1024**3  # bytes of a cache Redis that has no memory limit
+MAXMEMORY_SHARE = 0.75  # of the memory limit: headroom for the AOF rewrite's fork and buffers
+
+
+def redis_maxmemory(store: RedisStore, *, evict: bool) -> int:
+    """Redis's `maxmemory` in bytes (0: none). Without it Redis never evicts, whatever the
+    policy says: a cache grows until the pod is OOM-killed. Three quarters of the container's
+    memory limit when it has one (a full queue, `noeviction`, then refuses writes instead of
+    being killed); else 1 GiB for a cache and none for a queue."""
+    memory = store.resources.limits.get("memory")
+    if memory:
+        return int(parse_quantity(memory) * MAXMEMORY_SHARE)
+    return CACHE_MAXMEMORY if evict else 0
+
+
 def build_redis(
     owner: Owner,
     store: RedisStore,
@@ -62,6 +78,7 @@ def build_redis(
     """
     name = names.redis(owner.name)
     data = f"{name}-data"
+    limit = redis_maxmemory(store, evict=evict)
     args = [
         "--port",
         str(REDIS_PORT),
@@ -69,6 +86,7 @@ def build_redis(
         "/data",
         "--appendonly",
         "yes",
+        *(["--maxmemory", str(limit)] if limit else []),
         "--maxmemory-policy",
         "allkeys-lru" if evict else "noeviction",
         "--protected-mode",
