@@ -23,7 +23,18 @@ def tenant_index_body(field: str) -> dict[str, Any]:
 
 
 class CollectionMismatch(Exception):
-    """The collection exists with another vector size: refuse to touch it."""
+    """The collection exists with another vector size and is not a Thrifty cache: refuse to
+    touch it."""
+
+
+# Payload indexes every gateway creates on its semantic collection.
+CACHE_FIELDS = frozenset({"scope", "keyspace"})
+
+
+def is_cache_collection(info: dict[str, Any]) -> bool:
+    """The collection holds Thrifty cache entries (its payload indexes say so)."""
+    schema = info["result"].get("payload_schema") or {}
+    return CACHE_FIELDS <= set(schema)
 
 
 async def ensure_collection(
@@ -38,11 +49,25 @@ async def ensure_collection(
             if resp.status == 200:
                 info = await resp.json()
                 vectors = info["result"]["config"]["params"]["vectors"]
-                if int(vectors.get("size", size)) != size:
+                found = int(vectors.get("size", size))
+                created = found != size
+                if created and not is_cache_collection(info):
                     raise CollectionMismatch(
-                        f"collection {name} has vector size {vectors.get('size')}, want {size}"
+                        f"collection {name} has vector size {found}, want {size}, and is not a "
+                        "Thrifty cache collection: left as it is"
                     )
-                created = False
+                if created:
+                    # The embedding model changed: every entry was made by the old one (and the
+                    # keyspace moved on with it), so the cache starts afresh at the new size.
+                    logger.warning(
+                        "collection %s has vector size %d, want %d: recreating it",
+                        name,
+                        found,
+                        size,
+                    )
+                    async with http.delete(f"{base}/collections/{name}") as gone:
+                        if gone.status != 404:
+                            gone.raise_for_status()
             elif resp.status == 404:
                 created = True
             else:

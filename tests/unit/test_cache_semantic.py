@@ -124,3 +124,25 @@ def test_a_server_index_sets_up_on_first_use_once_qdrant_answers() -> None:
     index.add(key(1), unit(1, 0), "tenant:a", "ctx", "q", entry("a"), 60)
     assert [c.query for c in index.search(unit(1, 0), "tenant:a", "ctx", 0.5, 5)] == ["q"]
     index.close()
+
+
+def test_a_server_index_waits_for_a_collection_of_its_vector_size() -> None:
+    """After an embedding change the old collection has the old size: the gateway bypasses
+    (no writes of the wrong size) until the collection Job has recreated it."""
+    from qdrant_client import QdrantClient, models
+
+    from tests.services import free_port
+
+    index = ServerIndex(f"http://127.0.0.1:{free_port()}", "c", DIM, "ks1")
+    index._client.close()
+    local = QdrantClient(location=":memory:")
+    local.create_collection("c", vectors_config=models.VectorParams(size=4, distance="Dot"))
+    index._client, index._local, index._retry_at = local, True, 0.0
+    with pytest.raises(ValueError, match="vector size 4, want 8"):
+        index.search(unit(1, 0), "tenant:a", "ctx", 0.5, 5)
+    local.delete_collection("c")
+    local.create_collection("c", vectors_config=models.VectorParams(size=DIM, distance="Dot"))
+    index._retry_at = 0.0
+    index.add(key(1), unit(1, 0), "tenant:a", "ctx", "q", entry("a"), 60)
+    assert [c.query for c in index.search(unit(1, 0), "tenant:a", "ctx", 0.5, 5)] == ["q"]
+    index.close()

@@ -86,8 +86,10 @@ async def reconcile(body: Body, ctx: Context) -> Outcome:
             true("CollectionReady", "Created", detail)
             if state == "Complete"
             else false(
-                "CollectionReady", "CollectionFailed" if state == "Failed" else "Creating", detail
+                "CollectionReady", "CollectionFailed", f"{detail}: see kubectl logs job/{name}"
             )
+            if state == "Failed"
+            else false("CollectionReady", "Creating", detail)
         )
     fields: dict[str, Any] = {
         "collection": target.name if target else "",

@@ -360,6 +360,12 @@ class ServerIndex:
                 collection,
                 vectors_config=models.VectorParams(size=self._dim, distance=models.Distance.DOT),
             )
+        vectors = self._client.get_collection(collection).config.params.vectors
+        size = getattr(vectors, "size", None)
+        if size != self._dim:
+            # Made for another embedding model: the policy's collection Job recreates it at
+            # the new size; until then this gateway bypasses the semantic cache.
+            raise ValueError(f"collection {collection} has vector size {size}, want {self._dim}")
         if not self._local:  # the local mode has no payload indexes (and warns)
             self._create_indexes(collection)
         self._client.delete(

@@ -1,0 +1,106 @@
+"""The collection Job's steps against a stand-in of the few Qdrant REST routes it calls (no
+Qdrant server can be installed here; the routes and bodies follow Qdrant's OpenAPI: GET, PUT and
+DELETE /collections/{name}, PUT /collections/{name}/index)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from thrifty_operator.collection import CollectionMismatch, ensure_collection
+
+
+class FakeQdrant:
+    def __init__(self) -> None:
+        self.collections: dict[str, dict[str, Any]] = {}
+        self.deleted: list[str] = []
+        self.keys: list[str | None] = []
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._auth])
+        app.router.add_get("/collections/{name}", self.get)
+        app.router.add_put("/collections/{name}", self.put)
+        app.router.add_delete("/collections/{name}", self.delete)
+        app.router.add_put("/collections/{name}/index", self.index)
+        return app
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        self.keys.append(request.headers.get("api-key"))
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    async def get(self, request: web.Request) -> web.Response:
+        found = self.collections.get(request.match_info["name"])
+        if found is None:
+            return web.json_response({"status": {"error": "Not found"}}, status=404)
+        result = {
+            "config": {"params": {"vectors": {"size": found["size"], "distance": "Cosine"}}},
+            "payload_schema": {f: {"data_type": "keyword"} for f in found["schema"]},
+        }
+        return web.json_response({"result": result, "status": "ok"})
+
+    async def put(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name in self.collections:
+            return web.json_response({"status": {"error": "already exists"}}, status=409)
+        body = await request.json()
+        self.collections[name] = {"size": body["vectors"]["size"], "schema": set()}
+        return web.json_response({"result": True, "status": "ok"})
+
+    async def delete(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        self.deleted.append(name)
+        if self.collections.pop(name, None) is None:
+            return web.json_response({"status": {"error": "Not found"}}, status=404)
+        return web.json_response({"result": True, "status": "ok"})
+
+    async def index(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.collections[request.match_info["name"]]["schema"].add(body["field_name"])
+        return web.json_response({"result": {"status": "completed"}, "status": "ok"})
+
+
+@pytest.fixture
+async def qdrant() -> AsyncIterator[tuple[FakeQdrant, str]]:
+    fake = FakeQdrant()
+    server = TestServer(fake.app())
+    await server.start_server()
+    yield fake, str(server.make_url(""))
+    await server.close()
+
+
+async def test_creates_a_missing_collection_with_its_tenant_index(
+    qdrant: tuple[FakeQdrant, str],
+) -> None:
+    fake, url = qdrant
+    assert await ensure_collection(url, "c", 384, "tenant", api_key="k") is True
+    assert fake.collections["c"] == {"size": 384, "schema": {"tenant"}}
+    assert set(fake.keys) == {"k"}
+    assert await ensure_collection(url, "c", 384, "tenant", api_key="k") is False  # idempotent
+    assert fake.deleted == []
+
+
+async def test_recreates_a_cache_collection_made_for_another_vector_size(
+    qdrant: tuple[FakeQdrant, str],
+) -> None:
+    fake, url = qdrant
+    fake.collections["c"] = {"size": 384, "schema": {"scope", "keyspace", "tenant"}}
+    assert await ensure_collection(url, "c", 1536, "tenant") is True
+    assert fake.deleted == ["c"]
+    assert fake.collections["c"] == {"size": 1536, "schema": {"tenant"}}
+
+
+async def test_never_touches_a_foreign_collection_of_another_size(
+    qdrant: tuple[FakeQdrant, str],
+) -> None:
+    fake, url = qdrant
+    fake.collections["c"] = {"size": 768, "schema": {"title"}}
+    with pytest.raises(CollectionMismatch, match="not a Thrifty cache collection"):
+        await ensure_collection(url, "c", 384, "tenant")
+    assert fake.deleted == []
+    assert fake.collections["c"] == {"size": 768, "schema": {"title"}}
