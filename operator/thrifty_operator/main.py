@@ -65,7 +65,7 @@ async def _gateway(body: Body, patch: Any, indexes: ix.Indexes, ctx: Context, st
 async def _cachepolicy(
     body: Body, patch: Any, indexes: ix.Indexes, ctx: Context, strict: bool
 ) -> None:
-    await run(body, patch, lambda: cachepolicy.reconcile(body, ctx), strict=strict)
+    await run(body, patch, lambda: cachepolicy.reconcile(body, indexes, ctx), strict=strict)
     await cachepolicy.dependents(body, dict(patch.status), indexes, ctx)
 
 

@@ -209,6 +209,31 @@ def test_managed_redis_needs_its_password_generated_once(install: Install, tmp_p
     assert _secret(cluster, ns, "guarded-redis-auth") == (uid, password)
 
 
+def test_a_cache_policy_named_like_a_queue_leaves_the_queues_redis_alone(
+    install: Install,
+) -> None:
+    """Both kinds name their managed Redis `<name>-redis`: the newer one is refused with a
+    clear condition, and the queue's Redis keeps its owner and `noeviction`."""
+    cluster, ns = install.cluster, install.ns
+    policy = yaml.safe_load((ROOT / "examples" / "cachepolicy.yaml").read_text())
+    policy["metadata"] = {"name": "jobs", "namespace": ns}  # the queue of the first test
+    policy["spec"]["semantic"] = {"enabled": False}
+    cluster.apply(policy)
+
+    def refused() -> dict[str, Any] | None:
+        obj = get(cluster, "cachepolicy", ns, "jobs")
+        return obj if condition(obj, "Ready").get("reason") == "InvalidSpec" else None
+
+    obj = wait_for(refused, timeout=60, message="CachePolicy jobs Ready=False InvalidSpec")
+    assert "BatchQueue jobs" in condition(obj, "SpecValid")["message"]
+    redis_deploy = get(cluster, "deployment", ns, "jobs-redis") or {}
+    (owner,) = redis_deploy["metadata"]["ownerReferences"]
+    assert owner["kind"] == "BatchQueue"
+    args = redis_deploy["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--maxmemory-policy") + 1] == "noeviction"
+    cluster.kubectl("delete", "cachepolicy", "jobs", "-n", ns, "--wait=true")
+
+
 def test_deleting_the_namespace_is_not_blocked_by_the_collection_finalizer(
     install: Install,
 ) -> None:

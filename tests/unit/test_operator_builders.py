@@ -167,6 +167,14 @@ def test_gateway_deployment_rolls_on_config_hash_and_mounts_secrets_as_files() -
     assert "/var/run/thrifty/secrets/thrifty-provider-keys" in mounts
     assert "/var/run/thrifty/secrets/thrifty-tenant-keys" in mounts
     assert "/etc/thrifty" in mounts
+    # The ONNX graphs (~90 MB each) get their own volume, found through XDG_CACHE_HOME; /tmp
+    # has room for the largest batch upload the example's queue may spool there.
+    pod = deploy["spec"]["template"]["spec"]
+    assert "/var/cache/thrifty" in mounts
+    assert {"name": "XDG_CACHE_HOME", "value": "/var/cache/thrifty"} in pod["containers"][0]["env"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["model-cache"]["emptyDir"] == {"sizeLimit": "1Gi"}
+    assert volumes["tmp"]["emptyDir"]["sizeLimit"] == "2560Mi"
     config = cm["data"]["gateway.yaml"]
     assert "/var/run/thrifty/secrets/thrifty-tenant-keys/team-a" in config
     for value in SECRET_VALUES:

@@ -75,3 +75,41 @@ def test_a_gateway_without_a_queue_is_not_concerned() -> None:
     assert queue_condition(LLMGateway.model_validate(plain), found).ok
     assert queue_condition(LLMGateway.model_validate(zeta), found).ok
     assert found.queue_holder(NS, "jobs") == "zeta"
+
+
+def store_body(kind: str, created: str, managed: bool = True) -> dict[str, Any]:
+    body: dict[str, Any] = {"kind": kind, "metadata": {"name": "shared", "namespace": NS}}
+    body["metadata"]["creationTimestamp"] = created
+    body["spec"] = {"stores": {"redis": {"managed": managed}}} if kind == "CachePolicy" else {}
+    return body
+
+
+def store_indexes(*bodies: dict[str, Any]) -> ix.Indexes:
+    stores: dict[str, dict[ix.Key, list[Any]]] = {name: {} for name in ix.BY_KIND.values()}
+    for body in bodies:
+        stores[ix.BY_KIND[body["kind"]]][(NS, body["metadata"]["name"])] = [body]
+    return ix.Indexes(stores)
+
+
+def test_a_cache_policy_and_a_queue_of_one_name_never_share_a_managed_redis() -> None:
+    early, late = "2026-11-27T10:00:00Z", "2026-11-27T11:00:00Z"
+    queue_first = store_indexes(store_body("BatchQueue", early), store_body("CachePolicy", late))
+    assert queue_first.redis_clash("BatchQueue", NS, "shared") is None
+    refused = queue_first.redis_clash("CachePolicy", NS, "shared")
+    assert refused is not None
+    assert "BatchQueue shared" in refused and "shared-redis" in refused
+    assert "stores.redis.managed: false" in refused
+    policy_first = store_indexes(store_body("CachePolicy", early), store_body("BatchQueue", late))
+    assert policy_first.redis_clash("CachePolicy", NS, "shared") is None
+    assert "CachePolicy shared" in (policy_first.redis_clash("BatchQueue", NS, "shared") or "")
+    # Same second: the queue keeps it (its stream must never be evicted).
+    tie = store_indexes(store_body("CachePolicy", early), store_body("BatchQueue", early))
+    assert tie.redis_clash("BatchQueue", NS, "shared") is None
+    assert tie.redis_clash("CachePolicy", NS, "shared") is not None
+    # A policy on an external Redis runs none: no clash either way.
+    external = store_indexes(
+        store_body("CachePolicy", late, managed=False), store_body("BatchQueue", early)
+    )
+    assert external.redis_clash("CachePolicy", NS, "shared") is None
+    assert external.redis_clash("BatchQueue", NS, "shared") is None
+    assert store_indexes(store_body("BatchQueue", early)).redis_clash("BatchQueue", NS, "x") is None

@@ -120,9 +120,9 @@ def container_security_context() -> dict[str, Any]:
     }
 
 
-def tmp_volume() -> dict[str, Any]:
+def tmp_volume(size: str = "256Mi") -> dict[str, Any]:
     """A small writable /tmp for processes that need one on a read-only root."""
-    return {"name": TMP_VOLUME, "emptyDir": {"sizeLimit": "256Mi"}}
+    return {"name": TMP_VOLUME, "emptyDir": {"sizeLimit": size}}
 
 
 def tmp_mount() -> dict[str, Any]:
@@ -182,6 +182,7 @@ def pod_spec(
     tolerations: list[dict[str, Any]] | None = None,
     restart_policy: str | None = None,
     service_account: str | None = None,
+    tmp_size: str = "256Mi",
 ) -> dict[str, Any]:
     """A pod spec meeting the restricted standard; no service account token unless asked."""
     spec: dict[str, Any] = {
@@ -189,7 +190,7 @@ def pod_spec(
         "automountServiceAccountToken": service_account is not None,
         "enableServiceLinks": False,
         "containers": containers,
-        "volumes": [tmp_volume(), *(volumes or [])],
+        "volumes": [tmp_volume(tmp_size), *(volumes or [])],
     }
     if service_account:
         spec["serviceAccountName"] = service_account

@@ -61,6 +61,11 @@ def config_volume(gateway_name: str) -> dict[str, Any]:
     }
 
 
+MODEL_CACHE_DIR = "/var/cache/thrifty"  # XDG_CACHE_HOME of the gateway container
+MODEL_CACHE_SIZE = "1Gi"
+UPLOAD_TMP_SIZE = "2560Mi"
+
+
 def shared_volumes(mounts: GatewayMounts) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Secrets, the batch file store and the students' capture/artifact volumes."""
     volumes, vmounts = secret_volumes(mounts.secret_refs)
@@ -100,11 +105,16 @@ def build_deployment(
     volumes, vmounts = shared_volumes(mounts)
     volumes.insert(0, config_volume(owner.name))
     vmounts.insert(0, {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True})
+    # The embedding and pair-verifier ONNX graphs (about 90 MB each) are built at start into
+    # their own volume, not into the small /tmp.
+    volumes.append({"name": "model-cache", "emptyDir": {"sizeLimit": MODEL_CACHE_SIZE}})
+    vmounts.append({"name": "model-cache", "mountPath": MODEL_CACHE_DIR})
     main = container(
         "gateway",
         spec.image or defaults.gateway_image,
         args=["gateway", "--config", f"{CONFIG_DIR}/{CONFIG_FILE}", "--host", "0.0.0.0"],
         ports=[{"name": "http", "containerPort": GATEWAY_PORT, "protocol": "TCP"}],
+        env=[{"name": "XDG_CACHE_HOME", "value": MODEL_CACHE_DIR}],
         mounts=vmounts,
         resources_block=resources(spec.resources.requests, spec.resources.limits),
         probes=http_probes("http", "/healthz", "/readyz"),
@@ -120,7 +130,11 @@ def build_deployment(
                 "labels": metadata(owner, "", COMPONENT)["labels"],
                 "annotations": {CONFIG_HASH_ANNOTATION: config_hash},
             },
-            "spec": pod_spec([main], volumes=volumes),
+            # Uploads over 1 MB are spooled to /tmp while a batch input file is received:
+            # room for the largest file a queue may accept (maxFileBytes <= 2 GiB).
+            "spec": pod_spec(
+                [main], volumes=volumes, tmp_size=UPLOAD_TMP_SIZE if mounts.batch_queue else "256Mi"
+            ),
         },
     }
     if not spec.autoscaling.enabled:

@@ -15,6 +15,7 @@ from . import gateway
 from .common import (
     Body,
     Context,
+    InvalidSpec,
     Outcome,
     apply_all,
     deployment_state,
@@ -28,6 +29,9 @@ async def reconcile(body: Body, ix: Indexes, ctx: Context) -> Outcome:
     queue = parse(BatchQueue, body)
     owner = Owner.from_body(body)
     ns = owner.namespace
+    clash = ix.redis_clash("BatchQueue", ns, owner.name)
+    if clash:
+        raise InvalidSpec(clash)
     await ensure_redis_password(ctx.kube, owner)
     await apply_all(ctx.kube, build_queue_stores(queue, owner, ctx.defaults))
     redis_ok, message = deployment_state(

@@ -51,9 +51,13 @@ async def _store_state(policy: CachePolicy, owner: Owner, ctx: Context) -> tuple
     return redis_ok, qdrant_ok, "; ".join(parts) or "external stores"
 
 
-async def reconcile(body: Body, ctx: Context) -> Outcome:
+async def reconcile(body: Body, ix: Indexes, ctx: Context) -> Outcome:
     policy = parse(CachePolicy, body)
     owner = Owner.from_body(body)
+    if policy.spec.stores.redis.managed:
+        clash = ix.redis_clash("CachePolicy", owner.namespace, owner.name)
+        if clash:
+            raise InvalidSpec(clash)
     if cache.generated_password_needed(policy):
         await ensure_redis_password(ctx.kube, owner)
     if cache.generated_qdrant_key_needed(policy):

@@ -105,5 +105,31 @@ class Indexes:
             return None
         return min(users, key=lambda n: _age_key(self.body("LLMGateway", namespace, n), n))
 
+    def redis_clash(self, kind: str, namespace: str, name: str) -> str | None:
+        """Why `kind`/`name` may not run its managed Redis, or None.
+
+        A CachePolicy with a managed Redis and a BatchQueue of the same name would both run
+        `<name>-redis` (one Deployment, Service, PVC and password Secret), flipping its
+        eviction policy and owner at every reconcile. The older keeps it (on a tie the
+        BatchQueue: its stream must never be evicted); the newer is refused with this message.
+        """
+        other_kind = "BatchQueue" if kind == "CachePolicy" else "CachePolicy"
+        other = self.body(other_kind, namespace, name)
+        if other is None:
+            return None
+        policy = other if other_kind == "CachePolicy" else self.body(kind, namespace, name)
+        redis = (policy or {}).get("spec", {}).get("stores", {}).get("redis", {})
+        if not redis.get("managed", True):
+            return None
+        mine = _age_key(self.body(kind, namespace, name), "")[0]
+        theirs = _age_key(other, "")[0]
+        if mine < theirs or (mine == theirs and kind == "BatchQueue"):
+            return None
+        return (
+            f"{other_kind} {name} in this namespace already runs the managed Redis {name}-redis; "
+            f"rename this {kind}"
+            + (" or set stores.redis.managed: false" if kind == "CachePolicy" else "")
+        )
+
     def students_of(self, namespace: str, gateway: str) -> list[str]:
         return sorted(set(self._values(STUDENTS_BY_GATEWAY, (namespace, gateway))))
