@@ -157,6 +157,9 @@ class CacheStoreConfig(ConfigModel):
     redis_password: SecretSource | None = None
     qdrant_url: str | None = Field(default=None, description="Qdrant URL; None = embedded.")
     qdrant_api_key: SecretSource | None = None
+    embedding_api_key: SecretSource | None = Field(
+        default=None, description="API key of a remote (openai backend) embeddings endpoint."
+    )
     collection: str = Field(default="thrifty", description="Semantic collection name.")
     keyspace_version: str = Field(default="v1", description="Prefix bumped to purge entries.")
 

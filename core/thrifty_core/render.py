@@ -122,6 +122,8 @@ def render_cache_policy(policy: CachePolicy) -> CachePolicyConfig:
         )
     redis_pw = redis_password_ref(policy)
     qdrant_key = qdrant_api_key_ref(policy)
+    embedding = policy.spec.semantic.embedding if policy.spec.semantic.enabled else None
+    embedding_key = embedding.api_key_secret_ref if embedding else None
     return CachePolicyConfig(
         spec=policy.spec,
         stores=CacheStoreConfig(
@@ -129,6 +131,9 @@ def render_cache_policy(policy: CachePolicy) -> CachePolicyConfig:
             redis_password=secret_file(redis_pw.name, redis_pw.key) if redis_pw else None,
             qdrant_url=qdrant_url,
             qdrant_api_key=secret_file(qdrant_key.name, qdrant_key.key) if qdrant_key else None,
+            embedding_api_key=(
+                secret_file(embedding_key.name, embedding_key.key) if embedding_key else None
+            ),
             collection=(status.collection if status else "") or collection_name(policy),
             keyspace_version=(status.keyspace_version if status else "") or "v1",
         ),

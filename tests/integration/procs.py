@@ -91,12 +91,12 @@ def _spawn(
     return proc, log_file
 
 
-def start_simulator(workdir: Path, *extra: str) -> Simulator:
+def start_simulator(workdir: Path, *extra: str, env: dict[str, str] | None = None) -> Simulator:
     port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     log_path = workdir / f"simulator-{port}.log"
     proc, log_file = _spawn(
-        ["-m", "thrifty_cli", "simulator", "--port", str(port), *extra], log_path
+        ["-m", "thrifty_cli", "simulator", "--port", str(port), *extra], log_path, env
     )
     log_file.close()
     try:

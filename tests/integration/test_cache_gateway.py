@@ -8,6 +8,7 @@ import copy
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx2
@@ -16,7 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 from openai.types.chat import ChatCompletionMessageParam
 
-from tests.integration.procs import Simulator, local_config
+from tests.integration.procs import Simulator, local_config, start_simulator
 from tests.integration.waiting import metric_total, wait_recorded, wait_until
 from thrifty_core.api.cachepolicy import GUARD_CHECKS, PairVerifier
 from thrifty_core.config import parse_config
@@ -381,3 +382,41 @@ def test_hits_are_recorded_as_saved_cost(h: Harness) -> None:
     )
     assert saved == pytest.approx(float(miss.headers["x-thrifty-cost-usd"]))
     assert float(hit.headers["x-thrifty-cost-usd"]) == 0.0
+
+
+def test_a_remote_embedding_backend_sends_its_api_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The `openai` embedding backend calls its endpoint with the policy's key: a provider that
+    requires one serves paraphrase lookups; without the key every lookup is a bypass."""
+    sim = start_simulator(tmp_path / "sim", env={"THRIFTY_SIMULATOR_API_KEY": "sk-provider"})
+    monkeypatch.setenv("TEST_PROVIDER_KEY", "sk-provider")
+    base = local_config(sim.url)
+    base["providers"][0]["apiKey"] = {"env": "TEST_PROVIDER_KEY"}
+    spec = {
+        "exact": {"enabled": False},
+        "semantic": {
+            "enabled": True,
+            "embedding": {
+                "backend": "openai",
+                "model": "text-embedding-3-small",
+                "dimensions": 1536,
+                "endpoint": f"{sim.url}/v1",
+            },
+            "guard": {"enabled": False},
+        },
+    }
+    try:
+        for key, want in (({"env": "TEST_PROVIDER_KEY"}, "semantic"), (None, "bypass")):
+            policy = {"spec": spec, "stores": {"embeddingApiKey": key} if key else {}}
+            config = {**base, "cachePolicies": {"p": policy}, "defaultCachePolicy": "p"}
+            with TestClient(create_app(parse_config(config))) as http:
+                harness = Harness(http, sim)
+                q = unique("Where can I see my card limit?")
+                assert cache_of(harness.ask(q)) in ("miss", "bypass")
+                harness.settle()
+                assert cache_of(harness.ask(q)) == want
+                harness.a.close()
+                harness.b.close()
+    finally:
+        sim.stop()

@@ -251,3 +251,24 @@ def test_a_completed_collection_job_replaces_the_one_before_it() -> None:
     ]
     body["status"] = {"collectionJob": current}
     assert cache.stale_collection_jobs(CachePolicy.model_validate(body), owner(body), current) == []
+
+
+def test_a_remote_embedding_key_is_rendered_as_the_file_the_gateway_mounts() -> None:
+    from thrifty_core.render import render_cache_policy
+
+    body = example("cachepolicy")
+    body["spec"]["semantic"]["embedding"] = {
+        "backend": "openai",
+        "model": "text-embedding-3-small",
+        "dimensions": 1536,
+        "endpoint": "https://api.openai.com/v1",
+        "apiKeySecretRef": {"name": "emb", "key": "token"},
+    }
+    policy = CachePolicy.model_validate(body)
+    source = render_cache_policy(policy).stores.embedding_api_key
+    assert source is not None and source.file == f"{SECRETS}/emb/token"
+    refs = {(r.name, r.key) for r in gateway_secret_refs(GATEWAY, [policy], QUEUE)}
+    assert ("emb", "token") in refs
+    body["spec"]["semantic"]["enabled"] = False
+    off = render_cache_policy(CachePolicy.model_validate(body)).stores.embedding_api_key
+    assert off is None

@@ -39,6 +39,15 @@ def simulator(
     batch_speedup: Annotated[
         float, typer.Option(help="Batches API: how much faster than real time jobs move.")
     ] = 1.0,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="THRIFTY_SIMULATOR_API_KEY",
+            help="Require this bearer key on /v1 requests (from the environment: keeps it "
+            "out of the process list).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run the OpenAI-compatible provider simulator (chat, embeddings, models, batches)."""
     from thrifty_core.logging import setup_logging
@@ -69,6 +78,7 @@ def simulator(
             "seed": seed,
             "oracle": oracle,
             "batch_speedup": batch_speedup,
+            "api_key": api_key,
         }
     )
     serve(settings)

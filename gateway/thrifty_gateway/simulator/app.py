@@ -9,6 +9,7 @@ use it to check retries and fallbacks); `POST /sim/reset` clears them.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -159,6 +160,23 @@ def create_simulator_app(settings: SimulatorSettings) -> FastAPI:
         redoc_url=None,
         openapi_url=None,
     )
+
+    @app.middleware("http")
+    async def require_key(request: Request, call_next: Any) -> Any:
+        key = request.app.state.sim.settings.api_key
+        if key and request.url.path.startswith("/v1/"):
+            if not hmac.compare_digest(request.headers.get("authorization", ""), f"Bearer {key}"):
+                body = {
+                    "error": {
+                        "message": "Incorrect API key provided.",
+                        "type": "invalid_request_error",
+                        "param": None,
+                        "code": "invalid_api_key",
+                    }
+                }
+                return _json(body, 401)
+        return await call_next(request)
+
     app.add_api_route("/v1/chat/completions", chat_completions, methods=["POST"])
     app.add_api_route("/v1/embeddings", create_embeddings, methods=["POST"])
     app.add_api_route("/v1/models", list_models, methods=["GET"])

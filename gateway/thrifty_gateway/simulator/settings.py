@@ -51,6 +51,11 @@ class SimulatorSettings(BaseModel):
     batch_speedup: float = Field(
         default=1.0, gt=0, description="Batches API: how much faster than real time jobs move."
     )
+    api_key: str | None = Field(
+        default=None,
+        description="When set, /v1 requests need `Authorization: Bearer <api_key>` (401 "
+        "invalid_api_key otherwise), as a real provider does.",
+    )
 
 
 def load_oracle(name: str) -> Oracle:

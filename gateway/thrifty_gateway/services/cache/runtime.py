@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from dataclasses import dataclass, field
 from functools import partial
@@ -54,12 +55,15 @@ class SharedModels:
             self.minilm = await asyncio.to_thread(load_minilm)
         return self.minilm
 
-    async def embedder(self, spec: EmbeddingModel) -> Embedder:
-        fingerprint = spec.model_dump_json()
+    async def embedder(self, spec: EmbeddingModel, api_key: str | None = None) -> Embedder:
+        # Policies share an embedder only when they would call the same model with the same key
+        # (the key enters the dictionary key as a digest only).
+        key_digest = hashlib.sha256(api_key.encode()).hexdigest() if api_key else ""
+        fingerprint = f"{spec.model_dump_json()}/{key_digest}"
         if fingerprint not in self.embedders:
             files = await self._minilm() if spec.backend == "local" else None
             self.embedders[fingerprint] = await asyncio.to_thread(
-                partial(create_embedder, spec, files=files)
+                partial(create_embedder, spec, files=files, api_key=api_key)
             )
         return self.embedders[fingerprint]
 
@@ -94,7 +98,7 @@ async def open_policy(name: str, policy: CachePolicyConfig, models: SharedModels
     verifier: PairScoring | None = None
     if spec.semantic.enabled and spec.semantic.embedding is not None:
         emb = spec.semantic.embedding
-        embedder = await models.embedder(emb)
+        embedder = await models.embedder(emb, _secret(stores.embedding_api_key))
         guard = spec.semantic.guard
         if guard.enabled and guard.verifier.enabled:
             verifier = await models.verifier(guard.verifier.model)
