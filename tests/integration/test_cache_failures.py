@@ -178,3 +178,60 @@ def test_a_gateway_starts_and_answers_while_qdrant_is_unreachable(simulator: Sim
         metrics = gw.get("/metrics").text
         assert 'thrifty_cache_errors_total{layer="semantic",op="search"} 3.0' in metrics
         client.close()
+
+
+async def test_a_purge_of_a_big_redis_cache_completes_and_leaves_lookups_alone(
+    own_redis: RedisServer,
+) -> None:
+    """100k entries of one tenant: the purge reads its index page by page on its own
+    connection (one read used to exceed the lookups' 0.1 s timeout, fail the purge and cool the
+    lookups down), removes them all, and a lookup right after still reaches Redis."""
+    import os
+
+    import redis as redis_lib
+
+    from thrifty_gateway.services.cache.entry import CachedAnswer, Codec
+    from thrifty_gateway.services.cache.exact import RedisExactStore
+    from thrifty_gateway.services.cache.selector import Selector
+
+    prefix, codec, n = "thrifty:cache:p/v1:", Codec(True), 100_000
+    blob = codec.encode(CachedAnswer(body={"id": "x"}, tenant="team-a", route="r", model="m"))
+    writer = redis_lib.Redis.from_url(own_redis.url)
+    pipe = writer.pipeline(transaction=False)
+    now = time.time()
+    for i in range(n):
+        member = f"{prefix}e:{os.urandom(32).hex()}"
+        pipe.set(member, blob, ex=3600)
+        for index in ("all:*", "tenant:team-a", "route:r", "model:m"):
+            pipe.zadd(f"{prefix}i:{index}", {member: now - i * 0.001})
+        if i % 5000 == 4999:
+            pipe.execute()
+    pipe.execute()
+    kept = CachedAnswer(body={"id": "kept"}, tenant="team-b", route="r", model="m")
+    store = RedisExactStore(own_redis.url, prefix, codec, 1 << 20)
+    try:
+        await store.put("b" * 64, kept, 3600)
+        assert await store.purge(Selector(tenant="team-a")) == n
+        assert await store.get("0" * 64) is None  # reached Redis: no cool-down
+        found = await store.get("b" * 64)
+        assert found is not None and found.body == {"id": "kept"}
+        assert writer.dbsize() < 10  # the entries are gone, only index keys remain
+    finally:
+        await store.aclose()
+        writer.close()
+
+
+def test_a_purge_that_cannot_reach_a_store_says_so(simulator: Simulator) -> None:
+    """Redis down: the purge answers 503 `purge_incomplete` naming the store (never a 200 that
+    left entries behind), after purging what it could reach."""
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    config = parse_config(redis_config(simulator.url, dead))
+    with TestClient(create_app(config)) as gw:
+        resp = gw.post(
+            "/v1/thrifty/cache/purge",
+            json={"tenant": "team-a"},
+            headers={"authorization": "Bearer sk-local-admin"},
+        )
+        assert resp.status_code == 503
+        error = resp.json()["error"]
+        assert error["code"] == "purge_incomplete" and "default (exact)" in error["message"]

@@ -88,8 +88,13 @@ def test_a_new_keyspace_version_drops_old_entries(tmp_path: object) -> None:
     bumped.close()
 
 
-def test_maintenance_drops_expired_and_the_oldest_above_the_cap() -> None:
-    index = EdgeIndex(DIM, "ks1", max_entries=3)
+@pytest.mark.parametrize("kind", ["edge", "client"])
+def test_maintenance_drops_expired_and_the_oldest_above_the_cap(kind: str) -> None:
+    index: EdgeIndex | ServerIndex = (
+        EdgeIndex(DIM, "ks1", max_entries=3)
+        if kind == "edge"
+        else ServerIndex(":memory:", "c", DIM, "ks1", policy="p", max_entries=3)
+    )
     try:
         expired = entry()
         expired.created = time.time() - 120
@@ -146,3 +151,30 @@ def test_a_server_index_waits_for_a_collection_of_its_vector_size() -> None:
     index.add(key(1), unit(1, 0), "tenant:a", "ctx", "q", entry("a"), 60)
     assert [c.query for c in index.search(unit(1, 0), "tenant:a", "ctx", 0.5, 5)] == ["q"]
     index.close()
+
+
+def test_policies_sharing_a_collection_keep_to_their_own_entries() -> None:
+    """Set-up after a restart drops only this policy's older keyspaces, and a purge or count
+    reaches only this policy's entries (the others' stay servable)."""
+    first = ServerIndex(":memory:", "shared", DIM, "pa/v1", policy="pa")
+    second = ServerIndex(":memory:", "shared", DIM, "pb/v1", policy="pb")
+    second._client.close()
+    second._client = first._client  # one Qdrant, two policies
+    try:
+        first.add(key(1), unit(1), "tenant:a", "ctx", "qa", entry("a"), 600)
+        second.add(key(2), unit(1), "tenant:a", "ctx", "qb", entry("a"), 600)
+        assert second.purge(Selector(tenant="a")) == 1
+        assert [c.query for c in first.search(unit(1), "tenant:a", "ctx", 0.5, 5)] == ["qa"]
+        second.add(key(3), unit(1), "tenant:a", "ctx", "qb2", entry("a"), 600)
+        restarted = ServerIndex(":memory:", "shared", DIM, "pa/v1", policy="pa")
+        restarted._client.close()
+        restarted._client, restarted._ready, restarted._retry_at = first._client, False, 0.0
+        assert restarted.count() == 1  # set up again: pa's entry kept, pb's untouched
+        assert second.count() == 1
+        bumped = ServerIndex(":memory:", "shared", DIM, "pa/v2", policy="pa")
+        bumped._client.close()
+        bumped._client, bumped._ready, bumped._retry_at = first._client, False, 0.0
+        assert bumped.count() == 0  # pa's old keyspace dropped at set-up
+        assert [c.query for c in second.search(unit(1), "tenant:a", "ctx", 0.5, 5)] == ["qb2"]
+    finally:
+        first.close()

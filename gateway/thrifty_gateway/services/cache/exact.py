@@ -20,6 +20,10 @@ from .selector import Selector
 log = logging.getLogger(__name__)
 
 
+PURGE_TIMEOUT = 10.0  # seconds for one purge call (a page read, a bulk delete)
+PURGE_PAGE = 10_000  # index members read per call
+
+
 class StoreUnavailable(Exception):
     """The backing store failed or timed out; the caller bypasses the cache."""
 
@@ -111,6 +115,16 @@ class RedisExactStore:
         self._timeout = timeout
         self._cooldown = cooldown
         self._down_until = 0.0
+        # Purges read whole indexes and delete in bulk: their own connection, with timeouts
+        # fit for that, so they neither trip the lookups' cool-down nor time out on a big cache.
+        self._admin: Any = client or aioredis.Redis.from_url(
+            url,
+            password=password,
+            socket_timeout=PURGE_TIMEOUT,
+            socket_connect_timeout=1.0,
+            retry_on_timeout=False,
+            health_check_interval=0,
+        )
 
     def _k(self, key: str) -> str:
         return f"{self._prefix}e:{key}"
@@ -150,6 +164,25 @@ class RedisExactStore:
         await self._call("put", pipe.execute())
 
     async def purge(self, selector: Selector) -> int:
+        """Delete the entries matching `selector`, reading the purge indexes page by page; a
+        failure raises `StoreUnavailable` without cooling the lookups down."""
+        try:
+            return await asyncio.wait_for(self._purge(selector), PURGE_TIMEOUT * 4)
+        except Exception as exc:
+            log.warning("redis purge failed: %s", type(exc).__name__)
+            raise StoreUnavailable("purge") from exc
+
+    async def _members(self, index: str, top: float | str) -> set[bytes]:
+        found: set[bytes] = set()
+        offset = 0
+        while True:
+            page = await self._admin.zrangebyscore(index, "-inf", top, start=offset, num=PURGE_PAGE)
+            found.update(page)
+            if len(page) < PURGE_PAGE:
+                return found
+            offset += PURGE_PAGE
+
+    async def _purge(self, selector: Selector) -> int:
         dims: list[tuple[str, str | None]] = [
             ("tenant", selector.tenant),
             ("route", selector.route),
@@ -158,29 +191,30 @@ class RedisExactStore:
         ]
         chosen = [(k, v) for k, v in dims if v is not None] or [("all", "*")]
         all_dims: list[tuple[str, str | None]] = [*dims, ("all", "*")]
-        top = (
+        top: float | str = (
             "+inf"
             if selector.older_than_seconds is None
             else time.time() - selector.older_than_seconds
         )
         members: set[bytes] | None = None
         for kind, value in chosen:
-            found = await self._call(
-                "purge", self._redis.zrangebyscore(self._idx(kind, value), "-inf", top)
-            )
-            members = set(found) if members is None else members & set(found)
+            found = await self._members(self._idx(kind, value), top)
+            members = found if members is None else members & found
         if not members:
             return 0
         removed = 0
         batch = list(members)
         for i in range(0, len(batch), 500):
-            removed += int(await self._call("purge", self._redis.delete(*batch[i : i + 500])))
-        pipe = self._redis.pipeline(transaction=False)
-        for dim, label in all_dims:
-            if label is not None:
-                pipe.zrem(self._idx(dim, label), *batch)
-        await self._call("purge", pipe.execute())
+            removed += int(await self._admin.delete(*batch[i : i + 500]))
+        for i in range(0, len(batch), PURGE_PAGE):
+            pipe = self._admin.pipeline(transaction=False)
+            for dim, label in all_dims:
+                if label is not None:
+                    pipe.zrem(self._idx(dim, label), *batch[i : i + PURGE_PAGE])
+            await pipe.execute()
         return removed
 
     async def aclose(self) -> None:
         await self._redis.aclose()
+        if self._admin is not self._redis:
+            await self._admin.aclose()

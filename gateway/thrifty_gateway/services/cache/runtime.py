@@ -110,6 +110,8 @@ async def open_policy(name: str, policy: CachePolicyConfig, models: SharedModels
                 stores.collection,
                 emb.dimensions,
                 sem_keyspace,
+                policy=name,
+                max_entries=spec.semantic.max_entries,
                 api_key=_secret(stores.qdrant_api_key),
             )
         else:

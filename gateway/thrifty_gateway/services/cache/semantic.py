@@ -290,13 +290,19 @@ class EdgeIndex:
 class ServerIndex:
     """A Qdrant server collection through qdrant-client (or its `:memory:` local mode).
 
-    The collection is set up (created if absent, payload indexes, entries of other keyspaces
-    dropped) on first use rather than at start: a gateway starts while Qdrant is down or still
-    starting, and its semantic lookups bypass the cache (errors counted by the caller) until a
-    setup succeeds, tried again at most every `SETUP_RETRY` seconds.
+    The collection is set up (created if absent, payload indexes, this policy's entries of
+    older keyspaces dropped) on first use rather than at start: a gateway starts while Qdrant is
+    down or still starting, and its semantic lookups bypass the cache (errors counted by the
+    caller) until a setup succeeds, tried again at most every `SETUP_RETRY` seconds.
+
+    Several policies may share a collection: every point carries its `policy` and `keyspace`,
+    and set-up, purges and counts touch only this policy's current keyspace. Expired points
+    (of any policy) are deleted, and this keyspace is trimmed to `max_entries` (oldest first),
+    in a background sweep at most every `MAINTAIN_EVERY` seconds, started by a write.
     """
 
     SETUP_RETRY = 5.0
+    MAINTAIN_EVERY = 60.0
 
     def __init__(
         self,
@@ -305,6 +311,8 @@ class ServerIndex:
         dim: int,
         keyspace: str,
         *,
+        policy: str = "",
+        max_entries: int | None = None,
         api_key: str | None = None,
         timeout: float = 0.5,
     ) -> None:
@@ -312,7 +320,11 @@ class ServerIndex:
 
         self._m = models
         self._keyspace = keyspace
+        self._policy = policy
+        self._max_entries = max_entries
         self._collection = collection
+        self._next_sweep = time.monotonic() + self.MAINTAIN_EVERY
+        self._sweeper: threading.Thread | None = None
         self._dim = dim
         self._local = url == ":memory:"
         if self._local:
@@ -371,12 +383,20 @@ class ServerIndex:
         self._client.delete(
             collection,
             points_selector=models.Filter(
+                must=[
+                    models.FieldCondition(key="policy", match=models.MatchValue(value=self._policy))
+                ],
                 must_not=[
                     models.FieldCondition(
                         key="keyspace", match=models.MatchValue(value=self._keyspace)
                     )
-                ]
+                ],
             ),
+        )
+
+    def _mine(self) -> Any:
+        return self._m.FieldCondition(
+            key="keyspace", match=self._m.MatchValue(value=self._keyspace)
         )
 
     def _create_indexes(self, collection: str) -> None:
@@ -386,7 +406,7 @@ class ServerIndex:
             "scope",
             models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, is_tenant=True),
         )
-        for name in ("context", "keyspace", "tenant", "route", "model", "tags"):
+        for name in ("context", "keyspace", "policy", "tenant", "route", "model", "tags"):
             self._client.create_payload_index(collection, name, models.PayloadSchemaType.KEYWORD)
         for name in ("expires", "created"):
             self._client.create_payload_index(collection, name, models.PayloadSchemaType.FLOAT)
@@ -425,15 +445,58 @@ class ServerIndex:
     ) -> None:
         self._ensure()
         payload = payload_of(scope, context, query, entry, ttl, self._keyspace)
+        payload["policy"] = self._policy
         self._client.upsert(
             self._collection,
             points=[self._m.PointStruct(id=point_id(key), vector=list(vector), payload=payload)],
         )
+        self._sweep_when_due()
+
+    def _sweep_when_due(self) -> None:
+        now = time.monotonic()
+        with self._setup_lock:
+            if now < self._next_sweep or (self._sweeper and self._sweeper.is_alive()):
+                return
+            self._next_sweep = now + self.MAINTAIN_EVERY
+            self._sweeper = threading.Thread(
+                target=self._sweep, name="thrifty-qdrant-sweep", daemon=True
+            )
+            self._sweeper.start()
+
+    def _sweep(self) -> None:
+        try:
+            self.maintain()
+        except Exception as exc:
+            log.warning("semantic index sweep failed: %s", type(exc).__name__)
+
+    def maintain(self) -> int:
+        """Delete expired points, then this keyspace's oldest above `max_entries`; returns
+        how many were deleted beyond expiry."""
+        self._ensure()
+        m = self._m
+        expired = m.Filter(must=[m.FieldCondition(key="expires", range=m.Range(lte=time.time()))])
+        self._client.delete(self._collection, points_selector=expired)
+        if self._max_entries is None:
+            return 0
+        excess = self.count() - self._max_entries
+        if excess <= 0:
+            return 0
+        oldest, _ = self._client.scroll(
+            self._collection,
+            scroll_filter=m.Filter(must=[self._mine()]),
+            limit=excess,
+            order_by=m.OrderBy(key="created", direction=m.Direction.ASC),
+            with_payload=False,
+        )
+        self._client.delete(
+            self._collection, points_selector=m.PointIdsList(points=[p.id for p in oldest])
+        )
+        return len(oldest)
 
     def purge(self, selector: Selector) -> int:
         self._ensure()
         m = self._m
-        must: list[Any] = []
+        must: list[Any] = [self._mine()]
         for name in ("tenant", "route", "model"):
             value = getattr(selector, name)
             if value is not None:
@@ -450,7 +513,8 @@ class ServerIndex:
 
     def count(self) -> int:
         self._ensure()
-        return int(self._client.count(self._collection, exact=True).count)
+        flt = self._m.Filter(must=[self._mine()])
+        return int(self._client.count(self._collection, count_filter=flt, exact=True).count)
 
     def close(self) -> None:
         self._client.close()

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from thrifty_core.config import GatewayConfig
+from thrifty_core.errors import ServiceUnavailableError
 from thrifty_core.prices import Usage
 
 from ..pipeline import Outcome, RequestContext, StageResponse
@@ -345,15 +346,33 @@ class CacheStage:
     # -- admin ------------------------------------------------------------------------------
 
     async def purge(self, selector: Selector, policy: str | None = None) -> dict[str, int]:
-        """Remove matching entries from every (or one) policy's stores."""
+        """Remove matching entries from every (or one) policy's stores. Every store is tried
+        even when one fails; then `ServiceUnavailableError` names those that failed (a purge is
+        idempotent: the caller retries it)."""
         counts = {"exact": 0, "semantic": 0}
+        failed: list[str] = []
         for name, runtime in self.policies.items():
             if policy is not None and name != policy:
                 continue
             if runtime.exact is not None:
-                counts["exact"] += await runtime.exact.purge(selector)
+                try:
+                    counts["exact"] += await runtime.exact.purge(selector)
+                except Exception:
+                    failed.append(f"{name} (exact)")
             if runtime.semantic is not None:
-                counts["semantic"] += await asyncio.to_thread(runtime.semantic.purge, selector)
+                try:
+                    counts["semantic"] += await asyncio.to_thread(runtime.semantic.purge, selector)
+                except Exception as exc:
+                    log.warning("semantic purge failed: %s", type(exc).__name__)
+                    failed.append(f"{name} (semantic)")
+        if failed:
+            self._metrics.errors.labels("all", "purge").inc()
+            raise ServiceUnavailableError(
+                f"The purge did not reach every store: {', '.join(failed)} failed after "
+                f"{counts['exact']} exact and {counts['semantic']} semantic entries were "
+                "removed. Retry the purge.",
+                code="purge_incomplete",
+            )
         return counts
 
     async def aclose(self) -> None:
