@@ -271,6 +271,28 @@ def test_the_verifier_refuses_topical_neighbours_the_checks_let_through(
     assert rejections >= 1
 
 
+def test_the_same_question_is_served_by_the_semantic_layer_when_the_exact_one_misses(
+    simulator: Simulator,
+) -> None:
+    """Exact layer off (as when Redis is down or the entry was evicted): asked again word for
+    word (up to whitespace), the question is served from the semantic layer at the default
+    verifier, which scores some short texts against themselves below minScore."""
+    policy = copy.deepcopy(POLICY)
+    policy["spec"]["exact"] = {"enabled": False}
+    policy["spec"]["semantic"]["threshold"] = 0.90
+    with TestClient(create_app(parse_config(cache_config(simulator.url, policy)))) as http:
+        h = Harness(http, simulator)
+        for text in ("hello", "Write a haiku about autumn leaves."):
+            system = f"Reply as assistant {uuid.uuid4().hex[:8]}."  # a fresh context per text
+            assert cache_of(h.ask(text, system=system)) == "miss"
+            h.settle()
+            again = h.ask(f"  {text} ", system=system)
+            assert cache_of(again) == "semantic"
+            assert again.headers["x-thrifty-verifier-score"] == "1.0000"
+        h.a.close()
+        h.b.close()
+
+
 def test_truncated_answers_are_never_stored(h: Harness) -> None:
     q = unique("Explain in detail how mortgage interest is computed")
     first = h.ask(q, max_tokens=2)

@@ -92,6 +92,11 @@ class Plan:
     degraded: bool = False  # a store failed or timed out: the lookup was a bypass
 
 
+def same_text(text: str) -> str:
+    """A question's text up to whitespace: equal ones ask the same thing."""
+    return " ".join(text.split())
+
+
 class CacheStage:
     name = "cache"
 
@@ -228,18 +233,31 @@ class CacheStage:
             found.vector = embedder.embed([sem.query])[0]
             found.step = "search"
             search = index.search(found.vector, plan.scope, sem.context, threshold, CANDIDATES)
+            asked = same_text(sem.query)
             for candidate in search:
                 if not self._fresh(candidate.entry, plan):
+                    continue
+                if same_text(candidate.query) == asked:
+                    # The same question (the exact layer missed it: expired, evicted, Redis
+                    # down): nothing for the checks or the verifier to judge, which scores some
+                    # short texts against themselves below minScore ("hello": 0.71).
+                    found.passed.append(candidate)
                     continue
                 failed = first_failure(sem.query, candidate.query, checks)
                 if failed is not None:
                     found.rejected.append(failed)
                     continue
                 found.passed.append(candidate)
-            if verifier is not None and found.passed:
+            judged = [c for c in found.passed if same_text(c.query) != asked]
+            if verifier is not None and judged:
                 found.step = "verify"
-                scores = verifier.score(sem.query, [c.query for c in found.passed])
-                found.scores = [float(x) for x in scores]
+                scores = iter(verifier.score(sem.query, [c.query for c in judged]))
+                found.scores = [
+                    1.0 if same_text(c.query) == asked else float(next(scores))
+                    for c in found.passed
+                ]
+            elif verifier is not None:
+                found.scores = [1.0] * len(found.passed)
 
         if self._pending >= self._workers * QUEUE_PER_WORKER:
             # Every embedding thread is busy with a queue behind it: answering from upstream
