@@ -381,6 +381,11 @@ def test_purge_by_tenant_tag_and_everything(h: Harness) -> None:
     assert purge(h, {"route": "gpt-4o-mini", "olderThanSeconds": 0}).status_code == 200
     assert cache_of(h.ask(q2)) == "miss"
     assert purge(h, {}).status_code == 200
+    # A tag the cache could not store is refused, not dropped (a purge by it would miss).
+    with pytest.raises(openai.BadRequestError) as refused:
+        h.ask(unique("Tagged badly"), headers={"x-thrifty-cache-tags": "faq,user@example.com"})
+    assert refused.value.code == "invalid_cache_header"
+    assert refused.value.param == "x-thrifty-cache-tags"
 
 
 def test_hits_are_recorded_as_saved_cost(h: Harness) -> None:

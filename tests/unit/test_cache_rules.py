@@ -6,8 +6,10 @@ import asyncio
 from typing import Any
 
 import orjson
+import pytest
 
 from thrifty_core.api.cachepolicy import Eligibility
+from thrifty_core.errors import InvalidRequestError
 from thrifty_gateway.services.cache.eligibility import (
     answer_ineligible,
     effective_threshold,
@@ -77,7 +79,7 @@ def test_directives_and_threshold_tightening() -> None:
         {
             "cache-control": "no-store, max-age=60",
             "x-thrifty-cache-threshold": "0.97",
-            "x-thrifty-cache-tags": "faq, v2,bad tag!",
+            "x-thrifty-cache-tags": "faq, v2,faq,",
         }
     )
     assert (d.no_cache, d.no_store, d.max_age, d.threshold) == (False, True, 60, 0.97)
@@ -89,6 +91,27 @@ def test_directives_and_threshold_tightening() -> None:
     assert effective_threshold(0.9, 0.5) == 0.9  # never loosened
     assert effective_threshold(0.9, None) == 0.9
     assert effective_threshold(0.9, float("nan")) == 0.9
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"x-thrifty-cache-tags": "faq,user@example.com"},  # not a storable tag
+        {"x-thrifty-cache-tags": "bad tag"},
+        {"x-thrifty-cache-tags": ",".join(f"t{i}" for i in range(9))},  # more than 8
+        {"x-thrifty-cache-tags": "x" * 65},
+        {"x-thrifty-cache-threshold": "high"},
+        {"x-thrifty-cache-threshold": "nan"},
+        {"x-thrifty-cache-threshold": "1.5"},
+    ],
+)
+def test_cache_headers_that_cannot_be_honoured_are_refused(headers: dict[str, str]) -> None:
+    """Dropping a tag would store the entry where a purge by that tag never finds it; an
+    unusable threshold would silently loosen what the client asked for."""
+    with pytest.raises(InvalidRequestError) as refused:
+        parse_directives(headers)
+    assert refused.value.code == "invalid_cache_header"
+    assert refused.value.param == next(iter(headers))
 
 
 def test_replay_is_a_valid_stream_of_the_same_answer() -> None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from thrifty_core.api.cachepolicy import Eligibility
+from thrifty_core.errors import InvalidRequestError
 
 _TAG = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
 MAX_TAGS = 8
@@ -49,17 +50,35 @@ def parse_directives(headers: Mapping[str, str]) -> Directives:
             threshold = float(raw)
         except ValueError:
             threshold = None
-    tags_raw = headers.get("x-thrifty-cache-tags") or ""
-    tags = tuple(dict.fromkeys(t.strip() for t in tags_raw.split(",") if _TAG.match(t.strip())))[
-        :MAX_TAGS
-    ]
+        if threshold is None or not 0.0 <= threshold <= 1.0:  # NaN fails too
+            raise InvalidRequestError(
+                "x-thrifty-cache-threshold must be a number from 0 to 1.",
+                param="x-thrifty-cache-threshold",
+                code="invalid_cache_header",
+            )
     return Directives(
         no_cache="no-cache" in tokens or max_age == 0,
         no_store="no-store" in tokens,
         max_age=max_age,
         threshold=threshold,
-        tags=tags,
+        tags=parse_tags(headers.get("x-thrifty-cache-tags") or ""),
     )
+
+
+def parse_tags(raw: str) -> tuple[str, ...]:
+    """The entry's purge tags. A tag that could not be stored is refused rather than dropped:
+    a later purge by that tag would silently keep the entry."""
+    tags = tuple(dict.fromkeys(t.strip() for t in raw.split(",") if t.strip()))
+    bad = [t for t in tags if not _TAG.match(t)]
+    if bad or len(tags) > MAX_TAGS:
+        raise InvalidRequestError(
+            f"x-thrifty-cache-tags takes at most {MAX_TAGS} comma-separated tags of 1 to 64 "
+            "letters, digits and _ . : -"
+            + (f"; {len(bad)} tag(s) do not match." if bad else f"; {len(tags)} were given."),
+            param="x-thrifty-cache-tags",
+            code="invalid_cache_header",
+        )
+    return tags
 
 
 def effective_threshold(policy: float, client: float | None) -> float:
