@@ -179,3 +179,45 @@ def test_a_checked_cascade_answer_is_cached_under_its_tier(
     plain = ask(client, question)
     assert plain.headers["x-thrifty-cache"] == "miss"
     assert plain.parse().model == "gpt-4o"
+
+
+def test_a_hit_on_a_cheap_tiers_answer_saves_its_price_and_tiering_the_rest(
+    gateway_factory: GatewayFactory, simulator: Simulator
+) -> None:
+    """The cache saved the upstream price of the answer it served (the cheap tier's), not the
+    route's baseline model's; the difference is what tiering saved, as on the first request."""
+    gw = start(gateway_factory, simulator)
+    client = gw.openai("sk-local-a")
+    question = "What does a cached cheap answer save?"
+
+    def ledger(requests: int) -> dict[str, float]:
+        """Totals once the ledger holds `requests` (entries are written after responses)."""
+        for _ in range(200):
+            totals = httpx.get(
+                f"{gw.url}/v1/thrifty/usage", headers={"authorization": "Bearer sk-local-admin"}
+            ).json()["totals"]
+            if totals["requests"] >= requests:
+                return {"baseline": totals["baseline_cost_usd"], **totals["saved_by_lever_usd"]}
+            time.sleep(0.05)
+        raise AssertionError(f"the ledger never held {requests} requests")
+
+    sent = 1
+    assert ask(client, question, extra_headers=TAGGED).headers["x-thrifty-cache"] == "miss"
+    while True:  # until the answer is stored (after the response)
+        sent += 1
+        hit = ask(client, question, extra_headers=TAGGED)
+        if hit.headers["x-thrifty-cache"] == "exact":
+            break
+        assert sent < 200, "the answer was never cached"
+        time.sleep(0.05)
+    before = ledger(sent)
+    again = ask(client, question, extra_headers=TAGGED)
+    assert again.headers["x-thrifty-cache"] == "exact"
+    after = ledger(sent + 1)
+    usage = again.parse().usage
+    assert usage is not None and hit.parse().model == "gpt-4o-mini"
+    mini = (usage.prompt_tokens * 0.15 + usage.completion_tokens * 0.60) / 1e6
+    full = (usage.prompt_tokens * 2.50 + usage.completion_tokens * 10.00) / 1e6
+    assert after["cache"] - before["cache"] == pytest.approx(mini, rel=1e-6)
+    assert after["tier"] - before["tier"] == pytest.approx(full - mini, rel=1e-6)
+    assert after["baseline"] - before["baseline"] == pytest.approx(full, rel=1e-6)

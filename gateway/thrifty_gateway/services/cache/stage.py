@@ -293,7 +293,16 @@ class CacheStage:
     ) -> StageResponse:
         body = {**entry.body, "id": f"chatcmpl-{os.urandom(12).hex()}", "created": int(time.time())}
         usage = usage_of(body)
-        saved = ctx.baseline_cost(usage) if usage is not None else 0.0
+        saved = 0.0
+        if usage is not None:
+            # The cache saved the upstream price of the answer it served. An answer a cheaper
+            # tier gave is worth that tier's price; the rest up to the route's baseline model
+            # is what tiering saved (as it did on the original request).
+            baseline = ctx.baseline_cost(usage)
+            known = ctx.catalog.lookup(entry.model) is not None
+            saved = ctx.catalog.cost(entry.model, usage) if known else baseline
+            if baseline > saved:
+                ctx.add_saving("tier", baseline - saved)
         return StageResponse(
             lever="cache",
             body=body,
