@@ -293,6 +293,23 @@ def test_the_same_question_is_served_by_the_semantic_layer_when_the_exact_one_mi
         h.b.close()
 
 
+def test_an_answer_is_not_reused_past_the_exact_ttl_by_the_semantic_layer(
+    simulator: Simulator,
+) -> None:
+    policy = copy.deepcopy(POLICY)
+    policy["spec"]["exact"] = {"enabled": True, "ttlSeconds": 1}
+    with TestClient(create_app(parse_config(cache_config(simulator.url, policy)))) as http:
+        h = Harness(http, simulator)
+        q = unique("How do I reset my online banking password?")
+        assert cache_of(h.ask(q)) == "miss"
+        h.settle()
+        assert cache_of(h.ask(q)) == "exact"
+        time.sleep(1.2)  # both entries have expired (the semantic one with the exact TTL)
+        assert cache_of(h.ask(q)) == "miss"
+        h.a.close()
+        h.b.close()
+
+
 def test_truncated_answers_are_never_stored(h: Harness) -> None:
     q = unique("Explain in detail how mortgage interest is computed")
     first = h.ask(q, max_tokens=2)

@@ -127,7 +127,11 @@ class SemanticLayer(ApiModel):
         default=0.90, ge=0.5, le=1.0, description="Minimum cosine similarity for a candidate."
     )
     ttl_seconds: int = Field(
-        default=86400, ge=1, le=31_536_000, description="Time to live of an entry."
+        default=86400,
+        ge=1,
+        le=31_536_000,
+        description="Time to live of an entry; at most exact.ttlSeconds when the exact layer "
+        "is on (an answer is never reused longer than the identical request may reuse it).",
     )
     max_entries: int = Field(
         default=1_000_000, ge=1, le=100_000_000, description="Entries kept per collection."

@@ -356,7 +356,12 @@ class CacheStage:
         index, embedder, sem = plan.policy.semantic, plan.policy.embedder, plan.semantic
         if index is None or embedder is None or sem is None:
             return
-        ttl = plan.policy.spec.semantic.ttl_seconds
+        spec = plan.policy.spec
+        ttl = spec.semantic.ttl_seconds
+        if spec.exact.enabled:
+            # An answer is never reused longer than the identical request may reuse it: once
+            # the exact entry expires, the same request must not find it here instead.
+            ttl = min(ttl, spec.exact.ttl_seconds)
         vector = plan.vector
 
         def add() -> None:
