@@ -73,7 +73,13 @@ class ServerConfig(ConfigModel):
 
     host: str = Field(default="127.0.0.1", description="Bind address.")
     port: int = Field(default=8080, ge=0, le=65535, description="Bind port.")
-    workers: int = Field(default=1, ge=1, le=64, description="Worker processes.")
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Worker processes; more than 1 needs every cache, queue and ledger on Redis "
+        "or Qdrant (scale with replicas otherwise).",
+    )
     max_request_bytes: int = Field(
         default=4 * 1024 * 1024, ge=1024, description="Bodies over this size get 413."
     )
@@ -270,7 +276,30 @@ class GatewayConfig(ConfigModel):
         tenants = [t.name for t in self.tenants]
         if len(set(tenants)) != len(tenants):
             raise ValueError("tenant names must be unique")
+        if self.server.workers > 1:
+            in_memory = self._memory_state()
+            if in_memory:
+                raise ValueError(
+                    f"server.workers > 1 needs shared stores: each worker process would keep "
+                    f"its own {', '.join(in_memory)} (a purge or a usage report would see one "
+                    "worker's). Set the Redis/Qdrant URLs, or run one worker per pod."
+                )
         return self
+
+    def _memory_state(self) -> list[str]:
+        """The state this config keeps in process memory rather than in a shared store."""
+        found: list[str] = []
+        for name, policy in sorted(self.cache_policies.items()):
+            spec, stores = policy.spec, policy.stores
+            if spec.exact.enabled and not stores.redis_url:
+                found.append(f"exact cache of policy {name!r}")
+            if spec.semantic.enabled and not stores.qdrant_url:
+                found.append(f"semantic cache of policy {name!r}")
+        if self.batch is not None and not self.batch.redis_url:
+            found.append("batch queue")
+        if not self.ledger.redis_url:
+            found.append("ledger (usage, budgets, rate limits)")
+        return found
 
     def route(self, name: str) -> RouteConfig | None:
         return next((r for r in self.routes if r.name == name), None)

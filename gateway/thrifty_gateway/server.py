@@ -7,7 +7,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from thrifty_core.config import load_config
+from thrifty_core.config import load_config, parse_config
 from thrifty_core.logging import setup_logging
 
 CONFIG_ENV = "THRIFTY_GATEWAY_CONFIG"
@@ -33,6 +33,10 @@ def serve(
     import uvicorn
 
     config = load_config(config_path)
+    if workers is not None:  # checked like a config that says so (shared stores)
+        data = config.model_dump(mode="json", by_alias=True)
+        data["server"]["workers"] = workers
+        config = parse_config(data)
     setup_logging(config.server.log_level, config.server.log_format)
     os.environ[CONFIG_ENV] = str(Path(config_path).resolve())
     uvicorn.run(
@@ -40,7 +44,7 @@ def serve(
         factory=True,
         host=host or config.server.host,
         port=config.server.port if port is None else port,
-        workers=workers or config.server.workers,
+        workers=config.server.workers,
         loop="uvloop",
         http="httptools",
         access_log=config.server.access_log,

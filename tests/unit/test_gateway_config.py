@@ -109,3 +109,22 @@ def test_render_reports_missing_policy(repo_root: Path) -> None:
 def test_reserved_tenant_names_are_refused_in_the_gateway_config(name: str) -> None:
     with pytest.raises(ValidationError, match="reserved"):
         TenantConfig(name=name, api_key_hashes=["0" * 64])
+
+
+def test_several_workers_need_shared_stores() -> None:
+    """Each worker process has its own memory: with embedded stores a purge or a usage report
+    would reach one worker's entries only."""
+    from thrifty_core.config import parse_config, read_config_data
+
+    data = read_config_data(Path(__file__).resolve().parents[2] / "examples" / "local.yaml")
+    data["server"]["workers"] = 2
+    with pytest.raises(ValueError) as refused:
+        parse_config(data)
+    message = str(refused.value)
+    assert "exact cache of policy 'local'" in message and "ledger" in message
+    data["cachePolicies"]["local"]["stores"] = {"redisUrl": "redis://r:6379/0"}
+    data["ledger"] = {"redisUrl": "redis://r:6379/1"}
+    assert parse_config(data).server.workers == 2
+    data["server"]["workers"] = 1
+    data.pop("ledger")
+    assert parse_config(data).server.workers == 1  # one worker: memory is fine
