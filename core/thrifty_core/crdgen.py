@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from .api import GROUP, RESOURCES, VERSION, Resource
-from .api.base import AGE_COLUMN, READY_COLUMNS
+from .api.base import AGE_COLUMN, NAME_RULE, READY_COLUMNS
 
 JsonSchema = dict[str, Any]
 
@@ -142,6 +142,7 @@ def schema_for(resource: type[Resource]) -> JsonSchema:
     }
     if "spec" in raw.get("required", []):
         root["required"] = ["spec"]
+    root["x-kubernetes-validations"] = [NAME_RULE]
     return root
 
 

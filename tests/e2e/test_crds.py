@@ -106,6 +106,28 @@ def test_cel_rule_is_enforced_naming_the_field(crds: Cluster, namespace: str) ->
     assert "spec.limits.maxLinesPerJob" in _apply_error(crds, namespace, queue)
 
 
+def test_names_the_children_cannot_carry_are_rejected(crds: Cluster, namespace: str) -> None:
+    """The operator names Services, Jobs and StatefulSets `<name>-<suffix>`: a dotted or long
+    name would be accepted and then fail there, far from the user."""
+    for name in ("cache.v1", "a" * 41, "9lives"):
+        error = _apply_error(crds, namespace, _policy(name, {}))
+        assert "metadata.name must be at most 40 lowercase letters" in error, name
+    crds.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(_policy("a" * 40, {})))
+
+
+def test_a_managed_qdrants_volume_cannot_be_changed_in_place(crds: Cluster, namespace: str) -> None:
+    sized = _policy("sized", {"stores": {"qdrant": {"storage": "2Gi"}}})
+    crds.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(sized))
+    sized["spec"]["stores"]["qdrant"]["storage"] = "5Gi"
+    error = _apply_error(crds, namespace, sized)
+    assert "stores.qdrant.storage and storageClassName cannot change" in error
+    sized["spec"]["stores"]["qdrant"] = {"storage": "2Gi", "storageClassName": "fast"}
+    assert "cannot change" in _apply_error(crds, namespace, sized)
+    sized["spec"]["stores"]["qdrant"] = {"storage": "2Gi"}
+    sized["spec"]["exact"] = {"ttlSeconds": 60}  # other edits still go through
+    crds.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(sized))
+
+
 def test_status_survives_a_read_back(crds: Cluster, namespace: str) -> None:
     crds.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(_policy("kept", {})))
     status = {
@@ -122,6 +144,7 @@ def test_status_survives_a_read_back(crds: Cluster, namespace: str) -> None:
         ],
         "keyspaceVersion": "v-abc",
         "collection": "thrifty-x-kept",
+        "collectionJob": "kept-collection-0123abcd",
         "redisUrl": "redis://kept-redis.x.svc:6379/0",
         "qdrantUrl": "http://kept-qdrant.x.svc:6333",
     }

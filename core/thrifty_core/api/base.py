@@ -7,10 +7,11 @@ the OpenAPI schema so that `kubectl explain` teaches the API.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
 GROUP = "thrifty.dev"
@@ -201,6 +202,15 @@ class Resource(ApiModel):
     kind: str = Field(description="Resource kind.")
     metadata: ObjectMeta = Field(default_factory=ObjectMeta, description="Standard metadata.")
 
+    @field_validator("metadata")
+    @classmethod
+    def _child_safe_name(cls, meta: ObjectMeta) -> ObjectMeta:
+        """The API server's NAME_RULE, for objects created before it existed."""
+        name = meta.name
+        if name and (len(name) > MAX_NAME_LENGTH or not re.match(NAME_PATTERN, name)):
+            raise ValueError(NAME_RULE["message"])
+        return meta
+
     @classmethod
     def parse_object(cls, obj: dict[str, Any]) -> Resource:
         """Validate a manifest (as read from the API server or a YAML file)."""
@@ -219,3 +229,16 @@ def with_cel(*rules: dict[str, str]) -> ConfigDict:
     """Model config carrying CEL rules; pydantic merges it with the parent's config."""
     extra: dict[str, Any] = {"x-kubernetes-validations": list(rules)}
     return ConfigDict(json_schema_extra=extra)
+
+
+# Children are named `<name>-<suffix>` (Services, Jobs whose name becomes a pod label, a
+# StatefulSet whose pod label adds a 10-character revision hash): a DNS-1035 label of at most
+# 40 characters keeps every derived name a valid Service name and label value.
+MAX_NAME_LENGTH = 40
+NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+NAME_RULE = cel(
+    f"size(self.metadata.name) <= {MAX_NAME_LENGTH}"
+    f" && self.metadata.name.matches('{NAME_PATTERN}')",
+    f"metadata.name must be at most {MAX_NAME_LENGTH} lowercase letters, digits and '-', "
+    "starting with a letter (the operator names Services and Jobs after it)",
+)

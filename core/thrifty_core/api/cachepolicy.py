@@ -214,6 +214,18 @@ class QdrantStore(StoreEndpoint):
 class Stores(ApiModel):
     """Where cached data lives."""
 
+    model_config = with_cel(
+        cel(
+            "self.qdrant.storage == oldSelf.qdrant.storage"
+            " && has(self.qdrant.storageClassName) == has(oldSelf.qdrant.storageClassName)"
+            " && (!has(self.qdrant.storageClassName)"
+            " || self.qdrant.storageClassName == oldSelf.qdrant.storageClassName)",
+            "stores.qdrant.storage and storageClassName cannot change (a StatefulSet's volume "
+            "claim template is immutable): expand the PVC itself, or create a new policy",
+            ".qdrant.storage",
+        )
+    )
+
     redis: RedisStore = Field(default_factory=RedisStore, description="Exact layer store.")
     qdrant: QdrantStore = Field(default_factory=QdrantStore, description="Semantic layer store.")
 
