@@ -11,6 +11,7 @@ Keys are camelCase on the wire (like the custom resources) and snake_case in Pyt
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +26,8 @@ from .api.cachepolicy import CachePolicySpec
 from .api.costcontrol import Budget, Hygiene, NetSavings, Tiering
 from .api.distilledmodel import Capture
 from .api.llmgateway import ModelPrice, RouteTarget, check_tenant_name
+
+log = logging.getLogger(__name__)
 
 SECRETS_ROOT = "/var/run/thrifty/secrets"
 
@@ -51,14 +54,31 @@ class SecretSource(ConfigModel):
 
     def read(self) -> str:
         """Resolve the value (stripped); raises `LookupError` when it is missing."""
+        return self._raw().strip()
+
+    def read_store_credential(self) -> str:
+        """`read()`, warning when the value had surrounding whitespace: Redis and Qdrant
+        compare the same Secret byte for byte (and `kubectl create secret --from-file` keeps
+        the file's final newline), so they would refuse the stripped value."""
+        raw = self._raw()
+        value = raw.strip()
+        if value != raw:
+            log.warning(
+                "store credential %s has surrounding whitespace, removed here; the store "
+                "compares it as is: recreate the Secret without it (--from-literal)",
+                self.file or f"${self.env}",
+            )
+        return value
+
+    def _raw(self) -> str:
         if self.env is not None:
             value = os.environ.get(self.env)
             if value is None:
                 raise LookupError(f"environment variable {self.env} is not set")
-            return value.strip()
+            return value
         assert self.file is not None
         try:
-            return Path(self.file).read_text(encoding="utf-8").strip()
+            return Path(self.file).read_text(encoding="utf-8")
         except OSError as exc:
             raise LookupError(f"secret file {self.file} cannot be read") from exc
 

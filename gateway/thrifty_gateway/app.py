@@ -51,7 +51,9 @@ def open_limiter(metrics: Metrics, config: LedgerConfig) -> Limiter:
 
     secret = config.redis_password
     return SharedLimiter.from_url(
-        config.redis_url, metrics.registry, password=secret.read() if secret else None
+        config.redis_url,
+        metrics.registry,
+        password=secret.read_store_credential() if secret else None,
     )
 
 

@@ -128,3 +128,27 @@ def test_several_workers_need_shared_stores() -> None:
     data["server"]["workers"] = 1
     data.pop("ledger")
     assert parse_config(data).server.workers == 1  # one worker: memory is fine
+
+
+def test_a_store_credential_with_a_final_newline_is_flagged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis and Qdrant compare the Secret byte for byte; the gateway strips it, so a Secret
+    made with `--from-file` (final newline) fails to authenticate: say so, without the value."""
+    from thrifty_core.config import SecretSource
+
+    secret = tmp_path / "password"
+    secret.write_text("s3cret-value\n")
+    source = SecretSource(file=str(secret))
+    with caplog.at_level("WARNING"):
+        assert source.read() == "s3cret-value"
+    assert not caplog.records  # plain reads (provider keys, key lists) stay quiet
+    with caplog.at_level("WARNING"):
+        assert source.read_store_credential() == "s3cret-value"
+    (record,) = caplog.records
+    assert str(secret) in record.getMessage() and "--from-literal" in record.getMessage()
+    assert "s3cret-value" not in record.getMessage()
+    secret.write_text("s3cret-value")
+    caplog.clear()
+    assert source.read_store_credential() == "s3cret-value"
+    assert not caplog.records

@@ -167,7 +167,8 @@ class StoreEndpoint(ApiModel):
         description=(
             "Secret key with the store's password (Redis) or API key (Qdrant). Without one, a"
             " managed store gets a generated Secret <policy>-redis-auth / <policy>-qdrant-auth,"
-            " owned by the resource."
+            " owned by the resource. The store compares the value byte for byte: create it"
+            " without a final newline (kubectl create secret generic --from-literal)."
         ),
     )
     storage: str = Field(

@@ -207,7 +207,7 @@ def open_ledger(metrics: Metrics, config: LedgerConfig) -> Ledger:
             config.redis_url,
             metrics.registry,
             config.retention_hours,
-            password=secret.read() if secret else None,
+            password=secret.read_store_credential() if secret else None,
         )
     return Ledger(metrics, config.retention_hours, shared=shared)
 

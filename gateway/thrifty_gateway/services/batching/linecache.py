@@ -53,7 +53,9 @@ class ExactLineCache:
             if name not in opened:
                 spec, stores = policy.spec, policy.stores
                 keyspace = f"{name}/{stores.keyspace_version}"
-                password = stores.redis_password.read() if stores.redis_password else None
+                password = (
+                    stores.redis_password.read_store_credential() if stores.redis_password else None
+                )
                 store: ExactStore = RedisExactStore(
                     url,
                     f"thrifty:cache:{keyspace}:",

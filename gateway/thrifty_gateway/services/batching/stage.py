@@ -49,7 +49,7 @@ def open_queue(config: GatewayConfig) -> RedisQueue | None:
     batch = config.batch
     if batch is None or not batch.redis_url:
         return None
-    password = batch.redis_password.read() if batch.redis_password else None
+    password = batch.redis_password.read_store_credential() if batch.redis_password else None
     return RedisQueue.from_url(
         batch.redis_url,
         batch.name,

@@ -236,7 +236,7 @@ async def budget_stage(config: GatewayConfig, resources: Any) -> BudgetStage | N
     url = config.ledger.redis_url
     secret = config.ledger.redis_password
     store: SpendStore = (
-        RedisSpendStore.from_url(url, password=secret.read() if secret else None)
+        RedisSpendStore.from_url(url, password=secret.read_store_credential() if secret else None)
         if url
         else MemorySpendStore()
     )

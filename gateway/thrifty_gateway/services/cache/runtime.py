@@ -42,6 +42,10 @@ def _secret(source: Any) -> str | None:
     return source.read() if source is not None else None
 
 
+def _store_secret(source: Any) -> str | None:
+    return source.read_store_credential() if source is not None else None
+
+
 @dataclass
 class SharedModels:
     """Embedders and pair verifiers, shared by every policy that declares the same one."""
@@ -89,7 +93,7 @@ async def open_policy(name: str, policy: CachePolicyConfig, models: SharedModels
                 f"thrifty:cache:{keyspace}:",
                 codec,
                 spec.exact.max_entry_bytes,
-                password=_secret(stores.redis_password),
+                password=_store_secret(stores.redis_password),
             )
         else:
             exact = MemoryExactStore(spec.exact.max_entries, codec, spec.exact.max_entry_bytes)
@@ -112,7 +116,7 @@ async def open_policy(name: str, policy: CachePolicyConfig, models: SharedModels
                 sem_keyspace,
                 policy=name,
                 max_entries=spec.semantic.max_entries,
-                api_key=_secret(stores.qdrant_api_key),
+                api_key=_store_secret(stores.qdrant_api_key),
             )
         else:
             semantic = await asyncio.to_thread(
