@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from thrifty_core.api import DistilledModel
 from thrifty_operator.conditions import false, merge, ready, transitions, true
@@ -89,3 +90,19 @@ def test_report_from_the_evaluate_summary() -> None:
     }
     summary["gate"] = {"passed": False}
     assert normalise(summary)["passed"] is False
+
+
+def test_a_statefulset_is_ready_once_its_current_spec_has_rolled_out() -> None:
+    from thrifty_operator.handlers.common import statefulset_state
+
+    def sts(generation: int, **status: Any) -> dict[str, Any]:
+        return {"metadata": {"generation": generation}, "spec": {"replicas": 1}, "status": status}
+
+    done = {"observedGeneration": 2, "readyReplicas": 1, "updatedReplicas": 1}
+    revisions = {"currentRevision": "q-2", "updateRevision": "q-2"}
+    assert statefulset_state(sts(2, **done, **revisions))[0]
+    # The old pod is still ready while the new spec (an API key, say) rolls out: not ready.
+    rolling = {**done, "updatedReplicas": 0, "currentRevision": "q-1", "updateRevision": "q-2"}
+    assert statefulset_state(sts(2, **rolling)) == (False, "1/1 replicas ready, 0 updated")
+    assert not statefulset_state(sts(3, **done, **revisions))[0]  # change not seen yet
+    assert statefulset_state(None) == (False, "not created yet")

@@ -171,11 +171,20 @@ def deployment_state(obj: dict[str, Any] | None) -> tuple[bool, str]:
 
 
 def statefulset_state(obj: dict[str, Any] | None) -> tuple[bool, str]:
+    """(ready, message) of a StatefulSet: the current spec rolled out to every replica, all
+    ready (a rollout in progress is not ready, though the old pods still are)."""
     if obj is None:
         return False, "not created yet"
     want = int(obj.get("spec", {}).get("replicas", 1))
-    ready_n = int(obj.get("status", {}).get("readyReplicas", 0))
-    return ready_n >= want, f"{ready_n}/{want} replicas ready"
+    status = obj.get("status", {})
+    ready_n = int(status.get("readyReplicas", 0))
+    updated = int(status.get("updatedReplicas", 0))
+    seen = int(status.get("observedGeneration", 0)) >= int(
+        obj.get("metadata", {}).get("generation", 0)
+    )
+    current = status.get("currentRevision") == status.get("updateRevision")
+    ok = seen and current and updated >= want and ready_n >= want
+    return ok, f"{ready_n}/{want} replicas ready, {updated} updated"
 
 
 def job_state(obj: dict[str, Any] | None) -> str:
