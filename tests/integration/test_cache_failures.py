@@ -235,3 +235,34 @@ def test_a_purge_that_cannot_reach_a_store_says_so(simulator: Simulator) -> None
         assert resp.status_code == 503
         error = resp.json()["error"]
         assert error["code"] == "purge_incomplete" and "default (exact)" in error["message"]
+
+
+async def test_a_full_redis_refusing_writes_keeps_serving_reads(own_redis: RedisServer) -> None:
+    """A `noeviction` Redis at its maxmemory refuses writes (OOM): that is not an outage, so
+    lookups of what it holds keep working (no cool-down)."""
+    import os
+
+    import redis as redis_lib
+
+    from thrifty_gateway.services.cache.entry import CachedAnswer, Codec
+    from thrifty_gateway.services.cache.exact import RedisExactStore, StoreUnavailable
+
+    admin = redis_lib.Redis.from_url(own_redis.url)
+    store = RedisExactStore(own_redis.url, "p:", Codec(False), 1 << 24, timeout=1.0)
+
+    def answer() -> CachedAnswer:
+        body = {"choices": [{"message": {"content": os.urandom(20_000).hex()}}]}
+        return CachedAnswer(body=body, tenant="t", route="r", model="m")
+
+    try:
+        await store.put("hot", answer(), 3600)
+        admin.config_set("maxmemory-policy", "noeviction")
+        admin.config_set("maxmemory", str(admin.info("memory")["used_memory"] + 200_000))
+        with pytest.raises(StoreUnavailable):
+            for i in range(100):
+                await store.put(f"filler{i}", answer(), 3600)
+        assert await store.get("hot") is not None
+    finally:
+        admin.config_set("maxmemory", "0")
+        await store.aclose()
+        admin.close()

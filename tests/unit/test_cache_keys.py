@@ -105,6 +105,17 @@ def test_transport_fields_and_formatting_do_not_change_the_key() -> None:
     assert key(reordered) == key(BASE)
 
 
+def test_numbers_beyond_64_bits_are_keyed_not_refused() -> None:
+    """1e20 is an integral float orjson cannot write as an int: it keeps its float form (a
+    JSON schema `maximum`, a huge seed), and 1e20 still differs from 2e20."""
+    schema = {"type": "json_schema", "json_schema": {"schema": {"maximum": 1e20}}}
+    big = {**BASE, "response_format": schema, "seed": 1e20}
+    assert key(big) == key(dict(big))
+    bigger = {**big, "seed": 2e20}
+    assert key(bigger) != key(big)
+    assert key({**BASE, "seed": 3.0}) == key({**BASE, "seed": 3})
+
+
 def test_key_is_full_sha256_hex() -> None:
     k = key(BASE)
     assert len(k) == 64

@@ -47,6 +47,8 @@ def test_request_eligibility() -> None:
     assert request_ineligible({"messages": msgs}, RULES) is None
     assert request_ineligible({"messages": msgs, "temperature": 1.5}, RULES) == "temperature"
     assert request_ineligible({"messages": msgs, "n": 3}, RULES) == "n"
+    assert request_ineligible({"messages": msgs, "n": 2.0}, RULES) == "n"
+    assert request_ineligible({"messages": msgs, "n": 1.0}, RULES) is None
     assert request_ineligible({"messages": msgs, "tools": [{"type": "function"}]}, RULES) == "tools"
     tool_turn = [*msgs, {"role": "tool", "content": "1", "tool_call_id": "a"}]
     assert request_ineligible({"messages": tool_turn}, RULES) == "tools"
@@ -87,6 +89,14 @@ def test_directives_and_threshold_tightening() -> None:
     assert parse_directives({"cache-control": "no-cache"}).no_cache
     assert parse_directives({"x-thrifty-cache": "no-store"}).no_store
     assert parse_directives({"cache-control": "max-age=0"}).no_cache
+    # Quoted and spaced values count; one that is not delta-seconds means "no lookup";
+    # repeated, the strictest wins.
+    assert parse_directives({"cache-control": 'max-age="30"'}).max_age == 30
+    assert parse_directives({"cache-control": "max-age = 30"}).max_age == 30
+    for bad in ("max-age=1.5", "max-age=abc", "max-age=-5", "max-age="):
+        assert parse_directives({"cache-control": bad}).no_cache, bad
+    both = parse_directives({"cache-control": "max-age=1, max-age=100000"})
+    assert both.max_age == 1
     assert effective_threshold(0.9, 0.97) == 0.97
     assert effective_threshold(0.9, 0.5) == 0.9  # never loosened
     assert effective_threshold(0.9, None) == 0.9
@@ -128,6 +138,11 @@ def test_replay_is_a_valid_stream_of_the_same_answer() -> None:
     rebuilt = assembler.completion()
     assert rebuilt["choices"][0]["message"]["content"] == text
     assert "".join(split_content(text, 5)) == text
+    # Text without spaces (CJK, minified JSON) is cut too: small chunks, nothing lost.
+    for dense in ("存款利率" * 750, '{"a":[1,2,3],"b":"x"}' * 250):
+        pieces = list(split_content(dense))
+        assert "".join(pieces) == dense
+        assert len(pieces) > 50 and max(len(piece) for piece in pieces) <= 2 * 24
     no_usage = replay_chunks(completion, include_usage=False)
     assert all("usage" not in c for c in no_usage)
 

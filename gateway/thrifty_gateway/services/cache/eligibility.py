@@ -38,11 +38,15 @@ def parse_directives(headers: Mapping[str, str]) -> Directives:
             tokens.extend(t.strip().lower() for t in value.split(","))
     max_age: int | None = None
     for token in tokens:
-        if token.startswith("max-age="):
-            try:
-                max_age = max(0, int(token.split("=", 1)[1]))
-            except ValueError:
-                continue
+        name, sep, value = token.partition("=")
+        if name.strip() != "max-age" or not sep:
+            continue
+        # RFC 9111: delta-seconds, possibly quoted. A value that is not one cannot say how old
+        # an answer may be: 0 (no lookup) rather than ignoring the client's limit. Repeated:
+        # the strictest.
+        delta = value.strip().strip('"')
+        seconds = int(delta) if delta.isascii() and delta.isdigit() else 0
+        max_age = seconds if max_age is None else min(max_age, seconds)
     threshold: float | None = None
     raw = headers.get("x-thrifty-cache-threshold")
     if raw:
@@ -94,7 +98,8 @@ def request_ineligible(body: Mapping[str, Any], rules: Eligibility) -> str | Non
     if isinstance(temperature, int | float) and temperature > rules.max_temperature:
         return "temperature"
     n = body.get("n")
-    if isinstance(n, int) and n > 1 and not rules.cache_multiple_choices:
+    several = isinstance(n, int | float) and not isinstance(n, bool) and n > 1  # 2.0 too
+    if several and not rules.cache_multiple_choices:
         return "n"
     if not rules.cache_tool_calls:
         if body.get("tools") or body.get("functions"):

@@ -139,7 +139,12 @@ class RedisExactStore:
         try:
             return await asyncio.wait_for(coro, self._timeout * 2)
         except Exception as exc:  # redis errors, timeouts, connection refused
-            self._down_until = time.monotonic() + self._cooldown
+            from redis.exceptions import ResponseError
+
+            # Redis answered with an error (a full `noeviction` Redis refusing a write): it is
+            # up, and reads still work, so no cool-down. Unreachable or slow: cool down.
+            if not isinstance(exc, ResponseError):
+                self._down_until = time.monotonic() + self._cooldown
             log.warning("redis %s failed: %s", op, type(exc).__name__)
             raise StoreUnavailable(op) from exc
 

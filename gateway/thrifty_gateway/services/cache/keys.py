@@ -33,7 +33,8 @@ def normalise(value: Any) -> Any:
     if isinstance(value, bool) or value is None or isinstance(value, str | int):
         return value
     if isinstance(value, float):
-        return int(value) if value.is_integer() else value
+        # 1.0 and 1 are the same JSON number; only within 64 bits, which orjson can write.
+        return int(value) if value.is_integer() and abs(value) < 2**63 else value
     if isinstance(value, Mapping):
         return {str(k): normalise(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

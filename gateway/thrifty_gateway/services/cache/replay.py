@@ -8,8 +8,10 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-_PIECE = re.compile(r"\S+\s*|\s+")
 CHUNK_CHARS = 24
+# A word and its trailing whitespace, a word cut at CHUNK_CHARS (text without spaces: CJK,
+# minified JSON, long URLs), or a run of whitespace.
+_PIECE = re.compile(rf"\S{{1,{CHUNK_CHARS}}}\s*|\s+")
 
 
 def split_content(text: str, size: int = CHUNK_CHARS) -> Iterator[str]:

@@ -29,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from thrifty_core.api.cachepolicy import CachePolicySpec
 from thrifty_core.config import GatewayConfig
 from thrifty_core.errors import ServiceUnavailableError
 from thrifty_core.prices import Usage
@@ -92,6 +93,14 @@ class Plan:
     degraded: bool = False  # a store failed or timed out: the lookup was a bypass
 
 
+def semantic_ttl(spec: CachePolicySpec) -> int:
+    """How long a semantic entry may be reused: its layer's TTL, and never longer than the
+    identical request may reuse it (once the exact entry expires, the same request must not
+    find the answer in the semantic layer instead)."""
+    ttl = spec.semantic.ttl_seconds
+    return min(ttl, spec.exact.ttl_seconds) if spec.exact.enabled else ttl
+
+
 def same_text(text: str) -> str:
     """A question's text up to whitespace: equal ones ask the same thing."""
     return " ".join(text.split())
@@ -143,19 +152,26 @@ class CacheStage:
             return None
         decision: TierDecision | None = ctx.state.get(DECISION_KEY)
         primary = decision.target if decision is not None else ctx.targets[0].label
-        canonical = canonical_request(ctx.body, primary)
         scope = scope_of(ctx.tenant_name, spec.scope)
-        plan = Plan(
-            policy=policy,
-            key=exact_key(canonical, policy.keyspace, scope),
-            scope=scope,
-            primary=primary,
-            directives=directives,
-            semantic=semantic_key(canonical, policy.keyspace)
-            if policy.semantic is not None
-            else None,
-            tags=directives.tags,
-        )
+        try:
+            canonical = canonical_request(ctx.body, primary)
+            plan = Plan(
+                policy=policy,
+                key=exact_key(canonical, policy.keyspace, scope),
+                scope=scope,
+                primary=primary,
+                directives=directives,
+                semantic=semantic_key(canonical, policy.keyspace)
+                if policy.semantic is not None
+                else None,
+                tags=directives.tags,
+            )
+        except Exception as exc:  # a body the key cannot encode: answer it uncached
+            log.warning("cache key not built, bypassing: %s", type(exc).__name__)
+            self._metrics.errors.labels("all", "key").inc()
+            self._metrics.lookups.labels("all", "bypass").inc()
+            ctx.response_headers[HEADER] = "bypass"
+            return None
         ctx.state[STATE_KEY] = plan
         if directives.no_cache:
             self._metrics.lookups.labels("all", "bypass").inc()
@@ -191,9 +207,12 @@ class CacheStage:
         with self._pending_lock:
             self._pending -= 1
 
-    def _fresh(self, entry: CachedAnswer, plan: Plan) -> bool:
+    def _fresh(self, entry: CachedAnswer, plan: Plan, ttl: int) -> bool:
+        """Young enough for the client's max-age and for the policy's TTL as it is now (an
+        entry written under a longer TTL is not served past the current one)."""
         max_age = plan.directives.max_age
-        return max_age is None or entry.age() <= max_age
+        age = entry.age()
+        return age <= ttl and (max_age is None or age <= max_age)
 
     async def _exact(self, ctx: RequestContext, plan: Plan) -> StageResponse | None:
         store = plan.policy.exact
@@ -211,7 +230,7 @@ class CacheStage:
             self._metrics.errors.labels("exact", "get").inc()
             plan.degraded = True
             return None
-        if entry is None or not self._fresh(entry, plan):
+        if entry is None or not self._fresh(entry, plan, plan.policy.spec.exact.ttl_seconds):
             self._metrics.lookups.labels("exact", "miss").inc()
             return None
         self._metrics.lookups.labels("exact", "hit").inc()
@@ -235,7 +254,7 @@ class CacheStage:
             search = index.search(found.vector, plan.scope, sem.context, threshold, CANDIDATES)
             asked = same_text(sem.query)
             for candidate in search:
-                if not self._fresh(candidate.entry, plan):
+                if not self._fresh(candidate.entry, plan, semantic_ttl(plan.policy.spec)):
                     continue
                 if same_text(candidate.query) == asked:
                     # The same question (the exact layer missed it: expired, evicted, Redis
@@ -356,12 +375,7 @@ class CacheStage:
         index, embedder, sem = plan.policy.semantic, plan.policy.embedder, plan.semantic
         if index is None or embedder is None or sem is None:
             return
-        spec = plan.policy.spec
-        ttl = spec.semantic.ttl_seconds
-        if spec.exact.enabled:
-            # An answer is never reused longer than the identical request may reuse it: once
-            # the exact entry expires, the same request must not find it here instead.
-            ttl = min(ttl, spec.exact.ttl_seconds)
+        ttl = semantic_ttl(plan.policy.spec)
         vector = plan.vector
 
         def add() -> None:
