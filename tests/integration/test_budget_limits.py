@@ -165,3 +165,26 @@ def test_hard_limit_refuses_survives_restart_and_is_shared_by_replicas(
     with pytest.raises(openai.RateLimitError) as after_restart:
         restarted.openai("sk-local-b").chat.completions.create(model="gpt-4o", messages=MESSAGES)
     assert_budget_refusal(after_restart.value)
+
+
+async def test_spend_never_expires_in_redis_and_is_dropped_after_its_period(
+    clean_budgets: RedisServer,
+) -> None:
+    """The cache's Redis evicts keys that have a TTL (volatile-lru): spend carries none, and
+    a day after its period it is deleted by the writers."""
+    from redis import asyncio as aioredis
+
+    from thrifty_gateway.services.budgets.store import EXPIRY_GRACE_SECONDS, RedisSpendStore
+
+    now = [1_800_000_000.0]
+    client = aioredis.Redis.from_url(clean_budgets.url)
+    store = RedisSpendStore(client, clock=lambda: now[0])
+    await store.add([("thrifty:budget:tenant:a:day:old", now[0] + 3600)], 1.5)
+    assert await client.ttl("thrifty:budget:tenant:a:day:old") == -1
+    assert await store.get(["thrifty:budget:tenant:a:day:old"]) == [1.5]
+    now[0] += 3600 + EXPIRY_GRACE_SECONDS + 1  # the period and its grace day are over
+    await store.add([("thrifty:budget:tenant:a:day:new", now[0] + 3600)], 0.25)
+    assert await store.get(["thrifty:budget:tenant:a:day:old"]) == [0.0]
+    assert await client.exists("thrifty:budget:tenant:a:day:old") == 0
+    assert await store.get(["thrifty:budget:tenant:a:day:new"]) == [0.25]
+    await store.aclose()

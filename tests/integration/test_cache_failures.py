@@ -3,6 +3,7 @@ mid-run (every request still succeeds, as a bypass), and aborted streams never s
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import time
 import uuid
@@ -183,9 +184,10 @@ def test_a_gateway_starts_and_answers_while_qdrant_is_unreachable(simulator: Sim
 async def test_a_purge_of_a_big_redis_cache_completes_and_leaves_lookups_alone(
     own_redis: RedisServer,
 ) -> None:
-    """100k entries of one tenant: the purge reads its index page by page on its own
-    connection (one read used to exceed the lookups' 0.1 s timeout, fail the purge and cool the
-    lookups down), removes them all, and a lookup right after still reaches Redis."""
+    """100k entries of one tenant: the purge scans them page by page on its own connection
+    (reading a whole index in one call used to exceed the lookups' 0.1 s timeout, fail the
+    purge and cool the lookups down), removes them all, and a lookup right after still reaches
+    Redis."""
     import os
 
     import redis as redis_lib
@@ -195,15 +197,16 @@ async def test_a_purge_of_a_big_redis_cache_completes_and_leaves_lookups_alone(
     from thrifty_gateway.services.cache.selector import Selector
 
     prefix, codec, n = "thrifty:cache:p/v1:", Codec(True), 100_000
+    FIELDS = ("v", "tenant", "route", "model", "tags", "created")  # noqa: N806
     blob = codec.encode(CachedAnswer(body={"id": "x"}, tenant="team-a", route="r", model="m"))
     writer = redis_lib.Redis.from_url(own_redis.url)
     pipe = writer.pipeline(transaction=False)
     now = time.time()
-    for i in range(n):
-        member = f"{prefix}e:{os.urandom(32).hex()}"
-        pipe.set(member, blob, ex=3600)
-        for index in ("all:*", "tenant:team-a", "route:r", "model:m"):
-            pipe.zadd(f"{prefix}i:{index}", {member: now - i * 0.001})
+    for i in range(n):  # what RedisExactStore.put writes, in bulk
+        name = f"{prefix}h:{os.urandom(32).hex()}"
+        labels = ("team-a", "r", "m", "", repr(now - i * 0.001))
+        pipe.hset(name, mapping=dict(zip(FIELDS, (blob, *labels), strict=True)))
+        pipe.expire(name, 3600)
         if i % 5000 == 4999:
             pipe.execute()
     pipe.execute()
@@ -215,7 +218,7 @@ async def test_a_purge_of_a_big_redis_cache_completes_and_leaves_lookups_alone(
         assert await store.get("0" * 64) is None  # reached Redis: no cool-down
         found = await store.get("b" * 64)
         assert found is not None and found.body == {"id": "kept"}
-        assert writer.dbsize() < 10  # the entries are gone, only index keys remain
+        assert writer.dbsize() == 1  # only team-b's entry is left
     finally:
         await store.aclose()
         writer.close()
@@ -262,6 +265,57 @@ async def test_a_full_redis_refusing_writes_keeps_serving_reads(own_redis: Redis
             for i in range(100):
                 await store.put(f"filler{i}", answer(), 3600)
         assert await store.get("hot") is not None
+    finally:
+        admin.config_set("maxmemory", "0")
+        await store.aclose()
+        admin.close()
+
+
+async def test_under_memory_pressure_a_purge_by_tag_finds_every_answer_still_served(
+    own_redis: RedisServer,
+) -> None:
+    """An entry and its purge labels are one key, evicted together: whatever eviction keeps,
+    a purge finds. (With separate tag indexes, eviction dropped a quiet tag's index and its
+    purge removed nothing, and indexes of evicted entries crowded the answers out.)"""
+    import os
+
+    import redis as redis_lib
+
+    from thrifty_gateway.services.cache.entry import CachedAnswer, Codec
+    from thrifty_gateway.services.cache.exact import RedisExactStore, StoreUnavailable
+    from thrifty_gateway.services.cache.selector import Selector
+
+    admin = redis_lib.Redis.from_url(own_redis.url)
+    admin.config_set("maxmemory", "3mb")
+    admin.config_set("maxmemory-policy", "volatile-lru")
+    store = RedisExactStore(own_redis.url, "p:", Codec(False), 1 << 24, timeout=1.0)
+
+    def answer(tags: tuple[str, ...] = ()) -> CachedAnswer:
+        body = {"choices": [{"message": {"content": os.urandom(2000).hex()}}]}
+        return CachedAnswer(body=body, tenant="t", route="r", model="m", tags=tags)
+
+    try:
+        for i in range(3000):  # far more than fits: Redis evicts all along
+            try:
+                await store.put(f"filler{i}", answer(), 3600)
+            except StoreUnavailable:
+                await asyncio.sleep(0.01)
+        assert int(admin.info("stats")["evicted_keys"]) > 2000
+        kept = admin.dbsize()
+        for i in range(30):
+            await store.put(f"tagged{i}", answer((f"doc-{i}",)), 3600)
+        assert admin.dbsize() >= kept - 5  # no index crowding the answers out
+        served = [i for i in range(30) if await store.get(f"tagged{i}") is not None]
+        assert len(served) >= 20
+        removed = 0
+        for i in range(30):
+            # Redis may still evict while the purge runs (its reads use memory too): a served
+            # answer is either purged or already gone, never left behind.
+            found = await store.purge(Selector(tag=f"doc-{i}"))
+            assert found == 0 or (found == 1 and i in served)
+            removed += found
+            assert await store.get(f"tagged{i}") is None
+        assert removed >= len(served) // 2
     finally:
         admin.config_set("maxmemory", "0")
         await store.aclose()

@@ -98,3 +98,31 @@ def test_without_redis_a_gateway_counts_in_memory(gateway_factory: GatewayFactor
     metrics = httpx.get(f"{gw.url}/metrics").text
     assert 'thrifty_ledger_shared_errors_total{op="write"}' in metrics
     assert 'thrifty_ledger_shared_errors_total{op="read"}' in metrics
+
+
+async def test_buckets_never_expire_in_redis_and_are_dropped_after_the_retention(
+    clean_ledger: RedisServer,
+) -> None:
+    """The cache's Redis evicts keys that have a TTL (volatile-lru): usage buckets carry none,
+    and the writer deletes those past the retention itself."""
+    from prometheus_client import CollectorRegistry
+    from redis import asyncio as aioredis
+
+    from thrifty_gateway.services.ledger import HOUR, Totals
+    from thrifty_gateway.services.ledger_shared import PREFIX, SharedBuckets, bucket_id
+
+    now = [1_800_000_000.0]
+    client = aioredis.Redis.from_url(clean_ledger.url)
+    shared = SharedBuckets(client, CollectorRegistry(), retention_hours=2, clock=lambda: now[0])
+    old_key = (int(now[0] // HOUR) * HOUR, "team-a", "r", "m")
+    shared.add(old_key, Totals(requests=1))
+    assert await shared.flush()
+    name = PREFIX.encode() + b"b:" + bucket_id(old_key)
+    assert await client.ttl(name) == -1  # no TTL: never an eviction candidate
+    now[0] += 4 * HOUR + 700  # past the retention and the cleanup interval
+    new_key = (int(now[0] // HOUR) * HOUR, "team-a", "r", "m")
+    shared.add(new_key, Totals(requests=2))
+    assert await shared.flush()
+    assert not await client.exists(name)
+    assert [k for k, _ in await shared.read(None)] == [new_key]
+    await shared.aclose()

@@ -254,7 +254,7 @@ def test_batch_redis_never_evicts_and_worker_uses_gateway_config() -> None:
     assert args[args.index("--maxmemory-policy") + 1] == "noeviction"
     cache_redis = _by("Deployment", names.redis("default-cache"))
     cargs = cache_redis["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert cargs[cargs.index("--maxmemory-policy") + 1] == "allkeys-lru"
+    assert cargs[cargs.index("--maxmemory-policy") + 1] == "volatile-lru"
     # Without maxmemory Redis never evicts: the cache is capped (1 GiB without a memory limit),
     # the queue is not (it must not lose entries).
     assert cargs[cargs.index("--maxmemory") + 1] == str(1024**3)

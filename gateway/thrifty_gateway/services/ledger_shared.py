@@ -5,8 +5,9 @@ Each replica keeps counting in memory and adds what it recorded to Redis after t
 task writes the pending deltas in one pipelined transaction (`HINCRBY` / `HINCRBYFLOAT`) a
 moment later, so many requests cost one round trip and none waits on Redis. A bucket is one
 hash `thrifty:ledger:b:[start,tenant,route,model]` (fields `requests`, `cost_usd`,
-`saved:<lever>`, `lever:<lever>`, `tier:<tier>`, ...) that expires after the retention, listed
-in the sorted set `thrifty:ledger:index` (score: the hour's start).
+`saved:<lever>`, `lever:<lever>`, `tier:<tier>`, ...) listed in the sorted set
+`thrifty:ledger:index` (score: the hour's start). Buckets carry no TTL, so a `volatile-lru`
+Redis shared with the cache never evicts them; writers delete those past the retention.
 
 When Redis fails or is slow (short socket timeouts) the deltas stay pending and are retried
 with a growing pause, and the failure is logged and counted in
@@ -35,6 +36,7 @@ FLUSH_DELAY = 0.02  # seconds: requests finishing together share one write
 TIMEOUT = 2.0  # seconds for one pipelined write or read
 MAX_PAUSE = 30.0  # seconds between retries while Redis is down
 READ_CHUNK = 500  # buckets per pipelined read
+CLEANUP_EVERY = 600.0  # seconds between deletions of buckets past the retention
 _INT_FIELDS = ("requests", "errors", "prompt_tokens", "completion_tokens", "cached_tokens")
 
 
@@ -88,6 +90,7 @@ class SharedBuckets:
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._failing = False
+        self._next_cleanup = 0.0
         self.errors = Counter(
             "thrifty_ledger_shared_errors",
             "Shared ledger (Redis) writes or reads that failed; figures kept in memory.",
@@ -170,10 +173,22 @@ class SharedBuckets:
                 pipe.hincrby(name, field, n)
             for field, usd in floats.items():
                 pipe.hincrbyfloat(name, field, usd)
-            pipe.expireat(name, int(key[0] + self._retention + HOUR))
             pipe.zadd(index, {member: key[0]})
-        pipe.zremrangebyscore(index, "-inf", now - self._retention - HOUR)
         await pipe.execute()
+        if now >= self._next_cleanup:
+            self._next_cleanup = now + CLEANUP_EVERY
+            await self._drop_older_than(now - self._retention - HOUR)
+
+    async def _drop_older_than(self, cutoff: float) -> None:
+        """Delete the buckets past the retention. They carry no TTL: the Redis they share with
+        the cache evicts keys that have one (`volatile-lru`), and usage must never be evicted."""
+        index = PREFIX + "index"
+        old: list[bytes] = await self.client.zrangebyscore(index, "-inf", cutoff)
+        for chunk in _chunks(old, READ_CHUNK):
+            pipe = self.client.pipeline(transaction=True)
+            pipe.delete(*[PREFIX.encode() + b"b:" + member for member in chunk])
+            pipe.zrem(index, *chunk)
+            await pipe.execute()
 
     async def read(self, since: float | None) -> list[tuple[Key, Totals]]:
         """Every replica's buckets (those overlapping `since` onwards)."""

@@ -4,9 +4,10 @@ Without it each replica enforces the whole limit on its own, so three replicas (
 scales out) let a tenant through at three times its `requestsPerMinute`. Here each tenant's two
 buckets are Redis hashes (`thrifty:rl:<tenant>:req` / `:tok`, fields level and time) changed
 only by Lua scripts, which check and take in one atomic round trip and refill from Redis's own
-clock, so replicas' clocks never matter. A bucket's key expires when it would be full again, so
-idle tenants leave nothing behind. Token usage is debited after the answer, from the request's
-finish task, off the response path.
+clock, so replicas' clocks never matter. Buckets carry no TTL (two small keys per tenant): the
+Redis they share with the cache evicts keys that have one (`volatile-lru`), and an evicted
+bucket would hand a tenant a fresh minute. Token usage is debited after the answer, from the
+request's finish task, off the response path.
 
 Why scripts and not a library: `limits` and its kin offer fixed or moving windows that are
 checked and consumed by the same amount up front, while token limits here must be debited
@@ -50,7 +51,6 @@ local function level(key, rate)
 end
 local function store(key, rate, l)
   redis.call('HSET', key, 'l', tostring(l), 't', tostring(now))
-  redis.call('EXPIRE', key, math.ceil((rate - l) * 60 / rate) + 1)
 end
 """
 

@@ -74,7 +74,7 @@ def build_redis(
     """PVC + single-replica Deployment (Recreate: one writer) + Service for a managed Redis,
     which requires `password` and admits only the `clients` components (a NetworkPolicy).
 
-    `evict` picks allkeys-lru (a cache) or noeviction (a queue must never lose entries).
+    `evict` picks volatile-lru (a cache) or noeviction (a queue must never lose entries).
     """
     name = names.redis(owner.name)
     data = f"{name}-data"
@@ -88,7 +88,10 @@ def build_redis(
         "yes",
         *(["--maxmemory", str(limit)] if limit else []),
         "--maxmemory-policy",
-        "allkeys-lru" if evict else "noeviction",
+        # Only keys with a TTL are evicted: cached answers. The purge indexes, the ledger,
+        # budgets and rate limits have none and are cleaned up by Thrifty, so memory pressure
+        # never drops a purge index (a purge would then miss entries) or usage figures.
+        "volatile-lru" if evict else "noeviction",
         "--protected-mode",
         "no",
         "--requirepass",

@@ -2,7 +2,10 @@
 and in-memory (one process, embedded mode) implementations.
 
 Keys name the scope, the owner and the period (`thrifty:budget:tenant:team-a:day:2026-11-27`)
-and expire a day after their period ends, so nothing needs cleaning up.
+and are kept until a day after their period ends. In Redis they carry no TTL (the Redis they
+share with the cache evicts keys that have one, `volatile-lru`, and spend must never be
+forgotten under memory pressure): the sorted set `thrifty:budget:expiry` lists them by that
+time, and writers delete those past it.
 """
 
 from __future__ import annotations
@@ -55,11 +58,17 @@ class MemorySpendStore:
         return None
 
 
+EXPIRY_INDEX = "thrifty:budget:expiry"
+CLEANUP_EVERY = 600.0  # seconds between deletions of spend past its period
+
+
 class RedisSpendStore:
     """Spend in Redis: `INCRBYFLOAT` per key (atomic across replicas), `MGET` to read."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, clock: Callable[[], float] = time.time) -> None:
         self._redis = client
+        self._clock = clock
+        self._next_cleanup = 0.0
 
     @classmethod
     def from_url(cls, url: str, *, password: str | None = None) -> RedisSpendStore:
@@ -82,8 +91,18 @@ class RedisSpendStore:
         async with self._redis.pipeline(transaction=False) as pipe:
             for key, ends in items:
                 pipe.incrbyfloat(key, usd)
-                pipe.expireat(key, int(ends) + EXPIRY_GRACE_SECONDS)
+                pipe.zadd(EXPIRY_INDEX, {key: int(ends) + EXPIRY_GRACE_SECONDS})
             await pipe.execute()
+        now = self._clock()
+        if now >= self._next_cleanup:
+            self._next_cleanup = now + CLEANUP_EVERY
+            done: list[bytes] = await self._redis.zrangebyscore(EXPIRY_INDEX, "-inf", now)
+            for start in range(0, len(done), 500):
+                chunk = done[start : start + 500]
+                async with self._redis.pipeline(transaction=True) as pipe:
+                    pipe.delete(*chunk)
+                    pipe.zrem(EXPIRY_INDEX, *chunk)
+                    await pipe.execute()
 
     async def aclose(self) -> None:
         await self._redis.aclose()

@@ -1,9 +1,10 @@
 """Exact stores: an in-process LRU (the embedded default) and Redis.
 
 Both map a cache key to an encoded `CachedAnswer` with a TTL. The memory store caps the entry
-count (LRU eviction); Redis relies on its maxmemory policy. Redis calls have short timeouts and
-a short cool-down after a failure: a slow or dead Redis means a cache bypass (counted in
-`thrifty_cache_errors`), never a failed request.
+count (LRU eviction); Redis evicts under its maxmemory policy (`volatile-lru` for the managed
+one: the ledger, budgets and rate limits it also holds have no TTL and are never evicted).
+Redis calls have short timeouts and a short cool-down after a failure: a slow or dead Redis
+means a cache bypass (counted in `thrifty_cache_errors`), never a failed request.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 PURGE_TIMEOUT = 10.0  # seconds for one purge call (a page read, a bulk delete)
-PURGE_PAGE = 10_000  # index members read per call
+PURGE_PAGE = 1_000  # entries scanned and labels read per round trip
 
 
 class StoreUnavailable(Exception):
@@ -84,8 +85,15 @@ class MemoryExactStore:
 
 
 class RedisExactStore:
-    """Redis store: zstd values under `<prefix>e:<key>`, purge indexes as sorted sets
-    (score = creation time) per tenant, route, model and tag."""
+    """Redis store: one hash per entry under `<prefix>h:<key>`, with a TTL. Field `v` holds the
+    zstd value; `tenant`, `route`, `model`, `tags` and `created` are what purges select on.
+
+    No index beside the entries: a purge scans the policy's entries (`SCAN` + the small label
+    fields, on its own connection) and deletes those it selects. An index would be a second key
+    per entry that eviction or expiry can separate from it: under memory pressure a quiet tag's
+    index was evicted first and its purge found nothing, and indexes of evicted entries grew
+    until they crowded the answers out. Here an entry and its labels live and go together.
+    """
 
     def __init__(
         self,
@@ -115,8 +123,8 @@ class RedisExactStore:
         self._timeout = timeout
         self._cooldown = cooldown
         self._down_until = 0.0
-        # Purges read whole indexes and delete in bulk: their own connection, with timeouts
-        # fit for that, so they neither trip the lookups' cool-down nor time out on a big cache.
+        # Purges scan and delete in bulk: their own connection, with timeouts fit for that, so
+        # they neither trip the lookups' cool-down nor time out on a big cache.
         self._admin: Any = client or aioredis.Redis.from_url(
             url,
             password=password,
@@ -127,10 +135,7 @@ class RedisExactStore:
         )
 
     def _k(self, key: str) -> str:
-        return f"{self._prefix}e:{key}"
-
-    def _idx(self, kind: str, value: str) -> str:
-        return f"{self._prefix}i:{kind}:{value}"
+        return f"{self._prefix}h:{key}"
 
     async def _call(self, op: str, coro: Any) -> Any:
         if time.monotonic() < self._down_until:
@@ -149,77 +154,77 @@ class RedisExactStore:
             raise StoreUnavailable(op) from exc
 
     async def get(self, key: str) -> CachedAnswer | None:
-        blob = await self._call("get", self._redis.get(self._k(key)))
+        blob = await self._call("get", self._redis.hget(self._k(key), "v"))
         return None if blob is None else self._codec.decode(blob)
 
     async def put(self, key: str, entry: CachedAnswer, ttl: int) -> None:
         blob = self._codec.encode(entry)
         if len(blob) > self._max_bytes:
             return
-        member = self._k(key)
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.set(member, blob, ex=ttl)
-        labels = [("all", "*"), ("tenant", entry.tenant), ("route", entry.route)]
-        labels += [("model", entry.model)] + [("tag", t) for t in entry.tags]
-        for kind, value in labels:
-            idx = self._idx(kind, value)
-            pipe.zadd(idx, {member: entry.created})
-            pipe.zremrangebyscore(idx, "-inf", entry.created - ttl)  # forget expired keys
-            pipe.expire(idx, ttl)
+        name = self._k(key)
+        fields = {
+            "v": blob,
+            "tenant": entry.tenant,
+            "route": entry.route,
+            "model": entry.model,
+            "tags": ",".join(entry.tags),  # tags never hold a comma (eligibility.parse_tags)
+            "created": repr(entry.created),
+        }
+        pipe = self._redis.pipeline(transaction=True)  # never an entry without its TTL
+        pipe.delete(name)
+        pipe.hset(name, mapping=fields)
+        pipe.expire(name, ttl)
         await self._call("put", pipe.execute())
 
     async def purge(self, selector: Selector) -> int:
-        """Delete the entries matching `selector`, reading the purge indexes page by page; a
-        failure raises `StoreUnavailable` without cooling the lookups down."""
+        """Delete the entries matching `selector`; a failure raises `StoreUnavailable` without
+        cooling the lookups down."""
         try:
-            return await asyncio.wait_for(self._purge(selector), PURGE_TIMEOUT * 4)
+            return await asyncio.wait_for(self._purge(selector), PURGE_TIMEOUT * 30)
         except Exception as exc:
             log.warning("redis purge failed: %s", type(exc).__name__)
             raise StoreUnavailable("purge") from exc
 
-    async def _members(self, index: str, top: float | str) -> set[bytes]:
-        found: set[bytes] = set()
-        offset = 0
-        while True:
-            page = await self._admin.zrangebyscore(index, "-inf", top, start=offset, num=PURGE_PAGE)
-            found.update(page)
-            if len(page) < PURGE_PAGE:
-                return found
-            offset += PURGE_PAGE
-
     async def _purge(self, selector: Selector) -> int:
-        dims: list[tuple[str, str | None]] = [
-            ("tenant", selector.tenant),
-            ("route", selector.route),
-            ("model", selector.model),
-            ("tag", selector.tag),
-        ]
-        chosen = [(k, v) for k, v in dims if v is not None] or [("all", "*")]
-        all_dims: list[tuple[str, str | None]] = [*dims, ("all", "*")]
-        top: float | str = (
-            "+inf"
-            if selector.older_than_seconds is None
-            else time.time() - selector.older_than_seconds
-        )
-        members: set[bytes] | None = None
-        for kind, value in chosen:
-            found = await self._members(self._idx(kind, value), top)
-            members = found if members is None else members & found
-        if not members:
-            return 0
+        now = time.time()
         removed = 0
-        batch = list(members)
-        for i in range(0, len(batch), 500):
-            removed += int(await self._admin.delete(*batch[i : i + 500]))
-        for i in range(0, len(batch), PURGE_PAGE):
-            pipe = self._admin.pipeline(transaction=False)
-            for dim, label in all_dims:
-                if label is not None:
-                    pipe.zrem(self._idx(dim, label), *batch[i : i + PURGE_PAGE])
-            await pipe.execute()
+        batch: list[bytes] = []
+        async for name in self._admin.scan_iter(match=f"{self._prefix}h:*", count=PURGE_PAGE):
+            batch.append(name)
+            if len(batch) >= PURGE_PAGE:
+                removed += await self._purge_batch(batch, selector, now)
+                batch = []
+        if batch:
+            removed += await self._purge_batch(batch, selector, now)
         return removed
+
+    async def _purge_batch(self, names: list[bytes], selector: Selector, now: float) -> int:
+        if selector.everything:
+            return int(await self._admin.delete(*names))
+        pipe = self._admin.pipeline(transaction=False)
+        for name in names:
+            pipe.hmget(name, ["tenant", "route", "model", "tags", "created"])
+        doomed = [
+            name
+            for name, labels in zip(names, await pipe.execute(), strict=True)
+            if labels[0] is not None and selector.matches(_labelled(labels), now)
+        ]
+        return int(await self._admin.delete(*doomed)) if doomed else 0
 
     async def aclose(self) -> None:
         await self._redis.aclose()
         if self._admin is not self._redis:
             await self._admin.aclose()
+
+
+def _labelled(labels: list[bytes | None]) -> CachedAnswer:
+    """The labels of a stored entry as an (empty-bodied) `CachedAnswer` a selector reads."""
+    tenant, route, model, tags, created = (b.decode() if b else "" for b in labels)
+    return CachedAnswer(
+        body={},
+        tenant=tenant,
+        route=route,
+        model=model,
+        created=float(created or 0),
+        tags=tuple(t for t in tags.split(",") if t),
+    )
