@@ -320,3 +320,37 @@ async def test_under_memory_pressure_a_purge_by_tag_finds_every_answer_still_ser
         admin.config_set("maxmemory", "0")
         await store.aclose()
         admin.close()
+
+
+def test_an_answer_in_flight_during_a_purge_is_not_stored(tmp_path: Path) -> None:
+    """The purge ran while the request was upstream: its answer may be what the purge meant to
+    remove, so it is served but not stored."""
+    import threading
+
+    slow: Simulator = start_simulator(tmp_path / "sim", "--latency-ms", "800")
+    config = parse_config(
+        {**local_config(slow.url), "cachePolicies": {"p": {}}, "defaultCachePolicy": "p"}
+    )
+    try:
+        with TestClient(create_app(config)) as gw:
+            client = openai.OpenAI(base_url="http://t/v1", api_key="sk-local-a", http_client=gw)
+            q = f"Purged while upstream? {uuid.uuid4().hex[:6]}"
+            answered: list[Any] = []
+            asking = threading.Thread(target=lambda: answered.append(ask(client, q)))
+            asking.start()
+            time.sleep(0.3)  # the request is at the (slow) provider
+            purged = gw.post(
+                "/v1/thrifty/cache/purge",
+                json={"tenant": "team-a"},
+                headers={"authorization": "Bearer sk-local-admin"},
+            )
+            assert purged.status_code == 200
+            asking.join()
+            assert answered[0].headers["x-thrifty-cache"] == "miss"
+            wait_recorded(gw, 1)
+            assert ask(client, q).headers["x-thrifty-cache"] == "miss"
+            metrics = gw.get("/metrics").text
+            assert 'thrifty_cache_stores_total{result="purged"} 1.0' in metrics
+            client.close()
+    finally:
+        slow.stop()

@@ -34,6 +34,7 @@ POLICY: dict[str, Any] = {
 }
 EXTRA_ROUTES = [
     {"name": "broken", "targets": [{"provider": "simulator", "model": "broken-model"}]},
+    {"name": "mini-alias", "targets": [{"provider": "simulator", "model": "gpt-4o-mini"}]},
     {
         "name": "falls-back",
         "maxRetries": 0,
@@ -398,6 +399,17 @@ def test_purge_by_tenant_tag_and_everything(h: Harness) -> None:
     assert purge(h, {"route": "gpt-4o-mini", "olderThanSeconds": 0}).status_code == 200
     assert cache_of(h.ask(q2)) == "miss"
     assert purge(h, {}).status_code == 200
+    # Entries are per route: an alias of the same model neither shares them nor keeps serving
+    # what a purge of its route removed.
+    q3 = unique("Which route stored me?")
+    h.ask(q3)
+    h.settle()
+    assert cache_of(h.ask(q3, model="mini-alias")) == "miss"
+    h.settle()
+    assert cache_of(h.ask(q3, model="mini-alias")) == "exact"
+    assert purge(h, {"route": "mini-alias"}).json()["exact"] == 1
+    assert cache_of(h.ask(q3, model="mini-alias")) == "miss"
+    assert cache_of(h.ask(q3)) == "exact"
     # A tag the cache could not store is refused, not dropped (a purge by it would miss).
     with pytest.raises(openai.BadRequestError) as refused:
         h.ask(unique("Tagged badly"), headers={"x-thrifty-cache-tags": "faq,user@example.com"})

@@ -147,6 +147,35 @@ def test_replay_is_a_valid_stream_of_the_same_answer() -> None:
     assert all("usage" not in c for c in no_usage)
 
 
+def test_replay_carries_logprobs_token_by_token() -> None:
+    tokens = [
+        {"token": t, "logprob": -0.1 * i, "bytes": list(t.encode()), "top_logprobs": []}
+        for i, t in enumerate(["Paris", " is", " the", " capital", "."])
+    ]
+    logprobs: dict[str, Any] = {"content": tokens, "refusal": None}
+    completion: dict[str, Any] = {
+        "id": "c",
+        "model": "m",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "Paris is the capital."},
+                "logprobs": logprobs,
+                "finish_reason": "stop",
+            }
+        ],
+    }
+    chunks = replay_chunks(completion, include_usage=False)
+    carried = [c["choices"][0]["logprobs"] for c in chunks if c["choices"][0]["logprobs"]]
+    assert [item for lp in carried for item in lp["content"]] == tokens
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+    assert text == "Paris is the capital."
+    # Tokens that do not spell the content (edited answer): plain chunks, no logprobs.
+    logprobs["content"] = tokens[:2]
+    plain = replay_chunks(completion, include_usage=False)
+    assert all(c["choices"][0]["logprobs"] is None for c in plain)
+
+
 def test_replay_carries_tool_calls() -> None:
     calls = [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"a":1}'}}]
     chunks = replay_chunks(answer(content=None, finish="tool_calls", tool_calls=calls), False)

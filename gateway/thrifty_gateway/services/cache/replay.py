@@ -36,8 +36,13 @@ def replay_chunks(completion: dict[str, Any], include_usage: bool) -> list[dict[
     if completion.get("system_fingerprint"):
         base["system_fingerprint"] = completion["system_fingerprint"]
 
-    def chunk(index: int, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-        choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+    def chunk(
+        index: int,
+        delta: dict[str, Any],
+        finish: str | None = None,
+        logprobs: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
         return {**base, "choices": [choice]}
 
     out: list[dict[str, Any]] = []
@@ -45,8 +50,16 @@ def replay_chunks(completion: dict[str, Any], include_usage: bool) -> list[dict[
         index = int(choice.get("index", 0))
         message = choice.get("message") or {}
         out.append(chunk(index, {"role": "assistant", "content": ""}))
-        for piece in split_content(message.get("content") or ""):
-            out.append(chunk(index, {"content": piece}))
+        content = message.get("content") or ""
+        tokens = (choice.get("logprobs") or {}).get("content") or []
+        if tokens and "".join(str(t.get("token", "")) for t in tokens) == content:
+            # Asked with logprobs: one chunk per token with its logprobs, as the provider
+            # streams them (the SDK joins them back into the same list).
+            for token in tokens:
+                out.append(chunk(index, {"content": token["token"]}, logprobs={"content": [token]}))
+        else:
+            for piece in split_content(content):
+                out.append(chunk(index, {"content": piece}))
         for i, call in enumerate(message.get("tool_calls") or ()):
             fn = call.get("function") or {}
             out.append(

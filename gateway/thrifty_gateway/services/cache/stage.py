@@ -91,6 +91,7 @@ class Plan:
     vector: Any = None
     tags: tuple[str, ...] = field(default_factory=tuple)
     degraded: bool = False  # a store failed or timed out: the lookup was a bypass
+    purges: int = 0  # the stage's purge count when the lookup ran
 
 
 def semantic_ttl(spec: CachePolicySpec) -> int:
@@ -123,6 +124,7 @@ class CacheStage:
         self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="thrifty-embed")
         self._pending = 0
         self._pending_lock = threading.Lock()
+        self._purges = 0  # purges started by this process
         self._route_policy: dict[str, PolicyRuntime | None] = {}
         for route in config.routes:
             name = route.cache_policy or config.default_cache_policy
@@ -153,18 +155,20 @@ class CacheStage:
         decision: TierDecision | None = ctx.state.get(DECISION_KEY)
         primary = decision.target if decision is not None else ctx.targets[0].label
         scope = scope_of(ctx.tenant_name, spec.scope)
+        # Entries are per route (two routes on one model do not share them), so that a purge
+        # by route leaves that route nothing of what it served before.
+        keyspace = f"{policy.keyspace}/route:{ctx.route.name}"
         try:
             canonical = canonical_request(ctx.body, primary)
             plan = Plan(
                 policy=policy,
-                key=exact_key(canonical, policy.keyspace, scope),
+                key=exact_key(canonical, keyspace, scope),
                 scope=scope,
                 primary=primary,
                 directives=directives,
-                semantic=semantic_key(canonical, policy.keyspace)
-                if policy.semantic is not None
-                else None,
+                semantic=semantic_key(canonical, keyspace) if policy.semantic is not None else None,
                 tags=directives.tags,
+                purges=self._purges,
             )
         except Exception as exc:  # a body the key cannot encode: answer it uncached
             log.warning("cache key not built, bypassing: %s", type(exc).__name__)
@@ -351,6 +355,11 @@ class CacheStage:
         if outcome.served_by != plan.primary:
             self._metrics.stores.labels("fallback").inc()
             return
+        if plan.purges != self._purges:
+            # A purge ran on this gateway while the request was upstream: its answer may be
+            # what the purge meant to remove (a replica's own purges only; others cannot know).
+            self._metrics.stores.labels("purged").inc()
+            return
         why = answer_ineligible(outcome.status, outcome.body, plan.policy.spec.eligibility)
         if why is not None or outcome.body is None:
             self._metrics.stores.labels(why or "error").inc()
@@ -395,6 +404,7 @@ class CacheStage:
         """Remove matching entries from every (or one) policy's stores. Every store is tried
         even when one fails; then `ServiceUnavailableError` names those that failed (a purge is
         idempotent: the caller retries it)."""
+        self._purges += 1
         counts = {"exact": 0, "semantic": 0}
         failed: list[str] = []
         for name, runtime in self.policies.items():
