@@ -7,17 +7,28 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from thrifty_core.config import load_config, parse_config
+from thrifty_core.config import GatewayConfig, parse_config, read_config_data
 from thrifty_core.logging import setup_logging
 
 CONFIG_ENV = "THRIFTY_GATEWAY_CONFIG"
+WORKERS_ENV = "THRIFTY_GATEWAY_WORKERS"  # the --workers override, for the worker processes
+
+
+def _config(path: str | Path, workers: int | None) -> GatewayConfig:
+    """The config file with the `--workers` override applied before validation, so that it is
+    checked like a file that says so (several workers need shared stores)."""
+    data = read_config_data(path)
+    if workers is not None:
+        data.setdefault("server", {})["workers"] = workers
+    return parse_config(data)
 
 
 def app_from_env() -> FastAPI:
     """App factory for uvicorn workers: reads the config path from THRIFTY_GATEWAY_CONFIG."""
     from .app import create_app
 
-    config = load_config(os.environ[CONFIG_ENV])
+    workers = os.environ.get(WORKERS_ENV)
+    config = _config(os.environ[CONFIG_ENV], int(workers) if workers else None)
     setup_logging(config.server.log_level, config.server.log_format)
     return create_app(config)
 
@@ -32,13 +43,11 @@ def serve(
     """Load the config, set up logging and serve until interrupted."""
     import uvicorn
 
-    config = load_config(config_path)
-    if workers is not None:  # checked like a config that says so (shared stores)
-        data = config.model_dump(mode="json", by_alias=True)
-        data["server"]["workers"] = workers
-        config = parse_config(data)
+    config = _config(config_path, workers)
     setup_logging(config.server.log_level, config.server.log_format)
     os.environ[CONFIG_ENV] = str(Path(config_path).resolve())
+    if workers is not None:
+        os.environ[WORKERS_ENV] = str(workers)
     uvicorn.run(
         "thrifty_gateway.server:app_from_env",
         factory=True,

@@ -38,9 +38,17 @@ def is_cache_collection(info: dict[str, Any]) -> bool:
 
 
 async def ensure_collection(
-    url: str, name: str, size: int, tenant_field: str, api_key: str | None = None
+    url: str,
+    name: str,
+    size: int,
+    tenant_field: str,
+    api_key: str | None = None,
+    *,
+    recreate: bool = False,
 ) -> bool:
-    """Create the collection and its tenant index when missing; True when it was created."""
+    """Create the collection and its tenant index when missing; True when it was created.
+    With `recreate`, a Thrifty cache collection of another vector size is dropped and made
+    again (only for a policy's own collection: a named one may hold other policies' entries)."""
     headers = {"api-key": api_key} if api_key else {}
     base = url.rstrip("/")
     timeout = aiohttp.ClientTimeout(total=30)
@@ -51,10 +59,15 @@ async def ensure_collection(
                 vectors = info["result"]["config"]["params"]["vectors"]
                 found = int(vectors.get("size", size))
                 created = found != size
-                if created and not is_cache_collection(info):
+                if created and not (recreate and is_cache_collection(info)):
+                    why = (
+                        "is not a Thrifty cache collection"
+                        if recreate
+                        else "may be shared (stores.qdrant.collection names it)"
+                    )
                     raise CollectionMismatch(
-                        f"collection {name} has vector size {found}, want {size}, and is not a "
-                        "Thrifty cache collection: left as it is"
+                        f"collection {name} has vector size {found}, want {size}, and {why}: "
+                        "left as it is"
                     )
                 if created:
                     # The embedding model changed: every entry was made by the old one (and the

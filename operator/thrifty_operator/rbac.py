@@ -38,12 +38,18 @@ RULES: list[Rule] = [
     },
     {
         "apiGroups": [""],
-        "resources": ["configmaps", "services", "serviceaccounts", "persistentvolumeclaims"],
+        "resources": ["configmaps", "serviceaccounts", "persistentvolumeclaims"],
         "verbs": APPLY,
     },
+    # A store a CachePolicy no longer runs is removed (its workload, Service, NetworkPolicy).
+    {"apiGroups": [""], "resources": ["services"], "verbs": [*APPLY, "delete"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
-    {"apiGroups": ["apps"], "resources": ["deployments", "statefulsets"], "verbs": APPLY},
+    {
+        "apiGroups": ["apps"],
+        "resources": ["deployments", "statefulsets"],
+        "verbs": [*APPLY, "delete"],
+    },
     {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": [*APPLY, "delete"]},
     {
         "apiGroups": ["autoscaling"],
@@ -51,7 +57,11 @@ RULES: list[Rule] = [
         "verbs": [*APPLY, "delete"],
     },
     {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": [*APPLY, "delete"]},
-    {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": APPLY},
+    {
+        "apiGroups": ["networking.k8s.io"],
+        "resources": ["networkpolicies"],
+        "verbs": [*APPLY, "delete"],
+    },
     {
         "apiGroups": ["rbac.authorization.k8s.io"],
         "resources": ["roles", "rolebindings"],

@@ -128,6 +128,50 @@ def test_a_managed_qdrants_volume_cannot_be_changed_in_place(crds: Cluster, name
     crds.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(sized))
 
 
+def test_the_name_rule_spares_objects_created_before_it(crds: Cluster, namespace: str) -> None:
+    """An object whose name the rule refuses, created under a CRD without it, can still be
+    written (status, labels, finalizers) and deleted once the rule is in: it only applies on
+    create."""
+    path = ROOT / "crds" / "thrifty.dev_cachepolicies.yaml"
+    crd = yaml.safe_load(path.read_text())
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    older = json.loads(json.dumps(crd))
+    older_schema = older["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    older_schema.pop("x-kubernetes-validations")
+    assert "metadata.name" in schema["x-kubernetes-validations"][0]["rule"]
+    name = "a-policy-named-before-the-rule-" + "x" * 15  # 46 characters
+    try:
+        crds.kubectl(
+            "apply", "--server-side", "--force-conflicts", "-f", "-", input=json.dumps(older)
+        )
+        created = _policy(name, {})
+        created["metadata"]["finalizers"] = ["thrifty.dev/test"]
+        crds.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(created))
+    finally:
+        crds.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
+    crds.kubectl("label", "cachepolicy", name, "-n", namespace, "seen=yes")
+    crds.kubectl("delete", "cachepolicy", name, "-n", namespace, "--wait=false")
+    crds.kubectl(
+        "patch",
+        "cachepolicy",
+        name,
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        '{"metadata": {"finalizers": []}}',
+    )
+    wait_for(
+        lambda: (
+            crds.kubectl("get", "cachepolicy", name, "-n", namespace, check=False).returncode != 0
+        ),
+        message=f"cachepolicy {name} to be deleted",
+    )
+    # A new object with such a name is still refused.
+    error = _apply_error(crds, namespace, _policy(name + "-2", {}))
+    assert "metadata.name must be at most 40" in error
+
+
 def test_status_survives_a_read_back(crds: Cluster, namespace: str) -> None:
     crds.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(_policy("kept", {})))
     status = {

@@ -13,6 +13,7 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,7 @@ def install(k8s_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> I
     ns, system_ns = f"guard-{suffix}", f"thrifty-guard-{suffix}"
     release = f"thrifty-guard-{suffix}"  # the chart names its objects after a "thrifty-*" release
     tmp = tmp_path_factory.mktemp("guards")
-    with installed_operator(cluster, ns, system_ns, release, tmp, volumes=6) as operator:
+    with installed_operator(cluster, ns, system_ns, release, tmp, volumes=10) as operator:
         yield Install(cluster, ns, operator)
 
 
@@ -232,6 +233,36 @@ def test_a_cache_policy_named_like_a_queue_leaves_the_queues_redis_alone(
     args = redis_deploy["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[args.index("--maxmemory-policy") + 1] == "noeviction"
     cluster.kubectl("delete", "cachepolicy", "jobs", "-n", ns, "--wait=true")
+
+
+def test_a_store_the_policy_no_longer_runs_is_removed(install: Install) -> None:
+    """Semantic layer switched off: the managed Qdrant (StatefulSet, Service, NetworkPolicy)
+    goes, with the chart's RBAC; its volume stays, and the Redis the policy still runs stays."""
+    cluster, ns = install.cluster, install.ns
+    policy = yaml.safe_load((ROOT / "examples" / "cachepolicy.yaml").read_text())
+    policy["metadata"] = {"name": "shrinks", "namespace": ns}
+    cluster.apply(policy)
+    wait_ready(cluster, "cachepolicy", ns, "shrinks", timeout=180)
+    assert get(cluster, "statefulset", ns, "shrinks-qdrant") is not None
+    cluster.kubectl(
+        "patch",
+        "cachepolicy",
+        "shrinks",
+        "-n",
+        ns,
+        "--type=merge",
+        "-p",
+        '{"spec": {"semantic": {"enabled": false}}}',
+    )
+
+    def removed(kind: str) -> bool:
+        return get(cluster, kind, ns, "shrinks-qdrant") is None
+
+    for kind in ("statefulset", "service", "networkpolicy"):
+        wait_for(partial(removed, kind), timeout=60, message=f"{kind} shrinks-qdrant removed")
+    assert get(cluster, "deployment", ns, "shrinks-redis") is not None
+    assert get(cluster, "service", ns, "shrinks-redis") is not None
+    wait_ready(cluster, "cachepolicy", ns, "shrinks", timeout=60)
 
 
 def test_deleting_the_namespace_is_not_blocked_by_the_collection_finalizer(

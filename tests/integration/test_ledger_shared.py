@@ -126,3 +126,28 @@ async def test_buckets_never_expire_in_redis_and_are_dropped_after_the_retention
     assert not await client.exists(name)
     assert [k for k, _ in await shared.read(None)] == [new_key]
     await shared.aclose()
+
+
+async def test_a_failed_cleanup_never_writes_a_delta_twice(
+    clean_ledger: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prometheus_client import CollectorRegistry
+    from redis import asyncio as aioredis
+
+    from thrifty_gateway.services.ledger import HOUR, Totals
+    from thrifty_gateway.services.ledger_shared import SharedBuckets
+
+    client = aioredis.Redis.from_url(clean_ledger.url)
+    shared = SharedBuckets(client, CollectorRegistry(), retention_hours=2)
+
+    async def broken(_cutoff: float) -> None:
+        raise ConnectionError("cleanup failed")
+
+    monkeypatch.setattr(shared, "_drop_older_than", broken)
+    key = (int(time.time() // HOUR) * HOUR, "team-a", "r", "m")
+    shared.add(key, Totals(requests=1, cost_usd=1.0))
+    assert await shared.flush()  # the write succeeded; its cleanup did not
+    assert await shared.flush()
+    ((_, totals),) = await shared.read(None)
+    assert (totals.requests, totals.cost_usd) == (1, 1.0)
+    await shared.aclose()

@@ -230,6 +230,14 @@ def test_collection_job_carries_vector_size_and_tenant_index() -> None:
     assert args[args.index("--size") + 1] == "384"
     assert args[args.index("--collection") + 1] == f"thrifty-{NS}-default-cache"
     assert args[args.index("--tenant-field") + 1] == "tenant"
+    # Its own collection may be recreated at a new vector size; a named one (maybe shared
+    # with other policies) never is.
+    assert "--recreate" in args
+    body = example("cachepolicy")
+    body["spec"]["stores"]["qdrant"]["collection"] = "shared-cache"
+    named = cache.build_collection_job(CachePolicy.model_validate(body), owner(body), DEFAULTS)
+    assert named is not None
+    assert "--recreate" not in named["spec"]["template"]["spec"]["containers"][0]["args"]
 
 
 def test_external_stores_build_nothing() -> None:
@@ -405,3 +413,20 @@ def test_the_keyspace_follows_the_vectors_not_where_they_come_from() -> None:
     body["spec"]["scope"] = "shared"
     body["spec"]["semantic"]["embedding"] = remote
     assert cache.keyspace_version(CachePolicy.model_validate(body)) != first
+
+
+def test_stores_a_policy_no_longer_runs_are_named_for_removal() -> None:
+    body = example("cachepolicy")
+    running = CachePolicy.model_validate(body)
+    assert cache.unused_stores(running, owner(body)) == []
+    body["spec"]["semantic"]["enabled"] = False
+    body["spec"]["stores"] = {"redis": {"managed": False, "url": "redis://r.example:6379/0"}}
+    gone = cache.unused_stores(CachePolicy.model_validate(body), owner(body))
+    assert gone == [
+        ("apps/v1", "Deployment", "default-cache-redis"),
+        ("v1", "Service", "default-cache-redis"),
+        ("networking.k8s.io/v1", "NetworkPolicy", "default-cache-redis"),
+        ("apps/v1", "StatefulSet", "default-cache-qdrant"),
+        ("v1", "Service", "default-cache-qdrant"),
+        ("networking.k8s.io/v1", "NetworkPolicy", "default-cache-qdrant"),
+    ]

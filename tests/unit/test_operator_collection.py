@@ -90,7 +90,7 @@ async def test_recreates_a_cache_collection_made_for_another_vector_size(
 ) -> None:
     fake, url = qdrant
     fake.collections["c"] = {"size": 384, "schema": {"scope", "keyspace", "tenant"}}
-    assert await ensure_collection(url, "c", 1536, "tenant") is True
+    assert await ensure_collection(url, "c", 1536, "tenant", recreate=True) is True
     assert fake.deleted == ["c"]
     assert fake.collections["c"] == {"size": 1536, "schema": {"tenant"}}
 
@@ -101,6 +101,15 @@ async def test_never_touches_a_foreign_collection_of_another_size(
     fake, url = qdrant
     fake.collections["c"] = {"size": 768, "schema": {"title"}}
     with pytest.raises(CollectionMismatch, match="not a Thrifty cache collection"):
-        await ensure_collection(url, "c", 384, "tenant")
+        await ensure_collection(url, "c", 384, "tenant", recreate=True)
     assert fake.deleted == []
     assert fake.collections["c"] == {"size": 768, "schema": {"title"}}
+
+
+async def test_never_recreates_a_collection_the_user_named(qdrant: tuple[FakeQdrant, str]) -> None:
+    """A named collection may hold other policies' entries: a size change is refused."""
+    fake, url = qdrant
+    fake.collections["c"] = {"size": 384, "schema": {"scope", "keyspace", "tenant"}}
+    with pytest.raises(CollectionMismatch, match="may be shared"):
+        await ensure_collection(url, "c", 1536, "tenant")
+    assert fake.deleted == [] and fake.collections["c"]["size"] == 384

@@ -37,7 +37,9 @@ def test_the_custom_resources_are_watched_and_their_status_written() -> None:
     # Secrets are mounted by kubelet and never read; the operator only creates the generated
     # Redis passwords (create-if-absent).
     assert _allowed("", "secrets") == {"create"}
-    assert {"get", "create", "patch"} == _allowed("networking.k8s.io", "networkpolicies")
+    # Deleted only when a CachePolicy stops running a managed store (with its workload).
+    assert {"get", "create", "patch", "delete"} == _allowed("networking.k8s.io", "networkpolicies")
+    assert "list" not in _allowed("apps", "deployments")  # by name, never listed
 
 
 def test_the_eval_role_grants_nothing_the_operator_lacks() -> None:

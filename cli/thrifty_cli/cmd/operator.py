@@ -70,11 +70,19 @@ def ensure_collection(
         "tenant"
     ),
     api_key_file: Annotated[Path | None, typer.Option(help="File with the API key.")] = None,
+    recreate: Annotated[
+        bool,
+        typer.Option(
+            help="Recreate a cache collection of another vector size (the policy's own "
+            "collection; never one the user named, which other policies may share)."
+        ),
+    ] = False,
 ) -> None:
     """Create the semantic collection and its tenant index (idempotent)."""
     from thrifty_operator.collection import ensure_collection as ensure
 
-    asyncio.run(ensure(url, collection, size, tenant_field, _read_key(api_key_file)))
+    key = _read_key(api_key_file)
+    asyncio.run(ensure(url, collection, size, tenant_field, key, recreate=recreate))
 
 
 @operator_app.command("delete-collection")

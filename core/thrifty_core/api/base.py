@@ -7,11 +7,10 @@ the OpenAPI schema so that `kubectl explain` teaches the API.
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 GROUP = "thrifty.dev"
@@ -202,15 +201,6 @@ class Resource(ApiModel):
     kind: str = Field(description="Resource kind.")
     metadata: ObjectMeta = Field(default_factory=ObjectMeta, description="Standard metadata.")
 
-    @field_validator("metadata")
-    @classmethod
-    def _child_safe_name(cls, meta: ObjectMeta) -> ObjectMeta:
-        """The API server's NAME_RULE, for objects created before it existed."""
-        name = meta.name
-        if name and (len(name) > MAX_NAME_LENGTH or not re.match(NAME_PATTERN, name)):
-            raise ValueError(NAME_RULE["message"])
-        return meta
-
     @classmethod
     def parse_object(cls, obj: dict[str, Any]) -> Resource:
         """Validate a manifest (as read from the API server or a YAML file)."""
@@ -236,9 +226,15 @@ def with_cel(*rules: dict[str, str]) -> ConfigDict:
 # 40 characters keeps every derived name a valid Service name and label value.
 MAX_NAME_LENGTH = 40
 NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
-NAME_RULE = cel(
-    f"size(self.metadata.name) <= {MAX_NAME_LENGTH}"
-    f" && self.metadata.name.matches('{NAME_PATTERN}')",
-    f"metadata.name must be at most {MAX_NAME_LENGTH} lowercase letters, digits and '-', "
-    "starting with a letter (the operator names Services and Jobs after it)",
-)
+# Checked when an object is created only (`oldSelf` has a value on every later write): an
+# object created before the rule, whose name may still work, must stay updatable and
+# deletable (its status, its finalizer).
+NAME_RULE: dict[str, Any] = {
+    **cel(
+        f"oldSelf.hasValue() || (size(self.metadata.name) <= {MAX_NAME_LENGTH}"
+        f" && self.metadata.name.matches('{NAME_PATTERN}'))",
+        f"metadata.name must be at most {MAX_NAME_LENGTH} lowercase letters, digits and '-', "
+        "starting with a letter (the operator names Services and Jobs after it)",
+    ),
+    "optionalOldSelf": True,
+}

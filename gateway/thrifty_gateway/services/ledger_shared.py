@@ -159,10 +159,16 @@ class SharedBuckets:
             if self._failing:
                 log.info("shared ledger reachable again")
             self._failing = False
-            return True
+        now = self._clock()
+        if now >= self._next_cleanup:  # after the write, never retried with it
+            self._next_cleanup = now + CLEANUP_EVERY
+            try:
+                await asyncio.wait_for(self._drop_older_than(now - self._retention - HOUR), TIMEOUT)
+            except Exception as exc:
+                log.warning("shared ledger cleanup failed: %s", type(exc).__name__)
+        return True
 
     async def _write(self, batch: dict[Key, Totals]) -> None:
-        now = self._clock()
         pipe = self.client.pipeline(transaction=True)
         index = PREFIX + "index"
         for key, delta in batch.items():
@@ -173,11 +179,9 @@ class SharedBuckets:
                 pipe.hincrby(name, field, n)
             for field, usd in floats.items():
                 pipe.hincrbyfloat(name, field, usd)
+            pipe.persist(name)  # a bucket from before they had no TTL: never evictable
             pipe.zadd(index, {member: key[0]})
         await pipe.execute()
-        if now >= self._next_cleanup:
-            self._next_cleanup = now + CLEANUP_EVERY
-            await self._drop_older_than(now - self._retention - HOUR)
 
     async def _drop_older_than(self, cutoff: float) -> None:
         """Delete the buckets past the retention. They carry no TTL: the Redis they share with

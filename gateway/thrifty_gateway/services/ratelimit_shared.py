@@ -51,6 +51,7 @@ local function level(key, rate)
 end
 local function store(key, rate, l)
   redis.call('HSET', key, 'l', tostring(l), 't', tostring(now))
+  redis.call('PERSIST', key)
 end
 """
 

@@ -96,6 +96,31 @@ def build_stores(policy: CachePolicy, owner: Owner, defaults: Defaults) -> list[
     return out
 
 
+def unused_stores(policy: CachePolicy, owner: Owner) -> list[tuple[str, str, str]]:
+    """(apiVersion, kind, name) of the managed-store objects the policy no longer runs (its
+    Redis turned external; its semantic layer off or its Qdrant external): a store left
+    running costs money for nothing. Their volumes and Secrets stay (the data is the user's
+    to drop; `deletionPolicy` applies when the policy goes)."""
+    spec = policy.spec
+    out: list[tuple[str, str, str]] = []
+    stores = (
+        ("Deployment", names.redis(owner.name), spec.stores.redis.managed),
+        (
+            "StatefulSet",
+            names.qdrant(owner.name),
+            spec.semantic.enabled and spec.stores.qdrant.managed,
+        ),
+    )
+    for workload, name, running in stores:
+        if not running:
+            out += [
+                ("apps/v1", workload, name),
+                ("v1", "Service", name),
+                ("networking.k8s.io/v1", "NetworkPolicy", name),
+            ]
+    return out
+
+
 def generated_password_needed(policy: CachePolicy) -> bool:
     """A managed Redis without a password Secret of the user's gets a generated one."""
     redis = policy.spec.stores.redis
@@ -148,6 +173,8 @@ def build_collection_job(policy: CachePolicy, owner: Owner, defaults: Defaults) 
         "--tenant-field",
         TENANT_FIELD,
     ]
+    if not policy.spec.stores.qdrant.collection:  # the policy's own collection
+        args.append("--recreate")
     job = _collection_job(policy, owner, defaults, "", args)
     # A Job's pod template is immutable: when it changes (operator image, API key), the Job is a
     # new one rather than a refused update of the finished one.

@@ -27,6 +27,7 @@ from .common import (
     ensure_redis_password,
     job_state,
     now,
+    owned_by,
     parse,
     plain,
     statefulset_state,
@@ -63,6 +64,10 @@ async def reconcile(body: Body, ix: Indexes, ctx: Context) -> Outcome:
     if cache.generated_qdrant_key_needed(policy):
         await ensure_qdrant_key(ctx.kube, owner)
     await apply_all(ctx.kube, cache.build_stores(policy, owner, ctx.defaults))
+    for api_version, kind, name in cache.unused_stores(policy, owner):
+        found = await ctx.kube.get(api_version, kind, owner.namespace, name)
+        if found is not None and owned_by(found, owner):  # never a same-named queue's Redis
+            await ctx.kube.delete(api_version, kind, owner.namespace, name)
     redis_ok, qdrant_ok, message = await _store_state(policy, owner, ctx)
     conds: list[Cond] = [
         true("StoreReady", "StoresAvailable", message)

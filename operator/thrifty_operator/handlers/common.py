@@ -187,6 +187,12 @@ def statefulset_state(obj: dict[str, Any] | None) -> tuple[bool, str]:
     return ok, f"{ready_n}/{want} replicas ready, {updated} updated"
 
 
+def owned_by(obj: dict[str, Any], owner: Owner) -> bool:
+    """`obj` names `owner` (by uid) among its owner references."""
+    refs = obj.get("metadata", {}).get("ownerReferences") or []
+    return any(ref.get("uid") == owner.uid for ref in refs)
+
+
 def job_state(obj: dict[str, Any] | None) -> str:
     """Complete, Failed, Running or Missing, from the Job's conditions."""
     if obj is None:

@@ -18,7 +18,7 @@ from thrifty_core.config import GatewayConfig
 from ..cache.eligibility import answer_ineligible, request_ineligible
 from ..cache.entry import CachedAnswer, Codec
 from ..cache.exact import ExactStore, RedisExactStore, StoreUnavailable
-from ..cache.keys import canonical_request, exact_key, scope_of
+from ..cache.keys import canonical_request, exact_key, route_keyspace, scope_of
 from .model import Line
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ class ExactLineCache:
             return None
         canonical = canonical_request(line.body, cache.primary)
         scope = scope_of(line.tenant, cache.spec.scope)
-        return cache, exact_key(canonical, cache.keyspace, scope)
+        return cache, exact_key(canonical, route_keyspace(cache.keyspace, line.route), scope)
 
     async def get(self, line: Line) -> dict[str, Any] | None:
         found = self._key(line)

@@ -10,11 +10,14 @@ time, and writers delete those past it.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 EXPIRY_GRACE_SECONDS = 86400
+log = logging.getLogger(__name__)
 
 
 class SpendStore(Protocol):
@@ -69,6 +72,7 @@ class RedisSpendStore:
         self._redis = client
         self._clock = clock
         self._next_cleanup = 0.0
+        self._cleanup: asyncio.Task[None] | None = None
 
     @classmethod
     def from_url(cls, url: str, *, password: str | None = None) -> RedisSpendStore:
@@ -91,11 +95,17 @@ class RedisSpendStore:
         async with self._redis.pipeline(transaction=False) as pipe:
             for key, ends in items:
                 pipe.incrbyfloat(key, usd)
+                pipe.persist(key)  # spend from before it had no TTL: never evictable
                 pipe.zadd(EXPIRY_INDEX, {key: int(ends) + EXPIRY_GRACE_SECONDS})
             await pipe.execute()
         now = self._clock()
-        if now >= self._next_cleanup:
+        if now >= self._next_cleanup and (self._cleanup is None or self._cleanup.done()):
+            # Off the request's path, and its failure is not the spend's.
             self._next_cleanup = now + CLEANUP_EVERY
+            self._cleanup = asyncio.get_running_loop().create_task(self._drop_ended(now))
+
+    async def _drop_ended(self, now: float) -> None:
+        try:
             done: list[bytes] = await self._redis.zrangebyscore(EXPIRY_INDEX, "-inf", now)
             for start in range(0, len(done), 500):
                 chunk = done[start : start + 500]
@@ -103,6 +113,10 @@ class RedisSpendStore:
                     pipe.delete(*chunk)
                     pipe.zrem(EXPIRY_INDEX, *chunk)
                     await pipe.execute()
+        except Exception as exc:
+            log.warning("budget spend cleanup failed: %s", type(exc).__name__)
 
     async def aclose(self) -> None:
+        if self._cleanup is not None:
+            await asyncio.gather(self._cleanup, return_exceptions=True)
         await self._redis.aclose()

@@ -80,6 +80,12 @@ def scope_of(tenant: str, scope: str) -> str:
     return "shared" if scope == "shared" else f"tenant:{tenant}"
 
 
+def route_keyspace(keyspace: str, route: str) -> str:
+    """The keyspace of one route's entries: routes on the same model do not share them, so a
+    purge by route leaves that route nothing of what it served before."""
+    return f"{keyspace}/route:{route}"
+
+
 def exact_key(canonical: Mapping[str, Any], keyspace: str, scope: str) -> str:
     """Hex SHA-256 over keyspace + scope + canonical request."""
     blob = orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)

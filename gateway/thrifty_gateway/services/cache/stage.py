@@ -47,7 +47,14 @@ from .eligibility import (
 from .entry import CachedAnswer
 from .exact import StoreUnavailable
 from .guard import first_failure
-from .keys import SemanticKey, canonical_request, exact_key, scope_of, semantic_key
+from .keys import (
+    SemanticKey,
+    canonical_request,
+    exact_key,
+    route_keyspace,
+    scope_of,
+    semantic_key,
+)
 from .metrics import CacheMetrics
 from .replay import replay_chunks
 from .runtime import PolicyRuntime, SharedModels, open_policy
@@ -155,9 +162,7 @@ class CacheStage:
         decision: TierDecision | None = ctx.state.get(DECISION_KEY)
         primary = decision.target if decision is not None else ctx.targets[0].label
         scope = scope_of(ctx.tenant_name, spec.scope)
-        # Entries are per route (two routes on one model do not share them), so that a purge
-        # by route leaves that route nothing of what it served before.
-        keyspace = f"{policy.keyspace}/route:{ctx.route.name}"
+        keyspace = route_keyspace(policy.keyspace, ctx.route.name)
         try:
             canonical = canonical_request(ctx.body, primary)
             plan = Plan(
