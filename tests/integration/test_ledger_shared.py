@@ -109,7 +109,7 @@ async def test_buckets_never_expire_in_redis_and_are_dropped_after_the_retention
     from redis import asyncio as aioredis
 
     from thrifty_gateway.services.ledger import HOUR, Totals
-    from thrifty_gateway.services.ledger_shared import PREFIX, SharedBuckets, bucket_id
+    from thrifty_gateway.services.ledger_shared import SharedBuckets, bucket_id, bucket_name
 
     now = [1_800_000_000.0]
     client = aioredis.Redis.from_url(clean_ledger.url)
@@ -117,7 +117,7 @@ async def test_buckets_never_expire_in_redis_and_are_dropped_after_the_retention
     old_key = (int(now[0] // HOUR) * HOUR, "team-a", "r", "m")
     shared.add(old_key, Totals(requests=1))
     assert await shared.flush()
-    name = PREFIX.encode() + b"b:" + bucket_id(old_key)
+    name = bucket_name(bucket_id(old_key))
     assert await client.ttl(name) == -1  # no TTL: never an eviction candidate
     now[0] += 4 * HOUR + 700  # past the retention and the cleanup interval
     new_key = (int(now[0] // HOUR) * HOUR, "team-a", "r", "m")

@@ -28,6 +28,7 @@ import orjson
 from prometheus_client import Counter
 
 from .ledger import HOUR, Key, Totals
+from .redis_expiry import drop_listed
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,11 @@ def from_fields(fields: dict[bytes, bytes]) -> Totals:
 
 def bucket_id(key: Key) -> bytes:
     return orjson.dumps(list(key))
+
+
+def bucket_name(member: bytes) -> bytes:
+    """The Redis key of the bucket the index lists as `member`."""
+    return PREFIX.encode() + b"b:" + member
 
 
 class SharedBuckets:
@@ -173,7 +179,7 @@ class SharedBuckets:
         index = PREFIX + "index"
         for key, delta in batch.items():
             member = bucket_id(key)
-            name = PREFIX.encode() + b"b:" + member
+            name = bucket_name(member)
             ints, floats = to_fields(delta)
             for field, n in ints.items():
                 pipe.hincrby(name, field, n)
@@ -184,15 +190,8 @@ class SharedBuckets:
         await pipe.execute()
 
     async def _drop_older_than(self, cutoff: float) -> None:
-        """Delete the buckets past the retention. They carry no TTL: the Redis they share with
-        the cache evicts keys that have one (`volatile-lru`), and usage must never be evicted."""
-        index = PREFIX + "index"
-        old: list[bytes] = await self.client.zrangebyscore(index, "-inf", cutoff)
-        for chunk in _chunks(old, READ_CHUNK):
-            pipe = self.client.pipeline(transaction=True)
-            pipe.delete(*[PREFIX.encode() + b"b:" + member for member in chunk])
-            pipe.zrem(index, *chunk)
-            await pipe.execute()
+        """Delete the buckets past the retention (they carry no TTL: see `redis_expiry`)."""
+        await drop_listed(self.client, PREFIX + "index", cutoff, bucket_name)
 
     async def read(self, since: float | None) -> list[tuple[Key, Totals]]:
         """Every replica's buckets (those overlapping `since` onwards)."""
@@ -205,7 +204,7 @@ class SharedBuckets:
         for chunk in _chunks(members, READ_CHUNK):
             pipe = self.client.pipeline(transaction=False)
             for member in chunk:
-                pipe.hgetall(PREFIX.encode() + b"b:" + member)
+                pipe.hgetall(bucket_name(member))
             for member, fields in zip(chunk, await pipe.execute(), strict=True):
                 if fields:  # expired since the index was read
                     start, tenant, route, model = orjson.loads(member)

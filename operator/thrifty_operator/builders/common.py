@@ -120,7 +120,10 @@ def container_security_context() -> dict[str, Any]:
     }
 
 
-def tmp_volume(size: str = "256Mi") -> dict[str, Any]:
+TMP_SIZE = "256Mi"  # the writable /tmp of a container on its read-only root
+
+
+def tmp_volume(size: str = TMP_SIZE) -> dict[str, Any]:
     """A small writable /tmp for processes that need one on a read-only root."""
     return {"name": TMP_VOLUME, "emptyDir": {"sizeLimit": size}}
 
@@ -182,7 +185,7 @@ def pod_spec(
     tolerations: list[dict[str, Any]] | None = None,
     restart_policy: str | None = None,
     service_account: str | None = None,
-    tmp_size: str = "256Mi",
+    tmp_size: str = TMP_SIZE,
 ) -> dict[str, Any]:
     """A pod spec meeting the restricted standard; no service account token unless asked."""
     spec: dict[str, Any] = {

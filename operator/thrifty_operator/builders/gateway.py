@@ -12,6 +12,7 @@ from thrifty_core.render import BATCH_FILES_DIR, CAPTURE_DIR, STUDENT_ARTIFACTS_
 from . import names
 from .common import (
     CONFIG_HASH_ANNOTATION,
+    TMP_SIZE,
     Manifest,
     Owner,
     container,
@@ -133,7 +134,9 @@ def build_deployment(
             # Uploads over 1 MB are spooled to /tmp while a batch input file is received:
             # room for the largest file a queue may accept (maxFileBytes <= 2 GiB).
             "spec": pod_spec(
-                [main], volumes=volumes, tmp_size=UPLOAD_TMP_SIZE if mounts.batch_queue else "256Mi"
+                [main],
+                volumes=volumes,
+                tmp_size=UPLOAD_TMP_SIZE if mounts.batch_queue else TMP_SIZE,
             ),
         },
     }

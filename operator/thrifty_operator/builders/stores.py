@@ -88,9 +88,9 @@ def build_redis(
         "yes",
         *(["--maxmemory", str(limit)] if limit else []),
         "--maxmemory-policy",
-        # Only keys with a TTL are evicted: cached answers. The purge indexes, the ledger,
-        # budgets and rate limits have none and are cleaned up by Thrifty, so memory pressure
-        # never drops a purge index (a purge would then miss entries) or usage figures.
+        # Only keys with a TTL are evicted: cached answers. The ledger, budget spend and rate
+        # limits have none and are cleaned up by Thrifty, so memory pressure never drops usage
+        # figures or resets spend.
         "volatile-lru" if evict else "noeviction",
         "--protected-mode",
         "no",

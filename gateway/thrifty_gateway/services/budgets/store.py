@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+from ..redis_expiry import drop_listed
+
 EXPIRY_GRACE_SECONDS = 86400
 log = logging.getLogger(__name__)
 
@@ -106,13 +108,7 @@ class RedisSpendStore:
 
     async def _drop_ended(self, now: float) -> None:
         try:
-            done: list[bytes] = await self._redis.zrangebyscore(EXPIRY_INDEX, "-inf", now)
-            for start in range(0, len(done), 500):
-                chunk = done[start : start + 500]
-                async with self._redis.pipeline(transaction=True) as pipe:
-                    pipe.delete(*chunk)
-                    pipe.zrem(EXPIRY_INDEX, *chunk)
-                    await pipe.execute()
+            await drop_listed(self._redis, EXPIRY_INDEX, now)
         except Exception as exc:
             log.warning("budget spend cleanup failed: %s", type(exc).__name__)
 

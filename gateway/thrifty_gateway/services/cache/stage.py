@@ -262,30 +262,27 @@ class CacheStage:
             found.step = "search"
             search = index.search(found.vector, plan.scope, sem.context, threshold, CANDIDATES)
             asked = same_text(sem.query)
+            ttl = semantic_ttl(plan.policy.spec)
+            same: list[bool] = []  # per passed candidate: the question asked, word for word
             for candidate in search:
-                if not self._fresh(candidate.entry, plan, semantic_ttl(plan.policy.spec)):
+                if not self._fresh(candidate.entry, plan, ttl):
                     continue
-                if same_text(candidate.query) == asked:
-                    # The same question (the exact layer missed it: expired, evicted, Redis
-                    # down): nothing for the checks or the verifier to judge, which scores some
-                    # short texts against themselves below minScore ("hello": 0.71).
-                    found.passed.append(candidate)
-                    continue
-                failed = first_failure(sem.query, candidate.query, checks)
+                identical = same_text(candidate.query) == asked
+                # The same question (the exact layer missed it: expired, evicted, Redis down)
+                # leaves nothing for the checks or the verifier to judge; the verifier scores
+                # some short texts against themselves below minScore ("hello": 0.71).
+                failed = None if identical else first_failure(sem.query, candidate.query, checks)
                 if failed is not None:
                     found.rejected.append(failed)
                     continue
                 found.passed.append(candidate)
-            judged = [c for c in found.passed if same_text(c.query) != asked]
-            if verifier is not None and judged:
-                found.step = "verify"
-                scores = iter(verifier.score(sem.query, [c.query for c in judged]))
-                found.scores = [
-                    1.0 if same_text(c.query) == asked else float(next(scores))
-                    for c in found.passed
-                ]
-            elif verifier is not None:
-                found.scores = [1.0] * len(found.passed)
+                same.append(identical)
+            if verifier is not None and found.passed:
+                judged = [c.query for c, s in zip(found.passed, same, strict=True) if not s]
+                if judged:
+                    found.step = "verify"
+                scores = iter(verifier.score(sem.query, judged) if judged else ())
+                found.scores = [1.0 if s else float(next(scores)) for s in same]
 
         if self._pending >= self._workers * QUEUE_PER_WORKER:
             # Every embedding thread is busy with a queue behind it: answering from upstream
