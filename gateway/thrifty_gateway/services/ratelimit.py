@@ -51,6 +51,14 @@ class TokenBucket:
         return 0.0 if self.level > 0 else (1 - self.level) * 60 / self.rate_per_min
 
 
+def refusal(limit: str, wait: float) -> RateLimitError:
+    """429 for a tenant over `limit` ("requests" or "tokens"), retry after `wait` seconds."""
+    noun = "request" if limit == "requests" else "token"
+    return RateLimitError(
+        f"Tenant {noun} rate limit exceeded.", retry_after=wait, code=f"{limit}_per_minute"
+    )
+
+
 class Limiter(Protocol):
     async def check(self, tenant: TenantConfig) -> None: ...
 
@@ -81,18 +89,12 @@ class LocalLimiter:
             bucket = self._bucket(self._tokens, tenant.name, tenant.tokens_per_minute)
             wait = bucket.wait_time(now)
             if wait > 0:
-                raise RateLimitError(
-                    "Tenant token rate limit exceeded.", retry_after=wait, code="tokens_per_minute"
-                )
+                raise refusal("tokens", wait)
         if tenant.requests_per_minute:
             bucket = self._bucket(self._requests, tenant.name, tenant.requests_per_minute)
             wait = bucket.take(1, now)
             if wait > 0:
-                raise RateLimitError(
-                    "Tenant request rate limit exceeded.",
-                    retry_after=wait,
-                    code="requests_per_minute",
-                )
+                raise refusal("requests", wait)
 
     async def record_tokens(self, tenant: TenantConfig, tokens: int) -> None:
         if tenant.tokens_per_minute and tokens:

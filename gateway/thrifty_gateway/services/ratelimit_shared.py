@@ -29,9 +29,8 @@ from typing import Any
 from prometheus_client import Counter
 
 from thrifty_core.config import TenantConfig
-from thrifty_core.errors import RateLimitError
 
-from .ratelimit import LocalLimiter
+from .ratelimit import LocalLimiter, refusal
 from .resilience import CircuitBreaker
 
 log = logging.getLogger(__name__)
@@ -84,10 +83,7 @@ return 0
 """
 )
 
-_REFUSALS = {
-    1: ("Tenant request rate limit exceeded.", "requests_per_minute"),
-    2: ("Tenant token rate limit exceeded.", "tokens_per_minute"),
-}
+_REFUSED = {1: "requests", 2: "tokens"}  # the CHECK script's first answer
 
 
 class SharedLimiter:
@@ -164,8 +160,7 @@ class SharedLimiter:
             return
         which, wait = int(result[0]), float(result[1])
         if which:
-            message, code = _REFUSALS[which]
-            raise RateLimitError(message, retry_after=wait, code=code)
+            raise refusal(_REFUSED[which], wait)
 
     async def record_tokens(self, tenant: TenantConfig, tokens: int) -> None:
         if not (tenant.tokens_per_minute and tokens):
