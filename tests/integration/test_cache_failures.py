@@ -25,10 +25,13 @@ from thrifty_gateway.app import create_app
 pytestmark = pytest.mark.integration
 
 
-def redis_config(simulator_url: str, redis_url: str) -> dict[str, Any]:
+def redis_config(simulator_url: str, redis_url: str, semantic: bool = False) -> dict[str, Any]:
+    policy: dict[str, Any] = {"stores": {"redisUrl": redis_url}}
+    if semantic:
+        policy["spec"] = {"semantic": {"enabled": True, "embedding": {}}}
     return {
         **local_config(simulator_url),
-        "cachePolicies": {"default": {"stores": {"redisUrl": redis_url}}},
+        "cachePolicies": {"default": policy},
         "defaultCachePolicy": "default",
     }
 
@@ -218,7 +221,13 @@ async def test_a_purge_of_a_big_redis_cache_completes_and_leaves_lookups_alone(
         assert await store.get("0" * 64) is None  # reached Redis: no cool-down
         found = await store.get("b" * 64)
         assert found is not None and found.body == {"id": "kept"}
-        assert writer.dbsize() == 1  # only team-b's entry is left
+        # Only team-b's entry is left, and the purge fence the purge advanced.
+        assert sorted(writer.keys()) == [
+            f"{prefix}h:{'b' * 64}".encode(),
+            f"{prefix}purges".encode(),
+        ]
+        assert writer.get(f"{prefix}purges") == b"1"
+        assert writer.ttl(f"{prefix}purges") == -1  # never expires, never evicted
     finally:
         await store.aclose()
         writer.close()
@@ -335,11 +344,56 @@ def test_an_answer_in_flight_during_a_purge_is_not_stored(tmp_path: Path) -> Non
         with TestClient(create_app(config)) as gw:
             client = openai.OpenAI(base_url="http://t/v1", api_key="sk-local-a", http_client=gw)
             q = f"Purged while upstream? {uuid.uuid4().hex[:6]}"
+            fresh = f"Refreshed while purged? {uuid.uuid4().hex[:6]}"  # no-cache: no lookup
             answered: list[Any] = []
-            asking = threading.Thread(target=lambda: answered.append(ask(client, q)))
-            asking.start()
-            time.sleep(0.3)  # the request is at the (slow) provider
+            asking = [
+                threading.Thread(target=lambda: answered.append(ask(client, q))),
+                threading.Thread(
+                    target=lambda: answered.append(
+                        ask(client, fresh, extra_headers={"cache-control": "no-cache"})
+                    )
+                ),
+            ]
+            for thread in asking:
+                thread.start()
+            time.sleep(0.3)  # the requests are at the (slow) provider
             purged = gw.post(
+                "/v1/thrifty/cache/purge",
+                json={"tenant": "team-a"},
+                headers={"authorization": "Bearer sk-local-admin"},
+            )
+            assert purged.status_code == 200
+            for thread in asking:
+                thread.join()
+            assert sorted(a.headers["x-thrifty-cache"] for a in answered) == ["bypass", "miss"]
+            wait_cache_stores(gw, 2, result="purged")
+            assert ask(client, q).headers["x-thrifty-cache"] == "miss"
+            assert ask(client, fresh).headers["x-thrifty-cache"] == "miss"
+            metrics = gw.get("/metrics").text
+            assert 'thrifty_cache_stores_total{result="purged"} 2.0' in metrics
+            client.close()
+    finally:
+        slow.stop()
+
+
+def test_a_purge_on_one_replica_fences_answers_in_flight_on_another(
+    tmp_path: Path, own_redis: RedisServer
+) -> None:
+    """Two gateways share a Redis. A purge on one while the other's request is upstream: the
+    fence the purge advanced in Redis keeps that answer out of both layers."""
+    import threading
+
+    slow: Simulator = start_simulator(tmp_path / "sim", "--latency-ms", "800")
+    config = parse_config(redis_config(slow.url, own_redis.url, semantic=True))
+    try:
+        with TestClient(create_app(config)) as one, TestClient(create_app(config)) as two:
+            a1 = openai.OpenAI(base_url="http://t/v1", api_key="sk-local-a", http_client=one)
+            q = f"Fenced while upstream? {uuid.uuid4().hex[:6]}"
+            answered: list[Any] = []
+            asking = threading.Thread(target=lambda: answered.append(ask(a1, q)))
+            asking.start()
+            time.sleep(0.3)  # gateway one's request is at the (slow) provider
+            purged = two.post(
                 "/v1/thrifty/cache/purge",
                 json={"tenant": "team-a"},
                 headers={"authorization": "Bearer sk-local-admin"},
@@ -347,10 +401,51 @@ def test_an_answer_in_flight_during_a_purge_is_not_stored(tmp_path: Path) -> Non
             assert purged.status_code == 200
             asking.join()
             assert answered[0].headers["x-thrifty-cache"] == "miss"
-            wait_recorded(gw, 1)
-            assert ask(client, q).headers["x-thrifty-cache"] == "miss"
-            metrics = gw.get("/metrics").text
-            assert 'thrifty_cache_stores_total{result="purged"} 1.0' in metrics
-            client.close()
+            wait_cache_stores(one, 1, result="purged")
+            metrics = one.get("/metrics").text
+            assert 'thrifty_cache_stores_total{result="exact"}' not in metrics
+            assert 'thrifty_cache_stores_total{result="semantic"}' not in metrics
+            # Not in Redis, nor in gateway one's semantic index (the same text would hit it).
+            assert ask(a1, q).headers["x-thrifty-cache"] == "miss"
+            wait_cache_stores(one, 1)  # asked again with no purge running: stored
+            a2 = openai.OpenAI(base_url="http://t/v1", api_key="sk-local-a", http_client=two)
+            assert ask(a2, q).headers["x-thrifty-cache"] == "exact"
+            a1.close()
+            a2.close()
     finally:
         slow.stop()
+
+
+def test_a_semantic_point_landing_after_a_purge_started_is_taken_back(
+    simulator: Simulator, own_redis: RedisServer
+) -> None:
+    """The purge (on another replica) advanced the fence after this request's exact entry was
+    stored but before its semantic point landed, and its semantic delete ran first: the point
+    is taken back out, so the purge leaves nothing behind."""
+    import redis
+
+    config = parse_config(redis_config(simulator.url, own_redis.url, semantic=True))
+    with TestClient(create_app(config)) as gw:
+        stage = next(s for s in gw.app.state.gateway.stages if s.name == "cache")  # type: ignore[attr-defined]
+        runtime = stage.policies["default"]
+        index = runtime.semantic
+        assert index is not None
+        real_add = index.add
+        fence_key = f"thrifty:cache:{runtime.keyspace}:purges"
+        other = redis.Redis.from_url(own_redis.url)
+
+        def add_then_purge_elsewhere(*args: Any, **kwargs: Any) -> None:
+            real_add(*args, **kwargs)
+            other.incr(fence_key)  # another replica's purge starts now
+
+        index.add = add_then_purge_elsewhere
+        client = openai.OpenAI(base_url="http://t/v1", api_key="sk-local-a", http_client=gw)
+        q = f"Taken back out? {uuid.uuid4().hex[:6]}"
+        ask(client, q)
+        wait_cache_stores(gw, 1, result="purged")
+        metrics = gw.get("/metrics").text
+        assert 'thrifty_cache_stores_total{result="exact"} 1.0' in metrics
+        assert 'thrifty_cache_stores_total{result="purged"} 1.0' in metrics
+        assert index.count() == 0
+        other.close()
+        client.close()

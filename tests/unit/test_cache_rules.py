@@ -224,7 +224,22 @@ def test_memory_store_lru_ttl_and_purge() -> None:
         assert await tiny.get("gone") is None
         big = entry()
         big.body = answer(content="x" * 5000)
-        await tiny.put("big", big, ttl=60)
+        assert await tiny.put("big", big, ttl=60) == "too_large"
         assert await tiny.get("big") is None
+
+    asyncio.run(scenario())
+
+
+def test_memory_store_fences_answers_read_before_a_purge() -> None:
+    async def scenario() -> None:
+        store = MemoryExactStore(max_entries=10, codec=Codec(), max_entry_bytes=1 << 20)
+        found, fence = await store.lookup("k")
+        assert found is None and fence == await store.fence()
+        await store.purge(Selector(tenant="nobody"))  # any purge advances the fence
+        assert await store.put("k", entry(), ttl=60, fence=fence) == "purged"
+        assert await store.get("k") is None
+        assert await store.put("k", entry(), ttl=60, fence=await store.fence()) == "stored"
+        assert await store.put("k2", entry(), ttl=60) == "stored"  # no fence: unconditional
+        assert (await store.lookup("k"))[0] is not None
 
     asyncio.run(scenario())

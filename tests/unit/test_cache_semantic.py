@@ -75,6 +75,15 @@ def test_purge_by_tenant_tag_route_age_and_all(index: SemanticIndex) -> None:
     assert index.count() == 0
 
 
+def test_remove_takes_back_one_entry_by_its_exact_key(index: SemanticIndex) -> None:
+    index.add(key(1), unit(1), "tenant:a", "ctx", "a1", entry("a"), 600)
+    index.add(key(2), unit(1, 0.1), "tenant:a", "ctx", "a2", entry("a"), 600)
+    index.remove(key(1))
+    index.remove(key(3))  # never stored: nothing to do
+    assert [c.query for c in index.search(unit(1), "tenant:a", "ctx", 0.5, 5)] == ["a2"]
+    assert index.count() == 1
+
+
 def test_a_new_keyspace_version_drops_old_entries(tmp_path: object) -> None:
     path = str(tmp_path)
     first = EdgeIndex(DIM, "ks1", path=path)

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from .entry import CachedAnswer, Codec
 from .selector import Selector
@@ -25,14 +25,43 @@ PURGE_TIMEOUT = 10.0  # seconds for one purge call (a page read, a bulk delete)
 PURGE_PAGE = 1_000  # entries scanned and labels read per round trip
 
 
+# Store an entry (KEYS[1]) with its TTL (ARGV[2]) and fields (ARGV[3..], always the same six:
+# they overwrite the old ones) unless the fence (KEYS[2]) moved away from ARGV[1] (an empty
+# ARGV[1]: store unconditionally). HSET is the script's first write: a Redis over maxmemory
+# refuses it (OOM), where a write after another write in a script would be let through.
+_PUT = """
+if ARGV[1] ~= '' and (redis.call('GET', KEYS[2]) or '0') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+
+Put = Literal["stored", "too_large", "purged"]  # "purged": a purge started since the fence
+
+
 class StoreUnavailable(Exception):
     """The backing store failed or timed out; the caller bypasses the cache."""
 
 
 class ExactStore(Protocol):
+    """An exact store, with a purge fence: a counter every purge advances before it deletes.
+    A request reads the fence with its lookup and stores its answer only if no purge started
+    since (`put(..., fence=)`): an answer that was upstream while a purge ran may be what the
+    purge meant to remove. The Redis store keeps the fence in Redis, so a purge on one replica
+    fences the answers in flight on every replica."""
+
     async def get(self, key: str) -> CachedAnswer | None: ...
 
-    async def put(self, key: str, entry: CachedAnswer, ttl: int) -> None: ...
+    async def lookup(self, key: str) -> tuple[CachedAnswer | None, str]:
+        """The entry and the purge fence, read together."""
+        ...
+
+    async def fence(self) -> str: ...
+
+    async def put(self, key: str, entry: CachedAnswer, ttl: int, fence: str | None = None) -> Put:
+        """Store `entry`; with `fence`, only if no purge started since it was read."""
+        ...
 
     async def purge(self, selector: Selector) -> int: ...
 
@@ -47,10 +76,17 @@ class MemoryExactStore:
         self._max = max_entries
         self._codec = codec
         self._max_bytes = max_entry_bytes
+        self._purges = 0  # the fence
         self.evictions = 0
 
     def __len__(self) -> int:
         return len(self._data)
+
+    async def fence(self) -> str:
+        return str(self._purges)
+
+    async def lookup(self, key: str) -> tuple[CachedAnswer | None, str]:
+        return await self.get(key), str(self._purges)
 
     async def get(self, key: str) -> CachedAnswer | None:
         item = self._data.get(key)
@@ -63,17 +99,21 @@ class MemoryExactStore:
         self._data.move_to_end(key)
         return entry
 
-    async def put(self, key: str, entry: CachedAnswer, ttl: int) -> None:
+    async def put(self, key: str, entry: CachedAnswer, ttl: int, fence: str | None = None) -> Put:
+        if fence is not None and fence != str(self._purges):
+            return "purged"
         blob = self._codec.encode(entry)
         if len(blob) > self._max_bytes:
-            return
+            return "too_large"
         self._data[key] = (blob, time.monotonic() + ttl, entry)
         self._data.move_to_end(key)
         while len(self._data) > self._max:
             self._data.popitem(last=False)
             self.evictions += 1
+        return "stored"
 
     async def purge(self, selector: Selector) -> int:
+        self._purges += 1
         now = time.time()
         doomed = [k for k, (_, _, e) in self._data.items() if selector.matches(e, now)]
         for key in doomed:
@@ -134,6 +174,9 @@ class RedisExactStore:
             health_check_interval=0,
         )
 
+        self._fence = f"{prefix}purges"  # no TTL: `volatile-lru` never evicts it
+        self._put = self._redis.register_script(_PUT)
+
     def _k(self, key: str) -> str:
         return f"{self._prefix}h:{key}"
 
@@ -157,29 +200,44 @@ class RedisExactStore:
         blob = await self._call("get", self._redis.hget(self._k(key), "v"))
         return None if blob is None else self._codec.decode(blob)
 
-    async def put(self, key: str, entry: CachedAnswer, ttl: int) -> None:
+    async def fence(self) -> str:
+        return _text(await self._call("fence", self._redis.get(self._fence)))
+
+    async def lookup(self, key: str) -> tuple[CachedAnswer | None, str]:
+        pipe = self._redis.pipeline(transaction=False)  # one round trip
+        pipe.hget(self._k(key), "v")
+        pipe.get(self._fence)
+        blob, fence = await self._call("get", pipe.execute())
+        return (None if blob is None else self._codec.decode(blob)), _text(fence)
+
+    async def put(self, key: str, entry: CachedAnswer, ttl: int, fence: str | None = None) -> Put:
         blob = self._codec.encode(entry)
         if len(blob) > self._max_bytes:
-            return
-        name = self._k(key)
-        fields = {
-            "v": blob,
-            "tenant": entry.tenant,
-            "route": entry.route,
-            "model": entry.model,
-            "tags": ",".join(entry.tags),  # tags never hold a comma (eligibility.parse_tags)
-            "created": repr(entry.created),
-        }
-        pipe = self._redis.pipeline(transaction=True)  # never an entry without its TTL
-        pipe.delete(name)
-        pipe.hset(name, mapping=fields)
-        pipe.expire(name, ttl)
-        await self._call("put", pipe.execute())
+            return "too_large"
+        fields: list[bytes | str] = [
+            "v",
+            blob,
+            "tenant",
+            entry.tenant,
+            "route",
+            entry.route,
+            "model",
+            entry.model,
+            "tags",
+            ",".join(entry.tags),  # tags never hold a comma (eligibility.parse_tags)
+            "created",
+            repr(entry.created),
+        ]
+        # One script: the fence check, and never an entry without its TTL.
+        args = ["" if fence is None else fence, ttl, *fields]
+        stored = await self._call("put", self._put(keys=[self._k(key), self._fence], args=args))
+        return "stored" if stored else "purged"
 
     async def purge(self, selector: Selector) -> int:
-        """Delete the entries matching `selector`; a failure raises `StoreUnavailable` without
-        cooling the lookups down."""
+        """Advance the fence, then delete the entries matching `selector`; a failure raises
+        `StoreUnavailable` without cooling the lookups down."""
         try:
+            await asyncio.wait_for(self._admin.incr(self._fence), PURGE_TIMEOUT)
             return await asyncio.wait_for(self._purge(selector), PURGE_TIMEOUT * 30)
         except Exception as exc:
             log.warning("redis purge failed: %s", type(exc).__name__)
@@ -215,6 +273,10 @@ class RedisExactStore:
         await self._redis.aclose()
         if self._admin is not self._redis:
             await self._admin.aclose()
+
+
+def _text(fence: bytes | None) -> str:
+    return fence.decode() if fence else "0"
 
 
 def _labelled(labels: list[bytes | None]) -> CachedAnswer:

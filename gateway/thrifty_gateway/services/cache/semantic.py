@@ -57,6 +57,10 @@ class SemanticIndex(Protocol):
         ttl: int,
     ) -> None: ...
 
+    def remove(self, key: str) -> None:
+        """Delete the entry stored under exact key `key`, if any."""
+        ...
+
     def purge(self, selector: Selector) -> int: ...
 
     def count(self) -> int: ...
@@ -242,6 +246,10 @@ class EdgeIndex:
         optimizer = self._optimizer
         if optimizer is not None:
             optimizer.join(timeout)
+
+    def remove(self, key: str) -> None:
+        with self._lock:
+            self._shard.update(self._qe.UpdateOperation.delete_points([point_id(key)]))
 
     def purge(self, selector: Selector) -> int:
         qe = self._qe
@@ -492,6 +500,12 @@ class ServerIndex:
             self._collection, points_selector=m.PointIdsList(points=[p.id for p in oldest])
         )
         return len(oldest)
+
+    def remove(self, key: str) -> None:
+        self._ensure()
+        self._client.delete(
+            self._collection, points_selector=self._m.PointIdsList(points=[point_id(key)])
+        )
 
     def purge(self, selector: Selector) -> int:
         self._ensure()

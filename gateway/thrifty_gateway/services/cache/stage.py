@@ -45,7 +45,7 @@ from .eligibility import (
     request_ineligible,
 )
 from .entry import CachedAnswer
-from .exact import StoreUnavailable
+from .exact import ExactStore, StoreUnavailable
 from .guard import first_failure
 from .keys import (
     SemanticKey,
@@ -98,7 +98,9 @@ class Plan:
     vector: Any = None
     tags: tuple[str, ...] = field(default_factory=tuple)
     degraded: bool = False  # a store failed or timed out: the lookup was a bypass
-    purges: int = 0  # the stage's purge count when the lookup ran
+    # The purge fence when the lookup ran (the exact store's, shared by replicas on Redis; the
+    # stage's own count without an exact store); None when it could not be read.
+    fence: str | None = None
 
 
 def semantic_ttl(spec: CachePolicySpec) -> int:
@@ -131,7 +133,7 @@ class CacheStage:
         self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="thrifty-embed")
         self._pending = 0
         self._pending_lock = threading.Lock()
-        self._purges = 0  # purges started by this process
+        self._purges = 0  # purges started by this process: the fence of semantic-only policies
         self._route_policy: dict[str, PolicyRuntime | None] = {}
         for route in config.routes:
             name = route.cache_policy or config.default_cache_policy
@@ -173,7 +175,7 @@ class CacheStage:
                 directives=directives,
                 semantic=semantic_key(canonical, keyspace) if policy.semantic is not None else None,
                 tags=directives.tags,
-                purges=self._purges,
+                fence=None if policy.exact is not None else str(self._purges),
             )
         except Exception as exc:  # a body the key cannot encode: answer it uncached
             log.warning("cache key not built, bypassing: %s", type(exc).__name__)
@@ -185,6 +187,8 @@ class CacheStage:
         if directives.no_cache:
             self._metrics.lookups.labels("all", "bypass").inc()
             ctx.response_headers[HEADER] = "bypass"
+            if policy.exact is not None and not directives.no_store:
+                plan.fence = await self._fence(policy.exact)
             return None
         answer = await self._exact(ctx, plan)
         if answer is None and plan.semantic is not None:
@@ -228,7 +232,7 @@ class CacheStage:
         if store is None:
             return None
         try:
-            entry = await store.get(plan.key)
+            entry, plan.fence = await store.lookup(plan.key)
         except StoreUnavailable:
             self._metrics.errors.labels("exact", "get").inc()
             self._metrics.lookups.labels("exact", "error").inc()
@@ -244,6 +248,13 @@ class CacheStage:
             return None
         self._metrics.lookups.labels("exact", "hit").inc()
         return self._respond(ctx, entry, "exact", {})
+
+    async def _fence(self, store: ExactStore) -> str | None:
+        try:
+            return await store.fence()
+        except Exception:  # unread: the answer is not stored (see `after_upstream`)
+            self._metrics.errors.labels("exact", "get").inc()
+            return None
 
     async def _semantic(self, ctx: RequestContext, plan: Plan) -> StageResponse | None:
         index, embedder, sem = plan.policy.semantic, plan.policy.embedder, plan.semantic
@@ -357,9 +368,11 @@ class CacheStage:
         if outcome.served_by != plan.primary:
             self._metrics.stores.labels("fallback").inc()
             return
-        if plan.purges != self._purges:
-            # A purge ran on this gateway while the request was upstream: its answer may be
-            # what the purge meant to remove (a replica's own purges only; others cannot know).
+        if plan.fence is None:
+            # The fence could not be read at lookup (its store failed): a purge may run unseen.
+            self._metrics.stores.labels("unfenced").inc()
+            return
+        if plan.policy.exact is None and await self._fenced(plan):
             self._metrics.stores.labels("purged").inc()
             return
         why = answer_ineligible(outcome.status, outcome.body, plan.policy.spec.eligibility)
@@ -374,13 +387,27 @@ class CacheStage:
             tags=plan.tags,
         )
         spec = plan.policy.spec
-        if plan.policy.exact is not None:
+        exact = plan.policy.exact
+        if exact is not None:
+            # A purge that started while the request was upstream (on any replica sharing the
+            # store) fences the answer out: it may be what the purge meant to remove.
             try:
-                await plan.policy.exact.put(plan.key, entry, spec.exact.ttl_seconds)
-                self._metrics.stores.labels("exact").inc()
+                put = await exact.put(plan.key, entry, spec.exact.ttl_seconds, plan.fence)
             except StoreUnavailable:
                 self._metrics.errors.labels("exact", "put").inc()
+                put = None
+            if put == "purged":
+                self._metrics.stores.labels("purged").inc()
+                return
+            if put == "stored":
+                self._metrics.stores.labels("exact").inc()
         await self._store_semantic(plan, entry)
+
+    async def _fenced(self, plan: Plan) -> bool:
+        """Has a purge started since the lookup (or is that unknown)?"""
+        exact = plan.policy.exact
+        now = await self._fence(exact) if exact is not None else str(self._purges)
+        return now != plan.fence
 
     async def _store_semantic(self, plan: Plan, entry: CachedAnswer) -> None:
         index, embedder, sem = plan.policy.semantic, plan.policy.embedder, plan.semantic
@@ -395,10 +422,21 @@ class CacheStage:
 
         try:
             await self._run(add)
-            self._metrics.stores.labels("semantic").inc()
         except Exception as exc:
             log.warning("semantic cache store failed: %s", type(exc).__name__)
             self._metrics.errors.labels("semantic", "put").inc()
+            return
+        # A purge that started before the point landed either deleted it or advanced the fence
+        # before this read (it advances the fence first): then take the point back out.
+        if await self._fenced(plan):
+            try:
+                await asyncio.to_thread(index.remove, plan.key)
+            except Exception as exc:
+                log.warning("semantic cache store not taken back: %s", type(exc).__name__)
+                self._metrics.errors.labels("semantic", "put").inc()
+            self._metrics.stores.labels("purged").inc()
+            return
+        self._metrics.stores.labels("semantic").inc()
 
     # -- admin ------------------------------------------------------------------------------
 
