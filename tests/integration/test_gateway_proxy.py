@@ -12,6 +12,7 @@ import openai
 import orjson
 import pytest
 
+from tests.integration.conftest import GatewayFactory
 from tests.integration.procs import Gateway, Simulator
 
 pytestmark = pytest.mark.integration
@@ -176,3 +177,29 @@ def test_unknown_model_is_404_in_openai_shape(gateway: Gateway) -> None:
     body = info.value.body
     assert isinstance(body, dict)
     assert body["code"] == "model_not_found"
+
+
+def test_wrongly_typed_chat_fields_are_a_400_in_openai_shape(
+    gateway_factory: GatewayFactory,
+) -> None:
+    """Valid JSON with a field of the wrong type is the client's 400 naming the field, never a
+    500 from a stage that iterated it (this gateway caches, so the cache stage runs too)."""
+    gw = gateway_factory(cache=True)
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"messages": 5}, "messages"),
+        ({"messages": True}, "messages"),
+        ({"messages": ["hello"]}, "messages"),
+        ({}, "messages"),
+        ({"messages": MESSAGES, "stream": True, "stream_options": "x"}, "stream_options"),
+        ({"messages": MESSAGES, "stream": True, "stream_options": [1]}, "stream_options"),
+    ]
+    for fields, param in cases:
+        resp = httpx.post(
+            f"{gw.url}/v1/chat/completions",
+            json={"model": "gpt-4o-mini", **fields},
+            headers={"authorization": f"Bearer {KEY_A}"},
+            timeout=20,
+        )
+        assert resp.status_code == 400, (fields, resp.text)
+        error = resp.json()["error"]
+        assert error["type"] == "invalid_request_error" and error["param"] == param

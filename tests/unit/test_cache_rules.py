@@ -46,6 +46,13 @@ def test_request_eligibility() -> None:
     msgs = [{"role": "user", "content": "hi"}]
     assert request_ineligible({"messages": msgs}, RULES) is None
     assert request_ineligible({"messages": msgs, "temperature": 1.5}, RULES) == "temperature"
+    # No temperature (or null) samples at the provider's default, 1.0: a policy caching only
+    # deterministic requests must not cache it.
+    greedy = Eligibility(max_temperature=0)
+    assert request_ineligible({"messages": msgs}, greedy) == "temperature"
+    assert request_ineligible({"messages": msgs, "temperature": None}, greedy) == "temperature"
+    assert request_ineligible({"messages": msgs, "temperature": 0}, greedy) is None
+    assert request_ineligible({"messages": msgs}, RULES) is None  # 1.0 <= the default 1.0
     assert request_ineligible({"messages": msgs, "n": 3}, RULES) == "n"
     assert request_ineligible({"messages": msgs, "n": 2.0}, RULES) == "n"
     assert request_ineligible({"messages": msgs, "n": 1.0}, RULES) is None

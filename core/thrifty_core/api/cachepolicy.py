@@ -146,7 +146,11 @@ class Eligibility(ApiModel):
     """Which requests and answers may be cached."""
 
     max_temperature: float = Field(
-        default=1.0, ge=0, le=2, description="Requests sampled hotter than this are not cached."
+        default=1.0,
+        ge=0,
+        le=2,
+        description="Requests sampled hotter than this are not cached (a request without "
+        "temperature counts as 1.0, the provider's default).",
     )
     cache_tool_calls: bool = Field(
         default=False, description="Cache answers that call tools or requests with tool results."

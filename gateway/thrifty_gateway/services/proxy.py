@@ -59,6 +59,24 @@ def parse_body(raw: bytes) -> dict[str, Any]:
     return body
 
 
+def check_chat_shape(body: dict[str, Any]) -> None:
+    """The fields every stage reads from a chat request have the type OpenAI's API takes: a
+    wrongly typed one is the client's 400 (as the provider answers it), never a 500 from a stage
+    that iterated it."""
+    messages = body.get("messages")
+    if messages is None:
+        raise InvalidRequestError("Missing required parameter: 'messages'.", param="messages")
+    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+        raise InvalidRequestError(
+            "Invalid type for 'messages': expected an array of objects.", param="messages"
+        )
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise InvalidRequestError(
+            "Invalid type for 'stream_options': expected an object.", param="stream_options"
+        )
+
+
 def resolve_route(state: GatewayState, body: dict[str, Any]) -> RouteRuntime:
     model = body.get("model")
     if not isinstance(model, str) or not model:
@@ -146,6 +164,7 @@ class Proxy:
                 state.metrics.rejected.labels("rate_limit").inc()
                 raise
         if endpoint == "chat":
+            check_chat_shape(body)
             _clamp_max_tokens(body, route.config.max_tokens_ceiling)
         stream = endpoint == "chat" and bool(body.get("stream"))
         include_usage = stream and bool((body.get("stream_options") or {}).get("include_usage"))

@@ -85,6 +85,9 @@ def parse_tags(raw: str) -> tuple[str, ...]:
     return tags
 
 
+DEFAULT_TEMPERATURE = 1.0  # OpenAI's, for a request that sends none
+
+
 def effective_threshold(policy: float, client: float | None) -> float:
     """Clients may tighten the policy's threshold, never loosen it."""
     if client is None or client != client:  # NaN
@@ -95,6 +98,8 @@ def effective_threshold(policy: float, client: float | None) -> float:
 def request_ineligible(body: Mapping[str, Any], rules: Eligibility) -> str | None:
     """Why a request must not use the cache at all (None when it may)."""
     temperature = body.get("temperature")
+    if temperature is None:  # absent or null: the provider samples at its default
+        temperature = DEFAULT_TEMPERATURE
     if isinstance(temperature, int | float) and temperature > rules.max_temperature:
         return "temperature"
     n = body.get("n")
