@@ -354,6 +354,23 @@ def test_no_store_no_cache_and_max_age(h: Harness) -> None:
     assert cache_of(h.ask(q, headers={"cache-control": "max-age=600"})) == "exact"
 
 
+def test_only_if_cached_and_pragma_no_cache(h: Harness) -> None:
+    """The standard headers work as x-thrifty-cache does: `Cache-Control: only-if-cached` on a
+    miss is a 504 without calling the provider; `Pragma: no-cache` skips the lookup."""
+    q = unique("Can I order a replacement card abroad?")
+    calls = h.upstream_calls()
+    with pytest.raises(openai.APIStatusError) as info:
+        h.ask(q, headers={"cache-control": "only-if-cached"})
+    assert info.value.status_code == 504
+    assert isinstance(info.value.body, dict) and info.value.body["code"] == "cache_miss"
+    assert h.upstream_calls() == calls
+    assert cache_of(h.ask(q)) == "miss"
+    h.settle()
+    assert cache_of(h.ask(q, headers={"cache-control": "only-if-cached"})) == "exact"
+    assert cache_of(h.ask(q, headers={"pragma": "no-cache"})) == "bypass"
+    assert h.upstream_calls() == calls + 2
+
+
 def test_streamed_answers_are_stored_and_replayed_as_sse(h: Harness) -> None:
     q = unique("Summarise the overdraft policy")
     messages: Any = [{"role": "user", "content": q}]

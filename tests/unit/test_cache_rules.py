@@ -94,6 +94,7 @@ def test_directives_and_threshold_tightening() -> None:
     assert (d.no_cache, d.no_store, d.max_age, d.threshold) == (False, True, 60, 0.97)
     assert d.tags == ("faq", "v2")
     assert parse_directives({"cache-control": "no-cache"}).no_cache
+    assert parse_directives({"pragma": "no-cache"}).no_cache  # HTTP/1.0 clients
     assert parse_directives({"x-thrifty-cache": "no-store"}).no_store
     assert parse_directives({"cache-control": "max-age=0"}).no_cache
     # Quoted and spaced values count; one that is not delta-seconds means "no lookup";
@@ -192,6 +193,43 @@ def test_replay_carries_tool_calls() -> None:
     message = assembler.completion()["choices"][0]["message"]
     assert message["tool_calls"][0]["function"] == {"name": "f", "arguments": '{"a":1}'}
     assert assembler.completion()["choices"][0]["finish_reason"] == "tool_calls"
+    # A tool-calls-only answer opens with content null, as the provider streams it (the SDK's
+    # stream state then gives content None, not "").
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": None}
+    assert message["content"] is None
+
+
+def test_the_service_tier_and_late_base_fields_survive_a_stream() -> None:
+    """Azure opens a stream with a chunk of empty id and model (prompt filter results only):
+    the assembled answer takes each field from the first chunk that has it, and a replay of it
+    carries the service tier."""
+    opening = {
+        "id": "",
+        "object": "chat.completion.chunk",
+        "created": 0,
+        "model": "",
+        "choices": [],
+    }
+    first = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "created": 1700000000,
+        "model": "gpt-4o-mini-2024-07-18",
+        "system_fingerprint": "fp_1",
+        "service_tier": "default",
+        "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hi"}}],
+    }
+    last = {**first, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+    assembler = StreamAssembler()
+    for chunk in (opening, first, last):
+        assembler.add(chunk)
+    done = assembler.completion()
+    assert done["id"] == "chatcmpl-1" and done["model"] == "gpt-4o-mini-2024-07-18"
+    assert done["created"] == 1700000000 and done["system_fingerprint"] == "fp_1"
+    assert done["service_tier"] == "default"
+    replayed = replay_chunks(done, include_usage=False)
+    assert {c["service_tier"] for c in replayed} == {"default"}
+    assert {c["model"] for c in replayed} == {"gpt-4o-mini-2024-07-18"}
 
 
 def entry(

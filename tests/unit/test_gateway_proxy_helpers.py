@@ -42,6 +42,13 @@ def test_estimate_usage_is_about_four_chars_per_token() -> None:
 
 
 def test_cache_control_parse() -> None:
-    assert CacheControl.parse(None) == CacheControl()
-    cc = CacheControl.parse("no-cache, No-Store")
+    assert CacheControl.parse({}) == CacheControl()
+    cc = CacheControl.parse({"x-thrifty-cache": "no-cache, No-Store"})
     assert cc.no_cache and cc.no_store and not cc.only_if_cached
+    # The standard header says the same; only-if-cached too.
+    assert CacheControl.parse({"cache-control": "only-if-cached"}).only_if_cached
+    assert CacheControl.parse({"cache-control": "no-store"}).no_store
+    # Pragma: no-cache counts only when there is no Cache-Control (RFC 9111, 5.4).
+    assert CacheControl.parse({"pragma": "no-cache"}).no_cache
+    assert not CacheControl.parse({"pragma": "no-cache", "cache-control": "max-age=60"}).no_cache
+    assert not CacheControl.parse({"pragma": "x-other"}).no_cache

@@ -64,19 +64,35 @@ class Target:
         return f"{self.provider}/{self.model}"
 
 
+def directive_tokens(headers: Mapping[str, str]) -> list[str]:
+    """The client's cache directives, lower-cased: `Cache-Control` and `x-thrifty-cache`, and
+    `Pragma: no-cache` when there is no `Cache-Control` (RFC 9111, 5.4)."""
+    tokens: list[str] = []
+    for name in ("cache-control", "x-thrifty-cache"):
+        value = headers.get(name)
+        if value:
+            tokens.extend(t.strip().lower() for t in value.split(","))
+    pragma = headers.get("pragma")
+    if pragma and headers.get("cache-control") is None:
+        if "no-cache" in (t.strip().lower() for t in pragma.split(",")):
+            tokens.append("no-cache")
+    return tokens
+
+
 @dataclass(frozen=True, slots=True)
 class CacheControl:
-    """Client cache directives (`x-thrifty-cache: no-cache | no-store | only-if-cached`)."""
+    """Client cache directives (`Cache-Control` or `x-thrifty-cache`: no-cache, no-store,
+    only-if-cached; see `directive_tokens`)."""
 
     no_cache: bool = False  # do not serve from cache (still store)
     no_store: bool = False  # do not store this answer
     only_if_cached: bool = False  # answer 504 instead of calling the provider on a miss
 
     @classmethod
-    def parse(cls, header: str | None) -> CacheControl:
-        if not header:
+    def parse(cls, headers: Mapping[str, str]) -> CacheControl:
+        tokens = set(directive_tokens(headers))
+        if not tokens:
             return NO_DIRECTIVES
-        tokens = {t.strip().lower() for t in header.split(",")}
         return cls(
             no_cache="no-cache" in tokens,
             no_store="no-store" in tokens,

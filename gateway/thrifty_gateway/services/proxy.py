@@ -179,7 +179,7 @@ class Proxy:
             catalog=state.catalog,
             stream=stream,
             include_usage=include_usage,
-            cache_control=CacheControl.parse(headers.get("x-thrifty-cache")),
+            cache_control=CacheControl.parse(headers),
         )
         try:
             for stage in state.stages:

@@ -55,17 +55,23 @@ def event_data(event: bytes) -> bytes | None:
     return None
 
 
+BASE_FIELDS = ("id", "created", "model", "system_fingerprint", "service_tier")
+
+
 class StreamAssembler:
     """Rebuild one `chat.completion` object from its chunks."""
 
     def __init__(self) -> None:
-        self.base: dict[str, Any] = {}
+        self.base: dict[str, Any] = dict.fromkeys(BASE_FIELDS)
         self.choices: dict[int, dict[str, Any]] = {}
         self.usage: dict[str, Any] | None = None
 
     def add(self, chunk: dict[str, Any]) -> None:
-        if not self.base:
-            self.base = {k: chunk.get(k) for k in ("id", "created", "model", "system_fingerprint")}
+        # Each from the first chunk that carries it: some providers (Azure) open the stream with
+        # a chunk of empty id, model and created (content-filter results only).
+        for name in BASE_FIELDS:
+            if self.base.get(name) in (None, "", 0) and chunk.get(name) not in (None, ""):
+                self.base[name] = chunk[name]
         if chunk.get("usage"):
             self.usage = chunk["usage"]
         for c in chunk.get("choices") or ():

@@ -14,6 +14,8 @@ from typing import Any
 from thrifty_core.api.cachepolicy import Eligibility
 from thrifty_core.errors import InvalidRequestError
 
+from ..pipeline import directive_tokens
+
 _TAG = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
 MAX_TAGS = 8
 
@@ -31,11 +33,7 @@ class Directives:
 
 def parse_directives(headers: Mapping[str, str]) -> Directives:
     """`Cache-Control` (no-cache, no-store, max-age=N) and the x-thrifty-cache headers."""
-    tokens: list[str] = []
-    for name in ("cache-control", "x-thrifty-cache"):
-        value = headers.get(name)
-        if value:
-            tokens.extend(t.strip().lower() for t in value.split(","))
+    tokens = directive_tokens(headers)
     max_age: int | None = None
     for token in tokens:
         name, sep, value = token.partition("=")

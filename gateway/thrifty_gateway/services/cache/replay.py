@@ -33,8 +33,9 @@ def replay_chunks(completion: dict[str, Any], include_usage: bool) -> list[dict[
         "created": completion.get("created", 0),
         "model": completion.get("model", ""),
     }
-    if completion.get("system_fingerprint"):
-        base["system_fingerprint"] = completion["system_fingerprint"]
+    for name in ("system_fingerprint", "service_tier"):
+        if completion.get(name):
+            base[name] = completion[name]
 
     def chunk(
         index: int,
@@ -49,7 +50,9 @@ def replay_chunks(completion: dict[str, Any], include_usage: bool) -> list[dict[
     for choice in completion.get("choices") or ():
         index = int(choice.get("index", 0))
         message = choice.get("message") or {}
-        out.append(chunk(index, {"role": "assistant", "content": ""}))
+        # As the provider streams it: "" before text, null when the answer is tool calls only.
+        first = "" if message.get("content") is not None else None
+        out.append(chunk(index, {"role": "assistant", "content": first}))
         content = message.get("content") or ""
         tokens = (choice.get("logprobs") or {}).get("content") or []
         if tokens and "".join(str(t.get("token", "")) for t in tokens) == content:
