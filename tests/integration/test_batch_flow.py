@@ -410,6 +410,20 @@ def test_lines_check_the_cache_and_fill_it(
         headers={"authorization": f"Bearer {KEY}"},
     )
     assert hit.headers["x-thrifty-cache"] == "exact"
+    # Entries the worker filled carry the target model, as the gateway's own do: a purge by
+    # the model the route sends to removes them all (a dated answer model: test_batch_units).
+    purged = httpx.post(
+        f"{gw.url}/v1/thrifty/cache/purge",
+        json={"model": "gpt-4o-mini"},
+        headers={"authorization": f"Bearer {ADMIN}"},
+    )
+    assert purged.status_code == 200 and purged.json()["exact"] >= 10, purged.text
+    gone = httpx.post(
+        f"{gw.url}/v1/chat/completions",
+        json=items[1]["body"],
+        headers={"authorization": f"Bearer {KEY}"},
+    )
+    assert gone.headers["x-thrifty-cache"] == "miss"
 
 
 def test_worker_sigkilled_while_a_provider_job_runs_resumes_polling_it(

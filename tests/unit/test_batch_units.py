@@ -219,3 +219,38 @@ async def test_rate_gate_holds_requests_over_the_per_minute_limit() -> None:
     await asyncio.wait_for(tokens.acquire(500), 1)  # one call may exceed: the bucket owes 400
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(tokens.acquire(1), 0.2)
+
+
+async def test_line_cache_labels_entries_with_the_target_model() -> None:
+    """The provider answers with a dated snapshot name; the entry is labelled with the target
+    model its key was built with, as the cache stage labels its own, so one purge by model
+    removes both."""
+    from thrifty_core.api.cachepolicy import CachePolicySpec
+    from thrifty_gateway.services.batching.linecache import ExactLineCache, _RouteCache
+    from thrifty_gateway.services.cache.entry import Codec
+    from thrifty_gateway.services.cache.exact import MemoryExactStore
+    from thrifty_gateway.services.cache.selector import Selector
+
+    store = MemoryExactStore(10, Codec(), 1 << 20)
+    spec = CachePolicySpec()
+    cache = ExactLineCache(
+        {"gpt-4o-mini": _RouteCache(spec, store, "p/v1", "simulator/gpt-4o-mini")}, [store]
+    )
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    line = Line(batch_id="b", custom_id="c", endpoint="chat", body=body, tenant="t")
+    answer = {
+        "id": "x",
+        "object": "chat.completion",
+        "model": "gpt-4o-mini-2024-07-18",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "hello"},
+                "finish_reason": "stop",
+            }
+        ],
+    }
+    await cache.put(line, answer)
+    assert await cache.get(line) == answer
+    assert await store.purge(Selector(model="gpt-4o-mini")) == 1
+    assert await cache.get(line) is None

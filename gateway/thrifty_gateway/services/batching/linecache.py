@@ -109,7 +109,9 @@ class ExactLineCache:
             body=answer,
             tenant=line.tenant,
             route=line.route,
-            model=str(answer.get("model") or cache.primary.split("/", 1)[-1]),
+            # The target model the key was built with, as the cache stage labels its entries (a
+            # purge by model finds both); the answer's own name may be a dated snapshot.
+            model=cache.primary.split("/", 1)[-1],
         )
         try:
             await cache.store.put(key, entry, cache.spec.exact.ttl_seconds)
