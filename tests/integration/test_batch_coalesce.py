@@ -61,3 +61,48 @@ def test_list_input_keeps_its_order(gateway_factory: GatewayFactory, simulator: 
     ).json()
     assert [d["embedding"] for d in resp["data"]] == [d["embedding"] for d in direct["data"]]
     assert [d["index"] for d in resp["data"]] == [0, 1, 2]
+
+
+def test_one_callers_bad_input_fails_only_that_caller(
+    gateway_factory: GatewayFactory, simulator: Simulator
+) -> None:
+    """Callers of two tenants share a window. One sends an input the provider refuses (an empty
+    string); another sends token arrays while the rest send text. Each gets what its own direct
+    call gets: the bad input a 400, every other caller its embedding."""
+    gw = gateway_factory(batch={"name": "coalesce-bad", "coalesceWindowMs": 200})
+
+    async def scenario() -> tuple[httpx.Response, ...]:
+        async with httpx.AsyncClient(base_url=gw.url, timeout=20) as client:
+
+            async def one(key: str, value: Any) -> httpx.Response:
+                return await client.post(
+                    "/v1/embeddings",
+                    json={"model": MODEL, "input": value},
+                    headers={"authorization": f"Bearer {key}"},
+                )
+
+            # Warm the window up: coalescing waits only when there was company last time.
+            await asyncio.gather(one(KEY, "warm one"), one("sk-local-b", "warm two"))
+            return tuple(
+                await asyncio.gather(
+                    one(KEY, "hello there"),
+                    one(KEY, "general kenobi"),
+                    one("sk-local-b", [""]),
+                    one("sk-local-b", [15339, 1917]),
+                )
+            )
+
+    hello, kenobi, empty, tokens = asyncio.run(scenario())
+    assert empty.status_code == 400, empty.text
+    assert empty.json()["error"]["type"] == "invalid_request_error"
+    for resp, value in (
+        (hello, "hello there"),
+        (kenobi, "general kenobi"),
+        (tokens, [15339, 1917]),
+    ):
+        assert resp.status_code == 200, resp.text
+        direct = httpx.post(
+            f"{simulator.url}/v1/embeddings", json={"model": MODEL, "input": value}
+        ).json()
+        assert resp.json()["data"][0]["embedding"] == direct["data"][0]["embedding"]
+        assert resp.json()["usage"]["prompt_tokens"] == direct["usage"]["prompt_tokens"]

@@ -98,3 +98,14 @@ def test_fault_selection_order() -> None:
     assert state.pick_fault("storm", None) == "429"
     assert state.pick_fault("other", None) == "500"
     assert SimState(settings=SimulatorSettings()).pick_fault("other", None) is None
+
+
+def test_embeddings_inputs_the_provider_refuses() -> None:
+    from thrifty_gateway.simulator.engine import EMBEDDING_MAX_TOKENS, embeddings_input_error
+
+    for ok in ("hi", ["a", "b"], [1, 2], [[1], [2, 3]]):
+        assert embeddings_input_error(ok) is None
+    for bad in ("", [], [""], ["a", [1]], [[1], []], None, 5):
+        assert embeddings_input_error(bad) is not None
+    too_long = embeddings_input_error(list(range(EMBEDDING_MAX_TOKENS + 1)))
+    assert too_long is not None and "maximum context length" in too_long

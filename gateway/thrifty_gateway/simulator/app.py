@@ -110,6 +110,9 @@ async def create_embeddings(request: Request) -> Response:
         return _error(400, "Invalid JSON body.", "invalid_request_error")
     if not isinstance(body, dict) or "input" not in body or not body.get("model"):
         return _error(400, "model and input are required.", "invalid_request_error")
+    refused = engine.embeddings_input_error(body["input"])
+    if refused is not None:
+        return _error(400, refused, "invalid_request_error")
     fault = await _fault_response(sim, str(body["model"]), request)
     if isinstance(fault, Response):
         return fault

@@ -255,6 +255,9 @@ def _answer(sim: SimState, url: str, body: dict[str, Any]) -> tuple[int, dict[st
         err = {"message": "The server had an error (simulated).", "type": "server_error"}
         return int(fault), {"error": err}
     if url == "/v1/embeddings":
+        refused = engine.embeddings_input_error(body.get("input"))
+        if refused is not None:
+            return 400, {"error": {"message": refused, "type": "invalid_request_error"}}
         return 200, engine.embeddings(body, sim.settings.embedding_dimensions)
     return 200, engine.chat_completion(body, oracle=sim.oracle)
 

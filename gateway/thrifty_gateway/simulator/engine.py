@@ -367,6 +367,35 @@ def embed_text(text: str, dimensions: int) -> list[float]:
     return [v / norm for v in vec]
 
 
+EMBEDDING_MAX_TOKENS = 8192  # per input, as OpenAI's embedding models
+
+
+def embeddings_input_error(raw: Any) -> str | None:
+    """Why OpenAI would refuse this `input` with a 400 (None when it takes it): an empty
+    string or array, strings mixed with token arrays, an input over the context length."""
+    invalid = "'$.input' is invalid. Please check the API reference."
+    if isinstance(raw, str):
+        items: list[Any] = [raw]
+    elif isinstance(raw, list) and raw and all(isinstance(t, int) for t in raw):
+        items = [raw]
+    elif isinstance(raw, list) and raw:
+        items = raw
+        if not (all(isinstance(i, str) for i in raw) or all(isinstance(i, list) for i in raw)):
+            return invalid
+    else:
+        return invalid
+    for item in items:
+        if not item:
+            return invalid
+        tokens = count_tokens(item) if isinstance(item, str) else len(item)
+        if tokens > EMBEDDING_MAX_TOKENS:
+            return (
+                f"This model's maximum context length is {EMBEDDING_MAX_TOKENS} tokens, however "
+                f"you requested {tokens} tokens in the input. Please reduce your input."
+            )
+    return None
+
+
 def embeddings(body: dict[str, Any], default_dimensions: int = 1536) -> dict[str, Any]:
     """An embeddings `list` for `body` (input: string, list of strings or token arrays)."""
     raw = body.get("input", "")

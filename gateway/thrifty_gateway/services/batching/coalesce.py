@@ -5,8 +5,10 @@ gets its own slice back, with its share of the usage.
 A group flushes when its window ends, or at once when the next caller would push it past the
 input-count or token limit. A lone caller (nothing in flight for its key and the last group
 had one caller) skips the window: coalescing only waits when there is company to wait for.
-An upstream failure fails every caller of the group with the same error (each sees what a
-direct call would have seen).
+Strings and token arrays never share a call (a mixed input array is refused). Each caller sees
+what a direct call would have seen: when the provider refuses a group's call as a bad request
+(4xx: an empty or too long input of one caller), every caller's input is sent again on its own,
+so one caller's bad input fails only that caller; an outage (5xx, timeout) fails them all.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from thrifty_core.errors import ThriftyError, UpstreamError
+from thrifty_core.errors import ThriftyError, UpstreamError, UpstreamStatusError
 from thrifty_core.prices import PriceCatalog, Usage
 
 from ...state import RouteRuntime
@@ -29,7 +31,7 @@ from ..upstream import UpstreamClient
 
 log = logging.getLogger(__name__)
 
-Slice = tuple[list[Any], Target, int]  # embeddings objects, target, total input tokens
+Slice = tuple[list[Any], Target, int]  # embeddings objects, target, this caller's input tokens
 
 
 def estimate_tokens(item: Any) -> int:
@@ -42,7 +44,8 @@ class Group:
     params: dict[str, Any]
     inputs: list[Any] = field(default_factory=list)
     tokens: int = 0
-    waiters: list[tuple[int, int, asyncio.Future[Slice]]] = field(default_factory=list)
+    # Per caller: first input, input count, estimated tokens, its result.
+    waiters: list[tuple[int, int, int, asyncio.Future[Slice]]] = field(default_factory=list)
     timer: asyncio.TimerHandle | None = None
     flushed: bool = False
 
@@ -92,7 +95,8 @@ class Coalescer:
         if items is None or len(items) > self.max_inputs:
             return None
         params = {k: v for k, v in ctx.body.items() if k not in ("input", "user")}
-        key = orjson.dumps(params, option=orjson.OPT_SORT_KEYS)
+        shape = "tokens" if not isinstance(items[0], str) else "text"
+        key = orjson.dumps([shape, params], option=orjson.OPT_SORT_KEYS)
         tokens = sum(estimate_tokens(i) for i in items)
         group = self._open.get(key)
         if group is not None and (
@@ -109,14 +113,13 @@ class Coalescer:
                     self.window, self._flush, key, group
                 )
         future: asyncio.Future[Slice] = asyncio.get_running_loop().create_future()
-        group.waiters.append((len(group.inputs), len(items), future))
+        group.waiters.append((len(group.inputs), len(items), tokens, future))
         group.inputs.extend(items)
         group.tokens += tokens
         self.requests += 1
         if alone:
             self._flush(key, group)
-        data, target, total = await future
-        share = round(total * tokens / max(group.tokens, 1)) if total else tokens
+        data, target, share = await future
         usage = Usage(prompt_tokens=share)
         body = {
             "object": "list",
@@ -161,46 +164,77 @@ class Coalescer:
             else:
                 self._inflight.pop(key, None)
 
-    async def _send(self, group: Group) -> None:
+    async def _request(
+        self, group: Group, inputs: list[Any]
+    ) -> tuple[list[dict[str, Any]], Target, int]:
+        """One upstream call: the embeddings in input order, the target, the provider's
+        prompt token count (0 when it sent none)."""
         route = group.route
         self.upstream_calls += 1
+        attempt = await call_with_fallback(
+            self.upstream,
+            self.breakers,
+            list(route.targets),
+            "embeddings",
+            lambda t: orjson.dumps({**group.params, "model": t.model, "input": inputs}),
+            route.timeouts,
+            stream=False,
+            max_retries=route.config.max_retries,
+            retry_budget=route.config.retry_budget_seconds,
+        )
         try:
-            attempt = await call_with_fallback(
-                self.upstream,
-                self.breakers,
-                list(route.targets),
-                "embeddings",
-                lambda t: orjson.dumps({**group.params, "model": t.model, "input": group.inputs}),
-                route.timeouts,
-                stream=False,
-                max_retries=route.config.max_retries,
-                retry_budget=route.config.retry_budget_seconds,
-            )
             answer = orjson.loads(attempt.response.body)
             data = sorted(answer["data"], key=lambda d: d["index"])
-            if len(data) != len(group.inputs):
-                raise UpstreamError("upstream returned a different number of embeddings")
             total = int((answer.get("usage") or {}).get("prompt_tokens") or 0)
-        except ThriftyError as exc:
-            for _, _, future in group.waiters:
-                if not future.done():
-                    future.set_exception(exc)
-            return
         except (ValueError, KeyError, TypeError) as exc:
-            error = UpstreamError(
+            raise UpstreamError(
                 f"upstream embeddings answer was malformed ({type(exc).__name__})"
-            )
-            for _, _, future in group.waiters:
-                if not future.done():
-                    future.set_exception(error)
+            ) from exc
+        if len(data) != len(inputs):
+            raise UpstreamError("upstream returned a different number of embeddings")
+        return data, attempt.target, total
+
+    async def _send(self, group: Group) -> None:
+        try:
+            data, target, total = await self._request(group, group.inputs)
+        except UpstreamStatusError as exc:
+            if len(group.waiters) == 1:
+                _fail(group.waiters, exc)
+                return
+            # The provider refused the merged call as a bad request: that may be one caller's
+            # input. Each caller's own call decides what that caller gets.
+            await asyncio.gather(*(self._alone(group, waiter) for waiter in group.waiters))
             return
-        for start, count, future in group.waiters:
+        except ThriftyError as exc:
+            _fail(group.waiters, exc)
+            return
+        for start, count, tokens, future in group.waiters:
             part = [{**d, "index": i} for i, d in enumerate(data[start : start + count])]
+            share = round(total * tokens / max(group.tokens, 1)) if total else tokens
             if not future.done():
-                future.set_result((part, attempt.target, total))
+                future.set_result((part, target, share))
+
+    async def _alone(
+        self, group: Group, waiter: tuple[int, int, int, asyncio.Future[Slice]]
+    ) -> None:
+        start, count, tokens, future = waiter
+        try:
+            data, target, total = await self._request(group, group.inputs[start : start + count])
+        except ThriftyError as exc:
+            _fail([waiter], exc)
+            return
+        part = [{**d, "index": i} for i, d in enumerate(data)]
+        if not future.done():
+            future.set_result((part, target, total or tokens))
 
     async def aclose(self) -> None:
         for key, group in list(self._open.items()):
             self._flush(key, group)
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _fail(waiters: list[tuple[int, int, int, asyncio.Future[Slice]]], exc: Exception) -> None:
+    for _, _, _, future in waiters:
+        if not future.done():
+            future.set_exception(exc)
