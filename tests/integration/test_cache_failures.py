@@ -449,3 +449,34 @@ def test_a_semantic_point_landing_after_a_purge_started_is_taken_back(
         assert index.count() == 0
         other.close()
         client.close()
+
+
+async def test_an_allkeys_eviction_policy_is_flagged_at_start(
+    own_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An external Redis under allkeys-* may evict the purge fence and, when shared, usage and
+    spend: the gateway says so when it opens the store (CONFIG may be disabled: then nothing)."""
+    import logging
+
+    import redis as redis_lib
+
+    from thrifty_gateway.services.cache.entry import Codec
+    from thrifty_gateway.services.cache.exact import RedisExactStore
+
+    admin = redis_lib.Redis.from_url(own_redis.url)
+    store = RedisExactStore(own_redis.url, "p:", Codec(False), 1 << 20)
+    try:
+        admin.config_set("maxmemory-policy", "volatile-lru")
+        with caplog.at_level(logging.WARNING):
+            assert await store.eviction_policy() == "volatile-lru"
+        assert "maxmemory-policy" not in caplog.text
+        admin.config_set("maxmemory-policy", "allkeys-lru")
+        with caplog.at_level(logging.WARNING):
+            assert await store.eviction_policy() == "allkeys-lru"
+        assert "maxmemory-policy is allkeys-lru" in caplog.text
+    finally:
+        await store.aclose()
+        admin.close()
+    down = RedisExactStore(f"redis://127.0.0.1:{free_port()}/0", "p:", Codec(False), 1 << 20)
+    assert await down.eviction_policy() is None  # unreachable: no warning, no failure
+    await down.aclose()

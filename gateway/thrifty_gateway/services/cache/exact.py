@@ -202,6 +202,24 @@ class RedisExactStore:
             log.warning("redis %s failed: %s", op, type(exc).__name__)
             raise StoreUnavailable(op) from exc
 
+    async def eviction_policy(self) -> str | None:
+        """Redis's `maxmemory-policy`, or None when it cannot be read (managed Redis services
+        often disable `CONFIG`). Logs a warning when it may evict keys without a TTL: the
+        purge fence, and the ledger, budgets and rate limits a shared Redis also holds."""
+        try:
+            found = await asyncio.wait_for(self._admin.config_get("maxmemory-policy"), 2.0)
+        except Exception:
+            return None
+        policy = str(found.get("maxmemory-policy", "")) or None
+        if policy is not None and policy.startswith("allkeys-"):
+            log.warning(
+                "redis maxmemory-policy is %s: under memory pressure it may evict keys without a "
+                "TTL (the purge fence; usage, budget spend and rate limits when they share this "
+                "Redis); use volatile-lru or noeviction",
+                policy,
+            )
+        return policy
+
     async def get(self, key: str) -> CachedAnswer | None:
         blob = await self._call("get", self._redis.hget(self._k(key), "v"))
         return None if blob is None else self._codec.decode(blob)

@@ -88,13 +88,15 @@ async def open_policy(name: str, policy: CachePolicyConfig, models: SharedModels
     if spec.exact.enabled:
         codec = Codec(spec.exact.compress)
         if stores.redis_url:
-            exact = RedisExactStore(
+            redis_store = RedisExactStore(
                 stores.redis_url,
                 f"thrifty:cache:{keyspace}:",
                 codec,
                 spec.exact.max_entry_bytes,
                 password=_store_secret(stores.redis_password),
             )
+            await redis_store.eviction_policy()  # a warning for an allkeys-* Redis
+            exact = redis_store
         else:
             exact = MemoryExactStore(spec.exact.max_entries, codec, spec.exact.max_entry_bytes)
     semantic: SemanticIndex | None = None
