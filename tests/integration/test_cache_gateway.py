@@ -434,6 +434,25 @@ def test_purge_by_tenant_tag_and_everything(h: Harness) -> None:
     assert refused.value.param == "x-thrifty-cache-tags"
 
 
+def test_an_entry_serves_only_requests_whose_tags_it_carries(h: Harness) -> None:
+    """A tag says what an answer depends on: a purge by it must remove every answer a request
+    with that tag could be served. So an entry is served to requests carrying only tags it
+    was stored with (or none), in both layers."""
+    q = unique("What does the premium plan cost per month?")
+    h.ask(q, headers={"x-thrifty-cache-tags": "prices-v1"})
+    h.settle()
+    assert cache_of(h.ask(q)) == "exact"  # no tags: no dependency declared
+    assert cache_of(h.ask(q, headers={"x-thrifty-cache-tags": "prices-v1"})) == "exact"
+    # Tagged with what the entry was not stored under: not served (by neither layer).
+    other = h.ask(q, headers={"x-thrifty-cache-tags": "prices-v1,promo-7"})
+    assert cache_of(other) == "miss"
+    h.settle()  # its answer is stored under both tags
+    assert cache_of(h.ask(q, headers={"x-thrifty-cache-tags": "promo-7"})) == "exact"
+    assert purge(h, {"tag": "promo-7"}).json()["exact"] == 1
+    # Nothing a promo-7 request could get is left.
+    assert cache_of(h.ask(q, headers={"x-thrifty-cache-tags": "promo-7"})) == "miss"
+
+
 def test_hits_are_recorded_as_saved_cost(h: Harness) -> None:
     def totals() -> dict[str, Any]:
         usage = h.http.get("/v1/thrifty/usage", headers={"authorization": "Bearer sk-local-b"})

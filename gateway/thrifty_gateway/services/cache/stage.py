@@ -221,11 +221,15 @@ class CacheStage:
             self._pending -= 1
 
     def _fresh(self, entry: CachedAnswer, plan: Plan, ttl: int) -> bool:
-        """Young enough for the client's max-age and for the policy's TTL as it is now (an
-        entry written under a longer TTL is not served past the current one)."""
+        """Servable to this request: young enough for the client's max-age and for the policy's
+        TTL as it is now (an entry written under a longer TTL is not served past the current
+        one), and carrying every purge tag the request carries. A tag says the answer depends
+        on something (a document, a price list): a purge by that tag must remove every answer
+        a request with it could be served, so an entry stored under other tags is not one."""
         max_age = plan.directives.max_age
         age = entry.age()
-        return age <= ttl and (max_age is None or age <= max_age)
+        fresh = age <= ttl and (max_age is None or age <= max_age)
+        return fresh and (not plan.tags or set(plan.tags) <= set(entry.tags))
 
     async def _exact(self, ctx: RequestContext, plan: Plan) -> StageResponse | None:
         store = plan.policy.exact
