@@ -480,3 +480,51 @@ async def test_an_allkeys_eviction_policy_is_flagged_at_start(
     down = RedisExactStore(f"redis://127.0.0.1:{free_port()}/0", "p:", Codec(False), 1 << 20)
     assert await down.eviction_policy() is None  # unreachable: no warning, no failure
     await down.aclose()
+
+
+def test_a_stream_with_a_chunk_the_gateway_cannot_parse_is_relayed_but_never_stored(
+    tmp_path: Path,
+) -> None:
+    """The provider streams an emoji as two chunks of lone UTF-16 surrogate escapes (valid
+    JSON, refused by a strict UTF-8 parser). The client gets every chunk as sent; the gateway's
+    assembled answer lacks that text, so it is never stored or replayed."""
+    flawed: Simulator = start_simulator(tmp_path / "sim", "--fault", "gpt-4o-mini=split-emoji")
+    config = parse_config(
+        {**local_config(flawed.url), "cachePolicies": {"p": {}}, "defaultCachePolicy": "p"}
+    )
+    try:
+        with TestClient(create_app(config)) as gw:
+            client = openai.OpenAI(base_url="http://t/v1", api_key="sk-local-a", http_client=gw)
+            messages: Any = [{"role": "user", "content": f"When will it ship? {uuid.uuid4()}"}]
+            raw = client.chat.completions.with_raw_response.create(
+                model="gpt-4o-mini", messages=messages, stream=True
+            )
+            text = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
+            assert "\ud83d" in text and "\ude9a" in text  # relayed as the provider sent it
+            wait_recorded(gw, 1)
+            again = ask(client, messages[0]["content"])
+            assert again.headers["x-thrifty-cache"] == "miss"
+            client.close()
+    finally:
+        flawed.stop()
+
+
+async def test_an_undecodable_redis_entry_is_a_miss_and_is_dropped(own_redis: RedisServer) -> None:
+    import redis as redis_lib
+
+    from thrifty_gateway.services.cache.entry import CachedAnswer, Codec
+    from thrifty_gateway.services.cache.exact import RedisExactStore
+
+    writer = redis_lib.Redis.from_url(own_redis.url)
+    store = RedisExactStore(own_redis.url, "p:", Codec(True), 1 << 20)
+    try:
+        writer.hset("p:h:k", mapping={"v": b"\x28\xb5\x2f\xfd garbage", "tenant": "t"})
+        assert await store.lookup("k") == (None, "0")
+        assert writer.exists("p:h:k") == 0  # dropped: the next answer replaces it
+        answer = CachedAnswer(body={"id": "ok"}, tenant="t", route="r", model="m")
+        assert await store.put("k", answer, 60, "0") == "stored"
+        found, _ = await store.lookup("k")
+        assert found is not None and found.body == {"id": "ok"}
+    finally:
+        await store.aclose()
+        writer.close()

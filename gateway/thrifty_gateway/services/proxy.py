@@ -271,6 +271,7 @@ class Proxy:
         assemble = bool(self.state.stages)
         usage: Usage | None = None
         done = False
+        unread = False  # a chunk was relayed that could not be parsed into the assembled answer
         try:
             async for data in chunks:
                 out: list[bytes] = []
@@ -291,6 +292,9 @@ class Proxy:
                     try:
                         chunk = orjson.loads(payload)
                     except orjson.JSONDecodeError:
+                        # Relayed as is (lone UTF-16 surrogates, say), but the assembled answer
+                        # lacks it: it must never be stored or replayed as the answer.
+                        unread = True
                         out.append(event)
                         continue
                     if assemble:
@@ -311,7 +315,7 @@ class Proxy:
                 yield rest
         finally:
             close()
-            completion = assembler.completion() if assemble else None
+            completion = assembler.completion() if assemble and not unread else None
             final = usage or estimate_usage(ctx.body, completion)
             cost = self.state.catalog.cost(target.model, final)
             status = 200 if done or usage is not None else 502

@@ -70,7 +70,7 @@ async def _fault_response(sim: SimState, model: str, request: Request) -> Respon
     if fault == "timeout":
         await asyncio.sleep(sim.settings.hang_seconds)
         return None
-    return "truncate"
+    return fault  # answered, with a flaw: truncate, split-emoji
 
 
 async def chat_completions(request: Request) -> Response:
@@ -87,6 +87,9 @@ async def chat_completions(request: Request) -> Response:
         return fault
     await _delay(sim.settings, sim)
     completion = engine.chat_completion(body, oracle=sim.oracle, truncate=fault == "truncate")
+    split = fault == "split-emoji"
+    if split:
+        completion["choices"][0]["message"]["content"] += " " + engine.SPLIT_EMOJI
     if not body.get("stream"):
         return _json(completion)
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
@@ -94,7 +97,8 @@ async def chat_completions(request: Request) -> Response:
 
     async def events() -> AsyncIterator[bytes]:
         for chunk in engine.stream_chunks(completion, include_usage):
-            yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+            for data in engine.split_emoji(chunk) if split else [orjson.dumps(chunk)]:
+                yield b"data: " + data + b"\n\n"
             if chunk_delay:
                 await asyncio.sleep(chunk_delay)
         yield b"data: [DONE]\n\n"

@@ -294,6 +294,25 @@ def chat_completion(
     }
 
 
+SPLIT_EMOJI = "\U0001f69a"  # delivery truck: two UTF-16 code units
+
+
+def split_emoji(chunk: dict[str, Any]) -> list[bytes]:
+    """`chunk` as JSON; one whose content holds SPLIT_EMOJI becomes two chunks, the emoji's
+    UTF-16 halves each escaped alone (valid JSON, lone surrogates to a strict parser)."""
+    choices = chunk.get("choices") or []
+    content = choices[0].get("delta", {}).get("content") if choices else None
+    if not content or SPLIT_EMOJI not in content:
+        return [orjson.dumps(chunk)]
+    before, after = content.split(SPLIT_EMOJI, 1)
+    out = []
+    for text, half in ((before + "@@half@@", b"\\ud83d"), ("@@half@@" + after, b"\\ude9a")):
+        delta = {**choices[0]["delta"], "content": text}
+        data = orjson.dumps({**chunk, "choices": [{**choices[0], "delta": delta}]})
+        out.append(data.replace(b"@@half@@", half))
+    return out
+
+
 def stream_chunks(completion: dict[str, Any], include_usage: bool) -> Iterator[dict[str, Any]]:
     """The `chat.completion.chunk` objects that stream `completion` (a few words each)."""
     base = {

@@ -12,8 +12,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .engine import Oracle
 
-FaultKind = Literal["429", "500", "502", "503", "timeout", "truncate"]
-FAULT_KINDS: tuple[str, ...] = ("429", "500", "502", "503", "timeout", "truncate")
+# split-emoji: the answer ends with an emoji that a stream sends as two chunks of lone UTF-16
+# surrogate escapes (as providers that cut text by UTF-16 code units do); valid JSON that a
+# strict UTF-8 parser (orjson) refuses.
+FaultKind = Literal["429", "500", "502", "503", "timeout", "truncate", "split-emoji"]
+FAULT_KINDS: tuple[str, ...] = ("429", "500", "502", "503", "timeout", "truncate", "split-emoji")
 DEFAULT_MODELS: tuple[str, ...] = (
     "gpt-4o",
     "gpt-4o-mini",

@@ -10,6 +10,7 @@ means a cache bypass (counted in `thrifty_cache_errors`), never a failed request
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections import OrderedDict
@@ -74,9 +75,12 @@ class ExactStore(Protocol):
 
 
 class MemoryExactStore:
-    """In-process store: LRU with a size cap and per-entry expiry (values kept encoded)."""
+    """In-process store: LRU with a size cap and per-entry expiry. Values are kept encoded
+    (compressed when the policy says so) and decoded on each hit; purges read the labels kept
+    beside them."""
 
     def __init__(self, max_entries: int, codec: Codec, max_entry_bytes: int) -> None:
+        # key -> (encoded answer, expiry, labels: the answer with an empty body)
         self._data: OrderedDict[str, tuple[bytes, float, CachedAnswer]] = OrderedDict()
         self._max = max_entries
         self._codec = codec
@@ -97,12 +101,12 @@ class MemoryExactStore:
         item = self._data.get(key)
         if item is None:
             return None
-        _, expires, entry = item
+        blob, expires, _ = item
         if expires <= time.monotonic():
             del self._data[key]
             return None
         self._data.move_to_end(key)
-        return entry
+        return self._codec.decode(blob)
 
     async def put(self, key: str, entry: CachedAnswer, ttl: int, fence: str | None = None) -> Put:
         if fence is not None and fence != str(self._purges):
@@ -110,7 +114,7 @@ class MemoryExactStore:
         blob = self._codec.encode(entry)
         if len(blob) > self._max_bytes:
             return "too_large"
-        self._data[key] = (blob, time.monotonic() + ttl, entry)
+        self._data[key] = (blob, time.monotonic() + ttl, dataclasses.replace(entry, body={}))
         self._data.move_to_end(key)
         while len(self._data) > self._max:
             self._data.popitem(last=False)
@@ -222,7 +226,22 @@ class RedisExactStore:
 
     async def get(self, key: str) -> CachedAnswer | None:
         blob = await self._call("get", self._redis.hget(self._k(key), "v"))
-        return None if blob is None else self._codec.decode(blob)
+        return await self._decode(key, blob)
+
+    async def _decode(self, key: str, blob: bytes | None) -> CachedAnswer | None:
+        """The stored answer; a value that does not decode (corrupt, another program's, an
+        older format) is a miss, and is deleted so the next answer replaces it."""
+        if not blob:
+            return None
+        try:
+            return self._codec.decode(blob)
+        except Exception as exc:
+            log.warning("undecodable exact cache entry dropped: %s", type(exc).__name__)
+            try:
+                await self._call("drop", self._redis.delete(self._k(key)))
+            except StoreUnavailable:
+                pass
+            return None
 
     async def fence(self) -> str:
         return _text(await self._call("fence", self._redis.get(self._fence)))
@@ -230,7 +249,7 @@ class RedisExactStore:
     async def lookup(self, key: str) -> tuple[CachedAnswer | None, str]:
         # One script, one round trip: cheaper in redis-py than a two-command pipeline.
         blob, fence = await self._call("get", self._lookup(keys=[self._k(key), self._fence]))
-        return (None if not blob else self._codec.decode(blob)), _text(fence or None)
+        return await self._decode(key, blob), _text(fence or None)
 
     async def put(self, key: str, entry: CachedAnswer, ttl: int, fence: str | None = None) -> Put:
         blob = self._codec.encode(entry)
