@@ -192,3 +192,37 @@ async def test_spend_never_expires_in_redis_and_is_dropped_after_its_period(
     assert await client.exists("thrifty:budget:tenant:a:day:old") == 0
     assert await store.get(["thrifty:budget:tenant:a:day:new"]) == [0.25]
     await store.aclose()
+
+
+def test_a_hung_redis_costs_budgeted_requests_one_timeout_not_one_each(
+    gateway_factory: GatewayFactory, simulator: Simulator, tmp_path: Any
+) -> None:
+    """Redis stops answering (SIGSTOP). Budgeted requests are let through, and only the first
+    waits for a budget-store timeout: then the store cools down instead of making every request
+    wait a socket timeout; reading the budgets answers 503, not 500."""
+    import signal
+
+    from tests.services import start_redis
+
+    own = start_redis(tmp_path / "redis")
+    try:
+        budget = {"period": "day", "hardLimitUsd": 5}
+        gw = gateway_factory(**config(simulator, own, **{"team-a": budget}))
+        client = gw.openai("sk-local-a")
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+        own.proc.send_signal(signal.SIGSTOP)
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # the one timeout
+        started = time.monotonic()
+        for _ in range(10):
+            client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+        assert time.monotonic() - started < 1.5
+        status = httpx.get(
+            f"{gw.base_url()}/thrifty/budgets", headers={"authorization": "Bearer sk-local-a"}
+        )
+        assert status.status_code == 503, status.text
+        assert status.json()["error"]["code"] == "budget_store_unavailable"
+        own.proc.send_signal(signal.SIGCONT)
+        client.close()
+    finally:
+        own.proc.send_signal(signal.SIGCONT)
+        own.kill()

@@ -159,7 +159,9 @@ def test_aborted_streams_are_never_stored(tmp_path: Path) -> None:
 
 def test_a_gateway_starts_and_answers_while_qdrant_is_unreachable(simulator: Simulator) -> None:
     """The semantic store is an optimisation: a gateway whose Qdrant is down (or still
-    starting) starts, answers every request, and counts the bypassed lookups."""
+    starting) starts, answers every request, and counts the bypassed lookups: one failure, then
+    a cool-down that bypasses without trying (not one timeout per request), and the stores of
+    the answers are skipped the same way."""
     dead = f"http://127.0.0.1:{free_port()}"
     config = parse_config(
         {
@@ -180,7 +182,9 @@ def test_a_gateway_starts_and_answers_while_qdrant_is_unreachable(simulator: Sim
             assert raw.parse().choices[0].message.content
             assert raw.headers["x-thrifty-cache"] == "bypass"
         metrics = gw.get("/metrics").text
-        assert 'thrifty_cache_errors_total{layer="semantic",op="search"} 3.0' in metrics
+        assert 'thrifty_cache_errors_total{layer="semantic",op="search"} 1.0' in metrics
+        assert 'thrifty_cache_lookups_total{layer="semantic",result="cooldown"} 2.0' in metrics
+        assert 'thrifty_cache_stores_total{result="semantic_unavailable"} 3.0' in metrics
         client.close()
 
 
@@ -528,3 +532,46 @@ async def test_an_undecodable_redis_entry_is_a_miss_and_is_dropped(own_redis: Re
     finally:
         await store.aclose()
         writer.close()
+
+
+def test_a_hung_qdrant_costs_one_timeout_not_one_per_request(simulator: Simulator) -> None:
+    """Qdrant accepts connections and never answers. The first lookup times out and the layer
+    cools down: the requests after it are neither slowed by it nor queued behind it, and their
+    accounting is not held up by stores waiting on it."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    port = listener.getsockname()[1]
+    config = parse_config(
+        {
+            **local_config(simulator.url),
+            "cachePolicies": {
+                "default": {
+                    "spec": {"semantic": {"enabled": True, "embedding": {}}},
+                    "stores": {"qdrantUrl": f"http://127.0.0.1:{port}", "collection": "c"},
+                }
+            },
+            "defaultCachePolicy": "default",
+        }
+    )
+    try:
+        with TestClient(create_app(config)) as gw:
+            stage = next(s for s in gw.app.state.gateway.stages if s.name == "cache")  # type: ignore[attr-defined]
+            # Qdrant was up and its collection set up; then it hung: searches and upserts block.
+            stage.policies["default"].semantic._ready = True
+            client = openai.OpenAI(base_url="http://t/v1", api_key="sk-local-a", http_client=gw)
+            ask(client, f"Warm up {uuid.uuid4().hex[:6]}")  # the one timeout
+            started = time.monotonic()
+            for i in range(10):
+                raw = ask(client, f"Is Qdrant answering? {i} {uuid.uuid4().hex[:6]}")
+                assert raw.http_response.status_code == 200
+                assert raw.headers["x-thrifty-cache"] == "bypass"
+            wait_recorded(gw, 11)
+            assert time.monotonic() - started < 1.5  # no lookup or store waited on Qdrant
+            metrics = gw.get("/metrics").text
+            assert 'thrifty_cache_lookups_total{layer="semantic",result="cooldown"} 10.0' in metrics
+            client.close()
+    finally:
+        listener.close()

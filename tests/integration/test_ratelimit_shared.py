@@ -109,6 +109,27 @@ async def test_unreachable_redis_falls_back_to_this_replicas_buckets() -> None:
     await limiter.aclose()
 
 
+async def test_a_cancelled_probe_does_not_leave_the_breaker_open_for_good(
+    clean_limits: RedisServer,
+) -> None:
+    """The half-open probe's request is cancelled (its client hung up): the breaker must let the
+    next call probe again, or the shared limits would never be used again."""
+    import asyncio
+
+    limiter = SharedLimiter(aioredis.Redis.from_url(clean_limits.url), CollectorRegistry())
+    limiter._breaker.failure()  # opened by an earlier failure ...
+    limiter._breaker.opened_at = time.monotonic() - 10  # ... and its cool-down is over
+    tenant = limited(requests_per_minute=100)
+    probe = asyncio.ensure_future(limiter.check(tenant))
+    await asyncio.sleep(0)  # the probe is under way
+    probe.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await probe
+    await limiter.check(tenant)  # probes again, reaches Redis, closes the breaker
+    assert limiter._breaker.state == "closed"
+    await limiter.aclose()
+
+
 def two_gateways(
     factory: GatewayFactory, simulator: Simulator, redis: RedisServer, **limits: int
 ) -> tuple[Gateway, Gateway]:

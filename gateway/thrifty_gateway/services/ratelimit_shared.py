@@ -135,6 +135,9 @@ class SharedLimiter:
             return None
         try:
             result = await asyncio.wait_for(script(keys=keys, args=args), self._timeout)
+        except asyncio.CancelledError:
+            self._breaker.probing = False  # a cancelled probe decides nothing: probe again
+            raise
         except Exception as exc:  # connection refused, timeouts, script errors
             self.errors.labels(op).inc()
             if self._breaker.opened_at is None:

@@ -25,12 +25,12 @@ from prometheus_client import Counter, Gauge
 
 from thrifty_core.api.costcontrol import Budget
 from thrifty_core.config import GatewayConfig
-from thrifty_core.errors import RateLimitError
+from thrifty_core.errors import RateLimitError, ServiceUnavailableError
 
 from ..pipeline import Outcome, RequestContext, StageResponse
 from ..tiering.stage import DOWNGRADE_KEY
 from .periods import period_bounds, period_label
-from .store import MemorySpendStore, RedisSpendStore, SpendStore
+from .store import MemorySpendStore, RedisSpendStore, SpendStore, SpendStoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -141,9 +141,9 @@ class BudgetStage:
         ctx.state[_STATE_KEY] = [(key, end.timestamp()) for key, _, end in windows]
         try:
             spent = await self.store.get([key for key, _, _ in windows])
-        except Exception:
+        except Exception as exc:  # the store logs an outage once
             self.metrics.store_errors.inc()
-            log.warning("budget store unavailable; request let through", exc_info=True)
+            log.debug("budget store unavailable; request let through: %s", type(exc).__name__)
             return None
         soft: list[str] = []
         for line, (key, _, end), usd in zip(lines, windows, spent, strict=True):
@@ -182,9 +182,9 @@ class BudgetStage:
             return
         try:
             await self.store.add(items, outcome.cost_usd)
-        except Exception:
+        except Exception as exc:  # the store logs an outage once
             self.metrics.store_errors.inc()
-            log.warning("budget store unavailable; spend not recorded", exc_info=True)
+            log.debug("budget store unavailable; spend not recorded: %s", type(exc).__name__)
 
     async def status(self, tenant: str | None = None) -> list[dict[str, Any]]:
         """Every budget (or one tenant's) with its spend in the current period."""
@@ -193,7 +193,13 @@ class BudgetStage:
         ]
         now = self._clock()
         windows = [ln.window(now) for ln in lines]
-        spent = await self.store.get([key for key, _, _ in windows])
+        try:
+            spent = await self.store.get([key for key, _, _ in windows])
+        except SpendStoreUnavailable as exc:
+            raise ServiceUnavailableError(
+                "Budget spend cannot be read right now (its store is unavailable); retry.",
+                code="budget_store_unavailable",
+            ) from exc
         out = []
         for line, (_, start, end), usd in zip(lines, windows, spent, strict=True):
             b = line.budget

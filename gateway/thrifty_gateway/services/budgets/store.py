@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from ..redis_expiry import drop_listed
+from ..resilience import CircuitBreaker
 
 EXPIRY_GRACE_SECONDS = 86400
 log = logging.getLogger(__name__)
@@ -65,16 +66,46 @@ class MemorySpendStore:
 
 EXPIRY_INDEX = "thrifty:budget:expiry"
 CLEANUP_EVERY = 600.0  # seconds between deletions of spend past its period
+READ_TIMEOUT = 0.1  # seconds: a budget check is on every request's path
+WRITE_TIMEOUT = 0.5
+COOLDOWN = 2.0  # seconds without trying after a failure
+
+
+class SpendStoreUnavailable(Exception):
+    """Redis failed, was slow, or is cooling down after that."""
 
 
 class RedisSpendStore:
-    """Spend in Redis: `INCRBYFLOAT` per key (atomic across replicas), `MGET` to read."""
+    """Spend in Redis: `INCRBYFLOAT` per key (atomic across replicas), `MGET` to read. Calls
+    have short timeouts and a breaker: a hung Redis costs one timeout, then `COOLDOWN` seconds
+    of immediate `SpendStoreUnavailable` (the stage lets requests through), not a timeout on
+    every request; the outage is logged once."""
 
     def __init__(self, client: Any, clock: Callable[[], float] = time.time) -> None:
         self._redis = client
         self._clock = clock
         self._next_cleanup = 0.0
         self._cleanup: asyncio.Task[None] | None = None
+        self._breaker = CircuitBreaker(threshold=1, cooldown=COOLDOWN)
+
+    async def _call(self, op: str, coro: Any, timeout: float) -> Any:
+        if not self._breaker.allow():
+            coro.close()
+            raise SpendStoreUnavailable(op)
+        try:
+            result = await asyncio.wait_for(coro, timeout)
+        except asyncio.CancelledError:
+            self._breaker.probing = False  # a cancelled probe decides nothing
+            raise
+        except Exception as exc:
+            if self._breaker.opened_at is None:
+                log.warning("budget store unavailable (%s): %s", op, type(exc).__name__)
+            self._breaker.failure()
+            raise SpendStoreUnavailable(op) from exc
+        if self._breaker.opened_at is not None:
+            log.info("budget store reachable again")
+        self._breaker.success()
+        return result
 
     @classmethod
     def from_url(cls, url: str, *, password: str | None = None) -> RedisSpendStore:
@@ -88,7 +119,7 @@ class RedisSpendStore:
     async def get(self, keys: Sequence[str]) -> list[float]:
         if not keys:
             return []
-        values = await self._redis.mget(list(keys))
+        values = await self._call("get", self._redis.mget(list(keys)), READ_TIMEOUT)
         return [float(v) if v is not None else 0.0 for v in values]
 
     async def add(self, items: Sequence[tuple[str, float]], usd: float) -> None:
@@ -99,7 +130,7 @@ class RedisSpendStore:
                 pipe.incrbyfloat(key, usd)
                 pipe.persist(key)  # spend from before it had no TTL: never evictable
                 pipe.zadd(EXPIRY_INDEX, {key: int(ends) + EXPIRY_GRACE_SECONDS})
-            await pipe.execute()
+            await self._call("add", pipe.execute(), WRITE_TIMEOUT)
         now = self._clock()
         if now >= self._next_cleanup and (self._cleanup is None or self._cleanup.done()):
             # Off the request's path, and its failure is not the spend's.

@@ -30,6 +30,10 @@ class PolicyRuntime:
     semantic: SemanticIndex | None
     embedder: Embedder | None
     verifier: PairScoring | None = None
+    # After a semantic lookup or store fails (a slow or dead Qdrant, a dead embeddings
+    # endpoint), the layer is bypassed until then (monotonic clock): one timeout, not one per
+    # request.
+    semantic_down_until: float = 0.0
 
     async def aclose(self) -> None:
         if self.exact is not None:

@@ -70,6 +70,8 @@ STATE_KEY = "cache"
 CANDIDATES = 5
 SEMANTIC_TIMEOUT = 0.25  # seconds for embedding + search before the lookup is bypassed
 QUEUE_PER_WORKER = 2  # semantic lookups waiting per embedding thread before new ones bypass
+SEMANTIC_STORE_TIMEOUT = 1.0  # seconds for embedding + upsert of an answer
+SEMANTIC_COOLDOWN = 2.0  # seconds the semantic layer is bypassed after it failed
 
 
 @dataclass(slots=True)
@@ -216,6 +218,9 @@ class CacheStage:
             if future.cancelled():  # never ran, so `counted` will not release it
                 self._release()
 
+    def _busy(self) -> bool:
+        return self._pending >= self._workers * QUEUE_PER_WORKER
+
     def _release(self) -> None:
         with self._pending_lock:
             self._pending -= 1
@@ -299,7 +304,11 @@ class CacheStage:
                 scores = iter(verifier.score(sem.query, judged) if judged else ())
                 found.scores = [1.0 if s else float(next(scores)) for s in same]
 
-        if self._pending >= self._workers * QUEUE_PER_WORKER:
+        if time.monotonic() < plan.policy.semantic_down_until:
+            self._metrics.lookups.labels("semantic", "cooldown").inc()
+            plan.degraded = True
+            return None
+        if self._busy():
             # Every embedding thread is busy with a queue behind it: answering from upstream
             # now beats waiting for a lookup that would likely time out.
             self._metrics.lookups.labels("semantic", "busy").inc()
@@ -311,6 +320,7 @@ class CacheStage:
             log.warning("semantic cache lookup bypassed: %s", type(exc).__name__)
             self._metrics.errors.labels("semantic", found.step).inc()
             self._metrics.lookups.labels("semantic", "error").inc()
+            plan.policy.semantic_down_until = time.monotonic() + SEMANTIC_COOLDOWN
             plan.degraded = True
             return None
         plan.vector = found.vector
@@ -424,11 +434,21 @@ class CacheStage:
             v = vector if vector is not None else embedder.embed([sem.query])[0]
             index.add(plan.key, v.tolist(), plan.scope, sem.context, sem.query, entry, ttl)
 
+        # Best effort, and bounded: the ledger waits for the after-hooks, so a slow or hung
+        # Qdrant must neither queue stores behind each other nor hold every request's
+        # accounting for its timeout.
+        if time.monotonic() < plan.policy.semantic_down_until:
+            self._metrics.stores.labels("semantic_unavailable").inc()
+            return
+        if self._busy():
+            self._metrics.stores.labels("semantic_busy").inc()
+            return
         try:
-            await self._run(add)
+            await asyncio.wait_for(self._run(add), SEMANTIC_STORE_TIMEOUT)
         except Exception as exc:
             log.warning("semantic cache store failed: %s", type(exc).__name__)
             self._metrics.errors.labels("semantic", "put").inc()
+            plan.policy.semantic_down_until = time.monotonic() + SEMANTIC_COOLDOWN
             return
         # A purge that started before the point landed either deleted it or advanced the fence
         # before this read (it advances the fence first): then take the point back out.
