@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -187,3 +188,54 @@ def test_policies_sharing_a_collection_keep_to_their_own_entries() -> None:
         assert [c.query for c in second.search(unit(1), "tenant:a", "ctx", 0.5, 5)] == ["qb2"]
     finally:
         first.close()
+
+
+def test_the_hnsw_build_runs_off_the_process_and_keeps_every_update(tmp_path: object) -> None:
+    """The edge engine holds the GIL while it builds its index; the build runs in a subprocess
+    on a copy. Other threads keep running meanwhile, and what was added, removed or purged
+    during the build is in the shard that replaces the live one."""
+    import threading
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    index = EdgeIndex(DIM, "ks1", path=str(tmp_path), optimize_every=10**9)
+    try:
+        vectors = rng.standard_normal((12_000, DIM)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        for i, v in enumerate(vectors):
+            index.add(key(i), v.tolist(), f"tenant:{i % 3}", "ctx", f"q{i}", entry(), 600)
+        stalls: list[float] = []
+        stop = threading.Event()
+
+        def tick() -> None:
+            while not stop.is_set():
+                t0 = time.perf_counter()
+                time.sleep(0.001)
+                stalls.append(time.perf_counter() - t0)
+
+        ticker = threading.Thread(target=tick)
+        ticker.start()
+        live = index._shard
+        assert index.optimize_in_background()
+        assert not index.optimize_in_background()  # one build at a time
+        # During the build: one added, one removed, one tenant's tagged entry purged.
+        index.add(key(99_999), unit(1), "tenant:new", "ctx", "late", entry("new"), 600)
+        index.remove(key(5))
+        index.add(key(99_998), unit(0, 1), "tenant:0", "ctx", "tagged", entry(tags=("t",)), 600)
+        index.purge(Selector(tag="t"))
+        index.wait_optimized()
+        stop.set()
+        ticker.join()
+        assert max(stalls) < 0.5  # no thread of this process waited on the build
+        assert index._shard is not live and index._indexed == 12_000  # the built one is live
+        assert index.count() == 12_000  # 12,000 + late - removed (tagged: added, purged)
+        assert [c.query for c in index.search(unit(1), "tenant:new", "ctx", 0.5, 5)] == ["late"]
+        found = index.search(vectors[5].tolist(), "tenant:2", "ctx", 0.99, 5)
+        assert found == []  # q5 was removed during the build
+        assert [c.query for c in index.search(vectors[7].tolist(), "tenant:1", "ctx", 0.99, 1)] == [
+            "q7"
+        ]
+    finally:
+        index.close()
+    assert not Path(f"{tmp_path}.build").exists() and not Path(f"{tmp_path}.old").exists()

@@ -15,7 +15,10 @@ sampling fields), plus `expires > now`. Calls are blocking; the stage runs them 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -103,8 +106,34 @@ def candidate_of(score: float, payload: dict[str, Any]) -> Candidate:
     return Candidate(score=float(score), query=payload["query"], entry=entry)
 
 
+def edge_config(qe: Any, dim: int, search_threads: int = 1) -> Any:
+    """The embedded shard's configuration (the serving process and the index build agree)."""
+    return qe.EdgeConfig(
+        vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Dot),
+        max_search_threads=search_threads,
+        payload_memory=qe.Memory.Cached,
+        hnsw_config=qe.HnswIndexConfig(
+            m=16, ef_construct=64, full_scan_threshold=10_000, max_indexing_threads=1
+        ),
+        optimizers=qe.EdgeOptimizersConfig(indexing_threshold=10_000),
+    )
+
+
+BUILD_TIMEOUT = 3600.0  # seconds for one HNSW build in its subprocess
+
+
 class EdgeIndex:
-    """The embedded index: a qdrant-edge shard in a directory (a temp dir by default)."""
+    """The embedded index: a qdrant-edge shard in a directory (a temp dir by default).
+
+    The edge engine builds its HNSW index only when asked (`optimize`), and holds the GIL while
+    it does: seconds at 10k entries, a minute at 100k, during which the whole gateway (exact
+    hits, health checks, streams) would stand still. So the build runs in a subprocess, on a
+    copy of the shard: the copy is taken under the lock (a flush and a file copy, well under a
+    second), updates made meanwhile are journaled, and the built shard replaces the live one
+    under the lock with the journal replayed on it. Searches keep running on the live shard
+    (unindexed segments are scanned: fast for a tenant's own entries, slower only for one huge
+    scope) until the swap.
+    """
 
     def __init__(
         self,
@@ -118,46 +147,46 @@ class EdgeIndex:
         import qdrant_edge as qe
 
         self._qe = qe
+        self._dim = dim
+        self._search_threads = search_threads
         self._optimize_every = optimize_every
         self._max_entries = max_entries
         self._unindexed = 0
+        self._indexed = 0  # entries at the last build: builds grow further apart as it grows
         self._optimizer: threading.Thread | None = None
+        self._build: subprocess.Popen[bytes] | None = None
+        self._journal: list[Any] | None = None  # updates since the build's copy was taken
+        self._closed = False
         self._keyspace = keyspace
         self._own_dir = path is None
         self._path = path or tempfile.mkdtemp(prefix="thrifty-qdrant-")
-        config = qe.EdgeConfig(
-            vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Dot),
-            max_search_threads=search_threads,
-            payload_memory=qe.Memory.Cached,
-            hnsw_config=qe.HnswIndexConfig(
-                m=16, ef_construct=64, full_scan_threshold=10_000, max_indexing_threads=1
-            ),
-            optimizers=qe.EdgeOptimizersConfig(indexing_threshold=10_000),
-        )
+        self._config = edge_config(qe, dim, search_threads)
         try:
-            self._shard = qe.EdgeShard.load(self._path, config)
+            self._shard = qe.EdgeShard.load(self._path, self._config)
         except Exception:
-            self._shard = qe.EdgeShard.create(self._path, config)
-        self._shard.update(
+            self._shard = qe.EdgeShard.create(self._path, self._config)
+        self._lock = threading.Lock()
+        self._apply(
             qe.UpdateOperation.create_field_index("scope", qe.KeywordIndexParams(is_tenant=True))
         )
         for name in ("context", "keyspace", "tenant", "route", "model", "tags"):
-            self._shard.update(
-                qe.UpdateOperation.create_field_index(name, qe.PayloadSchemaType.Keyword)
-            )
+            self._apply(qe.UpdateOperation.create_field_index(name, qe.PayloadSchemaType.Keyword))
         for name in ("expires", "created"):
-            self._shard.update(
-                qe.UpdateOperation.create_field_index(name, qe.PayloadSchemaType.Float)
-            )
-        self._lock = threading.Lock()
+            self._apply(qe.UpdateOperation.create_field_index(name, qe.PayloadSchemaType.Float))
         # A new keyspace version makes older entries unreachable: drop them.
         self._delete(
             qe.Filter(must_not=[qe.FieldCondition("keyspace", match=qe.MatchValue(keyspace))])
         )
 
-    def _delete(self, flt: Any) -> None:
+    def _apply(self, op: Any) -> None:
+        """Apply an update to the live shard (journaled while a build runs)."""
         with self._lock:
-            self._shard.update(self._qe.UpdateOperation.delete_points_by_filter(flt))
+            self._shard.update(op)
+            if self._journal is not None:
+                self._journal.append(op)
+
+    def _delete(self, flt: Any) -> None:
+        self._apply(self._qe.UpdateOperation.delete_points_by_filter(flt))
 
     def search(
         self, vector: Sequence[float], scope: str, context: str, threshold: float, limit: int
@@ -194,18 +223,18 @@ class EdgeIndex:
         qe = self._qe
         payload = payload_of(scope, context, query, entry, ttl, self._keyspace)
         point = qe.Point(point_id(key), list(vector), payload)
+        self._apply(qe.UpdateOperation.upsert_points([point]))
         with self._lock:
-            self._shard.update(qe.UpdateOperation.upsert_points([point]))
             self._unindexed += 1
-            due = self._unindexed >= self._optimize_every
+            due = self._unindexed >= max(self._optimize_every, self._indexed // 4)
         if due:
             self.optimize_in_background()
 
     def optimize_in_background(self) -> bool:
-        """Build the HNSW index of new segments in a background thread (the edge engine only
-        indexes when asked); searches keep running meanwhile. False when one is running."""
+        """Build the HNSW index in a subprocess and swap it in (see the class docstring);
+        searches and updates keep running meanwhile. False when a build is running."""
         with self._lock:
-            if self._optimizer is not None and self._optimizer.is_alive():
+            if self._closed or (self._optimizer is not None and self._optimizer.is_alive()):
                 return False
             self._unindexed = 0
             self._optimizer = threading.Thread(
@@ -229,18 +258,74 @@ class EdgeIndex:
             oldest, _ = self._shard.scroll(
                 qe.ScrollRequest(limit=excess, order_by=order, with_payload=False)
             )
-            self._shard.update(qe.UpdateOperation.delete_points([p.id for p in oldest]))
+        self._apply(qe.UpdateOperation.delete_points([p.id for p in oldest]))
         return len(oldest)
 
     def _optimize(self) -> None:
         started = time.monotonic()
+        staging = f"{self._path}.build"
         try:
             self.maintain()
-            self._shard.optimize()
+            with self._lock:
+                self._shard.flush()
+                shutil.rmtree(staging, ignore_errors=True)
+                shutil.copytree(self._path, staging)
+                self._journal = []
+            self._run_build(staging)
+            self._swap(staging)
         except Exception as exc:
-            log.warning("semantic index optimisation failed: %s", type(exc).__name__)
+            with self._lock:
+                self._journal = None
+            shutil.rmtree(staging, ignore_errors=True)
+            if not self._closed:
+                log.warning("semantic index build failed: %s", type(exc).__name__)
             return
-        log.info("semantic index optimised in %.1fs", time.monotonic() - started)
+        log.info("semantic index built in %.1fs", time.monotonic() - started)
+
+    def _run_build(self, staging: str) -> None:
+        """`python -m ...edge_build` on the copy: the build holds that process's GIL only."""
+        cmd = [sys.executable, "-m", "thrifty_gateway.services.cache.edge_build", staging]
+        cmd += [str(self._dim), str(self._search_threads)]
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("closed")
+            self._build = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            _, err = self._build.communicate(timeout=BUILD_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self._build.kill()
+            self._build.communicate()
+            raise
+        finally:
+            code, self._build = self._build.returncode, None
+        if code != 0:
+            raise RuntimeError(f"index build exited {code}: {err.decode(errors='replace')[-300:]}")
+
+    def _swap(self, staging: str) -> None:
+        """Replace the live shard by the built copy, with the updates made since it was taken."""
+        qe = self._qe
+        retired = f"{self._path}.old"
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("closed")
+            journal, self._journal = self._journal or [], None
+            self._shard.close()
+            shutil.rmtree(retired, ignore_errors=True)
+            os.rename(self._path, retired)
+            try:
+                os.rename(staging, self._path)
+                shard = qe.EdgeShard.load(self._path, self._config)
+                for op in journal:
+                    shard.update(op)
+            except Exception:
+                # Back to the live shard as it was (the journal was applied to it already).
+                shutil.rmtree(self._path, ignore_errors=True)
+                os.rename(retired, self._path)
+                self._shard = qe.EdgeShard.load(self._path, self._config)
+                raise
+            self._shard = shard
+            self._indexed = int(shard.count(qe.CountRequest(exact=True)))
+        shutil.rmtree(retired, ignore_errors=True)
 
     def wait_optimized(self, timeout: float | None = None) -> None:
         optimizer = self._optimizer
@@ -248,8 +333,7 @@ class EdgeIndex:
             optimizer.join(timeout)
 
     def remove(self, key: str) -> None:
-        with self._lock:
-            self._shard.update(self._qe.UpdateOperation.delete_points([point_id(key)]))
+        self._apply(self._qe.UpdateOperation.delete_points([point_id(key)]))
 
     def purge(self, selector: Selector) -> int:
         qe = self._qe
@@ -263,17 +347,14 @@ class EdgeIndex:
         if selector.older_than_seconds is not None:
             cutoff = time.time() - selector.older_than_seconds
             must.append(qe.FieldCondition("created", range=qe.RangeFloat(lte=cutoff)))
-        flt = qe.Filter(must=must) if must else qe.Filter(must_not=[])
+        if not must:  # everything
+            must_not = [qe.FieldCondition("scope", match=qe.MatchValue(""))]
+            flt = qe.Filter(must_not=must_not)
+        else:
+            flt = qe.Filter(must=must)
         with self._lock:
-            before = self._shard.count(qe.CountRequest(exact=True, filter=flt if must else None))
-            if must:
-                self._shard.update(qe.UpdateOperation.delete_points_by_filter(flt))
-            else:
-                self._shard.update(
-                    qe.UpdateOperation.delete_points_by_filter(
-                        qe.Filter(must_not=[qe.FieldCondition("scope", match=qe.MatchValue(""))])
-                    )
-                )
+            before = self._shard.count(qe.CountRequest(exact=True, filter=flt))
+        self._delete(flt)
         return int(before)
 
     def expire(self) -> None:
@@ -288,9 +369,14 @@ class EdgeIndex:
             return int(self._shard.count(self._qe.CountRequest(exact=True)))
 
     def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            if self._build is not None:
+                self._build.kill()  # a build in progress is abandoned
         self.wait_optimized(timeout=60)
         with self._lock:
             self._shard.close()
+        shutil.rmtree(f"{self._path}.build", ignore_errors=True)
         if self._own_dir:
             shutil.rmtree(self._path, ignore_errors=True)
 
