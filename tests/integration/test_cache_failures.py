@@ -575,3 +575,90 @@ def test_a_hung_qdrant_costs_one_timeout_not_one_per_request(simulator: Simulato
             client.close()
     finally:
         listener.close()
+
+
+def test_identical_concurrent_misses_go_upstream_once(tmp_path: Path) -> None:
+    """Twenty identical requests arrive while the first is upstream: one provider call; the
+    others wait for its answer and are served it as exact hits (streamed ones as SSE). Another
+    tenant's identical request is not theirs to share."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    slow: Simulator = start_simulator(tmp_path / "sim", "--latency-ms", "600")
+    config = parse_config(
+        {**local_config(slow.url), "cachePolicies": {"p": {}}, "defaultCachePolicy": "p"}
+    )
+    try:
+        with TestClient(create_app(config)) as gw:
+            a = openai.OpenAI(base_url="http://t/v1", api_key="sk-local-a", http_client=gw)
+            b = openai.OpenAI(base_url="http://t/v1", api_key="sk-local-b", http_client=gw)
+            q = f"What is the daily ATM limit? {uuid.uuid4().hex[:6]}"
+
+            def one(i: int) -> tuple[str, str]:
+                if i == 19:  # another tenant
+                    raw = ask(b, q)
+                    return raw.headers["x-thrifty-cache"], raw.parse().choices[0].message.content
+                if i % 5 == 4:  # streamed followers get a replay
+                    raw = ask(a, q, stream=True)
+                    text = "".join(
+                        c.choices[0].delta.content or "" for c in raw.parse() if c.choices
+                    )
+                    return raw.headers["x-thrifty-cache"], text
+                raw = ask(a, q)
+                return raw.headers["x-thrifty-cache"], raw.parse().choices[0].message.content
+
+            with ThreadPoolExecutor(20) as pool:
+                results = list(pool.map(one, range(20)))
+            same_tenant = results[:19]
+            assert sorted(h for h, _ in same_tenant).count("miss") == 1
+            assert sorted(h for h, _ in same_tenant).count("exact") == 18
+            assert len({text for _, text in same_tenant}) == 1  # everyone got the one answer
+            assert results[19][0] == "miss"  # team-b went upstream on its own
+            assert slow.stats()["requests"]["gpt-4o-mini"] == 2
+            metrics = gw.get("/metrics").text
+            assert 'thrifty_cache_lookups_total{layer="exact",result="coalesced"} 18.0' in metrics
+            a.close()
+            b.close()
+    finally:
+        slow.stop()
+
+
+def test_followers_of_a_failed_request_go_upstream_at_once(tmp_path: Path) -> None:
+    """The request they waited for failed (the provider answers 500): nothing to share, so the
+    identical requests behind it go upstream themselves right away, not after a timeout."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    broken: Simulator = start_simulator(
+        tmp_path / "sim", "--latency-ms", "300", "--fault", "gpt-4o-mini=500"
+    )
+    base = local_config(broken.url)
+    routes = [{**r, "maxRetries": 0} for r in base["routes"]]
+    config = parse_config(
+        {**base, "routes": routes, "cachePolicies": {"p": {}}, "defaultCachePolicy": "p"}
+    )
+    try:
+        with TestClient(create_app(config)) as gw:
+            client = openai.OpenAI(
+                base_url="http://t/v1", api_key="sk-local-a", http_client=gw, max_retries=0
+            )
+            q = f"Why is my transfer pending? {uuid.uuid4().hex[:6]}"
+
+            def one(_: int) -> int:
+                try:
+                    ask(client, q)
+                except openai.APIStatusError as exc:
+                    return exc.status_code
+                return 200
+
+            started = time.monotonic()
+            with ThreadPoolExecutor(5) as pool:
+                statuses = list(pool.map(one, range(5)))
+            assert time.monotonic() - started < 5  # not FOLLOW_TIMEOUT (30 s)
+            assert all(s >= 500 for s in statuses)
+            assert broken.stats()["requests"]["gpt-4o-mini"] == 5  # each tried for itself
+            metrics = gw.get("/metrics").text
+            assert (
+                'thrifty_cache_lookups_total{layer="exact",result="follow_failed"} 4.0' in metrics
+            )
+            client.close()
+    finally:
+        broken.stop()

@@ -41,7 +41,7 @@ given to `create_app`.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -124,6 +124,13 @@ class RequestContext:
     response_headers: dict[str, str] = field(default_factory=dict)
     upstream_extra: dict[str, Any] = field(default_factory=dict)
     hidden_choice_fields: set[str] = field(default_factory=set)
+    # Run once when the request is over, however it ended (answered, failed, cancelled).
+    on_done: list[Callable[[], None]] = field(default_factory=list)
+
+    def done(self) -> None:
+        callbacks, self.on_done = self.on_done, []
+        for callback in callbacks:
+            callback()
 
     @property
     def tenant_name(self) -> str:

@@ -194,6 +194,9 @@ class Proxy:
         except ThriftyError as exc:
             self._finish_error(ctx, exc)
             raise
+        except BaseException:  # cancelled (the client left) or unexpected: no finish will run
+            ctx.done()
+            raise
 
     # -- upstream ---------------------------------------------------------------------------
 
@@ -378,6 +381,12 @@ class Proxy:
 
     async def _finish(self, ctx: RequestContext, outcome: Outcome) -> None:
         """After the response: stage after-hooks, ledger, limits, metrics. Never raises."""
+        try:
+            await self._account(ctx, outcome)
+        finally:
+            ctx.done()
+
+    async def _account(self, ctx: RequestContext, outcome: Outcome) -> None:
         state = self.state
         for stage in state.stages:
             try:
@@ -411,6 +420,7 @@ class Proxy:
         m.child(m.duration, ctx.route.name).observe(time.perf_counter() - ctx.started)
 
     def _finish_error(self, ctx: RequestContext, exc: ThriftyError) -> None:
+        ctx.done()
         state = self.state
         state.ledger.record(
             Entry(

@@ -72,6 +72,17 @@ SEMANTIC_TIMEOUT = 0.25  # seconds for embedding + search before the lookup is b
 QUEUE_PER_WORKER = 2  # semantic lookups waiting per embedding thread before new ones bypass
 SEMANTIC_STORE_TIMEOUT = 1.0  # seconds for embedding + upsert of an answer
 SEMANTIC_COOLDOWN = 2.0  # seconds the semantic layer is bypassed after it failed
+FOLLOW_TIMEOUT = 30.0  # seconds a request waits for an identical one already upstream
+MAX_FLIGHTS = 10_000  # identical-request groups tracked at once (beyond: no coalescing)
+
+
+@dataclass(slots=True)
+class Flight:
+    """An identical request already upstream: its answer, once it is known to be cacheable
+    (None: not cacheable, failed, or gone)."""
+
+    answer: asyncio.Future[CachedAnswer | None]
+    started: float
 
 
 @dataclass(slots=True)
@@ -100,6 +111,7 @@ class Plan:
     vector: Any = None
     tags: tuple[str, ...] = field(default_factory=tuple)
     degraded: bool = False  # a store failed or timed out: the lookup was a bypass
+    leads: bool = False  # identical requests that arrive meanwhile wait for this one's answer
     # The purge fence when the lookup ran (the exact store's, shared by replicas on Redis; the
     # stage's own count without an exact store); None when it could not be read.
     fence: str | None = None
@@ -136,6 +148,7 @@ class CacheStage:
         self._pending = 0
         self._pending_lock = threading.Lock()
         self._purges = 0  # purges started by this process: the fence of semantic-only policies
+        self._flights: dict[str, Flight] = {}  # exact key -> the request upstream for it
         self._route_policy: dict[str, PolicyRuntime | None] = {}
         for route in config.routes:
             name = route.cache_policy or config.default_cache_policy
@@ -195,9 +208,51 @@ class CacheStage:
         answer = await self._exact(ctx, plan)
         if answer is None and plan.semantic is not None:
             answer = await self._semantic(ctx, plan)
+        if answer is None and not directives.no_store:
+            answer = await self._follow(ctx, plan)
         if answer is None:
             ctx.response_headers[HEADER] = "bypass" if plan.degraded else "miss"
         return answer
+
+    async def _follow(self, ctx: RequestContext, plan: Plan) -> StageResponse | None:
+        """Identical concurrent misses go upstream once: the first leads, the others wait for
+        its answer (at most FOLLOW_TIMEOUT) and are served it as an exact hit; when it is not
+        cacheable (an error, a truncated answer, a purge meanwhile) they go upstream
+        themselves. The key holds the tenant scope: only requests that could share an entry
+        share a flight."""
+        now = time.monotonic()
+        flight = self._flights.get(plan.key)
+        if flight is not None and now - flight.started < FOLLOW_TIMEOUT:
+            try:
+                entry = await asyncio.wait_for(
+                    asyncio.shield(flight.answer), FOLLOW_TIMEOUT - (now - flight.started)
+                )
+            except TimeoutError:
+                entry = None
+            ttl = plan.policy.spec.exact.ttl_seconds
+            if entry is None or not self._fresh(entry, plan, ttl):
+                self._metrics.lookups.labels("exact", "follow_failed").inc()
+                return None
+            self._metrics.lookups.labels("exact", "coalesced").inc()
+            return self._respond(ctx, entry, "exact", {})
+        if len(self._flights) >= MAX_FLIGHTS:
+            self._flights = {k: f for k, f in self._flights.items() if not f.answer.done()}
+            if len(self._flights) >= MAX_FLIGHTS:
+                return None
+        future: asyncio.Future[CachedAnswer | None] = asyncio.get_running_loop().create_future()
+        self._flights[plan.key] = Flight(future, now)
+        plan.leads = True
+        ctx.on_done.append(lambda: self._land(plan.key, future, None))
+        return None
+
+    def _land(
+        self, key: str, future: asyncio.Future[CachedAnswer | None], entry: CachedAnswer | None
+    ) -> None:
+        """The leader's answer for its followers (the first call decides)."""
+        if not future.done():
+            future.set_result(entry)
+        if self._flights.get(key) is not None and self._flights[key].answer is future:
+            del self._flights[key]
 
     async def _run(self, fn: Callable[[], Any]) -> Any:
         """Run `fn` on the embedding pool. `_pending` counts it until a thread is done with it
@@ -369,30 +424,41 @@ class CacheStage:
 
     async def after_upstream(self, ctx: RequestContext, outcome: Outcome) -> None:
         plan: Plan | None = ctx.state.get(STATE_KEY)
+        entry = await self._store(ctx, outcome, plan)
+        if plan is not None and plan.leads:
+            flight = self._flights.get(plan.key)
+            if flight is not None:
+                self._land(plan.key, flight.answer, entry)
+
+    async def _store(
+        self, ctx: RequestContext, outcome: Outcome, plan: Plan | None
+    ) -> CachedAnswer | None:
+        """Store the answer when it may be; return it when identical requests may be served
+        it (it is cacheable and no purge started since the lookup)."""
         decision: TierDecision | None = ctx.state.get(DECISION_KEY)
         if plan is None or (outcome.from_stage and not (decision and decision.answered)):
-            return  # no lookup, or a cache, student or deferral answer (the cascade's is stored)
+            return None  # no lookup, or a cache, student or deferral answer (the cascade's is)
         if plan.directives.no_store:
             self._metrics.stores.labels("no_store").inc()
-            return
+            return None
         why_not = decision.cacheable() if decision is not None else None
         if why_not is not None:
             self._metrics.stores.labels(why_not).inc()
-            return
+            return None
         if outcome.served_by != plan.primary:
             self._metrics.stores.labels("fallback").inc()
-            return
+            return None
         if plan.fence is None:
             # The fence could not be read at lookup (its store failed): a purge may run unseen.
             self._metrics.stores.labels("unfenced").inc()
-            return
+            return None
         if plan.policy.exact is None and await self._fenced(plan):
             self._metrics.stores.labels("purged").inc()
-            return
+            return None
         why = answer_ineligible(outcome.status, outcome.body, plan.policy.spec.eligibility)
         if why is not None or outcome.body is None:
             self._metrics.stores.labels(why or "error").inc()
-            return
+            return None
         entry = CachedAnswer(
             body=outcome.body,
             tenant=ctx.tenant_name,
@@ -412,10 +478,11 @@ class CacheStage:
                 put = None
             if put == "purged":
                 self._metrics.stores.labels("purged").inc()
-                return
+                return None
             if put == "stored":
                 self._metrics.stores.labels("exact").inc()
-        await self._store_semantic(plan, entry)
+        kept = await self._store_semantic(plan, entry)
+        return entry if kept else None
 
     async def _fenced(self, plan: Plan) -> bool:
         """Has a purge started since the lookup (or is that unknown)?"""
@@ -423,10 +490,12 @@ class CacheStage:
         now = await self._fence(exact) if exact is not None else str(self._purges)
         return now != plan.fence
 
-    async def _store_semantic(self, plan: Plan, entry: CachedAnswer) -> None:
+    async def _store_semantic(self, plan: Plan, entry: CachedAnswer) -> bool:
+        """Store the answer in the semantic layer (best effort); False when a purge started
+        since the lookup (the point, if stored, is taken back out)."""
         index, embedder, sem = plan.policy.semantic, plan.policy.embedder, plan.semantic
         if index is None or embedder is None or sem is None:
-            return
+            return True
         ttl = semantic_ttl(plan.policy.spec)
         vector = plan.vector
 
@@ -439,17 +508,17 @@ class CacheStage:
         # accounting for its timeout.
         if time.monotonic() < plan.policy.semantic_down_until:
             self._metrics.stores.labels("semantic_unavailable").inc()
-            return
+            return True
         if self._busy():
             self._metrics.stores.labels("semantic_busy").inc()
-            return
+            return True
         try:
             await asyncio.wait_for(self._run(add), SEMANTIC_STORE_TIMEOUT)
         except Exception as exc:
             log.warning("semantic cache store failed: %s", type(exc).__name__)
             self._metrics.errors.labels("semantic", "put").inc()
             plan.policy.semantic_down_until = time.monotonic() + SEMANTIC_COOLDOWN
-            return
+            return True
         # A purge that started before the point landed either deleted it or advanced the fence
         # before this read (it advances the fence first): then take the point back out.
         if await self._fenced(plan):
@@ -459,8 +528,9 @@ class CacheStage:
                 log.warning("semantic cache store not taken back: %s", type(exc).__name__)
                 self._metrics.errors.labels("semantic", "put").inc()
             self._metrics.stores.labels("purged").inc()
-            return
+            return False
         self._metrics.stores.labels("semantic").inc()
+        return True
 
     # -- admin ------------------------------------------------------------------------------
 
