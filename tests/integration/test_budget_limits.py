@@ -226,3 +226,33 @@ def test_a_hung_redis_costs_budgeted_requests_one_timeout_not_one_each(
     finally:
         own.proc.send_signal(signal.SIGCONT)
         own.kill()
+
+
+async def test_a_slow_read_does_not_stop_spend_from_being_written(tmp_path: Any) -> None:
+    """One budget read misses its 0.1 s (Redis paused for a moment): the reads cool down, but
+    the spend of the requests right after it is still written (it would be lost for good)."""
+    import signal
+
+    from redis import asyncio as aioredis
+
+    from tests.services import start_redis
+    from thrifty_gateway.services.budgets.store import RedisSpendStore, SpendStoreUnavailable
+
+    own = start_redis(tmp_path / "redis")
+    store = RedisSpendStore(aioredis.Redis.from_url(own.url))
+    try:
+        own.proc.send_signal(signal.SIGSTOP)
+        with pytest.raises(SpendStoreUnavailable):
+            await store.get(["thrifty:budget:tenant:a:day:x"])
+        own.proc.send_signal(signal.SIGCONT)
+        for _ in range(5):
+            await store.add([("thrifty:budget:tenant:a:day:x", time.time() + 3600)], 1.0)
+        with pytest.raises(SpendStoreUnavailable):  # reads are still cooling down
+            await store.get(["thrifty:budget:tenant:a:day:x"])
+        check = redis_lib.Redis.from_url(own.url)
+        assert float(check.get("thrifty:budget:tenant:a:day:x") or 0) == 5.0
+        check.close()
+    finally:
+        own.proc.send_signal(signal.SIGCONT)
+        await store.aclose()
+        own.kill()

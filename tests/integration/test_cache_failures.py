@@ -662,3 +662,32 @@ def test_followers_of_a_failed_request_go_upstream_at_once(tmp_path: Path) -> No
             client.close()
     finally:
         broken.stop()
+
+
+def test_while_redis_fails_identical_requests_do_not_wait_for_each_other(
+    tmp_path: Path,
+) -> None:
+    """Without a readable purge fence no answer can be shared, so identical concurrent requests
+    do not queue behind one another (each would wait for nothing, then go upstream anyway)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    slow: Simulator = start_simulator(tmp_path / "sim", "--latency-ms", "800")
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    config = parse_config(redis_config(slow.url, dead))
+    try:
+        with TestClient(create_app(config)) as gw:
+            client = openai.OpenAI(base_url="http://t/v1", api_key="sk-local-a", http_client=gw)
+            q = f"Is my card blocked? {uuid.uuid4().hex[:6]}"
+
+            def one(_: int) -> float:
+                started = time.monotonic()
+                assert ask(client, q).headers["x-thrifty-cache"] == "bypass"
+                return time.monotonic() - started
+
+            with ThreadPoolExecutor(4) as pool:
+                took = list(pool.map(one, range(4)))
+            assert max(took) < 1.5  # one provider latency each, not two
+            assert "follow_failed" not in gw.get("/metrics").text
+            client.close()
+    finally:
+        slow.stop()

@@ -86,25 +86,31 @@ class RedisSpendStore:
         self._clock = clock
         self._next_cleanup = 0.0
         self._cleanup: asyncio.Task[None] | None = None
-        self._breaker = CircuitBreaker(threshold=1, cooldown=COOLDOWN)
+        # Reads and writes break apart: one slow read (a 0.1 s budget) must not stop the
+        # spend of the requests after it from being written.
+        self._breakers = {
+            "get": CircuitBreaker(threshold=1, cooldown=COOLDOWN),
+            "add": CircuitBreaker(threshold=1, cooldown=COOLDOWN),
+        }
 
     async def _call(self, op: str, coro: Any, timeout: float) -> Any:
-        if not self._breaker.allow():
+        breaker = self._breakers[op]
+        if not breaker.allow():
             coro.close()
             raise SpendStoreUnavailable(op)
         try:
             result = await asyncio.wait_for(coro, timeout)
         except asyncio.CancelledError:
-            self._breaker.probing = False  # a cancelled probe decides nothing
+            breaker.probing = False  # a cancelled probe decides nothing
             raise
         except Exception as exc:
-            if self._breaker.opened_at is None:
+            if breaker.opened_at is None:
                 log.warning("budget store unavailable (%s): %s", op, type(exc).__name__)
-            self._breaker.failure()
+            breaker.failure()
             raise SpendStoreUnavailable(op) from exc
-        if self._breaker.opened_at is not None:
-            log.info("budget store reachable again")
-        self._breaker.success()
+        if breaker.opened_at is not None:
+            log.info("budget store reachable again (%s)", op)
+        breaker.success()
         return result
 
     @classmethod

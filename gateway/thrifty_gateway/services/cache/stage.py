@@ -45,7 +45,7 @@ from .eligibility import (
     request_ineligible,
 )
 from .entry import CachedAnswer
-from .exact import ExactStore, StoreUnavailable
+from .exact import ExactStore, Put, StoreUnavailable
 from .guard import first_failure
 from .keys import (
     SemanticKey,
@@ -111,7 +111,8 @@ class Plan:
     vector: Any = None
     tags: tuple[str, ...] = field(default_factory=tuple)
     degraded: bool = False  # a store failed or timed out: the lookup was a bypass
-    leads: bool = False  # identical requests that arrive meanwhile wait for this one's answer
+    # Set when identical requests that arrive meanwhile wait for this one's answer.
+    flight: asyncio.Future[CachedAnswer | None] | None = None
     # The purge fence when the lookup ran (the exact store's, shared by replicas on Redis; the
     # stage's own count without an exact store); None when it could not be read.
     fence: str | None = None
@@ -149,6 +150,7 @@ class CacheStage:
         self._pending_lock = threading.Lock()
         self._purges = 0  # purges started by this process: the fence of semantic-only policies
         self._flights: dict[str, Flight] = {}  # exact key -> the request upstream for it
+        self._late: set[asyncio.Future[None]] = set()  # checks of stores that landed late
         self._route_policy: dict[str, PolicyRuntime | None] = {}
         for route in config.routes:
             name = route.cache_policy or config.default_cache_policy
@@ -208,7 +210,8 @@ class CacheStage:
         answer = await self._exact(ctx, plan)
         if answer is None and plan.semantic is not None:
             answer = await self._semantic(ctx, plan)
-        if answer is None and not directives.no_store:
+        if answer is None and not directives.no_store and plan.fence is not None:
+            # (Without a fence, as while Redis fails, no answer could be shared.)
             answer = await self._follow(ctx, plan)
         if answer is None:
             ctx.response_headers[HEADER] = "bypass" if plan.degraded else "miss"
@@ -236,12 +239,16 @@ class CacheStage:
             self._metrics.lookups.labels("exact", "coalesced").inc()
             return self._respond(ctx, entry, "exact", {})
         if len(self._flights) >= MAX_FLIGHTS:
-            self._flights = {k: f for k, f in self._flights.items() if not f.answer.done()}
+            self._flights = {
+                k: f
+                for k, f in self._flights.items()
+                if not f.answer.done() and now - f.started < FOLLOW_TIMEOUT
+            }
             if len(self._flights) >= MAX_FLIGHTS:
                 return None
         future: asyncio.Future[CachedAnswer | None] = asyncio.get_running_loop().create_future()
         self._flights[plan.key] = Flight(future, now)
-        plan.leads = True
+        plan.flight = future
         ctx.on_done.append(lambda: self._land(plan.key, future, None))
         return None
 
@@ -425,10 +432,8 @@ class CacheStage:
     async def after_upstream(self, ctx: RequestContext, outcome: Outcome) -> None:
         plan: Plan | None = ctx.state.get(STATE_KEY)
         entry = await self._store(ctx, outcome, plan)
-        if plan is not None and plan.leads:
-            flight = self._flights.get(plan.key)
-            if flight is not None:
-                self._land(plan.key, flight.answer, entry)
+        if plan is not None and plan.flight is not None:  # its own flight, not a later one's
+            self._land(plan.key, plan.flight, entry)
 
     async def _store(
         self, ctx: RequestContext, outcome: Outcome, plan: Plan | None
@@ -468,6 +473,7 @@ class CacheStage:
         )
         spec = plan.policy.spec
         exact = plan.policy.exact
+        put: Put | None = None
         if exact is not None:
             # A purge that started while the request was upstream (on any replica sharing the
             # store) fences the answer out: it may be what the purge meant to remove.
@@ -482,7 +488,19 @@ class CacheStage:
             if put == "stored":
                 self._metrics.stores.labels("exact").inc()
         kept = await self._store_semantic(plan, entry)
-        return entry if kept else None
+        if not kept or (put != "stored" and await self._fenced(plan)):
+            return None  # only the exact write checks the fence atomically
+        return entry
+
+    async def _take_back_if_fenced(self, adding: asyncio.Future[Any], plan: Plan) -> None:
+        """A store that timed out landed late: take it back if a purge started meanwhile."""
+        try:
+            await adding
+            if await self._fenced(plan) and plan.policy.semantic is not None:
+                await asyncio.to_thread(plan.policy.semantic.remove, plan.key)
+                self._metrics.stores.labels("purged").inc()
+        except Exception as exc:
+            log.warning("late semantic store not checked: %s", type(exc).__name__)
 
     async def _fenced(self, plan: Plan) -> bool:
         """Has a purge started since the lookup (or is that unknown)?"""
@@ -512,12 +530,17 @@ class CacheStage:
         if self._busy():
             self._metrics.stores.labels("semantic_busy").inc()
             return True
+        adding = asyncio.ensure_future(self._run(add))
         try:
-            await asyncio.wait_for(self._run(add), SEMANTIC_STORE_TIMEOUT)
+            await asyncio.wait_for(asyncio.shield(adding), SEMANTIC_STORE_TIMEOUT)
         except Exception as exc:
             log.warning("semantic cache store failed: %s", type(exc).__name__)
             self._metrics.errors.labels("semantic", "put").inc()
             plan.policy.semantic_down_until = time.monotonic() + SEMANTIC_COOLDOWN
+            if not adding.done():  # a thread cannot be stopped: its point may still land
+                late = asyncio.ensure_future(self._take_back_if_fenced(adding, plan))
+                self._late.add(late)
+                late.add_done_callback(self._late.discard)
             return True
         # A purge that started before the point landed either deleted it or advanced the fence
         # before this read (it advances the fence first): then take the point back out.
@@ -566,6 +589,8 @@ class CacheStage:
         return counts
 
     async def aclose(self) -> None:
+        if self._late:
+            await asyncio.gather(*self._late, return_exceptions=True)
         self._pool.shutdown(wait=True, cancel_futures=True)
         for runtime in self.policies.values():
             await runtime.aclose()
