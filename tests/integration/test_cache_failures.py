@@ -691,3 +691,38 @@ def test_while_redis_fails_identical_requests_do_not_wait_for_each_other(
             client.close()
     finally:
         slow.stop()
+
+
+async def test_after_a_cool_down_one_lookup_probes_a_hung_redis_not_all(
+    own_redis: RedisServer,
+) -> None:
+    """Redis hangs (SIGSTOP). When the cool-down ends, one lookup probes it; the others in
+    flight at that moment keep bypassing at once instead of each waiting for a timeout."""
+    import signal
+
+    from thrifty_gateway.services.cache.entry import Codec
+    from thrifty_gateway.services.cache.exact import RedisExactStore, StoreUnavailable
+
+    store = RedisExactStore(own_redis.url, "p:", Codec(False), 1 << 20, timeout=0.1, cooldown=0.3)
+    own_redis.proc.send_signal(signal.SIGSTOP)
+    try:
+        with pytest.raises(StoreUnavailable):
+            await store.get("k")  # the failure that starts the cool-down
+        await asyncio.sleep(0.35)  # the cool-down is over
+
+        async def one() -> str:
+            try:
+                await store.get("k")
+            except StoreUnavailable as exc:
+                return str(exc)
+            return "answered"
+
+        outcomes = await asyncio.gather(*(one() for _ in range(10)))
+        assert sorted(outcomes).count("redis cooling down (get)") == 9  # one probe only
+        own_redis.proc.send_signal(signal.SIGCONT)
+        await asyncio.sleep(0.35)
+        assert await store.get("k") is None  # the next probe reaches Redis: closed again
+        assert await store.get("k") is None
+    finally:
+        own_redis.proc.send_signal(signal.SIGCONT)
+        await store.aclose()

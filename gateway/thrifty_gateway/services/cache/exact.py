@@ -16,6 +16,7 @@ import time
 from collections import OrderedDict
 from typing import Any, Literal, Protocol
 
+from ..resilience import CircuitBreaker
 from .entry import CachedAnswer, Codec
 from .selector import Selector
 
@@ -170,8 +171,10 @@ class RedisExactStore:
         self._codec = codec
         self._max_bytes = max_entry_bytes
         self._timeout = timeout
-        self._cooldown = cooldown
-        self._down_until = 0.0
+        # After a failure, lookups bypass for `cooldown` seconds; then ONE call probes Redis
+        # while the others keep bypassing (every request in flight retrying a hung Redis at
+        # once would each wait a timeout).
+        self._breaker = CircuitBreaker(threshold=1, cooldown=cooldown)
         # Purges scan and delete in bulk: their own connection, with timeouts fit for that, so
         # they neither trip the lookups' cool-down nor time out on a big cache.
         self._admin: Any = client or aioredis.Redis.from_url(
@@ -191,20 +194,28 @@ class RedisExactStore:
         return f"{self._prefix}h:{key}"
 
     async def _call(self, op: str, coro: Any) -> Any:
-        if time.monotonic() < self._down_until:
+        breaker = self._breaker
+        if not breaker.allow():
             coro.close()
             raise StoreUnavailable(f"redis cooling down ({op})")
         try:
-            return await asyncio.wait_for(coro, self._timeout * 2)
+            result = await asyncio.wait_for(coro, self._timeout * 2)
+        except asyncio.CancelledError:
+            breaker.probing = False  # a cancelled probe decides nothing
+            raise
         except Exception as exc:  # redis errors, timeouts, connection refused
             from redis.exceptions import ResponseError
 
             # Redis answered with an error (a full `noeviction` Redis refusing a write): it is
             # up, and reads still work, so no cool-down. Unreachable or slow: cool down.
-            if not isinstance(exc, ResponseError):
-                self._down_until = time.monotonic() + self._cooldown
+            if isinstance(exc, ResponseError):
+                breaker.success()
+            else:
+                breaker.failure()
             log.warning("redis %s failed: %s", op, type(exc).__name__)
             raise StoreUnavailable(op) from exc
+        breaker.success()
+        return result
 
     async def eviction_policy(self) -> str | None:
         """Redis's `maxmemory-policy`, or None when it cannot be read (managed Redis services
