@@ -22,7 +22,6 @@ per outage: a Redis outage never fails or slows requests.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
@@ -31,7 +30,7 @@ from prometheus_client import Counter
 from thrifty_core.config import TenantConfig
 
 from .ratelimit import LocalLimiter, refusal
-from .resilience import CircuitBreaker
+from .resilience import BreakerOpen, CircuitBreaker, call_guarded
 
 log = logging.getLogger(__name__)
 
@@ -131,25 +130,21 @@ class SharedLimiter:
 
     async def _run(self, op: str, script: Any, keys: list[str], args: list[int]) -> Any:
         """The script's answer, or None when Redis is cooling down, failed or was slow."""
-        if not self._breaker.allow():
-            return None
+        was_up = self._breaker.opened_at is None
         try:
-            result = await asyncio.wait_for(script(keys=keys, args=args), self._timeout)
-        except asyncio.CancelledError:
-            self._breaker.probing = False  # a cancelled probe decides nothing: probe again
-            raise
+            result = await call_guarded(self._breaker, script(keys=keys, args=args), self._timeout)
+        except BreakerOpen:
+            return None
         except Exception as exc:  # connection refused, timeouts, script errors
             self.errors.labels(op).inc()
-            if self._breaker.opened_at is None:
+            if was_up:
                 log.warning(
                     "shared rate limits unavailable; limiting per replica: %s",
                     type(exc).__name__,
                 )
-            self._breaker.failure()
             return None
-        if self._breaker.opened_at is not None:
+        if not was_up:
             log.info("shared rate limits reachable again")
-        self._breaker.success()
         return result
 
     async def check(self, tenant: TenantConfig) -> None:

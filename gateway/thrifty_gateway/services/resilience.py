@@ -19,6 +19,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 
@@ -114,6 +115,41 @@ class CircuitBreaker:
         self.probing = False
         if self.failures >= self.threshold or self.opened_at is not None:
             self.opened_at = self.clock()
+
+
+class BreakerOpen(Exception):
+    """The breaker refuses calls: it is cooling down after a failure, or another call is
+    probing."""
+
+
+async def call_guarded(
+    breaker: CircuitBreaker,
+    coro: Any,
+    timeout: float,
+    *,
+    answered: tuple[type[BaseException], ...] = (),
+) -> Any:
+    """Await `coro`, at most `timeout` seconds, under `breaker` (the stores' short-timeout
+    guard): refused with `BreakerOpen` while it is open (`coro` is closed unawaited). A failure
+    or a timeout counts against it and is re-raised, except an exception of a type in
+    `answered` (the service answered with an error: it is up), which counts as a success; a
+    success closes it. A cancelled call decides nothing: the next one may probe."""
+    if not breaker.allow():
+        coro.close()
+        raise BreakerOpen
+    try:
+        result = await asyncio.wait_for(coro, timeout)
+    except asyncio.CancelledError:
+        breaker.probing = False
+        raise
+    except answered:
+        breaker.success()
+        raise
+    except Exception:
+        breaker.failure()
+        raise
+    breaker.success()
+    return result
 
 
 @dataclass(slots=True)

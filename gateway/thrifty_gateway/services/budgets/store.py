@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from ..redis_expiry import drop_listed
-from ..resilience import CircuitBreaker
+from ..resilience import BreakerOpen, CircuitBreaker, call_guarded
 
 EXPIRY_GRACE_SECONDS = 86400
 log = logging.getLogger(__name__)
@@ -95,22 +95,17 @@ class RedisSpendStore:
 
     async def _call(self, op: str, coro: Any, timeout: float) -> Any:
         breaker = self._breakers[op]
-        if not breaker.allow():
-            coro.close()
-            raise SpendStoreUnavailable(op)
+        was_up = breaker.opened_at is None
         try:
-            result = await asyncio.wait_for(coro, timeout)
-        except asyncio.CancelledError:
-            breaker.probing = False  # a cancelled probe decides nothing
-            raise
+            result = await call_guarded(breaker, coro, timeout)
+        except BreakerOpen:
+            raise SpendStoreUnavailable(op) from None
         except Exception as exc:
-            if breaker.opened_at is None:
+            if was_up:
                 log.warning("budget store unavailable (%s): %s", op, type(exc).__name__)
-            breaker.failure()
             raise SpendStoreUnavailable(op) from exc
-        if breaker.opened_at is not None:
+        if not was_up:
             log.info("budget store reachable again (%s)", op)
-        breaker.success()
         return result
 
     @classmethod

@@ -16,7 +16,7 @@ import time
 from collections import OrderedDict
 from typing import Any, Literal, Protocol
 
-from ..resilience import CircuitBreaker
+from ..resilience import BreakerOpen, CircuitBreaker, call_guarded
 from .entry import CachedAnswer, Codec
 from .selector import Selector
 
@@ -158,6 +158,7 @@ class RedisExactStore:
         client: Any | None = None,
     ) -> None:
         import redis.asyncio as aioredis
+        from redis.exceptions import ResponseError
 
         self._redis: Any = client or aioredis.Redis.from_url(
             url,
@@ -175,6 +176,9 @@ class RedisExactStore:
         # while the others keep bypassing (every request in flight retrying a hung Redis at
         # once would each wait a timeout).
         self._breaker = CircuitBreaker(threshold=1, cooldown=cooldown)
+        # Redis answered with an error (a full `noeviction` Redis refusing a write): it is up,
+        # and reads still work, so no cool-down. Unreachable or slow: cool down.
+        self._answered: tuple[type[BaseException], ...] = (ResponseError,)
         # Purges scan and delete in bulk: their own connection, with timeouts fit for that, so
         # they neither trip the lookups' cool-down nor time out on a big cache.
         self._admin: Any = client or aioredis.Redis.from_url(
@@ -194,28 +198,15 @@ class RedisExactStore:
         return f"{self._prefix}h:{key}"
 
     async def _call(self, op: str, coro: Any) -> Any:
-        breaker = self._breaker
-        if not breaker.allow():
-            coro.close()
-            raise StoreUnavailable(f"redis cooling down ({op})")
         try:
-            result = await asyncio.wait_for(coro, self._timeout * 2)
-        except asyncio.CancelledError:
-            breaker.probing = False  # a cancelled probe decides nothing
-            raise
+            return await call_guarded(
+                self._breaker, coro, self._timeout * 2, answered=self._answered
+            )
+        except BreakerOpen:
+            raise StoreUnavailable(f"redis cooling down ({op})") from None
         except Exception as exc:  # redis errors, timeouts, connection refused
-            from redis.exceptions import ResponseError
-
-            # Redis answered with an error (a full `noeviction` Redis refusing a write): it is
-            # up, and reads still work, so no cool-down. Unreachable or slow: cool down.
-            if isinstance(exc, ResponseError):
-                breaker.success()
-            else:
-                breaker.failure()
             log.warning("redis %s failed: %s", op, type(exc).__name__)
             raise StoreUnavailable(op) from exc
-        breaker.success()
-        return result
 
     async def eviction_policy(self) -> str | None:
         """Redis's `maxmemory-policy`, or None when it cannot be read (managed Redis services
