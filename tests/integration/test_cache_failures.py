@@ -36,6 +36,16 @@ def redis_config(simulator_url: str, redis_url: str, semantic: bool = False) -> 
     }
 
 
+def memory_config(simulator_url: str) -> dict[str, Any]:
+    """The local gateway with one cache policy on the embedded stores."""
+    return {**local_config(simulator_url), "cachePolicies": {"p": {}}, "defaultCachePolicy": "p"}
+
+
+def cache_stage_of(gw: TestClient) -> Any:
+    """The running gateway's cache stage (to reach its stores)."""
+    return next(s for s in gw.app.state.gateway.stages if s.name == "cache")  # type: ignore[attr-defined]
+
+
 def ask(client: openai.OpenAI, text: str, **kwargs: Any) -> Any:
     return client.chat.completions.with_raw_response.create(
         model="gpt-4o-mini", messages=[{"role": "user", "content": text}], **kwargs
@@ -341,9 +351,7 @@ def test_an_answer_in_flight_during_a_purge_is_not_stored(tmp_path: Path) -> Non
     import threading
 
     slow: Simulator = start_simulator(tmp_path / "sim", "--latency-ms", "800")
-    config = parse_config(
-        {**local_config(slow.url), "cachePolicies": {"p": {}}, "defaultCachePolicy": "p"}
-    )
+    config = parse_config(memory_config(slow.url))
     try:
         with TestClient(create_app(config)) as gw:
             client = openai.OpenAI(base_url="http://t/v1", api_key="sk-local-a", http_client=gw)
@@ -430,7 +438,7 @@ def test_a_semantic_point_landing_after_a_purge_started_is_taken_back(
 
     config = parse_config(redis_config(simulator.url, own_redis.url, semantic=True))
     with TestClient(create_app(config)) as gw:
-        stage = next(s for s in gw.app.state.gateway.stages if s.name == "cache")  # type: ignore[attr-defined]
+        stage = cache_stage_of(gw)
         runtime = stage.policies["default"]
         index = runtime.semantic
         assert index is not None
@@ -493,9 +501,7 @@ def test_a_stream_with_a_chunk_the_gateway_cannot_parse_is_relayed_but_never_sto
     JSON, refused by a strict UTF-8 parser). The client gets every chunk as sent; the gateway's
     assembled answer lacks that text, so it is never stored or replayed."""
     flawed: Simulator = start_simulator(tmp_path / "sim", "--fault", "gpt-4o-mini=split-emoji")
-    config = parse_config(
-        {**local_config(flawed.url), "cachePolicies": {"p": {}}, "defaultCachePolicy": "p"}
-    )
+    config = parse_config(memory_config(flawed.url))
     try:
         with TestClient(create_app(config)) as gw:
             client = openai.OpenAI(base_url="http://t/v1", api_key="sk-local-a", http_client=gw)
@@ -558,7 +564,7 @@ def test_a_hung_qdrant_costs_one_timeout_not_one_per_request(simulator: Simulato
     )
     try:
         with TestClient(create_app(config)) as gw:
-            stage = next(s for s in gw.app.state.gateway.stages if s.name == "cache")  # type: ignore[attr-defined]
+            stage = cache_stage_of(gw)
             # Qdrant was up and its collection set up; then it hung: searches and upserts block.
             stage.policies["default"].semantic._ready = True
             client = openai.OpenAI(base_url="http://t/v1", api_key="sk-local-a", http_client=gw)
@@ -584,9 +590,7 @@ def test_identical_concurrent_misses_go_upstream_once(tmp_path: Path) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     slow: Simulator = start_simulator(tmp_path / "sim", "--latency-ms", "600")
-    config = parse_config(
-        {**local_config(slow.url), "cachePolicies": {"p": {}}, "defaultCachePolicy": "p"}
-    )
+    config = parse_config(memory_config(slow.url))
     try:
         with TestClient(create_app(config)) as gw:
             a = openai.OpenAI(base_url="http://t/v1", api_key="sk-local-a", http_client=gw)
@@ -630,11 +634,9 @@ def test_followers_of_a_failed_request_go_upstream_at_once(tmp_path: Path) -> No
     broken: Simulator = start_simulator(
         tmp_path / "sim", "--latency-ms", "300", "--fault", "gpt-4o-mini=500"
     )
-    base = local_config(broken.url)
+    base = memory_config(broken.url)
     routes = [{**r, "maxRetries": 0} for r in base["routes"]]
-    config = parse_config(
-        {**base, "routes": routes, "cachePolicies": {"p": {}}, "defaultCachePolicy": "p"}
-    )
+    config = parse_config({**base, "routes": routes})
     try:
         with TestClient(create_app(config)) as gw:
             client = openai.OpenAI(

@@ -32,6 +32,8 @@ from ..upstream import UpstreamClient
 log = logging.getLogger(__name__)
 
 Slice = tuple[list[Any], Target, int]  # embeddings objects, target, this caller's input tokens
+# Per caller: first input, input count, estimated tokens, its result.
+Waiter = tuple[int, int, int, asyncio.Future[Slice]]
 
 
 def estimate_tokens(item: Any) -> int:
@@ -44,8 +46,7 @@ class Group:
     params: dict[str, Any]
     inputs: list[Any] = field(default_factory=list)
     tokens: int = 0
-    # Per caller: first input, input count, estimated tokens, its result.
-    waiters: list[tuple[int, int, int, asyncio.Future[Slice]]] = field(default_factory=list)
+    waiters: list[Waiter] = field(default_factory=list)
     timer: asyncio.TimerHandle | None = None
     flushed: bool = False
 
@@ -209,23 +210,17 @@ class Coalescer:
             _fail(group.waiters, exc)
             return
         for start, count, tokens, future in group.waiters:
-            part = [{**d, "index": i} for i, d in enumerate(data[start : start + count])]
             share = round(total * tokens / max(group.tokens, 1)) if total else tokens
-            if not future.done():
-                future.set_result((part, target, share))
+            _deliver(future, data[start : start + count], target, share)
 
-    async def _alone(
-        self, group: Group, waiter: tuple[int, int, int, asyncio.Future[Slice]]
-    ) -> None:
+    async def _alone(self, group: Group, waiter: Waiter) -> None:
         start, count, tokens, future = waiter
         try:
             data, target, total = await self._request(group, group.inputs[start : start + count])
         except ThriftyError as exc:
             _fail([waiter], exc)
             return
-        part = [{**d, "index": i} for i, d in enumerate(data)]
-        if not future.done():
-            future.set_result((part, target, total or tokens))
+        _deliver(future, data, target, total or tokens)
 
     async def aclose(self) -> None:
         for key, group in list(self._open.items()):
@@ -234,7 +229,15 @@ class Coalescer:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
-def _fail(waiters: list[tuple[int, int, int, asyncio.Future[Slice]]], exc: Exception) -> None:
+def _deliver(
+    future: asyncio.Future[Slice], data: list[dict[str, Any]], target: Target, tokens: int
+) -> None:
+    """A caller's embeddings, indexed from 0 as its own call would have them."""
+    if not future.done():
+        future.set_result(([{**d, "index": i} for i, d in enumerate(data)], target, tokens))
+
+
+def _fail(waiters: list[Waiter], exc: Exception) -> None:
     for _, _, _, future in waiters:
         if not future.done():
             future.set_exception(exc)

@@ -251,7 +251,7 @@ class RedisExactStore:
     async def lookup(self, key: str) -> tuple[CachedAnswer | None, str]:
         # One script, one round trip: cheaper in redis-py than a two-command pipeline.
         blob, fence = await self._call("get", self._lookup(keys=[self._k(key), self._fence]))
-        return await self._decode(key, blob), _text(fence or None)
+        return await self._decode(key, blob), _text(fence)
 
     async def put(self, key: str, entry: CachedAnswer, ttl: int, fence: str | None = None) -> Put:
         blob = self._codec.encode(entry)

@@ -161,6 +161,7 @@ class EdgeIndex:
         self._keyspace = keyspace
         self._own_dir = path is None
         self._path = path or tempfile.mkdtemp(prefix="thrifty-qdrant-")
+        self._staging = f"{self._path}.build"  # the copy a build works on
         self._config = edge_config(qe, dim, search_threads)
         try:
             self._shard = qe.EdgeShard.load(self._path, self._config)
@@ -264,7 +265,7 @@ class EdgeIndex:
 
     def _optimize(self) -> None:
         started = time.monotonic()
-        staging = f"{self._path}.build"
+        staging = self._staging
         try:
             self.maintain()
             with self._lock:
@@ -391,7 +392,7 @@ class EdgeIndex:
         self.wait_optimized(timeout=60)
         with self._lock:
             self._shard.close()
-        shutil.rmtree(f"{self._path}.build", ignore_errors=True)
+        shutil.rmtree(self._staging, ignore_errors=True)
         if self._own_dir:
             shutil.rmtree(self._path, ignore_errors=True)
 

@@ -166,14 +166,6 @@ class CacheStage:
             return None
         spec = policy.spec
         directives = parse_directives(ctx.headers)
-        if ctx.cache_control.no_cache or ctx.cache_control.no_store:
-            directives = Directives(
-                no_cache=directives.no_cache or ctx.cache_control.no_cache,
-                no_store=directives.no_store or ctx.cache_control.no_store,
-                max_age=directives.max_age,
-                threshold=directives.threshold,
-                tags=directives.tags,
-            )
         if request_ineligible(ctx.body, spec.eligibility) is not None:
             self._metrics.lookups.labels("all", "bypass").inc()
             ctx.response_headers[HEADER] = "bypass"
@@ -258,7 +250,8 @@ class CacheStage:
         """The leader's answer for its followers (the first call decides)."""
         if not future.done():
             future.set_result(entry)
-        if self._flights.get(key) is not None and self._flights[key].answer is future:
+        flight = self._flights.get(key)
+        if flight is not None and flight.answer is future:
             del self._flights[key]
 
     async def _run(self, fn: Callable[[], Any]) -> Any:
@@ -481,7 +474,6 @@ class CacheStage:
                 put = await exact.put(plan.key, entry, spec.exact.ttl_seconds, plan.fence)
             except StoreUnavailable:
                 self._metrics.errors.labels("exact", "put").inc()
-                put = None
             if put == "purged":
                 self._metrics.stores.labels("purged").inc()
                 return None
@@ -492,15 +484,28 @@ class CacheStage:
             return None  # only the exact write checks the fence atomically
         return entry
 
-    async def _take_back_if_fenced(self, adding: asyncio.Future[Any], plan: Plan) -> None:
-        """A store that timed out landed late: take it back if a purge started meanwhile."""
+    async def _take_back_if_fenced(self, plan: Plan) -> bool:
+        """After the request's semantic point landed: a purge that started before it either
+        deleted it or advanced the fence before this read (it advances the fence first), so
+        when the fence moved, take the point back out. True when it did."""
+        index = plan.policy.semantic
+        if index is None or not await self._fenced(plan):
+            return False
+        try:
+            await asyncio.to_thread(index.remove, plan.key)
+        except Exception as exc:
+            log.warning("semantic cache store not taken back: %s", type(exc).__name__)
+            self._metrics.errors.labels("semantic", "put").inc()
+        self._metrics.stores.labels("purged").inc()
+        return True
+
+    async def _when_landed(self, adding: asyncio.Future[Any], plan: Plan) -> None:
+        """A semantic store that timed out may still land: check the fence when it does."""
         try:
             await adding
-            if await self._fenced(plan) and plan.policy.semantic is not None:
-                await asyncio.to_thread(plan.policy.semantic.remove, plan.key)
-                self._metrics.stores.labels("purged").inc()
-        except Exception as exc:
-            log.warning("late semantic store not checked: %s", type(exc).__name__)
+        except Exception:
+            return  # it did not land
+        await self._take_back_if_fenced(plan)
 
     async def _fenced(self, plan: Plan) -> bool:
         """Has a purge started since the lookup (or is that unknown)?"""
@@ -538,19 +543,11 @@ class CacheStage:
             self._metrics.errors.labels("semantic", "put").inc()
             plan.policy.semantic_down_until = time.monotonic() + SEMANTIC_COOLDOWN
             if not adding.done():  # a thread cannot be stopped: its point may still land
-                late = asyncio.ensure_future(self._take_back_if_fenced(adding, plan))
+                late = asyncio.ensure_future(self._when_landed(adding, plan))
                 self._late.add(late)
                 late.add_done_callback(self._late.discard)
             return True
-        # A purge that started before the point landed either deleted it or advanced the fence
-        # before this read (it advances the fence first): then take the point back out.
-        if await self._fenced(plan):
-            try:
-                await asyncio.to_thread(index.remove, plan.key)
-            except Exception as exc:
-                log.warning("semantic cache store not taken back: %s", type(exc).__name__)
-                self._metrics.errors.labels("semantic", "put").inc()
-            self._metrics.stores.labels("purged").inc()
+        if await self._take_back_if_fenced(plan):
             return False
         self._metrics.stores.labels("semantic").inc()
         return True
