@@ -160,6 +160,16 @@ def test_pods_are_admitted_as_restricted_and_scheduled(platform: Platform) -> No
     cluster, ns = platform.cluster, platform.ns
     labels = json.loads(cluster.kubectl("get", "ns", ns, "-o", "json").stdout)["metadata"]["labels"]
     assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+    # The previous step switched the route to a new student version, which rolls the workloads
+    # that mount the gateway config: wait for each rollout to finish, as `kubectl rollout
+    # status` does, before counting ready replicas (mid-rollout a Deployment briefly has one
+    # more ready Pod than it asks for).
+    for kind in ("deployments", "statefulsets"):
+        for workload in _items(cluster, kind, ns):
+            name = workload["metadata"]["name"]
+            cluster.kubectl(
+                "rollout", "status", f"{kind}/{name}", "-n", ns, "--timeout=180s", timeout=200
+            )
     for workload in _items(cluster, "deployments", ns) + _items(cluster, "statefulsets", ns):
         want = workload["spec"].get("replicas", 1)
         assert workload["status"].get("readyReplicas", 0) == want, workload["metadata"]["name"]
