@@ -619,10 +619,46 @@ def test_identical_concurrent_misses_go_upstream_once(tmp_path: Path) -> None:
             assert results[19][0] == "miss"  # team-b went upstream on its own
             assert slow.stats()["requests"]["gpt-4o-mini"] == 2
             metrics = gw.get("/metrics").text
-            assert 'thrifty_cache_lookups_total{layer="exact",result="coalesced"} 18.0' in metrics
+            assert 'thrifty_cache_lookups_total{layer="flight",result="coalesced"} 18.0' in metrics
             a.close()
             b.close()
     finally:
+        slow.stop()
+
+
+def test_followers_are_served_when_the_leader_hangs_up(tmp_path: Path) -> None:
+    """The first client gives up (its timeout) while its request is upstream. The gateway still
+    finishes that request, so the identical request waiting behind it is served its answer as
+    soon as the provider answers, not after the 30 s follow timeout, and the provider is
+    called once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    slow: Simulator = start_simulator(tmp_path / "sim", "--latency-ms", "1000")
+    gw = start_gateway(tmp_path / "gw", memory_config(slow.url))
+    try:
+        q = f"What is the daily ATM limit? {uuid.uuid4().hex[:6]}"
+        impatient = gw.openai("sk-local-a", timeout=0.3)
+        patient = gw.openai("sk-local-a")
+
+        def leader() -> str:
+            try:
+                ask(impatient, q)
+            except openai.APITimeoutError:
+                return "hung up"
+            return "answered"
+
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(leader)
+            time.sleep(0.1)  # the leader's request is upstream
+            started = time.monotonic()
+            raw = ask(patient, q)
+            took = time.monotonic() - started
+            assert first.result() == "hung up"
+        assert raw.headers["x-thrifty-cache"] == "exact"
+        assert took < 3  # the provider's 1 s, not FOLLOW_TIMEOUT
+        assert slow.stats()["requests"]["gpt-4o-mini"] == 1
+    finally:
+        gw.stop()
         slow.stop()
 
 
@@ -659,7 +695,7 @@ def test_followers_of_a_failed_request_go_upstream_at_once(tmp_path: Path) -> No
             assert broken.stats()["requests"]["gpt-4o-mini"] == 5  # each tried for itself
             metrics = gw.get("/metrics").text
             assert (
-                'thrifty_cache_lookups_total{layer="exact",result="follow_failed"} 4.0' in metrics
+                'thrifty_cache_lookups_total{layer="flight",result="follow_failed"} 4.0' in metrics
             )
             client.close()
     finally:
@@ -689,7 +725,8 @@ def test_while_redis_fails_identical_requests_do_not_wait_for_each_other(
             with ThreadPoolExecutor(4) as pool:
                 took = list(pool.map(one, range(4)))
             assert max(took) < 1.5  # one provider latency each, not two
-            assert "follow_failed" not in gw.get("/metrics").text
+            metrics = gw.get("/metrics").text
+            assert 'layer="flight"' not in metrics  # nobody waited for anybody
             client.close()
     finally:
         slow.stop()

@@ -11,7 +11,11 @@ class CacheMetrics:
     def __init__(self, registry: Any) -> None:
         self.lookups = Counter(
             "thrifty_cache_lookups",
-            "Cache lookups by layer and result (hit, miss, bypass, error).",
+            "Cache lookups by layer and result. exact: hit, miss, error; semantic: hit, miss, "
+            "error, cooldown, busy; "
+            "flight: a request that waited for an identical one already upstream (coalesced: "
+            "served its answer, follow_failed: went upstream itself), counted after its exact "
+            "miss; all: bypass.",
             ["layer", "result"],
             registry=registry,
         )

@@ -226,9 +226,9 @@ class CacheStage:
                 entry = None
             ttl = plan.policy.spec.exact.ttl_seconds
             if entry is None or not self._fresh(entry, plan, ttl):
-                self._metrics.lookups.labels("exact", "follow_failed").inc()
+                self._metrics.lookups.labels("flight", "follow_failed").inc()
                 return None
-            self._metrics.lookups.labels("exact", "coalesced").inc()
+            self._metrics.lookups.labels("flight", "coalesced").inc()
             return self._respond(ctx, entry, "exact", {})
         if len(self._flights) >= MAX_FLIGHTS:
             self._flights = {
