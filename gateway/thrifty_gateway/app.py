@@ -73,6 +73,9 @@ def build_state(config: GatewayConfig, upstream: UpstreamClient | None = None) -
 
 
 KEY_RELOAD_SECONDS = 10.0
+# Shutdown waits this long for the work that follows responses (after-hooks, ledger entries):
+# uvicorn gives open connections 10 s first, and a pod's default grace period is 30 s.
+DRAIN_SECONDS = 5.0
 
 
 async def _reload_keys(keys: KeyStore, interval: float) -> None:
@@ -99,7 +102,7 @@ def create_app(
             if stage is not None:
                 state.stages.append(stage)
         app.state.gateway = state
-        app.state.proxy = Proxy(state)
+        app.state.proxy = proxy = Proxy(state)
         # Everything built so far lives for the whole process: move it out of the cyclic
         # collector's generations so that collections on the hot path stay short.
         gc.collect()
@@ -115,6 +118,12 @@ def create_app(
         finally:
             state.ready = False
             reload_keys.cancel()
+            unfinished = await proxy.drain(DRAIN_SECONDS)
+            if unfinished:
+                log.warning(
+                    "shutdown: work after responses unfinished, its accounting is lost",
+                    extra={"count": unfinished},
+                )
             for stage in reversed(state.stages):
                 close = getattr(stage, "aclose", None)
                 if close is not None:

@@ -4,7 +4,9 @@ the lever. The app runs in-process; the provider is the simulator process."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -14,6 +16,7 @@ from fastapi.testclient import TestClient
 
 from tests.integration.procs import Simulator, local_config
 from tests.integration.waiting import wait_until
+from tests.services import start_redis
 from thrifty_core.config import parse_config
 from thrifty_gateway.app import create_app
 from thrifty_gateway.services.pipeline import Outcome, RequestContext, Stage, StageResponse
@@ -123,3 +126,61 @@ def test_after_hook_sees_assembled_streams(
     assert outcome.body["choices"][0]["message"]["content"] == text
     assert outcome.usage.completion_tokens > 0
     assert outcome.served_by == "simulator/gpt-4o-mini"
+
+
+class SlowHook:
+    """An after-hook that takes a while (a store on a busy Redis, say)."""
+
+    name = "slow-hook"
+
+    def __init__(self) -> None:
+        self.finished = 0
+
+    async def before_upstream(self, ctx: RequestContext) -> StageResponse | None:
+        del ctx
+        return None
+
+    async def after_upstream(self, ctx: RequestContext, outcome: Outcome) -> None:
+        del ctx, outcome
+        await asyncio.sleep(0.3)
+        self.finished += 1
+
+
+def test_shutdown_waits_for_the_work_after_the_last_streams(
+    simulator: Simulator, tmp_path: Path
+) -> None:
+    """A rolling update stops a replica right after its last streams end. What follows a stream
+    (after-hooks, the ledger entry) runs in its own task, so that a client hanging up cannot
+    cancel it; shutdown waits for those tasks before it closes the ledger, so the shared ledger
+    counts every request the replica answered."""
+    server = start_redis(tmp_path / "redis")
+    hook = SlowHook()
+
+    async def factory(config: Any, state: Any) -> Stage:
+        del config, state
+        return hook
+
+    config = parse_config(local_config(simulator.url, ledger={"redisUrl": server.url}))
+    try:
+        with TestClient(create_app(config, stage_factories=[factory])) as http:
+            client = openai.OpenAI(
+                base_url="http://t/v1", api_key="sk-local-a", http_client=http, max_retries=0
+            )
+            for i in range(3):
+                chunks = client.chat.completions.create(
+                    model="gpt-4o-mini",
+                    messages=[{"role": "user", "content": f"Summarise ticket {i}"}],
+                    stream=True,
+                )
+                assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+            client.close()
+        assert hook.finished == 3
+        # The replica is gone; another one reads what it left in Redis.
+        with TestClient(create_app(config, stage_factories=[])) as other:
+            usage = other.get(
+                "/v1/thrifty/usage", headers={"authorization": "Bearer sk-local-admin"}
+            ).json()
+        assert usage["source"] == "redis"
+        assert usage["totals"]["requests"] == 3
+    finally:
+        server.kill()

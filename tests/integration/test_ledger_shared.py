@@ -4,8 +4,10 @@ a restart). Without Redis reachable a gateway keeps counting its own traffic in 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,7 +16,7 @@ import redis as redis_lib
 
 from tests.integration.conftest import GatewayFactory
 from tests.integration.procs import Gateway
-from tests.services import RedisServer, free_port
+from tests.services import RedisServer, free_port, start_redis
 
 pytestmark = pytest.mark.integration
 
@@ -151,3 +153,36 @@ async def test_a_failed_cleanup_never_writes_a_delta_twice(
     ((_, totals),) = await shared.read(None)
     assert (totals.requests, totals.cost_usd) == (1, 1.0)
     await shared.aclose()
+
+
+async def test_closing_during_a_background_write_loses_nothing(tmp_path: Path) -> None:
+    """A replica shuts down while its background flush waits on a slow Redis: the write
+    goes through once Redis answers instead of being cancelled with its batch."""
+    import signal
+
+    from prometheus_client import CollectorRegistry
+    from redis import asyncio as aioredis
+
+    from thrifty_gateway.services.ledger import HOUR, Totals
+    from thrifty_gateway.services.ledger_shared import SharedBuckets
+
+    server = start_redis(tmp_path / "redis")
+    try:
+        shared = SharedBuckets(
+            aioredis.Redis.from_url(server.url), CollectorRegistry(), retention_hours=2
+        )
+        server.proc.send_signal(signal.SIGSTOP)  # the next write hangs
+        key = (int(time.time() // HOUR) * HOUR, "team-a", "r", "m")
+        shared.add(key, Totals(requests=1, cost_usd=1.0))  # flushed in the background
+        await asyncio.sleep(0.2)  # that flush now waits on Redis
+        asyncio.get_running_loop().call_later(0.3, server.proc.send_signal, signal.SIGCONT)
+        await shared.aclose()
+        reader = SharedBuckets(
+            aioredis.Redis.from_url(server.url), CollectorRegistry(), retention_hours=2
+        )
+        ((_, totals),) = await reader.read(None)
+        assert (totals.requests, totals.cost_usd) == (1, 1.0)
+        await reader.aclose()
+    finally:
+        server.proc.send_signal(signal.SIGCONT)
+        server.kill()

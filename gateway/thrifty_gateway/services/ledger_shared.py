@@ -138,7 +138,10 @@ class SharedBuckets:
         pause = 0.5
         await asyncio.sleep(FLUSH_DELAY)
         while self._pending:
-            if await self.flush():
+            # Shielded: `aclose` cancels this task, and a write cancelled mid-flight would lose
+            # its batch (taken out of `_pending`, maybe never written); `aclose` then waits
+            # for it on the lock and writes what is left.
+            if await asyncio.shield(self.flush()):
                 pause = 0.5
             else:
                 await asyncio.sleep(pause)

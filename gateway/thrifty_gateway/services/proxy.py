@@ -146,6 +146,15 @@ class Proxy:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def drain(self, timeout: float) -> int:
+        """At shutdown, before the stores and the ledger close: wait (at most `timeout`) for the
+        work spawned after the last streams (after-hooks, ledger entries). Returns how many
+        tasks were still unfinished at the deadline."""
+        if not self._tasks:
+            return 0
+        _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
+        return len(pending)
+
     async def handle(
         self, endpoint: Endpoint, raw: bytes, headers: Any, tenant: TenantConfig | None
     ) -> Response:
