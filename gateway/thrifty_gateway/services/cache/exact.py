@@ -257,20 +257,9 @@ class RedisExactStore:
         blob = self._codec.encode(entry)
         if len(blob) > self._max_bytes:
             return "too_large"
-        fields: list[bytes | str] = [
-            "v",
-            blob,
-            "tenant",
-            entry.tenant,
-            "route",
-            entry.route,
-            "model",
-            entry.model,
-            "tags",
-            ",".join(entry.tags),  # tags never hold a comma (eligibility.parse_tags)
-            "created",
-            repr(entry.created),
-        ]
+        fields: list[bytes | str] = ["v", blob]
+        for name, value in zip(LABELS, _labels_of(entry), strict=True):
+            fields += [name, value]
         # One script: the fence check, and never an entry without its TTL.
         args = ["" if fence is None else fence, ttl, *fields]
         stored = await self._call("put", self._put(keys=[self._k(key), self._fence], args=args))
@@ -304,7 +293,7 @@ class RedisExactStore:
             return int(await self._admin.delete(*names))
         pipe = self._admin.pipeline(transaction=False)
         for name in names:
-            pipe.hmget(name, ["tenant", "route", "model", "tags", "created"])
+            pipe.hmget(name, LABELS)
         doomed = [
             name
             for name, labels in zip(names, await pipe.execute(), strict=True)
@@ -320,6 +309,15 @@ class RedisExactStore:
 
 def _text(fence: bytes | None) -> str:
     return fence.decode() if fence else "0"
+
+
+# The fields a purge reads beside the answer, in the order `_labels_of` and `_labelled` use.
+LABELS = ["tenant", "route", "model", "tags", "created"]
+
+
+def _labels_of(entry: CachedAnswer) -> list[str]:
+    # tags never hold a comma (eligibility.parse_tags)
+    return [entry.tenant, entry.route, entry.model, ",".join(entry.tags), repr(entry.created)]
 
 
 def _labelled(labels: list[bytes | None]) -> CachedAnswer:

@@ -183,9 +183,12 @@ class EdgeIndex:
     def _apply(self, op: Any) -> None:
         """Apply an update to the live shard (journaled while a build runs)."""
         with self._lock:
-            self._shard.update(op)
-            if self._journal is not None:
-                self._journal.append(op)
+            self._apply_locked(op)
+
+    def _apply_locked(self, op: Any) -> None:
+        self._shard.update(op)
+        if self._journal is not None:
+            self._journal.append(op)
 
     def _delete(self, flt: Any) -> None:
         self._apply(self._qe.UpdateOperation.delete_points_by_filter(flt))
@@ -368,9 +371,9 @@ class EdgeIndex:
             flt = qe.Filter(must_not=must_not)
         else:
             flt = qe.Filter(must=must)
-        with self._lock:
+        with self._lock:  # one hold: an add in between would make the count wrong
             before = self._shard.count(qe.CountRequest(exact=True, filter=flt))
-        self._delete(flt)
+            self._apply_locked(qe.UpdateOperation.delete_points_by_filter(flt))
         return int(before)
 
     def expire(self) -> None:
