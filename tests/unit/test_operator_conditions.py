@@ -45,6 +45,14 @@ def test_deployment_and_job_state() -> None:
         "status": {"observedGeneration": 3, "updatedReplicas": 2, "availableReplicas": 2},
     }
     assert deployment_state(obj)[0] is True
+    # The tail of a rollout: every new replica is up, one old one is still there.
+    obj["status"] |= {"replicas": 3, "availableReplicas": 3}
+    assert deployment_state(obj) == (
+        False,
+        "3/2 replicas available, 2 updated, 1 old pending termination",
+    )
+    obj["status"] |= {"replicas": 2, "availableReplicas": 2}
+    assert deployment_state(obj)[0] is True
     obj["status"]["observedGeneration"] = 2
     assert deployment_state(obj)[0] is False
     assert job_state(None) == "Missing"

@@ -157,7 +157,8 @@ async def apply_all(kube: KubeClient, manifests: Iterable[dict[str, Any] | None]
 
 
 def deployment_state(obj: dict[str, Any] | None) -> tuple[bool, str]:
-    """(available, message) of a Deployment: all replicas updated and available."""
+    """(available, message) of a Deployment: all replicas updated and available, and no old
+    replica left (the checks of `kubectl rollout status`)."""
     if obj is None:
         return False, "not created yet"
     spec, status = obj.get("spec", {}), obj.get("status", {})
@@ -165,9 +166,13 @@ def deployment_state(obj: dict[str, Any] | None) -> tuple[bool, str]:
     meta_gen = int(obj.get("metadata", {}).get("generation", 0))
     updated = int(status.get("updatedReplicas", 0))
     available = int(status.get("availableReplicas", 0))
+    total = int(status.get("replicas", updated))
     seen = int(status.get("observedGeneration", 0)) >= meta_gen
-    ok = seen and updated >= want and available >= want
-    return ok, f"{available}/{want} replicas available, {updated} updated"
+    ok = seen and updated >= want and available >= want and total <= updated
+    message = f"{available}/{want} replicas available, {updated} updated"
+    if total > updated:
+        message += f", {total - updated} old pending termination"
+    return ok, message
 
 
 def statefulset_state(obj: dict[str, Any] | None) -> tuple[bool, str]:
