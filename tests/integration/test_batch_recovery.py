@@ -122,3 +122,59 @@ async def test_worker_fails_a_stuck_batch_and_skips_its_lines(
         assert simulator.stats()["requests"].get("gpt-4o-mini", 0) == before  # none was run
     finally:
         worker.stop()
+
+
+def test_ledger_lines_held_by_a_gateway_that_died_are_recorded_by_another(
+    simulator: Simulator, redis: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workers write each finished line to the ledger stream; a gateway reads it and
+    acknowledges it once recorded. A gateway that dies between the two leaves its lines pending
+    under its name: another gateway takes them over once they have idled, records them, and
+    drops the dead consumer."""
+    from fastapi.testclient import TestClient
+
+    from thrifty_core.config import parse_config
+    from thrifty_gateway.app import create_app
+    from thrifty_gateway.services.batching import stage as batch_stage
+    from thrifty_gateway.services.batching.model import Keys
+
+    name = f"orphans-{time.time_ns()}"
+    keys = Keys(name)
+    client: Any = redis_sync.Redis.from_url(redis.url)
+    client.xgroup_create(keys.ledger, keys.ledger_group, id="0", mkstream=True)
+    for i in range(3):
+        client.xadd(
+            keys.ledger,
+            {
+                "t": "team-a",
+                "r": "default",
+                "m": "gpt-4o-mini",
+                "p": 10,
+                "c": 5,
+                "u": 0.25,
+                "s": 0.25,
+                "ok": "1",
+                "lv": "batch",
+                "n": i,
+            },
+        )
+    # The dead gateway: read them, never acknowledged them.
+    client.xreadgroup(keys.ledger_group, "gateway-gone-1", {keys.ledger: ">"}, count=10)
+    monkeypatch.setattr(batch_stage, "SYNC_MIN_IDLE_MS", 200)
+    time.sleep(0.3)
+    config = parse_config(batch_config(simulator, redis, tmp_path, name))
+    with TestClient(create_app(config)) as gw:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            usage = gw.get(
+                "/v1/thrifty/usage", headers={"authorization": "Bearer sk-local-admin"}
+            ).json()
+            if usage["totals"]["requests"] >= 3:
+                break
+            time.sleep(0.1)
+        assert usage["totals"]["requests"] == 3
+        assert usage["totals"]["cost_usd"] == pytest.approx(0.75)
+        assert client.xpending(keys.ledger, keys.ledger_group)["pending"] == 0
+        consumers = [c["name"] for c in client.xinfo_consumers(keys.ledger, keys.ledger_group)]
+        assert b"gateway-gone-1" not in consumers
+    client.close()

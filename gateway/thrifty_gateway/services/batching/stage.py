@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import tempfile
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,6 +32,10 @@ from .queue import RedisQueue
 log = logging.getLogger(__name__)
 DEFER_HEADER = "x-thrifty-defer"
 STAGE_NAME = "batch"
+# Ledger lines pending this long with a consumer (a gateway that stopped or died before its
+# ack) are taken over; a live gateway acknowledges within milliseconds of its read.
+SYNC_MIN_IDLE_MS = 60_000
+SYNC_RECLAIM_SECONDS = 30.0
 
 
 class BatchRuntime:
@@ -76,6 +82,8 @@ class BatchStage:
         self.routes = routes
         self.stages = stages  # the gateway's stages (the budgets stage charges batch spend)
         self._sync: asyncio.Task[None] | None = None
+        self.sync_reclaim_seconds = SYNC_RECLAIM_SECONDS
+        self.sync_min_idle_ms = SYNC_MIN_IDLE_MS
 
     def start(self) -> None:
         if self.runtime.queue is not None:
@@ -123,40 +131,88 @@ class BatchStage:
         )
 
     async def _ledger_sync(self) -> None:
-        """Record finished batch lines (written by the workers) into this gateway's ledger."""
+        """Record finished batch lines (written by the workers) into this gateway's ledger.
+
+        Every gateway reads the ledger stream in one consumer group: each line is recorded by
+        one of them, then acknowledged. A line handed to a gateway that stopped or died before
+        acknowledging it stays in that consumer's pending list; every `SYNC_RECLAIM_SECONDS`
+        this gateway takes over pending lines idle longer than `SYNC_MIN_IDLE_MS` (its own
+        predecessor's too: the consumer name is the pod's), and drops consumers left with
+        nothing pending. A line recorded by a gateway that died before its ack is recorded
+        again (at least once, as the shared ledger's writes)."""
         queue = self.runtime.queue
         assert queue is not None
-        consumer = f"gateway-{os.getpid()}-{os.urandom(3).hex()}"
+        consumer = f"gateway-{socket.gethostname()}-{os.getpid()}"
         keys = queue.keys
+        next_reclaim = 0.0
         while True:
             try:
                 await queue.ensure_groups()
                 while True:
+                    if time.monotonic() >= next_reclaim:
+                        next_reclaim = time.monotonic() + self.sync_reclaim_seconds
+                        await self._reclaim_ledger(consumer)
                     got = await queue.redis.xreadgroup(
                         keys.ledger_group, consumer, {keys.ledger: ">"}, count=1000, block=1000
                     )
-                    if not got:
-                        continue
-                    ids = []
-                    spend: dict[tuple[str, str, int], float] = {}
-                    for entry_id, fields in got[0][1]:
-                        ids.append(entry_id)
-                        f = {k.decode(): v.decode() for k, v in fields.items()}
-                        self._record(f)
-                        # spend per tenant, route and hour (budget periods start on the hour)
-                        hour = int(entry_id.split(b"-")[0]) // 3_600_000
-                        key = (f.get("t", "anonymous"), f.get("r", ""), hour)
-                        spend[key] = spend.get(key, 0.0) + float(f.get("u", "0") or 0)
-                    await charge(
-                        find_budgets(self.stages),
-                        [(t, r, usd, hour * 3600.0) for (t, r, hour), usd in spend.items()],
-                    )
-                    await queue.redis.xack(keys.ledger, keys.ledger_group, *ids)
+                    if got:
+                        # Shielded: a shutdown must not stop a chunk between recording it and
+                        # acknowledging it (it would be recorded again by whoever reclaims it).
+                        await asyncio.shield(self._settle(got[0][1]))
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("batch ledger sync failed; retrying")
                 await asyncio.sleep(1.0)
+
+    async def _reclaim_ledger(self, consumer: str) -> None:
+        """Settle the lines pending too long with any consumer (this one included), then drop
+        the consumers that hold nothing."""
+        queue = self.runtime.queue
+        assert queue is not None
+        keys, redis = queue.keys, queue.redis
+        cursor: Any = "0-0"
+        while True:
+            reply = await redis.xautoclaim(
+                keys.ledger,
+                keys.ledger_group,
+                consumer,
+                self.sync_min_idle_ms,
+                start_id=cursor,
+                count=1000,
+            )
+            cursor, entries = reply[0], reply[1]
+            if entries:
+                await asyncio.shield(self._settle(entries))
+            if cursor in (b"0-0", "0-0"):
+                break
+        for info in await redis.xinfo_consumers(keys.ledger, keys.ledger_group):
+            name = info["name"].decode() if isinstance(info["name"], bytes) else info["name"]
+            if name != consumer and int(info["pending"]) == 0:
+                # (A live gateway dropped here is recreated by its next read.)
+                await redis.xgroup_delconsumer(keys.ledger, keys.ledger_group, name)
+
+    async def _settle(self, entries: Sequence[tuple[bytes, dict[bytes, bytes] | None]]) -> None:
+        """Record `entries` in the ledger, charge their spend to the budgets, acknowledge."""
+        queue = self.runtime.queue
+        assert queue is not None
+        ids = []
+        spend: dict[tuple[str, str, int], float] = {}
+        for entry_id, fields in entries:
+            ids.append(entry_id)
+            if not fields:  # trimmed from the stream meanwhile: nothing left to record
+                continue
+            f = {k.decode(): v.decode() for k, v in fields.items()}
+            self._record(f)
+            # spend per tenant, route and hour (budget periods start on the hour)
+            hour = int(entry_id.split(b"-")[0]) // 3_600_000
+            key = (f.get("t", "anonymous"), f.get("r", ""), hour)
+            spend[key] = spend.get(key, 0.0) + float(f.get("u", "0") or 0)
+        await charge(
+            find_budgets(self.stages),
+            [(t, r, usd, hour * 3600.0) for (t, r, hour), usd in spend.items()],
+        )
+        await queue.redis.xack(queue.keys.ledger, queue.keys.ledger_group, *ids)
 
     def _record(self, f: dict[str, str]) -> None:
         saved = float(f.get("s", "0") or 0)
