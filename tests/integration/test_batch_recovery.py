@@ -178,3 +178,24 @@ def test_ledger_lines_held_by_a_gateway_that_died_are_recorded_by_another(
         consumers = [c["name"] for c in client.xinfo_consumers(keys.ledger, keys.ledger_group)]
         assert b"gateway-gone-1" not in consumers
     client.close()
+
+
+async def test_lines_of_a_dropped_provider_job_are_reclaimed(redis: RedisServer) -> None:
+    """A worker gives up on a provider job, hands its lines to direct retries and drops the
+    job, then dies before the retries finish. The lines still point at the dropped job; they
+    must be reclaimed (by another worker, or by the same one when it restarts), not left
+    pending for ever as if the job still held them."""
+    queue = queue_for(redis, f"dropped-{time.time_ns()}")
+    try:
+        await queue.ensure_groups()
+        (line,) = lines_for("batch_x", 1)
+        await queue.redis.xadd(queue.keys.stream, line.fields())
+        ((entry_id, _),) = await queue.read("worker-a", 10, 100)
+        await queue.save_job("job-1", {"lines": {}}, [entry_id])
+        assert await queue.reclaim("worker-b", 0) == []  # inside a live job: not reclaimed
+        await queue.drop_job("job-1")
+        assert [e for e, _ in await queue.reclaim("worker-b", 0)] == [entry_id]
+        own = await queue.read("worker-b", 10, 0, own=True)
+        assert [e for e, _ in await queue.outside_jobs(own)] == [entry_id]
+    finally:
+        await queue.aclose()

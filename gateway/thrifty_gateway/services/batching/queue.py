@@ -247,12 +247,7 @@ class RedisQueue:
                 k.stream, k.group, consumer, min_idle_ms, start_id=cursor, count=count
             )
             cursor = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
-            entries = _decode(reply[1])
-            if entries:
-                jobs = await self.redis.hmget(k.inflight, [e for e, _ in entries])
-                for (eid, line), job in zip(entries, jobs, strict=True):
-                    if job is None:
-                        out.append((eid, line))
+            out += await self.outside_jobs(_decode(reply[1]))
             if cursor == "0-0" or len(out) >= count:
                 break
         fresh: list[Entry] = []
@@ -266,6 +261,19 @@ class RedisQueue:
             else:
                 fresh.append((eid, line))
         return fresh
+
+    async def outside_jobs(self, entries: list[Entry]) -> list[Entry]:
+        """The entries not waiting inside a provider job: never put in one, or put in a job
+        that was dropped since (its lines handed to direct retries by a worker that died
+        before they finished: nobody else would ever run them)."""
+        if not entries:
+            return []
+        k = self.keys
+        jobs = await self.redis.hmget(k.inflight, [e for e, _ in entries])
+        named = sorted({j for j in jobs if j is not None})
+        found = await self.redis.hmget(k.jobs, named) if named else []
+        live = {j for j, job in zip(named, found, strict=True) if job is not None}
+        return [e for e, job in zip(entries, jobs, strict=True) if job is None or job not in live]
 
     async def _deliveries(self, entry_id: str) -> int:
         info = await self.redis.xpending_range(

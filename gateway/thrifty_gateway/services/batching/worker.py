@@ -114,7 +114,7 @@ class Worker:
     async def run(self) -> None:
         await self.queue.ensure_groups()
         own = await self.queue.read(self.options.consumer, 100_000, 0, own=True)
-        for entry_id, line in await self._not_inflight(own):
+        for entry_id, line in await self.queue.outside_jobs(own):
             await self._handle(entry_id, line)
         loops = [
             asyncio.create_task(self._reader(), name="batch-reader"),
@@ -139,12 +139,6 @@ class Worker:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("batch task failed", exc_info=task.exception())
-
-    async def _not_inflight(self, entries: list[Entry]) -> list[Entry]:
-        if not entries:
-            return []
-        jobs = await self.queue.redis.hmget(self.queue.keys.inflight, [e for e, _ in entries])
-        return [entry for entry, job in zip(entries, jobs, strict=True) if job is None]
 
     # -- reading ----------------------------------------------------------------------------
 
