@@ -74,7 +74,8 @@ def build_state(config: GatewayConfig, upstream: UpstreamClient | None = None) -
 
 KEY_RELOAD_SECONDS = 10.0
 # Shutdown waits this long for the work that follows responses (after-hooks, ledger entries):
-# uvicorn gives open connections 10 s first, and a pod's default grace period is 30 s.
+# uvicorn gives open connections 20 s first (server.py), and a pod's default grace period is
+# 30 s.
 DRAIN_SECONDS = 5.0
 
 

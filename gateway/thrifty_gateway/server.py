@@ -61,5 +61,8 @@ def serve(
         lifespan="on",
         server_header=False,
         date_header=False,
-        timeout_graceful_shutdown=10,
+        # Requests in flight at a stop get 20 s, then the lifespan waits up to DRAIN_SECONDS
+        # (5 s) for their accounting: inside a pod's default 30 s grace period. A request cut
+        # off here is billed by the provider but never reaches the ledger.
+        timeout_graceful_shutdown=20,
     )

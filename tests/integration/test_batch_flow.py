@@ -458,6 +458,50 @@ def test_worker_sigkilled_while_a_provider_job_runs_resumes_polling_it(
         slow.stop()
 
 
+def test_worker_stopped_while_the_provider_creates_a_job_records_it(
+    stack: Any, tmp_path: Path, redis: RedisServer
+) -> None:
+    """A rolling update stops the worker (SIGTERM) while the provider is creating its batch
+    job. The worker finishes that submit and records the job before it exits, so the next
+    worker polls it: the lines are not submitted (and billed) a second time."""
+    slow = start_simulator(tmp_path / "slow-create-sim", "--batch-create-ms", "1500")
+    try:
+        gw, worker = stack("stop-submit", sim=slow)
+        first = worker("w1")
+        client = gw.openai(KEY)
+        uploaded = client.files.create(
+            file=("in.jsonl", jsonl([chat_line(i) for i in range(20)])), purpose="batch"
+        )
+        batch = client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+
+        def provider_stats() -> dict[str, int]:
+            stats: dict[str, int] = httpx.get(f"{slow.url}/sim/batches/stats").json()
+            return stats
+
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not provider_stats().get("files_uploaded"):
+            time.sleep(0.05)
+        time.sleep(0.3)  # the worker's create call is now in flight (it takes 1.5 s)
+        first.stop()  # SIGTERM, and wait for the exit
+        assert first.proc.returncode == 0
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not provider_stats().get("batches_created"):
+            time.sleep(0.05)
+        assert provider_stats().get("batches_created") == 1  # the provider made (bills) it
+        r: Any = redis_sync.Redis.from_url(redis.url)
+        assert r.hlen("thrifty:batch:stop-submit:jobs") == 1  # recorded before exiting
+        worker("w2")
+        done = wait_terminal(client, batch.id)
+        assert done.status == "completed"
+        ids = [o["custom_id"] for o in lines_of(client, done.output_file_id)]
+        assert sorted(ids) == sorted(f"req-{i}" for i in range(20))
+        assert provider_stats()["batches_created"] == 1
+    finally:
+        slow.stop()
+
+
 def test_batch_past_its_completion_window_expires_with_an_error_file(
     stack: Any, redis: RedisServer
 ) -> None:

@@ -39,6 +39,9 @@ def simulator(
     batch_speedup: Annotated[
         float, typer.Option(help="Batches API: how much faster than real time jobs move.")
     ] = 1.0,
+    batch_create_ms: Annotated[
+        float, typer.Option(help="Batches API: how long creating a batch takes.")
+    ] = 0.0,
     api_key: Annotated[
         str | None,
         typer.Option(
@@ -78,6 +81,7 @@ def simulator(
             "seed": seed,
             "oracle": oracle,
             "batch_speedup": batch_speedup,
+            "batch_create_ms": batch_create_ms,
             "api_key": api_key,
         }
     )

@@ -148,6 +148,8 @@ async def create_batch(request: Request) -> Response:
         return _error(400, "endpoint must be /v1/chat/completions or /v1/embeddings")
     if body.get("completion_window") != "24h":
         return _error(400, "completion_window must be 24h")
+    if sim.settings.batch_create_ms:
+        await asyncio.sleep(sim.settings.batch_create_ms / 1000)
     now = int(time.time())
     job: dict[str, Any] = {
         "id": _id("batch_sim"),

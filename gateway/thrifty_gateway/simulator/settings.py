@@ -54,6 +54,12 @@ class SimulatorSettings(BaseModel):
     batch_speedup: float = Field(
         default=1.0, gt=0, description="Batches API: how much faster than real time jobs move."
     )
+    batch_create_ms: float = Field(
+        default=0.0,
+        ge=0,
+        description="Batches API: how long creating a batch takes (the job exists once it "
+        "answers, whether or not the caller is still there).",
+    )
     api_key: str | None = Field(
         default=None,
         description="When set, /v1 requests need `Authorization: Bearer <api_key>` (401 "

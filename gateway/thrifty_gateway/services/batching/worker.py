@@ -260,7 +260,21 @@ class Worker:
 
     # -- provider jobs ----------------------------------------------------------------------
 
+    async def _whole(self, coro: Any) -> None:
+        """Await `coro`, which runs to its end even if the caller is cancelled (the reader and
+        poller loops are, at stop): `run` waits for it with the other tasks. A submit cut
+        between the provider creating the job and `save_job` recording it leaves a job that
+        is billed, never polled, and whose lines are submitted again; a poll cut half-way
+        resubmits lines twice."""
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        await asyncio.shield(task)
+
     async def _submit(self, pack: Pack) -> None:
+        await self._whole(self._submit_held(pack))
+
+    async def _submit_held(self, pack: Pack) -> None:
         try:
             await self._submit_once(pack)
         finally:
@@ -300,7 +314,7 @@ class Worker:
                         continue
                     self._next_poll[job_id] = now + next_poll(interval, job["started"], now)
                     if await self.queue.lease(f"job:{job_id}", self.options.consumer, 300_000):
-                        await self._poll_guarded(job_id, job)
+                        await self._whole(self._poll_guarded(job_id, job))
             except asyncio.CancelledError:
                 raise
             except Exception:
