@@ -15,7 +15,7 @@ import redis as redis_sync
 
 from tests.integration.procs import Simulator
 from tests.integration.test_batch_flow import Worker, batch_config
-from tests.services import RedisServer
+from tests.services import RedisServer, free_port
 from thrifty_gateway.services.batching.files import FilesystemStore
 from thrifty_gateway.services.batching.finalize import finalize
 from thrifty_gateway.services.batching.model import BatchRecord, Line, new_id
@@ -199,3 +199,131 @@ async def test_lines_of_a_dropped_provider_job_are_reclaimed(redis: RedisServer)
         assert [e for e, _ in await queue.outside_jobs(own)] == [entry_id]
     finally:
         await queue.aclose()
+
+
+def test_batch_spend_refused_by_a_paused_budget_store_is_charged_later(
+    simulator: Simulator, redis: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Finished batch lines reach the gateway while the budget store (the ledger's Redis)
+    hangs: their spend is not dropped. The lines stay pending, come back with the next
+    reclaim once Redis answers again, and are charged and recorded once."""
+    import signal
+
+    from fastapi.testclient import TestClient
+
+    from tests.services import start_redis
+    from thrifty_core.config import parse_config
+    from thrifty_gateway.app import create_app
+    from thrifty_gateway.services.batching import stage as batch_stage
+    from thrifty_gateway.services.batching.model import Keys
+
+    name = f"spend-{time.time_ns()}"
+    keys = Keys(name)
+    client: Any = redis_sync.Redis.from_url(redis.url)
+    client.xgroup_create(keys.ledger, keys.ledger_group, id="0", mkstream=True)
+    for _ in range(3):
+        client.xadd(
+            keys.ledger,
+            {
+                **{"t": "team-a", "r": "default", "m": "gpt-4o-mini", "p": 10, "c": 5},
+                **{"u": 0.25, "s": 0.25, "ok": "1", "lv": "batch"},
+            },
+        )
+    monkeypatch.setattr(batch_stage, "SYNC_MIN_IDLE_MS", 200)
+    monkeypatch.setattr(batch_stage, "SYNC_RECLAIM_SECONDS", 0.3)
+    spend = start_redis(tmp_path / "spend")
+    config = batch_config(simulator, redis, tmp_path, name)
+    config["ledger"] = {"redisUrl": spend.url}
+    config["tenants"] = [
+        {**t, "budget": {"period": "day", "hardLimitUsd": 100.0}} for t in config["tenants"]
+    ]
+    spend.proc.send_signal(signal.SIGSTOP)
+    try:
+        with TestClient(create_app(parse_config(config))) as gw:
+            time.sleep(1.5)  # the first reads were refused by the hung store
+            assert client.xpending(keys.ledger, keys.ledger_group)["pending"] == 3
+            spend.proc.send_signal(signal.SIGCONT)
+            deadline = time.monotonic() + 15
+            spent = 0.0
+            while time.monotonic() < deadline:
+                body = gw.get(
+                    "/v1/thrifty/budgets", headers={"authorization": "Bearer sk-local-a"}
+                ).json()
+                spent = sum(b["spent_usd"] for b in body.get("data", []))
+                if spent >= 0.75 and not client.xpending(keys.ledger, keys.ledger_group)["pending"]:
+                    break
+                time.sleep(0.1)
+            assert spent == pytest.approx(0.75)  # charged once, not dropped nor twice
+            assert client.xpending(keys.ledger, keys.ledger_group)["pending"] == 0
+            usage = gw.get(
+                "/v1/thrifty/usage", headers={"authorization": "Bearer sk-local-admin"}
+            ).json()
+            assert usage["totals"]["requests"] == 3
+    finally:
+        spend.proc.send_signal(signal.SIGCONT)
+        spend.kill()
+        client.close()
+
+
+def test_batch_lines_are_recorded_uncharged_when_the_budget_store_stays_down(
+    simulator: Simulator, redis: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A budget store that never comes back does not hold the ledger back for good: after
+    `CHARGE_TRIES` refusals the lines are recorded (uncharged) and acknowledged."""
+    from fastapi.testclient import TestClient
+
+    from thrifty_core.config import parse_config
+    from thrifty_gateway.app import create_app
+    from thrifty_gateway.services.batching import stage as batch_stage
+    from thrifty_gateway.services.batching.model import Keys
+
+    name = f"nospend-{time.time_ns()}"
+    keys = Keys(name)
+    client: Any = redis_sync.Redis.from_url(redis.url)
+    client.xgroup_create(keys.ledger, keys.ledger_group, id="0", mkstream=True)
+    client.xadd(
+        keys.ledger,
+        {"t": "team-a", "r": "default", "m": "gpt-4o-mini", "p": 10, "c": 5, "u": 0.25, "ok": "1"},
+    )
+    monkeypatch.setattr(batch_stage, "SYNC_MIN_IDLE_MS", 100)
+    monkeypatch.setattr(batch_stage, "SYNC_RECLAIM_SECONDS", 0.2)
+    monkeypatch.setattr(batch_stage, "CHARGE_TRIES", 3)
+    config = batch_config(simulator, redis, tmp_path, name)
+    config["ledger"] = {"redisUrl": f"redis://127.0.0.1:{free_port()}/0"}  # nothing listens
+    config["tenants"] = [
+        {**t, "budget": {"period": "day", "hardLimitUsd": 100.0}} for t in config["tenants"]
+    ]
+    with TestClient(create_app(parse_config(config))) as gw:
+        stage = next(s for s in gw.app.state.gateway.stages if s.name == "batch")  # type: ignore[attr-defined]
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not stage.ledger.summary()["totals"]["requests"]:
+            time.sleep(0.1)
+        assert stage.ledger.summary()["totals"]["requests"] == 1  # recorded, uncharged
+        assert client.xpending(keys.ledger, keys.ledger_group)["pending"] == 0
+    client.close()
+
+
+def test_a_gateway_stopped_right_after_its_start_shuts_down(
+    simulator: Simulator, redis: RedisServer, tmp_path: Path
+) -> None:
+    """A pod stopped just after it started (a quick rollout, a crash loop): the ledger sync's
+    first Redis read is in flight. Shutdown stops it between two reads and finishes; it used
+    to cancel that read, which redis-py could leave waiting for ever."""
+    import threading
+
+    from fastapi.testclient import TestClient
+
+    from thrifty_core.config import parse_config
+    from thrifty_gateway.app import create_app
+
+    config = parse_config(batch_config(simulator, redis, tmp_path, f"quick-{time.time_ns()}"))
+
+    def start_and_stop() -> None:
+        for _ in range(3):
+            with TestClient(create_app(config)):
+                pass
+
+    runner = threading.Thread(target=start_and_stop, daemon=True)  # a hang must not block exit
+    runner.start()
+    runner.join(timeout=30)
+    assert not runner.is_alive(), "shutdown hung"

@@ -6,13 +6,14 @@ and route's budgets (in the budget's period of the moment the line finished). Cr
 batch is refused with the stage's hard-limit error (429 `budget_exceeded`) while the tenant,
 or a route the batch uses, is over its hard limit; a deferred request is refused by the
 budgets stage itself, which runs before the deferral. As in the stage, a failing spend store
-lets work through (fail open) and says so in the log.
+lets work through (fail open) and says so in the log; the spend of finished lines it refused is
+charged again later (the ledger sync keeps those lines pending).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 from ..budgets.stage import BudgetExceededError, BudgetLine, BudgetStage
@@ -57,19 +58,19 @@ async def refuse_over_hard_limit(
 
 
 async def charge(
-    budgets: BudgetStage | None, spend: Sequence[tuple[str, str, float, float]]
+    budgets: BudgetStage | None, tenant: str, route: str, usd: float, when: float
 ) -> None:
-    """Add each (tenant, route, usd, when) to the budgets it falls under."""
-    if budgets is None:
+    """Add `usd` spent by `tenant` on `route` at `when` to the budgets it falls under. Raises
+    when the spend store fails (counted in the budgets' metrics): the caller keeps the lines
+    and charges them again later, rather than lose their spend."""
+    if budgets is None or usd <= 0:
+        return
+    lines = budgets.lines_for(tenant, route)
+    items = [(key, end.timestamp()) for key, _, end in (ln.window(when) for ln in lines)]
+    if not items:
         return
     try:
-        for tenant, route, usd, when in spend:
-            if usd <= 0:
-                continue
-            lines = budgets.lines_for(tenant, route)
-            items = [(key, end.timestamp()) for key, _, end in (ln.window(when) for ln in lines)]
-            if items:
-                await budgets.store.add(items, usd)
+        await budgets.store.add(items, usd)
     except Exception:
         budgets.metrics.store_errors.inc()
-        log.warning("budget store unavailable; batch spend not recorded", exc_info=True)
+        raise

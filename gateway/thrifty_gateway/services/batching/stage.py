@@ -10,6 +10,7 @@ task that records finished batch lines from the workers into this gateway's ledg
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -36,6 +37,8 @@ STAGE_NAME = "batch"
 # ack) are taken over; a live gateway acknowledges within milliseconds of its read.
 SYNC_MIN_IDLE_MS = 60_000
 SYNC_RECLAIM_SECONDS = 30.0
+READ_TIMEOUT = 5.0  # seconds: bounds one ledger read (it blocks 1 s in Redis)
+CHARGE_TRIES = 10  # budget store refusals before batch lines are recorded uncharged
 
 
 class BatchRuntime:
@@ -82,8 +85,10 @@ class BatchStage:
         self.routes = routes
         self.stages = stages  # the gateway's stages (the budgets stage charges batch spend)
         self._sync: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
         self.sync_reclaim_seconds = SYNC_RECLAIM_SECONDS
         self.sync_min_idle_ms = SYNC_MIN_IDLE_MS
+        self._charge_failures: dict[bytes, int] = {}  # ledger line -> spend refusals
 
     def start(self) -> None:
         if self.runtime.queue is not None:
@@ -145,15 +150,19 @@ class BatchStage:
         consumer = f"gateway-{socket.gethostname()}-{os.getpid()}"
         keys = queue.keys
         next_reclaim = 0.0
-        while True:
+        stopping = self._stopping
+        while not stopping.is_set():
             try:
                 await queue.ensure_groups()
-                while True:
+                while not stopping.is_set():
                     if time.monotonic() >= next_reclaim:
                         next_reclaim = time.monotonic() + self.sync_reclaim_seconds
                         await self._reclaim_ledger(consumer)
-                    got = await queue.redis.xreadgroup(
-                        keys.ledger_group, consumer, {keys.ledger: ">"}, count=1000, block=1000
+                    got = await asyncio.wait_for(
+                        queue.redis.xreadgroup(
+                            keys.ledger_group, consumer, {keys.ledger: ">"}, count=1000, block=1000
+                        ),
+                        READ_TIMEOUT,
                     )
                     if got:
                         # Shielded: a shutdown must not stop a chunk between recording it and
@@ -163,7 +172,8 @@ class BatchStage:
                 raise
             except Exception:
                 log.exception("batch ledger sync failed; retrying")
-                await asyncio.sleep(1.0)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), 1.0)
 
     async def _reclaim_ledger(self, consumer: str) -> None:
         """Settle the lines pending too long with any consumer (this one included), then drop
@@ -193,26 +203,53 @@ class BatchStage:
                 await redis.xgroup_delconsumer(keys.ledger, keys.ledger_group, name)
 
     async def _settle(self, entries: Sequence[tuple[bytes, dict[bytes, bytes] | None]]) -> None:
-        """Record `entries` in the ledger, charge their spend to the budgets, acknowledge."""
+        """Record `entries` in the ledger, charge their spend to the budgets, acknowledge;
+        per tenant, route and hour (budget periods start on the hour). Lines whose spend the
+        budget store refuses stay pending and come back with the next reclaim; after
+        `CHARGE_TRIES` refusals they are recorded and acknowledged uncharged (logged), so a
+        budget store that stays down does not hold the ledger back for good."""
         queue = self.runtime.queue
         assert queue is not None
-        ids = []
-        spend: dict[tuple[str, str, int], float] = {}
+        keys, redis = queue.keys, queue.redis
+        budgets = find_budgets(self.stages)
+        gone: list[bytes] = []  # trimmed from the stream meanwhile: nothing left to record
+        groups: dict[tuple[str, str, int], list[tuple[bytes, dict[str, str]]]] = {}
         for entry_id, fields in entries:
-            ids.append(entry_id)
-            if not fields:  # trimmed from the stream meanwhile: nothing left to record
+            if not fields:
+                gone.append(entry_id)
                 continue
             f = {k.decode(): v.decode() for k, v in fields.items()}
-            self._record(f)
-            # spend per tenant, route and hour (budget periods start on the hour)
             hour = int(entry_id.split(b"-")[0]) // 3_600_000
-            key = (f.get("t", "anonymous"), f.get("r", ""), hour)
-            spend[key] = spend.get(key, 0.0) + float(f.get("u", "0") or 0)
-        await charge(
-            find_budgets(self.stages),
-            [(t, r, usd, hour * 3600.0) for (t, r, hour), usd in spend.items()],
-        )
-        await queue.redis.xack(queue.keys.ledger, queue.keys.ledger_group, *ids)
+            groups.setdefault((f.get("t", "anonymous"), f.get("r", ""), hour), []).append(
+                (entry_id, f)
+            )
+        if gone:
+            await redis.xack(keys.ledger, keys.ledger_group, *gone)
+        for (tenant, route, hour), lines in groups.items():
+            ids = [entry_id for entry_id, _ in lines]
+            usd = sum(float(f.get("u", "0") or 0) for _, f in lines)
+            try:
+                await charge(budgets, tenant, route, usd, hour * 3600.0)
+            except Exception as exc:
+                tries = 1 + max(self._charge_failures.get(i, 0) for i in ids)
+                if tries < CHARGE_TRIES:
+                    self._charge_failures.update(dict.fromkeys(ids, tries))
+                    log.warning(
+                        "batch spend not charged (%s); %d lines kept for a retry",
+                        type(exc).__name__,
+                        len(ids),
+                    )
+                    continue
+                log.error(
+                    "batch spend of %d lines not charged after %d tries; recorded uncharged",
+                    len(ids),
+                    tries,
+                )
+            for _, f in lines:
+                self._record(f)
+            await redis.xack(keys.ledger, keys.ledger_group, *ids)
+            for entry_id in ids:
+                self._charge_failures.pop(entry_id, None)
 
     def _record(self, f: dict[str, str]) -> None:
         saved = float(f.get("s", "0") or 0)
@@ -232,8 +269,17 @@ class BatchStage:
 
     async def aclose(self) -> None:
         if self._sync is not None:
-            self._sync.cancel()
-            await asyncio.gather(self._sync, return_exceptions=True)
+            # Asked to stop between two reads (within a read's block, 1 s), not cancelled:
+            # redis-py can leave a read cancelled while it connects waiting for ever (a
+            # gateway stopped right after its start hung at shutdown). Cancelled only when it
+            # does not stop in time, and never waited for without a bound.
+            self._stopping.set()
+            done, _ = await asyncio.wait({self._sync}, timeout=READ_TIMEOUT)
+            if not done:
+                self._sync.cancel()
+                done, _ = await asyncio.wait({self._sync}, timeout=2.0)
+                if not done:
+                    log.warning("batch ledger sync did not stop; abandoned")
         if self.coalescer is not None:
             await self.coalescer.aclose()
         if self.runtime.queue is not None:
