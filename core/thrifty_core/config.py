@@ -188,6 +188,12 @@ class CacheStoreConfig(ConfigModel):
     )
     collection: str = Field(default="thrifty", description="Semantic collection name.")
     keyspace_version: str = Field(default="v1", description="Prefix bumped to purge entries.")
+    owner: str = Field(
+        default="",
+        description="Whose policy this is (the CachePolicy's namespace, as the operator renders "
+        "it): part of the keyspace, so that policies of the same name in two namespaces never "
+        "share, serve or purge each other's entries on a shared Redis or Qdrant.",
+    )
 
 
 class CachePolicyConfig(ConfigModel):

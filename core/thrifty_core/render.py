@@ -136,6 +136,7 @@ def render_cache_policy(policy: CachePolicy) -> CachePolicyConfig:
             ),
             collection=(status.collection if status else "") or collection_name(policy),
             keyspace_version=(status.keyspace_version if status else "") or "v1",
+            owner=ns,
         ),
     )
 

@@ -196,6 +196,7 @@ def test_rendered_config_matches_the_specs(platform: Platform) -> None:
     example = yaml.safe_load((ROOT / "examples" / "cachepolicy.yaml").read_text())
     assert policy.spec.semantic.threshold == example["spec"]["semantic"]["threshold"]
     assert policy.stores.collection == f"thrifty-{ns}-default-cache"
+    assert policy.stores.owner == ns  # in the keyspace: no sharing with another namespace
     assert policy.stores.redis_url == f"redis://default-cache-redis.{ns}.svc:6379/0"
     assert policy.stores.redis_password is not None
     assert str(policy.stores.redis_password.file).endswith("/default-cache-redis-auth/password")

@@ -765,3 +765,35 @@ async def test_after_a_cool_down_one_lookup_probes_a_hung_redis_not_all(
     finally:
         own_redis.proc.send_signal(signal.SIGCONT)
         await store.aclose()
+
+
+def test_policies_of_the_same_name_in_two_namespaces_share_nothing(
+    simulator: Simulator, redis: RedisServer
+) -> None:
+    """Two namespaces each have a CachePolicy `default` on one shared (external) Redis, with the
+    same tenant names: neither is served the other's answers, and a purge in one leaves the
+    other's entries."""
+
+    def config_of(owner: str) -> Any:
+        config = redis_config(simulator.url, redis.url)
+        config["cachePolicies"]["default"]["stores"]["owner"] = owner
+        return parse_config(config)
+
+    q = f"What is my card limit? {uuid.uuid4().hex[:8]}"
+    admin = {"authorization": "Bearer sk-local-admin"}
+    with (
+        TestClient(create_app(config_of("team-x"))) as x,
+        TestClient(create_app(config_of("team-y"))) as y,
+    ):
+        ax = openai.OpenAI(base_url="http://t/v1", api_key="sk-local-a", http_client=x)
+        ay = openai.OpenAI(base_url="http://t/v1", api_key="sk-local-a", http_client=y)
+        assert ask(ax, q).headers["x-thrifty-cache"] == "miss"
+        wait_cache_stores(x, 1)
+        assert ask(ax, q).headers["x-thrifty-cache"] == "exact"
+        assert ask(ay, q).headers["x-thrifty-cache"] == "miss"  # not team-x's answer
+        wait_cache_stores(y, 1)
+        purged = y.post("/v1/thrifty/cache/purge", json={"tenant": "team-a"}, headers=admin)
+        assert purged.json()["exact"] == 1  # its own entry only
+        assert ask(ax, q).headers["x-thrifty-cache"] == "exact"  # team-x's entry is still there
+        ax.close()
+        ay.close()

@@ -87,7 +87,8 @@ class SharedModels:
 async def open_policy(name: str, policy: CachePolicyConfig, models: SharedModels) -> PolicyRuntime:
     """Open the stores of a policy and load (or share) its embedder and verifier."""
     spec, stores = policy.spec, policy.stores
-    keyspace = f"{name}/{stores.keyspace_version}"
+    ident = f"{stores.owner}/{name}" if stores.owner else name  # namespace/policy
+    keyspace = f"{ident}/{stores.keyspace_version}"
     exact: ExactStore | None = None
     if spec.exact.enabled:
         codec = Codec(spec.exact.compress)
@@ -120,7 +121,7 @@ async def open_policy(name: str, policy: CachePolicyConfig, models: SharedModels
                 stores.collection,
                 emb.dimensions,
                 sem_keyspace,
-                policy=name,
+                policy=ident,
                 max_entries=spec.semantic.max_entries,
                 api_key=_store_secret(stores.qdrant_api_key),
             )
