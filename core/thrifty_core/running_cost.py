@@ -24,18 +24,26 @@ LEVER_OF_OWNER_KIND: Mapping[str, str] = {
 }
 RUNNING_LEVERS: tuple[str, ...] = ("cache", "batch", "distill", "tier", "gateway")
 GPU_RESOURCES = ("nvidia.com/gpu", "amd.com/gpu")
-_QUANTITY = re.compile(r"^([+-]?[0-9.]+)([a-zA-Z]*)$")
+# The API server's quantity grammar: a signed decimal, then a binary or decimal SI suffix or a
+# decimal exponent (`512e6`; a lone `E` is exa).
+_QUANTITY = re.compile(r"^([+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+))(?:[eE]([+-]?[0-9]+)|([a-zA-Z]*))$")
 _SUFFIX = {
     "": 1.0,
+    "n": 1e-9,
+    "u": 1e-6,
     "m": 1e-3,
     "k": 1e3,
     "M": 1e6,
     "G": 1e9,
     "T": 1e12,
+    "P": 1e15,
+    "E": 1e18,
     "Ki": 2.0**10,
     "Mi": 2.0**20,
     "Gi": 2.0**30,
     "Ti": 2.0**40,
+    "Pi": 2.0**50,
+    "Ei": 2.0**60,
 }
 
 
@@ -44,9 +52,14 @@ def parse_quantity(value: str | int | float) -> float:
     if isinstance(value, int | float):
         return float(value)
     match = _QUANTITY.match(value.strip())
-    if not match or match.group(2) not in _SUFFIX:
+    if not match:
         raise ValueError(f"not a quantity: {value!r}")
-    return float(match.group(1)) * _SUFFIX[match.group(2)]
+    number, exponent, suffix = match.groups()
+    if exponent is not None:
+        return float(number) * 10.0 ** int(exponent)
+    if suffix not in _SUFFIX:
+        raise ValueError(f"not a quantity: {value!r}")
+    return float(number) * _SUFFIX[suffix]
 
 
 def component_from_workload(manifest: Mapping[str, Any]) -> RunningComponent | None:

@@ -36,6 +36,19 @@ RULES: list[Rule] = [
         ],
         "verbs": ["patch"],
     },
+    # Children name their owner with `blockOwnerDeletion: true`; clusters that enforce owner
+    # references (OpenShift's OwnerReferencesPermissionEnforcement) then require `update` on
+    # the owner's finalizers, and refuse every child (403) without it.
+    {
+        "apiGroups": ["thrifty.dev"],
+        "resources": [
+            "llmgateways/finalizers",
+            "cachepolicies/finalizers",
+            "batchqueues/finalizers",
+            "distilledmodels/finalizers",
+        ],
+        "verbs": ["update"],
+    },
     {
         "apiGroups": [""],
         "resources": ["configmaps", "serviceaccounts", "persistentvolumeclaims"],

@@ -22,8 +22,16 @@ def test_quantities() -> None:
     assert parse_quantity("1Gi") == 2**30
     assert parse_quantity("512Mi") == 2**29
     assert parse_quantity(3) == 3.0
-    with pytest.raises(ValueError):
-        parse_quantity("lots")
+    # Everything else the API server accepts: exponents, P/E and Pi/Ei, n/u, ".5".
+    assert parse_quantity("512e6") == 512e6
+    assert parse_quantity("5E-3") == pytest.approx(0.005)
+    assert parse_quantity("1E") == 1e18  # exa, not an exponent
+    assert parse_quantity("2Pi") == 2.0**51
+    assert parse_quantity("100u") == pytest.approx(1e-4)
+    assert parse_quantity(".5") == 0.5
+    for bad in ("lots", "1Xi", "e3", "1.2.3"):
+        with pytest.raises(ValueError):
+            parse_quantity(bad)
 
 
 def workload(kind: str, owner_kind: str, **resources: Any) -> dict[str, Any]:

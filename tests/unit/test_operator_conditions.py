@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+
 from thrifty_core.api import DistilledModel
 from thrifty_operator.conditions import false, merge, ready, transitions, true
 from thrifty_operator.handlers.common import deployment_state, job_state
@@ -114,3 +116,45 @@ def test_a_statefulset_is_ready_once_its_current_spec_has_rolled_out() -> None:
     assert statefulset_state(sts(2, **rolling)) == (False, "1/1 replicas ready, 0 updated")
     assert not statefulset_state(sts(3, **done, **revisions))[0]  # change not seen yet
     assert statefulset_state(None) == (False, "not created yet")
+
+
+async def test_an_unexpected_reconcile_failure_is_a_condition_not_a_silent_retry(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A builder that raises something unforeseen (a quantity it cannot read, a bug) leaves a
+    `ReconcileError` condition naming it in status and a Warning event; change handlers retry
+    later. (Events are recorded here instead of posted: posting needs kopf's running
+    operator, which the e2e tests use.)"""
+    import kopf
+
+    events: list[tuple[str, str]] = []
+
+    def record(_obj: Any, *, type: str, reason: str, message: str) -> None:
+        assert message
+        events.append((type, reason))
+
+    monkeypatch.setattr(kopf, "event", record)
+
+    from thrifty_operator.handlers.common import Outcome, run
+
+    body: dict[str, Any] = {
+        "apiVersion": "thrifty.dev/v1alpha1",
+        "kind": "CachePolicy",
+        "metadata": {"name": "p", "namespace": "ns", "uid": "u1", "generation": 2},
+        "status": {},
+    }
+
+    async def broken() -> Outcome:
+        raise ValueError("not a quantity: '1Xi'")
+
+    for strict in (False, True):
+        patch = kopf.Patch()
+        if strict:
+            with pytest.raises(kopf.TemporaryError):
+                await run(body, patch, broken, strict=strict)
+        else:
+            await run(body, patch, broken, strict=strict)
+        (cond,) = [c for c in patch["status"]["conditions"] if c["type"] == "Applied"]
+        assert (cond["status"], cond["reason"]) == ("False", "ReconcileError")
+        assert "not a quantity" in cond["message"]
+    assert ("Warning", "ReconcileError") in events

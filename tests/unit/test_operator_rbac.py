@@ -33,6 +33,8 @@ def test_the_custom_resources_are_watched_and_their_status_written() -> None:
     for plural in ("llmgateways", "cachepolicies", "batchqueues", "distilledmodels"):
         assert {"list", "watch", "patch"} <= _allowed("thrifty.dev", plural)
         assert _allowed("thrifty.dev", f"{plural}/status") == {"patch"}
+        # children carry blockOwnerDeletion (owner-reference enforcement needs this)
+        assert _allowed("thrifty.dev", f"{plural}/finalizers") == {"update"}
     assert _allowed("", "events") == {"create"}
     # Secrets are mounted by kubelet and never read; the operator only creates the generated
     # Redis passwords (create-if-absent).

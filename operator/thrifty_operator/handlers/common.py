@@ -134,6 +134,13 @@ async def run(
         if strict:
             raise kopf.TemporaryError(f"API error, will retry: {exc.message}", delay=10) from exc
         return
+    except Exception as exc:  # a bug, or an input the builders cannot take: say so in status
+        logger.exception("reconcile of %s failed", (body.get("metadata") or {}).get("name"))
+        message = f"{type(exc).__name__}: {exc}"[:500]
+        finish(body, patch.status, Outcome([false("Applied", "ReconcileError", message)]))
+        if strict:
+            raise kopf.TemporaryError(f"reconcile failed: {message}", delay=60) from exc
+        return
     finish(body, patch.status, outcome)
 
 
