@@ -35,7 +35,10 @@ class OperatorSettings(BaseSettings):
         default=5.0, gt=0, description="Re-check interval while a resource is not Ready yet."
     )
     retrain_after_seconds: float = Field(
-        default=900.0, gt=0, description="A failed train Job is retried after this long."
+        default=900.0,
+        gt=0,
+        description="A failed train or evaluate Job, or an evaluate Job that wrote no report, "
+        "is run again after this long.",
     )
     collection_delete_timeout_seconds: float = Field(
         default=600.0,

@@ -240,6 +240,38 @@ def test_gpu_student_is_trained_and_served_on_gpu_nodes(platform: Platform) -> N
         assert pod["spec"]["nodeName"] in GPU_NODES, pod["metadata"]["name"]
 
 
+def test_a_changed_job_template_leaves_a_trained_model_ready(platform: Platform) -> None:
+    """An edit of spec.training.resources (or an operator upgrade with a new distill image)
+    changes the pod template of the run's Jobs but not their names: the finished Jobs stay as
+    they ran (a Job's template is immutable, and re-applying it was refused), and the model
+    stays Ready."""
+    cluster, ns = platform.cluster, platform.ns
+    cluster.kubectl(
+        "patch",
+        "distilledmodel",
+        "banking-intent",
+        "-n",
+        ns,
+        "--type=merge",
+        "-p",
+        '{"spec": {"training": {"resources": {"requests": {"cpu": "3"}}}}}',
+    )
+    generation = (get(cluster, "distilledmodel", ns, "banking-intent") or {})["metadata"][
+        "generation"
+    ]
+    model = wait_for(
+        lambda: (
+            (m := get(cluster, "distilledmodel", ns, "banking-intent"))
+            and m["status"].get("observedGeneration") == generation
+            and m
+        ),
+        timeout=60,
+        message="the operator to reconcile the edit",
+    )
+    assert condition(model, "Ready")["status"] == "True", model["status"]["conditions"]
+    assert condition(model, "Trained")["reason"] == "TrainingSucceeded"
+
+
 def test_policy_edit_rolls_only_the_gateways_using_it(platform: Platform) -> None:
     cluster, ns = platform.cluster, platform.ns
     plain = yaml.safe_load((ROOT / "examples" / "llmgateway.yaml").read_text())

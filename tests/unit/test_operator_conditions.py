@@ -158,3 +158,37 @@ async def test_an_unexpected_reconcile_failure_is_a_condition_not_a_silent_retry
         assert (cond["status"], cond["reason"]) == ("False", "ReconcileError")
         assert "not a quantity" in cond["message"]
     assert ("Warning", "ReconcileError") in events
+
+
+async def test_ended_jobs_are_run_again_after_the_retry_interval() -> None:
+    """A failed evaluate Job (a drained node, an OOM) or one that ended without its report is
+    deleted once older than `retrain_after_seconds`, so the next reconcile evaluates again; a
+    recent one is left (no retry storm). (The client records deletes: the decision is the
+    handler's; the real API server is in the e2e tests.)"""
+    from thrifty_operator.handlers.distilledmodel import _retry_after
+    from thrifty_operator.settings import OperatorSettings
+
+    class Deletes:
+        def __init__(self) -> None:
+            self.names: list[str] = []
+
+        async def delete(self, _api: str, _kind: str, _ns: str, name: str) -> bool:
+            self.names.append(name)
+            return True
+
+    class Ctx:
+        kube = Deletes()
+        settings = OperatorSettings(retrain_after_seconds=60)
+
+    def ended(kind: str, ago: float) -> dict[str, Any]:
+        when = (datetime.now(UTC) - timedelta(seconds=ago)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return {
+            "status": {"conditions": [{"type": kind, "status": "True", "lastTransitionTime": when}]}
+        }
+
+    ctx: Any = Ctx()
+    assert await _retry_after(ended("Failed", 5), "Failed", ctx, "ns", "recent") is False
+    assert await _retry_after(ended("Failed", 120), "Failed", ctx, "ns", "failed") is True
+    assert await _retry_after(ended("Complete", 120), "Complete", ctx, "ns", "no-report") is True
+    assert await _retry_after(ended("Complete", 120), "Failed", ctx, "ns", "succeeded") is False
+    assert ctx.kube.names == ["failed", "no-report"]

@@ -41,6 +41,10 @@ NOT_ENOUGH_EXAMPLES = 3  # `thrifty distill train` exit code
 ARTIFACTS_SIZE = "10Gi"
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+# On a train or evaluate Job: a digest of its spec. A Job's pod template is immutable, and the
+# run's name does not change with the image or the resources: the operator replaces an
+# unfinished Job whose spec changed and leaves a finished one alone.
+TEMPLATE_HASH = "thrifty.dev/template-hash"
 
 
 def candidate_version(model: DistilledModel) -> str:
@@ -205,12 +209,9 @@ def _job(
                 }
             ]
         }
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": metadata(owner, name, component),
-        "spec": spec,
-    }
+    meta = metadata(owner, name, component)
+    meta["annotations"] = {TEMPLATE_HASH: short_hash(spec, 12)}
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": spec}
 
 
 def build_train_job(model: DistilledModel, owner: Owner, run: str, defaults: Defaults) -> Manifest:

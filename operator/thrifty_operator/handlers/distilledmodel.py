@@ -65,23 +65,48 @@ def gate(model: DistilledModel, report: dict[str, Any]) -> tuple[bool, str]:
     return ok, message
 
 
+async def ensure_job(ctx: Context, manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """The run's Job: created when absent; a finished one is left as it is (its history; its
+    immutable pod template may differ after an operator upgrade or a resources edit, and
+    re-applying it would be refused); an unfinished one whose spec changed is deleted, and the
+    next reconcile creates it anew. None while it is being replaced."""
+    meta = manifest["metadata"]
+    ns, name = meta["namespace"], meta["name"]
+    job = await ctx.kube.get("batch/v1", "Job", ns, name)
+    if job is None:
+        await ctx.kube.apply(manifest)
+        return await ctx.kube.get("batch/v1", "Job", ns, name)
+    if job_state(job) in ("Complete", "Failed"):
+        return job
+    have = (job["metadata"].get("annotations") or {}).get(distill.TEMPLATE_HASH)
+    # (A Job from before the digest existed carries none: it is left to finish.)
+    if have is not None and have != meta["annotations"][distill.TEMPLATE_HASH]:
+        await ctx.kube.delete("batch/v1", "Job", ns, name)
+        return None
+    return job
+
+
 async def _evaluate(
     model: DistilledModel, owner: Owner, run: str, ctx: Context
 ) -> tuple[Cond, dict[str, Any] | None, bool]:
     ns = owner.namespace
     await apply_all(ctx.kube, distill.build_report_access(owner, run))
-    await ctx.kube.apply(distill.build_eval_job(model, owner, run, ctx.defaults))
-    job = await ctx.kube.get("batch/v1", "Job", ns, names.eval_job(owner.name, run))
+    eval_name = names.eval_job(owner.name, run)
+    job = await ensure_job(ctx, distill.build_eval_job(model, owner, run, ctx.defaults))
     state = job_state(job)
     if state == "Failed":
         detail = failure(job)
-        return false("Evaluated", "EvaluationFailed", f"run {run}: {detail}"), None, False
+        retried = await _retry_after(job, "Failed", ctx, ns, eval_name)
+        reason = "Retrying" if retried else "EvaluationFailed"
+        return false("Evaluated", reason, f"run {run}: {detail}"), None, False
     if state != "Complete":
         return false("Evaluated", "Evaluating", f"run {run}: evaluate Job running"), None, False
     report = read_report(
         await ctx.kube.get("v1", "ConfigMap", ns, names.eval_report(owner.name, run))
     )
     if report is None or not report.get("version"):
+        # Evaluated again later (a Job that exited without writing its report).
+        await _retry_after(job, "Complete", ctx, ns, eval_name)
         return false("Evaluated", "ReportMissing", f"run {run}: no report written"), None, False
     passed, message = gate(model, report)
     version = report["version"]
@@ -98,11 +123,14 @@ def failure(job: dict[str, Any] | None) -> str:
     return "failed"
 
 
-async def _retry_failed(job: dict[str, Any] | None, ctx: Context, ns: str, name: str) -> bool:
-    """Delete a failed train Job once it is old enough, so the next reconcile trains again
-    (typically: more examples have been captured since). True when deleted."""
+async def _retry_after(
+    job: dict[str, Any] | None, condition: str, ctx: Context, ns: str, name: str
+) -> bool:
+    """Delete a Job that ended (`condition`: Failed, or Complete without a result) once it is
+    old enough, so the next reconcile runs it again (a train Job: typically more examples
+    have been captured since; an evaluate Job: a drained node, an OOM). True when deleted."""
     for cond in (job or {}).get("status", {}).get("conditions") or []:
-        if cond.get("type") == "Failed" and cond.get("status") == "True":
+        if cond.get("type") == condition and cond.get("status") == "True":
             when = datetime.fromisoformat(str(cond["lastTransitionTime"]).replace("Z", "+00:00"))
             if (now() - when).total_seconds() >= ctx.settings.retrain_after_seconds:
                 return await ctx.kube.delete("batch/v1", "Job", ns, name)
@@ -142,9 +170,8 @@ async def reconcile(body: Body, ix: Indexes, ctx: Context) -> Outcome:
             distill.build_resource_config(model, owner),
         ],
     )
-    await ctx.kube.apply(distill.build_train_job(model, owner, run, ctx.defaults))
     train_name = names.train_job(owner.name, run)
-    train_job = await ctx.kube.get("batch/v1", "Job", ns, train_name)
+    train_job = await ensure_job(ctx, distill.build_train_job(model, owner, run, ctx.defaults))
     train = job_state(train_job)
     fields: dict[str, Any] = {}
     conds: list[Cond] = []
@@ -155,7 +182,7 @@ async def reconcile(body: Body, ix: Indexes, ctx: Context) -> Outcome:
         evaluated, report, passed = await _evaluate(model, owner, run, ctx)
         conds.append(evaluated)
     elif train == "Failed":
-        retried = await _retry_failed(train_job, ctx, ns, train_name)
+        retried = await _retry_after(train_job, "Failed", ctx, ns, train_name)
         reason = "Retrying" if retried else "TrainingFailed"
         conds.append(false("Trained", reason, f"run {run}: {failure(train_job)}"))
         conds.append(false("Evaluated", "WaitingForTraining", "nothing to evaluate yet"))
