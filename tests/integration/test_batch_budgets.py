@@ -16,7 +16,12 @@ import pytest
 import redis as redis_sync
 
 from tests.integration.procs import Gateway, Simulator, start_gateway
-from tests.integration.test_batch_flow import Worker, batch_config, chat_line, jsonl, wait_terminal
+from tests.integration.test_batch_flow import (
+    Worker,
+    batch_config,
+    create_batch,
+    wait_terminal,
+)
 from tests.services import RedisServer
 
 pytestmark = pytest.mark.integration
@@ -68,15 +73,6 @@ def assert_budget_exceeded(status: int, body: dict[str, Any], tenant: str) -> No
     assert body["error"]["code"] == "budget_exceeded"
     assert body["error"]["type"] == "insufficient_quota"
     assert tenant in body["error"]["message"]
-
-
-def create_batch(client: openai.OpenAI, n: int) -> Any:
-    uploaded = client.files.create(
-        file=("in.jsonl", jsonl([chat_line(i) for i in range(n)])), purpose="batch"
-    )
-    return client.batches.create(
-        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
-    )
 
 
 def test_deferred_spend_counts_and_blocks_new_batches(budget_stack: Gateway) -> None:

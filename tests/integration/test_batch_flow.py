@@ -176,6 +176,16 @@ def chat_line(i: int, model: str = "gpt-4o-mini") -> dict[str, Any]:
     }
 
 
+def create_batch(client: openai.OpenAI, n: int) -> Any:
+    """A batch of `n` chat lines (req-0 ... req-n-1), uploaded and created as a user does."""
+    uploaded = client.files.create(
+        file=("in.jsonl", jsonl([chat_line(i) for i in range(n)])), purpose="batch"
+    )
+    return client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+
+
 def wait_terminal(client: openai.OpenAI, batch_id: str, timeout: float = 90) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -434,12 +444,7 @@ def test_worker_sigkilled_while_a_provider_job_runs_resumes_polling_it(
         gw, worker = stack("kill-provider", sim=slow)
         first = worker("w1")
         client = gw.openai(KEY)
-        uploaded = client.files.create(
-            file=("in.jsonl", jsonl([chat_line(i) for i in range(100)])), purpose="batch"
-        )
-        batch = client.batches.create(
-            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
-        )
+        batch = create_batch(client, 100)
         r: Any = redis_sync.Redis.from_url(redis.url)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not r.hlen("thrifty:batch:kill-provider:jobs"):
@@ -469,12 +474,7 @@ def test_worker_stopped_while_the_provider_creates_a_job_records_it(
         gw, worker = stack("stop-submit", sim=slow)
         first = worker("w1")
         client = gw.openai(KEY)
-        uploaded = client.files.create(
-            file=("in.jsonl", jsonl([chat_line(i) for i in range(20)])), purpose="batch"
-        )
-        batch = client.batches.create(
-            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
-        )
+        batch = create_batch(client, 20)
 
         def provider_stats() -> dict[str, int]:
             stats: dict[str, int] = httpx.get(f"{slow.url}/sim/batches/stats").json()

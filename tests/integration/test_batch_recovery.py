@@ -18,7 +18,7 @@ from tests.integration.test_batch_flow import Worker, batch_config
 from tests.services import RedisServer, free_port
 from thrifty_gateway.services.batching.files import FilesystemStore
 from thrifty_gateway.services.batching.finalize import finalize
-from thrifty_gateway.services.batching.model import BatchRecord, Line, new_id
+from thrifty_gateway.services.batching.model import BatchRecord, Keys, Line, new_id
 from thrifty_gateway.services.batching.queue import CHUNK, RedisQueue
 
 pytestmark = pytest.mark.integration
@@ -33,6 +33,18 @@ def lines_for(batch_id: str, n: int, model: str = "gpt-4o-mini") -> list[Line]:
         Line(batch_id, f"req-{i}", "chat", {"model": model, "messages": [{"role": "user"}]})
         for i in range(n)
     ]
+
+
+def finished_lines(redis: RedisServer, name: str, n: int) -> tuple[Any, Keys]:
+    """Queue `name`'s ledger stream holding `n` finished lines (team-a, 0.25 USD each), as the
+    workers write them, and its gateways' consumer group; returns a client and the keys."""
+    keys = Keys(name)
+    client: Any = redis_sync.Redis.from_url(redis.url)
+    client.xgroup_create(keys.ledger, keys.ledger_group, id="0", mkstream=True)
+    line = {"t": "team-a", "r": "default", "m": "gpt-4o-mini", "p": 10, "c": 5, "u": 0.25}
+    for _ in range(n):
+        client.xadd(keys.ledger, {**line, "s": 0.25, "ok": "1", "lv": "batch"})
+    return client, keys
 
 
 async def test_small_batch_is_created_in_one_step(redis: RedisServer) -> None:
@@ -136,28 +148,9 @@ def test_ledger_lines_held_by_a_gateway_that_died_are_recorded_by_another(
     from thrifty_core.config import parse_config
     from thrifty_gateway.app import create_app
     from thrifty_gateway.services.batching import stage as batch_stage
-    from thrifty_gateway.services.batching.model import Keys
 
     name = f"orphans-{time.time_ns()}"
-    keys = Keys(name)
-    client: Any = redis_sync.Redis.from_url(redis.url)
-    client.xgroup_create(keys.ledger, keys.ledger_group, id="0", mkstream=True)
-    for i in range(3):
-        client.xadd(
-            keys.ledger,
-            {
-                "t": "team-a",
-                "r": "default",
-                "m": "gpt-4o-mini",
-                "p": 10,
-                "c": 5,
-                "u": 0.25,
-                "s": 0.25,
-                "ok": "1",
-                "lv": "batch",
-                "n": i,
-            },
-        )
+    client, keys = finished_lines(redis, name, 3)
     # The dead gateway: read them, never acknowledged them.
     client.xreadgroup(keys.ledger_group, "gateway-gone-1", {keys.ledger: ">"}, count=10)
     monkeypatch.setattr(batch_stage, "SYNC_MIN_IDLE_MS", 200)
@@ -215,20 +208,9 @@ def test_batch_spend_refused_by_a_paused_budget_store_is_charged_later(
     from thrifty_core.config import parse_config
     from thrifty_gateway.app import create_app
     from thrifty_gateway.services.batching import stage as batch_stage
-    from thrifty_gateway.services.batching.model import Keys
 
     name = f"spend-{time.time_ns()}"
-    keys = Keys(name)
-    client: Any = redis_sync.Redis.from_url(redis.url)
-    client.xgroup_create(keys.ledger, keys.ledger_group, id="0", mkstream=True)
-    for _ in range(3):
-        client.xadd(
-            keys.ledger,
-            {
-                **{"t": "team-a", "r": "default", "m": "gpt-4o-mini", "p": 10, "c": 5},
-                **{"u": 0.25, "s": 0.25, "ok": "1", "lv": "batch"},
-            },
-        )
+    client, keys = finished_lines(redis, name, 3)
     monkeypatch.setattr(batch_stage, "SYNC_MIN_IDLE_MS", 200)
     monkeypatch.setattr(batch_stage, "SYNC_RECLAIM_SECONDS", 0.3)
     spend = start_redis(tmp_path / "spend")
@@ -275,16 +257,9 @@ def test_batch_lines_are_recorded_uncharged_when_the_budget_store_stays_down(
     from thrifty_core.config import parse_config
     from thrifty_gateway.app import create_app
     from thrifty_gateway.services.batching import stage as batch_stage
-    from thrifty_gateway.services.batching.model import Keys
 
     name = f"nospend-{time.time_ns()}"
-    keys = Keys(name)
-    client: Any = redis_sync.Redis.from_url(redis.url)
-    client.xgroup_create(keys.ledger, keys.ledger_group, id="0", mkstream=True)
-    client.xadd(
-        keys.ledger,
-        {"t": "team-a", "r": "default", "m": "gpt-4o-mini", "p": 10, "c": 5, "u": 0.25, "ok": "1"},
-    )
+    client, keys = finished_lines(redis, name, 1)
     monkeypatch.setattr(batch_stage, "SYNC_MIN_IDLE_MS", 100)
     monkeypatch.setattr(batch_stage, "SYNC_RECLAIM_SECONDS", 0.2)
     monkeypatch.setattr(batch_stage, "CHARGE_TRIES", 3)
