@@ -222,8 +222,17 @@ def test_batch_spend_refused_by_a_paused_budget_store_is_charged_later(
     spend.proc.send_signal(signal.SIGSTOP)
     try:
         with TestClient(create_app(parse_config(config))) as gw:
-            time.sleep(1.5)  # the first reads were refused by the hung store
+            deadline = time.monotonic() + 15
+            while (
+                time.monotonic() < deadline
+                and client.xpending(keys.ledger, keys.ledger_group)["pending"] < 3
+            ):
+                time.sleep(0.05)
+            time.sleep(1.0)  # the settle's write to the hung store times out (0.5 s)
+            # read, refused by the hung store, kept pending: nothing charged or recorded yet
             assert client.xpending(keys.ledger, keys.ledger_group)["pending"] == 3
+            usage = gw.get("/v1/thrifty/usage", headers={"authorization": "Bearer sk-local-admin"})
+            assert usage.json()["totals"]["requests"] == 0
             spend.proc.send_signal(signal.SIGCONT)
             deadline = time.monotonic() + 15
             spent = 0.0

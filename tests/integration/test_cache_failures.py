@@ -633,7 +633,7 @@ def test_followers_are_served_when_the_leader_hangs_up(tmp_path: Path) -> None:
     called once."""
     from concurrent.futures import ThreadPoolExecutor
 
-    slow: Simulator = start_simulator(tmp_path / "sim", "--latency-ms", "1000")
+    slow: Simulator = start_simulator(tmp_path / "sim", "--latency-ms", "2000")
     gw = start_gateway(tmp_path / "gw", memory_config(slow.url))
     try:
         q = f"What is the daily ATM limit? {uuid.uuid4().hex[:6]}"
@@ -649,13 +649,17 @@ def test_followers_are_served_when_the_leader_hangs_up(tmp_path: Path) -> None:
 
         with ThreadPoolExecutor(1) as pool:
             first = pool.submit(leader)
-            time.sleep(0.1)  # the leader's request is upstream
+            deadline = time.monotonic() + 10
+            # The provider counts a request as it arrives, before its latency: the leader is
+            # upstream (and its flight registered) once the count is 1.
+            while time.monotonic() < deadline and not slow.stats()["requests"].get("gpt-4o-mini"):
+                time.sleep(0.02)
             started = time.monotonic()
             raw = ask(patient, q)
             took = time.monotonic() - started
             assert first.result() == "hung up"
         assert raw.headers["x-thrifty-cache"] == "exact"
-        assert took < 3  # the provider's 1 s, not FOLLOW_TIMEOUT
+        assert took < 10  # the provider's 2 s, not FOLLOW_TIMEOUT (30 s)
         assert slow.stats()["requests"]["gpt-4o-mini"] == 1
     finally:
         gw.stop()
