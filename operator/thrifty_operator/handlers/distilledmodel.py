@@ -74,8 +74,7 @@ async def ensure_job(ctx: Context, manifest: dict[str, Any]) -> dict[str, Any] |
     ns, name = meta["namespace"], meta["name"]
     job = await ctx.kube.get("batch/v1", "Job", ns, name)
     if job is None:
-        await ctx.kube.apply(manifest)
-        return await ctx.kube.get("batch/v1", "Job", ns, name)
+        return await ctx.kube.apply(manifest)  # the Job as created
     if job_state(job) in ("Complete", "Failed"):
         return job
     have = (job["metadata"].get("annotations") or {}).get(distill.TEMPLATE_HASH)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import orjson
@@ -241,14 +241,9 @@ class RedisQueue:
         waiting inside a provider job. Lines delivered too often are dead-lettered here."""
         k = self.keys
         out: list[Entry] = []
-        cursor = "0-0"
-        while True:
-            reply = await self.redis.xautoclaim(
-                k.stream, k.group, consumer, min_idle_ms, start_id=cursor, count=count
-            )
-            cursor = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
-            out += await self.outside_jobs(_decode(reply[1]))
-            if cursor == "0-0" or len(out) >= count:
+        async for page in self.claim_idle(k.stream, k.group, consumer, min_idle_ms, count):
+            out += await self.outside_jobs(_decode(page))
+            if len(out) >= count:
                 break
         fresh: list[Entry] = []
         for eid, line in out:
@@ -261,6 +256,22 @@ class RedisQueue:
             else:
                 fresh.append((eid, line))
         return fresh
+
+    async def claim_idle(
+        self, stream: str, group: str, consumer: str, min_idle_ms: int, count: int
+    ) -> AsyncIterator[list[Any]]:
+        """Take over, page by page (`XAUTOCLAIM`, up to `count` a page), the entries of
+        `stream` pending in `group` longer than `min_idle_ms`: raw (id, fields) pairs."""
+        cursor = "0-0"
+        while True:
+            reply = await self.redis.xautoclaim(
+                stream, group, consumer, min_idle_ms, start_id=cursor, count=count
+            )
+            cursor = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
+            if reply[1]:
+                yield reply[1]
+            if cursor == "0-0":
+                return
 
     async def outside_jobs(self, entries: list[Entry]) -> list[Entry]:
         """The entries not waiting inside a provider job: never put in one, or put in a job

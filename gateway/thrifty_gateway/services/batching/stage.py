@@ -86,8 +86,6 @@ class BatchStage:
         self.stages = stages  # the gateway's stages (the budgets stage charges batch spend)
         self._sync: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
-        self.sync_reclaim_seconds = SYNC_RECLAIM_SECONDS
-        self.sync_min_idle_ms = SYNC_MIN_IDLE_MS
         self._charge_failures: dict[bytes, int] = {}  # ledger line -> spend refusals
 
     def start(self) -> None:
@@ -156,7 +154,7 @@ class BatchStage:
                 await queue.ensure_groups()
                 while not stopping.is_set():
                     if time.monotonic() >= next_reclaim:
-                        next_reclaim = time.monotonic() + self.sync_reclaim_seconds
+                        next_reclaim = time.monotonic() + SYNC_RECLAIM_SECONDS
                         await self._reclaim_ledger(consumer)
                     got = await asyncio.wait_for(
                         queue.redis.xreadgroup(
@@ -181,21 +179,10 @@ class BatchStage:
         queue = self.runtime.queue
         assert queue is not None
         keys, redis = queue.keys, queue.redis
-        cursor: Any = "0-0"
-        while True:
-            reply = await redis.xautoclaim(
-                keys.ledger,
-                keys.ledger_group,
-                consumer,
-                self.sync_min_idle_ms,
-                start_id=cursor,
-                count=1000,
-            )
-            cursor, entries = reply[0], reply[1]
-            if entries:
-                await asyncio.shield(self._settle(entries))
-            if cursor in (b"0-0", "0-0"):
-                break
+        async for page in queue.claim_idle(
+            keys.ledger, keys.ledger_group, consumer, SYNC_MIN_IDLE_MS, 1000
+        ):
+            await asyncio.shield(self._settle(page))
         for info in await redis.xinfo_consumers(keys.ledger, keys.ledger_group):
             name = info["name"].decode() if isinstance(info["name"], bytes) else info["name"]
             if name != consumer and int(info["pending"]) == 0:
