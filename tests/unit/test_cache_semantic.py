@@ -190,14 +190,30 @@ def test_policies_sharing_a_collection_keep_to_their_own_entries() -> None:
         first.close()
 
 
-def test_the_hnsw_build_runs_off_the_process_and_keeps_every_update(tmp_path: object) -> None:
+def test_the_hnsw_build_runs_off_the_process_and_keeps_every_update(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The edge engine holds the GIL while it builds its index; the build runs in a subprocess
-    on a copy. Other threads keep running meanwhile, and what was added, removed or purged
-    during the build is in the shard that replaces the live one."""
+    on a copy. With that subprocess stopped (SIGSTOP) mid-build, searches and updates in this
+    process still complete; what was added, removed or purged during the build is in the shard
+    that replaces the live one."""
+    import os
+    import signal
+    import subprocess
     import threading
 
-    import numpy as np
+    builds: list[subprocess.Popen[bytes]] = []
+    launched = threading.Event()
+    real_popen = subprocess.Popen
 
+    def stopped_build(*args: object, **kwargs: object) -> subprocess.Popen[bytes]:
+        proc: subprocess.Popen[bytes] = real_popen(*args, **kwargs)  # type: ignore[call-overload]
+        os.kill(proc.pid, signal.SIGSTOP)  # held until the updates below are done
+        builds.append(proc)
+        launched.set()
+        return proc
+
+    monkeypatch.setattr(subprocess, "Popen", stopped_build)  # the module the index calls
     rng = np.random.default_rng(0)
     index = EdgeIndex(DIM, "ks1", path=str(tmp_path), optimize_every=10**9)
     try:
@@ -205,37 +221,42 @@ def test_the_hnsw_build_runs_off_the_process_and_keeps_every_update(tmp_path: ob
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         for i, v in enumerate(vectors):
             index.add(key(i), v.tolist(), f"tenant:{i % 3}", "ctx", f"q{i}", entry(), 600)
-        stalls: list[float] = []
-        stop = threading.Event()
-
-        def tick() -> None:
-            while not stop.is_set():
-                t0 = time.perf_counter()
-                time.sleep(0.001)
-                stalls.append(time.perf_counter() - t0)
-
-        ticker = threading.Thread(target=tick)
-        ticker.start()
         live = index._shard
         assert index.optimize_in_background()
-        assert not index.optimize_in_background()  # one build at a time
-        # During the build: one added, one removed, one tenant's tagged entry purged.
-        index.add(key(99_999), unit(1), "tenant:new", "ctx", "late", entry("new"), 600)
-        index.remove(key(5))
-        index.add(key(99_998), unit(0, 1), "tenant:0", "ctx", "tagged", entry(tags=("t",)), 600)
-        index.purge(Selector(tag="t"))
-        index.wait_optimized()
-        stop.set()
-        ticker.join()
-        assert max(stalls) < 0.5  # no thread of this process waited on the build
+        assert not index.optimize_in_background() and index.building()  # one build at a time
+        assert launched.wait(60)
+        (build,) = builds
+        found: list[list[str]] = []
+
+        def meanwhile() -> None:
+            # During the build: one added, one removed, one tenant's tagged entry purged.
+            index.add(key(99_999), unit(1), "tenant:new", "ctx", "late", entry("new"), 600)
+            index.remove(key(5))
+            tagged = entry(tags=("t",))
+            index.add(key(99_998), unit(0, 1), "tenant:0", "ctx", "tagged", tagged, 600)
+            index.purge(Selector(tag="t"))
+            found.append([c.query for c in index.search(unit(1), "tenant:new", "ctx", 0.5, 5)])
+
+        worker = threading.Thread(target=meanwhile)
+        worker.start()
+        worker.join(60)  # a deadlock guard: it would wait for ever on a build in this process
+        assert not worker.is_alive()
+        assert found == [["late"]]  # the live shard answered while the build was held
+        assert build.pid != os.getpid() and build.poll() is None  # still building, elsewhere
+        build.send_signal(signal.SIGCONT)
+        index.wait_optimized(120)
+        assert build.returncode == 0 and not index.building()
         assert index._shard is not live and index._indexed == 12_000  # the built one is live
         assert index.count() == 12_000  # 12,000 + late - removed (tagged: added, purged)
         assert [c.query for c in index.search(unit(1), "tenant:new", "ctx", 0.5, 5)] == ["late"]
-        found = index.search(vectors[5].tolist(), "tenant:2", "ctx", 0.99, 5)
-        assert found == []  # q5 was removed during the build
+        found_q5 = index.search(vectors[5].tolist(), "tenant:2", "ctx", 0.99, 5)
+        assert found_q5 == []  # q5 was removed during the build
         assert [c.query for c in index.search(vectors[7].tolist(), "tenant:1", "ctx", 0.99, 1)] == [
             "q7"
         ]
     finally:
+        for proc in builds:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)
         index.close()
     assert not Path(f"{tmp_path}.build").exists() and not Path(f"{tmp_path}.old").exists()

@@ -239,7 +239,7 @@ class EdgeIndex:
         """Build the HNSW index in a subprocess and swap it in (see the class docstring);
         searches and updates keep running meanwhile. False when a build is running."""
         with self._lock:
-            if self._closed or (self._optimizer is not None and self._optimizer.is_alive()):
+            if self._closed or self.building():
                 return False
             self._unindexed = 0
             self._optimizer = threading.Thread(
@@ -345,6 +345,11 @@ class EdgeIndex:
             self._shard = shard
             self._indexed = int(shard.count(qe.CountRequest(exact=True)))
         shutil.rmtree(retired, ignore_errors=True)
+
+    def building(self) -> bool:
+        """Whether a background build (or its swap) is running."""
+        optimizer = self._optimizer
+        return optimizer is not None and optimizer.is_alive()
 
     def wait_optimized(self, timeout: float | None = None) -> None:
         optimizer = self._optimizer
