@@ -96,12 +96,46 @@ async def ensure_collection(
     return created
 
 
-async def delete_collection(url: str, name: str, api_key: str | None = None) -> None:
-    """Drop the collection (missing is fine)."""
+def policy_filter(policy: str, *, others: bool = False) -> dict[str, Any]:
+    """Points of one policy (its `policy` payload field, `namespace/name`), or of every other."""
+    condition = {"key": "policy", "match": {"value": policy}}
+    return {"must_not": [condition]} if others else {"must": [condition]}
+
+
+async def delete_collection(
+    url: str, name: str, api_key: str | None = None, *, policy: str | None = None
+) -> bool:
+    """Drop a policy's semantic data; True when the collection itself was dropped (missing is
+    fine). Without `policy`, the collection is dropped. With it, the collection is dropped only
+    when it holds no other policy's entries (a collection can be shared: several policies may
+    name it, and default names of two namespaces can coincide); otherwise only this policy's
+    points are deleted. An entry another policy writes between the count and the drop is lost
+    with the collection: a cache miss, not wrong data."""
     headers = {"api-key": api_key} if api_key else {}
     timeout = aiohttp.ClientTimeout(total=60)
+    base = f"{url.rstrip('/')}/collections/{name}"
     async with aiohttp.ClientSession(headers=headers, timeout=timeout) as http:
-        async with http.delete(f"{url.rstrip('/')}/collections/{name}") as resp:
+        if policy is not None:
+            count = {"exact": True, "filter": policy_filter(policy, others=True)}
+            async with http.post(f"{base}/points/count", json=count) as resp:
+                if resp.status == 404:
+                    logger.info("collection %s is already gone", name)
+                    return False
+                resp.raise_for_status()
+                others = int((await resp.json())["result"]["count"])
+            if others:
+                body = {"filter": policy_filter(policy)}
+                async with http.post(f"{base}/points/delete?wait=true", json=body) as resp:
+                    resp.raise_for_status()
+                logger.info(
+                    "collection %s kept (%d entries of other policies); %s's entries deleted",
+                    name,
+                    others,
+                    policy,
+                )
+                return False
+        async with http.delete(base) as resp:
             if resp.status != 404:
                 resp.raise_for_status()
     logger.info("collection %s deleted", name)
+    return True

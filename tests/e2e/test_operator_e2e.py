@@ -476,6 +476,7 @@ def test_policy_asking_to_delete_data_drops_its_collection_first(platform: Platf
     )
     args = job["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[:2] == ["operator", "delete-collection"] and f"thrifty-{ns}-scratch" in args
+    assert args[args.index("--policy") + 1] == f"{ns}/scratch"  # only its entries if shared
     assert args[args.index("--api-key-file") + 1].endswith("/scratch-qdrant-auth/api-key")
     wait_gone(cluster, "cachepolicy", ns, "scratch")
     wait_gone(cluster, "statefulset", ns, "scratch-qdrant")

@@ -1,6 +1,7 @@
 """The collection Job's steps against a stand-in of the few Qdrant REST routes it calls (no
 Qdrant server can be installed here; the routes and bodies follow Qdrant's OpenAPI: GET, PUT and
-DELETE /collections/{name}, PUT /collections/{name}/index)."""
+DELETE /collections/{name}, PUT /collections/{name}/index, POST
+/collections/{name}/points/count and /points/delete with a `match` filter)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from thrifty_operator.collection import CollectionMismatch, ensure_collection
+from thrifty_operator.collection import CollectionMismatch, delete_collection, ensure_collection
 
 
 class FakeQdrant:
@@ -19,6 +20,7 @@ class FakeQdrant:
         self.collections: dict[str, dict[str, Any]] = {}
         self.deleted: list[str] = []
         self.keys: list[str | None] = []
+        self.points: dict[str, list[dict[str, Any]]] = {}  # collection -> payloads
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._auth])
@@ -26,6 +28,8 @@ class FakeQdrant:
         app.router.add_put("/collections/{name}", self.put)
         app.router.add_delete("/collections/{name}", self.delete)
         app.router.add_put("/collections/{name}/index", self.index)
+        app.router.add_post("/collections/{name}/points/count", self.count)
+        app.router.add_post("/collections/{name}/points/delete", self.delete_points)
         return app
 
     @web.middleware
@@ -58,6 +62,31 @@ class FakeQdrant:
         if self.collections.pop(name, None) is None:
             return web.json_response({"status": {"error": "Not found"}}, status=404)
         return web.json_response({"result": True, "status": "ok"})
+
+    @staticmethod
+    def _matches(payload: dict[str, Any], flt: dict[str, Any]) -> bool:
+        def hit(cond: dict[str, Any]) -> bool:
+            return bool(payload.get(cond["key"]) == cond["match"]["value"])
+
+        return all(hit(c) for c in flt.get("must", [])) and not any(
+            hit(c) for c in flt.get("must_not", [])
+        )
+
+    async def count(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name not in self.collections:
+            return web.json_response({"status": {"error": "Not found"}}, status=404)
+        flt = (await request.json()).get("filter") or {}
+        n = sum(self._matches(p, flt) for p in self.points.get(name, []))
+        return web.json_response({"result": {"count": n}, "status": "ok"})
+
+    async def delete_points(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name not in self.collections:
+            return web.json_response({"status": {"error": "Not found"}}, status=404)
+        flt = (await request.json())["filter"]
+        self.points[name] = [p for p in self.points.get(name, []) if not self._matches(p, flt)]
+        return web.json_response({"result": {"status": "completed"}, "status": "ok"})
 
     async def index(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -113,3 +142,41 @@ async def test_never_recreates_a_collection_the_user_named(qdrant: tuple[FakeQdr
     with pytest.raises(CollectionMismatch, match="may be shared"):
         await ensure_collection(url, "c", 1536, "tenant")
     assert fake.deleted == [] and fake.collections["c"]["size"] == 384
+
+
+async def test_a_policy_alone_in_its_collection_drops_it(qdrant: tuple[FakeQdrant, str]) -> None:
+    fake, url = qdrant
+    fake.collections["c"] = {"size": 384, "schema": {"scope", "keyspace", "policy"}}
+    fake.points["c"] = [{"policy": "ns/a"}, {"policy": "ns/a"}]
+    assert await delete_collection(url, "c", "k", policy="ns/a") is True
+    assert fake.deleted == ["c"] and "c" not in fake.collections
+    assert await delete_collection(url, "c", "k", policy="ns/a") is False  # already gone
+
+
+async def test_a_shared_collection_loses_only_the_going_policys_entries(
+    qdrant: tuple[FakeQdrant, str],
+) -> None:
+    """Another policy names the same collection, or another namespace's default name coincides
+    (`team-a`/`cache` and `team`/`a-cache`): its entries and the collection stay."""
+    fake, url = qdrant
+    fake.collections["thrifty-team-a-cache"] = {"size": 384, "schema": {"policy"}}
+    fake.points["thrifty-team-a-cache"] = [
+        {"policy": "team-a/cache", "tenant": "x"},
+        {"policy": "team/a-cache", "tenant": "x"},
+        {"policy": "team-a/cache", "tenant": "y"},
+    ]
+    dropped = await delete_collection(url, "thrifty-team-a-cache", policy="team-a/cache")
+    assert dropped is False and fake.deleted == []
+    assert fake.points["thrifty-team-a-cache"] == [{"policy": "team/a-cache", "tenant": "x"}]
+    # The last policy going drops the collection.
+    assert await delete_collection(url, "thrifty-team-a-cache", policy="team/a-cache") is True
+    assert fake.deleted == ["thrifty-team-a-cache"]
+
+
+async def test_without_a_policy_the_collection_is_dropped(qdrant: tuple[FakeQdrant, str]) -> None:
+    """What Jobs made by an earlier operator ask for."""
+    fake, url = qdrant
+    fake.collections["c"] = {"size": 384, "schema": {"policy"}}
+    fake.points["c"] = [{"policy": "ns/other"}]
+    assert await delete_collection(url, "c") is True
+    assert fake.deleted == ["c"]

@@ -90,11 +90,19 @@ def delete_collection(
     url: Annotated[str, typer.Option(help="Qdrant base URL.")],
     collection: Annotated[str, typer.Option(help="Collection name.")],
     api_key_file: Annotated[Path | None, typer.Option(help="File with the API key.")] = None,
+    policy: Annotated[
+        str | None,
+        typer.Option(
+            help="The policy going (namespace/name): only its entries are deleted while other "
+            "policies' entries remain in the collection."
+        ),
+    ] = None,
 ) -> None:
-    """Drop the semantic collection (a CachePolicy with deletionPolicy Delete)."""
+    """Drop a CachePolicy's semantic data (deletionPolicy Delete): the collection, or only the
+    policy's entries in a collection other policies share."""
     from thrifty_operator.collection import delete_collection as drop
 
-    asyncio.run(drop(url, collection, _read_key(api_key_file)))
+    asyncio.run(drop(url, collection, _read_key(api_key_file), policy=policy))
 
 
 @operator_app.command(

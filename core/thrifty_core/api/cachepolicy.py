@@ -249,7 +249,9 @@ class CachePolicySpec(ApiModel):
     stores: Stores = Field(default_factory=Stores, description="Backing stores.")
     deletion_policy: Literal["Retain", "Delete"] = Field(
         default="Retain",
-        description="Delete removes the semantic collection when the policy is deleted.",
+        description="Delete removes the policy's semantic data when the policy is deleted: its "
+        "collection, or only its entries while other policies' entries remain in the collection "
+        "(a collection several policies name).",
     )
 
     model_config = with_cel(

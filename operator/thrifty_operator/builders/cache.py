@@ -197,9 +197,11 @@ def stale_collection_jobs(policy: CachePolicy, owner: Owner, current: str) -> li
 def build_collection_delete_job(
     policy: CachePolicy, owner: Owner, defaults: Defaults
 ) -> Manifest | None:
-    """A Job dropping the collection (run from the finalizer when deletionPolicy is Delete)."""
+    """A Job dropping the policy's semantic data (run from the finalizer when deletionPolicy is
+    Delete): the collection, or only its entries where other policies' entries remain."""
     target = collection(policy)
     if target is None:
         return None
     args = ["operator", "delete-collection", "--url", target.url, "--collection", target.name]
+    args += ["--policy", f"{owner.namespace}/{owner.name}"]
     return _collection_job(policy, owner, defaults, names.collection_delete_job(owner.name), args)
