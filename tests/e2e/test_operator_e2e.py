@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
 import sys
 import urllib.error
 import uuid
@@ -510,6 +511,47 @@ def test_rbac_is_exactly_what_the_operator_uses(platform: Platform) -> None:
         assert result.stdout.strip() == allowed, (verb, resource, result.stdout)
     # Everything above converged with this account's token: the rules are enough.
     assert platform.operator.healthy()
+
+
+def readme_finalizer_release() -> str:
+    """The README's clean-up snippet for resources left behind by an uninstalled operator."""
+    text = (ROOT / "README.md").read_text()
+    after = text.index("If the operator is already gone")
+    start = text.index("```bash\n", after) + len("```bash\n")
+    return text[start : text.index("```", start)]
+
+
+def test_the_readme_releases_resources_the_gone_operator_left(platform: Platform) -> None:
+    """Without the operator, deleting a resource waits on its finalizer (kopf's timers need
+    one) for ever; the README's snippet lets it go."""
+    cluster, ns, op = platform.cluster, platform.ns, platform.operator
+    orphan = yaml.safe_load((ROOT / "examples" / "llmgateway.yaml").read_text())
+    orphan["metadata"] = {"name": "orphan", "namespace": ns}
+    orphan["spec"].pop("batchQueueRef")
+    cluster.apply(orphan)
+    wait_for(
+        lambda: "thrifty.dev/finalizer" in (get(cluster, "llmgateway", ns, "orphan") or {}).get(
+            "metadata", {}
+        ).get("finalizers", []),
+        timeout=60,
+        message="the operator's finalizer on orphan",
+    )
+    op.stop()
+    try:
+        cluster.kubectl("delete", "llmgateway", "orphan", "-n", ns, "--wait=false")
+        stuck = get(cluster, "llmgateway", ns, "orphan") or {}
+        assert stuck["metadata"]["deletionTimestamp"]  # marked, held by the finalizer
+        assert stuck["metadata"]["finalizers"] == ["thrifty.dev/finalizer"]
+        subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", readme_finalizer_release()],
+            env=cluster.env,
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        wait_gone(cluster, "llmgateway", ns, "orphan")
+    finally:
+        op.start()
 
 
 def test_deleting_the_resources_leaves_nothing_behind(platform: Platform) -> None:
