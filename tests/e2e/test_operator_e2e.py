@@ -530,9 +530,12 @@ def test_the_readme_releases_resources_the_gone_operator_left(platform: Platform
     orphan["spec"].pop("batchQueueRef")
     cluster.apply(orphan)
     wait_for(
-        lambda: "thrifty.dev/finalizer" in (get(cluster, "llmgateway", ns, "orphan") or {}).get(
-            "metadata", {}
-        ).get("finalizers", []),
+        lambda: (
+            "thrifty.dev/finalizer"
+            in (get(cluster, "llmgateway", ns, "orphan") or {})
+            .get("metadata", {})
+            .get("finalizers", [])
+        ),
         timeout=60,
         message="the operator's finalizer on orphan",
     )
