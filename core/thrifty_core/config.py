@@ -249,6 +249,13 @@ class LedgerConfig(ConfigModel):
     retention_hours: int = Field(
         default=24 * 14, ge=1, description="Hours of usage buckets kept (memory and Redis)."
     )
+    gateway: str = Field(
+        default="",
+        pattern=r"^[^:]*$",
+        description="Whose figures these are (the LLMGateway's namespace/name, as the operator "
+        "renders it): part of the usage, budget and rate-limit keys, so that gateways sharing "
+        "one Redis never count, charge or limit each other's tenants of the same name.",
+    )
 
 
 class GatewayConfig(ConfigModel):

@@ -297,6 +297,10 @@ def render_gateway_config(
         default_cache_policy=default_policy,
         batch=batch,
         students=students,
-        ledger=LedgerConfig(redis_url=ledger_redis, redis_password=ledger_password),
+        ledger=LedgerConfig(
+            redis_url=ledger_redis,
+            redis_password=ledger_password,
+            gateway=f"{gateway.metadata.namespace}/{gateway.metadata.name}",
+        ),
         net_savings=net_savings_with(spec.net_savings, running),
     )

@@ -54,6 +54,7 @@ def open_limiter(metrics: Metrics, config: LedgerConfig) -> Limiter:
         config.redis_url,
         metrics.registry,
         password=secret.read_store_credential() if secret else None,
+        gateway=config.gateway,
     )
 
 

@@ -198,6 +198,8 @@ def test_rendered_config_matches_the_specs(platform: Platform) -> None:
     assert policy.spec.semantic.threshold == example["spec"]["semantic"]["threshold"]
     assert policy.stores.collection == f"thrifty-{ns}-default-cache"
     assert policy.stores.owner == ns  # in the keyspace: no sharing with another namespace
+    # In the usage, budget and rate-limit keys: no sharing with another gateway.
+    assert config.ledger.gateway == f"{ns}/thrifty"
     assert policy.stores.redis_url == f"redis://default-cache-redis.{ns}.svc:6379/0"
     assert policy.stores.redis_password is not None
     assert str(policy.stores.redis_password.file).endswith("/default-cache-redis-auth/password")

@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 import redis as redis_lib
 
 from tests.integration.conftest import GatewayFactory
-from tests.integration.procs import Gateway
+from tests.integration.procs import Gateway, Simulator, local_config
 from tests.services import RedisServer, free_port, start_redis
 
 pytestmark = pytest.mark.integration
@@ -91,6 +92,51 @@ def test_usage_from_either_gateway_shows_both(
     assert usage(three)["totals"]["requests"] == 6
 
 
+def test_two_gateways_on_one_redis_keep_their_tenants_apart(
+    gateway_factory: GatewayFactory, simulator: Simulator, clean_ledger: RedisServer
+) -> None:
+    """Two LLMGateways (as the operator renders them, `ledger.gateway` = namespace/name) on one
+    Redis, each with tenants team-a and team-b: neither sees the other's usage, limits the
+    other's tenant or charges its budget."""
+    tenants = local_config(simulator.url)["tenants"]
+    tenants[0] = {**tenants[0], "budget": {"period": "day", "hardLimitUsd": 0.000001}}
+    tenants[1] = {**tenants[1], "requestsPerMinute": 2}
+    one = gateway_factory(
+        tenants=tenants, ledger={"redisUrl": clean_ledger.url, "gateway": "ns-one/gw"}
+    )
+    two = gateway_factory(
+        tenants=tenants, ledger={"redisUrl": clean_ledger.url, "gateway": "ns-two/gw"}
+    )
+    send(one, "sk-local-b", 2)
+    with pytest.raises(openai.RateLimitError):  # team-b's 2 a minute, on one
+        send(one, "sk-local-b", 1)
+    send(two, "sk-local-b", 1)  # two's team-b is another tenant
+    send(one, "sk-local-a", 1)  # over team-a's budget on one ...
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        spent = httpx.get(f"{one.base_url()}/thrifty/budgets", headers=ADMIN).json()
+        if spent["data"][0]["spent_usd"] > 0:
+            break
+        time.sleep(0.05)
+    with pytest.raises(openai.RateLimitError) as refused:
+        send(one, "sk-local-a", 1)
+    assert refused.value.code == "budget_exceeded"
+    budgets = httpx.get(f"{two.base_url()}/thrifty/budgets", headers=ADMIN).json()
+    assert [b["spent_usd"] for b in budgets["data"]] == [0.0]
+    send(two, "sk-local-a", 1)  # ... not on two
+    # Usage: each gateway's own (one's figures are written before two's are read).
+    usage_until(one, 3)
+    seen = usage_until(two, 2)
+    assert {row["tenant"]: row["requests"] for row in seen["by_tenant"]} == {
+        "team-a": 1,
+        "team-b": 1,
+    }
+    client = redis_lib.Redis.from_url(clean_ledger.url)
+    assert client.exists("thrifty:ledger:ns-one/gw:index", "thrifty:ledger:ns-two/gw:index") == 2
+    assert not client.exists("thrifty:ledger:index")
+    client.close()
+
+
 def test_without_redis_a_gateway_counts_in_memory(gateway_factory: GatewayFactory) -> None:
     gw = gateway_factory(ledger={"redisUrl": f"redis://127.0.0.1:{free_port()}/0"})
     send(gw, "sk-local-a", 2)
@@ -128,6 +174,38 @@ async def test_buckets_never_expire_in_redis_and_are_dropped_after_the_retention
     assert not await client.exists(name)
     assert [k for k, _ in await shared.read(None)] == [new_key]
     await shared.aclose()
+
+
+async def test_a_gateway_named_writer_drops_the_buckets_of_before_the_upgrade_too(
+    clean_ledger: RedisServer,
+) -> None:
+    """After an upgrade nobody writes the keys that named no gateway: the writer that names
+    its gateway deletes their buckets once past the retention (not before)."""
+    from prometheus_client import CollectorRegistry
+    from redis import asyncio as aioredis
+
+    from thrifty_gateway.services.ledger import HOUR, Totals
+    from thrifty_gateway.services.ledger_shared import SharedBuckets, bucket_id, bucket_name
+
+    now = [1_800_000_000.0]
+    client = aioredis.Redis.from_url(clean_ledger.url)
+    before = SharedBuckets(client, CollectorRegistry(), retention_hours=2, clock=lambda: now[0])
+    old_key = (int(now[0] // HOUR) * HOUR, "team-a", "r", "m")
+    before.add(old_key, Totals(requests=1))
+    assert await before.flush()
+    after = SharedBuckets(
+        client, CollectorRegistry(), retention_hours=2, clock=lambda: now[0], gateway="ns/gw"
+    )
+    assert await after.read(None) == []  # its own keys only
+    after.add(old_key, Totals(requests=5))
+    assert await after.flush()  # a cleanup ran: the old bucket is within the retention
+    assert [t.requests for _, t in await before.read(None)] == [1]
+    now[0] += 4 * HOUR + 700  # past the retention and the cleanup interval
+    after.add((int(now[0] // HOUR) * HOUR, "team-a", "r", "m"), Totals(requests=2))
+    assert await after.flush()
+    assert not await client.exists(bucket_name(bucket_id(old_key)), "thrifty:ledger:index")
+    assert [t.requests for _, t in await after.read(None)] == [2]
+    await after.aclose()
 
 
 async def test_a_failed_cleanup_never_writes_a_delta_twice(

@@ -21,7 +21,7 @@ from tests.services import RedisServer, free_port
 from thrifty_core.config import TenantConfig
 from thrifty_core.errors import RateLimitError
 from thrifty_gateway.services.auth import hash_key
-from thrifty_gateway.services.ratelimit_shared import PREFIX, SharedLimiter
+from thrifty_gateway.services.ratelimit_shared import PREFIX, SharedLimiter, limit_keys
 
 pytestmark = pytest.mark.integration
 
@@ -64,7 +64,7 @@ async def test_request_bucket_takes_and_refills_on_redis_time(
         await shared.check(tenant)
     assert refused.value.code == "requests_per_minute"
     assert 29 <= int(refused.value.headers["retry-after"]) <= 31
-    key = SharedLimiter.keys("team-x")[0]
+    key = shared.keys("team-x")[0]
     client = redis_lib.Redis.from_url(clean_limits.url)
     # No TTL: the cache's volatile-lru Redis never evicts a bucket (a fresh minute).
     assert client.ttl(key) == -1
@@ -172,7 +172,7 @@ def test_tokens_used_through_one_gateway_count_on_the_other(
     assert used.usage is not None and used.usage.total_tokens > 21
     # The debit runs right after the response is sent.
     client = redis_lib.Redis.from_url(clean_limits.url)
-    key = SharedLimiter.keys("team-b")[1]
+    key = limit_keys("", "team-b")[1]
     deadline = time.monotonic() + 10
     while client.hget(key, "l") is None and time.monotonic() < deadline:
         time.sleep(0.02)

@@ -132,3 +132,41 @@ async def test_requests_outside_every_budget_pass_untouched() -> None:
 def test_soft_limit_above_hard_limit_is_refused() -> None:
     with pytest.raises(ValueError, match="softLimitUsd"):
         Budget(soft_limit_usd=5, hard_limit_usd=1)
+
+
+async def test_gateways_on_one_store_keep_their_tenants_spend_apart() -> None:
+    """Two gateways (namespace/name) on one spend store, each with a tenant 'team-a': spend
+    through one never counts against the other's budget."""
+    store = MemorySpendStore(lambda: NOW)
+    budget = Budget(period="day", hard_limit_usd=1.0)
+    one = stage(store, BudgetLine("tenant", "team-a", budget, "ns-one/gw"))
+    two = stage(store, BudgetLine("tenant", "team-a", budget, "ns-two/gw"))
+    c = ctx()
+    await one.before_upstream(c)
+    await one.after_upstream(c, outcome(1.5))
+    with pytest.raises(BudgetExceededError):
+        await one.before_upstream(ctx())
+    assert await two.before_upstream(ctx()) is None
+    assert [b["spent_usd"] for b in await two.status()] == [0.0]
+    (key, _, _) = one.lines[0].window(NOW)
+    assert key.startswith("thrifty:budget:ns-one/gw:tenant:team-a:day:")
+
+
+async def test_spend_under_the_keys_of_before_counts_until_its_period_ends() -> None:
+    """An upgrade moves a gateway's budgets under keys that name it: what was spent earlier in
+    the period still counts (no fresh budget), and new spend goes under the new key."""
+    store = MemorySpendStore(lambda: NOW)
+    budget = Budget(period="day", hard_limit_usd=1.0)
+    before = BudgetLine("tenant", "team-a", budget)
+    (old_key, _, end) = before.window(NOW)
+    await store.add([(old_key, end.timestamp())], 0.75)
+    after = stage(store, BudgetLine("tenant", "team-a", budget, "ns/gw"))
+    assert after.lines[0].legacy_key(NOW) == old_key
+    c = ctx()
+    assert await after.before_upstream(c) is None
+    await after.after_upstream(c, outcome(0.5))
+    assert await store.get([old_key]) == [0.75]  # left as it was
+    with pytest.raises(BudgetExceededError):
+        await after.before_upstream(ctx())
+    assert [b["spent_usd"] for b in await after.status()] == [1.25]
+    assert before.legacy_key(NOW) is None  # a gateway that names none reads one key

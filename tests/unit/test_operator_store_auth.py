@@ -96,6 +96,8 @@ def test_gateways_and_workers_read_the_passwords_as_files() -> None:
     assert config.batch is not None and config.batch.redis_password is not None
     assert config.batch.redis_password.file == f"{SECRETS}/default-batch-redis-auth/password"
     assert config.ledger.redis_password == cache_pw  # the ledger lives in the cache's Redis
+    meta = GATEWAY.metadata
+    assert config.ledger.gateway == f"{meta.namespace}/{meta.name}"  # its keys name it
     refs = {(r.name, r.key) for r in gateway_secret_refs(GATEWAY, [policy], QUEUE)}
     assert {("default-cache-redis-auth", "password"), ("default-batch-redis-auth", "password")} <= (
         refs

@@ -208,6 +208,7 @@ def open_ledger(metrics: Metrics, config: LedgerConfig) -> Ledger:
             metrics.registry,
             config.retention_hours,
             password=secret.read_store_credential() if secret else None,
+            gateway=config.gateway,
         )
     return Ledger(metrics, config.retention_hours, shared=shared)
 

@@ -4,9 +4,10 @@ Each replica keeps counting in memory and adds what it recorded to Redis after t
 `record()` only merges the request's figures into a pending delta per bucket, and a background
 task writes the pending deltas in one pipelined transaction (`HINCRBY` / `HINCRBYFLOAT`) a
 moment later, so many requests cost one round trip and none waits on Redis. A bucket is one
-hash `thrifty:ledger:b:[start,tenant,route,model]` (fields `requests`, `cost_usd`,
-`saved:<lever>`, `lever:<lever>`, `tier:<tier>`, ...) listed in the sorted set
-`thrifty:ledger:index` (score: the hour's start). Buckets carry no TTL, so a `volatile-lru`
+hash `thrifty:ledger:<namespace>/<gateway>:b:[start,tenant,route,model]` (fields `requests`,
+`cost_usd`, `saved:<lever>`, `lever:<lever>`, `tier:<tier>`, ...) listed in the sorted set
+`thrifty:ledger:<namespace>/<gateway>:index` (score: the hour's start); a gateway run without
+the operator names none (`thrifty:ledger:b:...`). Buckets carry no TTL, so a `volatile-lru`
 Redis shared with the cache never evicts them; writers delete those past the retention.
 
 When Redis fails or is slow (short socket timeouts) the deltas stay pending and are retried
@@ -22,6 +23,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any
 
 import orjson
@@ -74,9 +76,16 @@ def bucket_id(key: Key) -> bytes:
     return orjson.dumps(list(key))
 
 
-def bucket_name(member: bytes) -> bytes:
-    """The Redis key of the bucket the index lists as `member`."""
-    return PREFIX.encode() + b"b:" + member
+def ledger_prefix(gateway: str) -> str:
+    """Keys per gateway (`namespace/name`, no ':'), so that two gateways on one Redis never
+    count each other's tenants of the same name; '' (a gateway run without the operator) keeps
+    the keys of before."""
+    return f"{PREFIX}{gateway}:" if gateway else PREFIX
+
+
+def bucket_name(member: bytes, prefix: str = PREFIX) -> bytes:
+    """The Redis key of the bucket the index under `prefix` lists as `member`."""
+    return prefix.encode() + b"b:" + member
 
 
 class SharedBuckets:
@@ -88,8 +97,10 @@ class SharedBuckets:
         registry: Any,
         retention_hours: int,
         clock: Callable[[], float] = time.time,
+        gateway: str = "",
     ) -> None:
         self.client = client
+        self._prefix = ledger_prefix(gateway)
         self._retention = retention_hours * HOUR
         self._clock = clock
         self._pending: dict[Key, Totals] = {}
@@ -106,14 +117,20 @@ class SharedBuckets:
 
     @classmethod
     def from_url(
-        cls, url: str, registry: Any, retention_hours: int, *, password: str | None = None
+        cls,
+        url: str,
+        registry: Any,
+        retention_hours: int,
+        *,
+        password: str | None = None,
+        gateway: str = "",
     ) -> SharedBuckets:
         from redis import asyncio as aioredis
 
         client = aioredis.Redis.from_url(
             url, password=password, socket_timeout=1.0, socket_connect_timeout=1.0
         )
-        return cls(client, registry, retention_hours)
+        return cls(client, registry, retention_hours, gateway=gateway)
 
     @property
     def pending(self) -> int:
@@ -179,10 +196,10 @@ class SharedBuckets:
 
     async def _write(self, batch: dict[Key, Totals]) -> None:
         pipe = self.client.pipeline(transaction=True)
-        index = PREFIX + "index"
+        index = self._prefix + "index"
         for key, delta in batch.items():
             member = bucket_id(key)
-            name = bucket_name(member)
+            name = bucket_name(member, self._prefix)
             ints, floats = to_fields(delta)
             for field, n in ints.items():
                 pipe.hincrby(name, field, n)
@@ -193,8 +210,12 @@ class SharedBuckets:
         await pipe.execute()
 
     async def _drop_older_than(self, cutoff: float) -> None:
-        """Delete the buckets past the retention (they carry no TTL: see `redis_expiry`)."""
-        await drop_listed(self.client, PREFIX + "index", cutoff, bucket_name)
+        """Delete the buckets past the retention (they carry no TTL: see `redis_expiry`), and
+        those of the keys before they named a gateway, which nobody writes after an upgrade."""
+        for prefix in {self._prefix, PREFIX}:
+            await drop_listed(
+                self.client, prefix + "index", cutoff, partial(bucket_name, prefix=prefix)
+            )
 
     async def read(self, since: float | None) -> list[tuple[Key, Totals]]:
         """Every replica's buckets (those overlapping `since` onwards)."""
@@ -202,12 +223,12 @@ class SharedBuckets:
 
     async def _read(self, since: float | None) -> list[tuple[Key, Totals]]:
         low: float | str = since - HOUR if since is not None else "-inf"
-        members: list[bytes] = await self.client.zrangebyscore(PREFIX + "index", low, "+inf")
+        members: list[bytes] = await self.client.zrangebyscore(self._prefix + "index", low, "+inf")
         out: list[tuple[Key, Totals]] = []
         for chunk in _chunks(members, READ_CHUNK):
             pipe = self.client.pipeline(transaction=False)
             for member in chunk:
-                pipe.hgetall(bucket_name(member))
+                pipe.hgetall(bucket_name(member, self._prefix))
             for member, fields in zip(chunk, await pipe.execute(), strict=True):
                 if fields:  # expired since the index was read
                     start, tenant, route, model = orjson.loads(member)

@@ -85,6 +85,14 @@ return 0
 _REFUSED = {1: "requests", 2: "tokens"}  # the CHECK script's first answer
 
 
+def limit_keys(gateway: str, tenant: str) -> tuple[str, str]:
+    """A tenant's request and token buckets. Per gateway (`namespace/name`, no ':'), so that
+    two gateways on one Redis never limit each other's tenants of the same name; '' (a gateway
+    run without the operator) keeps the keys of before. A window is short: nothing to migrate."""
+    prefix = f"{PREFIX}{gateway}:" if gateway else PREFIX
+    return f"{prefix}{tenant}:req", f"{prefix}{tenant}:tok"
+
+
 class SharedLimiter:
     """The `Limiter` of a gateway with a shared Redis: one budget for all replicas."""
 
@@ -96,8 +104,10 @@ class SharedLimiter:
         timeout: float = 0.1,
         cooldown: float = 2.0,
         fallback: LocalLimiter | None = None,
+        gateway: str = "",
     ) -> None:
         self.client = client
+        self._gateway = gateway
         self._check = client.register_script(CHECK)
         self._debit = client.register_script(DEBIT)
         self._timeout = timeout
@@ -112,7 +122,9 @@ class SharedLimiter:
         )
 
     @classmethod
-    def from_url(cls, url: str, registry: Any, *, password: str | None = None) -> SharedLimiter:
+    def from_url(
+        cls, url: str, registry: Any, *, password: str | None = None, gateway: str = ""
+    ) -> SharedLimiter:
         from redis import asyncio as aioredis
 
         client = aioredis.Redis.from_url(
@@ -122,11 +134,10 @@ class SharedLimiter:
             socket_connect_timeout=0.1,
             retry_on_timeout=False,
         )
-        return cls(client, registry)
+        return cls(client, registry, gateway=gateway)
 
-    @staticmethod
-    def keys(tenant: str) -> tuple[str, str]:
-        return f"{PREFIX}{tenant}:req", f"{PREFIX}{tenant}:tok"
+    def keys(self, tenant: str) -> tuple[str, str]:
+        return limit_keys(self._gateway, tenant)
 
     async def _run(self, op: str, script: Any, keys: list[str], args: list[int]) -> Any:
         """The script's answer, or None when Redis is cooling down, failed or was slow."""

@@ -44,7 +44,7 @@ async def refuse_over_hard_limit(
         return
     windows = [ln.window(now) for ln in lines]
     try:
-        spent = await budgets.store.get([key for key, _, _ in windows])
+        spent = await budgets.spent(lines, now)
     except Exception:
         budgets.metrics.store_errors.inc()
         log.warning("budget store unavailable; batch let through", exc_info=True)

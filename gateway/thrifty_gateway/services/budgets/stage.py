@@ -61,17 +61,32 @@ class BudgetExceededError(RateLimitError):
 
 @dataclass(frozen=True, slots=True)
 class BudgetLine:
-    """One budget: whose (tenant or route) and its limits."""
+    """One budget: whose (tenant or route), its limits, and the gateway it belongs to
+    (`namespace/name`; '' for a gateway run without the operator)."""
 
     scope: Scope
     owner: str
     budget: Budget
+    gateway: str = ""
+
+    def _key(self, gateway: str, label: str) -> str:
+        whose = f"{gateway}:" if gateway else ""  # a gateway holds no ':' (Kubernetes names)
+        return f"thrifty:budget:{whose}{self.scope}:{self.owner}:{self.budget.period}:{label}"
 
     def window(self, now: float) -> tuple[str, datetime, datetime]:
         """(store key, period start, period end) of the period containing `now`."""
         start, end = period_bounds(self.budget.period, now)
-        label = period_label(self.budget.period, start)
-        return f"thrifty:budget:{self.scope}:{self.owner}:{self.budget.period}:{label}", start, end
+        return self._key(self.gateway, period_label(self.budget.period, start)), start, end
+
+    def legacy_key(self, now: float) -> str | None:
+        """The key of the same period before keys named their gateway (None when this one
+        names none): its spend still counts until the period ends, so an upgrade does not hand
+        a tenant a fresh budget. It may hold another gateway's tenant of the same name too;
+        counting that until the period ends errs on the side of the limit."""
+        if not self.gateway:
+            return None
+        start, _ = period_bounds(self.budget.period, now)
+        return self._key("", period_label(self.budget.period, start))
 
 
 class BudgetMetrics:
@@ -126,6 +141,17 @@ class BudgetStage:
                 if value is not None:
                     metrics.limit.labels(ln.scope, ln.owner, b.period, kind).set(value)
 
+    async def spent(self, lines: list[BudgetLine], now: float) -> list[float]:
+        """Each line's spend in its period containing `now` (its pre-upgrade key's included),
+        in one read. Raises when the store fails."""
+        keys = [ln.window(now)[0] for ln in lines]
+        legacy = [(i, k) for i, ln in enumerate(lines) if (k := ln.legacy_key(now)) is not None]
+        values = await self.store.get(keys + [k for _, k in legacy])
+        out = values[: len(lines)]
+        for (i, _), usd in zip(legacy, values[len(lines) :], strict=True):
+            out[i] += usd
+        return out
+
     def lines_for(self, tenant: str | None, route: str) -> list[BudgetLine]:
         found = [self._tenants[tenant]] if tenant in self._tenants else []
         if route in self._routes:
@@ -140,7 +166,7 @@ class BudgetStage:
         windows = [ln.window(now) for ln in lines]
         ctx.state[_STATE_KEY] = [(key, end.timestamp()) for key, _, end in windows]
         try:
-            spent = await self.store.get([key for key, _, _ in windows])
+            spent = await self.spent(lines, now)
         except Exception as exc:  # the store logs an outage once
             self.metrics.store_errors.inc()
             log.debug("budget store unavailable; request let through: %s", type(exc).__name__)
@@ -194,7 +220,7 @@ class BudgetStage:
         now = self._clock()
         windows = [ln.window(now) for ln in lines]
         try:
-            spent = await self.store.get([key for key, _, _ in windows])
+            spent = await self.spent(lines, now)
         except SpendStoreUnavailable as exc:
             raise ServiceUnavailableError(
                 "Budget spend cannot be read right now (its store is unavailable); retry.",
@@ -228,8 +254,9 @@ class BudgetStage:
 
 
 def budget_lines(config: GatewayConfig) -> list[BudgetLine]:
-    lines = [BudgetLine("tenant", t.name, t.budget) for t in config.tenants if t.budget]
-    lines += [BudgetLine("route", r.name, r.budget) for r in config.routes if r.budget]
+    gw = config.ledger.gateway
+    lines = [BudgetLine("tenant", t.name, t.budget, gw) for t in config.tenants if t.budget]
+    lines += [BudgetLine("route", r.name, r.budget, gw) for r in config.routes if r.budget]
     return lines
 
 

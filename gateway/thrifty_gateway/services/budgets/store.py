@@ -1,11 +1,12 @@
 """Where budget spend lives: `SpendStore` with Redis (shared, durable across gateway restarts)
 and in-memory (one process, embedded mode) implementations.
 
-Keys name the scope, the owner and the period (`thrifty:budget:tenant:team-a:day:2026-11-27`)
-and are kept until a day after their period ends. In Redis they carry no TTL (the Redis they
-share with the cache evicts keys that have one, `volatile-lru`, and spend must never be
-forgotten under memory pressure): the sorted set `thrifty:budget:expiry` lists them by that
-time, and writers delete those past it.
+Keys name the gateway, the scope, the owner and the period
+(`thrifty:budget:team-ns/thrifty:tenant:team-a:day:2026-11-27`; a gateway run without the
+operator names no gateway: `thrifty:budget:tenant:team-a:...`) and are kept until a day after
+their period ends. In Redis they carry no TTL (the Redis they share with the cache evicts keys
+that have one, `volatile-lru`, and spend must never be forgotten under memory pressure): the
+sorted set `thrifty:budget:expiry` lists them by that time, and writers delete those past it.
 """
 
 from __future__ import annotations
