@@ -275,11 +275,18 @@ def test_a_changed_job_template_leaves_a_trained_model_ready(platform: Platform)
     assert condition(model, "Trained")["reason"] == "TrainingSucceeded"
 
 
+def plain_gateway(name: str, ns: str) -> dict[str, Any]:
+    """The example gateway under another name, without a batch queue (one holds the queue)."""
+    gateway = yaml.safe_load((ROOT / "examples" / "llmgateway.yaml").read_text())
+    gateway["metadata"] = {"name": name, "namespace": ns}
+    gateway["spec"].pop("batchQueueRef")
+    return dict(gateway)
+
+
 def test_policy_edit_rolls_only_the_gateways_using_it(platform: Platform) -> None:
     cluster, ns = platform.cluster, platform.ns
-    plain = yaml.safe_load((ROOT / "examples" / "llmgateway.yaml").read_text())
-    plain["metadata"] = {"name": "plain", "namespace": ns}
-    for key in ("cachePolicyRef", "batchQueueRef", "autoscaling", "podDisruptionBudget"):
+    plain = plain_gateway("plain", ns)
+    for key in ("cachePolicyRef", "autoscaling", "podDisruptionBudget"):
         plain["spec"].pop(key)
     plain["spec"]["replicas"] = 1
     cluster.apply(plain)
@@ -413,10 +420,7 @@ def test_bad_spec_is_reported_without_a_retry_storm(platform: Platform) -> None:
 
 def test_operator_killed_mid_reconcile_converges(platform: Platform) -> None:
     cluster, ns, op = platform.cluster, platform.ns, platform.operator
-    late = yaml.safe_load((ROOT / "examples" / "llmgateway.yaml").read_text())
-    late["metadata"] = {"name": "late", "namespace": ns}
-    late["spec"].pop("batchQueueRef")
-    cluster.apply(late)
+    cluster.apply(plain_gateway("late", ns))
     wait_for(
         lambda: get(cluster, "configmap", ns, "late-gateway-config"),
         timeout=30,
@@ -527,10 +531,7 @@ def test_the_readme_releases_resources_the_gone_operator_left(platform: Platform
     """Without the operator, deleting a resource waits on its finalizer (kopf's timers need
     one) for ever; the README's snippet lets it go."""
     cluster, ns, op = platform.cluster, platform.ns, platform.operator
-    orphan = yaml.safe_load((ROOT / "examples" / "llmgateway.yaml").read_text())
-    orphan["metadata"] = {"name": "orphan", "namespace": ns}
-    orphan["spec"].pop("batchQueueRef")
-    cluster.apply(orphan)
+    cluster.apply(plain_gateway("orphan", ns))
     wait_for(
         lambda: (
             "thrifty.dev/finalizer"

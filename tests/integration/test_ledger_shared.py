@@ -14,6 +14,7 @@ import httpx
 import openai
 import pytest
 import redis as redis_lib
+from redis import asyncio as aioredis
 
 from tests.integration.conftest import GatewayFactory
 from tests.integration.procs import Gateway, Simulator, local_config
@@ -148,23 +149,32 @@ def test_without_redis_a_gateway_counts_in_memory(gateway_factory: GatewayFactor
     assert 'thrifty_ledger_shared_errors_total{op="read"}' in metrics
 
 
+async def one_bucket_written(client: Any, now: list[float]) -> tuple[Any, Any]:
+    """A writer (no gateway named, 2 hours' retention, clock `now[0]`) and the bucket of the
+    hour it wrote one request to."""
+    from prometheus_client import CollectorRegistry
+
+    from thrifty_gateway.services.ledger import HOUR, Totals
+    from thrifty_gateway.services.ledger_shared import SharedBuckets
+
+    shared = SharedBuckets(client, CollectorRegistry(), retention_hours=2, clock=lambda: now[0])
+    key = (int(now[0] // HOUR) * HOUR, "team-a", "r", "m")
+    shared.add(key, Totals(requests=1))
+    assert await shared.flush()
+    return shared, key
+
+
 async def test_buckets_never_expire_in_redis_and_are_dropped_after_the_retention(
     clean_ledger: RedisServer,
 ) -> None:
     """The cache's Redis evicts keys that have a TTL (volatile-lru): usage buckets carry none,
     and the writer deletes those past the retention itself."""
-    from prometheus_client import CollectorRegistry
-    from redis import asyncio as aioredis
-
     from thrifty_gateway.services.ledger import HOUR, Totals
-    from thrifty_gateway.services.ledger_shared import SharedBuckets, bucket_id, bucket_name
+    from thrifty_gateway.services.ledger_shared import bucket_id, bucket_name
 
     now = [1_800_000_000.0]
     client = aioredis.Redis.from_url(clean_ledger.url)
-    shared = SharedBuckets(client, CollectorRegistry(), retention_hours=2, clock=lambda: now[0])
-    old_key = (int(now[0] // HOUR) * HOUR, "team-a", "r", "m")
-    shared.add(old_key, Totals(requests=1))
-    assert await shared.flush()
+    shared, old_key = await one_bucket_written(client, now)
     name = bucket_name(bucket_id(old_key))
     assert await client.ttl(name) == -1  # no TTL: never an eviction candidate
     now[0] += 4 * HOUR + 700  # past the retention and the cleanup interval
@@ -182,17 +192,13 @@ async def test_a_gateway_named_writer_drops_the_buckets_of_before_the_upgrade_to
     """After an upgrade nobody writes the keys that named no gateway: the writer that names
     its gateway deletes their buckets once past the retention (not before)."""
     from prometheus_client import CollectorRegistry
-    from redis import asyncio as aioredis
 
     from thrifty_gateway.services.ledger import HOUR, Totals
     from thrifty_gateway.services.ledger_shared import SharedBuckets, bucket_id, bucket_name
 
     now = [1_800_000_000.0]
     client = aioredis.Redis.from_url(clean_ledger.url)
-    before = SharedBuckets(client, CollectorRegistry(), retention_hours=2, clock=lambda: now[0])
-    old_key = (int(now[0] // HOUR) * HOUR, "team-a", "r", "m")
-    before.add(old_key, Totals(requests=1))
-    assert await before.flush()
+    before, old_key = await one_bucket_written(client, now)
     after = SharedBuckets(
         client, CollectorRegistry(), retention_hours=2, clock=lambda: now[0], gateway="ns/gw"
     )
@@ -212,7 +218,6 @@ async def test_a_failed_cleanup_never_writes_a_delta_twice(
     clean_ledger: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from prometheus_client import CollectorRegistry
-    from redis import asyncio as aioredis
 
     from thrifty_gateway.services.ledger import HOUR, Totals
     from thrifty_gateway.services.ledger_shared import SharedBuckets
@@ -239,7 +244,6 @@ async def test_closing_during_a_background_write_loses_nothing(tmp_path: Path) -
     import signal
 
     from prometheus_client import CollectorRegistry
-    from redis import asyncio as aioredis
 
     from thrifty_gateway.services.ledger import HOUR, Totals
     from thrifty_gateway.services.ledger_shared import SharedBuckets
