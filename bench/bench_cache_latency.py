@@ -160,9 +160,13 @@ def _fill(index: EdgeIndex, vectors: np.ndarray[Any, Any], scopes: int) -> None:
 
 
 def _search_times(
-    index: EdgeIndex, vectors: np.ndarray[Any, Any], scopes: int, searches: int = 300
+    index: EdgeIndex,
+    vectors: np.ndarray[Any, Any],
+    scopes: int,
+    searches: int = 300,
+    rng: np.random.Generator | None = None,
 ) -> list[float]:
-    rng = np.random.default_rng(1)
+    rng = rng if rng is not None else np.random.default_rng(1)
     out = []
     for k in rng.choice(len(vectors), searches, replace=False):
         noisy = vectors[k] + rng.standard_normal(vectors.shape[1]).astype(np.float32) * 0.02
@@ -189,8 +193,9 @@ def search_at_scale() -> dict[str, Any]:
     one.optimize_in_background()
     # Searches keep being served while the build runs in its subprocess, and through the swap.
     during: list[float] = []
+    queries = np.random.default_rng(2)  # new queries all along, not the same pages again
     while one.building():
-        during += _search_times(one, vectors, 1, 20)
+        during += _search_times(one, vectors, 1, 20, queries)
     one.wait_optimized()
     result["hnsw_build_seconds"] = round(time.perf_counter() - started, 1)
     result["one_context_during_build"] = {

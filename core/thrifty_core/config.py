@@ -251,7 +251,8 @@ class LedgerConfig(ConfigModel):
     )
     gateway: str = Field(
         default="",
-        pattern=r"^[^:]*$",
+        # namespace/name (Kubernetes names: never a ':' nor another key's scope word)
+        pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?/[a-z0-9]([-a-z0-9.]*[a-z0-9])?)?$",
         description="Whose figures these are (the LLMGateway's namespace/name, as the operator "
         "renders it): part of the usage, budget and rate-limit keys, so that gateways sharing "
         "one Redis never count, charge or limit each other's tenants of the same name.",

@@ -45,10 +45,13 @@ async def ensure_collection(
     api_key: str | None = None,
     *,
     recreate: bool = False,
+    policy: str | None = None,
 ) -> bool:
     """Create the collection and its tenant index when missing; True when it was created.
     With `recreate`, a Thrifty cache collection of another vector size is dropped and made
-    again (only for a policy's own collection: a named one may hold other policies' entries)."""
+    again (only for a policy's own collection: a named one may hold other policies' entries),
+    unless it holds entries of a policy other than `policy` (two namespaces' default names
+    can coincide)."""
     headers = {"api-key": api_key} if api_key else {}
     base = url.rstrip("/")
     timeout = aiohttp.ClientTimeout(total=30)
@@ -69,6 +72,17 @@ async def ensure_collection(
                         f"collection {name} has vector size {found}, want {size}, and {why}: "
                         "left as it is"
                     )
+                if created and policy is not None:
+                    count = {"exact": True, "filter": policy_filter(policy, others=True)}
+                    url_count = f"{base}/collections/{name}/points/count"
+                    async with http.post(url_count, json=count) as counted:
+                        counted.raise_for_status()
+                        others = int((await counted.json())["result"]["count"])
+                    if others:
+                        raise CollectionMismatch(
+                            f"collection {name} has vector size {found}, want {size}, and holds "
+                            f"{others} entries of other policies: left as it is"
+                        )
                 if created:
                     # The embedding model changed: every entry was made by the old one (and the
                     # keyspace moved on with it), so the cache starts afresh at the new size.
@@ -127,13 +141,19 @@ async def delete_collection(
                 body = {"filter": policy_filter(policy)}
                 async with http.post(f"{base}/points/delete?wait=true", json=body) as resp:
                     resp.raise_for_status()
-                logger.info(
-                    "collection %s kept (%d entries of other policies); %s's entries deleted",
-                    name,
-                    others,
-                    policy,
-                )
-                return False
+                # The others may have gone meanwhile (policies deleted together, as with their
+                # namespace): the last to look drops what is empty.
+                async with http.post(f"{base}/points/count", json={"exact": True}) as resp:
+                    resp.raise_for_status()
+                    left = int((await resp.json())["result"]["count"])
+                if left:
+                    logger.info(
+                        "collection %s kept (%d entries of other policies); %s's deleted",
+                        name,
+                        left,
+                        policy,
+                    )
+                    return False
         async with http.delete(base) as resp:
             if resp.status != 404:
                 resp.raise_for_status()

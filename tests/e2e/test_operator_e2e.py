@@ -556,6 +556,9 @@ def test_the_readme_releases_resources_the_gone_operator_left(platform: Platform
             timeout=120,
         )
         wait_gone(cluster, "llmgateway", ns, "orphan")
+        # Only what was being deleted: a live resource keeps its finalizer.
+        live = get(cluster, "llmgateway", ns, "thrifty") or {}
+        assert live["metadata"]["finalizers"] == ["thrifty.dev/finalizer"]
     finally:
         op.start()
 

@@ -167,6 +167,27 @@ def test_hard_limit_refuses_survives_restart_and_is_shared_by_replicas(
     assert_budget_refusal(after_restart.value)
 
 
+async def test_a_gateway_remembers_when_its_budget_keys_first_named_it(
+    clean_budgets: RedisServer,
+) -> None:
+    """The moment is set once (its first start after the upgrade) and outlives restarts; it
+    carries no TTL, so a volatile-lru Redis never evicts it."""
+    from redis import asyncio as aioredis
+
+    from thrifty_gateway.services.budgets.store import RedisSpendStore
+
+    now = [1_800_000_000.0]
+    client = aioredis.Redis.from_url(clean_budgets.url)
+    first = RedisSpendStore(client, clock=lambda: now[0])
+    assert await first.keys_named_since("ns/gw") == 1_800_000_000.0
+    now[0] += 86_400
+    restarted = RedisSpendStore(client, clock=lambda: now[0])
+    assert await restarted.keys_named_since("ns/gw") == 1_800_000_000.0
+    assert await restarted.keys_named_since("ns/other") == now[0]
+    assert await client.ttl("thrifty:budget:ns/gw:since") == -1
+    await client.aclose()
+
+
 async def test_spend_never_expires_in_redis_and_is_dropped_after_its_period(
     clean_budgets: RedisServer,
 ) -> None:

@@ -154,14 +154,18 @@ async def test_gateways_on_one_store_keep_their_tenants_spend_apart() -> None:
 
 async def test_spend_under_the_keys_of_before_counts_until_its_period_ends() -> None:
     """An upgrade moves a gateway's budgets under keys that name it: what was spent earlier in
-    the period still counts (no fresh budget), and new spend goes under the new key."""
-    store = MemorySpendStore(lambda: NOW)
+    the period still counts (no fresh budget), new spend goes under the new key, and from the
+    next period on the keys of before (which a gateway run without the operator may still
+    write) count no more."""
+    now = [NOW]
+    store = MemorySpendStore(lambda: now[0])
     budget = Budget(period="day", hard_limit_usd=1.0)
     before = BudgetLine("tenant", "team-a", budget)
     (old_key, _, end) = before.window(NOW)
     await store.add([(old_key, end.timestamp())], 0.75)
-    after = stage(store, BudgetLine("tenant", "team-a", budget, "ns/gw"))
-    assert after.lines[0].legacy_key(NOW) == old_key
+    line = BudgetLine("tenant", "team-a", budget, "ns/gw")
+    after = BudgetStage([line], store, BudgetMetrics(CollectorRegistry()), lambda: now[0], NOW)
+    assert line.legacy_key(NOW, NOW) == old_key
     c = ctx()
     assert await after.before_upstream(c) is None
     await after.after_upstream(c, outcome(0.5))
@@ -169,4 +173,13 @@ async def test_spend_under_the_keys_of_before_counts_until_its_period_ends() -> 
     with pytest.raises(BudgetExceededError):
         await after.before_upstream(ctx())
     assert [b["spent_usd"] for b in await after.status()] == [1.25]
-    assert before.legacy_key(NOW) is None  # a gateway that names none reads one key
+    assert before.legacy_key(NOW, NOW) is None  # a gateway that names none reads one key
+    assert line.legacy_key(NOW, None) is None  # no upgrade moment known: none either
+    # The next day: 0.9 spent under the key of before (by a gateway that names none) no longer
+    # counts here.
+    now[0] = end.timestamp() + 60
+    (next_old, _, next_end) = before.window(now[0])
+    await store.add([(next_old, next_end.timestamp())], 0.9)
+    assert line.legacy_key(now[0], NOW) is None
+    assert await after.before_upstream(ctx()) is None
+    assert [b["spent_usd"] for b in await after.status()] == [0.0]

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from thrifty_core.api import BatchQueue, CachePolicy, DistilledModel, LLMGateway
 from thrifty_core.config import (
     GatewayConfig,
+    LedgerConfig,
     SecretSource,
     TenantConfig,
     dump_config,
@@ -152,3 +153,12 @@ def test_a_store_credential_with_a_final_newline_is_flagged(
     caplog.clear()
     assert source.read_store_credential() == "s3cret-value"
     assert not caplog.records
+
+
+@pytest.mark.parametrize("gateway", ["route", "ns/gw:tenant", "NS/gw", "ns/", "/gw", "a/b/c"])
+def test_a_ledger_gateway_is_a_namespace_and_a_name(gateway: str) -> None:
+    """It goes into usage, budget and rate-limit keys: anything but `namespace/name` could
+    read as another key (`route` would make a gateway's keys those of a route's budget)."""
+    with pytest.raises(ValidationError, match="gateway"):
+        LedgerConfig(gateway=gateway)
+    assert LedgerConfig(gateway="team-a/thrifty.v2").gateway == "team-a/thrifty.v2"

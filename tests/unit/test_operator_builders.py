@@ -230,9 +230,16 @@ def test_collection_job_carries_vector_size_and_tenant_index() -> None:
     assert args[args.index("--size") + 1] == "384"
     assert args[args.index("--collection") + 1] == f"thrifty-{NS}-default-cache"
     assert args[args.index("--tenant-field") + 1] == "tenant"
-    # Its own collection may be recreated at a new vector size; a named one (maybe shared
-    # with other policies) never is.
+    # Its own collection may be recreated at a new vector size (unless it holds entries of
+    # policies other than this one); a named one (maybe shared with other policies) never is.
     assert "--recreate" in args
+    assert args[args.index("--policy") + 1] == f"{NS}/default-cache"
+    delete = cache.build_collection_delete_job(
+        CachePolicy.model_validate(example("cachepolicy")), owner(example("cachepolicy")), DEFAULTS
+    )
+    assert delete is not None
+    delete_args = delete["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert delete_args[delete_args.index("--policy") + 1] == f"{NS}/default-cache"
     body = example("cachepolicy")
     body["spec"]["stores"]["qdrant"]["collection"] = "shared-cache"
     named = cache.build_collection_job(CachePolicy.model_validate(body), owner(body), DEFAULTS)

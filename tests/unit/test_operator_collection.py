@@ -28,7 +28,7 @@ class FakeQdrant:
         app.router.add_put("/collections/{name}", self.put)
         app.router.add_delete("/collections/{name}", self.delete)
         app.router.add_put("/collections/{name}/index", self.index)
-        app.router.add_post("/collections/{name}/points/count", self.count)
+        app.router.add_post("/collections/{name}/points/count", self._count)
         app.router.add_post("/collections/{name}/points/delete", self.delete_points)
         return app
 
@@ -71,6 +71,9 @@ class FakeQdrant:
         return all(hit(c) for c in flt.get("must", [])) and not any(
             hit(c) for c in flt.get("must_not", [])
         )
+
+    async def _count(self, request: web.Request) -> web.Response:
+        return await self.count(request)  # looked up per call: a test may wrap it
 
     async def count(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
@@ -122,6 +125,45 @@ async def test_recreates_a_cache_collection_made_for_another_vector_size(
     assert await ensure_collection(url, "c", 1536, "tenant", recreate=True) is True
     assert fake.deleted == ["c"]
     assert fake.collections["c"] == {"size": 1536, "schema": {"tenant"}}
+
+
+async def test_never_recreates_a_collection_holding_other_policies_entries(
+    qdrant: tuple[FakeQdrant, str],
+) -> None:
+    """Default names of two namespaces can coincide (`team-a`/`cache` and `team`/`a-cache`): a
+    new vector size for one never drops the other's entries."""
+    fake, url = qdrant
+    fake.collections["c"] = {"size": 384, "schema": {"scope", "keyspace", "policy"}}
+    fake.points["c"] = [{"policy": "team-a/cache"}, {"policy": "team/a-cache"}]
+    with pytest.raises(CollectionMismatch, match="1 entries of other policies"):
+        await ensure_collection(url, "c", 1536, "tenant", recreate=True, policy="team-a/cache")
+    assert fake.deleted == [] and fake.collections["c"]["size"] == 384
+    fake.points["c"] = [{"policy": "team-a/cache"}]  # its own entries only: recreated
+    assert await ensure_collection(url, "c", 1536, "tenant", recreate=True, policy="team-a/cache")
+    assert fake.deleted == ["c"] and fake.collections["c"]["size"] == 1536
+
+
+async def test_policies_deleted_together_leave_no_collection_behind(
+    qdrant: tuple[FakeQdrant, str],
+) -> None:
+    """Each delete Job counted the other's entries; the one that finds the collection empty
+    after deleting its own drops it."""
+    fake, url = qdrant
+    fake.collections["c"] = {"size": 384, "schema": {"policy"}}
+    fake.points["c"] = [{"policy": "ns/a"}, {"policy": "ns/b"}]
+    real_count = fake.count
+    calls = 0
+
+    async def others_gone_meanwhile(request: web.Request) -> web.Response:
+        nonlocal calls
+        calls += 1
+        if calls == 2:  # ns/b's Job deleted its entries between ns/a's count and its delete
+            fake.points["c"] = [p for p in fake.points["c"] if p["policy"] != "ns/b"]
+        return await real_count(request)
+
+    fake.count = others_gone_meanwhile  # type: ignore[method-assign]
+    assert await delete_collection(url, "c", policy="ns/a") is True
+    assert fake.deleted == ["c"]
 
 
 async def test_never_touches_a_foreign_collection_of_another_size(

@@ -77,12 +77,19 @@ def ensure_collection(
             "collection; never one the user named, which other policies may share)."
         ),
     ] = False,
+    policy: Annotated[
+        str | None,
+        typer.Option(
+            help="The policy (namespace/name) it is for: a collection holding other policies' "
+            "entries is never recreated."
+        ),
+    ] = None,
 ) -> None:
     """Create the semantic collection and its tenant index (idempotent)."""
     from thrifty_operator.collection import ensure_collection as ensure
 
     key = _read_key(api_key_file)
-    asyncio.run(ensure(url, collection, size, tenant_field, key, recreate=recreate))
+    asyncio.run(ensure(url, collection, size, tenant_field, key, recreate=recreate, policy=policy))
 
 
 @operator_app.command("delete-collection")

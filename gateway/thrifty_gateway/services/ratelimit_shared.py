@@ -2,12 +2,13 @@
 
 Without it each replica enforces the whole limit on its own, so three replicas (or an HPA that
 scales out) let a tenant through at three times its `requestsPerMinute`. Here each tenant's two
-buckets are Redis hashes (`thrifty:rl:<tenant>:req` / `:tok`, fields level and time) changed
-only by Lua scripts, which check and take in one atomic round trip and refill from Redis's own
-clock, so replicas' clocks never matter. Buckets carry no TTL (two small keys per tenant): the
-Redis they share with the cache evicts keys that have one (`volatile-lru`), and an evicted
-bucket would hand a tenant a fresh minute. Token usage is debited after the answer, from the
-request's finish task, off the response path.
+buckets are Redis hashes (`thrifty:rl:<namespace>/<gateway>:<tenant>:req` / `:tok`, fields
+level and time; a gateway run without the operator names none: `thrifty:rl:<tenant>:req`)
+changed only by Lua scripts, which check and take in one atomic round trip and refill from
+Redis's own clock, so replicas' clocks never matter. Buckets carry no TTL (two small keys per
+tenant): the Redis they share with the cache evicts keys that have one (`volatile-lru`), and an
+evicted bucket would hand a tenant a fresh minute. Token usage is debited after the answer,
+from the request's finish task, off the response path.
 
 Why scripts and not a library: `limits` and its kin offer fixed or moving windows that are
 checked and consumed by the same amount up front, while token limits here must be debited

@@ -173,8 +173,9 @@ def build_collection_job(policy: CachePolicy, owner: Owner, defaults: Defaults) 
         "--tenant-field",
         TENANT_FIELD,
     ]
-    if not policy.spec.stores.qdrant.collection:  # the policy's own collection
-        args.append("--recreate")
+    if not policy.spec.stores.qdrant.collection:  # the policy's own collection ...
+        # ... unless another namespace's default name coincides: its entries are never dropped.
+        args += ["--recreate", "--policy", f"{owner.namespace}/{owner.name}"]
     job = _collection_job(policy, owner, defaults, "", args)
     # A Job's pod template is immutable: when it changes (operator image, API key), the Job is a
     # new one rather than a refused update of the finished one.

@@ -193,10 +193,10 @@ async def delete_collection(body: Body, ctx: Context) -> None:
     state: str | None = None
     error: KubeError | None = None
     try:
-        await ctx.kube.apply(job)
-        state = job_state(
-            await ctx.kube.get("batch/v1", "Job", owner.namespace, job["metadata"]["name"])
-        )
+        # A Job already there is followed as it is, not applied again: its pod template is
+        # immutable, and one made by an earlier operator version may differ.
+        found = await ctx.kube.get("batch/v1", "Job", owner.namespace, job["metadata"]["name"])
+        state = job_state(found if found is not None else await ctx.kube.apply(job))
     except KubeError as exc:
         error = exc
     step = collection_delete_step(

@@ -78,14 +78,18 @@ class BudgetLine:
         start, end = period_bounds(self.budget.period, now)
         return self._key(self.gateway, period_label(self.budget.period, start)), start, end
 
-    def legacy_key(self, now: float) -> str | None:
-        """The key of the same period before keys named their gateway (None when this one
-        names none): its spend still counts until the period ends, so an upgrade does not hand
-        a tenant a fresh budget. It may hold another gateway's tenant of the same name too;
-        counting that until the period ends errs on the side of the limit."""
-        if not self.gateway:
+    def legacy_key(self, now: float, named_since: float | None) -> str | None:
+        """The key of the same period before keys named their gateway, when that period began
+        by `named_since` (the gateway's first start with named keys): its spend still counts
+        until the period ends, so an upgrade does not hand a tenant a fresh budget. (It may
+        hold another gateway's tenant of the same name too: counting it in that one period errs
+        on the side of the limit.) None for later periods, or when this line names no gateway,
+        or without `named_since`."""
+        if not self.gateway or named_since is None:
             return None
         start, _ = period_bounds(self.budget.period, now)
+        if start.timestamp() > named_since:
+            return None
         return self._key("", period_label(self.budget.period, start))
 
 
@@ -127,8 +131,10 @@ class BudgetStage:
         store: SpendStore,
         metrics: BudgetMetrics,
         clock: Callable[[], float] = time.time,
+        named_since: float | None = None,
     ) -> None:
         self.lines = lines
+        self.named_since = named_since  # see `BudgetLine.legacy_key`
         self._tenants = {ln.owner: ln for ln in lines if ln.scope == "tenant"}
         self._routes = {ln.owner: ln for ln in lines if ln.scope == "route"}
         self.store = store
@@ -145,7 +151,11 @@ class BudgetStage:
         """Each line's spend in its period containing `now` (its pre-upgrade key's included),
         in one read. Raises when the store fails."""
         keys = [ln.window(now)[0] for ln in lines]
-        legacy = [(i, k) for i, ln in enumerate(lines) if (k := ln.legacy_key(now)) is not None]
+        legacy = [
+            (i, k)
+            for i, ln in enumerate(lines)
+            if (k := ln.legacy_key(now, self.named_since)) is not None
+        ]
         values = await self.store.get(keys + [k for _, k in legacy])
         out = values[: len(lines)]
         for (i, _), usd in zip(legacy, values[len(lines) :], strict=True):
@@ -268,9 +278,20 @@ async def budget_stage(config: GatewayConfig, resources: Any) -> BudgetStage | N
         return None
     url = config.ledger.redis_url
     secret = config.ledger.redis_password
-    store: SpendStore = (
-        RedisSpendStore.from_url(url, password=secret.read_store_credential() if secret else None)
-        if url
-        else MemorySpendStore()
+    gateway = config.ledger.gateway
+    if not url:
+        return BudgetStage(lines, MemorySpendStore(), BudgetMetrics(resources.metrics.registry))
+    store = RedisSpendStore.from_url(
+        url, password=secret.read_store_credential() if secret else None
     )
-    return BudgetStage(lines, store, BudgetMetrics(resources.metrics.registry))
+    named_since: float | None = None
+    if gateway:
+        try:
+            named_since = await store.keys_named_since(gateway)
+        except Exception as exc:
+            # Unknown: the spend of before counts in the current periods only.
+            named_since = time.time()
+            log.warning("budget store unavailable at start: %s", type(exc).__name__)
+    return BudgetStage(
+        lines, store, BudgetMetrics(resources.metrics.registry), named_since=named_since
+    )

@@ -109,6 +109,17 @@ class RedisSpendStore:
             log.info("budget store reachable again (%s)", op)
         return result
 
+    async def keys_named_since(self, gateway: str) -> float:
+        """When `gateway` first kept its budgets under keys that name it (its first start after
+        the upgrade; `SET NX`, never evicted: no TTL). Spend under the keys of before counts in
+        the periods up to that moment only. Raises when Redis fails."""
+        key = f"thrifty:budget:{gateway}:since"
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.set(key, repr(self._clock()), nx=True)
+        pipe.get(key)
+        _, value = await asyncio.wait_for(pipe.execute(), WRITE_TIMEOUT)
+        return float(value)
+
     @classmethod
     def from_url(cls, url: str, *, password: str | None = None) -> RedisSpendStore:
         from redis import asyncio as aioredis
