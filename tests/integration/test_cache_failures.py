@@ -428,6 +428,45 @@ def test_a_purge_on_one_replica_fences_answers_in_flight_on_another(
         slow.stop()
 
 
+def test_a_purge_on_one_replica_fences_semantic_only_answers_in_flight_on_another(
+    tmp_path: Path, own_redis: RedisServer
+) -> None:
+    """The same with the exact layer off (a semantic-only policy, its index shared by the
+    replicas in a cluster's Qdrant): the fence still lives in the policy's Redis, not in each
+    process, so the purge on gateway two keeps gateway one's answer out."""
+    import threading
+
+    slow: Simulator = start_simulator(tmp_path / "sim", "--latency-ms", "800")
+    raw = redis_config(slow.url, own_redis.url, semantic=True)
+    raw["cachePolicies"]["default"]["spec"]["exact"] = {"enabled": False}
+    config = parse_config(raw)
+    try:
+        with TestClient(create_app(config)) as one, TestClient(create_app(config)) as two:
+            assert cache_stage_of(one).policies["default"].exact is None
+            a1 = openai.OpenAI(base_url="http://t/v1", api_key="sk-local-a", http_client=one)
+            q = f"Semantic only, fenced while upstream? {uuid.uuid4().hex[:6]}"
+            answered: list[Any] = []
+            asking = threading.Thread(target=lambda: answered.append(ask(a1, q)))
+            asking.start()
+            time.sleep(0.3)  # gateway one's request is at the (slow) provider
+            purged = two.post(
+                "/v1/thrifty/cache/purge",
+                json={"tenant": "team-a"},
+                headers={"authorization": "Bearer sk-local-admin"},
+            )
+            assert purged.status_code == 200
+            asking.join()
+            assert answered[0].headers["x-thrifty-cache"] == "miss"
+            wait_cache_stores(one, 1, result="purged")
+            assert 'thrifty_cache_stores_total{result="semantic"}' not in one.get("/metrics").text
+            assert ask(a1, q).headers["x-thrifty-cache"] == "miss"  # nothing was stored
+            wait_cache_stores(one, 1, result="semantic")  # no purge running now: stored
+            assert ask(a1, q).headers["x-thrifty-cache"] == "semantic"
+            a1.close()
+    finally:
+        slow.stop()
+
+
 def test_a_semantic_point_landing_after_a_purge_started_is_taken_back(
     simulator: Simulator, own_redis: RedisServer
 ) -> None:

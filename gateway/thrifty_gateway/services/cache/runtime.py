@@ -30,14 +30,24 @@ class PolicyRuntime:
     semantic: SemanticIndex | None
     embedder: Embedder | None
     verifier: PairScoring | None = None
+    # Whose purge fence guards the policy's stores against purges started meanwhile: the exact
+    # layer's store; for a policy without one, a Redis store used for its fence only (a shared
+    # Qdrant is purged from any replica); None: this process's own purge count.
+    fences: ExactStore | None = None
     # After a semantic lookup or store fails (a slow or dead Qdrant, a dead embeddings
     # endpoint), the layer is bypassed until then (monotonic clock): one timeout, not one per
     # request.
     semantic_down_until: float = 0.0
 
+    def __post_init__(self) -> None:
+        if self.fences is None:
+            self.fences = self.exact
+
     async def aclose(self) -> None:
         if self.exact is not None:
             await self.exact.aclose()
+        if self.fences is not None and self.fences is not self.exact:
+            await self.fences.aclose()
         if self.semantic is not None:
             await asyncio.to_thread(self.semantic.close)
 
@@ -140,4 +150,13 @@ async def open_policy(name: str, policy: CachePolicyConfig, models: SharedModels
         type(semantic).__name__ if semantic else "off",
         verifier.name if verifier else "off",
     )
-    return PolicyRuntime(name, spec, keyspace, exact, semantic, embedder, verifier)
+    fences: ExactStore | None = None
+    if exact is None and semantic is not None and stores.redis_url:
+        fences = RedisExactStore(
+            stores.redis_url,
+            f"thrifty:cache:{keyspace}:",
+            Codec(spec.exact.compress),
+            spec.exact.max_entry_bytes,
+            password=_store_secret(stores.redis_password),
+        )
+    return PolicyRuntime(name, spec, keyspace, exact, semantic, embedder, verifier, fences)

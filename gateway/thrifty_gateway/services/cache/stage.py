@@ -148,7 +148,7 @@ class CacheStage:
         self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="thrifty-embed")
         self._pending = 0
         self._pending_lock = threading.Lock()
-        self._purges = 0  # purges started by this process: the fence of semantic-only policies
+        self._purges = 0  # purges started by this process: the fence of policies without Redis
         self._flights: dict[str, Flight] = {}  # exact key -> the request upstream for it
         self._late: set[asyncio.Future[None]] = set()  # checks of stores that landed late
         self._route_policy: dict[str, PolicyRuntime | None] = {}
@@ -184,7 +184,7 @@ class CacheStage:
                 directives=directives,
                 semantic=semantic_key(canonical, keyspace) if policy.semantic is not None else None,
                 tags=directives.tags,
-                fence=None if policy.exact is not None else str(self._purges),
+                fence=None if policy.fences is not None else str(self._purges),
             )
         except Exception as exc:  # a body the key cannot encode: answer it uncached
             log.warning("cache key not built, bypassing: %s", type(exc).__name__)
@@ -196,10 +196,12 @@ class CacheStage:
         if directives.no_cache:
             self._metrics.lookups.labels("all", "bypass").inc()
             ctx.response_headers[HEADER] = "bypass"
-            if policy.exact is not None and not directives.no_store:
-                plan.fence = await self._fence(policy.exact)
+            if policy.fences is not None and not directives.no_store:
+                plan.fence = await self._fence(policy.fences)
             return None
         answer = await self._exact(ctx, plan)
+        if policy.exact is None and policy.fences is not None:
+            plan.fence = await self._fence(policy.fences)  # (the exact lookup reads it)
         if answer is None and plan.semantic is not None:
             answer = await self._semantic(ctx, plan)
         if answer is None and not directives.no_store and plan.fence is not None:
@@ -509,8 +511,8 @@ class CacheStage:
 
     async def _fenced(self, plan: Plan) -> bool:
         """Has a purge started since the lookup (or is that unknown)?"""
-        exact = plan.policy.exact
-        now = await self._fence(exact) if exact is not None else str(self._purges)
+        fences = plan.policy.fences
+        now = await self._fence(fences) if fences is not None else str(self._purges)
         return now != plan.fence
 
     async def _store_semantic(self, plan: Plan, entry: CachedAnswer) -> bool:
@@ -569,6 +571,11 @@ class CacheStage:
                     counts["exact"] += await runtime.exact.purge(selector)
                 except Exception:
                     failed.append(f"{name} (exact)")
+            if runtime.exact is None and runtime.fences is not None:
+                try:  # the fence only: stores started before it are then refused everywhere
+                    await runtime.fences.purge(selector)
+                except Exception:
+                    failed.append(f"{name} (fence)")
             if runtime.semantic is not None:
                 try:
                     counts["semantic"] += await asyncio.to_thread(runtime.semantic.purge, selector)
