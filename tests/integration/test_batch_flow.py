@@ -55,9 +55,12 @@ def batch_config(
     workdir: Path,
     name: str,
     cache: dict[str, Any] | None = None,
+    gateway: str = "",
     **spec: Any,
 ) -> dict[str, Any]:
     config = local_config(sim.url)
+    if gateway:  # as the operator renders it
+        config["ledger"] = {"gateway": gateway}
     if cache is not None:
         config["cachePolicies"] = {"batch": cache}
         config["defaultCachePolicy"] = "batch"
@@ -139,9 +142,13 @@ def stack(batch_sim: Simulator, redis: RedisServer, tmp_path: Path) -> Iterator[
     workers: list[Worker] = []
 
     def start(
-        name: str, sim: Simulator | None = None, cache: dict[str, Any] | None = None, **spec: Any
+        name: str,
+        sim: Simulator | None = None,
+        cache: dict[str, Any] | None = None,
+        gateway: str = "",
+        **spec: Any,
     ) -> tuple[Gateway, Any]:
-        config = batch_config(sim or batch_sim, redis, tmp_path, name, cache, **spec)
+        config = batch_config(sim or batch_sim, redis, tmp_path, name, cache, gateway, **spec)
         gw = start_gateway(tmp_path, config)
         gateways.append(gw)
 
@@ -383,9 +390,15 @@ def test_worker_sigkilled_mid_batch_every_line_exactly_once(stack: Any, tmp_path
 def test_lines_check_the_cache_and_fill_it(
     stack: Any, batch_sim: Simulator, redis: RedisServer
 ) -> None:
+    # Rendered as the operator does (namespace in the keyspace, gateway in the scope): the
+    # worker keys lines as the gateway keys requests.
     gw, worker = stack(
         "cached",
-        cache={"spec": {"exact": {"enabled": True}}, "stores": {"redisUrl": redis.url}},
+        cache={
+            "spec": {"exact": {"enabled": True}},
+            "stores": {"redisUrl": redis.url, "owner": "team-ns"},
+        },
+        gateway="team-ns/thrifty",
     )
     worker("w1")
     client = gw.openai(KEY)

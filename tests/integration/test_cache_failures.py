@@ -840,3 +840,34 @@ def test_policies_of_the_same_name_in_two_namespaces_share_nothing(
         assert ask(ax, q).headers["x-thrifty-cache"] == "exact"  # team-x's entry is still there
         ax.close()
         ay.close()
+
+
+def test_gateways_sharing_one_policy_share_no_entries(
+    simulator: Simulator, redis: RedisServer
+) -> None:
+    """Two LLMGateways in one namespace reference the same CachePolicy; each has its own tenant
+    `team-a` (other keys, maybe another team): neither is served the other's answers, while
+    the replicas of one gateway still share theirs."""
+
+    def config_of(gateway: str) -> Any:
+        config = redis_config(simulator.url, redis.url)
+        config["cachePolicies"]["default"]["stores"]["owner"] = "shop"
+        config["ledger"] = {"gateway": gateway}
+        return parse_config(config)
+
+    q = f"What is my card limit? {uuid.uuid4().hex[:8]}"
+    with (
+        TestClient(create_app(config_of("shop/gw-one"))) as one,
+        TestClient(create_app(config_of("shop/gw-one"))) as one_again,
+        TestClient(create_app(config_of("shop/gw-two"))) as two,
+    ):
+        clients = [
+            openai.OpenAI(base_url="http://t/v1", api_key="sk-local-a", http_client=gw)
+            for gw in (one, one_again, two)
+        ]
+        assert ask(clients[0], q).headers["x-thrifty-cache"] == "miss"
+        wait_cache_stores(one, 1)
+        assert ask(clients[1], q).headers["x-thrifty-cache"] == "exact"  # a replica of one
+        assert ask(clients[2], q).headers["x-thrifty-cache"] == "miss"  # not gw-one's answer
+        for client in clients:
+            client.close()

@@ -75,6 +75,10 @@ def test_tenant_model_and_keyspace_change_the_key() -> None:
     assert key(BASE, model="sim/gpt-4o") != key(BASE)
     assert exact_key(canonical, "p/v1", "tenant:a") != exact_key(canonical, "p/v2", "tenant:a")
     assert scope_of("a", "shared") == scope_of("b", "shared") == "shared"
+    # Within a gateway when it names one: gateways sharing a policy share nothing.
+    assert scope_of("a", "tenant", "ns/one") == "gateway:ns/one:tenant:a"
+    assert scope_of("a", "shared", "ns/one") != scope_of("a", "shared", "ns/two")
+    assert scope_of("a", "tenant", "ns/one") != scope_of("a", "tenant")
 
 
 def test_transport_fields_and_formatting_do_not_change_the_key() -> None:

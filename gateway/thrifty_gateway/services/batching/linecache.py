@@ -18,7 +18,13 @@ from thrifty_core.config import GatewayConfig
 from ..cache.eligibility import answer_ineligible, request_ineligible
 from ..cache.entry import CachedAnswer, Codec
 from ..cache.exact import ExactStore, RedisExactStore, StoreUnavailable
-from ..cache.keys import canonical_request, exact_key, route_keyspace, scope_of
+from ..cache.keys import (
+    canonical_request,
+    exact_key,
+    policy_keyspace,
+    route_keyspace,
+    scope_of,
+)
 from .model import Line
 
 log = logging.getLogger(__name__)
@@ -35,9 +41,12 @@ class _RouteCache:
 class ExactLineCache:
     """`LineCache` over the exact layer of each route's cache policy."""
 
-    def __init__(self, routes: dict[str, _RouteCache], stores: list[ExactStore]) -> None:
+    def __init__(
+        self, routes: dict[str, _RouteCache], stores: list[ExactStore], gateway: str = ""
+    ) -> None:
         self._routes = routes
         self._stores = stores
+        self._gateway = gateway  # in the entries' scope, as the cache stage puts it
         self.hits = 0
 
     @classmethod
@@ -52,7 +61,8 @@ class ExactLineCache:
             url = policy.stores.redis_url
             if name not in opened:
                 spec, stores = policy.spec, policy.stores
-                keyspace = f"{name}/{stores.keyspace_version}"
+                # The gateway's keyspace: a line is answered from, and stored for, its cache.
+                keyspace = policy_keyspace(str(name), stores.owner, stores.keyspace_version)
                 password = (
                     stores.redis_password.read_store_credential() if stores.redis_password else None
                 )
@@ -72,7 +82,7 @@ class ExactLineCache:
             )
         if not routes:
             return None
-        return cls(routes, [s for _, s, _ in opened.values()])
+        return cls(routes, [s for _, s, _ in opened.values()], config.ledger.gateway)
 
     def _key(self, line: Line) -> tuple[_RouteCache, str] | None:
         cache = self._routes.get(line.route)
@@ -81,7 +91,7 @@ class ExactLineCache:
         if request_ineligible(line.body, cache.spec.eligibility) is not None:
             return None
         canonical = canonical_request(line.body, cache.primary)
-        scope = scope_of(line.tenant, cache.spec.scope)
+        scope = scope_of(line.tenant, cache.spec.scope, self._gateway)
         return cache, exact_key(canonical, route_keyspace(cache.keyspace, line.route), scope)
 
     async def get(self, line: Line) -> dict[str, Any] | None:

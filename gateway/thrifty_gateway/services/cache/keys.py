@@ -75,9 +75,20 @@ def _digest(*parts: bytes) -> str:
     return h.hexdigest()
 
 
-def scope_of(tenant: str, scope: str) -> str:
-    """The isolation scope: the tenant's own, or `shared` when the policy allows sharing."""
-    return "shared" if scope == "shared" else f"tenant:{tenant}"
+def scope_of(tenant: str, scope: str, gateway: str = "") -> str:
+    """The isolation scope: the tenant's own, or `shared` when the policy allows sharing;
+    within the gateway (`namespace/name`, as the operator renders `ledger.gateway`) when it
+    names one, so that gateways sharing a policy never share entries: their tenants, and
+    their providers, of the same name may be others."""
+    base = "shared" if scope == "shared" else f"tenant:{tenant}"
+    return f"gateway:{gateway}:{base}" if gateway else base
+
+
+def policy_keyspace(name: str, owner: str, version: str) -> str:
+    """A policy's keyspace: its namespace (`owner`, when the operator renders one), its name
+    and the version its generation bumps."""
+    ident = f"{owner}/{name}" if owner else name
+    return f"{ident}/{version}"
 
 
 def route_keyspace(keyspace: str, route: str) -> str:

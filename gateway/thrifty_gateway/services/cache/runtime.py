@@ -16,6 +16,7 @@ from thrifty_core.embedding.weights import BertFiles, load_minilm
 
 from .entry import Codec
 from .exact import ExactStore, MemoryExactStore, RedisExactStore
+from .keys import policy_keyspace
 from .semantic import EdgeIndex, SemanticIndex, ServerIndex
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,7 @@ async def open_policy(name: str, policy: CachePolicyConfig, models: SharedModels
     """Open the stores of a policy and load (or share) its embedder and verifier."""
     spec, stores = policy.spec, policy.stores
     ident = f"{stores.owner}/{name}" if stores.owner else name  # namespace/policy
-    keyspace = f"{ident}/{stores.keyspace_version}"
+    keyspace = policy_keyspace(name, stores.owner, stores.keyspace_version)
     exact: ExactStore | None = None
     if spec.exact.enabled:
         codec = Codec(spec.exact.compress)

@@ -172,7 +172,7 @@ class CacheStage:
             return None
         decision: TierDecision | None = ctx.state.get(DECISION_KEY)
         primary = decision.target if decision is not None else ctx.targets[0].label
-        scope = scope_of(ctx.tenant_name, spec.scope)
+        scope = scope_of(ctx.tenant_name, spec.scope, self._config.ledger.gateway)
         keyspace = route_keyspace(policy.keyspace, ctx.route.name)
         try:
             canonical = canonical_request(ctx.body, primary)
