@@ -476,6 +476,54 @@ def test_hits_are_recorded_as_saved_cost(h: Harness) -> None:
     assert float(hit.headers["x-thrifty-cost-usd"]) == 0.0
 
 
+def test_a_hit_on_a_stream_that_carried_no_usage_is_worth_what_it_cost(tmp_path: Path) -> None:
+    """A provider that sends no usage in streams (whatever `stream_options` asks): the miss is
+    charged on the gateway's estimate, and hits on it, streamed or not, save that much."""
+    sim = start_simulator(tmp_path / "sim", "--no-stream-usage")
+    try:
+        app = create_app(parse_config(cache_config(sim.url)))
+        with TestClient(app) as http:
+            h = Harness(http, sim)
+
+            def totals() -> dict[str, Any]:
+                key = {"authorization": "Bearer sk-local-a"}
+                data: dict[str, Any] = http.get("/v1/thrifty/usage", headers=key).json()["totals"]
+                return data
+
+            def saved() -> float:
+                return float(totals()["saved_by_lever_usd"].get("cache", 0.0))
+
+            q = unique("Which documents do I need to open an account?")
+            messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": q}]
+            stream = h.a.chat.completions.with_raw_response.create(
+                model="gpt-4o-mini", messages=messages, stream=True
+            )
+            assert "".join(c.choices[0].delta.content or "" for c in stream.parse() if c.choices)
+            h.settle()
+            cost = totals()["cost_usd"]  # the miss, on the gateway's estimate
+            assert cost > 0
+            hit = h.ask(q)
+            assert cache_of(hit) == "exact"
+            wait_until(lambda: saved() > 0, "the hit is recorded")
+            first = saved()
+            assert first == pytest.approx(cost)
+            again = h.a.chat.completions.with_raw_response.create(
+                model="gpt-4o-mini",
+                messages=messages,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+            assert again.headers["x-thrifty-cache"] == "exact"
+            chunks = list(again.parse())
+            assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+            wait_until(lambda: saved() > first, "the streamed hit is recorded")
+            assert saved() == pytest.approx(2 * first)
+            h.a.close()
+            h.b.close()
+    finally:
+        sim.stop()
+
+
 def test_a_remote_embedding_backend_sends_its_api_key(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

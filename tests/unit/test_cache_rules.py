@@ -247,7 +247,19 @@ def test_codec_roundtrip_compressed_and_plain() -> None:
         blob = codec.encode(entry(tags=("t",)))
         assert blob.startswith(b"\x28\xb5\x2f\xfd") == compress
         back = Codec(not compress).decode(blob)
-        assert back.body == answer() and back.tags == ("t",)
+        assert back.body == answer() and back.tags == ("t",) and back.usage is None
+
+
+def test_the_cost_of_an_answer_without_usage_is_kept_by_every_store() -> None:
+    """The usage a stream's answer cost when its body carries none (priced on a hit)."""
+    from thrifty_gateway.services.cache.semantic import candidate_of, payload_of
+
+    kept = entry()
+    kept.usage = {"prompt_tokens": 12, "completion_tokens": 30, "total_tokens": 42}
+    assert Codec().decode(Codec().encode(kept)).usage == kept.usage
+    payload = payload_of("tenant:a", "ctx", "q", kept, 60, "ks")
+    assert candidate_of(0.99, payload).entry.usage == kept.usage
+    assert "usage" not in payload_of("tenant:a", "ctx", "q", entry(), 60, "ks")
 
 
 def test_memory_store_lru_ttl_and_purge() -> None:

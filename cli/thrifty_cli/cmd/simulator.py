@@ -42,6 +42,13 @@ def simulator(
     batch_create_ms: Annotated[
         float, typer.Option(help="Batches API: how long creating a batch takes.")
     ] = 0.0,
+    stream_usage: Annotated[
+        bool,
+        typer.Option(
+            help="Honour stream_options.include_usage (--no-stream-usage: no usage in streams, "
+            "as some providers)."
+        ),
+    ] = True,
     api_key: Annotated[
         str | None,
         typer.Option(
@@ -82,6 +89,7 @@ def simulator(
             "oracle": oracle,
             "batch_speedup": batch_speedup,
             "batch_create_ms": batch_create_ms,
+            "stream_usage": stream_usage,
             "api_key": api_key,
         }
     )

@@ -92,7 +92,8 @@ async def chat_completions(request: Request) -> Response:
         completion["choices"][0]["message"]["content"] += " " + engine.SPLIT_EMOJI
     if not body.get("stream"):
         return _json(completion)
-    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+    asked = bool((body.get("stream_options") or {}).get("include_usage"))
+    include_usage = asked and sim.settings.stream_usage
     chunk_delay = sim.settings.chunk_delay_ms / 1000
 
     async def events() -> AsyncIterator[bytes]:

@@ -51,6 +51,11 @@ class SimulatorSettings(BaseModel):
     oracle: str | None = Field(
         default=None, description="Teacher oracle module suffix: simulator/oracle_<name>.py."
     )
+    stream_usage: bool = Field(
+        default=True,
+        description="Honour stream_options.include_usage (some OpenAI-compatible providers "
+        "send no usage in a stream whatever they are asked).",
+    )
     batch_speedup: float = Field(
         default=1.0, gt=0, description="Batches API: how much faster than real time jobs move."
     )

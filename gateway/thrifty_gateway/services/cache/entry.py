@@ -22,6 +22,9 @@ class CachedAnswer:
     model: str
     created: float = field(default_factory=time.time)
     tags: tuple[str, ...] = ()
+    # What the answer cost upstream (an OpenAI `usage` object) when its body carries none (a
+    # stream whose client asked for no usage): a hit is worth that much.
+    usage: dict[str, Any] | None = None
 
     def age(self, now: float | None = None) -> float:
         return (now if now is not None else time.time()) - self.created
@@ -34,6 +37,7 @@ class CachedAnswer:
             "model": self.model,
             "created": self.created,
             "tags": list(self.tags),
+            **({"usage": self.usage} if self.usage is not None else {}),
         }
 
     @classmethod
@@ -45,6 +49,7 @@ class CachedAnswer:
             model=data["model"],
             created=float(data["created"]),
             tags=tuple(data.get("tags") or ()),
+            usage=data.get("usage"),
         )
 
 

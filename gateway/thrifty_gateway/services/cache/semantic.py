@@ -92,6 +92,7 @@ def payload_of(
         "expires": entry.created + ttl,
         "query": query,
         "answer": orjson.dumps(entry.body).decode(),
+        **({"usage": entry.usage} if entry.usage is not None else {}),
     }
 
 
@@ -103,6 +104,7 @@ def candidate_of(score: float, payload: dict[str, Any]) -> Candidate:
         model=payload["model"],
         created=float(payload["created"]),
         tags=tuple(payload.get("tags") or ()),
+        usage=payload.get("usage"),
     )
     return Candidate(score=float(score), query=payload["query"], entry=entry)
 

@@ -399,6 +399,8 @@ class CacheStage:
         self, ctx: RequestContext, entry: CachedAnswer, layer: str, headers: dict[str, str]
     ) -> StageResponse:
         body = {**entry.body, "id": f"chatcmpl-{os.urandom(12).hex()}", "created": int(time.time())}
+        if entry.usage is not None and usage_of(body) is None:
+            body["usage"] = entry.usage  # answered as a provider does (streamed: when asked)
         usage = usage_of(body)
         saved = 0.0
         if usage is not None:
@@ -459,12 +461,22 @@ class CacheStage:
         if why is not None or outcome.body is None:
             self._metrics.stores.labels(why or "error").inc()
             return None
+        cost = outcome.usage
         entry = CachedAnswer(
             body=outcome.body,
             tenant=ctx.tenant_name,
             route=ctx.route.name,
             model=outcome.model,
             tags=plan.tags,
+            usage=(
+                {
+                    "prompt_tokens": cost.prompt_tokens,
+                    "completion_tokens": cost.completion_tokens,
+                    "total_tokens": cost.total_tokens,
+                }
+                if usage_of(outcome.body) is None and cost.total_tokens
+                else None
+            ),
         )
         spec = plan.policy.spec
         exact = plan.policy.exact
