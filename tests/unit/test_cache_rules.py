@@ -12,6 +12,7 @@ from thrifty_core.api.cachepolicy import Eligibility
 from thrifty_core.errors import InvalidRequestError
 from thrifty_gateway.services.cache.eligibility import (
     answer_ineligible,
+    answer_replayable,
     effective_threshold,
     parse_directives,
     request_ineligible,
@@ -81,6 +82,31 @@ def test_answer_eligibility() -> None:
     tool_answer = answer(content=None, finish="tool_calls", tool_calls=calls)
     assert answer_ineligible(200, tool_answer, RULES) == "tools"
     assert answer_ineligible(200, tool_answer, Eligibility(cache_tool_calls=True)) is None
+
+
+def test_answers_a_hit_could_not_reproduce_are_not_stored() -> None:
+    """A streamed hit replays text content and tool calls: list content (it failed the replay
+    with a 500), reasoning text, annotations or audio would be lost or break it."""
+    # Fields a provider sends empty are fine (OpenAI: refusal null, annotations []).
+    assert answer_ineligible(200, answer(refusal=None, annotations=[], audio=None), RULES) is None
+    parts: Any = [{"type": "text", "text": "Hello"}]
+    assert answer_ineligible(200, answer(content=parts), RULES) == "unreplayable"
+    # Entries stored before this was checked are not served either (lookups check this).
+    assert not answer_replayable(answer(content=parts))
+    assert answer_replayable(answer()) and answer_replayable(answer(content=None, tool_calls=[]))
+    reasoning = answer(reasoning_content="First, the fee table...")
+    assert answer_ineligible(200, reasoning, RULES) == "unreplayable"
+    cited = answer(annotations=[{"type": "url_citation", "url_citation": {"url": "https://x"}}])
+    assert answer_ineligible(200, cited, RULES) == "unreplayable"
+    # A stream's reasoning deltas are assembled, so its answer is refused the same way.
+    assembler = StreamAssembler()
+    deltas = ({"role": "assistant", "reasoning_content": "Think"}, {"reasoning_content": "ing"})
+    for delta in deltas:
+        assembler.add({"id": "c", "choices": [{"index": 0, "delta": delta}]})
+    assembler.add({"choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": "stop"}]})
+    streamed = assembler.completion()
+    assert streamed["choices"][0]["message"]["reasoning_content"] == "Thinking"
+    assert answer_ineligible(200, streamed, RULES) == "unreplayable"
 
 
 def test_directives_and_threshold_tightening() -> None:

@@ -56,6 +56,7 @@ def event_data(event: bytes) -> bytes | None:
 
 
 BASE_FIELDS = ("id", "created", "model", "system_fingerprint", "service_tier")
+ASSEMBLED = frozenset({"role", "content", "refusal", "tool_calls"})  # delta fields read below
 
 
 class StreamAssembler:
@@ -91,6 +92,17 @@ class StreamAssembler:
                 msg["content"] = (msg["content"] or "") + delta["content"]
             if delta.get("refusal"):
                 msg["refusal"] = (msg.get("refusal") or "") + delta["refusal"]
+            for name, value in delta.items():
+                # Anything else (reasoning text, annotations, audio) is kept as it came, so
+                # that the answer is whole (and the cache sees it cannot replay it).
+                if name in ASSEMBLED or value in (None, "", [], {}):
+                    continue
+                if isinstance(value, str):
+                    msg[name] = (msg.get(name) or "") + value
+                elif isinstance(value, list):
+                    msg.setdefault(name, []).extend(value)
+                else:
+                    msg[name] = value
             for call in delta.get("tool_calls") or ():
                 calls = msg.setdefault("tool_calls", [])
                 i = int(call.get("index", len(calls)))

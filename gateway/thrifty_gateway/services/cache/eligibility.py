@@ -117,6 +117,31 @@ def request_ineligible(body: Mapping[str, Any], rules: Eligibility) -> str | Non
     return None
 
 
+# The message fields a hit reproduces, streamed or not (`replay.replay_chunks`).
+REPLAYED_FIELDS = frozenset({"role", "content", "tool_calls", "refusal"})
+
+
+def replayable(message: Mapping[str, Any]) -> bool:
+    """Text content (or none), and no other field with a value: a hit must answer what the
+    provider did, and a streamed hit replays only content and tool calls (a list of content
+    parts, reasoning text, annotations or audio would be lost or fail to replay)."""
+    content = message.get("content")
+    if content is not None and not isinstance(content, str):
+        return False
+    return all(
+        name in REPLAYED_FIELDS or value in (None, "", [], {}) for name, value in message.items()
+    )
+
+
+def answer_replayable(body: Mapping[str, Any]) -> bool:
+    """Every choice's message is `replayable`."""
+    choices = body.get("choices")
+    if not isinstance(choices, list):
+        return False
+    messages = [c.get("message") if isinstance(c, Mapping) else None for c in choices]
+    return all(isinstance(m, Mapping) and replayable(m) for m in messages)
+
+
 def answer_ineligible(
     status: int, body: Mapping[str, Any] | None, rules: Eligibility
 ) -> str | None:
@@ -140,6 +165,8 @@ def answer_ineligible(
             return "empty"
         if message.get("refusal"):
             return "refusal"
+        if not replayable(message):
+            return "unreplayable"
         if message.get("tool_calls") or reason == "tool_calls":
             if not rules.cache_tool_calls:
                 return "tools"

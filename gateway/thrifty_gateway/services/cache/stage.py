@@ -40,6 +40,7 @@ from ..tiering.decision import DECISION_KEY, TierDecision
 from .eligibility import (
     Directives,
     answer_ineligible,
+    answer_replayable,
     effective_threshold,
     parse_directives,
     request_ineligible,
@@ -287,11 +288,17 @@ class CacheStage:
         TTL as it is now (an entry written under a longer TTL is not served past the current
         one), and carrying every purge tag the request carries. A tag says the answer depends
         on something (a document, a price list): a purge by that tag must remove every answer
-        a request with it could be served, so an entry stored under other tags is not one."""
+        a request with it could be served, so an entry stored under other tags is not one.
+        And one a hit can reproduce, streamed or not (an entry stored before that was checked
+        may hold list content, which a streamed replay failed on)."""
         max_age = plan.directives.max_age
         age = entry.age()
         fresh = age <= ttl and (max_age is None or age <= max_age)
-        return fresh and (not plan.tags or set(plan.tags) <= set(entry.tags))
+        return (
+            fresh
+            and (not plan.tags or set(plan.tags) <= set(entry.tags))
+            and answer_replayable(entry.body)
+        )
 
     async def _exact(self, ctx: RequestContext, plan: Plan) -> StageResponse | None:
         store = plan.policy.exact
