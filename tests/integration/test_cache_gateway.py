@@ -453,6 +453,32 @@ def test_an_entry_serves_only_requests_whose_tags_it_carries(h: Harness) -> None
     assert cache_of(h.ask(q, headers={"x-thrifty-cache-tags": "promo-7"})) == "miss"
 
 
+def test_a_directive_on_a_second_header_line_is_obeyed(h: Harness) -> None:
+    """`Cache-Control: max-age=600` and, on a line of its own, `Cache-Control: no-store`:
+    nothing is stored (the second line was read past); tags on two lines are both kept."""
+    auth = ("authorization", "Bearer sk-local-a")
+    q = unique("Can I change my PIN online?")
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": q}]}
+    first = h.http.post(
+        "/v1/chat/completions",
+        json=body,
+        headers=[auth, ("cache-control", "max-age=600"), ("cache-control", "no-store")],
+    )
+    assert first.status_code == 200 and cache_of(first) == "miss"
+    h.settle()
+    assert cache_of(h.ask(q)) == "miss"  # not stored
+    tagged = unique("Is there a fee for a new card?")
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": tagged}]}
+    h.http.post(
+        "/v1/chat/completions",
+        json=body,
+        headers=[auth, ("x-thrifty-cache-tags", "doc-1"), ("x-thrifty-cache-tags", "doc-2")],
+    )
+    h.settle()
+    assert purge(h, {"tag": "doc-2"}).json()["exact"] == 1
+    assert cache_of(h.ask(tagged)) == "miss"
+
+
 def test_hits_are_recorded_as_saved_cost(h: Harness) -> None:
     def totals() -> dict[str, Any]:
         usage = h.http.get("/v1/thrifty/usage", headers={"authorization": "Bearer sk-local-b"})

@@ -131,6 +131,25 @@ def test_directives_and_threshold_tightening() -> None:
         assert parse_directives({"cache-control": bad}).no_cache, bad
     both = parse_directives({"cache-control": "max-age=1, max-age=100000"})
     assert both.max_age == 1
+    # Sent on several lines, a header's values count together (RFC 9110, 5.3).
+    from starlette.datastructures import Headers
+
+    lines = Headers(
+        raw=[
+            (b"cache-control", b"max-age=600"),
+            (b"cache-control", b"no-store"),
+            (b"x-thrifty-cache-tags", b"doc-1"),
+            (b"x-thrifty-cache-tags", b"doc-2"),
+        ]
+    )
+    split = parse_directives(lines)
+    assert (split.no_store, split.max_age, split.tags) == (True, 600, ("doc-1", "doc-2"))
+    with pytest.raises(InvalidRequestError):  # two thresholds: which one?
+        parse_directives(
+            Headers(
+                raw=[(b"x-thrifty-cache-threshold", b"0.9"), (b"x-thrifty-cache-threshold", b"1")]
+            )
+        )
     assert effective_threshold(0.9, 0.97) == 0.97
     assert effective_threshold(0.9, 0.5) == 0.9  # never loosened
     assert effective_threshold(0.9, None) == 0.9

@@ -64,15 +64,26 @@ class Target:
         return f"{self.provider}/{self.model}"
 
 
+def header_value(headers: Mapping[str, str], name: str) -> str | None:
+    """A list-valued header as one value: sent on several lines, its values joined with ','
+    (RFC 9110, 5.3), as `Cache-Control: max-age=600` and `Cache-Control: no-store` mean
+    `max-age=600, no-store` (a plain lookup returns the first line only)."""
+    getlist = getattr(headers, "getlist", None)
+    if getlist is None:
+        return headers.get(name)
+    values: list[str] = getlist(name)
+    return ",".join(values) if values else None
+
+
 def directive_tokens(headers: Mapping[str, str]) -> list[str]:
     """The client's cache directives, lower-cased: `Cache-Control` and `x-thrifty-cache`, and
     `Pragma: no-cache` when there is no `Cache-Control` (RFC 9111, 5.4)."""
     tokens: list[str] = []
     for name in ("cache-control", "x-thrifty-cache"):
-        value = headers.get(name)
+        value = header_value(headers, name)
         if value:
             tokens.extend(t.strip().lower() for t in value.split(","))
-    pragma = headers.get("pragma")
+    pragma = header_value(headers, "pragma")
     if pragma and headers.get("cache-control") is None:
         if "no-cache" in (t.strip().lower() for t in pragma.split(",")):
             tokens.append("no-cache")

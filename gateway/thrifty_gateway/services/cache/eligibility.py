@@ -14,7 +14,7 @@ from typing import Any
 from thrifty_core.api.cachepolicy import Eligibility
 from thrifty_core.errors import InvalidRequestError
 
-from ..pipeline import directive_tokens
+from ..pipeline import directive_tokens, header_value
 
 _TAG = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
 MAX_TAGS = 8
@@ -46,7 +46,7 @@ def parse_directives(headers: Mapping[str, str]) -> Directives:
         seconds = int(delta) if delta.isascii() and delta.isdigit() else 0
         max_age = seconds if max_age is None else min(max_age, seconds)
     threshold: float | None = None
-    raw = headers.get("x-thrifty-cache-threshold")
+    raw = header_value(headers, "x-thrifty-cache-threshold")  # two values: refused below
     if raw:
         try:
             threshold = float(raw)
@@ -63,7 +63,7 @@ def parse_directives(headers: Mapping[str, str]) -> Directives:
         no_store="no-store" in tokens,
         max_age=max_age,
         threshold=threshold,
-        tags=parse_tags(headers.get("x-thrifty-cache-tags") or ""),
+        tags=parse_tags(header_value(headers, "x-thrifty-cache-tags") or ""),
     )
 
 

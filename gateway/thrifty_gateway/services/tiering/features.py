@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..pipeline import header_value
+
 CHARS_PER_TOKEN = 4
 MESSAGE_OVERHEAD = 4
 TAGS_HEADER = "x-thrifty-tags"
@@ -77,7 +79,7 @@ def extract_features(body: Mapping[str, Any], headers: Mapping[str, str]) -> Fea
     metadata = body.get("metadata")
     if isinstance(metadata, dict):
         tags.update({str(k): str(v) for k, v in metadata.items()})
-    tags.update(parse_tags(headers.get(TAGS_HEADER)))
+    tags.update(parse_tags(header_value(headers, TAGS_HEADER)))
     return Features(
         prompt_tokens=chars // CHARS_PER_TOKEN + MESSAGE_OVERHEAD * count,
         has_tools=bool(tools),
