@@ -17,7 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.integration.procs import Simulator, local_config, start_gateway, start_simulator
-from tests.integration.waiting import wait_cache_stores, wait_recorded
+from tests.integration.waiting import wait_cache_stores, wait_recorded, wait_until
 from tests.services import RedisServer, free_port, start_redis
 from thrifty_core.config import parse_config
 from thrifty_gateway.app import create_app
@@ -388,31 +388,37 @@ def test_an_answer_in_flight_during_a_purge_is_not_stored(tmp_path: Path) -> Non
         slow.stop()
 
 
+def purged_while_upstream(slow: Simulator, other: TestClient, asking: Any) -> Any:
+    """`asking()`'s answer, with team-a's entries purged through `other` while its request
+    is at the (slow) provider."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    before = sum(slow.stats()["requests"].values())
+    with ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(asking)
+        wait_until(lambda: sum(slow.stats()["requests"].values()) > before, "the request upstream")
+        purged = other.post(
+            "/v1/thrifty/cache/purge",
+            json={"tenant": "team-a"},
+            headers={"authorization": "Bearer sk-local-admin"},
+        )
+        assert purged.status_code == 200
+        return answer.result()
+
+
 def test_a_purge_on_one_replica_fences_answers_in_flight_on_another(
     tmp_path: Path, own_redis: RedisServer
 ) -> None:
     """Two gateways share a Redis. A purge on one while the other's request is upstream: the
     fence the purge advanced in Redis keeps that answer out of both layers."""
-    import threading
-
     slow: Simulator = start_simulator(tmp_path / "sim", "--latency-ms", "800")
     config = parse_config(redis_config(slow.url, own_redis.url, semantic=True))
     try:
         with TestClient(create_app(config)) as one, TestClient(create_app(config)) as two:
             a1 = openai.OpenAI(base_url="http://t/v1", api_key="sk-local-a", http_client=one)
             q = f"Fenced while upstream? {uuid.uuid4().hex[:6]}"
-            answered: list[Any] = []
-            asking = threading.Thread(target=lambda: answered.append(ask(a1, q)))
-            asking.start()
-            time.sleep(0.3)  # gateway one's request is at the (slow) provider
-            purged = two.post(
-                "/v1/thrifty/cache/purge",
-                json={"tenant": "team-a"},
-                headers={"authorization": "Bearer sk-local-admin"},
-            )
-            assert purged.status_code == 200
-            asking.join()
-            assert answered[0].headers["x-thrifty-cache"] == "miss"
+            answered = purged_while_upstream(slow, two, lambda: ask(a1, q))
+            assert answered.headers["x-thrifty-cache"] == "miss"
             wait_cache_stores(one, 1, result="purged")
             metrics = one.get("/metrics").text
             assert 'thrifty_cache_stores_total{result="exact"}' not in metrics
@@ -434,8 +440,6 @@ def test_a_purge_on_one_replica_fences_semantic_only_answers_in_flight_on_anothe
     """The same with the exact layer off (a semantic-only policy, its index shared by the
     replicas in a cluster's Qdrant): the fence still lives in the policy's Redis, not in each
     process, so the purge on gateway two keeps gateway one's answer out."""
-    import threading
-
     slow: Simulator = start_simulator(tmp_path / "sim", "--latency-ms", "800")
     raw = redis_config(slow.url, own_redis.url, semantic=True)
     raw["cachePolicies"]["default"]["spec"]["exact"] = {"enabled": False}
@@ -445,18 +449,8 @@ def test_a_purge_on_one_replica_fences_semantic_only_answers_in_flight_on_anothe
             assert cache_stage_of(one).policies["default"].exact is None
             a1 = openai.OpenAI(base_url="http://t/v1", api_key="sk-local-a", http_client=one)
             q = f"Semantic only, fenced while upstream? {uuid.uuid4().hex[:6]}"
-            answered: list[Any] = []
-            asking = threading.Thread(target=lambda: answered.append(ask(a1, q)))
-            asking.start()
-            time.sleep(0.3)  # gateway one's request is at the (slow) provider
-            purged = two.post(
-                "/v1/thrifty/cache/purge",
-                json={"tenant": "team-a"},
-                headers={"authorization": "Bearer sk-local-admin"},
-            )
-            assert purged.status_code == 200
-            asking.join()
-            assert answered[0].headers["x-thrifty-cache"] == "miss"
+            answered = purged_while_upstream(slow, two, lambda: ask(a1, q))
+            assert answered.headers["x-thrifty-cache"] == "miss"
             wait_cache_stores(one, 1, result="purged")
             assert 'thrifty_cache_stores_total{result="semantic"}' not in one.get("/metrics").text
             assert ask(a1, q).headers["x-thrifty-cache"] == "miss"  # nothing was stored
