@@ -437,16 +437,19 @@ def test_a_purge_on_one_replica_fences_answers_in_flight_on_another(
 def test_a_purge_on_one_replica_fences_semantic_only_answers_in_flight_on_another(
     tmp_path: Path, own_redis: RedisServer
 ) -> None:
-    """The same with the exact layer off (a semantic-only policy, its index shared by the
-    replicas in a cluster's Qdrant): the fence still lives in the policy's Redis, not in each
-    process, so the purge on gateway two keeps gateway one's answer out."""
+    """The same with the exact layer off (a semantic-only policy on a Qdrant server, which the
+    replicas share; qdrant-client's in-memory mode stands for it, one per gateway): the fence
+    lives in the policy's Redis, not in each process, so the purge on gateway two keeps
+    gateway one's answer out."""
     slow: Simulator = start_simulator(tmp_path / "sim", "--latency-ms", "800")
     raw = redis_config(slow.url, own_redis.url, semantic=True)
     raw["cachePolicies"]["default"]["spec"]["exact"] = {"enabled": False}
+    raw["cachePolicies"]["default"]["stores"]["qdrantUrl"] = ":memory:"
     config = parse_config(raw)
     try:
         with TestClient(create_app(config)) as one, TestClient(create_app(config)) as two:
-            assert cache_stage_of(one).policies["default"].exact is None
+            runtime = cache_stage_of(one).policies["default"]
+            assert runtime.exact is None and runtime.fences is not None
             a1 = openai.OpenAI(base_url="http://t/v1", api_key="sk-local-a", http_client=one)
             q = f"Semantic only, fenced while upstream? {uuid.uuid4().hex[:6]}"
             answered = purged_while_upstream(slow, two, lambda: ask(a1, q))

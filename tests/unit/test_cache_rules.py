@@ -87,8 +87,11 @@ def test_answer_eligibility() -> None:
 def test_answers_a_hit_could_not_reproduce_are_not_stored() -> None:
     """A streamed hit replays text content and tool calls: list content (it failed the replay
     with a 500), reasoning text, annotations or audio would be lost or break it."""
-    # Fields a provider sends empty are fine (OpenAI: refusal null, annotations []).
+    # Fields a provider sends empty are fine (OpenAI: refusal null, annotations []; Mistral's
+    # prefix false; a proxy's object of nulls).
     assert answer_ineligible(200, answer(refusal=None, annotations=[], audio=None), RULES) is None
+    quiet = answer(prefix=False, provider_specific_fields={"refusal": None, "citations": []})
+    assert answer_ineligible(200, quiet, RULES) is None
     parts: Any = [{"type": "text", "text": "Hello"}]
     assert answer_ineligible(200, answer(content=parts), RULES) == "unreplayable"
     # Entries stored before this was checked are not served either (lookups check this).
@@ -107,6 +110,24 @@ def test_answers_a_hit_could_not_reproduce_are_not_stored() -> None:
     streamed = assembler.completion()
     assert streamed["choices"][0]["message"]["reasoning_content"] == "Thinking"
     assert answer_ineligible(200, streamed, RULES) == "unreplayable"
+
+
+def test_the_stream_assembler_merges_fragments_and_knows_what_it_cannot_assemble() -> None:
+    """Object deltas arrive in pieces (audio: id, then transcript and data in parts); content
+    given as a list of parts cannot be assembled into a text answer (it raised mid-stream)."""
+    assembler = StreamAssembler()
+    for delta in (
+        {"role": "assistant", "audio": {"id": "a1", "transcript": "Hel"}},
+        {"audio": {"transcript": "lo", "data": "AAA"}},
+        {"audio": {"data": "BBB", "expires_at": 7}},
+    ):
+        assembler.add({"choices": [{"index": 0, "delta": delta}]})
+    audio = assembler.completion()["choices"][0]["message"]["audio"]
+    assert audio == {"id": "a1", "transcript": "Hello", "data": "AAABBB", "expires_at": 7}
+    assert not assembler.broken
+    parts = StreamAssembler()
+    parts.add({"choices": [{"index": 0, "delta": {"content": [{"type": "text", "text": "x"}]}}]})
+    assert parts.broken
 
 
 def test_directives_and_threshold_tightening() -> None:

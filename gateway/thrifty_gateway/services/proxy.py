@@ -327,7 +327,8 @@ class Proxy:
                 yield rest
         finally:
             close()
-            completion = assembler.completion() if assemble and not unread else None
+            whole = assemble and not unread and not assembler.broken
+            completion = assembler.completion() if whole else None
             final = usage or estimate_usage(ctx.body, completion)
             cost = self.state.catalog.cost(target.model, final)
             status = 200 if done or usage is not None else 502

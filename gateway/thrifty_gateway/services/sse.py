@@ -59,6 +59,21 @@ BASE_FIELDS = ("id", "created", "model", "system_fingerprint", "service_tier")
 ASSEMBLED = frozenset({"role", "content", "refusal", "tool_calls"})  # delta fields read below
 
 
+def _merged(have: Any, delta: Any) -> Any:
+    """A streamed field's fragments put together: text concatenated, lists extended, objects
+    merged field by field (`audio`'s transcript and data arrive in pieces); else the latest."""
+    if isinstance(have, str) and isinstance(delta, str):
+        return have + delta
+    if isinstance(have, list) and isinstance(delta, list):
+        return have + delta
+    if isinstance(have, dict) and isinstance(delta, dict):
+        out = dict(have)
+        for key, value in delta.items():
+            out[key] = _merged(out.get(key), value) if value is not None else out.get(key)
+        return out
+    return delta
+
+
 class StreamAssembler:
     """Rebuild one `chat.completion` object from its chunks."""
 
@@ -66,6 +81,7 @@ class StreamAssembler:
         self.base: dict[str, Any] = dict.fromkeys(BASE_FIELDS)
         self.choices: dict[int, dict[str, Any]] = {}
         self.usage: dict[str, Any] | None = None
+        self.broken = False  # a delta it cannot assemble: no whole answer to give
 
     def add(self, chunk: dict[str, Any]) -> None:
         # Each from the first chunk that carries it: some providers (Azure) open the stream with
@@ -88,6 +104,9 @@ class StreamAssembler:
             )
             msg = choice["message"]
             delta = c.get("delta") or {}
+            if delta.get("content") and not isinstance(delta["content"], str):
+                self.broken = True  # content parts: relayed, but not assembled into an answer
+                continue
             if delta.get("content"):
                 msg["content"] = (msg["content"] or "") + delta["content"]
             if delta.get("refusal"):
@@ -97,12 +116,7 @@ class StreamAssembler:
                 # that the answer is whole (and the cache sees it cannot replay it).
                 if name in ASSEMBLED or value in (None, "", [], {}):
                     continue
-                if isinstance(value, str):
-                    msg[name] = (msg.get(name) or "") + value
-                elif isinstance(value, list):
-                    msg.setdefault(name, []).extend(value)
-                else:
-                    msg[name] = value
+                msg[name] = _merged(msg.get(name), value)
             for call in delta.get("tool_calls") or ():
                 calls = msg.setdefault("tool_calls", [])
                 i = int(call.get("index", len(calls)))

@@ -128,9 +128,19 @@ def replayable(message: Mapping[str, Any]) -> bool:
     content = message.get("content")
     if content is not None and not isinstance(content, str):
         return False
-    return all(
-        name in REPLAYED_FIELDS or value in (None, "", [], {}) for name, value in message.items()
-    )
+    return all(name in REPLAYED_FIELDS or _blank(value) for name, value in message.items())
+
+
+def _blank(value: Any) -> bool:
+    """Says nothing: null, empty, false, or a list or object of such (`prefix: false`, a
+    proxy's `provider_specific_fields: {"refusal": null}`)."""
+    if value is None or value is False or value == "":
+        return True
+    if isinstance(value, list):
+        return all(_blank(v) for v in value)
+    if isinstance(value, Mapping):
+        return all(_blank(v) for v in value.values())
+    return False
 
 
 def answer_replayable(body: Mapping[str, Any]) -> bool:

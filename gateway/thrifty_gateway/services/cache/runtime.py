@@ -32,8 +32,8 @@ class PolicyRuntime:
     embedder: Embedder | None
     verifier: PairScoring | None = None
     # Whose purge fence guards the policy's stores against purges started meanwhile: the exact
-    # layer's store; for a policy without one, a Redis store used for its fence only (a shared
-    # Qdrant is purged from any replica); None: this process's own purge count.
+    # layer's store; for a policy without one on a Qdrant server, a Redis store used for its
+    # fence only (any replica may purge the shared index); None: this process's purge count.
     fences: ExactStore | None = None
     # After a semantic lookup or store fails (a slow or dead Qdrant, a dead embeddings
     # endpoint), the layer is bypassed until then (monotonic clock): one timeout, not one per
@@ -152,7 +152,9 @@ async def open_policy(name: str, policy: CachePolicyConfig, models: SharedModels
         verifier.name if verifier else "off",
     )
     fences: ExactStore | None = None
-    if exact is None and semantic is not None and stores.redis_url:
+    # Only a Qdrant server is shared by replicas: an embedded index is the process's own, and
+    # its fence too (it keeps working while Redis is down).
+    if exact is None and stores.qdrant_url and semantic is not None and stores.redis_url:
         fences = RedisExactStore(
             stores.redis_url,
             f"thrifty:cache:{keyspace}:",

@@ -114,8 +114,8 @@ class Plan:
     degraded: bool = False  # a store failed or timed out: the lookup was a bypass
     # Set when identical requests that arrive meanwhile wait for this one's answer.
     flight: asyncio.Future[CachedAnswer | None] | None = None
-    # The purge fence when the lookup ran (the exact store's, shared by replicas on Redis; the
-    # stage's own count without an exact store); None when it could not be read.
+    # The purge fence when the lookup ran (the policy's `fences` store's, shared by replicas on
+    # Redis; the stage's own count without one); None when it could not be read.
     fence: str | None = None
 
 
@@ -406,9 +406,9 @@ class CacheStage:
         self, ctx: RequestContext, entry: CachedAnswer, layer: str, headers: dict[str, str]
     ) -> StageResponse:
         body = {**entry.body, "id": f"chatcmpl-{os.urandom(12).hex()}", "created": int(time.time())}
-        if entry.usage is not None and usage_of(body) is None:
-            body["usage"] = entry.usage  # answered as a provider does (streamed: when asked)
-        usage = usage_of(body)
+        # (A stored usage is the gateway's estimate: it prices the hit, and is never handed to
+        # the client as the provider's.)
+        usage = usage_of(body) or usage_of({"usage": entry.usage})
         saved = 0.0
         if usage is not None:
             # The cache saved the upstream price of the answer it served. An answer a cheaper
