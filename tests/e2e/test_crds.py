@@ -21,9 +21,16 @@ PLURALS = ("llmgateways", "cachepolicies", "batchqueues", "distilledmodels")
 def crds(k8s_cluster: Cluster) -> Cluster:
     k8s_cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
     for plural in PLURALS:
-        k8s_cluster.kubectl(
-            "wait", "--for=condition=Established", f"crd/{plural}.thrifty.dev", "--timeout=60s"
-        )
+        # Polled rather than `kubectl wait`: on a CRD created a moment ago, before the API server
+        # wrote any condition, kubectl wait fails at once (".status.conditions accessor error").
+        def established(plural: str = plural) -> bool:
+            crd = k8s_cluster.get_json("crd", f"{plural}.thrifty.dev")
+            conditions = (crd.get("status") or {}).get("conditions") or []
+            return any(
+                c.get("type") == "Established" and c.get("status") == "True" for c in conditions
+            )
+
+        wait_for(established, message=f"crd/{plural}.thrifty.dev to be Established")
     # Established means served; discovery and the published OpenAPI schema follow a moment later
     # (and kubectl may hold a discovery cache from an earlier cluster on the same address).
     for plural in PLURALS:
