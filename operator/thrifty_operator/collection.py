@@ -73,11 +73,8 @@ async def ensure_collection(
                         "left as it is"
                     )
                 if created and policy is not None:
-                    count = {"exact": True, "filter": policy_filter(policy, others=True)}
-                    url_count = f"{base}/collections/{name}/points/count"
-                    async with http.post(url_count, json=count) as counted:
-                        counted.raise_for_status()
-                        others = int((await counted.json())["result"]["count"])
+                    filter_ = policy_filter(policy, others=True)
+                    others = await _count(http, f"{base}/collections/{name}", filter_)
                     if others:
                         raise CollectionMismatch(
                             f"collection {name} has vector size {found}, want {size}, and holds "
@@ -116,6 +113,18 @@ def policy_filter(policy: str, *, others: bool = False) -> dict[str, Any]:
     return {"must_not": [condition]} if others else {"must": [condition]}
 
 
+async def _count(
+    http: aiohttp.ClientSession, collection_url: str, filter_: dict[str, Any] | None = None
+) -> int | None:
+    """The exact number of points (matching `filter_`); None when the collection is missing."""
+    body: dict[str, Any] = {"exact": True, **({"filter": filter_} if filter_ else {})}
+    async with http.post(f"{collection_url}/points/count", json=body) as resp:
+        if resp.status == 404:
+            return None
+        resp.raise_for_status()
+        return int((await resp.json())["result"]["count"])
+
+
 async def delete_collection(
     url: str, name: str, api_key: str | None = None, *, policy: str | None = None
 ) -> bool:
@@ -130,22 +139,17 @@ async def delete_collection(
     base = f"{url.rstrip('/')}/collections/{name}"
     async with aiohttp.ClientSession(headers=headers, timeout=timeout) as http:
         if policy is not None:
-            count = {"exact": True, "filter": policy_filter(policy, others=True)}
-            async with http.post(f"{base}/points/count", json=count) as resp:
-                if resp.status == 404:
-                    logger.info("collection %s is already gone", name)
-                    return False
-                resp.raise_for_status()
-                others = int((await resp.json())["result"]["count"])
+            others = await _count(http, base, policy_filter(policy, others=True))
+            if others is None:
+                logger.info("collection %s is already gone", name)
+                return False
             if others:
                 body = {"filter": policy_filter(policy)}
                 async with http.post(f"{base}/points/delete?wait=true", json=body) as resp:
                     resp.raise_for_status()
                 # The others may have gone meanwhile (policies deleted together, as with their
                 # namespace): the last to look drops what is empty.
-                async with http.post(f"{base}/points/count", json={"exact": True}) as resp:
-                    resp.raise_for_status()
-                    left = int((await resp.json())["result"]["count"])
+                left = await _count(http, base)
                 if left:
                     logger.info(
                         "collection %s kept (%d entries of other policies); %s's deleted",

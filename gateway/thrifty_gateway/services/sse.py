@@ -26,6 +26,18 @@ def usage_of(data: dict[str, Any] | None) -> Usage | None:
     )
 
 
+def usage_object(usage: Usage) -> dict[str, Any]:
+    """`usage` as an OpenAI `usage` object (what `usage_of` reads)."""
+    out: dict[str, Any] = {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+    }
+    if usage.cached_tokens:
+        out["prompt_tokens_details"] = {"cached_tokens": usage.cached_tokens}
+    return out
+
+
 class EventSplitter:
     """Feed raw bytes, get complete SSE events (each ending with a blank line)."""
 

@@ -175,7 +175,7 @@ def build_collection_job(policy: CachePolicy, owner: Owner, defaults: Defaults) 
     ]
     if not policy.spec.stores.qdrant.collection:  # the policy's own collection ...
         # ... unless another namespace's default name coincides: its entries are never dropped.
-        args += ["--recreate", "--policy", f"{owner.namespace}/{owner.name}"]
+        args += ["--recreate", "--policy", owner.ident]
     job = _collection_job(policy, owner, defaults, "", args)
     # A Job's pod template is immutable: when it changes (operator image, API key), the Job is a
     # new one rather than a refused update of the finished one.
@@ -204,5 +204,5 @@ def build_collection_delete_job(
     if target is None:
         return None
     args = ["operator", "delete-collection", "--url", target.url, "--collection", target.name]
-    args += ["--policy", f"{owner.namespace}/{owner.name}"]
+    args += ["--policy", owner.ident]
     return _collection_job(policy, owner, defaults, names.collection_delete_job(owner.name), args)

@@ -34,6 +34,11 @@ class Owner:
     namespace: str
     uid: str
 
+    @property
+    def ident(self) -> str:
+        """`namespace/name`: how gateways name a CachePolicy's entries (its points' `policy`)."""
+        return f"{self.namespace}/{self.name}"
+
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> Owner:
         meta = body.get("metadata", {})

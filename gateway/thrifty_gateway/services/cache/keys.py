@@ -84,11 +84,15 @@ def scope_of(tenant: str, scope: str, gateway: str = "") -> str:
     return f"gateway:{gateway}:{base}" if gateway else base
 
 
+def policy_ident(name: str, owner: str) -> str:
+    """Whose entries: `namespace/name` when the operator renders the namespace (`owner`), the
+    policy's name otherwise (the `policy` field of its Qdrant points)."""
+    return f"{owner}/{name}" if owner else name
+
+
 def policy_keyspace(name: str, owner: str, version: str) -> str:
-    """A policy's keyspace: its namespace (`owner`, when the operator renders one), its name
-    and the version its generation bumps."""
-    ident = f"{owner}/{name}" if owner else name
-    return f"{ident}/{version}"
+    """A policy's keyspace: its ident and the version its generation bumps."""
+    return f"{policy_ident(name, owner)}/{version}"
 
 
 def route_keyspace(keyspace: str, route: str) -> str:

@@ -16,7 +16,7 @@ from thrifty_core.embedding.weights import BertFiles, load_minilm
 
 from .entry import Codec
 from .exact import ExactStore, MemoryExactStore, RedisExactStore
-from .keys import policy_keyspace
+from .keys import policy_ident, policy_keyspace
 from .semantic import EdgeIndex, SemanticIndex, ServerIndex
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ class SharedModels:
 async def open_policy(name: str, policy: CachePolicyConfig, models: SharedModels) -> PolicyRuntime:
     """Open the stores of a policy and load (or share) its embedder and verifier."""
     spec, stores = policy.spec, policy.stores
-    ident = f"{stores.owner}/{name}" if stores.owner else name  # namespace/policy
+    ident = policy_ident(name, stores.owner)
     keyspace = policy_keyspace(name, stores.owner, stores.keyspace_version)
     exact: ExactStore | None = None
     if spec.exact.enabled:

@@ -35,7 +35,7 @@ from thrifty_core.errors import ServiceUnavailableError
 from thrifty_core.prices import Usage
 
 from ..pipeline import Outcome, RequestContext, StageResponse
-from ..sse import usage_of
+from ..sse import usage_object, usage_of
 from ..tiering.decision import DECISION_KEY, TierDecision
 from .eligibility import (
     Directives,
@@ -476,13 +476,7 @@ class CacheStage:
             model=outcome.model,
             tags=plan.tags,
             usage=(
-                {
-                    "prompt_tokens": cost.prompt_tokens,
-                    "completion_tokens": cost.completion_tokens,
-                    "total_tokens": cost.total_tokens,
-                }
-                if usage_of(outcome.body) is None and cost.total_tokens
-                else None
+                usage_object(cost) if usage_of(outcome.body) is None and cost.total_tokens else None
             ),
         )
         spec = plan.policy.spec

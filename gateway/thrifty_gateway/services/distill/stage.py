@@ -23,7 +23,7 @@ from ..ledger import Entry
 from ..pipeline import Outcome, RequestContext, StageResponse
 from ..proxy import estimate_usage
 from ..resilience import call_with_fallback
-from ..sse import usage_of
+from ..sse import usage_object, usage_of
 from .agreement import AgreementTracker, same_answer
 from .capture import CaptureSink
 from .metrics import DistillMetrics
@@ -105,11 +105,7 @@ def student_completion(
                 "finish_reason": "stop",
             }
         ],
-        "usage": {
-            "prompt_tokens": usage.prompt_tokens,
-            "completion_tokens": usage.completion_tokens,
-            "total_tokens": usage.total_tokens,
-        },
+        "usage": usage_object(usage),
         "system_fingerprint": f"thrifty-student-{student}-{answer.version}",
     }
 
