@@ -251,6 +251,39 @@ async def test_line_cache_labels_entries_with_the_target_model() -> None:
         ],
     }
     await cache.put(line, answer)
-    assert await cache.get(line) == answer
+    hit = await cache.get(line)
+    assert hit is not None and hit.body == answer
     assert await store.purge(Selector(model="gpt-4o-mini")) == 1
     assert await cache.get(line) is None
+
+
+def test_a_cached_line_is_priced_by_the_usage_stored_beside_an_answer_without_one() -> None:
+    """A streamed answer stored without usage keeps an estimate beside it (as the cache stage
+    prices its hits); a batch line served from it saves that much, and the client's body is
+    not given the estimate."""
+    from thrifty_core.config import parse_config
+    from thrifty_core.prices import Usage
+    from thrifty_gateway.services.batching.direct import cached
+    from thrifty_gateway.services.cache.entry import CachedAnswer
+    from thrifty_gateway.state import build_catalog, build_routes
+
+    config = parse_config(
+        {
+            "providers": [{"name": "p", "baseUrl": "http://x/v1"}],
+            "routes": [{"name": "gpt-4o", "targets": [{"provider": "p", "model": "gpt-4o"}]}],
+        }
+    )
+    route, catalog = build_routes(config)["gpt-4o"], build_catalog(config)
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+    line = Line(batch_id="b", custom_id="c", endpoint="chat", body=body, tenant="t")
+    answer = {
+        "object": "chat.completion",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello"}}],
+    }
+    usage = {"prompt_tokens": 1000, "completion_tokens": 2000, "total_tokens": 3000}
+    entry = CachedAnswer(body=answer, tenant="t", route="gpt-4o", model="gpt-4o", usage=usage)
+    result = cached(line, entry, catalog, route)
+    expected = catalog.cost("gpt-4o", Usage(prompt_tokens=1000, completion_tokens=2000))
+    assert result.saved_usd == pytest.approx(expected) and expected > 0
+    assert (result.prompt_tokens, result.completion_tokens) == (1000, 2000)
+    assert "usage" not in (result.body or {})

@@ -17,6 +17,7 @@ from thrifty_core.errors import ThriftyError, UpstreamStatusError
 from thrifty_core.prices import PriceCatalog, Usage
 
 from ...state import RouteRuntime
+from ..cache.entry import CachedAnswer
 from ..proxy import PATHS, estimate_usage
 from ..ratelimit import TokenBucket
 from ..resilience import Breakers, call_with_fallback
@@ -31,7 +32,7 @@ class LineCache(Protocol):
     """Where lines first look for an answer and what their answers fill (the gateway's exact
     cache, when the route has a cache policy)."""
 
-    async def get(self, line: Line) -> dict[str, Any] | None: ...
+    async def get(self, line: Line) -> CachedAnswer | None: ...
 
     async def put(self, line: Line, answer: dict[str, Any]) -> None: ...
 
@@ -103,9 +104,12 @@ def success(
     )
 
 
-def cached(line: Line, body: dict[str, Any], catalog: PriceCatalog, route: RouteRuntime) -> Result:
-    """A line answered from the cache: it cost nothing; the whole list price is saved."""
-    usage = usage_of(body) or estimate_usage(line.body, body)
+def cached(line: Line, entry: CachedAnswer, catalog: PriceCatalog, route: RouteRuntime) -> Result:
+    """A line answered from the cache: it cost nothing; the whole list price is saved (priced
+    by the answer's usage, else the usage stored beside it, as the cache stage prices a hit;
+    the stored figure is not added to the answer)."""
+    body = entry.body
+    usage = usage_of(body) or usage_of({"usage": entry.usage}) or estimate_usage(line.body, body)
     _, saved = price(catalog, route, route.config.targets[0].model, usage, batch=False)
     return Result(
         line.custom_id,

@@ -94,7 +94,7 @@ class ExactLineCache:
         scope = scope_of(line.tenant, cache.spec.scope, self._gateway)
         return cache, exact_key(canonical, route_keyspace(cache.keyspace, line.route), scope)
 
-    async def get(self, line: Line) -> dict[str, Any] | None:
+    async def get(self, line: Line) -> CachedAnswer | None:
         found = self._key(line)
         if found is None:
             return None
@@ -106,7 +106,7 @@ class ExactLineCache:
         if entry is None or entry.age() > cache.spec.exact.ttl_seconds:
             return None
         self.hits += 1
-        return entry.body
+        return entry
 
     async def put(self, line: Line, answer: dict[str, Any]) -> None:
         found = self._key(line)

@@ -211,10 +211,10 @@ class Worker:
             await self._store(entry_id, line, result)
             return
         if self.cache is not None:
-            answer = await self.cache.get(line)
-            if answer is not None:
+            hit = await self.cache.get(line)
+            if hit is not None:
                 self.stats.cache_hits += 1
-                await self._store(entry_id, line, cached(line, answer, self.catalog, route))
+                await self._store(entry_id, line, cached(line, hit, self.catalog, route))
                 return
         target = route.targets[0]
         provider = self.providers[target.provider]
