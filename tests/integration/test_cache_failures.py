@@ -844,7 +844,8 @@ def test_gateways_sharing_one_policy_share_no_entries(
 ) -> None:
     """Two LLMGateways in one namespace reference the same CachePolicy; each has its own tenant
     `team-a` (other keys, maybe another team): neither is served the other's answers, while
-    the replicas of one gateway still share theirs."""
+    the replicas of one gateway still share theirs; a purge through one gateway removes its
+    own entries only."""
 
     def config_of(gateway: str) -> Any:
         config = redis_config(simulator.url, redis.url)
@@ -866,5 +867,17 @@ def test_gateways_sharing_one_policy_share_no_entries(
         wait_cache_stores(one, 1)
         assert ask(clients[1], q).headers["x-thrifty-cache"] == "exact"  # a replica of one
         assert ask(clients[2], q).headers["x-thrifty-cache"] == "miss"  # not gw-one's answer
+        wait_cache_stores(two, 1)
+        assert ask(clients[2], q).headers["x-thrifty-cache"] == "exact"
+        admin = {"authorization": "Bearer sk-local-admin"}
+        for stored, body in enumerate(({"tenant": "team-a"}, {}), start=2):
+            purged = two.post("/v1/thrifty/cache/purge", json=body, headers=admin)
+            assert purged.status_code == 200 and purged.json()["exact"] == 1  # gw-two's own
+            assert ask(clients[2], q).headers["x-thrifty-cache"] == "miss"
+            wait_cache_stores(two, stored)  # the miss stored gw-two's answer again
+            assert ask(clients[0], q).headers["x-thrifty-cache"] == "exact"  # gw-one keeps it
+        purged = one.post("/v1/thrifty/cache/purge", json={}, headers=admin)
+        assert purged.json()["exact"] == 1
+        assert ask(clients[1], q).headers["x-thrifty-cache"] == "miss"
         for client in clients:
             client.close()

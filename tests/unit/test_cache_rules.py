@@ -353,6 +353,22 @@ def test_memory_store_lru_ttl_and_purge() -> None:
     asyncio.run(scenario())
 
 
+def test_a_selector_with_a_gateway_takes_its_entries_and_unlabelled_ones() -> None:
+    """The Redis store keeps the labels beside the answer; one stored before the gateway label
+    existed reads back with none, and a purge through any gateway takes it."""
+    from thrifty_gateway.services.cache.exact import LABELS, _labelled, _labels_of
+
+    mine, other, legacy = entry(), entry(), entry()
+    mine.gateway, other.gateway = "ns/one", "ns/two"
+    back = _labelled([v.encode() for v in _labels_of(mine)])
+    assert back.gateway == "ns/one" and back.tenant == mine.tenant
+    old_hash = [v.encode() for v in _labels_of(legacy)][: LABELS.index("gateway")]
+    assert _labelled([*old_hash, None]).gateway == ""
+    select = Selector(tenant=mine.tenant, gateway="ns/one")
+    assert select.matches(mine) and select.matches(legacy) and not select.matches(other)
+    assert Selector(tenant=mine.tenant).matches(other)  # no gateway named: every gateway's
+
+
 def test_memory_store_fences_answers_read_before_a_purge() -> None:
     async def scenario() -> None:
         store = MemoryExactStore(max_entries=10, codec=Codec(), max_entry_bytes=1 << 20)

@@ -76,6 +76,30 @@ def test_purge_by_tenant_tag_route_age_and_all(index: SemanticIndex) -> None:
     assert index.count() == 0
 
 
+def test_a_purge_through_one_gateway_leaves_the_entries_of_others(index: SemanticIndex) -> None:
+    """Gateways sharing a policy's collection: a purge names the gateway it came through and
+    removes that gateway's entries, and those labelled with none (stored before the label)."""
+
+    def labelled(gateway: str) -> CachedAnswer:
+        e = entry("a")
+        e.gateway = gateway
+        return e
+
+    index.add(key(1), unit(1), "gateway:ns/one:tenant:a", "ctx", "one", labelled("ns/one"), 600)
+    index.add(key(2), unit(1), "gateway:ns/two:tenant:a", "ctx", "two", labelled("ns/two"), 600)
+    index.add(key(3), unit(1), "tenant:a", "ctx", "old", labelled(""), 600)
+    assert index.purge(Selector(tenant="a", gateway="ns/two")) == 2
+    assert [c.query for c in index.search(unit(1), "gateway:ns/one:tenant:a", "ctx", 0.5, 5)] == [
+        "one"
+    ]
+    assert index.search(unit(1), "gateway:ns/one:tenant:a", "ctx", 0.5, 5)[0].entry.gateway == (
+        "ns/one"
+    )
+    assert index.purge(Selector(gateway="ns/two")) == 0
+    assert index.purge(Selector(gateway="ns/one")) == 1
+    assert index.count() == 0
+
+
 def test_remove_takes_back_one_entry_by_its_exact_key(index: SemanticIndex) -> None:
     index.add(key(1), unit(1), "tenant:a", "ctx", "a1", entry("a"), 600)
     index.add(key(2), unit(1, 0.1), "tenant:a", "ctx", "a2", entry("a"), 600)

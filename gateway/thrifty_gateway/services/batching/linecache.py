@@ -122,6 +122,7 @@ class ExactLineCache:
             # The target model the key was built with, as the cache stage labels its entries (a
             # purge by model finds both); the answer's own name may be a dated snapshot.
             model=cache.primary.split("/", 1)[-1],
+            gateway=self._gateway,
         )
         try:
             await cache.store.put(key, entry, cache.spec.exact.ttl_seconds)

@@ -25,6 +25,9 @@ class CachedAnswer:
     # What the answer cost upstream (an OpenAI `usage` object) when its body carries none (a
     # stream whose client asked for no usage): a hit is worth that much.
     usage: dict[str, Any] | None = None
+    # The gateway that stored it (`namespace/name`, as its scope names it; "" without one): a
+    # purge through one gateway leaves the entries of others sharing the policy's stores.
+    gateway: str = ""
 
     def age(self, now: float | None = None) -> float:
         return (now if now is not None else time.time()) - self.created
@@ -38,6 +41,7 @@ class CachedAnswer:
             "created": self.created,
             "tags": list(self.tags),
             **({"usage": self.usage} if self.usage is not None else {}),
+            **({"gateway": self.gateway} if self.gateway else {}),
         }
 
     @classmethod
@@ -50,6 +54,7 @@ class CachedAnswer:
             created=float(data["created"]),
             tags=tuple(data.get("tags") or ()),
             usage=data.get("usage"),
+            gateway=data.get("gateway") or "",
         )
 
 

@@ -312,17 +312,18 @@ def _text(fence: bytes | None) -> str:
 
 
 # The fields a purge reads beside the answer, in the order `_labels_of` and `_labelled` use.
-LABELS = ["tenant", "route", "model", "tags", "created"]
+LABELS = ["tenant", "route", "model", "tags", "created", "gateway"]
 
 
 def _labels_of(entry: CachedAnswer) -> list[str]:
     # tags never hold a comma (eligibility.parse_tags)
-    return [entry.tenant, entry.route, entry.model, ",".join(entry.tags), repr(entry.created)]
+    tags = ",".join(entry.tags)
+    return [entry.tenant, entry.route, entry.model, tags, repr(entry.created), entry.gateway]
 
 
 def _labelled(labels: list[bytes | None]) -> CachedAnswer:
     """The labels of a stored entry as an (empty-bodied) `CachedAnswer` a selector reads."""
-    tenant, route, model, tags, created = (b.decode() if b else "" for b in labels)
+    tenant, route, model, tags, created, gateway = (b.decode() if b else "" for b in labels)
     return CachedAnswer(
         body={},
         tenant=tenant,
@@ -330,4 +331,5 @@ def _labelled(labels: list[bytes | None]) -> CachedAnswer:
         model=model,
         created=float(created or 0),
         tags=tuple(t for t in tags.split(",") if t),
+        gateway=gateway,
     )

@@ -15,12 +15,17 @@ class Selector:
     model: str | None = None
     tag: str | None = None
     older_than_seconds: float | None = None
+    # Only the entries this gateway stored, and those labelled with none (stored before the
+    # label existed, or by a gateway that names none): the cache stage sets it to its own.
+    gateway: str | None = None
 
     @property
     def everything(self) -> bool:
         return self == Selector()
 
     def matches(self, entry: CachedAnswer, now: float | None = None) -> bool:
+        if self.gateway is not None and entry.gateway not in ("", self.gateway):
+            return False
         if self.tenant is not None and entry.tenant != self.tenant:
             return False
         if self.route is not None and entry.route != self.route:

@@ -93,6 +93,7 @@ def payload_of(
         "query": query,
         "answer": orjson.dumps(entry.body).decode(),
         **({"usage": entry.usage} if entry.usage is not None else {}),
+        **({"gateway": entry.gateway} if entry.gateway else {}),  # absent: purged by any
     }
 
 
@@ -105,6 +106,7 @@ def candidate_of(score: float, payload: dict[str, Any]) -> Candidate:
         created=float(payload["created"]),
         tags=tuple(payload.get("tags") or ()),
         usage=payload.get("usage"),
+        gateway=payload.get("gateway") or "",
     )
     return Candidate(score=float(score), query=payload["query"], entry=entry)
 
@@ -175,7 +177,7 @@ class EdgeIndex:
         self._apply(
             qe.UpdateOperation.create_field_index("scope", qe.KeywordIndexParams(is_tenant=True))
         )
-        for name in ("context", "keyspace", "tenant", "route", "model", "tags"):
+        for name in ("context", "keyspace", "tenant", "gateway", "route", "model", "tags"):
             self._apply(qe.UpdateOperation.create_field_index(name, qe.PayloadSchemaType.Keyword))
         for name in ("expires", "created"):
             self._apply(qe.UpdateOperation.create_field_index(name, qe.PayloadSchemaType.Float))
@@ -375,6 +377,9 @@ class EdgeIndex:
         if selector.older_than_seconds is not None:
             cutoff = time.time() - selector.older_than_seconds
             must.append(qe.FieldCondition("created", range=qe.RangeFloat(lte=cutoff)))
+        if selector.gateway is not None:  # its own, or labelled with none (`Selector.gateway`)
+            mine = qe.FieldCondition("gateway", match=qe.MatchValue(selector.gateway))
+            must.append(qe.Filter(should=[mine, qe.IsEmptyCondition("gateway")]))
         if not must:  # everything
             must_not = [qe.FieldCondition("scope", match=qe.MatchValue(""))]
             flt = qe.Filter(must_not=must_not)
@@ -528,7 +533,16 @@ class ServerIndex:
             "scope",
             models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, is_tenant=True),
         )
-        for name in ("context", "keyspace", "policy", "tenant", "route", "model", "tags"):
+        for name in (
+            "context",
+            "keyspace",
+            "policy",
+            "tenant",
+            "gateway",
+            "route",
+            "model",
+            "tags",
+        ):
             self._client.create_payload_index(collection, name, models.PayloadSchemaType.KEYWORD)
         for name in ("expires", "created"):
             self._client.create_payload_index(collection, name, models.PayloadSchemaType.FLOAT)
@@ -634,6 +648,10 @@ class ServerIndex:
         if selector.older_than_seconds is not None:
             cutoff = time.time() - selector.older_than_seconds
             must.append(m.FieldCondition(key="created", range=m.Range(lte=cutoff)))
+        if selector.gateway is not None:  # its own, or labelled with none (`Selector.gateway`)
+            mine = m.FieldCondition(key="gateway", match=m.MatchValue(value=selector.gateway))
+            unlabelled = m.IsEmptyCondition(is_empty=m.PayloadField(key="gateway"))
+            must.append(m.Filter(should=[mine, unlabelled]))
         flt = m.Filter(must=must)
         count = self._client.count(self._collection, count_filter=flt, exact=True).count
         self._client.delete(self._collection, points_selector=flt)

@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from thrifty_core.api.cachepolicy import CachePolicySpec
@@ -475,6 +475,7 @@ class CacheStage:
             route=ctx.route.name,
             model=outcome.model,
             tags=plan.tags,
+            gateway=self._config.ledger.gateway,
             usage=(
                 usage_object(cost) if usage_of(outcome.body) is None and cost.total_tokens else None
             ),
@@ -572,7 +573,10 @@ class CacheStage:
     async def purge(self, selector: Selector, policy: str | None = None) -> dict[str, int]:
         """Remove matching entries from every (or one) policy's stores. Every store is tried
         even when one fails; then `ServiceUnavailableError` names those that failed (a purge is
-        idempotent: the caller retries it)."""
+        idempotent: the caller retries it). Only this gateway's entries (and those labelled
+        with no gateway) are selected: gateways sharing a policy's stores keep theirs."""
+        if self._config.ledger.gateway:
+            selector = replace(selector, gateway=self._config.ledger.gateway)
         self._purges += 1
         counts = {"exact": 0, "semantic": 0}
         failed: list[str] = []
