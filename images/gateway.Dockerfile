@@ -3,11 +3,11 @@
 # Build from the repository root:  docker build -f images/gateway.Dockerfile -t thrifty-gateway .
 # Two stages: uv resolves the locked environment into /opt/venv in the build stage; the final
 # stage holds only that venv and the Python runtime (no uv, no compilers), running as non-root.
-ARG PYTHON_VERSION=3.11
+ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
 
-FROM ghcr.io/astral-sh/uv:0.5 AS uv
+FROM ghcr.io/astral-sh/uv:0.5.11 AS uv
 
-FROM python:${PYTHON_VERSION}-slim-bookworm AS build
+FROM ${PYTHON_IMAGE} AS build
 COPY --from=uv /uv /usr/local/bin/uv
 ENV UV_LINK_MODE=copy \
     UV_COMPILE_BYTECODE=1 \
@@ -26,7 +26,7 @@ COPY cli cli
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --frozen --no-dev --extra gateway --no-editable
 
-FROM python:${PYTHON_VERSION}-slim-bookworm
+FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="thrifty-gateway" \
       org.opencontainers.image.description="Thrifty: OpenAI-compatible gateway that makes LLM traffic cheaper" \
       org.opencontainers.image.licenses="Apache-2.0"

@@ -101,13 +101,23 @@ class UpstreamStatusError(ThriftyError):
     """The provider answered a 4xx we pass on (its status, its message)."""
 
     type = "upstream_error"
-    code = "upstream_error"
+    code: str | None = "upstream_error"
 
     def __init__(
-        self, message: str, *, status: int, type_: str | None = None, code: str | None = None
+        self,
+        message: str,
+        *,
+        status: int,
+        type_: str | None = None,
+        param: str | None = None,
+        code: str | None = None,
+        passed_on: bool = False,
     ) -> None:
-        super().__init__(message, code=code)
+        """`passed_on`: the provider's own error object (its code kept, null included)."""
+        super().__init__(message, param=param, code=code)
         self.status = status
+        if passed_on:
+            self.code = code
         if type_:
             self.type = type_
 

@@ -38,6 +38,7 @@ ALLOWED_EXTRA: frozenset[str] = frozenset(
         "stages",
         "reason",
         "error_type",
+        "where",
     }
 )
 _KEY_PATTERN = re.compile(r"(sk-[A-Za-z0-9_\-]{4,}|(?i:bearer)\s+[A-Za-z0-9._\-]{8,}|[a-f0-9]{64})")

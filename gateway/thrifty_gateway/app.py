@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from thrifty_core.config import GatewayConfig, LedgerConfig
 
 from .api import batches, budgets, cache_admin, dashboard, files, openai, ops, students
-from .api.errors import BodyLimitMiddleware, install_error_handlers
+from .api.errors import BodyLimitMiddleware, UnexpectedErrorMiddleware, install_error_handlers
 from .services.auth import KeyStore
 from .services.ledger import open_ledger
 from .services.metrics import Metrics
@@ -143,6 +143,7 @@ def create_app(
         telemetry=NO_TELEMETRY,
     )
     install_error_handlers(app)
+    app.add_middleware(UnexpectedErrorMiddleware)  # inside the body limit: a 413 passes it
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.server.max_request_bytes)
     app.include_router(openai.router)
     app.include_router(ops.router)

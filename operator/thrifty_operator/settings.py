@@ -24,6 +24,7 @@ class OperatorSettings(BaseSettings):
     gateway_image: str = Defaults.gateway_image
     operator_image: str = Defaults.operator_image
     distill_image: str = Defaults.distill_image
+    distill_lm_image: str = Defaults.distill_lm_image
     vllm_image: str = Defaults.vllm_image
     qdrant_image: str = Defaults.qdrant_image
     redis_image: str = Defaults.redis_image
@@ -55,6 +56,7 @@ class OperatorSettings(BaseSettings):
             gateway_image=self.gateway_image,
             operator_image=self.operator_image,
             distill_image=self.distill_image,
+            distill_lm_image=self.distill_lm_image,
             vllm_image=self.vllm_image,
             qdrant_image=self.qdrant_image,
             redis_image=self.redis_image,

@@ -111,6 +111,18 @@ def test_cel_rule_is_enforced_naming_the_field(crds: Cluster, namespace: str) ->
         "spec": {"limits": {"maxLinesPerBatch": 10, "maxLinesPerJob": 100}},
     }
     assert "spec.limits.maxLinesPerJob" in _apply_error(crds, namespace, queue)
+    gateway = {
+        "apiVersion": "thrifty.dev/v1alpha1",
+        "kind": "LLMGateway",
+        "metadata": {"name": "scaled"},
+        "spec": {
+            "providers": [{"name": "p", "baseUrl": "http://p/v1"}],
+            "routes": [{"name": "m", "targets": [{"provider": "p", "model": "m"}]}],
+            "autoscaling": {"enabled": True},
+        },
+    }
+    error = _apply_error(crds, namespace, gateway)
+    assert "spec.resources" in error and "autoscaling needs resources.requests.cpu" in error
 
 
 def test_names_the_children_cannot_carry_are_rejected(crds: Cluster, namespace: str) -> None:

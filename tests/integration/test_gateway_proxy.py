@@ -13,11 +13,12 @@ import orjson
 import pytest
 
 from tests.integration.conftest import GatewayFactory
-from tests.integration.procs import Gateway, Simulator
+from tests.integration.procs import Gateway, Simulator, local_config
 
 pytestmark = pytest.mark.integration
 
 KEY_A = "sk-local-a"
+JSON = "application/json"
 MESSAGES: list[Any] = [
     {"role": "system", "content": "You are a helpful assistant."},
     {"role": "user", "content": "How do I check my account balance?"},
@@ -203,3 +204,77 @@ def test_wrongly_typed_chat_fields_are_a_400_in_openai_shape(
         assert resp.status_code == 400, (fields, resp.text)
         error = resp.json()["error"]
         assert error["type"] == "invalid_request_error" and error["param"] == param
+
+
+def test_bad_input_is_the_clients_400_and_the_connection_stays_usable(
+    gateway_factory: GatewayFactory,
+) -> None:
+    """Each was a 500 (and, after a 500, uvicorn reset the keep-alive connection): nesting
+    deeper than orjson writes back, wrongly typed tools or roles, a `since` a datetime cannot
+    hold. Every answer is a 400 in OpenAI's shape naming the field, on one connection."""
+    gw = gateway_factory(cache=True)
+    auth = {"authorization": f"Bearer {KEY_A}"}
+    admin = {"authorization": "Bearer sk-local-admin"}
+    deep = '{"model": "gpt-4o-mini", "messages": [], "x": ' + "[" * 300 + "]" * 300 + "}"
+    with httpx.Client(base_url=gw.url, timeout=20) as http:
+        chats: list[tuple[Any, str | None]] = [
+            (deep, None),
+            ({"messages": MESSAGES, "tools": 5}, "tools"),
+            ({"messages": [{"role": 5, "content": "x"}]}, "messages[0].role"),
+            ({"messages": [{"role": "user", "content": {"x": "y"}}]}, "messages[0].content"),
+            # checked by the provider, passed on with its param
+            ({"messages": MESSAGES, "temperature": 5}, "temperature"),
+            ({"messages": MESSAGES, "n": 10**30}, "n"),
+        ]
+        for body, param in chats:
+            if isinstance(body, dict):
+                resp = http.post(
+                    "/v1/chat/completions", json={"model": "gpt-4o-mini", **body}, headers=auth
+                )
+            else:
+                resp = http.post("/v1/chat/completions", content=body, headers=auth)
+            assert resp.status_code == 400, (param, resp.text)
+            error = resp.json()["error"]
+            assert error["type"] == "invalid_request_error" and error["param"] == param
+        for since in ("nan", "inf", "1e300"):
+            resp = http.get("/v1/thrifty/usage", params={"since": since}, headers=auth)
+            assert resp.status_code == 400 and resp.json()["error"]["param"] == "since"
+        purge = "/v1/thrifty/cache/purge"
+        resp = http.post(purge, content=b"{", headers={**admin, "content-type": JSON})
+        assert resp.status_code == 400
+        assert resp.json()["error"]["message"] == "The request body is not valid JSON."
+        resp = http.post(purge, content=b"{", headers=admin)  # no content type
+        assert resp.status_code == 400 and "application/json" in resp.json()["error"]["message"]
+        resp = http.post(purge, json={"tenant": 5}, headers=admin)
+        assert resp.status_code == 400 and resp.json()["error"]["param"] == "tenant"
+        resp = http.post(purge, json=[], headers=admin)
+        assert resp.json()["error"]["message"] == "The request body must be a JSON object."
+        ok = http.post(
+            "/v1/chat/completions",
+            json={"model": "gpt-4o-mini", "messages": MESSAGES},
+            headers=auth,
+        )
+        assert ok.status_code == 200
+    assert "Traceback" not in gw.log() and "internal_error" not in gw.log()
+
+
+def test_an_unexpected_error_is_a_500_in_openai_shape_that_goes_no_further() -> None:
+    """Starlette's handler for `Exception` answers and then re-raises (uvicorn then resets the
+    connection, and a test client raises): the gateway's answer ends it there."""
+    from fastapi.testclient import TestClient
+
+    from thrifty_core.config import parse_config
+    from thrifty_gateway.app import create_app
+
+    app = create_app(parse_config(local_config("http://127.0.0.1:9/v1")))
+
+    async def broken() -> None:
+        raise RuntimeError("a prompt could be quoted here")
+
+    app.add_api_route("/broken", broken)
+    with TestClient(app) as http:  # raises what escapes the app
+        resp = http.get("/broken")
+        assert resp.status_code == 500
+        assert resp.json()["error"]["code"] == "internal_error"
+        assert "prompt" not in resp.text
+        assert http.get("/healthz").status_code == 200

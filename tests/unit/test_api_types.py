@@ -63,6 +63,7 @@ def test_minimal_gateway_gets_defaults() -> None:
         ({"providers": [{"name": "Bad_Name", "baseUrl": "http://x"}]}, "name"),
         ({"providers": [{"name": "p", "baseUrl": "ftp://x"}]}, "baseUrl"),
         ({"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}}, "minReplicas"),
+        ({"autoscaling": {"enabled": True}}, "resources.requests.cpu"),
         ({"routes": [{"name": "m", "targets": []}]}, "targets"),
         ({"routes": [{"name": "m", "targets": [{"provider": "nope", "model": "m"}]}]}, "nope"),
         ({"apiKey": "sk-inline"}, "apiKey"),

@@ -287,3 +287,42 @@ def test_a_cached_line_is_priced_by_the_usage_stored_beside_an_answer_without_on
     assert result.saved_usd == pytest.approx(expected) and expected > 0
     assert (result.prompt_tokens, result.completion_tokens) == (1000, 2000)
     assert "usage" not in (result.body or {})
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        ({"model": "m", "messages": ["hi", 5]}, "messages"),
+        ({"model": "m", "messages": [{"role": "user", "content": "x"}], "tools": 5}, "tools"),
+        ({"model": "m", "messages": [{"role": 5, "content": "x"}]}, "messages[0].role"),
+        ({"model": "m", "messages": [], "x": orjson.loads("[" * 120 + "]" * 120)}, "levels"),
+    ],
+)
+def test_batch_lines_get_the_checks_a_direct_request_gets(body: dict[str, Any], why: str) -> None:
+    """A line a direct request would be refused for is refused at validation, not failed later
+    in the worker (where it tripped the provider's circuit breaker)."""
+    from thrifty_gateway.services.batching.validate import LineError, _check_line
+
+    line = {"custom_id": "c", "method": "POST", "url": "/v1/chat/completions", "body": body}
+    got = _check_line(1, orjson.dumps(line), None, set())
+    assert isinstance(got, LineError) and got.code == "invalid_body" and why in got.message
+    ok = dict(line, body={"model": "m", "messages": [{"role": "user", "content": "x"}]})
+    assert not isinstance(_check_line(1, orjson.dumps(ok), None, set()), LineError)
+
+
+def test_batch_metadata_has_openais_limits() -> None:
+    from thrifty_core.errors import InvalidRequestError
+    from thrifty_gateway.services.batching.validate import check_metadata
+
+    check_metadata(None)
+    check_metadata({f"k{i}": "v" * 512 for i in range(16)})
+    for bad in (
+        {f"k{i}": "v" for i in range(17)},
+        {"k" * 65: "v"},
+        {"k": "v" * 513},
+        {"k": 5},
+        ["k"],
+    ):
+        with pytest.raises(InvalidRequestError) as refused:
+            check_metadata(bad)
+        assert refused.value.param == "metadata"

@@ -52,3 +52,113 @@ def test_cache_control_parse() -> None:
     assert CacheControl.parse({"pragma": "no-cache"}).no_cache
     assert not CacheControl.parse({"pragma": "no-cache", "cache-control": "max-age=60"}).no_cache
     assert not CacheControl.parse({"pragma": "x-other"}).no_cache
+
+
+def nested(depth: int) -> bytes:
+    """A chat body with an extra field nesting arrays `depth` levels (the body is one more)."""
+    deep = "[" * depth + "]" * depth
+    return ('{"model": "m", "messages": [], "x": ' + deep + "}").encode()
+
+
+def test_parse_body_refuses_nesting_it_could_not_write_back() -> None:
+    """orjson reads 1,024 levels but writes about 254: a body accepted deeper failed with a 500
+    when forwarded. Up to MAX_DEPTH levels pass."""
+    import orjson
+
+    from thrifty_gateway.services.proxy import MAX_DEPTH, too_deep
+
+    ok = parse_body(nested(MAX_DEPTH - 1))
+    assert orjson.loads(orjson.dumps(ok)) == ok
+    with pytest.raises(InvalidRequestError, match="levels deep"):
+        parse_body(nested(MAX_DEPTH))
+    with pytest.raises(InvalidRequestError, match="levels deep"):
+        parse_body(nested(300))
+    assert not too_deep({"a": [{"b": 1}]}, 3) and too_deep({"a": [{"b": {}}]}, 3)
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"messages": [{"role": "user", "content": "x"}], "tools": 5}, "tools"),
+        ({"messages": [{"role": "user", "content": "x"}], "tools": [1]}, "tools"),
+        ({"messages": [{"role": "user", "content": "x"}], "functions": True}, "functions"),
+        ({"messages": [{"role": 5, "content": "x"}]}, "messages[0].role"),
+        ({"messages": [{"content": "x"}]}, "messages[0].role"),
+        (
+            {"messages": [{"role": "user", "content": "x"}, {"role": "user", "content": {}}]},
+            "messages[1].content",
+        ),
+        ({"messages": "hi"}, "messages"),
+    ],
+)
+def test_chat_fields_stages_read_are_type_checked(body: dict[str, object], param: str) -> None:
+    from thrifty_gateway.services.proxy import check_chat_shape
+
+    with pytest.raises(InvalidRequestError) as refused:
+        check_chat_shape(body)
+    assert refused.value.param == param and refused.value.status == 400
+
+
+def test_well_typed_chat_requests_pass_the_shape_check() -> None:
+    from thrifty_gateway.services.proxy import check_chat_shape
+
+    check_chat_shape(
+        {
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "x"}]},
+                {"role": "assistant", "content": None, "tool_calls": []},
+            ],
+            "tools": [{"type": "function", "function": {"name": "f"}}],
+        }
+    )
+
+
+def test_a_stray_semicolon_does_not_hide_a_cache_directive() -> None:
+    assert CacheControl.parse({"cache-control": "private, no-store;"}).no_store
+    assert CacheControl.parse({"cache-control": "no-cache;max-age=5"}).no_cache
+
+
+def test_the_defer_header_is_yes_no_or_a_400() -> None:
+    from thrifty_gateway.services.batching.stage import wants_defer
+
+    assert wants_defer("true") and wants_defer(" Yes ") and wants_defer("1")
+    assert not wants_defer(None) and not wants_defer("0") and not wants_defer("false")
+    with pytest.raises(InvalidRequestError) as refused:
+        wants_defer("maybe")
+    assert refused.value.param == "x-thrifty-defer"
+
+
+@pytest.mark.parametrize("since", ["nan", "inf", "-inf", "1e300", "99999999999999999999", "-5"])
+def test_since_out_of_range_is_refused(since: str) -> None:
+    from thrifty_gateway.services.ledger import parse_since
+
+    with pytest.raises(ValueError):
+        parse_since(since)
+
+
+def test_since_in_range_parses() -> None:
+    from thrifty_gateway.services.ledger import parse_since
+
+    assert parse_since("1700000000") == 1700000000.0
+    assert parse_since("2026-01-01T00:00:00Z") == 1767225600.0
+    assert parse_since(None) is None
+
+
+def test_a_provider_error_is_passed_on_with_its_param_and_code() -> None:
+    from thrifty_core.errors import UpstreamStatusError
+
+    err = UpstreamStatusError(
+        "bad",
+        status=400,
+        type_="invalid_request_error",
+        param="temperature",
+        code=None,
+        passed_on=True,
+    )
+    assert err.body()["error"] == {
+        "message": "bad",
+        "type": "invalid_request_error",
+        "param": "temperature",
+        "code": None,
+    }
+    assert UpstreamStatusError("x", status=400).code == "upstream_error"

@@ -109,3 +109,31 @@ def test_embeddings_inputs_the_provider_refuses() -> None:
         assert embeddings_input_error(bad) is not None
     too_long = embeddings_input_error(list(range(EMBEDDING_MAX_TOKENS + 1)))
     assert too_long is not None and "maximum context length" in too_long
+
+
+def test_the_simulator_refuses_wrongly_typed_requests_as_openai_does() -> None:
+    """A 400 naming the field, not a 500 (the gateway's breakers count those against the
+    provider) nor a hang (`n` of 1e30)."""
+    ok = {"model": "m", "messages": MESSAGES}
+    assert engine.chat_request_error(ok) is None
+    assert engine.chat_request_error(dict(ok, n=2, temperature=1.5, stop=["x"])) is None
+    for field, value in (
+        ("tools", "x"),
+        ("n", 1e30),
+        ("n", 0),
+        ("max_tokens", "zz"),
+        ("temperature", 5),
+        ("top_logprobs", 50),
+        ("stop", 5),
+        ("response_format", "json"),
+    ):
+        refused = engine.chat_request_error(dict(ok, **{field: value}))
+        assert refused is not None and refused[1] == field, (field, value)
+    bad_role = engine.chat_request_error(dict(ok, messages=[{"role": "boss", "content": "x"}]))
+    assert bad_role is not None and bad_role[1] == "messages[0].role"
+    emb = {"model": "e", "input": "hi"}
+    assert engine.embeddings_request_error(emb) is None
+    for dims in ("x", -5, 0, 10**9):
+        refused = engine.embeddings_request_error(dict(emb, dimensions=dims))
+        assert refused is not None and refused[1] == "dimensions"
+    assert engine.embeddings_request_error(dict(emb, input=""))[1] == "input"  # type: ignore[index]

@@ -18,3 +18,11 @@ def test_kind_config() -> None:
     gpu = [n for n in config["nodes"] if n.get("labels", {}).get("thrifty.dev/gpu") == "true"]
     assert gpu, "a worker must be labelled for GPU workloads"
     assert "nvidia.com/gpu" in gpu[0]["kubeadmConfigPatches"][0]
+
+
+def test_kind_holds_no_host_port_the_quickstart_needs() -> None:
+    """The README reaches the gateway with `kubectl port-forward ... 8080:8080`; a kind port
+    mapping on host port 8080 (to a NodePort nothing creates) would hold that port."""
+    config = yaml.safe_load((ROOT / "kind-config.yaml").read_text())
+    held = [m["hostPort"] for n in config["nodes"] for m in n.get("extraPortMappings", ())]
+    assert 8080 not in held

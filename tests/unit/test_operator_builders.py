@@ -307,6 +307,15 @@ def test_gpu_serving_requests_gpus_and_targets_gpu_nodes() -> None:
     assert [c["name"] for c in tpod["initContainers"]] == ["export"]
     assert "nvidia.com/gpu" not in tpod["initContainers"][0].get("resources", {}).get("limits", {})
     assert _by("Service", names.student("summariser"))["spec"]["ports"][0]["port"] == 8000
+    # torch, transformers and peft: the LM image, for both steps; the base model's download
+    # goes to the data volume, not the small /tmp emptyDir
+    steps = [*tpod["initContainers"], *tpod["containers"]]
+    assert {c["image"] for c in steps} == {DEFAULTS.distill_lm_image}
+    for step in steps:
+        env = {e["name"]: e["value"] for e in step["env"]}
+        assert env["HF_HOME"].startswith("/var/lib/thrifty/data/")
+    main = pod["containers"][0]
+    assert {e["name"]: e["value"] for e in main["env"]}["HOME"] == "/var/cache/thrifty"
 
 
 def test_classifier_student_needs_no_serving_deployment() -> None:
@@ -315,6 +324,9 @@ def test_classifier_student_needs_no_serving_deployment() -> None:
     assert serving.build_serving(model, owner(body), "v1", DEFAULTS) == []
     train = distill.build_train_job(model, owner(body), "v1", DEFAULTS)
     assert "nodeSelector" not in train["spec"]["template"]["spec"]
+    steps = [*train["spec"]["template"]["spec"]["initContainers"]]
+    steps += train["spec"]["template"]["spec"]["containers"]
+    assert {c["image"] for c in steps} == {DEFAULTS.distill_image}
 
 
 def test_eval_report_access_is_limited_to_one_configmap() -> None:

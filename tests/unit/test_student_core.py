@@ -168,3 +168,26 @@ def test_file_store_appends_rotates_and_counts(tmp_path: Path) -> None:
     other.append([b'{"a":4}'])
     assert other.count() == 4
     assert len(other.shards()) == 3
+
+
+def test_nothing_is_captured_without_a_user_turn_a_student_could_read() -> None:
+    """A request whose user turn has no text (no user turn, an image only, blanks) gives the
+    student nothing to learn from: no record, whatever the teacher answered."""
+    for messages in (
+        [{"role": "system", "content": "Answer one of: a, b"}],
+        [{"role": "user", "content": "   "}],
+        [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}],
+    ):
+        record = build_record(
+            request_id="r",
+            ts=1.0,
+            route="intent",
+            student="s",
+            model="m",
+            messages=messages,
+            completion=completion("card_arrival"),
+            prompt_tokens=1,
+            completion_tokens=1,
+            cost_usd=0.0,
+        )
+        assert record is None, messages

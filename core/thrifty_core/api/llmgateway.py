@@ -218,6 +218,11 @@ class DisruptionBudget(ApiModel):
     min_available: int = Field(default=1, ge=0, le=1000, description="Pods kept during drains.")
 
 
+AUTOSCALING_NEEDS_CPU = (
+    "autoscaling needs resources.requests.cpu: the HPA scales on CPU use as a share of it"
+)
+
+
 class LLMGatewaySpec(ApiModel):
     """Desired state of a gateway."""
 
@@ -273,8 +278,19 @@ class LLMGatewaySpec(ApiModel):
             ROUTE_PROVIDERS_EXIST,
             "every route target must name a provider in spec.providers",
             ".routes",
-        )
+        ),
+        cel(
+            "!self.autoscaling.enabled || 'cpu' in self.resources.requests",
+            AUTOSCALING_NEEDS_CPU,
+            ".resources",
+        ),
     )
+
+    @model_validator(mode="after")
+    def _cpu_for_the_hpa(self) -> LLMGatewaySpec:
+        if self.autoscaling.enabled and "cpu" not in self.resources.requests:
+            raise ValueError(AUTOSCALING_NEEDS_CPU)
+        return self
 
     @model_validator(mode="after")
     def _targets_known(self) -> LLMGatewaySpec:

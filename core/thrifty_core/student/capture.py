@@ -143,7 +143,8 @@ def build_record(
 ) -> CaptureRecord | None:
     """A record for one teacher answer, or None when there is nothing to learn from."""
     answer = answer_text(completion)
-    if answer is None:
+    text = student_input(messages)
+    if answer is None or not text.strip():  # no text a student could read
         return None
     kept = [
         {"role": str(m.get("role", "")), "content": redactor(content_text(m.get("content")))}
@@ -159,7 +160,7 @@ def build_record(
         model=model,
         source=source,
         messages=kept,
-        input=redactor(student_input(messages)),
+        input=redactor(text),
         answer=redactor(answer),
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,

@@ -23,7 +23,7 @@ from ..services.batching.budgets import find_budgets, refuse_over_hard_limit
 from ..services.batching.finalize import finalize
 from ..services.batching.model import URLS, BatchRecord, Line, new_id
 from ..services.batching.queue import RedisQueue
-from ..services.batching.validate import validate_input
+from ..services.batching.validate import check_metadata, validate_input
 from . import deferred
 from .deps import AuthedDep, Caller, StateDep
 from .files import RuntimeDep, json_response, owned_file
@@ -64,7 +64,7 @@ async def create_batch(
     if not isinstance(body, dict):
         raise InvalidRequestError("The request body must be a JSON object.")
     endpoint = body.get("endpoint")
-    if endpoint not in URLS:
+    if not isinstance(endpoint, str) or endpoint not in URLS:
         raise InvalidRequestError(
             f"endpoint must be one of {', '.join(URLS)}.", param="endpoint", code="invalid_value"
         )
@@ -75,10 +75,7 @@ async def create_batch(
             code="invalid_value",
         )
     metadata = body.get("metadata")
-    if metadata is not None and not (
-        isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())
-    ):
-        raise InvalidRequestError("metadata must map strings to strings.", param="metadata")
+    check_metadata(metadata)
     file_id = str(body.get("input_file_id") or "")
     meta = await owned_file(runtime, caller, file_id)
     if meta.purpose != "batch":

@@ -9,6 +9,7 @@ batch queue's (much larger) file limit the same way.
 from __future__ import annotations
 
 import logging
+import traceback
 
 import orjson
 from fastapi import FastAPI, Request
@@ -44,12 +45,14 @@ def error_response(exc: ThriftyError) -> Response:
     )
 
 
-def _plain(status: int, message: str, code: str | None = None) -> Response:
+def _plain(
+    status: int, message: str, code: str | None = None, param: str | None = None
+) -> Response:
     body = {
         "error": {
             "message": message,
             "type": _TYPES.get(status, "server_error"),
-            "param": None,
+            "param": param,
             "code": code,
         }
     }
@@ -69,8 +72,18 @@ async def _http(_: Request, exc: Exception) -> Response:
 async def _validation(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     first = exc.errors()[0] if exc.errors() else {}
-    loc = ".".join(str(p) for p in first.get("loc", ()) if p not in ("query", "body"))
-    return _plain(400, f"Invalid parameter {loc}: {first.get('msg', 'invalid')}", "invalid_value")
+    if first.get("type") == "json_invalid":
+        return _plain(400, "The request body is not valid JSON.", "invalid_json")
+    where = first.get("loc", ())
+    # ("body", "tenant") names a field; ("body",) alone is the body, (.., 3) an array index.
+    param = ".".join(str(p) for p in where[1:]) if len(where) > 1 else None
+    if param is None and where[:1] == ("body",):
+        if isinstance(first.get("input"), bytes | str):  # not sent as application/json
+            message = "The request body must be a JSON object (content-type: application/json)."
+            return _plain(400, message, "invalid_value")
+        return _plain(400, "The request body must be a JSON object.", "invalid_value")
+    message = f"Invalid value for '{param}': {first.get('msg', 'invalid')}."
+    return _plain(400, message, "invalid_value", param)
 
 
 async def _disconnect(_: Request, exc: Exception) -> Response:
@@ -80,7 +93,10 @@ async def _disconnect(_: Request, exc: Exception) -> Response:
 
 
 async def _unexpected(_: Request, exc: Exception) -> Response:
-    log.error("unhandled error", extra={"error_type": type(exc).__name__})
+    # Where it was raised, never its message (it may quote a prompt).
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+    log.error("unhandled error", extra={"error_type": type(exc).__name__, "where": where})
     return _plain(500, "The gateway had an internal error.", "internal_error")
 
 
@@ -90,6 +106,38 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(ClientDisconnect, _disconnect)
     app.add_exception_handler(Exception, _unexpected)
+
+
+class UnexpectedErrorMiddleware:
+    """An unhandled error becomes the 500 `internal_error` answer here, and goes no further.
+
+    Starlette's own handler for `Exception` (in `ServerErrorMiddleware`) sends that answer and
+    then re-raises, and uvicorn drops the connection: a client's next request on the same
+    keep-alive connection was reset. An error after the response started (a stream) is
+    re-raised: the connection must close then, the client has a partial answer."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as exc:
+            if started:
+                raise
+            response = await _unexpected(Request(scope), exc)
+            await response(scope, receive, send)
 
 
 class BodyLimitMiddleware:

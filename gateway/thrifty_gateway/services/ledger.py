@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 HOUR = 3600
 DAY = 86400
+LATEST = 253_402_300_799.0  # 9999-12-31T23:59:59Z, the last second `datetime` holds
 
 
 @dataclass(slots=True)
@@ -263,10 +264,12 @@ def parse_since(value: str | None) -> float | None:
     if not value:
         return None
     try:
-        return float(value)
+        ts = float(value)
     except ValueError:
-        pass
-    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.timestamp()
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        return parsed.timestamp()
+    if not 0 <= ts <= LATEST:  # nan, inf and times `datetime` cannot hold
+        raise ValueError(f"since must be between 0 and {LATEST:.0f}")
+    return ts

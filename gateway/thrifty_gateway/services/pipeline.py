@@ -40,6 +40,7 @@ given to `create_app`.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -82,7 +83,8 @@ def directive_tokens(headers: Mapping[str, str]) -> list[str]:
     for name in ("cache-control", "x-thrifty-cache"):
         value = header_value(headers, name)
         if value:
-            tokens.extend(t.strip().lower() for t in value.split(","))
+            # `;` too: a stray one ("no-store;") must not hide a directive
+            tokens.extend(t.strip().lower() for t in re.split("[,;]", value))
     pragma = header_value(headers, "pragma")
     if pragma and headers.get("cache-control") is None:
         if "no-cache" in (t.strip().lower() for t in pragma.split(",")):

@@ -49,6 +49,28 @@ PATHS: dict[str, str] = {"chat": "chat/completions", "embeddings": "embeddings"}
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
+# Nesting deeper than this is refused: orjson reads 1,024 levels but writes only about 254, so a
+# body it accepted would fail (a 500) when forwarded, stored or queued. No API field needs more.
+MAX_DEPTH = 100
+
+
+def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """Whether arrays and objects nest more than `limit` levels (iterative: no recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
+
 def parse_body(raw: bytes) -> dict[str, Any]:
     try:
         body = orjson.loads(raw)
@@ -56,6 +78,10 @@ def parse_body(raw: bytes) -> dict[str, Any]:
         raise InvalidRequestError("The request body is not valid JSON.") from exc
     if not isinstance(body, dict):
         raise InvalidRequestError("The request body must be a JSON object.")
+    if too_deep(body):
+        raise InvalidRequestError(
+            f"The request body nests arrays and objects more than {MAX_DEPTH} levels deep."
+        )
     return body
 
 
@@ -70,11 +96,32 @@ def check_chat_shape(body: dict[str, Any]) -> None:
         raise InvalidRequestError(
             "Invalid type for 'messages': expected an array of objects.", param="messages"
         )
+    for i, message in enumerate(messages):
+        if not isinstance(message.get("role"), str):
+            raise InvalidRequestError(
+                f"Invalid type for 'messages[{i}].role': expected a string.",
+                param=f"messages[{i}].role",
+            )
+        content = message.get("content")
+        if content is not None and not isinstance(content, str | list):
+            raise InvalidRequestError(
+                f"Invalid type for 'messages[{i}].content': expected a string or an array of "
+                "content parts.",
+                param=f"messages[{i}].content",
+            )
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise InvalidRequestError(
             "Invalid type for 'stream_options': expected an object.", param="stream_options"
         )
+    for name in ("tools", "functions"):
+        value = body.get(name)
+        if value is not None and not (
+            isinstance(value, list) and all(isinstance(t, dict) for t in value)
+        ):
+            raise InvalidRequestError(
+                f"Invalid type for '{name}': expected an array of objects.", param=name
+            )
 
 
 def resolve_route(state: GatewayState, body: dict[str, Any]) -> RouteRuntime:

@@ -166,15 +166,18 @@ class Breakers:
         return breaker
 
 
-def _error_message(body: bytes) -> tuple[str, str | None, str | None]:
+def _error_of(body: bytes) -> dict[str, Any] | None:
+    """The provider's OpenAI-shaped `error` object, None when its body has none."""
     try:
         data = orjson.loads(body)
-        err = data.get("error") if isinstance(data, dict) else None
-        if isinstance(err, dict):
-            return str(err.get("message", "")), err.get("type"), err.get("code")
     except orjson.JSONDecodeError:
-        pass
-    return "", None, None
+        return None
+    err = data.get("error") if isinstance(data, dict) else None
+    return err if isinstance(err, dict) else None
+
+
+def _as_text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 @dataclass(slots=True)
@@ -229,18 +232,26 @@ async def call_with_fallback(
                 if resp.status < 400:
                     breaker.success()
                     return Attempt(target, resp, attempts, index)
-                message, type_, code = _error_message(resp.body)
                 if resp.status not in RETRYABLE:
                     breaker.success()
                     if resp.status in (401, 403):
                         raise UpstreamError(
                             f"upstream {target.label} refused the gateway's credentials"
                         )
+                    err = _error_of(resp.body)
+                    if err is None:
+                        raise UpstreamStatusError(
+                            f"upstream answered {resp.status}", status=resp.status
+                        )
+                    # The provider's error as it sent it: its param and code (null too) tell
+                    # the client which field to fix.
                     raise UpstreamStatusError(
-                        message or f"upstream answered {resp.status}",
+                        _as_text(err.get("message")) or f"upstream answered {resp.status}",
                         status=resp.status,
-                        type_=type_,
-                        code=code,
+                        type_=_as_text(err.get("type")),
+                        param=_as_text(err.get("param")),
+                        code=_as_text(err.get("code")),
+                        passed_on=True,
                     )
                 breaker.failure()
                 retry_after = parse_retry_after(resp.headers)

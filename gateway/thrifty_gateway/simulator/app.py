@@ -31,9 +31,13 @@ def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -
 
 
 def _error(
-    status: int, message: str, type_: str, headers: dict[str, str] | None = None
+    status: int,
+    message: str,
+    type_: str,
+    headers: dict[str, str] | None = None,
+    param: str | None = None,
 ) -> Response:
-    body = {"error": {"message": message, "type": type_, "param": None, "code": None}}
+    body = {"error": {"message": message, "type": type_, "param": param, "code": None}}
     return _json(body, status, headers)
 
 
@@ -81,6 +85,9 @@ async def chat_completions(request: Request) -> Response:
         return _error(400, "Invalid JSON body.", "invalid_request_error")
     if not isinstance(body, dict) or not body.get("messages") or not body.get("model"):
         return _error(400, "model and messages are required.", "invalid_request_error")
+    refused = engine.chat_request_error(body)
+    if refused is not None:
+        return _error(400, refused[0], "invalid_request_error", param=refused[1])
     model = str(body["model"])
     fault = await _fault_response(sim, model, request)
     if isinstance(fault, Response):
@@ -115,9 +122,9 @@ async def create_embeddings(request: Request) -> Response:
         return _error(400, "Invalid JSON body.", "invalid_request_error")
     if not isinstance(body, dict) or "input" not in body or not body.get("model"):
         return _error(400, "model and input are required.", "invalid_request_error")
-    refused = engine.embeddings_input_error(body["input"])
+    refused = engine.embeddings_request_error(body)
     if refused is not None:
-        return _error(400, refused, "invalid_request_error")
+        return _error(400, refused[0], "invalid_request_error", param=refused[1])
     fault = await _fault_response(sim, str(body["model"]), request)
     if isinstance(fault, Response):
         return fault

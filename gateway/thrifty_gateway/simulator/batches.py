@@ -256,10 +256,12 @@ def _answer(sim: SimState, url: str, body: dict[str, Any]) -> tuple[int, dict[st
     if fault in ("429", "500", "502", "503"):
         err = {"message": "The server had an error (simulated).", "type": "server_error"}
         return int(fault), {"error": err}
-    if url == "/v1/embeddings":
-        refused = engine.embeddings_input_error(body.get("input"))
-        if refused is not None:
-            return 400, {"error": {"message": refused, "type": "invalid_request_error"}}
+    chat = url != "/v1/embeddings"
+    refused = engine.chat_request_error(body) if chat else engine.embeddings_request_error(body)
+    if refused is not None:
+        err = {"message": refused[0], "type": "invalid_request_error", "param": refused[1]}
+        return 400, {"error": err}
+    if not chat:
         return 200, engine.embeddings(body, sim.settings.embedding_dimensions)
     return 200, engine.chat_completion(body, oracle=sim.oracle)
 

@@ -389,6 +389,81 @@ def embed_text(text: str, dimensions: int) -> list[float]:
 EMBEDDING_MAX_TOKENS = 8192  # per input, as OpenAI's embedding models
 
 
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+MAX_N = 128  # choices per request, as OpenAI's API
+MAX_DIMENSIONS = 3072
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _typed(param: str, expected: str) -> tuple[str, str]:
+    return f"Invalid type for '{param}': expected {expected}.", param
+
+
+def chat_request_error(body: dict[str, Any]) -> tuple[str, str] | None:
+    """(message, param) of the 400 OpenAI answers a wrongly typed chat request with; None when
+    it takes it. Without it the simulator failed with a 500 (a flaky provider to the gateway's
+    circuit breakers) or, for a huge `n`, hung."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return _typed("messages", "a non-empty array of messages")
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, dict) or msg.get("role") not in ROLES:
+            return f"Invalid value for 'messages[{i}].role'.", f"messages[{i}].role"
+        content = msg.get("content")
+        if content is not None and not isinstance(content, str | list):
+            return _typed(f"messages[{i}].content", "a string or an array of content parts")
+    for name in ("tools", "functions"):
+        value = body.get(name)
+        if value is not None and not (
+            isinstance(value, list) and all(isinstance(t, dict) for t in value)
+        ):
+            return _typed(name, "an array of objects")
+    n = body.get("n")
+    if n is not None and not (_is_int(n) and 1 <= n <= MAX_N):
+        return f"Invalid 'n': expected an integer from 1 to {MAX_N}.", "n"
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = body.get(name)
+        if value is not None and not (_is_int(value) and value >= 1):
+            return f"Invalid '{name}': expected a positive integer.", name
+    top = body.get("top_logprobs")
+    if top is not None and not (_is_int(top) and 0 <= top <= 20):
+        return "Invalid 'top_logprobs': expected an integer from 0 to 20.", "top_logprobs"
+    for name, low, high in (("temperature", 0, 2), ("top_p", 0, 1)):
+        value = body.get(name)
+        if value is not None and not (_is_number(value) and low <= value <= high):
+            return f"Invalid '{name}': expected a number from {low} to {high}.", name
+    for name in ("response_format", "stream_options"):
+        value = body.get(name)
+        if value is not None and not isinstance(value, dict):
+            return _typed(name, "an object")
+    stop = body.get("stop")
+    if stop is not None and not (
+        isinstance(stop, str) or (isinstance(stop, list) and all(isinstance(s, str) for s in stop))
+    ):
+        return _typed("stop", "a string or an array of strings")
+    return None
+
+
+def embeddings_request_error(body: dict[str, Any]) -> tuple[str, str] | None:
+    """(message, param) of the 400 OpenAI answers a bad embeddings request with, or None."""
+    refused = embeddings_input_error(body.get("input"))
+    if refused is not None:
+        return refused, "input"
+    dims = body.get("dimensions")
+    if dims is not None and not (_is_int(dims) and 1 <= dims <= MAX_DIMENSIONS):
+        return f"Invalid 'dimensions': expected an integer from 1 to {MAX_DIMENSIONS}.", (
+            "dimensions"
+        )
+    return None
+
+
 def embeddings_input_error(raw: Any) -> str | None:
     """Why OpenAI would refuse this `input` with a 400 (None when it takes it): an empty
     string or array, strings mixed with token arrays, an input over the context length."""

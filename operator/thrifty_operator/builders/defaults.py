@@ -23,6 +23,9 @@ class Defaults:
     gateway_image: str = "ghcr.io/thrifty-dev/thrifty-gateway:0.1.0"
     operator_image: str = "ghcr.io/thrifty-dev/thrifty-operator:0.1.0"
     distill_image: str = "ghcr.io/thrifty-dev/thrifty-distill:0.1.0"
+    # The distill image with torch, transformers and peft (`EXTRAS="--extra distill-lm"`):
+    # causal-lm students' train and evaluate Jobs run it.
+    distill_lm_image: str = "ghcr.io/thrifty-dev/thrifty-distill-lm:0.1.0"
     vllm_image: str = "docker.io/vllm/vllm-openai:v0.6.3"
     qdrant_image: str = "docker.io/qdrant/qdrant:v1.12.4"
     redis_image: str = "docker.io/library/redis:7.4.1-alpine"

@@ -36,6 +36,7 @@ DATA_DIR = "/var/lib/thrifty/data"
 CAPTURE = f"{DATA_DIR}/capture"
 SNAPSHOT = f"{DATA_DIR}/snapshot"
 STUDENTS = f"{DATA_DIR}/students"
+HF_CACHE = f"{DATA_DIR}/.cache/huggingface"
 RESOURCE_DIR = "/etc/thrifty/distill"
 NOT_ENOUGH_EXAMPLES = 3  # `thrifty distill train` exit code
 ARTIFACTS_SIZE = "10Gi"
@@ -144,6 +145,13 @@ def build_resource_config(model: DistilledModel, owner: Owner) -> Manifest:
     }
 
 
+def distill_image(model: DistilledModel, defaults: Defaults) -> str:
+    """The Jobs' image: with torch, transformers and peft for a causal-lm student."""
+    if model.spec.student.kind == "causal-lm":
+        return defaults.distill_lm_image
+    return defaults.distill_image
+
+
 def _step(name: str, image: str, args: list[str], res: dict[str, Any]) -> dict[str, Any]:
     step = container(
         name,
@@ -154,6 +162,9 @@ def _step(name: str, image: str, args: list[str], res: dict[str, Any]) -> dict[s
             {"name": "THRIFTY_SNAPSHOT_DIR", "value": SNAPSHOT},
             {"name": "THRIFTY_ARTIFACTS_DIR", "value": STUDENTS},
             {"name": "HOME", "value": "/tmp"},
+            # A causal-lm base model (a GB or more) is downloaded once onto the data volume,
+            # not into the small /tmp emptyDir (where the pod would be evicted).
+            {"name": "HF_HOME", "value": HF_CACHE},
         ],
         mounts=[
             {"name": "data", "mountPath": DATA_DIR},
@@ -242,7 +253,7 @@ def build_train_job(model: DistilledModel, owner: Owner, run: str, defaults: Def
         "--artifacts-dir",
         STUDENTS,
     ]
-    image = defaults.distill_image
+    image = distill_image(model, defaults)
     return _job(
         model,
         owner,
@@ -282,6 +293,6 @@ def build_eval_job(model: DistilledModel, owner: Owner, run: str, defaults: Defa
         owner,
         name=names.eval_job(owner.name, run),
         component=EVAL_COMPONENT,
-        steps=[_step("evaluate", defaults.distill_image, args, res)],
+        steps=[_step("evaluate", distill_image(model, defaults), args, res)],
         service_account=names.distill_service_account(owner.name),
     )

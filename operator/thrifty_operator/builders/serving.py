@@ -32,7 +32,11 @@ def build_serving(
         command=["vllm"],
         args=vllm_args(model.spec.student.base_model or "", adapter, owner.name, port=STUDENT_PORT),
         ports=[{"name": "http", "containerPort": STUDENT_PORT, "protocol": "TCP"}],
-        env=[{"name": "HF_HOME", "value": "/var/cache/thrifty/hf"}],
+        # HOME too: vLLM and Triton keep caches under it, and the root filesystem is read-only.
+        env=[
+            {"name": "HF_HOME", "value": "/var/cache/thrifty/hf"},
+            {"name": "HOME", "value": "/var/cache/thrifty"},
+        ],
         mounts=[
             {"name": "artifacts", "mountPath": DATA_DIR, "readOnly": True},
             {"name": "cache", "mountPath": "/var/cache/thrifty"},

@@ -9,7 +9,9 @@ from typing import Any
 import orjson
 
 from thrifty_core.api.batchqueue import BatchLimits
+from thrifty_core.errors import InvalidRequestError
 
+from ..proxy import MAX_DEPTH, check_chat_shape, too_deep
 from .model import URLS
 
 MAX_REPORTED = 20
@@ -58,6 +60,31 @@ class Report:
         return {"object": "list", "data": [e.as_dict() for e in self.errors[:MAX_REPORTED]]}
 
 
+# OpenAI's limits on a batch's metadata: it is stored with the batch and returned by every get.
+METADATA_PAIRS, METADATA_KEY_CHARS, METADATA_VALUE_CHARS = 16, 64, 512
+
+
+def check_metadata(metadata: Any) -> None:
+    """A batch's `metadata`: at most 16 string pairs, keys up to 64 and values up to 512
+    characters (as OpenAI's API takes them)."""
+    if metadata is None:
+        return
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise InvalidRequestError("metadata must map strings to strings.", param="metadata")
+    if len(metadata) > METADATA_PAIRS:
+        raise InvalidRequestError(
+            f"metadata holds at most {METADATA_PAIRS} pairs.", param="metadata"
+        )
+    if any(len(k) > METADATA_KEY_CHARS for k in metadata):
+        raise InvalidRequestError(
+            f"metadata keys are at most {METADATA_KEY_CHARS} characters.", param="metadata"
+        )
+    if any(len(v) > METADATA_VALUE_CHARS for v in metadata.values()):
+        raise InvalidRequestError(
+            f"metadata values are at most {METADATA_VALUE_CHARS} characters.", param="metadata"
+        )
+
+
 def _check_line(
     number: int, raw: bytes, routes: Container[str] | None, seen: set[str]
 ) -> InputLine | LineError:
@@ -85,6 +112,8 @@ def _check_line(
     body = item.get("body")
     if not isinstance(body, dict):
         return LineError(number, "invalid_body", "body must be a JSON object")
+    if too_deep(body, MAX_DEPTH - 1):  # the line's own object is one level more
+        return LineError(number, "invalid_body", f"body nests more than {MAX_DEPTH} levels deep")
     model = body.get("model")
     if not isinstance(model, str) or not model:
         return LineError(number, "missing_model", "body.model is required")
@@ -92,8 +121,11 @@ def _check_line(
         return LineError(number, "model_not_found", f"unknown model {model!r}")
     if body.get("stream"):
         return LineError(number, "invalid_body", "stream is not supported in batches")
-    if URLS[url] == "chat" and not isinstance(body.get("messages"), list):
-        return LineError(number, "invalid_body", "body.messages must be a list")
+    if URLS[url] == "chat":
+        try:  # the checks a chat request sent directly gets
+            check_chat_shape(body)
+        except InvalidRequestError as exc:
+            return LineError(number, "invalid_body", f"body: {exc.message}")
     if URLS[url] == "embeddings" and "input" not in body:
         return LineError(number, "invalid_body", "body.input is required")
     return InputLine(custom_id, url, body)

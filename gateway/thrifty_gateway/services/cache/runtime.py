@@ -147,8 +147,8 @@ async def open_policy(name: str, policy: CachePolicyConfig, models: SharedModels
     log.info(
         "cache policy %s: exact=%s semantic=%s verifier=%s",
         name,
-        type(exact).__name__ if exact else "off",
-        type(semantic).__name__ if semantic else "off",
+        type(exact).__name__ if exact is not None else "off",  # an empty store is falsy
+        type(semantic).__name__ if semantic is not None else "off",
         verifier.name if verifier else "off",
     )
     fences: ExactStore | None = None

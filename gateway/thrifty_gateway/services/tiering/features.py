@@ -71,7 +71,7 @@ def extract_features(body: Mapping[str, Any], headers: Mapping[str, str]) -> Fea
         if msg.get("role") == "user":
             user.append(text)
     tools = body.get("tools") or body.get("functions")
-    if tools:
+    if isinstance(tools, list):
         chars += sum(len(str(t)) for t in tools)
     fmt = body.get("response_format")
     json_out = isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema")
