@@ -311,3 +311,46 @@ def test_a_gateway_stopped_right_after_its_start_shuts_down(
     runner.start()
     runner.join(timeout=30)
     assert not runner.is_alive(), "shutdown hung"
+
+
+def test_ledger_lines_reach_the_shared_ledger_before_they_are_acknowledged(
+    simulator: Simulator, redis: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shared ledger writes a moment after a record; a line acknowledged before that write
+    is lost if the gateway dies in between (nobody reads it again). So at every XACK of ledger
+    lines nothing of them is still waiting in memory."""
+    from fastapi.testclient import TestClient
+
+    from thrifty_core.config import parse_config
+    from thrifty_gateway.app import create_app
+    from thrifty_gateway.services.batching.stage import BatchStage
+
+    name = f"flushed-{time.time_ns()}"
+    client, keys = finished_lines(redis, name, 0)
+    config = batch_config(simulator, redis, tmp_path, name)
+    config["ledger"] = {"redisUrl": redis.url}
+    pending_at_ack: list[int] = []
+    acked = 0
+    with TestClient(create_app(parse_config(config))) as gw:
+        state = gw.app.state.gateway  # type: ignore[attr-defined]
+        stage = next(s for s in state.stages if isinstance(s, BatchStage))
+        assert stage.runtime.queue is not None
+        queue_redis = stage.runtime.queue.redis
+        xack = queue_redis.xack
+
+        async def watched(stream: Any, group: Any, *ids: Any) -> Any:
+            nonlocal acked
+            pending_at_ack.append(state.ledger.shared.pending)
+            acked += len(ids)
+            return await xack(stream, group, *ids)
+
+        monkeypatch.setattr(queue_redis, "xack", watched)
+        line = {"t": "team-a", "r": "default", "m": "gpt-4o-mini", "p": 10, "c": 5, "u": 0.25}
+        for _ in range(3):  # as the workers write them, now that the gateway watches
+            client.xadd(keys.ledger, {**line, "s": 0.25, "ok": "1", "lv": "batch"})
+        deadline = time.monotonic() + 10
+        while acked < 3:
+            assert time.monotonic() < deadline, acked
+            time.sleep(0.05)
+    assert pending_at_ack and all(pending == 0 for pending in pending_at_ack)
+    client.close()

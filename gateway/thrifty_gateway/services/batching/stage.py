@@ -156,8 +156,9 @@ class BatchStage:
         """Record finished batch lines (written by the workers) into this gateway's ledger.
 
         Every gateway reads the ledger stream in one consumer group: each line is recorded by
-        one of them, then acknowledged. A line handed to a gateway that stopped or died before
-        acknowledging it stays in that consumer's pending list; every `SYNC_RECLAIM_SECONDS`
+        one of them (written to the shared ledger, when there is one), then acknowledged. A
+        line handed to a gateway that stopped or died before acknowledging it stays in that
+        consumer's pending list; every `SYNC_RECLAIM_SECONDS`
         this gateway takes over pending lines idle longer than `SYNC_MIN_IDLE_MS` (its own
         predecessor's too: the consumer name is the pod's), and drops consumers left with
         nothing pending. A line recorded by a gateway that died before its ack is recorded
@@ -253,6 +254,13 @@ class BatchStage:
                 )
             for _, f in lines:
                 self._record(f)
+            shared = self.ledger.shared
+            if shared is not None and not shared.failing:
+                # Written to the shared ledger before the lines are acknowledged: its writer
+                # would otherwise send them a moment later, and a gateway dying in between
+                # lost them. While Redis fails they wait in memory for its retries (acked all
+                # the same: left pending, they would be recorded, and counted, twice).
+                await shared.flush()
             await redis.xack(keys.ledger, keys.ledger_group, *ids)
             for entry_id in ids:
                 self._charge_failures.pop(entry_id, None)
