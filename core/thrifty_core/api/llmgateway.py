@@ -280,7 +280,8 @@ class LLMGatewaySpec(ApiModel):
             ".routes",
         ),
         cel(
-            "!self.autoscaling.enabled || 'cpu' in self.resources.requests",
+            "!self.autoscaling.enabled || (has(self.resources) && has(self.resources.requests)"
+            " && 'cpu' in self.resources.requests)",
             AUTOSCALING_NEEDS_CPU,
             ".resources",
         ),
