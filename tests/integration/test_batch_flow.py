@@ -330,6 +330,24 @@ def test_bad_input_is_refused_and_nothing_stored(
     assert list((tmp_path / "files-bad").iterdir()) == []
 
 
+def test_a_batch_create_with_wrongly_typed_fields_is_a_400(stack: Any) -> None:
+    gw, _ = stack("typed")
+    auth = {"authorization": f"Bearer {KEY}"}
+    good = {"input_file_id": "file-x", "endpoint": "/v1/chat/completions"}
+    for bad, param in (
+        ({"endpoint": ["a"]}, "endpoint"),
+        ({"input_file_id": 5}, "input_file_id"),
+        ({"input_file_id": None}, "input_file_id"),
+        ({"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata"),
+    ):
+        resp = httpx.post(f"{gw.url}/v1/batches", json={**good, **bad}, headers=auth)
+        assert resp.status_code == 400, (bad, resp.text)
+        assert resp.json()["error"]["param"] == param
+    deep = b'{"input_file_id": ' + b"[" * 1000 + b"]" * 1000 + b"}"
+    resp = httpx.post(f"{gw.url}/v1/batches", content=deep, headers=auth)
+    assert resp.status_code == 400 and "too deeply" in resp.json()["error"]["message"]
+
+
 def test_deferred_request_is_accepted_and_polled(stack: Any) -> None:
     gw, worker = stack("defer", mode="direct")
     worker("w1")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import struct
+import time
 from typing import Any
 
 import httpx
@@ -236,9 +237,23 @@ def test_bad_input_is_the_clients_400_and_the_connection_stays_usable(
             assert resp.status_code == 400, (param, resp.text)
             error = resp.json()["error"]
             assert error["type"] == "invalid_request_error" and error["param"] == param
-        for since in ("nan", "inf", "1e300"):
+        for since in ("nan", "inf", "1e300", "9999-12-31T23:59:59-14:00"):
             resp = http.get("/v1/thrifty/usage", params={"since": since}, headers=auth)
             assert resp.status_code == 400 and resp.json()["error"]["param"] == "since"
+        # A bad defer header is refused before any stage runs: on a cache hit too, and on a
+        # gateway with no batch queue.
+        asked = {"model": "gpt-4o-mini", "messages": MESSAGES}
+        assert http.post("/v1/chat/completions", json=asked, headers=auth).status_code == 200
+        for _ in range(50):
+            hit = http.post("/v1/chat/completions", json=asked, headers=auth)
+            if hit.headers["x-thrifty-cache"] == "exact":
+                break
+            time.sleep(0.05)
+        assert hit.headers["x-thrifty-cache"] == "exact"
+        resp = http.post(
+            "/v1/chat/completions", json=asked, headers={**auth, "x-thrifty-defer": "maybe"}
+        )
+        assert resp.status_code == 400 and resp.json()["error"]["param"] == "x-thrifty-defer"
         purge = "/v1/thrifty/cache/purge"
         resp = http.post(purge, content=b"{", headers={**admin, "content-type": JSON})
         assert resp.status_code == 400

@@ -61,19 +61,18 @@ def nested(depth: int) -> bytes:
 
 
 def test_parse_body_refuses_nesting_it_could_not_write_back() -> None:
-    """orjson reads 1,024 levels but writes about 254: a body accepted deeper failed with a 500
-    when forwarded. Up to MAX_DEPTH levels pass."""
+    """orjson reads 1,024 levels but writes 254: a body accepted deeper failed with a 500 when
+    forwarded or queued. What is accepted can still be written inside a few more levels."""
     import orjson
 
-    from thrifty_gateway.services.proxy import MAX_DEPTH, too_deep
+    from thrifty_gateway.services.proxy import WRAP_LEVELS
 
-    ok = parse_body(nested(MAX_DEPTH - 1))
-    assert orjson.loads(orjson.dumps(ok)) == ok
-    with pytest.raises(InvalidRequestError, match="levels deep"):
-        parse_body(nested(MAX_DEPTH))
-    with pytest.raises(InvalidRequestError, match="levels deep"):
-        parse_body(nested(300))
-    assert not too_deep({"a": [{"b": 1}]}, 3) and too_deep({"a": [{"b": {}}]}, 3)
+    limit = 255 - WRAP_LEVELS - 1  # the first depth refused; the body's own object is one
+    ok = parse_body(nested(limit - 1))
+    assert orjson.loads(orjson.dumps({"a": {"b": {"c": ok}}})) == {"a": {"b": {"c": ok}}}
+    for depth in (limit, 300, 1000):
+        with pytest.raises(InvalidRequestError, match="too deeply"):
+            parse_body(nested(depth))
 
 
 @pytest.mark.parametrize(
@@ -119,16 +118,31 @@ def test_a_stray_semicolon_does_not_hide_a_cache_directive() -> None:
 
 
 def test_the_defer_header_is_yes_no_or_a_400() -> None:
-    from thrifty_gateway.services.batching.stage import wants_defer
+    from thrifty_gateway.services.pipeline import wants_defer
 
-    assert wants_defer("true") and wants_defer(" Yes ") and wants_defer("1")
-    assert not wants_defer(None) and not wants_defer("0") and not wants_defer("false")
+    def asks(value: str | None) -> bool:
+        return wants_defer({} if value is None else {"x-thrifty-defer": value})
+
+    assert asks("true") and asks(" Yes ") and asks("1")
+    assert not asks(None) and not asks("0") and not asks("false")
     with pytest.raises(InvalidRequestError) as refused:
-        wants_defer("maybe")
+        asks("maybe")
     assert refused.value.param == "x-thrifty-defer"
 
 
-@pytest.mark.parametrize("since", ["nan", "inf", "-inf", "1e300", "99999999999999999999", "-5"])
+@pytest.mark.parametrize(
+    "since",
+    [
+        "nan",
+        "inf",
+        "-inf",
+        "1e300",
+        "99999999999999999999",
+        "-5",
+        "9999-12-31T23:59:59-14:00",
+        "0001-01-01T00:00:00+14:00",
+    ],
+)
 def test_since_out_of_range_is_refused(since: str) -> None:
     from thrifty_gateway.services.ledger import parse_since
 

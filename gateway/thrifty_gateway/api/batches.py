@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
-import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
@@ -24,6 +22,7 @@ from ..services.batching.finalize import finalize
 from ..services.batching.model import URLS, BatchRecord, Line, new_id
 from ..services.batching.queue import RedisQueue
 from ..services.batching.validate import check_metadata, validate_input
+from ..services.proxy import parse_body
 from . import deferred
 from .deps import AuthedDep, Caller, StateDep
 from .files import RuntimeDep, json_response, owned_file
@@ -57,12 +56,7 @@ async def create_batch(
     request: Request, runtime: RuntimeDep, caller: AuthedDep, state: StateDep
 ) -> Response:
     queue = require_queue(runtime.queue)
-    try:
-        body: dict[str, Any] = orjson.loads(await request.body())
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequestError("The request body is not valid JSON.") from exc
-    if not isinstance(body, dict):
-        raise InvalidRequestError("The request body must be a JSON object.")
+    body = parse_body(await request.body())
     endpoint = body.get("endpoint")
     if not isinstance(endpoint, str) or endpoint not in URLS:
         raise InvalidRequestError(
@@ -76,7 +70,9 @@ async def create_batch(
         )
     metadata = body.get("metadata")
     check_metadata(metadata)
-    file_id = str(body.get("input_file_id") or "")
+    file_id = body.get("input_file_id")
+    if not isinstance(file_id, str) or not file_id:
+        raise InvalidRequestError("input_file_id must be a file id.", param="input_file_id")
     meta = await owned_file(runtime, caller, file_id)
     if meta.purpose != "batch":
         raise InvalidRequestError("The input file must have purpose 'batch'.", param="file_id")

@@ -269,7 +269,7 @@ def parse_since(value: str | None) -> float | None:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=UTC)
-        return parsed.timestamp()
+        ts = parsed.timestamp()
     if not 0 <= ts <= LATEST:  # nan, inf and times `datetime` cannot hold
         raise ValueError(f"since must be between 0 and {LATEST:.0f}")
     return ts

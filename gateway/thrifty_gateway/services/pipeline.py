@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from thrifty_core.config import RouteConfig, TenantConfig
+from thrifty_core.errors import InvalidRequestError
 from thrifty_core.prices import PriceCatalog, Usage
 
 Endpoint = Literal["chat", "embeddings"]
@@ -92,6 +93,26 @@ def directive_tokens(headers: Mapping[str, str]) -> list[str]:
     return tokens
 
 
+DEFER_HEADER = "x-thrifty-defer"
+_YES, _NO = frozenset({"1", "true", "yes"}), frozenset({"", "0", "false", "no"})
+
+
+def wants_defer(headers: Mapping[str, str]) -> bool:
+    """`x-thrifty-defer`: yes or no; anything else is the client's 400 (a typo would
+    otherwise send deferrable work upstream at full price without a word). Read before any
+    stage runs, so that a bad value is refused whatever would have answered."""
+    token = (header_value(headers, DEFER_HEADER) or "").strip().lower()
+    if token in _YES:
+        return True
+    if token in _NO:
+        return False
+    raise InvalidRequestError(
+        f"{DEFER_HEADER} must be one of: true, false, 1, 0, yes, no.",
+        param=DEFER_HEADER,
+        code="invalid_defer_header",
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class CacheControl:
     """Client cache directives (`Cache-Control` or `x-thrifty-cache`: no-cache, no-store,
@@ -131,6 +152,7 @@ class RequestContext:
     stream: bool = False
     include_usage: bool = False
     cache_control: CacheControl = NO_DIRECTIVES
+    defer: bool = False  # the client asked for a deferred answer (`x-thrifty-defer`)
     started: float = field(default_factory=time.perf_counter)
     savings: dict[str, float] = field(default_factory=dict)
     state: dict[str, Any] = field(default_factory=dict)

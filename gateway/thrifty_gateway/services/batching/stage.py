@@ -20,7 +20,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from thrifty_core.config import GatewayConfig
-from thrifty_core.errors import InvalidRequestError
 from thrifty_core.prices import Usage
 
 from ..ledger import Entry, Ledger
@@ -32,23 +31,6 @@ from .model import ENDPOINT_URLS, BatchRecord, Line, new_id
 from .queue import RedisQueue
 
 log = logging.getLogger(__name__)
-DEFER_HEADER = "x-thrifty-defer"
-_YES, _NO = frozenset({"1", "true", "yes"}), frozenset({"", "0", "false", "no"})
-
-
-def wants_defer(value: str | None) -> bool:
-    """`x-thrifty-defer`: yes or no; anything else is the client's 400 (a typo would
-    otherwise send deferrable work upstream at full price without a word)."""
-    token = (value or "").strip().lower()
-    if token in _YES:
-        return True
-    if token in _NO:
-        return False
-    raise InvalidRequestError(
-        f"{DEFER_HEADER} must be one of: true, false, 1, 0, yes, no.",
-        param=DEFER_HEADER,
-        code="invalid_defer_header",
-    )
 
 
 STAGE_NAME = "batch"
@@ -112,7 +94,7 @@ class BatchStage:
             self._sync = asyncio.get_running_loop().create_task(self._ledger_sync())
 
     async def before_upstream(self, ctx: RequestContext) -> StageResponse | None:
-        if wants_defer(ctx.headers.get(DEFER_HEADER)):
+        if ctx.defer:
             if ctx.route.deferrable and self.runtime.queue is not None and not ctx.stream:
                 return await self._defer(ctx)
             ctx.response_headers["x-thrifty-deferred"] = "refused"

@@ -11,7 +11,7 @@ import orjson
 from thrifty_core.api.batchqueue import BatchLimits
 from thrifty_core.errors import InvalidRequestError
 
-from ..proxy import MAX_DEPTH, check_chat_shape, too_deep
+from ..proxy import check_chat_shape, unwritable
 from .model import URLS
 
 MAX_REPORTED = 20
@@ -112,8 +112,8 @@ def _check_line(
     body = item.get("body")
     if not isinstance(body, dict):
         return LineError(number, "invalid_body", "body must be a JSON object")
-    if too_deep(body, MAX_DEPTH - 1):  # the line's own object is one level more
-        return LineError(number, "invalid_body", f"body nests more than {MAX_DEPTH} levels deep")
+    if unwritable(body):
+        return LineError(number, "invalid_body", "body nests arrays and objects too deeply")
     model = body.get("model")
     if not isinstance(model, str) or not model:
         return LineError(number, "missing_model", "body.model is required")
