@@ -2,12 +2,15 @@
 
 Built-in list prices (USD per million tokens, public list prices of late 2025) can be
 overridden per gateway (`GatewayConfig.prices`) and per provider (`ProviderConfig.prices`).
-Dated model names (`gpt-4o-2024-08-06`) and provider prefixes (`openai/gpt-4o`) resolve to the
-longest known prefix. Unknown models cost 0 and are reported as such (never guessed).
+Dated snapshots (`gpt-4o-2024-08-06`, `gpt-3.5-turbo-0125`) resolve to their model, and
+provider prefixes (`openai/gpt-4o`) are dropped; snapshots priced otherwise are listed by name.
+Any other name is its own model: `o3-pro` is not `o3` (it costs ten times more). Unknown models
+cost 0 and are reported as such (never guessed).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -60,6 +63,7 @@ BUILTIN_PRICES: Mapping[str, Price] = {
     "gpt-4.1-mini": Price(0.40, 1.60, 0.10),
     "gpt-4.1-nano": Price(0.10, 0.40, 0.025),
     "gpt-4o": Price(2.50, 10.0, 1.25),
+    "gpt-4o-2024-05-13": Price(5.0, 15.0),  # the first gpt-4o snapshot, priced higher
     "gpt-4o-mini": Price(0.15, 0.60, 0.075),
     "gpt-4-turbo": Price(10.0, 30.0),
     "gpt-4": Price(30.0, 60.0),
@@ -88,6 +92,10 @@ def cost_usd(price: Price | None, usage: Usage, *, batch: bool = False) -> float
     return total * price.batch_discount if batch else total
 
 
+# A snapshot date at the end of a model name: -2024-08-06, or -0125 / -0613 (older models).
+_SNAPSHOT = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{4})$")
+
+
 class PriceCatalog:
     """Model name -> price, with overrides layered over the built-in list."""
 
@@ -99,7 +107,6 @@ class PriceCatalog:
         self._prices: dict[str, Price] = dict(base)
         for p in overrides:
             self._prices[p.model] = Price.from_model_price(p)
-        self._by_length = sorted(self._prices, key=len, reverse=True)
         self._memo: dict[str, Price | None] = {}
 
     def with_overrides(self, overrides: Iterable[ModelPrice]) -> PriceCatalog:
@@ -107,15 +114,13 @@ class PriceCatalog:
         return PriceCatalog(overrides, base=self._prices)
 
     def lookup(self, model: str) -> Price | None:
-        """Exact name, else the longest known prefix (after dropping a `provider/` prefix)."""
+        """The exact name, else without a `provider/` prefix, else without a snapshot date."""
         if model in self._memo:
             return self._memo[model]
         found = self._prices.get(model)
         if found is None:
             bare = model.rsplit("/", 1)[-1]
-            found = self._prices.get(bare) or next(
-                (self._prices[k] for k in self._by_length if bare.startswith(k + "-")), None
-            )
+            found = self._prices.get(bare) or self._prices.get(_SNAPSHOT.sub("", bare))
         if len(self._memo) < 4096:
             self._memo[model] = found
         return found

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 from thrifty_core.config import GatewayConfig, RouteConfig
@@ -61,4 +60,3 @@ class GatewayState:
     routes: dict[str, RouteRuntime]
     stages: list[Stage] = field(default_factory=list)
     ready: bool = False
-    started: float = field(default_factory=time.time)

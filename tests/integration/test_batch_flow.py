@@ -364,6 +364,15 @@ def test_deferred_request_is_accepted_and_polled(stack: Any) -> None:
         time.sleep(0.1)
     assert got.status_code == 200
     assert got.json()["object"] == "chat.completion"
+    # Booked once: when its line finished (the 202 that accepted it is not a request of its own)
+    admin = {"authorization": f"Bearer {ADMIN}"}
+    while time.monotonic() < deadline:
+        totals = httpx.get(f"{gw.url}/v1/thrifty/usage", headers=admin).json()["totals"]
+        if totals["served_by_lever"].get("batch"):
+            break
+        time.sleep(0.1)
+    assert totals["served_by_lever"]["batch"] == 1 and totals["requests"] == 1
+    assert totals["cost_usd"] > 0
     # a route whose policy does not allow deferral is served at once
     body["model"] = "gpt-4o-mini"
     resp = httpx.post(f"{gw.url}/v1/chat/completions", json=body, headers=headers)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import struct
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -293,3 +294,45 @@ def test_an_unexpected_error_is_a_500_in_openai_shape_that_goes_no_further() -> 
         assert resp.json()["error"]["code"] == "internal_error"
         assert "prompt" not in resp.text
         assert http.get("/healthz").status_code == 200
+
+
+def test_a_stream_the_client_leaves_is_charged_for_the_text_it_was_sent(
+    tmp_path: Path,
+) -> None:
+    """The client closes the stream before the usage chunk: the provider still produced (and
+    bills) what was sent, so the ledger estimates completion tokens from the relayed text,
+    on a gateway with no stage too."""
+    from tests.integration.procs import start_gateway, start_simulator
+
+    slow = start_simulator(tmp_path / "sim", "--chunk-delay-ms", "20")
+    gw = start_gateway(tmp_path / "gw", local_config(slow.url))
+    try:
+        body = {"model": "gpt-4o-mini", "messages": MESSAGES, "stream": True, "max_tokens": 200}
+        with (
+            httpx.Client(timeout=20) as http,
+            http.stream(
+                "POST",
+                f"{gw.url}/v1/chat/completions",
+                json=body,
+                headers={"authorization": f"Bearer {KEY_A}"},
+            ) as resp,
+        ):
+            assert resp.status_code == 200
+            events = 0
+            for line in resp.iter_lines():
+                events += line.startswith("data: ")
+                if events >= 8:
+                    break  # leave mid-stream
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            totals = httpx.get(
+                f"{gw.url}/v1/thrifty/usage", headers={"authorization": "Bearer sk-local-admin"}
+            ).json()["totals"]
+            if totals["requests"]:
+                break
+            time.sleep(0.1)
+        assert totals["requests"] == 1
+        assert totals["completion_tokens"] > 0 and totals["cost_usd"] > 0
+    finally:
+        gw.stop()
+        slow.stop()

@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import openai
+import orjson
 import pytest
 import redis as redis_lib
 from redis import asyncio as aioredis
@@ -268,3 +269,38 @@ async def test_closing_during_a_background_write_loses_nothing(tmp_path: Path) -
     finally:
         server.proc.send_signal(signal.SIGCONT)
         server.kill()
+
+
+def test_net_savings_count_the_running_cost_of_the_whole_window(
+    simulator: Simulator, redis: RedisServer
+) -> None:
+    """A replica started a moment ago answers for every replica's savings since the first
+    hour summed: the running cost set against them is over that window too, not over its own
+    few seconds of life (which made net savings look like gross savings after every restart)."""
+    from fastapi.testclient import TestClient
+
+    from thrifty_core.config import parse_config
+    from thrifty_gateway.app import create_app
+
+    config = local_config(simulator.url, cache=True)
+    config["ledger"] = {"redisUrl": redis.url, "gateway": f"ns/net-{time.time_ns()}"}
+    config["netSavings"] = {
+        "cpuHourUsd": 1.0,
+        "memoryGibHourUsd": 0.0,
+        "components": [{"name": "gateway", "lever": "gateway", "cpu": 1, "memoryGib": 0}],
+    }
+    parsed = parse_config(config)
+    prefix = f"thrifty:ledger:{parsed.ledger.gateway}:"
+    hour = (int(time.time()) // 3600 - 5) * 3600  # traffic recorded five hours ago
+    member = orjson.dumps([hour, "team-a", "gpt-4o-mini", "gpt-4o-mini"])
+    client = redis_lib.Redis.from_url(redis.url)
+    client.hset(prefix.encode() + b"b:" + member, mapping={"requests": 1, "saved:cache": 2.0})
+    client.zadd(prefix + "index", {member: hour})
+    admin = {"authorization": "Bearer sk-local-admin"}
+    with TestClient(create_app(parsed)) as gw:
+        body = gw.get("/v1/thrifty/usage", headers=admin).json()
+    client.close()
+    net = body["net_savings"]
+    assert body["from"] is not None and net["hours"] > 5.0
+    assert net["running_cost_usd"]["gateway"] == pytest.approx(net["hours"] * 1.0, abs=1e-3)
+    assert net["net_saved_usd"] < 0  # $2 saved against more than five hours at $1

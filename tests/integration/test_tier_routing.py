@@ -187,3 +187,34 @@ def test_hygiene_ceiling_default_stop_and_repeated_prefixes(
     assert 'thrifty_default_stop_added_total{route="tidy"} 2.0' in metrics
     assert 'thrifty_prompt_repeated_prefix_total{route="tidy"} 1.0' in metrics
     assert 'thrifty_prompt_repeated_prefix_tokens_total{route="tidy"} 64.0' in metrics
+
+
+def test_a_cascade_whose_last_tier_fails_still_books_what_its_cheap_attempts_cost(
+    gateway_factory: GatewayFactory, simulator: Simulator
+) -> None:
+    """The cheap answer is paid for, fails its check, and the route's own target fails: the
+    client gets the error, and the ledger still shows what the cheap attempt cost (a loss of
+    the tier lever: a direct call would have failed for nothing)."""
+    smart = {
+        "name": "smart",
+        "targets": [{"provider": SIM, "model": "broken-model"}],
+        "maxRetries": 0,
+        "tiering": {
+            "tiers": [cheap_tier()],
+            "cascade": {"enabled": True, "minMeanLogprob": -0.05},
+        },
+    }
+    gw = gateway_factory(routes=[*local_config(simulator.url)["routes"], smart])
+    resp = httpx.post(
+        f"{gw.base_url()}/chat/completions",
+        json={"model": "smart", "messages": EASY},
+        headers={"authorization": "Bearer sk-local-a"},
+        timeout=20,
+    )
+    assert resp.status_code >= 500
+    body = usage(gw, 1)
+    route = next(r for r in body["by_route"] if r["route"] == "smart")
+    assert route["requests"] == 1 and route["errors"] == 1
+    assert route["cost_usd"] > 0  # the gpt-4o-mini answer that failed its check
+    assert route["saved_by_lever_usd"]["tier"] == pytest.approx(-route["cost_usd"])
+    assert route["baseline_cost_usd"] == pytest.approx(0.0, abs=1e-12)

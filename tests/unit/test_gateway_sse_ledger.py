@@ -105,3 +105,29 @@ def test_json_formatter_keeps_only_allowed_extras_and_redacts_keys() -> None:
     assert line["tenant"] == "team-a" and line["status"] == 200
     assert "body" not in line
     assert redact("Authorization: Bearer abc.def.ghi-123") == "Authorization: [redacted]"
+
+
+def test_a_lever_that_cost_more_than_the_baseline_is_counted_as_lost_in_metrics() -> None:
+    """Counters only go up: a negative saving (a cascade escalation) goes to thrifty_lost_usd,
+    so that saved - lost per lever, and baseline - cost overall, match the ledger."""
+    from thrifty_core.prices import Usage as U
+    from thrifty_gateway.services.ledger import Entry, Ledger
+    from thrifty_gateway.services.metrics import Metrics
+
+    metrics = Metrics()
+    ledger = Ledger(metrics, 24)
+    ledger.record(Entry("t", "r", "m", U(10, 10), 0.3, {"tier": -0.1}, lever=None))
+    ledger.record(Entry("t", "r", "m", U(10, 10), 0.1, {"tier": 0.5}, lever=None))
+    reg = metrics.registry
+    labels = {"tenant": "t", "route": "r", "lever": "tier"}
+    assert reg.get_sample_value("thrifty_saved_usd_total", labels) == pytest.approx(0.5)
+    assert reg.get_sample_value("thrifty_lost_usd_total", labels) == pytest.approx(0.1)
+    baseline = reg.get_sample_value(
+        "thrifty_baseline_cost_usd_total", {"tenant": "t", "route": "r"}
+    )
+    cost = reg.get_sample_value(
+        "thrifty_cost_usd_total", {"tenant": "t", "route": "r", "model": "m"}
+    )
+    assert baseline is not None and cost is not None
+    assert baseline - cost == pytest.approx(0.5 - 0.1)
+    assert ledger.summary()["totals"]["saved_usd"] == pytest.approx(0.4)

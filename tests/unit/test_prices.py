@@ -21,6 +21,18 @@ def test_dated_and_prefixed_names_resolve() -> None:
     assert catalog.lookup("openai/gpt-4o") == catalog.lookup("gpt-4o")
     assert catalog.lookup("no-such-model") is None
     assert catalog.cost("no-such-model", Usage(10, 10)) == 0.0
+    assert catalog.lookup("gpt-3.5-turbo-0125") == catalog.lookup("gpt-3.5-turbo")
+    assert catalog.lookup("openai/gpt-4o-mini-2024-07-18") == catalog.lookup("gpt-4o-mini")
+
+
+def test_a_longer_name_is_another_model_not_a_cheaper_guess() -> None:
+    """`o3-pro` costs ten times `o3`, `gpt-5-pro` twelve times `gpt-5`: a name that only
+    starts like a known model is unknown (cost 0, reported), never priced as that model."""
+    catalog = PriceCatalog()
+    for name in ("o3-pro", "o1-pro", "gpt-5-pro", "o3-deep-research", "gpt-4o-audio-preview"):
+        assert catalog.lookup(name) is None, name
+    first = catalog.lookup("gpt-4o-2024-05-13")  # the first gpt-4o snapshot was dearer
+    assert first is not None and first.input == 5.0 and first.output == 15.0
 
 
 def test_cached_and_batch_prices() -> None:

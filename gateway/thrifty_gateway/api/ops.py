@@ -55,9 +55,10 @@ async def usage(
     body = await state.ledger.usage(since=since_ts, bucket=bucket, tenant=scope)
     if state.config.net_savings is not None and caller.admin and tenant is None:
         # The platform's running cost is set against all tenants' savings together (admin,
-        # unfiltered view), over this process's life (or since `since`, if later).
-        start = max(since_ts, state.started) if since_ts is not None else state.started
-        hours = max(time.time() - start, 0.0) / 3600
+        # unfiltered view), over the same window as those savings: from the hour of the
+        # earliest request summed (with a shared ledger, every replica's, across restarts).
+        first = parse_since(body["from"])
+        hours = max(time.time() - first, 0.0) / 3600 if first is not None else 0.0
         saved = body["totals"]["saved_by_lever_usd"]
         body["net_savings"] = net_savings(state.config.net_savings, saved, hours)
     return Response(orjson.dumps(body), media_type="application/json")

@@ -147,6 +147,8 @@ class Ledger:
         for lever, usd in entry.savings.items():
             if usd > 0:
                 m.child(m.saved, t, r, lever).inc(usd)
+            elif usd < 0:
+                m.child(m.lost, t, r, lever).inc(-usd)
 
         self._records += 1
         if self._records % 10_000 == 0:
@@ -226,12 +228,14 @@ def summarise(
     groups: dict[str, dict[str, Totals]] = {"tenant": {}, "route": {}, "model": {}}
     series: dict[tuple[int, str, str, str], Totals] = {}
     width = DAY if bucket == "day" else HOUR
+    first: float | None = None  # the earliest hour summed
     for (start, ten, route, model), t in buckets:
         if tenant is not None and ten != tenant:
             continue
         if since is not None and start + HOUR <= since:
             continue
         total.add(t)
+        first = start if first is None else min(first, start)
         for name, value in (("tenant", ten), ("route", route), ("model", model)):
             groups[name].setdefault(value, Totals()).add(t)
         if bucket:
@@ -240,6 +244,8 @@ def summarise(
     out: dict[str, Any] = {
         "object": "thrifty.usage",
         "since": _iso(since) if since is not None else None,
+        # Where the figures start: the hour of the earliest request summed (hourly buckets).
+        "from": _iso(first) if first is not None else None,
         "generated_at": _iso(now),
         "totals": total.as_dict(),
         "by_tenant": [{"tenant": k, **v.as_dict()} for k, v in sorted(groups["tenant"].items())],

@@ -35,7 +35,16 @@ class Metrics:
         )
         self.saved = Counter(
             "thrifty_saved_usd",
-            "Money saved, by lever, USD.",
+            "Money saved, by lever, USD (gross: see thrifty_lost_usd).",
+            ["tenant", "route", "lever"],
+            registry=r,
+        )
+        # A counter cannot go down: what a lever cost beyond the baseline (a cascade's cheap
+        # attempt that was paid for and then escalated) is counted here, so that saved - lost
+        # per lever, and baseline - cost overall, are the ledger's savings.
+        self.lost = Counter(
+            "thrifty_lost_usd",
+            "Money a lever cost beyond what the request would have cost without it, USD.",
             ["tenant", "route", "lever"],
             registry=r,
         )

@@ -153,6 +153,9 @@ class RequestContext:
     include_usage: bool = False
     cache_control: CacheControl = NO_DIRECTIVES
     defer: bool = False  # the client asked for a deferred answer (`x-thrifty-defer`)
+    # Paid upstream for answers that were not served (cascade tiers whose answer failed its
+    # check) when the request then failed: booked and charged all the same.
+    spent_usd: float = 0.0
     started: float = field(default_factory=time.perf_counter)
     savings: dict[str, float] = field(default_factory=dict)
     state: dict[str, Any] = field(default_factory=dict)
@@ -203,6 +206,9 @@ class StageResponse:
     cost_usd: float = 0.0
     saved_usd: float = 0.0
     headers: dict[str, str] = field(default_factory=dict)
+    # Booked in the ledger later, when the work it accepted is done (a deferred request: its
+    # batch line), not now as a request of its own.
+    booked_later: bool = False
 
 
 @dataclass(slots=True)
@@ -220,6 +226,7 @@ class Outcome:
     error_type: str | None = None
     batch: bool = False
     upstream_body: dict[str, Any] | None = None  # before hidden_choice_fields were nulled
+    booked_later: bool = False  # see `StageResponse.booked_later`
 
 
 class Stage(Protocol):

@@ -256,7 +256,10 @@ class Proxy:
                 )
             return await self._upstream(ctx, route)
         except ThriftyError as exc:
-            self._finish_error(ctx, exc)
+            if ctx.spent_usd > 0:
+                await self._finish_spent(ctx, exc)
+            else:
+                self._finish_error(ctx, exc)
             raise
         except BaseException:  # cancelled (the client left) or unexpected: no finish will run
             ctx.done()
@@ -334,8 +337,10 @@ class Proxy:
     ) -> AsyncIterator[bytes]:
         """Forward events as they come; drop the usage chunk the client did not ask for."""
         splitter = EventSplitter()
+        # Assembled always, stages or not: a stream the client leaves before its usage chunk
+        # is still paid for, and its cost is estimated from the text relayed so far (parsing
+        # a chunk costs about a microsecond).
         assembler = StreamAssembler()
-        assemble = bool(self.state.stages)
         usage: Usage | None = None
         done = False
         unread = False  # a chunk was relayed that could not be parsed into the assembled answer
@@ -353,9 +358,6 @@ class Proxy:
                         done = done or payload == b"[DONE]"
                         out.append(event)
                         continue
-                    if not assemble and b'"usage"' not in payload:
-                        out.append(event)
-                        continue
                     try:
                         chunk = orjson.loads(payload)
                     except orjson.JSONDecodeError:
@@ -364,8 +366,7 @@ class Proxy:
                         unread = True
                         out.append(event)
                         continue
-                    if assemble:
-                        assembler.add(chunk)
+                    assembler.add(chunk)
                     found = usage_of(chunk)
                     if found is not None:
                         usage = found
@@ -382,7 +383,7 @@ class Proxy:
                 yield rest
         finally:
             close()
-            whole = assemble and not unread and not assembler.broken
+            whole = not unread and not assembler.broken
             completion = assembler.completion() if whole else None
             final = usage or estimate_usage(ctx.body, completion)
             cost = self.state.catalog.cost(target.model, final)
@@ -407,6 +408,7 @@ class Proxy:
             answer.cost_usd,
             from_stage=True,
             lever=answer.lever,
+            booked_later=answer.booked_later,
         )
         headers = {
             "x-thrifty-route": ctx.route.name,
@@ -458,20 +460,20 @@ class Proxy:
                 await stage.after_upstream(ctx, outcome)
             except Exception:
                 log.exception("stage after_upstream failed", extra={"reason": stage.name})
-        error = outcome.status >= 400
-        state.ledger.record(
-            Entry(
-                tenant=ctx.tenant_name,
-                route=ctx.route.name,
-                model=outcome.model,
-                usage=outcome.usage,
-                cost_usd=outcome.cost_usd,
-                savings=ctx.savings,
-                lever=outcome.lever,
-                error=error,
-                tier=ctx.state.get("tier"),
+        if not outcome.booked_later:
+            state.ledger.record(
+                Entry(
+                    tenant=ctx.tenant_name,
+                    route=ctx.route.name,
+                    model=outcome.model,
+                    usage=outcome.usage,
+                    cost_usd=outcome.cost_usd,
+                    savings=ctx.savings,
+                    lever=outcome.lever,
+                    error=outcome.status >= 400,
+                    tier=ctx.state.get("tier"),
+                )
             )
-        )
         if ctx.tenant is not None:
             await state.limiter.record_tokens(ctx.tenant, outcome.usage.total_tokens)
         m = state.metrics
@@ -483,6 +485,22 @@ class Proxy:
             outcome.lever or "none",
         ).inc()
         m.child(m.duration, ctx.route.name).observe(time.perf_counter() - ctx.started)
+
+    async def _finish_spent(self, ctx: RequestContext, exc: ThriftyError) -> None:
+        """A failed request that had paid for answers it did not serve (a cascade whose last
+        tier failed): their cost is booked, charged to budgets and counted as a loss of the
+        tier lever (a direct call would have cost nothing: it would have failed too)."""
+        ctx.add_saving("tier", -ctx.spent_usd)
+        outcome = Outcome(
+            exc.status,
+            None,
+            Usage(),
+            ctx.route.name,
+            "error",
+            ctx.spent_usd,
+            error_type=type(exc).__name__,
+        )
+        await self._finish(ctx, outcome)
 
     def _finish_error(self, ctx: RequestContext, exc: ThriftyError) -> None:
         ctx.done()

@@ -131,6 +131,7 @@ class BatchStage:
             body=body,
             status=202,
             served_by="batch:queue",
+            booked_later=True,  # its line is recorded when it finishes
             headers={"location": poll_url, "x-thrifty-deferred-id": record.id},
         )
 

@@ -212,6 +212,7 @@ class TierStage:
                 )
             except ThriftyError:
                 if last:
+                    ctx.spent_usd = spent  # the cheaper tiers' answers were paid for
                     raise
                 escalated.append(f"{name}:error")
                 self.metrics.escalations.labels(ctx.route.name, name, "error").inc()
