@@ -354,3 +354,77 @@ def test_ledger_lines_reach_the_shared_ledger_before_they_are_acknowledged(
             time.sleep(0.05)
     assert pending_at_ack and all(pending == 0 for pending in pending_at_ack)
     client.close()
+
+
+async def test_lines_waiting_in_a_live_job_are_not_claimed_nor_counted_as_deliveries(
+    redis: RedisServer,
+) -> None:
+    """Sweeps find a line inside a provider job idle for as long as the job runs: they leave
+    it, and its delivery count stays as it was (XAUTOCLAIM counted every sweep as a delivery,
+    and after a few the line was dead-lettered as a poison line, its paid answer discarded)."""
+    queue = queue_for(redis, f"waiting-{time.time_ns()}")
+    try:
+        await queue.ensure_groups()
+        (line,) = lines_for("batch_x", 1)
+        await queue.redis.xadd(queue.keys.stream, line.fields())
+        ((entry_id, _),) = await queue.read("worker-a", 10, 100)
+        await queue.save_job("job-1", {"lines": {}}, [entry_id])
+        for _ in range(queue.max_attempts + 5):
+            assert await queue.reclaim("worker-b", 0) == []
+        (pending,) = await queue.redis.xpending_range(
+            queue.keys.stream, queue.keys.group, min="-", max="+", count=10
+        )
+        assert pending["times_delivered"] == 1 and pending["consumer"] == b"worker-a"
+    finally:
+        await queue.aclose()
+
+
+async def test_a_line_is_queued_again_once_however_often_its_failure_is_replayed(
+    redis: RedisServer,
+) -> None:
+    """A poll replayed after a crash (or by a second worker) resubmits the same failed lines:
+    the next attempt is queued only while the old entry is pending."""
+    queue = queue_for(redis, f"resubmit-{time.time_ns()}")
+    try:
+        await queue.ensure_groups()
+        (line,) = lines_for("batch_x", 1)
+        await queue.redis.xadd(queue.keys.stream, line.fields())
+        ((entry_id, _),) = await queue.read("worker-a", 10, 100)
+        assert await queue.resubmit(entry_id, line, direct=True)
+        assert not await queue.resubmit(entry_id, line, direct=True)
+        entries = await queue.redis.xrange(queue.keys.stream)
+        assert len(entries) == 1  # the next attempt only (the old entry is deleted)
+        again = Line.from_fields(entries[0][1])
+        assert again.attempt == 2 and again.direct and again.custom_id == line.custom_id
+    finally:
+        await queue.aclose()
+
+
+async def test_a_provider_job_whose_create_timed_out_is_found_not_created_again(
+    tmp_path: Path,
+) -> None:
+    """The provider took the job but answered after the client's timeout: the SDK's retries
+    would have created two more (billed) jobs. The create is not retried; the job is found by
+    the marker in its metadata."""
+    import httpx
+
+    from tests.integration.procs import start_simulator
+    from thrifty_core.config import ProviderConfig
+    from thrifty_gateway.services.batching.provider import OpenAIBatches
+    from thrifty_gateway.services.pipeline import Target
+
+    slow = start_simulator(tmp_path / "sim", "--batch-create-ms", "1500")
+    batches = OpenAIBatches(
+        [ProviderConfig(name="sim", base_url=f"{slow.url}/v1")], {"sim": None}, timeout=1.0
+    )
+    try:
+        line = b'{"custom_id":"a","method":"POST","url":"/v1/chat/completions","body":{}}\n'
+        job_id = await batches.submit(
+            Target("sim", "gpt-4o-mini"), "/v1/chat/completions", line, "24h"
+        )
+        stats = httpx.get(f"{slow.url}/sim/batches/stats").json()
+        assert stats["batches_created"] == 1
+        assert job_id.startswith("batch_sim")
+    finally:
+        await batches.aclose()
+        slow.stop()

@@ -13,7 +13,12 @@ from thrifty_core.config import dump_config
 from thrifty_core.render import render_gateway_config
 from thrifty_operator.builders import batch, cache, distill, names, serving
 from thrifty_operator.builders import gateway as gw
-from thrifty_operator.builders.common import CONFIG_HASH_ANNOTATION, Owner, short_hash
+from thrifty_operator.builders.common import (
+    CONFIG_HASH_ANNOTATION,
+    OWNER_KIND_LABEL,
+    Owner,
+    short_hash,
+)
 from thrifty_operator.builders.defaults import Defaults
 from thrifty_operator.builders.secrets import gateway_secret_refs
 
@@ -112,12 +117,25 @@ def test_every_kind_is_built() -> None:
     }
 
 
+def retained(manifest: dict[str, Any]) -> bool:
+    """The example cache policy's Redis volume (deletionPolicy Retain, the default)."""
+    return bool(
+        manifest["kind"] == "PersistentVolumeClaim"
+        and manifest["metadata"]["name"].endswith("-redis-data")
+        and manifest["metadata"]["labels"][OWNER_KIND_LABEL] == "cachepolicy"
+    )
+
+
 @pytest.mark.parametrize(
     "manifest", MANIFESTS, ids=lambda m: f"{m['kind']}-{m['metadata']['name']}"
 )
 def test_every_child_has_a_controller_owner_and_labels(manifest: dict[str, Any]) -> None:
     meta = manifest["metadata"]
     assert meta["namespace"] == NS
+    assert meta["labels"]["app.kubernetes.io/managed-by"] == "thrifty-operator"
+    if retained(manifest):
+        assert "ownerReferences" not in meta  # outlives its policy: see below
+        return
     (ref,) = meta["ownerReferences"]
     assert ref["controller"] is True and ref["blockOwnerDeletion"] is True
     assert ref["apiVersion"] == "thrifty.dev/v1alpha1"
@@ -449,3 +467,19 @@ def test_stores_a_policy_no_longer_runs_are_named_for_removal() -> None:
         ("v1", "Service", "default-cache-qdrant"),
         ("networking.k8s.io/v1", "NetworkPolicy", "default-cache-qdrant"),
     ]
+
+
+def test_a_cache_policys_redis_volume_follows_its_deletion_policy() -> None:
+    """The volume holds cached answers and, for the gateways using the policy, the usage
+    ledger, budget spend and rate limits: with Retain (the default) it outlives the policy
+    (no owner reference for the garbage collector), with Delete it goes with it."""
+    body = example("cachepolicy")
+    for policy, owned in (("Retain", False), ("Delete", True)):
+        body["spec"]["deletionPolicy"] = policy
+        built = cache.build_stores(CachePolicy.model_validate(body), owner(body), DEFAULTS)
+        (pvc,) = [
+            m
+            for m in built
+            if m["kind"] == "PersistentVolumeClaim" and "redis" in m["metadata"]["name"]
+        ]
+        assert ("ownerReferences" in pvc["metadata"]) is owned, policy

@@ -89,3 +89,49 @@ def test_namespaced_operators_keep_watching_a_terminating_namespace() -> None:
     assert namespaced.scanning.disabled is True
     assert clusterwide.scanning.disabled is False  # it still notices CRDs installed later
     assert namespaced.persistence.finalizer == "thrifty.dev/finalizer"
+
+
+async def test_an_operator_back_long_after_the_deletion_still_waits_for_its_job() -> None:
+    """The operator was down when the policy was deleted (the README says: reinstall it and let
+    it finish). Back an hour later it makes the delete Job: the deadline counts from the Job,
+    so the policy is not let go at once with the collection still in place."""
+    from pathlib import Path
+    from typing import Any
+
+    import yaml
+
+    from thrifty_operator.builders.defaults import Defaults
+    from thrifty_operator.handlers.cachepolicy import delete_collection
+    from thrifty_operator.handlers.common import Context
+
+    root = Path(__file__).resolve().parents[2]
+    body: dict[str, Any] = yaml.safe_load((root / "examples" / "cachepolicy.yaml").read_text())
+    body["spec"]["deletionPolicy"] = "Delete"
+    an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
+    body["metadata"].update(
+        namespace="shop", uid="uid-1", deletionTimestamp=an_hour_ago.isoformat()
+    )
+
+    class Kube:
+        def __init__(self) -> None:
+            self.jobs: dict[str, dict[str, Any]] = {}
+
+        async def get(self, *where: str) -> dict[str, Any] | None:
+            return self.jobs.get(where[-1])  # (apiVersion, kind, namespace, name)
+
+        async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+            made = {**manifest, "status": {}}
+            made["metadata"] = {
+                **manifest["metadata"],
+                "creationTimestamp": datetime.now(UTC).isoformat(),
+            }
+            self.jobs[manifest["metadata"]["name"]] = made
+            return made
+
+    kube = Kube()
+    ctx = Context(kube, Defaults(), OperatorSettings())  # type: ignore[arg-type]
+    with pytest.raises(kopf.TemporaryError, match="waiting for the collection"):
+        await delete_collection(body, ctx)
+    assert len(kube.jobs) == 1
+    with pytest.raises(kopf.TemporaryError):  # and on the next try, following that Job
+        await delete_collection(body, ctx)

@@ -82,7 +82,13 @@ def build_stores(policy: CachePolicy, owner: Owner, defaults: Defaults) -> list[
     password = redis_password_ref(policy)
     if spec.stores.redis.managed and password is not None:
         out += build_redis(
-            owner, spec.stores.redis, defaults, evict=True, password=password, clients=STORE_CLIENTS
+            owner,
+            spec.stores.redis,
+            defaults,
+            evict=True,
+            password=password,
+            clients=STORE_CLIENTS,
+            retain_data=spec.deletion_policy == "Retain",
         )
     if spec.semantic.enabled and spec.stores.qdrant.managed:
         out += build_qdrant(

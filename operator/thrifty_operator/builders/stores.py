@@ -70,11 +70,15 @@ def build_redis(
     evict: bool,
     password: SecretKeyRef,
     clients: Sequence[str],
+    retain_data: bool = False,
 ) -> list[Manifest]:
     """PVC + single-replica Deployment (Recreate: one writer) + Service for a managed Redis,
     which requires `password` and admits only the `clients` components (a NetworkPolicy).
 
     `evict` picks volatile-lru (a cache) or noeviction (a queue must never lose entries).
+    `retain_data`: the PVC has no owner reference, so deleting the owner leaves it (a cache
+    policy's Redis also holds the usage ledger, budget spend and rate limits); a new owner of
+    the same name finds it again.
     """
     name = names.redis(owner.name)
     data = f"{name}-data"
@@ -111,10 +115,13 @@ def build_redis(
             "readinessProbe": {"tcpSocket": {"port": "redis"}, "periodSeconds": 5},
         },
     )
+    pvc_meta = metadata(owner, data, REDIS_COMPONENT)
+    if retain_data:
+        del pvc_meta["ownerReferences"]
     pvc = {
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
-        "metadata": metadata(owner, data, REDIS_COMPONENT),
+        "metadata": pvc_meta,
         "spec": _pvc_spec(store.storage, store.storage_class_name),
     }
     deployment = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -130,7 +131,15 @@ class FinalizerStep:
 
 def deleted_at(body: Body) -> datetime | None:
     """The policy's metadata.deletionTimestamp (None when it is not being deleted)."""
-    raw = body.get("metadata", {}).get("deletionTimestamp")
+    return _timestamp(body.get("metadata", {}).get("deletionTimestamp"))
+
+
+def created_at(obj: Mapping[str, Any] | None) -> datetime | None:
+    """An object's metadata.creationTimestamp (None without one)."""
+    return _timestamp((obj or {}).get("metadata", {}).get("creationTimestamp"))
+
+
+def _timestamp(raw: Any) -> datetime | None:
     try:
         return datetime.fromisoformat(str(raw)) if raw else None
     except ValueError:
@@ -149,8 +158,8 @@ def collection_delete_step(
 
     A refusal that retrying cannot fix (403, e.g. the namespace is being terminated; 404; 422)
     releases at once; a Job that neither completes nor fails (e.g. stuck Pending) or a transient
-    API fault is waited for until `timeout_s` after the deletionTimestamp, then released. Either
-    way the policy never blocks its namespace's deletion forever.
+    API fault is waited for until `timeout_s` after the Job was made (else after the deletion),
+    then released. Either way the policy never blocks its namespace's deletion forever.
     """
     if error is not None and (error.permanent or error.status == 404):
         return FinalizerStep(
@@ -192,18 +201,24 @@ async def delete_collection(body: Body, ctx: Context) -> None:
         return
     state: str | None = None
     error: KubeError | None = None
+    # The deadline counts from when the Job was made, not from the deletion: an operator that
+    # comes back long after (it was down, the README says to reinstall it) must still give its
+    # Job the time to run, rather than let go of the policy at once with the data in place.
+    since = deleted_at(body)
     try:
         # A Job already there is followed as it is, not applied again: its pod template is
         # immutable, and one made by an earlier operator version may differ.
         found = await ctx.kube.get("batch/v1", "Job", owner.namespace, job["metadata"]["name"])
-        state = job_state(found if found is not None else await ctx.kube.apply(job))
+        running = found if found is not None else await ctx.kube.apply(job)
+        state = job_state(running)
+        since = max(filter(None, (since, created_at(running))), default=since)
     except KubeError as exc:
         error = exc
     step = collection_delete_step(
         target.name,
         state,
         error,
-        deleted_at(body),
+        since,
         now(),
         ctx.settings.collection_delete_timeout_seconds,
     )

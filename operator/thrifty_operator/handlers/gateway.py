@@ -27,6 +27,7 @@ from .common import (
     apply_all,
     deployment_state,
     finish,
+    owned_by,
     parse,
 )
 from .indexes import Indexes
@@ -134,7 +135,11 @@ async def sync(body: dict[str, Any], ix: Indexes, ctx: Context) -> Outcome:
     ):
         if manifest is not None:
             await ctx.kube.apply(manifest)
-        else:
+            continue
+        # Turned off: ours is deleted, never one of that name the user made (their own HPA
+        # after switching ours off, say).
+        found = await ctx.kube.get(api_version, kind, ns, names.gateway(owner.name))
+        if found is not None and owned_by(found, owner):
             await ctx.kube.delete(api_version, kind, ns, names.gateway(owner.name))
     if queue is not None:
         await _sync_worker(owner.name, queue, digest, refs, ix, ctx)

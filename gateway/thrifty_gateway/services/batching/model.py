@@ -96,6 +96,9 @@ class Line:
     body: dict[str, Any]
     tenant: str = "anonymous"
     attempt: int = 1
+    # Run it directly (not in a provider job) on its next attempt: a provider job failed it and
+    # the queue's policy says `onFailure: direct`.
+    direct: bool = False
 
     @property
     def route(self) -> str:
@@ -109,6 +112,7 @@ class Line:
             "t": self.tenant,
             "a": str(self.attempt),
             "d": orjson.dumps(self.body),
+            **({"x": "1"} if self.direct else {}),
         }
 
     @classmethod
@@ -120,6 +124,7 @@ class Line:
             body=orjson.loads(data[b"d"]),
             tenant=data.get(b"t", b"anonymous").decode(),
             attempt=int(data.get(b"a", b"1")),
+            direct=data.get(b"x") == b"1",
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -130,15 +135,31 @@ class Line:
             "t": self.tenant,
             "a": self.attempt,
             "d": self.body,
+            **({"x": True} if self.direct else {}),
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Line:
-        return cls(data["b"], data["c"], data["e"], data["d"], data["t"], int(data["a"]))
+        return cls(
+            data["b"],
+            data["c"],
+            data["e"],
+            data["d"],
+            data["t"],
+            int(data["a"]),
+            data.get("x", False),
+        )
 
-    def retried(self) -> Line:
+    def retried(self, direct: bool | None = None) -> Line:
+        """The next attempt (run directly when `direct`; as this one was by default)."""
         return Line(
-            self.batch_id, self.custom_id, self.endpoint, self.body, self.tenant, self.attempt + 1
+            self.batch_id,
+            self.custom_id,
+            self.endpoint,
+            self.body,
+            self.tenant,
+            self.attempt + 1,
+            self.direct if direct is None else direct,
         )
 
 

@@ -8,9 +8,11 @@ with the official `openai` client (any OpenAI-compatible base URL, the simulator
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -45,6 +47,10 @@ class ProviderBatches(Protocol):
     async def aclose(self) -> None: ...
 
 
+MARKER = "thrifty_submit"  # metadata key of the marker a job is found by after a timeout
+FIND_PAUSES = (0.5, 1.0, 2.0, 4.0)  # seconds before each look for a job whose create timed out
+
+
 class OpenAIBatches:
     """Files + Batches calls through `openai.AsyncOpenAI`, one client per provider."""
 
@@ -59,15 +65,40 @@ class OpenAIBatches:
         }
 
     async def submit(self, target: Target, url: str, jsonl: bytes, window: str) -> str:
+        """Upload the lines and create the job. The create is never retried blindly: the
+        Batches API takes no idempotency key, and a create that timed out after the provider
+        accepted it, retried, made two billed jobs (the SDK retries twice by default). The
+        job carries a one-off marker in its metadata instead; after a timeout or a dropped
+        connection the provider's recent jobs are searched for it."""
         client = self._clients[target.provider]
         uploaded = await client.files.create(file=("thrifty.jsonl", jsonl), purpose="batch")
-        job = await client.batches.create(
-            input_file_id=uploaded.id,
-            endpoint=url,  # type: ignore[arg-type]
-            completion_window=window,  # type: ignore[arg-type]
-            metadata={"created_by": "thrifty"},
-        )
+        marker = uuid.uuid4().hex
+        try:
+            job = await client.with_options(max_retries=0).batches.create(
+                input_file_id=uploaded.id,
+                endpoint=url,  # type: ignore[arg-type]
+                completion_window=window,  # type: ignore[arg-type]
+                metadata={"created_by": "thrifty", MARKER: marker},
+            )
+        except (openai.APITimeoutError, openai.APIConnectionError):
+            # The provider may still be creating it: look a few times, then give up (the
+            # lines are retried; a job made after that is the one duplicate left possible).
+            for pause in FIND_PAUSES:
+                await asyncio.sleep(pause)
+                found = await self._find(client, marker)
+                if found is not None:
+                    log.info("provider batch create timed out but the job exists: %s", found)
+                    return found
+            raise
         return job.id
+
+    async def _find(self, client: openai.AsyncOpenAI, marker: str) -> str | None:
+        """The recent job carrying `marker`, if the provider created it."""
+        page = await client.batches.list(limit=100)
+        for job in page.data:
+            if (job.metadata or {}).get(MARKER) == marker:
+                return job.id
+        return None
 
     async def state(self, target: Target, job_id: str) -> JobState:
         job = await self._clients[target.provider].batches.retrieve(job_id)

@@ -45,7 +45,7 @@ if added == 1 then
   if ARGV[13] == '1' then
     redis.call('XADD', KEYS[5], '*', 'b', ARGV[14], 'c', ARGV[3], 'r', ARGV[4], 'l', ARGV[15])
   end
-  redis.call('XADD', KEYS[4], 'MAXLEN', '~', '1000000', '*', 't', ARGV[6], 'r', ARGV[7],
+  redis.call('XADD', KEYS[4], '*', 't', ARGV[6], 'r', ARGV[7],
     'm', ARGV[8], 'p', ARGV[9], 'c', ARGV[10], 'u', ARGV[11], 's', ARGV[12], 'ok', ARGV[5],
     'lv', ARGV[16])
 end
@@ -57,6 +57,23 @@ end
 local c = redis.call('HMGET', KEYS[2], 'completed', 'failed')
 return (tonumber(c[1]) or 0) + (tonumber(c[2]) or 0)
 """
+
+
+# The next attempt of a line, only if its current entry is still pending (acknowledged here):
+# a replayed poll or a second worker must not queue the same attempt twice.
+_RESUBMIT = """
+if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then
+  return 0
+end
+redis.call('XDEL', KEYS[1], ARGV[2])
+redis.call('HDEL', KEYS[2], ARGV[2])
+redis.call('XADD', KEYS[1], '*', unpack(ARGV, 3))
+return 1
+"""
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _decode(entries: Sequence[Any]) -> list[Entry]:
@@ -79,6 +96,7 @@ class RedisQueue:
         self.max_attempts = max_attempts
         self.dead_letter_enabled = dead_letter
         self._complete = redis.register_script(_COMPLETE)
+        self._resubmit = redis.register_script(_RESUBMIT)
 
     @classmethod
     def from_url(
@@ -238,13 +256,28 @@ class RedisQueue:
 
     async def reclaim(self, consumer: str, min_idle_ms: int, count: int = 500) -> list[Entry]:
         """Take over lines idle longer than `min_idle_ms` (a crashed worker's), except lines
-        waiting inside a provider job. Lines delivered too often are dead-lettered here."""
+        waiting inside a provider job. Lines delivered too often are dead-lettered here.
+
+        Not `XAUTOCLAIM`: it claims every idle entry, those inside a live provider job too, and
+        each claim counts as a delivery, so a line waiting in a job for a while looked like a
+        line that crashed workers (and was dead-lettered as such, its paid answer discarded).
+        The idle entries are listed (`XPENDING`, no delivery counted), those in live jobs left
+        alone, and only the others claimed (`XCLAIM`)."""
         k = self.keys
         out: list[Entry] = []
-        async for page in self.claim_idle(k.stream, k.group, consumer, min_idle_ms, count):
-            out += await self.outside_jobs(_decode(page))
-            if len(out) >= count:
+        start = "-"
+        while len(out) < count:
+            page = await self.redis.xpending_range(
+                k.stream, k.group, min=start, max="+", count=count, idle=min_idle_ms
+            )
+            if not page:
                 break
+            ids = [_text(p["message_id"]) for p in page]
+            start = "(" + ids[-1]
+            free = await self._outside_jobs(ids)
+            if free:
+                claimed = await self.redis.xclaim(k.stream, k.group, consumer, min_idle_ms, free)
+                out += _decode(claimed)
         fresh: list[Entry] = []
         for eid, line in out:
             delivered = await self._deliveries(eid)
@@ -277,14 +310,18 @@ class RedisQueue:
         """The entries not waiting inside a provider job: never put in one, or put in a job
         that was dropped since (its lines handed to direct retries by a worker that died
         before they finished: nobody else would ever run them)."""
-        if not entries:
+        free = set(await self._outside_jobs([e for e, _ in entries]))
+        return [e for e in entries if e[0] in free]
+
+    async def _outside_jobs(self, entry_ids: list[str]) -> list[str]:
+        if not entry_ids:
             return []
         k = self.keys
-        jobs = await self.redis.hmget(k.inflight, [e for e, _ in entries])
+        jobs = await self.redis.hmget(k.inflight, entry_ids)
         named = sorted({j for j in jobs if j is not None})
         found = await self.redis.hmget(k.jobs, named) if named else []
         live = {j for j, job in zip(named, found, strict=True) if job is not None}
-        return [e for e, job in zip(entries, jobs, strict=True) if job is None or job not in live]
+        return [e for e, job in zip(entry_ids, jobs, strict=True) if job is None or job not in live]
 
     async def _deliveries(self, entry_id: str) -> int:
         info = await self.redis.xpending_range(
@@ -328,15 +365,16 @@ class RedisQueue:
         )
         return int(done)
 
-    async def resubmit(self, entry_id: str, line: Line) -> None:
-        """Queue the line again (next attempt) and acknowledge the old entry, atomically."""
+    async def resubmit(self, entry_id: str, line: Line, direct: bool | None = None) -> bool:
+        """Queue the line's next attempt (run directly when `direct`) and acknowledge the old
+        entry, atomically, and only while the old entry is pending: False when it was
+        acknowledged already (by a replayed poll, say), and nothing is queued."""
         k = self.keys
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(k.stream, line.retried().fields())
-            pipe.xack(k.stream, k.group, entry_id)
-            pipe.xdel(k.stream, entry_id)
-            pipe.hdel(k.inflight, entry_id)
-            await pipe.execute()
+        fields = [v for pair in line.retried(direct).fields().items() for v in pair]
+        queued = await self._resubmit(
+            keys=[k.stream, k.inflight], args=[k.group, entry_id, *fields]
+        )
+        return bool(queued)
 
     async def dead_letter(self, entry_id: str, line: Line, code: str, message: str) -> int:
         result = Result(line.custom_id, None, None, code, message)

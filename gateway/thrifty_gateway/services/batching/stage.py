@@ -245,6 +245,9 @@ class BatchStage:
                 # the same: left pending, they would be recorded, and counted, twice).
                 await shared.flush()
             await redis.xack(keys.ledger, keys.ledger_group, *ids)
+            # Deleted once recorded: the stream holds only lines not recorded yet (it is never
+            # trimmed by length, which dropped lines no gateway had read).
+            await redis.xdel(keys.ledger, *ids)
             for entry_id in ids:
                 self._charge_failures.pop(entry_id, None)
 

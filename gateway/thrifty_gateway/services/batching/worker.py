@@ -195,6 +195,17 @@ class Worker:
     async def _handle(self, entry_id: str, line: Line) -> None:
         self.stats.lines += 1
         info = await self._batch_info(line.batch_id)
+        if info is not None and info[0] == "validating":
+            # Still being created (the rest of its lines are on their way): left pending and
+            # taken up again by a sweep. Run now, its answers would be lost (and paid for) if
+            # the create is cut short and the batch failed.
+            return
+        if info is not None and info[0] in ("finalizing", "completed"):
+            # A copy of a line that has its result (every line has one, or the batch would not
+            # be there): acknowledged, never run again (the stored result is kept).
+            result = Result(line.custom_id, None, None, "duplicate", "the line has a result")
+            await self._store(entry_id, line, result)
+            return
         if info is None or info[0] in ("cancelling", "cancelled", "expired", "failed"):
             status = "cancelled" if info is None or info[0] == "cancelling" else info[0]
             status = "missing" if info is None else status
@@ -219,7 +230,7 @@ class Worker:
         target = route.targets[0]
         provider = self.providers[target.provider]
         self._held.add(entry_id)
-        if self.spec.mode == "provider" and provider.supports_batch:
+        if self.spec.mode == "provider" and provider.supports_batch and not line.direct:
             for pack in self.packer.add(entry_id, line, target, time.monotonic()):
                 await self._submit(pack)
         else:
@@ -423,7 +434,11 @@ class Worker:
             and self.spec.retries.on_failure == "direct"
             and (line.attempt < self.queue.max_attempts)
         ):
-            self._spawn(self._run_direct(entry_id, line.retried()))
+            # Queued again, to be run directly by whichever worker reads it: not run here in
+            # place, where the entry (no longer in a live job) was free for another worker's
+            # reclaim to run a second time. Only once: a replayed poll queues nothing more.
+            if await self.queue.resubmit(entry_id, line, direct=True):
+                self.stats.resubmitted += 1
             return
         done = await self.queue.fail_or_retry(entry_id, line, result, retryable)
         if done is None:
