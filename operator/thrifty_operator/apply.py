@@ -118,14 +118,17 @@ class KubeClient:
         result: dict[str, Any] = json.loads(data) if data else {}
         return result
 
-    async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
-        """Server-side apply (force: the operator owns the fields it sets)."""
+    async def apply(
+        self, manifest: dict[str, Any], field_manager: str | None = None
+    ) -> dict[str, Any]:
+        """Server-side apply (force: the operator owns the fields it sets), as the operator's
+        field manager unless another is named (a hand-over of a field, see `gateway`)."""
         meta = manifest["metadata"]
         url = path(manifest["apiVersion"], manifest["kind"], meta.get("namespace"), meta["name"])
         return await self._call(
             "PATCH",
             url,
-            query=[("fieldManager", self.field_manager), ("force", "true")],
+            query=[("fieldManager", field_manager or self.field_manager), ("force", "true")],
             body=manifest,
             content_type="application/apply-patch+yaml",
         )

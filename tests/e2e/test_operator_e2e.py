@@ -455,6 +455,40 @@ def test_operator_killed_mid_reconcile_converges(platform: Platform) -> None:
     wait_gone(cluster, "deployment", ns, "late-gateway")
 
 
+def test_turning_autoscaling_on_keeps_the_replicas_running(platform: Platform) -> None:
+    """The operator stops setting spec.replicas when the HPA takes over; as the field's only
+    owner it would be removed by that apply (falling back to 1 pod). It is handed over first."""
+    cluster, ns = platform.cluster, platform.ns
+    gateway = plain_gateway("scaled", ns)
+    for key in ("cachePolicyRef", "podDisruptionBudget"):
+        gateway["spec"].pop(key)
+    gateway["spec"]["autoscaling"] = {"enabled": False}
+    gateway["spec"]["replicas"] = 3
+    cluster.apply(gateway)
+    obj = wait_ready(cluster, "llmgateway", ns, "scaled")
+    assert obj["status"]["readyReplicas"] == 3
+    cluster.kubectl(
+        "patch",
+        "llmgateway",
+        "scaled",
+        "-n",
+        ns,
+        "--type=merge",
+        "-p",
+        '{"spec": {"autoscaling": {"enabled": true, "minReplicas": 2, "maxReplicas": 6}}}',
+    )
+    wait_for(
+        lambda: get(cluster, "horizontalpodautoscaler", ns, "scaled-gateway"),
+        timeout=60,
+        message="the HPA of scaled",
+    )
+    settle(4)  # a drift period: the operator applied the Deployment without replicas
+    deployment = get(cluster, "deployment", ns, "scaled-gateway") or {}
+    assert deployment["spec"]["replicas"] == 3
+    cluster.kubectl("delete", "llmgateway", "scaled", "-n", ns, "--wait=false")
+    wait_gone(cluster, "llmgateway", ns, "scaled")
+
+
 def test_policy_asking_to_delete_data_drops_its_collection_first(platform: Platform) -> None:
     cluster, ns = platform.cluster, platform.ns
     policy = yaml.safe_load((ROOT / "examples" / "cachepolicy.yaml").read_text())

@@ -293,6 +293,11 @@ def test_shadow_mode_measures_agreement_without_serving(
         assert status["agreement"] >= 0.85
         assert status["served"] == {"shadow": 150}
         assert not status["demoted"]
+        # The student ran on every request and answered none: its inference (costPerHour) is
+        # a cost of the distill lever, booked with each request.
+        totals = gw.usage()
+        assert totals["saved_by_lever_usd"]["distill"] < 0
+        assert totals["served_by_lever"]["distill"] == 0
     finally:
         sim.stop()
 

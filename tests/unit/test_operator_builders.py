@@ -483,3 +483,35 @@ def test_a_cache_policys_redis_volume_follows_its_deletion_policy() -> None:
             if m["kind"] == "PersistentVolumeClaim" and "redis" in m["metadata"]["name"]
         ]
         assert ("ownerReferences" in pvc["metadata"]) is owned, policy
+
+
+def test_the_replica_count_is_handed_over_before_the_hpa_takes_it() -> None:
+    """Autoscaling turned on: the operator stops applying `spec.replicas`; as its only owner,
+    the field would be removed and fall back to 1. It is first applied, at its live value,
+    under a second field manager, and only while the operator still owns it."""
+    live: dict[str, Any] = {
+        "metadata": {
+            "name": "thrifty-gateway",
+            "namespace": NS,
+            "managedFields": [
+                {
+                    "manager": "thrifty-operator",
+                    "operation": "Apply",
+                    "fieldsV1": {"f:spec": {"f:replicas": {}, "f:template": {}}},
+                },
+                {"manager": "kube-controller-manager", "operation": "Update", "fieldsV1": {}},
+            ],
+        },
+        "spec": {"replicas": 6},
+    }
+    assert gw.owns_replicas(live, "thrifty-operator")
+    assert not gw.owns_replicas(live, gw.REPLICAS_HANDOVER)
+    assert gw.replicas_handover(live) == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "thrifty-gateway", "namespace": NS},
+        "spec": {"replicas": 6},
+    }
+    live["metadata"]["managedFields"][0]["fieldsV1"] = {"f:spec": {"f:template": {}}}
+    assert not gw.owns_replicas(live, "thrifty-operator")
+    assert not gw.owns_replicas(None, "thrifty-operator")

@@ -41,7 +41,7 @@ def test_transitions_report_only_changes() -> None:
 
 def test_deployment_and_job_state() -> None:
     assert deployment_state(None) == (False, "not created yet")
-    obj = {
+    obj: dict[str, Any] = {
         "metadata": {"generation": 3},
         "spec": {"replicas": 2},
         "status": {"observedGeneration": 3, "updatedReplicas": 2, "availableReplicas": 2},
@@ -57,6 +57,21 @@ def test_deployment_and_job_state() -> None:
     assert deployment_state(obj)[0] is True
     obj["status"]["observedGeneration"] = 2
     assert deployment_state(obj)[0] is False
+    # Stuck: the controller's own words are passed on (a quota, a rollout out of time).
+    obj["status"] |= {
+        "observedGeneration": 3,
+        "availableReplicas": 0,
+        "conditions": [
+            {
+                "type": "ReplicaFailure",
+                "status": "True",
+                "message": 'pods "g-1" is forbidden: exceeded quota: compute',
+            },
+            {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable"},
+        ],
+    }
+    ok, message = deployment_state(obj)
+    assert not ok and message.endswith('; pods "g-1" is forbidden: exceeded quota: compute')
     assert job_state(None) == "Missing"
     assert job_state({"status": {"conditions": [{"type": "Complete", "status": "True"}]}}) == (
         "Complete"

@@ -153,8 +153,9 @@ class RequestContext:
     include_usage: bool = False
     cache_control: CacheControl = NO_DIRECTIVES
     defer: bool = False  # the client asked for a deferred answer (`x-thrifty-defer`)
-    # Paid upstream for answers that were not served (cascade tiers whose answer failed its
-    # check) when the request then failed: booked and charged all the same.
+    # Paid for work whose answer was not served (a student's inference before the teacher
+    # answered; cascade tiers, when the request then failed): added to the request's cost,
+    # booked and charged, whatever answered (the lever that spent it books it as a loss).
     spent_usd: float = 0.0
     started: float = field(default_factory=time.perf_counter)
     savings: dict[str, float] = field(default_factory=dict)

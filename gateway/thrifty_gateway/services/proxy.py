@@ -455,6 +455,7 @@ class Proxy:
 
     async def _account(self, ctx: RequestContext, outcome: Outcome) -> None:
         state = self.state
+        outcome.cost_usd += ctx.spent_usd  # work paid for that did not answer (see RequestContext)
         for stage in state.stages:
             try:
                 await stage.after_upstream(ctx, outcome)
@@ -487,18 +488,11 @@ class Proxy:
         m.child(m.duration, ctx.route.name).observe(time.perf_counter() - ctx.started)
 
     async def _finish_spent(self, ctx: RequestContext, exc: ThriftyError) -> None:
-        """A failed request that had paid for answers it did not serve (a cascade whose last
-        tier failed): their cost is booked, charged to budgets and counted as a loss of the
-        tier lever (a direct call would have cost nothing: it would have failed too)."""
-        ctx.add_saving("tier", -ctx.spent_usd)
+        """A failed request that had paid for work it did not serve (a cascade whose last
+        tier failed, a student that was not confident): booked and charged like an answer
+        (`_account` adds `ctx.spent_usd`)."""
         outcome = Outcome(
-            exc.status,
-            None,
-            Usage(),
-            ctx.route.name,
-            "error",
-            ctx.spent_usd,
-            error_type=type(exc).__name__,
+            exc.status, None, Usage(), ctx.route.name, "error", 0.0, error_type=type(exc).__name__
         )
         await self._finish(ctx, outcome)
 

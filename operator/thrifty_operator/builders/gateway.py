@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -209,4 +209,33 @@ def build_pdb(gateway: LLMGateway, owner: Owner) -> Manifest | None:
             "minAvailable": pdb.min_available,
             "selector": {"matchLabels": selector_labels(owner, COMPONENT)},
         },
+    }
+
+
+# The field manager that keeps `spec.replicas` while the HPA takes it over (see below).
+REPLICAS_HANDOVER = "thrifty-operator-replicas-handover"
+
+
+def owns_replicas(deployment: Mapping[str, Any] | None, manager: str) -> bool:
+    """Whether `manager` applied `spec.replicas` of the live Deployment."""
+    for entry in (deployment or {}).get("metadata", {}).get("managedFields") or ():
+        if entry.get("manager") != manager or entry.get("operation") != "Apply":
+            continue
+        if "f:replicas" in (entry.get("fieldsV1") or {}).get("f:spec", {}):
+            return True
+    return False
+
+
+def replicas_handover(deployment: Mapping[str, Any]) -> Manifest:
+    """The live replica count, applied under `REPLICAS_HANDOVER`, before the operator stops
+    setting it (autoscaling turned on). Dropping a field from an apply removes it when its
+    manager was its only owner, and `spec.replicas` fell back to 1: a gateway at 6 pods
+    dropped to one until the HPA's next sync. With a second owner it stays, and the HPA takes
+    it from there (Kubernetes' documented ownership transfer)."""
+    meta = deployment["metadata"]
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": meta["name"], "namespace": meta["namespace"]},
+        "spec": {"replicas": deployment.get("spec", {}).get("replicas", 1)},
     }

@@ -179,6 +179,14 @@ def deployment_state(obj: dict[str, Any] | None) -> tuple[bool, str]:
     message = f"{available}/{want} replicas available, {updated} updated"
     if total > updated:
         message += f", {total - updated} old pending termination"
+    if not ok:
+        # What the Deployment controller itself reports as stuck (pods it cannot create: a
+        # quota, a refused pod spec; a rollout past its progress deadline), said here too.
+        for cond in status.get("conditions") or ():
+            stuck = cond.get("type") == "ReplicaFailure" and cond.get("status") == "True"
+            stuck |= cond.get("reason") == "ProgressDeadlineExceeded"
+            if stuck and cond.get("message"):
+                message += f"; {cond['message']}"
     return ok, message
 
 

@@ -121,6 +121,12 @@ async def sync(body: dict[str, Any], ix: Indexes, ctx: Context) -> Outcome:
         students=[s.metadata.name for s in students],
     )
     defaults = ctx.defaults
+    if gateway.spec.autoscaling.enabled:
+        live = await ctx.kube.get("apps/v1", "Deployment", ns, names.gateway(owner.name))
+        if live is not None and gw_builders.owns_replicas(live, ctx.kube.field_manager):
+            await ctx.kube.apply(
+                gw_builders.replicas_handover(live), field_manager=gw_builders.REPLICAS_HANDOVER
+            )
     await apply_all(
         ctx.kube,
         [

@@ -153,6 +153,12 @@ class DistillStage:
         answer = await sr.predictor.predict(ctx.body)
         seconds = time.perf_counter() - started
         self.metrics.latency.labels(sr.name).observe(seconds)
+        if cfg.mode == "shadow" or answer is None or answer.confidence < cfg.confidence_threshold:
+            # The student ran and the teacher answers: its inference was paid for all the same
+            # (a loss of the distill lever on this request).
+            wasted = cfg.cost_per_hour * seconds / 3600
+            ctx.spent_usd += wasted
+            ctx.add_saving("distill", -wasted)
         if cfg.mode == "shadow":
             st["shadow"] = answer
             self._teacher(ctx, sr, "shadow")
@@ -310,8 +316,9 @@ class DistillStage:
         usage = usage_of(completion) or estimate_usage(ctx.body, completion)
         model = attempt.target.model
         cost = state.catalog.cost(model, usage)
+        # A cost of the distill lever: without Thrifty this call would not have been made.
         state.ledger.record(
-            Entry(EVAL_TENANT, ctx.route.name, model, usage, cost, savings={}, lever=None)
+            Entry(EVAL_TENANT, ctx.route.name, model, usage, cost, {"distill": -cost}, lever=None)
         )
         if capture:
             outcome = Outcome(200, completion, usage, model, attempt.target.label, cost)

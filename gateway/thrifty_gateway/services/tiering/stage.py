@@ -212,7 +212,8 @@ class TierStage:
                 )
             except ThriftyError:
                 if last:
-                    ctx.spent_usd = spent  # the cheaper tiers' answers were paid for
+                    ctx.spent_usd += spent  # the cheaper tiers' answers were paid for
+                    ctx.add_saving("tier", -spent)  # a direct call would have failed for free
                     raise
                 escalated.append(f"{name}:error")
                 self.metrics.escalations.labels(ctx.route.name, name, "error").inc()
