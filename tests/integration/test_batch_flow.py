@@ -640,3 +640,34 @@ def test_provider_job_that_cannot_be_retrieved_is_given_up_and_resubmitted(
     r: Any = redis_sync.Redis.from_url(redis.url)
     assert r.hlen("thrifty:batch:forgotten:jobs") == 0
     assert r.hlen("thrifty:batch:forgotten:jobfailures") == 0
+
+
+def test_a_cancelled_batch_cancels_its_provider_job(
+    stack: Any, tmp_path: Path, redis: RedisServer
+) -> None:
+    """A batch cancelled while its lines wait in a provider job: the job is cancelled at the
+    provider (its lines never run, never billed) and the batch is `cancelled` without waiting
+    for the job to finish on its own, each line with an error saying so."""
+    slow = start_simulator(tmp_path / "slow-jobs-sim", "--batch-speedup", "0.05")  # 10 s to start
+    try:
+        gw, worker = stack("cancel-job", sim=slow)
+        worker("w1")
+        client = gw.openai(KEY)
+        batch = create_batch(client, 20)
+        r: Any = redis_sync.Redis.from_url(redis.url)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not r.hlen("thrifty:batch:cancel-job:jobs"):
+            time.sleep(0.1)
+        assert r.hlen("thrifty:batch:cancel-job:jobs") == 1  # the lines are at the provider
+        started = time.monotonic()
+        assert client.batches.cancel(batch.id).status == "cancelling"
+        done = wait_terminal(client, batch.id, timeout=60)
+        assert done.status == "cancelled"
+        assert time.monotonic() - started < 30  # the job would have run 20 lines, then ended
+        errors = lines_of(client, done.error_file_id)
+        assert sorted(e["custom_id"] for e in errors) == sorted(f"req-{i}" for i in range(20))
+        assert {e["error"]["code"] for e in errors} == {"batch_cancelled"}
+        stats = httpx.get(f"{slow.url}/sim/batches/stats").json()
+        assert stats.get("lines", 0) == 0  # nothing ran (nor was billed) at the provider
+    finally:
+        slow.stop()

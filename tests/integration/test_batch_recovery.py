@@ -100,6 +100,25 @@ async def test_interrupted_creation_is_failed_once_stale(
         await queue.aclose()
 
 
+async def test_a_batch_cancelled_while_its_creation_was_cut_short_ends_cancelled(
+    redis: RedisServer, tmp_path: Path
+) -> None:
+    """Cancelled while validating, and its creation died: some lines were never queued, so it
+    would stay `cancelling` for ever. Once stale it ends `cancelled`."""
+    queue = queue_for(redis, f"cancel-interrupted-{time.time_ns()}")
+    store = FilesystemStore(tmp_path / "files", 10**9)
+    try:
+        batch_id = await interrupted_batch(queue, CHUNK + 100)
+        assert await queue.transition(batch_id, "cancelling", cancelling_at=int(time.time()))
+        assert not await finalize(queue, store, batch_id, "w", stale_validating_seconds=600)
+        assert await finalize(queue, store, batch_id, "w", stale_validating_seconds=0)
+        done = await queue.get(batch_id)
+        assert done is not None and done.status == "cancelled" and done.cancelled_at
+        assert batch_id not in await queue.active()
+    finally:
+        await queue.aclose()
+
+
 async def test_worker_fails_a_stuck_batch_and_skips_its_lines(
     redis: RedisServer, simulator: Simulator, tmp_path: Path
 ) -> None:

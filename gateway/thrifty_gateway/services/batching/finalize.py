@@ -72,12 +72,21 @@ async def finalize(
     if record.status in ("completed", "failed", "expired", "cancelled"):
         await queue.deactivate(batch_id)
         return True
-    if (
+    stale = (
         stale_validating_seconds is not None
-        and record.status == "validating"
+        and record.in_progress_at is None
         and time.time() - record.created_at >= stale_validating_seconds
-    ):
+    )
+    if stale and record.status == "validating":
         return await fail_interrupted(queue, record)
+    if stale and record.status == "cancelling":
+        # Cancelled while its creation was cut short: some lines were never queued, so it would
+        # wait for them for ever. It ends cancelled (its queued lines are answered so, unrun).
+        moved = await queue.transition(batch_id, "cancelled", cancelled_at=int(time.time()))
+        if moved is not None:
+            await queue.deactivate(batch_id)
+            log.warning("batch %s cancelled: its creation was interrupted", batch_id)
+        return moved is not None
     if counts.completed + counts.failed < counts.total:
         return False
     if not await queue.lease(f"finalize:{batch_id}", owner, 120_000):

@@ -44,6 +44,8 @@ class ProviderBatches(Protocol):
 
     async def download(self, target: Target, file_id: str) -> bytes: ...
 
+    async def cancel(self, target: Target, job_id: str) -> None: ...
+
     async def aclose(self) -> None: ...
 
 
@@ -108,6 +110,9 @@ class OpenAIBatches:
         content = await self._clients[target.provider].files.content(file_id)
         return content.content
 
+    async def cancel(self, target: Target, job_id: str) -> None:
+        await self._clients[target.provider].batches.cancel(job_id)
+
     async def aclose(self) -> None:
         for client in self._clients.values():
             await client.close()
@@ -124,6 +129,19 @@ class Pack:
 
     def jsonl(self) -> bytes:
         return b"\n".join(self.lines) + b"\n"
+
+    def only(self, entries: list[tuple[str, Line]]) -> Pack:
+        """The pack with only `entries` (a subset of its own)."""
+        keep = {eid for eid, _ in entries}
+        pairs = [(e, raw) for e, raw in zip(self.entries, self.lines, strict=True) if e[0] in keep]
+        return Pack(
+            self.target,
+            self.url,
+            [e for e, _ in pairs],
+            [raw for _, raw in pairs],
+            sum(len(raw) + 1 for _, raw in pairs),
+            self.first_at,
+        )
 
 
 def job_line(entry_id: str, line: Line, target: Target) -> bytes:

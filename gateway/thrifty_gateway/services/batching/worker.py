@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from thrifty_core.config import BatchConfig, GatewayConfig
 
@@ -34,7 +34,12 @@ from .provider import (
 )
 from .queue import Entry, RedisQueue
 
+if TYPE_CHECKING:
+    from ..pipeline import Target
+
 log = logging.getLogger(__name__)
+# Batch statuses whose remaining lines are not run (answered with their status as the error).
+STOPPED = frozenset({"cancelling", "cancelled", "expired", "failed"})
 EXPIRED = "This request could not be executed before the completion window expired."
 
 
@@ -57,6 +62,13 @@ class BatchInfo(NamedTuple):
     status: str
     total: int
     expires_at: int | None
+
+
+def stopped(line: Line, info: BatchInfo | None) -> Result:
+    """The error a line of a stopped (or vanished) batch is answered with, unrun."""
+    status = "missing" if info is None else info[0]
+    status = "cancelled" if status == "cancelling" else status
+    return Result(line.custom_id, None, None, f"batch_{status}", f"the batch is {status}")
 
 
 @dataclass
@@ -206,11 +218,8 @@ class Worker:
             result = Result(line.custom_id, None, None, "duplicate", "the line has a result")
             await self._store(entry_id, line, result)
             return
-        if info is None or info[0] in ("cancelling", "cancelled", "expired", "failed"):
-            status = "cancelled" if info is None or info[0] == "cancelling" else info[0]
-            status = "missing" if info is None else status
-            result = Result(line.custom_id, None, None, f"batch_{status}", f"the batch is {status}")
-            await self._store(entry_id, line, result)
+        if info is None or info[0] in STOPPED:
+            await self._store(entry_id, line, stopped(line, info))
             return
         if info[2] is not None and time.time() > info[2]:
             result = Result(line.custom_id, None, None, "batch_expired", EXPIRED)
@@ -292,6 +301,19 @@ class Worker:
             self._held.difference_update(eid for eid, _ in pack.entries)
 
     async def _submit_once(self, pack: Pack) -> None:
+        # Lines whose batch was cancelled (or ended) while they waited in the packer: answered
+        # with that status, not submitted (and paid for).
+        kept = []
+        for entry_id, line in pack.entries:
+            info = await self._batch_info(line.batch_id)
+            if info is None or info[0] in STOPPED:
+                await self._store(entry_id, line, stopped(line, info))
+            else:
+                kept.append((entry_id, line))
+        if len(kept) < len(pack.entries):
+            if not kept:
+                return
+            pack = pack.only(kept)
         try:
             job_id = await self.batches.submit(
                 pack.target, pack.url, pack.jsonl(), self.spec.completion_window
@@ -378,6 +400,8 @@ class Worker:
         from ..pipeline import Target
 
         target = Target(job["provider"], job["model"])
+        if not job.get("cancel_sent") and await self._all_stopped(job):
+            await self._cancel_job(target, job_id, job)
         self.stats.polls += 1
         state = await self.batches.state(target, job_id)
         await self.queue.job_poll_ok(job_id)
@@ -427,6 +451,28 @@ class Worker:
         await self.queue.drop_job(job_id)
         self._next_poll.pop(job_id, None)
         log.info("provider batch job %s %s", job_id, state.status)
+
+    async def _all_stopped(self, job: dict[str, Any]) -> bool:
+        """Whether every batch with lines in the job was cancelled (or ended otherwise): the
+        job's answers would be paid for and thrown away."""
+        batch_ids = {Line.from_json(data).batch_id for data in job["lines"].values()}
+        for batch_id in batch_ids:
+            info = await self._batch_info(batch_id)
+            if info is not None and info[0] not in STOPPED:
+                return False
+        return bool(batch_ids)
+
+    async def _cancel_job(self, target: Target, job_id: str, job: dict[str, Any]) -> None:
+        """Cancel the provider job (it stops running lines; what it ran stays in its output,
+        and the rest come back as cancelled), once."""
+        try:
+            await self.batches.cancel(target, job_id)
+        except Exception as exc:  # tried again at the next poll
+            log.warning("cancelling provider job %s failed: %s", job_id, type(exc).__name__)
+            return
+        job["cancel_sent"] = True
+        await self.queue.save_job(job_id, job, [])
+        log.info("provider batch job %s cancelled (its batches were)", job_id)
 
     async def _retry(self, entry_id: str, line: Line, result: Result, retryable: bool) -> None:
         if (
