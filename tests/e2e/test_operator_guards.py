@@ -122,6 +122,16 @@ def test_a_batch_queue_serves_one_gateway(install: Install) -> None:
     assert config.batch.redis_password.file == f"{SECRETS}/jobs-redis-auth/password"
     for deployment in ("alpha-gateway", "jobs-batch-worker"):
         assert f"{SECRETS}/jobs-redis-auth" in _mount_paths(cluster, ns, deployment)
+    # The last gateway goes: its config goes with it, so no worker is left running on it;
+    # the queue says so (its lines wait in Redis for the next gateway).
+    cluster.kubectl("delete", "llmgateway", "alpha", "-n", ns)
+
+    def no_gateway() -> dict[str, Any] | None:
+        obj = get(cluster, "batchqueue", ns, "jobs")
+        gone = get(cluster, "deployment", ns, "jobs-batch-worker") is None
+        return obj if gone and condition(obj, "Available").get("reason") == "NoGateway" else None
+
+    wait_for(no_gateway, timeout=90, message="jobs NoGateway, its worker removed")
 
 
 def _mount_paths(cluster: Cluster, ns: str, deployment: str) -> set[str]:

@@ -20,6 +20,7 @@ from .common import (
     apply_all,
     deployment_state,
     ensure_redis_password,
+    owned_by,
     parse,
 )
 from .indexes import Indexes
@@ -50,8 +51,19 @@ async def reconcile(body: Body, ix: Indexes, ctx: Context) -> Outcome:
     users = ix.gateways_using_queue(ns, owner.name)
     holder = ix.queue_holder(ns, owner.name)
     if holder is None:
+        # Its worker ran with the config of a gateway that is gone (that ConfigMap goes with
+        # it: a restarted worker pod could not start, a running one keeps its old providers and
+        # keys). The lines wait in Redis; the next gateway to reference the queue starts one.
+        worker = await ctx.kube.get("apps/v1", "Deployment", ns, names.batch_worker(owner.name))
+        if worker is not None and owned_by(worker, owner):
+            await ctx.kube.delete("apps/v1", "Deployment", ns, names.batch_worker(owner.name))
         conds.append(
-            false("Available", "NoGateway", "no LLMGateway references this queue (batchQueueRef)")
+            false(
+                "Available",
+                "NoGateway",
+                "no LLMGateway references this queue (batchQueueRef); its lines wait, no "
+                "worker runs",
+            )
         )
         return Outcome(conds, fields)
     fields["gateway"] = holder
