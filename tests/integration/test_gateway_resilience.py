@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -88,3 +89,65 @@ def test_upstream_5xx_is_502(resilient: openai.OpenAI, simulator: Simulator) -> 
         resilient.chat.completions.create(model="broken", messages=MESSAGES)
     assert info.value.status_code == 502
     assert simulator.stats()["requests"]["broken-model"] - before == 2
+
+
+def test_429s_never_open_the_circuit_for_everyone(
+    resilient: openai.OpenAI, simulator: Simulator
+) -> None:
+    """A 429 is the provider answering "later" (one tenant's oversized requests, say): it must
+    not count towards the breaker that every tenant's requests to that target go through."""
+    before = simulator.stats()["requests"].get("storm-model", 0)
+    for _ in range(7):
+        with pytest.raises(openai.RateLimitError) as info:
+            resilient.chat.completions.create(model="storm-only", messages=MESSAGES)
+        assert info.value.code == "upstream_rate_limited"
+    # every request reached the provider, with its retry: none was cut short by a breaker
+    assert simulator.stats()["requests"]["storm-model"] - before == 14
+
+
+def test_a_target_cooling_down_is_a_503_saying_when_to_come_back(
+    resilient: openai.OpenAI,
+) -> None:
+    for _ in range(3):  # 2 attempts each: the breaker opens after 5 failures
+        with pytest.raises(openai.APIStatusError):
+            resilient.chat.completions.create(model="broken", messages=MESSAGES)
+    with pytest.raises(openai.APIStatusError) as info:
+        resilient.chat.completions.create(model="broken", messages=MESSAGES)
+    assert info.value.status_code == 503 and info.value.code == "upstream_circuit_open"
+    assert 1 <= int(info.value.response.headers["retry-after"]) <= 30
+
+
+def test_a_stream_cut_short_upstream_is_an_error_to_the_client(tmp_path: Path) -> None:
+    """The provider stops half-way without [DONE], or drops the connection: the client's SDK
+    raises (an error event) instead of taking the partial text for the answer, and the
+    gateway logs a warning, not a traceback."""
+    from tests.integration.procs import local_config, start_gateway, start_simulator
+
+    sim = start_simulator(
+        tmp_path / "sim", "--fault", "cut-model=cut-stream", "--fault", "abort-model=abort-stream"
+    )
+    config = local_config(sim.url)
+    config["routes"] += [
+        {"name": name, "targets": [{"provider": "simulator", "model": name}]}
+        for name in ("cut-model", "abort-model")
+    ]
+    gw = start_gateway(tmp_path / "gw", config)
+    try:
+        client = gw.openai("sk-local-a")
+        for model in ("cut-model", "abort-model"):
+            text = ""
+            with pytest.raises(openai.APIError) as info:
+                for chunk in client.chat.completions.create(
+                    model=model, messages=MESSAGES, stream=True
+                ):
+                    text += (chunk.choices[0].delta.content or "") if chunk.choices else ""
+            assert "stream from upstream" in str(info.value), model
+            assert text  # the first half was relayed as it came
+        log = gw.log()
+        assert "Traceback" not in log
+        # a clean early end or a dropped connection (the HTTP client may see either)
+        said = log.count("upstream stream ended early") + log.count("upstream stream broke off")
+        assert said == 2
+    finally:
+        gw.stop()
+        sim.stop()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
 from thrifty_gateway.services.resilience import (
@@ -29,7 +31,7 @@ def test_retry_after_wins_with_small_jitter() -> None:
 def test_parse_retry_after() -> None:
     assert parse_retry_after({"retry-after": "3"}) == 3.0
     assert parse_retry_after({"retry-after-ms": "250", "retry-after": "3"}) == 0.25
-    assert parse_retry_after({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) is None
+    assert parse_retry_after({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0.0  # past
     assert parse_retry_after({}) is None
 
 
@@ -51,3 +53,16 @@ def test_breaker_opens_then_half_opens_with_one_probe() -> None:
     assert breaker.allow()
     breaker.success()
     assert breaker.state == "closed" and breaker.allow()
+
+
+def test_retry_after_as_an_http_date() -> None:
+    """RFC 9110 allows a date: the seconds until then (a date past means now)."""
+    from email.utils import format_datetime
+
+    now = 1_800_000_000.0
+    when = format_datetime(datetime.fromtimestamp(now + 3, UTC), usegmt=True)
+    got = parse_retry_after({"retry-after": when}, now=lambda: now)
+    assert got is not None and abs(got - 3.0) < 1.0
+    past = format_datetime(datetime.fromtimestamp(now - 60, UTC), usegmt=True)
+    assert parse_retry_after({"retry-after": past}, now=lambda: now) == 0.0
+    assert parse_retry_after({"retry-after": "soon"}) is None

@@ -46,6 +46,7 @@ from .sse import (
     StreamAssembler,
     completion_to_chunks,
     encode_chunks,
+    error_event,
     event_data,
     usage_of,
 )
@@ -381,6 +382,29 @@ class Proxy:
             rest = splitter.rest()
             if rest.strip():
                 yield rest
+            if not done and usage is None:
+                # Ended without [DONE]: the answer was cut short. Said to the client, whose
+                # SDK would otherwise take the partial text for the whole answer.
+                log.warning(
+                    "upstream stream ended early",
+                    extra={"upstream": target.label, "route": ctx.route.name},
+                )
+                yield error_event(
+                    f"The stream from upstream {target.label} ended before it was complete.",
+                    "upstream_stream_incomplete",
+                )
+        except Exception as exc:  # a reset, an idle timeout: the stream broke off
+            log.warning(
+                "upstream stream broke off",
+                extra={
+                    "upstream": target.label,
+                    "route": ctx.route.name,
+                    "error_type": type(exc).__name__,
+                },
+            )
+            yield error_event(
+                f"The stream from upstream {target.label} broke off.", "upstream_stream_error"
+            )
         finally:
             close()
             whole = not unread and not assembler.broken

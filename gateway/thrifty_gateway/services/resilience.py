@@ -14,6 +14,7 @@ provider's Retry-After), 5xx/connection/open circuits 502, provider auth failure
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import logging
 import random
 import time
@@ -25,6 +26,7 @@ import orjson
 
 from thrifty_core.errors import (
     RateLimitError,
+    ServiceUnavailableError,
     ThriftyError,
     UpstreamError,
     UpstreamStatusError,
@@ -48,8 +50,9 @@ MAX_DELAY = 8.0
 MAX_RETRY_AFTER = 20.0
 
 
-def parse_retry_after(headers: object) -> float | None:
-    """Seconds from `retry-after-ms` or `retry-after` (number of seconds); None if absent."""
+def parse_retry_after(headers: object, now: Callable[[], float] = time.time) -> float | None:
+    """Seconds from `retry-after-ms` or `retry-after` (seconds, or an HTTP-date as RFC 9110
+    allows); None if absent or unreadable."""
     get = getattr(headers, "get", None)
     if get is None:
         return None
@@ -60,12 +63,17 @@ def parse_retry_after(headers: object) -> float | None:
         except ValueError:
             pass
     value = get("retry-after")
-    if value:
-        try:
-            return max(float(value), 0.0)
-        except ValueError:
-            return None
-    return None
+    if not value:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(when.timestamp() - now(), 0.0) if when.tzinfo is not None else None
 
 
 def backoff_delay(
@@ -115,6 +123,12 @@ class CircuitBreaker:
         self.probing = False
         if self.failures >= self.threshold or self.opened_at is not None:
             self.opened_at = self.clock()
+
+    def reopens_in(self) -> float:
+        """Seconds until an open breaker lets a probe through (0 when it would now)."""
+        if self.opened_at is None:
+            return 0.0
+        return max(self.cooldown - (self.clock() - self.opened_at), 0.0)
 
 
 class BreakerOpen(Exception):
@@ -210,7 +224,17 @@ async def call_with_fallback(
     for index, target in enumerate(targets):
         breaker = breakers.get(target)
         if not breaker.allow():
-            last = last or UpstreamError(f"circuit open for upstream {target.label}")
+            # Every target cooling down is a 503 with the time to wait, not a bare 502.
+            wait = max(breaker.reopens_in(), 1.0)
+            last = last or ServiceUnavailableError(
+                f"upstream {target.label} is failing; the gateway stopped calling it for "
+                f"{wait:.0f}s",
+                code="upstream_circuit_open",
+                headers={"retry-after": str(int(wait + 0.999))},
+            )
+            log.warning(
+                "upstream circuit open", extra={"upstream": target.label, "reason": "breaker"}
+            )
             continue
         payload = payload_for(target)
         for attempt in range(max_retries + 1):
@@ -221,6 +245,10 @@ async def call_with_fallback(
             except UpstreamTimeout:
                 breaker.failure()
                 last = UpstreamTimeoutError(f"upstream {target.label} timed out")
+                log.info(
+                    "upstream attempt failed",
+                    extra={"upstream": target.label, "reason": "timeout", "attempt": attempts},
+                )
                 if on_retry:
                     on_retry(target, "timeout")
                 break
@@ -253,19 +281,29 @@ async def call_with_fallback(
                         code=_as_text(err.get("code")),
                         passed_on=True,
                     )
-                breaker.failure()
                 retry_after = parse_retry_after(resp.headers)
                 if resp.status == 429:
+                    # The provider is up and said when to come back: not a failure of the
+                    # target (one tenant's oversized requests must not open the breaker that
+                    # every tenant's traffic goes through). Its message says which limit.
+                    breaker.success()
+                    said = _as_text((_error_of(resp.body) or {}).get("message"))
                     last = RateLimitError(
-                        f"upstream {target.label} is rate limited",
+                        f"upstream {target.label} is rate limited" + (f": {said}" if said else ""),
                         retry_after=retry_after or 1.0,
                         code="upstream_rate_limited",
                     )
                 elif resp.status == 504:
+                    breaker.failure()
                     last = UpstreamTimeoutError(f"upstream {target.label} timed out (504)")
                 else:
+                    breaker.failure()
                     last = UpstreamError(f"upstream {target.label} answered {resp.status}")
                 reason = str(resp.status)
+            log.info(
+                "upstream attempt failed",
+                extra={"upstream": target.label, "reason": reason, "attempt": attempts},
+            )
             if on_retry:
                 on_retry(target, reason)
             if attempt == max_retries or not breaker.allow():

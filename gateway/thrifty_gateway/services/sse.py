@@ -26,6 +26,12 @@ def usage_of(data: dict[str, Any] | None) -> Usage | None:
     )
 
 
+def error_event(message: str, code: str) -> bytes:
+    """An OpenAI-shaped error as an SSE event: what a client's SDK raises on mid-stream."""
+    err = {"message": message, "type": "server_error", "param": None, "code": code}
+    return b"data: " + orjson.dumps({"error": err}) + b"\n\n"
+
+
 def usage_object(usage: Usage) -> dict[str, Any]:
     """`usage` as an OpenAI `usage` object (what `usage_of` reads)."""
     out: dict[str, Any] = {

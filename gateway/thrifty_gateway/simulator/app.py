@@ -104,7 +104,12 @@ async def chat_completions(request: Request) -> Response:
     chunk_delay = sim.settings.chunk_delay_ms / 1000
 
     async def events() -> AsyncIterator[bytes]:
-        for chunk in engine.stream_chunks(completion, include_usage):
+        chunks = list(engine.stream_chunks(completion, include_usage))
+        for index, chunk in enumerate(chunks):
+            if fault in ("cut-stream", "abort-stream") and index == len(chunks) // 2:
+                if fault == "abort-stream":
+                    raise ConnectionAbortedError("simulated: connection dropped mid-stream")
+                return  # no [DONE]
             for data in engine.split_emoji(chunk) if split else [orjson.dumps(chunk)]:
                 yield b"data: " + data + b"\n\n"
             if chunk_delay:

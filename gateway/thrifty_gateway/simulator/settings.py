@@ -15,8 +15,22 @@ from .engine import Oracle
 # split-emoji: the answer ends with an emoji that a stream sends as two chunks of lone UTF-16
 # surrogate escapes (as providers that cut text by UTF-16 code units do); valid JSON that a
 # strict UTF-8 parser (orjson) refuses.
-FaultKind = Literal["429", "500", "502", "503", "timeout", "truncate", "split-emoji"]
-FAULT_KINDS: tuple[str, ...] = ("429", "500", "502", "503", "timeout", "truncate", "split-emoji")
+# cut-stream: a stream stops half-way without [DONE] (a provider or proxy that closed early);
+# abort-stream: the connection is dropped half-way through a stream.
+FaultKind = Literal[
+    "429", "500", "502", "503", "timeout", "truncate", "split-emoji", "cut-stream", "abort-stream"
+]
+FAULT_KINDS: tuple[str, ...] = (
+    "429",
+    "500",
+    "502",
+    "503",
+    "timeout",
+    "truncate",
+    "split-emoji",
+    "cut-stream",
+    "abort-stream",
+)
 DEFAULT_MODELS: tuple[str, ...] = (
     "gpt-4o",
     "gpt-4o-mini",
