@@ -78,6 +78,24 @@ def test_chat_streaming(gateway: Gateway) -> None:
     assert with_usage[-1].usage.completion_tokens == plain.usage.completion_tokens
 
 
+def test_the_providers_request_id_is_passed_on_and_nothing_else_of_its_headers(
+    gateway: Gateway,
+) -> None:
+    """What a provider's support asks for (its request id) reaches the client beside the
+    gateway's own; its rate-limit headers (the gateway's account, shared by every tenant) and
+    anything else do not."""
+    for stream in (False, True):
+        raw = client(gateway).chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=MESSAGES, stream=stream
+        )
+        upstream_id = raw.headers["x-thrifty-upstream-request-id"]
+        assert upstream_id.startswith("req_") and upstream_id != raw.headers["x-request-id"]
+        assert int(raw.headers["openai-processing-ms"]) >= 0
+        assert not any(h.startswith("x-ratelimit") for h in raw.headers)
+        if stream:
+            list(raw.parse())
+
+
 def test_streaming_headers(gateway: Gateway) -> None:
     with client(gateway).chat.completions.with_streaming_response.create(
         model="gpt-4o-mini", messages=MESSAGES, stream=True

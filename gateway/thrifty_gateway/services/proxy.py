@@ -11,7 +11,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import orjson
@@ -91,6 +91,21 @@ def parse_body(raw: bytes) -> dict[str, Any]:
     if unwritable(body):
         raise InvalidRequestError(NESTED_TOO_DEEP)
     return body
+
+
+def upstream_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """The provider's response headers a client may use: its request id (what its support
+    asks for), as `x-thrifty-upstream-request-id` beside the gateway's own `x-request-id`, and
+    its processing time. Not its rate-limit headers: they describe the gateway's account with
+    the provider, shared by every tenant, not the caller's limits. Nothing else (cookies)."""
+    out: dict[str, str] = {}
+    request_id = headers.get("x-request-id")
+    if request_id:
+        out["x-thrifty-upstream-request-id"] = request_id
+    processing = headers.get("openai-processing-ms")
+    if processing:
+        out["openai-processing-ms"] = processing
+    return out
 
 
 def check_chat_shape(body: dict[str, Any]) -> None:
@@ -299,13 +314,14 @@ class Proxy:
             on_retry=on_retry,
         )
         target = attempt.target
+        resp = attempt.response
         headers = {
             "x-thrifty-route": ctx.route.name,
             "x-thrifty-upstream": target.label,
             "x-request-id": ctx.request_id,
+            **upstream_headers(resp.headers),
             **ctx.response_headers,
         }
-        resp = attempt.response
         if resp.chunks is not None:
             return StreamingResponse(
                 self._relay(ctx, target, resp.chunks, resp.close),

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import os
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -195,7 +197,13 @@ def create_simulator_app(settings: SimulatorSettings) -> FastAPI:
                     }
                 }
                 return _json(body, 401)
-        return await call_next(request)
+        started = time.perf_counter()
+        response = await call_next(request)
+        if request.url.path.startswith("/v1/"):  # as OpenAI's API answers
+            response.headers["x-request-id"] = f"req_{os.urandom(16).hex()}"
+            ms = int((time.perf_counter() - started) * 1000)
+            response.headers["openai-processing-ms"] = str(ms)
+        return response
 
     app.add_api_route("/v1/chat/completions", chat_completions, methods=["POST"])
     app.add_api_route("/v1/embeddings", create_embeddings, methods=["POST"])
