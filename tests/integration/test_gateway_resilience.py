@@ -151,3 +151,29 @@ def test_a_stream_cut_short_upstream_is_an_error_to_the_client(tmp_path: Path) -
     finally:
         gw.stop()
         sim.stop()
+
+
+def test_a_stream_opening_with_an_error_event_fails_over_like_a_5xx(tmp_path: Path) -> None:
+    """The provider answers 200, then an error as its first event (an overload reported after
+    the headers): nothing reached the client yet, so the next target answers."""
+    from tests.integration.procs import local_config, start_gateway, start_simulator
+
+    sim = start_simulator(tmp_path / "sim", "--fault", "overloaded=error-stream")
+    config = local_config(sim.url)
+    targets = [
+        {"provider": "simulator", "model": "overloaded"},
+        {"provider": "simulator", "model": "gpt-4o-mini"},
+    ]
+    config["routes"].append({"name": "spill", "maxRetries": 0, "targets": targets})
+    gw = start_gateway(tmp_path / "gw", config)
+    try:
+        raw = gw.openai("sk-local-a").chat.completions.with_raw_response.create(
+            model="spill", messages=MESSAGES, stream=True
+        )
+        assert raw.headers["x-thrifty-upstream"] == "simulator/gpt-4o-mini"
+        text = "".join((c.choices[0].delta.content or "") for c in raw.parse() if c.choices)
+        assert text
+        assert sim.stats()["requests"]["overloaded"] == 1
+    finally:
+        gw.stop()
+        sim.stop()

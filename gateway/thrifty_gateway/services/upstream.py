@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
 import aiohttp
+import orjson
 
 from thrifty_core.config import ProviderConfig
 
 from .pipeline import Target
+from .sse import EventSplitter, event_data
 
 log = logging.getLogger(__name__)
 
@@ -114,9 +116,7 @@ class HttpUpstream:
         except aiohttp.ClientError as exc:
             raise UpstreamConnectionError(f"{target.label}: {type(exc).__name__}") from exc
         if stream and resp.status == 200:
-            return UpstreamResponse(
-                resp.status, resp.headers, chunks=_iter_chunks(resp), release=resp
-            )
+            return await _first_event(target, resp)
         try:
             body = await resp.read()
         except TimeoutError as exc:
@@ -131,7 +131,66 @@ class HttpUpstream:
         await asyncio.gather(*(p.session.close() for p in self._providers.values()))
 
 
-async def _iter_chunks(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+HEAD_LIMIT = 65_536  # bytes read, at most, to find a stream's first event
+
+
+async def _first_event(target: Target, resp: aiohttp.ClientResponse) -> UpstreamResponse:
+    """A 200 stream, read up to its first event before it is relayed: a provider that opens
+    with an error event (an overload announced after the headers) is answered as the error it
+    is, so that it is retried or failed over like a 5xx while nothing reached the client yet."""
+    chunks = _iter_chunks(resp)
+    head = b""
+    splitter = EventSplitter()
+    try:
+        while len(head) < HEAD_LIMIT:
+            try:
+                data = await chunks.__anext__()
+            except StopAsyncIteration:
+                break
+            head += data
+            events = splitter.feed(data)
+            if events:
+                status = _error_status(event_data(events[0]))
+                if status is not None:
+                    await chunks.aclose()
+                    return UpstreamResponse(status, resp.headers, body=event_data(events[0]) or b"")
+                break
+    except TimeoutError as exc:
+        await chunks.aclose()
+        raise UpstreamTimeout(target.label) from exc
+    except aiohttp.ClientError as exc:
+        await chunks.aclose()
+        raise UpstreamConnectionError(f"{target.label}: {type(exc).__name__}") from exc
+    return UpstreamResponse(200, resp.headers, chunks=_after(head, chunks), release=resp)
+
+
+def _error_status(payload: bytes | None) -> int | None:
+    """The HTTP status an error event stands for (None when the event is not an error)."""
+    if not payload or not payload.startswith(b"{") or b'"error"' not in payload[:200]:
+        return None
+    try:
+        data = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    err = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(err, dict) or "choices" in data:
+        return None
+    kind = f"{err.get('type') or ''} {err.get('code') or ''}"
+    if "rate_limit" in kind:
+        return 429
+    if "invalid_request" in kind:
+        return 400
+    return 500
+
+
+async def _after(head: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    if head:
+        yield head
+    async for chunk in rest:
+        yield chunk
+
+
+async def _iter_chunks(resp: aiohttp.ClientResponse) -> AsyncGenerator[bytes, None]:
     try:
         async for chunk in resp.content.iter_any():
             yield chunk

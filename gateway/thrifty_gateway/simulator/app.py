@@ -106,6 +106,11 @@ async def chat_completions(request: Request) -> Response:
     chunk_delay = sim.settings.chunk_delay_ms / 1000
 
     async def events() -> AsyncIterator[bytes]:
+        if fault == "error-stream":
+            err = {"message": "The server is overloaded (simulated).", "type": "server_error"}
+            yield b"data: " + orjson.dumps({"error": {**err, "param": None, "code": None}})
+            yield b"\n\ndata: [DONE]\n\n"
+            return
         chunks = list(engine.stream_chunks(completion, include_usage))
         for index, chunk in enumerate(chunks):
             if fault in ("cut-stream", "abort-stream") and index == len(chunks) // 2:

@@ -16,9 +16,19 @@ from .engine import Oracle
 # surrogate escapes (as providers that cut text by UTF-16 code units do); valid JSON that a
 # strict UTF-8 parser (orjson) refuses.
 # cut-stream: a stream stops half-way without [DONE] (a provider or proxy that closed early);
-# abort-stream: the connection is dropped half-way through a stream.
+# abort-stream: the connection is dropped half-way through a stream; error-stream: a 200 stream
+# whose first event is an error (an overload reported after the headers).
 FaultKind = Literal[
-    "429", "500", "502", "503", "timeout", "truncate", "split-emoji", "cut-stream", "abort-stream"
+    "429",
+    "500",
+    "502",
+    "503",
+    "timeout",
+    "truncate",
+    "split-emoji",
+    "cut-stream",
+    "abort-stream",
+    "error-stream",
 ]
 FAULT_KINDS: tuple[str, ...] = (
     "429",
@@ -30,6 +40,7 @@ FAULT_KINDS: tuple[str, ...] = (
     "split-emoji",
     "cut-stream",
     "abort-stream",
+    "error-stream",
 )
 DEFAULT_MODELS: tuple[str, ...] = (
     "gpt-4o",
