@@ -17,18 +17,23 @@ KEY = "sk-local-a"
 MODEL = "text-embedding-3-small"
 
 
-async def _embed_all(url: str, texts: list[str]) -> list[dict[str, Any]]:
-    async with httpx.AsyncClient(
-        base_url=url, headers={"authorization": f"Bearer {KEY}"}, timeout=20
-    ) as client:
+async def _embed_all(
+    url: str, texts: list[str], keys: list[str] | None = None
+) -> list[httpx.Response]:
+    async with httpx.AsyncClient(base_url=url, timeout=20) as client:
 
-        async def one(text: str) -> dict[str, Any]:
-            resp = await client.post("/v1/embeddings", json={"model": MODEL, "input": text})
+        async def one(text: str, key: str) -> httpx.Response:
+            resp = await client.post(
+                "/v1/embeddings",
+                json={"model": MODEL, "input": text},
+                headers={"authorization": f"Bearer {key}"},
+            )
             assert resp.status_code == 200, resp.text
-            data: dict[str, Any] = resp.json()
-            return data
+            return resp
 
-        return await asyncio.gather(*(one(t) for t in texts))
+        return await asyncio.gather(
+            *(one(t, k) for t, k in zip(texts, keys or [KEY] * len(texts), strict=True))
+        )
 
 
 def test_concurrent_embeddings_are_coalesced_and_split_back(
@@ -37,7 +42,7 @@ def test_concurrent_embeddings_are_coalesced_and_split_back(
     gw = gateway_factory(batch={"name": "coalesce", "coalesceWindowMs": 20})
     texts = [f"document number {i} about invoices" for i in range(64)]
     before = simulator.stats()["requests"].get(MODEL, 0)
-    answers = asyncio.run(_embed_all(gw.url, texts))
+    answers = [r.json() for r in asyncio.run(_embed_all(gw.url, texts))]
     calls = simulator.stats()["requests"].get(MODEL, 0) - before
     assert calls <= 6  # 64 callers -> at least 10x fewer upstream calls
     direct = httpx.post(
@@ -106,3 +111,17 @@ def test_one_callers_bad_input_fails_only_that_caller(
         ).json()
         assert resp.json()["data"][0]["embedding"] == direct["data"][0]["embedding"]
         assert resp.json()["usage"]["prompt_tokens"] == direct["usage"]["prompt_tokens"]
+
+
+def test_two_tenants_embeddings_are_never_coalesced_together(
+    gateway_factory: GatewayFactory,
+) -> None:
+    """One call's usage is split among its callers by an estimate: coalesced together, a
+    tenant whose input has many tokens per character would pass its cost to the other."""
+    gw = gateway_factory(batch={"name": "coalesce-tenants", "coalesceWindowMs": 200})
+    texts = [f"statement {i} for the quarter" for i in range(16)]
+    keys = ["sk-local-a", "sk-local-b"] * 8
+    answers = asyncio.run(_embed_all(gw.url, texts, keys))
+    together = [int(r.headers.get("x-thrifty-coalesced", "1")) for r in answers]
+    assert max(together) > 1  # each tenant's requests are still coalesced...
+    assert max(together) <= 8  # ...but only with that tenant's own

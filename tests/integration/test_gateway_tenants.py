@@ -45,6 +45,17 @@ def test_open_route_needs_no_key(gateway_factory: GatewayFactory, simulator: Sim
         f"{gw.base_url()}/chat/completions", json={"model": "gpt-4o", "messages": MESSAGES}
     )
     assert closed.status_code == 401
+    # Which routes exist is not told to callers without a key: an unknown name answers as a
+    # closed route does (with a key, it is the 404 it is).
+    unknown = httpx.post(
+        f"{gw.base_url()}/chat/completions", json={"model": "no-such", "messages": MESSAGES}
+    )
+    assert unknown.status_code == 401 and unknown.json() == closed.json()
+    assert httpx.get(f"{gw.base_url()}/models/no-such").status_code == 401
+    assert httpx.get(f"{gw.base_url()}/models/gpt-4o").status_code == 401
+    assert httpx.get(f"{gw.base_url()}/models/gpt-4o-mini").status_code == 200
+    keyed = {"authorization": "Bearer sk-local-a"}
+    assert httpx.get(f"{gw.base_url()}/models/no-such", headers=keyed).status_code == 404
 
 
 def test_tenant_over_its_rate_limit_gets_429_with_retry_after(

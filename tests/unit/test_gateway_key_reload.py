@@ -47,6 +47,26 @@ def test_a_broken_file_keeps_the_previous_keys(tmp_path: Path) -> None:
     os.utime(tenant_file, (stamp, stamp))
     assert keys.reload_if_changed() is False
     assert keys.resolve("sk-a") == "team-a"
+    # A file that is gone is its key removed from the Secret: no keys left, not the old ones
+    # (which would keep a revoked key working for ever).
     tenant_file.unlink()
+    assert keys.reload_if_changed() is True
+    assert keys.resolve("sk-a") is None
+    assert keys.resolve("sk-admin") == ADMIN
+
+
+def test_one_key_for_two_owners_is_refused(tmp_path: Path) -> None:
+    """The same hash for a tenant and the admin (or two tenants) would act as whichever came
+    last: refused at start, and a reload that would bring it keeps the previous keys."""
+    import pytest
+
+    tenant_file, admin_file = tmp_path / "team-a", tmp_path / "admin"
+    _write(tenant_file, "sk-shared")
+    _write(admin_file, "sk-shared")
+    with pytest.raises(ValueError, match="admin and team-a"):
+        _store(tenant_file, admin_file)
+    _write(admin_file, "sk-admin", bump=5)
+    keys = _store(tenant_file, admin_file)
+    _write(admin_file, "sk-shared", bump=10)
     assert keys.reload_if_changed() is False
-    assert keys.resolve("sk-a") == "team-a"
+    assert keys.resolve("sk-shared") == "team-a" and keys.resolve("sk-admin") == ADMIN

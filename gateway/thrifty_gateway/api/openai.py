@@ -50,9 +50,11 @@ async def list_models(state: StateDep, caller: CallerDep) -> Response:
 @router.get("/v1/models/{model:path}")
 async def get_model(model: str, state: StateDep, caller: CallerDep) -> Response:
     route = state.config.route(model)
+    # Without a key, an unknown name and a closed route answer alike (401): which routes exist
+    # is not told to callers who cannot use them.
+    if caller.tenant is None and (route is None or not route.open):
+        raise AuthenticationError("You didn't provide an API key.")
     if route is None:
         raise ModelNotFoundError(f"The model `{model}` does not exist.", param="model")
-    if caller.tenant is None and not route.open:
-        raise AuthenticationError("You didn't provide an API key.")
     body = {"id": route.name, "object": "model", "created": 0, "owned_by": "thrifty"}
     return Response(orjson.dumps(body), media_type="application/json")

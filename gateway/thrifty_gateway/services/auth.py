@@ -28,7 +28,11 @@ def hash_key(key: str) -> str:
 def _hashes(inline: Iterable[str], source: SecretSource | None) -> list[str]:
     out = [h.strip().lower() for h in inline if h.strip()]
     if source is not None:
-        text = source.read()
+        # A key file that is gone (its key removed from the Secret) holds no keys: keeping the
+        # old ones would leave a revoked key working for ever. Unreadable or malformed files
+        # still keep the previous keys (`reload_if_changed`).
+        gone = source.file is not None and not os.path.exists(source.file)
+        text = "" if gone else source.read()
         out.extend(
             line.strip().lower()
             for line in text.splitlines()
@@ -62,6 +66,14 @@ class KeyStore:
                 entries.append((bytes.fromhex(h), tenant.name))
         for h in _hashes(self._admin.api_key_hashes, self._admin.api_keys_file):
             entries.append((bytes.fromhex(h), ADMIN))
+        owners: dict[bytes, str] = {}
+        for digest, owner in entries:
+            first = owners.setdefault(digest, owner)
+            if first != owner:
+                # One key for two owners would act as whichever was listed last (the admin,
+                # say): refused, naming the owners (never the hash).
+                names = sorted({"admin" if o == ADMIN else o for o in (first, owner)})
+                raise ValueError(f"one API key hash is listed for both {' and '.join(names)}")
         return entries
 
     def _files(self) -> list[str]:

@@ -230,12 +230,15 @@ class Proxy:
     ) -> Response:
         state = self.state
         body = parse_body(raw)
+        if tenant is None:  # an unknown model and a closed route answer alike: 401
+            model = body.get("model")
+            known = state.routes.get(model) if isinstance(model, str) else None
+            if known is None or not known.config.open:
+                state.metrics.rejected.labels("auth").inc()
+                raise AuthenticationError(
+                    "You didn't provide a valid API key. Use 'Authorization: Bearer <key>'."
+                )
         route = resolve_route(state, body)
-        if tenant is None and not route.config.open:
-            state.metrics.rejected.labels("auth").inc()
-            raise AuthenticationError(
-                "You didn't provide a valid API key. Use 'Authorization: Bearer <key>'."
-            )
         if tenant is not None:
             try:
                 await state.limiter.check(tenant)

@@ -97,7 +97,10 @@ class Coalescer:
             return None
         params = {k: v for k, v in ctx.body.items() if k not in ("input", "user")}
         shape = "tokens" if not isinstance(items[0], str) else "text"
-        key = orjson.dumps([shape, params], option=orjson.OPT_SORT_KEYS)
+        # Per tenant: one call's usage is split among its callers by an estimate (characters),
+        # so inputs of many tokens per character would put one tenant's cost on another's
+        # bill, budget and token limits, and the split would hint at the other's input size.
+        key = orjson.dumps([ctx.tenant_name, shape, params], option=orjson.OPT_SORT_KEYS)
         tokens = sum(estimate_tokens(i) for i in items)
         group = self._open.get(key)
         if group is not None and (
