@@ -671,3 +671,43 @@ def test_a_cancelled_batch_cancels_its_provider_job(
         assert stats.get("lines", 0) == 0  # nothing ran (nor was billed) at the provider
     finally:
         slow.stop()
+
+
+def test_a_deferred_request_with_cache_directives_keeps_out_of_the_line_cache(
+    stack: Any, redis: RedisServer
+) -> None:
+    """A deferred request's line was answered from, and filled, the exact cache whatever its
+    directives: `no-store` was stored, and with a shared policy served to other tenants. A
+    request carrying cache directives or tags now keeps out of the line cache; one without
+    still fills it."""
+    gw, worker = stack(
+        "defer-directives",
+        cache={"spec": {"scope": "shared"}, "stores": {"redisUrl": redis.url}},
+        mode="direct",
+    )
+    worker("w1")
+
+    def deferred(text: str, **headers: str) -> None:
+        body = {"model": "gpt-4o", "messages": [{"role": "user", "content": text}]}
+        auth = {"authorization": f"Bearer {KEY}", "x-thrifty-defer": "true"}
+        resp = httpx.post(f"{gw.url}/v1/chat/completions", json=body, headers={**auth, **headers})
+        assert resp.status_code == 202
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            got = httpx.get(f"{gw.url}{resp.json()['poll_url']}", headers=auth)
+            if got.status_code != 202:
+                break
+            time.sleep(0.1)
+        assert got.status_code == 200
+
+    def cached_for_b(text: str) -> int:
+        body = {"model": "gpt-4o", "messages": [{"role": "user", "content": text}]}
+        headers = {"authorization": "Bearer sk-local-b", "cache-control": "only-if-cached"}
+        return httpx.post(f"{gw.url}/v1/chat/completions", json=body, headers=headers).status_code
+
+    secret = f"not to be stored {time.time_ns()}"
+    deferred(secret, **{"cache-control": "no-store"})
+    assert cached_for_b(secret) == 504  # not stored, so not served to another tenant
+    shared = f"fine to share {time.time_ns()}"
+    deferred(shared)
+    assert cached_for_b(shared) == 200  # the line cache still fills the shared cache

@@ -86,7 +86,7 @@ class ExactLineCache:
 
     def _key(self, line: Line) -> tuple[_RouteCache, str] | None:
         cache = self._routes.get(line.route)
-        if cache is None or line.endpoint != "chat":
+        if cache is None or line.endpoint != "chat" or not line.cache:
             return None
         if request_ineligible(line.body, cache.spec.eligibility) is not None:
             return None

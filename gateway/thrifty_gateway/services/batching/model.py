@@ -99,6 +99,10 @@ class Line:
     # Run it directly (not in a provider job) on its next attempt: a provider job failed it and
     # the queue's policy says `onFailure: direct`.
     direct: bool = False
+    # May be answered from, and fill, the exact cache: not a deferred request that carried cache
+    # directives or tags (no-store, no-cache, tags a purge must find: the line cache applies
+    # none of them).
+    cache: bool = True
 
     @property
     def route(self) -> str:
@@ -113,6 +117,7 @@ class Line:
             "a": str(self.attempt),
             "d": orjson.dumps(self.body),
             **({"x": "1"} if self.direct else {}),
+            **({"nc": "1"} if not self.cache else {}),
         }
 
     @classmethod
@@ -125,6 +130,7 @@ class Line:
             tenant=data.get(b"t", b"anonymous").decode(),
             attempt=int(data.get(b"a", b"1")),
             direct=data.get(b"x") == b"1",
+            cache=data.get(b"nc") != b"1",
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -136,6 +142,7 @@ class Line:
             "a": self.attempt,
             "d": self.body,
             **({"x": True} if self.direct else {}),
+            **({"nc": True} if not self.cache else {}),
         }
 
     @classmethod
@@ -148,6 +155,7 @@ class Line:
             data["t"],
             int(data["a"]),
             data.get("x", False),
+            not data.get("nc", False),
         )
 
     def retried(self, direct: bool | None = None) -> Line:
@@ -160,6 +168,7 @@ class Line:
             self.tenant,
             self.attempt + 1,
             self.direct if direct is None else direct,
+            self.cache,
         )
 
 

@@ -69,6 +69,17 @@ def open_queue(config: GatewayConfig) -> RedisQueue | None:
     )
 
 
+# Request headers that direct the cache: a deferred request carrying any of them is kept out of
+# the batch line cache, which would not honour them.
+CACHE_HEADERS = (
+    "cache-control",
+    "pragma",
+    "x-thrifty-cache",
+    "x-thrifty-cache-tags",
+    "x-thrifty-cache-threshold",
+)
+
+
 class BatchStage:
     name = STAGE_NAME
 
@@ -116,7 +127,14 @@ class BatchStage:
             tenant=ctx.tenant_name,
             deferred=True,
         )
-        line = Line(record.id, "deferred", ctx.endpoint, ctx.body, ctx.tenant_name)
+        line = Line(
+            record.id,
+            "deferred",
+            ctx.endpoint,
+            ctx.body,
+            ctx.tenant_name,
+            cache=not any(ctx.headers.get(h) for h in CACHE_HEADERS),
+        )
         record = await queue.create(record, [line])
         poll_url = f"/v1/thrifty/deferred/{record.id}"
         body = {
