@@ -328,3 +328,16 @@ def test_batch_metadata_has_openais_limits() -> None:
         with pytest.raises(InvalidRequestError) as refused:
             check_metadata(bad)
         assert refused.value.param == "metadata"
+
+
+async def test_a_batch_output_is_written_past_the_upload_cap(tmp_path: Path) -> None:
+    """Another tenant's uploads filled the store: the output of a batch whose lines were run
+    and paid for is still written (it was refused, and the batch stuck in finalizing)."""
+    store = FilesystemStore(tmp_path, max_total_bytes=100)
+    await store.put(b"x" * 90, filename="big", purpose="user_data", tenant="a")
+    with pytest.raises(StoreFullError):
+        await store.put(b"y" * 20, filename="in.jsonl", purpose="batch", tenant="b")
+    meta = await store.put(
+        b"z" * 50, filename="out.jsonl", purpose="batch_output", tenant="b", over_cap=True
+    )
+    assert await store.read(meta.id) == b"z" * 50

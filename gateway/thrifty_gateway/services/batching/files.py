@@ -38,8 +38,18 @@ class FileObject(BaseModel):
 
 class FileStore(Protocol):
     async def put(
-        self, data: bytes, *, filename: str, purpose: str, tenant: str, file_id: str | None = None
-    ) -> FileObject: ...
+        self,
+        data: bytes,
+        *,
+        filename: str,
+        purpose: str,
+        tenant: str,
+        file_id: str | None = None,
+        over_cap: bool = False,
+    ) -> FileObject:
+        """Store `data`; `over_cap` writes it even past `maxTotalBytes` (a batch's output: its
+        lines were run and paid for, and uploads alone are what the cap limits)."""
+        ...
 
     async def put_stream(
         self, source: BinaryIO, *, filename: str, purpose: str, tenant: str
@@ -78,7 +88,14 @@ class FilesystemStore:
         tmp.replace(path)
 
     async def put(
-        self, data: bytes, *, filename: str, purpose: str, tenant: str, file_id: str | None = None
+        self,
+        data: bytes,
+        *,
+        filename: str,
+        purpose: str,
+        tenant: str,
+        file_id: str | None = None,
+        over_cap: bool = False,
     ) -> FileObject:
         file_id = file_id or new_id("file").replace("_", "-", 1)
         meta = FileObject(
@@ -93,7 +110,7 @@ class FilesystemStore:
         def write() -> None:
             data_path = self.root / f"{file_id}.data"
             existing = data_path.stat().st_size if data_path.exists() else 0
-            if self._used() - existing + len(data) > self.max_total_bytes:
+            if not over_cap and self._used() - existing + len(data) > self.max_total_bytes:
                 raise StoreFullError(
                     f"the file store is full ({self.max_total_bytes} bytes); delete files first"
                 )

@@ -149,6 +149,7 @@ async def _write_files(
                 purpose="batch_output",
                 tenant=record.tenant,
                 file_id=f"file-{stem}-output",
+                over_cap=True,  # the answers were paid for: never refused by the upload cap
             )
             fields["output_file_id"] = meta.id
         if err:
@@ -158,6 +159,7 @@ async def _write_files(
                 purpose="batch_output",
                 tenant=record.tenant,
                 file_id=f"file-{stem}-error",
+                over_cap=True,
             )
             fields["error_file_id"] = meta.id
     now = int(time.time())
