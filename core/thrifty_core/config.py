@@ -106,6 +106,13 @@ class ServerConfig(ConfigModel):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO")
     log_format: Literal["json", "text"] = Field(default="json")
     access_log: bool = Field(default=False, description="Log one line per request (no bodies).")
+    metrics_need_admin_key: bool = Field(
+        default=False,
+        description="/metrics answers only with the admin key (Bearer): its series name tenants "
+        "and their spend, on the port tenants call. Off by default (Prometheus scrapes without "
+        "a key); turn it on where tenants must not see each other's figures, and give the "
+        "scraper the admin key.",
+    )
 
 
 class ProviderConfig(ConfigModel):

@@ -288,6 +288,7 @@ def render_gateway_config(
             port=8080,
             max_request_bytes=spec.max_request_bytes,
             log_format="json",
+            metrics_need_admin_key=spec.metrics_need_admin_key,
         ),
         providers=providers,
         routes=routes,

@@ -210,3 +210,16 @@ def test_logs_hold_no_prompts_completions_or_keys(
     assert "request failed" in log  # the failure was logged ...
     for needle in ("zebra-orchid", secret_prompt, text[:40], "sk-local-a", "sk-wrong-key"):
         assert needle not in log  # ... without what the request said or who held which key
+
+
+def test_metrics_can_be_kept_to_the_admin(gateway_factory: GatewayFactory) -> None:
+    """/metrics names tenants and their spend on the port tenants call: open by default (as
+    Prometheus scrapes), admin-only with server.metricsNeedAdminKey."""
+    open_gw = gateway_factory()
+    assert httpx.get(f"{open_gw.url}/metrics").status_code == 200
+    closed = gateway_factory(server={"metricsNeedAdminKey": True})
+    assert httpx.get(f"{closed.url}/metrics").status_code == 401
+    tenant = httpx.get(f"{closed.url}/metrics", headers={"authorization": "Bearer sk-local-a"})
+    assert tenant.status_code == 403
+    admin = httpx.get(f"{closed.url}/metrics", headers={"authorization": "Bearer sk-local-admin"})
+    assert admin.status_code == 200 and "thrifty_requests_total" in admin.text

@@ -268,6 +268,11 @@ class LLMGatewaySpec(ApiModel):
         le=256 * 1024 * 1024,
         description="Request bodies over this size are refused with 413.",
     )
+    metrics_need_admin_key: bool = Field(
+        default=False,
+        description="/metrics answers only with the admin key: its series name tenants and "
+        "their spend, on the port tenants call (give the scraper the admin key).",
+    )
     net_savings: NetSavings | None = Field(
         default=None,
         description="Running-cost prices and workloads; savings are then also reported net.",

@@ -9,11 +9,11 @@ import orjson
 from fastapi import APIRouter, Query
 from starlette.responses import Response
 
-from thrifty_core.errors import InvalidRequestError
+from thrifty_core.errors import AuthenticationError, InvalidRequestError, PermissionDeniedError
 from thrifty_core.running_cost import net_savings
 
 from ..services.ledger import parse_since
-from .deps import AuthedDep, StateDep
+from .deps import AuthedDep, CallerDep, StateDep
 
 router = APIRouter()
 
@@ -31,7 +31,11 @@ async def readyz(state: StateDep) -> Response:
 
 
 @router.get("/metrics")
-async def metrics(state: StateDep) -> Response:
+async def metrics(state: StateDep, caller: CallerDep) -> Response:
+    if state.config.server.metrics_need_admin_key and not caller.admin:
+        if caller.tenant is None:
+            raise AuthenticationError("/metrics needs the admin key (server.metricsNeedAdminKey).")
+        raise PermissionDeniedError("/metrics needs the admin key.")
     return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
 
 
