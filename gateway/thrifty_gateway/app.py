@@ -25,7 +25,7 @@ from .services.ratelimit import Limiter, LocalLimiter
 from .services.resilience import Breakers
 from .services.upstream import HttpUpstream, UpstreamClient
 from .stages import default_stage_factories
-from .state import GatewayState, build_catalog, build_routes
+from .state import GatewayState, build_catalog, build_routes, unpriced_models
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +111,13 @@ def create_app(
         gc.freeze()
         reload_keys = asyncio.create_task(_reload_keys(state.keys, KEY_RELOAD_SECONDS))
         state.ready = True
+        unpriced = unpriced_models(config, state.catalog)
+        if unpriced:
+            log.warning(
+                "no price for %s: they cost 0 in usage, budgets and savings; set `prices` on "
+                "the gateway or the provider",
+                ", ".join(unpriced),
+            )
         log.info(
             "gateway ready",
             extra={"port": config.server.port, "stages": ",".join(s.name for s in state.stages)},

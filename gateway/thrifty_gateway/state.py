@@ -45,6 +45,20 @@ def build_catalog(config: GatewayConfig) -> PriceCatalog:
     return catalog
 
 
+def unpriced_models(config: GatewayConfig, catalog: PriceCatalog) -> list[str]:
+    """Route target models the catalog has no price for (they cost 0: budgets never charge
+    them, savings against them are 0), to be said at start."""
+    models = {t.model for r in config.routes for t in r.targets}
+    models |= {
+        t.model
+        for r in config.routes
+        if r.tiering
+        for tier in r.tiering.tiers
+        for t in tier.targets
+    }
+    return sorted(m for m in models if catalog.lookup(m) is None)
+
+
 @dataclass
 class GatewayState:
     """Everything one gateway app holds; built by the lifespan, read by the routes."""

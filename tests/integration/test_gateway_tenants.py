@@ -217,6 +217,9 @@ def test_metrics_can_be_kept_to_the_admin(gateway_factory: GatewayFactory) -> No
     Prometheus scrapes), admin-only with server.metricsNeedAdminKey."""
     open_gw = gateway_factory()
     assert httpx.get(f"{open_gw.url}/metrics").status_code == 200
+    # a scraper's own token (a service-account token) is not a gateway key: not looked at
+    scraper = {"authorization": "Bearer eyJhbGciOiJSUzI1NiJ9.not-a-gateway-key"}
+    assert httpx.get(f"{open_gw.url}/metrics", headers=scraper).status_code == 200
     closed = gateway_factory(server={"metricsNeedAdminKey": True})
     assert httpx.get(f"{closed.url}/metrics").status_code == 401
     tenant = httpx.get(f"{closed.url}/metrics", headers={"authorization": "Bearer sk-local-a"})

@@ -50,3 +50,19 @@ def test_overrides_win() -> None:
     )
     assert catalog.cost("gpt-4o", Usage(1_000_000, 1_000_000)) == pytest.approx(3.0)
     assert catalog.cost("gpt-4o-mini", Usage(1_000_000, 0)) == pytest.approx(0.15)
+
+
+def test_the_gateway_names_route_models_it_has_no_price_for() -> None:
+    from thrifty_core.config import parse_config
+    from thrifty_gateway.state import build_catalog, unpriced_models
+
+    config = parse_config(
+        {
+            "providers": [{"name": "p", "baseUrl": "http://x/v1"}],
+            "routes": [
+                {"name": "a", "targets": [{"provider": "p", "model": "gpt-4o-prod"}]},
+                {"name": "b", "targets": [{"provider": "p", "model": "gpt-4o-2024-08-06"}]},
+            ],
+        }
+    )
+    assert unpriced_models(config, build_catalog(config)) == ["gpt-4o-prod"]

@@ -6,14 +6,14 @@ import time
 from typing import Literal
 
 import orjson
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from thrifty_core.errors import AuthenticationError, InvalidRequestError, PermissionDeniedError
 from thrifty_core.running_cost import net_savings
 
 from ..services.ledger import parse_since
-from .deps import AuthedDep, CallerDep, StateDep
+from .deps import AuthedDep, StateDep, get_caller
 
 router = APIRouter()
 
@@ -31,11 +31,15 @@ async def readyz(state: StateDep) -> Response:
 
 
 @router.get("/metrics")
-async def metrics(state: StateDep, caller: CallerDep) -> Response:
-    if state.config.server.metrics_need_admin_key and not caller.admin:
+async def metrics(request: Request, state: StateDep) -> Response:
+    # The key is looked at only when the gateway asks for one: a scraper sending a token of its
+    # own (a service-account token) keeps working when it does not.
+    if state.config.server.metrics_need_admin_key:
+        caller = await get_caller(request, state)
         if caller.tenant is None:
             raise AuthenticationError("/metrics needs the admin key (server.metricsNeedAdminKey).")
-        raise PermissionDeniedError("/metrics needs the admin key.")
+        if not caller.admin:
+            raise PermissionDeniedError("/metrics needs the admin key.")
     return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
 
 

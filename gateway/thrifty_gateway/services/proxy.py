@@ -400,7 +400,8 @@ class Proxy:
                     yield b"".join(out)
             rest = splitter.rest()
             if rest.strip():
-                yield rest
+                done = done or event_data(rest) == b"[DONE]"  # the last event, unterminated
+                yield rest if rest.endswith(b"\n\n") else rest.rstrip(b"\n") + b"\n\n"
             if not done and usage is None:
                 # Ended without [DONE]: the answer was cut short. Said to the client, whose
                 # SDK would otherwise take the partial text for the whole answer.

@@ -50,7 +50,10 @@ class ProviderBatches(Protocol):
 
 
 MARKER = "thrifty_submit"  # metadata key of the marker a job is found by after a timeout
-FIND_PAUSES = (0.5, 1.0, 2.0, 4.0)  # seconds before each look for a job whose create timed out
+# seconds before each look for a job whose create timed out
+FIND_PAUSES = (0.5, 1.0, 2.0, 4.0)
+CREATE_TRIES = 3  # a batch create refused with one of RETRY_CREATE is tried this often
+RETRY_CREATE = frozenset({429, 500, 502, 503, 504})
 
 
 class OpenAIBatches:
@@ -75,24 +78,35 @@ class OpenAIBatches:
         client = self._clients[target.provider]
         uploaded = await client.files.create(file=("thrifty.jsonl", jsonl), purpose="batch")
         marker = uuid.uuid4().hex
-        try:
-            job = await client.with_options(max_retries=0).batches.create(
-                input_file_id=uploaded.id,
-                endpoint=url,  # type: ignore[arg-type]
-                completion_window=window,  # type: ignore[arg-type]
-                metadata={"created_by": "thrifty", MARKER: marker},
-            )
-        except (openai.APITimeoutError, openai.APIConnectionError):
-            # The provider may still be creating it: look a few times, then give up (the
-            # lines are retried; a job made after that is the one duplicate left possible).
-            for pause in FIND_PAUSES:
-                await asyncio.sleep(pause)
+        for attempt in range(CREATE_TRIES):
+            try:
+                job = await client.with_options(max_retries=0).batches.create(
+                    input_file_id=uploaded.id,
+                    endpoint=url,  # type: ignore[arg-type]
+                    completion_window=window,  # type: ignore[arg-type]
+                    metadata={"created_by": "thrifty", MARKER: marker},
+                )
+                return job.id
+            except (openai.APITimeoutError, openai.APIConnectionError):
+                # The provider may still be creating it: look a few times, then give up (the
+                # lines are retried; a job made after that is the one duplicate left possible).
+                for pause in FIND_PAUSES:
+                    await asyncio.sleep(pause)
+                    found = await self._find(client, marker)
+                    if found is not None:
+                        log.info("provider batch create timed out but the job exists: %s", found)
+                        return found
+                raise
+            except openai.APIStatusError as exc:
+                # Refused for now (429, 5xx): tried again here, as the SDK would have, once it
+                # is clear that no job was made after all.
+                if exc.status_code not in RETRY_CREATE or attempt == CREATE_TRIES - 1:
+                    raise
+                await asyncio.sleep(2.0**attempt)
                 found = await self._find(client, marker)
                 if found is not None:
-                    log.info("provider batch create timed out but the job exists: %s", found)
                     return found
-            raise
-        return job.id
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _find(self, client: openai.AsyncOpenAI, marker: str) -> str | None:
         """The recent job carrying `marker`, if the provider created it."""

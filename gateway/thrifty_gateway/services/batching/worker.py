@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from ..pipeline import Target
 
 log = logging.getLogger(__name__)
+VALIDATING_RECHECK = 1.0  # seconds before a line of a batch still being created is looked at
 # Batch statuses whose remaining lines are not run (answered with their status as the error).
 STOPPED = frozenset({"cancelling", "cancelled", "expired", "failed"})
 EXPIRED = "This request could not be executed before the completion window expired."
@@ -208,9 +209,12 @@ class Worker:
         self.stats.lines += 1
         info = await self._batch_info(line.batch_id)
         if info is not None and info[0] == "validating":
-            # Still being created (the rest of its lines are on their way): left pending and
-            # taken up again by a sweep. Run now, its answers would be lost (and paid for) if
-            # the create is cut short and the batch failed.
+            # Still being created (the rest of its lines are on their way): held here and
+            # handled again in a moment (not left to a reclaim, which would count deliveries
+            # and wait its idle time). Run now, its answers would be lost (and paid for) if the
+            # create is cut short and the batch failed.
+            self._held.add(entry_id)
+            self._spawn(self._when_created(entry_id, line))
             return
         if info is not None and info[0] in ("finalizing", "completed"):
             # A copy of a line that has its result (every line has one, or the batch would not
@@ -244,6 +248,13 @@ class Worker:
                 await self._submit(pack)
         else:
             self._spawn(self._run_direct(entry_id, line))
+
+    async def _when_created(self, entry_id: str, line: Line) -> None:
+        try:
+            await asyncio.sleep(VALIDATING_RECHECK)
+        finally:
+            self._held.discard(entry_id)
+        await self._handle(entry_id, line)
 
     async def _store(self, entry_id: str, line: Line, result: Result) -> None:
         done = await self.queue.complete(entry_id, line, result)
@@ -434,6 +445,10 @@ class Worker:
                     await self.cache.put(line, outcome.body)
                 await self._store(entry_id, line, result)
                 continue
+            info = await self._batch_info(line.batch_id)
+            if info is None or info[0] in STOPPED:  # cancelled meanwhile: said so, not retried
+                await self._store(entry_id, line, stopped(line, info))
+                continue
             if outcome is None:
                 code = "batch_expired" if state.status == "expired" else "missing_result"
                 result = Result(line.custom_id, None, None, code, f"provider job {state.status}")
@@ -496,13 +511,18 @@ class Worker:
 
     async def _sweeper(self) -> None:
         idle_ms = int(self.options.reclaim_idle_seconds * 1000)
+        next_reclaim = 0.0
         while not self._stop.is_set():
             try:
-                reclaimed = await self.queue.reclaim(self.options.consumer, idle_ms)
-                self.stats.reclaimed += len(reclaimed)
-                for entry_id, line in reclaimed:
-                    if entry_id not in self._held:
-                        await self._handle(entry_id, line)
+                # Reclaims at most twice per idle period: listing the idle lines walks every
+                # line waiting in a provider job (tens of thousands), which no sweep changes.
+                if time.monotonic() >= next_reclaim:
+                    next_reclaim = time.monotonic() + self.options.reclaim_idle_seconds / 2
+                    reclaimed = await self.queue.reclaim(self.options.consumer, idle_ms)
+                    self.stats.reclaimed += len(reclaimed)
+                    for entry_id, line in reclaimed:
+                        if entry_id not in self._held:
+                            await self._handle(entry_id, line)
                 for batch_id in await self.queue.active():
                     await finalize(
                         self.queue,

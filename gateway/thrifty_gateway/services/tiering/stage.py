@@ -268,7 +268,10 @@ class TierStage:
         ctx.state[TIER_KEY] = decision.tier
         self.metrics.decisions.labels(ctx.route.name, decision.tier, decision.reason).inc()
         if decision.tier != ROUTE_TIER and outcome.status < 400:
-            ctx.add_saving("tier", ctx.baseline_cost(outcome.usage) - outcome.cost_usd)
+            # What the tier's answer cost, not what other levers spent on the request (a
+            # student that ran first books its own cost as its own loss).
+            paid = outcome.cost_usd - ctx.spent_usd
+            ctx.add_saving("tier", ctx.baseline_cost(outcome.usage) - paid)
 
 
 class CascadeStage:
