@@ -66,3 +66,49 @@ def test_retry_after_as_an_http_date() -> None:
     past = format_datetime(datetime.fromtimestamp(now - 60, UTC), usegmt=True)
     assert parse_retry_after({"retry-after": past}, now=lambda: now) == 0.0
     assert parse_retry_after({"retry-after": "soon"}) is None
+
+
+async def test_a_cancelled_probe_lets_the_next_call_probe() -> None:
+    """The half-open breaker's one probe is a request whose client hung up: the probe must be
+    given back, or the target would be refused until the gateway restarts."""
+    import asyncio
+
+    from thrifty_gateway.services.pipeline import Target
+    from thrifty_gateway.services.resilience import Breakers, call_with_fallback
+    from thrifty_gateway.services.upstream import Timeouts, UpstreamResponse
+
+    target = Target("p", "m")
+    now = [0.0]
+    breakers = Breakers(threshold=1, cooldown=10.0)
+    breaker = breakers.get(target)
+    breaker.clock = lambda: now[0]
+    breaker.failure()  # open
+    now[0] = 11.0  # half-open: the next call probes
+
+    class Hanging:
+        async def send(self, *_: object) -> UpstreamResponse:
+            await asyncio.sleep(3600)
+            raise AssertionError("unreachable")
+
+        async def aclose(self) -> None:
+            return None
+
+    call = asyncio.ensure_future(
+        call_with_fallback(
+            Hanging(),
+            breakers,
+            [target],
+            "chat/completions",
+            lambda _: b"{}",
+            Timeouts(connect=1.0, total=1.0),
+            stream=True,
+            max_retries=0,
+            retry_budget=0.0,
+        )
+    )
+    await asyncio.sleep(0.01)
+    assert breaker.probing
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    assert not breaker.probing and breaker.allow()  # the next call may probe

@@ -242,6 +242,12 @@ async def call_with_fallback(
             retry_after: float | None = None
             try:
                 resp = await client.send(target, path, payload, timeouts, stream)
+            except asyncio.CancelledError:
+                # The caller left (a client that hung up): this call decides nothing, and a
+                # half-open breaker's probe must not stay taken, or the target would be
+                # refused until a restart.
+                breaker.probing = False
+                raise
             except UpstreamTimeout:
                 breaker.failure()
                 last = UpstreamTimeoutError(f"upstream {target.label} timed out")
