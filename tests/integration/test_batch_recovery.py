@@ -119,6 +119,29 @@ async def test_a_batch_cancelled_while_its_creation_was_cut_short_ends_cancelled
         await queue.aclose()
 
 
+async def test_a_batch_cancelled_while_validating_but_fully_queued_is_finalized_as_usual(
+    redis: RedisServer, tmp_path: Path
+) -> None:
+    """The cancel came while a large batch was being queued, and the queueing finished (only
+    its move to in_progress was refused): not a cut-short create. Its lines are all there, so
+    it waits for their results and gets its files like any cancelled batch."""
+    queue = queue_for(redis, f"cancel-queued-{time.time_ns()}")
+    store = FilesystemStore(tmp_path / "files", 10**9)
+    try:
+        record = BatchRecord(id=new_id("batch"), endpoint="/v1/chat/completions", tenant="t")
+        await queue.create(record, lines_for(record.id, CHUNK + 5))
+        assert await queue.fully_queued(record.id)
+        key = queue.keys.batch(record.id)
+        stored = BatchRecord.load(await queue.redis.get(key))
+        cancelling = stored.model_copy(update={"status": "cancelling", "in_progress_at": None})
+        await queue.redis.set(key, cancelling.store())
+        assert not await finalize(queue, store, record.id, "w", stale_validating_seconds=0)
+        still = await queue.get(record.id)
+        assert still is not None and still.status == "cancelling"
+    finally:
+        await queue.aclose()
+
+
 async def test_worker_fails_a_stuck_batch_and_skips_its_lines(
     redis: RedisServer, simulator: Simulator, tmp_path: Path
 ) -> None:

@@ -79,7 +79,7 @@ async def finalize(
     )
     if stale and record.status == "validating":
         return await fail_interrupted(queue, record)
-    if stale and record.status == "cancelling":
+    if stale and record.status == "cancelling" and not await queue.fully_queued(batch_id):
         # Cancelled while its creation was cut short: some lines were never queued, so it would
         # wait for them for ever. It ends cancelled (its queued lines are answered so, unrun).
         moved = await queue.transition(batch_id, "cancelled", cancelled_at=int(time.time()))

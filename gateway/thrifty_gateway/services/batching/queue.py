@@ -153,10 +153,17 @@ class RedisQueue:
                 for line in lines[start : start + CHUNK]:
                     pipe.xadd(k.stream, line.fields())
                 await pipe.execute()
+        # Every line is queued, whatever the status can move to now (a cancel that came
+        # meanwhile refuses in_progress): the sweeper must not take it for a cut-short create.
+        await self.redis.hset(k.counts(record.id), "queued", "1")
         moved = await self.transition(
             record.id, "in_progress", in_progress_at=now, expires_at=expires
         )
         return moved or await self.get(record.id) or record
+
+    async def fully_queued(self, batch_id: str) -> bool:
+        """Whether every line of a large batch was queued (`create` finished enqueueing)."""
+        return bool(await self.redis.hget(self.keys.counts(batch_id), "queued"))
 
     async def get(self, batch_id: str) -> BatchRecord | None:
         k = self.keys
