@@ -6,7 +6,7 @@ import importlib
 import random
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -30,18 +30,7 @@ FaultKind = Literal[
     "abort-stream",
     "error-stream",
 ]
-FAULT_KINDS: tuple[str, ...] = (
-    "429",
-    "500",
-    "502",
-    "503",
-    "timeout",
-    "truncate",
-    "split-emoji",
-    "cut-stream",
-    "abort-stream",
-    "error-stream",
-)
+FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
 DEFAULT_MODELS: tuple[str, ...] = (
     "gpt-4o",
     "gpt-4o-mini",
