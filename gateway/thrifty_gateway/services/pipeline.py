@@ -192,6 +192,12 @@ class RequestContext:
         """Record money a lever saved on this request (positive USD)."""
         self.savings[lever] = self.savings.get(lever, 0.0) + usd
 
+    def spend(self, lever: Lever, usd: float) -> None:
+        """Record money a lever paid for work whose answer was not served: added to the
+        request's cost (`spent_usd`) and booked as that lever's loss."""
+        self.spent_usd += usd
+        self.add_saving(lever, -usd)
+
 
 @dataclass(slots=True)
 class StageResponse:

@@ -232,14 +232,15 @@ class Proxy:
         body = parse_body(raw)
         if tenant is None:  # an unknown model and a closed route answer alike: 401
             model = body.get("model")
-            known = state.routes.get(model) if isinstance(model, str) else None
-            if known is None or not known.config.open:
+            open_route = state.routes.get(model) if isinstance(model, str) else None
+            if open_route is None or not open_route.config.open:
                 state.metrics.rejected.labels("auth").inc()
                 raise AuthenticationError(
                     "You didn't provide a valid API key. Use 'Authorization: Bearer <key>'."
                 )
-        route = resolve_route(state, body)
-        if tenant is not None:
+            route = open_route
+        else:
+            route = resolve_route(state, body)
             try:
                 await state.limiter.check(tenant)
             except ThriftyError:

@@ -251,13 +251,7 @@ async def call_with_fallback(
             except UpstreamTimeout:
                 breaker.failure()
                 last = UpstreamTimeoutError(f"upstream {target.label} timed out")
-                log.info(
-                    "upstream attempt failed",
-                    extra={"upstream": target.label, "reason": "timeout", "attempt": attempts},
-                )
-                if on_retry:
-                    on_retry(target, "timeout")
-                break
+                reason = "timeout"
             except UpstreamConnectionError:
                 breaker.failure()
                 last = UpstreamError(f"upstream {target.label} is unreachable")
@@ -312,6 +306,8 @@ async def call_with_fallback(
             )
             if on_retry:
                 on_retry(target, reason)
+            if reason == "timeout":  # not retried: the time is spent, the next target is tried
+                break
             if attempt == max_retries or not breaker.allow():
                 break
             if retry_after is not None and retry_after > MAX_RETRY_AFTER:

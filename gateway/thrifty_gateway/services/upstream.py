@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -107,28 +108,32 @@ class HttpUpstream:
             if stream
             else aiohttp.ClientTimeout(total=timeouts.total, sock_connect=timeouts.connect)
         )
-        try:
+        with _failures(target):
             resp = await provider.session.post(
                 provider.url(target.model, path), data=payload, timeout=timeout
             )
-        except TimeoutError as exc:
-            raise UpstreamTimeout(target.label) from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamConnectionError(f"{target.label}: {type(exc).__name__}") from exc
         if stream and resp.status == 200:
             return await _first_event(target, resp)
         try:
-            body = await resp.read()
-        except TimeoutError as exc:
-            raise UpstreamTimeout(target.label) from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamConnectionError(f"{target.label}: {type(exc).__name__}") from exc
+            with _failures(target):
+                body = await resp.read()
         finally:
             resp.release()
         return UpstreamResponse(resp.status, resp.headers, body=body)
 
     async def aclose(self) -> None:
         await asyncio.gather(*(p.session.close() for p in self._providers.values()))
+
+
+@contextmanager
+def _failures(target: Target) -> Iterator[None]:
+    """aiohttp's failures as the gateway's: a timeout, or a connection that failed."""
+    try:
+        yield
+    except TimeoutError as exc:
+        raise UpstreamTimeout(target.label) from exc
+    except aiohttp.ClientError as exc:
+        raise UpstreamConnectionError(f"{target.label}: {type(exc).__name__}") from exc
 
 
 HEAD_LIMIT = 65_536  # bytes read, at most, to find a stream's first event
@@ -142,25 +147,24 @@ async def _first_event(target: Target, resp: aiohttp.ClientResponse) -> Upstream
     head = b""
     splitter = EventSplitter()
     try:
-        while len(head) < HEAD_LIMIT:
-            try:
-                data = await chunks.__anext__()
-            except StopAsyncIteration:
-                break
-            head += data
-            events = splitter.feed(data)
-            if events:
-                status = _error_status(event_data(events[0]))
-                if status is not None:
-                    await chunks.aclose()
-                    return UpstreamResponse(status, resp.headers, body=event_data(events[0]) or b"")
-                break
-    except TimeoutError as exc:
+        with _failures(target):
+            while len(head) < HEAD_LIMIT:
+                try:
+                    data = await chunks.__anext__()
+                except StopAsyncIteration:
+                    break
+                head += data
+                events = splitter.feed(data)
+                if events:
+                    first = event_data(events[0])
+                    status = _error_status(first)
+                    if status is not None:
+                        await chunks.aclose()
+                        return UpstreamResponse(status, resp.headers, body=first or b"")
+                    break
+    except (UpstreamTimeout, UpstreamConnectionError):
         await chunks.aclose()
-        raise UpstreamTimeout(target.label) from exc
-    except aiohttp.ClientError as exc:
-        await chunks.aclose()
-        raise UpstreamConnectionError(f"{target.label}: {type(exc).__name__}") from exc
+        raise
     return UpstreamResponse(200, resp.headers, chunks=_after(head, chunks), release=resp)
 
 

@@ -18,9 +18,9 @@ from .common import (
     InvalidSpec,
     Outcome,
     apply_all,
+    delete_owned,
     deployment_state,
     ensure_redis_password,
-    owned_by,
     parse,
 )
 from .indexes import Indexes
@@ -54,9 +54,7 @@ async def reconcile(body: Body, ix: Indexes, ctx: Context) -> Outcome:
         # Its worker ran with the config of a gateway that is gone (that ConfigMap goes with
         # it: a restarted worker pod could not start, a running one keeps its old providers and
         # keys). The lines wait in Redis; the next gateway to reference the queue starts one.
-        worker = await ctx.kube.get("apps/v1", "Deployment", ns, names.batch_worker(owner.name))
-        if worker is not None and owned_by(worker, owner):
-            await ctx.kube.delete("apps/v1", "Deployment", ns, names.batch_worker(owner.name))
+        await delete_owned(ctx.kube, owner, "apps/v1", "Deployment", names.batch_worker(owner.name))
         conds.append(
             false(
                 "Available",

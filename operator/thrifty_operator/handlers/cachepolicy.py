@@ -23,12 +23,12 @@ from .common import (
     InvalidSpec,
     Outcome,
     apply_all,
+    delete_owned,
     deployment_state,
     ensure_qdrant_key,
     ensure_redis_password,
     job_state,
     now,
-    owned_by,
     parse,
     plain,
     statefulset_state,
@@ -66,9 +66,7 @@ async def reconcile(body: Body, ix: Indexes, ctx: Context) -> Outcome:
         await ensure_qdrant_key(ctx.kube, owner)
     await apply_all(ctx.kube, cache.build_stores(policy, owner, ctx.defaults))
     for api_version, kind, name in cache.unused_stores(policy, owner):
-        found = await ctx.kube.get(api_version, kind, owner.namespace, name)
-        if found is not None and owned_by(found, owner):  # never a same-named queue's Redis
-            await ctx.kube.delete(api_version, kind, owner.namespace, name)
+        await delete_owned(ctx.kube, owner, api_version, kind, name)
     redis_ok, qdrant_ok, message = await _store_state(policy, owner, ctx)
     conds: list[Cond] = [
         true("StoreReady", "StoresAvailable", message)

@@ -213,6 +213,16 @@ def owned_by(obj: dict[str, Any], owner: Owner) -> bool:
     return any(ref.get("uid") == owner.uid for ref in refs)
 
 
+async def delete_owned(
+    kube: KubeClient, owner: Owner, api_version: str, kind: str, name: str
+) -> None:
+    """Delete the object if `owner` owns it: never one of the same name that someone else made
+    (a user's own HPA, a same-named queue's Redis)."""
+    found = await kube.get(api_version, kind, owner.namespace, name)
+    if found is not None and owned_by(found, owner):
+        await kube.delete(api_version, kind, owner.namespace, name)
+
+
 def job_state(obj: dict[str, Any] | None) -> str:
     """Complete, Failed, Running or Missing, from the Job's conditions."""
     if obj is None:

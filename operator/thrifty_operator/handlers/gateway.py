@@ -25,9 +25,9 @@ from .common import (
     InvalidSpec,
     Outcome,
     apply_all,
+    delete_owned,
     deployment_state,
     finish,
-    owned_by,
     parse,
 )
 from .indexes import Indexes
@@ -144,9 +144,7 @@ async def sync(body: dict[str, Any], ix: Indexes, ctx: Context) -> Outcome:
             continue
         # Turned off: ours is deleted, never one of that name the user made (their own HPA
         # after switching ours off, say).
-        found = await ctx.kube.get(api_version, kind, ns, names.gateway(owner.name))
-        if found is not None and owned_by(found, owner):
-            await ctx.kube.delete(api_version, kind, ns, names.gateway(owner.name))
+        await delete_owned(ctx.kube, owner, api_version, kind, names.gateway(owner.name))
     if queue is not None:
         await _sync_worker(owner.name, queue, digest, refs, ix, ctx)
     deployment = await ctx.kube.get("apps/v1", "Deployment", ns, names.gateway(owner.name))

@@ -109,7 +109,7 @@ def cached(line: Line, entry: CachedAnswer, catalog: PriceCatalog, route: RouteR
     by the answer's usage, else the usage stored beside it, as the cache stage prices a hit;
     the stored figure is not added to the answer)."""
     body = entry.body
-    usage = usage_of(body) or usage_of({"usage": entry.usage}) or estimate_usage(line.body, body)
+    usage = entry.worth() or estimate_usage(line.body, body)
     _, saved = price(catalog, route, route.config.targets[0].model, usage, batch=False)
     return Result(
         line.custom_id,

@@ -272,6 +272,7 @@ class RedisQueue:
         alone, and only the others claimed (`XCLAIM`)."""
         k = self.keys
         out: list[Entry] = []
+        delivered: dict[str, int] = {}  # deliveries once claimed: the listing's count, plus one
         start = "-"
         while len(out) < count:
             page = await self.redis.xpending_range(
@@ -280,6 +281,7 @@ class RedisQueue:
             if not page:
                 break
             ids = [_text(p["message_id"]) for p in page]
+            delivered.update(zip(ids, (int(p["times_delivered"]) + 1 for p in page), strict=True))
             start = "(" + ids[-1]
             free = await self._outside_jobs(ids)
             if free:
@@ -287,9 +289,8 @@ class RedisQueue:
                 out += _decode(claimed)
         fresh: list[Entry] = []
         for eid, line in out:
-            delivered = await self._deliveries(eid)
-            if delivered > self.max_attempts + 2:
-                log.warning("line redelivered %d times: dead-lettered", delivered)
+            if delivered[eid] > self.max_attempts + 2:
+                log.warning("line redelivered %d times: dead-lettered", delivered[eid])
                 await self.dead_letter(
                     eid, line, "poison_line", "the line crashed workers repeatedly"
                 )
@@ -329,12 +330,6 @@ class RedisQueue:
         found = await self.redis.hmget(k.jobs, named) if named else []
         live = {j for j, job in zip(named, found, strict=True) if job is not None}
         return [e for e, job in zip(entry_ids, jobs, strict=True) if job is None or job not in live]
-
-    async def _deliveries(self, entry_id: str) -> int:
-        info = await self.redis.xpending_range(
-            self.keys.stream, self.keys.group, min=entry_id, max=entry_id, count=1
-        )
-        return int(info[0]["times_delivered"]) if info else 0
 
     async def complete(
         self, entry_id: str, line: Line, result: Result, *, dead: bool = False

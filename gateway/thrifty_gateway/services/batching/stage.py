@@ -31,8 +31,6 @@ from .model import ENDPOINT_URLS, BatchRecord, Line, new_id
 from .queue import RedisQueue
 
 log = logging.getLogger(__name__)
-
-
 STAGE_NAME = "batch"
 # Ledger lines pending this long with a consumer (a gateway that stopped or died before its
 # ack) are taken over; a live gateway acknowledges within milliseconds of its read.

@@ -222,9 +222,9 @@ class Worker:
             result = Result(line.custom_id, None, None, "duplicate", "the line has a result")
             await self._store(entry_id, line, result)
             return
-        if info is None or info[0] in STOPPED:
-            await self._store(entry_id, line, stopped(line, info))
+        if await self._if_stopped(entry_id, line, info):
             return
+        assert info is not None
         if info[2] is not None and time.time() > info[2]:
             result = Result(line.custom_id, None, None, "batch_expired", EXPIRED)
             await self._store(entry_id, line, result)
@@ -248,6 +248,13 @@ class Worker:
                 await self._submit(pack)
         else:
             self._spawn(self._run_direct(entry_id, line))
+
+    async def _if_stopped(self, entry_id: str, line: Line, info: BatchInfo | None) -> bool:
+        """Answer the line, unrun, when its batch stopped (or vanished); True when it did."""
+        if info is not None and info[0] not in STOPPED:
+            return False
+        await self._store(entry_id, line, stopped(line, info))
+        return True
 
     async def _when_created(self, entry_id: str, line: Line) -> None:
         try:
@@ -314,13 +321,11 @@ class Worker:
     async def _submit_once(self, pack: Pack) -> None:
         # Lines whose batch was cancelled (or ended) while they waited in the packer: answered
         # with that status, not submitted (and paid for).
-        kept = []
-        for entry_id, line in pack.entries:
-            info = await self._batch_info(line.batch_id)
-            if info is None or info[0] in STOPPED:
-                await self._store(entry_id, line, stopped(line, info))
-            else:
-                kept.append((entry_id, line))
+        kept = [
+            (entry_id, line)
+            for entry_id, line in pack.entries
+            if not await self._if_stopped(entry_id, line, await self._batch_info(line.batch_id))
+        ]
         if len(kept) < len(pack.entries):
             if not kept:
                 return
@@ -445,9 +450,8 @@ class Worker:
                     await self.cache.put(line, outcome.body)
                 await self._store(entry_id, line, result)
                 continue
-            info = await self._batch_info(line.batch_id)
-            if info is None or info[0] in STOPPED:  # cancelled meanwhile: said so, not retried
-                await self._store(entry_id, line, stopped(line, info))
+            # cancelled meanwhile: said so, not retried
+            if await self._if_stopped(entry_id, line, await self._batch_info(line.batch_id)):
                 continue
             if outcome is None:
                 code = "batch_expired" if state.status == "expired" else "missing_result"

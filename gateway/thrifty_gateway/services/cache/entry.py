@@ -8,6 +8,10 @@ from typing import Any
 
 import orjson
 
+from thrifty_core.prices import Usage
+
+from ..sse import usage_of
+
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 ZSTD_LEVEL = 3
 
@@ -28,6 +32,11 @@ class CachedAnswer:
     # The gateway that stored it (`namespace/name`, as its scope names it; "" without one): a
     # purge through one gateway leaves the entries of others sharing the policy's stores.
     gateway: str = ""
+
+    def worth(self) -> Usage | None:
+        """What the answer cost upstream: its own `usage`, else the one stored beside it (an
+        estimate, which prices a hit but is never handed to a client as the provider's)."""
+        return usage_of(self.body) or usage_of({"usage": self.usage})
 
     def age(self, now: float | None = None) -> float:
         return (now if now is not None else time.time()) - self.created

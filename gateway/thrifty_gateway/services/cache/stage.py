@@ -406,9 +406,7 @@ class CacheStage:
         self, ctx: RequestContext, entry: CachedAnswer, layer: str, headers: dict[str, str]
     ) -> StageResponse:
         body = {**entry.body, "id": f"chatcmpl-{os.urandom(12).hex()}", "created": int(time.time())}
-        # (A stored usage is the gateway's estimate: it prices the hit, and is never handed to
-        # the client as the provider's.)
-        usage = usage_of(body) or usage_of({"usage": entry.usage})
+        usage = entry.worth()
         saved = 0.0
         if usage is not None:
             # The cache saved the upstream price of the answer it served. An answer a cheaper

@@ -156,9 +156,7 @@ class DistillStage:
         if cfg.mode == "shadow" or answer is None or answer.confidence < cfg.confidence_threshold:
             # The student ran and the teacher answers: its inference was paid for all the same
             # (a loss of the distill lever on this request).
-            wasted = cfg.cost_per_hour * seconds / 3600
-            ctx.spent_usd += wasted
-            ctx.add_saving("distill", -wasted)
+            ctx.spend("distill", cfg.cost_per_hour * seconds / 3600)
         if cfg.mode == "shadow":
             st["shadow"] = answer
             self._teacher(ctx, sr, "shadow")

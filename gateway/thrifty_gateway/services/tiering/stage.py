@@ -212,8 +212,9 @@ class TierStage:
                 )
             except ThriftyError:
                 if last:
-                    ctx.spent_usd += spent  # the cheaper tiers' answers were paid for
-                    ctx.add_saving("tier", -spent)  # a direct call would have failed for free
+                    # The cheaper tiers' answers were paid for; a direct call would have failed
+                    # for free.
+                    ctx.spend("tier", spent)
                     raise
                 escalated.append(f"{name}:error")
                 self.metrics.escalations.labels(ctx.route.name, name, "error").inc()
