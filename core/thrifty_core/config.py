@@ -234,6 +234,9 @@ class StudentConfig(ConfigModel):
     confidence_threshold: float = Field(default=0.7, ge=0, le=1)
     canary_percent: int = Field(default=10, ge=0, le=100)
     evaluation_sample_rate: float = Field(default=0.02, ge=0, le=1)
+    timeout_seconds: float = Field(
+        default=2.0, gt=0, le=60, description="Wait for the student before the teacher answers."
+    )
     labels: list[str] = Field(default_factory=list)
     artifact_path: str | None = Field(default=None, description="Classifier artifact directory.")
     endpoint: str | None = Field(default=None, description="OpenAI-compatible student server.")

@@ -156,6 +156,7 @@ def render_student(model: DistilledModel) -> StudentConfig:
         confidence_threshold=spec.routing.confidence_threshold,
         canary_percent=spec.routing.canary_percent,
         evaluation_sample_rate=spec.routing.evaluation_sample_rate,
+        timeout_seconds=spec.routing.timeout_ms / 1000,
         labels=list(spec.student.labels),
         artifact_path=None if is_lm else f"{STUDENT_ARTIFACTS_DIR}/{name}",
         endpoint=((status.endpoint if status else "") or student_endpoint(name, ns))

@@ -25,6 +25,7 @@ from thrifty_core.student.store import FileDatasetStore
 from thrifty_distill import banking77, pipeline
 from thrifty_gateway.app import create_app
 from thrifty_gateway.services.distill import DistillStage, distill_stage_factory
+from thrifty_gateway.services.distill.stage import EVAL_TENANT
 
 pytestmark = pytest.mark.integration
 
@@ -293,11 +294,16 @@ def test_shadow_mode_measures_agreement_without_serving(
         assert status["agreement"] >= 0.85
         assert status["served"] == {"shadow": 150}
         assert not status["demoted"]
-        # The student ran on every request and answered none: its inference (costPerHour) is
-        # a cost of the distill lever, booked with each request.
+        # The student ran on every request (after the response) and answered none: its
+        # inference (costPerHour) is a cost of the distill lever, booked like evaluation calls
+        # (on the gateway's own evaluation account, not as the tenant's requests).
         totals = gw.usage()
-        assert totals["saved_by_lever_usd"]["distill"] < 0
-        assert totals["served_by_lever"]["distill"] == 0
+        assert totals["served_by_lever"]["distill"] == 0 and totals["requests"] == 150
+        admin = {"authorization": "Bearer sk-local-admin"}
+        usage = gw.http.get("/v1/thrifty/usage", headers=admin).json()
+        (evaluation,) = [t for t in usage["by_tenant"] if t["tenant"] == EVAL_TENANT]
+        assert evaluation["saved_by_lever_usd"]["distill"] < 0
+        assert usage["totals"]["saved_by_lever_usd"]["distill"] < 0
     finally:
         sim.stop()
 

@@ -157,3 +157,50 @@ def test_students_endpoint_without_students_is_empty(gateway_factory: GatewayFac
         f"{gw.url}/v1/thrifty/students", headers={"authorization": f"Bearer {ADMIN_KEY}"}
     )
     assert resp.status_code == 200 and resp.json()["data"] == []
+
+
+def test_only_the_teachers_complete_answers_become_training_data(
+    gateway_factory: GatewayFactory, tmp_path: Path
+) -> None:
+    """A fallback model's answer (the teacher failed), an answer cut by max_tokens, an
+    exchange the client asked to be kept nowhere, and a request the student could never
+    answer (tools) are not captured; the teacher's own complete answer is."""
+    routes = [
+        {
+            "name": ROUTE,
+            "targets": [
+                {"provider": "simulator", "model": "broken-model"},
+                {"provider": "simulator", "model": "gpt-4o-mini"},
+            ],
+            "maxRetries": 0,
+        },
+        {"name": "teacher", "targets": [{"provider": "simulator", "model": "gpt-4o"}]},
+    ]
+    fallback = student(tmp_path / "fb")
+    teacher = {**student(tmp_path / "t"), "route": "teacher", "name": "teacher-intent"}
+    gw = gateway_factory(students=[fallback, teacher], routes=routes)
+    answered = ask(gw, "team-a", "where is my card?")
+    assert answered["model"].startswith("gpt-4o-mini")  # the fallback answered the client
+
+    def teacher_ask(text: str, **extra: Any) -> dict[str, Any]:
+        resp = httpx.post(
+            f"{gw.base_url()}/chat/completions",
+            headers={"authorization": f"Bearer {KEYS['team-a']}", **extra.pop("headers", {})},
+            json={"model": "teacher", "messages": [{"role": "user", "content": text}], **extra},
+            timeout=20,
+        )
+        assert resp.status_code == 200, resp.text
+        body: dict[str, Any] = resp.json()
+        return body
+
+    cut = teacher_ask("Explain the whole history of card payment networks", max_tokens=3)
+    assert cut["choices"][0]["finish_reason"] == "length"
+    teacher_ask("where is my parcel?", headers={"cache-control": "no-store"})
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    teacher_ask("what is my balance?", tools=[tool])
+    teacher_ask("how do I top up?")
+    wait_for(lambda: finished(gw, "team-a") == 5)
+    wait_for(lambda: len(records(tmp_path / "t")) == 1)
+    (kept,) = records(tmp_path / "t")
+    assert kept["input"] == "how do I top up?" and kept["model"].startswith("gpt-4o")
+    assert records(tmp_path / "fb") == []

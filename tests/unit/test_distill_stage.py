@@ -13,11 +13,12 @@ from pydantic import ValidationError
 from thrifty_core.api.distilledmodel import Capture, DistilledModel
 from thrifty_core.config import StudentConfig
 from thrifty_core.render import render_student
-from thrifty_core.student.capture import CaptureRecord
+from thrifty_core.student.capture import CaptureRecord, build_record
+from thrifty_core.student.redact import redact
 from thrifty_core.student.store import FileDatasetStore
 from thrifty_gateway.services.distill.agreement import AgreementTracker, same_answer
 from thrifty_gateway.services.distill.capture import CaptureSink, opted_out
-from thrifty_gateway.services.distill.predictors import EndpointPredictor
+from thrifty_gateway.services.distill.predictors import EndpointPredictor, StudentError
 from thrifty_gateway.services.distill.stage import canary_bucket, eligible
 from thrifty_gateway.services.proxy import hide_choice_fields
 
@@ -30,11 +31,26 @@ def test_canary_buckets_are_stable_and_spread() -> None:
 
 
 def test_eligibility() -> None:
-    assert eligible({"messages": []})
-    assert not eligible({"tools": [{"type": "function"}]})
-    assert not eligible({"n": 2})
-    assert not eligible({"response_format": {"type": "json_object"}})
-    assert eligible({"response_format": {"type": "text"}})
+    ask = [{"role": "user", "content": "Where is my card?"}]
+    system = [{"role": "system", "content": "Classify the intent."}]
+    assert eligible({"messages": ask})
+    assert eligible({"messages": system + ask, "response_format": {"type": "text"}})
+    assert eligible({"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]})
+    assert not eligible({"messages": []})  # no question
+    assert not eligible({"messages": ask, "tools": [{"type": "function"}]})
+    assert not eligible({"messages": ask, "n": 2})
+    assert not eligible({"messages": ask, "response_format": {"type": "json_object"}})
+    assert not eligible({"messages": ask, "response_format": "json_object"})  # no 500 either
+    assert not eligible({"messages": ask, "logprobs": True})  # a student has none to give
+    assert not eligible({"messages": ask, "top_logprobs": 3})
+    # a conversation, not the one question a student was trained on
+    turns = ask + [{"role": "assistant", "content": "Which card?"}, *ask]
+    assert not eligible({"messages": turns})
+    assert not eligible({"messages": ask + ask})
+    assert not eligible({"messages": ask + [{"role": "tool", "content": "x"}]})
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA"}}
+    parts = [{"type": "text", "text": "what is this?"}, image]
+    assert not eligible({"messages": [{"role": "user", "content": parts}]})
 
 
 def test_agreement_tracker_needs_samples_before_demoting() -> None:
@@ -75,6 +91,34 @@ def test_endpoint_confidence_is_the_geometric_mean_token_probability() -> None:
     assert predictor.parse(outside) is None  # never serve an answer outside the label set
     cut = {"choices": [{"message": {"content": "card_arrival"}, "finish_reason": "length"}]}
     assert predictor.parse(cut) is None
+    filtered = {"choices": [{"message": {"content": "card_arrival"}, "finish_reason": None}]}
+    assert predictor.parse(filtered) is None
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        ["not", "a", "completion"],
+        {"choices": []},
+        {"choices": [{"message": None, "finish_reason": "stop"}]},
+        {
+            "choices": [
+                {
+                    "message": {"content": "card_arrival"},
+                    "finish_reason": "stop",
+                    "logprobs": {"content": [{"token": "c", "logprob": None}]},
+                }
+            ]
+        },
+        "<html>proxy error</html>",
+    ],
+)
+def test_endpoint_answers_that_are_no_completion_are_student_errors(body: Any) -> None:
+    """A student server answering 200 with something else fails the student (the stage then
+    lets the teacher answer), never the request."""
+    predictor = EndpointPredictor("http://127.0.0.1:1/v1", "student", labels=["card_arrival"])
+    with pytest.raises(StudentError):
+        predictor.parse(body)
 
 
 def test_capture_sampling_opt_out_and_logprobs(tmp_path: Path) -> None:
@@ -91,6 +135,9 @@ def test_capture_sampling_opt_out_and_logprobs(tmp_path: Path) -> None:
     assert opted_out({"x-thrifty-no-capture": "1"})
     assert not opted_out({"x-thrifty-no-capture": "false"})
     assert not sink.wants({"x-thrifty-no-capture": "yes"}, "team-a")
+    assert opted_out({"cache-control": "no-store"})  # kept nowhere means not in training data
+    assert opted_out({"cache-control": "max-age=60, No-Store"})
+    assert not opted_out({"cache-control": "no-cache"})
     body: dict[str, object] = {"messages": []}
     assert sink.logprobs_request(body) == {"logprobs": True, "top_logprobs": 5}
     assert body == {"messages": []}  # the client's request (and cache key) is left alone
@@ -192,3 +239,74 @@ def test_capture_tenants_reach_the_gateway_config() -> None:
     assert config.capture.tenants == ["team-a"]  # survives the ConfigMap round trip
     with pytest.raises(ValidationError):
         Capture.model_validate({"tenants": ["Not A Tenant"]})
+
+
+def test_logprobs_are_dropped_when_redaction_masked_the_answer() -> None:
+    """The answer's tokens (and the teacher's alternatives) would spell out what redaction
+    masked in the answer text."""
+    tokens = [" jane", ".doe", "@acme", ".com"]
+    lp = {
+        "content": [
+            {"token": t, "logprob": -0.1, "top_logprobs": [{"token": t, "logprob": -0.1}]}
+            for t in tokens
+        ]
+    }
+    leaky = {
+        "choices": [
+            {
+                "message": {"content": "Mail jane.doe@acme.com"},
+                "logprobs": lp,
+                "finish_reason": "stop",
+            }
+        ]
+    }
+    args: dict[str, Any] = {
+        "request_id": "r",
+        "ts": 1.0,
+        "route": "intent",
+        "student": "s",
+        "model": "gpt-4o",
+        "messages": [{"role": "user", "content": "who do I mail?"}],
+        "prompt_tokens": 3,
+        "completion_tokens": 4,
+        "cost_usd": 0.0,
+        "keep_logprobs": True,
+    }
+    record = build_record(completion=leaky, **args)
+    assert record is not None
+    assert record.answer == "Mail [EMAIL]" and record.logprobs is None
+    assert "acme" not in record.model_dump_json()
+    clean = {"choices": [{"message": {"content": "card_arrival"}, "logprobs": lp}]}
+    kept = build_record(completion=clean, **args)
+    assert kept is not None and kept.logprobs is not None and len(kept.logprobs) == 4
+
+
+@pytest.mark.parametrize(
+    ("text", "leak"),
+    [
+        ("my key is sk-proj-abcDEF1234567890abcdefXYZ, thanks", "abcDEF1234567890"),
+        ("use sk-ant-api03-AbCdEf0123456789AbCdEf", "AbCdEf0123456789"),
+        ("AKIAIOSFODNN7EXAMPLE is the id", "IOSFODNN7"),
+        ("Authorization: Bearer abcdefghijklmnop1234", "abcdefghijklmnop"),
+        ("jwt eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N", "eyJzdWIi"),
+        ("ghp_0123456789abcdefghijABCDEFGHIJ012345 leaked", "0123456789abcdef"),
+        ("password: hunter22", "hunter22"),
+        ('api_key="abc123xyz"', "abc123xyz"),
+        ("IBAN DE89 3704 0044 0532 0130 00 please", "3704"),
+        ("-----BEGIN RSA PRIVATE KEY-----\nMIIEabc\n-----END RSA PRIVATE KEY-----", "MIIE"),
+    ],
+)
+def test_redaction_masks_credentials(text: str, leak: str) -> None:
+    out = redact(text)
+    assert leak not in out, out
+    assert "[SECRET]" in out or "[IBAN]" in out
+
+
+def test_redaction_keeps_ordinary_questions() -> None:
+    for text in (
+        "The password reset link is not working",
+        "my password is wrong, what now?",
+        "Why was my transfer of 250 EUR on 2024-01-02 declined?",
+        "Where is my card? I ordered it 2 weeks ago",
+    ):
+        assert redact(text) == text

@@ -152,6 +152,14 @@ class Routing(ApiModel):
         le=1,
         description="Share of student answers also sent to the teacher to track agreement.",
     )
+    timeout_ms: int = Field(
+        default=2000,
+        ge=10,
+        le=60000,
+        description="How long the gateway waits for the student's answer before the teacher "
+        "answers instead. After 5 failures in a row (errors or timeouts) the gateway stops "
+        "asking the student for 30 s, then tries one request.",
+    )
 
 
 class DistilledModelSpec(ApiModel):

@@ -146,6 +146,12 @@ def build_record(
     text = student_input(messages)
     if answer is None or not text.strip():  # no text a student could read
         return None
+    redacted = redactor(answer)
+    logprobs = answer_logprobs(completion) if keep_logprobs else None
+    if logprobs is not None and redacted != answer:
+        # Redaction masked part of the answer: its tokens (split anywhere, with the teacher's
+        # alternatives) would spell out what was masked. Keep none of them.
+        logprobs = None
     kept = [
         {"role": str(m.get("role", "")), "content": redactor(content_text(m.get("content")))}
         for m in messages
@@ -161,11 +167,11 @@ def build_record(
         source=source,
         messages=kept,
         input=redactor(text),
-        answer=redactor(answer),
+        answer=redacted,
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
         cost_usd=cost_usd,
-        logprobs=answer_logprobs(completion) if keep_logprobs else None,
+        logprobs=logprobs,
     )
 
 

@@ -137,6 +137,18 @@ def check_chat_shape(body: dict[str, Any]) -> None:
         raise InvalidRequestError(
             "Invalid type for 'stream_options': expected an object.", param="stream_options"
         )
+    n = body.get("n")
+    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+        raise InvalidRequestError(
+            f"Invalid value for 'n': expected an integer of at least 1, got {n!r:.40}.",
+            param="n",
+        )
+    fmt = body.get("response_format")
+    if fmt is not None and not (isinstance(fmt, dict) and isinstance(fmt.get("type"), str)):
+        raise InvalidRequestError(
+            "Invalid type for 'response_format': expected an object with a 'type'.",
+            param="response_format",
+        )
     for name in ("tools", "functions"):
         value = body.get(name)
         if value is not None and not (

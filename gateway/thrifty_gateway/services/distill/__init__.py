@@ -65,7 +65,13 @@ def load_predictor(cfg: StudentConfig, embedder_for: Any) -> tuple[Predictor | N
             return None, DEFAULT_MIN_AGREEMENT
         model = cfg.served_model or cfg.name
         return (
-            EndpointPredictor(cfg.endpoint, model, version=cfg.version or "", labels=cfg.labels),
+            EndpointPredictor(
+                cfg.endpoint,
+                model,
+                version=cfg.version or "",
+                labels=cfg.labels,
+                timeout=cfg.timeout_seconds,
+            ),
             DEFAULT_MIN_AGREEMENT,
         )
     if not cfg.artifact_path:

@@ -1,7 +1,8 @@
 """Capture of teacher answers on a student's route into the dataset store.
 
 Sampled by `capture.sampleRate`, capped at `capture.maxExamples` records, skipped when the
-client sends `x-thrifty-no-capture` (any value but "0"/"false") or its tenant is not in
+client sends `x-thrifty-no-capture` (any value but "0"/"false") or `Cache-Control: no-store`
+(the client asked that its exchange be kept nowhere) or its tenant is not in
 `capture.tenants` (when that list is set), redacted by default. Every record names its
 tenant. When
 `capture.logprobs` is on, sampled requests ask the teacher for `logprobs`/`top_logprobs`
@@ -24,6 +25,8 @@ from thrifty_core.student.capture import NO_CAPTURE_HEADER, build_record
 from thrifty_core.student.redact import Redactor, no_redaction, redact
 from thrifty_core.student.store import DatasetStore, FileDatasetStore
 
+from ..cache.eligibility import parse_directives
+
 log = logging.getLogger(__name__)
 
 TOP_LOGPROBS = 5
@@ -31,7 +34,9 @@ TOP_LOGPROBS = 5
 
 def opted_out(headers: Mapping[str, str]) -> bool:
     value = headers.get(NO_CAPTURE_HEADER)
-    return value is not None and value.strip().lower() not in ("0", "false", "no")
+    if value is not None and value.strip().lower() not in ("0", "false", "no"):
+        return True
+    return parse_directives(headers).no_store
 
 
 class CaptureSink:

@@ -37,6 +37,12 @@ class DistillMetrics:
             ["student", "source"],
             registry=registry,
         )
+        self.failures = Counter(
+            "thrifty_distill_student_failures",
+            "Student calls that failed (error, malformed answer, timeout): the teacher answered.",
+            ["student", "error"],
+            registry=registry,
+        )
         self.latency = Histogram(
             "thrifty_distill_student_seconds",
             "Student inference time.",

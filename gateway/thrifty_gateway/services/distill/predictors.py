@@ -6,6 +6,11 @@ short answer) and a confidence, or None when it cannot.
   so the event loop stays free.
 * `EndpointPredictor` — a causal-lm student behind its OpenAI-compatible server (vLLM with
   the LoRA adapter): greedy, `logprobs`, confidence = exp(mean token log-probability).
+
+A predictor returns None when the student has no answer to give (an empty input, a label
+outside the declared set) and raises `StudentError` when the student itself failed (no
+connection, an error status, a body that is not a chat completion): the stage counts the
+latter toward the student's breaker. Either way the teacher answers.
 """
 
 from __future__ import annotations
@@ -32,6 +37,10 @@ class Answer:
     confidence: float
     version: str
     seconds: float = 0.0
+
+
+class StudentError(Exception):
+    """The student server failed (transport, status or a malformed answer)."""
 
 
 class Predictor(Protocol):
@@ -78,7 +87,7 @@ class EndpointPredictor:
         *,
         version: str = "",
         labels: list[str] | None = None,
-        timeout: float = 10.0,
+        timeout: float = 2.0,
         max_tokens: int = 64,
         client: httpx.AsyncClient | None = None,
     ) -> None:
@@ -100,29 +109,34 @@ class EndpointPredictor:
         try:
             resp = await self.client.post(self.url, json=payload)
         except httpx.HTTPError as exc:
-            log.warning("student endpoint failed: %s", type(exc).__name__)
-            return None
+            raise StudentError(f"student endpoint failed: {type(exc).__name__}") from exc
         if resp.status_code != 200:
-            log.warning("student endpoint answered %d", resp.status_code)
-            return None
-        return self.parse(resp.json())
+            raise StudentError(f"student endpoint answered {resp.status_code}")
+        try:
+            data = resp.json()
+        except ValueError as exc:
+            raise StudentError("student endpoint answered a body that is not JSON") from exc
+        return self.parse(data)
 
-    def parse(self, data: dict[str, Any]) -> Answer | None:
-        choices = data.get("choices") or []
-        if not choices:
-            return None
-        choice = choices[0]
-        text = (choice.get("message") or {}).get("content")
-        if not isinstance(text, str) or not text.strip() or choice.get("finish_reason") == "length":
-            return None
+    def parse(self, data: Any) -> Answer | None:
+        """The answer in a chat completion; StudentError when it is not one."""
+        try:
+            choice = data["choices"][0]
+            text = choice["message"].get("content")
+            finish = choice.get("finish_reason")
+            tokens = (choice.get("logprobs") or {}).get("content") or []
+            logps = [float(t["logprob"]) for t in tokens]
+        except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
+            raise StudentError("student endpoint answered no chat completion") from exc
+        if not isinstance(text, str) or not text.strip() or finish != "stop":
+            return None  # an empty, cut or filtered answer is never served
         if self.index:
             label = match_label(text, self.index)
             if label is None:
                 return None  # an answer outside the label set is never served
             text = label
-        tokens = ((choice.get("logprobs") or {}).get("content")) or []
-        logps = [float(t.get("logprob", 0.0)) for t in tokens]
-        confidence = math.exp(sum(logps) / len(logps)) if logps else 0.0
+        finite = [lp for lp in logps if math.isfinite(lp)]
+        confidence = math.exp(sum(finite) / len(finite)) if finite and finite == logps else 0.0
         return Answer(text, confidence, self.version)
 
     async def aclose(self) -> None:

@@ -22,7 +22,7 @@ from ...state import GatewayState
 from ..ledger import Entry
 from ..pipeline import Outcome, RequestContext, StageResponse
 from ..proxy import estimate_usage
-from ..resilience import call_with_fallback
+from ..resilience import CircuitBreaker, call_with_fallback
 from ..sse import usage_object, usage_of
 from .agreement import AgreementTracker, same_answer
 from .capture import CaptureSink
@@ -48,6 +48,7 @@ class StudentRoute:
     prompt_ratio: float = 1.0  # teacher-reported / estimated prompt tokens (moving average)
     completion_ratio: float = 1.0
     served: dict[str, int] = field(default_factory=dict)
+    breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
 
     @property
     def name(self) -> str:
@@ -81,12 +82,41 @@ def canary_bucket(request_id: str) -> int:
     return zlib.crc32(request_id.encode()) % 100
 
 
+STUDENT_ROLES = frozenset({"system", "developer", "user"})
+
+
 def eligible(body: dict[str, Any]) -> bool:
-    """Students answer plain single-choice text requests (no tools, no n > 1)."""
-    if body.get("tools") or body.get("functions") or int(body.get("n") or 1) != 1:
+    """Students answer what they were trained on: one plain text question (system or
+    developer instructions and one user turn, text only), one choice, no tools, no structured
+    output, no log-probabilities asked for. Everything else goes to the teacher."""
+    n = body.get("n")
+    if body.get("tools") or body.get("functions") or (n is not None and n != 1):
         return False
-    fmt = body.get("response_format") or {}
-    return fmt.get("type") in (None, "text")
+    if body.get("logprobs") or body.get("top_logprobs"):
+        return False
+    fmt = body.get("response_format")
+    if fmt is not None and not (isinstance(fmt, dict) and fmt.get("type") in (None, "text")):
+        return False
+    messages = body.get("messages") or []
+    users = 0
+    for message in messages:
+        if not isinstance(message, dict) or message.get("role") not in STUDENT_ROLES:
+            return False  # an assistant or tool turn: a conversation, not one question
+        users += message.get("role") == "user"
+        content = message.get("content")
+        if isinstance(content, list) and not all(
+            isinstance(part, dict) and part.get("type") == "text" for part in content
+        ):
+            return False  # images, audio, files
+    return users == 1
+
+
+def finished(completion: dict[str, Any] | None) -> bool:
+    """The first choice ended on its own (`finish_reason: stop`)."""
+    choices = (completion or {}).get("choices") or []
+    return (
+        bool(choices) and isinstance(choices[0], dict) and choices[0].get("finish_reason") == "stop"
+    )
 
 
 def student_completion(
@@ -148,25 +178,42 @@ class DistillStage:
         if reason is not None:
             self._teacher(ctx, sr, reason)
             return None
-        assert sr.predictor is not None
-        started = time.perf_counter()
-        answer = await sr.predictor.predict(ctx.body)
-        seconds = time.perf_counter() - started
-        self.metrics.latency.labels(sr.name).observe(seconds)
-        if cfg.mode == "shadow" or answer is None or answer.confidence < cfg.confidence_threshold:
+        if cfg.mode == "shadow":
+            # Measured after the response (`_shadow`): a shadow student never adds latency.
+            st["shadow"] = True
+            self._teacher(ctx, sr, "shadow")
+            return None
+        answer, seconds, failed = await self._predict(sr, ctx.body)
+        if answer is None or answer.confidence < cfg.confidence_threshold:
             # The student ran and the teacher answers: its inference was paid for all the same
             # (a loss of the distill lever on this request).
             ctx.spend("distill", cfg.cost_per_hour * seconds / 3600)
-        if cfg.mode == "shadow":
-            st["shadow"] = answer
-            self._teacher(ctx, sr, "shadow")
-            return None
-        if answer is None or answer.confidence < cfg.confidence_threshold:
-            self._teacher(ctx, sr, "low_confidence")
+            self._teacher(ctx, sr, "student_error" if failed else "low_confidence")
             return None
         if cfg.evaluation_sample_rate and self.rand() < cfg.evaluation_sample_rate:
             st["evaluate"] = answer
         return self._student(ctx, sr, answer, seconds)
+
+    async def _predict(
+        self, sr: StudentRoute, body: dict[str, Any]
+    ) -> tuple[Answer | None, float, bool]:
+        """(answer or None, seconds, whether the student failed). Any failure of the student
+        (an error, a malformed answer, no answer within `timeout_seconds`) means the teacher
+        answers; failures in a row open the student's breaker (see `_teacher_reason`)."""
+        assert sr.predictor is not None
+        started = time.perf_counter()
+        try:
+            answer = await asyncio.wait_for(sr.predictor.predict(body), sr.config.timeout_seconds)
+        except Exception as exc:  # whatever the student did, the teacher answers
+            seconds = time.perf_counter() - started
+            sr.breaker.failure()
+            self.metrics.failures.labels(sr.name, type(exc).__name__).inc()
+            log.warning("student %s failed (%s); the teacher answers", sr.name, type(exc).__name__)
+            return None, seconds, True
+        seconds = time.perf_counter() - started
+        sr.breaker.success()
+        self.metrics.latency.labels(sr.name).observe(seconds)
+        return answer, seconds, False
 
     def _teacher_reason(self, ctx: RequestContext, sr: StudentRoute) -> str | None:
         if sr.predictor is None:
@@ -177,6 +224,8 @@ class DistillStage:
             return "ineligible"
         if sr.config.mode == "canary" and canary_bucket(ctx.request_id) >= sr.config.canary_percent:
             return "canary"
+        if sr.config.mode != "shadow" and not sr.breaker.allow():
+            return "student_unavailable"
         return None
 
     def _teacher(self, ctx: RequestContext, sr: StudentRoute, reason: str) -> None:
@@ -227,11 +276,46 @@ class DistillStage:
             return
         teacher = answer_text(outcome.body)
         self._learn_ratios(ctx, sr, outcome)
-        shadow: Answer | None = st.get("shadow")
-        if shadow is not None and teacher and shadow.confidence >= sr.config.confidence_threshold:
-            self._compare(sr, shadow.text, teacher)
-        if st.get("capture") and sr.capture is not None:
+        if st.get("shadow") and teacher and finished(outcome.body):
+            self._spawn(self._shadow(ctx, sr, teacher))
+        if (
+            st.get("capture")
+            and sr.capture is not None
+            and eligible(ctx.body)
+            and self._teacher_answered(ctx, outcome)
+        ):
             await self._capture(ctx, sr, outcome, "teacher")
+
+    def _teacher_answered(self, ctx: RequestContext, outcome: Outcome) -> bool:
+        """Training data is the teacher's own complete answer: the route's first target
+        answered (not a fallback model, not a cheaper tier) and the answer ended on its own
+        (not cut by max_tokens, not filtered)."""
+        route = self.state.routes.get(ctx.route.name)
+        if route is None or not route.targets or outcome.model != route.targets[0].model:
+            return False
+        return finished(outcome.upstream_body or outcome.body)
+
+    async def _shadow(self, ctx: RequestContext, sr: StudentRoute, teacher: str) -> None:
+        """A shadow student's prediction, after the teacher's answer was sent, compared with
+        it; its inference cost is the distill lever's (as for evaluation calls)."""
+        if not sr.breaker.allow():
+            return
+        answer, seconds, _ = await self._predict(sr, ctx.body)
+        cost = sr.config.cost_per_hour * seconds / 3600
+        if cost > 0:
+            self.state.ledger.record(
+                Entry(
+                    EVAL_TENANT,
+                    ctx.route.name,
+                    f"student:{sr.name}",
+                    Usage(),
+                    cost,
+                    {"distill": -cost},
+                    lever=None,
+                )
+            )
+        if answer is not None and answer.confidence >= sr.config.confidence_threshold:
+            self._compare(sr, answer.text, teacher)
 
     def _learn_ratios(self, ctx: RequestContext, sr: StudentRoute, outcome: Outcome) -> None:
         estimate = estimate_usage(ctx.body, outcome.body)
@@ -307,10 +391,6 @@ class DistillStage:
         except Exception as exc:  # evaluation must never break serving
             log.info("evaluation call for %s failed: %s", sr.name, type(exc).__name__)
             return
-        teacher = answer_text(completion)
-        if teacher is None:
-            return
-        self._compare(sr, answer.text, teacher)
         usage = usage_of(completion) or estimate_usage(ctx.body, completion)
         model = attempt.target.model
         cost = state.catalog.cost(model, usage)
@@ -318,6 +398,10 @@ class DistillStage:
         state.ledger.record(
             Entry(EVAL_TENANT, ctx.route.name, model, usage, cost, {"distill": -cost}, lever=None)
         )
+        teacher = answer_text(completion)
+        if teacher is None or model != route.targets[0].model or not finished(completion):
+            return  # a fallback model's or a cut answer says nothing about the teacher
+        self._compare(sr, answer.text, teacher)
         if capture:
             outcome = Outcome(200, completion, usage, model, attempt.target.label, cost)
             await self._capture(ctx, sr, outcome, "evaluation")
