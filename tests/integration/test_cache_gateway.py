@@ -289,7 +289,16 @@ def test_the_same_question_is_served_by_the_semantic_layer_when_the_exact_one_mi
             h.settle()
             again = h.ask(f"  {text} ", system=system)
             assert cache_of(again) == "semantic"
-            assert again.headers["x-thrifty-verifier-score"] == "1.0000"
+            assert again.headers["x-thrifty-similarity"] == "1.0000"
+            # the verifier did not judge it: no score is claimed
+            assert "x-thrifty-verifier-score" not in again.headers
+        # Whitespace inside is not "the same question": indentation changes what code does.
+        system = f"Reply as assistant {uuid.uuid4().hex[:8]}."
+        inside = "What does this print?\nfor i in range(3):\n    x = i\n    print(x)"
+        outside = "What does this print?\nfor i in range(3):\n    x = i\nprint(x)"
+        assert cache_of(h.ask(inside, system=system)) == "miss"
+        h.settle()
+        assert cache_of(h.ask(outside, system=system)) == "miss"  # (the verifier says 0.998)
         h.a.close()
         h.b.close()
 
@@ -411,6 +420,11 @@ def test_purge_by_tenant_tag_and_everything(h: Harness) -> None:
     assert purge(h, {"tag": "release-1"}, key="sk-local-a").status_code == 403
     resp = purge(h, {"tag": "release-1"})
     assert resp.status_code == 200 and resp.json()["exact"] >= 1
+    assert resp.json()["policies"] == ["default"]
+    # A policy name with a typo is a 404 that names the policies, never "0 removed".
+    typo = purge(h, {"policy": "defualt"})
+    assert typo.status_code == 404 and typo.json()["error"]["param"] == "policy"
+    assert "policies:" in typo.json()["error"]["message"]
     assert cache_of(h.ask(q1)) in ("miss", "semantic")
     assert cache_of(h.ask(q2)) == "exact"
     assert purge(h, {"route": "gpt-4o-mini", "olderThanSeconds": 0}).status_code == 200
@@ -587,3 +601,36 @@ def test_a_remote_embedding_backend_sends_its_api_key(
                 harness.b.close()
     finally:
         sim.stop()
+
+
+def test_a_policy_with_both_layers_off_caches_and_coalesces_nothing(
+    tmp_path: Path,
+) -> None:
+    """A route's way to opt out of the default policy: a policy with both layers off. Nothing
+    is stored, and identical concurrent requests are not served each other's answer as
+    "exact" hits (they were, coalesced, and booked as cache savings)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    slow = start_simulator(tmp_path / "sim", "--latency-ms", "400")
+    policy = {"spec": {"exact": {"enabled": False}, "semantic": {"enabled": False}}}
+    try:
+        app = create_app(parse_config(cache_config(slow.url, policy)))
+        with TestClient(app) as http:
+            client = openai.OpenAI(
+                base_url="http://t/v1", api_key="sk-local-a", http_client=http, max_retries=0
+            )
+            q = unique("Not cached anywhere")
+
+            def one(_: int) -> str:
+                raw = client.chat.completions.with_raw_response.create(
+                    model="gpt-4o-mini", messages=[{"role": "user", "content": q}]
+                )
+                return raw.headers.get("x-thrifty-cache", "")
+
+            with ThreadPoolExecutor(3) as pool:
+                seen = list(pool.map(one, range(3)))
+            assert "exact" not in seen and "semantic" not in seen
+            assert slow.stats()["requests"]["gpt-4o-mini"] == 3
+            client.close()
+    finally:
+        slow.stop()

@@ -250,11 +250,55 @@ async def test_line_cache_labels_entries_with_the_target_model() -> None:
             }
         ],
     }
-    await cache.put(line, answer)
-    hit = await cache.get(line)
+    _, fence = await cache.get(line)
+    await cache.put(line.fenced(fence), answer)
+    hit, _ = await cache.get(line)
     assert hit is not None and hit.body == answer
     assert await store.purge(Selector(model="gpt-4o-mini")) == 1
-    assert await cache.get(line) is None
+    assert (await cache.get(line))[0] is None
+
+
+async def test_a_batch_answer_never_undoes_a_purge_that_started_after_its_lookup() -> None:
+    """A provider job runs for hours: an admin purge meanwhile (tenant, route, everything)
+    must not be undone when the job's answers arrive. The line keeps the fence read at its
+    lookup (also through the job record's JSON); an answer whose fence moved, or that has
+    none, is not stored."""
+    from thrifty_core.api.cachepolicy import CachePolicySpec
+    from thrifty_gateway.services.batching.linecache import ExactLineCache, _RouteCache
+    from thrifty_gateway.services.cache.entry import Codec
+    from thrifty_gateway.services.cache.exact import MemoryExactStore
+    from thrifty_gateway.services.cache.selector import Selector
+
+    store = MemoryExactStore(10, Codec(), 1 << 20)
+    cache = ExactLineCache(
+        {"gpt-4o-mini": _RouteCache(CachePolicySpec(), store, "p/v1", "simulator/gpt-4o-mini")},
+        [store],
+    )
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    line = Line(batch_id="b", custom_id="c", endpoint="chat", body=body, tenant="t")
+    answer = {
+        "object": "chat.completion",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "hello"},
+                "finish_reason": "stop",
+            }
+        ],
+    }
+    hit, fence = await cache.get(line)
+    assert hit is None and fence is not None
+    queued = Line.from_json(line.fenced(fence).to_json())  # as a provider job keeps it
+    assert queued.fence == fence
+    await store.purge(Selector(tenant="t"))  # while the job runs
+    await cache.put(queued, answer)
+    assert (await cache.get(line))[0] is None  # the purge stands
+    await cache.put(line, answer)  # no fence read: not stored either
+    assert (await cache.get(line))[0] is None
+    _, fresh = await cache.get(line)
+    await cache.put(line.fenced(fresh), answer)
+    assert (await cache.get(line))[0] is not None
+    assert line.fenced(fresh).retried().fence is None  # the next attempt reads it again
 
 
 def test_a_cached_line_is_priced_by_the_usage_stored_beside_an_answer_without_one() -> None:

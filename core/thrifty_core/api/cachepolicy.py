@@ -140,6 +140,14 @@ class SemanticLayer(ApiModel):
         default=None, description="Embedding model; required when the layer is enabled."
     )
     guard: Guard = Field(default_factory=Guard, description="Wrong-hit guard.")
+    lookup_timeout_ms: int = Field(
+        default=250,
+        ge=10,
+        le=10_000,
+        description="Time a lookup (embedding + search + guard) may take before the request "
+        "goes on without it (a bypass). Raise it for a remote embeddings backend (they take "
+        "100 to 400 ms). A failed or timed-out lookup or store bypasses the layer for 2 s.",
+    )
 
 
 class Eligibility(ApiModel):

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from thrifty_core.errors import InvalidRequestError
+from thrifty_core.errors import InvalidRequestError, NotFoundError
 
 from ..services.cache.selector import Selector
 from ..services.cache.stage import CacheStage
@@ -31,6 +31,7 @@ class PurgeRequest(BaseModel):
 class PurgeResult(BaseModel):
     exact: int
     semantic: int
+    policies: list[str] = Field(description="The cache policies whose stores were purged.")
 
 
 @router.post("/purge")
@@ -45,5 +46,13 @@ async def purge(body: PurgeRequest, state: StateDep, _: AdminDep) -> PurgeResult
         tag=body.tag,
         older_than_seconds=body.older_than_seconds,
     )
+    if body.policy is not None and body.policy not in stage.policies:
+        # A typo must not read as "nothing to delete" (a compliance purge would stop there).
+        known = ", ".join(sorted(stage.policies)) or "none"
+        raise NotFoundError(
+            f"No cache policy named '{body.policy}' on this gateway (policies: {known}).",
+            param="policy",
+        )
     counts = await stage.purge(selector, body.policy)
-    return PurgeResult(**counts)
+    names = sorted(stage.policies) if body.policy is None else [body.policy]
+    return PurgeResult(**counts, policies=names)

@@ -32,9 +32,13 @@ class LineCache(Protocol):
     """Where lines first look for an answer and what their answers fill (the gateway's exact
     cache, when the route has a cache policy)."""
 
-    async def get(self, line: Line) -> CachedAnswer | None: ...
+    async def get(self, line: Line) -> tuple[CachedAnswer | None, str | None]:
+        """The cached answer (if any) and the purge fence read with it (None: unread)."""
+        ...
 
-    async def put(self, line: Line, answer: dict[str, Any]) -> None: ...
+    async def put(self, line: Line, answer: dict[str, Any]) -> None:
+        """Fill the cache with a line's answer, unless a purge started since `line.fence`."""
+        ...
 
 
 class RateGate:
@@ -69,11 +73,19 @@ class RateGate:
 
 
 def price(
-    catalog: PriceCatalog, route: RouteRuntime, model: str, usage: Usage, *, batch: bool
+    catalog: PriceCatalog,
+    route: RouteRuntime,
+    model: str,
+    usage: Usage,
+    *,
+    batch: bool,
+    provider: str | None = None,
 ) -> tuple[float, float]:
-    """(cost, saved) of `usage` answered by `model`, against the route's baseline list price."""
-    cost = catalog.cost(model, usage, batch=batch)
-    baseline = catalog.cost(route.config.targets[0].model, usage)
+    """(cost, saved) of `usage` answered by `model` at `provider`, against the route's
+    baseline list price (its first target's, at that target's provider)."""
+    cost = catalog.cost(model, usage, batch=batch, provider=provider)
+    first = route.config.targets[0]
+    baseline = catalog.cost(first.model, usage, provider=first.provider)
     return cost, max(baseline - cost, 0.0)
 
 
@@ -87,10 +99,12 @@ def success(
     batch: bool,
     primary: bool,
     status: int = 200,
+    provider: str | None = None,
 ) -> Result:
-    """A line answered by `model`; `primary` when that was the route's primary target."""
+    """A line answered by `model` at `provider`; `primary` when that was the route's primary
+    target."""
     usage = usage_of(body) or estimate_usage(line.body, body)
-    cost, saved = price(catalog, route, model, usage, batch=batch)
+    cost, saved = price(catalog, route, model, usage, batch=batch, provider=provider)
     return Result(
         line.custom_id,
         status,
@@ -110,7 +124,8 @@ def cached(line: Line, entry: CachedAnswer, catalog: PriceCatalog, route: RouteR
     the stored figure is not added to the answer)."""
     body = entry.body
     usage = entry.worth() or estimate_usage(line.body, body)
-    _, saved = price(catalog, route, route.config.targets[0].model, usage, batch=False)
+    first = route.config.targets[0]
+    _, saved = price(catalog, route, first.model, usage, batch=False, provider=first.provider)
     return Result(
         line.custom_id,
         200,
@@ -118,7 +133,7 @@ def cached(line: Line, entry: CachedAnswer, catalog: PriceCatalog, route: RouteR
         model=route.config.targets[0].model,
         prompt_tokens=usage.prompt_tokens,
         completion_tokens=usage.completion_tokens,
-        saved_usd=saved + catalog.cost(route.config.targets[0].model, usage),
+        saved_usd=saved + catalog.cost(first.model, usage, provider=first.provider),
         lever="cache",
     )
 
@@ -171,7 +186,14 @@ class DirectExecutor:
             return Result(line.custom_id, None, None, "bad_response", "not JSON"), True
         primary = attempt.fallbacks == 0 and attempt.target == route.targets[0]
         result = success(
-            line, body, self.catalog, route, attempt.target.model, batch=False, primary=primary
+            line,
+            body,
+            self.catalog,
+            route,
+            attempt.target.model,
+            batch=False,
+            primary=primary,
+            provider=attempt.target.provider,
         )
         self.gate.record(result.completion_tokens)
         return result, False

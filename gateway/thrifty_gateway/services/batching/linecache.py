@@ -94,25 +94,27 @@ class ExactLineCache:
         scope = scope_of(line.tenant, cache.spec.scope, self._gateway)
         return cache, exact_key(canonical, route_keyspace(cache.keyspace, line.route), scope)
 
-    async def get(self, line: Line) -> CachedAnswer | None:
+    async def get(self, line: Line) -> tuple[CachedAnswer | None, str | None]:
         found = self._key(line)
         if found is None:
-            return None
+            return None, None
         cache, key = found
         try:
-            entry = await cache.store.get(key)
+            entry, fence = await cache.store.lookup(key)
         except StoreUnavailable:
-            return None
+            return None, None
         if entry is None or entry.age() > cache.spec.exact.ttl_seconds:
-            return None
+            return None, fence
         self.hits += 1
-        return entry
+        return entry, fence
 
     async def put(self, line: Line, answer: dict[str, Any]) -> None:
         found = self._key(line)
         if found is None:
             return
         cache, key = found
+        if line.fence is None:
+            return  # no fence read with the lookup: a purge since could not be told
         if answer_ineligible(200, answer, cache.spec.eligibility) is not None:
             return
         entry = CachedAnswer(
@@ -125,7 +127,9 @@ class ExactLineCache:
             gateway=self._gateway,
         )
         try:
-            await cache.store.put(key, entry, cache.spec.exact.ttl_seconds)
+            # A purge that started since the lookup (a provider job runs for hours) fences the
+            # answer out, as for interactive answers: it may be what the purge meant to remove.
+            await cache.store.put(key, entry, cache.spec.exact.ttl_seconds, line.fence)
         except StoreUnavailable:
             log.warning("exact cache unavailable; batch answer not stored")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass
@@ -103,6 +104,10 @@ class Line:
     # directives or tags (no-store, no-cache, tags a purge must find: the line cache applies
     # none of them).
     cache: bool = True
+    # The exact cache's purge fence when this attempt looked the cache up (kept with a provider
+    # job's lines, which may run for hours): its answer fills the cache only if no purge
+    # started since. None: not read (the answer is not stored).
+    fence: str | None = None
 
     @property
     def route(self) -> str:
@@ -143,6 +148,7 @@ class Line:
             "d": self.body,
             **({"x": True} if self.direct else {}),
             **({"nc": True} if not self.cache else {}),
+            **({"f": self.fence} if self.fence is not None else {}),
         }
 
     @classmethod
@@ -156,7 +162,12 @@ class Line:
             int(data["a"]),
             data.get("x", False),
             not data.get("nc", False),
+            data.get("f"),
         )
+
+    def fenced(self, fence: str | None) -> Line:
+        """This attempt, with the purge fence read at its cache lookup."""
+        return dataclasses.replace(self, fence=fence)
 
     def retried(self, direct: bool | None = None) -> Line:
         """The next attempt (run directly when `direct`; as this one was by default)."""
@@ -169,7 +180,7 @@ class Line:
             self.attempt + 1,
             self.direct if direct is None else direct,
             self.cache,
-        )
+        )  # the next attempt reads the fence again
 
 
 @dataclass(frozen=True, slots=True)

@@ -235,11 +235,12 @@ class Worker:
             await self._store(entry_id, line, result)
             return
         if self.cache is not None:
-            hit = await self.cache.get(line)
+            hit, fence = await self.cache.get(line)
             if hit is not None:
                 self.stats.cache_hits += 1
                 await self._store(entry_id, line, cached(line, hit, self.catalog, route))
                 return
+            line = line.fenced(fence)
         target = route.targets[0]
         provider = self.providers[target.provider]
         self._held.add(entry_id)
@@ -445,6 +446,7 @@ class Worker:
                     job["model"],
                     batch=True,
                     primary=primary,
+                    provider=target.provider,
                 )
                 if self.cache is not None and primary:
                     await self.cache.put(line, outcome.body)

@@ -69,11 +69,10 @@ SIMILARITY = "x-thrifty-similarity"
 VERIFIER = "x-thrifty-verifier-score"
 STATE_KEY = "cache"
 CANDIDATES = 5
-SEMANTIC_TIMEOUT = 0.25  # seconds for embedding + search before the lookup is bypassed
 QUEUE_PER_WORKER = 2  # semantic lookups waiting per embedding thread before new ones bypass
 SEMANTIC_STORE_TIMEOUT = 1.0  # seconds for embedding + upsert of an answer
 SEMANTIC_COOLDOWN = 2.0  # seconds the semantic layer is bypassed after it failed
-FOLLOW_TIMEOUT = 30.0  # seconds a request waits for an identical one already upstream
+FOLLOW_TIMEOUT = 30.0  # seconds a flight is followed at least (longer: the route's timeout)
 MAX_FLIGHTS = 10_000  # identical-request groups tracked at once (beyond: no coalescing)
 
 
@@ -84,6 +83,7 @@ class Flight:
 
     answer: asyncio.Future[CachedAnswer | None]
     started: float
+    wait: float = FOLLOW_TIMEOUT  # how long after `started` followers wait for the answer
 
 
 @dataclass(slots=True)
@@ -97,6 +97,7 @@ class Lookup:
     passed: list[Candidate] = field(default_factory=list)
     rejected: list[str] = field(default_factory=list)
     scores: list[float] | None = None
+    same: list[bool] = field(default_factory=list)  # per passed candidate: the same question
 
 
 @dataclass(slots=True)
@@ -128,8 +129,18 @@ def semantic_ttl(spec: CachePolicySpec) -> int:
 
 
 def same_text(text: str) -> str:
-    """A question's text up to whitespace: equal ones ask the same thing."""
-    return " ".join(text.split())
+    """A question's text up to leading and trailing whitespace: equal ones ask the same
+    thing. Whitespace inside counts (indented code, "a  b" vs "a b")."""
+    return text.strip()
+
+
+def layout_differs(query: str, cached: str) -> bool:
+    """Multi-line texts that differ only in whitespace: their layout is the difference
+    (indented code, a table, a poem), which neither the embedding nor the verifier sees
+    (they score `print(x)` inside and outside a loop 1.0 and 0.998)."""
+    if "\n" not in query and "\n" not in cached:
+        return False
+    return query.split() == cached.split()
 
 
 class CacheStage:
@@ -155,7 +166,10 @@ class CacheStage:
         self._route_policy: dict[str, PolicyRuntime | None] = {}
         for route in config.routes:
             name = route.cache_policy or config.default_cache_policy
-            self._route_policy[route.name] = policies.get(name) if name else None
+            policy = policies.get(name) if name else None
+            if policy is not None and policy.exact is None and policy.semantic is None:
+                policy = None  # both layers off: the route is not cached (nor coalesced)
+            self._route_policy[route.name] = policy
 
     # -- lookup -----------------------------------------------------------------------------
 
@@ -214,16 +228,22 @@ class CacheStage:
 
     async def _follow(self, ctx: RequestContext, plan: Plan) -> StageResponse | None:
         """Identical concurrent misses go upstream once: the first leads, the others wait for
-        its answer (at most FOLLOW_TIMEOUT) and are served it as an exact hit; when it is not
-        cacheable (an error, a truncated answer, a purge meanwhile) they go upstream
-        themselves. The key holds the tenant scope: only requests that could share an entry
+        its answer (as long as the leader may take) and are served it as an exact hit; when it
+        is not cacheable (an error, a truncated answer, a purge meanwhile) they go upstream
+        themselves. A streamed request does not wait (it would get no token before the whole
+        answer). The key holds the tenant scope: only requests that could share an entry
         share a flight."""
         now = time.monotonic()
         flight = self._flights.get(plan.key)
-        if flight is not None and now - flight.started < FOLLOW_TIMEOUT:
+        if flight is not None and now - flight.started < flight.wait:
+            if ctx.body.get("stream"):
+                # The leader's answer is handed over once it is whole: a streamed request
+                # would get its first token only then. It asks upstream itself.
+                self._metrics.lookups.labels("flight", "stream_not_coalesced").inc()
+                return None
             try:
                 entry = await asyncio.wait_for(
-                    asyncio.shield(flight.answer), FOLLOW_TIMEOUT - (now - flight.started)
+                    asyncio.shield(flight.answer), flight.wait - (now - flight.started)
                 )
             except TimeoutError:
                 entry = None
@@ -237,12 +257,16 @@ class CacheStage:
             self._flights = {
                 k: f
                 for k, f in self._flights.items()
-                if not f.answer.done() and now - f.started < FOLLOW_TIMEOUT
+                if not f.answer.done() and now - f.started < f.wait
             }
             if len(self._flights) >= MAX_FLIGHTS:
                 return None
         future: asyncio.Future[CachedAnswer | None] = asyncio.get_running_loop().create_future()
-        self._flights[plan.key] = Flight(future, now)
+        # Followers wait as long as the leader may take (its route's timeout and retry
+        # budget): giving up earlier would send them upstream for the answer about to come.
+        route = ctx.route
+        wait = max(FOLLOW_TIMEOUT, route.timeout_seconds + route.retry_budget_seconds)
+        self._flights[plan.key] = Flight(future, now, wait)
         plan.flight = future
         ctx.on_done.append(lambda: self._land(plan.key, future, None))
         return None
@@ -347,11 +371,14 @@ class CacheStage:
             search = index.search(found.vector, plan.scope, sem.context, threshold, CANDIDATES)
             asked = same_text(sem.query)
             ttl = semantic_ttl(plan.policy.spec)
-            same: list[bool] = []  # per passed candidate: the question asked, word for word
+            same = found.same  # per passed candidate: the question asked, character for character
             for candidate in search:
                 if not self._fresh(candidate.entry, plan, ttl):
                     continue
                 identical = same_text(candidate.query) == asked
+                if not identical and layout_differs(sem.query, candidate.query):
+                    found.rejected.append("layout")
+                    continue
                 # The same question (the exact layer missed it: expired, evicted, Redis down)
                 # leaves nothing for the checks or the verifier to judge; the verifier scores
                 # some short texts against themselves below minScore ("hello": 0.71).
@@ -379,7 +406,7 @@ class CacheStage:
             plan.degraded = True
             return None
         try:
-            await asyncio.wait_for(self._run(lookup), SEMANTIC_TIMEOUT)
+            await asyncio.wait_for(self._run(lookup), layer.lookup_timeout_ms / 1000)
         except Exception as exc:
             log.warning("semantic cache lookup bypassed: %s", type(exc).__name__)
             self._metrics.errors.labels("semantic", found.step).inc()
@@ -396,7 +423,8 @@ class CacheStage:
                 if not found.scores[i] >= min_score:  # NaN never passes
                     self._metrics.guard_rejections.labels("verifier").inc()
                     continue
-                headers[VERIFIER] = f"{found.scores[i]:.4f}"
+                if not found.same[i]:  # (the same question is not scored)
+                    headers[VERIFIER] = f"{found.scores[i]:.4f}"
             self._metrics.lookups.labels("semantic", "hit").inc()
             return self._respond(ctx, candidate.entry, "semantic", headers)
         self._metrics.lookups.labels("semantic", "miss").inc()
@@ -413,8 +441,10 @@ class CacheStage:
             # tier gave is worth that tier's price; the rest up to the route's baseline model
             # is what tiering saved (as it did on the original request).
             baseline = ctx.baseline_cost(usage)
-            known = ctx.catalog.lookup(entry.model) is not None
-            saved = ctx.catalog.cost(entry.model, usage) if known else baseline
+            tier = ctx.state.get(DECISION_KEY)  # the key's target: the answer's provider
+            where = tier.provider if tier is not None else ctx.targets[0].provider
+            known = ctx.catalog.lookup(entry.model, where) is not None
+            saved = ctx.catalog.cost(entry.model, usage, provider=where) if known else baseline
             if baseline > saved:
                 ctx.add_saving("tier", baseline - saved)
         return StageResponse(
