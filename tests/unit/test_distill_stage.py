@@ -310,3 +310,55 @@ def test_redaction_keeps_ordinary_questions() -> None:
         "Where is my card? I ordered it 2 weeks ago",
     ):
         assert redact(text) == text
+
+
+async def test_the_reload_loop_outlives_a_version_it_cannot_load(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A promoted version whose artifact cannot be loaded (any error, e.g. a KeyError from a
+    malformed head) is skipped; the loop keeps running and loads the next good one."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from prometheus_client import CollectorRegistry
+
+    from thrifty_gateway.services import distill
+    from thrifty_gateway.services.distill.metrics import DistillMetrics
+    from thrifty_gateway.services.distill.stage import DistillStage, StudentRoute
+
+    versions = iter(["v0001", "v0002", "v0002"])
+    monkeypatch.setattr(
+        distill, "resolve_version", lambda *_: SimpleNamespace(version=next(versions))
+    )
+
+    class Good:
+        version = "v0002"
+
+        async def predict(self, body: dict[str, Any]) -> None:
+            del body
+
+        async def aclose(self) -> None:
+            return None
+
+    def load(cfg: StudentConfig, _: Any) -> tuple[Any, float]:
+        del cfg
+        loads.append(1)
+        if len(loads) == 1:
+            raise KeyError("head")  # the malformed v0001
+        return Good(), 0.9
+
+    loads: list[int] = []
+    monkeypatch.setattr(distill, "load_predictor", load)
+    cfg = StudentConfig(route="r", name="s", kind="classifier", artifact_path="/nonexistent")
+    sr = StudentRoute(
+        config=cfg, predictor=None, capture=None, tracker=AgreementTracker(min_agreement=0.9)
+    )
+    stage = DistillStage({"r": sr}, SimpleNamespace(), DistillMetrics(CollectorRegistry()))  # type: ignore[arg-type]
+    task = asyncio.create_task(distill.reload_loop(stage, lambda: None, 0.01))
+    for _ in range(200):
+        if sr.version == "v0002":
+            break
+        await asyncio.sleep(0.01)
+    assert not task.done()  # still running after the KeyError
+    task.cancel()
+    assert sr.version == "v0002" and len(loads) == 2

@@ -90,35 +90,44 @@ def load_predictor(cfg: StudentConfig, embedder_for: Any) -> tuple[Predictor | N
 
 
 async def reload_loop(stage: DistillStage, embedder_for: Any, interval: float) -> None:
-    """Pick up newly promoted classifier versions (or a changed pin)."""
+    """Pick up newly promoted classifier versions (or a changed pin). A version that cannot
+    be read or loaded (a half-copied or malformed artifact) is logged and skipped: the loop
+    keeps running, and the student keeps serving the version it has."""
     while True:
         await asyncio.sleep(interval)
         for sr in stage.students.values():
-            cfg = sr.config
-            if cfg.kind != "classifier" or not cfg.artifact_path:
-                continue
             try:
-                manifest = await asyncio.to_thread(
-                    resolve_version, Path(cfg.artifact_path), cfg.version
+                await reload_one(stage, sr, embedder_for)
+            except Exception as exc:  # the loop must outlive any one bad artifact
+                log.warning(
+                    "student %s: reload failed (%s); keeping version %s",
+                    sr.name,
+                    type(exc).__name__,
+                    sr.version or "none",
                 )
-            except (LookupError, OSError, ValueError):
-                continue
-            if manifest is None or manifest.version == sr.version:
-                continue
-            try:
-                predictor, floor = await asyncio.to_thread(load_predictor, cfg, embedder_for)
-            except (OSError, ValueError) as exc:
-                log.warning("student %s: cannot load %s: %s", cfg.name, manifest.version, exc)
-                continue
-            old = sr.predictor
-            sr.predictor = predictor
-            sr.tracker = AgreementTracker(min_agreement=floor)
-            sr.demoted = False
-            sr.demoted_reason = ""
-            stage.metrics.demoted.labels(sr.name).set(0)
-            log.info("student %s now serves version %s", cfg.name, sr.version)
-            if old is not None:
-                await old.aclose()
+
+
+async def reload_one(stage: DistillStage, sr: StudentRoute, embedder_for: Any) -> None:
+    """Load a student's newly promoted (or newly pinned) classifier version, if any."""
+    cfg = sr.config
+    if cfg.kind != "classifier" or not cfg.artifact_path:
+        return
+    try:
+        manifest = await asyncio.to_thread(resolve_version, Path(cfg.artifact_path), cfg.version)
+    except (LookupError, OSError, ValueError):
+        return
+    if manifest is None or manifest.version == sr.version:
+        return
+    predictor, floor = await asyncio.to_thread(load_predictor, cfg, embedder_for)
+    old = sr.predictor
+    sr.predictor = predictor
+    sr.tracker = AgreementTracker(min_agreement=floor)
+    sr.demoted = False
+    sr.demoted_reason = ""
+    stage.metrics.demoted.labels(sr.name).set(0)
+    log.info("student %s now serves version %s", cfg.name, sr.version)
+    if old is not None:
+        await old.aclose()
 
 
 def distill_stage_factory(reload_seconds: float = 15.0) -> StageFactory:
