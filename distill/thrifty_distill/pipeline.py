@@ -19,8 +19,10 @@ from thrifty_core.api.cachepolicy import EmbeddingModel
 from thrifty_core.api.distilledmodel import DistilledModel, DistilledModelSpec
 from thrifty_core.embedding import Embedder, create_embedder
 from thrifty_core.student.artifact import (
+    MANIFEST,
     ArtifactManifest,
     Gate,
+    is_version,
     list_versions,
     next_version,
     now_iso,
@@ -86,8 +88,19 @@ class NotEnoughExamplesError(RuntimeError):
     """Fewer captured examples than `spec.training.minExamples`."""
 
 
-def train(job: Job, embedder: Embedder | None = None) -> ArtifactManifest:
-    """Train a new version from the snapshot; it is not promoted until evaluated."""
+def train(
+    job: Job, embedder: Embedder | None = None, version: str | None = None
+) -> ArtifactManifest:
+    """Train a new version from the snapshot; it is not promoted until evaluated.
+
+    `version` names it (the operator's run: the same run never trains twice, so a version
+    that is already trained is kept as it is); default the next free number."""
+    if version is not None:
+        if not is_version(version):
+            raise ValueError(f"{version!r} is not a version name (v0001, or v + 8 hex digits)")
+        if (job.artifacts_dir / version / MANIFEST).is_file():
+            log.info("version %s is already trained; kept as it is", version)
+            return read_manifest(job.artifacts_dir / version)
     snapshot = Snapshot.load(job.snapshot_dir)
     examples = read_examples(job.snapshot_dir / TRAIN)
     if len(examples) < job.spec.training.min_examples:
@@ -95,7 +108,7 @@ def train(job: Job, embedder: Embedder | None = None) -> ArtifactManifest:
             f"{len(examples)} training examples, spec.training.minExamples is "
             f"{job.spec.training.min_examples}"
         )
-    version = next_version(job.artifacts_dir)
+    version = version or next_version(job.artifacts_dir)
     directory = job.artifacts_dir / version
     started = time.perf_counter()
     if job.spec.student.kind == "classifier":
@@ -174,11 +187,18 @@ def evaluate(
     promote: bool = True,
 ) -> dict[str, Any]:
     """Evaluate a version (default the newest) on the held-out split, write its report, and
-    promote it when the gate passes (never otherwise)."""
-    versions = list_versions(job.artifacts_dir)
-    if not versions:
-        raise LookupError(f"no trained version under {job.artifacts_dir}")
-    manifest = read_manifest(job.artifacts_dir / version) if version else versions[-1]
+    promote it when the gate passes (never otherwise). With `promote`, a promoted version that
+    fails (a stricter gate, another threshold) is promoted no more: the manifest always says
+    how the version fared in its latest evaluation."""
+    if version:
+        if not (job.artifacts_dir / version / MANIFEST).is_file():
+            raise LookupError(f"no trained version {version} under {job.artifacts_dir}")
+        manifest = read_manifest(job.artifacts_dir / version)
+    else:
+        versions = list_versions(job.artifacts_dir)
+        if not versions:
+            raise LookupError(f"no trained version under {job.artifacts_dir}")
+        manifest = versions[-1]
     directory = job.artifacts_dir / manifest.version
     snapshot = Snapshot.load(job.snapshot_dir)
     held = read_examples(job.snapshot_dir / HELD_OUT)
@@ -210,6 +230,7 @@ def evaluate(
         "version": manifest.version,
         "kind": manifest.kind,
         "evaluated_at": now_iso(),
+        "examples": snapshot.train + snapshot.held_out,
         "held_out_examples": len(held),
         "seconds_per_request": round(seconds, 6),
         "quality": quality,
@@ -231,6 +252,8 @@ def evaluate(
     if promote and passed:
         manifest.promoted = True
         manifest.promoted_at = now_iso()
+    elif promote:
+        manifest.promoted = False
     write_manifest(directory, manifest)
     log.info(
         "evaluated %s: agreement %.3f with fallback, coverage %.3f, gate %s",

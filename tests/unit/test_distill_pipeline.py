@@ -220,3 +220,52 @@ def test_train_refuses_too_few_examples(tmp_path: Path, embedder: LocalEmbedder)
     with pytest.raises(pipeline.NotEnoughExamplesError):
         pipeline.train(job, embedder)
     assert list_versions(tmp_path / "art") == []
+
+
+def test_each_run_trains_and_evaluates_its_own_version(
+    tmp_path: Path, embedder: LocalEmbedder
+) -> None:
+    """Two runs of one model (a spec edited during training) share the artifacts volume: each
+    trains the version it names and evaluates that one, never the other's (run B once
+    evaluated and promoted run A's newer version). The same run does not train twice."""
+    rows = banking_rows(limit_labels=4, per_label=30)
+    write_captures(FileDatasetStore(tmp_path / "capture", writer="gw"), rows, route="intent")
+    art = tmp_path / "art"
+    run_b = pipeline.Job.from_resource(resource(0.5), tmp_path / "capture", tmp_path / "b", art)
+    run_a = pipeline.Job.from_resource(resource(0.5), tmp_path / "capture", tmp_path / "a", art)
+    pipeline.export(run_b)
+    pipeline.export(run_a)
+    b = pipeline.train(run_b, embedder, version="vbbbbbbbb")
+    a = pipeline.train(run_a, embedder, version="vaaaaaaaa")  # the newer one
+    assert (a.version, b.version) == ("vaaaaaaaa", "vbbbbbbbb")
+    again = pipeline.train(run_b, embedder, version="vbbbbbbbb")
+    assert again.created == b.created  # kept as it was
+    report = pipeline.evaluate(run_b, "vbbbbbbbb", embedder=embedder)
+    assert report["version"] == "vbbbbbbbb"
+    snapshot = Snapshot.load(tmp_path / "b")
+    # the run's examples (training plus held-out), what the operator shows as status.examples
+    assert report["examples"] == snapshot.train + snapshot.held_out
+    assert report["held_out_examples"] == snapshot.held_out
+    with pytest.raises(LookupError):
+        pipeline.evaluate(run_b, "v0009", embedder=embedder)
+    with pytest.raises(ValueError):
+        pipeline.train(run_b, embedder, version="../elsewhere")
+
+
+def test_a_version_failing_a_later_evaluation_is_promoted_no_more(
+    tmp_path: Path, embedder: LocalEmbedder
+) -> None:
+    """The manifest says how the version fared in its latest evaluation (a stricter gate)."""
+    rows = banking_rows(limit_labels=4, per_label=30)
+    write_captures(FileDatasetStore(tmp_path / "capture", writer="gw"), rows, route="intent")
+    lenient = pipeline.Job.from_resource(
+        resource(0.5), tmp_path / "capture", tmp_path / "snap", tmp_path / "art"
+    )
+    pipeline.export(lenient)
+    version = pipeline.train(lenient, embedder, version="vcccccccc").version
+    assert pipeline.evaluate(lenient, version, embedder=embedder)["promoted"] is True
+    strict = pipeline.Job.from_resource(
+        resource(1.0, threshold=0.99), tmp_path / "capture", tmp_path / "snap", tmp_path / "art"
+    )
+    assert pipeline.evaluate(strict, version, embedder=embedder)["promoted"] is False
+    assert resolve_version(tmp_path / "art") is None

@@ -77,9 +77,9 @@ def all_manifests() -> list[dict[str, Any]]:
         cache.build_collection_delete_job(policy, owner(pbody), DEFAULTS),
         *batch.build_queue_stores(queue, owner(qbody), DEFAULTS),
         batch.build_worker(queue, owner(qbody), "thrifty", digest, refs, DEFAULTS),
-        distill.build_artifacts_pvc(owner(dbody), DEFAULTS),
+        distill.build_artifacts_pvc(model, owner(dbody), DEFAULTS),
         distill.build_resource_config(model, owner(dbody)),
-        *distill.build_report_access(owner(dbody), "v1"),
+        *distill.build_report_access(owner(dbody), distill.evaluation_run(model, "v1")),
         distill.build_train_job(model, owner(dbody), "v1", DEFAULTS),
         distill.build_eval_job(model, owner(dbody), "v1", DEFAULTS),
         distill.build_train_job(lm, owner(lm_body), "v1", DEFAULTS),
@@ -347,13 +347,17 @@ def test_classifier_student_needs_no_serving_deployment() -> None:
     assert {c["image"] for c in steps} == {DEFAULTS.distill_image}
 
 
+def _evaluation() -> str:
+    return distill.evaluation_run(DistilledModel.model_validate(example("distilledmodel")), "v1")
+
+
 def test_eval_report_access_is_limited_to_one_configmap() -> None:
     role = _by("Role", names.distill_service_account("banking-intent"))
     (rule,) = role["rules"]
     assert rule["resources"] == ["configmaps"]
-    assert rule["resourceNames"] == [names.eval_report("banking-intent", "v1")]
+    assert rule["resourceNames"] == [names.eval_report("banking-intent", _evaluation())]
     assert set(rule["verbs"]) == {"get", "patch"}
-    job = _by("Job", names.eval_job("banking-intent", "v1"))
+    job = _by("Job", names.eval_job("banking-intent", _evaluation()))
     assert job["spec"]["template"]["spec"]["serviceAccountName"] == role["metadata"]["name"]
 
 
@@ -387,13 +391,13 @@ def test_pipeline_jobs_run_the_distill_commands_on_the_shared_volume() -> None:
         if "persistentVolumeClaim" in v
     }
     assert claims == {names.distill_artifacts("banking-intent")}
-    evaluate = _by("Job", names.eval_job("banking-intent", "v1"))
+    evaluate = _by("Job", names.eval_job("banking-intent", _evaluation()))
     args = evaluate["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[:4] == [
         "operator",
         "publish-report",
         "--configmap",
-        names.eval_report("banking-intent", "v1"),
+        names.eval_report("banking-intent", _evaluation()),
     ]
     assert args[args.index("--") + 1 :][:3] == ["thrifty", "distill", "evaluate"]
     resource = yaml.safe_load(
@@ -515,3 +519,110 @@ def test_the_replica_count_is_handed_over_before_the_hpa_takes_it() -> None:
     live["metadata"]["managedFields"][0]["fieldsV1"] = {"f:spec": {"f:template": {}}}
     assert not gw.owns_replicas(live, "thrifty-operator")
     assert not gw.owns_replicas(None, "thrifty-operator")
+
+
+def _lm(**serving: Any) -> tuple[DistilledModel, Owner]:
+    body = example("distilledmodel")
+    body["metadata"]["name"] = "summariser"
+    body["spec"]["student"] = {"kind": "causal-lm", "baseModel": "Qwen/Qwen2.5-0.5B-Instruct"}
+    body["spec"]["serving"] = {**body["spec"]["serving"], **serving}
+    return DistilledModel.model_validate(body), owner(body)
+
+
+def test_vllm_gets_time_to_load_the_model_before_liveness_counts() -> None:
+    """vLLM answers /health only once the model is loaded (minutes): a startup probe covers
+    that (30 min by default, spec.serving.startupTimeoutSeconds), liveness starts after it."""
+    model, own = _lm()
+    deploy, _ = serving.build_serving(model, own, "v1", DEFAULTS)
+    main = deploy["spec"]["template"]["spec"]["containers"][0]
+    startup = main["startupProbe"]
+    assert startup["httpGet"] == {"path": "/health", "port": "http"}
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 1800
+    assert "initialDelaySeconds" not in main["livenessProbe"]  # the startup probe gates it
+    assert deploy["spec"]["progressDeadlineSeconds"] > 1800
+    model, own = _lm(startupTimeoutSeconds=3600)
+    deploy, _ = serving.build_serving(model, own, "v1", DEFAULTS)
+    startup = deploy["spec"]["template"]["spec"]["containers"][0]["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] == 3600
+
+
+def test_vllm_splits_the_model_over_every_gpu_it_asks_for() -> None:
+    model, own = _lm(gpu={"count": 2})
+    deploy, _ = serving.build_serving(model, own, "v1", DEFAULTS)
+    main = deploy["spec"]["template"]["spec"]["containers"][0]
+    assert main["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    args = main["args"]
+    assert args[args.index("--tensor-parallel-size") + 1] == "2"
+
+
+def test_a_new_student_version_rolls_out_without_a_spare_gpu() -> None:
+    """The default rolling update starts an extra GPU pod first: on a full pool it stays
+    Pending for ever. No surge: one old pod goes, then its replacement starts."""
+    model, own = _lm(replicas=2)
+    deploy, _ = serving.build_serving(model, own, "v1", DEFAULTS)
+    assert deploy["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1},
+    }
+
+
+def test_each_run_trains_and_evaluates_its_own_version_on_its_own_snapshot() -> None:
+    model = DistilledModel.model_validate(example("distilledmodel"))
+    own = owner(example("distilledmodel"))
+    train = distill.build_train_job(model, own, "vaaaa1111", DEFAULTS)
+    evaluate = distill.build_eval_job(model, own, "vaaaa1111", DEFAULTS)
+    pod = train["spec"]["template"]["spec"]
+    export, main = pod["initContainers"][0]["args"], pod["containers"][0]["args"]
+    snapshot = "/var/lib/thrifty/data/snapshot/vaaaa1111"
+    assert export[export.index("--snapshot-dir") + 1] == snapshot
+    assert main[main.index("--snapshot-dir") + 1] == snapshot
+    assert main[main.index("--version") + 1] == "vaaaa1111"
+    args = evaluate["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--snapshot-dir") + 1] == snapshot
+    assert args[args.index("--version") + 1] == "vaaaa1111"
+    env = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
+    assert env["THRIFTY_SNAPSHOT_DIR"] == snapshot
+    # finished Jobs do not pile up
+    assert train["spec"]["ttlSecondsAfterFinished"] == distill.JOB_TTL_SECONDS
+    assert evaluate["spec"]["ttlSecondsAfterFinished"] == distill.JOB_TTL_SECONDS
+
+
+def test_a_new_gate_or_threshold_evaluates_again_without_retraining() -> None:
+    body = example("distilledmodel")
+    model = DistilledModel.model_validate(body)
+    run = distill.candidate_version(model)
+    first = distill.evaluation_run(model, run)
+    assert first.startswith(f"{run}-")
+    for path, value in (
+        (("evaluation", "minAgreement"), 0.8),
+        (("evaluation", "minCoverage"), 0.3),
+        (("routing", "confidenceThreshold"), 0.2),
+    ):
+        changed = example("distilledmodel")
+        changed["spec"][path[0]][path[1]] = value
+        other = DistilledModel.model_validate(changed)
+        assert distill.candidate_version(other) == run  # no retraining
+        assert distill.evaluation_run(other, run) != first  # a new evaluation
+    # the held-out share changes what the student is trained on: a new run
+    body["spec"]["evaluation"]["heldOutFraction"] = 0.3
+    assert distill.candidate_version(DistilledModel.model_validate(body)) != run
+    # names stay valid: a 40-character resource's evaluate Job name fits a label value
+    assert len(names.eval_job("x" * 40, first)) <= 63
+
+
+def test_artifacts_volume_size_and_class_come_from_the_spec() -> None:
+    body = example("distilledmodel")
+    claim = distill.build_artifacts_pvc(DistilledModel.model_validate(body), owner(body), DEFAULTS)
+    assert claim["spec"]["resources"]["requests"]["storage"] == "10Gi"  # the default
+    assert "storageClassName" not in claim["spec"]
+    body["spec"]["artifacts"] = {"size": "200Gi", "storageClassName": "fast-rwx"}
+    claim = distill.build_artifacts_pvc(DistilledModel.model_validate(body), owner(body), DEFAULTS)
+    assert claim["spec"]["resources"]["requests"]["storage"] == "200Gi"
+    assert claim["spec"]["storageClassName"] == "fast-rwx"
+
+
+def test_an_earlier_evaluations_report_is_blanked() -> None:
+    body = example("distilledmodel")
+    reset = distill.build_report_reset(owner(body), "banking-intent-eval-v1-abcd")
+    assert reset["kind"] == "ConfigMap" and reset["data"] == {distill.REPORT_KEY: ""}
+    assert reset["metadata"]["ownerReferences"][0]["uid"] == "uid-distilledmodel"

@@ -191,3 +191,34 @@ def test_nothing_is_captured_without_a_user_turn_a_student_could_read() -> None:
             cost_usd=0.0,
         )
         assert record is None, messages
+
+
+def test_versions_named_after_runs_are_listed_in_creation_order(tmp_path: Path) -> None:
+    """The operator's runs name their versions (v + 8 hex digits): listed, oldest first."""
+    from thrifty_core.student.artifact import is_version
+
+    assert is_version("v0001") and is_version("vdeadbeef") and not is_version("snapshot")
+    write_manifest(
+        tmp_path / "vdeadbeef",
+        manifest("vdeadbeef", True, True).model_copy(update={"created": "2026-01-02T00:00:00Z"}),
+    )
+    write_manifest(
+        tmp_path / "v0a1b2c3d",
+        manifest("v0a1b2c3d", True, True).model_copy(update={"created": "2026-01-03T00:00:00Z"}),
+    )
+    assert [m.version for m in list_versions(tmp_path)] == ["vdeadbeef", "v0a1b2c3d"]
+    active = resolve_version(tmp_path)
+    assert active is not None and active.version == "v0a1b2c3d"
+
+
+def test_vllm_probes_wait_for_the_model_to_load() -> None:
+    from thrifty_core.student.serving import vllm_args, vllm_probes
+
+    probes = vllm_probes("http", 1800)
+    startup = probes["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 1800
+    assert {"livenessProbe", "readinessProbe"} <= set(probes)
+    with pytest.raises(ValueError):
+        vllm_probes("http", 1)
+    args = vllm_args("base", "/a", "s", tensor_parallel_size=4)
+    assert args[args.index("--tensor-parallel-size") + 1] == "4"

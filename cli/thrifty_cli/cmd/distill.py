@@ -84,13 +84,25 @@ def train(
     resource: Resource,
     snapshot_dir: SnapshotDir = Path("snapshot"),
     artifacts_dir: ArtifactsDir = Path("artifacts"),
+    version: Annotated[
+        str | None,
+        typer.Option(
+            help="Version to train (the operator's run; an already trained one is kept). "
+            "Default: the next free number."
+        ),
+    ] = None,
 ) -> None:
-    """Train a new student version from the snapshot (not promoted until evaluated)."""
+    """Train a new student version from the snapshot (not promoted until evaluated).
+
+    Exits 3 when the snapshot has fewer training examples than spec.training.minExamples."""
+    from thrifty_core.student.artifact import is_version
     from thrifty_distill.pipeline import NotEnoughExamplesError
     from thrifty_distill.pipeline import train as run
 
+    if version is not None and not is_version(version):
+        raise typer.BadParameter("v0001, or v and 8 hex digits", param_hint="--version")
     try:
-        manifest = run(_job(resource, Path(), snapshot_dir, artifacts_dir))
+        manifest = run(_job(resource, Path(), snapshot_dir, artifacts_dir), version=version)
     except NotEnoughExamplesError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(3) from exc
@@ -114,7 +126,10 @@ def evaluate(
     summary = {
         "version": report["version"],
         "promoted": report["promoted"],
-        "examples": report["held_out_examples"],
+        # The run's examples (training plus held-out): what the operator reports as
+        # status.examples.
+        "examples": report["examples"],
+        "held_out_examples": report["held_out_examples"],
         "gate": report["quality"]["gate"],
         "at_threshold": report["quality"]["at_threshold"],
         "ece": report["quality"]["ece"],
@@ -172,6 +187,7 @@ def serve(
         str(artifacts_dir / manifest.version / ADAPTER),
         f"{job.name}-{manifest.version}",
         port=port,
+        tensor_parallel_size=max(1, job.spec.serving.gpu.count),
     )
     if dry_run:
         typer.echo(" ".join(["vllm", *args]))

@@ -8,6 +8,7 @@ from pydantic import Field, model_validator
 
 from .base import (
     MODEL_NAME,
+    QUANTITY,
     ApiModel,
     CommonStatus,
     GpuSpec,
@@ -124,11 +125,49 @@ class Serving(ApiModel):
     cost_per_hour: float = Field(
         default=0.0, ge=0, le=10000, description="Serving cost in USD per hour, for the ledger."
     )
+    startup_timeout_seconds: int = Field(
+        default=1800,
+        ge=60,
+        le=86400,
+        description="How long a serving pod may take to start (vLLM answers its health check "
+        "only once the base model is downloaded and loaded) before it is restarted; the "
+        "liveness and readiness checks start after that.",
+    )
     version: str | None = Field(
         default=None,
         max_length=64,
         pattern=r"^[A-Za-z0-9._-]+$",
-        description="Pin a trained artifact version (rollback); default the latest that passed.",
+        description="Pin a trained artifact version (rollback); default the latest that passed. "
+        "Only a version listed in status.passedVersions is served: any other pin is refused "
+        "(Serving=False, reason InvalidPin) and the active version keeps serving.",
+    )
+
+
+class Artifacts(ApiModel):
+    """The artifacts volume (a PVC shared by the gateways, the Jobs and the student server)."""
+
+    model_config = with_cel(
+        cel(
+            "has(self.storageClassName) == has(oldSelf.storageClassName)"
+            " && (!has(self.storageClassName)"
+            " || self.storageClassName == oldSelf.storageClassName)",
+            "artifacts.storageClassName cannot change (a PVC's class is fixed once created)",
+            ".storageClassName",
+        )
+    )
+
+    size: str = Field(
+        default="10Gi",
+        pattern=QUANTITY,
+        description="PVC size. It holds the captured examples, a training snapshot per run, "
+        "every trained version and the Hugging Face cache of the train and evaluate Jobs (a "
+        "causal-lm base model takes several GB). It can grow where the StorageClass allows "
+        "volume expansion, never shrink.",
+    )
+    storage_class_name: str | None = Field(
+        default=None,
+        max_length=253,
+        description="StorageClass of the PVC (default: the cluster's default class).",
     )
 
 
@@ -172,6 +211,9 @@ class DistilledModelSpec(ApiModel):
     evaluation: Evaluation = Field(default_factory=Evaluation, description="Evaluation gate.")
     serving: Serving = Field(default_factory=Serving, description="Serving settings.")
     routing: Routing = Field(default_factory=Routing, description="Routing settings.")
+    artifacts: Artifacts = Field(
+        default_factory=Artifacts, description="The artifacts volume (size, StorageClass)."
+    )
 
     @model_validator(mode="after")
     def _lm_needs_base(self) -> DistilledModelSpec:
@@ -183,9 +225,25 @@ class DistilledModelSpec(ApiModel):
 class DistilledModelStatus(CommonStatus):
     """Observed state of a distillation loop."""
 
-    examples: int = Field(default=0, ge=0, description="Captured examples available.")
+    examples: int = Field(
+        default=0,
+        ge=0,
+        description="Captured examples the latest evaluated run had (training plus held-out).",
+    )
     active_version: str = Field(default="", description="Artifact version serving traffic.")
     candidate_version: str = Field(default="", description="Latest trained artifact version.")
+    passed_versions: list[str] = Field(
+        default_factory=list,
+        max_length=20,
+        description="Versions that passed their evaluation gate, newest last (at most 20): the "
+        "versions spec.serving.version may pin.",
+    )
+    jobs: list[str] = Field(
+        default_factory=list,
+        max_length=4,
+        description="The train and evaluate Jobs of the current spec; those of an earlier spec "
+        "are deleted when it changes.",
+    )
     agreement: float | None = Field(
         default=None, ge=0, le=1, description="Latest measured agreement with the teacher."
     )

@@ -5,6 +5,10 @@
     <root>/v0001/adapter/        LoRA adapter for `causal-lm` students
     <root>/v0001/report.json|png evaluation report
 
+A version is numbered (`v0001`, the next free number: `thrifty distill train` run by hand) or
+named after the operator's run that trained it (`v` and 8 hex digits, a digest of the spec:
+each run trains and evaluates its own version, whatever other runs do meanwhile).
+
 A version is *promoted* only when its evaluation passed the gate; the serving version is the
 pinned one (`spec.serving.version`, the rollback switch) or else the newest promoted one.
 A pinned version that never passed the gate is refused.
@@ -25,6 +29,7 @@ MANIFEST = "manifest.json"
 HEAD = "head.npz"
 ADAPTER = "adapter"
 VERSION_RE = re.compile(r"^v(\d{4,})$")
+RUN_VERSION_RE = re.compile(r"^v[0-9a-f]{8}$")
 
 
 class Gate(BaseModel):
@@ -69,17 +74,23 @@ def version_number(version: str) -> int:
     return int(match.group(1)) if match else -1
 
 
+def is_version(name: str) -> bool:
+    """A version directory's name: numbered or named after a run."""
+    return version_number(name) >= 0 or RUN_VERSION_RE.match(name) is not None
+
+
 def list_versions(root: Path) -> list[ArtifactManifest]:
-    """Every readable version under `root`, oldest first."""
+    """Every readable version under `root`, oldest first (by creation; numbered versions
+    created in the same second by number)."""
     if not root.is_dir():
         return []
     found: list[ArtifactManifest] = []
     for child in root.iterdir():
         path = child / MANIFEST
-        if version_number(child.name) < 0 or not path.is_file():
+        if not is_version(child.name) or not path.is_file():
             continue
         found.append(read_manifest(child))
-    return sorted(found, key=lambda m: version_number(m.version))
+    return sorted(found, key=lambda m: (m.created, version_number(m.version), m.version))
 
 
 def next_version(root: Path) -> str:

@@ -7,7 +7,11 @@ asks for `logprobs` to get the student's confidence.
 
 from __future__ import annotations
 
+from typing import Any
+
 VLLM_PORT = 8000
+HEALTH_PATH = "/health"
+STARTUP_PERIOD_SECONDS = 10
 
 
 def vllm_args(
@@ -56,3 +60,34 @@ def vllm_args(
         dtype,
         *(extra or []),
     ]
+
+
+def vllm_probes(port: int | str, startup_timeout_seconds: int = 1800) -> dict[str, Any]:
+    """The container probes of a vLLM server.
+
+    vLLM answers `/health` only once the base model is downloaded and loaded (minutes for a
+    GB-sized model): a startup probe allows `startup_timeout_seconds` for that, and the
+    liveness and readiness probes (which would restart a slow starter) begin after it."""
+    if startup_timeout_seconds < STARTUP_PERIOD_SECONDS:
+        raise ValueError(f"startup_timeout_seconds must be >= {STARTUP_PERIOD_SECONDS}")
+    health = {"path": HEALTH_PATH, "port": port}
+    return {
+        "startupProbe": {
+            "httpGet": dict(health),
+            "periodSeconds": STARTUP_PERIOD_SECONDS,
+            "timeoutSeconds": 5,
+            "failureThreshold": -(-startup_timeout_seconds // STARTUP_PERIOD_SECONDS),
+        },
+        "livenessProbe": {
+            "httpGet": dict(health),
+            "periodSeconds": 15,
+            "timeoutSeconds": 5,
+            "failureThreshold": 4,
+        },
+        "readinessProbe": {
+            "httpGet": dict(health),
+            "periodSeconds": 5,
+            "timeoutSeconds": 5,
+            "failureThreshold": 3,
+        },
+    }

@@ -39,7 +39,10 @@ STUDENTS = f"{DATA_DIR}/students"
 HF_CACHE = f"{DATA_DIR}/.cache/huggingface"
 RESOURCE_DIR = "/etc/thrifty/distill"
 NOT_ENOUGH_EXAMPLES = 3  # `thrifty distill train` exit code
-ARTIFACTS_SIZE = "10Gi"
+# Finished Jobs go after a day (their logs are kept that long). The operator does not run them
+# again: a run whose train Job completed is recorded in status.candidateVersion, and an
+# evaluation is done once its report ConfigMap holds a report.
+JOB_TTL_SECONDS = 24 * 3600
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 # On a train or evaluate Job: a digest of its spec. A Job's pod template is immutable, and the
@@ -49,14 +52,35 @@ TEMPLATE_HASH = "thrifty.dev/template-hash"
 
 
 def candidate_version(model: DistilledModel) -> str:
-    """The artifact version a spec trains: a digest of everything that changes the student."""
+    """The run of a spec, and the artifact version it trains: a digest of everything that
+    changes the student (the held-out share changes what it is trained on)."""
     spec = model.spec
     basis = {
         "teacher": spec.teacher.model_dump(mode="json"),
         "student": spec.student.model_dump(mode="json"),
         "training": spec.training.model_dump(mode="json", exclude={"resources", "gpu"}),
+        "heldOutFraction": spec.evaluation.held_out_fraction,
     }
     return f"v{short_hash(basis, 8)}"
+
+
+def evaluation_run(model: DistilledModel, run: str) -> str:
+    """The evaluation of a run under the spec's gate and confidence threshold (its Job and
+    report ConfigMap are named after it): a new gate or threshold evaluates the run's version
+    again, without retraining, so the report, the version's manifest (which the gateway
+    checks) and the served threshold all follow the current spec."""
+    spec = model.spec
+    basis = {
+        "confidenceThreshold": spec.routing.confidence_threshold,
+        "minAgreement": spec.evaluation.min_agreement,
+        "minCoverage": spec.evaluation.min_coverage,
+    }
+    return f"{run}-{short_hash(basis, 4)}"
+
+
+def snapshot_dir(run: str) -> str:
+    """Each run exports, trains and evaluates on its own snapshot."""
+    return f"{SNAPSHOT}/{run}"
 
 
 def gpu_placement(
@@ -74,14 +98,16 @@ def gpu_placement(
     return resources(requests, limits), selector, tolerations
 
 
-def build_artifacts_pvc(owner: Owner, defaults: Defaults) -> Manifest:
-    """Capture shards (written by gateways) and trained versions (written by Jobs)."""
+def build_artifacts_pvc(model: DistilledModel, owner: Owner, defaults: Defaults) -> Manifest:
+    """Capture shards (written by gateways), snapshots and trained versions (written by Jobs),
+    the Jobs' Hugging Face cache."""
+    artifacts = model.spec.artifacts
     return pvc(
         owner,
         names.distill_artifacts(owner.name),
         ARTIFACTS_COMPONENT,
-        ARTIFACTS_SIZE,
-        None,
+        artifacts.size,
+        artifacts.storage_class_name,
         defaults.shared_access_mode,
     )
 
@@ -129,6 +155,19 @@ def build_report_access(owner: Owner, version: str) -> list[Manifest]:
     ]
 
 
+def build_report_reset(owner: Owner, configmap: str) -> Manifest:
+    """An earlier evaluation's report ConfigMap with its report blanked (applied over the one
+    the evaluate Job wrote): should the spec come back to that evaluation, it runs again, so
+    a report always matches the version's latest evaluation (its manifest, which the gateway
+    reads). The blank goes when the ConfigMap is applied again without it."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata(owner, configmap, EVAL_COMPONENT),
+        "data": {REPORT_KEY: ""},
+    }
+
+
 def build_resource_config(model: DistilledModel, owner: Owner) -> Manifest:
     """The DistilledModel as the pipeline commands read it (`--resource FILE`)."""
     resource = {
@@ -152,14 +191,14 @@ def distill_image(model: DistilledModel, defaults: Defaults) -> str:
     return defaults.distill_image
 
 
-def _step(name: str, image: str, args: list[str], res: dict[str, Any]) -> dict[str, Any]:
+def _step(name: str, image: str, args: list[str], res: dict[str, Any], run: str) -> dict[str, Any]:
     step = container(
         name,
         image,
         args=args,
         env=[
             {"name": "THRIFTY_DISTILL_RESOURCE", "value": f"{RESOURCE_DIR}/{RESOURCE_KEY}"},
-            {"name": "THRIFTY_SNAPSHOT_DIR", "value": SNAPSHOT},
+            {"name": "THRIFTY_SNAPSHOT_DIR", "value": snapshot_dir(run)},
             {"name": "THRIFTY_ARTIFACTS_DIR", "value": STUDENTS},
             {"name": "HOME", "value": "/tmp"},
             # A causal-lm base model (a GB or more) is downloaded once onto the data volume,
@@ -208,6 +247,7 @@ def _job(
         pod["initContainers"] = steps[:-1]
     spec: dict[str, Any] = {
         "backoffLimit": 2,
+        "ttlSecondsAfterFinished": JOB_TTL_SECONDS,
         "template": {"metadata": {"labels": metadata(owner, "", component)["labels"]}, "spec": pod},
     }
     if fail_fast_exit is not None:
@@ -226,7 +266,8 @@ def _job(
 
 
 def build_train_job(model: DistilledModel, owner: Owner, run: str, defaults: Defaults) -> Manifest:
-    """`thrifty distill export` (held-out split) then `thrifty distill train` (a new version).
+    """`thrifty distill export` (held-out split) then `thrifty distill train`: the run's own
+    snapshot and version (named after the run), so no other run's Job can mix into them.
 
     Too few captured examples fails the Job at once (no retries); the operator retries later.
     """
@@ -241,7 +282,7 @@ def build_train_job(model: DistilledModel, owner: Owner, run: str, defaults: Def
         "--capture-dir",
         CAPTURE,
         "--snapshot-dir",
-        SNAPSHOT,
+        snapshot_dir(run),
     ]
     train = [
         "distill",
@@ -249,9 +290,11 @@ def build_train_job(model: DistilledModel, owner: Owner, run: str, defaults: Def
         "-f",
         resource,
         "--snapshot-dir",
-        SNAPSHOT,
+        snapshot_dir(run),
         "--artifacts-dir",
         STUDENTS,
+        "--version",
+        run,
     ]
     image = distill_image(model, defaults)
     return _job(
@@ -260,22 +303,24 @@ def build_train_job(model: DistilledModel, owner: Owner, run: str, defaults: Def
         name=names.train_job(owner.name, run),
         component=TRAIN_COMPONENT,
         steps=[
-            _step("export", image, export, resources(training.resources.requests, {})),
-            _step("train", image, train, res),
+            _step("export", image, export, resources(training.resources.requests, {}), run),
+            _step("train", image, train, res, run),
         ],
         fail_fast_exit=("train", NOT_ENOUGH_EXAMPLES),
     )
 
 
 def build_eval_job(model: DistilledModel, owner: Owner, run: str, defaults: Defaults) -> Manifest:
-    """`thrifty distill evaluate` wrapped by `thrifty operator publish-report`, which writes
-    the summary into the report ConfigMap (the only object its ServiceAccount may touch)."""
+    """`thrifty distill evaluate` of the run's own version on its own snapshot, wrapped by
+    `thrifty operator publish-report`, which writes the summary into the report ConfigMap of
+    the evaluation (the only object its ServiceAccount may touch)."""
     resource = f"{RESOURCE_DIR}/{RESOURCE_KEY}"
+    evaluation = evaluation_run(model, run)
     args = [
         "operator",
         "publish-report",
         "--configmap",
-        names.eval_report(owner.name, run),
+        names.eval_report(owner.name, evaluation),
         "--",
         "thrifty",
         "distill",
@@ -283,16 +328,18 @@ def build_eval_job(model: DistilledModel, owner: Owner, run: str, defaults: Defa
         "-f",
         resource,
         "--snapshot-dir",
-        SNAPSHOT,
+        snapshot_dir(run),
         "--artifacts-dir",
         STUDENTS,
+        "--version",
+        run,
     ]
     res = resources(model.spec.training.resources.requests, model.spec.training.resources.limits)
     return _job(
         model,
         owner,
-        name=names.eval_job(owner.name, run),
+        name=names.eval_job(owner.name, evaluation),
         component=EVAL_COMPONENT,
-        steps=[_step("evaluate", distill_image(model, defaults), args, res)],
+        steps=[_step("evaluate", distill_image(model, defaults), args, res, run)],
         service_account=names.distill_service_account(owner.name),
     )

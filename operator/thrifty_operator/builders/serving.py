@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from thrifty_core.api import DistilledModel
 from thrifty_core.student.artifact import ADAPTER
-from thrifty_core.student.serving import vllm_args
+from thrifty_core.student.serving import vllm_args, vllm_probes
 
 from . import names
 from .common import Manifest, Owner, container, metadata, pod_spec, selector_labels
@@ -26,11 +26,19 @@ def build_serving(
         serving.gpu, serving.resources.requests, serving.resources.limits
     )
     adapter = f"{STUDENTS}/{version}/{ADAPTER}"
+    args = vllm_args(
+        model.spec.student.base_model or "",
+        adapter,
+        owner.name,
+        port=STUDENT_PORT,
+        # The model is split over every GPU the pod asks for (else all but one sit idle).
+        tensor_parallel_size=max(1, serving.gpu.count),
+    )
     main = container(
         "student",
         serving.image or defaults.vllm_image,
         command=["vllm"],
-        args=vllm_args(model.spec.student.base_model or "", adapter, owner.name, port=STUDENT_PORT),
+        args=args,
         ports=[{"name": "http", "containerPort": STUDENT_PORT, "protocol": "TCP"}],
         # HOME too: vLLM and Triton keep caches under it, and the root filesystem is read-only.
         env=[
@@ -42,10 +50,7 @@ def build_serving(
             {"name": "cache", "mountPath": "/var/cache/thrifty"},
         ],
         resources_block=res,
-        probes={
-            "livenessProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 15},
-            "readinessProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 5},
-        },
+        probes=vllm_probes("http", serving.startup_timeout_seconds),
     )
     volumes = [
         {
@@ -60,6 +65,18 @@ def build_serving(
         "metadata": metadata(owner, names.student(owner.name), SERVE_COMPONENT),
         "spec": {
             "replicas": serving.replicas,
+            # Each pod holds whole GPUs, and a full GPU pool has none spare for the extra pod
+            # the default rolling update (maxSurge 25%) starts first: the new version would
+            # stay Pending for ever. Replace one pod at a time instead (no surge): with several
+            # replicas the others keep serving meanwhile (Recreate would stop them all), and a
+            # new version that cannot start takes down one replica, not all; meanwhile the
+            # gateway's fallback has the teacher answer.
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1},
+            },
+            # Loading the model counts as progress, not as a stuck rollout.
+            "progressDeadlineSeconds": serving.startup_timeout_seconds + 600,
             "selector": {"matchLabels": selector_labels(owner, SERVE_COMPONENT)},
             "template": {
                 "metadata": {

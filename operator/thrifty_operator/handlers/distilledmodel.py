@@ -1,9 +1,14 @@
 """DistilledModel: train -> evaluate -> serve -> route, each step a condition backed by a fact.
 
-Trained follows the train Job's Complete/Failed condition; Evaluated reads the report the
-evaluate Job wrote into `<name>-eval-<version>` and applies the spec's gate; Serving follows the
-student Deployment (causal-lm) or is immediate for classifiers (served inside the gateway).
-Once a version passes, it becomes `status.activeVersion` and the teacher's gateway re-renders.
+A spec's run (a digest of what changes the student) trains its own version on its own
+snapshot; its evaluation (the run under the current gate and threshold) evaluates that
+version. Trained follows the train Job's Complete/Failed condition (a completed run is kept in
+`status.candidateVersion`, so a Job its TTL removed is not run again); Evaluated reads the
+report the evaluate Job wrote into `<name>-eval-<evaluation>` and applies the spec's gate;
+Serving follows the student Deployment (causal-lm) or is immediate for classifiers (served
+inside the gateway). Once a version passes, it becomes `status.activeVersion` and the
+teacher's gateway re-renders. When the spec changes, the Jobs of the earlier run (recorded in
+`status.jobs`) are deleted: they would only train and evaluate a version nobody asked for.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from thrifty_core.api import DistilledModel
+from thrifty_core.api import DistilledModel, DistilledModelStatus
 
 from ..builders import distill, names, serving
 from ..builders.common import Owner
@@ -25,15 +30,19 @@ from .common import (
     InvalidSpec,
     Outcome,
     apply_all,
+    delete_owned,
     deployment_state,
     job_state,
     now,
+    owned_by,
     parse,
     plain,
 )
 from .indexes import Indexes
 
 logger = logging.getLogger(__name__)
+
+PASSED_VERSIONS = 20  # kept in status.passedVersions (the versions a pin may name)
 
 
 def read_report(configmap: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -49,7 +58,9 @@ def read_report(configmap: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def gate(model: DistilledModel, report: dict[str, Any]) -> tuple[bool, str]:
-    """The spec's evaluation gate applied to a report."""
+    """The spec's evaluation gate applied to a report. The report is of this very gate and
+    threshold (an evaluation is named after them), so its own verdict (which also fails an
+    empty held-out split) agrees with the figures."""
     want = model.spec.evaluation
     agreement = float(report.get("agreement", 0.0))
     coverage = float(report.get("coverage", 0.0))
@@ -85,28 +96,41 @@ async def ensure_job(ctx: Context, manifest: dict[str, Any]) -> dict[str, Any] |
     return job
 
 
+async def _report(ctx: Context, owner: Owner, evaluation: str) -> dict[str, Any] | None:
+    """The evaluation's report, once its evaluate Job has written one."""
+    cm = await ctx.kube.get(
+        "v1", "ConfigMap", owner.namespace, names.eval_report(owner.name, evaluation)
+    )
+    report = read_report(cm)
+    return report if report is not None and report.get("version") else None
+
+
 async def _evaluate(
     model: DistilledModel, owner: Owner, run: str, ctx: Context
 ) -> tuple[Cond, dict[str, Any] | None, bool]:
     ns = owner.namespace
-    await apply_all(ctx.kube, distill.build_report_access(owner, run))
-    eval_name = names.eval_job(owner.name, run)
-    job = await ensure_job(ctx, distill.build_eval_job(model, owner, run, ctx.defaults))
-    state = job_state(job)
-    if state == "Failed":
-        detail = failure(job)
-        retried = await _retry_after(job, "Failed", ctx, ns, eval_name)
-        reason = "Retrying" if retried else "EvaluationFailed"
-        return false("Evaluated", reason, f"run {run}: {detail}"), None, False
-    if state != "Complete":
-        return false("Evaluated", "Evaluating", f"run {run}: evaluate Job running"), None, False
-    report = read_report(
-        await ctx.kube.get("v1", "ConfigMap", ns, names.eval_report(owner.name, run))
-    )
-    if report is None or not report.get("version"):
-        # Evaluated again later (a Job that exited without writing its report).
-        await _retry_after(job, "Complete", ctx, ns, eval_name)
-        return false("Evaluated", "ReportMissing", f"run {run}: no report written"), None, False
+    evaluation = distill.evaluation_run(model, run)
+    await apply_all(ctx.kube, distill.build_report_access(owner, evaluation))
+    # A written report is the fact: the Job is not needed any more (its TTL may remove it).
+    report = await _report(ctx, owner, evaluation)
+    if report is None:
+        eval_name = names.eval_job(owner.name, evaluation)
+        job = await ensure_job(ctx, distill.build_eval_job(model, owner, run, ctx.defaults))
+        state = job_state(job)
+        if state == "Failed":
+            detail = failure(job)
+            retried = await _retry_after(job, "Failed", ctx, ns, eval_name)
+            reason = "Retrying" if retried else "EvaluationFailed"
+            return false("Evaluated", reason, f"run {run}: {detail}"), None, False
+        if state != "Complete":
+            running = f"run {run}: evaluate Job running"
+            return false("Evaluated", "Evaluating", running), None, False
+        report = await _report(ctx, owner, evaluation)  # written just before it completed
+        if report is None:
+            # Evaluated again later (a Job that exited without writing its report).
+            await _retry_after(job, "Complete", ctx, ns, eval_name)
+            missing = f"run {run}: no report written"
+            return false("Evaluated", "ReportMissing", missing), None, False
     passed, message = gate(model, report)
     version = report["version"]
     if passed:
@@ -120,6 +144,53 @@ def failure(job: dict[str, Any] | None) -> str:
         if cond.get("type") == "Failed" and cond.get("status") == "True":
             return str(cond.get("message") or cond.get("reason") or "failed")
     return "failed"
+
+
+def too_few_examples(job: dict[str, Any] | None) -> bool:
+    """The train Job failed by its pod failure policy: its only rule is the train step's
+    exit code for too few examples (`thrifty distill train` exits 3)."""
+    for cond in (job or {}).get("status", {}).get("conditions") or []:
+        if cond.get("type") == "Failed" and cond.get("status") == "True":
+            return bool(cond.get("reason") == "PodFailurePolicy")
+    return False
+
+
+async def _train(model: DistilledModel, owner: Owner, run: str, ctx: Context) -> tuple[Cond, bool]:
+    """The run's train Job: (the Trained condition, whether it completed)."""
+    name = names.train_job(owner.name, run)
+    job = await ensure_job(ctx, distill.build_train_job(model, owner, run, ctx.defaults))
+    state = job_state(job)
+    if state == "Complete":
+        return true("Trained", "TrainingSucceeded", f"run {run}: version {run} trained"), True
+    if state != "Failed":
+        return false("Trained", "Training", f"run {run}: train Job running"), False
+    retried = await _retry_after(job, "Failed", ctx, owner.namespace, name)
+    if too_few_examples(job):
+        training = model.spec.training
+        share = model.spec.evaluation.held_out_fraction
+        when = "now" if retried else f"{ctx.settings.retrain_after_seconds:g} s after it failed"
+        message = (
+            f"run {run}: fewer than {training.min_examples} training examples captured "
+            f"(spec.training.minExamples; {share:.0%} of the captured examples are held out "
+            f"for evaluation); training is tried again {when}"
+        )
+        return false("Trained", "NotEnoughExamples", message), False
+    reason = "Retrying" if retried else "TrainingFailed"
+    return false("Trained", reason, f"run {run}: {failure(job)}"), False
+
+
+async def _drop_stale(ctx: Context, owner: Owner, recorded: list[str], current: list[str]) -> None:
+    """Delete the Jobs of an earlier spec's run or evaluation (running or finished): they
+    would train or evaluate a version the spec no longer asks for. An earlier evaluation's
+    report is blanked: coming back to it evaluates again (the version's manifest, which the
+    gateway checks, holds its latest evaluation only)."""
+    for name in recorded:
+        if name in current:
+            continue
+        await delete_owned(ctx.kube, owner, "batch/v1", "Job", name)
+        cm = await ctx.kube.get("v1", "ConfigMap", owner.namespace, name)
+        if cm is not None and owned_by(cm, owner) and read_report(cm) is not None:
+            await ctx.kube.apply(distill.build_report_reset(owner, name))
 
 
 async def _retry_after(
@@ -156,55 +227,92 @@ def check_teacher(model: DistilledModel, ix: Indexes) -> Cond | None:
 async def reconcile(body: Body, ix: Indexes, ctx: Context) -> Outcome:
     model = parse(DistilledModel, body)
     owner = Owner.from_body(body)
-    ns = owner.namespace
     waiting = check_teacher(model, ix)
     if waiting is not None:
         return Outcome([waiting])
+    status = model.status or DistilledModelStatus()
     run = distill.candidate_version(model)
-    previous = model.status.active_version if model.status else ""
+    previous = status.active_version
     await apply_all(
         ctx.kube,
         [
-            distill.build_artifacts_pvc(owner, ctx.defaults),
+            distill.build_artifacts_pvc(model, owner, ctx.defaults),
             distill.build_resource_config(model, owner),
         ],
     )
-    train_name = names.train_job(owner.name, run)
-    train_job = await ensure_job(ctx, distill.build_train_job(model, owner, run, ctx.defaults))
-    train = job_state(train_job)
-    fields: dict[str, Any] = {}
+    jobs = [
+        names.train_job(owner.name, run),
+        names.eval_job(owner.name, distill.evaluation_run(model, run)),
+    ]
+    await _drop_stale(ctx, owner, status.jobs, jobs)
+    fields: dict[str, Any] = {"jobs": jobs}
     conds: list[Cond] = []
     report: dict[str, Any] | None = None
     passed = False
-    if train == "Complete":
-        conds.append(true("Trained", "TrainingSucceeded", f"run {run}: a new version trained"))
+    # A run trained before (its Job may be gone, removed by its TTL) is not trained again.
+    if run in (status.candidate_version, previous, *status.passed_versions):
+        trained = true("Trained", "TrainingSucceeded", f"run {run}: version {run} trained")
+        done = True
+    else:
+        trained, done = await _train(model, owner, run, ctx)
+    conds.append(trained)
+    if done:
+        fields["candidateVersion"] = run
         evaluated, report, passed = await _evaluate(model, owner, run, ctx)
         conds.append(evaluated)
-    elif train == "Failed":
-        retried = await _retry_after(train_job, "Failed", ctx, ns, train_name)
-        reason = "Retrying" if retried else "TrainingFailed"
-        conds.append(false("Trained", reason, f"run {run}: {failure(train_job)}"))
-        conds.append(false("Evaluated", "WaitingForTraining", "nothing to evaluate yet"))
     else:
-        conds.append(false("Trained", "Training", f"run {run}: train Job running"))
         conds.append(false("Evaluated", "WaitingForTraining", "nothing to evaluate yet"))
+    # (A status from before passedVersions: the active version had passed.)
+    known = list(status.passed_versions) or ([previous] if previous else [])
+    active = previous
     if report is not None:
-        fields["candidateVersion"] = str(report["version"])
+        version = str(report["version"])
         fields["agreement"] = max(0.0, min(1.0, float(report.get("agreement", 0.0))))
         fields["coverage"] = max(0.0, min(1.0, float(report.get("coverage", 0.0))))
         fields["examples"] = max(0, int(report.get("examples", 0)))
-    active = model.spec.serving.version or (
-        str(report["version"]) if passed and report else previous
-    )
+        known = [v for v in known if v != version] + ([version] if passed else [])
+        if passed:
+            active = version
+        elif version == active:
+            # The serving version fails the current gate or threshold: it serves no more.
+            active = ""
+    known = known[-PASSED_VERSIONS:]
+    fields["passedVersions"] = known
+    pin = model.spec.serving.version
+    refused: Cond | None = None
+    if pin and pin in known:
+        active = pin
+    elif pin:
+        refused = invalid_pin(model, pin, known, active)
     fields["activeVersion"] = active
-    conds.append(await _serve(model, owner, active, ctx, fields))
+    serving_cond = await _serve(model, owner, active, ctx, fields)
+    conds.append(refused or serving_cond)
     return Outcome(conds, fields)
+
+
+def invalid_pin(model: DistilledModel, pin: str, known: list[str], active: str) -> Cond:
+    """A pin (spec.serving.version) that is not a version the operator saw pass its gate:
+    it does not exist, failed its gate, or was never evaluated here."""
+    listed = ", ".join(known) or "none yet"
+    if model.spec.student.kind == "causal-lm":
+        instead = f"still serving {active}" if active else "nothing is served"
+    else:
+        instead = "the gateway refuses it (it keeps the version it had, or the teacher)"
+    return false(
+        "Serving",
+        "InvalidPin",
+        f"spec.serving.version {pin} has not passed the evaluation gate (passed: {listed}); "
+        f"{instead}",
+    )
 
 
 async def _serve(
     model: DistilledModel, owner: Owner, active: str, ctx: Context, fields: dict[str, Any]
 ) -> Cond:
     if not active:
+        if model.spec.student.kind == "causal-lm":  # its GPUs go back to the pool
+            name = names.student(owner.name)
+            await delete_owned(ctx.kube, owner, "apps/v1", "Deployment", name)
         return false("Serving", "NoPassingVersion", "no version has passed the evaluation gate")
     if model.spec.student.kind != "causal-lm":
         return true("Serving", "InProcess", f"{active} is served inside the teacher's gateway")
