@@ -161,7 +161,14 @@ class Coalescer:
     async def _call(self, key: bytes, group: Group) -> None:
         try:
             await self._send(group)
+        except Exception as exc:
+            # Last resort: whatever went wrong, every caller gets an answer (an error), none
+            # waits for ever.
+            log.exception("coalesced embeddings call failed")
+            _fail(group.waiters, UpstreamError(f"embeddings call failed ({type(exc).__name__})"))
         finally:
+            # Cancelled (a shutdown) or returned without answering someone: they get an error.
+            _fail(group.waiters, UpstreamError("the coalesced embeddings call was not answered"))
             left = self._inflight.get(key, 1) - 1
             if left > 0:
                 self._inflight[key] = left
@@ -189,8 +196,9 @@ class Coalescer:
         try:
             answer = orjson.loads(attempt.response.body)
             data = sorted(answer["data"], key=lambda d: d["index"])
-            total = int((answer.get("usage") or {}).get("prompt_tokens") or 0)
-        except (ValueError, KeyError, TypeError) as exc:
+            usage = answer.get("usage")
+            total = int(usage.get("prompt_tokens") or 0) if isinstance(usage, dict) else 0
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise UpstreamError(
                 f"upstream embeddings answer was malformed ({type(exc).__name__})"
             ) from exc
