@@ -23,7 +23,7 @@ from .services.pipeline import StageFactory
 from .services.proxy import Proxy
 from .services.ratelimit import Limiter, LocalLimiter
 from .services.resilience import Breakers
-from .services.upstream import HttpUpstream, UpstreamClient
+from .services.upstream import KEY_RELOAD_SECONDS, HttpUpstream, ProviderKeys, UpstreamClient
 from .stages import default_stage_factories
 from .state import GatewayState, build_catalog, build_routes, unpriced_models
 
@@ -32,14 +32,6 @@ log = logging.getLogger(__name__)
 # FastAPI's native OpenTelemetry hooks check providers on every request; the gateway exports
 # Prometheus metrics instead, so they are switched off (measurably cheaper hot path).
 NO_TELEMETRY: Any = {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}
-
-
-def provider_keys(config: GatewayConfig) -> dict[str, str | None]:
-    """Read every provider key from its env var or Secret file (fails fast, names no value)."""
-    keys: dict[str, str | None] = {}
-    for provider in config.providers:
-        keys[provider.name] = provider.api_key.read() if provider.api_key else None
-    return keys
 
 
 def open_limiter(metrics: Metrics, config: LedgerConfig) -> Limiter:
@@ -65,7 +57,7 @@ def build_state(config: GatewayConfig, upstream: UpstreamClient | None = None) -
         catalog=build_catalog(config),
         keys=KeyStore.from_config(config),
         limiter=open_limiter(metrics, config.ledger),
-        upstream=upstream or HttpUpstream(config.providers, provider_keys(config)),
+        upstream=upstream or HttpUpstream(config.providers, ProviderKeys(config.providers)),
         breakers=Breakers(),
         metrics=metrics,
         ledger=open_ledger(metrics, config.ledger),
@@ -73,18 +65,34 @@ def build_state(config: GatewayConfig, upstream: UpstreamClient | None = None) -
     )
 
 
-KEY_RELOAD_SECONDS = 10.0
 # Shutdown waits this long for the work that follows responses (after-hooks, ledger entries):
-# uvicorn gives open connections 20 s first (server.py), and a pod's default grace period is
-# 30 s.
+# uvicorn gives open connections up to the longest route timeout first (server.py), and the
+# operator sizes a gateway pod's grace period for both.
 DRAIN_SECONDS = 5.0
 
 
-async def _reload_keys(keys: KeyStore, interval: float) -> None:
-    """Pick up rotated or revoked gateway keys from their mounted Secret files."""
+async def _reload_keys(keys: KeyStore, upstream: UpstreamClient, interval: float) -> None:
+    """Pick up rotated or revoked gateway keys, and rotated provider keys, from their mounted
+    Secret files."""
     while True:
         await asyncio.sleep(interval)
-        keys.reload_if_changed()
+        try:
+            keys.reload_if_changed()
+            if isinstance(upstream, HttpUpstream):
+                upstream.reload_keys()
+        except Exception:
+            log.exception("key files could not be reloaded; retrying")
+
+
+async def _close(state: GatewayState) -> None:
+    """Close the stages (last built first), then the ledger, limiter and upstream pools."""
+    for stage in reversed(state.stages):
+        close = getattr(stage, "aclose", None)
+        if close is not None:
+            await close()
+    await state.ledger.aclose()
+    await state.limiter.aclose()
+    await state.upstream.aclose()
 
 
 def create_app(
@@ -99,17 +107,23 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = build_state(config, upstream)
-        for factory in factories:
-            stage = await factory(config, state)
-            if stage is not None:
-                state.stages.append(stage)
+        try:
+            for factory in factories:
+                stage = await factory(config, state)
+                if stage is not None:
+                    state.stages.append(stage)
+        except BaseException:
+            await _close(state)  # a failed start leaves no pool or task open behind it
+            raise
         app.state.gateway = state
         app.state.proxy = proxy = Proxy(state)
         # Everything built so far lives for the whole process: move it out of the cyclic
         # collector's generations so that collections on the hot path stay short.
         gc.collect()
         gc.freeze()
-        reload_keys = asyncio.create_task(_reload_keys(state.keys, KEY_RELOAD_SECONDS))
+        reload_keys = asyncio.create_task(
+            _reload_keys(state.keys, state.upstream, KEY_RELOAD_SECONDS)
+        )
         state.ready = True
         unpriced = unpriced_models(config, state.catalog)
         if unpriced:
@@ -133,13 +147,7 @@ def create_app(
                     "shutdown: work after responses unfinished, its accounting is lost",
                     extra={"count": unfinished},
                 )
-            for stage in reversed(state.stages):
-                close = getattr(stage, "aclose", None)
-                if close is not None:
-                    await close()
-            await state.ledger.aclose()
-            await state.limiter.aclose()
-            await state.upstream.aclose()
+            await _close(state)
 
     app = FastAPI(
         title="Thrifty gateway",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -12,6 +13,19 @@ from thrifty_core.logging import setup_logging
 
 CONFIG_ENV = "THRIFTY_GATEWAY_CONFIG"
 WORKERS_ENV = "THRIFTY_GATEWAY_WORKERS"  # the --workers override, for the worker processes
+
+
+# Requests in flight at a stop may run for their route's whole timeout, at least this long. The
+# operator sizes a gateway pod's terminationGracePeriodSeconds by the same rule (plus its preStop
+# sleep, DRAIN_SECONDS and the time to close the stores: thrifty_operator/builders/gateway.py).
+GRACEFUL_MIN_SECONDS = 20
+
+
+def graceful_shutdown_seconds(config: GatewayConfig) -> int:
+    """How long uvicorn lets the requests in flight at a stop finish: the longest route timeout
+    (a request or stream its route still allows is not cut), at least GRACEFUL_MIN_SECONDS."""
+    longest = max((r.timeout_seconds for r in config.routes), default=0.0)
+    return max(GRACEFUL_MIN_SECONDS, math.ceil(longest))
 
 
 def _config(path: str | Path, workers: int | None) -> GatewayConfig:
@@ -61,8 +75,9 @@ def serve(
         lifespan="on",
         server_header=False,
         date_header=False,
-        # Requests in flight at a stop get 20 s, then the lifespan waits up to DRAIN_SECONDS
-        # (5 s) for their accounting: inside a pod's default 30 s grace period. A request cut
-        # off here is billed by the provider but never reaches the ledger.
-        timeout_graceful_shutdown=20,
+        # Requests in flight at a stop get up to their route's timeout, then the lifespan
+        # waits up to DRAIN_SECONDS (5 s) for their accounting: inside the grace period the
+        # operator gives gateway pods. A request cut off here is billed by the provider but
+        # never reaches the ledger.
+        timeout_graceful_shutdown=graceful_shutdown_seconds(config),
     )

@@ -18,11 +18,12 @@ JSON = "application/json"
 
 @router.get("/v1/thrifty/deferred/{request_id}")
 async def poll_deferred(request_id: str, state: StateDep, caller: AuthedDep) -> Response:
-    from ..services.batching.stage import find_stage
+    from ..services.batching.stage import find_stage, queue_answers
 
     stage = find_stage(state.stages)
     queue = stage.runtime.queue if stage is not None else None
-    record = await queue.get(request_id) if queue is not None else None
+    with queue_answers():
+        record = await queue.get(request_id) if queue is not None else None
     tenant = caller.tenant.name if caller.tenant else ""
     if (
         queue is None
@@ -31,7 +32,8 @@ async def poll_deferred(request_id: str, state: StateDep, caller: AuthedDep) -> 
         or (record.tenant != tenant and not caller.admin)
     ):
         raise NotFoundError(f"No such deferred request: {request_id}", param="id")
-    result = await queue.result(request_id, "deferred")
+    with queue_answers():
+        result = await queue.result(request_id, "deferred")
     headers = {"x-thrifty-deferred-id": request_id, "x-thrifty-deferred-status": record.status}
     if result is None:
         body = {"id": request_id, "object": "thrifty.deferred", "status": record.status}

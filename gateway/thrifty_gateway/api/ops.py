@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Literal
 
@@ -69,4 +70,5 @@ async def usage(
         hours = max(time.time() - first, 0.0) / 3600 if first is not None else 0.0
         saved = body["totals"]["saved_by_lever_usd"]
         body["net_savings"] = net_savings(state.config.net_savings, saved, hours)
-    return Response(orjson.dumps(body), media_type="application/json")
+    # Off the loop too: with `bucket` the body runs to megabytes (the summing already is).
+    return Response(await asyncio.to_thread(orjson.dumps, body), media_type="application/json")

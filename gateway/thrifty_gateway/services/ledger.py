@@ -8,6 +8,7 @@ replica shares in Redis (ledger_shared.py), else (or while Redis fails) this rep
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -52,11 +53,13 @@ class Totals:
         self.cached_tokens += other.cached_tokens
         self.cost_usd += other.cost_usd
         self.baseline_usd += other.baseline_usd
-        for k, v in other.saved_usd.items():
+        # Copies (one C call each, whole under the GIL): `usage()` sums live buckets in a worker
+        # thread while the loop may add a key to one of them.
+        for k, v in other.saved_usd.copy().items():
             self.saved_usd[k] = self.saved_usd.get(k, 0.0) + v
-        for k, n in other.served_by_lever.items():
+        for k, n in other.served_by_lever.copy().items():
             self.served_by_lever[k] = self.served_by_lever.get(k, 0) + n
-        for k, n in other.served_by_tier.items():
+        for k, n in other.served_by_tier.copy().items():
             self.served_by_tier[k] = self.served_by_tier.get(k, 0) + n
 
     def as_dict(self) -> dict[str, Any]:
@@ -179,20 +182,25 @@ class Ledger:
     ) -> dict[str, Any]:
         """The `/v1/thrifty/usage` body: every replica's figures when the ledger is shared
         (this replica's pending ones written first), this replica's when not or when Redis
-        fails (`"source": "memory"` says so)."""
+        fails (`"source": "memory"` says so). Summed in a worker thread: two weeks of hourly
+        buckets take a second or more, which would stall every request on the event loop."""
         shared = self.shared
-        if shared is None:
-            return self.summary(since=since, bucket=bucket, tenant=tenant)
-        try:
-            if not shared.failing:  # a down Redis costs the reader one timeout, not two
-                await shared.flush()
-            buckets = await shared.read(since)
-        except Exception as exc:
-            shared.errors.labels("read").inc()
-            log.warning("shared ledger unreadable; serving this replica's figures: %s", exc)
-            return self.summary(since=since, bucket=bucket, tenant=tenant)
-        body = summarise(buckets, since, bucket, tenant, self._clock())
-        return {**body, "source": "redis"}
+        source = "redis"
+        buckets: list[tuple[Key, Totals]] | None = None
+        if shared is not None:
+            try:
+                if not shared.failing:  # a down Redis costs the reader one timeout, not two
+                    await shared.flush()
+                buckets = await shared.read(since)
+            except Exception as exc:
+                shared.errors.labels("read").inc()
+                log.warning("shared ledger unreadable; serving this replica's figures: %s", exc)
+        if buckets is None:
+            # The list of this replica's buckets is taken on the loop (record() adds to the
+            # dict meanwhile); their totals are read in the thread.
+            buckets, source = list(self._buckets.items()), "memory"
+        body = await asyncio.to_thread(summarise, buckets, since, bucket, tenant, self._clock())
+        return {**body, "source": source}
 
     async def aclose(self) -> None:
         if self.shared is not None:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
@@ -62,27 +63,80 @@ class UpstreamClient(Protocol):
     async def aclose(self) -> None: ...
 
 
+# Seconds between two re-reads of the provider key files (and of the gateway's own key files,
+# app.py): a rotated Secret, which the kubelet swaps in the mounted volume, is followed without
+# a restart.
+KEY_RELOAD_SECONDS = 10.0
+# A 401 re-reads that provider's key file at once (the timer may not have seen the new key yet),
+# at most this often per provider.
+KEY_RECHECK_SECONDS = 1.0
+
+
+class ProviderKeys:
+    """Provider API keys from their env vars or mounted Secret files.
+
+    Read at start (a key that cannot be read fails the start, naming no value); `reload()`
+    reads them again. A key that cannot be read later (a Secret volume mid-swap, a key
+    removed) keeps its previous value and is logged: a gateway without a key serves nothing.
+    `version` counts the changes, for clients built from the values (`OpenAIBatches`)."""
+
+    def __init__(self, providers: Sequence[ProviderConfig]) -> None:
+        self._sources = {p.name: p.api_key for p in providers}
+        self.values: dict[str, str | None] = {
+            name: source.read() if source else None for name, source in self._sources.items()
+        }
+        self.version = 0
+
+    def reload(self, only: str | None = None) -> dict[str, str]:
+        """Re-read every key (or provider `only`'s); the ones that changed, by provider."""
+        changed: dict[str, str] = {}
+        for name, source in self._sources.items():
+            if source is None or (only is not None and name != only):
+                continue
+            try:
+                value = source.read()
+            except LookupError as exc:
+                log.warning("provider %s key unreadable, previous one kept: %s", name, exc)
+                continue
+            if not value:
+                log.warning("provider %s key is empty, previous one kept", name)
+                continue
+            if value != self.values.get(name):
+                self.values[name] = changed[name] = value
+        if changed:
+            self.version += 1
+            log.info("provider keys reloaded", extra={"providers": ",".join(sorted(changed))})
+        return changed
+
+
 class _Provider:
     """One provider's pooled session, URL builder and auth header."""
 
     def __init__(self, config: ProviderConfig, api_key: str | None) -> None:
         self.config = config
         self.base = config.base_url.rstrip("/")
-        headers = {"content-type": "application/json", "accept-encoding": "identity"}
-        if api_key:
-            if config.type == "azure":
-                headers["api-key"] = api_key
-            else:
-                headers["authorization"] = f"Bearer {api_key}"
+        # The key goes with each request (not the session's headers), so that a rotated key
+        # applies to the next request while the pool and the streams in flight are kept.
+        self.auth: dict[str, str] | None = None
+        self.set_key(api_key)
+        self.rechecked = 0.0  # monotonic time of the last re-read after a 401
         connector = aiohttp.TCPConnector(
             limit=config.max_connections, ttl_dns_cache=300, enable_cleanup_closed=True
         )
         self.session = aiohttp.ClientSession(
             connector=connector,
-            headers=headers,
+            headers={"content-type": "application/json", "accept-encoding": "identity"},
             auto_decompress=True,
             skip_auto_headers=("User-Agent",),
         )
+
+    def set_key(self, api_key: str | None) -> None:
+        if not api_key:
+            self.auth = None
+        elif self.config.type == "azure":
+            self.auth = {"api-key": api_key}
+        else:
+            self.auth = {"authorization": f"Bearer {api_key}"}
 
     def url(self, model: str, path: str) -> str:
         if self.config.type == "azure":
@@ -92,10 +146,36 @@ class _Provider:
 
 
 class HttpUpstream:
-    """aiohttp sessions, one per provider (connection pool sized by `maxConnections`)."""
+    """aiohttp sessions, one per provider (connection pool sized by `maxConnections`).
 
-    def __init__(self, providers: list[ProviderConfig], api_keys: Mapping[str, str | None]):
-        self._providers = {p.name: _Provider(p, api_keys.get(p.name)) for p in providers}
+    Provider keys follow their Secret files: `reload_keys()` (called on a timer) applies the
+    keys that changed, and a 401 re-reads that provider's key at once and, when it changed,
+    sends the request again with the new one."""
+
+    def __init__(self, providers: list[ProviderConfig], keys: ProviderKeys):
+        self._keys = keys
+        self._providers = {p.name: _Provider(p, keys.values.get(p.name)) for p in providers}
+
+    def reload_keys(self) -> dict[str, str]:
+        """Re-read the provider keys and use the ones that changed (returned)."""
+        changed = self._keys.reload()
+        for name, value in changed.items():
+            self._providers[name].set_key(value)
+        return changed
+
+    def _rotated(self, provider: _Provider, sent: dict[str, str] | None) -> bool:
+        """After a 401: whether the provider's key is no longer the one `sent` (changed by
+        another request meanwhile, or in its file now)."""
+        if provider.auth is not sent:
+            return True
+        now = time.monotonic()
+        if now - provider.rechecked < KEY_RECHECK_SECONDS:
+            return False
+        provider.rechecked = now
+        changed = self._keys.reload(provider.config.name)
+        for name, value in changed.items():
+            self._providers[name].set_key(value)
+        return bool(changed)
 
     async def send(
         self, target: Target, path: str, payload: bytes, timeouts: Timeouts, stream: bool
@@ -108,10 +188,15 @@ class HttpUpstream:
             if stream
             else aiohttp.ClientTimeout(total=timeouts.total, sock_connect=timeouts.connect)
         )
+        url = provider.url(target.model, path)
+        auth = provider.auth
         with _failures(target):
-            resp = await provider.session.post(
-                provider.url(target.model, path), data=payload, timeout=timeout
-            )
+            resp = await provider.session.post(url, data=payload, timeout=timeout, headers=auth)
+            if resp.status == 401 and self._rotated(provider, auth):
+                resp.release()
+                resp = await provider.session.post(
+                    url, data=payload, timeout=timeout, headers=provider.auth
+                )
         if stream and resp.status == 200:
             return await _first_event(target, resp)
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -94,6 +95,28 @@ def shared_volumes(mounts: GatewayMounts) -> tuple[list[dict[str, Any]], list[di
     return volumes, vmounts
 
 
+# A stopping gateway pod keeps serving this long before its process gets SIGTERM (a preStop
+# `sleep`, the kubelet's own: no shell needed in the image), while the endpoint controllers,
+# kube-proxy and ingresses stop sending it new connections; uvicorn closes its listener at
+# SIGTERM, and connections sent meanwhile would be refused.
+PRESTOP_SLEEP_SECONDS = 5
+# After SIGTERM the gateway (thrifty_gateway/server.py and app.py) gives the requests in flight
+# up to its longest route timeout (at least GRACEFUL_MIN_SECONDS), then up to DRAIN_SECONDS for
+# their accounting, then closes its stores (CLOSE_SECONDS at most).
+GRACEFUL_MIN_SECONDS = 20
+DRAIN_SECONDS = 5
+CLOSE_SECONDS = 10
+
+
+def termination_grace_seconds(gateway: LLMGateway) -> int:
+    """`terminationGracePeriodSeconds` of a gateway pod: the preStop sleep, then the time the
+    gateway takes to finish what is in flight and stop (see above), so that the kubelet does
+    not kill a request or a stream that its route still allows."""
+    longest = max((r.timeout_seconds for r in gateway.spec.routes), default=0.0)
+    graceful = max(GRACEFUL_MIN_SECONDS, math.ceil(longest))
+    return PRESTOP_SLEEP_SECONDS + graceful + DRAIN_SECONDS + CLOSE_SECONDS
+
+
 def build_deployment(
     gateway: LLMGateway,
     owner: Owner,
@@ -120,6 +143,15 @@ def build_deployment(
         resources_block=resources(spec.resources.requests, spec.resources.limits),
         probes=http_probes("http", "/healthz", "/readyz"),
     )
+    main["lifecycle"] = {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_SECONDS}}}
+    # Uploads over 1 MB are spooled to /tmp while a batch input file is received: room for the
+    # largest file a queue may accept (maxFileBytes <= 2 GiB).
+    template_spec = pod_spec(
+        [main],
+        volumes=volumes,
+        tmp_size=UPLOAD_TMP_SIZE if mounts.batch_queue else TMP_SIZE,
+    )
+    template_spec["terminationGracePeriodSeconds"] = termination_grace_seconds(gateway)
     deploy_spec: dict[str, Any] = {
         "selector": {"matchLabels": selector_labels(owner, COMPONENT)},
         "strategy": {
@@ -131,13 +163,7 @@ def build_deployment(
                 "labels": metadata(owner, "", COMPONENT)["labels"],
                 "annotations": {CONFIG_HASH_ANNOTATION: config_hash},
             },
-            # Uploads over 1 MB are spooled to /tmp while a batch input file is received:
-            # room for the largest file a queue may accept (maxFileBytes <= 2 GiB).
-            "spec": pod_spec(
-                [main],
-                volumes=volumes,
-                tmp_size=UPLOAD_TMP_SIZE if mounts.batch_queue else TMP_SIZE,
-            ),
+            "spec": template_spec,
         },
     }
     if not spec.autoscaling.enabled:

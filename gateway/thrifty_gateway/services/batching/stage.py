@@ -16,10 +16,16 @@ import os
 import socket
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import EqualJitterBackoff
+from redis.exceptions import RedisError
+
 from thrifty_core.config import GatewayConfig
+from thrifty_core.errors import ServiceUnavailableError
 from thrifty_core.prices import Usage
 
 from ..ledger import Entry, Ledger
@@ -53,18 +59,58 @@ class BatchRuntime:
         self.routes = frozenset(r.name for r in config.routes)
 
 
-def open_queue(config: GatewayConfig) -> RedisQueue | None:
+# The gateway's queue client waits this long for a connection and this long for each answer
+# (a ledger read blocks 1 s in Redis), tried once more after a failure: a request deferred while
+# the queue's Redis is down or unreachable gets a quick 503, not a request held for minutes.
+GATEWAY_CONNECT_TIMEOUT = 1.0
+GATEWAY_SOCKET_TIMEOUT = 5.0
+GATEWAY_RETRIES = 1
+RETRY_AFTER_SECONDS = 5  # what a refused deferral tells its client
+
+
+def open_queue(config: GatewayConfig, *, gateway: bool = False) -> RedisQueue | None:
+    """The batch queue of `config`, None without one. `gateway`: with the gateway's short
+    timeouts (above); the worker keeps the queue's own (it waits on Redis, nobody waits on it)."""
     batch = config.batch
     if batch is None or not batch.redis_url:
         return None
     password = batch.redis_password.read_store_credential() if batch.redis_password else None
-    return RedisQueue.from_url(
+    if not gateway:
+        return RedisQueue.from_url(
+            batch.redis_url,
+            batch.name,
+            max_attempts=batch.spec.retries.max_attempts,
+            dead_letter=batch.spec.dead_letter,
+            password=password,
+        )
+    client = Redis.from_url(
         batch.redis_url,
+        password=password,
+        socket_timeout=GATEWAY_SOCKET_TIMEOUT,
+        socket_connect_timeout=GATEWAY_CONNECT_TIMEOUT,
+        retry=Retry(EqualJitterBackoff(cap=0.5, base=0.05), GATEWAY_RETRIES),
+    )
+    return RedisQueue(
+        client,
         batch.name,
         max_attempts=batch.spec.retries.max_attempts,
         dead_letter=batch.spec.dead_letter,
-        password=password,
     )
+
+
+@contextlib.contextmanager
+def queue_answers() -> Iterator[None]:
+    """The queue's Redis failing (down, unreachable, too slow) as a retryable 503."""
+    try:
+        yield
+    except (RedisError, TimeoutError) as exc:
+        log.warning("batch queue unavailable: %s", type(exc).__name__)
+        raise ServiceUnavailableError(
+            "The batch queue is unavailable right now; retry later (or send the request "
+            "without x-thrifty-defer).",
+            code="batch_queue_unavailable",
+            headers={"retry-after": str(RETRY_AFTER_SECONDS)},
+        ) from exc
 
 
 # Request headers that direct the cache: a deferred request carrying any of them is kept out of
@@ -133,7 +179,8 @@ class BatchStage:
             ctx.tenant_name,
             cache=not any(ctx.headers.get(h) for h in CACHE_HEADERS),
         )
-        record = await queue.create(record, [line])
+        with queue_answers():
+            record = await queue.create(record, [line])
         poll_url = f"/v1/thrifty/deferred/{record.id}"
         body = {
             "id": record.id,
@@ -187,6 +234,10 @@ class BatchStage:
                         await asyncio.shield(self._settle(got[0][1]))
             except asyncio.CancelledError:
                 raise
+            except (RedisError, TimeoutError) as exc:  # down: said once a second, no trace
+                log.warning("batch ledger sync: queue unavailable (%s); retrying", exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), 1.0)
             except Exception:
                 log.exception("batch ledger sync failed; retrying")
                 with contextlib.suppress(TimeoutError):
@@ -306,9 +357,10 @@ async def batch_stage(config: GatewayConfig, resources: Any) -> BatchStage | Non
     """The stage factory: None when the config has no batch section."""
     if config.batch is None:
         return None
-    queue = open_queue(config)
-    if queue is not None:
-        await queue.ensure_groups()
+    # The consumer groups are made by the ledger sync (retried while Redis is down) and by
+    # every batch create: a queue's Redis that is down at start fails deferrals (503), not the
+    # gateway's start (chat and cache traffic do not need it).
+    queue = open_queue(config, gateway=True)
     runtime = BatchRuntime(config, queue)
     coalescer = None
     if config.batch.coalesce_window_ms > 0:
