@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build (or reuse) the pinned binaries of the local test control plane from Go modules only:
-# kube-apiserver, kube-controller-manager, kube-scheduler, etcd, kwok, kwokctl, helm and
-# kubeconform. Nothing is downloaded from release pages; the Go module proxy is the only source.
+# kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, etcd, kwok, kwokctl, helm
+# and kubeconform. Nothing is downloaded from release pages; the Go module proxy is the only source.
 #
 #   K8S_VERSION          Kubernetes version (default v1.36.3)
 #   THRIFTY_K8S_CACHE    cache root (default $HOME/.cache/thrifty-k8s); the binaries land in
@@ -23,7 +23,7 @@ ROOT="$CACHE_ROOT/$K8S_VERSION"
 BIN="$ROOT/bin"
 SRC="$ROOT/src"
 STAMP="$BIN/.versions"
-TOOLS=(kube-apiserver kube-controller-manager kube-scheduler etcd kwok kwokctl helm kubeconform)
+TOOLS=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok kwokctl helm kubeconform)
 
 log() { printf '[k8s-build] %s\n' "$*" >&2; }
 die() {
@@ -134,10 +134,18 @@ EOF
 # --- Kubernetes: k8s.io/kubernetes requires its staging modules at v0.0.0 and replaces them with
 # ./staging paths, which do not apply to a dependency; pin every one to the matching v0.X.Y.
 build_kubernetes() {
-	local dir="$SRC/kubernetes" start gomod mods m ldflags pkgs
-	local cmds=(kube-apiserver kube-controller-manager kube-scheduler)
-	if [[ -f "$BIN/.kubernetes.version" && "$(cat "$BIN/.kubernetes.version")" == "$K8S_VERSION" ]] &&
-		[[ -x "$BIN/kube-apiserver" && -x "$BIN/kube-controller-manager" && -x "$BIN/kube-scheduler" ]]; then
+	local dir="$SRC/kubernetes" start gomod mods ldflags pkgs
+	local cmds=(kube-apiserver kube-controller-manager kube-scheduler kubectl) todo=() m
+	# A cache of this version missing some command (kubectl, added later) builds only those.
+	if [[ -f "$BIN/.kubernetes.version" && "$(cat "$BIN/.kubernetes.version")" == "$K8S_VERSION" ]]; then
+		for m in "${cmds[@]}"; do
+			[[ -x "$BIN/$m" ]] || todo+=("$m")
+		done
+	else
+		rm -f "$BIN/.kubernetes.version"
+		todo=("${cmds[@]}")
+	fi
+	if ((${#todo[@]} == 0)); then
 		log "kubernetes: cached"
 		return 0
 	fi
@@ -170,7 +178,7 @@ build_kubernetes() {
 		ldflags+=" -X $m.gitCommit=0000000000000000000000000000000000000000 -X $m.gitTreeState=clean"
 		ldflags+=" -X $m.buildDate=$BUILD_DATE"
 	done
-	for m in "${cmds[@]}"; do
+	for m in "${todo[@]}"; do
 		local t0=$SECONDS
 		log "kubernetes: building $m"
 		(cd "$dir" && "${NICE[@]}" "$GO" build -ldflags "$ldflags" -o "$BIN/$m" "k8s.io/kubernetes/cmd/$m") ||
@@ -179,6 +187,8 @@ build_kubernetes() {
 	done
 	"$BIN/kube-apiserver" --version | grep -qx "Kubernetes $K8S_VERSION" ||
 		die "kube-apiserver --version does not report $K8S_VERSION: $("$BIN/kube-apiserver" --version)"
+	"$BIN/kubectl" version --client | grep -qx "Client Version: $K8S_VERSION" ||
+		die "kubectl version --client does not report $K8S_VERSION: $("$BIN/kubectl" version --client)"
 	printf '%s\n' "$K8S_VERSION" >"$BIN/.kubernetes.version"
 	log "kubernetes: built in $((SECONDS - start))s"
 }

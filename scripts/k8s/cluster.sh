@@ -27,7 +27,9 @@ CLUSTER_DIR="$KWOK_WORKDIR/clusters/$NAME"
 KUBECONFIG_PATH="$CLUSTER_DIR/kubeconfig.yaml"
 VERSION_MARK="$CLUSTER_DIR/thrifty-k8s-version"
 KUBECTL="${KUBECTL:-}"
-if [[ -z "$KUBECTL" ]]; then
+if [[ -z "$KUBECTL" && -x "$BIN/kubectl" ]]; then
+	KUBECTL="$BIN/kubectl" # the pinned one scripts/k8s/build.sh builds
+elif [[ -z "$KUBECTL" ]]; then
 	KUBECTL="$(command -v kubectl || true)"
 fi
 COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok-controller)
@@ -43,7 +45,8 @@ kwokctl() { "$BIN/kwokctl" --name "$NAME" "$@"; }
 kc() { "$KUBECTL" --kubeconfig "$KUBECONFIG_PATH" --request-timeout=10s "$@"; }
 
 need_tools() {
-	[[ -n "$KUBECTL" && -x "$KUBECTL" ]] || die "kubectl not found (set KUBECTL=/path/to/kubectl)"
+	[[ -n "$KUBECTL" && -x "$KUBECTL" ]] ||
+		die "kubectl not found: run 'make k8s-tools' (scripts/k8s/build.sh) or set KUBECTL=/path/to/kubectl"
 	local t
 	for t in kwokctl kwok etcd kube-apiserver kube-controller-manager kube-scheduler; do
 		[[ -x "$BIN/$t" ]] || die "$BIN/$t missing: run 'make k8s-tools' (scripts/k8s/build.sh) first"
