@@ -63,6 +63,8 @@ class Demo:
     workload: list[Call]
     console: Console
     notes: list[tuple[str, str]] = field(default_factory=list)
+    # Usage of the gateways stages run on their own (the report sums them with this one's).
+    ledgers: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
 
 class DemoStage(Protocol):
@@ -231,9 +233,37 @@ def _usd(value: float) -> str:
     return f"${value:,.4f}"
 
 
-def report(console: Console, usage: dict[str, Any], notes: list[tuple[str, str]]) -> None:
-    totals = usage["totals"]
-    table = Table(title="Thrifty savings report", show_lines=False)
+def merge_usage(bodies: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The totals and per-route rows of several gateways' `/v1/thrifty/usage` bodies, summed."""
+
+    def add(into: dict[str, Any], row: dict[str, Any]) -> None:
+        for key, value in row.items():
+            if isinstance(value, dict):
+                add(into.setdefault(key, {}), value)
+            elif isinstance(value, int | float) and not isinstance(value, bool):
+                into[key] = into.get(key, 0) + value
+
+    totals: dict[str, Any] = {}
+    routes: dict[str, dict[str, Any]] = {}
+    for body in bodies:
+        add(totals, body["totals"])
+        for row in body["by_route"]:
+            add(routes.setdefault(row["route"], {"route": row["route"]}), row)
+    return {"totals": totals, "by_route": [routes[name] for name in sorted(routes)]}
+
+
+def report(
+    console: Console,
+    usage: dict[str, Any],
+    notes: list[tuple[str, str]],
+    ledgers: Sequence[tuple[str, dict[str, Any]]] = (),
+) -> None:
+    """The savings of every gateway the demo ran (its own and the stages'), summed, with a row
+    per gateway, then the notes of the stages."""
+    sources = [("workload replay", usage), *ledgers]
+    combined = merge_usage([body for _, body in sources])
+    totals = combined["totals"]
+    table = Table(title="Thrifty savings report (every demo gateway)", show_lines=False)
     table.add_column("")
     table.add_column("value", justify="right")
     table.add_row("requests", f"{totals['requests']:,}")
@@ -250,10 +280,23 @@ def report(console: Console, usage: dict[str, Any], notes: list[tuple[str, str]]
         served = totals["served_by_lever"].get(lever, 0)
         table.add_row(f"  by {lever}", f"{_usd(usd)} ({served} requests)")
     console.print(table)
+    stages = Table(title="by demo stage")
+    for col in ("stage", "requests", "direct", "thrifty", "saved"):
+        stages.add_column(col, justify="left" if col == "stage" else "right")
+    for name, body in sources:
+        t = body["totals"]
+        stages.add_row(
+            name,
+            f"{t['requests']:,}",
+            _usd(t["baseline_cost_usd"]),
+            _usd(t["cost_usd"]),
+            _usd(t["saved_usd"]),
+        )
+    console.print(stages)
     routes = Table(title="by route")
     for col in ("route", "requests", "tokens", "direct", "thrifty", "saved"):
         routes.add_column(col, justify="left" if col == "route" else "right")
-    for row in usage["by_route"]:
+    for row in combined["by_route"]:
         routes.add_row(
             row["route"],
             str(row["requests"]),
@@ -312,7 +355,7 @@ def run(stages: Sequence[DemoStage] | None = None, requests: int = REQUESTS) -> 
             console=console,
         )
         usage = asyncio.run(_run_stages(demo, stages or default_stages()))
-    report(console, usage, demo.notes)
+    report(console, usage, demo.notes, demo.ledgers)
     return 0
 
 

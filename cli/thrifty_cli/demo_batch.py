@@ -38,6 +38,7 @@ class DemoLike(Protocol):
     gateway_url: str
     simulator_url: str
     notes: list[tuple[str, str]]
+    ledgers: list[tuple[str, dict[str, Any]]]
 
 
 def _ok(url: str, key: str | None = None) -> bool:
@@ -110,13 +111,17 @@ def _own_stack(stack: ExitStack, simulator_url: str, work: Path) -> str:
     return url
 
 
-def _batch_saving(url: str) -> tuple[float, float]:
+def _usage(url: str) -> dict[str, Any]:
     request = urllib.request.Request(
         f"{url}/v1/thrifty/usage", headers={"authorization": f"Bearer {ADMIN_KEY}"}
     )
     with urllib.request.urlopen(request, timeout=10) as resp:
-        usage = json.loads(resp.read())
-    totals = usage["totals"]
+        usage: dict[str, Any] = json.loads(resp.read())
+    return usage
+
+
+def _batch_saving(url: str) -> tuple[float, float]:
+    totals = _usage(url)["totals"]
     return float(totals["saved_by_lever_usd"]["batch"]), float(totals["cost_usd"])
 
 
@@ -188,11 +193,13 @@ class BatchDemoStage:
 
     def _run(self, demo: DemoLike) -> dict[str, Any]:
         if _ok(f"{demo.gateway_url}/v1/batches", TENANT_KEY):
-            return submit_batch(demo.gateway_url)
+            return submit_batch(demo.gateway_url)  # in the demo gateway's own ledger
         with ExitStack() as stack:
             work = Path(tempfile.mkdtemp(prefix="thrifty-demo-batch-"))
             url = _own_stack(stack, demo.simulator_url, work)
-            return submit_batch(url)
+            result = submit_batch(url)
+            demo.ledgers.append((self.name, _usage(url)))
+            return result
 
 
 def batch_stage() -> BatchDemoStage:

@@ -163,13 +163,21 @@ class CacheDemoStage:
     name: str = "cache"
 
     async def run(self, demo: Any) -> None:
-        demo.notes.extend(await serve_and_run(demo.simulator_url, demo.console))
+        demo.notes.extend(await serve_and_run(demo.simulator_url, demo.console, demo.ledgers))
 
 
-async def serve_and_run(simulator_url: str, console: Console) -> list[tuple[str, str]]:
+async def serve_and_run(
+    simulator_url: str, console: Console, ledgers: list[tuple[str, Any]] | None = None
+) -> list[tuple[str, str]]:
     from thrifty_cli import demo_support
 
-    return await demo_support.serve_and_run(cache_config, run_cache_demo, simulator_url, console)
+    return await demo_support.serve_and_run(
+        cache_config,
+        run_cache_demo,
+        simulator_url,
+        console,
+        None if ledgers is None else (ledgers, "cache"),
+    )
 
 
 def main() -> int:

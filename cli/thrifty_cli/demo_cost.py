@@ -142,10 +142,12 @@ class CostDemoStage:
     name: str = "cost"
 
     async def run(self, demo: Any) -> None:
-        demo.notes.extend(await serve_and_run(demo.simulator_url, demo.console))
+        demo.notes.extend(await serve_and_run(demo.simulator_url, demo.console, demo.ledgers))
 
 
-async def serve_and_run(simulator_url: str, console: Console) -> list[tuple[str, str]]:
+async def serve_and_run(
+    simulator_url: str, console: Console, ledgers: list[tuple[str, Any]] | None = None
+) -> list[tuple[str, str]]:
     from thrifty_cli import demo_support
 
     # budget refusals are expected here: keep their warnings out of the demo's output
@@ -153,7 +155,13 @@ async def serve_and_run(simulator_url: str, console: Console) -> list[tuple[str,
     level = gateway_log.level
     gateway_log.setLevel(logging.ERROR)
     try:
-        return await demo_support.serve_and_run(cost_config, run_cost_demo, simulator_url, console)
+        return await demo_support.serve_and_run(
+            cost_config,
+            run_cost_demo,
+            simulator_url,
+            console,
+            None if ledgers is None else (ledgers, "tier"),
+        )
     finally:
         gateway_log.setLevel(level)
 

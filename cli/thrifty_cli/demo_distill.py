@@ -133,8 +133,11 @@ async def _usage(base_url: str) -> dict[str, Any]:
     return route
 
 
-async def run_distill_demo(console: Console, work: Path) -> list[tuple[str, str]]:
-    """Run the whole loop; returns report lines (name, text)."""
+async def run_distill_demo(
+    console: Console, work: Path, ledgers: list[tuple[str, Any]] | None = None
+) -> list[tuple[str, str]]:
+    """Run the whole loop; returns report lines (name, text). `ledgers`: where the gateway's
+    usage goes at the end (teacher traffic included), for the demo's report."""
     import subprocess
 
     import uvicorn
@@ -186,7 +189,7 @@ async def run_distill_demo(console: Console, work: Path) -> list[tuple[str, str]
         lines = [
             (
                 "distill",
-                "own gateway + teacher simulator, not in the tables above: "
+                "own gateway + teacher simulator: "
                 f"captured {len(first)} teacher answers on route intent ({len(labels)} "
                 f"Banking77 intents); {snapshot.train} train / {snapshot.held_out} held out; "
                 f"pipeline {pipeline_seconds:.1f}s",
@@ -205,6 +208,7 @@ async def run_distill_demo(console: Console, work: Path) -> list[tuple[str, str]
             )
         )
         if not report["promoted"]:
+            await _add_ledger(base, ledgers)
             return lines
         deadline = time.monotonic() + 30
         while stage.status()[0]["version"] != report["version"] and time.monotonic() < deadline:
@@ -228,6 +232,7 @@ async def run_distill_demo(console: Console, work: Path) -> list[tuple[str, str]
                 else "no traffic",
             )
         )
+        await _add_ledger(base, ledgers)
         return lines
     finally:
         server.should_exit = True
@@ -235,6 +240,13 @@ async def run_distill_demo(console: Console, work: Path) -> list[tuple[str, str]
         sim.terminate()
         sim.wait(timeout=10)
         sim_log.close()
+
+
+async def _add_ledger(base_url: str, ledgers: list[tuple[str, Any]] | None) -> None:
+    from thrifty_cli.demo_support import usage_of
+
+    if ledgers is not None:
+        ledgers.append(("distill", await usage_of(base_url)))
 
 
 async def _wait_ready(*urls: str, timeout: float = 60) -> None:
@@ -262,7 +274,7 @@ class DistillDemoStage:
 
     async def run(self, demo: Any) -> None:
         work = Path(tempfile.mkdtemp(prefix="thrifty-demo-distill-"))
-        demo.notes.extend(await run_distill_demo(demo.console, work))
+        demo.notes.extend(await run_distill_demo(demo.console, work, demo.ledgers))
 
 
 def main() -> int:

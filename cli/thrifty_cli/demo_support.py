@@ -17,6 +17,23 @@ from typing import Any
 from rich.console import Console
 
 Notes = list[tuple[str, str]]
+# (stage, its gateway's `/v1/thrifty/usage` body): stages that run a gateway of their own add it,
+# so that the demo's report sums every gateway's ledger.
+Ledgers = list[tuple[str, dict[str, Any]]]
+ADMIN_KEY = "sk-local-admin"
+
+
+async def usage_of(url: str) -> dict[str, Any]:
+    """The gateway's `/v1/thrifty/usage` body (admin key: every tenant)."""
+    import httpx
+
+    async with httpx.AsyncClient(timeout=10) as http:
+        resp = await http.get(
+            f"{url}/v1/thrifty/usage", headers={"authorization": f"Bearer {ADMIN_KEY}"}
+        )
+        resp.raise_for_status()
+    body: dict[str, Any] = resp.json()
+    return body
 
 
 def free_port() -> int:
@@ -78,9 +95,11 @@ async def serve_and_run(
     run: Callable[[str, Console], Awaitable[Notes]],
     simulator_url: str,
     console: Console,
+    ledgers: tuple[Ledgers, str] | None = None,
 ) -> Notes:
     """A gateway on `config(simulator_url, port)` in this process, `run` against it once
-    `/readyz` answers (or after a minute of trying)."""
+    `/readyz` answers (or after a minute of trying). `ledgers`: (list, stage name) to add the
+    gateway's usage to once `run` is done."""
     import httpx
 
     from thrifty_core.config import parse_config
@@ -97,7 +116,10 @@ async def serve_and_run(
                 except httpx.HTTPError:
                     pass
                 await asyncio.sleep(0.1)
-        return await run(url, console)
+        notes = await run(url, console)
+        if ledgers is not None:
+            ledgers[0].append((ledgers[1], await usage_of(url)))
+        return notes
 
 
 def run_alone(name: str, stage: Callable[[str, Console], Coroutine[Any, Any, Notes]]) -> int:
