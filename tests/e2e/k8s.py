@@ -36,6 +36,7 @@ TOOLS = (
     "kube-apiserver",
     "kube-controller-manager",
     "kube-scheduler",
+    "kubectl",
     "etcd",
     "kwok",
     "kwokctl",
@@ -94,9 +95,16 @@ def bin_dir() -> Path:
 
 
 def kubectl_path() -> Path:
-    """The real kubectl client (``KUBECTL`` or the one on PATH, else /usr/bin/kubectl)."""
+    """The real kubectl client: ``KUBECTL``, else the pinned one scripts/k8s/build.sh builds
+    (the control plane's version: a clean CI box has no other), else the one on PATH."""
     env = os.environ.get("KUBECTL")
-    found = env or shutil.which("kubectl") or "/usr/bin/kubectl"
+    pinned = bin_dir() / "kubectl"
+    if env:
+        found = env
+    elif os.access(pinned, os.X_OK):
+        found = str(pinned)
+    else:
+        found = shutil.which("kubectl") or "/usr/bin/kubectl"
     path = Path(found)
     if not path.is_file():
         raise ClusterError(f"kubectl not found at {path}; install it or set KUBECTL")
