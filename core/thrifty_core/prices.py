@@ -1,7 +1,9 @@
 """The price catalog: what a request costs, from its token usage.
 
 Built-in list prices (USD per million tokens, public list prices of late 2025) can be
-overridden per gateway (`GatewayConfig.prices`) and per provider (`ProviderConfig.prices`).
+overridden per gateway (`GatewayConfig.prices`) and per provider (`ProviderConfig.prices`): a
+provider's override prices that provider's targets only (a self-hosted `gpt-4o-mini` at $0 leaves
+OpenAI's at list price), so a cost is looked up by (provider, model).
 Dated snapshots (`gpt-4o-2024-08-06`, `gpt-3.5-turbo-0125`) resolve to their model, and
 provider prefixes (`openai/gpt-4o`) are dropped; snapshots priced otherwise are listed by name.
 Any other name is its own model: `o3-pro` is not `o3` (it costs ten times more). Unknown models
@@ -97,24 +99,44 @@ _SNAPSHOT = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{4})$")
 
 
 class PriceCatalog:
-    """Model name -> price, with overrides layered over the built-in list."""
+    """Model name -> price, with overrides layered over the built-in list, and per provider
+    the prices that provider overrides (`provider=` in `lookup` and `cost`; None, or a
+    provider without overrides, is the gateway-wide catalog)."""
 
     def __init__(
         self,
         overrides: Iterable[ModelPrice] = (),
         base: Mapping[str, Price] = BUILTIN_PRICES,
+        providers: Mapping[str, Iterable[ModelPrice]] | None = None,
     ) -> None:
         self._prices: dict[str, Price] = dict(base)
         for p in overrides:
             self._prices[p.model] = Price.from_model_price(p)
         self._memo: dict[str, Price | None] = {}
+        self._providers: dict[str, PriceCatalog] = {
+            name: PriceCatalog(own, base=self._prices)
+            for name, own in (providers or {}).items()
+            if own
+        }
 
     def with_overrides(self, overrides: Iterable[ModelPrice]) -> PriceCatalog:
-        """A new catalog with `overrides` on top of this one."""
+        """A new catalog with `overrides` on top of this one (for every provider)."""
         return PriceCatalog(overrides, base=self._prices)
 
-    def lookup(self, model: str) -> Price | None:
-        """The exact name, else without a `provider/` prefix, else without a snapshot date."""
+    def with_provider(self, provider: str, overrides: Iterable[ModelPrice]) -> PriceCatalog:
+        """A new catalog where `provider`'s targets are priced with `overrides` on top of this
+        one (other providers keep this catalog's prices)."""
+        catalog = PriceCatalog(base=self._prices)
+        catalog._providers = {**self._providers, provider: PriceCatalog(overrides, self._prices)}
+        return catalog
+
+    def lookup(self, model: str, provider: str | None = None) -> Price | None:
+        """The exact name, else without a `provider/` prefix, else without a snapshot date
+        (in `provider`'s prices when it overrides any)."""
+        if provider is not None:
+            own = self._providers.get(provider)
+            if own is not None:
+                return own.lookup(model)
         if model in self._memo:
             return self._memo[model]
         found = self._prices.get(model)
@@ -125,8 +147,11 @@ class PriceCatalog:
             self._memo[model] = found
         return found
 
-    def cost(self, model: str, usage: Usage, *, batch: bool = False) -> float:
-        return cost_usd(self.lookup(model), usage, batch=batch)
+    def cost(
+        self, model: str, usage: Usage, *, batch: bool = False, provider: str | None = None
+    ) -> float:
+        """What `usage` of `model` costs at `provider` (None: the gateway-wide price)."""
+        return cost_usd(self.lookup(model, provider), usage, batch=batch)
 
     def models(self) -> list[str]:
         return sorted(self._prices)

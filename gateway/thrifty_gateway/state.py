@@ -37,26 +37,25 @@ def build_routes(config: GatewayConfig) -> dict[str, RouteRuntime]:
 
 
 def build_catalog(config: GatewayConfig) -> PriceCatalog:
-    """Built-in prices, then gateway-wide overrides, then per-provider overrides."""
-    catalog = PriceCatalog(config.prices)
-    for provider in config.providers:
-        if provider.prices:
-            catalog = catalog.with_overrides(provider.prices)
-    return catalog
+    """Built-in prices, then gateway-wide overrides; a provider's overrides price that
+    provider's targets only (`catalog.cost(model, usage, provider=target.provider)`)."""
+    return PriceCatalog(
+        config.prices, providers={p.name: p.prices for p in config.providers if p.prices}
+    )
 
 
 def unpriced_models(config: GatewayConfig, catalog: PriceCatalog) -> list[str]:
     """Route target models the catalog has no price for (they cost 0: budgets never charge
     them, savings against them are 0), to be said at start."""
-    models = {t.model for r in config.routes for t in r.targets}
-    models |= {
-        t.model
+    targets = {(t.provider, t.model) for r in config.routes for t in r.targets}
+    targets |= {
+        (t.provider, t.model)
         for r in config.routes
         if r.tiering
         for tier in r.tiering.tiers
         for t in tier.targets
     }
-    return sorted(m for m in models if catalog.lookup(m) is None)
+    return sorted({m for p, m in targets if catalog.lookup(m, p) is None})
 
 
 @dataclass

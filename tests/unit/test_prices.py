@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from thrifty_core.api.llmgateway import ModelPrice
@@ -66,3 +68,67 @@ def test_the_gateway_names_route_models_it_has_no_price_for() -> None:
         }
     )
     assert unpriced_models(config, build_catalog(config)) == ["gpt-4o-prod"]
+
+
+def test_a_providers_override_prices_that_providers_targets_only() -> None:
+    """A self-hosted `gpt-4o-mini` declared at $0 leaves OpenAI's at its list price, whatever
+    order the providers are listed in; no provider (or one without overrides) is the
+    gateway-wide price."""
+    from thrifty_core.config import parse_config
+    from thrifty_gateway.state import build_catalog
+
+    free = [{"model": "gpt-4o-mini", "inputPerMTok": 0, "outputPerMTok": 0}]
+    openai: dict[str, Any] = {"name": "openai", "baseUrl": "http://o/v1"}
+    vllm: dict[str, Any] = {"name": "vllm", "baseUrl": "http://v/v1", "prices": free}
+    for providers in ([openai, vllm], [vllm, openai]):
+        config = parse_config(
+            {
+                "providers": providers,
+                "prices": [{"model": "gpt-4o", "inputPerMTok": 2.0, "outputPerMTok": 8.0}],
+                "routes": [{"name": "a", "targets": [{"provider": "openai", "model": "gpt-4o"}]}],
+            }
+        )
+        catalog = build_catalog(config)
+        full = Usage(1_000_000, 1_000_000)
+        assert catalog.cost("gpt-4o-mini", full, provider="openai") == pytest.approx(0.75)
+        assert catalog.cost("gpt-4o-mini", full) == pytest.approx(0.75)
+        assert catalog.cost("gpt-4o-mini", full, provider="vllm") == 0.0
+        # the gateway-wide override holds at every provider, the provider's own on top
+        assert catalog.cost("gpt-4o", full, provider="vllm") == pytest.approx(10.0)
+        assert catalog.cost("gpt-4o", full, provider="openai") == pytest.approx(10.0)
+        assert catalog.cost("gpt-4o", full, provider="unknown") == pytest.approx(10.0)
+
+
+def test_with_provider_layers_one_providers_prices() -> None:
+    catalog = PriceCatalog().with_provider(
+        "azure", [ModelPrice(model="gpt-4o", input_per_m_tok=1.0, output_per_m_tok=2.0)]
+    )
+    assert catalog.cost("gpt-4o", Usage(1_000_000, 1_000_000), provider="azure") == 3.0
+    assert catalog.cost("gpt-4o", Usage(1_000_000, 1_000_000)) == pytest.approx(12.5)
+    assert catalog.lookup("gpt-4o-mini", "azure") == catalog.lookup("gpt-4o-mini")
+
+
+def test_a_model_priced_by_its_provider_is_not_reported_unpriced() -> None:
+    from thrifty_core.config import parse_config
+    from thrifty_gateway.state import build_catalog, unpriced_models
+
+    config = parse_config(
+        {
+            "providers": [
+                {"name": "openai", "baseUrl": "http://o/v1"},
+                {
+                    "name": "vllm",
+                    "baseUrl": "http://v/v1",
+                    "prices": [{"model": "llama-3-8b", "inputPerMTok": 0.1, "outputPerMTok": 0.1}],
+                },
+            ],
+            "routes": [
+                {"name": "a", "targets": [{"provider": "vllm", "model": "llama-3-8b"}]},
+                {"name": "b", "targets": [{"provider": "openai", "model": "llama-3-8b"}]},
+            ],
+        }
+    )
+    # priced at vllm only: OpenAI's target of the same name has no price
+    assert unpriced_models(config, build_catalog(config)) == ["llama-3-8b"]
+    config.routes.pop()
+    assert unpriced_models(config, build_catalog(config)) == []

@@ -186,7 +186,8 @@ class RequestContext:
 
     def baseline_cost(self, usage: Usage) -> float:
         """What `usage` costs at the baseline model's list price (no Thrifty)."""
-        return self.catalog.cost(self.baseline_model(), usage)
+        primary = self.route.targets[0]
+        return self.catalog.cost(primary.model, usage, provider=primary.provider)
 
     def add_saving(self, lever: Lever, usd: float) -> None:
         """Record money a lever saved on this request (positive USD)."""

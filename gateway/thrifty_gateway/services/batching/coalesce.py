@@ -137,7 +137,7 @@ class Coalescer:
             usage=usage,
             model=target.model,
             served_by=f"{target.label}",
-            cost_usd=self.catalog.cost(target.model, usage),
+            cost_usd=self.catalog.cost(target.model, usage, provider=target.provider),
             headers={"x-thrifty-coalesced": str(len(group.waiters))},
         )
 

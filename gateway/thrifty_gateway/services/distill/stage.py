@@ -393,7 +393,7 @@ class DistillStage:
             return
         usage = usage_of(completion) or estimate_usage(ctx.body, completion)
         model = attempt.target.model
-        cost = state.catalog.cost(model, usage)
+        cost = state.catalog.cost(model, usage, provider=attempt.target.provider)
         # A cost of the distill lever: without Thrifty this call would not have been made.
         state.ledger.record(
             Entry(EVAL_TENANT, ctx.route.name, model, usage, cost, {"distill": -cost}, lever=None)

@@ -28,6 +28,7 @@ class TierDecision:
     answered: bool = False  # the cascade produced the answer (a stage answer the cache stores)
     checked: bool = False  # the cascade accepted the chosen tier's own answer
     escalated: bool = False  # the cascade answered from a stronger tier than the chosen one
+    provider: str = ""  # provider of `target` (what its answers are priced at)
 
     def cacheable(self) -> str | None:
         """None when the answer may be stored under `target`'s key, else why not."""
