@@ -349,7 +349,7 @@ class Proxy:
         except orjson.JSONDecodeError:
             answer = None
         usage = usage_of(answer) or estimate_usage(ctx.body, answer)
-        cost = state.catalog.cost(target.model, usage)
+        cost = state.catalog.cost(target.model, usage, provider=target.provider)
         headers["x-thrifty-cost-usd"] = f"{cost:.8f}"
         outcome = Outcome(resp.status, answer, usage, target.model, target.label, cost)
         content = resp.body
@@ -386,7 +386,9 @@ class Proxy:
                         if payload == b"[DONE]" and usage is not None and not done:
                             # Headers left before the cost was known: say it in an SSE
                             # comment (clients ignore comments) just before [DONE].
-                            cost = self.state.catalog.cost(target.model, usage)
+                            cost = self.state.catalog.cost(
+                                target.model, usage, provider=target.provider
+                            )
                             out.append(b": x-thrifty-cost-usd %.8f\n\n" % cost)
                         done = done or payload == b"[DONE]"
                         out.append(event)
@@ -443,7 +445,7 @@ class Proxy:
             whole = not unread and not assembler.broken
             completion = assembler.completion() if whole else None
             final = usage or estimate_usage(ctx.body, completion)
-            cost = self.state.catalog.cost(target.model, final)
+            cost = self.state.catalog.cost(target.model, final, provider=target.provider)
             status = 200 if done or usage is not None else 502
             outcome = Outcome(status, completion, final, target.model, target.label, cost)
             hidden = hide_choice_fields(completion, ctx.hidden_choice_fields)
