@@ -58,8 +58,13 @@ HARD = [
 
 
 @pytest.fixture(scope="module")
-def scorer(tmp_path_factory: pytest.TempPathFactory) -> DifficultyScorer:
-    embedder = LocalEmbedder(threads=1)
+def embedder() -> LocalEmbedder:
+    return LocalEmbedder(threads=1)
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory: pytest.TempPathFactory, embedder: LocalEmbedder) -> Path:
+    """A promoted difficulty classifier, version v0001, under the returned root."""
     examples = [Example(text=t, answer="easy", label="easy") for t in EASY]
     examples += [Example(text=t, answer="medium", label="medium") for t in MEDIUM]
     examples += [Example(text=t, answer="hard", label="hard") for t in HARD]
@@ -79,7 +84,12 @@ def scorer(tmp_path_factory: pytest.TempPathFactory) -> DifficultyScorer:
         promoted=True,
     )
     write_manifest(root / "v0001", manifest)
-    loaded = load_classifier(DifficultyClassifier(artifact_path=str(root)), embedder)
+    return root
+
+
+@pytest.fixture(scope="module")
+def scorer(artifact: Path, embedder: LocalEmbedder) -> DifficultyScorer:
+    loaded = load_classifier(DifficultyClassifier(artifact_path=str(artifact)), embedder)
     assert loaded is not None
     return loaded
 
@@ -121,3 +131,44 @@ class _NoEmbedder:
     def embed(self, texts: Sequence[str]) -> Any:
         del texts
         raise AssertionError("not called without a version")
+
+
+async def test_a_classifier_promoted_after_start_is_picked_up(
+    artifact: Path, embedder: LocalEmbedder, tmp_path: Path
+) -> None:
+    """A gateway started before the first promotion: its `maxDifficulty` rules start working
+    once a version is promoted, without a restart (and nothing is reloaded while the version
+    stays the same)."""
+    import shutil
+
+    from prometheus_client import CollectorRegistry
+
+    from thrifty_gateway.services.pipeline import Target
+    from thrifty_gateway.services.tiering.reload import reload_scorers
+    from thrifty_gateway.services.tiering.stage import TierMetrics, TierStage, build_plan
+
+    root = tmp_path / "difficulty"
+    root.mkdir()
+    tiering = Tiering.model_validate(
+        {
+            "tiers": [
+                {
+                    "name": "cheap",
+                    "targets": [{"provider": "p", "model": "mini"}],
+                    "rules": [{"maxDifficulty": 0.5}],
+                }
+            ],
+            "classifier": {"artifactPath": str(root)},
+        }
+    )
+    plan = build_plan(tiering, (Target("p", "big"),))
+    stage = TierStage({"smart": plan}, None, TierMetrics(CollectorRegistry()))
+    assert await reload_scorers(stage, lambda: embedder) == []
+    assert stage.plans["smart"].scorer is None
+
+    shutil.copytree(artifact / "v0001", root / "v0001")
+    assert await reload_scorers(stage, lambda: embedder) == ["smart"]
+    scorer = stage.plans["smart"].scorer
+    assert scorer is not None and getattr(scorer, "version", None) == "v0001"
+    assert scorer.difficulty("is the shop open on saturday") < 0.5
+    assert await reload_scorers(stage, lambda: embedder) == []

@@ -9,7 +9,12 @@ from pydantic import ValidationError
 
 from thrifty_core.api.costcontrol import Tiering, TierRule
 from thrifty_gateway.services.tiering.features import extract_features, parse_tags
-from thrifty_gateway.services.tiering.rules import choose_tier, needs_difficulty, rule_matches
+from thrifty_gateway.services.tiering.rules import (
+    cheapest_able,
+    choose_tier,
+    needs_difficulty,
+    rule_matches,
+)
 
 
 def chat(text: str, **extra: Any) -> dict[str, Any]:
@@ -130,3 +135,58 @@ def test_tier_names_are_unique_and_route_is_reserved() -> None:
         )
     with pytest.raises(ValidationError, match="reserved"):
         Tiering.model_validate({"tiers": [{"name": "route", "targets": target}]})
+
+
+def test_file_and_audio_parts_are_heavy_non_text_input() -> None:
+    """A 2 MB PDF or an audio clip is neither 9 tokens nor text: it counts as an image
+    (`hasImages: false` tiers cannot take it) and by its size against `maxPromptTokens`."""
+    pdf = {
+        "type": "file",
+        "file": {
+            "filename": "c.pdf",
+            "file_data": "data:application/pdf;base64," + "A" * 2_000_000,
+        },
+    }
+    audio = {"type": "input_audio", "input_audio": {"data": "A" * 500_000, "format": "wav"}}
+    by_id = {"type": "file", "file": {"file_id": "file-abc"}}
+    for part, floor in ((pdf, 30_000), (audio, 8_000), (by_id, 1_000)):
+        body = {"messages": [{"role": "user", "content": [{"type": "text", "text": "sum"}, part]}]}
+        features = extract_features(body, {})
+        assert features.has_images, part["type"]
+        assert features.prompt_tokens >= floor, (part["type"], features.prompt_tokens)
+    t = tiering(maxPromptTokens=4000)
+    assert (
+        choose_tier(t, extract_features({"messages": [{"role": "user", "content": [pdf]}]}, {}))
+        == 2
+    )
+
+
+def test_non_ascii_text_is_not_a_quarter_of_its_size() -> None:
+    """16,000 CJK characters are about 16,000 tokens, not 4,000; ASCII stays ~4 a token."""
+    assert 15_000 <= extract_features(chat("合同条款" * 4000), {}).prompt_tokens <= 17_000
+    assert 990 <= extract_features(chat("abcd" * 1000), {}).prompt_tokens <= 1010
+    mixed = extract_features(chat("é" * 3000), {}).prompt_tokens  # 2 bytes each
+    assert 1_500 <= mixed <= 2_500
+
+
+def test_the_cheapest_tier_that_can_take_a_request() -> None:
+    """What a budget downgrade picks: capability conditions only (size, tools, images, JSON
+    where a rule says false); easiness conditions (tags, keywords) are not asked."""
+    t = tiering(maxPromptTokens=40, hasImages=False, metadata={"tier": "nano"})
+    assert choose_tier(t, extract_features(chat("easy one"), {})) == 1  # untagged
+    assert cheapest_able(t, extract_features(chat("easy one"), {})) == 0
+    image = {
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "what is this"},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+                ],
+            }
+        ]
+    }
+    assert cheapest_able(t, extract_features(image, {})) == 1  # mini's rule says nothing on it
+    assert cheapest_able(t, extract_features(chat("word " * 4000), {})) == 2  # too long for both
+    only_tools = tiering(hasTools=True)  # a tier for tool calls still takes a plain request
+    assert cheapest_able(only_tools, extract_features(chat("hi"), {})) == 0

@@ -7,8 +7,12 @@ succeeds) free of allocations. `backoff_delay` and `CircuitBreaker` are pure and
 
 Retried: HTTP 429, 5xx and connection errors. A timeout falls over to the next target
 without retrying the same one (it already cost a full timeout). Anything else (400, 404...)
-is the caller's fault and goes back as is. Final errors: timeout 504, 429 429 (with the
-provider's Retry-After), 5xx/connection/open circuits 502, provider auth failures 502.
+is the caller's fault and goes back as is, except from a target a stage moved the request to
+(`MovedTargets`: a cheaper tier ahead of the route's own targets): a cheaper model that cannot
+take the request (`max_tokens` above its limit, a context too long, images, tools or a JSON
+schema it does not support: 400, 404, 413, 422) passes it on to the route's own targets. Final
+errors: timeout 504, 429 429 (with the provider's Retry-After), 5xx/connection/open circuits
+502, provider auth failures 502.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import email.utils
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +49,8 @@ from .upstream import (
 log = logging.getLogger(__name__)
 
 RETRYABLE = frozenset({429, 500, 502, 503, 504, 520, 522, 524, 529})
+# What a model a request was moved to answers when it cannot take that request.
+CANNOT_TAKE = frozenset({400, 404, 413, 422})
 BASE_DELAY = 0.2
 MAX_DELAY = 8.0
 MAX_RETRY_AFTER = 20.0
@@ -194,6 +200,41 @@ def _as_text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _refusal(resp: UpstreamResponse) -> UpstreamStatusError:
+    """A provider's non-retryable error answer as the client gets it."""
+    err = _error_of(resp.body)
+    if err is None:
+        return UpstreamStatusError(f"upstream answered {resp.status}", status=resp.status)
+    # The provider's error as it sent it: its param and code (null too) tell the client which
+    # field to fix.
+    return UpstreamStatusError(
+        _as_text(err.get("message")) or f"upstream answered {resp.status}",
+        status=resp.status,
+        type_=_as_text(err.get("type")),
+        param=_as_text(err.get("param")),
+        code=_as_text(err.get("code")),
+        passed_on=True,
+    )
+
+
+class MovedTargets(list[Target]):
+    """Targets a stage moved a request to (the first `moved`: a cheaper tier) ahead of the
+    route's own, the first of which is not among them. A moved target's 400/404/413/422 moves
+    on to the route's own targets instead of going back to the client; `on_answer` hears which
+    target answered (before the response is built: the tier it reports is the one that
+    answered)."""
+
+    def __init__(
+        self,
+        targets: Iterable[Target],
+        moved: int,
+        on_answer: Callable[[Target], None] | None = None,
+    ) -> None:
+        super().__init__(targets)
+        self.moved = moved
+        self.on_answer = on_answer
+
+
 @dataclass(slots=True)
 class Attempt:
     """What happened on the way to an answer (for logs, metrics and tests)."""
@@ -221,12 +262,16 @@ async def call_with_fallback(
     budget = retry_budget
     last: ThriftyError | None = None
     attempts = 0
+    moved = targets.moved if isinstance(targets, MovedTargets) else 0
+    refused: ThriftyError | None = None  # a moved target's: the route's own may take it
     for index, target in enumerate(targets):
+        if index < moved and refused is not None:
+            continue  # a moved target could not take the request: neither can its tier
         breaker = breakers.get(target)
         if not breaker.allow():
             # Every target cooling down is a 503 with the time to wait, not a bare 502.
             wait = max(breaker.reopens_in(), 1.0)
-            last = last or ServiceUnavailableError(
+            last = (last if last is not refused else None) or ServiceUnavailableError(
                 f"upstream {target.label} is failing; the gateway stopped calling it for "
                 f"{wait:.0f}s",
                 code="upstream_circuit_open",
@@ -259,6 +304,8 @@ async def call_with_fallback(
             else:
                 if resp.status < 400:
                     breaker.success()
+                    if isinstance(targets, MovedTargets) and targets.on_answer is not None:
+                        targets.on_answer(target)
                     return Attempt(target, resp, attempts, index)
                 if resp.status not in RETRYABLE:
                     breaker.success()
@@ -266,21 +313,15 @@ async def call_with_fallback(
                         raise UpstreamError(
                             f"upstream {target.label} refused the gateway's credentials"
                         )
-                    err = _error_of(resp.body)
-                    if err is None:
-                        raise UpstreamStatusError(
-                            f"upstream answered {resp.status}", status=resp.status
-                        )
-                    # The provider's error as it sent it: its param and code (null too) tell
-                    # the client which field to fix.
-                    raise UpstreamStatusError(
-                        _as_text(err.get("message")) or f"upstream answered {resp.status}",
-                        status=resp.status,
-                        type_=_as_text(err.get("type")),
-                        param=_as_text(err.get("param")),
-                        code=_as_text(err.get("code")),
-                        passed_on=True,
+                    refusal = _refusal(resp)
+                    if index >= moved or resp.status not in CANNOT_TAKE:
+                        raise refusal
+                    last = refused = refusal
+                    log.info(
+                        "moved target cannot take the request",
+                        extra={"upstream": target.label, "reason": str(resp.status)},
                     )
+                    break
                 retry_after = parse_retry_after(resp.headers)
                 if resp.status == 429:
                     # The provider is up and said when to come back: not a failure of the

@@ -31,6 +31,11 @@ class ClassifierDifficulty:
             raise ValueError(f"none of the hard labels {list(hard_labels)} is a student label")
         self._student = student
 
+    @property
+    def version(self) -> str:
+        """The artifact version it serves."""
+        return self._student.version
+
     def difficulty(self, text: str) -> float:
         proba = self._student.head.proba(self._student.embedder.embed([text]))
         return float(sum(proba[0, i] for i in self._hard))

@@ -44,6 +44,29 @@ def tier_matches(rules: Sequence[TierRule], features: Features, difficulty: floa
     return not rules or any(rule_matches(r, features, difficulty) for r in rules)
 
 
+def rule_can_take(rule: TierRule, features: Features) -> bool:
+    """The rule's capability conditions hold: a prompt within `maxPromptTokens`, and no tools,
+    images or JSON output where it says `false`. (What it says about easiness, keywords, tags
+    or difficulty is not asked: a budget downgrade sends a request as cheap as it can go.)"""
+    if rule.max_prompt_tokens is not None and features.prompt_tokens > rule.max_prompt_tokens:
+        return False
+    if rule.has_tools is False and features.has_tools:
+        return False
+    if rule.has_images is False and features.has_images:
+        return False
+    return not (rule.has_response_format is False and features.has_response_format)
+
+
+def cheapest_able(tiering: Tiering, features: Features) -> int:
+    """Index of the cheapest tier that can take the request (a tier without rules takes
+    anything; else any of its rules' capability conditions must hold), or
+    `len(tiering.tiers)` for the route's own targets. Never dearer than `choose_tier`."""
+    for index, tier in enumerate(tiering.tiers):
+        if not tier.rules or any(rule_can_take(r, features) for r in tier.rules):
+            return index
+    return len(tiering.tiers)
+
+
 def needs_difficulty(tiering: Tiering) -> bool:
     return any(r.max_difficulty is not None for t in tiering.tiers for r in t.rules)
 

@@ -1,20 +1,24 @@
 """The tiering stage: send easy chat requests to a cheaper tier, optionally as a cascade.
 
 The decision comes first: `TierStage` runs before the cache (see `stages.py`), picks the tier
-(rules on the request, or the cheapest tier when a budget is over its soft limit) and leaves a
-`TierDecision` in `ctx.state[DECISION_KEY]`. The cache keys the request by the chosen tier's
-first target, so a cheaper tier's answer is never served to a request that would have gone to
-another tier (tags, `metadata` and budget downgrades are not in the request's cache key).
+(rules on the request, or when a budget is over its soft limit the cheapest tier whose rules'
+capability conditions (`maxPromptTokens`, `hasImages`/`hasTools`/`hasResponseFormat: false`)
+still hold) and leaves a `TierDecision` in `ctx.state[DECISION_KEY]`. The cache keys the
+request by the chosen tier's first target, so a cheaper tier's answer is never served to a
+request that would have gone to another tier (tags, `metadata` and budget downgrades are not
+in the request's cache key).
 
 Routing only (no cascade, a streamed request, or a budget downgrade): the decision replaces
-`ctx.targets` with the tier's targets followed by the route's own (fallback), and the after
-hook records what the cheaper model saved against the route's baseline model under the `tier`
-lever.
+`ctx.targets` with the tier's targets followed by the route's own (fallback; a cheap model that
+cannot take the request, a 400/404/413/422, passes it on to them: see `MovedTargets`), and the
+after hook records what the cheaper model saved against the route's baseline model under the
+`tier` lever. The tier reported is the one whose target answered.
 
 Cascade (non-streaming): `CascadeStage`, the last stage (only what no cache, student or
 deferral answered), calls the chosen tier itself, checks the answer (mean log-probability,
-JSON validity, refusal patterns) and escalates tier by tier up to the route's own targets. The
-answer's cost includes every attempt, so a cascade that escalates shows a negative `tier`
+JSON validity, refusal patterns) and escalates tier by tier up to the route's own targets
+(without the targets it already tried: a rejected model is not asked again). The answer's cost
+includes every attempt, so a cascade that escalates shows a negative `tier`
 saving instead of hiding what the failed attempt cost.
 
 Cache rule (`TierDecision.cacheable`): an answer is stored only under the key of the tier that
@@ -25,7 +29,11 @@ routed without the checks (streams, budget downgrades).
 
 Every decision is in `x-thrifty-tier` (and `x-thrifty-tier-escalated` when the cascade
 escalated), in `ctx.state["tier"]` for the ledger, and in the `thrifty_tier_decisions` metric
-(counted when a model answered, not on a cache, student or deferral answer).
+(counted when a model answered, not on a cache, student or deferral answer), each naming the
+tier of the target that answered.
+
+A difficulty classifier is picked up when a version is promoted (or the pin changes) every
+`RELOAD_SECONDS` (see reload.py).
 """
 
 from __future__ import annotations
@@ -45,13 +53,14 @@ from thrifty_core.errors import ThriftyError
 
 from ..pipeline import Outcome, RequestContext, StageResponse, Target
 from ..proxy import estimate_usage
-from ..resilience import call_with_fallback
+from ..resilience import MovedTargets, call_with_fallback
 from ..sse import usage_of
 from .checks import check_answer, compile_patterns
 from .classifier import DifficultyScorer
 from .decision import DECISION_KEY, DOWNGRADE_KEY, TIER_KEY, TierDecision
 from .features import extract_features
-from .rules import choose_tier, needs_difficulty
+from .reload import EmbedderOnce, load_scorer, reload_loop
+from .rules import cheapest_able, choose_tier, needs_difficulty
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +78,7 @@ __all__ = [
 ROUTE_TIER = "route"  # name of the route's own targets, the strongest tier
 TIER_HEADER = "x-thrifty-tier"
 ESCALATED_HEADER = "x-thrifty-tier-escalated"
+RELOAD_SECONDS = 15.0  # between looks for a newly promoted difficulty classifier
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +93,14 @@ class TierPlan:
     @property
     def top(self) -> int:
         return len(self.tiers) - 1
+
+    def answered_by(self, chosen: int, label: str) -> str:
+        """The tier whose target `label` answered: the chosen tier or a stronger one it fell
+        back to (the chosen tier's name when no target is named so)."""
+        for name, targets in self.tiers[chosen:]:
+            if any(t.label == label for t in targets):
+                return name
+        return self.tiers[chosen][0]
 
 
 def build_plan(
@@ -130,6 +148,12 @@ class TierStage:
         self.plans = plans
         self.resources = resources
         self.metrics = metrics
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def aclose(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
 
     async def _difficulty(self, plan: TierPlan, text: str) -> float | None:
         if plan.scorer is None or not needs_difficulty(plan.tiering):
@@ -150,10 +174,10 @@ class TierStage:
         if plan is None or ctx.endpoint != "chat":
             return None
         downgrade = bool(ctx.state.get(DOWNGRADE_KEY))
+        features = extract_features(ctx.body, ctx.headers)
         if downgrade:
-            index, reason = 0, "budget"
+            index, reason = cheapest_able(plan.tiering, features), "budget"
         else:
-            features = extract_features(ctx.body, ctx.headers)
             difficulty = await self._difficulty(plan, features.user_text)
             index, reason = choose_tier(plan.tiering, features, difficulty), "rules"
         name, targets = plan.tiers[index]
@@ -166,9 +190,10 @@ class TierStage:
             reason=reason,
             cascade=checks and not ctx.stream and not downgrade,
             needs_check=checks,
+            provider=targets[0].provider,
         )
         if below_top and not decision.cascade:
-            ctx.targets = [*targets, *(t for t in ctx.targets if t not in targets)]
+            ctx.targets = moved_targets(ctx, plan, decision, targets)
         ctx.state[DECISION_KEY] = decision
         ctx.response_headers[TIER_HEADER] = name
         return None
@@ -184,6 +209,7 @@ class TierStage:
         cascade = plan.tiering.cascade
         spent = 0.0
         escalated: list[str] = []
+        tried: set[Target] = set()
         for i in range(index, plan.top + 1):
             name, targets = plan.tiers[i]
             last = i == plan.top
@@ -197,7 +223,13 @@ class TierStage:
             def payload_for(target: Target, body: dict[str, Any] = body) -> bytes:
                 return orjson.dumps({**body, "model": target.model})
 
-            chain = ctx.targets if last else list(targets)
+            # The last step leaves out what the cheaper steps tried (a route whose fallbacks
+            # hold the cheap model must not return that model's rejected answer).
+            if last:
+                chain = [t for t in ctx.targets if t not in tried] or ctx.targets
+            else:
+                chain = [*targets]
+            tried.update(chain)
             try:
                 attempt = await call_with_fallback(
                     state.upstream,
@@ -224,7 +256,8 @@ class TierStage:
             except orjson.JSONDecodeError:
                 answer = None
             usage = usage_of(answer) or estimate_usage(body, answer)
-            spent += ctx.catalog.cost(attempt.target.model, usage)
+            answered = attempt.target
+            spent += ctx.catalog.cost(answered.model, usage, provider=answered.provider)
             if not last:
                 verdict = check_answer(cascade, plan.patterns, ctx.body, answer)
                 if not verdict.ok:
@@ -234,7 +267,7 @@ class TierStage:
                 if add_logprobs and answer is not None:
                     for choice in answer.get("choices") or ():
                         choice["logprobs"] = None
-            answer_cost = ctx.catalog.cost(attempt.target.model, usage)
+            answer_cost = ctx.catalog.cost(answered.model, usage, provider=answered.provider)
             if spent > answer_cost:
                 self.metrics.wasted.labels(ctx.route.name).inc(spent - answer_cost)
             saved = ctx.baseline_cost(usage) - spent
@@ -264,15 +297,31 @@ class TierStage:
         """Routed requests a model answered: the tier for the ledger, the decision metric,
         and what the cheaper model saved against the baseline model."""
         decision: TierDecision | None = ctx.state.get(DECISION_KEY)
-        if decision is None or decision.cascade or outcome.from_stage:
+        plan = self.plans.get(ctx.route.name)
+        if decision is None or decision.cascade or outcome.from_stage or plan is None:
             return  # the cascade records its own; a cache, student or deferral answered
-        ctx.state[TIER_KEY] = decision.tier
-        self.metrics.decisions.labels(ctx.route.name, decision.tier, decision.reason).inc()
-        if decision.tier != ROUTE_TIER and outcome.status < 400:
+        tier = plan.answered_by(decision.index, outcome.served_by)
+        ctx.state[TIER_KEY] = tier
+        self.metrics.decisions.labels(ctx.route.name, tier, decision.reason).inc()
+        if tier != ROUTE_TIER and outcome.status < 400:
             # What the tier's answer cost, not what other levers spent on the request (a
             # student that ran first books its own cost as its own loss).
             paid = outcome.cost_usd - ctx.spent_usd
             ctx.add_saving("tier", ctx.baseline_cost(outcome.usage) - paid)
+
+
+def moved_targets(
+    ctx: RequestContext, plan: TierPlan, decision: TierDecision, targets: tuple[Target, ...]
+) -> MovedTargets:
+    """The tier's targets, then the route's own (as fallbacks, and where a request the cheap
+    models cannot take goes); the tier header names the tier whose target answers."""
+    own = ctx.targets
+    moved = next((i for i, t in enumerate(targets) if own and t == own[0]), len(targets))
+
+    def on_answer(target: Target) -> None:
+        ctx.response_headers[TIER_HEADER] = plan.answered_by(decision.index, target.label)
+
+    return MovedTargets([*targets, *(t for t in own if t not in targets)], moved, on_answer)
 
 
 class CascadeStage:
@@ -301,31 +350,22 @@ async def tier_stage(config: GatewayConfig, resources: Any) -> TierStage | None:
     if not configured:
         return None
     plans: dict[str, TierPlan] = {}
+    embedder = EmbedderOnce(resources)
     for route in configured:
         assert route.tiering is not None
         scorer = None
         if route.tiering.classifier is not None and needs_difficulty(route.tiering):
-            scorer = await asyncio.to_thread(_load_scorer, route.tiering, resources)
+            scorer = await asyncio.to_thread(load_scorer, route.tiering, embedder)
         plans[route.name] = build_plan(route.tiering, resources.routes[route.name].targets, scorer)
-    return TierStage(plans, resources, TierMetrics(resources.metrics.registry))
+    stage = TierStage(plans, resources, TierMetrics(resources.metrics.registry))
+    if any(
+        p.tiering.classifier is not None and needs_difficulty(p.tiering) for p in plans.values()
+    ):
+        task = asyncio.get_running_loop().create_task(reload_loop(stage, embedder, RELOAD_SECONDS))
+        stage.tasks.add(task)
+    return stage
 
 
 def cascade_stage(router: TierStage | None) -> CascadeStage | None:
     """The cascade stage for `router`'s plans (None when no route enables a cascade)."""
     return CascadeStage(router) if router is not None and router.has_cascade else None
-
-
-def _load_scorer(tiering: Tiering, resources: Any) -> DifficultyScorer | None:
-    from .classifier import load_classifier
-
-    assert tiering.classifier is not None
-    embedder = getattr(resources, "embedder", None)
-    if embedder is None:
-        from thrifty_core.embedding.local import LocalEmbedder
-
-        embedder = LocalEmbedder(threads=1)
-    try:
-        return load_classifier(tiering.classifier, embedder)
-    except (OSError, ValueError):
-        log.exception("difficulty classifier cannot be loaded; maxDifficulty rules never match")
-        return None
