@@ -26,6 +26,11 @@ from .costcontrol import Budget, Hygiene, NetSavings, Tiering
 ROUTE_PROVIDERS_EXIST = (
     "self.routes.all(r, r.targets.all(t, self.providers.exists(p, p.name == t.provider)))"
 )
+BUDGET_SHARING = (
+    "Replicas share the spend through the Redis of the gateway's cache policy or batch queue; "
+    "without either, each replica keeps the spend in memory and enforces the whole limit on "
+    "its own (N replicas may spend up to N times it), and a restart forgets it."
+)
 
 
 class ModelPrice(ApiModel):
@@ -135,7 +140,9 @@ class Route(ApiModel):
     hygiene: Hygiene | None = Field(
         default=None, description="Default stop sequences and the repeated-prefix metric."
     )
-    budget: Budget | None = Field(default=None, description="Spend limit of this route.")
+    budget: Budget | None = Field(
+        default=None, description="Spend limit of this route. " + BUDGET_SHARING
+    )
 
 
 # Identities the gateway gives callers without a tenant key: key-less callers of open routes act
@@ -187,7 +194,9 @@ class Tenant(ApiModel):
     def _not_reserved(cls, name: str) -> str:
         return check_tenant_name(name)
 
-    budget: Budget | None = Field(default=None, description="Spend limit of this tenant.")
+    budget: Budget | None = Field(
+        default=None, description="Spend limit of this tenant. " + BUDGET_SHARING
+    )
 
 
 class Autoscaling(ApiModel):

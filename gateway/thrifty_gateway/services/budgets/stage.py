@@ -2,14 +2,22 @@
 
 * hard limit reached: 429 in OpenAI's shape (`type: insufficient_quota`,
   `code: budget_exceeded`) with `Retry-After` up to the end of the period;
-* soft limit reached: the request goes on, downgraded to the route's cheapest tier
-  (`ctx.state[DOWNGRADE_KEY]`, read by the tiering stage), with an `x-thrifty-budget` header
-  and the `thrifty_budget_limited` metric.
+* soft limit reached: the request goes on, downgraded to the route's cheapest tier that can
+  take it (`ctx.state[DOWNGRADE_KEY]`, read by the tiering stage), with an `x-thrifty-budget`
+  header and the `thrifty_budget_limited` metric.
 
-The after hook adds what the request cost to every budget it falls under. Spend is checked
-before and added after a request, so concurrent requests can overshoot a limit by what they
-cost together. When the store fails the stage lets traffic through (fail open) and says so in
-the log and the `thrifty_budget_store_errors` metric.
+A request reserves an estimate of its cost on every budget it falls under as it is checked
+(its prompt, estimated, plus `max_tokens` or `DEFAULT_COMPLETION_TOKENS`, at the dearest of its
+targets' prices), in one atomic step with the check; a limit counts what requests in flight
+hold. The after hook settles what the request really cost; a failed request gives its hold
+back. Concurrent requests therefore overshoot a limit by at most one request's cost beyond its
+estimate, not by what they all cost together.
+
+When the store fails, spend that could not be written is kept and written again later, and
+budgets are checked against this replica's copy of the spend (see book.py), with a warning in
+the log and the `thrifty_budget_local_checks` and `thrifty_budget_store_errors` metrics. A
+gateway without a shared Redis keeps spend in each replica's memory: every replica then
+enforces the whole limit on its own (said at start).
 """
 
 from __future__ import annotations
@@ -21,22 +29,28 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
+import orjson
 from prometheus_client import Counter, Gauge
 
 from thrifty_core.api.costcontrol import Budget
 from thrifty_core.config import GatewayConfig
 from thrifty_core.errors import RateLimitError, ServiceUnavailableError
+from thrifty_core.prices import Usage
 
 from ..pipeline import Outcome, RequestContext, StageResponse
+from ..tiering.features import extract_features
 from ..tiering.stage import DOWNGRADE_KEY
+from .book import Reservation, SpendBook
 from .periods import period_bounds, period_label
-from .store import MemorySpendStore, RedisSpendStore, SpendStore, SpendStoreUnavailable
+from .store import Check, MemorySpendStore, RedisSpendStore, SpendStore
 
 log = logging.getLogger(__name__)
 
 Scope = Literal["tenant", "route"]
 BUDGET_HEADER = "x-thrifty-budget"
+DEFAULT_COMPLETION_TOKENS = 512  # reserved for a request that names no max_tokens
 _STATE_KEY = "budgets"
+_PERIOD_WORD = {"day": "daily", "month": "monthly"}
 
 
 class BudgetExceededError(RateLimitError):
@@ -47,13 +61,14 @@ class BudgetExceededError(RateLimitError):
 
     @classmethod
     def for_line(
-        cls, line: BudgetLine, spent: float, end: datetime, now: float
+        cls, line: BudgetLine, spent: float, end: datetime, now: float, held: float = 0.0
     ) -> BudgetExceededError:
         """The error for `line` at its hard limit, retryable when its period ends."""
         b = line.budget
+        flight = f", ${held:.4f} more held by requests in flight" if held > 0 else ""
         return cls(
-            f"The {line.scope} '{line.owner}' has used its {b.period}ly budget of "
-            f"${b.hard_limit_usd:.2f} (spent ${spent:.2f}). It resets at "
+            f"The {line.scope} '{line.owner}' has used its {_PERIOD_WORD[b.period]} budget of "
+            f"${b.hard_limit_usd:.2f} (spent ${spent:.2f}{flight}). It resets at "
             f"{end.isoformat().replace('+00:00', 'Z')}.",
             retry_after=end.timestamp() - now,
         )
@@ -115,7 +130,14 @@ class BudgetMetrics:
         )
         self.store_errors = Counter(
             "thrifty_budget_store_errors",
-            "Budget store failures (requests were let through).",
+            "Budget store failures (spend kept for a retry, checks made against this "
+            "replica's copy of the spend).",
+            registry=registry,
+        )
+        self.local_checks = Counter(
+            "thrifty_budget_local_checks",
+            "Requests whose hard budget limits were checked against this replica's copy of "
+            "the spend because the budget store was unavailable.",
             registry=registry,
         )
 
@@ -139,6 +161,11 @@ class BudgetStage:
         self._routes = {ln.owner: ln for ln in lines if ln.scope == "route"}
         self.store = store
         self.metrics = metrics
+        self.book = SpendBook(
+            store,
+            on_store_error=metrics.store_errors.inc,
+            on_local_check=metrics.local_checks.inc,
+        )
         self._clock = clock
         self._warned: set[str] = set()
         for ln in lines:
@@ -147,20 +174,20 @@ class BudgetStage:
                 if value is not None:
                     metrics.limit.labels(ln.scope, ln.owner, b.period, kind).set(value)
 
-    async def spent(self, lines: list[BudgetLine], now: float) -> list[float]:
-        """Each line's spend in its period containing `now` (its pre-upgrade key's included),
-        in one read. Raises when the store fails."""
-        keys = [ln.window(now)[0] for ln in lines]
-        legacy = [
-            (i, k)
-            for i, ln in enumerate(lines)
-            if (k := ln.legacy_key(now, self.named_since)) is not None
+    def checks(self, lines: list[BudgetLine], now: float) -> list[Check]:
+        """What the store checks per line in the period containing `now`."""
+        return [
+            Check(ln.window(now)[0], ln.legacy_key(now, self.named_since), ln.budget.hard_limit_usd)
+            for ln in lines
         ]
-        values = await self.store.get(keys + [k for _, k in legacy])
-        out = values[: len(lines)]
-        for (i, _), usd in zip(legacy, values[len(lines) :], strict=True):
-            out[i] += usd
-        return out
+
+    async def spent(
+        self, lines: list[BudgetLine], now: float, *, fallback: bool = True
+    ) -> list[float]:
+        """Each line's spend in its period containing `now` (its pre-upgrade key's included, and
+        spend this replica has not written yet), in one read. From this replica's copy when the
+        store fails, unless not `fallback` (then the store's error)."""
+        return await self.book.spent(self.checks(lines, now), fallback=fallback)
 
     def lines_for(self, tenant: str | None, route: str) -> list[BudgetLine]:
         found = [self._tenants[tenant]] if tenant in self._tenants else []
@@ -174,25 +201,37 @@ class BudgetStage:
             return None
         now = self._clock()
         windows = [ln.window(now) for ln in lines]
-        ctx.state[_STATE_KEY] = [(key, end.timestamp()) for key, _, end in windows]
+        ends = [end.timestamp() for _, _, end in windows]
         try:
-            spent = await self.spent(lines, now)
-        except Exception as exc:  # the store logs an outage once
-            self.metrics.store_errors.inc()
-            log.debug("budget store unavailable; request let through: %s", type(exc).__name__)
+            reading, held = await self.book.reserve(
+                self.checks(lines, now), ends, estimate_usd(ctx)
+            )
+        except Exception:  # a bug, not the store (the book falls back on its own copy)
+            log.exception("budget check failed; request let through")
             return None
+        if held is not None:
+            self._hold(ctx, held)
         soft: list[str] = []
-        for line, (key, _, end), usd in zip(lines, windows, spent, strict=True):
+        refused: BudgetExceededError | None = None
+        for line, (key, _, end), usd, inflight in zip(
+            lines, windows, reading.spent, reading.held, strict=True
+        ):
             b = line.budget
             self.metrics.spend.labels(line.scope, line.owner, b.period).set(usd)
-            if b.hard_limit_usd is not None and usd >= b.hard_limit_usd:
+            if b.hard_limit_usd is not None and usd + inflight >= b.hard_limit_usd:
                 self.metrics.limited.labels(line.scope, line.owner, "hard").inc()
                 self._warn(key, "hard", line)
-                raise BudgetExceededError.for_line(line, usd, end, now)
-            if b.soft_limit_usd is not None and usd >= b.soft_limit_usd:
+                refused = refused or BudgetExceededError.for_line(line, usd, end, now, inflight)
+                continue
+            if b.soft_limit_usd is not None and usd + inflight >= b.soft_limit_usd:
                 self.metrics.limited.labels(line.scope, line.owner, "soft").inc()
                 self._warn(key, "soft", line)
                 soft.append(f"{line.scope}={line.owner}")
+        if refused is not None or not reading.admitted:
+            line = next((ln for ln in lines if ln.budget.hard_limit_usd is not None), lines[0])
+            raise refused or BudgetExceededError.for_line(
+                line, reading.spent[0], windows[0][2], now
+            )
         if soft:
             ctx.state[DOWNGRADE_KEY] = True
             ctx.response_headers[BUDGET_HEADER] = "soft-limit; " + ",".join(soft)
@@ -212,15 +251,16 @@ class BudgetStage:
             extra={"scope": line.scope, line.scope: line.owner, "period": line.budget.period},
         )
 
+    def _hold(self, ctx: RequestContext, held: Reservation) -> None:
+        """Keep the reservation for the after hook; a request that fails (no after hook)
+        gives it back when it is over."""
+        ctx.state[_STATE_KEY] = held
+        ctx.on_done.append(lambda: self.book.release(held))
+
     async def after_upstream(self, ctx: RequestContext, outcome: Outcome) -> None:
-        items: list[tuple[str, float]] | None = ctx.state.get(_STATE_KEY)
-        if not items or outcome.cost_usd <= 0:
-            return
-        try:
-            await self.store.add(items, outcome.cost_usd)
-        except Exception as exc:  # the store logs an outage once
-            self.metrics.store_errors.inc()
-            log.debug("budget store unavailable; spend not recorded: %s", type(exc).__name__)
+        held: Reservation | None = ctx.state.get(_STATE_KEY)
+        if held is not None:
+            await self.book.settle(held, outcome.cost_usd)
 
     async def status(self, tenant: str | None = None) -> list[dict[str, Any]]:
         """Every budget (or one tenant's) with its spend in the current period."""
@@ -230,8 +270,8 @@ class BudgetStage:
         now = self._clock()
         windows = [ln.window(now) for ln in lines]
         try:
-            spent = await self.spent(lines, now)
-        except SpendStoreUnavailable as exc:
+            spent = await self.spent(lines, now, fallback=False)
+        except Exception as exc:
             raise ServiceUnavailableError(
                 "Budget spend cannot be read right now (its store is unavailable); retry.",
                 code="budget_store_unavailable",
@@ -260,7 +300,30 @@ class BudgetStage:
         return out
 
     async def aclose(self) -> None:
-        await self.store.aclose()
+        await self.book.aclose()
+
+
+def estimate_usd(ctx: RequestContext) -> float:
+    """What a request may cost, reserved before it runs: its prompt (estimated as the tier
+    rules do) plus `max_completion_tokens`/`max_tokens` (else `DEFAULT_COMPLETION_TOKENS`)
+    per choice, at the dearest of its targets' prices."""
+    body = ctx.body
+    if ctx.endpoint == "chat":
+        prompt = extract_features(body, ctx.headers).prompt_tokens
+        asked = body.get("max_completion_tokens") or body.get("max_tokens")
+        completion = DEFAULT_COMPLETION_TOKENS
+        if isinstance(asked, int) and not isinstance(asked, bool) and asked > 0:
+            completion = asked
+        n = body.get("n")
+        if isinstance(n, int) and not isinstance(n, bool) and n > 1:
+            completion *= n
+    else:
+        prompt, completion = len(orjson.dumps(body.get("input") or "")) // 4, 0
+    usage = Usage(prompt_tokens=prompt, completion_tokens=completion)
+    return max(
+        (ctx.catalog.cost(t.model, usage, provider=t.provider) for t in ctx.targets),
+        default=0.0,
+    )
 
 
 def budget_lines(config: GatewayConfig) -> list[BudgetLine]:
@@ -280,6 +343,11 @@ async def budget_stage(config: GatewayConfig, resources: Any) -> BudgetStage | N
     secret = config.ledger.redis_password
     gateway = config.ledger.gateway
     if not url:
+        log.warning(
+            "budgets are kept in this replica's memory (the gateway has no shared Redis: no "
+            "cache policy or batch queue): each replica enforces every limit on its own, so "
+            "N replicas may spend up to N times a limit, and spend is forgotten on restart"
+        )
         return BudgetStage(lines, MemorySpendStore(), BudgetMetrics(resources.metrics.registry))
     store = RedisSpendStore.from_url(
         url, password=secret.read_store_credential() if secret else None

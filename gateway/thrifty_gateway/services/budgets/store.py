@@ -7,6 +7,14 @@ operator names no gateway: `thrifty:budget:tenant:team-a:...`) and are kept unti
 their period ends. In Redis they carry no TTL (the Redis they share with the cache evicts keys
 that have one, `volatile-lru`, and spend must never be forgotten under memory pressure): the
 sorted set `thrifty:budget:expiry` lists them by that time, and writers delete those past it.
+
+Reservations: before a request runs, `reserve` checks every budget it falls under and, when all
+are under their hard limit, holds an estimate of its cost on each, atomically (a Lua script in
+Redis, no await in memory), so that concurrent requests see each other's cost before it is
+known. `settle` adds what the request really cost and gives the hold back. Holds live in a
+hash beside the spend key (`<key>:held`, one field per minute slot, with a TTL: a replica that
+dies mid-request leaves its holds for at most `HOLD_SLOTS` minutes, and an evicted hash only
+forgets requests in flight, never spend).
 """
 
 from __future__ import annotations
@@ -15,13 +23,50 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..redis_expiry import drop_listed
 from ..resilience import BreakerOpen, CircuitBreaker, call_guarded
+from .scripts import RESERVE, SETTLE
 
 EXPIRY_GRACE_SECONDS = 86400
+HOLD_SLOT_SECONDS = 60.0  # holds are kept per minute slot
+HOLD_SLOTS = 10  # slots a hold counts for: a request running longer is no longer held
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One budget a reservation checks: its spend key, the key of before whose spend counts
+    too (see `BudgetLine.legacy_key`), its hard limit (None: it never refuses) and what this
+    replica spent or holds there that the store has not seen (`unseen`: writes waiting for a
+    retry, holds taken while the store was unavailable)."""
+
+    key: str
+    legacy: str | None = None
+    hard: float | None = None
+    unseen: float = 0.0
+
+    @property
+    def held_key(self) -> str:
+        return f"{self.key}:held"
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """What a reservation found, per check: the spend (the legacy key's included) and what
+    requests in flight hold (every replica's, this one's before it); `admitted` when every check
+    was under its hard limit (spend + held + unseen), and then `usd` is held in `slot`."""
+
+    admitted: bool
+    spent: list[float]
+    held: list[float]
+    slot: int
+
+
+def hold_slot(now: float) -> int:
+    return int(now // HOLD_SLOT_SECONDS)
 
 
 class SpendStore(Protocol):
@@ -33,6 +78,25 @@ class SpendStore(Protocol):
         """Add `usd` to every key; each item is (key, epoch second its period ends)."""
         ...
 
+    async def reserve(self, checks: Sequence[Check], usd: float) -> Reading:
+        """Check every budget and, when all are under their hard limit, hold `usd` on each, in
+        one atomic step. Raises when the store fails."""
+        ...
+
+    async def settle(
+        self,
+        items: Sequence[tuple[str, float]],
+        usd: float,
+        held: float,
+        slot: int | None,
+        once: str | None = None,
+    ) -> None:
+        """Add `usd` to every key (as `add`) and give back the `held` a reservation holds on it
+        in `slot` (None: it holds nothing here); at most once per `once` (a reservation's id)
+        for `SETTLED_SECONDS`, so that a retry of a write that timed out after it was applied
+        counts it once."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -41,10 +105,13 @@ class MemorySpendStore:
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._spend: dict[str, tuple[float, float]] = {}
+        self._held: dict[str, dict[int, float]] = {}
         self._clock = clock
 
     async def get(self, keys: Sequence[str]) -> list[float]:
-        now = self._clock()
+        return self._values(keys, self._clock())
+
+    def _values(self, keys: Sequence[str], now: float) -> list[float]:
         out = []
         for key in keys:
             value, expires = self._spend.get(key, (0.0, 0.0))
@@ -61,15 +128,64 @@ class MemorySpendStore:
         if len(self._spend) > 100_000:
             self._spend = {k: v for k, v in self._spend.items() if v[1] > now}
 
+    def _held_now(self, key: str, slot: int) -> float:
+        slots = self._held.get(key)
+        if not slots:
+            return 0.0
+        for old in [s for s in slots if s < slot - HOLD_SLOTS]:
+            del slots[old]
+        return max(sum(slots.values()), 0.0)
+
+    async def reserve(self, checks: Sequence[Check], usd: float) -> Reading:
+        # No await from the check to the hold: atomic on the event loop.
+        now = self._clock()
+        slot = hold_slot(now)
+        spent = [sum(self._values([c.key, *([c.legacy] if c.legacy else [])], now)) for c in checks]
+        held = [self._held_now(c.key, slot) for c in checks]
+        admitted = all(
+            c.hard is None or s + h + c.unseen < c.hard
+            for c, s, h in zip(checks, spent, held, strict=True)
+        )
+        if admitted and usd > 0:
+            for c in checks:
+                slots = self._held.setdefault(c.key, {})
+                slots[slot] = slots.get(slot, 0.0) + usd
+        return Reading(admitted, spent, held, slot)
+
+    async def settle(
+        self,
+        items: Sequence[tuple[str, float]],
+        usd: float,
+        held: float,
+        slot: int | None,
+        once: str | None = None,
+    ) -> None:
+        del once  # nothing here times out after it was applied
+        if usd > 0:
+            await self.add(items, usd)
+        if slot is None or held <= 0:
+            return
+        for key, _ in items:
+            slots = self._held.get(key)
+            if slots and slot in slots:
+                slots[slot] -= held
+                if slots[slot] <= 1e-12:
+                    del slots[slot]
+                if not slots:
+                    del self._held[key]
+
     async def aclose(self) -> None:
         return None
 
 
 EXPIRY_INDEX = "thrifty:budget:expiry"
+SETTLED_PREFIX = "thrifty:budget:settled:"
+SETTLED_SECONDS = 600  # how long a settled reservation's id is remembered (retries come sooner)
 CLEANUP_EVERY = 600.0  # seconds between deletions of spend past its period
-READ_TIMEOUT = 0.1  # seconds: a budget check is on every request's path
+READ_TIMEOUT = 0.25  # seconds: a budget check is on every request's path
 WRITE_TIMEOUT = 0.5
-COOLDOWN = 2.0  # seconds without trying after a failure
+FAILURES = 3  # failures in a row before the breaker opens (one slow call is event-loop lag)
+COOLDOWN = 2.0  # seconds without trying after the breaker opened
 
 
 class SpendStoreUnavailable(Exception):
@@ -77,22 +193,25 @@ class SpendStoreUnavailable(Exception):
 
 
 class RedisSpendStore:
-    """Spend in Redis: `INCRBYFLOAT` per key (atomic across replicas), `MGET` to read. Calls
-    have short timeouts and a breaker: a hung Redis costs one timeout, then `COOLDOWN` seconds
-    of immediate `SpendStoreUnavailable` (the stage lets requests through), not a timeout on
-    every request; the outage is logged once."""
+    """Spend in Redis: `INCRBYFLOAT` per key (atomic across replicas), `MGET` to read, Lua
+    scripts to reserve and settle. Calls have short timeouts and a breaker: a hung Redis costs
+    `FAILURES` timeouts, then `COOLDOWN` seconds of immediate `SpendStoreUnavailable` (the stage
+    checks against this replica's copy of the spend meanwhile), not a timeout on every request;
+    the outage is logged once."""
 
     def __init__(self, client: Any, clock: Callable[[], float] = time.time) -> None:
         self._redis = client
         self._clock = clock
         self._next_cleanup = 0.0
         self._cleanup: asyncio.Task[None] | None = None
-        # Reads and writes break apart: one slow read (a 0.1 s budget) must not stop the
-        # spend of the requests after it from being written.
+        # Reads and writes break apart: slow reads (a short budget) must not stop the spend
+        # of the requests after them from being written.
         self._breakers = {
-            "get": CircuitBreaker(threshold=1, cooldown=COOLDOWN),
-            "add": CircuitBreaker(threshold=1, cooldown=COOLDOWN),
+            "get": CircuitBreaker(threshold=FAILURES, cooldown=COOLDOWN),
+            "add": CircuitBreaker(threshold=FAILURES, cooldown=COOLDOWN),
         }
+        self._reserve = client.register_script(RESERVE)
+        self._settle = client.register_script(SETTLE)
 
     async def _call(self, op: str, coro: Any, timeout: float) -> Any:
         breaker = self._breakers[op]
@@ -144,6 +263,48 @@ class RedisSpendStore:
                 pipe.persist(key)  # spend from before it had no TTL: never evictable
                 pipe.zadd(EXPIRY_INDEX, {key: int(ends) + EXPIRY_GRACE_SECONDS})
             await self._call("add", pipe.execute(), WRITE_TIMEOUT)
+        self._maybe_clean()
+
+    async def reserve(self, checks: Sequence[Check], usd: float) -> Reading:
+        slot = hold_slot(self._clock())
+        keys: list[str] = []
+        ttl = int(HOLD_SLOT_SECONDS * (HOLD_SLOTS + 2))
+        args: list[Any] = [repr(usd), slot, slot - HOLD_SLOTS, ttl]
+        for c in checks:
+            keys += [c.key, c.held_key, *([c.legacy] if c.legacy else [])]
+            args += ["" if c.hard is None else repr(c.hard), repr(c.unseen), 1 if c.legacy else 0]
+        out = await self._call("get", self._reserve(keys=keys, args=args), READ_TIMEOUT)
+        values = [float(v) for v in out[1:]]
+        return Reading(bool(int(out[0])), values[0::2], values[1::2], slot)
+
+    async def settle(
+        self,
+        items: Sequence[tuple[str, float]],
+        usd: float,
+        held: float,
+        slot: int | None,
+        once: str | None = None,
+    ) -> None:
+        if not items:
+            return
+        # Reservations settled in one minute share one hash of ids (the minute of the first
+        # try: `once` carries it), which lives `SETTLED_SECONDS` after its last write.
+        minute = once.partition(":")[0] if once else "0"
+        keys = [EXPIRY_INDEX, f"{SETTLED_PREFIX}{minute}"]
+        args: list[Any] = [
+            repr(max(usd, 0.0)),
+            "" if slot is None else slot,
+            repr(held),
+            once or "",
+            SETTLED_SECONDS,
+        ]
+        for key, ends in items:
+            keys += [key, f"{key}:held"]
+            args.append(int(ends) + EXPIRY_GRACE_SECONDS)
+        await self._call("add", self._settle(keys=keys, args=args), WRITE_TIMEOUT)
+        self._maybe_clean()
+
+    def _maybe_clean(self) -> None:
         now = self._clock()
         if now >= self._next_cleanup and (self._cleanup is None or self._cleanup.done()):
             # Off the request's path, and its failure is not the spend's.

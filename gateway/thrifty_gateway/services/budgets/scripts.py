@@ -1,0 +1,89 @@
+"""The Lua scripts of the Redis spend store: a reservation's check-and-hold, and its settling,
+each one atomic step in Redis (see store.py)."""
+
+from __future__ import annotations
+
+# KEYS, per check: the spend key, its holds hash, then the key of before when it has one.
+# ARGV: usd to hold, the current slot, the oldest slot still held, the holds' TTL (seconds),
+# then per check: its hard limit ('' for none), its unseen spend, 1 when it has a key of before.
+# Returns: admitted (1/0), then per check its spend and its holds (strings: Lua numbers would
+# come back as integers).
+RESERVE = """
+local usd = tonumber(ARGV[1])
+local slot = ARGV[2]
+local oldest = tonumber(ARGV[3])
+local ttl = tonumber(ARGV[4])
+local out = {}
+local holds = {}
+local admitted = 1
+local k = 1
+local a = 5
+while a <= #ARGV do
+  local spent = tonumber(redis.call('GET', KEYS[k]) or '0')
+  local hkey = KEYS[k + 1]
+  k = k + 2
+  if ARGV[a + 2] == '1' then
+    spent = spent + tonumber(redis.call('GET', KEYS[k]) or '0')
+    k = k + 1
+  end
+  local held = 0
+  local fields = redis.call('HGETALL', hkey)
+  for i = 1, #fields, 2 do
+    if tonumber(fields[i]) < oldest then
+      redis.call('HDEL', hkey, fields[i])
+    else
+      held = held + tonumber(fields[i + 1])
+    end
+  end
+  if held < 0 then
+    held = 0
+  end
+  if ARGV[a] ~= '' and spent + held + tonumber(ARGV[a + 1]) >= tonumber(ARGV[a]) then
+    admitted = 0
+  end
+  holds[#holds + 1] = hkey
+  out[#out + 1] = string.format('%.17g', spent)
+  out[#out + 1] = string.format('%.17g', held)
+  a = a + 3
+end
+if admitted == 1 and usd > 0 then
+  for _, hkey in ipairs(holds) do
+    redis.call('HINCRBYFLOAT', hkey, slot, ARGV[1])
+    redis.call('EXPIRE', hkey, ttl)
+  end
+end
+table.insert(out, 1, admitted)
+return out
+"""
+
+# KEYS: the expiry index, the hash of settled reservations, then per budget: the spend key, its
+# holds hash. ARGV: usd spent, the slot the reservation holds in ('' for none), what it holds,
+# the reservation's id ('' for none), the settled hash's TTL, then per budget the epoch second
+# its key may be deleted. Once per id: a retry of a write that timed out after Redis applied it
+# changes nothing (returns 0). Spend as `add` writes it (no TTL, listed in the index); the hold
+# given back only while its slot is still there (an expired or evicted hash is not recreated
+# with a negative hold).
+SETTLE = """
+if ARGV[4] ~= '' then
+  if redis.call('HSETNX', KEYS[2], ARGV[4], 1) == 0 then
+    return 0
+  end
+  redis.call('EXPIRE', KEYS[2], tonumber(ARGV[5]))
+end
+local usd = tonumber(ARGV[1])
+local slot = ARGV[2]
+local held = tonumber(ARGV[3])
+local n = 0
+for i = 3, #KEYS, 2 do
+  n = n + 1
+  if usd > 0 then
+    redis.call('INCRBYFLOAT', KEYS[i], ARGV[1])
+    redis.call('PERSIST', KEYS[i])
+    redis.call('ZADD', KEYS[1], ARGV[5 + n], KEYS[i])
+  end
+  if slot ~= '' and held > 0 and redis.call('HEXISTS', KEYS[i + 1], slot) == 1 then
+    redis.call('HINCRBYFLOAT', KEYS[i + 1], slot, string.format('%.17g', -held))
+  end
+end
+return 1
+"""

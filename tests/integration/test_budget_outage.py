@@ -1,0 +1,108 @@
+"""Budgets on a real redis-server: replicas reserve atomically (concurrent requests do not all
+pass a limit), holds are given back, and a stalled Redis neither switches hard limits off nor
+loses the spend written meanwhile."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+from redis import asyncio as aioredis
+
+from tests.services import RedisServer, start_redis
+from tests.unit.test_budget_units import ctx
+from thrifty_core.api.costcontrol import Budget
+from thrifty_core.prices import Usage
+from thrifty_gateway.services.budgets.stage import (
+    BudgetExceededError,
+    BudgetLine,
+    BudgetMetrics,
+    BudgetStage,
+)
+from thrifty_gateway.services.budgets.store import FAILURES, RedisSpendStore
+from thrifty_gateway.services.pipeline import Outcome, RequestContext
+
+pytestmark = pytest.mark.integration
+
+
+def replica(url: str, gateway: str, hard: float = 0.01) -> BudgetStage:
+    line = BudgetLine("tenant", "team-a", Budget(period="day", hard_limit_usd=hard), gateway)
+    store = RedisSpendStore(aioredis.Redis.from_url(url))
+    return BudgetStage([line], store, BudgetMetrics(CollectorRegistry()))
+
+
+def cost(usd: float) -> Outcome:
+    return Outcome(200, {}, Usage(1000, 500), "gpt-4o", "p/gpt-4o", usd)
+
+
+async def test_replicas_reserve_atomically_and_give_holds_back(redis: RedisServer) -> None:
+    """40 requests at once through two replicas against a $0.01 limit, each holding ~$0.005:
+    two get in (it was all 40 before holds), and once settled nothing stays held."""
+    gateway = f"ns/gw-{os.urandom(4).hex()}"
+    one, two = replica(redis.url, gateway), replica(redis.url, gateway)
+
+    async def attempt(stage: BudgetStage) -> RequestContext | BaseException:
+        c = ctx()
+        try:
+            await stage.before_upstream(c)
+        except BudgetExceededError as exc:
+            return exc
+        return c
+
+    results = await asyncio.gather(*(attempt(s) for _ in range(20) for s in (one, two)))
+    admitted = [r for r in results if isinstance(r, RequestContext)]
+    assert len(admitted) == 2
+    for c in admitted:
+        await (one if c is admitted[0] else two).after_upstream(c, cost(0.0075))
+    key = one.lines[0].window(time.time())[0]
+    check = aioredis.Redis.from_url(redis.url)
+    assert float(await check.get(key) or 0) == pytest.approx(0.015)
+    held = await check.hgetall(f"{key}:held")
+    assert sum(float(v) for v in held.values()) == pytest.approx(0.0, abs=1e-9)
+    assert await check.ttl(f"{key}:held") > 0  # holds may be evicted; spend never
+    assert await check.ttl(key) == -1
+    with pytest.raises(BudgetExceededError):
+        await one.before_upstream(ctx())
+    await check.aclose()
+    await one.aclose()
+    await two.aclose()
+
+
+async def test_a_redis_stall_keeps_hard_limits_and_the_spend(tmp_path: Path) -> None:
+    """Redis stops answering: a tenant over its limit stays refused (checked against the
+    replica's copy, with a warning), a tenant under it goes on, and what it spent during the
+    stall is written once Redis answers again."""
+    own = start_redis(tmp_path / "redis")
+    over = replica(own.url, "ns/over")
+    under = replica(own.url, "ns/under", hard=100)
+    try:
+        c = ctx()
+        await over.before_upstream(c)
+        await over.after_upstream(c, cost(0.02))
+        c = ctx()
+        await under.before_upstream(c)
+        own.proc.send_signal(signal.SIGSTOP)
+        for _ in range(FAILURES + 5):  # timeouts, then the breaker is open: refused all along
+            with pytest.raises(BudgetExceededError):
+                await over.before_upstream(ctx())
+        assert over.metrics.local_checks._value.get() == FAILURES + 5
+        await under.after_upstream(c, cost(0.5))  # refused by the stalled Redis: kept
+        assert under.book.unwritten == pytest.approx(0.5)
+        assert await under.before_upstream(ctx()) is None
+        own.proc.send_signal(signal.SIGCONT)
+        await asyncio.sleep(2.2)  # the write breaker's cooldown
+        assert await under.book.flush()
+        check = aioredis.Redis.from_url(own.url)
+        key = under.lines[0].window(time.time())[0]
+        assert float(await check.get(key) or 0) == pytest.approx(0.5)
+        await check.aclose()
+    finally:
+        own.proc.send_signal(signal.SIGCONT)
+        await over.aclose()
+        await under.aclose()
+        own.kill()

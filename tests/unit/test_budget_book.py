@@ -1,0 +1,220 @@
+"""Budgets under load and outages: reservations bound concurrent overshoot, a store outage
+checks against this replica's copy of the spend (never lets everything through), spend the
+store refused is kept and written later, and the 429 says its period in words."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from types import SimpleNamespace
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from thrifty_core.api.costcontrol import Budget
+from thrifty_core.config import parse_config
+from thrifty_core.errors import ServiceUnavailableError
+from thrifty_core.prices import Usage
+from thrifty_gateway.services.budgets.stage import (
+    BudgetExceededError,
+    BudgetLine,
+    BudgetMetrics,
+    BudgetStage,
+    budget_stage,
+    estimate_usd,
+)
+from thrifty_gateway.services.budgets.store import (
+    Check,
+    MemorySpendStore,
+    Reading,
+    SpendStoreUnavailable,
+)
+from thrifty_gateway.services.pipeline import Outcome, RequestContext
+
+from .test_budget_units import NOW, ctx
+
+DAY = Budget(period="day", hard_limit_usd=0.01)
+
+
+class Flaky(MemorySpendStore):
+    """The memory store, failing every call while `down` (a Redis outage or stall)."""
+
+    def __init__(self) -> None:
+        super().__init__(lambda: NOW)
+        self.down = False
+
+    def _check(self) -> None:
+        if self.down:
+            raise SpendStoreUnavailable("get")
+
+    async def get(self, keys: Sequence[str]) -> list[float]:
+        self._check()
+        return await super().get(keys)
+
+    async def add(self, items: Sequence[tuple[str, float]], usd: float) -> None:
+        self._check()
+        await super().add(items, usd)
+
+    async def reserve(self, checks: Sequence[Check], usd: float) -> Reading:
+        self._check()
+        return await super().reserve(checks, usd)
+
+    async def settle(
+        self,
+        items: Sequence[tuple[str, float]],
+        usd: float,
+        held: float,
+        slot: int | None,
+        once: str | None = None,
+    ) -> None:
+        self._check()
+        await super().settle(items, usd, held, slot, once)
+
+
+def stage(store: MemorySpendStore, budget: Budget = DAY) -> BudgetStage:
+    line = BudgetLine("tenant", "team-a", budget)
+    return BudgetStage([line], store, BudgetMetrics(CollectorRegistry()), lambda: NOW)
+
+
+def cost(usd: float) -> Outcome:
+    return Outcome(200, {}, Usage(1000, 500), "gpt-4o", "p/gpt-4o", usd)
+
+
+@pytest.mark.parametrize(("period", "word"), [("day", "daily"), ("month", "monthly")])
+async def test_the_refusal_names_its_period_in_words(period: str, word: str) -> None:
+    s = stage(MemorySpendStore(lambda: NOW), Budget(period=period, hard_limit_usd=0.01))
+    first = ctx()
+    await s.before_upstream(first)
+    await s.after_upstream(first, cost(0.02))
+    with pytest.raises(BudgetExceededError) as refused:
+        await s.before_upstream(ctx())
+    assert f"has used its {word} budget of $0.01 (spent $0.02)" in refused.value.message
+
+
+async def test_concurrent_requests_reserve_before_they_run() -> None:
+    """50 requests at once against a $0.01 limit: each holds its estimate (no prompt, 512
+    completion tokens of gpt-4o: ~$0.005) as it is checked, so two get in, not fifty."""
+    s = stage(MemorySpendStore(lambda: NOW))
+    assert estimate_usd(ctx()) == pytest.approx(512 * 10.0 / 1e6)
+
+    async def one() -> RequestContext:
+        c = ctx()
+        await s.before_upstream(c)
+        return c
+
+    results = await asyncio.gather(*(one() for _ in range(50)), return_exceptions=True)
+    admitted = [r for r in results if not isinstance(r, BaseException)]
+    refused = [r for r in results if isinstance(r, BudgetExceededError)]
+    assert (len(admitted), len(refused)) == (2, 48)
+    assert "held by requests in flight" in refused[0].message
+    for c in admitted:
+        await s.after_upstream(c, cost(0.0075))
+    [status] = await s.status()
+    assert status["spent_usd"] == pytest.approx(0.015)  # overshoot: one request, not 49
+
+
+async def test_a_failed_request_gives_its_hold_back() -> None:
+    s = stage(MemorySpendStore(lambda: NOW))
+    held = [ctx(), ctx()]
+    for c in held:
+        await s.before_upstream(c)
+    with pytest.raises(BudgetExceededError):
+        await s.before_upstream(ctx())
+    for c in held:
+        c.done()  # failed: no after hook ran
+    await asyncio.sleep(0)
+    await asyncio.gather(*s.book._tasks)
+    assert await s.before_upstream(ctx()) is None
+    [status] = await s.status()
+    assert status["spent_usd"] == 0.0
+
+
+async def test_a_store_outage_checks_against_this_replicas_copy(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The store fails: a tenant over its limit stays refused, one under it goes on until its
+    own spend since the last read reaches the limit; the spend of the outage is kept and
+    written when the store is back, never lost."""
+    store = Flaky()
+    over = stage(store)
+    c = ctx()
+    await over.before_upstream(c)
+    await over.after_upstream(c, cost(0.012))
+    store.down = True
+    with caplog.at_level(logging.WARNING), pytest.raises(BudgetExceededError):
+        await over.before_upstream(ctx())
+    assert "enforced from this replica's copy" in caplog.text
+    assert over.metrics.local_checks._value.get() == 1
+
+    store = Flaky()
+    under = stage(store)
+    c = ctx()
+    await under.before_upstream(c)
+    await under.after_upstream(c, cost(0.004))  # read and written while the store is up
+    store.down = True
+    c = ctx()
+    await under.before_upstream(c)  # 0.004 seen < 0.01: admitted from the copy
+    await under.after_upstream(c, cost(0.007))  # refused by the store: kept
+    assert under.book.unwritten == pytest.approx(0.007)
+    with pytest.raises(BudgetExceededError):
+        await under.before_upstream(ctx())  # 0.004 + 0.007 kept: at the limit
+    with pytest.raises(ServiceUnavailableError):
+        await under.status()  # the admin view says the store is down, not stale figures
+    store.down = False
+    assert await under.book.flush()
+    assert await store.get([under.lines[0].window(NOW)[0]]) == [pytest.approx(0.011)]
+    assert under.book.unwritten == 0
+    with pytest.raises(BudgetExceededError):
+        await under.before_upstream(ctx())
+
+
+async def test_kept_spend_is_retried_in_the_background() -> None:
+    store = Flaky()
+    s = stage(store, Budget(period="day", hard_limit_usd=100))
+    c = ctx()
+    await s.before_upstream(c)
+    store.down = True
+    await s.after_upstream(c, cost(0.5))
+    store.down = False
+    task = s.book._drain
+    assert task is not None
+    await asyncio.wait_for(task, 5)
+    assert await store.get([s.lines[0].window(NOW)[0]]) == [0.5]
+
+
+async def test_budgets_without_a_shared_redis_warn_that_they_are_per_replica(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    config = parse_config(
+        {
+            "providers": [{"name": "p", "baseUrl": "http://x/v1"}],
+            "routes": [{"name": "r", "targets": [{"provider": "p", "model": "gpt-4o"}]}],
+            "tenants": [{"name": "t", "apiKeyHashes": ["0" * 64], "budget": {"hardLimitUsd": 5}}],
+        }
+    )
+    resources = SimpleNamespace(metrics=SimpleNamespace(registry=CollectorRegistry()))
+    with caplog.at_level(logging.WARNING):
+        found = await budget_stage(config, resources)
+    assert found is not None
+    assert "each replica enforces every limit on its own" in caplog.text
+
+
+async def test_a_long_outage_keeps_memory_bounded_and_the_spend_whole(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from thrifty_gateway.services.budgets import book
+
+    monkeypatch.setattr(book, "MAX_KEPT", 3)
+    store = Flaky()
+    s = stage(store, Budget(period="day", hard_limit_usd=100))
+    store.down = True
+    for _ in range(10):
+        c = ctx()
+        await s.before_upstream(c)
+        await s.after_upstream(c, cost(0.1))
+    assert len(s.book._kept) == 4  # three one by one, the rest merged
+    assert s.book.unwritten == pytest.approx(1.0)
+    store.down = False
+    assert await s.book.flush()
+    assert await store.get([s.lines[0].window(NOW)[0]]) == [pytest.approx(1.0)]
