@@ -192,6 +192,20 @@ def test_tool_calls_and_unknown_fields_pass_through(gateway: Gateway) -> None:
     assert "answer" in orjson.loads(logprobs.choices[0].message.content or "{}")
 
 
+def test_a_deferral_this_gateway_cannot_make_says_so(gateway: Gateway) -> None:
+    """examples/local.yaml has no batch queue: a request asking to be deferred is answered at
+    once (full price), and the answer says the deferral was refused."""
+    raw = client(gateway).chat.completions.with_raw_response.create(
+        model="gpt-4o", messages=MESSAGES, extra_headers={"x-thrifty-defer": "true"}
+    )
+    assert raw.http_response.status_code == 200
+    assert raw.headers["x-thrifty-deferred"] == "refused"
+    plain = client(gateway).chat.completions.with_raw_response.create(
+        model="gpt-4o", messages=MESSAGES
+    )
+    assert "x-thrifty-deferred" not in plain.headers
+
+
 def test_unknown_model_is_404_in_openai_shape(gateway: Gateway) -> None:
     with pytest.raises(openai.NotFoundError) as info:
         client(gateway).chat.completions.create(model="no-such-model", messages=MESSAGES)
@@ -213,6 +227,9 @@ def test_wrongly_typed_chat_fields_are_a_400_in_openai_shape(
         ({}, "messages"),
         ({"messages": MESSAGES, "stream": True, "stream_options": "x"}, "stream_options"),
         ({"messages": MESSAGES, "stream": True, "stream_options": [1]}, "stream_options"),
+        ({"messages": MESSAGES, "n": "two"}, "n"),
+        ({"messages": MESSAGES, "n": 0}, "n"),
+        ({"messages": MESSAGES, "response_format": "json_object"}, "response_format"),
     ]
     for fields, param in cases:
         resp = httpx.post(

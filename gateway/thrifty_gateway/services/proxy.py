@@ -302,6 +302,8 @@ class Proxy:
     async def _upstream(self, ctx: RequestContext, route: RouteRuntime) -> Response:
         state = self.state
         body = ctx.body
+        if ctx.defer:  # asked to defer, answered now (no batch queue here, or not deferrable)
+            ctx.response_headers.setdefault("x-thrifty-deferred", "refused")
         if ctx.stream and not ctx.include_usage:
             body = {
                 **body,

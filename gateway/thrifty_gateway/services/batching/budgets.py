@@ -5,9 +5,10 @@ has run them: the gateway's ledger sync `charge`s what each finished line cost t
 and route's budgets (in the budget's period of the moment the line finished). Creating a
 batch is refused with the stage's hard-limit error (429 `budget_exceeded`) while the tenant,
 or a route the batch uses, is over its hard limit; a deferred request is refused by the
-budgets stage itself, which runs before the deferral. As in the stage, a failing spend store
-lets work through (fail open) and says so in the log; the spend of finished lines it refused is
-charged again later (the ledger sync keeps those lines pending).
+budgets stage itself, which runs before the deferral. As in the stage, while the spend store
+fails the check reads this replica's copy of the spend (the last reading plus its own spend
+since); only an unexpected error lets the batch through (logged). The spend of finished lines
+the store refused is charged again later (the ledger sync keeps those lines pending).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ async def refuse_over_hard_limit(
         spent = await budgets.spent(lines, now)
     except Exception:
         budgets.metrics.store_errors.inc()
-        log.warning("budget store unavailable; batch let through", exc_info=True)
+        log.warning("budget check failed; batch let through", exc_info=True)
         return
     for line, (_, _, end), usd in zip(lines, windows, spent, strict=True):
         b = line.budget
