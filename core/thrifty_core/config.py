@@ -241,7 +241,14 @@ class StudentConfig(ConfigModel):
     artifact_path: str | None = Field(default=None, description="Classifier artifact directory.")
     endpoint: str | None = Field(default=None, description="OpenAI-compatible student server.")
     served_model: str | None = Field(default=None, description="Model name at the endpoint.")
-    version: str | None = None
+    version: str | None = Field(
+        default=None, description="Version to serve; None = the newest promoted one."
+    )
+    serve: bool = Field(
+        default=True,
+        description="False: no version serves (the operator found none that passes its gate); "
+        "the route stays on the teacher and capture goes on.",
+    )
     cost_per_hour: float = Field(default=0.0, ge=0)
     capture: Capture = Field(default_factory=Capture)
     capture_dir: str = Field(default="", description="Where captured pairs go; '' = disabled.")

@@ -146,7 +146,12 @@ def render_student(model: DistilledModel) -> StudentConfig:
     ns = model.metadata.namespace
     name = model.metadata.name
     status = model.status
-    version = spec.serving.version or (status.active_version if status else "") or None
+    # The operator decides what serves: a pin it saw pass (status.passedVersions), else the
+    # active version; none at all (nothing passed yet, or the serving version failed a new
+    # gate) serves nothing, rather than whatever promoted version the volume still holds.
+    passed = status.passed_versions if status else []
+    pin = spec.serving.version if spec.serving.version in passed else ""
+    version = pin or (status.active_version if status else "")
     is_lm = spec.student.kind == "causal-lm"
     return StudentConfig(
         route=spec.teacher.route,
@@ -163,7 +168,8 @@ def render_student(model: DistilledModel) -> StudentConfig:
         if is_lm
         else None,
         served_model=name if is_lm else None,
-        version=version,
+        version=version or None,
+        serve=bool(version),
         cost_per_hour=spec.serving.cost_per_hour,
         capture=spec.capture,
         capture_dir=f"{CAPTURE_DIR}/{name}",

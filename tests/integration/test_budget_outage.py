@@ -57,14 +57,14 @@ async def test_replicas_reserve_atomically_and_give_holds_back(redis: RedisServe
     results = await asyncio.gather(*(attempt(s) for _ in range(20) for s in (one, two)))
     admitted = [r for r in results if isinstance(r, RequestContext)]
     assert len(admitted) == 2
-    for c in admitted:
-        await (one if c is admitted[0] else two).after_upstream(c, cost(0.0075))
     key = one.lines[0].window(time.time())[0]
     check = aioredis.Redis.from_url(redis.url)
-    assert float(await check.get(key) or 0) == pytest.approx(0.015)
-    held = await check.hgetall(f"{key}:held")
-    assert sum(float(v) for v in held.values()) == pytest.approx(0.0, abs=1e-9)
+    assert len(await check.hgetall(f"{key}:held")) == 2  # one field per request in flight
     assert await check.ttl(f"{key}:held") > 0  # holds may be evicted; spend never
+    for c in admitted:
+        await (one if c is admitted[0] else two).after_upstream(c, cost(0.0075))
+    assert float(await check.get(key) or 0) == pytest.approx(0.015)
+    assert await check.hgetall(f"{key}:held") == {}  # every hold given back
     assert await check.ttl(key) == -1
     with pytest.raises(BudgetExceededError):
         await one.before_upstream(ctx())
@@ -106,3 +106,24 @@ async def test_a_redis_stall_keeps_hard_limits_and_the_spend(tmp_path: Path) -> 
         await over.aclose()
         await under.aclose()
         own.kill()
+
+
+async def test_holds_count_while_their_slot_is_recent_and_are_dropped_after(
+    redis: RedisServer,
+) -> None:
+    """A hold left by a replica that died mid-request counts for HOLD_SLOTS minutes, then the
+    next reserve deletes it (a field's slot is the number it starts with)."""
+    from thrifty_gateway.services.budgets.store import HOLD_SLOTS, hold_slot
+
+    gateway = f"ns/gw-{os.urandom(4).hex()}"
+    stage = replica(redis.url, gateway, hard=1.0)
+    key = stage.lines[0].window(time.time())[0]
+    check = aioredis.Redis.from_url(redis.url)
+    now = hold_slot(time.time())
+    recent, old = f"{now}:a1", f"{now - HOLD_SLOTS - 1}:b2"
+    await check.hset(f"{key}:held", mapping={recent: "0.25", old: "9"})
+    reading, _ = await stage.book.reserve(stage.checks(stage.lines, time.time()), [0.0], 0.0)
+    assert reading.held == [pytest.approx(0.25)]
+    assert await check.hkeys(f"{key}:held") == [recent.encode()]  # the old one is gone
+    await check.aclose()
+    await stage.aclose()

@@ -29,10 +29,12 @@ MESSAGES: list[Any] = [{"role": "user", "content": "How much did this cost?"}]
 
 @pytest.fixture
 def clean_ledger(redis: RedisServer) -> Iterator[RedisServer]:
-    """The session Redis without ledger keys left by earlier tests."""
+    """The session Redis without ledger or budget keys left by earlier tests (budget spend
+    of a gateway run without a name counts as the "key of before" of every named one)."""
     client = redis_lib.Redis.from_url(redis.url)
-    for key in client.scan_iter("thrifty:ledger:*"):
-        client.delete(key)
+    for pattern in ("thrifty:ledger:*", "thrifty:budget:*"):
+        for key in client.scan_iter(pattern):
+            client.delete(key)
     client.close()
     yield redis
 

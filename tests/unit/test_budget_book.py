@@ -56,20 +56,33 @@ class Flaky(MemorySpendStore):
         self._check()
         await super().add(items, usd)
 
-    async def reserve(self, checks: Sequence[Check], usd: float) -> Reading:
+    async def reserve(self, checks: Sequence[Check], usd: float, hold: str) -> Reading:
         self._check()
-        return await super().reserve(checks, usd)
+        return await super().reserve(checks, usd, hold)
 
     async def settle(
         self,
         items: Sequence[tuple[str, float]],
         usd: float,
-        held: float,
-        slot: int | None,
+        hold: str | None,
         once: str | None = None,
     ) -> None:
         self._check()
-        await super().settle(items, usd, held, slot, once)
+        await super().settle(items, usd, hold, once)
+
+
+class LateReserve(MemorySpendStore):
+    """A reserve that times out after the store ran it (a slow Redis, event-loop lag)."""
+
+    def __init__(self) -> None:
+        super().__init__(lambda: NOW)
+        self.late = False
+
+    async def reserve(self, checks: Sequence[Check], usd: float, hold: str) -> Reading:
+        reading = await super().reserve(checks, usd, hold)
+        if self.late:
+            raise TimeoutError
+        return reading
 
 
 def stage(store: MemorySpendStore, budget: Budget = DAY) -> BudgetStage:
@@ -218,3 +231,22 @@ async def test_a_long_outage_keeps_memory_bounded_and_the_spend_whole(
     store.down = False
     assert await s.book.flush()
     assert await store.get([s.lines[0].window(NOW)[0]]) == [pytest.approx(1.0)]
+
+
+async def test_a_reserve_that_timed_out_after_the_store_took_it_is_given_back() -> None:
+    """The hold landed in the store but the reserve timed out: the request runs on this
+    replica's copy, and settling deletes the hold it may have left (its own field), so no
+    phantom hold is counted by every replica for minutes."""
+    store = LateReserve()
+    s = stage(store, Budget(period="day", hard_limit_usd=1.0))
+    store.late = True
+    c = ctx()
+    await s.before_upstream(c)  # admitted from the local copy
+    store.late = False
+    checks = s.checks(s.lines_for("team-a", "gpt-4o"), NOW)
+    reading, _ = await s.book.reserve(checks, [NOW], 0.0)  # (holds nothing: a reading)
+    assert reading.held[0] > 0  # the store holds the timed-out reservation's estimate
+    await s.after_upstream(c, cost(0.0))
+    await asyncio.sleep(0)
+    reading, _ = await s.book.reserve(checks, [NOW], 0.0)
+    assert reading.held == [0.0]  # given back

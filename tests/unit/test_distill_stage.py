@@ -362,3 +362,50 @@ async def test_the_reload_loop_outlives_a_version_it_cannot_load(
     assert not task.done()  # still running after the KeyError
     task.cancel()
     assert sr.version == "v0002" and len(loads) == 2
+
+
+def test_the_gateway_serves_only_what_the_operator_says_passed() -> None:
+    """A pin the operator refused (not in status.passedVersions) is not rendered; with no
+    active version nothing serves (not the newest version the volume still has promoted)."""
+
+    def model(pin: str = "", **status: Any) -> DistilledModel:
+        return DistilledModel.model_validate(
+            {
+                "metadata": {"name": "intent", "namespace": "ml"},
+                "spec": {
+                    "teacher": {"gatewayRef": {"name": "gw"}, "route": "intent"},
+                    "student": {"kind": "classifier"},
+                    "serving": {"version": pin} if pin else {},
+                },
+                **({"status": status} if status else {}),
+            }
+        )
+
+    nothing = render_student(model())
+    assert not nothing.serve and nothing.version is None
+    active = render_student(model(activeVersion="v2", passedVersions=["v1", "v2"]))
+    assert active.serve and active.version == "v2"
+    pinned = render_student(model("v1", activeVersion="v2", passedVersions=["v1", "v2"]))
+    assert pinned.version == "v1"
+    refused = render_student(model("v9", activeVersion="v2", passedVersions=["v1", "v2"]))
+    assert refused.version == "v2"  # the refused pin never reaches the gateway
+    withdrawn = render_student(model(activeVersion="", passedVersions=["v1"]))
+    assert not withdrawn.serve  # v1 passed an older gate: not served without the operator
+    local = StudentConfig(route="r", name="s", kind="classifier", artifact_path="/a")
+    assert local.serve and local.version is None  # a local config: newest promoted
+
+
+def test_a_student_the_operator_stopped_serving_loads_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from thrifty_gateway.services import distill
+
+    def never(*_: Any) -> None:
+        raise AssertionError("the volume's promoted versions must not be looked at")
+
+    monkeypatch.setattr(distill, "resolve_version", never)
+    cfg = StudentConfig(
+        route="r", name="s", kind="classifier", artifact_path=str(tmp_path), serve=False
+    )
+    predictor, _ = distill.load_predictor(cfg, lambda: None)
+    assert predictor is None

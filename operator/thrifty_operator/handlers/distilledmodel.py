@@ -283,21 +283,18 @@ async def reconcile(body: Body, ix: Indexes, ctx: Context) -> Outcome:
     if pin and pin in known:
         active = pin
     elif pin:
-        refused = invalid_pin(model, pin, known, active)
+        refused = invalid_pin(pin, known, active)
     fields["activeVersion"] = active
     serving_cond = await _serve(model, owner, active, ctx, fields)
     conds.append(refused or serving_cond)
     return Outcome(conds, fields)
 
 
-def invalid_pin(model: DistilledModel, pin: str, known: list[str], active: str) -> Cond:
+def invalid_pin(pin: str, known: list[str], active: str) -> Cond:
     """A pin (spec.serving.version) that is not a version the operator saw pass its gate:
     it does not exist, failed its gate, or was never evaluated here."""
     listed = ", ".join(known) or "none yet"
-    if model.spec.student.kind == "causal-lm":
-        instead = f"still serving {active}" if active else "nothing is served"
-    else:
-        instead = "the gateway refuses it (it keeps the version it had, or the teacher)"
+    instead = f"still serving {active}" if active else "nothing is served (the teacher answers)"
     return false(
         "Serving",
         "InvalidPin",

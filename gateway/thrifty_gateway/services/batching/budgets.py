@@ -59,11 +59,18 @@ async def refuse_over_hard_limit(
 
 
 async def charge(
-    budgets: BudgetStage | None, tenant: str, route: str, usd: float, when: float
+    budgets: BudgetStage | None,
+    tenant: str,
+    route: str,
+    usd: float,
+    when: float,
+    once: str | None = None,
 ) -> None:
     """Add `usd` spent by `tenant` on `route` at `when` to the budgets it falls under. Raises
     when the spend store fails (counted in the budgets' metrics): the caller keeps the lines
-    and charges them again later, rather than lose their spend."""
+    and charges them again later, rather than lose their spend. `once` (a digest of the
+    lines, see `SpendStore.settle`): a retry of a write that timed out after Redis applied it
+    is not charged again."""
     if budgets is None or usd <= 0:
         return
     lines = budgets.lines_for(tenant, route)
@@ -71,7 +78,7 @@ async def charge(
     if not items:
         return
     try:
-        await budgets.store.add(items, usd)
+        await budgets.store.settle(items, usd, None, once)
     except Exception:
         budgets.metrics.store_errors.inc()
         raise

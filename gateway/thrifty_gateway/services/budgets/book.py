@@ -35,13 +35,15 @@ WARN_EVERY = 60.0  # seconds between warnings that limits are checked from the l
 @dataclass(slots=True)
 class Reservation:
     """What one request holds: on which keys (with the epoch second their period ends), how
-    much, and where (`slot` in the store; None when the store was unavailable and only this
-    replica's copy holds it)."""
+    much, and where: `hold` is its field in the store (None: nothing there to give back);
+    `here` when the store did not answer the reserve and this replica's copy holds it (the
+    store may hold it all the same: a reserve that timed out after Redis ran it)."""
 
     items: list[tuple[str, float]]
     usd: float
-    slot: int | None
+    hold: str | None
     done: bool = False
+    here: bool = False
     once: str = ""  # id of its settling (the minute of the first try, then random)
     spent: float = 0.0  # what it settles
 
@@ -139,26 +141,29 @@ class SpendBook:
             Check(c.key, c.legacy, c.hard, self._key(c.key).unwritten + self._key(c.key).held_here)
             for c in checks
         ]
+        hold = self.store.new_hold()
         try:
-            reading = await self.store.reserve(sent, usd)
+            reading = await self.store.reserve(sent, usd, hold)
         except Exception:
             self.on_store_error()
             self._warn_local(checks)
-            return self._reserve_here(checks, ends, usd)
+            return self._reserve_here(checks, ends, usd, hold)
         for c, value, mark in zip(checks, reading.spent, marks, strict=True):
             self._seen(c.key, value, mark)
         spent = [s + c.unseen for s, c in zip(reading.spent, sent, strict=True)]
-        reading = Reading(reading.admitted, spent, reading.held, reading.slot)
+        reading = Reading(reading.admitted, spent, reading.held)
         if not reading.admitted:
             return reading, None
-        res = Reservation(list(zip(keys, ends, strict=True)), usd, reading.slot)
+        res = Reservation(list(zip(keys, ends, strict=True)), usd, hold if usd > 0 else None)
         for k in keys:
             self._key(k).held += usd
         return reading, res
 
     def _reserve_here(
-        self, checks: Sequence[Check], ends: Sequence[float], usd: float
+        self, checks: Sequence[Check], ends: Sequence[float], usd: float, hold: str
     ) -> tuple[Reading, Reservation | None]:
+        """`hold`: the field the failed store call may have taken all the same (settling
+        deletes it, which changes nothing when it was never taken)."""
         # No await from the check to the hold.
         found = [self._key(c.key) for c in checks]
         spent = [k.seen + k.since + k.unwritten for k in found]
@@ -166,15 +171,20 @@ class SpendBook:
         admitted = all(
             c.hard is None or s + h < c.hard for c, s, h in zip(checks, spent, held, strict=True)
         )
-        reading = Reading(admitted, spent, held, 0)
+        reading = Reading(admitted, spent, held)
         if not admitted:
+            # The store may still have taken the hold (a timeout after Redis ran the script):
+            # give it back.
+            if usd > 0:
+                self.release(
+                    Reservation([(c.key, e) for c, e in zip(checks, ends, strict=True)], 0.0, hold)
+                )
             return reading, None
         for k in found:
             k.held += usd
             k.held_here += usd
-        return reading, Reservation(
-            [(c.key, e) for c, e in zip(checks, ends, strict=True)], usd, None
-        )
+        items = [(c.key, e) for c, e in zip(checks, ends, strict=True)]
+        return reading, Reservation(items, usd, hold if usd > 0 else None, here=True)
 
     async def settle(self, res: Reservation, usd: float) -> None:
         """Add what the request cost and give its hold back (once). What the store refuses is
@@ -185,10 +195,10 @@ class SpendBook:
         for key, _ in res.items:
             k = self._key(key)
             k.held = max(k.held - res.usd, 0.0)
-            if res.slot is None:
+            if res.here:
                 k.held_here = max(k.held_here - res.usd, 0.0)
         res.spent = max(usd, 0.0)
-        if res.spent == 0 and (res.slot is None or res.usd == 0):
+        if res.spent == 0 and res.hold is None:
             return  # nothing spent, nothing held in the store
         res.once = f"{int(time.time() // 60)}:{os.urandom(8).hex()}"
         try:
@@ -198,7 +208,7 @@ class SpendBook:
             self._keep(res, exc)
 
     async def _write(self, res: Reservation) -> None:
-        await self.store.settle(res.items, res.spent, res.usd, res.slot, res.once)
+        await self.store.settle(res.items, res.spent, res.hold, res.once)
         for key, _ in res.items:
             self._key(key).since += res.spent
 

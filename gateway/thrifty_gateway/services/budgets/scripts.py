@@ -4,13 +4,14 @@ each one atomic step in Redis (see store.py)."""
 from __future__ import annotations
 
 # KEYS, per check: the spend key, its holds hash, then the key of before when it has one.
-# ARGV: usd to hold, the current slot, the oldest slot still held, the holds' TTL (seconds),
-# then per check: its hard limit ('' for none), its unseen spend, 1 when it has a key of before.
-# Returns: admitted (1/0), then per check its spend and its holds (strings: Lua numbers would
-# come back as integers).
+# ARGV: usd to hold, the hold's field ("<minute slot>:<reservation id>"), the oldest slot still
+# held, the holds' TTL (seconds), then per check: its hard limit ('' for none), its unseen
+# spend, 1 when it has a key of before. A field's slot is the number it starts with; fields
+# older than the oldest slot are deleted. Returns: admitted (1/0), then per check its spend
+# and its holds (strings: Lua numbers would come back as integers).
 RESERVE = """
 local usd = tonumber(ARGV[1])
-local slot = ARGV[2]
+local hold = ARGV[2]
 local oldest = tonumber(ARGV[3])
 local ttl = tonumber(ARGV[4])
 local out = {}
@@ -29,7 +30,8 @@ while a <= #ARGV do
   local held = 0
   local fields = redis.call('HGETALL', hkey)
   for i = 1, #fields, 2 do
-    if tonumber(fields[i]) < oldest then
+    local slot = tonumber(string.match(fields[i], '^%d+'))
+    if slot == nil or slot < oldest then
       redis.call('HDEL', hkey, fields[i])
     else
       held = held + tonumber(fields[i + 1])
@@ -48,7 +50,7 @@ while a <= #ARGV do
 end
 if admitted == 1 and usd > 0 then
   for _, hkey in ipairs(holds) do
-    redis.call('HINCRBYFLOAT', hkey, slot, ARGV[1])
+    redis.call('HSET', hkey, hold, ARGV[1])
     redis.call('EXPIRE', hkey, ttl)
   end
 end
@@ -57,12 +59,12 @@ return out
 """
 
 # KEYS: the expiry index, the hash of settled reservations, then per budget: the spend key, its
-# holds hash. ARGV: usd spent, the slot the reservation holds in ('' for none), what it holds,
-# the reservation's id ('' for none), the settled hash's TTL, then per budget the epoch second
-# its key may be deleted. Once per id: a retry of a write that timed out after Redis applied it
+# holds hash. ARGV: usd spent, the reservation's hold field ('' for none), (unused), the
+# settling's id ('' for none), the settled hash's TTL, then per budget the epoch second its key
+# may be deleted. Once per id: a retry of a write that timed out after Redis applied it
 # changes nothing (returns 0). Spend as `add` writes it (no TTL, listed in the index); the hold
-# given back only while its slot is still there (an expired or evicted hash is not recreated
-# with a negative hold).
+# is given back by deleting its field, which is harmless when the reserve never landed (it
+# timed out before Redis ran it) or the hash expired.
 SETTLE = """
 if ARGV[4] ~= '' then
   if redis.call('HSETNX', KEYS[2], ARGV[4], 1) == 0 then
@@ -71,8 +73,7 @@ if ARGV[4] ~= '' then
   redis.call('EXPIRE', KEYS[2], tonumber(ARGV[5]))
 end
 local usd = tonumber(ARGV[1])
-local slot = ARGV[2]
-local held = tonumber(ARGV[3])
+local hold = ARGV[2]
 local n = 0
 for i = 3, #KEYS, 2 do
   n = n + 1
@@ -81,8 +82,8 @@ for i = 3, #KEYS, 2 do
     redis.call('PERSIST', KEYS[i])
     redis.call('ZADD', KEYS[1], ARGV[5 + n], KEYS[i])
   end
-  if slot ~= '' and held > 0 and redis.call('HEXISTS', KEYS[i + 1], slot) == 1 then
-    redis.call('HINCRBYFLOAT', KEYS[i + 1], slot, string.format('%.17g', -held))
+  if hold ~= '' then
+    redis.call('HDEL', KEYS[i + 1], hold)
   end
 end
 return 1

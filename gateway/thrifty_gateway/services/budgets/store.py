@@ -12,15 +12,18 @@ Reservations: before a request runs, `reserve` checks every budget it falls unde
 are under their hard limit, holds an estimate of its cost on each, atomically (a Lua script in
 Redis, no await in memory), so that concurrent requests see each other's cost before it is
 known. `settle` adds what the request really cost and gives the hold back. Holds live in a
-hash beside the spend key (`<key>:held`, one field per minute slot, with a TTL: a replica that
-dies mid-request leaves its holds for at most `HOLD_SLOTS` minutes, and an evicted hash only
-forgets requests in flight, never spend).
+hash beside the spend key (`<key>:held`, one field per reservation, named by its minute slot
+and a random id, with a TTL: a replica that dies mid-request leaves its holds for at most
+`HOLD_SLOTS` minutes, and an evicted hash only forgets requests in flight, never spend).
+Settling deletes the reservation's own field, so a reserve that timed out after Redis ran it
+is given back all the same.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -57,16 +60,24 @@ class Check:
 class Reading:
     """What a reservation found, per check: the spend (the legacy key's included) and what
     requests in flight hold (every replica's, this one's before it); `admitted` when every check
-    was under its hard limit (spend + held + unseen), and then `usd` is held in `slot`."""
+    was under its hard limit (spend + held + unseen), and then `usd` is held."""
 
     admitted: bool
     spent: list[float]
     held: list[float]
-    slot: int
 
 
 def hold_slot(now: float) -> int:
     return int(now // HOLD_SLOT_SECONDS)
+
+
+def new_hold(now: float) -> str:
+    """A reservation's hold field: its minute slot (when it stops counting) and a random id."""
+    return f"{hold_slot(now)}:{os.urandom(8).hex()}"
+
+
+def _hold_slot_of(hold: str) -> int:
+    return int(hold.partition(":")[0])
 
 
 class SpendStore(Protocol):
@@ -78,22 +89,26 @@ class SpendStore(Protocol):
         """Add `usd` to every key; each item is (key, epoch second its period ends)."""
         ...
 
-    async def reserve(self, checks: Sequence[Check], usd: float) -> Reading:
-        """Check every budget and, when all are under their hard limit, hold `usd` on each, in
-        one atomic step. Raises when the store fails."""
+    def new_hold(self) -> str:
+        """A fresh hold field for `reserve` (see `new_hold`), by this store's clock."""
+        ...
+
+    async def reserve(self, checks: Sequence[Check], usd: float, hold: str) -> Reading:
+        """Check every budget and, when all are under their hard limit, hold `usd` on each
+        under the field `hold`, in one atomic step. Raises when the store fails (the hold may
+        have been taken all the same: settle it)."""
         ...
 
     async def settle(
         self,
         items: Sequence[tuple[str, float]],
         usd: float,
-        held: float,
-        slot: int | None,
+        hold: str | None,
         once: str | None = None,
     ) -> None:
-        """Add `usd` to every key (as `add`) and give back the `held` a reservation holds on it
-        in `slot` (None: it holds nothing here); at most once per `once` (a reservation's id)
-        for `SETTLED_SECONDS`, so that a retry of a write that timed out after it was applied
+        """Add `usd` to every key (as `add`) and delete the reservation's `hold` field (None:
+        it holds nothing here); at most once per `once` (a settling's id) for
+        `SETTLED_SECONDS`, so that a retry of a write that timed out after it was applied
         counts it once."""
         ...
 
@@ -105,7 +120,7 @@ class MemorySpendStore:
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._spend: dict[str, tuple[float, float]] = {}
-        self._held: dict[str, dict[int, float]] = {}
+        self._held: dict[str, dict[str, float]] = {}  # key -> hold field -> usd
         self._clock = clock
 
     async def get(self, keys: Sequence[str]) -> list[float]:
@@ -128,15 +143,18 @@ class MemorySpendStore:
         if len(self._spend) > 100_000:
             self._spend = {k: v for k, v in self._spend.items() if v[1] > now}
 
-    def _held_now(self, key: str, slot: int) -> float:
-        slots = self._held.get(key)
-        if not slots:
-            return 0.0
-        for old in [s for s in slots if s < slot - HOLD_SLOTS]:
-            del slots[old]
-        return max(sum(slots.values()), 0.0)
+    def new_hold(self) -> str:
+        return new_hold(self._clock())
 
-    async def reserve(self, checks: Sequence[Check], usd: float) -> Reading:
+    def _held_now(self, key: str, slot: int) -> float:
+        holds = self._held.get(key)
+        if not holds:
+            return 0.0
+        for old in [h for h in holds if _hold_slot_of(h) < slot - HOLD_SLOTS]:
+            del holds[old]
+        return max(sum(holds.values()), 0.0)
+
+    async def reserve(self, checks: Sequence[Check], usd: float, hold: str) -> Reading:
         # No await from the check to the hold: atomic on the event loop.
         now = self._clock()
         slot = hold_slot(now)
@@ -148,30 +166,26 @@ class MemorySpendStore:
         )
         if admitted and usd > 0:
             for c in checks:
-                slots = self._held.setdefault(c.key, {})
-                slots[slot] = slots.get(slot, 0.0) + usd
-        return Reading(admitted, spent, held, slot)
+                self._held.setdefault(c.key, {})[hold] = usd
+        return Reading(admitted, spent, held)
 
     async def settle(
         self,
         items: Sequence[tuple[str, float]],
         usd: float,
-        held: float,
-        slot: int | None,
+        hold: str | None,
         once: str | None = None,
     ) -> None:
         del once  # nothing here times out after it was applied
         if usd > 0:
             await self.add(items, usd)
-        if slot is None or held <= 0:
+        if hold is None:
             return
         for key, _ in items:
-            slots = self._held.get(key)
-            if slots and slot in slots:
-                slots[slot] -= held
-                if slots[slot] <= 1e-12:
-                    del slots[slot]
-                if not slots:
+            holds = self._held.get(key)
+            if holds is not None:
+                holds.pop(hold, None)
+                if not holds:
                     del self._held[key]
 
     async def aclose(self) -> None:
@@ -265,24 +279,26 @@ class RedisSpendStore:
             await self._call("add", pipe.execute(), WRITE_TIMEOUT)
         self._maybe_clean()
 
-    async def reserve(self, checks: Sequence[Check], usd: float) -> Reading:
+    def new_hold(self) -> str:
+        return new_hold(self._clock())
+
+    async def reserve(self, checks: Sequence[Check], usd: float, hold: str) -> Reading:
         slot = hold_slot(self._clock())
         keys: list[str] = []
         ttl = int(HOLD_SLOT_SECONDS * (HOLD_SLOTS + 2))
-        args: list[Any] = [repr(usd), slot, slot - HOLD_SLOTS, ttl]
+        args: list[Any] = [repr(usd), hold, slot - HOLD_SLOTS, ttl]
         for c in checks:
             keys += [c.key, c.held_key, *([c.legacy] if c.legacy else [])]
             args += ["" if c.hard is None else repr(c.hard), repr(c.unseen), 1 if c.legacy else 0]
         out = await self._call("get", self._reserve(keys=keys, args=args), READ_TIMEOUT)
         values = [float(v) for v in out[1:]]
-        return Reading(bool(int(out[0])), values[0::2], values[1::2], slot)
+        return Reading(bool(int(out[0])), values[0::2], values[1::2])
 
     async def settle(
         self,
         items: Sequence[tuple[str, float]],
         usd: float,
-        held: float,
-        slot: int | None,
+        hold: str | None,
         once: str | None = None,
     ) -> None:
         if not items:
@@ -291,13 +307,7 @@ class RedisSpendStore:
         # try: `once` carries it), which lives `SETTLED_SECONDS` after its last write.
         minute = once.partition(":")[0] if once else "0"
         keys = [EXPIRY_INDEX, f"{SETTLED_PREFIX}{minute}"]
-        args: list[Any] = [
-            repr(max(usd, 0.0)),
-            "" if slot is None else slot,
-            repr(held),
-            once or "",
-            SETTLED_SECONDS,
-        ]
+        args: list[Any] = [repr(max(usd, 0.0)), hold or "", "", once or "", SETTLED_SECONDS]
         for key, ends in items:
             keys += [key, f"{key}:held"]
             args.append(int(ends) + EXPIRY_GRACE_SECONDS)

@@ -60,6 +60,8 @@ def _embedder(state: GatewayState) -> Embedder:
 
 def load_predictor(cfg: StudentConfig, embedder_for: Any) -> tuple[Predictor | None, float]:
     """The serving predictor of a student and the gate's agreement floor."""
+    if not cfg.serve:
+        return None, DEFAULT_MIN_AGREEMENT
     if cfg.kind == "causal-lm":
         if not cfg.endpoint:
             return None, DEFAULT_MIN_AGREEMENT
@@ -110,7 +112,7 @@ async def reload_loop(stage: DistillStage, embedder_for: Any, interval: float) -
 async def reload_one(stage: DistillStage, sr: StudentRoute, embedder_for: Any) -> None:
     """Load a student's newly promoted (or newly pinned) classifier version, if any."""
     cfg = sr.config
-    if cfg.kind != "classifier" or not cfg.artifact_path:
+    if cfg.kind != "classifier" or not cfg.artifact_path or not cfg.serve:
         return
     try:
         manifest = await asyncio.to_thread(resolve_version, Path(cfg.artifact_path), cfg.version)
