@@ -170,7 +170,7 @@ def test_hidden_choice_fields_are_nulled_in_a_copy() -> None:
 async def test_capture_stops_at_the_cap(tmp_path: Path) -> None:
     sink = CaptureSink(
         FileDatasetStore(tmp_path),
-        Capture(max_examples=100),
+        Capture(max_examples=100, when_full="stop"),
         route="intent",
         student="s",
     )
@@ -409,3 +409,30 @@ def test_a_student_the_operator_stopped_serving_loads_nothing(
     )
     predictor, _ = distill.load_predictor(cfg, lambda: None)
     assert predictor is None
+
+
+async def test_capture_rotates_at_the_cap_and_keeps_recent_traffic(tmp_path: Path) -> None:
+    """The default at maxExamples: the oldest shards go, recording goes on (the next training
+    run learns from recent traffic), the store stays within the cap, and a reader listing a
+    shard that is dropped before it opens it reads nothing from it instead of failing."""
+    sink = CaptureSink.to_directory(
+        str(tmp_path), Capture(max_examples=1000), route="intent", student="s"
+    )
+    completion = {"choices": [{"message": {"content": "card_arrival"}, "finish_reason": "stop"}]}
+    for i in range(2500):
+        assert await sink.record(
+            request_id=str(i),
+            ts=float(i),
+            tenant="team-a",
+            model="gpt-4o",
+            messages=[{"role": "user", "content": f"question {i}"}],
+            completion=completion,
+            prompt_tokens=10,
+            completion_tokens=2,
+            cost_usd=0.0,
+        )
+    reader = FileDatasetStore(tmp_path, writer="reader")
+    ids = [CaptureRecord.model_validate_json(x).id for s in reader.shards() for x in reader.read(s)]
+    assert 900 <= len(ids) <= 1000 and "2499" in ids and "0" not in ids
+    assert not sink.full and sink.wants({}, "team-a")
+    assert list(reader.read("capture-gone-000000.jsonl")) == []

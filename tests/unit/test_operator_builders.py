@@ -371,6 +371,21 @@ def test_candidate_version_is_stable_and_follows_training_inputs() -> None:
     assert first != distill.candidate_version(DistilledModel.model_validate(body))
 
 
+def test_the_retrain_annotation_starts_a_new_run() -> None:
+    """`kubectl annotate distilledmodel x thrifty.dev/retrain=<new value> --overwrite` (by
+    hand or from a CronJob) trains a new version on what was captured since; other
+    annotations do not."""
+    body = example("distilledmodel")
+    plain = distill.candidate_version(DistilledModel.model_validate(body))
+    body["metadata"]["annotations"] = {"team": "support"}
+    assert distill.candidate_version(DistilledModel.model_validate(body)) == plain
+    body["metadata"]["annotations"][distill.RETRAIN_ANNOTATION] = "2026-12-07"
+    dated = distill.candidate_version(DistilledModel.model_validate(body))
+    assert dated != plain
+    body["metadata"]["annotations"][distill.RETRAIN_ANNOTATION] = "2026-12-08"
+    assert distill.candidate_version(DistilledModel.model_validate(body)) not in (plain, dated)
+
+
 def test_builders_are_deterministic() -> None:
     assert all_manifests() == MANIFESTS
 

@@ -69,6 +69,11 @@ class Capture(ApiModel):
     max_examples: int = Field(
         default=200_000, ge=100, le=100_000_000, description="Cap on stored examples."
     )
+    when_full: Literal["rotate", "stop"] = Field(
+        default="rotate",
+        description="At maxExamples: rotate drops the oldest captured examples to keep "
+        "recording (the next training run learns from recent traffic); stop records no more.",
+    )
     logprobs: bool = Field(
         default=False, description="Ask the teacher for token log-probabilities (soft labels)."
     )

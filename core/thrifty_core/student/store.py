@@ -35,7 +35,13 @@ class DatasetStore(Protocol):
         ...
 
     def read(self, shard: str) -> Iterator[bytes]:
-        """The lines of one shard (a partly written last line is skipped)."""
+        """The lines of one shard (a partly written last line is skipped; a shard rotated
+        away meanwhile reads as empty)."""
+        ...
+
+    def drop_oldest(self) -> int:
+        """Delete the oldest shard no writer of this process appends to; the records it held
+        (0 when there is none to drop)."""
         ...
 
 
@@ -102,7 +108,29 @@ class FileDatasetStore:
         return sorted(names, key=lambda n: ((self.root / n).stat().st_mtime, n))
 
     def read(self, shard: str) -> Iterator[bytes]:
-        with (self.root / shard).open("rb") as fh:
+        try:
+            fh = (self.root / shard).open("rb")
+        except FileNotFoundError:  # rotated away by a writer since it was listed
+            return
+        with fh:
             for line in fh:
                 if line.endswith(b"\n") and line.strip():
                     yield line.rstrip(b"\n")
+
+    def drop_oldest(self) -> int:
+        with self._lock:
+            current = self._shard_path().name if self._in_shard else None
+            for name in self.shards():
+                if name == current:
+                    continue
+                path = self.root / name
+                try:
+                    with path.open("rb") as fh:
+                        lines = sum(1 for line in fh if line.endswith(b"\n"))
+                    path.unlink()
+                except FileNotFoundError:  # another writer dropped it first
+                    continue
+                if self._count is not None:
+                    self._count = max(self._count - lines, 0)
+                return lines
+            return 0

@@ -51,16 +51,26 @@ GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 TEMPLATE_HASH = "thrifty.dev/template-hash"
 
 
+RETRAIN_ANNOTATION = "thrifty.dev/retrain"
+
+
 def candidate_version(model: DistilledModel) -> str:
     """The run of a spec, and the artifact version it trains: a digest of everything that
-    changes the student (the held-out share changes what it is trained on)."""
+    changes the student (the held-out share changes what it is trained on), and of the
+    `thrifty.dev/retrain` annotation: setting it to a new value (a date, a counter; by hand or
+    from a CronJob) trains a new version on the examples captured since, which serves once it
+    passes the gate."""
     spec = model.spec
-    basis = {
+    basis: dict[str, object] = {
         "teacher": spec.teacher.model_dump(mode="json"),
         "student": spec.student.model_dump(mode="json"),
         "training": spec.training.model_dump(mode="json", exclude={"resources", "gpu"}),
         "heldOutFraction": spec.evaluation.held_out_fraction,
     }
+    annotations = (model.metadata.model_extra or {}).get("annotations") or {}
+    retrain = annotations.get(RETRAIN_ANNOTATION) if isinstance(annotations, dict) else None
+    if retrain:
+        basis["retrain"] = str(retrain)
     return f"v{short_hash(basis, 8)}"
 
 

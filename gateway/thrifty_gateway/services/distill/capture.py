@@ -1,6 +1,7 @@
 """Capture of teacher answers on a student's route into the dataset store.
 
-Sampled by `capture.sampleRate`, capped at `capture.maxExamples` records, skipped when the
+Sampled by `capture.sampleRate`, capped at `capture.maxExamples` records (`whenFull: rotate`,
+the default, drops the oldest shards to go on recording; `stop` records no more), skipped when the
 client sends `x-thrifty-no-capture` (any value but "0"/"false") or `Cache-Control: no-store`
 (the client asked that its exchange be kept nowhere) or its tenant is not in
 `capture.tenants` (when that list is set), redacted by default. Every record names its
@@ -66,7 +67,10 @@ class CaptureSink:
     def to_directory(
         cls, directory: str, spec: Capture, *, route: str, student: str
     ) -> CaptureSink:
-        return cls(FileDatasetStore(Path(directory)), spec, route=route, student=student)
+        # Shards of at most a tenth of the cap: rotation drops a tenth at a time.
+        per_shard = max(100, min(10_000, spec.max_examples // 10))
+        store = FileDatasetStore(Path(directory), shard_records=per_shard)
+        return cls(store, spec, route=route, student=student)
 
     def wants(self, headers: Mapping[str, str], tenant: str) -> bool:
         if self.full or opted_out(headers):
@@ -115,16 +119,22 @@ class CaptureSink:
         if record is None:
             return False
         line = record.model_dump_json(exclude_none=True).encode()
-        count = await asyncio.to_thread(self._append, line)
-        if count >= self.spec.max_examples:
+        written, count = await asyncio.to_thread(self._append, line)
+        if count >= self.spec.max_examples and self.spec.when_full == "stop":
             if not self.full:
                 log.info("capture for %s reached its cap of %d", self.student, count)
             self.full = True
-        return True
+        return written
 
-    def _append(self, line: bytes) -> int:
-        if self.store.count() >= self.spec.max_examples:
-            return self.store.count()
+    def _append(self, line: bytes) -> tuple[bool, int]:
+        """(whether the line was stored, the count after). At the cap, `rotate` drops the
+        oldest shards first (never the one being written); `stop` stores nothing more."""
+        cap = self.spec.max_examples
+        if self.store.count() >= cap and self.spec.when_full == "rotate":
+            while self.store.count() >= cap and self.store.drop_oldest() > 0:
+                pass
+        if self.store.count() >= cap:
+            return False, self.store.count()
         self.store.append([line])
         self.written += 1
-        return self.store.count()
+        return True, self.store.count()
