@@ -127,3 +127,33 @@ def test_chunked_upload_over_the_file_limit_is_refused_while_it_arrives(
     )
     assert listed.json()["data"] == []
     assert stored(tmp_path) == []
+
+
+def test_a_line_longer_than_a_request_may_be_is_refused_unparsed(
+    files_gateway: Gateway, tmp_path: Path
+) -> None:
+    """A batch line is one request: a line over `server.maxRequestBytes` (4 MiB) is refused
+    without being parsed (5 MB of nested empty arrays parse into ~150 MB of Python lists; a
+    200 MB one exhausted the pod), and nothing is stored."""
+    client = files_gateway.openai(KEY)
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "x": "@"}
+    line = orjson.dumps(
+        {"custom_id": "big", "method": "POST", "url": "/v1/chat/completions", "body": body}
+    )
+    nested = b"[" + b"[]," * (5 * MiB // 3) + b"[]]"
+    bomb = line.replace(b'"@"', nested)
+    ok = orjson.dumps(
+        {
+            "custom_id": "ok",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
+        }
+    )
+    data = ok + b"\n" + bomb + b"\n"
+    assert 4 * MiB < len(bomb) < FILE_LIMIT
+    with pytest.raises(openai.BadRequestError) as info:
+        client.files.create(file=("bomb.jsonl", data), purpose="batch")
+    assert info.value.code == "invalid_batch_input"
+    assert "line 2" in info.value.message and "exceeds 4194304 bytes" in info.value.message
+    assert stored(tmp_path) == []

@@ -711,3 +711,33 @@ def test_a_deferred_request_with_cache_directives_keeps_out_of_the_line_cache(
     shared = f"fine to share {time.time_ns()}"
     deferred(shared)
     assert cached_for_b(shared) == 200  # the line cache still fills the shared cache
+
+
+def test_a_provider_refusing_the_job_is_reported_in_the_gateways_words(
+    redis: RedisServer, tmp_path: Path
+) -> None:
+    """The provider refuses the worker's key (401): every line fails with `submit_failed` and a
+    message of the gateway's (the status), not the provider's text, which quotes the key and
+    would reach every tenant whose lines shared the job."""
+    sim = start_simulator(
+        tmp_path / "keyed", "--api-key", "sk-provider-right", "--batch-speedup", "50"
+    )
+    key_file = tmp_path / "provider-key"
+    key_file.write_text("sk-provider-stale-9f8e7d\n")
+    config = batch_config(sim, redis, tmp_path, "keyed", None, "", retries={"maxAttempts": 1})
+    config["providers"][0]["apiKey"] = {"file": str(key_file)}
+    gw = start_gateway(tmp_path, config)
+    worker = Worker(tmp_path, gw.config, "w1")
+    try:
+        client = gw.openai(KEY)
+        done = wait_terminal(client, create_batch(client, 2).id, timeout=60)
+        errors = lines_of(client, done.error_file_id)
+        assert [e["custom_id"] for e in errors] == ["req-0", "req-1"]
+        for e in errors:
+            assert e["error"]["code"] == "submit_failed"
+            assert e["error"]["message"] == "the provider did not accept the batch job (HTTP 401)"
+        assert "9f8e7d" not in client.files.content(done.error_file_id).text
+    finally:
+        worker.stop()
+        gw.stop()
+        sim.stop()

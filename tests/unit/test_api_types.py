@@ -142,7 +142,14 @@ def test_reserved_tenant_names_are_refused(name: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "url", ["redis://:secret@redis:6379/0", "redis://user:secret@redis/0", "rediss://a@b"]
+    "url",
+    [
+        "redis://:secret@redis:6379/0",
+        "redis://user:secret@redis/0",
+        "rediss://a@b",
+        "redis://redis:6379/0?password=secret",  # redis-py reads it from the query
+        "redis://redis:6379?password=secret",
+    ],
 )
 def test_store_urls_carry_no_credentials(url: str) -> None:
     doc = {"kind": "CachePolicy", "spec": {"stores": {"redis": {"managed": False, "url": url}}}}

@@ -385,3 +385,22 @@ async def test_a_batch_output_is_written_past_the_upload_cap(tmp_path: Path) -> 
         b"z" * 50, filename="out.jsonl", purpose="batch_output", tenant="b", over_cap=True
     )
     assert await store.read(meta.id) == b"z" * 50
+
+
+def test_bounded_lines_never_hold_an_overlong_line_whole() -> None:
+    """Lines up to the cap come back as read (newline included); a longer one is None and its
+    rest is skipped in small reads (the next line is intact)."""
+    import io
+
+    from thrifty_gateway.services.batching.validate import bounded_lines
+
+    data = b"0123456789\n01234567890\n" + b"x" * 50 + b"\nshort\n" + b"0123456789A"
+    assert list(bounded_lines(io.BytesIO(data), 10)) == [
+        b"0123456789\n",
+        None,
+        None,
+        b"short\n",
+        None,
+    ]
+    assert list(bounded_lines(io.BytesIO(b"0123456789"), 10)) == [b"0123456789"]
+    assert list(bounded_lines(io.BytesIO(b""), 10)) == []

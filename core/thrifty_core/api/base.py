@@ -21,9 +21,10 @@ DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._:/@-]*$"
 QUANTITY = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
 # URLs carry no credentials (no `user:password@` in the authority): those go in Secret refs, since
-# URLs are copied into ConfigMaps and status.
+# URLs are copied into ConfigMaps and status. A Redis URL takes no query string either: redis-py
+# reads `?password=` from it (the API server's RE2 patterns cannot refuse only that parameter).
 HTTP_URL = r"^https?://[^\s/@]+(/[^\s]*)?$"
-REDIS_URL = r"^rediss?://[^\s/@]+(/[^\s]*)?$"
+REDIS_URL = r"^rediss?://[^\s/@?]+(/[^\s?]*)?$"
 
 Name = Annotated[str, Field(min_length=1, max_length=63, pattern=DNS_LABEL)]
 

@@ -76,10 +76,14 @@ async def create_batch(
     meta = await owned_file(runtime, caller, file_id)
     if meta.purpose != "batch":
         raise InvalidRequestError("The input file must have purpose 'batch'.", param="file_id")
-    data = await runtime.store.read(file_id) or b""
     # Parsing up to `maxFileBytes` (200 MB by default) takes about a second: off the event loop,
-    # so other requests are not held up meanwhile.
-    report = await asyncio.to_thread(validate_input, data, runtime.spec.limits, runtime.routes)
+    # so other requests are not held up meanwhile, and a few files at a time (memory).
+    async with runtime.checks:
+        data = await runtime.store.read(file_id) or b""
+        report = await asyncio.to_thread(
+            validate_input, data, runtime.spec.limits, runtime.routes, runtime.max_line_bytes
+        )
+        del data
     mismatched = [i for i, line in enumerate(report.lines, 1) if line.url != endpoint]
     if not report.ok or mismatched:
         detail = report.message() if not report.ok else f"lines use a url other than {endpoint}"

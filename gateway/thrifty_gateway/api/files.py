@@ -29,7 +29,7 @@ from thrifty_core.errors import (
 
 from ..services.batching.files import FileObject, StoreFullError
 from ..services.batching.stage import BatchRuntime, find_stage
-from ..services.batching.validate import validate_lines
+from ..services.batching.validate import bounded_lines, validate_lines
 from .deps import AuthedDep, Caller, StateDep
 
 router = APIRouter()
@@ -96,11 +96,17 @@ async def _check_and_store(
         def check() -> str | None:
             upload.file.seek(0)
             report = validate_lines(
-                upload.file, upload.size or 0, runtime.spec.limits, runtime.routes, keep_lines=False
+                bounded_lines(upload.file, runtime.max_line_bytes),
+                upload.size or 0,
+                runtime.spec.limits,
+                runtime.routes,
+                keep_lines=False,
+                max_line_bytes=runtime.max_line_bytes,
             )
             return None if report.ok else report.message()
 
-        problem = await asyncio.to_thread(check)
+        async with runtime.checks:
+            problem = await asyncio.to_thread(check)
         if problem is not None:
             raise InvalidRequestError(
                 f"Invalid batch input file: {problem}", param="file", code="invalid_batch_input"

@@ -47,6 +47,9 @@ READ_TIMEOUT = 5.0  # seconds: bounds one ledger read (it blocks 1 s in Redis)
 CHARGE_TRIES = 10  # budget store refusals before batch lines are recorded uncharged
 
 
+CHECKS_AT_ONCE = 2
+
+
 class BatchRuntime:
     """File store, queue and limits of the gateway's batch queue."""
 
@@ -58,6 +61,11 @@ class BatchRuntime:
         self.store = FilesystemStore(root, self.spec.file_store.max_total_bytes)
         self.queue = queue
         self.routes = frozenset(r.name for r in config.routes)
+        # A batch line is one request: no longer than a request may be.
+        self.max_line_bytes = config.server.max_request_bytes
+        # Input files checked at once (uploads and batch creations): each parse holds its
+        # file's lines in memory, so many large ones at once would exhaust the pod's.
+        self.checks = asyncio.Semaphore(CHECKS_AT_ONCE)
 
 
 # The gateway's queue client waits this long for a connection and this long for each answer

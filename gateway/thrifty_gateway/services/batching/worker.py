@@ -337,8 +337,14 @@ class Worker:
             )
         except Exception as exc:
             log.warning("provider batch submit failed (%s); lines retried", type(exc).__name__)
+            # The provider's own words stay out of the tenants' error files: a pack mixes
+            # tenants, and a refusal of the gateway's key quotes it (masked, but the gateway's).
+            status = getattr(exc, "status_code", None)
+            message = "the provider did not accept the batch job" + (
+                f" (HTTP {status})" if isinstance(status, int) else f" ({type(exc).__name__})"
+            )
             for entry_id, line in pack.entries:
-                result = Result(line.custom_id, None, None, "submit_failed", str(exc)[:200])
+                result = Result(line.custom_id, None, None, "submit_failed", message)
                 done = await self.queue.fail_or_retry(entry_id, line, result, True)
                 if done is not None:
                     await self._maybe_finalize(line.batch_id, done)
