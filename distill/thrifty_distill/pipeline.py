@@ -217,7 +217,8 @@ def evaluate(
     costs = cost_structure(
         teacher_cost_per_request=snapshot.teacher_cost_per_request,
         coverage=quality["at_threshold"]["coverage"],
-        requests_per_day=snapshot.requests_per_day,
+        # Captures are a sample of the route's traffic (`capture.sampleRate`).
+        requests_per_day=snapshot.requests_per_day / max(job.spec.capture.sample_rate, 1e-6),
         training_seconds=float(manifest.training.get("wall_seconds", 0.0)),
         node_price_per_hour=job.spec.training.node_price_per_hour,
         serving_cost_per_hour=job.spec.serving.cost_per_hour,

@@ -269,3 +269,27 @@ def test_a_version_failing_a_later_evaluation_is_promoted_no_more(
     )
     assert pipeline.evaluate(strict, version, embedder=embedder)["promoted"] is False
     assert resolve_version(tmp_path / "art") is None
+
+
+def test_the_cost_report_scales_sampled_captures_to_the_routes_traffic(
+    tmp_path: Path, embedder: LocalEmbedder
+) -> None:
+    """With capture.sampleRate 0.25 the captures are a quarter of the route's requests: the
+    report's requests per day (and so the savings and break-even) count all of them."""
+    rows = banking_rows(limit_labels=6, per_label=40)
+    store = FileDatasetStore(tmp_path / "capture", writer="gw")
+    write_captures(store, rows, route="intent")
+    full = resource(min_agreement=0.5)
+    job = pipeline.Job.from_resource(
+        full, tmp_path / "capture", tmp_path / "snap", tmp_path / "art"
+    )
+    pipeline.export(job)
+    pipeline.train(job, embedder)
+    every = pipeline.evaluate(job, embedder=embedder)["costs"]["requests_per_day"]
+    sampled = resource(min_agreement=0.5)
+    sampled.spec.capture.sample_rate = 0.25
+    quarter = pipeline.Job.from_resource(
+        sampled, tmp_path / "capture", tmp_path / "snap", tmp_path / "art"
+    )
+    scaled = pipeline.evaluate(quarter, embedder=embedder)["costs"]["requests_per_day"]
+    assert scaled == pytest.approx(every * 4, rel=1e-3)
