@@ -241,6 +241,11 @@ class StudentConfig(ConfigModel):
     artifact_path: str | None = Field(default=None, description="Classifier artifact directory.")
     endpoint: str | None = Field(default=None, description="OpenAI-compatible student server.")
     served_model: str | None = Field(default=None, description="Model name at the endpoint.")
+    api_key: SecretSource | None = Field(
+        default=None,
+        description="API key the student endpoint requires (sent as a Bearer token); None = "
+        "no key (a local server without --api-key).",
+    )
     version: str | None = Field(
         default=None, description="Version to serve; None = the newest promoted one."
     )

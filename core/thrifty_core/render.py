@@ -101,6 +101,15 @@ def student_endpoint(model: str, namespace: str) -> str:
     return f"http://{model}-student.{namespace}.svc:8000/v1"
 
 
+STUDENT_API_KEY = "api-key"
+
+
+def student_api_key(model: str) -> SecretKeyRef:
+    """The API key the operator generates for a causal-lm student's server (vLLM requires it;
+    the teacher's gateway sends it)."""
+    return SecretKeyRef(name=f"{model}-student-auth", key=STUDENT_API_KEY)
+
+
 def collection_name(policy: CachePolicy) -> str:
     spec = policy.spec.stores.qdrant.collection
     return spec or f"thrifty-{policy.metadata.namespace}-{policy.metadata.name}"
@@ -153,6 +162,7 @@ def render_student(model: DistilledModel) -> StudentConfig:
     pin = spec.serving.version if spec.serving.version in passed else ""
     version = pin or (status.active_version if status else "")
     is_lm = spec.student.kind == "causal-lm"
+    key = student_api_key(name)
     return StudentConfig(
         route=spec.teacher.route,
         name=name,
@@ -168,6 +178,7 @@ def render_student(model: DistilledModel) -> StudentConfig:
         if is_lm
         else None,
         served_model=name if is_lm else None,
+        api_key=secret_file(key.name, key.key) if is_lm else None,
         version=version or None,
         serve=bool(version),
         cost_per_hour=spec.serving.cost_per_hour,

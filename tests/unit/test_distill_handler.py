@@ -47,6 +47,13 @@ class FakeKube:
         self.objects[key] = new
         return deepcopy(new)
 
+    async def create(self, manifest: dict[str, Any]) -> bool:
+        key = (manifest["kind"], manifest["metadata"]["name"])
+        if key in self.objects:
+            return False
+        self.objects[key] = deepcopy(manifest)
+        return True
+
     async def delete(self, _api: str, kind: str, _ns: str, name: str) -> bool:
         self.deleted.append((kind, name))
         return self.objects.pop((kind, name), None) is not None

@@ -76,7 +76,14 @@ def all_manifests() -> list[dict[str, Any]]:
         cache.build_collection_job(policy, owner(pbody), DEFAULTS),
         cache.build_collection_delete_job(policy, owner(pbody), DEFAULTS),
         *batch.build_queue_stores(queue, owner(qbody), DEFAULTS),
-        batch.build_worker(queue, owner(qbody), "thrifty", digest, refs, DEFAULTS),
+        batch.build_worker(
+            queue,
+            owner(qbody),
+            "thrifty",
+            digest,
+            batch.worker_secret_refs(gateway, [policy], queue),
+            DEFAULTS,
+        ),
         distill.build_artifacts_pvc(model, owner(dbody), DEFAULTS),
         distill.build_resource_config(model, owner(dbody)),
         *distill.build_report_access(owner(dbody), distill.evaluation_run(model, "v1")),
@@ -333,7 +340,7 @@ def test_gpu_serving_requests_gpus_and_targets_gpu_nodes() -> None:
         env = {e["name"]: e["value"] for e in step["env"]}
         assert env["HF_HOME"].startswith("/var/lib/thrifty/data/")
     main = pod["containers"][0]
-    assert {e["name"]: e["value"] for e in main["env"]}["HOME"] == "/var/cache/thrifty"
+    assert {e["name"]: e.get("value") for e in main["env"]}["HOME"] == "/var/cache/thrifty"
 
 
 def test_classifier_student_needs_no_serving_deployment() -> None:
@@ -548,7 +555,7 @@ def test_vllm_gets_time_to_load_the_model_before_liveness_counts() -> None:
     """vLLM answers /health only once the model is loaded (minutes): a startup probe covers
     that (30 min by default, spec.serving.startupTimeoutSeconds), liveness starts after it."""
     model, own = _lm()
-    deploy, _ = serving.build_serving(model, own, "v1", DEFAULTS)
+    deploy, *_ = serving.build_serving(model, own, "v1", DEFAULTS)
     main = deploy["spec"]["template"]["spec"]["containers"][0]
     startup = main["startupProbe"]
     assert startup["httpGet"] == {"path": "/health", "port": "http"}
@@ -556,14 +563,14 @@ def test_vllm_gets_time_to_load_the_model_before_liveness_counts() -> None:
     assert "initialDelaySeconds" not in main["livenessProbe"]  # the startup probe gates it
     assert deploy["spec"]["progressDeadlineSeconds"] > 1800
     model, own = _lm(startupTimeoutSeconds=3600)
-    deploy, _ = serving.build_serving(model, own, "v1", DEFAULTS)
+    deploy, *_ = serving.build_serving(model, own, "v1", DEFAULTS)
     startup = deploy["spec"]["template"]["spec"]["containers"][0]["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] == 3600
 
 
 def test_vllm_splits_the_model_over_every_gpu_it_asks_for() -> None:
     model, own = _lm(gpu={"count": 2})
-    deploy, _ = serving.build_serving(model, own, "v1", DEFAULTS)
+    deploy, *_ = serving.build_serving(model, own, "v1", DEFAULTS)
     main = deploy["spec"]["template"]["spec"]["containers"][0]
     assert main["resources"]["limits"]["nvidia.com/gpu"] == "2"
     args = main["args"]
@@ -574,7 +581,7 @@ def test_a_new_student_version_rolls_out_without_a_spare_gpu() -> None:
     """The default rolling update starts an extra GPU pod first: on a full pool it stays
     Pending for ever. No surge: one old pod goes, then its replacement starts."""
     model, own = _lm(replicas=2)
-    deploy, _ = serving.build_serving(model, own, "v1", DEFAULTS)
+    deploy, *_ = serving.build_serving(model, own, "v1", DEFAULTS)
     assert deploy["spec"]["strategy"] == {
         "type": "RollingUpdate",
         "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1},

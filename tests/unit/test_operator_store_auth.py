@@ -130,12 +130,13 @@ def test_network_policies_admit_only_gateways_workers_and_collection_jobs() -> N
     job = _by("Job", names.collection_delete_job("default-cache"))
     collection = job["spec"]["template"]["metadata"]["labels"]
     student = _pod_labels("Deployment", names.student("summariser"))
+    # (Qdrant holds every tenant's cached prompts and answers; a worker never reads it.)
     stores = [
-        ("Deployment", names.redis("default-cache"), [6379], False),
-        ("Deployment", names.redis("default-batch"), [6379], False),
-        ("StatefulSet", names.qdrant("default-cache"), [6333, 6334], True),
+        ("Deployment", names.redis("default-cache"), [6379], False, True),
+        ("Deployment", names.redis("default-batch"), [6379], False, True),
+        ("StatefulSet", names.qdrant("default-cache"), [6333, 6334], True, False),
     ]
-    for kind, name, ports, jobs_too in stores:
+    for kind, name, ports, jobs_too, workers_too in stores:
         policy = _by("NetworkPolicy", name)
         assert policy["spec"]["policyTypes"] == ["Ingress"]
         selected = policy["spec"]["podSelector"]["matchLabels"]
@@ -143,7 +144,8 @@ def test_network_policies_admit_only_gateways_workers_and_collection_jobs() -> N
         assert selected.items() <= _pod_labels(kind, name).items()
         (rule,) = policy["spec"]["ingress"]
         assert [p["port"] for p in rule["ports"]] == ports
-        assert _admits(policy, gateway) and _admits(policy, worker)
+        assert _admits(policy, gateway)
+        assert _admits(policy, worker) is workers_too
         assert _admits(policy, collection) is jobs_too
         assert not _admits(policy, student)
         assert not _admits(policy, {"app": "anything-else"})

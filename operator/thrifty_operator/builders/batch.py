@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
-from thrifty_core.api import BatchQueue, SecretKeyRef
+from thrifty_core.api import BatchQueue, CachePolicy, LLMGateway, SecretKeyRef
 from thrifty_core.api.cachepolicy import RedisStore
-from thrifty_core.render import managed_redis_password
+from thrifty_core.render import managed_redis_password, redis_password_ref
 
 from . import names
 from .common import (
@@ -26,8 +26,22 @@ from .stores import build_redis, pvc
 
 WORKER_COMPONENT = "thrifty-batch-worker"
 FILES_COMPONENT = "thrifty-batch-files"
-# The pods that talk to the managed stores (Redis and Qdrant): gateways and batch workers.
+# The pods that talk to the managed Redis servers: gateways and batch workers (a worker never
+# opens the semantic layer: Qdrant admits gateways alone, see builders.cache).
 STORE_CLIENTS = (GATEWAY_COMPONENT, WORKER_COMPONENT)
+
+
+def worker_secret_refs(
+    gateway: LLMGateway, policies: Iterable[CachePolicy], queue: BatchQueue
+) -> list[SecretKeyRef]:
+    """The Secret keys a batch worker reads: the providers' API keys, the Redis passwords of
+    the cache policies (the exact layer it answers lines from and fills; the ledger's Redis)
+    and of its queue. Not the tenants' or admin key hashes (it authenticates no one), nor the
+    Qdrant or remote-embedding keys (it never opens the semantic layer)."""
+    refs: list[SecretKeyRef | None] = [p.api_key_secret_ref for p in gateway.spec.providers]
+    refs += [redis_password_ref(policy) for policy in policies]
+    refs.append(managed_redis_password(queue.metadata.name))
+    return [r for r in refs if r is not None]
 
 
 def build_queue_stores(queue: BatchQueue, owner: Owner, defaults: Defaults) -> list[Manifest]:
@@ -62,7 +76,8 @@ def build_worker(
     secret_refs: Sequence[SecretKeyRef],
     defaults: Defaults,
 ) -> Manifest:
-    """The worker runs with the config of the gateway it serves (same providers and keys)."""
+    """The worker runs with the config of the gateway it serves (same providers and keys);
+    `secret_refs` are the keys it reads (`worker_secret_refs`)."""
     worker = queue.spec.worker
     volumes, vmounts = shared_volumes(
         GatewayMounts(secret_refs=secret_refs, batch_queue=owner.name)

@@ -17,6 +17,7 @@ from . import names
 from .batch import STORE_CLIENTS
 from .common import Manifest, Owner, container, metadata, pod_spec, short_hash
 from .defaults import Defaults
+from .gateway import COMPONENT as GATEWAY_COMPONENT
 from .secrets import secret_path, secret_volumes
 from .stores import build_qdrant, build_redis
 
@@ -75,8 +76,9 @@ def keyspace_version(policy: CachePolicy) -> str:
 
 
 def build_stores(policy: CachePolicy, owner: Owner, defaults: Defaults) -> list[Manifest]:
-    """The managed Redis (exact layer) and Qdrant (semantic layer) the policy asks for; each
-    admits only gateways and batch workers (and Qdrant the collection Jobs)."""
+    """The managed Redis (exact layer) and Qdrant (semantic layer) the policy asks for. Redis
+    admits only gateways and batch workers; Qdrant (every tenant's cached prompts and answers)
+    only gateways and the collection Jobs: a worker never uses the semantic layer."""
     spec = policy.spec
     out: list[Manifest] = []
     password = redis_password_ref(policy)
@@ -96,7 +98,7 @@ def build_stores(policy: CachePolicy, owner: Owner, defaults: Defaults) -> list[
             spec.stores.qdrant,
             defaults,
             delete_data=spec.deletion_policy == "Delete",
-            clients=(*STORE_CLIENTS, COLLECTION_COMPONENT),
+            clients=(GATEWAY_COMPONENT, COLLECTION_COMPONENT),
             api_key=qdrant_api_key_ref(policy),
         )
     return out

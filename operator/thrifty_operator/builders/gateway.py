@@ -22,8 +22,9 @@ from .common import (
     pod_spec,
     resources,
     selector_labels,
+    short_hash,
 )
-from .defaults import CONFIG_DIR, CONFIG_FILE, GATEWAY_PORT, Defaults
+from .defaults import CONFIG_DIR, CONFIG_FILE, GATEWAY_PORT, SECRETS_DIR, Defaults
 from .secrets import secret_volumes
 
 COMPONENT = "thrifty-gateway"
@@ -36,6 +37,10 @@ class GatewayMounts:
     secret_refs: Sequence[SecretKeyRef] = ()
     batch_queue: str | None = None
     students: Sequence[str] = field(default_factory=tuple)
+    # The API keys of its causal-lm students' servers. Optional mounts: the DistilledModel's
+    # handler generates each one, possibly after this gateway rendered the student (the pod
+    # starts meanwhile; the student is not called before it serves).
+    student_keys: Sequence[SecretKeyRef] = ()
 
 
 def build_config_map(owner: Owner, config_yaml: str, config_hash: str) -> Manifest:
@@ -71,6 +76,23 @@ UPLOAD_TMP_SIZE = "2560Mi"
 def shared_volumes(mounts: GatewayMounts) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Secrets, the batch file store and the students' capture/artifact volumes."""
     volumes, vmounts = secret_volumes(mounts.secret_refs)
+    mounted = {ref.name for ref in mounts.secret_refs}
+    for name, key in sorted({(r.name, r.key) for r in mounts.student_keys}):
+        if name in mounted:
+            continue
+        vol = f"student-key-{short_hash(name, 10)}"
+        volumes.append(
+            {
+                "name": vol,
+                "secret": {
+                    "secretName": name,
+                    "defaultMode": 0o440,
+                    "optional": True,
+                    "items": [{"key": key, "path": key}],
+                },
+            }
+        )
+        vmounts.append({"name": vol, "mountPath": f"{SECRETS_DIR}/{name}", "readOnly": True})
     if mounts.batch_queue:
         volumes.append(
             {

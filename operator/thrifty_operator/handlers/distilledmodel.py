@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 from datetime import datetime
 from typing import Any
 
@@ -303,6 +304,14 @@ def invalid_pin(pin: str, known: list[str], active: str) -> Cond:
     )
 
 
+async def ensure_student_key(ctx: Context, owner: Owner) -> None:
+    """Create the causal-lm student's API-key Secret unless it exists: generated once, owned by
+    the DistilledModel (deleted with it), never read nor replaced by the operator."""
+    secret = serving.build_student_auth_secret(owner, secrets.token_urlsafe(32))
+    if await ctx.kube.create(secret):
+        logger.info("generated the student API key of %s/%s", owner.namespace, owner.name)
+
+
 async def _serve(
     model: DistilledModel, owner: Owner, active: str, ctx: Context, fields: dict[str, Any]
 ) -> Cond:
@@ -313,6 +322,7 @@ async def _serve(
         return false("Serving", "NoPassingVersion", "no version has passed the evaluation gate")
     if model.spec.student.kind != "causal-lm":
         return true("Serving", "InProcess", f"{active} is served inside the teacher's gateway")
+    await ensure_student_key(ctx, owner)  # the Deployment reads it: created first
     await apply_all(ctx.kube, serving.build_serving(model, owner, active, ctx.defaults))
     fields["endpoint"] = names.student_endpoint(owner.name, owner.namespace)
     ok, message = deployment_state(

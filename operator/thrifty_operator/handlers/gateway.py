@@ -11,12 +11,12 @@ from typing import Any
 
 from thrifty_core.api import BatchQueue, CachePolicy, DistilledModel, LLMGateway
 from thrifty_core.config import dump_config
-from thrifty_core.render import render_gateway_config
+from thrifty_core.render import render_gateway_config, student_api_key
 
 from ..apply import KubeError
 from ..builders import gateway as gw_builders
 from ..builders import names
-from ..builders.batch import build_worker
+from ..builders.batch import build_worker, worker_secret_refs
 from ..builders.common import Owner, short_hash
 from ..builders.secrets import gateway_secret_refs
 from ..conditions import Cond, false, true
@@ -119,6 +119,9 @@ async def sync(body: dict[str, Any], ix: Indexes, ctx: Context) -> Outcome:
         secret_refs=refs,
         batch_queue=queue.metadata.name if queue else None,
         students=[s.metadata.name for s in students],
+        student_keys=[
+            student_api_key(s.metadata.name) for s in students if s.spec.student.kind == "causal-lm"
+        ],
     )
     defaults = ctx.defaults
     if gateway.spec.autoscaling.enabled:
@@ -146,7 +149,10 @@ async def sync(body: dict[str, Any], ix: Indexes, ctx: Context) -> Outcome:
         # after switching ours off, say).
         await delete_owned(ctx.kube, owner, api_version, kind, names.gateway(owner.name))
     if queue is not None:
-        await _sync_worker(owner.name, queue, digest, refs, ix, ctx)
+        # The worker gets only the keys it reads (providers, Redis): not the tenants' and
+        # admin key hashes, nor the Qdrant and embedding keys.
+        worker_refs = worker_secret_refs(gateway, policies.values(), queue)
+        await _sync_worker(owner.name, queue, digest, worker_refs, ix, ctx)
     deployment = await ctx.kube.get("apps/v1", "Deployment", ns, names.gateway(owner.name))
     available, message = deployment_state(deployment)
     status = (deployment or {}).get("status", {})

@@ -73,6 +73,7 @@ def load_predictor(cfg: StudentConfig, embedder_for: Any) -> tuple[Predictor | N
                 version=cfg.version or "",
                 labels=cfg.labels,
                 timeout=cfg.timeout_seconds,
+                api_key=cfg.api_key,
             ),
             DEFAULT_MIN_AGREEMENT,
         )

@@ -5,7 +5,10 @@ short answer) and a confidence, or None when it cannot.
   the serving artifact version (`thrifty_core.student.classifier`), run in a worker thread
   so the event loop stays free.
 * `EndpointPredictor` — a causal-lm student behind its OpenAI-compatible server (vLLM with
-  the LoRA adapter): greedy, `logprobs`, confidence = exp(mean token log-probability).
+  the LoRA adapter): greedy, `logprobs`, confidence = exp(mean token log-probability). The
+  server's API key, when configured (`api_key`, a file the operator mounts), is sent as a
+  Bearer token; it is read on first use and again after a 401 (a key that appeared or rotated
+  since).
 
 A predictor returns None when the student has no answer to give (an empty input, a label
 outside the declared set) and raises `StudentError` when the student itself failed (no
@@ -24,6 +27,7 @@ from typing import Any, Protocol
 
 import httpx
 
+from thrifty_core.config import SecretSource
 from thrifty_core.embedding import Embedder
 from thrifty_core.student.capture import label_index, match_label, student_input
 from thrifty_core.student.classifier import ClassifierStudent
@@ -89,6 +93,7 @@ class EndpointPredictor:
         labels: list[str] | None = None,
         timeout: float = 2.0,
         max_tokens: int = 64,
+        api_key: SecretSource | None = None,
         client: httpx.AsyncClient | None = None,
     ) -> None:
         self.url = endpoint.rstrip("/") + "/chat/completions"
@@ -96,7 +101,27 @@ class EndpointPredictor:
         self.version = version or served_model
         self.index = label_index(labels or [])
         self.max_tokens = max_tokens
+        self.api_key = api_key
+        self._key: str | None = None
+        self._key_missing_logged = False
         self.client = client or httpx.AsyncClient(timeout=timeout)
+
+    def _headers(self) -> dict[str, str]:
+        """The Authorization header, when a key is configured and readable (a key not there
+        yet is sent once it is: the server refuses the call meanwhile, and the teacher
+        answers)."""
+        if self.api_key is None:
+            return {}
+        if self._key is None:
+            try:
+                self._key = self.api_key.read() or None
+            except LookupError:
+                if not self._key_missing_logged:
+                    self._key_missing_logged = True
+                    source = self.api_key.file or f"${self.api_key.env}"
+                    log.warning("student endpoint key %s cannot be read (yet)", source)
+                return {}
+        return {"Authorization": f"Bearer {self._key}"} if self._key else {}
 
     async def predict(self, body: dict[str, Any]) -> Answer | None:
         payload = {
@@ -107,9 +132,11 @@ class EndpointPredictor:
             "logprobs": True,
         }
         try:
-            resp = await self.client.post(self.url, json=payload)
+            resp = await self.client.post(self.url, json=payload, headers=self._headers())
         except httpx.HTTPError as exc:
             raise StudentError(f"student endpoint failed: {type(exc).__name__}") from exc
+        if resp.status_code == 401:
+            self._key = None  # read again next time: the Secret may have been rotated
         if resp.status_code != 200:
             raise StudentError(f"student endpoint answered {resp.status_code}")
         try:
