@@ -1,10 +1,16 @@
-"""The exact API permissions the operator uses (the chart's ClusterRole must equal this).
+"""The exact API permissions the operator uses (the chart's RBAC must equal this).
 
 Server-side apply of a new object needs `create` as well as `patch`; reads are `get`; kopf
 watches the custom resources (`list`, `watch`), patches them (finalizers, its annotations) and
-their status, posts Events, and watches namespaces and CRDs (to notice new ones). Secrets are
-only created (a managed Redis's generated password, create-if-absent): never read, listed,
-patched or deleted, so the operator cannot see any Secret's value.
+their status, posts Events, and, watching every namespace, watches CRDs (to notice new ones)
+and namespaces. Secrets are only created (generated store passwords and student API keys,
+create-if-absent): never read, listed, patched or deleted, so the operator cannot see any
+Secret's value.
+
+`NAMESPACED_RULES` are everything the operator does inside a watched namespace: the chart
+grants them with a Role and RoleBinding in each of `operator.watchNamespaces`, or cluster-wide
+when it watches every namespace. `CLUSTER_RULES` are used only then: an operator given exact
+namespaces does not scan (`settings.configure_kopf`) and needs nothing cluster-scoped.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ class Rule(TypedDict):
 
 APPLY = ["get", "create", "patch"]
 
-RULES: list[Rule] = [
+NAMESPACED_RULES: list[Rule] = [
     {
         "apiGroups": ["thrifty.dev"],
         "resources": ["llmgateways", "cachepolicies", "batchqueues", "distilledmodels"],
@@ -80,6 +86,9 @@ RULES: list[Rule] = [
         "resources": ["roles", "rolebindings"],
         "verbs": APPLY,
     },
+]
+
+CLUSTER_RULES: list[Rule] = [
     {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
     {
         "apiGroups": ["apiextensions.k8s.io"],
@@ -87,3 +96,6 @@ RULES: list[Rule] = [
         "verbs": ["list", "watch"],
     },
 ]
+
+# The ClusterRole of an operator watching every namespace.
+RULES: list[Rule] = [*NAMESPACED_RULES, *CLUSTER_RULES]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tests.unit.test_operator_builders import MANIFESTS
 from thrifty_operator.apply import KINDS
-from thrifty_operator.rbac import RULES
+from thrifty_operator.rbac import CLUSTER_RULES, NAMESPACED_RULES, RULES
 
 
 def _allowed(group: str, resource: str) -> set[str]:
@@ -51,3 +51,17 @@ def test_the_eval_role_grants_nothing_the_operator_lacks() -> None:
         for rule in role["rules"]:
             for resource in rule["resources"]:
                 assert set(rule["verbs"]) <= _allowed(rule["apiGroups"][0], resource)
+
+
+def test_a_namespaced_operator_needs_nothing_cluster_scoped() -> None:
+    """The chart grants NAMESPACED_RULES with a Role per watched namespace: every resource
+    they name lives in a namespace. CLUSTER_RULES (CRD and namespace watches) serve only an
+    operator that watches every namespace."""
+    assert RULES == [*NAMESPACED_RULES, *CLUSTER_RULES]
+    cluster_scoped = {"namespaces", "customresourcedefinitions", "clusterroles", "nodes"}
+    for rule in NAMESPACED_RULES:
+        assert not cluster_scoped & set(rule["resources"]), rule
+    for rule in CLUSTER_RULES:
+        assert set(rule["verbs"]) <= {"list", "watch"}
+    for manifest in MANIFESTS:
+        assert KINDS[(manifest["apiVersion"], manifest["kind"])].namespaced, manifest["kind"]

@@ -1,0 +1,162 @@
+"""The chart's RBAC follows `operator.watchNamespaces`: watching every namespace, one ClusterRole
+(operator/thrifty_operator/rbac.py RULES); watching named namespaces, a Role and RoleBinding in
+each (NAMESPACED_RULES) and nothing cluster-wide, so the operator can touch no other namespace.
+Rendered with `helm template`; the last test installs it and runs the operator on it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.e2e.k8s import Cluster, tool_path, wait_for
+from tests.e2e.operator_helpers import (
+    OperatorProcess,
+    get,
+    helm,
+    restricted_namespace,
+    service_account_kubeconfig,
+)
+from thrifty_operator.rbac import CLUSTER_RULES, NAMESPACED_RULES, RULES, Rule
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "thrifty"
+
+
+def _rendered(*extra: str, only: str = "templates/rbac.yaml") -> list[dict[str, Any]]:
+    show = ["--show-only", only] if only else []
+    result = subprocess.run(
+        [str(tool_path("helm")), "template", "t", str(CHART), "-n", "thrifty-system"]
+        + ["--kube-version", "1.36.3", *show, *extra],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return [d for d in yaml.safe_load_all(result.stdout) if d]
+
+
+def _same(rules: list[dict[str, Any]], want: list[Rule]) -> bool:
+    def norm(items: Any) -> list[str]:
+        return sorted(json.dumps(dict(r), sort_keys=True) for r in items)
+
+    return norm(rules) == norm(want)
+
+
+def test_cluster_scoped_rules_are_only_the_cluster_scoped_resources() -> None:
+    assert RULES == [*NAMESPACED_RULES, *CLUSTER_RULES]
+    cluster = {
+        (g, r) for rule in CLUSTER_RULES for g in rule["apiGroups"] for r in rule["resources"]
+    }
+    assert cluster == {("", "namespaces"), ("apiextensions.k8s.io", "customresourcedefinitions")}
+    for rule in CLUSTER_RULES:
+        assert set(rule["verbs"]) <= {"list", "watch"}
+
+
+def test_watching_every_namespace_is_one_cluster_role() -> None:
+    docs = _rendered()
+    assert [d["kind"] for d in docs] == ["ClusterRole", "ClusterRoleBinding"]
+    assert _same(docs[0]["rules"], RULES)
+
+
+def test_watching_named_namespaces_grants_only_those() -> None:
+    docs = _rendered("--set", "operator.watchNamespaces={shop,ops}")
+    kinds = [d["kind"] for d in docs]
+    assert "ClusterRole" not in kinds and "ClusterRoleBinding" not in kinds
+    roles = {d["metadata"]["namespace"]: d for d in docs if d["kind"] == "Role"}
+    bindings = {d["metadata"]["namespace"]: d for d in docs if d["kind"] == "RoleBinding"}
+    assert set(roles) == set(bindings) == {"shop", "ops"}
+    for ns, role in roles.items():
+        assert _same(role["rules"], NAMESPACED_RULES), ns
+        binding = bindings[ns]
+        assert binding["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": role["metadata"]["name"],
+        }
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": "t-thrifty-operator", "namespace": "thrifty-system"}
+        ]
+    off = _rendered("--set", "rbac.create=false", "--set", "operator.watchNamespaces={a}", only="")
+    assert not {d["kind"] for d in off} & {"Role", "RoleBinding", "ClusterRole"}
+
+
+def test_a_namespaced_operator_runs_on_its_roles_alone(
+    k8s_cluster: Cluster, tmp_path: Path
+) -> None:
+    """Installed with watchNamespaces, the operator (with the chart's ServiceAccount token)
+    still converges a gateway in its namespace, and may do nothing anywhere else."""
+    cluster = k8s_cluster
+    suffix = uuid.uuid4().hex[:6]
+    ns, system_ns, other = f"e2e-rbac-{suffix}", f"e2e-rbac-sys-{suffix}", f"e2e-rbac-o-{suffix}"
+    release = f"rb{suffix}"
+    operator: OperatorProcess | None = None
+    try:
+        for name in (ns, system_ns, other):
+            restricted_namespace(cluster, name)
+        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
+        helm(
+            cluster,
+            "install",
+            release,
+            str(CHART),
+            "-n",
+            system_ns,
+            "--set",
+            f"operator.watchNamespaces={{{ns}}}",
+        )
+        account = f"{release}-thrifty-operator"
+        assert cluster.kubectl("get", "clusterrole", account, check=False).returncode != 0
+        who = f"--as=system:serviceaccount:{system_ns}:{account}"
+        for verb, resource, where, allowed in (
+            ("patch", "deployments.apps", ns, "yes"),
+            ("create", "secrets", ns, "yes"),
+            ("get", "secrets", ns, "no"),
+            ("patch", "deployments.apps", other, "no"),
+            ("create", "secrets", other, "no"),
+            ("patch", "configmaps", "kube-system", "no"),
+            ("create", "rolebindings.rbac.authorization.k8s.io", other, "no"),
+            ("list", "llmgateways.thrifty.dev", other, "no"),
+        ):
+            result = cluster.kubectl("auth", "can-i", verb, resource, "-n", where, who, check=False)
+            assert result.stdout.strip() == allowed, (verb, resource, where, result.stdout)
+        listed = cluster.kubectl(
+            "auth", "can-i", "list", "customresourcedefinitions", who, check=False
+        )
+        assert listed.stdout.strip() == "no"
+        kubeconfig = service_account_kubeconfig(
+            cluster, system_ns, account, tmp_path / "operator.kubeconfig"
+        )
+        operator = OperatorProcess(kubeconfig, ns, tmp_path / "operator.log")
+        operator.start()
+        cluster.kubectl("apply", "-n", ns, "-f", str(ROOT / "examples" / "secrets.yaml"))
+        gateway = yaml.safe_load((ROOT / "examples" / "llmgateway.yaml").read_text())
+        gateway["metadata"] = {"name": "solo", "namespace": ns}
+        for key in ("batchQueueRef", "cachePolicyRef", "autoscaling", "podDisruptionBudget"):
+            gateway["spec"].pop(key, None)
+        for route in gateway["spec"].get("routes", []):
+            route.pop("cachePolicyRef", None)
+        gateway["spec"]["replicas"] = 1
+        cluster.apply(gateway)
+        wait_for(
+            lambda: get(cluster, "deployment", ns, "solo-gateway"),
+            timeout=90,
+            message=lambda: f"the gateway Deployment\n{operator.tail() if operator else ''}",
+        )
+        assert get(cluster, "configmap", ns, "solo-gateway-config") is not None
+        assert operator.healthy()
+    finally:
+        if operator is not None:
+            print(operator.tail(100))  # noqa: T201 - shown by pytest only when a test failed
+            operator.stop()
+        helm(cluster, "uninstall", release, "-n", system_ns, "--ignore-not-found")
+        for name in (ns, system_ns, other):
+            cluster.delete_namespace(name)
