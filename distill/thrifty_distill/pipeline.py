@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -73,7 +74,30 @@ def default_embedder(spec: DistilledModelSpec, threads: int | None = None) -> Em
     return create_embedder(EmbeddingModel(model=model), threads=threads or (os.cpu_count() or 1))
 
 
+SNAPSHOTS_KEPT = 1  # snapshots of earlier runs kept beside the current run's
+
+
+def prune_snapshots(current: Path, keep: int = SNAPSHOTS_KEPT) -> list[str]:
+    """Delete the snapshots of earlier runs (each a full export of the capture), keeping the
+    `keep` newest: retraining (a `thrifty.dev/retrain` CronJob) would fill the volume. Only in
+    the operator's layout (`<snapshots>/<run>`, runs named as versions)."""
+    if not is_version(current.name) or not current.parent.is_dir():
+        return []
+    others = [
+        p for p in current.parent.iterdir() if p.is_dir() and p != current and is_version(p.name)
+    ]
+    others.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+    dropped = []
+    for old in others[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
+        dropped.append(old.name)
+    if dropped:
+        log.info("dropped the snapshots of earlier runs: %s", ", ".join(dropped))
+    return dropped
+
+
 def export(job: Job) -> Snapshot:
+    prune_snapshots(job.snapshot_dir)
     store = FileDatasetStore(job.capture_dir, writer="export")
     return export_snapshot(
         store,

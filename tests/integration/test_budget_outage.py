@@ -127,3 +127,20 @@ async def test_holds_count_while_their_slot_is_recent_and_are_dropped_after(
     assert await check.hkeys(f"{key}:held") == [recent.encode()]  # the old one is gone
     await check.aclose()
     await stage.aclose()
+
+
+async def test_batch_lines_are_charged_once_however_they_are_regrouped(
+    redis: RedisServer,
+) -> None:
+    """A charge whose write timed out after Redis applied it comes back with the next reclaim,
+    grouped with other lines: each line adds its spend once."""
+    store = RedisSpendStore(aioredis.Redis.from_url(redis.url))
+    key = f"thrifty:budget:ns/gw-{os.urandom(4).hex()}/thrifty:tenant:team-a:day:x"
+    items = [(key, time.time() + 3600)]
+    await store.charge_lines(items, [("1-0", 0.25), ("2-0", 0.5)])
+    await store.charge_lines(items, [("1-0", 0.25), ("2-0", 0.5), ("3-0", 1.0)])  # regrouped
+    check = aioredis.Redis.from_url(redis.url)
+    assert float(await check.get(key) or 0) == pytest.approx(1.75)
+    assert await check.ttl(f"{key}:charged") > 0 and await check.ttl(key) == -1
+    await check.aclose()
+    await store.aclose()

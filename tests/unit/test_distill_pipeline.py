@@ -293,3 +293,20 @@ def test_the_cost_report_scales_sampled_captures_to_the_routes_traffic(
     )
     scaled = pipeline.evaluate(quarter, embedder=embedder)["costs"]["requests_per_day"]
     assert scaled == pytest.approx(every * 4, rel=1e-3)
+
+
+def test_export_drops_the_snapshots_of_earlier_runs(tmp_path: Path) -> None:
+    """Each run exports the whole capture into its own snapshot: a retrain a day would fill
+    the volume. The newest earlier one is kept (beside the current run's)."""
+    import os
+    import time
+
+    root = tmp_path / "snapshot"
+    for i, run in enumerate(["v0000000a", "v0000000b", "v0000000c"]):
+        (root / run).mkdir(parents=True)
+        os.utime(root / run, (time.time() - 100 + i, time.time() - 100 + i))
+    (root / "notes").mkdir()  # not a run: left alone
+    dropped = pipeline.prune_snapshots(root / "v0000000d")
+    assert sorted(dropped) == ["v0000000a", "v0000000b"]
+    assert sorted(p.name for p in root.iterdir()) == ["notes", "v0000000c"]
+    assert pipeline.prune_snapshots(tmp_path / "elsewhere" / "snap") == []

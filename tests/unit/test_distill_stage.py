@@ -436,3 +436,40 @@ async def test_capture_rotates_at_the_cap_and_keeps_recent_traffic(tmp_path: Pat
     assert 900 <= len(ids) <= 1000 and "2499" in ids and "0" not in ids
     assert not sink.full and sink.wants({}, "team-a")
     assert list(reader.read("capture-gone-000000.jsonl")) == []
+
+
+def test_rotation_keeps_the_cap_across_writers_sharing_the_volume(tmp_path: Path) -> None:
+    """Three gateway replicas capture into one directory with a cap of 1,000: each counts what
+    is on disk (an incremental read of what others appended) before it rotates, so the
+    directory stays near the cap, and a replica that starts later drops only the excess
+    (it used to see 2,800 records and drop most of the others' shards)."""
+    import asyncio
+
+    spec = Capture(max_examples=1000)
+    completion = {"choices": [{"message": {"content": "card_arrival"}, "finish_reason": "stop"}]}
+
+    def sink(name: str) -> CaptureSink:
+        store = FileDatasetStore(tmp_path, shard_records=100, writer=name)
+        out = CaptureSink(store, spec, route="intent", student="s")
+        out._refreshed = float("inf")  # only at the cap: the worst case for counting
+        return out
+
+    async def capture(s: CaptureSink, i: int) -> None:
+        await s.record(
+            request_id=str(i), ts=float(i), tenant="t", model="gpt-4o",
+            messages=[{"role": "user", "content": f"q {i}"}], completion=completion,
+            prompt_tokens=1, completion_tokens=1, cost_usd=0.0,
+        )  # fmt: skip
+
+    async def run() -> None:
+        writers = [sink(f"gw{i}") for i in range(3)]
+        for i in range(6000):
+            await capture(writers[i % 3], i)
+        on_disk = FileDatasetStore(tmp_path, writer="reader").refresh()
+        assert 900 <= on_disk <= 1000 + 3 * 100, on_disk
+        late = sink("gw-late")
+        await capture(late, 6000)
+        after = FileDatasetStore(tmp_path, writer="reader").refresh()
+        assert after >= 900, after  # the late replica dropped the excess only
+
+    asyncio.run(run())

@@ -21,6 +21,7 @@ from thrifty_operator.builders.common import (
 )
 from thrifty_operator.builders.defaults import Defaults
 from thrifty_operator.builders.secrets import gateway_secret_refs
+from thrifty_operator.handlers.common import parse
 
 ROOT = Path(__file__).resolve().parents[2]
 NS = "shop"
@@ -391,6 +392,9 @@ def test_the_retrain_annotation_starts_a_new_run() -> None:
     assert dated != plain
     body["metadata"]["annotations"][distill.RETRAIN_ANNOTATION] = "2026-12-08"
     assert distill.candidate_version(DistilledModel.model_validate(body)) not in (plain, dated)
+    # as the handler reads the body
+    body["metadata"]["annotations"][distill.RETRAIN_ANNOTATION] = "2026-12-07"
+    assert distill.candidate_version(parse(DistilledModel, body)) == dated
 
 
 def test_builders_are_deterministic() -> None:

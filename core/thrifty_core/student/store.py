@@ -30,6 +30,10 @@ class DatasetStore(Protocol):
         """Records stored so far (all writers, as of the last scan plus own appends)."""
         ...
 
+    def refresh(self) -> int:
+        """Scan again (what other writers appended or dropped since); the new count."""
+        ...
+
     def shards(self) -> list[str]:
         """Shard names, oldest first."""
         ...
@@ -61,6 +65,7 @@ class FileDatasetStore:
         self._seq = 0
         self._in_shard = 0
         self._count: int | None = None
+        self._counted: dict[str, tuple[int, int]] = {}  # shard -> (bytes read, lines in them)
 
     def _shard_path(self) -> Path:
         return self.root / f"{SHARD_PREFIX}{self.writer}-{self._seq:06d}{SHARD_SUFFIX}"
@@ -85,11 +90,30 @@ class FileDatasetStore:
             self._count += len(lines)
 
     def _scan(self) -> int:
+        """Lines in every shard, reading only what was appended since the last scan (shards
+        are append-only until dropped)."""
         total = 0
+        seen: dict[str, tuple[int, int]] = {}
         for name in self.shards():
-            with (self.root / name).open("rb") as fh:
-                total += sum(1 for line in fh if line.endswith(b"\n"))
+            done, lines = self._counted.get(name, (0, 0))
+            try:
+                with (self.root / name).open("rb") as fh:
+                    fh.seek(done)
+                    data = fh.read()  # (one shard: at most `shard_records` lines)
+                cut = data.rfind(b"\n") + 1  # a partly written last line: counted later
+                lines += data.count(b"\n", 0, cut)
+                done += cut
+            except FileNotFoundError:  # dropped by another writer meanwhile
+                continue
+            seen[name] = (done, lines)
+            total += lines
+        self._counted = seen
         return total
+
+    def refresh(self) -> int:
+        with self._lock:
+            self._count = self._scan()
+            return self._count
 
     def count(self) -> int:
         with self._lock:
@@ -100,12 +124,14 @@ class FileDatasetStore:
     def shards(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        names = [
-            p.name
-            for p in self.root.iterdir()
-            if p.name.startswith(SHARD_PREFIX) and p.name.endswith(SHARD_SUFFIX)
-        ]
-        return sorted(names, key=lambda n: ((self.root / n).stat().st_mtime, n))
+        stamped = []
+        for p in self.root.iterdir():
+            if p.name.startswith(SHARD_PREFIX) and p.name.endswith(SHARD_SUFFIX):
+                try:
+                    stamped.append((p.stat().st_mtime, p.name))
+                except FileNotFoundError:  # dropped by another writer since the listing
+                    continue
+        return [name for _, name in sorted(stamped)]
 
     def read(self, shard: str) -> Iterator[bytes]:
         try:
@@ -130,6 +156,7 @@ class FileDatasetStore:
                     path.unlink()
                 except FileNotFoundError:  # another writer dropped it first
                     continue
+                self._counted.pop(name, None)
                 if self._count is not None:
                     self._count = max(self._count - lines, 0)
                 return lines

@@ -69,7 +69,9 @@ def parse(cls: type[R], body: Body) -> R:
     """
     data = plain(body)
     meta = data.get("metadata", {})
-    data["metadata"] = {k: meta[k] for k in ("name", "namespace", "generation") if k in meta}
+    # (annotations: `thrifty.dev/retrain` names a DistilledModel's run)
+    kept = ("name", "namespace", "generation", "annotations")
+    data["metadata"] = {k: meta[k] for k in kept if k in meta}
     status = data.pop("status", None)
     try:
         model = cls.model_validate(data)

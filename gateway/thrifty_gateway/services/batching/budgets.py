@@ -62,23 +62,22 @@ async def charge(
     budgets: BudgetStage | None,
     tenant: str,
     route: str,
-    usd: float,
+    spend: list[tuple[str, float]],
     when: float,
-    once: str | None = None,
 ) -> None:
-    """Add `usd` spent by `tenant` on `route` at `when` to the budgets it falls under. Raises
-    when the spend store fails (counted in the budgets' metrics): the caller keeps the lines
-    and charges them again later, rather than lose their spend. `once` (a digest of the
-    lines, see `SpendStore.settle`): a retry of a write that timed out after Redis applied it
-    is not charged again."""
-    if budgets is None or usd <= 0:
+    """Add the `spend` of finished batch lines ((line id, usd): each is charged once, even when
+    a write that timed out after Redis applied it is retried with other lines) of `tenant` on
+    `route` at `when` to the budgets it falls under. Raises when the spend store fails
+    (counted in the budgets' metrics): the caller keeps the lines and charges them again
+    later, rather than lose their spend."""
+    if budgets is None or sum(u for _, u in spend) <= 0:
         return
     lines = budgets.lines_for(tenant, route)
     items = [(key, end.timestamp()) for key, _, end in (ln.window(when) for ln in lines)]
     if not items:
         return
     try:
-        await budgets.store.settle(items, usd, None, once)
+        await budgets.store.charge_lines(items, [(i, u) for i, u in spend if u > 0])
     except Exception:
         budgets.metrics.store_errors.inc()
         raise

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import os
 import socket
@@ -293,12 +292,9 @@ class BatchStage:
             await redis.xack(keys.ledger, keys.ledger_group, *gone)
         for (tenant, route, hour), lines in groups.items():
             ids = [entry_id for entry_id, _ in lines]
-            usd = sum(float(f.get("u", "0") or 0) for _, f in lines)
-            # The same lines charged again (their write timed out after Redis applied it) are
-            # charged once; the minute in front names the store's hash of settled ids.
-            once = f"{hour * 60}:{hashlib.sha256(b','.join(sorted(ids))).hexdigest()[:32]}"
+            spend = [(entry_id.decode(), float(f.get("u", "0") or 0)) for entry_id, f in lines]
             try:
-                await charge(budgets, tenant, route, usd, hour * 3600.0, once)
+                await charge(budgets, tenant, route, spend, hour * 3600.0)
             except Exception as exc:
                 tries = 1 + max(self._charge_failures.get(i, 0) for i in ids)
                 if tries < CHARGE_TRIES:

@@ -88,3 +88,29 @@ for i = 3, #KEYS, 2 do
 end
 return 1
 """
+
+# Batch lines' spend, each line at most once. KEYS: the expiry index, the hash of lines charged
+# (per budget key set), then the spend keys. ARGV: the charged hash's TTL, the number of spend
+# keys, the epoch second each may be deleted, then per line its id and usd. A line charged before
+# (its write timed out after Redis applied it, and the line came back regrouped with others)
+# adds nothing; the others' sum is added to every spend key as `add` writes it. Returns the sum.
+CHARGE_LINES = """
+local n = tonumber(ARGV[2])
+local total = 0
+local i = 3 + n
+while i <= #ARGV do
+  if redis.call('HSETNX', KEYS[2], ARGV[i], 1) == 1 then
+    total = total + tonumber(ARGV[i + 1])
+  end
+  i = i + 2
+end
+redis.call('EXPIRE', KEYS[2], tonumber(ARGV[1]))
+if total > 0 then
+  for b = 1, n do
+    redis.call('INCRBYFLOAT', KEYS[2 + b], string.format('%.17g', total))
+    redis.call('PERSIST', KEYS[2 + b])
+    redis.call('ZADD', KEYS[1], ARGV[2 + b], KEYS[2 + b])
+  end
+end
+return string.format('%.17g', total)
+"""

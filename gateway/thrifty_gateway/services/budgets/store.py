@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 from ..redis_expiry import drop_listed
 from ..resilience import BreakerOpen, CircuitBreaker, call_guarded
-from .scripts import RESERVE, SETTLE
+from .scripts import CHARGE_LINES, RESERVE, SETTLE
 
 EXPIRY_GRACE_SECONDS = 86400
 HOLD_SLOT_SECONDS = 60.0  # holds are kept per minute slot
@@ -112,6 +112,13 @@ class SpendStore(Protocol):
         counts it once."""
         ...
 
+    async def charge_lines(
+        self, items: Sequence[tuple[str, float]], lines: Sequence[tuple[str, float]]
+    ) -> None:
+        """Add the spend of batch `lines` ((line id, usd)) to every key, each line at most once
+        for `CHARGED_SECONDS` (a retry regroups lines: an id per line, not per write)."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -188,6 +195,13 @@ class MemorySpendStore:
                 if not holds:
                     del self._held[key]
 
+    async def charge_lines(
+        self, items: Sequence[tuple[str, float]], lines: Sequence[tuple[str, float]]
+    ) -> None:
+        usd = sum(u for _, u in lines)  # nothing here times out after it was applied
+        if usd > 0:
+            await self.add(items, usd)
+
     async def aclose(self) -> None:
         return None
 
@@ -195,6 +209,7 @@ class MemorySpendStore:
 EXPIRY_INDEX = "thrifty:budget:expiry"
 SETTLED_PREFIX = "thrifty:budget:settled:"
 SETTLED_SECONDS = 600  # how long a settled reservation's id is remembered (retries come sooner)
+CHARGED_SECONDS = 3 * 3600  # how long a charged batch line's id is (its retries span minutes)
 CLEANUP_EVERY = 600.0  # seconds between deletions of spend past its period
 READ_TIMEOUT = 0.25  # seconds: a budget check is on every request's path
 WRITE_TIMEOUT = 0.5
@@ -226,6 +241,7 @@ class RedisSpendStore:
         }
         self._reserve = client.register_script(RESERVE)
         self._settle = client.register_script(SETTLE)
+        self._charge_lines = client.register_script(CHARGE_LINES)
 
     async def _call(self, op: str, coro: Any, timeout: float) -> Any:
         breaker = self._breakers[op]
@@ -312,6 +328,21 @@ class RedisSpendStore:
             keys += [key, f"{key}:held"]
             args.append(int(ends) + EXPIRY_GRACE_SECONDS)
         await self._call("add", self._settle(keys=keys, args=args), WRITE_TIMEOUT)
+        self._maybe_clean()
+
+    async def charge_lines(
+        self, items: Sequence[tuple[str, float]], lines: Sequence[tuple[str, float]]
+    ) -> None:
+        if not items or not lines:
+            return
+        # One hash of charged line ids per budget key set (its first key names it: keys name
+        # the gateway and the period, so gateways never share one).
+        keys = [EXPIRY_INDEX, f"{items[0][0]}:charged", *(key for key, _ in items)]
+        args: list[Any] = [CHARGED_SECONDS, len(items)]
+        args += [int(ends) + EXPIRY_GRACE_SECONDS for _, ends in items]
+        for line_id, usd in lines:
+            args += [line_id, repr(max(usd, 0.0))]
+        await self._call("add", self._charge_lines(keys=keys, args=args), WRITE_TIMEOUT)
         self._maybe_clean()
 
     def _maybe_clean(self) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -31,6 +32,7 @@ from ..cache.eligibility import parse_directives
 log = logging.getLogger(__name__)
 
 TOP_LOGPROBS = 5
+REFRESH_SECONDS = 10.0  # how often a sink counts every replica's records, below its cap
 
 
 def opted_out(headers: Mapping[str, str]) -> bool:
@@ -62,13 +64,15 @@ class CaptureSink:
         self.tenants = frozenset(spec.tenants)
         self.written = 0
         self.full = False
+        self._refreshed = 0.0  # monotonic time of the last full count (other replicas write)
 
     @classmethod
     def to_directory(
         cls, directory: str, spec: Capture, *, route: str, student: str
     ) -> CaptureSink:
-        # Shards of at most a tenth of the cap: rotation drops a tenth at a time.
-        per_shard = max(100, min(10_000, spec.max_examples // 10))
+        # Shards of a tenth of the cap: rotation drops a tenth at a time, and never the only
+        # shard (the one being written).
+        per_shard = max(10, min(10_000, spec.max_examples // 10))
         store = FileDatasetStore(Path(directory), shard_records=per_shard)
         return cls(store, spec, route=route, student=student)
 
@@ -130,6 +134,12 @@ class CaptureSink:
         """(whether the line was stored, the count after). At the cap, `rotate` drops the
         oldest shards first (never the one being written); `stop` stores nothing more."""
         cap = self.spec.max_examples
+        now = time.monotonic()
+        if now - self._refreshed >= REFRESH_SECONDS or self.store.count() >= cap:
+            # Replicas sharing the volume append and drop too: count what is on disk (an
+            # incremental read of what was appended since) before deciding.
+            self._refreshed = now
+            self.store.refresh()
         if self.store.count() >= cap and self.spec.when_full == "rotate":
             while self.store.count() >= cap and self.store.drop_oldest() > 0:
                 pass
