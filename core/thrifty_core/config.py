@@ -289,6 +289,11 @@ class GatewayConfig(ConfigModel):
     routes: list[RouteConfig] = Field(min_length=1)
     tenants: list[TenantConfig] = Field(default_factory=list)
     admin: AdminConfig = Field(default_factory=AdminConfig)
+    metrics_keys: AdminConfig = Field(
+        default_factory=AdminConfig,
+        description="Keys (SHA-256 hashes) that may read /metrics and nothing else: a scraper's "
+        "credential for a gateway with server.metricsNeedAdminKey.",
+    )
     prices: list[ModelPrice] = Field(
         default_factory=list, description="Catalog overrides for every provider."
     )

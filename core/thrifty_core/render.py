@@ -270,6 +270,10 @@ def render_gateway_config(
         if spec.admin_key_secret_ref
         else None
     )
+    metrics_ref = spec.metrics_key_secret_ref
+    metrics_keys = AdminConfig(
+        api_keys_file=secret_file(metrics_ref.name, metrics_ref.key) if metrics_ref else None
+    )
     batch = None
     if batch_queue is not None:
         batch = BatchConfig(
@@ -312,6 +316,7 @@ def render_gateway_config(
         routes=routes,
         tenants=tenants,
         admin=admin,
+        metrics_keys=metrics_keys,
         cache_policies=rendered_policies,
         default_cache_policy=default_policy,
         batch=batch,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -226,3 +227,25 @@ def test_metrics_can_be_kept_to_the_admin(gateway_factory: GatewayFactory) -> No
     assert tenant.status_code == 403
     admin = httpx.get(f"{closed.url}/metrics", headers={"authorization": "Bearer sk-local-admin"})
     assert admin.status_code == 200 and "thrifty_requests_total" in admin.text
+
+
+def test_a_metrics_key_reads_metrics_and_nothing_else(gateway_factory: GatewayFactory) -> None:
+    """A scraper gets a key of its own (`metricsKeys`, the LLMGateway's metricsKeySecretRef)
+    rather than the admin key: it reads /metrics and is refused everywhere else."""
+    key = "sk-metrics-scraper"
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    gw = gateway_factory(
+        server={"metricsNeedAdminKey": True}, metricsKeys={"apiKeyHashes": [digest]}
+    )
+    scraper = {"authorization": f"Bearer {key}"}
+    got = httpx.get(f"{gw.url}/metrics", headers=scraper)
+    assert got.status_code == 200 and "thrifty_requests_total" in got.text
+    for method, path in (
+        ("GET", "/v1/thrifty/usage"),
+        ("GET", "/v1/models"),
+        ("POST", "/v1/chat/completions"),
+        ("POST", "/v1/thrifty/cache/purge"),
+    ):
+        refused = httpx.request(method, f"{gw.url}{path}", headers=scraper, json={})
+        assert refused.status_code == 403, (path, refused.text)
+        assert refused.json()["error"]["message"] == "This key may only read /metrics."

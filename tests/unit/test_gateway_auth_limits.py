@@ -8,7 +8,7 @@ import pytest
 
 from thrifty_core.config import AdminConfig, SecretSource, TenantConfig
 from thrifty_core.errors import RateLimitError
-from thrifty_gateway.services.auth import ADMIN, KeyStore, bearer, hash_key
+from thrifty_gateway.services.auth import ADMIN, METRICS, KeyStore, bearer, hash_key
 from thrifty_gateway.services.ratelimit import LocalLimiter, TokenBucket
 
 
@@ -72,3 +72,43 @@ async def test_limiter_requests_and_tokens() -> None:
     unlimited = TenantConfig(name="u", api_key_hashes=[hash_key("u")])
     for _ in range(1000):
         await limiter.check(unlimited)
+
+
+def test_a_metrics_key_resolves_to_the_scraper_and_never_doubles_another_key() -> None:
+    store = KeyStore(
+        [TenantConfig(name="team-a", api_key_hashes=[hash_key("sk-a")])],
+        AdminConfig(api_key_hashes=[hash_key("sk-admin")]),
+        AdminConfig(api_key_hashes=[hash_key("sk-scrape")]),
+    )
+    assert store.resolve("sk-scrape") == METRICS
+    with pytest.raises(ValueError, match="admin and metrics"):
+        KeyStore(
+            [],
+            AdminConfig(api_key_hashes=[hash_key("k")]),
+            AdminConfig(api_key_hashes=[hash_key("k")]),
+        )
+
+
+def test_the_metrics_key_secret_reaches_the_rendered_config_and_the_pod() -> None:
+    from thrifty_core.api import LLMGateway
+    from thrifty_core.render import render_gateway_config
+    from thrifty_operator.builders.secrets import gateway_secret_refs
+
+    gw = LLMGateway.model_validate(
+        {
+            "metadata": {"name": "gw", "namespace": "ns"},
+            "spec": {
+                "providers": [{"name": "p", "baseUrl": "http://p:1/v1"}],
+                "routes": [{"name": "m", "targets": [{"provider": "p", "model": "m"}]}],
+                "metricsNeedAdminKey": True,
+                "metricsKeySecretRef": {"name": "scraper", "key": "hash"},
+            },
+        }
+    )
+    config = render_gateway_config(gw, {}, None, [])
+    assert config.metrics_keys.api_keys_file is not None
+    assert (
+        config.metrics_keys.api_keys_file.file
+        and "scraper" in config.metrics_keys.api_keys_file.file
+    )
+    assert ("scraper", "hash") in [(r.name, r.key) for r in gateway_secret_refs(gw)]

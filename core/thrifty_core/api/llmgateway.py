@@ -279,8 +279,13 @@ class LLMGatewaySpec(ApiModel):
     )
     metrics_need_admin_key: bool = Field(
         default=False,
-        description="/metrics answers only with the admin key: its series name tenants and "
-        "their spend, on the port tenants call (give the scraper the admin key).",
+        description="/metrics answers only with the admin key or the metrics key: its series "
+        "name tenants and their spend, on the port tenants call.",
+    )
+    metrics_key_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description="Secret key holding the SHA-256 hash of a key that may read /metrics and "
+        "nothing else: give its plaintext to the scraper instead of the admin key.",
     )
     net_savings: NetSavings | None = Field(
         default=None,

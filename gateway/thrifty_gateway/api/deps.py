@@ -10,11 +10,12 @@ from fastapi import Depends, Request
 from thrifty_core.config import TenantConfig
 from thrifty_core.errors import AuthenticationError, PermissionDeniedError
 
-from ..services.auth import ADMIN, bearer
+from ..services.auth import ADMIN, METRICS, bearer
 from ..services.proxy import Proxy
 from ..state import GatewayState
 
 # The admin identity bypasses validation: "admin" is reserved for it (no tenant can take it).
+METRICS_PATH = "/metrics"
 ADMIN_TENANT = TenantConfig.model_construct(name="admin", api_key_hashes=["0" * 64])
 
 
@@ -30,10 +31,12 @@ async def get_proxy(request: Request) -> Proxy:
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """Who is calling: a tenant, the admin, or nobody (no key)."""
+    """Who is calling: a tenant, the admin, a metrics scraper (`metrics`: its key reads
+    /metrics only), or nobody (no key)."""
 
     tenant: TenantConfig | None
     admin: bool = False
+    metrics: bool = False
 
 
 async def get_caller(
@@ -50,6 +53,10 @@ async def get_caller(
         raise AuthenticationError("Incorrect API key provided.")
     if owner == ADMIN:
         return Caller(ADMIN_TENANT, admin=True)
+    if owner == METRICS:
+        if request.url.path != METRICS_PATH:
+            raise PermissionDeniedError("This key may only read /metrics.")
+        return Caller(None, metrics=True)
     return Caller(state.keys.tenant(owner))
 
 

@@ -37,10 +37,12 @@ async def metrics(request: Request, state: StateDep) -> Response:
     # own (a service-account token) keeps working when it does not.
     if state.config.server.metrics_need_admin_key:
         caller = await get_caller(request, state)
-        if caller.tenant is None:
-            raise AuthenticationError("/metrics needs the admin key (server.metricsNeedAdminKey).")
-        if not caller.admin:
-            raise PermissionDeniedError("/metrics needs the admin key.")
+        if caller.tenant is None and not caller.metrics:
+            raise AuthenticationError(
+                "/metrics needs the admin key or a metrics key (server.metricsNeedAdminKey)."
+            )
+        if not (caller.admin or caller.metrics):
+            raise PermissionDeniedError("/metrics needs the admin key or a metrics key.")
     return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
 
 

@@ -18,6 +18,7 @@ from thrifty_core.config import AdminConfig, GatewayConfig, SecretSource, Tenant
 log = logging.getLogger(__name__)
 
 ADMIN = "__admin__"
+METRICS = "__metrics__"  # a key that may read /metrics and nothing else
 
 
 def hash_key(key: str) -> str:
@@ -52,9 +53,15 @@ class KeyStore:
     a restart. A file that cannot be read or parsed keeps the previous keys and is logged.
     """
 
-    def __init__(self, tenants: list[TenantConfig], admin: AdminConfig) -> None:
+    def __init__(
+        self,
+        tenants: list[TenantConfig],
+        admin: AdminConfig,
+        metrics: AdminConfig | None = None,
+    ) -> None:
         self._tenant_list = tenants
         self._admin = admin
+        self._metrics = metrics or AdminConfig()
         self._tenants = {t.name: t for t in tenants}
         self._entries: list[tuple[bytes, str]] = self._load()
         self._stamps: dict[str, tuple[float, int] | None] = self._file_stamps()
@@ -66,18 +73,24 @@ class KeyStore:
                 entries.append((bytes.fromhex(h), tenant.name))
         for h in _hashes(self._admin.api_key_hashes, self._admin.api_keys_file):
             entries.append((bytes.fromhex(h), ADMIN))
+        for h in _hashes(self._metrics.api_key_hashes, self._metrics.api_keys_file):
+            entries.append((bytes.fromhex(h), METRICS))
         owners: dict[bytes, str] = {}
         for digest, owner in entries:
             first = owners.setdefault(digest, owner)
             if first != owner:
                 # One key for two owners would act as whichever was listed last (the admin,
                 # say): refused, naming the owners (never the hash).
-                names = sorted({"admin" if o == ADMIN else o for o in (first, owner)})
+                label = {ADMIN: "admin", METRICS: "metrics"}
+                names = sorted({label.get(o, o) for o in (first, owner)})
                 raise ValueError(f"one API key hash is listed for both {' and '.join(names)}")
         return entries
 
     def _files(self) -> list[str]:
-        sources = [t.api_keys_file for t in self._tenant_list] + [self._admin.api_keys_file]
+        sources = [t.api_keys_file for t in self._tenant_list] + [
+            self._admin.api_keys_file,
+            self._metrics.api_keys_file,
+        ]
         return [s.file for s in sources if s is not None and s.file is not None]
 
     def _file_stamps(self) -> dict[str, tuple[float, int] | None]:
@@ -109,7 +122,7 @@ class KeyStore:
 
     @classmethod
     def from_config(cls, config: GatewayConfig) -> KeyStore:
-        return cls(config.tenants, config.admin)
+        return cls(config.tenants, config.admin, config.metrics_keys)
 
     def __len__(self) -> int:
         return len(self._entries)

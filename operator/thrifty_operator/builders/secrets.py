@@ -25,7 +25,7 @@ def gateway_secret_refs(
     spec = gateway.spec
     refs: list[SecretKeyRef | None] = [p.api_key_secret_ref for p in spec.providers]
     refs += [t.api_keys_secret_ref for t in spec.tenants]
-    refs.append(spec.admin_key_secret_ref)
+    refs += [spec.admin_key_secret_ref, spec.metrics_key_secret_ref]
     for policy in policies:
         refs += [redis_password_ref(policy), qdrant_api_key_ref(policy)]
         embedding = policy.spec.semantic.embedding
