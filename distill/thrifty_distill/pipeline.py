@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -74,12 +73,14 @@ def default_embedder(spec: DistilledModelSpec, threads: int | None = None) -> Em
     return create_embedder(EmbeddingModel(model=model), threads=threads or (os.cpu_count() or 1))
 
 
-SNAPSHOTS_KEPT = 1  # snapshots of earlier runs kept beside the current run's
+SNAPSHOTS_KEPT = 1  # snapshots of earlier runs kept whole beside the current run's
 
 
 def prune_snapshots(current: Path, keep: int = SNAPSHOTS_KEPT) -> list[str]:
-    """Delete the snapshots of earlier runs (each a full export of the capture), keeping the
-    `keep` newest: retraining (a `thrifty.dev/retrain` CronJob) would fill the volume. Only in
+    """Drop the training examples of earlier runs' snapshots (each a full export of the
+    capture), but the `keep` newest: a retrain a day (`thrifty.dev/retrain`) would fill the
+    volume. What evaluation reads (the held-out examples and the snapshot's figures) stays:
+    the operator may evaluate an earlier run's version again (a spec reverted to it). Only in
     the operator's layout (`<snapshots>/<run>`, runs named as versions)."""
     if not is_version(current.name) or not current.parent.is_dir():
         return []
@@ -89,10 +90,12 @@ def prune_snapshots(current: Path, keep: int = SNAPSHOTS_KEPT) -> list[str]:
     others.sort(key=lambda p: p.stat().st_mtime, reverse=True)
     dropped = []
     for old in others[keep:]:
-        shutil.rmtree(old, ignore_errors=True)
-        dropped.append(old.name)
+        train = old / TRAIN
+        if train.exists():
+            train.unlink(missing_ok=True)
+            dropped.append(old.name)
     if dropped:
-        log.info("dropped the snapshots of earlier runs: %s", ", ".join(dropped))
+        log.info("dropped the training examples of earlier runs: %s", ", ".join(dropped))
     return dropped
 
 

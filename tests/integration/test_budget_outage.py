@@ -137,10 +137,13 @@ async def test_batch_lines_are_charged_once_however_they_are_regrouped(
     store = RedisSpendStore(aioredis.Redis.from_url(redis.url))
     key = f"thrifty:budget:ns/gw-{os.urandom(4).hex()}/thrifty:tenant:team-a:day:x"
     items = [(key, time.time() + 3600)]
-    await store.charge_lines(items, [("1-0", 0.25), ("2-0", 0.5)])
-    await store.charge_lines(items, [("1-0", 0.25), ("2-0", 0.5), ("3-0", 1.0)])  # regrouped
+    bucket = f"ns/gw|thrifty:batch:q:ledger:{os.urandom(3).hex()}"
+    await store.charge_lines(items, [("1-0", 0.25), ("2-0", 0.5)], bucket)
+    regrouped = [("1-0", 0.25), ("2-0", 0.5), ("3-0", 1.0)]
+    await store.charge_lines(items, regrouped, bucket)
     check = aioredis.Redis.from_url(redis.url)
     assert float(await check.get(key) or 0) == pytest.approx(1.75)
-    assert await check.ttl(f"{key}:charged") > 0 and await check.ttl(key) == -1
+    assert 0 < await check.ttl(f"thrifty:budget:charged:{bucket}") <= 3 * 3600
+    assert await check.ttl(key) == -1
     await check.aclose()
     await store.aclose()

@@ -297,16 +297,24 @@ def test_the_cost_report_scales_sampled_captures_to_the_routes_traffic(
 
 def test_export_drops_the_snapshots_of_earlier_runs(tmp_path: Path) -> None:
     """Each run exports the whole capture into its own snapshot: a retrain a day would fill
-    the volume. The newest earlier one is kept (beside the current run's)."""
+    the volume. Earlier runs but the newest lose their training examples; what evaluating
+    their version again needs (held-out examples, the snapshot's figures) stays."""
     import os
     import time
 
+    from thrifty_distill.dataset import HELD_OUT, SNAPSHOT, TRAIN
+
     root = tmp_path / "snapshot"
     for i, run in enumerate(["v0000000a", "v0000000b", "v0000000c"]):
-        (root / run).mkdir(parents=True)
+        for name in (TRAIN, HELD_OUT, SNAPSHOT):
+            (root / run).mkdir(parents=True, exist_ok=True)
+            (root / run / name).write_text("x")
         os.utime(root / run, (time.time() - 100 + i, time.time() - 100 + i))
     (root / "notes").mkdir()  # not a run: left alone
+    (root / "notes" / TRAIN).write_text("x")
     dropped = pipeline.prune_snapshots(root / "v0000000d")
     assert sorted(dropped) == ["v0000000a", "v0000000b"]
-    assert sorted(p.name for p in root.iterdir()) == ["notes", "v0000000c"]
+    for run in ("v0000000a", "v0000000b"):
+        assert sorted(p.name for p in (root / run).iterdir()) == sorted([HELD_OUT, SNAPSHOT])
+    assert (root / "v0000000c" / TRAIN).exists() and (root / "notes" / TRAIN).exists()
     assert pipeline.prune_snapshots(tmp_path / "elsewhere" / "snap") == []

@@ -473,3 +473,25 @@ def test_rotation_keeps_the_cap_across_writers_sharing_the_volume(tmp_path: Path
         assert after >= 900, after  # the late replica dropped the excess only
 
     asyncio.run(run())
+
+
+def test_a_shard_dropped_and_made_again_under_its_name_is_counted_afresh(
+    tmp_path: Path,
+) -> None:
+    """Another replica drops an idle writer's shard (the oldest); the idle writer's next
+    append makes a new file with the same name. Counts go by the file, not its name."""
+    import os
+    import time
+
+    b = FileDatasetStore(tmp_path, shard_records=1000, writer="b")
+    a = FileDatasetStore(tmp_path, shard_records=1000, writer="a")
+    c = FileDatasetStore(tmp_path, shard_records=1000, writer="c")
+    b.append([b"{}"] * 40)
+    (shard,) = b.shards()
+    os.utime(tmp_path / shard, (time.time() - 60, time.time() - 60))  # b went idle
+    a.append([b"{}"] * 10)
+    assert c.refresh() == 50 and b.refresh() == 50
+    assert a.drop_oldest() == 40  # b's shard
+    b.append([b"{}"] * 3)  # the same name, a new file
+    assert b.refresh() == 13 and c.refresh() == 13
+    assert FileDatasetStore(tmp_path, writer="fresh").refresh() == 13

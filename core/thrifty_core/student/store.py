@@ -65,7 +65,9 @@ class FileDatasetStore:
         self._seq = 0
         self._in_shard = 0
         self._count: int | None = None
-        self._counted: dict[str, tuple[int, int]] = {}  # shard -> (bytes read, lines in them)
+        # shard -> (inode, bytes read, lines in them): a shard dropped and made again under its
+        # name (by its idle writer) is another file, counted from its start
+        self._counted: dict[str, tuple[int, int, int]] = {}
 
     def _shard_path(self) -> Path:
         return self.root / f"{SHARD_PREFIX}{self.writer}-{self._seq:06d}{SHARD_SUFFIX}"
@@ -93,19 +95,24 @@ class FileDatasetStore:
         """Lines in every shard, reading only what was appended since the last scan (shards
         are append-only until dropped)."""
         total = 0
-        seen: dict[str, tuple[int, int]] = {}
+        seen: dict[str, tuple[int, int, int]] = {}
         for name in self.shards():
-            done, lines = self._counted.get(name, (0, 0))
+            inode, done, lines = self._counted.get(name, (-1, 0, 0))
             try:
                 with (self.root / name).open("rb") as fh:
+                    stat = os.fstat(fh.fileno())
+                    if stat.st_ino != inode or stat.st_size < done:
+                        inode, done, lines = stat.st_ino, 0, 0
                     fh.seek(done)
-                    data = fh.read()  # (one shard: at most `shard_records` lines)
-                cut = data.rfind(b"\n") + 1  # a partly written last line: counted later
-                lines += data.count(b"\n", 0, cut)
-                done += cut
+                    pos = done
+                    while chunk := fh.read(1 << 20):
+                        if (found := chunk.count(b"\n")) > 0:
+                            lines += found
+                            done = pos + chunk.rfind(b"\n") + 1  # a partial last line waits
+                        pos += len(chunk)
             except FileNotFoundError:  # dropped by another writer meanwhile
                 continue
-            seen[name] = (done, lines)
+            seen[name] = (inode, done, lines)
             total += lines
         self._counted = seen
         return total

@@ -64,12 +64,13 @@ async def charge(
     route: str,
     spend: list[tuple[str, float]],
     when: float,
+    bucket: str,
 ) -> None:
     """Add the `spend` of finished batch lines ((line id, usd): each is charged once, even when
     a write that timed out after Redis applied it is retried with other lines) of `tenant` on
     `route` at `when` to the budgets it falls under. Raises when the spend store fails
     (counted in the budgets' metrics): the caller keeps the lines and charges them again
-    later, rather than lose their spend."""
+    later, rather than lose their spend. `bucket`: see `SpendStore.charge_lines`."""
     if budgets is None or sum(u for _, u in spend) <= 0:
         return
     lines = budgets.lines_for(tenant, route)
@@ -77,7 +78,7 @@ async def charge(
     if not items:
         return
     try:
-        await budgets.store.charge_lines(items, [(i, u) for i, u in spend if u > 0])
+        await budgets.store.charge_lines(items, [(i, u) for i, u in spend if u > 0], bucket)
     except Exception:
         budgets.metrics.store_errors.inc()
         raise

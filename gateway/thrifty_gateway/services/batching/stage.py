@@ -60,6 +60,7 @@ class BatchRuntime:
         self.store = FilesystemStore(root, self.spec.file_store.max_total_bytes)
         self.queue = queue
         self.routes = frozenset(r.name for r in config.routes)
+        self.gateway = config.ledger.gateway  # whose lines these are (names charged ids)
         # A batch line is one request: no longer than a request may be.
         self.max_line_bytes = config.server.max_request_bytes
         # Input files checked at once (uploads and batch creations): each parse holds its
@@ -294,7 +295,9 @@ class BatchStage:
             ids = [entry_id for entry_id, _ in lines]
             spend = [(entry_id.decode(), float(f.get("u", "0") or 0)) for entry_id, f in lines]
             try:
-                await charge(budgets, tenant, route, spend, hour * 3600.0)
+                # the gateway, the queue's ledger stream and the hour: whose ids these are
+                bucket = f"{self.runtime.gateway}|{keys.ledger}:{hour}"
+                await charge(budgets, tenant, route, spend, hour * 3600.0, bucket)
             except Exception as exc:
                 tries = 1 + max(self._charge_failures.get(i, 0) for i in ids)
                 if tries < CHARGE_TRIES:

@@ -113,10 +113,15 @@ class SpendStore(Protocol):
         ...
 
     async def charge_lines(
-        self, items: Sequence[tuple[str, float]], lines: Sequence[tuple[str, float]]
+        self,
+        items: Sequence[tuple[str, float]],
+        lines: Sequence[tuple[str, float]],
+        bucket: str,
     ) -> None:
         """Add the spend of batch `lines` ((line id, usd)) to every key, each line at most once
-        for `CHARGED_SECONDS` (a retry regroups lines: an id per line, not per write)."""
+        for `CHARGED_SECONDS` (a retry regroups lines: an id per line, not per write). `bucket`
+        names where the ids are kept (the queue and the hour the lines finished in: ids of two
+        queues never meet, and a budget period's ids do not pile up in one hash)."""
         ...
 
     async def aclose(self) -> None: ...
@@ -196,9 +201,13 @@ class MemorySpendStore:
                     del self._held[key]
 
     async def charge_lines(
-        self, items: Sequence[tuple[str, float]], lines: Sequence[tuple[str, float]]
+        self,
+        items: Sequence[tuple[str, float]],
+        lines: Sequence[tuple[str, float]],
+        bucket: str,
     ) -> None:
-        usd = sum(u for _, u in lines)  # nothing here times out after it was applied
+        del bucket  # nothing here times out after it was applied
+        usd = sum(u for _, u in lines)
         if usd > 0:
             await self.add(items, usd)
 
@@ -331,13 +340,14 @@ class RedisSpendStore:
         self._maybe_clean()
 
     async def charge_lines(
-        self, items: Sequence[tuple[str, float]], lines: Sequence[tuple[str, float]]
+        self,
+        items: Sequence[tuple[str, float]],
+        lines: Sequence[tuple[str, float]],
+        bucket: str,
     ) -> None:
         if not items or not lines:
             return
-        # One hash of charged line ids per budget key set (its first key names it: keys name
-        # the gateway and the period, so gateways never share one).
-        keys = [EXPIRY_INDEX, f"{items[0][0]}:charged", *(key for key, _ in items)]
+        keys = [EXPIRY_INDEX, f"thrifty:budget:charged:{bucket}", *(key for key, _ in items)]
         args: list[Any] = [CHARGED_SECONDS, len(items)]
         args += [int(ends) + EXPIRY_GRACE_SECONDS for _, ends in items]
         for line_id, usd in lines:
