@@ -32,29 +32,8 @@ def test_causal_lm_student_with_confidence_fallback(
     teacher = start_simulator(tmp_path / "teacher", "--oracle", "banking77")
     student = start_simulator(tmp_path / "student", "--oracle", "banking77")
     try:
-        config = local_config(teacher.url)
-        config.pop("defaultCachePolicy", None)
-        for route in config["routes"]:
-            route.pop("cachePolicy", None)
-        config["routes"].append(
-            {"name": "intent", "targets": [{"provider": "simulator", "model": "gpt-4o"}]}
-        )
-        config["students"] = [
-            {
-                "route": "intent",
-                "name": "intent-lm",
-                "kind": "causal-lm",
-                "mode": "active",
-                "confidenceThreshold": 0.8,
-                "evaluationSampleRate": 0.0,
-                "endpoint": f"{student.url}/v1",
-                "servedModel": "intent-lm-v0001",
-                "version": "v0001",
-                "labels": LABELS,
-                "costPerHour": 2.0,
-            }
-        ]
-        app = create_app(parse_config(config))  # the default stages include distill
+        # the default stages include distill
+        app = lm_app(teacher.url, f"{student.url}/v1", confidenceThreshold=0.8, costPerHour=2.0)
         rows = banking77.subset(banking77.load_rows(), LABELS, per_label=6)
         served = {"student": 0, "teacher": 0}
         with TestClient(app) as http:
