@@ -38,6 +38,7 @@ from ...state import GatewayState
 from ..pipeline import StageFactory
 from .agreement import AgreementTracker
 from .capture import CaptureSink
+from .demotions import DemotionStore
 from .metrics import DistillMetrics
 from .predictors import ClassifierPredictor, EndpointPredictor, Predictor
 from .stage import SERVED_BY, DistillStage, StudentRoute
@@ -98,6 +99,7 @@ async def reload_loop(stage: DistillStage, embedder_for: Any, interval: float) -
     keeps running, and the student keeps serving the version it has."""
     while True:
         await asyncio.sleep(interval)
+        await stage.sync_demotions()
         for sr in stage.students.values():
             try:
                 await reload_one(stage, sr, embedder_for)
@@ -169,7 +171,14 @@ def distill_stage_factory(reload_seconds: float = 15.0) -> StageFactory:
                 cfg.mode,
                 predictor.version if predictor else "none",
             )
-        stage = DistillStage(students, state, DistillMetrics(state.metrics.registry))
+        ledger = state.ledger.shared
+        demotions = (
+            DemotionStore(ledger.client, config.ledger.gateway) if ledger is not None else None
+        )
+        stage = DistillStage(
+            students, state, DistillMetrics(state.metrics.registry), demotions=demotions
+        )
+        await stage.sync_demotions()
         if reload_seconds > 0:
             task = asyncio.get_running_loop().create_task(
                 reload_loop(stage, embedder_for, reload_seconds)

@@ -26,6 +26,7 @@ from ..resilience import CircuitBreaker, call_with_fallback
 from ..sse import usage_object, usage_of
 from .agreement import AgreementTracker, same_answer
 from .capture import CaptureSink
+from .demotions import DemotionStore
 from .metrics import DistillMetrics
 from .predictors import Answer, Predictor
 
@@ -152,11 +153,13 @@ class DistillStage:
         metrics: DistillMetrics,
         *,
         rand: Callable[[], float] = random.random,
+        demotions: DemotionStore | None = None,
     ) -> None:
         self.students = students
         self.state = state
         self.metrics = metrics
         self.rand = rand
+        self.demotions = demotions  # shared with the gateway's other replicas (None: not)
         self.tasks: set[asyncio.Task[None]] = set()
 
     # -- before the provider ----------------------------------------------------------------
@@ -360,12 +363,26 @@ class DistillStage:
         if sr.config.mode != "shadow" and not sr.demoted and sr.tracker.below_gate:
             self.demote(sr, f"agreement {rate:.3f} fell below {sr.tracker.min_agreement:.3f}")
 
-    def demote(self, sr: StudentRoute, reason: str) -> None:
-        """Route the student's traffic back to the teacher until a new version arrives."""
+    def demote(self, sr: StudentRoute, reason: str, *, share: bool = True) -> None:
+        """Route the student's traffic back to the teacher until a new version arrives (on
+        every replica: the demotion is shared, see demotions.py)."""
         sr.demoted = True
         sr.demoted_reason = reason
         self.metrics.demoted.labels(sr.name).set(1)
         log.warning("student %s version %s demoted: %s", sr.name, sr.version, reason)
+        if share and self.demotions is not None and sr.version:
+            self._spawn(self.demotions.mark(sr.name, sr.version, reason))
+
+    async def sync_demotions(self) -> None:
+        """Demote here what another replica (or this one before a restart) demoted."""
+        if self.demotions is None:
+            return
+        for sr in self.students.values():
+            if sr.demoted or sr.predictor is None or not sr.version:
+                continue
+            reason = await self.demotions.reason(sr.name, sr.version)
+            if reason is not None:
+                self.demote(sr, f"{reason} (shared)", share=False)
 
     async def _evaluate(self, ctx: RequestContext, sr: StudentRoute, answer: Answer) -> None:
         """Ask the teacher too (after the response was sent) and compare."""
