@@ -91,8 +91,12 @@ def _spawn(
     return proc, log_file
 
 
-def start_simulator(workdir: Path, *extra: str, env: dict[str, str] | None = None) -> Simulator:
-    port = free_port()
+def start_simulator(
+    workdir: Path, *extra: str, env: dict[str, str] | None = None, port: int | None = None
+) -> Simulator:
+    """The simulator on `port` (a free one by default: a fixed one restarts a provider in
+    place), logging to `workdir`."""
+    port = port or free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     log_path = workdir / f"simulator-{port}.log"
     proc, log_file = _spawn(

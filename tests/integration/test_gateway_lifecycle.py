@@ -5,8 +5,6 @@ without a restart, and a batch queue whose Redis is down at start fails deferral
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -14,9 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.procs import Simulator, local_config, start_gateway
+from tests.integration.procs import Simulator, local_config, start_gateway, start_simulator
 from tests.integration.waiting import wait_until
-from tests.services import free_port, start_redis, wait_for_port
+from tests.services import free_port, start_redis
 
 pytestmark = pytest.mark.integration
 
@@ -25,20 +23,7 @@ TENANT_KEY = "sk-local-a"
 
 def simulator_on(port: int, api_key: str, workdir: Path) -> Simulator:
     """The provider simulator on `port`, accepting only `api_key` (as a real provider does)."""
-    log_path = workdir / f"simulator-{port}-{api_key}.log"
-    with log_path.open("wb") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "thrifty_cli", "simulator", "--port", str(port)]
-            + ["--api-key", api_key],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        wait_for_port(port, timeout=30, proc=proc)
-    except Exception:
-        proc.kill()
-        raise
-    return Simulator(port=port, proc=proc, log_path=log_path)
+    return start_simulator(workdir / f"simulator-{api_key}", "--api-key", api_key, port=port)
 
 
 def mount_secret(volume: Path, value: str) -> Path:

@@ -221,23 +221,29 @@ async def test_rate_gate_holds_requests_over_the_per_minute_limit() -> None:
         await asyncio.wait_for(tokens.acquire(1), 0.2)
 
 
-async def test_line_cache_labels_entries_with_the_target_model() -> None:
-    """The provider answers with a dated snapshot name; the entry is labelled with the target
-    model its key was built with, as the cache stage labels its own, so one purge by model
-    removes both."""
+def line_cache() -> tuple[Any, Any, Line]:
+    """An exact line cache over a memory store for route gpt-4o-mini, its store, and a line."""
     from thrifty_core.api.cachepolicy import CachePolicySpec
     from thrifty_gateway.services.batching.linecache import ExactLineCache, _RouteCache
     from thrifty_gateway.services.cache.entry import Codec
     from thrifty_gateway.services.cache.exact import MemoryExactStore
-    from thrifty_gateway.services.cache.selector import Selector
 
     store = MemoryExactStore(10, Codec(), 1 << 20)
-    spec = CachePolicySpec()
     cache = ExactLineCache(
-        {"gpt-4o-mini": _RouteCache(spec, store, "p/v1", "simulator/gpt-4o-mini")}, [store]
+        {"gpt-4o-mini": _RouteCache(CachePolicySpec(), store, "p/v1", "simulator/gpt-4o-mini")},
+        [store],
     )
     body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
-    line = Line(batch_id="b", custom_id="c", endpoint="chat", body=body, tenant="t")
+    return cache, store, Line(batch_id="b", custom_id="c", endpoint="chat", body=body, tenant="t")
+
+
+async def test_line_cache_labels_entries_with_the_target_model() -> None:
+    """The provider answers with a dated snapshot name; the entry is labelled with the target
+    model its key was built with, as the cache stage labels its own, so one purge by model
+    removes both."""
+    from thrifty_gateway.services.cache.selector import Selector
+
+    cache, store, line = line_cache()
     answer = {
         "id": "x",
         "object": "chat.completion",
@@ -263,19 +269,9 @@ async def test_a_batch_answer_never_undoes_a_purge_that_started_after_its_lookup
     must not be undone when the job's answers arrive. The line keeps the fence read at its
     lookup (also through the job record's JSON); an answer whose fence moved, or that has
     none, is not stored."""
-    from thrifty_core.api.cachepolicy import CachePolicySpec
-    from thrifty_gateway.services.batching.linecache import ExactLineCache, _RouteCache
-    from thrifty_gateway.services.cache.entry import Codec
-    from thrifty_gateway.services.cache.exact import MemoryExactStore
     from thrifty_gateway.services.cache.selector import Selector
 
-    store = MemoryExactStore(10, Codec(), 1 << 20)
-    cache = ExactLineCache(
-        {"gpt-4o-mini": _RouteCache(CachePolicySpec(), store, "p/v1", "simulator/gpt-4o-mini")},
-        [store],
-    )
-    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
-    line = Line(batch_id="b", custom_id="c", endpoint="chat", body=body, tenant="t")
+    cache, store, line = line_cache()
     answer = {
         "object": "chat.completion",
         "choices": [

@@ -327,9 +327,13 @@ async def test_the_reload_loop_outlives_a_version_it_cannot_load(
     from thrifty_gateway.services.distill.stage import DistillStage, StudentRoute
 
     versions = iter(["v0001", "v0002", "v0002"])
-    monkeypatch.setattr(
-        distill, "resolve_version", lambda *_: SimpleNamespace(version=next(versions))
-    )
+
+    def promoted(root: object, pinned: object, current: str | None) -> object:
+        del root, pinned
+        version = next(versions)  # as version_to_load: None when it already serves
+        return None if version == current else SimpleNamespace(version=version)
+
+    monkeypatch.setattr(distill, "version_to_load", promoted)
 
     class Good:
         version = "v0002"

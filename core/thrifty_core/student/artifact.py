@@ -110,6 +110,17 @@ def write_manifest(directory: Path, manifest: ArtifactManifest) -> None:
     tmp.replace(directory / MANIFEST)
 
 
+def version_to_load(root: Path, pinned: str | None, current: str | None) -> ArtifactManifest | None:
+    """The version that should serve (see `resolve_version`) when it is not `current`; None
+    when it is, when none has passed yet, or when the versions cannot be read (a reload keeps
+    what it serves)."""
+    try:
+        manifest = resolve_version(root, pinned)
+    except (LookupError, OSError, ValueError):
+        return None
+    return None if manifest is None or manifest.version == current else manifest
+
+
 def resolve_version(root: Path, pinned: str | None = None) -> ArtifactManifest | None:
     """The version that should serve: the pinned one, else the newest promoted one."""
     if pinned:

@@ -156,9 +156,10 @@ class HttpUpstream:
         self._keys = keys
         self._providers = {p.name: _Provider(p, keys.values.get(p.name)) for p in providers}
 
-    def reload_keys(self) -> dict[str, str]:
-        """Re-read the provider keys and use the ones that changed (returned)."""
-        changed = self._keys.reload()
+    def reload_keys(self, only: str | None = None) -> dict[str, str]:
+        """Re-read the provider keys (or provider `only`'s) and use the ones that changed
+        (returned)."""
+        changed = self._keys.reload(only)
         for name, value in changed.items():
             self._providers[name].set_key(value)
         return changed
@@ -172,10 +173,7 @@ class HttpUpstream:
         if now - provider.rechecked < KEY_RECHECK_SECONDS:
             return False
         provider.rechecked = now
-        changed = self._keys.reload(provider.config.name)
-        for name, value in changed.items():
-            self._providers[name].set_key(value)
-        return bool(changed)
+        return bool(self.reload_keys(provider.config.name))
 
     async def send(
         self, target: Target, path: str, payload: bytes, timeouts: Timeouts, stream: bool

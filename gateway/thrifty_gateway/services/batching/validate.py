@@ -184,18 +184,10 @@ def validate_lines(
     blanks: list[int] = []  # blank lines so far; an error unless only blanks follow them
     last = 0  # number of the last non-blank line: the file's line count
     for number, raw in enumerate(raw_lines, start=1):
-        if raw is None or (
+        too_large = raw is None or (
             max_line_bytes is not None and len(raw) - raw.endswith(b"\n") > max_line_bytes
-        ):
-            last = number
-            if number <= limits.max_lines_per_batch:
-                report.errors.extend(LineError(n, "empty_line", "empty line") for n in blanks)
-                blanks.clear()
-                report.errors.append(
-                    LineError(number, "line_too_large", f"the line exceeds {max_line_bytes} bytes")
-                )
-            continue
-        if not raw.strip():
+        )
+        if raw is not None and not too_large and not raw.strip():
             if last <= limits.max_lines_per_batch:
                 blanks.append(number)
             continue
@@ -204,7 +196,13 @@ def validate_lines(
             continue  # only counted from here on
         report.errors.extend(LineError(n, "empty_line", "empty line") for n in blanks)
         blanks.clear()
-        checked = _check_line(number, raw, routes, seen)
+        checked: InputLine | LineError
+        if raw is None or too_large:  # never parsed
+            checked = LineError(
+                number, "line_too_large", f"the line exceeds {max_line_bytes} bytes"
+            )
+        else:
+            checked = _check_line(number, raw, routes, seen)
         if isinstance(checked, LineError):
             report.errors.append(checked)
         else:

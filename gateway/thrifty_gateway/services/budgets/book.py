@@ -136,6 +136,7 @@ class SpendBook:
         the store, else in this replica's copy). The reading's spend includes what this
         replica has not written yet."""
         keys = [c.key for c in checks]
+        items = list(zip(keys, ends, strict=True))
         marks = [self._key(k).since for k in keys]
         sent = [
             Check(c.key, c.legacy, c.hard, self._key(c.key).unwritten + self._key(c.key).held_here)
@@ -147,20 +148,20 @@ class SpendBook:
         except Exception:
             self.on_store_error()
             self._warn_local(checks)
-            return self._reserve_here(checks, ends, usd, hold)
+            return self._reserve_here(checks, items, usd, hold)
         for c, value, mark in zip(checks, reading.spent, marks, strict=True):
             self._seen(c.key, value, mark)
         spent = [s + c.unseen for s, c in zip(reading.spent, sent, strict=True)]
         reading = Reading(reading.admitted, spent, reading.held)
         if not reading.admitted:
             return reading, None
-        res = Reservation(list(zip(keys, ends, strict=True)), usd, hold if usd > 0 else None)
+        res = Reservation(items, usd, hold if usd > 0 else None)
         for k in keys:
             self._key(k).held += usd
         return reading, res
 
     def _reserve_here(
-        self, checks: Sequence[Check], ends: Sequence[float], usd: float, hold: str
+        self, checks: Sequence[Check], items: list[tuple[str, float]], usd: float, hold: str
     ) -> tuple[Reading, Reservation | None]:
         """`hold`: the field the failed store call may have taken all the same (settling
         deletes it, which changes nothing when it was never taken)."""
@@ -176,14 +177,11 @@ class SpendBook:
             # The store may still have taken the hold (a timeout after Redis ran the script):
             # give it back.
             if usd > 0:
-                self.release(
-                    Reservation([(c.key, e) for c, e in zip(checks, ends, strict=True)], 0.0, hold)
-                )
+                self.release(Reservation(items, 0.0, hold))
             return reading, None
         for k in found:
             k.held += usd
             k.held_here += usd
-        items = [(c.key, e) for c, e in zip(checks, ends, strict=True)]
         return reading, Reservation(items, usd, hold if usd > 0 else None, here=True)
 
     async def settle(self, res: Reservation, usd: float) -> None:

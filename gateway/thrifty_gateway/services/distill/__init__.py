@@ -31,10 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from thrifty_core.config import GatewayConfig, StudentConfig
-from thrifty_core.embedding import Embedder
-from thrifty_core.student.artifact import Gate, resolve_version
+from thrifty_core.student.artifact import Gate, resolve_version, version_to_load
 
 from ...state import GatewayState
+from ..embedders import EmbedderOnce
 from ..pipeline import StageFactory
 from .agreement import AgreementTracker
 from .capture import CaptureSink
@@ -48,15 +48,6 @@ __all__ = ["SERVED_BY", "DistillStage", "distill_stage_factory"]
 log = logging.getLogger(__name__)
 
 DEFAULT_MIN_AGREEMENT = Gate().min_agreement
-
-
-def _embedder(state: GatewayState) -> Embedder:
-    shared = getattr(state, "embedder", None)
-    if shared is not None:
-        return shared  # type: ignore[no-any-return]
-    from thrifty_core.embedding.local import LocalEmbedder
-
-    return LocalEmbedder(threads=1)
 
 
 def load_predictor(cfg: StudentConfig, embedder_for: Any) -> tuple[Predictor | None, float]:
@@ -117,11 +108,10 @@ async def reload_one(stage: DistillStage, sr: StudentRoute, embedder_for: Any) -
     cfg = sr.config
     if cfg.kind != "classifier" or not cfg.artifact_path or not cfg.serve:
         return
-    try:
-        manifest = await asyncio.to_thread(resolve_version, Path(cfg.artifact_path), cfg.version)
-    except (LookupError, OSError, ValueError):
-        return
-    if manifest is None or manifest.version == sr.version:
+    manifest = await asyncio.to_thread(
+        version_to_load, Path(cfg.artifact_path), cfg.version, sr.version
+    )
+    if manifest is None:
         return
     predictor, floor = await asyncio.to_thread(load_predictor, cfg, embedder_for)
     old = sr.predictor
@@ -141,13 +131,7 @@ def distill_stage_factory(reload_seconds: float = 15.0) -> StageFactory:
     async def factory(config: GatewayConfig, state: GatewayState, /) -> DistillStage | None:
         if not config.students:
             return None
-        shared: list[Embedder] = []
-
-        def embedder_for() -> Embedder:
-            if not shared:
-                shared.append(_embedder(state))
-            return shared[0]
-
+        embedder_for = EmbedderOnce(state)
         students: dict[str, StudentRoute] = {}
         for cfg in config.students:
             predictor, floor = await asyncio.to_thread(load_predictor, cfg, embedder_for)

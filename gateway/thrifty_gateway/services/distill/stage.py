@@ -8,7 +8,7 @@ import logging
 import random
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +20,7 @@ from thrifty_core.student.capture import answer_text
 
 from ...state import GatewayState
 from ..ledger import Entry
-from ..pipeline import Outcome, RequestContext, StageResponse
+from ..pipeline import Outcome, RequestContext, StageResponse, Target
 from ..proxy import estimate_usage
 from ..resilience import CircuitBreaker, call_with_fallback
 from ..sse import usage_object, usage_of
@@ -118,6 +118,15 @@ def finished(completion: dict[str, Any] | None) -> bool:
     return (
         bool(choices) and isinstance(choices[0], dict) and choices[0].get("finish_reason") == "stop"
     )
+
+
+def teacher_complete(
+    targets: Sequence[Target], model: str, completion: dict[str, Any] | None
+) -> bool:
+    """The teacher's own complete answer: the route's first target answered (not a fallback
+    model, not a cheaper tier) and the answer ended on its own (not cut by max_tokens, not
+    filtered)."""
+    return bool(targets) and model == targets[0].model and finished(completion)
 
 
 def student_completion(
@@ -290,13 +299,17 @@ class DistillStage:
             await self._capture(ctx, sr, outcome, "teacher")
 
     def _teacher_answered(self, ctx: RequestContext, outcome: Outcome) -> bool:
-        """Training data is the teacher's own complete answer: the route's first target
-        answered (not a fallback model, not a cheaper tier) and the answer ended on its own
-        (not cut by max_tokens, not filtered)."""
+        """Training data is the teacher's own complete answer (see `teacher_complete`)."""
         route = self.state.routes.get(ctx.route.name)
-        if route is None or not route.targets or outcome.model != route.targets[0].model:
-            return False
-        return finished(outcome.upstream_body or outcome.body)
+        completion = outcome.upstream_body or outcome.body
+        return route is not None and teacher_complete(route.targets, outcome.model, completion)
+
+    def _book(self, route: str, model: str, usage: Usage, cost: float) -> None:
+        """Money the distill lever spent on a request it did not answer (a shadow prediction,
+        an evaluation call): booked on the gateway's evaluation account, not the tenant's."""
+        self.state.ledger.record(
+            Entry(EVAL_TENANT, route, model, usage, cost, {"distill": -cost}, lever=None)
+        )
 
     async def _shadow(self, ctx: RequestContext, sr: StudentRoute, teacher: str) -> None:
         """A shadow student's prediction, after the teacher's answer was sent, compared with
@@ -306,17 +319,7 @@ class DistillStage:
         answer, seconds, _ = await self._predict(sr, ctx.body)
         cost = sr.config.cost_per_hour * seconds / 3600
         if cost > 0:
-            self.state.ledger.record(
-                Entry(
-                    EVAL_TENANT,
-                    ctx.route.name,
-                    f"student:{sr.name}",
-                    Usage(),
-                    cost,
-                    {"distill": -cost},
-                    lever=None,
-                )
-            )
+            self._book(ctx.route.name, f"student:{sr.name}", Usage(), cost)
         if answer is not None and answer.confidence >= sr.config.confidence_threshold:
             self._compare(sr, answer.text, teacher)
 
@@ -412,11 +415,9 @@ class DistillStage:
         model = attempt.target.model
         cost = state.catalog.cost(model, usage, provider=attempt.target.provider)
         # A cost of the distill lever: without Thrifty this call would not have been made.
-        state.ledger.record(
-            Entry(EVAL_TENANT, ctx.route.name, model, usage, cost, {"distill": -cost}, lever=None)
-        )
+        self._book(ctx.route.name, model, usage, cost)
         teacher = answer_text(completion)
-        if teacher is None or model != route.targets[0].model or not finished(completion):
+        if teacher is None or not teacher_complete(route.targets, model, completion):
             return  # a fallback model's or a cut answer says nothing about the teacher
         self._compare(sr, answer.text, teacher)
         if capture:

@@ -8,13 +8,12 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from thrifty_core.api.costcontrol import Tiering
 from thrifty_core.embedding.protocol import Embedder
-from thrifty_core.student.artifact import resolve_version
+from thrifty_core.student.artifact import version_to_load
 
 from .classifier import DifficultyScorer, load_classifier
 from .rules import needs_difficulty
@@ -33,14 +32,11 @@ async def reload_scorers(stage: TierStage, embedder: Callable[[], Embedder]) -> 
         spec = plan.tiering.classifier
         if spec is None or not needs_difficulty(plan.tiering):
             continue
-        try:
-            manifest = await asyncio.to_thread(
-                resolve_version, Path(spec.artifact_path), spec.version
-            )
-        except (LookupError, OSError, ValueError):
-            continue
         current = getattr(plan.scorer, "version", None)
-        if manifest is None or manifest.version == current:
+        manifest = await asyncio.to_thread(
+            version_to_load, Path(spec.artifact_path), spec.version, current
+        )
+        if manifest is None:
             continue
         try:
             scorer = await asyncio.to_thread(load_classifier, spec, embedder())
@@ -65,25 +61,6 @@ async def reload_loop(stage: TierStage, embedder: Callable[[], Embedder], interv
             await reload_scorers(stage, embedder)
         except Exception:
             log.exception("difficulty classifier reload failed")
-
-
-@dataclass(slots=True)
-class EmbedderOnce:
-    """The app's embedder, else one local embedder made when first needed and kept (the
-    classifiers of every route and their reloads share it)."""
-
-    resources: Any
-    made: list[Embedder] = field(default_factory=list)
-
-    def __call__(self) -> Embedder:
-        found: Embedder | None = getattr(self.resources, "embedder", None)
-        if found is not None:
-            return found
-        if not self.made:
-            from thrifty_core.embedding.local import LocalEmbedder
-
-            self.made.append(LocalEmbedder(threads=1))
-        return self.made[0]
 
 
 def load_scorer(tiering: Tiering, embedder: Callable[[], Embedder]) -> DifficultyScorer | None:

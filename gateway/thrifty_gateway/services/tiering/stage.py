@@ -51,6 +51,7 @@ from thrifty_core.api.costcontrol import Tiering
 from thrifty_core.config import GatewayConfig
 from thrifty_core.errors import ThriftyError
 
+from ..embedders import EmbedderOnce
 from ..pipeline import Outcome, RequestContext, StageResponse, Target
 from ..proxy import estimate_usage
 from ..resilience import MovedTargets, call_with_fallback
@@ -59,7 +60,7 @@ from .checks import check_answer, compile_patterns
 from .classifier import DifficultyScorer
 from .decision import DECISION_KEY, DOWNGRADE_KEY, TIER_KEY, TierDecision
 from .features import extract_features
-from .reload import EmbedderOnce, load_scorer, reload_loop
+from .reload import load_scorer, reload_loop
 from .rules import cheapest_able, choose_tier, needs_difficulty
 
 log = logging.getLogger(__name__)
