@@ -38,7 +38,7 @@ from bench.bench_gateway import BODY, HEADERS, _gateway_config
 from bench.bench_semantic import load_workloads
 from bench.loadgen import load
 from bench.procs import free_port, process
-from thrifty_core.api.cachepolicy import SemanticLayer
+from thrifty_core.api.cachepolicy import PairVerifier, SemanticLayer
 from thrifty_core.embedding.local import LocalEmbedder
 from thrifty_core.embedding.pair import PairScorer
 from thrifty_gateway.services.cache.entry import CachedAnswer
@@ -90,13 +90,16 @@ def exact_hits(redis_url: str | None) -> dict[str, Any]:
     }
 
 
-def semantic_lookup(quantize: bool = False, floor: float | None = None) -> dict[str, Any]:
+def semantic_lookup(
+    quantize: bool = False, floor: float | None = None, judged: int | None = None
+) -> dict[str, Any]:
     """What the gateway's lookup thread does, timed per part: embed the query, search the
     index (policy default floor, top 5), run the guard's checks, score the survivors with
     the pair verifier in one batch."""
     embedder = LocalEmbedder(threads=1, quantize=quantize)
     verifier = PairScorer(threads=1)
     floor = floor if floor is not None else SemanticLayer().threshold
+    judged = judged if judged is not None else PairVerifier().max_candidates
     qqp = next(w for w in load_workloads() if w.name == "qqp")
     index = EdgeIndex(embedder.dim, "bench")
     vectors = embedder.embed(qqp.cached)
@@ -117,6 +120,7 @@ def semantic_lookup(quantize: bool = False, floor: float | None = None) -> dict[
         candidates = index.search(vector.tolist(), "tenant:t", "ctx", floor, 5)
         t2 = time.perf_counter()
         passed = [c.query for c in candidates if first_failure(q, c.query, CHECKS) is None]
+        passed = passed[:judged]  # the policy's maxCandidates
         t3 = time.perf_counter()
         if passed:
             verifier.score(q, passed)
@@ -133,6 +137,7 @@ def semantic_lookup(quantize: bool = False, floor: float | None = None) -> dict[
         "model": "int8 dense layers" if quantize else "float32",
         "cached": stored,
         "candidate_floor": floor,
+        "max_candidates": judged,
         "candidates_scored_mean": round(float(np.mean(scored)), 2),
         "lookups_with_candidates": sum(1 for n in scored if n),
         "embedding_search_guard_verifier": _pct(total),
@@ -217,6 +222,8 @@ def main() -> dict[str, Any]:
         "semantic_lookup_int8": semantic_lookup(quantize=True),
         # A recall-leaning policy: more candidates above the floor for the verifier to score.
         "semantic_lookup_floor_0.75": semantic_lookup(floor=0.75),
+        # Every candidate above the floor judged (maxCandidates 5, the most a policy allows).
+        "semantic_lookup_judging_all": semantic_lookup(judged=5),
         "exact_hit_memory": exact_hits(None),
     }
     redis_bin = shutil.which("redis-server")

@@ -14,8 +14,9 @@ exact top-5 search:
   share" gives the plain cache its best point;
 * checks: the first candidate above the threshold that passes the guard's hand-written checks;
 * thrifty (what the gateway serves): candidates above the policy's cosine floor that pass the
-  checks, scored together by the pair verifier (`thrifty_core.embedding.pair`, float graph); the
-  first in cosine order scoring at least `minScore` is served. Swept over minScore at several
+  checks, the `maxCandidates` nearest of them scored together by the pair verifier
+  (`thrifty_core.embedding.pair`, float graph); the first in cosine order scoring at least
+  `minScore` is served. Swept over minScore at several
   floors; the default point is the policy's defaults (`SemanticLayer`, `PairVerifier`).
 
 The verifier was trained (`bench/train_pair_verifier.py`) on QQP pairs after the bench slice
@@ -58,6 +59,7 @@ PLAIN_THRESHOLDS = [round(0.70 + 0.005 * i, 3) for i in range(60)]
 FLOORS = (0.75, 0.80, 0.85, 0.90)
 DEFAULT_FLOOR = SemanticLayer().threshold
 DEFAULT_SCORE = PairVerifier().min_score
+DEFAULT_JUDGED = PairVerifier().max_candidates
 SCORES = sorted(
     {round(0.05 * i, 2) for i in range(1, 20)}
     | {0.96, 0.97, 0.98, 0.99, 0.995, 0.998, DEFAULT_SCORE}
@@ -203,13 +205,17 @@ def pair_scored(
     return out
 
 
-def thrifty_curve(w: Workload, scored: Scored, floor: float) -> list[Row]:
-    """Correct and wrong hits at each minScore, for candidates above `floor`."""
+def thrifty_curve(
+    w: Workload, scored: Scored, floor: float, judged: int = DEFAULT_JUDGED
+) -> list[Row]:
+    """Correct and wrong hits at each minScore, for candidates above `floor`, of which the
+    verifier judges the `judged` nearest (the policy's `maxCandidates`)."""
     rows = []
     for t in SCORES:
         correct = wrong = 0
         for q, cands in enumerate(scored):
-            pick = next((c for c in cands if c[0] >= floor and c[1] >= t), None)
+            shortlist = [c for c in cands if c[0] >= floor][:judged]
+            pick = next((c for c in shortlist if c[1] >= t), None)
             if pick is not None:
                 ok = w.correct(q, pick[2])
                 correct += ok
@@ -294,7 +300,21 @@ def score_methods(
     at_default = next(r for r in default_curve if r["threshold"] == DEFAULT_SCORE)
     default = compare(at_default, plain)
     return {
-        "default": {"floor": DEFAULT_FLOOR, "min_score": DEFAULT_SCORE} | default,
+        "default": {
+            "floor": DEFAULT_FLOOR,
+            "min_score": DEFAULT_SCORE,
+            "max_candidates": DEFAULT_JUDGED,
+        }
+        | default,
+        # The same point with every candidate above the floor judged (maxCandidates: TOP_K).
+        "default_judging_all": compare(
+            next(
+                r
+                for r in thrifty_curve(w, scored, DEFAULT_FLOOR, TOP_K)
+                if r["threshold"] == DEFAULT_SCORE
+            ),
+            plain,
+        ),
         "meets_targets": at_default["wrong_share"] <= MAX_WRONG_SHARE
         and (default["ratio"] or 0) >= 1.5,
         "thrifty_points": {

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
-from thrifty_core.api.cachepolicy import Eligibility
+from thrifty_core.api.cachepolicy import GUARD_CHECKS, Eligibility
 from thrifty_core.errors import InvalidRequestError
 from thrifty_gateway.services.cache.eligibility import (
     answer_ineligible,
@@ -21,6 +21,8 @@ from thrifty_gateway.services.cache.entry import CachedAnswer, Codec
 from thrifty_gateway.services.cache.exact import MemoryExactStore
 from thrifty_gateway.services.cache.replay import replay_chunks, split_content
 from thrifty_gateway.services.cache.selector import Selector
+from thrifty_gateway.services.cache.semantic import Candidate
+from thrifty_gateway.services.cache.stage import Lookup, shortlist
 from thrifty_gateway.services.sse import StreamAssembler
 
 RULES = Eligibility()
@@ -382,3 +384,32 @@ def test_memory_store_fences_answers_read_before_a_purge() -> None:
         assert (await store.lookup("k"))[0] is not None
 
     asyncio.run(scenario())
+
+
+def _shortlisted(asked: str, cached: list[str], judge: int | None, stale: str = "") -> Lookup:
+    found = Lookup()
+    candidates = [
+        Candidate(score=1.0 - i / 100, query=q, entry=entry()) for i, q in enumerate(cached)
+    ]
+    shortlist(found, asked, candidates, GUARD_CHECKS, lambda c: c.query != stale, judge)
+    return found
+
+
+def test_the_verifier_judges_at_most_max_candidates_nearest_first() -> None:
+    """Only the first `maxCandidates` candidates that pass the checks reach the verifier (a
+    candidate further down rarely wins and each costs a verifier pass); rejected and stale ones
+    do not count, and neither does the same question, which is never judged."""
+    asked = "How do I make pizza dough at home?"
+    cached = [
+        "How do I make 3 pizza doughs at home?",  # the number check rejects it
+        "How can I make pizza dough at home?",
+        "How do I make pizza dough in my kitchen?",
+        "What is the way to make pizza dough at home?",
+    ]
+    one = _shortlisted(asked, cached, judge=1)
+    assert [c.query for c in one.passed] == [cached[1]] and one.rejected == ["numbers"]
+    two = _shortlisted(asked, cached, judge=2, stale=cached[1])
+    assert [c.query for c in two.passed] == cached[2:4]
+    assert [c.query for c in _shortlisted(asked, cached, judge=None).passed] == cached[1:]
+    same = _shortlisted(asked, [f" {asked}\n", *cached[1:]], judge=1)
+    assert same.same == [True, False] and len(same.passed) == 2

@@ -99,6 +99,14 @@ class PairVerifier(ApiModel):
         le=1.0,
         description="Minimum verifier score (0 to 1) for a candidate to be served.",
     )
+    max_candidates: int = Field(
+        default=1,
+        ge=1,
+        le=5,
+        description="How many candidates (nearest first, among those passing the checks) the "
+        "verifier judges per lookup; the first scoring minScore is served. 1 bounds a lookup "
+        "to one verifier pass: a candidate further down rarely wins (bench/RESULTS.md).",
+    )
 
 
 class Guard(ApiModel):

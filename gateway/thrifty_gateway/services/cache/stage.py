@@ -24,7 +24,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -141,6 +141,40 @@ def layout_differs(query: str, cached: str) -> bool:
     if "\n" not in query and "\n" not in cached:
         return False
     return query.split() == cached.split()
+
+
+def shortlist(
+    found: Lookup,
+    asked: str,
+    candidates: Iterable[Candidate],
+    checks: Sequence[str],
+    fresh: Callable[[Candidate], bool],
+    judge: int | None,
+) -> None:
+    """Fill `found` with the candidates (cosine order) that may be served: fresh, the same
+    layout, passing the checks. `judge`: how many of them the verifier may judge (None: no
+    verifier); the search stops there, since only one of those may be served. The same
+    question (the exact layer missed it: expired, evicted, Redis down) is not judged: it leaves
+    nothing for the checks or the verifier, which scores some short texts against themselves
+    below minScore ("hello": 0.71)."""
+    question = same_text(asked)
+    judged = 0
+    for candidate in candidates:
+        if judge is not None and judged >= judge:
+            return
+        if not fresh(candidate):
+            continue
+        identical = same_text(candidate.query) == question
+        if not identical and layout_differs(asked, candidate.query):
+            found.rejected.append("layout")
+            continue
+        failed = None if identical else first_failure(asked, candidate.query, checks)
+        if failed is not None:
+            found.rejected.append(failed)
+            continue
+        found.passed.append(candidate)
+        found.same.append(identical)
+        judged += not identical
 
 
 class CacheStage:
@@ -369,25 +403,12 @@ class CacheStage:
             found.vector = embedder.embed([sem.query])[0]
             found.step = "search"
             search = index.search(found.vector, plan.scope, sem.context, threshold, CANDIDATES)
-            asked = same_text(sem.query)
             ttl = semantic_ttl(plan.policy.spec)
+            judge = layer.guard.verifier.max_candidates if verifier is not None else None
+            shortlist(
+                found, sem.query, search, checks, lambda c: self._fresh(c.entry, plan, ttl), judge
+            )
             same = found.same  # per passed candidate: the question asked, character for character
-            for candidate in search:
-                if not self._fresh(candidate.entry, plan, ttl):
-                    continue
-                identical = same_text(candidate.query) == asked
-                if not identical and layout_differs(sem.query, candidate.query):
-                    found.rejected.append("layout")
-                    continue
-                # The same question (the exact layer missed it: expired, evicted, Redis down)
-                # leaves nothing for the checks or the verifier to judge; the verifier scores
-                # some short texts against themselves below minScore ("hello": 0.71).
-                failed = None if identical else first_failure(sem.query, candidate.query, checks)
-                if failed is not None:
-                    found.rejected.append(failed)
-                    continue
-                found.passed.append(candidate)
-                same.append(identical)
             if verifier is not None and found.passed:
                 judged = [c.query for c, s in zip(found.passed, same, strict=True) if not s]
                 if judged:
