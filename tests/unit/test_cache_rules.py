@@ -252,6 +252,42 @@ def test_replay_carries_logprobs_token_by_token() -> None:
     assert all(c["choices"][0]["logprobs"] is None for c in plain)
 
 
+def test_replay_carries_logprobs_of_characters_split_across_tokens() -> None:
+    """An emoji the model emitted as two byte tokens is replayed as one chunk carrying both
+    tokens' logprobs (the text of a chunk is whole characters), not without logprobs."""
+    wave = "\U0001f44b".encode()  # 4 bytes
+    parts = [
+        ("Hi", b"Hi"),
+        (" ", b" "),
+        ("bytes:\\xf0\\x9f", wave[:2]),
+        ("bytes:\\x91\\x8b", wave[2:]),
+    ]
+    tokens = [{"token": t, "logprob": -0.5, "bytes": list(b), "top_logprobs": []} for t, b in parts]
+    completion: dict[str, Any] = {
+        "id": "c",
+        "model": "m",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "Hi \U0001f44b"},
+                "logprobs": {"content": tokens, "refusal": None},
+                "finish_reason": "stop",
+            }
+        ],
+    }
+    chunks = [c["choices"][0] for c in replay_chunks(completion, include_usage=False)]
+    carried = [(c["delta"]["content"], c["logprobs"]["content"]) for c in chunks if c["logprobs"]]
+    assert carried == [("Hi", tokens[:1]), (" ", tokens[1:2]), ("\U0001f44b", tokens[2:])]
+    # Bytes that do not spell the content, or a token without bytes: plain text, no logprobs.
+    for broken in (tokens[:3], [*tokens[:2], {"token": "x", "logprob": 0.0}]):
+        completion["choices"][0]["logprobs"]["content"] = broken
+        plain = replay_chunks(completion, include_usage=False)
+        assert all(c["choices"][0]["logprobs"] is None for c in plain)
+        assert (
+            "".join(c["choices"][0]["delta"].get("content") or "" for c in plain) == "Hi \U0001f44b"
+        )
+
+
 def test_replay_carries_tool_calls() -> None:
     calls = [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"a":1}'}}]
     chunks = replay_chunks(answer(content=None, finish="tool_calls", tool_calls=calls), False)

@@ -26,6 +26,34 @@ def split_content(text: str, size: int = CHUNK_CHARS) -> Iterator[str]:
         yield buf
 
 
+def token_runs(
+    tokens: list[dict[str, Any]], content: str
+) -> list[tuple[str, list[dict[str, Any]]]] | None:
+    """The answer's logprob tokens as (text, tokens) runs that spell `content`, or None when
+    they do not. A token is usually whole text; a character split across tokens (an emoji, CJK)
+    comes as tokens whose `token` is a byte escape and whose `bytes` are part of the character:
+    those are joined into one run that carries all of them, as the provider streams them."""
+    if "".join(str(t.get("token", "")) for t in tokens) == content:
+        return [(str(t["token"]), [t]) for t in tokens]
+    runs: list[tuple[str, list[dict[str, Any]]]] = []
+    pending, run = b"", []
+    for token in tokens:
+        try:
+            pending += bytes(token["bytes"])
+        except (KeyError, TypeError, ValueError):  # no bytes, or not a list of 0..255
+            return None
+        run.append(token)
+        try:
+            text = pending.decode("utf-8")
+        except UnicodeDecodeError:  # a character continues in the next token
+            continue
+        runs.append((text, run))
+        pending, run = b"", []
+    if run or "".join(text for text, _ in runs) != content:
+        return None
+    return runs
+
+
 def replay_chunks(completion: dict[str, Any], include_usage: bool) -> list[dict[str, Any]]:
     base = {
         "id": completion.get("id", "chatcmpl-thrifty"),
@@ -55,11 +83,12 @@ def replay_chunks(completion: dict[str, Any], include_usage: bool) -> list[dict[
         out.append(chunk(index, {"role": "assistant", "content": first}))
         content = message.get("content") or ""
         tokens = (choice.get("logprobs") or {}).get("content") or []
-        if tokens and "".join(str(t.get("token", "")) for t in tokens) == content:
-            # Asked with logprobs: one chunk per token with its logprobs, as the provider
-            # streams them (the SDK joins them back into the same list).
-            for token in tokens:
-                out.append(chunk(index, {"content": token["token"]}, logprobs={"content": [token]}))
+        runs = token_runs(tokens, content) if tokens else None
+        if runs is not None:
+            # Asked with logprobs: one chunk per token (per character split across tokens)
+            # with its logprobs, as the provider streams them (the SDK joins them back).
+            for text, run in runs:
+                out.append(chunk(index, {"content": text}, logprobs={"content": run}))
         else:
             for piece in split_content(content):
                 out.append(chunk(index, {"content": piece}))
