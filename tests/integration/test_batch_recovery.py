@@ -5,6 +5,7 @@ not run."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Any
@@ -13,13 +14,18 @@ import orjson
 import pytest
 import redis as redis_sync
 
-from tests.integration.procs import Simulator
+from tests.integration.procs import Simulator, local_config, start_simulator
 from tests.integration.test_batch_flow import Worker, batch_config
 from tests.services import RedisServer, free_port
+from thrifty_core.config import GatewayConfig, parse_config
 from thrifty_gateway.services.batching.files import FilesystemStore
 from thrifty_gateway.services.batching.finalize import finalize
+from thrifty_gateway.services.batching.main import FollowingBatches
 from thrifty_gateway.services.batching.model import BatchRecord, Keys, Line, new_id
 from thrifty_gateway.services.batching.queue import CHUNK, RedisQueue
+from thrifty_gateway.services.batching.worker import Worker as BatchWorker
+from thrifty_gateway.services.batching.worker import WorkerOptions
+from thrifty_gateway.services.upstream import HttpUpstream, ProviderKeys
 
 pytestmark = pytest.mark.integration
 
@@ -470,3 +476,113 @@ async def test_a_provider_job_whose_create_timed_out_is_found_not_created_again(
     finally:
         await batches.aclose()
         slow.stop()
+
+
+def direct_worker(
+    config: GatewayConfig, redis: RedisServer, tmp_path: Path, consumer: str, idle: float = 120
+) -> tuple[BatchWorker, HttpUpstream]:
+    """A direct-mode worker as `thrifty batch-worker` builds it, with its upstream client."""
+    assert config.batch is not None
+    keys = ProviderKeys(config.providers)
+    upstream = HttpUpstream(config.providers, keys)
+    worker = BatchWorker(
+        config,
+        queue_for(redis, config.batch.name),
+        FilesystemStore(str(tmp_path), 10**9),
+        upstream,
+        FollowingBatches(config.providers, keys),
+        WorkerOptions(consumer, reclaim_idle_seconds=idle, sweep_seconds=0.1),
+    )
+    return worker, upstream
+
+
+def direct_config(simulator: Simulator, redis: RedisServer, tmp_path: Path) -> GatewayConfig:
+    cfg = local_config(simulator.url)
+    cfg["batch"] = {
+        "name": f"direct-{time.time_ns()}",
+        "redisUrl": redis.url,
+        "filesDir": str(tmp_path),
+        "spec": {"mode": "direct", "direct": {"concurrency": 1}, "retries": {"maxAttempts": 3}},
+    }
+    return parse_config(cfg)
+
+
+async def run_until_completed(
+    config: GatewayConfig, redis: RedisServer, workers: list[BatchWorker], record: BatchRecord
+) -> BatchRecord:
+    assert config.batch is not None
+    queue = queue_for(redis, config.batch.name)
+    tasks = [asyncio.create_task(w.run()) for w in workers]
+    try:
+        deadline = time.monotonic() + 30
+        while (got := await queue.get(record.id)) is not None and got.status != "completed":
+            assert time.monotonic() < deadline, got.status
+            await asyncio.sleep(0.05)
+        assert got is not None
+        return got
+    finally:
+        for worker in workers:
+            worker.stop()
+        await asyncio.gather(*tasks)
+        await queue.aclose()
+        for worker in workers:
+            await worker.queue.aclose()
+            await worker.batches.aclose()
+
+
+@pytest.mark.parametrize(("workers", "latency_ms"), [(2, 1000), (1, 1500)])
+async def test_lines_a_live_worker_holds_are_neither_run_twice_nor_dead_lettered(
+    redis: RedisServer, tmp_path: Path, workers: int, latency_ms: int
+) -> None:
+    """A worker reads more lines than it runs at once; those waiting for their turn (or for a
+    long call) go idle past the reclaim time. They were taken over by another worker's sweep
+    and called upstream twice (billed twice), and with one worker its own sweeps counted them
+    as crashing deliveries until it dead-lettered lines it had paid for. The worker now marks
+    what it holds as just delivered."""
+    slow = start_simulator(tmp_path / "sim", "--latency-ms", str(latency_ms))
+    try:
+        config = direct_config(slow, redis, tmp_path)
+        assert config.batch is not None
+        built = [direct_worker(config, redis, tmp_path, f"w{i}", 0.6) for i in range(workers)]
+        queue = queue_for(redis, config.batch.name)
+        record = BatchRecord(id=new_id("batch"), endpoint="/v1/chat/completions", tenant="t")
+        await queue.create(record, lines_for(record.id, 3, model=config.routes[0].name))
+        done = await run_until_completed(config, redis, [w for w, _ in built], record)
+        assert done.request_counts.completed == 3 and done.request_counts.failed == 0
+        assert await queue.dead_letters() == []
+        assert slow.stats()["requests"] == {"gpt-4o-mini": 3}  # each line called once
+        await queue.aclose()
+        for _, upstream in built:
+            await upstream.aclose()
+    finally:
+        slow.stop()
+
+
+async def test_a_restarted_worker_dead_letters_its_own_poison_lines(
+    simulator: Simulator, redis: RedisServer, tmp_path: Path
+) -> None:
+    """A line that kills its worker (out of memory) crash-looped a one-replica worker forever:
+    the restarted pod (same consumer name: hostname and pid 1) ran its own pending lines at
+    start without the delivery count check reclaims apply."""
+    config = direct_config(simulator, redis, tmp_path)
+    assert config.batch is not None
+    queue = queue_for(redis, config.batch.name)
+    record = BatchRecord(id=new_id("batch"), endpoint="/v1/chat/completions", tenant="t")
+    poison, ok = lines_for(record.id, 2, model=config.routes[0].name)
+    await queue.create(record, [poison, ok])
+    await queue.read("pod", 1, 100)  # the poison line
+    for _ in range(queue.max_attempts + 2):  # each restart re-reads what it held, then dies
+        await queue.read("pod", 10, 0, own=True)
+    await queue.read("pod", 1, 100)  # the other line, held when the pod died, delivered once
+    worker, upstream = direct_worker(config, redis, tmp_path, "pod")
+    try:
+        done = await run_until_completed(config, redis, [worker], record)
+        assert done.request_counts.completed == 1 and done.request_counts.failed == 1
+        results = await queue.results(record.id)
+        assert results[ok.custom_id].status_code == 200
+        assert results[poison.custom_id].error_code == "poison_line"
+        (dead,) = await queue.dead_letters()
+        assert dead["c"] == poison.custom_id
+    finally:
+        await upstream.aclose()
+        await queue.aclose()

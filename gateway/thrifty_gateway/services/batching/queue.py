@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
 import orjson
@@ -61,6 +61,23 @@ return (tonumber(c[1]) or 0) + (tonumber(c[2]) or 0)
 
 # The next attempt of a line, only if its current entry is still pending (acknowledged here):
 # a replayed poll or a second worker must not queue the same attempt twice.
+# Refresh the idle time of the entries (ARGV[2..]) that consumer ARGV[1] still holds (XCLAIM
+# with JUSTID counts no delivery); an entry another consumer has claimed meanwhile is left to
+# it. Returns how many were refreshed.
+_TOUCH = """
+local n = 0
+for i = 2, #ARGV do
+  local id = ARGV[i]
+  local p = redis.call('XPENDING', KEYS[1], KEYS[2], id, id, 1, ARGV[1])
+  if p[1] then
+    redis.call('XCLAIM', KEYS[1], KEYS[2], ARGV[1], 0, id, 'JUSTID')
+    n = n + 1
+  end
+end
+return n
+"""
+TOUCH_CHUNK = 500  # entries per touch script (one short hold of Redis each)
+
 _RESUBMIT = """
 if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then
   return 0
@@ -97,6 +114,7 @@ class RedisQueue:
         self.dead_letter_enabled = dead_letter
         self._complete = redis.register_script(_COMPLETE)
         self._resubmit = redis.register_script(_RESUBMIT)
+        self._touch = redis.register_script(_TOUCH)
 
     @classmethod
     def from_url(
@@ -261,6 +279,53 @@ class RedisQueue:
         )
         return _decode(got[0][1]) if got else []
 
+    async def read_own(self, consumer: str) -> list[Entry]:
+        """The lines `consumer` already holds (its previous run's, under the same name: a
+        restarted pod), each read counted as a delivery; those delivered too often (they keep
+        killing the worker) are dead-lettered, not run again."""
+        own = await self.read(consumer, 100_000, 0, own=True)
+        delivered: dict[str, int] = {}
+        start = "-"
+        while True:
+            page = await self.redis.xpending_range(
+                self.keys.stream,
+                self.keys.group,
+                min=start,
+                max="+",
+                count=1000,
+                consumername=consumer,
+            )
+            if not page:
+                break
+            ids = [_text(p["message_id"]) for p in page]
+            delivered.update(zip(ids, (int(p["times_delivered"]) for p in page), strict=True))
+            start = "(" + ids[-1]
+        return await self._unpoisoned(own, delivered)
+
+    async def touch(self, consumer: str, entry_ids: Iterable[str]) -> int:
+        """Mark the entries `consumer` still holds as just delivered, so that no reclaim takes
+        over a line a live worker is running or holding (nor counts a delivery for it)."""
+        ids = list(entry_ids)
+        k = self.keys
+        touched = 0
+        for i in range(0, len(ids), TOUCH_CHUNK):
+            args = [consumer, *ids[i : i + TOUCH_CHUNK]]
+            touched += int(await self._touch(keys=[k.stream, k.group], args=args))
+        return touched
+
+    async def _unpoisoned(self, entries: list[Entry], delivered: dict[str, int]) -> list[Entry]:
+        """`entries` less those delivered more than max_attempts + 2 times, dead-lettered."""
+        fresh: list[Entry] = []
+        for eid, line in entries:
+            if delivered.get(eid, 0) > self.max_attempts + 2:
+                log.warning("line redelivered %d times: dead-lettered", delivered[eid])
+                await self.dead_letter(
+                    eid, line, "poison_line", "the line crashed workers repeatedly"
+                )
+            else:
+                fresh.append((eid, line))
+        return fresh
+
     async def reclaim(self, consumer: str, min_idle_ms: int, count: int = 500) -> list[Entry]:
         """Take over lines idle longer than `min_idle_ms` (a crashed worker's), except lines
         waiting inside a provider job. Lines delivered too often are dead-lettered here.
@@ -287,16 +352,7 @@ class RedisQueue:
             if free:
                 claimed = await self.redis.xclaim(k.stream, k.group, consumer, min_idle_ms, free)
                 out += _decode(claimed)
-        fresh: list[Entry] = []
-        for eid, line in out:
-            if delivered[eid] > self.max_attempts + 2:
-                log.warning("line redelivered %d times: dead-lettered", delivered[eid])
-                await self.dead_letter(
-                    eid, line, "poison_line", "the line crashed workers repeatedly"
-                )
-            else:
-                fresh.append((eid, line))
-        return fresh
+        return await self._unpoisoned(out, delivered)
 
     async def claim_idle(
         self, stream: str, group: str, consumer: str, min_idle_ms: int, count: int

@@ -126,7 +126,7 @@ class Worker:
 
     async def run(self) -> None:
         await self.queue.ensure_groups()
-        own = await self.queue.read(self.options.consumer, 100_000, 0, own=True)
+        own = await self.queue.read_own(self.options.consumer)
         for entry_id, line in await self.queue.outside_jobs(own):
             await self._handle(entry_id, line)
         loops = [
@@ -523,9 +523,16 @@ class Worker:
 
     async def _sweeper(self) -> None:
         idle_ms = int(self.options.reclaim_idle_seconds * 1000)
-        next_reclaim = 0.0
+        next_reclaim = next_touch = 0.0
         while not self._stop.is_set():
             try:
+                # The lines this worker holds (waiting for a direct call's turn, in the packer)
+                # are marked as just delivered well within the idle time, so that no reclaim,
+                # another worker's or this one's, runs them a second time or counts them as
+                # crashing deliveries.
+                if self._held and time.monotonic() >= next_touch:
+                    next_touch = time.monotonic() + self.options.reclaim_idle_seconds / 4
+                    await self.queue.touch(self.options.consumer, list(self._held))
                 # Reclaims at most twice per idle period: listing the idle lines walks every
                 # line waiting in a provider job (tens of thousands), which no sweep changes.
                 if time.monotonic() >= next_reclaim:
