@@ -1,16 +1,21 @@
 # Thrifty developer entry points. `make demo` and `make test` do all their own set-up.
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
-# `uv` on PATH, else the module pip installed (works for --user installs off PATH too).
-UV ?= $(shell command -v uv >/dev/null 2>&1 && echo uv || echo "python3 -m uv")
+# `uv` on PATH, else the module in the running Python, else the one scripts/system-deps.sh
+# installs into its own environment. Looked up when a recipe runs (`=`), so after
+# `system-deps` has installed it on a fresh machine.
+export UV_VENV ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/thrifty/uv-venv
+UV ?= $(shell command -v uv >/dev/null 2>&1 && echo uv \
+	|| { python3 -m uv --version >/dev/null 2>&1 && echo "python3 -m uv"; } \
+	|| echo "$(UV_VENV)/bin/uv")
 export UV_LINK_MODE ?= copy
-RUN := $(UV) run --frozen --all-extras
+RUN = $(UV) run --frozen --all-extras
 K8S_VERSION ?= v1.36.3
 
 .PHONY: help install system-deps test-deps k8s-tools demo test test-unit test-integration test-e2e lint fmt crds cluster-up cluster-down bench
 
 help: ## list targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
 system-deps: ## install uv and redis-server when missing
 	@./scripts/system-deps.sh

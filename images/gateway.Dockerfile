@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1.7
-# Thrifty gateway image (also runs the batch worker: `thrifty batch ...`).
+# Thrifty gateway image (also runs the batch worker: `thrifty batch-worker ...`).
 # Build from the repository root:  docker build -f images/gateway.Dockerfile -t thrifty-gateway .
 # Two stages: uv resolves the locked environment into /opt/venv in the build stage; the final
 # stage holds only that venv and the Python runtime (no uv, no compilers), running as non-root.
