@@ -210,10 +210,9 @@ async def test_a_new_threshold_is_measured_before_it_is_trusted() -> None:
     conds = await c.reconcile()
     assert conds["Evaluated"]["reason"] == "GateFailed"
     assert c.status["activeVersion"] == "" and c.status["passedVersions"] == []
-    # back to 0.7: the earlier report was blanked when it went stale, so it runs again
+    # back to 0.7: the earlier report was deleted when it went stale, so it runs again
     # (the version's manifest now holds the 0.2 evaluation)
-    cm = c.kube.objects[("ConfigMap", names.eval_report("banking-intent", first))]
-    assert cm["data"][distill.REPORT_KEY] == ""
+    assert ("ConfigMap", names.eval_report("banking-intent", first)) not in c.kube.objects
     c.edit()
     conds = await c.reconcile()
     assert conds["Evaluated"]["reason"] == "Evaluating"
@@ -264,3 +263,41 @@ async def test_a_causal_lm_pin_that_failed_is_not_served() -> None:
     deploy = c.kube.objects[("Deployment", names.student("banking-intent"))]
     args = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
     assert f"banking-intent=/var/lib/thrifty/data/students/{good}/adapter" in args
+
+
+def reports(c: Cluster) -> list[str]:
+    return sorted(n for k, n in c.kube.objects if k == "ConfigMap" and "-eval-" in n)
+
+
+async def test_report_configmaps_do_not_pile_up_across_retrains() -> None:
+    """Each retrain evaluates anew into its own report ConfigMap; the earlier one is deleted
+    (not blanked and kept for the life of the DistilledModel). The current one stays."""
+    c = Cluster()
+    for day in range(1, 6):
+        c.body["metadata"]["annotations"] = {"thrifty.dev/retrain": f"2026-01-0{day}"}
+        await c.passed()
+        assert reports(c) == [names.eval_report("banking-intent", c.evaluation)]
+        assert c.status["activeVersion"] == c.run
+
+
+async def test_a_stale_report_is_blanked_where_the_operator_may_not_delete_it() -> None:
+    """An operator whose RBAC lacks `delete` on ConfigMaps (a chart older than the operator)
+    keeps working: the stale report is blanked, as before."""
+    from thrifty_operator.apply import KubeError
+
+    c = Cluster()
+    await c.passed()
+    first = c.evaluation
+    delete = c.kube.delete
+
+    async def forbidden(api: str, kind: str, ns: str, name: str) -> bool:
+        if kind == "ConfigMap":
+            raise KubeError(403, "configmaps is forbidden")
+        return await delete(api, kind, ns, name)
+
+    c.kube.delete = forbidden  # type: ignore[method-assign, assignment]
+    c.edit(routing__confidenceThreshold=0.2)
+    conds = await c.reconcile()
+    assert conds["Evaluated"]["reason"] == "Evaluating"
+    cm = c.kube.objects[("ConfigMap", names.eval_report("banking-intent", first))]
+    assert cm["data"][distill.REPORT_KEY] == ""

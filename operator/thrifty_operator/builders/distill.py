@@ -167,9 +167,10 @@ def build_report_access(owner: Owner, version: str) -> list[Manifest]:
 
 def build_report_reset(owner: Owner, configmap: str) -> Manifest:
     """An earlier evaluation's report ConfigMap with its report blanked (applied over the one
-    the evaluate Job wrote): should the spec come back to that evaluation, it runs again, so
-    a report always matches the version's latest evaluation (its manifest, which the gateway
-    reads). The blank goes when the ConfigMap is applied again without it."""
+    the evaluate Job wrote), where the operator may not delete it (RBAC without `delete` on
+    ConfigMaps): should the spec come back to that evaluation, it runs again, so a report
+    always matches the version's latest evaluation (its manifest, which the gateway reads).
+    The blank goes when the ConfigMap is applied again without it."""
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",

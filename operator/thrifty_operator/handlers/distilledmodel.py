@@ -21,6 +21,7 @@ from typing import Any
 
 from thrifty_core.api import DistilledModel, DistilledModelStatus
 
+from ..apply import KubeError
 from ..builders import distill, names, serving
 from ..builders.common import Owner
 from ..conditions import Cond, false, true
@@ -183,15 +184,27 @@ async def _train(model: DistilledModel, owner: Owner, run: str, ctx: Context) ->
 async def _drop_stale(ctx: Context, owner: Owner, recorded: list[str], current: list[str]) -> None:
     """Delete the Jobs of an earlier spec's run or evaluation (running or finished): they
     would train or evaluate a version the spec no longer asks for. An earlier evaluation's
-    report is blanked: coming back to it evaluates again (the version's manifest, which the
-    gateway checks, holds its latest evaluation only)."""
+    report ConfigMap is deleted too (one per evaluation would otherwise pile up for the life
+    of the DistilledModel): coming back to it evaluates again (the version's manifest, which
+    the gateway checks, holds its latest evaluation only). The current evaluation's report
+    (in `current`) is kept: status reads its figures."""
     for name in recorded:
         if name in current:
             continue
         await delete_owned(ctx.kube, owner, "batch/v1", "Job", name)
         cm = await ctx.kube.get("v1", "ConfigMap", owner.namespace, name)
-        if cm is not None and owned_by(cm, owner) and read_report(cm) is not None:
-            await ctx.kube.apply(distill.build_report_reset(owner, name))
+        if cm is None or not owned_by(cm, owner):
+            continue
+        try:
+            await ctx.kube.delete("v1", "ConfigMap", owner.namespace, name)
+        except KubeError as exc:
+            if exc.status != 403:
+                raise
+            # An operator whose RBAC does not grant `delete` on ConfigMaps yet (a chart older
+            # than the operator): the report is blanked instead, as before.
+            logger.warning("report %s/%s not deleted: %s", owner.namespace, name, exc.message)
+            if read_report(cm) is not None:
+                await ctx.kube.apply(distill.build_report_reset(owner, name))
 
 
 async def _retry_after(
