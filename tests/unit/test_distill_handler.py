@@ -16,7 +16,7 @@ from thrifty_operator.builders import distill, names
 from thrifty_operator.builders.defaults import Defaults
 from thrifty_operator.handlers import distilledmodel
 from thrifty_operator.handlers.common import Context
-from thrifty_operator.handlers.indexes import Indexes
+from thrifty_operator.handlers.indexes import GATEWAYS, Indexes
 from thrifty_operator.settings import OperatorSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -301,3 +301,57 @@ async def test_a_stale_report_is_blanked_where_the_operator_may_not_delete_it() 
     assert conds["Evaluated"]["reason"] == "Evaluating"
     cm = c.kube.objects[("ConfigMap", names.eval_report("banking-intent", first))]
     assert cm["data"][distill.REPORT_KEY] == ""
+
+
+LM = {"kind": "causal-lm", "baseModel": "Qwen/Qwen2.5-0.5B-Instruct"}
+
+
+async def test_gpu_student_released_when_teacher_gateway_is_gone() -> None:
+    """Nothing routes to the student without its teacher's gateway: its GPU Deployment goes
+    (Serving says why), the trained versions stay, and it serves again when the gateway is
+    back, without training anew."""
+    c = Cluster(student__kind="causal-lm")
+    c.body["spec"]["student"] = LM
+    await c.passed()
+    good = c.run
+    student = ("Deployment", names.student("banking-intent"))
+    assert student in c.kube.objects
+    c.ix = Indexes({GATEWAYS: {}}, {})  # the teacher LLMGateway was deleted
+    conds = await c.reconcile()
+    assert student not in c.kube.objects
+    assert conds["Serving"]["reason"] == "TeacherMissing"
+    assert good in conds["Serving"]["message"] and "GPU" in conds["Serving"]["message"]
+    assert c.status["activeVersion"] == good
+    assert ("PersistentVolumeClaim", names.distill_artifacts("banking-intent")) in c.kube.objects
+    c.ix = Indexes({}, {("LLMGateway", NS, "thrifty"): gateway()})  # back
+    jobs = c.jobs()
+    conds = await c.reconcile()
+    assert student in c.kube.objects and c.jobs() == jobs
+    assert conds["Serving"]["reason"] == "DeploymentProgressing"
+    assert good in conds["Serving"]["message"]
+
+
+async def test_gpu_student_released_when_its_route_leaves_the_teacher() -> None:
+    import pytest
+
+    from thrifty_operator.handlers.common import InvalidSpec
+
+    c = Cluster(student__kind="causal-lm")
+    c.body["spec"]["student"] = LM
+    await c.passed()
+    student = ("Deployment", names.student("banking-intent"))
+    assert student in c.kube.objects
+    routeless = {**gateway(), "spec": {"routes": [{"name": "other"}]}}
+    c.ix = Indexes({}, {("LLMGateway", NS, "thrifty"): routeless})
+    with pytest.raises(InvalidSpec, match="GPU Deployment is removed"):
+        await c.reconcile()
+    assert student not in c.kube.objects
+
+
+async def test_a_classifier_reports_its_missing_teacher_under_serving() -> None:
+    c = Cluster()
+    await c.passed()
+    c.ix = Indexes({GATEWAYS: {}}, {})
+    conds = await c.reconcile()
+    assert conds["Serving"]["reason"] == "TeacherMissing"
+    assert conds["Trained"]["reason"] == "TeacherMissing"

@@ -238,12 +238,48 @@ def check_teacher(model: DistilledModel, ix: Indexes) -> Cond | None:
     return None
 
 
+async def release_student(model: DistilledModel, owner: Owner, ctx: Context) -> None:
+    """Delete the causal-lm student's Deployment (ours only): its GPUs go back to the pool.
+    The trained versions stay on the artifacts volume, and status keeps what passed, so the
+    same version serves again once it is wanted (the next reconcile creates it anew)."""
+    if model.spec.student.kind == "causal-lm":
+        name = names.student(owner.name)
+        await delete_owned(ctx.kube, owner, "apps/v1", "Deployment", name)
+
+
+def teacher_gone(model: DistilledModel, waiting: Cond) -> Cond:
+    """Serving while the teacher's gateway is missing: nothing routes to the student."""
+    active = (model.status.active_version if model.status else "") or ""
+    what = f"version {active}" if active else "the student"
+    where = (
+        "its GPU Deployment is removed until then"
+        if model.spec.student.kind == "causal-lm"
+        else "it is served inside that gateway"
+    )
+    return false(
+        "Serving",
+        waiting.reason,
+        f"{waiting.message}: nothing routes to {what}; {where}, and it serves again once the "
+        "gateway is back",
+    )
+
+
 async def reconcile(body: Body, ix: Indexes, ctx: Context) -> Outcome:
     model = parse(DistilledModel, body)
     owner = Owner.from_body(body)
-    waiting = check_teacher(model, ix)
+    try:
+        waiting = check_teacher(model, ix)
+    except InvalidSpec as exc:
+        # The route is gone from the teacher (or never was): nothing can route to the student.
+        await release_student(model, owner, ctx)
+        if model.spec.student.kind != "causal-lm":
+            raise
+        raise InvalidSpec(
+            f"{exc}; the student's GPU Deployment is removed until the route is back"
+        ) from exc
     if waiting is not None:
-        return Outcome([waiting])
+        await release_student(model, owner, ctx)
+        return Outcome([waiting, teacher_gone(model, waiting)])
     status = model.status or DistilledModelStatus()
     run = distill.candidate_version(model)
     previous = status.active_version
@@ -329,9 +365,7 @@ async def _serve(
     model: DistilledModel, owner: Owner, active: str, ctx: Context, fields: dict[str, Any]
 ) -> Cond:
     if not active:
-        if model.spec.student.kind == "causal-lm":  # its GPUs go back to the pool
-            name = names.student(owner.name)
-            await delete_owned(ctx.kube, owner, "apps/v1", "Deployment", name)
+        await release_student(model, owner, ctx)
         return false("Serving", "NoPassingVersion", "no version has passed the evaluation gate")
     if model.spec.student.kind != "causal-lm":
         return true("Serving", "InProcess", f"{active} is served inside the teacher's gateway")
