@@ -7,6 +7,7 @@ change, so the gateways using them re-render and roll (and only those).
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from typing import Any
 
 from thrifty_core.api import BatchQueue, CachePolicy, DistilledModel, LLMGateway
@@ -52,21 +53,75 @@ def _resolve(ix: Indexes, kind: type[Any], namespace: str, name: str) -> Any:
         raise MissingReference(f"{kind.kind_name} {name!r} has an invalid spec: {exc}") from exc
 
 
-def gather(
-    gateway: LLMGateway, ix: Indexes
-) -> tuple[dict[str, CachePolicy], BatchQueue | None, list[DistilledModel]]:
+def stand_in(name: str, namespace: str) -> CachePolicy:
+    """What a missing (or invalid) CachePolicy renders as: both layers off, no stores. Its
+    routes stay theirs (they do not fall back to the gateway's default policy, whose scope
+    and rules may differ) and go uncached; nothing of the missing policy is mounted."""
+    return CachePolicy.model_validate(
+        {
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {
+                "exact": {"enabled": False},
+                "semantic": {"enabled": False},
+                "stores": {"redis": {"managed": False}, "qdrant": {"managed": False}},
+            },
+        }
+    )
+
+
+@dataclass
+class Gathered:
+    """The policies, queue and students a gateway's config is rendered from. A missing
+    CachePolicy is a stand-in (see above) and a missing BatchQueue is None: the gateway runs
+    without them, rather than freezing its Deployment on their deleted Secrets and volume
+    (a pod started then could not mount them); `missing` says what is left out."""
+
+    policies: dict[str, CachePolicy]
+    queue: BatchQueue | None
+    students: list[DistilledModel]
+    missing: list[str] = field(default_factory=list)
+    queue_missing: str = ""
+
+    @property
+    def found(self) -> int:
+        return len(self.policies) - sum(1 for m in self.missing if m.startswith("CachePolicy"))
+
+
+def _uncached_routes(gateway: LLMGateway, policy: str) -> list[str]:
+    spec = gateway.spec
+    default = spec.cache_policy_ref.name if spec.cache_policy_ref else None
+    return [
+        r.name
+        for r in spec.routes
+        if (r.cache_policy_ref.name if r.cache_policy_ref else default) == policy
+    ]
+
+
+def gather(gateway: LLMGateway, ix: Indexes) -> Gathered:
     """The policies, queue and students the gateway's config is rendered from."""
     ns = gateway.metadata.namespace
     spec = gateway.spec
     wanted = {r.cache_policy_ref.name for r in spec.routes if r.cache_policy_ref}
     if spec.cache_policy_ref:
         wanted.add(spec.cache_policy_ref.name)
-    policies = {n: _resolve(ix, CachePolicy, ns, n) for n in sorted(wanted)}
-    queue = (
-        _resolve(ix, BatchQueue, ns, spec.batch_queue_ref.name) if spec.batch_queue_ref else None
-    )
-    students: list[DistilledModel] = []
-    routes = {r.name for r in spec.routes}
+    out = Gathered({}, None, [])
+    for name in sorted(wanted):
+        try:
+            out.policies[name] = _resolve(ix, CachePolicy, ns, name)
+        except MissingReference as exc:
+            out.policies[name] = stand_in(name, ns)
+            routes = ", ".join(_uncached_routes(gateway, name)) or "none"
+            out.missing.append(f"{exc}; its routes are served uncached meanwhile ({routes})")
+    if spec.batch_queue_ref:
+        try:
+            out.queue = _resolve(ix, BatchQueue, ns, spec.batch_queue_ref.name)
+        except MissingReference as exc:
+            out.queue_missing = str(exc)
+            out.missing.append(
+                f"{exc}; no batching meanwhile (a deferred request is answered at once, at "
+                "full price)"
+            )
+    route_names = {r.name for r in spec.routes}
     for name in ix.students_of(ns, gateway.metadata.name):
         try:
             student = _resolve(ix, DistilledModel, ns, name)
@@ -75,9 +130,9 @@ def gather(
                 "skipping student %s of gateway %s: %s", name, gateway.metadata.name, exc
             )
             continue
-        if student.spec.teacher.route in routes:  # a student of an unknown route reports it
-            students.append(student)
-    return policies, queue, students
+        if student.spec.teacher.route in route_names:  # a student of an unknown route reports it
+            out.students.append(student)
+    return out
 
 
 async def sync(body: dict[str, Any], ix: Indexes, ctx: Context) -> Outcome:
@@ -89,13 +144,16 @@ async def sync(body: dict[str, Any], ix: Indexes, ctx: Context) -> Outcome:
         "endpoint": names.gateway_endpoint(owner.name, ns),
         "routes": [r.name for r in gateway.spec.routes],
     }
+    gathered = gather(gateway, ix)
+    policies, queue, students = gathered.policies, gathered.queue, gathered.students
     queue_cond = queue_condition(gateway, ix)
+    if gathered.queue_missing:
+        queue_cond = false("BatchQueueReady", "MissingReference", gathered.queue_missing)
+    if not queue_cond.ok:
+        queue = None  # refused: neither its stream, its files nor its worker
     try:
-        policies, queue, students = gather(gateway, ix)
-        if not queue_cond.ok:
-            queue = None  # refused: neither its stream, its files nor its worker
         config = render_gateway_config(gateway, policies, queue, students)
-    except (MissingReference, KeyError) as exc:
+    except KeyError as exc:
         message = str(exc.args[0]) if exc.args else str(exc)
         return Outcome(
             [
@@ -161,8 +219,13 @@ async def sync(body: dict[str, Any], ix: Indexes, ctx: Context) -> Outcome:
         replicas=int(status.get("replicas", 0)),
         readyReplicas=int(status.get("readyReplicas", 0)),
     )
+    rendered = f"config {digest} from {gathered.found} cache policies"
     conds: list[Cond] = [
-        true("ConfigRendered", "Rendered", f"config {digest} from {len(policies)} cache policies"),
+        # First: Ready says what is missing rather than how the rollout goes.
+        false("ReferencesResolved", "MissingReference", "; ".join(gathered.missing))
+        if gathered.missing
+        else true("ReferencesResolved", "Resolved", "every referenced resource exists"),
+        true("ConfigRendered", "Rendered", rendered),
         true("Available", "MinimumReplicasAvailable", message)
         if available
         else false("Available", "Progressing", message),

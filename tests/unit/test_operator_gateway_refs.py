@@ -1,0 +1,168 @@
+"""The LLMGateway handler when a CachePolicy or BatchQueue it references is missing (deleted,
+not created yet, or invalid): the gateway is rendered and applied without it, so its
+Deployment never keeps mounting the deleted Secrets and volume (a pod started then, by a
+drain, an eviction or a scale-up, could not start), and Ready says what is missing."""
+
+from __future__ import annotations
+
+from copy import deepcopy
+from typing import Any
+
+import yaml
+
+from tests.unit.test_operator_builders import NS, example
+from thrifty_core.config import CONFIG_KEY, GatewayConfig, parse_config
+from thrifty_operator.builders import names
+from thrifty_operator.builders.defaults import Defaults
+from thrifty_operator.conditions import ready
+from thrifty_operator.handlers import gateway
+from thrifty_operator.handlers.common import Context
+from thrifty_operator.handlers.indexes import (
+    BATCHQUEUES,
+    CACHEPOLICIES,
+    DISTILLEDMODELS,
+    GATEWAYS,
+    GATEWAYS_BY_QUEUE,
+    STUDENTS_BY_GATEWAY,
+    Indexes,
+)
+from thrifty_operator.settings import OperatorSettings
+
+Key = tuple[str, str]
+
+
+class FakeKube:
+    field_manager = "thrifty-operator"
+
+    def __init__(self) -> None:
+        self.objects: dict[Key, dict[str, Any]] = {}
+
+    async def get(self, _api: str, kind: str, _ns: str, name: str) -> dict[str, Any] | None:
+        found = self.objects.get((kind, name))
+        return deepcopy(found) if found is not None else None
+
+    async def apply(self, manifest: dict[str, Any], **_kw: Any) -> dict[str, Any]:
+        self.objects[(manifest["kind"], manifest["metadata"]["name"])] = deepcopy(manifest)
+        return deepcopy(manifest)
+
+    async def delete(self, _api: str, kind: str, _ns: str, name: str) -> bool:
+        return self.objects.pop((kind, name), None) is not None
+
+
+def indexes(*bodies: dict[str, Any]) -> Indexes:
+    stores: dict[str, dict[Key, list[Any]]] = {
+        n: {} for n in (GATEWAYS, CACHEPOLICIES, BATCHQUEUES, DISTILLEDMODELS, GATEWAYS_BY_QUEUE)
+    }
+    stores[STUDENTS_BY_GATEWAY] = {}
+    index = {
+        "LLMGateway": GATEWAYS,
+        "CachePolicy": CACHEPOLICIES,
+        "BatchQueue": BATCHQUEUES,
+        "DistilledModel": DISTILLEDMODELS,
+    }
+    for body in bodies:
+        key = (NS, body["metadata"]["name"])
+        stores[index[body["kind"]]][key] = [body]
+        if body["kind"] == "LLMGateway" and body["spec"].get("batchQueueRef"):
+            queue = (NS, body["spec"]["batchQueueRef"]["name"])
+            stores[GATEWAYS_BY_QUEUE].setdefault(queue, []).append(body["metadata"]["name"])
+    return Indexes(stores)
+
+
+async def sync(*bodies: dict[str, Any]) -> tuple[FakeKube, dict[str, dict[str, str]]]:
+    kube = FakeKube()
+    ctx: Any = Context(kube, Defaults(), OperatorSettings())  # type: ignore[arg-type]
+    outcome = await gateway.sync(bodies[0], indexes(*bodies), ctx)
+    conds = [ready(outcome.conditions), *outcome.conditions]
+    return kube, {c.type: {"reason": c.reason, "message": c.message} for c in conds}
+
+
+def mounted(kube: FakeKube) -> tuple[set[str], set[str]]:
+    """(Secrets, PVCs) the gateway Deployment mounts."""
+    deploy = kube.objects[("Deployment", names.gateway("thrifty"))]
+    volumes = deploy["spec"]["template"]["spec"]["volumes"]
+    secrets = {v["secret"]["secretName"] for v in volumes if "secret" in v}
+    claims = {
+        v["persistentVolumeClaim"]["claimName"] for v in volumes if "persistentVolumeClaim" in v
+    }
+    return secrets, claims
+
+
+def config(kube: FakeKube) -> GatewayConfig:
+    cm = kube.objects[("ConfigMap", names.gateway_config("thrifty"))]
+    return parse_config(yaml.safe_load(cm["data"][CONFIG_KEY]))
+
+
+def cached(cfg: GatewayConfig, route: str) -> bool:
+    """Whether the gateway caches anything on `route` (the policy that applies to it)."""
+    policy = cfg.cache_policy_for(route)
+    return policy is not None and (policy.spec.exact.enabled or policy.spec.semantic.enabled)
+
+
+POLICY_SECRETS = {"default-cache-redis-auth", "default-cache-qdrant-auth"}
+QUEUE_SECRET = "default-batch-redis-auth"
+
+
+async def test_with_every_reference_the_stores_are_mounted() -> None:
+    """The baseline the tests below depart from."""
+    kube, conds = await sync(example("llmgateway"), example("cachepolicy"), example("batchqueue"))
+    secrets, claims = mounted(kube)
+    assert POLICY_SECRETS | {QUEUE_SECRET} <= secrets
+    assert names.batch_files("default-batch") in claims
+    assert conds["ReferencesResolved"]["reason"] == "Resolved"
+    assert conds["BatchQueueReady"]["reason"] == "Serving"
+    assert ("Deployment", names.batch_worker("default-batch")) in kube.objects
+
+
+async def test_a_deleted_batch_queue_leaves_the_deployment() -> None:
+    kube, conds = await sync(example("llmgateway"), example("cachepolicy"))
+    secrets, claims = mounted(kube)
+    assert QUEUE_SECRET not in secrets
+    assert names.batch_files("default-batch") not in claims
+    assert POLICY_SECRETS <= secrets  # the rest is as before
+    assert config(kube).batch is None
+    assert conds["Ready"]["reason"] == "MissingReference"
+    assert "BatchQueue 'default-batch' not found" in conds["Ready"]["message"]
+    assert conds["BatchQueueReady"]["reason"] == "MissingReference"
+    assert conds["ConfigRendered"]["reason"] == "Rendered"
+    assert ("Deployment", names.batch_worker("default-batch")) not in kube.objects
+
+
+async def test_a_deleted_cache_policy_leaves_the_deployment_and_its_routes_uncached() -> None:
+    kube, conds = await sync(example("llmgateway"), example("batchqueue"))
+    secrets, _ = mounted(kube)
+    assert not POLICY_SECRETS & secrets
+    assert QUEUE_SECRET in secrets
+    cm = kube.objects[("ConfigMap", names.gateway_config("thrifty"))]
+    text = cm["data"][CONFIG_KEY]
+    assert "default-cache-redis" not in text and "default-cache-qdrant" not in text
+    cfg = config(kube)
+    assert not any(cached(cfg, r.name) for r in cfg.routes)
+    assert conds["Ready"]["reason"] == "MissingReference"
+    message = conds["Ready"]["message"]
+    assert "CachePolicy 'default-cache' not found" in message
+    assert "gpt-4o-mini" in message  # the routes it applied to
+    assert conds["ReferencesResolved"]["reason"] == "MissingReference"
+
+
+async def test_an_invalid_referenced_policy_is_left_out_too() -> None:
+    policy = example("cachepolicy")
+    policy["spec"]["scope"] = "nowhere"
+    kube, conds = await sync(example("llmgateway"), policy, example("batchqueue"))
+    secrets, _ = mounted(kube)
+    assert not POLICY_SECRETS & secrets
+    assert "has an invalid spec" in conds["Ready"]["message"]
+
+
+async def test_a_routes_own_missing_policy_does_not_fall_back_to_the_default() -> None:
+    """A route whose own policy is gone is uncached; the gateway's default policy (another
+    scope, other rules) does not take it over."""
+    body = example("llmgateway")
+    body["spec"]["routes"][1]["cachePolicyRef"] = {"name": "strict"}
+    kube, conds = await sync(body, example("cachepolicy"), example("batchqueue"))
+    cfg = config(kube)
+    strict, other = body["spec"]["routes"][1]["name"], body["spec"]["routes"][0]["name"]
+    assert not cached(cfg, strict)
+    assert cached(cfg, other)
+    assert "CachePolicy 'strict' not found" in conds["Ready"]["message"]
+    assert POLICY_SECRETS <= mounted(kube)[0]  # the default policy still serves the others
