@@ -10,7 +10,14 @@ Secret's value.
 `NAMESPACED_RULES` are everything the operator does inside a watched namespace: the chart
 grants them with a Role and RoleBinding in each of `operator.watchNamespaces`, or cluster-wide
 when it watches every namespace. `CLUSTER_RULES` are used only then: an operator given exact
-namespaces does not scan (`settings.configure_kopf`) and needs nothing cluster-scoped.
+namespaces does not scan (`settings.configure_kopf`) and needs no cluster-scoped resource.
+
+`CUSTOM_RESOURCE_RULES` (the first rules of `NAMESPACED_RULES`) are also granted cluster-wide
+to an operator given exact namespaces, with a ClusterRole and ClusterRoleBinding: when a watched
+namespace is deleted, the namespace controller deletes the operator's RoleBinding there at once,
+while the custom resources still carry the operator's finalizer; without this kopf could no
+longer watch them nor patch its finalizer off (403), and the namespace stayed Terminating
+forever. Everything else (Secrets, Deployments, Jobs...) stays namespaced.
 """
 
 from __future__ import annotations
@@ -26,7 +33,9 @@ class Rule(TypedDict):
 
 APPLY = ["get", "create", "patch"]
 
-NAMESPACED_RULES: list[Rule] = [
+# What kopf needs to follow the custom resources to their deletion and take its finalizer off
+# (it patches the object; a handler's last status patch may come with it).
+CUSTOM_RESOURCE_RULES: list[Rule] = [
     {
         "apiGroups": ["thrifty.dev"],
         "resources": ["llmgateways", "cachepolicies", "batchqueues", "distilledmodels"],
@@ -42,6 +51,10 @@ NAMESPACED_RULES: list[Rule] = [
         ],
         "verbs": ["patch"],
     },
+]
+
+NAMESPACED_RULES: list[Rule] = [
+    *CUSTOM_RESOURCE_RULES,
     # Children name their owner with `blockOwnerDeletion: true`; clusters that enforce owner
     # references (OpenShift's OwnerReferencesPermissionEnforcement) then require `update` on
     # the owner's finalizers, and refuse every child (403) without it.
@@ -57,9 +70,11 @@ NAMESPACED_RULES: list[Rule] = [
     },
     {
         "apiGroups": [""],
-        "resources": ["configmaps", "serviceaccounts", "persistentvolumeclaims"],
+        "resources": ["serviceaccounts", "persistentvolumeclaims"],
         "verbs": APPLY,
     },
+    # Superseded evaluation-report ConfigMaps of a DistilledModel are deleted.
+    {"apiGroups": [""], "resources": ["configmaps"], "verbs": [*APPLY, "delete"]},
     # A store a CachePolicy no longer runs is removed (its workload, Service, NetworkPolicy).
     {"apiGroups": [""], "resources": ["services"], "verbs": [*APPLY, "delete"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},

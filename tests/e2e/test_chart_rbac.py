@@ -1,6 +1,8 @@
 """The chart's RBAC follows `operator.watchNamespaces`: watching every namespace, one ClusterRole
 (operator/thrifty_operator/rbac.py RULES); watching named namespaces, a Role and RoleBinding in
-each (NAMESPACED_RULES) and nothing cluster-wide, so the operator can touch no other namespace.
+each (NAMESPACED_RULES) and cluster-wide only the thrifty.dev custom resources
+(CUSTOM_RESOURCE_RULES, so their finalizers come off when a watched namespace is deleted): the
+operator can touch nothing else in another namespace.
 Rendered with `helm template`; the last test installs it and runs the operator on it."""
 
 from __future__ import annotations
@@ -22,7 +24,13 @@ from tests.e2e.operator_helpers import (
     restricted_namespace,
     service_account_kubeconfig,
 )
-from thrifty_operator.rbac import CLUSTER_RULES, NAMESPACED_RULES, RULES, Rule
+from thrifty_operator.rbac import (
+    CLUSTER_RULES,
+    CUSTOM_RESOURCE_RULES,
+    NAMESPACED_RULES,
+    RULES,
+    Rule,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -69,8 +77,14 @@ def test_watching_every_namespace_is_one_cluster_role() -> None:
 
 def test_watching_named_namespaces_grants_only_those() -> None:
     docs = _rendered("--set", "operator.watchNamespaces={shop,ops}")
-    kinds = [d["kind"] for d in docs]
-    assert "ClusterRole" not in kinds and "ClusterRoleBinding" not in kinds
+    cluster_roles = [d for d in docs if d["kind"] == "ClusterRole"]
+    assert len(cluster_roles) == 1
+    assert _same(cluster_roles[0]["rules"], CUSTOM_RESOURCE_RULES)
+    [cluster_binding] = [d for d in docs if d["kind"] == "ClusterRoleBinding"]
+    assert cluster_binding["roleRef"]["name"] == cluster_roles[0]["metadata"]["name"]
+    assert cluster_binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "t-thrifty-operator", "namespace": "thrifty-system"}
+    ]
     roles = {d["metadata"]["namespace"]: d for d in docs if d["kind"] == "Role"}
     bindings = {d["metadata"]["namespace"]: d for d in docs if d["kind"] == "RoleBinding"}
     assert set(roles) == set(bindings) == {"shop", "ops"}
@@ -86,7 +100,12 @@ def test_watching_named_namespaces_grants_only_those() -> None:
             {"kind": "ServiceAccount", "name": "t-thrifty-operator", "namespace": "thrifty-system"}
         ]
     off = _rendered("--set", "rbac.create=false", "--set", "operator.watchNamespaces={a}", only="")
-    assert not {d["kind"] for d in off} & {"Role", "RoleBinding", "ClusterRole"}
+    assert not {d["kind"] for d in off} & {
+        "Role",
+        "RoleBinding",
+        "ClusterRole",
+        "ClusterRoleBinding",
+    }
 
 
 def test_a_namespaced_operator_runs_on_its_roles_alone(
@@ -114,7 +133,6 @@ def test_a_namespaced_operator_runs_on_its_roles_alone(
             f"operator.watchNamespaces={{{ns}}}",
         )
         account = f"{release}-thrifty-operator"
-        assert cluster.kubectl("get", "clusterrole", account, check=False).returncode != 0
         who = f"--as=system:serviceaccount:{system_ns}:{account}"
         for verb, resource, where, allowed in (
             ("patch", "deployments.apps", ns, "yes"),
@@ -124,7 +142,16 @@ def test_a_namespaced_operator_runs_on_its_roles_alone(
             ("create", "secrets", other, "no"),
             ("patch", "configmaps", "kube-system", "no"),
             ("create", "rolebindings.rbac.authorization.k8s.io", other, "no"),
-            ("list", "llmgateways.thrifty.dev", other, "no"),
+            ("patch", "configmaps", ns, "yes"),
+            ("delete", "configmaps", ns, "yes"),
+            ("delete", "configmaps", other, "no"),
+            # the custom resources alone, everywhere: their finalizers must come off even after
+            # a terminating namespace lost the RoleBinding
+            ("list", "llmgateways.thrifty.dev", other, "yes"),
+            ("patch", "cachepolicies.thrifty.dev", other, "yes"),
+            ("delete", "llmgateways.thrifty.dev", other, "no"),
+            ("create", "llmgateways.thrifty.dev", other, "no"),
+            ("list", "namespaces", other, "no"),
         ):
             result = cluster.kubectl("auth", "can-i", verb, resource, "-n", where, who, check=False)
             assert result.stdout.strip() == allowed, (verb, resource, where, result.stdout)

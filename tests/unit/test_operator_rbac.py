@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tests.unit.test_operator_builders import MANIFESTS
 from thrifty_operator.apply import KINDS
-from thrifty_operator.rbac import CLUSTER_RULES, NAMESPACED_RULES, RULES
+from thrifty_operator.rbac import CLUSTER_RULES, CUSTOM_RESOURCE_RULES, NAMESPACED_RULES, RULES
 
 
 def _allowed(group: str, resource: str) -> set[str]:
@@ -57,6 +57,7 @@ def test_a_namespaced_operator_needs_nothing_cluster_scoped() -> None:
     """The chart grants NAMESPACED_RULES with a Role per watched namespace: every resource
     they name lives in a namespace. CLUSTER_RULES (CRD and namespace watches) serve only an
     operator that watches every namespace."""
+    assert NAMESPACED_RULES[: len(CUSTOM_RESOURCE_RULES)] == CUSTOM_RESOURCE_RULES
     assert RULES == [*NAMESPACED_RULES, *CLUSTER_RULES]
     cluster_scoped = {"namespaces", "customresourcedefinitions", "clusterroles", "nodes"}
     for rule in NAMESPACED_RULES:
@@ -65,3 +66,23 @@ def test_a_namespaced_operator_needs_nothing_cluster_scoped() -> None:
         assert set(rule["verbs"]) <= {"list", "watch"}
     for manifest in MANIFESTS:
         assert KINDS[(manifest["apiVersion"], manifest["kind"])].namespaced, manifest["kind"]
+
+
+def test_a_namespaced_operator_can_release_its_finalizers_without_its_role() -> None:
+    """Deleting a watched namespace deletes the operator's RoleBinding there at once; the
+    cluster-wide CUSTOM_RESOURCE_RULES still let kopf watch the custom resources and patch its
+    finalizer off, and grant nothing but the thrifty.dev resources and their status."""
+    verbs: dict[str, set[str]] = {}
+    for rule in CUSTOM_RESOURCE_RULES:
+        assert rule["apiGroups"] == ["thrifty.dev"]
+        for resource in rule["resources"]:
+            verbs.setdefault(resource, set()).update(rule["verbs"])
+    for plural in ("llmgateways", "cachepolicies", "batchqueues", "distilledmodels"):
+        assert verbs[plural] == {"get", "list", "watch", "patch"}
+        assert verbs[f"{plural}/status"] == {"patch"}
+    assert len(verbs) == 8
+
+
+def test_old_evaluation_reports_can_be_deleted() -> None:
+    assert _allowed("", "configmaps") == {"get", "create", "patch", "delete"}
+    assert "delete" not in _allowed("", "serviceaccounts")
