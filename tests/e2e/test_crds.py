@@ -125,6 +125,71 @@ def test_cel_rule_is_enforced_naming_the_field(crds: Cluster, namespace: str) ->
     assert "spec.resources" in error and "autoscaling needs resources.requests.cpu" in error
 
 
+def test_a_disruption_budget_that_blocks_every_drain_is_rejected(
+    crds: Cluster, namespace: str
+) -> None:
+    """minAvailable >= the pods (replicas, or autoscaling.minReplicas) would never let a pod
+    be evicted: `kubectl drain` and node upgrades would wait for ever."""
+    base: dict[str, Any] = {
+        "providers": [{"name": "p", "baseUrl": "http://p/v1"}],
+        "routes": [{"name": "m", "targets": [{"provider": "p", "model": "m"}]}],
+    }
+
+    def gateway(name: str, **spec: Any) -> dict[str, Any]:
+        body = {**base, **spec}
+        return {
+            "apiVersion": "thrifty.dev/v1alpha1",
+            "kind": "LLMGateway",
+            "metadata": {"name": name},
+            "spec": body,
+        }
+
+    pdb = {"enabled": True, "minAvailable": 1}
+    for bad in (
+        gateway("solo", replicas=1, podDisruptionBudget=pdb),
+        gateway("solo", replicas=1, podDisruptionBudget={"enabled": True}),  # default 1
+        gateway(
+            "scaled",
+            replicas=5,
+            resources={"requests": {"cpu": "100m"}},
+            autoscaling={"enabled": True, "minReplicas": 2},
+            podDisruptionBudget={"enabled": True, "minAvailable": 2},
+        ),
+    ):
+        error = _apply_error(crds, namespace, bad)
+        assert "spec.podDisruptionBudget.minAvailable" in error, error
+        assert "must be below replicas" in error, error
+    crds.kubectl(
+        "apply",
+        "-n",
+        namespace,
+        "-f",
+        "-",
+        input=json.dumps(gateway("pair", replicas=2, podDisruptionBudget=pdb)),
+    )
+    crds.kubectl(
+        "apply",
+        "-n",
+        namespace,
+        "-f",
+        "-",
+        input=json.dumps(gateway("idle", replicas=0, podDisruptionBudget=pdb)),
+    )
+    # an accepted gateway cannot be scaled into a blocking budget either
+    result = crds.kubectl(
+        "patch",
+        "llmgateway",
+        "pair",
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        '{"spec": {"replicas": 1}}',
+        check=False,
+    )
+    assert result.returncode != 0 and "must be below replicas" in result.stderr
+
+
 def test_names_the_children_cannot_carry_are_rejected(crds: Cluster, namespace: str) -> None:
     """The operator names Services, Jobs and StatefulSets `<name>-<suffix>`: a dotted or long
     name would be accepted and then fail there, far from the user."""

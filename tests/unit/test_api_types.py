@@ -75,6 +75,62 @@ def test_invalid_gateway_rejected_with_field(spec: dict[str, Any], field: str) -
     assert field in _error_text(exc)
 
 
+PDB = "podDisruptionBudget.minAvailable must be below replicas"
+CPU = {"resources": {"requests": {"cpu": "100m"}}}
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"replicas": 1, "podDisruptionBudget": {"enabled": True, "minAvailable": 1}},
+        {"replicas": 1, "podDisruptionBudget": {"enabled": True}},  # minAvailable defaults to 1
+        {"replicas": 2, "podDisruptionBudget": {"enabled": True, "minAvailable": 3}},
+        {
+            **CPU,
+            "replicas": 5,  # ignored with autoscaling: the HPA may go down to minReplicas
+            "autoscaling": {"enabled": True, "minReplicas": 2},
+            "podDisruptionBudget": {"enabled": True, "minAvailable": 2},
+        },
+    ],
+)
+def test_a_disruption_budget_that_blocks_every_drain_is_refused(spec: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError) as exc:
+        LLMGateway.model_validate(_gateway(**spec))
+    assert PDB in _error_text(exc)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"replicas": 2, "podDisruptionBudget": {"enabled": True, "minAvailable": 1}},
+        {"replicas": 1, "podDisruptionBudget": {"enabled": True, "minAvailable": 0}},
+        {"replicas": 0, "podDisruptionBudget": {"enabled": True, "minAvailable": 1}},
+        {"replicas": 1, "podDisruptionBudget": {"enabled": False, "minAvailable": 1}},
+        {"replicas": 1},  # the budget is off by default
+        {
+            **CPU,
+            "replicas": 1,
+            "autoscaling": {"enabled": True, "minReplicas": 3},
+            "podDisruptionBudget": {"enabled": True, "minAvailable": 2},
+        },
+    ],
+)
+def test_a_disruption_budget_that_lets_a_pod_go_is_accepted(spec: dict[str, Any]) -> None:
+    LLMGateway.model_validate(_gateway(**spec))
+
+
+def test_the_disruption_budget_rule_is_enforced_by_the_api_server_too() -> None:
+    """The same rule as a CEL rule on the spec, naming the field (tests/e2e/test_crds.py runs
+    it on the API server)."""
+    from thrifty_core.api.llmgateway import PDB_RULE
+
+    schema = LLMGateway.model_json_schema(by_alias=True)
+    rules = schema["$defs"]["LLMGatewaySpec"]["x-kubernetes-validations"]
+    [rule] = [r for r in rules if r["rule"] == PDB_RULE]
+    assert rule["fieldPath"] == ".podDisruptionBudget.minAvailable"
+    assert rule["message"].startswith(PDB)
+
+
 def test_provider_keys_are_secret_refs_only() -> None:
     doc = _gateway(providers=[{"name": "p", "baseUrl": "http://x", "apiKey": "sk-123"}])
     with pytest.raises(ValidationError) as exc:

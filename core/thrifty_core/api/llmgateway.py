@@ -224,12 +224,38 @@ class DisruptionBudget(ApiModel):
     """PodDisruptionBudget settings for the gateway."""
 
     enabled: bool = Field(default=False, description="Create a PodDisruptionBudget.")
-    min_available: int = Field(default=1, ge=0, le=1000, description="Pods kept during drains.")
+    min_available: int = Field(
+        default=1,
+        ge=0,
+        le=1000,
+        description="Pods kept during drains; below replicas (autoscaling.minReplicas with "
+        "autoscaling), else no pod could ever be evicted and node drains would block.",
+    )
 
 
 AUTOSCALING_NEEDS_CPU = (
     "autoscaling needs resources.requests.cpu: the HPA scales on CPU use as a share of it"
 )
+PDB_ALLOWS_A_DISRUPTION = (
+    "podDisruptionBudget.minAvailable must be below replicas (autoscaling.minReplicas when "
+    "autoscaling is enabled): a budget that keeps every gateway pod never lets one be evicted, "
+    "and node drains and upgrades wait for ever"
+)
+# Scaled to zero (no autoscaling, replicas 0) there is no pod to evict: nothing is blocked.
+PDB_RULE = (
+    "!self.podDisruptionBudget.enabled"
+    " || self.podDisruptionBudget.minAvailable < (self.autoscaling.enabled"
+    " ? self.autoscaling.minReplicas : self.replicas)"
+    " || (!self.autoscaling.enabled && self.replicas == 0)"
+)
+
+
+def pdb_allows_a_disruption(replicas: int, autoscaling: Autoscaling, pdb: DisruptionBudget) -> bool:
+    """PDB_RULE in Python: the budget lets at least one gateway pod be evicted (or is off)."""
+    if not pdb.enabled or (not autoscaling.enabled and replicas == 0):
+        return True
+    pods = autoscaling.min_replicas if autoscaling.enabled else replicas
+    return pdb.min_available < pods
 
 
 class LLMGatewaySpec(ApiModel):
@@ -304,12 +330,19 @@ class LLMGatewaySpec(ApiModel):
             AUTOSCALING_NEEDS_CPU,
             ".resources",
         ),
+        cel(PDB_RULE, PDB_ALLOWS_A_DISRUPTION, ".podDisruptionBudget.minAvailable"),
     )
 
     @model_validator(mode="after")
     def _cpu_for_the_hpa(self) -> LLMGatewaySpec:
         if self.autoscaling.enabled and "cpu" not in self.resources.requests:
             raise ValueError(AUTOSCALING_NEEDS_CPU)
+        return self
+
+    @model_validator(mode="after")
+    def _pdb_allows_a_disruption(self) -> LLMGatewaySpec:
+        if not pdb_allows_a_disruption(self.replicas, self.autoscaling, self.pod_disruption_budget):
+            raise ValueError(PDB_ALLOWS_A_DISRUPTION)
         return self
 
     @model_validator(mode="after")
