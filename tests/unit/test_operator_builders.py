@@ -493,10 +493,48 @@ def test_stores_a_policy_no_longer_runs_are_named_for_removal() -> None:
         ("apps/v1", "Deployment", "default-cache-redis"),
         ("v1", "Service", "default-cache-redis"),
         ("networking.k8s.io/v1", "NetworkPolicy", "default-cache-redis"),
-        ("apps/v1", "StatefulSet", "default-cache-qdrant"),
+        # (the Qdrant StatefulSet is scaled to zero instead: see below)
         ("v1", "Service", "default-cache-qdrant"),
         ("networking.k8s.io/v1", "NetworkPolicy", "default-cache-qdrant"),
     ]
+
+
+def test_a_qdrant_volume_claim_is_owned_by_the_policy_only_under_delete() -> None:
+    """With deletionPolicy Delete the policy co-owns the claim the StatefulSet controller
+    made (not as its controller), so the claim outlives the StatefulSet (a semantic layer
+    turned off) and goes with the policy; with Retain it does not."""
+    body = example("cachepolicy")
+    sts = {"metadata": {"uid": "uid-sts"}}
+    for deletion in ("Delete", "Retain"):
+        body["spec"]["deletionPolicy"] = deletion
+        policy, who = CachePolicy.model_validate(body), owner(body)
+        bare: dict[str, Any] = {"metadata": {"name": "storage-default-cache-qdrant-0"}}
+        by_sts = {"metadata": {"ownerReferences": [{"uid": "uid-sts", "controller": True}]}}
+        both = {"metadata": {"ownerReferences": [{"uid": "uid-sts"}, {"uid": who.uid}]}}
+        change = cache.claim_ownership(policy, who, bare)
+        if deletion == "Delete":
+            assert change is not None
+            assert change["metadata"]["name"] == "storage-default-cache-qdrant-0"
+            (ref,) = change["metadata"]["ownerReferences"]
+            assert ref == {
+                "apiVersion": "thrifty.dev/v1alpha1",
+                "kind": "CachePolicy",
+                "name": "default-cache",
+                "uid": who.uid,
+            }  # (no `controller`: the StatefulSet controller's reference may be one)
+            assert cache.claim_ownership(policy, who, both) is None
+        else:
+            assert change is None
+            removal = cache.claim_ownership(policy, who, both)
+            assert removal is not None and "ownerReferences" not in removal["metadata"]
+        assert cache.claim_held_by(by_sts, sts, who)
+        assert not cache.claim_held_by(both, sts, who)
+        assert not cache.claim_held_by(bare, sts, who)
+        assert not cache.claim_held_by(None, sts, who)
+    release = cache.qdrant_release(owner(body))
+    assert release["spec"] == {
+        "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Retain", "whenScaled": "Retain"}
+    }
 
 
 def test_a_cache_policys_redis_volume_follows_its_deletion_policy() -> None:

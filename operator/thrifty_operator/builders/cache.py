@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from thrifty_core.api import CachePolicy
 from thrifty_core.render import (
@@ -19,7 +21,7 @@ from .common import Manifest, Owner, container, metadata, pod_spec, short_hash
 from .defaults import Defaults
 from .gateway import COMPONENT as GATEWAY_COMPONENT
 from .secrets import secret_path, secret_volumes
-from .stores import build_qdrant, build_redis
+from .stores import build_qdrant, build_redis, claim_retention, qdrant_claim
 
 COLLECTION_COMPONENT = "thrifty-collection"
 TENANT_FIELD = "tenant"
@@ -92,7 +94,7 @@ def build_stores(policy: CachePolicy, owner: Owner, defaults: Defaults) -> list[
             clients=STORE_CLIENTS,
             retain_data=spec.deletion_policy == "Retain",
         )
-    if spec.semantic.enabled and spec.stores.qdrant.managed:
+    if qdrant_runs(policy):
         out += build_qdrant(
             owner,
             spec.stores.qdrant,
@@ -108,25 +110,86 @@ def unused_stores(policy: CachePolicy, owner: Owner) -> list[tuple[str, str, str
     """(apiVersion, kind, name) of the managed-store objects the policy no longer runs (its
     Redis turned external; its semantic layer off or its Qdrant external): a store left
     running costs money for nothing. Their volumes and Secrets stay (the data is the user's
-    to drop; `deletionPolicy` applies when the policy goes)."""
+    to drop; `deletionPolicy` applies when the policy goes). The Qdrant StatefulSet is not
+    among them: it goes only once that does not take its volume claim with it (see
+    `claim_ownership`, `claim_held_by`)."""
     spec = policy.spec
     out: list[tuple[str, str, str]] = []
-    stores = (
-        ("Deployment", names.redis(owner.name), spec.stores.redis.managed),
-        (
-            "StatefulSet",
-            names.qdrant(owner.name),
-            spec.semantic.enabled and spec.stores.qdrant.managed,
-        ),
-    )
-    for workload, name, running in stores:
-        if not running:
-            out += [
-                ("apps/v1", workload, name),
-                ("v1", "Service", name),
-                ("networking.k8s.io/v1", "NetworkPolicy", name),
-            ]
+    if not spec.stores.redis.managed:
+        # (The Redis volume is a claim of its own, owned by the policy, not by the Deployment.)
+        name = names.redis(owner.name)
+        out += [("apps/v1", "Deployment", name), *_front(name)]
+    if not qdrant_runs(policy):
+        out += _front(names.qdrant(owner.name))
     return out
+
+
+def _front(name: str) -> list[tuple[str, str, str]]:
+    return [("v1", "Service", name), ("networking.k8s.io/v1", "NetworkPolicy", name)]
+
+
+def qdrant_runs(policy: CachePolicy) -> bool:
+    """The operator runs a Qdrant for the policy: semantic layer on, Qdrant managed."""
+    return policy.spec.semantic.enabled and policy.spec.stores.qdrant.managed
+
+
+# The field manager of the fields below (the operator's own applies whole objects).
+VOLUME_MANAGER = "thrifty-operator-volume-owner"
+
+
+def has_owner(obj: Mapping[str, Any] | None, uid: str) -> bool:
+    refs = (obj or {}).get("metadata", {}).get("ownerReferences") or ()
+    return any(ref.get("uid") == uid for ref in refs)
+
+
+def claim_ownership(policy: CachePolicy, owner: Owner, claim: Mapping[str, Any]) -> Manifest | None:
+    """The apply (as `VOLUME_MANAGER`) that makes the Qdrant's volume claim follow the
+    policy's deletionPolicy whether or not its StatefulSet still exists, or None when it does.
+
+    With Delete the policy is one of the claim's owners (not its controller: the StatefulSet
+    controller's own reference, `whenDeleted: Delete`, stays as it is): the claim goes when
+    the policy goes, but not with the StatefulSet alone (the garbage collector deletes an
+    object only once all its owners are gone), so a semantic layer turned off keeps its data.
+    With Retain the policy is not an owner (applied without the reference, which removes it).
+    """
+    want = policy.spec.deletion_policy == "Delete"
+    if has_owner(claim, owner.uid) == want:
+        return None
+    meta: dict[str, Any] = {
+        "name": qdrant_claim(owner.name),
+        "namespace": owner.namespace,
+    }
+    if want:
+        meta["ownerReferences"] = [
+            {
+                "apiVersion": owner.api_version,
+                "kind": owner.kind,
+                "name": owner.name,
+                "uid": owner.uid,
+            }
+        ]
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": meta}
+
+
+def claim_held_by(
+    claim: Mapping[str, Any] | None, statefulset: Mapping[str, Any], owner: Owner
+) -> bool:
+    """Deleting `statefulset` would delete the claim with it: the StatefulSet owns it
+    (`whenDeleted: Delete`) and the policy does not."""
+    uid = str(statefulset.get("metadata", {}).get("uid", ""))
+    return has_owner(claim, uid) and not has_owner(claim, owner.uid)
+
+
+def qdrant_release(owner: Owner) -> Manifest:
+    """The Qdrant StatefulSet with `whenDeleted: Retain` (applied, as `VOLUME_MANAGER`, over
+    one that exists): the StatefulSet controller then takes its owner reference off the
+    claim, and the StatefulSet can go without its data."""
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": {"name": names.qdrant(owner.name), "namespace": owner.namespace},
+        "spec": {"persistentVolumeClaimRetentionPolicy": claim_retention(False)},
+    }
 
 
 def generated_password_needed(policy: CachePolicy) -> bool:

@@ -204,6 +204,22 @@ def build_network_policy(
     }
 
 
+QDRANT_VOLUME = "storage"  # the volumeClaimTemplate of the Qdrant StatefulSet
+
+
+def qdrant_claim(owner: str) -> str:
+    """The claim the StatefulSet controller made for the (one) Qdrant pod of `owner`."""
+    return f"{QDRANT_VOLUME}-{names.qdrant(owner)}-0"
+
+
+def claim_retention(delete_data: bool) -> dict[str, str]:
+    """The Qdrant StatefulSet's `persistentVolumeClaimRetentionPolicy`: its volume goes with
+    the StatefulSet only for deletionPolicy Delete (the StatefulSet controller then makes the
+    StatefulSet an owner of the claim, and the garbage collector deletes it with it), never
+    when it is scaled down."""
+    return {"whenDeleted": "Delete" if delete_data else "Retain", "whenScaled": "Retain"}
+
+
 def build_qdrant(
     owner: Owner,
     store: QdrantStore,
@@ -234,7 +250,7 @@ def build_qdrant(
             *_secret_env("QDRANT__SERVICE__API_KEY", api_key),
         ],
         mounts=[
-            {"name": "storage", "mountPath": "/qdrant/storage"},
+            {"name": QDRANT_VOLUME, "mountPath": "/qdrant/storage"},
             {"name": "snapshots", "mountPath": "/qdrant/snapshots"},
         ],
         resources_block=resources(store.resources.requests, store.resources.limits),
@@ -243,7 +259,6 @@ def build_qdrant(
             "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5},
         },
     )
-    policy = "Delete" if delete_data else "Retain"
     statefulset = {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
@@ -253,7 +268,7 @@ def build_qdrant(
             "replicas": 1,
             "podManagementPolicy": "Parallel",
             "selector": {"matchLabels": selector_labels(owner, QDRANT_COMPONENT)},
-            "persistentVolumeClaimRetentionPolicy": {"whenDeleted": policy, "whenScaled": "Retain"},
+            "persistentVolumeClaimRetentionPolicy": claim_retention(delete_data),
             "template": {
                 "metadata": {"labels": metadata(owner, "", QDRANT_COMPONENT)["labels"]},
                 "spec": pod_spec(
@@ -262,7 +277,7 @@ def build_qdrant(
             },
             "volumeClaimTemplates": [
                 {
-                    "metadata": {"name": "storage"},
+                    "metadata": {"name": QDRANT_VOLUME},
                     "spec": _pvc_spec(store.storage, store.storage_class_name),
                 }
             ],

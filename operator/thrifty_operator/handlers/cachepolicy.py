@@ -15,6 +15,7 @@ from thrifty_core.api import CachePolicy
 from ..apply import KubeError
 from ..builders import cache, names
 from ..builders.common import Owner
+from ..builders.stores import qdrant_claim
 from ..conditions import Cond, false, true
 from . import gateway
 from .common import (
@@ -29,6 +30,7 @@ from .common import (
     ensure_redis_password,
     job_state,
     now,
+    owned_by,
     parse,
     plain,
     statefulset_state,
@@ -53,6 +55,31 @@ async def _store_state(policy: CachePolicy, owner: Owner, ctx: Context) -> tuple
     return redis_ok, qdrant_ok, "; ".join(parts) or "external stores"
 
 
+async def _qdrant_volume(policy: CachePolicy, owner: Owner, ctx: Context) -> str:
+    """Keep the managed Qdrant's volume claim owned as deletionPolicy says, and delete the
+    StatefulSet of a Qdrant the policy no longer runs once that does not take the claim with
+    it (the semantic data stays until the policy goes). Returns what it waits for, or ''."""
+    ns = owner.namespace
+    claim = await ctx.kube.get("v1", "PersistentVolumeClaim", ns, qdrant_claim(owner.name))
+    if claim is not None:
+        change = cache.claim_ownership(policy, owner, claim)
+        if change is not None:
+            claim = await ctx.kube.apply(change, field_manager=cache.VOLUME_MANAGER)
+    if cache.qdrant_runs(policy):
+        return ""
+    name = names.qdrant(owner.name)
+    statefulset = await ctx.kube.get("apps/v1", "StatefulSet", ns, name)
+    if statefulset is None or not owned_by(statefulset, owner):
+        return ""
+    if cache.claim_held_by(claim, statefulset, owner):
+        # (deletionPolicy changed to Retain as the layer went off: the live StatefulSet still
+        # says whenDeleted: Delete.)
+        await ctx.kube.apply(cache.qdrant_release(owner), field_manager=cache.VOLUME_MANAGER)
+        return f"qdrant: {name} is removed once the StatefulSet controller releases its volume"
+    await ctx.kube.delete("apps/v1", "StatefulSet", ns, name)
+    return ""
+
+
 async def reconcile(body: Body, ix: Indexes, ctx: Context) -> Outcome:
     policy = parse(CachePolicy, body)
     owner = Owner.from_body(body)
@@ -67,10 +94,13 @@ async def reconcile(body: Body, ix: Indexes, ctx: Context) -> Outcome:
     await apply_all(ctx.kube, cache.build_stores(policy, owner, ctx.defaults))
     for api_version, kind, name in cache.unused_stores(policy, owner):
         await delete_owned(ctx.kube, owner, api_version, kind, name)
+    waiting = await _qdrant_volume(policy, owner, ctx)
     redis_ok, qdrant_ok, message = await _store_state(policy, owner, ctx)
+    if waiting:
+        message = f"{message}; {waiting}" if message != "external stores" else waiting
     conds: list[Cond] = [
         true("StoreReady", "StoresAvailable", message)
-        if redis_ok and qdrant_ok
+        if redis_ok and qdrant_ok and not waiting
         else false("StoreReady", "StoresProgressing", message)
     ]
     target = cache.collection(policy)
@@ -190,7 +220,20 @@ async def delete_collection(body: Body, ctx: Context) -> None:
     deadline; a refused or stuck Job lets the policy go with a Warning Event."""
     try:
         policy = parse(CachePolicy, body)
-    except InvalidSpec:
+    except InvalidSpec as exc:
+        # Which collection and Qdrant it named cannot be trusted: released, and said so.
+        meta = body.get("metadata", {})
+        qdrant: Any = body.get("spec")
+        for key in ("stores", "qdrant"):
+            qdrant = qdrant.get(key) if isinstance(qdrant, Mapping) else None
+        named = qdrant.get("collection") if isinstance(qdrant, Mapping) else None
+        guess = named or f"thrifty-{meta.get('namespace')}-{meta.get('name')}"
+        message = (
+            f"deletionPolicy Delete, but the spec does not validate ({exc}): its semantic "
+            f"collection (likely {guess}) was not deleted and may remain; drop it yourself"
+        )
+        logger.warning("cachepolicy %s released: %s", meta.get("name"), message)
+        kopf.warn(cast(kopf.Body, body), reason="CollectionNotDeleted", message=message)
         return
     owner = Owner.from_body(body)
     job = cache.build_collection_delete_job(policy, owner, ctx.defaults)

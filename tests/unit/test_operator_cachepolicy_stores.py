@@ -1,0 +1,240 @@
+"""The CachePolicy handler's stores when a layer is turned off, and its finalizer on a spec
+that no longer validates (the real API server is in the e2e tests)."""
+
+from __future__ import annotations
+
+from copy import deepcopy
+from typing import Any
+
+import kopf
+import pytest
+
+from tests.unit.test_operator_builders import example
+from thrifty_core.api import CachePolicy
+from thrifty_operator.builders import cache
+from thrifty_operator.builders.common import Owner
+from thrifty_operator.builders.defaults import Defaults
+from thrifty_operator.handlers import cachepolicy
+from thrifty_operator.handlers.common import Context
+from thrifty_operator.handlers.indexes import BATCHQUEUES, CACHEPOLICIES, Indexes
+from thrifty_operator.settings import OperatorSettings
+
+Key = tuple[str, str]
+QDRANT = ("StatefulSet", "default-cache-qdrant")
+CLAIM = ("PersistentVolumeClaim", "storage-default-cache-qdrant-0")
+
+
+class FakeKube:
+    """Objects by (kind, name), with the parts of the StatefulSet controller and the garbage
+    collector these tests rely on: the controller makes the Qdrant's claim and owns it while
+    `whenDeleted` is Delete (`controllers()`); a deleted object's dependents go unless another
+    of their owners exists. A partial apply as another field manager merges into the object
+    (its claim owner references: that manager's own)."""
+
+    field_manager = "thrifty-operator"
+
+    def __init__(self) -> None:
+        self.objects: dict[Key, dict[str, Any]] = {}
+        self.applied: list[tuple[Key, str]] = []
+        self.deleted: list[Key] = []
+        self.uids = 0
+
+    async def get(self, _api: str, kind: str, _ns: str, name: str) -> dict[str, Any] | None:
+        found = self.objects.get((kind, name))
+        return deepcopy(found) if found is not None else None
+
+    async def apply(self, manifest: dict[str, Any], field_manager: str | None = None) -> Any:
+        key = (manifest["kind"], manifest["metadata"]["name"])
+        manager = field_manager or self.field_manager
+        self.applied.append((key, manager))
+        old = self.objects.get(key)
+        if old is None:
+            self.uids += 1
+            new = deepcopy(manifest)
+            new["metadata"]["uid"] = f"uid-{self.uids}"
+        elif manager == self.field_manager:
+            new = {**deepcopy(manifest), "metadata": {**old["metadata"], **manifest["metadata"]}}
+        else:
+            new = deepcopy(old)
+            for field, value in manifest.get("spec", {}).items():
+                new["spec"][field] = deepcopy(value)
+            refs = [r for r in new["metadata"].get("ownerReferences", []) if r.get("by") != manager]
+            for ref in manifest["metadata"].get("ownerReferences", []):
+                refs.append({**ref, "by": manager})
+            new["metadata"]["ownerReferences"] = refs
+        self.objects[key] = new
+        return deepcopy(new)
+
+    async def create(self, manifest: dict[str, Any]) -> bool:
+        key = (manifest["kind"], manifest["metadata"]["name"])
+        if key in self.objects:
+            return False
+        self.objects[key] = deepcopy(manifest)
+        return True
+
+    async def delete(self, _api: str, kind: str, _ns: str, name: str) -> bool:
+        self.deleted.append((kind, name))
+        gone = self.objects.pop((kind, name), None)
+        if gone is None:
+            return False
+        live = {o["metadata"].get("uid") for o in self.objects.values()} | {"uid-cachepolicy"}
+        for key, obj in list(self.objects.items()):
+            refs = obj["metadata"].get("ownerReferences") or []
+            if any(r["uid"] == gone["metadata"]["uid"] for r in refs):
+                if not any(r["uid"] in live for r in refs):
+                    del self.objects[key]
+                else:  # a dangling reference is dropped
+                    obj["metadata"]["ownerReferences"] = [r for r in refs if r["uid"] in live]
+        return True
+
+    def controllers(self) -> None:
+        """The StatefulSet controller's pass over the Qdrant and its claim."""
+        sts = self.objects.get(QDRANT)
+        if sts is None:
+            return
+        claim = self.objects.setdefault(CLAIM, {"kind": CLAIM[0], "metadata": {"name": CLAIM[1]}})
+        refs = [
+            r
+            for r in claim["metadata"].get("ownerReferences", [])
+            if r.get("kind") != "StatefulSet"
+        ]
+        if sts["spec"]["persistentVolumeClaimRetentionPolicy"]["whenDeleted"] == "Delete":
+            uid = sts["metadata"]["uid"]
+            refs.append({"kind": "StatefulSet", "uid": uid, "controller": True})
+        claim["metadata"]["ownerReferences"] = refs
+
+
+def context(kube: FakeKube) -> Any:
+    return Context(kube, Defaults(), OperatorSettings())  # type: ignore[arg-type]
+
+
+async def reconcile(kube: FakeKube, body: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """One reconcile, then the StatefulSet controller's pass."""
+    ix = Indexes({CACHEPOLICIES: {}, BATCHQUEUES: {}})
+    outcome = await cachepolicy.reconcile(body, ix, context(kube))
+    kube.controllers()
+    return {c.type: {"reason": c.reason, "message": c.message} for c in outcome.conditions}
+
+
+def policy(deletion: str = "Delete") -> dict[str, Any]:
+    body = example("cachepolicy")
+    body["spec"]["deletionPolicy"] = deletion
+    return body
+
+
+def owners(kube: FakeKube) -> set[str]:
+    return {str(r.get("kind")) for r in kube.objects[CLAIM]["metadata"]["ownerReferences"]}
+
+
+@pytest.mark.parametrize("deletion", ["Delete", "Retain"])
+async def test_turning_the_semantic_layer_off_keeps_qdrants_data(deletion: str) -> None:
+    """The Qdrant goes (StatefulSet, Service, NetworkPolicy), its volume claim stays: with
+    deletionPolicy Delete the StatefulSet owned the claim (whenDeleted: Delete), and deleting
+    it used to delete the data while the policy still existed. Turned on again, the new
+    StatefulSet finds the same claim."""
+    kube = FakeKube()
+    body = policy(deletion)
+    await reconcile(kube, body)
+    await reconcile(kube, body)
+    assert kube.objects[QDRANT]["spec"]["replicas"] == 1
+    assert owners(kube) == ({"StatefulSet", "CachePolicy"} if deletion == "Delete" else set())
+    body["spec"]["semantic"]["enabled"] = False
+    conds = await reconcile(kube, body)
+    assert QDRANT not in kube.objects
+    assert CLAIM in kube.objects  # the data
+    assert owners(kube) == ({"CachePolicy"} if deletion == "Delete" else set())
+    assert ("Service", "default-cache-qdrant") in kube.deleted
+    assert ("NetworkPolicy", "default-cache-qdrant") in kube.deleted
+    assert "releases its volume" not in conds["StoreReady"]["message"]
+    body["spec"]["semantic"]["enabled"] = True
+    await reconcile(kube, body)
+    assert QDRANT in kube.objects and CLAIM in kube.objects
+
+
+async def test_an_off_layers_volume_goes_with_the_policy_under_delete_only() -> None:
+    """The claim kept when the layer went off follows deletionPolicy when the policy goes,
+    also when deletionPolicy changes afterwards."""
+    kube = FakeKube()
+    body = policy("Delete")
+    await reconcile(kube, body)
+    body["spec"]["semantic"]["enabled"] = False
+    await reconcile(kube, body)
+    assert owners(kube) == {"CachePolicy"}
+    body["spec"]["deletionPolicy"] = "Retain"
+    await reconcile(kube, body)
+    assert owners(kube) == set()
+    body["spec"]["deletionPolicy"] = "Delete"
+    await reconcile(kube, body)
+    assert owners(kube) == {"CachePolicy"}
+
+
+async def test_retain_set_as_the_layer_goes_off_waits_for_the_claim_to_be_released() -> None:
+    """deletionPolicy Delete -> Retain in the same edit that turns the layer off: the live
+    StatefulSet still owns the claim (whenDeleted: Delete) and the policy no longer does, so
+    the StatefulSet is switched to Retain first, and deleted once its controller let go."""
+    kube = FakeKube()
+    body = policy("Delete")
+    await reconcile(kube, body)
+    kube.objects[CLAIM]["metadata"]["ownerReferences"] = [
+        r for r in kube.objects[CLAIM]["metadata"]["ownerReferences"] if r["kind"] == "StatefulSet"
+    ]  # (as an earlier operator left it: owned by the StatefulSet alone)
+    body["spec"]["semantic"]["enabled"] = False
+    body["spec"]["deletionPolicy"] = "Retain"
+    ix = Indexes({CACHEPOLICIES: {}, BATCHQUEUES: {}})
+    outcome = await cachepolicy.reconcile(body, ix, context(kube))
+    conds = {c.type: c for c in outcome.conditions}
+    assert QDRANT in kube.objects and CLAIM in kube.objects
+    assert (QDRANT, cache.VOLUME_MANAGER) in kube.applied
+    assert conds["StoreReady"].reason == "StoresProgressing"
+    assert "releases its volume" in conds["StoreReady"].message
+    kube.controllers()  # whenDeleted: Retain -> the controller takes its reference off
+    await reconcile(kube, body)
+    assert QDRANT not in kube.objects and CLAIM in kube.objects
+    assert owners(kube) == set()
+
+
+async def test_no_qdrant_is_made_for_a_policy_that_never_ran_one() -> None:
+    kube = FakeKube()
+    body = policy()
+    body["spec"]["semantic"]["enabled"] = False
+    conds = await reconcile(kube, body)
+    assert QDRANT not in kube.objects and CLAIM not in kube.objects
+    assert conds["CollectionReady"]["message"] == "the semantic layer is off"
+
+
+async def test_someone_elses_statefulset_of_that_name_is_left_alone() -> None:
+    kube = FakeKube()
+    body = policy()
+    body["spec"]["semantic"]["enabled"] = False
+    theirs = {
+        "kind": "StatefulSet",
+        "metadata": {"name": QDRANT[1], "uid": "theirs"},
+        "spec": {"replicas": 3, "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Retain"}},
+    }
+    kube.objects[QDRANT] = deepcopy(theirs)
+    await reconcile(kube, body)
+    assert kube.objects[QDRANT] == theirs
+
+
+async def test_an_invalid_spec_at_deletion_warns_that_the_collection_may_remain(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    warned: list[dict[str, Any]] = []
+    monkeypatch.setattr(kopf, "warn", lambda _body, **kw: warned.append(kw))
+    body = policy("Delete")
+    body["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00+00:00"
+    body["spec"]["scope"] = "nowhere"
+    kube = FakeKube()
+    await cachepolicy.delete_collection(body, context(kube))  # released: nothing to wait for
+    assert not kube.objects  # no delete Job from a spec it cannot read
+    (warning,) = warned
+    assert warning["reason"] == "CollectionNotDeleted"
+    assert "thrifty-shop-default-cache" in warning["message"]
+    assert "may remain" in warning["message"]
+
+
+def test_the_example_policy_runs_a_qdrant() -> None:
+    """(The tests above start from it.)"""
+    body = example("cachepolicy")
+    assert cache.qdrant_runs(CachePolicy.model_validate(body))
+    assert Owner.from_body(body).name == "default-cache"
