@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 import redis as redis_sync
@@ -586,3 +587,271 @@ async def test_a_restarted_worker_dead_letters_its_own_poison_lines(
     finally:
         await upstream.aclose()
         await queue.aclose()
+
+
+# -- provider jobs that fail as a whole, their backoff, and the provider's files -------------
+
+
+def provider_config(
+    simulator: Simulator, redis: RedisServer, tmp_path: Path, max_attempts: int = 2
+) -> GatewayConfig:
+    cfg = local_config(simulator.url)
+    cfg["batch"] = {
+        "name": f"jobs-{time.time_ns()}",
+        "redisUrl": redis.url,
+        "filesDir": str(tmp_path),
+        "spec": {
+            "mode": "provider",
+            "flushWindowSeconds": 1,
+            "pollIntervalSeconds": 1,
+            "retries": {"maxAttempts": max_attempts},
+        },
+    }
+    return parse_config(cfg)
+
+
+def provider_worker(
+    config: GatewayConfig, redis: RedisServer, tmp_path: Path, **options: Any
+) -> tuple[BatchWorker, HttpUpstream, list[float]]:
+    """A provider-mode worker as `thrifty batch-worker` builds it (backoffs shortened by
+    `options`), its upstream client and the times of its job submissions."""
+    assert config.batch is not None
+    keys = ProviderKeys(config.providers)
+    upstream = HttpUpstream(config.providers, keys)
+    batches = FollowingBatches(config.providers, keys)
+    submits: list[float] = []
+    submit = batches.submit
+
+    async def recorded(*args: Any) -> str:
+        submits.append(time.monotonic())
+        return await submit(*args)
+
+    batches.submit = recorded  # type: ignore[method-assign,assignment]
+    attempts = config.batch.spec.retries.max_attempts
+    queue = RedisQueue.from_url(
+        redis.url, config.batch.name, max_attempts=attempts, dead_letter=True, password=None
+    )
+    worker = BatchWorker(
+        config,
+        queue,
+        FilesystemStore(str(tmp_path), 10**9),
+        upstream,
+        batches,
+        WorkerOptions("w1", sweep_seconds=0.1, file_delete_retry_seconds=0.5, **options),
+    )
+    return worker, upstream, submits
+
+
+async def run_until_terminal(
+    config: GatewayConfig,
+    redis: RedisServer,
+    worker: BatchWorker,
+    record: BatchRecord,
+    timeout: float = 60,
+) -> BatchRecord:
+    assert config.batch is not None
+    queue = queue_for(redis, config.batch.name)
+    task = asyncio.create_task(worker.run())
+    try:
+        deadline = time.monotonic() + timeout
+        while (got := await queue.get(record.id)) is not None and got.status not in (
+            "completed",
+            "failed",
+            "expired",
+            "cancelled",
+        ):
+            assert time.monotonic() < deadline, got.status
+            await asyncio.sleep(0.05)
+        assert got is not None
+        return got
+    finally:
+        worker.stop()
+        await task
+        await queue.aclose()
+        await worker.queue.aclose()
+        await worker.batches.aclose()
+
+
+def sim_faults(sim: Simulator, **faults: Any) -> None:
+    httpx.post(f"{sim.url}/sim/batches/faults", json=faults).raise_for_status()
+
+
+def sim_stats(sim: Simulator) -> dict[str, Any]:
+    data: dict[str, Any] = httpx.get(f"{sim.url}/sim/batches/stats").json()
+    return data
+
+
+async def new_batch(config: GatewayConfig, redis: RedisServer, n: int) -> BatchRecord:
+    assert config.batch is not None
+    queue = queue_for(redis, config.batch.name)
+    try:
+        record = BatchRecord(id=new_id("batch"), endpoint="/v1/chat/completions", tenant="t")
+        await queue.create(record, lines_for(record.id, n, model=config.routes[0].name))
+        return record
+    finally:
+        await queue.aclose()
+
+
+async def test_a_job_refused_for_the_enqueued_token_quota_waits_without_burning_attempts(
+    redis: RedisServer, tmp_path: Path
+) -> None:
+    """OpenAI fails a job as a whole (`token_limit_exceeded`, no output or error file) while the
+    organization's enqueued tokens are over its quota. Each line was requeued at once and
+    counted an attempt: every attempt burnt in minutes, then dead-lettered `missing_result`.
+    Now the lines wait, doubling, without an attempt counted, and complete once it frees."""
+    sim = start_simulator(tmp_path / "sim", "--batch-speedup", "20")
+    try:
+        sim_faults(sim, fail_next=3, fail_code="token_limit_exceeded", fail_message="quota")
+        config = provider_config(sim, redis, tmp_path, max_attempts=2)
+        record = await new_batch(config, redis, 3)
+        worker, upstream, submits = provider_worker(
+            config, redis, tmp_path, quota_backoff_seconds=0.5, quota_backoff_max_seconds=1.0
+        )
+        done = await run_until_terminal(config, redis, worker, record)
+        await upstream.aclose()
+        assert done.status == "completed", done
+        assert done.request_counts.completed == 3 and done.request_counts.failed == 0
+        queue = queue_for(redis, config.batch.name)  # type: ignore[union-attr]
+        assert await queue.dead_letters() == []
+        await queue.aclose()
+        stats = sim_stats(sim)
+        assert stats["batches_failed"] == 3 and stats["batches_created"] == 4
+        gaps = [b - a for a, b in zip(submits, submits[1:], strict=False)]
+        assert len(gaps) == 3 and all(g >= 0.4 for g in gaps), gaps  # backed off each time
+    finally:
+        sim.stop()
+
+
+async def test_a_job_the_provider_fails_gives_its_reason_and_backs_off(
+    redis: RedisServer, tmp_path: Path
+) -> None:
+    """A job failed as a whole for another reason: the lines' errors carry the provider's code
+    and message (they said only `missing_result` / "provider job failed"), and the next
+    attempt waits its backoff instead of being submitted at once."""
+    sim = start_simulator(tmp_path / "sim", "--batch-speedup", "20")
+    try:
+        sim_faults(sim, fail_next=5, fail_code="invalid_request", fail_message="Bad input file.")
+        config = provider_config(sim, redis, tmp_path, max_attempts=2)
+        record = await new_batch(config, redis, 2)
+        worker, upstream, submits = provider_worker(
+            config, redis, tmp_path, retry_backoff_seconds=3.0, retry_backoff_max_seconds=3.0
+        )
+        done = await run_until_terminal(config, redis, worker, record)
+        await upstream.aclose()
+        assert done.request_counts.failed == 2
+        queue = queue_for(redis, config.batch.name)  # type: ignore[union-attr]
+        results = await queue.results(record.id)
+        await queue.aclose()
+        for result in results.values():
+            assert result.error_code == "invalid_request"
+            assert result.error_message is not None and "Bad input file." in result.error_message
+        # a job, its poll and the flush window (under 3 s, all the gap was), and 2.4-3 s of backoff
+        assert len(submits) == 2 and submits[1] - submits[0] >= 3.8, submits
+    finally:
+        sim.stop()
+
+
+async def test_a_job_failed_for_one_line_fails_that_line_and_reruns_the_others(
+    redis: RedisServer, tmp_path: Path
+) -> None:
+    """The provider names the input line it refused: that line fails with its error; the
+    others (the job failed for it) run again without an attempt counted."""
+    sim = start_simulator(tmp_path / "sim", "--batch-speedup", "20")
+    try:
+        sim_faults(sim, fail_next=1, fail_code="invalid_value", fail_message="Bad.", fail_line=2)
+        config = provider_config(sim, redis, tmp_path, max_attempts=1)
+        record = await new_batch(config, redis, 3)
+        worker, upstream, _ = provider_worker(config, redis, tmp_path)
+        done = await run_until_terminal(config, redis, worker, record)
+        await upstream.aclose()
+        queue = queue_for(redis, config.batch.name)  # type: ignore[union-attr]
+        results = await queue.results(record.id)
+        await queue.aclose()
+        failed = {k: v.error_code for k, v in results.items() if not v.ok}
+        assert len(failed) == 1 and set(failed.values()) == {"invalid_value"}
+        assert done.request_counts.completed == 2
+    finally:
+        sim.stop()
+
+
+async def test_lines_waiting_out_a_quota_end_batch_expired_with_the_window(
+    redis: RedisServer, tmp_path: Path
+) -> None:
+    """A quota that never frees: the lines, uncounted, wait no longer than the batch's
+    completion window, then end `batch_expired` (the batch `expired`)."""
+    sim = start_simulator(tmp_path / "sim", "--batch-speedup", "20")
+    try:
+        sim_faults(sim, fail_next=1000, fail_code="token_limit_exceeded")
+        config = provider_config(sim, redis, tmp_path, max_attempts=1)
+        record = await new_batch(config, redis, 2)
+        assert config.batch is not None
+        queue = queue_for(redis, config.batch.name)
+        stored = await queue.get(record.id)
+        assert stored is not None
+        key = queue.keys.batch(record.id)
+        await queue.redis.set(
+            key, stored.model_copy(update={"expires_at": int(time.time()) + 3}).store()
+        )
+        worker, upstream, _ = provider_worker(
+            config, redis, tmp_path, quota_backoff_seconds=60, quota_backoff_max_seconds=600
+        )
+        started = time.monotonic()
+        done = await run_until_terminal(config, redis, worker, record, timeout=30)
+        await upstream.aclose()
+        assert time.monotonic() - started < 15  # not the minute of backoff
+        assert done.status == "expired"
+        results = await queue.results(record.id)
+        assert {r.error_code for r in results.values()} == {"batch_expired"}
+        await queue.aclose()
+    finally:
+        sim.stop()
+
+
+async def test_a_failed_submit_backs_off_before_the_next_attempt(
+    redis: RedisServer, tmp_path: Path
+) -> None:
+    """The provider refuses the job (here its key): the lines' next attempt waits its backoff
+    (they were submitted again at once, every attempt burnt in seconds)."""
+    sim = start_simulator(tmp_path / "sim", "--api-key", "sk-right", "--batch-speedup", "20")
+    try:
+        config = provider_config(sim, redis, tmp_path, max_attempts=2)
+        record = await new_batch(config, redis, 1)
+        worker, upstream, submits = provider_worker(
+            config, redis, tmp_path, retry_backoff_seconds=1.5, retry_backoff_max_seconds=2.0
+        )
+        done = await run_until_terminal(config, redis, worker, record)
+        await upstream.aclose()
+        assert done.request_counts.failed == 1
+        # the flush window (1 s, all the gap was) and 1.2-1.5 s of backoff
+        assert len(submits) == 2 and submits[1] - submits[0] >= 2.0, submits
+    finally:
+        sim.stop()
+
+
+async def test_the_provider_files_of_a_finished_job_are_deleted(
+    redis: RedisServer, tmp_path: Path
+) -> None:
+    """The job's input upload and its output and error files stayed at the provider for ever
+    (every tenant's prompts and answers, against the storage quota): once the lines' results
+    are stored they are deleted, a failed job's input too."""
+    sim = start_simulator(tmp_path / "sim", "--batch-speedup", "20")
+    try:
+        sim_faults(sim, fail_next=1, fail_code="invalid_request", fail_rate=0.5, fail_jobs=2)
+        config = provider_config(sim, redis, tmp_path, max_attempts=3)
+        record = await new_batch(config, redis, 10)
+        worker, upstream, submits = provider_worker(
+            config, redis, tmp_path, retry_backoff_seconds=0.2, retry_backoff_max_seconds=0.5
+        )
+        done = await run_until_terminal(config, redis, worker, record)
+        await upstream.aclose()
+        assert done.status == "completed"
+        assert done.request_counts.completed == 10
+        stats = sim_stats(sim)
+        assert stats["files_uploaded"] == len(submits) >= 3  # failed, partly failed, the rest
+        assert stats["files"] == 0, stats  # inputs, outputs and error files all deleted
+        assert config.batch is not None
+        queue = queue_for(redis, config.batch.name)
+        assert await queue.files_to_delete() == {}
+        await queue.aclose()
+    finally:
+        sim.stop()

@@ -400,3 +400,54 @@ def test_bounded_lines_never_hold_an_overlong_line_whole() -> None:
     ]
     assert list(bounded_lines(io.BytesIO(b"0123456789"), 10)) == [b"0123456789"]
     assert list(bounded_lines(io.BytesIO(b""), 10)) == []
+
+
+def test_a_retry_backs_off_exponentially_within_its_bounds() -> None:
+    from thrifty_gateway.services.batching.provider import retry_delay
+
+    for step, top in ((1, 30.0), (2, 60.0), (3, 120.0), (10, 900.0), (50, 900.0)):
+        delays = [retry_delay(step, 30.0, 900.0) for _ in range(50)]
+        assert all(top * 0.8 <= d <= top for d in delays), (step, delays)
+
+
+def test_a_failed_jobs_errors_are_read_as_openai_writes_them() -> None:
+    from thrifty_gateway.services.batching.provider import JobState, job_errors
+
+    errors = {
+        "object": "list",
+        "data": [
+            {"code": "token_limit_exceeded", "message": "x" * 1000, "param": None, "line": None},
+            {"code": "invalid_value", "message": "bad", "param": "body.model", "line": 3},
+            "junk",
+        ],
+    }
+    parsed = job_errors(errors)
+    assert [e.code for e in parsed] == ["token_limit_exceeded", "invalid_value"]
+    assert len(parsed[0].message) == 300  # bounded
+    state = JobState("failed", None, None, parsed)
+    assert [e.code for e in state.job_errors()] == ["token_limit_exceeded"]
+    assert state.line_errors()[3].param == "body.model"
+    assert job_errors(None) == ()
+
+
+def test_a_line_keeps_its_backoff_and_a_quota_wait_is_not_an_attempt() -> None:
+    line = Line("b", "c", "chat", {"model": "m"})
+    later = line.retried(not_before=123.5)
+    assert later.attempt == 2 and later.not_before == 123.5 and later.waits == 0
+    waited = line.retried(not_before=99.0, count=False).retried(not_before=100.0, count=False)
+    assert waited.attempt == 1 and waited.waits == 2
+    fields = {
+        k.encode(): v if isinstance(v, bytes) else v.encode() for k, v in waited.fields().items()
+    }
+    again = Line.from_fields(fields)
+    assert (again.not_before, again.waits, again.attempt) == (100.0, 2, 1)
+    assert Line.from_json(waited.to_json()).waits == 2
+    assert (
+        Line.from_fields(
+            {
+                k.encode(): v if isinstance(v, bytes) else v.encode()
+                for k, v in line.fields().items()
+            }
+        ).not_before
+        is None
+    )

@@ -10,7 +10,15 @@ synchronous endpoints. Faults, set with `POST /sim/batches/faults`:
   with code `batch_expired`, like OpenAI's);
 * `forget_next`: the next N jobs are accepted, then forgotten: retrieving them answers 404
   (a job deleted on the provider's side, or one the key can no longer see);
-* per-model faults (`--fault MODEL=500`) answer every line of that model with the fault.
+* per-model faults (`--fault MODEL=500`) answer every line of that model with the fault;
+* `enqueued_token_limit`: the organization's enqueued-token quota (0: none). A job whose
+  input's tokens (about 4 characters each), with those of the jobs still running, pass it
+  fails at validation with `token_limit_exceeded` and no files, as OpenAI's does;
+* `fail_next`: the next N jobs fail at validation with `fail_code` / `fail_message` (about
+  input line `fail_line`, 1-based, when set), status `failed`, no output or error file.
+
+Files can be deleted (`DELETE /v1/files/{id}`, 404 when unknown); `files` in the stats is how
+many are stored.
 
 `GET /sim/batches/stats` counts API calls and lines; `POST /sim/reset` does not clear them.
 """
@@ -51,6 +59,12 @@ class BatchSim:
     fail_jobs: int = -1
     expire_next: int = 0
     forget_next: int = 0
+    enqueued_token_limit: int = 0
+    fail_next: int = 0
+    fail_code: str = "invalid_request"
+    fail_message: str = "The batch input file is invalid (simulated)."
+    fail_line: int | None = None
+    enqueued: dict[str, int] = field(default_factory=dict)  # job id -> its input's tokens
     stats: dict[str, int] = field(default_factory=dict)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -127,8 +141,10 @@ async def file_content(file_id: str, request: Request) -> Response:
 @router.delete("/v1/files/{file_id}")
 async def delete_file(file_id: str, request: Request) -> Response:
     bs, _ = _sim(request)
-    deleted = bs.files.pop(file_id, None) is not None
-    return _json({"id": file_id, "object": "file", "deleted": deleted})
+    if bs.files.pop(file_id, None) is None:
+        return _error(404, f"No such File object: {file_id}")
+    bs.count("files_deleted")
+    return _json({"id": file_id, "object": "file", "deleted": True})
 
 
 # -- batches ----------------------------------------------------------------------------------
@@ -176,6 +192,15 @@ async def create_batch(request: Request) -> Response:
     expire = bs.expire_next > 0
     if expire:
         bs.expire_next -= 1
+    failure: dict[str, Any] | None = None
+    if bs.fail_next > 0:
+        bs.fail_next -= 1
+        failure = {
+            "code": bs.fail_code,
+            "message": bs.fail_message,
+            "param": None,
+            "line": bs.fail_line,
+        }
     fail_rate = bs.fail_rate if bs.fail_jobs != 0 else 0.0
     if bs.fail_jobs > 0:
         bs.fail_jobs -= 1
@@ -185,7 +210,7 @@ async def create_batch(request: Request) -> Response:
         bs.count("batches_forgotten")
         return _json(job)
     bs.jobs[job["id"]] = job
-    task = asyncio.get_running_loop().create_task(_run(bs, sim, job, expire, fail_rate))
+    task = asyncio.get_running_loop().create_task(_run(bs, sim, job, expire, fail_rate, failure))
     bs.tasks.add(task)
     task.add_done_callback(bs.tasks.discard)
     return _json(job)
@@ -226,12 +251,23 @@ async def set_faults(request: Request) -> Response:
     bs.fail_jobs = int(body.get("fail_jobs", bs.fail_jobs))
     bs.expire_next = int(body.get("expire_next", bs.expire_next))
     bs.forget_next = int(body.get("forget_next", bs.forget_next))
+    bs.enqueued_token_limit = int(body.get("enqueued_token_limit", bs.enqueued_token_limit))
+    bs.fail_next = int(body.get("fail_next", bs.fail_next))
+    bs.fail_code = str(body.get("fail_code", bs.fail_code))
+    bs.fail_message = str(body.get("fail_message", bs.fail_message))
+    if "fail_line" in body:
+        bs.fail_line = None if body["fail_line"] is None else int(body["fail_line"])
     return _json(
         {
             "fail_rate": bs.fail_rate,
             "fail_jobs": bs.fail_jobs,
             "expire_next": bs.expire_next,
             "forget_next": bs.forget_next,
+            "enqueued_token_limit": bs.enqueued_token_limit,
+            "fail_next": bs.fail_next,
+            "fail_code": bs.fail_code,
+            "fail_message": bs.fail_message,
+            "fail_line": bs.fail_line,
         }
     )
 
@@ -239,7 +275,7 @@ async def set_faults(request: Request) -> Response:
 @router.get("/sim/batches/stats")
 async def batch_stats(request: Request) -> Response:
     bs, _ = _sim(request)
-    return _json({**bs.stats, "jobs": len(bs.jobs)})
+    return _json({**bs.stats, "jobs": len(bs.jobs), "files": len(bs.files)})
 
 
 # -- execution --------------------------------------------------------------------------------
@@ -277,16 +313,67 @@ def _out(custom_id: str, status: int | None, body: Any, error: Any = None) -> by
     )
 
 
+def _tokens(data: bytes) -> int:
+    return len(data) // 4
+
+
+RUNNING = ("validating", "in_progress", "finalizing")
+
+
+def _over_quota(bs: BatchSim, job: dict[str, Any], data: bytes) -> dict[str, Any] | None:
+    """The `token_limit_exceeded` error of a job that would pass the enqueued-token quota."""
+    if not bs.enqueued_token_limit:
+        return None
+    enqueued = sum(
+        tokens
+        for job_id, tokens in bs.enqueued.items()
+        if job_id != job["id"] and bs.jobs.get(job_id, {}).get("status") in RUNNING
+    )
+    if enqueued + _tokens(data) <= bs.enqueued_token_limit:
+        bs.enqueued[job["id"]] = _tokens(data)
+        return None
+    message = (
+        f"Enqueued token limit reached in organization org-sim. Limit: "
+        f"{bs.enqueued_token_limit:,} enqueued tokens. Please try again once some "
+        "in_progress batches have been completed."
+    )
+    return {"code": "token_limit_exceeded", "message": message, "param": None, "line": None}
+
+
 async def _run(
-    bs: BatchSim, sim: SimState, job: dict[str, Any], expire: bool, fail_rate: float
+    bs: BatchSim,
+    sim: SimState,
+    job: dict[str, Any],
+    expire: bool,
+    fail_rate: float,
+    failure: dict[str, Any] | None = None,
 ) -> None:
     speed = sim.settings.batch_speedup
     await asyncio.sleep(VALIDATING_S / speed)
     if job["status"] == "cancelling":
         job.update(status="cancelled", cancelled_at=int(time.time()))
         return
+    found = bs.files.get(job["input_file_id"])
+    data = found[1] if found is not None else b""
+    if found is None:
+        failure = {
+            "code": "invalid_file",
+            "message": f"No such File object: {job['input_file_id']}",
+            "param": "input_file_id",
+            "line": None,
+        }
+    failure = failure or _over_quota(bs, job, data)
+    if failure is not None:
+        # Refused at validation, as OpenAI's: no lines run, no output or error file.
+        job.update(
+            status="failed",
+            failed_at=int(time.time()),
+            errors={"object": "list", "data": [failure]},
+        )
+        bs.count("batches_failed")
+        return
     lines = []
-    for raw in bs.files[job["input_file_id"]][1].splitlines():
+    for raw in data.splitlines():
         if raw.strip():
             lines.append(orjson.loads(raw))
     job.update(status="in_progress", in_progress_at=int(time.time()))

@@ -52,6 +52,9 @@ class FollowingBatches:
     async def cancel(self, target: Target, job_id: str) -> None:
         await self._client().cancel(target, job_id)
 
+    async def delete(self, target: Target, file_id: str) -> None:
+        await self._client().delete(target, file_id)
+
     async def aclose(self) -> None:
         for batches in (*self._replaced, self._current):
             await batches.aclose()

@@ -108,6 +108,13 @@ class Line:
     # job's lines, which may run for hours): its answer fills the cache only if no purge
     # started since. None: not read (the answer is not stored).
     fence: str | None = None
+    # Not to be run before this time (epoch seconds): a retry backing off after its provider
+    # job failed as a whole or could not be submitted. Kept in the stream entry, so a worker
+    # that takes the line over honours it too.
+    not_before: float | None = None
+    # Times the line waited out a provider quota (`token_limit_exceeded`) without an attempt
+    # counted: the exponent of its next wait.
+    waits: int = 0
 
     @property
     def route(self) -> str:
@@ -123,6 +130,8 @@ class Line:
             "d": orjson.dumps(self.body),
             **({"x": "1"} if self.direct else {}),
             **({"nc": "1"} if not self.cache else {}),
+            **({"nb": repr(self.not_before)} if self.not_before is not None else {}),
+            **({"w": str(self.waits)} if self.waits else {}),
         }
 
     @classmethod
@@ -136,6 +145,8 @@ class Line:
             attempt=int(data.get(b"a", b"1")),
             direct=data.get(b"x") == b"1",
             cache=data.get(b"nc") != b"1",
+            not_before=float(data[b"nb"]) if b"nb" in data else None,
+            waits=int(data.get(b"w", b"0")),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -149,6 +160,7 @@ class Line:
             **({"x": True} if self.direct else {}),
             **({"nc": True} if not self.cache else {}),
             **({"f": self.fence} if self.fence is not None else {}),
+            **({"w": self.waits} if self.waits else {}),
         }
 
     @classmethod
@@ -163,24 +175,33 @@ class Line:
             data.get("x", False),
             not data.get("nc", False),
             data.get("f"),
+            None,
+            int(data.get("w", 0)),
         )
 
     def fenced(self, fence: str | None) -> Line:
         """This attempt, with the purge fence read at its cache lookup."""
         return dataclasses.replace(self, fence=fence)
 
-    def retried(self, direct: bool | None = None) -> Line:
-        """The next attempt (run directly when `direct`; as this one was by default)."""
+    def retried(
+        self, direct: bool | None = None, *, not_before: float | None = None, count: bool = True
+    ) -> Line:
+        """The next attempt (run directly when `direct`; as this one was by default), not run
+        before `not_before`; with `count` False the same attempt again, after a wait that is
+        not the line's fault (a provider quota)."""
         return Line(
             self.batch_id,
             self.custom_id,
             self.endpoint,
             self.body,
             self.tenant,
-            self.attempt + 1,
+            self.attempt + 1 if count else self.attempt,
             self.direct if direct is None else direct,
             self.cache,
-        )  # the next attempt reads the fence again
+            None,  # the next attempt reads the fence again
+            not_before,
+            0 if count else self.waits + 1,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +258,7 @@ class Keys:
         self.jobs = self.prefix + "jobs"
         self.inflight = self.prefix + "inflight"
         self.job_failures = self.prefix + "jobfailures"
+        self.provider_files = self.prefix + "providerfiles"  # to delete at the provider
 
     def batch(self, batch_id: str) -> str:
         return f"{self.prefix}batch:{batch_id}"

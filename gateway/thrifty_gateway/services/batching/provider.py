@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import random
 import time
 import uuid
 from collections.abc import Mapping
@@ -31,10 +32,62 @@ RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 
 
 @dataclass(frozen=True, slots=True)
+class JobError:
+    """One of the errors a provider job failed with (OpenAI's `errors.data[]`): `line` is the
+    1-based line of the job's input file it is about, None for the whole job (a quota)."""
+
+    code: str
+    message: str
+    line: int | None = None
+    param: str | None = None
+
+
+# A job refused for the organization's enqueued-token quota: it frees as jobs finish (hours),
+# whatever the lines; waiting it out is not an attempt of theirs.
+QUOTA_CODES = frozenset({"token_limit_exceeded"})
+MESSAGE_CHARS = 300  # the most of a provider's error message carried into results and logs
+
+
+@dataclass(frozen=True, slots=True)
 class JobState:
     status: str
     output_file_id: str | None
     error_file_id: str | None
+    errors: tuple[JobError, ...] = ()
+    input_file_id: str | None = None
+
+    def job_errors(self) -> list[JobError]:
+        """The errors about the whole job (not about one of its lines)."""
+        return [e for e in self.errors if e.line is None]
+
+    def line_errors(self) -> dict[int, JobError]:
+        """The errors about single lines, by 1-based input line."""
+        return {e.line: e for e in self.errors if e.line is not None}
+
+
+def job_errors(errors: Any) -> tuple[JobError, ...]:
+    """OpenAI's `errors` of a batch (`{"object": "list", "data": [...]}`, or the SDK's model
+    of it) as `JobError`s; anything unreadable is skipped."""
+    if errors is None:
+        return ()
+    if hasattr(errors, "model_dump"):
+        errors = errors.model_dump()
+    data = errors.get("data") if isinstance(errors, dict) else None
+    out: list[JobError] = []
+    for item in data or []:
+        if not isinstance(item, dict):
+            continue
+        line = item.get("line")
+        param = item.get("param")
+        out.append(
+            JobError(
+                str(item.get("code") or "provider_job_failed"),
+                str(item.get("message") or "")[:MESSAGE_CHARS],
+                line if isinstance(line, int) else None,
+                str(param) if param is not None else None,
+            )
+        )
+    return tuple(out)
 
 
 class ProviderBatches(Protocol):
@@ -45,6 +98,11 @@ class ProviderBatches(Protocol):
     async def download(self, target: Target, file_id: str) -> bytes: ...
 
     async def cancel(self, target: Target, job_id: str) -> None: ...
+
+    async def delete(self, target: Target, file_id: str) -> None:
+        """Delete a file at the provider (a job's input, output or error file); a file that
+        is gone already is not an error."""
+        ...
 
     async def aclose(self) -> None: ...
 
@@ -77,11 +135,26 @@ class OpenAIBatches:
         connection the provider's recent jobs are searched for it."""
         client = self._clients[target.provider]
         uploaded = await client.files.create(file=("thrifty.jsonl", jsonl), purpose="batch")
+        try:
+            return await self._create(client, uploaded.id, url, window)
+        except BaseException:
+            # No job (that we know of) reads the upload: it would stay at the provider, with
+            # every tenant's prompts, counting against the storage quota. A job created after
+            # all (a create that timed out) then fails validation instead of running twice.
+            try:
+                await client.files.delete(uploaded.id)
+            except Exception as exc:
+                log.warning(
+                    "deleting provider file %s failed (%s)", uploaded.id, type(exc).__name__
+                )
+            raise
+
+    async def _create(self, client: openai.AsyncOpenAI, file_id: str, url: str, window: str) -> str:
         marker = uuid.uuid4().hex
         for attempt in range(CREATE_TRIES):
             try:
                 job = await client.with_options(max_retries=0).batches.create(
-                    input_file_id=uploaded.id,
+                    input_file_id=file_id,
                     endpoint=url,  # type: ignore[arg-type]
                     completion_window=window,  # type: ignore[arg-type]
                     metadata={"created_by": "thrifty", MARKER: marker},
@@ -118,7 +191,13 @@ class OpenAIBatches:
 
     async def state(self, target: Target, job_id: str) -> JobState:
         job = await self._clients[target.provider].batches.retrieve(job_id)
-        return JobState(job.status, job.output_file_id, job.error_file_id)
+        return JobState(
+            job.status,
+            job.output_file_id,
+            job.error_file_id,
+            job_errors(job.errors),
+            job.input_file_id,
+        )
 
     async def download(self, target: Target, file_id: str) -> bytes:
         content = await self._clients[target.provider].files.content(file_id)
@@ -126,6 +205,12 @@ class OpenAIBatches:
 
     async def cancel(self, target: Target, job_id: str) -> None:
         await self._clients[target.provider].batches.cancel(job_id)
+
+    async def delete(self, target: Target, file_id: str) -> None:
+        try:
+            await self._clients[target.provider].files.delete(file_id)
+        except openai.NotFoundError:
+            return
 
     async def aclose(self) -> None:
         for client in self._clients.values():
@@ -259,6 +344,14 @@ def parse_outputs(*files: bytes) -> dict[str, LineOutcome]:
             if custom_id not in out or outcome.ok:
                 out[custom_id] = outcome
     return out
+
+
+def retry_delay(step: int, base: float, cap: float, jitter: float = 0.2) -> float:
+    """Seconds before the `step`-th (1-based) retry of a line whose provider job failed as a
+    whole or could not be submitted: `base` doubling per step up to `cap`, less up to
+    `jitter` of it at random (lines of one failed job do not all come back at once)."""
+    delay = min(cap, base * 2.0 ** max(step - 1, 0))
+    return float(delay * (1.0 - jitter * random.random()))
 
 
 def next_poll(interval: float, started: float, now: float) -> float:

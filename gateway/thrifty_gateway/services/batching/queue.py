@@ -423,12 +423,22 @@ class RedisQueue:
         )
         return int(done)
 
-    async def resubmit(self, entry_id: str, line: Line, direct: bool | None = None) -> bool:
-        """Queue the line's next attempt (run directly when `direct`) and acknowledge the old
-        entry, atomically, and only while the old entry is pending: False when it was
-        acknowledged already (by a replayed poll, say), and nothing is queued."""
+    async def resubmit(
+        self,
+        entry_id: str,
+        line: Line,
+        direct: bool | None = None,
+        *,
+        not_before: float | None = None,
+        count: bool = True,
+    ) -> bool:
+        """Queue the line's next attempt (run directly when `direct`; not before `not_before`;
+        the same attempt again unless `count`) and acknowledge the old entry, atomically, and
+        only while the old entry is pending: False when it was acknowledged already (by a
+        replayed poll, say), and nothing is queued."""
         k = self.keys
-        fields = [v for pair in line.retried(direct).fields().items() for v in pair]
+        again = line.retried(direct, not_before=not_before, count=count)
+        fields = [v for pair in again.fields().items() for v in pair]
         queued = await self._resubmit(
             keys=[k.stream, k.inflight], args=[k.group, entry_id, *fields]
         )
@@ -439,12 +449,20 @@ class RedisQueue:
         return await self.complete(entry_id, line, result, dead=True)
 
     async def fail_or_retry(
-        self, entry_id: str, line: Line, result: Result, retryable: bool
+        self,
+        entry_id: str,
+        line: Line,
+        result: Result,
+        retryable: bool,
+        *,
+        not_before: float | None = None,
+        count: bool = True,
     ) -> int | None:
-        """A failed attempt: resubmit while attempts remain, else store the failure (and
+        """A failed attempt: resubmit (not before `not_before`) while attempts remain, or
+        always when the failure does not `count` as an attempt, else store the failure (and
         dead-letter it when it was retryable). Returns the done count when stored."""
-        if retryable and line.attempt < self.max_attempts:
-            await self.resubmit(entry_id, line)
+        if retryable and (not count or line.attempt < self.max_attempts):
+            await self.resubmit(entry_id, line, not_before=not_before, count=count)
             return None
         return await self.complete(entry_id, line, result, dead=retryable)
 
@@ -465,11 +483,28 @@ class RedisQueue:
         raw = await self.redis.hgetall(self.keys.jobs)
         return {k.decode(): orjson.loads(v) for k, v in raw.items()}
 
-    async def drop_job(self, job_id: str) -> None:
+    async def drop_job(
+        self, job_id: str, provider_files: Sequence[str] = (), provider: str = ""
+    ) -> None:
+        """Forget a finished job; its `provider_files` at `provider` are recorded to be
+        deleted there (`file_deleted` once they are)."""
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hdel(self.keys.jobs, job_id)
             pipe.hdel(self.keys.job_failures, job_id)
+            if provider_files:
+                pipe.hset(self.keys.provider_files, mapping=dict.fromkeys(provider_files, provider))
             await pipe.execute()
+
+    async def files_to_delete(self) -> dict[str, list[str]]:
+        """Provider files still to be deleted, by provider."""
+        raw = await self.redis.hgetall(self.keys.provider_files)
+        out: dict[str, list[str]] = {}
+        for file_id, provider in raw.items():
+            out.setdefault(_text(provider), []).append(_text(file_id))
+        return out
+
+    async def file_deleted(self, file_id: str) -> None:
+        await self.redis.hdel(self.keys.provider_files, file_id)
 
     async def job_poll_failed(self, job_id: str) -> int:
         """Count a failed poll of a provider job; returns its consecutive failures."""

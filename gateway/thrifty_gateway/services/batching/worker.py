@@ -9,6 +9,7 @@ Three loops share one `Worker`: the reader (new lines, then packs or direct call
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import time
 from dataclasses import dataclass, field
@@ -23,7 +24,9 @@ from .files import FileStore
 from .finalize import fail_interrupted, finalize
 from .model import WINDOW_SECONDS, Line, Result
 from .provider import (
+    QUOTA_CODES,
     TERMINAL_JOB,
+    JobState,
     Pack,
     Packer,
     ProviderBatches,
@@ -31,6 +34,7 @@ from .provider import (
     next_poll,
     parse_outputs,
     poll_error_is_gone,
+    retry_delay,
 )
 from .queue import Entry, RedisQueue
 
@@ -57,6 +61,17 @@ class WorkerOptions:
     job_grace_seconds: float = 3600.0
     # a batch still `validating` this long after it was created (creation cut short) is failed
     stale_validating_seconds: float = 600.0
+    # a line whose provider job failed as a whole, or could not be submitted, is retried
+    # after this many seconds, doubling per attempt up to the max
+    retry_backoff_seconds: float = 30.0
+    retry_backoff_max_seconds: float = 900.0
+    # a job refused for the provider's enqueued-token quota (`token_limit_exceeded`): its lines
+    # wait this long, doubling per refusal up to the max, without an attempt counted (until the
+    # batch's completion window ends: they are then answered `batch_expired`)
+    quota_backoff_seconds: float = 60.0
+    quota_backoff_max_seconds: float = 1800.0
+    # provider files whose delete failed are tried again this often
+    file_delete_retry_seconds: float = 60.0
 
 
 class BatchInfo(NamedTuple):
@@ -117,6 +132,8 @@ class Worker:
         self._tasks: set[asyncio.Task[None]] = set()
         self._next_poll: dict[str, float] = {}
         self._held: set[str] = set()  # entries in a pack or a direct call of this worker
+        # lines backing off (not before their time): (due, entry id, line), held by this worker
+        self._delayed: list[tuple[float, str, Line]] = []
         self._stop = asyncio.Event()
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -162,6 +179,9 @@ class Worker:
                 if self.spec.mode == "provider":
                     room = max(room, self.spec.limits.max_lines_per_job)
                 wait = self.packer.next_due(time.monotonic())
+                if self._delayed:
+                    due = max(0.0, self._delayed[0][0] - time.time())
+                    wait = due if wait is None else min(wait, due)
                 block = self.options.read_block_ms
                 if wait is not None:
                     block = max(1, min(block, int(wait * 1000) + 1))
@@ -171,6 +191,10 @@ class Worker:
                 else:
                     entries = await self.queue.read(self.options.consumer, room, block)
                 for entry_id, line in entries:
+                    await self._handle(entry_id, line)
+                while self._delayed and self._delayed[0][0] <= time.time():
+                    _, entry_id, line = heapq.heappop(self._delayed)
+                    self._held.discard(entry_id)
                     await self._handle(entry_id, line)
                 for pack in self.packer.due(time.monotonic()):
                     await self._submit(pack)
@@ -228,6 +252,13 @@ class Worker:
         if info[2] is not None and time.time() > info[2]:
             result = Result(line.custom_id, None, None, "batch_expired", EXPIRED)
             await self._store(entry_id, line, result)
+            return
+        if line.not_before is not None and line.not_before > time.time():
+            # Backing off: held here (its idle time refreshed, like any line held) until its
+            # time, or until its batch's window ends (it is then answered batch_expired).
+            due = line.not_before if info[2] is None else min(line.not_before, info[2] + 1.0)
+            self._held.add(entry_id)
+            heapq.heappush(self._delayed, (due, entry_id, line))
             return
         route = self.routes.get(line.route)
         if route is None:
@@ -345,7 +376,9 @@ class Worker:
             )
             for entry_id, line in pack.entries:
                 result = Result(line.custom_id, None, None, "submit_failed", message)
-                done = await self.queue.fail_or_retry(entry_id, line, result, True)
+                done = await self.queue.fail_or_retry(
+                    entry_id, line, result, True, not_before=self._backoff(line)
+                )
                 if done is not None:
                     await self._maybe_finalize(line.batch_id, done)
             return
@@ -376,6 +409,40 @@ class Worker:
             except Exception:
                 log.exception("batch poller error; retrying")
             await asyncio.sleep(min(interval, 0.5))
+
+    def _backoff(self, line: Line, quota: bool = False) -> float:
+        """When the line's next try may run, after its provider job failed as a whole (or
+        could not be submitted): exponential per attempt, or per quota refusal."""
+        o = self.options
+        if quota:
+            delay = retry_delay(
+                line.waits + 1, o.quota_backoff_seconds, o.quota_backoff_max_seconds
+            )
+        else:
+            delay = retry_delay(line.attempt, o.retry_backoff_seconds, o.retry_backoff_max_seconds)
+        return time.time() + delay
+
+    def _job_failed(
+        self, state: JobState, index: int, line: Line
+    ) -> tuple[Result, bool, float | None, bool]:
+        """A line of a job the provider failed as a whole (no output): its result, whether it
+        is retried, not before when, and whether that counts as an attempt. An error about the
+        line itself fails it; the others' lines are retried at once, uncounted (the job failed
+        for another line); a job-wide error backs off (a quota, uncounted)."""
+        own = state.line_errors().get(index)
+        if own is not None:
+            return Result(line.custom_id, None, None, own.code, own.message), False, None, True
+        job_wide = state.job_errors()
+        if not job_wide and state.errors:
+            message = "the provider failed the job for other lines; queued again"
+            result = Result(line.custom_id, None, None, "provider_job_failed", message)
+            return result, True, None, False
+        error = job_wide[0] if job_wide else None
+        code = error.code if error is not None else "provider_job_failed"
+        message = f"provider job failed: {error.message if error else 'no reason given'}"
+        quota = code in QUOTA_CODES
+        result = Result(line.custom_id, None, None, code, message)
+        return result, True, self._backoff(line, quota), not quota
 
     def _job_lost(self, job: dict[str, Any], failures: int, gone: bool) -> str | None:
         window = WINDOW_SECONDS.get(self.spec.completion_window, 86400)
@@ -438,7 +505,16 @@ class Worker:
             if file_id:
                 files.append(await self.batches.download(target, file_id))
         outcomes = parse_outputs(*files)
-        for entry_id, data in job["lines"].items():
+        if state.status == "failed":
+            log.warning(
+                "provider batch job %s failed: %s",
+                job_id,
+                "; ".join(
+                    f"{e.code} (line {e.line}, param {e.param}): {e.message}" for e in state.errors
+                )
+                or "no reason given",
+            )
+        for index, (entry_id, data) in enumerate(job["lines"].items(), start=1):
             line = Line.from_json(data)
             outcome = outcomes.get(entry_id)
             route = self.routes.get(line.route)
@@ -461,7 +537,11 @@ class Worker:
             # cancelled meanwhile: said so, not retried
             if await self._if_stopped(entry_id, line, await self._batch_info(line.batch_id)):
                 continue
-            if outcome is None:
+            not_before: float | None = None
+            count = True
+            if outcome is None and state.status == "failed":
+                result, retryable, not_before, count = self._job_failed(state, index, line)
+            elif outcome is None:
                 code = "batch_expired" if state.status == "expired" else "missing_result"
                 result = Result(line.custom_id, None, None, code, f"provider job {state.status}")
                 retryable = True
@@ -474,10 +554,38 @@ class Worker:
                     outcome.error_message,
                 )
                 retryable = outcome.retryable
-            await self._retry(entry_id, line, result, retryable)
-        await self.queue.drop_job(job_id)
+            await self._retry(entry_id, line, result, retryable, not_before=not_before, count=count)
+        # Every line has its result stored (or is queued again): the job's files at the
+        # provider (every tenant's prompts and answers) are deleted, best effort. Recorded
+        # first, so that a delete that fails (or a worker that dies now) is tried again.
+        provider_files = [
+            f for f in (state.input_file_id, state.output_file_id, state.error_file_id) if f
+        ]
+        await self.queue.drop_job(job_id, provider_files, target.provider)
         self._next_poll.pop(job_id, None)
         log.info("provider batch job %s %s", job_id, state.status)
+        await self._delete_files(target.provider, provider_files)
+
+    async def _delete_files(self, provider: str, file_ids: list[str]) -> None:
+        """Delete provider files (best effort): one that fails stays recorded and is tried
+        again by the sweeper."""
+        from ..pipeline import Target
+
+        for file_id in file_ids:
+            try:
+                await self.batches.delete(Target(provider, ""), file_id)
+            except Exception as exc:
+                log.warning(
+                    "deleting provider file %s failed (%s); tried again later",
+                    file_id,
+                    type(exc).__name__,
+                )
+                continue
+            await self.queue.file_deleted(file_id)
+
+    async def _retry_deletes(self) -> None:
+        for provider, file_ids in (await self.queue.files_to_delete()).items():
+            await self._delete_files(provider, file_ids)
 
     async def _all_stopped(self, job: dict[str, Any]) -> bool:
         """Whether every batch with lines in the job was cancelled (or ended otherwise): the
@@ -501,7 +609,16 @@ class Worker:
         await self.queue.save_job(job_id, job, [])
         log.info("provider batch job %s cancelled (its batches were)", job_id)
 
-    async def _retry(self, entry_id: str, line: Line, result: Result, retryable: bool) -> None:
+    async def _retry(
+        self,
+        entry_id: str,
+        line: Line,
+        result: Result,
+        retryable: bool,
+        *,
+        not_before: float | None = None,
+        count: bool = True,
+    ) -> None:
         if (
             retryable
             and self.spec.retries.on_failure == "direct"
@@ -513,7 +630,9 @@ class Worker:
             if await self.queue.resubmit(entry_id, line, direct=True):
                 self.stats.resubmitted += 1
             return
-        done = await self.queue.fail_or_retry(entry_id, line, result, retryable)
+        done = await self.queue.fail_or_retry(
+            entry_id, line, result, retryable, not_before=not_before, count=count
+        )
         if done is None:
             self.stats.resubmitted += 1
         else:
@@ -524,6 +643,7 @@ class Worker:
     async def _sweeper(self) -> None:
         idle_ms = int(self.options.reclaim_idle_seconds * 1000)
         next_reclaim = next_touch = 0.0
+        next_deletes = time.monotonic() + self.options.file_delete_retry_seconds
         while not self._stop.is_set():
             try:
                 # The lines this worker holds (waiting for a direct call's turn, in the packer)
@@ -542,6 +662,9 @@ class Worker:
                     for entry_id, line in reclaimed:
                         if entry_id not in self._held:
                             await self._handle(entry_id, line)
+                if time.monotonic() >= next_deletes:
+                    next_deletes = time.monotonic() + self.options.file_delete_retry_seconds
+                    await self._retry_deletes()
                 for batch_id in await self.queue.active():
                     await finalize(
                         self.queue,
