@@ -855,3 +855,93 @@ async def test_the_provider_files_of_a_finished_job_are_deleted(
         await queue.aclose()
     finally:
         sim.stop()
+
+
+# -- cancel -----------------------------------------------------------------------------------
+
+
+async def test_a_direct_line_of_a_batch_cancelled_while_it_waited_is_not_called(
+    redis: RedisServer, tmp_path: Path
+) -> None:
+    """Direct mode reads lines ahead of its concurrency: a line already read when its batch is
+    cancelled was still called upstream (and paid for). It is now answered `batch_cancelled`
+    when its turn comes, without a call."""
+    slow = start_simulator(tmp_path / "sim", "--latency-ms", "1500")
+    try:
+        config = direct_config(slow, redis, tmp_path)
+        assert config.batch is not None
+        worker, upstream = direct_worker(config, redis, tmp_path, "w1")
+        queue = queue_for(redis, config.batch.name)
+        record = BatchRecord(id=new_id("batch"), endpoint="/v1/chat/completions", tenant="t")
+        await queue.create(record, lines_for(record.id, 3, model=config.routes[0].name))
+        task = asyncio.create_task(worker.run())
+        try:
+            deadline = time.monotonic() + 10
+            while not slow.stats()["requests"]:  # the first line's call is under way
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+            assert await queue.transition(record.id, "cancelling", cancelling_at=int(time.time()))
+            while (got := await queue.get(record.id)) is not None and got.status != "cancelled":
+                assert time.monotonic() < deadline + 20, got.status
+                await asyncio.sleep(0.05)
+        finally:
+            worker.stop()
+            await task
+            await worker.queue.aclose()
+            await worker.batches.aclose()
+            await upstream.aclose()
+        assert slow.stats()["requests"] == {"gpt-4o-mini": 1}  # only the line already called
+        results = await queue.results(record.id)
+        codes = sorted(r.error_code or "ok" for r in results.values())
+        assert codes == ["batch_cancelled", "batch_cancelled", "ok"]
+        await queue.aclose()
+    finally:
+        slow.stop()
+
+
+async def test_a_job_shared_with_a_cancelled_batch_runs_on_for_the_others(
+    redis: RedisServer, tmp_path: Path
+) -> None:
+    """A provider job holds lines of two batches and one is cancelled: the job is not cancelled
+    (the other batch's lines would go back to the end of the provider's queue), so the
+    cancelled batch's lines already submitted run and are billed, as in-flight requests of an
+    OpenAI batch cancel do. It ends `cancelled` saying so truthfully: those lines' answers in
+    its output file, counted completed; the other batch completes."""
+    sim = start_simulator(tmp_path / "sim", "--batch-speedup", "0.2")  # 2.5 s validating
+    try:
+        config = provider_config(sim, redis, tmp_path)
+        assert config.batch is not None
+        first = await new_batch(config, redis, 3)
+        second = await new_batch(config, redis, 3)
+        worker, upstream, submits = provider_worker(config, redis, tmp_path)
+        queue = queue_for(redis, config.batch.name)
+        task = asyncio.create_task(worker.run())
+        try:
+            deadline = time.monotonic() + 30
+            while not await queue.redis.hlen(queue.keys.jobs):
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+            assert await queue.transition(first.id, "cancelling", cancelling_at=int(time.time()))
+            for record in (first, second):
+                while (got := await queue.get(record.id)) is not None and got.status not in (
+                    "completed",
+                    "cancelled",
+                ):
+                    assert time.monotonic() < deadline, got.status
+                    await asyncio.sleep(0.05)
+        finally:
+            worker.stop()
+            await task
+            await worker.queue.aclose()
+            await worker.batches.aclose()
+            await upstream.aclose()
+        cancelled, completed = await queue.get(first.id), await queue.get(second.id)
+        assert cancelled is not None and completed is not None
+        assert cancelled.status == "cancelled" and cancelled.request_counts.completed == 3
+        assert completed.status == "completed" and completed.request_counts.completed == 3
+        assert all(r.ok for r in (await queue.results(first.id)).values())
+        stats = sim_stats(sim)
+        assert len(submits) == 1 and stats["lines"] == 6  # one job, run whole, not cancelled
+        await queue.aclose()
+    finally:
+        sim.stop()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 import orjson
@@ -156,12 +156,18 @@ class DirectExecutor:
         self.semaphore = asyncio.Semaphore(limits.concurrency)
         self.calls = 0
 
-    async def run(self, line: Line) -> tuple[Result, bool]:
+    async def run(
+        self, line: Line, go: Callable[[], Awaitable[Result | None]] | None = None
+    ) -> tuple[Result, bool]:
+        """Run the line (when its turn comes, `go`, if given, may answer it instead: a batch
+        cancelled while it waited)."""
         route = self.routes.get(line.route)
         if route is None:
             return Result(line.custom_id, None, None, "model_not_found", "unknown model"), False
         async with self.semaphore:
             await self.gate.acquire(estimate_usage(line.body, None).prompt_tokens)
+            if go is not None and (instead := await go()) is not None:
+                return instead, False
             self.calls += 1
             try:
                 attempt = await call_with_fallback(

@@ -314,8 +314,25 @@ class Worker:
             self._held.discard(entry_id)
 
     async def _direct_once(self, entry_id: str, line: Line) -> None:
-        self.stats.direct_calls += 1
-        result, retryable = await self.direct.run(line)
+        stopped_as: list[Result] = []
+
+        async def go() -> Result | None:
+            # Right before the call (after waiting for a turn, maybe long): a line of a batch
+            # cancelled (or expired) meanwhile is answered so, not run and paid for.
+            info = await self._batch_info(line.batch_id)
+            if info is None or info[0] in STOPPED:
+                stopped_as.append(stopped(line, info))
+            elif info[2] is not None and time.time() > info[2]:
+                stopped_as.append(Result(line.custom_id, None, None, "batch_expired", EXPIRED))
+            else:
+                self.stats.direct_calls += 1
+                return None
+            return stopped_as[0]
+
+        result, retryable = await self.direct.run(line, go)
+        if stopped_as:
+            await self._store(entry_id, line, stopped_as[0])
+            return
         if result.ok:
             # a fallback target's answer must not fill the cache under the primary's key
             if self.cache is not None and result.body is not None and result.primary:
@@ -589,7 +606,11 @@ class Worker:
 
     async def _all_stopped(self, job: dict[str, Any]) -> bool:
         """Whether every batch with lines in the job was cancelled (or ended otherwise): the
-        job's answers would be paid for and thrown away."""
+        job's answers would be paid for and thrown away. A job shared with batches still
+        running is not cancelled (their lines would go back to the end of the provider's
+        queue, and one tenant's cancels could hold up every other's): the cancelled batch's
+        lines already submitted run and are billed, as in-flight requests of an OpenAI batch
+        cancel are, and its output file has their answers (it stays `cancelling` until then)."""
         batch_ids = {Line.from_json(data).batch_id for data in job["lines"].values()}
         for batch_id in batch_ids:
             info = await self._batch_info(batch_id)
