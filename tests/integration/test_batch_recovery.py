@@ -23,9 +23,11 @@ from thrifty_gateway.services.batching.files import FilesystemStore
 from thrifty_gateway.services.batching.finalize import finalize
 from thrifty_gateway.services.batching.main import FollowingBatches
 from thrifty_gateway.services.batching.model import BatchRecord, Keys, Line, new_id
+from thrifty_gateway.services.batching.provider import job_line
 from thrifty_gateway.services.batching.queue import CHUNK, RedisQueue
 from thrifty_gateway.services.batching.worker import Worker as BatchWorker
 from thrifty_gateway.services.batching.worker import WorkerOptions
+from thrifty_gateway.services.pipeline import Target
 from thrifty_gateway.services.upstream import HttpUpstream, ProviderKeys
 
 pytestmark = pytest.mark.integration
@@ -942,6 +944,69 @@ async def test_a_job_shared_with_a_cancelled_batch_runs_on_for_the_others(
         assert all(r.ok for r in (await queue.results(first.id)).values())
         stats = sim_stats(sim)
         assert len(submits) == 1 and stats["lines"] == 6  # one job, run whole, not cancelled
+        await queue.aclose()
+    finally:
+        sim.stop()
+
+
+# -- provider jobs' lines kept apart from what the poller reads -------------------------------
+
+
+async def test_a_poll_pass_reads_the_jobs_without_their_lines(redis: RedisServer) -> None:
+    """Every worker read every job with all its lines' request bodies (the whole jobs hash,
+    parsed) twice a second: 4 jobs of 50k lines stalled the event loop 1.6 s a pass. The jobs
+    hash now holds only metadata; a job's lines are read when it ends."""
+    queue = queue_for(redis, f"split-{time.time_ns()}")
+    try:
+        lines = {f"1-{i}": {"b": "batch_x", "c": f"c{i}", "d": {"p": "x" * 100}} for i in range(50)}
+        job = {"provider": "p", "model": "m", "url": "/v1/chat/completions", "started": 1.0}
+        await queue.save_job("job-1", {**job, "batches": ["batch_x"], "lines": lines}, list(lines))
+        raw = await queue.redis.hget(queue.keys.jobs, "job-1")
+        assert b"lines" not in raw and len(raw) < 200
+        assert await queue.jobs() == {"job-1": {**job, "batches": ["batch_x"]}}
+        assert list((await queue.job_lines("job-1")).items()) == list(lines.items())  # in order
+        await queue.drop_job("job-1")
+        assert await queue.job_lines("job-1") == {}
+        assert not await queue.redis.exists(queue.keys.job_lines("job-1"))
+    finally:
+        await queue.aclose()
+
+
+async def test_a_job_recorded_whole_by_an_older_worker_is_still_polled_to_its_end(
+    redis: RedisServer, tmp_path: Path
+) -> None:
+    """After an upgrade, jobs an older worker recorded (lines inside the job's hash value) are
+    moved to the split form at the first poll pass and finish as usual."""
+    sim = start_simulator(tmp_path / "sim", "--batch-speedup", "20")
+    try:
+        config = provider_config(sim, redis, tmp_path)
+        assert config.batch is not None
+        record = await new_batch(config, redis, 3)
+        queue = queue_for(redis, config.batch.name)
+        entries = await queue.read("older-worker", 10, 100)
+        assert len(entries) == 3
+        target = config.routes[0].targets[0]
+        tgt = Target(target.provider, target.model)
+        data = b"".join(job_line(eid, line, tgt) + b"\n" for eid, line in entries)
+        old = FollowingBatches(config.providers, ProviderKeys(config.providers))
+        job_id = await old.submit(tgt, "/v1/chat/completions", data, "24h")
+        await old.aclose()
+        whole = {
+            "provider": target.provider,
+            "model": target.model,
+            "url": "/v1/chat/completions",
+            "started": time.time(),
+            "lines": {eid: line.to_json() for eid, line in entries},
+        }
+        await queue.redis.hset(queue.keys.jobs, job_id, orjson.dumps(whole))
+        await queue.redis.hset(queue.keys.inflight, mapping=dict.fromkeys(dict(entries), job_id))
+        worker, upstream, submits = provider_worker(config, redis, tmp_path)
+        done = await run_until_terminal(config, redis, worker, record)
+        await upstream.aclose()
+        assert done.status == "completed" and done.request_counts.completed == 3
+        assert submits == []  # the older worker's job answered them
+        assert await queue.redis.hlen(queue.keys.jobs) == 0
+        assert not await queue.redis.exists(queue.keys.job_lines(job_id))
         await queue.aclose()
     finally:
         sim.stop()

@@ -269,5 +269,9 @@ class Keys:
     def counts(self, batch_id: str) -> str:
         return f"{self.prefix}counts:{batch_id}"
 
+    def job_lines(self, job_id: str) -> str:
+        """A provider job's lines (its metadata is in the `jobs` hash)."""
+        return f"{self.prefix}joblines:{job_id}"
+
     def lock(self, name: str) -> str:
         return f"{self.prefix}lock:{name}"

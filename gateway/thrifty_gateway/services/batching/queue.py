@@ -473,15 +473,51 @@ class RedisQueue:
     # -- provider jobs ----------------------------------------------------------------------
 
     async def save_job(self, job_id: str, job: dict[str, Any], entry_ids: Sequence[str]) -> None:
+        """Record a provider job: its metadata in the jobs hash (what every poll pass reads)
+        and, when `job` has them, its lines (`{entry id: line}`, in input order) apart, read
+        only when the job ends or is given up."""
+        meta = {k: v for k, v in job.items() if k != "lines"}
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self.keys.jobs, job_id, orjson.dumps(job))
+            if "lines" in job:
+                pipe.set(self.keys.job_lines(job_id), orjson.dumps(list(job["lines"].items())))
+            pipe.hset(self.keys.jobs, job_id, orjson.dumps(meta))
             if entry_ids:
                 pipe.hset(self.keys.inflight, mapping=dict.fromkeys(entry_ids, job_id))
             await pipe.execute()
 
     async def jobs(self) -> dict[str, dict[str, Any]]:
+        """Every provider job's metadata (not its lines: `job_lines`). A job recorded whole by
+        a worker before the lines were kept apart is moved to the new form here, once."""
         raw = await self.redis.hgetall(self.keys.jobs)
-        return {k.decode(): orjson.loads(v) for k, v in raw.items()}
+        out: dict[str, dict[str, Any]] = {}
+        for key, value in raw.items():
+            job_id = _text(key)
+            job = orjson.loads(value)
+            if "lines" in job:
+                job = await self._split_job(job_id, job)
+            out[job_id] = job
+        return out
+
+    async def _split_job(self, job_id: str, job: dict[str, Any]) -> dict[str, Any]:
+        lines: dict[str, Any] = job["lines"]
+        meta = {k: v for k, v in job.items() if k != "lines"}
+        meta["batches"] = sorted({str(data["b"]) for data in lines.values()})
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(self.keys.job_lines(job_id), orjson.dumps(list(lines.items())), nx=True)
+            pipe.hset(self.keys.jobs, job_id, orjson.dumps(meta))
+            await pipe.execute()
+        log.info("provider job %s moved to the split form (%d lines)", job_id, len(lines))
+        return meta
+
+    async def job_lines(self, job_id: str) -> dict[str, dict[str, Any]]:
+        """The job's lines, `{entry id: line}` in the job's input order."""
+        raw = await self.redis.get(self.keys.job_lines(job_id))
+        if raw is None:  # not split yet (an older worker's job)
+            whole = await self.redis.hget(self.keys.jobs, job_id)
+            job = orjson.loads(whole) if whole is not None else {}
+            lines: dict[str, dict[str, Any]] = job.get("lines", {})
+            return lines
+        return {str(eid): data for eid, data in orjson.loads(raw)}
 
     async def drop_job(
         self, job_id: str, provider_files: Sequence[str] = (), provider: str = ""
@@ -491,6 +527,7 @@ class RedisQueue:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hdel(self.keys.jobs, job_id)
             pipe.hdel(self.keys.job_failures, job_id)
+            pipe.delete(self.keys.job_lines(job_id))
             if provider_files:
                 pipe.hset(self.keys.provider_files, mapping=dict.fromkeys(provider_files, provider))
             await pipe.execute()

@@ -404,6 +404,7 @@ class Worker:
             "model": pack.target.model,
             "url": pack.url,
             "started": time.time(),
+            "batches": sorted({line.batch_id for _, line in pack.entries}),
             "lines": {eid: line.to_json() for eid, line in pack.entries},
         }
         await self.queue.save_job(job_id, job, [eid for eid, _ in pack.entries])
@@ -490,13 +491,13 @@ class Worker:
             )
             reason = self._job_lost(job, failures, gone)
             if reason is not None:
-                await self._abandon(job_id, job, reason)
+                await self._abandon(job_id, reason)
 
-    async def _abandon(self, job_id: str, job: dict[str, Any], reason: str) -> None:
+    async def _abandon(self, job_id: str, reason: str) -> None:
         """Give up on a provider job: its lines are retried (or dead-lettered) per the policy."""
         self.stats.jobs_lost += 1
         log.warning("provider job %s given up: %s", job_id, reason)
-        for entry_id, data in job["lines"].items():
+        for entry_id, data in (await self.queue.job_lines(job_id)).items():
             line = Line.from_json(data)
             result = Result(line.custom_id, None, None, "provider_job_lost", reason)
             await self._retry(entry_id, line, result, True)
@@ -515,7 +516,7 @@ class Worker:
         if state.status not in TERMINAL_JOB:
             reason = self._job_lost(job, 0, False)
             if reason is not None:
-                await self._abandon(job_id, job, reason)
+                await self._abandon(job_id, reason)
             return
         files = []
         for file_id in (state.output_file_id, state.error_file_id):
@@ -531,7 +532,8 @@ class Worker:
                 )
                 or "no reason given",
             )
-        for index, (entry_id, data) in enumerate(job["lines"].items(), start=1):
+        lines = await self.queue.job_lines(job_id)
+        for index, (entry_id, data) in enumerate(lines.items(), start=1):
             line = Line.from_json(data)
             outcome = outcomes.get(entry_id)
             route = self.routes.get(line.route)
@@ -611,7 +613,7 @@ class Worker:
         queue, and one tenant's cancels could hold up every other's): the cancelled batch's
         lines already submitted run and are billed, as in-flight requests of an OpenAI batch
         cancel are, and its output file has their answers (it stays `cancelling` until then)."""
-        batch_ids = {Line.from_json(data).batch_id for data in job["lines"].values()}
+        batch_ids = set(job.get("batches", ()))
         for batch_id in batch_ids:
             info = await self._batch_info(batch_id)
             if info is not None and info[0] not in STOPPED:
