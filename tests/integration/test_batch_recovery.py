@@ -430,6 +430,31 @@ async def test_lines_waiting_in_a_live_job_are_not_claimed_nor_counted_as_delive
         await queue.aclose()
 
 
+async def test_restarts_never_dead_letter_lines_waiting_in_a_live_job(
+    redis: RedisServer,
+) -> None:
+    """A worker restarted in place (same consumer name) re-reads what it holds, which counts a
+    delivery each time; the lines inside a provider job still running are not its to run, and
+    five restarts during a long job must not dead-letter them (their paid answers would be
+    dropped when the job ends). A line outside any job is, past the limit."""
+    queue = queue_for(redis, f"restarts-{time.time_ns()}")
+    try:
+        await queue.ensure_groups()
+        waiting, crashing = lines_for("batch_x", 2)
+        await queue.redis.xadd(queue.keys.stream, waiting.fields())
+        await queue.redis.xadd(queue.keys.stream, crashing.fields())
+        (in_job, _), (alone, _) = await queue.read("pod", 10, 100)
+        await queue.save_job("job-1", {"batches": []}, [in_job])
+        for _ in range(queue.max_attempts + 3):
+            assert [e for e, _ in await queue.read_own("pod")] in ([alone], [])
+        assert await queue.read_own("pod") == []
+        (dead,) = await queue.dead_letters()
+        assert dead["c"] == crashing.custom_id
+        assert await queue.result("batch_x", waiting.custom_id) is None
+    finally:
+        await queue.aclose()
+
+
 async def test_a_line_is_queued_again_once_however_often_its_failure_is_replayed(
     redis: RedisServer,
 ) -> None:

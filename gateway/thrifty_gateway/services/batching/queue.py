@@ -281,9 +281,11 @@ class RedisQueue:
 
     async def read_own(self, consumer: str) -> list[Entry]:
         """The lines `consumer` already holds (its previous run's, under the same name: a
-        restarted pod), each read counted as a delivery; those delivered too often (they keep
-        killing the worker) are dead-lettered, not run again."""
-        own = await self.read(consumer, 100_000, 0, own=True)
+        restarted pod) that are not waiting inside a live provider job, each read counted as
+        a delivery; those delivered too often (they keep killing the worker) are
+        dead-lettered, not run again. Lines inside a live job are left to its poll, however
+        often the worker restarted meanwhile (each restart counts a delivery for them too)."""
+        own = await self.outside_jobs(await self.read(consumer, 100_000, 0, own=True))
         delivered: dict[str, int] = {}
         start = "-"
         while True:

@@ -143,8 +143,7 @@ class Worker:
 
     async def run(self) -> None:
         await self.queue.ensure_groups()
-        own = await self.queue.read_own(self.options.consumer)
-        for entry_id, line in await self.queue.outside_jobs(own):
+        for entry_id, line in await self.queue.read_own(self.options.consumer):
             await self._handle(entry_id, line)
         loops = [
             asyncio.create_task(self._reader(), name="batch-reader"),
