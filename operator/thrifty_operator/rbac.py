@@ -68,11 +68,13 @@ NAMESPACED_RULES: list[Rule] = [
         ],
         "verbs": ["update"],
     },
-    {
-        "apiGroups": [""],
-        "resources": ["serviceaccounts", "persistentvolumeclaims"],
-        "verbs": APPLY,
-    },
+    {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": APPLY},
+    # Owner references set or changed on an existing claim (a Delete CachePolicy co-owns its
+    # Qdrant's claim, `cache.claim_ownership`; the Redis claim gains or loses its owner when
+    # deletionPolicy flips): owner-reference enforcement (OpenShift, the upstream
+    # OwnerReferencesPermissionEnforcement admission plugin) refuses such a change (403)
+    # unless the caller may `delete` the object. The operator itself never deletes a claim.
+    {"apiGroups": [""], "resources": ["persistentvolumeclaims"], "verbs": [*APPLY, "delete"]},
     # Superseded evaluation-report ConfigMaps of a DistilledModel are deleted.
     {"apiGroups": [""], "resources": ["configmaps"], "verbs": [*APPLY, "delete"]},
     # A store a CachePolicy no longer runs is removed (its workload, Service, NetworkPolicy).

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from tests.unit.test_operator_builders import MANIFESTS
+from typing import Any
+
+from tests.unit.test_operator_builders import MANIFESTS, example, owner
+from thrifty_core.api import CachePolicy
 from thrifty_operator.apply import KINDS
+from thrifty_operator.builders import cache
+from thrifty_operator.builders.defaults import Defaults
 from thrifty_operator.rbac import CLUSTER_RULES, CUSTOM_RESOURCE_RULES, NAMESPACED_RULES, RULES
 
 
@@ -86,3 +91,43 @@ def test_a_namespaced_operator_can_release_its_finalizers_without_its_role() -> 
 def test_old_evaluation_reports_can_be_deleted() -> None:
     assert _allowed("", "configmaps") == {"get", "create", "patch", "delete"}
     assert "delete" not in _allowed("", "serviceaccounts")
+
+
+def _owner_refs(manifests: list[dict[str, Any]]) -> dict[tuple[str, str], Any]:
+    return {
+        (m["kind"], m["metadata"]["name"]): m["metadata"].get("ownerReferences") for m in manifests
+    }
+
+
+def test_objects_whose_owner_references_change_may_be_deleted() -> None:
+    """Owner-reference enforcement (OpenShift; the upstream OwnerReferencesPermissionEnforcement
+    admission plugin) refuses a change to an existing object's ownerReferences (403) unless
+    the caller may `delete` it: every kind whose references the operator sets or drops after
+    creation needs it. They change when deletionPolicy flips (the Redis claim), and a Delete
+    policy co-owns its Qdrant's claim, made by the StatefulSet controller (`claim_ownership`).
+    A Delete CachePolicy otherwise never got past its first reconcile (ApplyRejected)."""
+    changed: set[tuple[str, str]] = set()
+    built = {}
+    for deletion in ("Delete", "Retain"):
+        body = example("cachepolicy")
+        body["spec"]["deletionPolicy"] = deletion
+        built[deletion] = _owner_refs(
+            cache.build_stores(CachePolicy.model_validate(body), owner(body), Defaults())
+        )
+    for key, refs in built["Delete"].items():
+        if built["Retain"].get(key, refs) != refs:
+            changed.add(key)
+    body = example("cachepolicy")
+    body["spec"]["deletionPolicy"] = "Delete"
+    claim = {"metadata": {"name": "storage-default-cache-qdrant-0", "ownerReferences": []}}
+    adopt = cache.claim_ownership(CachePolicy.model_validate(body), owner(body), claim)
+    assert adopt is not None and adopt["metadata"]["ownerReferences"]
+    changed.add((adopt["kind"], adopt["metadata"]["name"]))
+    assert ("PersistentVolumeClaim", "storage-default-cache-qdrant-0") in changed
+    assert any(kind == "PersistentVolumeClaim" and "redis" in name for kind, name in changed)
+    for kind, name in changed:
+        resource = KINDS[("v1", kind)].plural  # (core kinds, as it happens)
+        assert {"patch", "delete"} <= _allowed("", resource), (kind, name)
+    # The references carry blockOwnerDeletion or not; enforcement then also asks for update on
+    # the owner's finalizers, granted above for every kind.
+    assert _allowed("thrifty.dev", "cachepolicies/finalizers") == {"update"}
