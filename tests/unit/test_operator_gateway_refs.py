@@ -1,13 +1,16 @@
 """The LLMGateway handler when a CachePolicy or BatchQueue it references is missing (deleted,
-not created yet, or invalid): the gateway is rendered and applied without it, so its
-Deployment never keeps mounting the deleted Secrets and volume (a pod started then, by a
-drain, an eviction or a scale-up, could not start), and Ready says what is missing."""
+not created yet): the gateway is rendered and applied without it, so its Deployment never
+keeps mounting the deleted Secrets and volume (a pod started then, by a drain, an eviction or
+a scale-up, could not start), and Ready says what is missing; the ledger stays on a shared
+Redis where there is one. An invalid one (its Secrets and stores still there) leaves the
+gateway on its last applied config."""
 
 from __future__ import annotations
 
 from copy import deepcopy
 from typing import Any
 
+import pytest
 import yaml
 
 from tests.unit.test_operator_builders import NS, example
@@ -71,10 +74,20 @@ def indexes(*bodies: dict[str, Any]) -> Indexes:
 
 async def sync(*bodies: dict[str, Any]) -> tuple[FakeKube, dict[str, dict[str, str]]]:
     kube = FakeKube()
+    return kube, await sync_on(kube, *bodies)
+
+
+async def sync_on(kube: FakeKube, *bodies: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """One sync over what `kube` holds already; the conditions, and the status fields as
+    `fields`."""
     ctx: Any = Context(kube, Defaults(), OperatorSettings())  # type: ignore[arg-type]
     outcome = await gateway.sync(bodies[0], indexes(*bodies), ctx)
     conds = [ready(outcome.conditions), *outcome.conditions]
-    return kube, {c.type: {"reason": c.reason, "message": c.message} for c in conds}
+    out: dict[str, dict[str, Any]] = {
+        c.type: {"reason": c.reason, "message": c.message} for c in conds
+    }
+    out["fields"] = dict(outcome.fields)
+    return out
 
 
 def mounted(kube: FakeKube) -> tuple[set[str], set[str]]:
@@ -145,13 +158,78 @@ async def test_a_deleted_cache_policy_leaves_the_deployment_and_its_routes_uncac
     assert conds["ReferencesResolved"]["reason"] == "MissingReference"
 
 
-async def test_an_invalid_referenced_policy_is_left_out_too() -> None:
-    policy = example("cachepolicy")
-    policy["spec"]["scope"] = "nowhere"
-    kube, conds = await sync(example("llmgateway"), policy, example("batchqueue"))
-    secrets, _ = mounted(kube)
-    assert not POLICY_SECRETS & secrets
+def invalid(body: dict[str, Any]) -> dict[str, Any]:
+    """The body with a spec that no longer validates (as an operator upgrade may find it)."""
+    body = deepcopy(body)
+    if body["kind"] == "CachePolicy":
+        body["spec"]["scope"] = "nowhere"
+    else:
+        body["spec"]["mode"] = "nowhere"
+    return body
+
+
+@pytest.mark.parametrize("kind", ["cachepolicy", "batchqueue"])
+async def test_an_invalid_reference_keeps_the_last_applied_config(kind: str) -> None:
+    """An invalid policy or queue still has its Secrets, volume and stores: the gateway is not
+    rolled to an uncached (or unbatched, unmetered) config and back once it is fixed; it
+    stays as it was, and Ready says why."""
+    kube = FakeKube()
+    bodies = {k: example(k) for k in ("llmgateway", "cachepolicy", "batchqueue")}
+    first = await sync_on(kube, *bodies.values())
+    before = deepcopy(kube.objects)
+    bodies[kind] = invalid(bodies[kind])
+    conds = await sync_on(kube, *bodies.values())
+    assert kube.objects == before  # Deployment, ConfigMap, worker: untouched
+    assert "configHash" not in conds["fields"]  # the status keeps the applied one
+    assert first["fields"]["configHash"]
+    assert conds["Ready"]["reason"] == "InvalidReference"
     assert "has an invalid spec" in conds["Ready"]["message"]
+    assert "stays on its last applied config" in conds["Ready"]["message"]
+    assert conds["ConfigRendered"]["reason"] == "InvalidReference"
+    if kind == "batchqueue":
+        assert conds["BatchQueueReady"]["reason"] == "InvalidReference"
+    bodies[kind] = example(kind)  # fixed: the same config again, no roll
+    again = await sync_on(kube, *bodies.values())
+    assert again["fields"]["configHash"] == first["fields"]["configHash"]
+    assert again["Ready"]["reason"] != "InvalidReference"
+
+
+async def test_an_invalid_reference_deploys_nothing_at_first() -> None:
+    kube, conds = await sync(example("llmgateway"), invalid(example("cachepolicy")))
+    assert ("Deployment", names.gateway("thrifty")) not in kube.objects
+    assert "not deployed until it is fixed" in conds["Ready"]["message"]
+
+
+async def test_a_missing_default_policy_keeps_the_ledger_shared() -> None:
+    """The ledger lives in the default policy's Redis; without that policy it goes to the
+    BatchQueue's Redis (mounted anyway), not into each replica's memory (budgets afresh,
+    rate limits once per replica)."""
+    kube, _ = await sync(example("llmgateway"), example("cachepolicy"), example("batchqueue"))
+    assert config(kube).ledger.redis_url is not None
+    kube, conds = await sync(example("llmgateway"), example("batchqueue"))
+    cfg = config(kube)
+    assert cfg.batch is not None
+    assert cfg.ledger.redis_url == cfg.batch.redis_url
+    assert cfg.ledger.redis_password == cfg.batch.redis_password
+    assert cfg.ledger.gateway == f"{NS}/thrifty"  # its keys stay the gateway's own
+    assert "ledger" in conds["Ready"]["message"]
+    assert "BatchQueue 'default-batch'" in conds["Ready"]["message"]
+
+
+async def test_a_missing_default_policy_prefers_another_policys_redis() -> None:
+    body = example("llmgateway")
+    body["spec"]["cachePolicyRef"] = {"name": "gone"}
+    body["spec"]["routes"][1]["cachePolicyRef"] = {"name": "default-cache"}
+    kube, conds = await sync(body, example("cachepolicy"), example("batchqueue"))
+    cfg = config(kube)
+    assert cfg.ledger.redis_url == cfg.cache_policies["default-cache"].stores.redis_url
+    assert "CachePolicy 'default-cache'" in conds["Ready"]["message"]
+
+
+async def test_without_any_shared_redis_ready_says_the_ledger_is_per_replica() -> None:
+    kube, conds = await sync(example("llmgateway"))
+    assert config(kube).ledger.redis_url is None
+    assert "each replica on its own" in conds["Ready"]["message"]
 
 
 async def test_a_routes_own_missing_policy_does_not_fall_back_to_the_default() -> None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from thrifty_core.api import BatchQueue, CachePolicy, DistilledModel, LLMGateway
-from thrifty_core.config import dump_config
+from thrifty_core.config import GatewayConfig, dump_config
 from thrifty_core.render import render_gateway_config, student_api_key
 
 from ..apply import KubeError
@@ -40,7 +40,12 @@ PDB = ("policy/v1", "PodDisruptionBudget")
 
 
 class MissingReference(Exception):
-    """A referenced resource does not exist (or has an invalid spec)."""
+    """A referenced resource does not exist (or has an invalid spec: `InvalidReference`)."""
+
+
+class InvalidReference(MissingReference):
+    """A referenced resource exists but its spec does not validate (an edit to fix, or a
+    rule of a newer operator): its Secrets, volume and stores are still there."""
 
 
 def _resolve(ix: Indexes, kind: type[Any], namespace: str, name: str) -> Any:
@@ -50,11 +55,11 @@ def _resolve(ix: Indexes, kind: type[Any], namespace: str, name: str) -> Any:
     try:
         return parse(kind, body)
     except InvalidSpec as exc:
-        raise MissingReference(f"{kind.kind_name} {name!r} has an invalid spec: {exc}") from exc
+        raise InvalidReference(f"{kind.kind_name} {name!r} has an invalid spec: {exc}") from exc
 
 
 def stand_in(name: str, namespace: str) -> CachePolicy:
-    """What a missing (or invalid) CachePolicy renders as: both layers off, no stores. Its
+    """What a missing (confirmed absent) CachePolicy renders as: both layers off, no stores. Its
     routes stay theirs (they do not fall back to the gateway's default policy, whose scope
     and rules may differ) and go uncached; nothing of the missing policy is mounted."""
     return CachePolicy.model_validate(
@@ -74,17 +79,24 @@ class Gathered:
     """The policies, queue and students a gateway's config is rendered from. A missing
     CachePolicy is a stand-in (see above) and a missing BatchQueue is None: the gateway runs
     without them, rather than freezing its Deployment on their deleted Secrets and volume
-    (a pod started then could not mount them); `missing` says what is left out."""
+    (a pod started then could not mount them); `missing` says what is left out.
+
+    An invalid one (present, but its spec does not validate) is not left out: its Secrets,
+    volume and stores are all still there, so the gateway stays on its last applied config
+    (`invalid` says why) rather than rolling to an uncached, unbatched one and back."""
 
     policies: dict[str, CachePolicy]
     queue: BatchQueue | None
     students: list[DistilledModel]
     missing: list[str] = field(default_factory=list)
     queue_missing: str = ""
+    absent_policies: list[str] = field(default_factory=list)
+    invalid: list[str] = field(default_factory=list)
+    queue_invalid: str = ""
 
     @property
     def found(self) -> int:
-        return len(self.policies) - sum(1 for m in self.missing if m.startswith("CachePolicy"))
+        return len(self.policies) - len(self.absent_policies)
 
 
 def _uncached_routes(gateway: LLMGateway, policy: str) -> list[str]:
@@ -108,13 +120,19 @@ def gather(gateway: LLMGateway, ix: Indexes) -> Gathered:
     for name in sorted(wanted):
         try:
             out.policies[name] = _resolve(ix, CachePolicy, ns, name)
+        except InvalidReference as exc:
+            out.invalid.append(str(exc))
         except MissingReference as exc:
             out.policies[name] = stand_in(name, ns)
+            out.absent_policies.append(name)
             routes = ", ".join(_uncached_routes(gateway, name)) or "none"
             out.missing.append(f"{exc}; its routes are served uncached meanwhile ({routes})")
     if spec.batch_queue_ref:
         try:
             out.queue = _resolve(ix, BatchQueue, ns, spec.batch_queue_ref.name)
+        except InvalidReference as exc:
+            out.queue_invalid = str(exc)
+            out.invalid.append(str(exc))
         except MissingReference as exc:
             out.queue_missing = str(exc)
             out.missing.append(
@@ -149,10 +167,15 @@ async def sync(body: dict[str, Any], ix: Indexes, ctx: Context) -> Outcome:
     queue_cond = queue_condition(gateway, ix)
     if gathered.queue_missing:
         queue_cond = false("BatchQueueReady", "MissingReference", gathered.queue_missing)
+    if gathered.queue_invalid and queue_cond.ok:
+        queue_cond = false("BatchQueueReady", "InvalidReference", gathered.queue_invalid)
+    if gathered.invalid:
+        return await _kept(gateway, owner, gathered, queue_cond, fields, ctx)
     if not queue_cond.ok:
         queue = None  # refused: neither its stream, its files nor its worker
     try:
         config = render_gateway_config(gateway, policies, queue, students)
+        config, ledger_note = _shared_ledger(gateway, gathered, config)
     except KeyError as exc:
         message = str(exc.args[0]) if exc.args else str(exc)
         return Outcome(
@@ -170,6 +193,8 @@ async def sync(body: dict[str, Any], ix: Indexes, ctx: Context) -> Outcome:
             ],
             fields,
         )
+    if ledger_note:
+        gathered.missing.append(ledger_note)
     text = dump_config(config)
     digest = short_hash(text)
     refs = gateway_secret_refs(gateway, policies.values(), queue)
@@ -229,6 +254,79 @@ async def sync(body: dict[str, Any], ix: Indexes, ctx: Context) -> Outcome:
         true("Available", "MinimumReplicasAvailable", message)
         if available
         else false("Available", "Progressing", message),
+    ]
+    if gateway.spec.batch_queue_ref is not None:
+        conds.append(queue_cond)
+    return Outcome(conds, fields)
+
+
+def _shared_ledger(
+    gateway: LLMGateway, gathered: Gathered, config: GatewayConfig
+) -> tuple[GatewayConfig, str]:
+    """The ledger (usage figures, budget spend, tenant rate limits) lives in the default
+    policy's Redis; with that policy absent it would fall back to each replica's memory
+    (spend forgotten, so budgets start afresh; rate limits multiplied by the replicas). It
+    goes to another Redis the gateway already uses (another of its policies', else its
+    BatchQueue's), or, with none, Ready says plainly that it is per replica meanwhile.
+    Returns the config and what to say ('' when the default policy is there)."""
+    ref = gateway.spec.cache_policy_ref
+    if ref is None or ref.name not in gathered.absent_policies or config.ledger.redis_url:
+        return config, ""
+    candidates = [
+        (f"CachePolicy {name!r}", policy.stores.redis_url, policy.stores.redis_password)
+        for name, policy in sorted(config.cache_policies.items())
+        if name not in gathered.absent_policies and policy.stores.redis_url
+    ]
+    if config.batch is not None and config.batch.redis_url:
+        candidates.append(
+            (
+                f"BatchQueue {config.batch.name!r}",
+                config.batch.redis_url,
+                config.batch.redis_password,
+            )
+        )
+    if not candidates:
+        return config, (
+            f"without CachePolicy {ref.name!r} the ledger has no shared Redis: usage, budget "
+            "spend and rate limits are counted by each replica on its own (budgets start "
+            "afresh, a rate limit is allowed once per replica) until it returns"
+        )
+    where, url, password = candidates[0]
+    ledger = config.ledger.model_copy(update={"redis_url": url, "redis_password": password})
+    return config.model_copy(update={"ledger": ledger}), (
+        f"the ledger (usage, budget spend, rate limits) is kept in the Redis of {where} "
+        f"until CachePolicy {ref.name!r} returns (spend recorded in the policy's Redis is not "
+        "seen meanwhile)"
+    )
+
+
+async def _kept(
+    gateway: LLMGateway,
+    owner: Owner,
+    gathered: Gathered,
+    queue_cond: Cond,
+    fields: dict[str, Any],
+    ctx: Context,
+) -> Outcome:
+    """An invalid reference: nothing is rendered nor applied (the Deployment, its config and
+    the batch worker stay as last applied, their Secrets and volumes all still there) until
+    it validates again or is deleted."""
+    deployment = await ctx.kube.get(
+        "apps/v1", "Deployment", owner.namespace, names.gateway(owner.name)
+    )
+    message = "; ".join(gathered.invalid)
+    kept = (
+        "the gateway stays on its last applied config until it is fixed"
+        if deployment is not None
+        else "the gateway is not deployed until it is fixed"
+    )
+    available, state = deployment_state(deployment)
+    conds: list[Cond] = [
+        false("ReferencesResolved", "InvalidReference", f"{message}; {kept}"),
+        false("ConfigRendered", "InvalidReference", f"not rendered: {message}"),
+        true("Available", "MinimumReplicasAvailable", state)
+        if available
+        else false("Available", "Progressing", state),
     ]
     if gateway.spec.batch_queue_ref is not None:
         conds.append(queue_cond)
