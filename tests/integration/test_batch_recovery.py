@@ -24,7 +24,7 @@ from thrifty_gateway.services.batching.finalize import finalize
 from thrifty_gateway.services.batching.main import FollowingBatches
 from thrifty_gateway.services.batching.model import BatchRecord, Keys, Line, new_id
 from thrifty_gateway.services.batching.provider import job_line
-from thrifty_gateway.services.batching.queue import CHUNK, RedisQueue
+from thrifty_gateway.services.batching.queue import CHUNK, PendingDelete, RedisQueue
 from thrifty_gateway.services.batching.worker import Worker as BatchWorker
 from thrifty_gateway.services.batching.worker import WorkerOptions
 from thrifty_gateway.services.pipeline import Target
@@ -507,7 +507,12 @@ async def test_a_provider_job_whose_create_timed_out_is_found_not_created_again(
 
 
 def direct_worker(
-    config: GatewayConfig, redis: RedisServer, tmp_path: Path, consumer: str, idle: float = 120
+    config: GatewayConfig,
+    redis: RedisServer,
+    tmp_path: Path,
+    consumer: str,
+    idle: float = 120,
+    **options: Any,
 ) -> tuple[BatchWorker, HttpUpstream]:
     """A direct-mode worker as `thrifty batch-worker` builds it, with its upstream client."""
     assert config.batch is not None
@@ -519,7 +524,7 @@ def direct_worker(
         FilesystemStore(str(tmp_path), 10**9),
         upstream,
         FollowingBatches(config.providers, keys),
-        WorkerOptions(consumer, reclaim_idle_seconds=idle, sweep_seconds=0.1),
+        WorkerOptions(consumer, reclaim_idle_seconds=idle, sweep_seconds=0.1, **options),
     )
     return worker, upstream
 
@@ -882,6 +887,136 @@ async def test_the_provider_files_of_a_finished_job_are_deleted(
         await queue.aclose()
     finally:
         sim.stop()
+
+
+async def test_slow_provider_file_deletes_never_hold_up_the_heartbeat(
+    redis: RedisServer, tmp_path: Path
+) -> None:
+    """Failed provider-file deletes were retried inside the sweeper, one after the other, each
+    up to the SDK's timeout and retries: while it was busy the lines the worker held were not
+    marked as delivered, and another worker's reclaim ran them a second time (billed twice).
+    Deletes now have their own loop and the heartbeat its own."""
+    slow = start_simulator(tmp_path / "sim", "--latency-ms", "2500")
+    try:
+        sim_faults(slow, delete_delay=1.0, delete_status=500)
+        config = direct_config(slow, redis, tmp_path)
+        assert config.batch is not None
+        queue = queue_for(redis, config.batch.name)
+        files = [f"file-{i}" for i in range(6)]
+        await queue.drop_job("job-gone", files, config.providers[0].name)
+        worker, upstream = direct_worker(
+            config, redis, tmp_path, "w1", 1.0, file_delete_retry_seconds=0.3
+        )
+        record = BatchRecord(id=new_id("batch"), endpoint="/v1/chat/completions", tenant="t")
+        await queue.create(record, lines_for(record.id, 2, model=config.routes[0].name))
+        task = asyncio.create_task(worker.run())
+        try:
+            started = time.monotonic()
+            while time.monotonic() - started < 4.0:  # the lines are held all along
+                assert await queue.reclaim("w2", 1000) == [], "another worker took a held line"
+                await asyncio.sleep(0.2)
+            while (got := await queue.get(record.id)) is not None and got.status != "completed":
+                assert time.monotonic() - started < 30, got.status
+                await asyncio.sleep(0.05)
+        finally:
+            worker.stop()
+            await task
+            await worker.queue.aclose()
+            await worker.batches.aclose()
+            await upstream.aclose()
+        assert slow.stats()["requests"] == {"gpt-4o-mini": 2}  # each line called once
+        assert sim_stats(slow)["delete_calls"] >= 1  # the deletes were tried meanwhile
+        pending = await queue.pending_deletes()
+        assert {p.file_id for p in pending} == set(files)  # kept, to be tried again
+        assert any(p.tries >= 1 for p in pending)  # those tried back off
+        await queue.aclose()
+    finally:
+        slow.stop()
+
+
+class Refused(Exception):
+    def __init__(self, status: int) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status_code = status
+
+
+class FakeDeletes:
+    """A Files API whose delete answers per file id: `f-403...` 403, `f-404...` 404, `f-500...`
+    500, `f-slow...` never; others are deleted."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    async def delete(self, _target: Target, file_id: str) -> None:
+        self.calls.append(file_id)
+        for status in (403, 404, 500):
+            if file_id.startswith(f"f-{status}"):
+                raise Refused(status)
+        if file_id.startswith("f-slow"):
+            await asyncio.sleep(30)
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def test_failed_provider_file_deletes_back_off_and_are_given_up(
+    redis: RedisServer, tmp_path: Path
+) -> None:
+    """Every recorded file was tried again every pass, for ever: a key without the delete
+    permission (403), a provider removed from the config or a file the provider no longer
+    has made the list grow without end. Now: 404 counts as deleted; 403, an unknown provider
+    and a file failing for longer than the give-up time are dropped (one log line); others
+    back off per file; a pass tries a bounded number of files, each under a timeout."""
+    cfg = local_config("http://127.0.0.1:9")
+    cfg["batch"] = {
+        "name": f"deletes-{time.time_ns()}",
+        "redisUrl": redis.url,
+        "filesDir": str(tmp_path),
+        "spec": {"mode": "direct"},
+    }
+    config = parse_config(cfg)
+    assert config.batch is not None
+    provider = config.providers[0].name
+    worker, upstream = direct_worker(
+        config,
+        redis,
+        tmp_path,
+        "w1",
+        file_delete_retry_seconds=60,
+        file_delete_timeout_seconds=0.2,
+        file_deletes_per_pass=100,
+    )
+    fake = FakeDeletes()
+    worker.batches = fake  # type: ignore[assignment]
+    queue = worker.queue
+    try:
+        await queue.drop_job("j1", ["f-403", "f-404", "f-500", "f-slow", "f-ok"], provider)
+        await queue.drop_job("j2", ["f-elsewhere"], "removed-provider")
+        old = PendingDelete("f-500-old", provider, time.time() - 90_000, 9, 0.0)
+        await queue.redis.hset(queue.keys.provider_files, old.file_id, old.dump())
+        started = time.monotonic()
+        await worker._retry_deletes()
+        assert time.monotonic() - started < 5  # the slow delete was cut at its timeout
+        assert sorted(fake.calls) == ["f-403", "f-404", "f-500", "f-500-old", "f-ok", "f-slow"]
+        left = {p.file_id: p for p in await queue.pending_deletes()}
+        assert set(left) == {"f-500", "f-slow"}  # the others deleted or given up
+        for pending in left.values():
+            assert pending.tries == 1 and pending.next_at > time.time() + 30  # backing off
+        fake.calls.clear()
+        await worker._retry_deletes()
+        assert fake.calls == []  # nothing due yet
+        # a pass tries at most file_deletes_per_pass files
+        await queue.redis.delete(queue.keys.provider_files)
+        await queue.drop_job("j3", [f"f-500-{i}" for i in range(5)], provider)
+        bounded, upstream2 = direct_worker(config, redis, tmp_path, "w2", file_deletes_per_pass=2)
+        bounded.batches = fake  # type: ignore[assignment]
+        await bounded._retry_deletes()
+        assert len(fake.calls) == 2
+        await bounded.queue.aclose()
+        await upstream2.aclose()
+    finally:
+        await queue.aclose()
+        await upstream.aclose()
 
 
 # -- cancel -----------------------------------------------------------------------------------

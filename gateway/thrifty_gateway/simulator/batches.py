@@ -18,7 +18,9 @@ synchronous endpoints. Faults, set with `POST /sim/batches/faults`:
   input line `fail_line`, 1-based, when set), status `failed`, no output or error file.
 
 Files can be deleted (`DELETE /v1/files/{id}`, 404 when unknown); `files` in the stats is how
-many are stored.
+many are stored. Faults of deletes: `delete_delay` (seconds each delete waits before its
+answer) and `delete_status` (an HTTP status every delete answers instead, e.g. 403 or 500;
+0: none).
 
 `GET /sim/batches/stats` counts API calls and lines; `POST /sim/reset` does not clear them.
 """
@@ -64,6 +66,8 @@ class BatchSim:
     fail_code: str = "invalid_request"
     fail_message: str = "The batch input file is invalid (simulated)."
     fail_line: int | None = None
+    delete_delay: float = 0.0
+    delete_status: int = 0
     enqueued: dict[str, int] = field(default_factory=dict)  # job id -> its input's tokens
     stats: dict[str, int] = field(default_factory=dict)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
@@ -141,6 +145,11 @@ async def file_content(file_id: str, request: Request) -> Response:
 @router.delete("/v1/files/{file_id}")
 async def delete_file(file_id: str, request: Request) -> Response:
     bs, _ = _sim(request)
+    bs.count("delete_calls")
+    if bs.delete_delay:
+        await asyncio.sleep(bs.delete_delay)
+    if bs.delete_status:
+        return _error(bs.delete_status, f"Deleting {file_id} failed (simulated).")
     if bs.files.pop(file_id, None) is None:
         return _error(404, f"No such File object: {file_id}")
     bs.count("files_deleted")
@@ -255,6 +264,8 @@ async def set_faults(request: Request) -> Response:
     bs.fail_next = int(body.get("fail_next", bs.fail_next))
     bs.fail_code = str(body.get("fail_code", bs.fail_code))
     bs.fail_message = str(body.get("fail_message", bs.fail_message))
+    bs.delete_delay = float(body.get("delete_delay", bs.delete_delay))
+    bs.delete_status = int(body.get("delete_status", bs.delete_status))
     if "fail_line" in body:
         bs.fail_line = None if body["fail_line"] is None else int(body["fail_line"])
     return _json(
@@ -268,6 +279,8 @@ async def set_faults(request: Request) -> Response:
             "fail_code": bs.fail_code,
             "fail_message": bs.fail_message,
             "fail_line": bs.fail_line,
+            "delete_delay": bs.delete_delay,
+            "delete_status": bs.delete_status,
         }
     )
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -29,6 +30,38 @@ log = logging.getLogger(__name__)
 CHUNK = 1000  # lines per enqueue round trip (and the most enqueued in one transaction)
 
 Entry = tuple[str, Line]
+
+
+@dataclass(frozen=True)
+class PendingDelete:
+    """A provider file still to be deleted: recorded `since`, tried `tries` times, next try
+    not before `next_at` (epoch seconds)."""
+
+    file_id: str
+    provider: str
+    since: float
+    tries: int
+    next_at: float
+
+    def dump(self) -> bytes:
+        return orjson.dumps(
+            {"p": self.provider, "s": self.since, "n": self.tries, "a": self.next_at}
+        )
+
+    @classmethod
+    def load(cls, file_id: str, raw: bytes | str) -> PendingDelete:
+        text = _text(raw)
+        if not text.startswith("{"):  # recorded as the bare provider name
+            return cls(file_id, text, time.time(), 0, 0.0)
+        data = orjson.loads(text)
+        return cls(
+            file_id,
+            str(data["p"]),
+            float(data["s"]),
+            int(data.get("n", 0)),
+            float(data.get("a", 0)),
+        )
+
 
 _COMPLETE = """
 local added = redis.call('HSETNX', KEYS[1], ARGV[3], ARGV[4])
@@ -531,19 +564,55 @@ class RedisQueue:
             pipe.hdel(self.keys.job_failures, job_id)
             pipe.delete(self.keys.job_lines(job_id))
             if provider_files:
-                pipe.hset(self.keys.provider_files, mapping=dict.fromkeys(provider_files, provider))
+                pending = PendingDelete("", provider, time.time(), 0, 0.0).dump()
+                pipe.hset(self.keys.provider_files, mapping=dict.fromkeys(provider_files, pending))
             await pipe.execute()
+
+    async def pending_deletes(self) -> list[PendingDelete]:
+        """Provider files still to be deleted, with their tries so far."""
+        raw = await self.redis.hgetall(self.keys.provider_files)
+        return [PendingDelete.load(_text(k), v) for k, v in raw.items()]
 
     async def files_to_delete(self) -> dict[str, list[str]]:
         """Provider files still to be deleted, by provider."""
-        raw = await self.redis.hgetall(self.keys.provider_files)
         out: dict[str, list[str]] = {}
-        for file_id, provider in raw.items():
-            out.setdefault(_text(provider), []).append(_text(file_id))
+        for pending in await self.pending_deletes():
+            out.setdefault(pending.provider, []).append(pending.file_id)
         return out
+
+    async def delete_failed(self, pending: PendingDelete) -> None:
+        """Record a failed delete's next try (only while the file is still to be deleted)."""
+        key = self.keys.provider_files
+        if await self.redis.hexists(key, pending.file_id):
+            await self.redis.hset(key, pending.file_id, pending.dump())
 
     async def file_deleted(self, file_id: str) -> None:
         await self.redis.hdel(self.keys.provider_files, file_id)
+
+    async def orphaned_job_lines(self, count: int = 1000) -> int:
+        """Delete the `joblines:<job>` keys of jobs no longer recorded (an older worker's
+        `drop_job` leaves them behind while old and new workers run side by side); returns
+        how many. A job's lines and its record are written and removed together, so a key
+        without its record is never read again."""
+        pattern = self.keys.job_lines("*")
+        prefix = len(self.keys.job_lines(""))
+        removed = 0
+        async for key in self.redis.scan_iter(match=pattern, count=count):
+            job_id = _text(key)[prefix:]
+            if not await self.redis.hexists(self.keys.jobs, job_id):
+                # still absent when deleted: a job recorded meanwhile keeps its lines
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    try:
+                        await pipe.watch(self.keys.jobs)
+                        if await pipe.hexists(self.keys.jobs, job_id):
+                            continue
+                        pipe.multi()
+                        pipe.delete(key)
+                        await pipe.execute()
+                        removed += 1
+                    except WatchError:
+                        continue
+        return removed
 
     async def job_poll_failed(self, job_id: str) -> int:
         """Count a failed poll of a provider job; returns its consecutive failures."""

@@ -12,7 +12,7 @@ import asyncio
 import heapq
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from thrifty_core.config import BatchConfig, GatewayConfig
@@ -36,7 +36,7 @@ from .provider import (
     poll_error_is_gone,
     retry_delay,
 )
-from .queue import Entry, RedisQueue
+from .queue import Entry, PendingDelete, RedisQueue
 
 if TYPE_CHECKING:
     from ..pipeline import Target
@@ -70,8 +70,18 @@ class WorkerOptions:
     # batch's completion window ends: they are then answered `batch_expired`)
     quota_backoff_seconds: float = 60.0
     quota_backoff_max_seconds: float = 1800.0
-    # provider files whose delete failed are tried again this often
+    # provider files whose delete failed are tried again after this many seconds, doubling
+    # per failed try up to the max, and given up (left at the provider, with one log line)
+    # this long after they were recorded, or at once when the provider refuses (403), does
+    # not know them (404) or is no longer configured. A pass of the deleter (its own loop,
+    # every `file_delete_retry_seconds`) tries at most `file_deletes_per_pass` files and
+    # starts none after `file_delete_pass_seconds`; one delete is cut after its timeout.
     file_delete_retry_seconds: float = 60.0
+    file_delete_retry_max_seconds: float = 3600.0
+    file_delete_give_up_seconds: float = 86400.0
+    file_delete_timeout_seconds: float = 20.0
+    file_deletes_per_pass: int = 100
+    file_delete_pass_seconds: float = 30.0
 
 
 class BatchInfo(NamedTuple):
@@ -149,6 +159,8 @@ class Worker:
             asyncio.create_task(self._reader(), name="batch-reader"),
             asyncio.create_task(self._poller(), name="batch-poller"),
             asyncio.create_task(self._sweeper(), name="batch-sweeper"),
+            asyncio.create_task(self._heartbeat(), name="batch-heartbeat"),
+            asyncio.create_task(self._deleter(), name="batch-file-deleter"),
         ]
         try:
             await self._stop.wait()
@@ -586,24 +598,86 @@ class Worker:
 
     async def _delete_files(self, provider: str, file_ids: list[str]) -> None:
         """Delete provider files (best effort): one that fails stays recorded and is tried
-        again by the sweeper."""
+        again by the deleter."""
+        now = time.time()
+        for file_id in file_ids:
+            await self._delete_one(PendingDelete(file_id, provider, now, 0, 0.0))
+
+    async def _delete_one(self, pending: PendingDelete) -> None:
+        """One try at deleting a recorded provider file, its timeout bounded: deleted (or gone
+        already), given up, or its next try recorded with a backoff."""
         from ..pipeline import Target
 
-        for file_id in file_ids:
-            try:
-                await self.batches.delete(Target(provider, ""), file_id)
-            except Exception as exc:
-                log.warning(
-                    "deleting provider file %s failed (%s); tried again later",
-                    file_id,
-                    type(exc).__name__,
-                )
-                continue
+        o = self.options
+        file_id, provider = pending.file_id, pending.provider
+        if provider not in self.providers:
+            log.warning(
+                "provider file %s not deleted: provider %s is no longer configured; given up",
+                file_id,
+                provider,
+            )
             await self.queue.file_deleted(file_id)
+            return
+        try:
+            await asyncio.wait_for(
+                self.batches.delete(Target(provider, ""), file_id), o.file_delete_timeout_seconds
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            status = getattr(exc, "status_code", None)
+            if status == 404:  # gone already
+                await self.queue.file_deleted(file_id)
+                return
+            tries = pending.tries + 1
+            if status == 403 or time.time() - pending.since >= o.file_delete_give_up_seconds:
+                why = "the key may not delete files" if status == 403 else f"{tries} tries"
+                log.warning(
+                    "deleting provider file %s at %s given up (%s, %s); delete it by hand",
+                    file_id,
+                    provider,
+                    type(exc).__name__,
+                    why,
+                )
+                await self.queue.file_deleted(file_id)
+                return
+            delay = retry_delay(tries, o.file_delete_retry_seconds, o.file_delete_retry_max_seconds)
+            log.warning(
+                "deleting provider file %s failed (%s); tried again in %.0f s",
+                file_id,
+                type(exc).__name__,
+                delay,
+            )
+            await self.queue.delete_failed(
+                replace(pending, tries=tries, next_at=time.time() + delay)
+            )
+            return
+        await self.queue.file_deleted(file_id)
 
     async def _retry_deletes(self) -> None:
-        for provider, file_ids in (await self.queue.files_to_delete()).items():
-            await self._delete_files(provider, file_ids)
+        """One pass of the deleter: the recorded files whose next try is due, at most
+        `file_deletes_per_pass` of them, none started after `file_delete_pass_seconds`."""
+        o = self.options
+        now = time.time()
+        due = [p for p in await self.queue.pending_deletes() if p.next_at <= now]
+        due.sort(key=lambda p: p.next_at)
+        deadline = time.monotonic() + o.file_delete_pass_seconds
+        for pending in due[: o.file_deletes_per_pass]:
+            if time.monotonic() >= deadline or self._stop.is_set():
+                break
+            await self._delete_one(pending)
+
+    async def _deleter(self) -> None:
+        """Retries failed provider-file deletes in its own loop: a slow or refusing Files API
+        holds up neither the heartbeat nor reclaims and finalization."""
+        while not self._stop.is_set():
+            try:
+                await self._retry_deletes()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("batch file deleter error; retrying")
+            await asyncio.sleep(self.options.file_delete_retry_seconds)
 
     async def _all_stopped(self, job: dict[str, Any]) -> bool:
         """Whether every batch with lines in the job was cancelled (or ended otherwise): the
@@ -664,17 +738,9 @@ class Worker:
 
     async def _sweeper(self) -> None:
         idle_ms = int(self.options.reclaim_idle_seconds * 1000)
-        next_reclaim = next_touch = 0.0
-        next_deletes = time.monotonic() + self.options.file_delete_retry_seconds
+        next_reclaim = 0.0
         while not self._stop.is_set():
             try:
-                # The lines this worker holds (waiting for a direct call's turn, in the packer)
-                # are marked as just delivered well within the idle time, so that no reclaim,
-                # another worker's or this one's, runs them a second time or counts them as
-                # crashing deliveries.
-                if self._held and time.monotonic() >= next_touch:
-                    next_touch = time.monotonic() + self.options.reclaim_idle_seconds / 4
-                    await self.queue.touch(self.options.consumer, list(self._held))
                 # Reclaims at most twice per idle period: listing the idle lines walks every
                 # line waiting in a provider job (tens of thousands), which no sweep changes.
                 if time.monotonic() >= next_reclaim:
@@ -684,9 +750,6 @@ class Worker:
                     for entry_id, line in reclaimed:
                         if entry_id not in self._held:
                             await self._handle(entry_id, line)
-                if time.monotonic() >= next_deletes:
-                    next_deletes = time.monotonic() + self.options.file_delete_retry_seconds
-                    await self._retry_deletes()
                 for batch_id in await self.queue.active():
                     await finalize(
                         self.queue,
@@ -700,3 +763,19 @@ class Worker:
             except Exception:
                 log.exception("batch sweeper error; retrying")
             await asyncio.sleep(self.options.sweep_seconds)
+
+    async def _heartbeat(self) -> None:
+        """The lines this worker holds (waiting for a direct call's turn, in the packer,
+        backing off) are marked as just delivered well within the idle time, so that no
+        reclaim, another worker's or this one's, runs them a second time or counts them as
+        crashing deliveries. Its own loop: nothing slow (a sweep, provider calls) delays it."""
+        period = self.options.reclaim_idle_seconds / 4
+        while not self._stop.is_set():
+            try:
+                if self._held:
+                    await self.queue.touch(self.options.consumer, list(self._held))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("batch heartbeat error; retrying")
+            await asyncio.sleep(period)
