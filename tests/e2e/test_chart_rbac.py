@@ -38,10 +38,12 @@ ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "thrifty"
 
 
-def _rendered(*extra: str, only: str = "templates/rbac.yaml") -> list[dict[str, Any]]:
+def _rendered(
+    *extra: str, only: str = "templates/rbac.yaml", namespace: str = "thrifty-system"
+) -> list[dict[str, Any]]:
     show = ["--show-only", only] if only else []
     result = subprocess.run(
-        [str(tool_path("helm")), "template", "t", str(CHART), "-n", "thrifty-system"]
+        [str(tool_path("helm")), "template", "t", str(CHART), "-n", namespace]
         + ["--kube-version", "1.36.3", *show, *extra],
         capture_output=True,
         text=True,
@@ -106,6 +108,32 @@ def test_watching_named_namespaces_grants_only_those() -> None:
         "ClusterRole",
         "ClusterRoleBinding",
     }
+
+
+CLUSTER_SCOPED = ("ClusterRole", "ClusterRoleBinding")
+
+
+def test_namespaced_installs_of_one_release_name_do_not_collide() -> None:
+    """With operator.watchNamespaces the chart may go into several namespaces under the same
+    release name (one operator per team); its cluster-scoped objects then carry the release
+    namespace in their names, else helm refuses the second install (the ClusterRole belongs
+    to another release namespace)."""
+    names: dict[str, set[tuple[str, str]]] = {}
+    for namespace in ("team-a", "team-b"):
+        docs = _rendered("--set", f"operator.watchNamespaces={{{namespace}}}", namespace=namespace)
+        cluster = [d for d in docs if d["kind"] in CLUSTER_SCOPED]
+        assert len(cluster) == 2
+        for doc in cluster:
+            assert namespace in doc["metadata"]["name"], doc["metadata"]
+            assert len(doc["metadata"]["name"]) <= 253
+        [binding] = [d for d in cluster if d["kind"] == "ClusterRoleBinding"]
+        [role] = [d for d in cluster if d["kind"] == "ClusterRole"]
+        assert binding["roleRef"]["name"] == role["metadata"]["name"]
+        names[namespace] = {(d["kind"], d["metadata"]["name"]) for d in cluster}
+    assert not names["team-a"] & names["team-b"]
+    # Watching every namespace (one operator per cluster): the name it always had.
+    every = _rendered(namespace="team-a")
+    assert {d["metadata"]["name"] for d in every} == {"t-thrifty-operator"}
 
 
 def test_a_namespaced_operator_runs_on_its_roles_alone(

@@ -16,6 +16,20 @@
 {{- printf "%s-operator" (include "thrifty.fullname" .) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
+{{- /*
+The ClusterRole and ClusterRoleBinding. Watching every namespace: the operator's name (one such
+operator per cluster). With operator.watchNamespaces the release namespace is part of it: the
+chart may then be installed in several namespaces under the same release name, and cluster-scoped
+objects of one name would collide (helm refuses an object of another release namespace).
+*/}}
+{{- define "thrifty.clusterRoleName" -}}
+{{- if .Values.operator.watchNamespaces -}}
+{{- printf "%s-%s" (include "thrifty.operatorName" .) .Release.Namespace | trunc 253 | trimSuffix "-" -}}
+{{- else -}}
+{{- include "thrifty.operatorName" . -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "thrifty.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "thrifty.name" . }}-operator
 app.kubernetes.io/instance: {{ .Release.Name }}
