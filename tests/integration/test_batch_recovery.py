@@ -6,6 +6,7 @@ not run."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -529,6 +530,18 @@ def direct_worker(
     return worker, upstream
 
 
+def offline_config(redis: RedisServer, tmp_path: Path, name: str) -> GatewayConfig:
+    """A direct-mode queue whose provider is never called (nothing listens there)."""
+    cfg = local_config("http://127.0.0.1:9")
+    cfg["batch"] = {
+        "name": f"{name}-{time.time_ns()}",
+        "redisUrl": redis.url,
+        "filesDir": str(tmp_path),
+        "spec": {"mode": "direct"},
+    }
+    return parse_config(cfg)
+
+
 def direct_config(simulator: Simulator, redis: RedisServer, tmp_path: Path) -> GatewayConfig:
     cfg = local_config(simulator.url)
     cfg["batch"] = {
@@ -806,6 +819,103 @@ async def test_a_job_failed_for_one_line_fails_that_line_and_reruns_the_others(
         sim.stop()
 
 
+async def test_lines_backing_off_held_in_memory_are_bounded(
+    redis: RedisServer, tmp_path: Path
+) -> None:
+    """Every line backing off was held in the worker's memory (about 2.4 KB each) and the
+    reader kept reading: a quota staying full for hours held the whole backlog, until the pod
+    was killed for memory. At most `max_delayed_lines` are held now, the rest wait unread in
+    the stream; the held ones are kept alive (not reclaimed) and all complete once the
+    enqueued-token quota frees."""
+    sim = start_simulator(tmp_path / "sim", "--batch-speedup", "20")
+    try:
+        sim_faults(sim, enqueued_token_limit=1)  # every job passes it
+        config = provider_config(sim, redis, tmp_path, max_attempts=1)
+        assert config.batch is not None
+        record = await new_batch(config, redis, 30)
+        worker, upstream, submits = provider_worker(
+            config,
+            redis,
+            tmp_path,
+            quota_backoff_seconds=0.5,
+            quota_backoff_max_seconds=1.0,
+            max_delayed_lines=5,
+            reclaim_idle_seconds=1.0,
+        )
+        queue = queue_for(redis, config.batch.name)
+        keys = queue.keys
+        task = asyncio.create_task(worker.run())
+        most = unread_at_most = 0
+        try:
+            started = time.monotonic()
+            while time.monotonic() - started < 6:
+                most = max(most, len(worker._delayed))
+                pending = (await queue.redis.xpending(keys.stream, keys.group))["pending"]
+                unread = await queue.redis.xlen(keys.stream) - pending
+                if len(worker._delayed) == 5:
+                    unread_at_most = max(unread_at_most, unread)
+                assert await queue.reclaim("w2", 1000) == []  # the held lines kept alive
+                await asyncio.sleep(0.05)
+            assert 1 <= most <= 5
+            assert unread_at_most >= 20  # the rest left in the stream meanwhile
+            assert sim_stats(sim)["batches_failed"] >= 2  # refused for the quota, again
+            sim_faults(sim, enqueued_token_limit=0)  # the quota frees
+            while (got := await queue.get(record.id)) is not None and got.status != "completed":
+                assert time.monotonic() - started < 60, got.status
+                most = max(most, len(worker._delayed))
+                await asyncio.sleep(0.05)
+        finally:
+            worker.stop()
+            await task
+            await worker.queue.aclose()
+            await worker.batches.aclose()
+            await upstream.aclose()
+        assert most <= 5
+        assert got is not None
+        assert got.request_counts.completed == 30 and got.request_counts.failed == 0
+        assert await queue.dead_letters() == []
+        assert len(submits) >= 3
+        await queue.aclose()
+    finally:
+        sim.stop()
+
+
+async def test_a_cancel_answers_lines_backing_off_within_seconds(
+    redis: RedisServer, tmp_path: Path
+) -> None:
+    """A line backing off was looked at again only when it woke: cancelling its batch took up
+    to the whole backoff (15-30 min) to end it. The sweeper answers such lines now."""
+    config = offline_config(redis, tmp_path, "cancel-delayed")
+    assert config.batch is not None
+    queue = queue_for(redis, config.batch.name)
+    record = BatchRecord(id=new_id("batch"), endpoint="/v1/chat/completions", tenant="t")
+    (line,) = lines_for(record.id, 1, model=config.routes[0].name)
+    later = dataclasses.replace(line, not_before=time.time() + 3600)
+    await queue.create(record, [later])
+    worker, upstream = direct_worker(config, redis, tmp_path, "w1")
+    task = asyncio.create_task(worker.run())
+    try:
+        deadline = time.monotonic() + 10
+        while not worker._delayed:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        assert await queue.transition(record.id, "cancelling", cancelling_at=int(time.time()))
+        cancelled_at = time.monotonic()
+        while (got := await queue.get(record.id)) is not None and got.status != "cancelled":
+            assert time.monotonic() - cancelled_at < 5, got.status
+            await asyncio.sleep(0.05)
+    finally:
+        worker.stop()
+        await task
+        await worker.queue.aclose()
+        await worker.batches.aclose()
+        await upstream.aclose()
+    results = await queue.results(record.id)
+    assert [r.error_code for r in results.values()] == ["batch_cancelled"]
+    assert worker._delayed == [] and not worker._held
+    await queue.aclose()
+
+
 async def test_lines_waiting_out_a_quota_end_batch_expired_with_the_window(
     redis: RedisServer, tmp_path: Path
 ) -> None:
@@ -967,14 +1077,7 @@ async def test_failed_provider_file_deletes_back_off_and_are_given_up(
     has made the list grow without end. Now: 404 counts as deleted; 403, an unknown provider
     and a file failing for longer than the give-up time are dropped (one log line); others
     back off per file; a pass tries a bounded number of files, each under a timeout."""
-    cfg = local_config("http://127.0.0.1:9")
-    cfg["batch"] = {
-        "name": f"deletes-{time.time_ns()}",
-        "redisUrl": redis.url,
-        "filesDir": str(tmp_path),
-        "spec": {"mode": "direct"},
-    }
-    config = parse_config(cfg)
+    config = offline_config(redis, tmp_path, "deletes")
     assert config.batch is not None
     provider = config.providers[0].name
     worker, upstream = direct_worker(

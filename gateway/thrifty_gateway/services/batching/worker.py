@@ -70,6 +70,9 @@ class WorkerOptions:
     # batch's completion window ends: they are then answered `batch_expired`)
     quota_backoff_seconds: float = 60.0
     quota_backoff_max_seconds: float = 1800.0
+    # at most this many lines backing off are held in memory (about 2.4 KB each): while that
+    # many are, no new lines are read (they wait in the stream)
+    max_delayed_lines: int = 10_000
     # provider files whose delete failed are tried again after this many seconds, doubling
     # per failed try up to the max, and given up (left at the provider, with one log line)
     # this long after they were recorded, or at once when the provider refuses (403), does
@@ -196,10 +199,16 @@ class Worker:
                 block = self.options.read_block_ms
                 if wait is not None:
                     block = max(1, min(block, int(wait * 1000) + 1))
+                free = self.options.max_delayed_lines - len(self._delayed)
+                entries: list[Entry] = []
                 if len(self._tasks) >= self.spec.direct.concurrency * 4:
                     await asyncio.sleep(0.01)
-                    entries: list[Entry] = []
+                elif free <= 0:
+                    # as many lines backing off as may be held: the rest stay in the stream
+                    # (read once some of these have woken and gone on)
+                    await asyncio.sleep(block / 1000)
                 else:
+                    room = min(room, free)
                     entries = await self.queue.read(self.options.consumer, room, block)
                 for entry_id, line in entries:
                     await self._handle(entry_id, line)
@@ -743,7 +752,11 @@ class Worker:
             try:
                 # Reclaims at most twice per idle period: listing the idle lines walks every
                 # line waiting in a provider job (tens of thousands), which no sweep changes.
-                if time.monotonic() >= next_reclaim:
+                await self._answer_stopped_delayed()
+                # (not while as many lines are backing off as may be held: another worker,
+                # or this one a moment later, takes them)
+                full = len(self._delayed) >= self.options.max_delayed_lines
+                if time.monotonic() >= next_reclaim and not full:
                     next_reclaim = time.monotonic() + self.options.reclaim_idle_seconds / 2
                     reclaimed = await self.queue.reclaim(self.options.consumer, idle_ms)
                     self.stats.reclaimed += len(reclaimed)
@@ -763,6 +776,33 @@ class Worker:
             except Exception:
                 log.exception("batch sweeper error; retrying")
             await asyncio.sleep(self.options.sweep_seconds)
+
+    async def _answer_stopped_delayed(self) -> None:
+        """Lines backing off whose batch was cancelled (or expired, or vanished) meanwhile are
+        answered so now, not when they wake (up to the whole backoff later)."""
+        if not self._delayed:
+            return
+        ended: dict[str, bool] = {}  # batch id -> whether it expired (else stopped)
+        now = time.time()
+        for batch_id in {line.batch_id for _, _, line in self._delayed}:
+            info = await self._batch_info(batch_id)
+            if info is None or info[0] in STOPPED:
+                ended[batch_id] = False
+            elif info[2] is not None and now > info[2]:
+                ended[batch_id] = True
+        if not ended:
+            return
+        # taken out of the heap in one step (no await): the reader pops from it too
+        gone = [d for d in self._delayed if d[2].batch_id in ended]
+        self._delayed = [d for d in self._delayed if d[2].batch_id not in ended]
+        heapq.heapify(self._delayed)
+        for _, entry_id, line in gone:
+            self._held.discard(entry_id)
+            if ended[line.batch_id]:
+                result = Result(line.custom_id, None, None, "batch_expired", EXPIRED)
+            else:
+                result = stopped(line, await self._batch_info(line.batch_id))
+            await self._store(entry_id, line, result)
 
     async def _heartbeat(self) -> None:
         """The lines this worker holds (waiting for a direct call's turn, in the packer,
