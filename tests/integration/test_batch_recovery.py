@@ -638,7 +638,11 @@ async def test_a_restarted_worker_dead_letters_its_own_poison_lines(
 
 
 def provider_config(
-    simulator: Simulator, redis: RedisServer, tmp_path: Path, max_attempts: int = 2
+    simulator: Simulator,
+    redis: RedisServer,
+    tmp_path: Path,
+    max_attempts: int = 2,
+    on_failure: str = "resubmit",
 ) -> GatewayConfig:
     cfg = local_config(simulator.url)
     cfg["batch"] = {
@@ -649,7 +653,7 @@ def provider_config(
             "mode": "provider",
             "flushWindowSeconds": 1,
             "pollIntervalSeconds": 1,
-            "retries": {"maxAttempts": max_attempts},
+            "retries": {"maxAttempts": max_attempts, "onFailure": on_failure},
         },
     }
     return parse_config(cfg)
@@ -914,6 +918,43 @@ async def test_a_cancel_answers_lines_backing_off_within_seconds(
     assert [r.error_code for r in results.values()] == ["batch_cancelled"]
     assert worker._delayed == [] and not worker._held
     await queue.aclose()
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        {"fail_code": "token_limit_exceeded", "fail_message": "quota"},
+        {"fail_code": "invalid_value", "fail_message": "Bad.", "fail_line": 2},
+    ],
+    ids=["quota", "one-line"],
+)
+async def test_with_on_failure_direct_quota_waits_and_uncounted_reruns_stay_batched(
+    redis: RedisServer, tmp_path: Path, fault: dict[str, Any]
+) -> None:
+    """`retries.onFailure: direct` sent every retried line direct: a quota refusal sent the
+    whole job direct at full price (an attempt counted), and a job failed for one named line
+    sent the others direct too. Only a line's own counted failure goes direct now."""
+    sim = start_simulator(tmp_path / "sim", "--batch-speedup", "20")
+    try:
+        sim_faults(sim, fail_next=1, **fault)
+        config = provider_config(sim, redis, tmp_path, max_attempts=2, on_failure="direct")
+        assert config.batch is not None and config.batch.spec.retries.on_failure == "direct"
+        record = await new_batch(config, redis, 3)
+        worker, upstream, submits = provider_worker(
+            config, redis, tmp_path, quota_backoff_seconds=0.3, quota_backoff_max_seconds=0.5
+        )
+        done = await run_until_terminal(config, redis, worker, record)
+        await upstream.aclose()
+        assert sim.stats()["requests"] == {}  # nothing ran direct
+        assert len(submits) == 2  # the rest went in a second provider job
+        queue = queue_for(redis, config.batch.name)
+        results = await queue.results(record.id)
+        await queue.aclose()
+        failed = sorted(r.error_code or "" for r in results.values() if not r.ok)
+        assert failed == ([] if "fail_line" not in fault else ["invalid_value"])
+        assert done.request_counts.completed == 3 - len(failed)
+    finally:
+        sim.stop()
 
 
 async def test_lines_waiting_out_a_quota_end_batch_expired_with_the_window(

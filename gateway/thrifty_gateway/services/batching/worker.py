@@ -724,8 +724,11 @@ class Worker:
         not_before: float | None = None,
         count: bool = True,
     ) -> None:
+        # Only a counted failure goes direct: a quota wait, or a rerun because the job failed
+        # for another line, goes back to a provider job (after its wait), as without it.
         if (
             retryable
+            and count
             and self.spec.retries.on_failure == "direct"
             and (line.attempt < self.queue.max_attempts)
         ):
