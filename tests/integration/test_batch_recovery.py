@@ -1040,6 +1040,34 @@ async def test_the_provider_files_of_a_finished_job_are_deleted(
         sim.stop()
 
 
+async def test_the_input_file_of_a_job_given_up_is_deleted(
+    redis: RedisServer, tmp_path: Path
+) -> None:
+    """A job given up (here: the provider no longer knows it) was forgotten without its files:
+    its input upload (every tenant's prompts) stayed at the provider. The input file id is
+    recorded at submit and deleted when the job is given up."""
+    sim = start_simulator(tmp_path / "sim", "--batch-speedup", "20")
+    try:
+        sim_faults(sim, forget_next=1)
+        config = provider_config(sim, redis, tmp_path, max_attempts=3)
+        record = await new_batch(config, redis, 2)
+        worker, upstream, submits = provider_worker(
+            config, redis, tmp_path, job_lost_after_failures=2
+        )
+        done = await run_until_terminal(config, redis, worker, record)
+        await upstream.aclose()
+        assert done.status == "completed" and done.request_counts.completed == 2
+        stats = sim_stats(sim)
+        assert stats["batches_forgotten"] == 1 and stats["files_uploaded"] == len(submits) == 2
+        assert stats["files"] == 0, stats  # the given-up job's input too
+        assert config.batch is not None
+        queue = queue_for(redis, config.batch.name)
+        assert await queue.files_to_delete() == {}
+        await queue.aclose()
+    finally:
+        sim.stop()
+
+
 async def test_slow_provider_file_deletes_never_hold_up_the_heartbeat(
     redis: RedisServer, tmp_path: Path
 ) -> None:

@@ -90,6 +90,19 @@ def job_errors(errors: Any) -> tuple[JobError, ...]:
     return tuple(out)
 
 
+class SubmittedJob(str):
+    """A created job's id (what `submit` returns), carrying the id of its input file: a job
+    given up later (gone at the provider, say) cannot tell it any more, and the upload (every
+    tenant's prompts) must still be deleted."""
+
+    input_file_id: str | None
+
+    def __new__(cls, job_id: str, input_file_id: str | None) -> SubmittedJob:
+        job = super().__new__(cls, job_id)
+        job.input_file_id = input_file_id
+        return job
+
+
 class ProviderBatches(Protocol):
     async def submit(self, target: Target, url: str, jsonl: bytes, window: str) -> str: ...
 
@@ -136,7 +149,7 @@ class OpenAIBatches:
         client = self._clients[target.provider]
         uploaded = await client.files.create(file=("thrifty.jsonl", jsonl), purpose="batch")
         try:
-            return await self._create(client, uploaded.id, url, window)
+            return SubmittedJob(await self._create(client, uploaded.id, url, window), uploaded.id)
         except BaseException:
             # No job (that we know of) reads the upload: it would stay at the provider, with
             # every tenant's prompts, counting against the storage quota. A job created after

@@ -425,8 +425,10 @@ class Worker:
             "url": pack.url,
             "started": time.time(),
             "batches": sorted({line.batch_id for _, line in pack.entries}),
+            "input_file_id": getattr(job_id, "input_file_id", None),
             "lines": {eid: line.to_json() for eid, line in pack.entries},
         }
+        job_id = str(job_id)
         await self.queue.save_job(job_id, job, [eid for eid, _ in pack.entries])
         self.stats.jobs_submitted += 1
         log.info("provider batch job %s submitted with %d lines", job_id, len(pack.entries))
@@ -511,18 +513,28 @@ class Worker:
             )
             reason = self._job_lost(job, failures, gone)
             if reason is not None:
-                await self._abandon(job_id, reason)
+                await self._abandon(job_id, job, reason)
 
-    async def _abandon(self, job_id: str, reason: str) -> None:
-        """Give up on a provider job: its lines are retried (or dead-lettered) per the policy."""
+    async def _abandon(
+        self, job_id: str, job: dict[str, Any], reason: str, state: JobState | None = None
+    ) -> None:
+        """Give up on a provider job: its lines are retried (or dead-lettered) per the policy,
+        and its files at the provider (the input recorded at submit, the others when its last
+        poll named them) are deleted like a finished job's."""
         self.stats.jobs_lost += 1
         log.warning("provider job %s given up: %s", job_id, reason)
         for entry_id, data in (await self.queue.job_lines(job_id)).items():
             line = Line.from_json(data)
             result = Result(line.custom_id, None, None, "provider_job_lost", reason)
             await self._retry(entry_id, line, result, True)
-        await self.queue.drop_job(job_id)
+        named = [job.get("input_file_id")]
+        if state is not None:
+            named += [state.input_file_id, state.output_file_id, state.error_file_id]
+        files = list(dict.fromkeys(f for f in named if f))
+        provider = str(job.get("provider", ""))
+        await self.queue.drop_job(job_id, files, provider)
         self._next_poll.pop(job_id, None)
+        await self._delete_files(provider, files)
 
     async def _poll(self, job_id: str, job: dict[str, Any]) -> None:
         from ..pipeline import Target
@@ -536,7 +548,7 @@ class Worker:
         if state.status not in TERMINAL_JOB:
             reason = self._job_lost(job, 0, False)
             if reason is not None:
-                await self._abandon(job_id, reason)
+                await self._abandon(job_id, job, reason, state)
             return
         files = []
         for file_id in (state.output_file_id, state.error_file_id):
