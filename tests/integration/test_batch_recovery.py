@@ -1342,3 +1342,33 @@ async def test_a_job_recorded_whole_by_an_older_worker_is_still_polled_to_its_en
         await queue.aclose()
     finally:
         sim.stop()
+
+
+async def test_lines_an_older_worker_left_behind_are_removed(
+    redis: RedisServer, tmp_path: Path
+) -> None:
+    """An older worker (lines inside the job record) that finishes a job a new worker split
+    meanwhile drops the record only: the job's lines (`joblines:<job>`, every prompt) stayed
+    in Redis for good. New workers remove lines whose job is no longer recorded."""
+    config = offline_config(redis, tmp_path, "orphans")
+    queue = queue_for(redis, config.batch.name)  # type: ignore[union-attr]
+    lines = {"1-0": {"b": "batch_x", "c": "c0", "d": {"p": "x"}}}
+    meta = {"provider": "p", "model": "m", "url": "/v1/chat/completions", "started": 1.0}
+    for job_id in ("job-live", "job-dropped"):
+        await queue.save_job(job_id, {**meta, "batches": ["batch_x"], "lines": lines}, [])
+    await queue.redis.hdel(queue.keys.jobs, "job-dropped")  # the older worker's drop_job
+    worker, upstream = direct_worker(config, redis, tmp_path, "w1", orphans_seconds=0.2)
+    task = asyncio.create_task(worker.run())
+    try:
+        deadline = time.monotonic() + 5
+        while await queue.redis.exists(queue.keys.job_lines("job-dropped")):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        assert await queue.job_lines("job-live") == lines  # a recorded job keeps its lines
+    finally:
+        worker.stop()
+        await task
+        await worker.queue.aclose()
+        await worker.batches.aclose()
+        await upstream.aclose()
+        await queue.aclose()

@@ -85,6 +85,9 @@ class WorkerOptions:
     file_delete_timeout_seconds: float = 20.0
     file_deletes_per_pass: int = 100
     file_delete_pass_seconds: float = 30.0
+    # the lines of provider jobs no longer recorded (left behind by an older worker's drop
+    # while old and new workers ran side by side) are looked for and removed this often
+    orphans_seconds: float = 600.0
 
 
 class BatchInfo(NamedTuple):
@@ -689,11 +692,20 @@ class Worker:
             await self._delete_one(pending)
 
     async def _deleter(self) -> None:
-        """Retries failed provider-file deletes in its own loop: a slow or refusing Files API
-        holds up neither the heartbeat nor reclaims and finalization."""
+        """Retries failed provider-file deletes in its own loop (a slow or refusing Files API
+        holds up neither the heartbeat nor reclaims and finalization), and now and then
+        removes the lines of jobs no longer recorded."""
+        next_orphans = 0.0
         while not self._stop.is_set():
             try:
                 await self._retry_deletes()
+                if time.monotonic() >= next_orphans:
+                    next_orphans = time.monotonic() + self.options.orphans_seconds
+                    removed = await self.queue.orphaned_job_lines()
+                    if removed:
+                        log.info(
+                            "removed the lines of %d provider jobs no longer recorded", removed
+                        )
             except asyncio.CancelledError:
                 raise
             except Exception:
