@@ -102,6 +102,16 @@ options:
   kubeSchedulerBinary: $BIN/kube-scheduler
   kwokControllerBinary: $BIN/kwok
   kubectlBinary: $KUBECTL
+---
+# Owner references are enforced as on OpenShift: setting or changing an object's
+# ownerReferences needs delete on it (the operator's RBAC must say so).
+apiVersion: config.kwok.x-k8s.io/v1alpha1
+kind: KwokctlConfiguration
+componentsPatches:
+  - name: kube-apiserver
+    extraArgs:
+      - key: enable-admission-plugins
+        value: OwnerReferencesPermissionEnforcement
 EOF
 }
 
