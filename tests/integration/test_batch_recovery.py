@@ -823,6 +823,56 @@ async def test_a_job_failed_for_one_line_fails_that_line_and_reruns_the_others(
         sim.stop()
 
 
+async def test_a_dead_workers_lines_are_taken_over_while_lines_back_off(
+    redis: RedisServer, tmp_path: Path
+) -> None:
+    """While a worker held as many lines backing off as it may, it reclaimed nothing, and its
+    reader refilled the room as soon as lines woke: a replaced pod's lines (another consumer
+    name) waited for hours behind a quota episode. The reader now leaves a headroom that
+    reclaims fill."""
+    sim = start_simulator(tmp_path / "sim", "--batch-speedup", "20")
+    try:
+        sim_faults(sim, enqueued_token_limit=1)  # every job is refused for the quota
+        config = provider_config(sim, redis, tmp_path, max_attempts=1)
+        assert config.batch is not None
+        await new_batch(config, redis, 24)
+        queue = queue_for(redis, config.batch.name)
+        keys = queue.keys
+        worker, upstream, _ = provider_worker(
+            config,
+            redis,
+            tmp_path,
+            quota_backoff_seconds=60.0,  # nothing it holds wakes during the test
+            quota_backoff_max_seconds=60.0,
+            max_delayed_lines=6,
+            reclaim_idle_seconds=1.0,
+        )
+        task = asyncio.create_task(worker.run())
+        try:
+            started = time.monotonic()
+            while len(worker._delayed) < 3:  # refused for the quota: backing off, held
+                assert time.monotonic() - started < 8
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.5)
+            # Three of the lines still in the stream are read by a pod that is then gone.
+            assert len(await queue.read("replaced-pod", 3, 100)) == 3
+            while await queue.redis.xpending_range(
+                keys.stream, keys.group, min="-", max="+", count=10, consumername="replaced-pod"
+            ):
+                assert time.monotonic() - started < 8, "the gone pod's lines were not taken over"
+                assert len(worker._delayed) <= 6
+                await asyncio.sleep(0.05)
+        finally:
+            worker.stop()
+            await task
+            await worker.queue.aclose()
+            await worker.batches.aclose()
+            await upstream.aclose()
+            await queue.aclose()
+    finally:
+        sim.stop()
+
+
 async def test_lines_backing_off_held_in_memory_are_bounded(
     redis: RedisServer, tmp_path: Path
 ) -> None:
@@ -856,7 +906,7 @@ async def test_lines_backing_off_held_in_memory_are_bounded(
                 most = max(most, len(worker._delayed))
                 pending = (await queue.redis.xpending(keys.stream, keys.group))["pending"]
                 unread = await queue.redis.xlen(keys.stream) - pending
-                if len(worker._delayed) == 5:
+                if len(worker._delayed) >= 3:  # all the reader takes (5 less a headroom of 2)
                     unread_at_most = max(unread_at_most, unread)
                 assert await queue.reclaim("w2", 1000) == []  # the held lines kept alive
                 await asyncio.sleep(0.05)

@@ -383,7 +383,7 @@ class RedisQueue:
             ids = [_text(p["message_id"]) for p in page]
             delivered.update(zip(ids, (int(p["times_delivered"]) + 1 for p in page), strict=True))
             start = "(" + ids[-1]
-            free = await self._outside_jobs(ids)
+            free = (await self._outside_jobs(ids))[: count - len(out)]  # at most `count`
             if free:
                 claimed = await self.redis.xclaim(k.stream, k.group, consumer, min_idle_ms, free)
                 out += _decode(claimed)

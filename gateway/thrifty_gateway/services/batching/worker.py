@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from ..pipeline import Target
 
 log = logging.getLogger(__name__)
+RECLAIM_BATCH = 500  # lines taken over per reclaim, at most
 VALIDATING_RECHECK = 1.0  # seconds before a line of a batch still being created is looked at
 # Batch statuses whose remaining lines are not run (answered with their status as the error).
 STOPPED = frozenset({"cancelling", "cancelled", "expired", "failed"})
@@ -70,8 +71,9 @@ class WorkerOptions:
     # batch's completion window ends: they are then answered `batch_expired`)
     quota_backoff_seconds: float = 60.0
     quota_backoff_max_seconds: float = 1800.0
-    # at most this many lines backing off are held in memory (about 2.4 KB each): while that
-    # many are, no new lines are read (they wait in the stream)
+    # at most this many lines backing off are held in memory (about 2.4 KB each): new lines
+    # are read while fewer than this less the reclaim headroom are (the rest wait in the
+    # stream), so that a dead worker's lines can always be reclaimed into the headroom
     max_delayed_lines: int = 10_000
     # provider files whose delete failed are tried again after this many seconds, doubling
     # per failed try up to the max, and given up (left at the provider, with one log line)
@@ -202,7 +204,8 @@ class Worker:
                 block = self.options.read_block_ms
                 if wait is not None:
                     block = max(1, min(block, int(wait * 1000) + 1))
-                free = self.options.max_delayed_lines - len(self._delayed)
+                free = self.options.max_delayed_lines - self._reclaim_headroom()
+                free -= len(self._delayed)
                 entries: list[Entry] = []
                 if len(self._tasks) >= self.spec.direct.concurrency * 4:
                     await asyncio.sleep(0.01)
@@ -772,6 +775,10 @@ class Worker:
 
     # -- sweeping ---------------------------------------------------------------------------
 
+    def _reclaim_headroom(self) -> int:
+        """Lines backing off the reader leaves room for, for the sweeper's reclaims."""
+        return min(RECLAIM_BATCH, self.options.max_delayed_lines // 2)
+
     async def _sweeper(self) -> None:
         idle_ms = int(self.options.reclaim_idle_seconds * 1000)
         next_reclaim = 0.0
@@ -780,12 +787,13 @@ class Worker:
                 # Reclaims at most twice per idle period: listing the idle lines walks every
                 # line waiting in a provider job (tens of thousands), which no sweep changes.
                 await self._answer_stopped_delayed()
-                # (not while as many lines are backing off as may be held: another worker,
-                # or this one a moment later, takes them)
-                full = len(self._delayed) >= self.options.max_delayed_lines
-                if time.monotonic() >= next_reclaim and not full:
+                # Up to as many as may still be held: the reader leaves a headroom for them, so
+                # a dead worker's lines are taken over even while this one holds all the lines
+                # backing off it reads.
+                room = min(RECLAIM_BATCH, self.options.max_delayed_lines - len(self._delayed))
+                if time.monotonic() >= next_reclaim and room > 0:
                     next_reclaim = time.monotonic() + self.options.reclaim_idle_seconds / 2
-                    reclaimed = await self.queue.reclaim(self.options.consumer, idle_ms)
+                    reclaimed = await self.queue.reclaim(self.options.consumer, idle_ms, room)
                     self.stats.reclaimed += len(reclaimed)
                     for entry_id, line in reclaimed:
                         if entry_id not in self._held:
