@@ -133,6 +133,29 @@ def _register_reconcile(
     )(on_timer)
 
 
+async def _policy_deleted(body: kopf.Body, memo: kopf.Memo, **kw: Any) -> None:
+    """A CachePolicy is being deleted: its gateways roll without it now (they would at their
+    next drift check, and a pod started meanwhile could not mount its deleted Secrets)."""
+    try:
+        await cachepolicy.dependents(body, {}, ix.Indexes.from_kwargs(kw), context(memo))
+    except Exception:  # never holds the deletion up: the drift check re-renders them anyway
+        logger.exception(
+            "gateways of deleted CachePolicy %s not re-rendered",
+            body.get("metadata", {}).get("name"),
+        )
+
+
+async def _queue_deleted(body: kopf.Body, memo: kopf.Memo, **kw: Any) -> None:
+    """A BatchQueue is being deleted: its gateway rolls without it now (see above)."""
+    meta = body.get("metadata", {})
+    ns, name = meta.get("namespace", "default"), meta.get("name", "")
+    indexes = ix.Indexes.from_kwargs(kw).with_body(plain(body))
+    try:
+        await gateway.resync(indexes, context(memo), ns, indexes.gateways_using_queue(ns, name))
+    except Exception:  # never holds the deletion up: the drift check re-renders it anyway
+        logger.exception("gateway of deleted BatchQueue %s not re-rendered", name)
+
+
 async def _delete_collection(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     await cachepolicy.delete_collection(body, context(memo))
 
@@ -168,6 +191,13 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
         field="spec.deletionPolicy",
         value="Delete",
     )(_delete_collection)
+    # Optional: no finalizer of their own (the resources carry the timers' one already).
+    kopf.on.delete(
+        GROUP, VERSION, "cachepolicies", registry=registry, id="dependents-delete", optional=True
+    )(_policy_deleted)
+    kopf.on.delete(
+        GROUP, VERSION, "batchqueues", registry=registry, id="dependents-delete", optional=True
+    )(_queue_deleted)
     return registry
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from copy import deepcopy
 from typing import Any
 
+import kopf
 import pytest
 import yaml
 
@@ -25,9 +26,11 @@ from thrifty_operator.handlers.indexes import (
     CACHEPOLICIES,
     DISTILLEDMODELS,
     GATEWAYS,
+    GATEWAYS_BY_POLICY,
     GATEWAYS_BY_QUEUE,
     STUDENTS_BY_GATEWAY,
     Indexes,
+    gateways_by_policy,
 )
 from thrifty_operator.settings import OperatorSettings
 
@@ -54,7 +57,15 @@ class FakeKube:
 
 def indexes(*bodies: dict[str, Any]) -> Indexes:
     stores: dict[str, dict[Key, list[Any]]] = {
-        n: {} for n in (GATEWAYS, CACHEPOLICIES, BATCHQUEUES, DISTILLEDMODELS, GATEWAYS_BY_QUEUE)
+        n: {}
+        for n in (
+            GATEWAYS,
+            CACHEPOLICIES,
+            BATCHQUEUES,
+            DISTILLEDMODELS,
+            GATEWAYS_BY_QUEUE,
+            GATEWAYS_BY_POLICY,
+        )
     }
     stores[STUDENTS_BY_GATEWAY] = {}
     index = {
@@ -69,6 +80,9 @@ def indexes(*bodies: dict[str, Any]) -> Indexes:
         if body["kind"] == "LLMGateway" and body["spec"].get("batchQueueRef"):
             queue = (NS, body["spec"]["batchQueueRef"]["name"])
             stores[GATEWAYS_BY_QUEUE].setdefault(queue, []).append(body["metadata"]["name"])
+        if body["kind"] == "LLMGateway":
+            for key, name in gateways_by_policy(body["spec"], NS, body["metadata"]["name"]).items():
+                stores[GATEWAYS_BY_POLICY].setdefault(key, []).append(name)
     return Indexes(stores)
 
 
@@ -244,3 +258,69 @@ async def test_a_routes_own_missing_policy_does_not_fall_back_to_the_default() -
     assert cached(cfg, other)
     assert "CachePolicy 'strict' not found" in conds["Ready"]["message"]
     assert POLICY_SECRETS <= mounted(kube)[0]  # the default policy still serves the others
+
+
+def deleting(body: dict[str, Any]) -> dict[str, Any]:
+    """The body as the API server shows it once deleted, its finalizers still running."""
+    body = deepcopy(body)
+    body["metadata"]["deletionTimestamp"] = "2026-12-07T10:00:00Z"
+    return body
+
+
+async def test_a_reference_being_deleted_is_left_out_while_its_secrets_remain() -> None:
+    """A CachePolicy or BatchQueue being deleted (its finalizers still running) is left out at
+    once: the gateway rolls while the Secrets and volume are still there to unmount, instead
+    of mounting them until they are gone."""
+    kube, conds = await sync(
+        example("llmgateway"), deleting(example("cachepolicy")), deleting(example("batchqueue"))
+    )
+    secrets, claims = mounted(kube)
+    assert not (POLICY_SECRETS | {QUEUE_SECRET}) & secrets
+    assert names.batch_files("default-batch") not in claims
+    assert conds["Ready"]["reason"] == "MissingReference"
+    assert "CachePolicy 'default-cache' is being deleted" in conds["Ready"]["message"]
+
+
+class StatusKube(FakeKube):
+    def __init__(self) -> None:
+        super().__init__()
+        self.statuses: dict[str, dict[str, Any]] = {}
+
+    async def patch_status(
+        self, _api: str, _kind: str, _ns: str, name: str, status: dict[str, Any]
+    ) -> None:
+        self.statuses[name] = status
+
+
+@pytest.mark.parametrize("kind", ["cachepolicy", "batchqueue"])
+async def test_deleting_a_reference_rolls_its_gateways_at_once(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The operator's delete handler of a CachePolicy or BatchQueue re-renders the gateways
+    using it (they waited for their drift check, up to a minute, while new pods could not
+    mount the deleted Secrets), and never fails the deletion. (Events are recorded here:
+    posting needs kopf's running operator, which the e2e tests use.)"""
+    from thrifty_operator import main
+
+    events: list[str] = []
+
+    def record(_obj: Any, *, type: str, reason: str, message: str) -> None:
+        assert type and message
+        events.append(reason)
+
+    monkeypatch.setattr(kopf, "event", record)
+    kube = StatusKube()
+    bodies = [example("llmgateway"), example("cachepolicy"), example("batchqueue")]
+    await sync_on(kube, *bodies)
+    assert POLICY_SECRETS | {QUEUE_SECRET} <= mounted(kube)[0]
+    going = deleting(example(kind))
+    rest = [b if b["kind"] != going["kind"] else going for b in bodies]
+    memo = kopf.Memo(ctx=Context(kube, Defaults(), OperatorSettings()))  # type: ignore[arg-type]
+    handler = main._policy_deleted if kind == "cachepolicy" else main._queue_deleted
+    body = kopf.Body(going)  # type: ignore[arg-type]
+    await handler(body=body, memo=memo, **indexes(*rest).stores)
+    gone = POLICY_SECRETS if kind == "cachepolicy" else {QUEUE_SECRET}
+    assert not gone & mounted(kube)[0]
+    assert kube.statuses["thrifty"]["conditions"] and "MissingReference" in events
+    # A failure is logged, never raised (it would hold the deletion up).
+    await handler(body=body, memo=kopf.Memo(), **indexes(*rest).stores)

@@ -52,6 +52,10 @@ def _resolve(ix: Indexes, kind: type[Any], namespace: str, name: str) -> Any:
     body = ix.body(kind.kind_name, namespace, name)
     if body is None:
         raise MissingReference(f"{kind.kind_name} {name!r} not found in {namespace}")
+    if (body.get("metadata") or {}).get("deletionTimestamp"):
+        # Going: its Secrets and volume go with it once its finalizers are done, so the
+        # gateway rolls without it now, while they are still there to unmount.
+        raise MissingReference(f"{kind.kind_name} {name!r} is being deleted in {namespace}")
     try:
         return parse(kind, body)
     except InvalidSpec as exc:
