@@ -133,27 +133,26 @@ def _register_reconcile(
     )(on_timer)
 
 
-async def _policy_deleted(body: kopf.Body, memo: kopf.Memo, **kw: Any) -> None:
-    """A CachePolicy is being deleted: its gateways roll without it now (they would at their
-    next drift check, and a pod started meanwhile could not mount its deleted Secrets)."""
-    try:
-        await cachepolicy.dependents(body, {}, ix.Indexes.from_kwargs(kw), context(memo))
-    except Exception:  # never holds the deletion up: the drift check re-renders them anyway
-        logger.exception(
-            "gateways of deleted CachePolicy %s not re-rendered",
-            body.get("metadata", {}).get("name"),
-        )
+def _on_deleted(
+    kind: str, dependents: Callable[[Body, dict[str, Any], ix.Indexes, Context], Awaitable[None]]
+) -> Callable[..., Awaitable[None]]:
+    """A delete handler for a `kind` that gateways reference: its gateways roll without it now
+    (they would at their next drift check, and a pod started meanwhile could not mount its
+    deleted Secrets); a failure is logged, never holding the deletion up (the drift check
+    re-renders them anyway)."""
+
+    async def handler(body: kopf.Body, memo: kopf.Memo, **kw: Any) -> None:
+        try:
+            await dependents(body, {}, ix.Indexes.from_kwargs(kw), context(memo))
+        except Exception:
+            name = body.get("metadata", {}).get("name")
+            logger.exception("gateways of deleted %s %s not re-rendered", kind, name)
+
+    return handler
 
 
-async def _queue_deleted(body: kopf.Body, memo: kopf.Memo, **kw: Any) -> None:
-    """A BatchQueue is being deleted: its gateway rolls without it now (see above)."""
-    meta = body.get("metadata", {})
-    ns, name = meta.get("namespace", "default"), meta.get("name", "")
-    indexes = ix.Indexes.from_kwargs(kw).with_body(plain(body))
-    try:
-        await gateway.resync(indexes, context(memo), ns, indexes.gateways_using_queue(ns, name))
-    except Exception:  # never holds the deletion up: the drift check re-renders it anyway
-        logger.exception("gateway of deleted BatchQueue %s not re-rendered", name)
+_policy_deleted = _on_deleted("CachePolicy", cachepolicy.dependents)
+_queue_deleted = _on_deleted("BatchQueue", batchqueue.dependents)
 
 
 async def _delete_collection(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:

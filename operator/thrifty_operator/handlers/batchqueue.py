@@ -22,6 +22,7 @@ from .common import (
     deployment_state,
     ensure_redis_password,
     parse,
+    plain,
 )
 from .indexes import Indexes
 
@@ -81,3 +82,12 @@ async def reconcile(body: Body, ix: Indexes, ctx: Context) -> Outcome:
         else false("Available", "WorkersProgressing", f"{message}; {serves}")
     )
     return Outcome(conds, fields)
+
+
+async def dependents(body: Body, status: dict[str, Any], ix: Indexes, ctx: Context) -> None:
+    """Re-render the gateway that uses this queue (seeing its new status), as
+    `cachepolicy.dependents` does for a policy's gateways."""
+    current = plain(body)
+    current["status"] = {**(current.get("status") or {}), **status}
+    ns, name = current["metadata"].get("namespace", "default"), current["metadata"]["name"]
+    await gateway.resync(ix.with_body(current), ctx, ns, ix.gateways_using_queue(ns, name))

@@ -320,22 +320,23 @@ class RedisQueue:
         often the worker restarted meanwhile (each restart counts a delivery for them too)."""
         own = await self.outside_jobs(await self.read(consumer, 100_000, 0, own=True))
         delivered: dict[str, int] = {}
+        async for page in self._pending(1000, consumername=consumer):
+            delivered.update(page)
+        return await self._unpoisoned(own, delivered)
+
+    async def _pending(self, count: int, **only: Any) -> AsyncIterator[list[tuple[str, int]]]:
+        """The group's pending entries, `count` a page, as (entry id, times delivered), listed
+        with `XPENDING` (no delivery counted); `only`: its `consumername` / `idle` filters."""
         start = "-"
         while True:
             page = await self.redis.xpending_range(
-                self.keys.stream,
-                self.keys.group,
-                min=start,
-                max="+",
-                count=1000,
-                consumername=consumer,
+                self.keys.stream, self.keys.group, min=start, max="+", count=count, **only
             )
             if not page:
-                break
-            ids = [_text(p["message_id"]) for p in page]
-            delivered.update(zip(ids, (int(p["times_delivered"]) for p in page), strict=True))
-            start = "(" + ids[-1]
-        return await self._unpoisoned(own, delivered)
+                return
+            rows = [(_text(p["message_id"]), int(p["times_delivered"])) for p in page]
+            yield rows
+            start = "(" + rows[-1][0]
 
     async def touch(self, consumer: str, entry_ids: Iterable[str]) -> int:
         """Mark the entries `consumer` still holds as just delivered, so that no reclaim takes
@@ -373,20 +374,14 @@ class RedisQueue:
         k = self.keys
         out: list[Entry] = []
         delivered: dict[str, int] = {}  # deliveries once claimed: the listing's count, plus one
-        start = "-"
-        while len(out) < count:
-            page = await self.redis.xpending_range(
-                k.stream, k.group, min=start, max="+", count=count, idle=min_idle_ms
-            )
-            if not page:
-                break
-            ids = [_text(p["message_id"]) for p in page]
-            delivered.update(zip(ids, (int(p["times_delivered"]) + 1 for p in page), strict=True))
-            start = "(" + ids[-1]
-            free = (await self._outside_jobs(ids))[: count - len(out)]  # at most `count`
-            if free:
+        async for page in self._pending(count, idle=min_idle_ms):
+            delivered.update((eid, times + 1) for eid, times in page)
+            free = (await self._outside_jobs([eid for eid, _ in page]))[: count - len(out)]
+            if free:  # (at most `count` in all)
                 claimed = await self.redis.xclaim(k.stream, k.group, consumer, min_idle_ms, free)
                 out += _decode(claimed)
+            if len(out) >= count:
+                break
         return await self._unpoisoned(out, delivered)
 
     async def claim_idle(
