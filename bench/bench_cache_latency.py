@@ -5,8 +5,8 @@
   fallback) at 1 connection (p50/p99) and 16 connections (requests/s). Direct simulator
   latency at 1 connection is printed next to it.
 * semantic lookup (embedding + search + guard + pair verifier) on one core, float32 and int8
-  (dense layers, per channel) embedding graphs (the verifier runs its float32 graph, as served):
-  LocalEmbedder(threads=1), PairScorer(threads=1), an
+  (dense layers, per channel) embedding graphs, the verifier at the policy's default precision
+  and at the other one: LocalEmbedder(threads=1), PairScorer(threads=1), an
   embedded qdrant-edge index holding 1,000 QQP questions, 300 QQP paraphrases under 64 tokens
   as queries.
 * search at N (default 100,000) entries in the embedded index (random unit vectors, 384-d):
@@ -38,7 +38,7 @@ from bench.bench_gateway import BODY, HEADERS, _gateway_config
 from bench.bench_semantic import load_workloads
 from bench.loadgen import load
 from bench.procs import free_port, process
-from thrifty_core.api.cachepolicy import PairVerifier, SemanticLayer
+from thrifty_core.api.cachepolicy import PairPrecision, PairVerifier, SemanticLayer
 from thrifty_core.embedding.local import LocalEmbedder
 from thrifty_core.embedding.pair import PairScorer
 from thrifty_gateway.services.cache.entry import CachedAnswer
@@ -91,13 +91,17 @@ def exact_hits(redis_url: str | None) -> dict[str, Any]:
 
 
 def semantic_lookup(
-    quantize: bool = False, floor: float | None = None, judged: int | None = None
+    quantize: bool = False,
+    floor: float | None = None,
+    judged: int | None = None,
+    precision: PairPrecision | None = None,
 ) -> dict[str, Any]:
     """What the gateway's lookup thread does, timed per part: embed the query, search the
     index (policy default floor, top 5), run the guard's checks, score the survivors with
-    the pair verifier in one batch."""
+    the pair verifier (policy defaults unless given)."""
     embedder = LocalEmbedder(threads=1, quantize=quantize)
-    verifier = PairScorer(threads=1)
+    precision = precision or PairVerifier().precision
+    verifier = PairScorer(threads=1, precision=precision)
     floor = floor if floor is not None else SemanticLayer().threshold
     judged = judged if judged is not None else PairVerifier().max_candidates
     qqp = next(w for w in load_workloads() if w.name == "qqp")
@@ -135,6 +139,7 @@ def semantic_lookup(
     index.close()
     return {
         "model": "int8 dense layers" if quantize else "float32",
+        "verifier_precision": precision,
         "cached": stored,
         "candidate_floor": floor,
         "max_candidates": judged,
@@ -220,6 +225,7 @@ def main() -> dict[str, Any]:
         f"Python {platform.python_version()}",
         "semantic_lookup": semantic_lookup(),
         "semantic_lookup_int8": semantic_lookup(quantize=True),
+        "semantic_lookup_verifier_float32": semantic_lookup(precision="float32"),
         # A recall-leaning policy: more candidates above the floor for the verifier to score.
         "semantic_lookup_floor_0.75": semantic_lookup(floor=0.75),
         # Every candidate above the floor judged (maxCandidates 5, the most a policy allows).

@@ -14,10 +14,11 @@ exact top-5 search:
   share" gives the plain cache its best point;
 * checks: the first candidate above the threshold that passes the guard's hand-written checks;
 * thrifty (what the gateway serves): candidates above the policy's cosine floor that pass the
-  checks, the `maxCandidates` nearest of them scored together by the pair verifier
-  (`thrifty_core.embedding.pair`, float graph); the first in cosine order scoring at least
-  `minScore` is served. Swept over minScore at several
-  floors; the default point is the policy's defaults (`SemanticLayer`, `PairVerifier`).
+  checks, the `maxCandidates` nearest of them scored by the pair verifier
+  (`thrifty_core.embedding.pair`, at the policy's default precision); the first in cosine
+  order scoring at least `minScore` is served. Swept over minScore at several floors; the
+  default point is the policy's defaults (`SemanticLayer`, `PairVerifier`). The default point
+  is also given with the verifier at its other precision (`default_at_<precision>`).
 
 The verifier was trained (`bench/train_pair_verifier.py`) on QQP pairs after the bench slice
 whose duplicate groups never touch it; GPTCache is never used for training.
@@ -47,7 +48,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bench.data import BENCH_PAIRS, DATA, norm, qqp_groups
-from thrifty_core.api.cachepolicy import PairVerifier, SemanticLayer
+from thrifty_core.api.cachepolicy import PairPrecision, PairVerifier, SemanticLayer
 from thrifty_core.embedding.local import LocalEmbedder
 from thrifty_core.embedding.pair import PairScorer
 from thrifty_gateway.services.cache.guard import CHECKS, first_failure
@@ -60,6 +61,8 @@ FLOORS = (0.75, 0.80, 0.85, 0.90)
 DEFAULT_FLOOR = SemanticLayer().threshold
 DEFAULT_SCORE = PairVerifier().min_score
 DEFAULT_JUDGED = PairVerifier().max_candidates
+DEFAULT_PRECISION = PairVerifier().precision
+OTHER_PRECISION: PairPrecision = "float32" if DEFAULT_PRECISION == "int8" else "int8"
 SCORES = sorted(
     {round(0.05 * i, 2) for i in range(1, 20)}
     | {0.96, 0.97, 0.98, 0.99, 0.995, 0.998, DEFAULT_SCORE}
@@ -189,8 +192,8 @@ def pair_scored(
     scorer: PairScorer,
     floor: float,
 ) -> Scored:
-    """Score every candidate above `floor` that passes the checks (one batch per query, as
-    the gateway does)."""
+    """Score every candidate above `floor` that passes the checks, as the gateway does
+    (`PairScorer.score`: one batch per query in float32, one run per pair in int8)."""
     out: Scored = []
     for q, query in enumerate(w.queries):
         cands = []
@@ -266,9 +269,12 @@ def best_under(rows: list[Row], plain: list[Row], share: float) -> dict[str, Any
     return compare(max(ok, key=lambda r: r["correct_hits"]), plain)
 
 
-def evaluate(w: Workload, embedder: LocalEmbedder, scorer: PairScorer) -> dict[str, Any]:
+def evaluate(
+    w: Workload, embedder: LocalEmbedder, scorer: PairScorer, other: PairScorer
+) -> dict[str, Any]:
     """Every method on one workload, scored with the file's labels and with the adjudicated
-    ones (the embedding and verifier runs are shared)."""
+    ones (the embedding and verifier runs are shared); `other` is the verifier at its other
+    precision, scored at the default point only."""
     t0 = time.perf_counter()
     vectors = embed_all(embedder, w.cached + w.queries)
     embed_s = time.perf_counter() - t0
@@ -277,6 +283,7 @@ def evaluate(w: Workload, embedder: LocalEmbedder, scorer: PairScorer) -> dict[s
     t0 = time.perf_counter()
     scored = pair_scored(w, sims, order, scorer, min(FLOORS + (DEFAULT_FLOOR,)))
     verify_s = time.perf_counter() - t0
+    scored_other = pair_scored(w, sims, order, other, DEFAULT_FLOOR)
     adjudicated = w.adjudicated()
     return {
         "cached": len(w.cached),
@@ -285,13 +292,23 @@ def evaluate(w: Workload, embedder: LocalEmbedder, scorer: PairScorer) -> dict[s
         "embed_seconds": round(embed_s, 2),
         "verify_seconds": round(verify_s, 2),
         "adjudicated_same_pairs": len(adjudicated.same),
-        "labels_of_the_file": score_methods(w, sims, order, scored),
-        "labels_adjudicated": score_methods(adjudicated, sims, order, scored),
+        "labels_of_the_file": score_methods(w, sims, order, scored, scored_other),
+        "labels_adjudicated": score_methods(adjudicated, sims, order, scored, scored_other),
     }
 
 
+def default_point(w: Workload, scored: Scored, judged: int = DEFAULT_JUDGED) -> Row:
+    """The policy's default floor and minScore on a set of scored candidates."""
+    rows = thrifty_curve(w, scored, DEFAULT_FLOOR, judged)
+    return next(r for r in rows if r["threshold"] == DEFAULT_SCORE)
+
+
 def score_methods(
-    w: Workload, sims: npt.NDArray[np.float32], order: npt.NDArray[np.int64], scored: Scored
+    w: Workload,
+    sims: npt.NDArray[np.float32],
+    order: npt.NDArray[np.int64],
+    scored: Scored,
+    scored_other: Scored,
 ) -> dict[str, Any]:
     plain = curve(w, sims, order, None, PLAIN_THRESHOLDS)
     checks = curve(w, sims, order, guard_check(tuple(CHECKS)))
@@ -304,17 +321,12 @@ def score_methods(
             "floor": DEFAULT_FLOOR,
             "min_score": DEFAULT_SCORE,
             "max_candidates": DEFAULT_JUDGED,
+            "precision": DEFAULT_PRECISION,
         }
         | default,
         # The same point with every candidate above the floor judged (maxCandidates: TOP_K).
-        "default_judging_all": compare(
-            next(
-                r
-                for r in thrifty_curve(w, scored, DEFAULT_FLOOR, TOP_K)
-                if r["threshold"] == DEFAULT_SCORE
-            ),
-            plain,
-        ),
+        "default_judging_all": compare(default_point(w, scored, TOP_K), plain),
+        f"default_at_{OTHER_PRECISION}": compare(default_point(w, scored_other), plain),
         "meets_targets": at_default["wrong_share"] <= MAX_WRONG_SHARE
         and (default["ratio"] or 0) >= 1.5,
         "thrifty_points": {
@@ -375,7 +387,8 @@ def near_misses(embedder: LocalEmbedder, scorer: PairScorer) -> dict[str, Any]:
 def main() -> dict[str, Any]:
     threads = max(1, os.cpu_count() or 1)
     embedder = LocalEmbedder(threads=threads)
-    scorer = PairScorer(threads=threads)
+    scorer = PairScorer(threads=threads, precision=DEFAULT_PRECISION)
+    other = PairScorer(threads=threads, precision=OTHER_PRECISION)
     excluded = int(scorer.metadata.get("bench_pairs_excluded", "0"))
     if excluded < N:
         raise SystemExit(
@@ -385,10 +398,12 @@ def main() -> dict[str, Any]:
     result: dict[str, Any] = {
         "embedding": "float32",
         "verifier": scorer.name,
+        "verifier_precision": DEFAULT_PRECISION,
         "verifier_training": scorer.metadata,
     }
-    result |= {w.name: evaluate(w, embedder, scorer) for w in load_workloads()}
+    result |= {w.name: evaluate(w, embedder, scorer, other) for w in load_workloads()}
     result["near_misses"] = near_misses(embedder, scorer)
+    result[f"near_misses_at_{OTHER_PRECISION}"] = near_misses(embedder, other)
     return result
 
 

@@ -423,7 +423,9 @@ def main() -> dict[str, Any]:
     )
     # The served graph must compute what was trained: float ONNX graph vs torch.
     probe = valid[:64]
-    onnx_scores = PairScorer(out, threads=1, quantize=False, cache_dir=Path(tempfile.mkdtemp()))
+    onnx_scores = PairScorer(
+        out, threads=1, precision="float32", cache_dir=Path(tempfile.mkdtemp())
+    )
     parity = max(
         abs(float(onnx_scores.score(a, [b])[0]) - s)
         for (a, b, _), s in zip(probe, scores, strict=False)

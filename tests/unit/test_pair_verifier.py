@@ -10,6 +10,7 @@ import pytest
 
 from thrifty_core.api.cachepolicy import CachePolicySpec, PairVerifier
 from thrifty_core.embedding import PairScoring, create_pair_scorer
+from thrifty_core.embedding.onnx_graph import layer_nodes
 from thrifty_core.embedding.pair import (
     DEFAULT_ADAPTER,
     PairScorer,
@@ -35,13 +36,21 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def scorer(files: BertFiles, cache_dir: Path) -> PairScorer:
-    """The default: the float graph the gateway serves."""
+    """The default: int8 dense layers after the first, one run per pair."""
     return PairScorer(files=files, cache_dir=cache_dir)
 
 
 @pytest.fixture(scope="module")
-def int8_scorer(files: BertFiles, cache_dir: Path) -> PairScorer:
-    return PairScorer(files=files, cache_dir=cache_dir, quantize=True)
+def float_scorer(files: BertFiles, cache_dir: Path) -> PairScorer:
+    return PairScorer(files=files, cache_dir=cache_dir, precision="float32")
+
+
+@pytest.fixture(params=["int8", "float32"])
+def any_scorer(
+    request: pytest.FixtureRequest, scorer: PairScorer, float_scorer: PairScorer
+) -> PairScorer:
+    """Each precision a policy may choose: the behaviour tests hold for both."""
+    return scorer if request.param == "int8" else float_scorer
 
 
 def test_adapter_is_small_and_merges_into_every_dense_layer(files: BertFiles) -> None:
@@ -66,7 +75,7 @@ def test_adapter_for_other_base_weights_is_refused(files: BertFiles) -> None:
         merged_weights(other, adapter)
 
 
-def test_pair_graph_matches_numpy_reference(files: BertFiles, scorer: PairScorer) -> None:
+def test_pair_graph_matches_numpy_reference(files: BertFiles, float_scorer: PairScorer) -> None:
     from tokenizers import Tokenizer
 
     query = "How do I reset my password?"
@@ -83,40 +92,54 @@ def test_pair_graph_matches_numpy_reference(files: BertFiles, scorer: PairScorer
         files.config, merged_weights(files, adapter), ids, mask, types, normalize=False
     )
     expected = 1.0 / (1.0 + np.exp(-(mean @ adapter.head_weight + adapter.head_bias)))
-    got = scorer.score(query, candidates)
+    got = float_scorer.score(query, candidates)
     assert got.shape == (2,)
     np.testing.assert_allclose(got, expected, atol=1e-4)
 
 
-def test_int8_graph_tracks_the_float_graph(scorer: PairScorer, int8_scorer: PairScorer) -> None:
+def test_int8_graph_tracks_the_float_graph(scorer: PairScorer, float_scorer: PairScorer) -> None:
+    assert scorer.precision == PairVerifier().precision == "int8"  # the default
     query = "What is the best way to learn Python?"
     cands = [
         "How should I learn Python?",
         "What is the best way to learn Java?",
         "How do I cook rice?",
     ]
-    # int8 dense layers move scores by up to ~0.15 (p99 0.095 over 300 QQP pairs) ...
-    np.testing.assert_allclose(
-        int8_scorer.score(query, cands), scorer.score(query, cands), atol=0.2
-    )
-    assert int8_scorer.score(query, []).shape == (0,)
+    got, exact = scorer.score(query, cands), float_scorer.score(query, cands)
+    assert not np.allclose(got, exact, atol=1e-6)  # it is another graph ...
+    np.testing.assert_allclose(got, exact, atol=0.1)  # ... that tracks the float one
+    assert scorer.score(query, []).shape == (0,)
 
 
-def test_a_candidates_float_score_does_not_depend_on_its_batch(
-    scorer: PairScorer, int8_scorer: PairScorer
+def test_the_int8_graph_keeps_the_first_layer_in_float(scorer: PairScorer, cache_dir: Path) -> None:
+    """Quantising the first layer too lost the most hits (bench/RESULTS.md, Cache)."""
+    import onnx
+
+    assert scorer.precision == "int8"  # built the graph below
+
+    (path,) = cache_dir.glob("embedding/pair-*-int8pc-fl0.onnx")
+    nodes = onnx.load(str(path)).graph.node
+    first = [n for n in nodes if n.name.startswith(layer_nodes(0))]
+    assert {n.op_type for n in first if "_mm" in n.name} == {"MatMul"}
+    assert len([n for n in first if n.op_type == "MatMul"]) == 6  # q, k, v, out, ffn in/out
+    later = [n for n in nodes if n.name.startswith(layer_nodes(1)) and "_mm" in n.name]
+    assert later and all(n.op_type != "MatMul" for n in later)  # quantised
+
+
+def test_a_candidates_score_does_not_depend_on_its_batch(
+    scorer: PairScorer, float_scorer: PairScorer
 ) -> None:
-    """... and, quantising activations per batch, make a candidate's int8 score depend on the
-    candidates scored with it; the float graph the gateway serves does not."""
+    """int8 quantises activations per run, so it scores each pair in its own run; the float
+    graph scores a lookup's candidates in one batch, where padding does not move a score."""
     query = "How do I make pizza dough at home?"
     cand = "How do I make bread dough at home?"
     others = ["What is the capital of France and why is it famous for its museums and food?"]
-    alone, batched = scorer.score(query, [cand])[0], scorer.score(query, [cand, *others])[0]
-    assert abs(float(alone) - float(batched)) < 1e-4
-    drift = abs(
-        float(int8_scorer.score(query, [cand])[0])
-        - float(int8_scorer.score(query, [cand, *others])[0])
-    )
-    assert drift > 1e-4
+    for s, tolerance in ((scorer, 0.0), (float_scorer, 1e-4)):
+        alone, batched = s.score(query, [cand])[0], s.score(query, [cand, *others])[0]
+        assert abs(float(alone) - float(batched)) <= tolerance
+    # What the int8 graph would do with a batch: the scale of the padded run moves the score.
+    both = scorer._score([(query, cand), (query, others[0])])[0]
+    assert abs(float(both) - float(scorer.score(query, [cand])[0])) > 1e-4
 
 
 @pytest.mark.parametrize(
@@ -135,8 +158,10 @@ def test_a_candidates_float_score_does_not_depend_on_its_batch(
         ),
     ],
 )
-def test_close_paraphrases_pass_the_default(scorer: PairScorer, query: str, cached: str) -> None:
-    assert float(scorer.score(query, [cached])[0]) >= PairVerifier().min_score
+def test_close_paraphrases_pass_the_default(
+    any_scorer: PairScorer, query: str, cached: str
+) -> None:
+    assert float(any_scorer.score(query, [cached])[0]) >= PairVerifier().min_score
 
 
 @pytest.mark.parametrize(
@@ -148,8 +173,8 @@ def test_close_paraphrases_pass_the_default(scorer: PairScorer, query: str, cach
         ("How do I make pizza dough?", "How do I make bread dough?"),
     ],
 )
-def test_topical_neighbours_are_rejected(scorer: PairScorer, query: str, cached: str) -> None:
-    assert float(scorer.score(query, [cached])[0]) < PairVerifier().min_score
+def test_topical_neighbours_are_rejected(any_scorer: PairScorer, query: str, cached: str) -> None:
+    assert float(any_scorer.score(query, [cached])[0]) < PairVerifier().min_score
 
 
 @pytest.mark.parametrize(
@@ -166,21 +191,23 @@ def test_topical_neighbours_are_rejected(scorer: PairScorer, query: str, cached:
     ],
 )
 def test_shared_boilerplate_does_not_make_two_questions_the_same(
-    scorer: PairScorer, query: str, cached: str
+    any_scorer: PairScorer, query: str, cached: str
 ) -> None:
     """Templated prompts share instructions or tags; the adapter's second stage trained on
     shared affixes (before it these pairs scored 0.98, a hair under the default minScore)."""
-    assert float(scorer.score(query, [cached])[0]) < 0.5
+    assert float(any_scorer.score(query, [cached])[0]) < 0.5
 
 
 def test_factory_builds_the_declared_model(scorer: PairScorer, cache_dir: Path) -> None:
     spec = CachePolicySpec.model_validate({"semantic": {"enabled": False}})
-    built = create_pair_scorer(spec.semantic.guard.verifier.model, cache_dir=cache_dir)
-    assert isinstance(built, PairScoring)
+    verifier = spec.semantic.guard.verifier
+    built = create_pair_scorer(verifier.model, precision=verifier.precision, cache_dir=cache_dir)
+    assert isinstance(built, PairScoring) and isinstance(built, PairScorer)
     assert built.name == scorer.name and built.name.startswith(DEFAULT_ADAPTER)
+    assert built.precision == "int8"
     assert [p.name for p in cache_dir.glob("embedding/*.tmp")] == []  # renamed into place
     graphs = [p.name for p in cache_dir.glob("embedding/pair-*.onnx")]
-    assert len([g for g in graphs if not g.endswith("-int8pc.onnx")]) == 1
+    assert len([g for g in graphs if "-int8pc" not in g]) == 1
 
 
 def test_adapter_records_how_it_was_trained(scorer: PairScorer) -> None:

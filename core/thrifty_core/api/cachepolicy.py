@@ -79,6 +79,7 @@ class EmbeddingModel(ApiModel):
 
 
 PairModel = Literal["minilm-pair-qqp"]
+PairPrecision = Literal["int8", "float32"]
 
 
 class PairVerifier(ApiModel):
@@ -98,6 +99,12 @@ class PairVerifier(ApiModel):
         ge=0.0,
         le=1.0,
         description="Minimum verifier score (0 to 1) for a candidate to be served.",
+    )
+    precision: PairPrecision = Field(
+        default="int8",
+        description="int8: the dense layers after the first in int8, each candidate scored in "
+        "its own run (about half the verifier's time; its score never depends on other "
+        "candidates); float32: the exact float graph (a few more hits, bench/RESULTS.md).",
     )
     max_candidates: int = Field(
         default=1,

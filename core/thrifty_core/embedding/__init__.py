@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..api.cachepolicy import EmbeddingModel, PairModel
+from ..api.cachepolicy import EmbeddingModel, PairModel, PairPrecision
 from .protocol import Embedder, PairScoring
 from .weights import BertFiles
 
@@ -59,15 +59,16 @@ def create_embedder(
 def create_pair_scorer(
     model: PairModel,
     *,
+    precision: PairPrecision = "int8",
     files: BertFiles | None = None,
     cache_dir: Path | None = None,
     threads: int = 1,
 ) -> PairScoring:
-    """The packaged pair verifier `model` (its float graph, built once and cached on disk);
-    `files` are the base encoder's, read from the package when not given."""
+    """The packaged pair verifier `model` at `precision` (its graph built once and cached on
+    disk); `files` are the base encoder's, read from the package when not given."""
     from .pair import PairScorer, packaged_adapter
 
     path = packaged_adapter(model)
     if not path.exists():
         raise ValueError(f"pair verifier {model!r} is not packaged ({path} is missing)")
-    return PairScorer(path, files=files, cache_dir=cache_dir, threads=threads)
+    return PairScorer(path, files=files, cache_dir=cache_dir, threads=threads, precision=precision)

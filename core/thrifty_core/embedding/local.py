@@ -7,8 +7,9 @@ built. `intra_op_num_threads=1` by default: per-request latency on one core matt
 gateway than batch throughput, and several workers share the CPUs.
 
 `quantize=True` applies onnxruntime's dynamic int8 quantisation to the MatMul weights (about
-2x faster on CPUs with VNNI, cosine to the float graph about 0.99); the float graph is the
-default because the semantic cache's thresholds were measured with it.
+2x faster on CPUs with VNNI, cosine to the float graph about 0.99); the embedder's float graph
+is the default because int8 embeddings lost correct semantic hits and let more wrong ones
+through (bench/RESULTS.md, Cache). The pair verifier uses it (`pair.py`).
 """
 
 from __future__ import annotations
@@ -55,11 +56,19 @@ def ensure_onnx_file(files: BertFiles, name: str, cache_dir: Path, quantize: boo
     )
 
 
-def cached_graph(stem: str, build: Callable[[], Any], cache_dir: Path, quantize: bool) -> Path:
-    """`<cache_dir>/embedding/<stem>[-int8pc].onnx`, built by `build()` the first time.
+def cached_graph(
+    stem: str,
+    build: Callable[[], Any],
+    cache_dir: Path,
+    quantize: bool,
+    keep_float: Sequence[str] = (),
+) -> Path:
+    """`<cache_dir>/embedding/<stem>[-int8pc[-f<kept>]].onnx`, built by `build()` the first time.
 
-    Files are written under a temporary name and renamed, so concurrent workers never read a
-    half-written graph; a read-only cache dir (containers) falls back to the temp dir.
+    `quantize`: the dense layers' weights in int8 (per channel), except the MatMul nodes whose
+    names start with one of `keep_float` (`onnx_graph.layer_nodes`). Files are written under a
+    temporary name and renamed, so concurrent workers never read a half-written graph; a
+    read-only cache dir (containers) falls back to the temp dir.
     """
     import onnx
 
@@ -82,11 +91,23 @@ def cached_graph(stem: str, build: Callable[[], Any], cache_dir: Path, quantize:
         prune_stale_graphs(folder)
     if not quantize:
         return plain
-    quant = folder / f"{stem}-int8pc.onnx"
+    kept = "".join(f"-f{prefix.rstrip('_')}" for prefix in keep_float)
+    quant = folder / f"{stem}-int8pc{kept}.onnx"
     _mark_used(quant)
     if not quant.exists():
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
+        excluded = (
+            [
+                node.name
+                for node in onnx.load(str(plain)).graph.node
+                if node.op_type == "MatMul" and node.name.startswith(tuple(keep_float))
+            ]
+            if keep_float
+            else []
+        )
+        if keep_float and not excluded:
+            raise ValueError(f"no MatMul node of {plain.name} starts with {list(keep_float)}")
         tmp = _temp_path(folder, quant.name)
         # Weights of the dense layers only (the embedding tables stay float), per channel.
         quantize_dynamic(
@@ -95,6 +116,7 @@ def cached_graph(stem: str, build: Callable[[], Any], cache_dir: Path, quantize:
             weight_type=QuantType.QInt8,
             op_types_to_quantize=["MatMul"],
             per_channel=True,
+            nodes_to_exclude=excluded,
         )
         tmp.replace(quant)
     return quant

@@ -28,8 +28,14 @@ if TYPE_CHECKING:
     import numpy.typing as npt
 
 OPSET = 17
-GRAPH_VERSION = "3"  # bump when the graph layout changes (it keys the on-disk cache)
+GRAPH_VERSION = "4"  # bump when the graph changes, node names included (it keys the on-disk cache)
 MASK_NEG = -1e4
+LAYER_PREFIX = "l"  # dense-layer node names start with "l<layer index>_"
+
+
+def layer_nodes(index: int) -> str:
+    """The name prefix of the dense (MatMul) nodes of encoder layer `index`."""
+    return f"{LAYER_PREFIX}{index}_"
 
 
 class _Builder:
@@ -62,7 +68,9 @@ class _Builder:
         # torch Linear stores [out, in]; MatMul wants [in, out].
         w = self.const(f"{hint}_w", weight.T.copy())
         b = self.const(f"{hint}_b", bias)
-        return self.op("Add", [self.op("MatMul", [x, w]), b], hint)
+        # The MatMul is named after its layer ("l0_q_mm_7"), so that quantisation can keep
+        # chosen layers in float (`local.cached_graph`).
+        return self.op("Add", [self.op("MatMul", [x, w], f"{hint}_mm"), b], hint)
 
     def layer_norm(
         self, x: str, gamma: npt.NDArray[Any], beta: npt.NDArray[Any], eps: float
@@ -127,9 +135,12 @@ def _encoder(
     for i in range(config.layers):
         p = f"encoder.layer.{i}."
         a = p + "attention.self."
-        q = g.linear(x, weights[a + "query.weight"] * scale, weights[a + "query.bias"] * scale, "q")
-        k = g.linear(x, weights[a + "key.weight"], weights[a + "key.bias"], "k")
-        v = g.linear(x, weights[a + "value.weight"], weights[a + "value.bias"], "v")
+        n = layer_nodes(i)
+        q = g.linear(
+            x, weights[a + "query.weight"] * scale, weights[a + "query.bias"] * scale, n + "q"
+        )
+        k = g.linear(x, weights[a + "key.weight"], weights[a + "key.bias"], n + "k")
+        v = g.linear(x, weights[a + "value.weight"], weights[a + "value.bias"], n + "v")
         qh = g.op("Transpose", [g.op("Reshape", [q, split_shape])], perm=[0, 2, 1, 3])
         kh = g.op("Transpose", [g.op("Reshape", [k, split_shape])], perm=[0, 2, 3, 1])
         vh = g.op("Transpose", [g.op("Reshape", [v, split_shape])], perm=[0, 2, 1, 3])
@@ -138,7 +149,7 @@ def _encoder(
         ctx = g.op("Transpose", [g.op("MatMul", [probs, vh])], perm=[0, 2, 1, 3])
         ctx = g.op("Reshape", [ctx, merge_shape])
         o = p + "attention.output."
-        attn = g.linear(ctx, weights[o + "dense.weight"], weights[o + "dense.bias"], "attn_out")
+        attn = g.linear(ctx, weights[o + "dense.weight"], weights[o + "dense.bias"], n + "attn_out")
         x = g.layer_norm(
             g.op("Add", [attn, x]),
             weights[o + "LayerNorm.weight"],
@@ -149,7 +160,7 @@ def _encoder(
             x,
             weights[p + "intermediate.dense.weight"],
             weights[p + "intermediate.dense.bias"],
-            "ffn_in",
+            n + "ffn_in",
         )
         # Exact GELU: 0.5 * h * (1 + erf(h / sqrt(2))); onnxruntime fuses this pattern.
         erf = g.op("Erf", [g.op("Div", [h, g.const("sqrt2", np.array(math.sqrt(2.0), f32))])])
@@ -161,7 +172,10 @@ def _encoder(
             ],
         )
         out = g.linear(
-            gelu, weights[p + "output.dense.weight"], weights[p + "output.dense.bias"], "ffn_out"
+            gelu,
+            weights[p + "output.dense.weight"],
+            weights[p + "output.dense.bias"],
+            n + "ffn_out",
         )
         x = g.layer_norm(
             g.op("Add", [out, x]),

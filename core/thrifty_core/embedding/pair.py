@@ -4,10 +4,15 @@ The model is the packaged all-MiniLM-L6-v2 encoder plus a small adapter trained 
 (`bench/train_pair_verifier.py`): LoRA deltas for the dense layers, a token-type table and a
 logistic head over mean pooling, about 1.4 MB of float16 in `adapters/`. The adapter is merged
 into the base weights in memory and the encoder graph is built by `onnx_graph.build_pair_onnx`,
-cached on disk like the embedder's and run by onnxruntime in float32; the logistic head runs in
-numpy. The int8 graph (`quantize=True`) is faster but its activations are quantised per batch,
-so a candidate's score would depend on the other candidates scored with it (bench/RESULTS.md,
-Cache): a cache decision must not.
+cached on disk like the embedder's and run by onnxruntime; the logistic head runs in numpy.
+
+Two precisions (`PairVerifier.precision`). `int8` (the default): onnxruntime's dynamic int8
+quantisation of the dense layers' weights, per channel, except the first layer's, which stay
+float (quantising them too lost the most hits: bench/RESULTS.md, Cache); about half the float
+graph's time. Dynamic quantisation scales the activations per run, so a candidate scored in one
+batch with others would get a score that depends on them; a cache decision must not, so int8
+scores each pair in its own run. `float32`: the float graph, one batch per lookup (its scores do
+not depend on the batch), matching torch to 5e-5.
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..api.cachepolicy import PairPrecision
 from .local import cached_graph, cpu_session, default_cache_dir
-from .onnx_graph import GRAPH_VERSION, build_pair_onnx
+from .onnx_graph import GRAPH_VERSION, build_pair_onnx, layer_nodes
 from .weights import BertFiles, load_minilm
 
 if TYPE_CHECKING:
@@ -31,6 +37,7 @@ ADAPTER_DIR = Path(__file__).with_name("adapters")
 DEFAULT_ADAPTER = "minilm-pair-qqp"
 PAIR_MAX_TOKENS = 128  # query + cached question; longer pairs are truncated (longest first)
 PAIR_GRAPH_VERSION = "2"  # with the encoder's GRAPH_VERSION, keys the on-disk graph
+FLOAT_LAYERS_IN_INT8 = (layer_nodes(0),)  # dense layers the int8 graph keeps in float
 
 
 def packaged_adapter(model: str) -> Path:
@@ -99,7 +106,8 @@ def merged_weights(files: BertFiles, adapter: PairAdapter) -> dict[str, npt.NDAr
 
 
 class PairScorer:
-    """Scores (query, candidate) pairs in [0, 1]; one onnxruntime run per lookup."""
+    """Scores (query, candidate) pairs in [0, 1]: one onnxruntime run per lookup (float32) or
+    per pair (int8)."""
 
     def __init__(
         self,
@@ -108,7 +116,7 @@ class PairScorer:
         files: BertFiles | None = None,
         cache_dir: Path | None = None,
         threads: int = 1,
-        quantize: bool = False,
+        precision: PairPrecision = "int8",
     ) -> None:
         import numpy as np
         from tokenizers import Tokenizer
@@ -121,8 +129,10 @@ class PairScorer:
             stem,
             lambda: build_pair_onnx(files.config, merged_weights(files, adapter)),
             cache_dir or default_cache_dir(),
-            quantize,
+            precision == "int8",
+            FLOAT_LAYERS_IN_INT8,
         )
+        self.precision = precision
         self._head_weight = adapter.head_weight.astype(np.float32)
         self._head_bias = np.float32(adapter.head_bias)
         self._session = cpu_session(path, threads)
@@ -139,7 +149,14 @@ class PairScorer:
 
         if not candidates:
             return np.zeros(0, dtype=np.float32)
-        encodings = self._tokenizer.encode_batch([(query, c) for c in candidates])
+        if self.precision == "int8":  # one run per pair: see the module's docstring
+            return np.concatenate([self._score([(query, c)]) for c in candidates])
+        return self._score([(query, c) for c in candidates])
+
+    def _score(self, pairs: list[tuple[str, str]]) -> npt.NDArray[np.float32]:
+        import numpy as np
+
+        encodings = self._tokenizer.encode_batch(pairs)
         ids = np.array([e.ids for e in encodings], dtype=np.int64)
         types = np.array([e.type_ids for e in encodings], dtype=np.int64)
         mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from thrifty_core.api.cachepolicy import CachePolicySpec, EmbeddingModel, PairModel
+from thrifty_core.api.cachepolicy import CachePolicySpec, EmbeddingModel, PairVerifier
 from thrifty_core.config import CachePolicyConfig
 from thrifty_core.embedding import Embedder, PairScoring, create_embedder, create_pair_scorer
 from thrifty_core.embedding.weights import BertFiles, load_minilm
@@ -86,13 +86,14 @@ class SharedModels:
             )
         return self.embedders[fingerprint]
 
-    async def verifier(self, model: PairModel) -> PairScoring:
-        if model not in self.verifiers:
+    async def verifier(self, spec: PairVerifier) -> PairScoring:
+        key = f"{spec.model}/{spec.precision}"
+        if key not in self.verifiers:
             files = await self._minilm()
-            self.verifiers[model] = await asyncio.to_thread(
-                partial(create_pair_scorer, model, files=files)
+            self.verifiers[key] = await asyncio.to_thread(
+                partial(create_pair_scorer, spec.model, precision=spec.precision, files=files)
             )
-        return self.verifiers[model]
+        return self.verifiers[key]
 
 
 async def open_policy(name: str, policy: CachePolicyConfig, models: SharedModels) -> PolicyRuntime:
@@ -123,7 +124,7 @@ async def open_policy(name: str, policy: CachePolicyConfig, models: SharedModels
         embedder = await models.embedder(emb, _secret(stores.embedding_api_key))
         guard = spec.semantic.guard
         if guard.enabled and guard.verifier.enabled:
-            verifier = await models.verifier(guard.verifier.model)
+            verifier = await models.verifier(guard.verifier)
         sem_keyspace = f"{keyspace}/{emb.model}/{emb.dimensions}"
         if stores.qdrant_url:
             semantic = await asyncio.to_thread(

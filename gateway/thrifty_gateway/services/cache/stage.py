@@ -8,8 +8,8 @@ are stored: never escalated ones, never unchecked cheap ones on a cascade route)
 
 Lookup order: eligibility -> exact (Redis or memory) -> semantic (embedding of the final user
 turn, Qdrant search under hard scope + context filters, the guard's checks on each candidate,
-then the pair verifier scores the survivors in one run and the first, in cosine order, that
-reaches `minScore` is served). Store: only
+then the pair verifier scores the `maxCandidates` nearest survivors and the first, in cosine
+order, that reaches `minScore` is served). Store: only
 answers the policy allows (no errors, refusals, truncation, aborted streams, fallback-model
 answers or answers of another tier than the chosen one), after the response was sent. Any
 store failure is a bypass, never an error.
