@@ -8,6 +8,7 @@ handlers can tell a bad manifest (4xx: permanent) from a transient fault (5xx, 4
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -182,6 +183,23 @@ class KubeClient:
                 return False
             raise
         return True
+
+    async def patch_json(
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str,
+        name: str,
+        ops: Sequence[dict[str, Any]],
+    ) -> dict[str, Any]:
+        """A JSON patch (RFC 6902) of an object; its `test` operations make it conditional
+        (the API server refuses the whole patch, 422, when one fails)."""
+        return await self._call(
+            "PATCH",
+            path(api_version, kind, namespace, name),
+            body=[dict(op) for op in ops],
+            content_type="application/json-patch+json",
+        )
 
     async def patch_status(
         self, api_version: str, kind: str, namespace: str, name: str, status: dict[str, Any]

@@ -16,6 +16,7 @@ from .apply import KubeClient, connect
 from .handlers import batchqueue, cachepolicy, distilledmodel, gateway
 from .handlers import indexes as ix
 from .handlers.common import Body, Context, context, plain, run
+from .release import release_unwatched, stamp
 from .settings import OperatorSettings, configure_kopf
 
 GROUP, VERSION = "thrifty.dev", "v1alpha1"
@@ -37,8 +38,15 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         ours = OperatorSettings()
     api = await connect()
     memo["api"] = api
-    memo["ctx"] = Context(KubeClient(api, ours.field_manager), ours.defaults(), ours)
+    ctx = Context(KubeClient(api, ours.field_manager), ours.defaults(), ours)
+    memo["ctx"] = ctx
     logger.info("thrifty operator started (drift check every %ss)", ours.drift_interval_seconds)
+    watched = list(memo.get("namespaces") or [])
+    if watched:
+        try:
+            await release_unwatched(ctx.kube, ours.instance, watched)
+        except Exception:  # never keeps the operator from starting; tried again next start
+            logger.exception("releasing resources of namespaces no longer watched failed")
 
 
 def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -103,7 +111,9 @@ def _register_reconcile(
     interval = settings.drift_interval_seconds
 
     async def on_change(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **kw: Any) -> None:
-        await fn(body, patch, ix.Indexes.from_kwargs(kw), context(memo), True)
+        ctx = context(memo)
+        stamp(body.metadata, patch, ctx.settings.instance)
+        await fn(body, patch, ix.Indexes.from_kwargs(kw), ctx, True)
 
     async def on_timer(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **kw: Any) -> None:
         await fn(body, patch, ix.Indexes.from_kwargs(kw), context(memo), False)
@@ -213,7 +223,7 @@ def run_operator(
     )
     kopf.run(
         registry=build_registry(settings),
-        memo=kopf.Memo(settings=settings, namespaced=bool(namespaces)),
+        memo=kopf.Memo(settings=settings, namespaced=bool(namespaces), namespaces=namespaces),
         namespaces=namespaces,
         clusterwide=not namespaces,
         standalone=standalone,

@@ -17,7 +17,9 @@ to an operator given exact namespaces, with a ClusterRole and ClusterRoleBinding
 namespace is deleted, the namespace controller deletes the operator's RoleBinding there at once,
 while the custom resources still carry the operator's finalizer; without this kopf could no
 longer watch them nor patch its finalizer off (403), and the namespace stayed Terminating
-forever. Everything else (Secrets, Deployments, Jobs...) stays namespaced.
+forever. The same rules let an operator restarted without one of its namespaces list its
+resources cluster-wide and release its finalizers there (`release`). Everything else (Secrets,
+Deployments, Jobs...) stays namespaced.
 """
 
 from __future__ import annotations

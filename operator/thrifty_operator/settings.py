@@ -47,6 +47,14 @@ class OperatorSettings(BaseSettings):
         description="The CachePolicy finalizer waits this long (from deletionTimestamp) for the "
         "collection delete Job, then lets the policy go with a Warning Event.",
     )
+    instance: str = Field(
+        default="",
+        max_length=253,
+        description="This installation (the chart sets `<release namespace>/<release name>`): "
+        "stamped on the resources it reconciles, so that an operator restarted without one of "
+        "its namespaces releases the finalizers there (`release`). Empty: nothing is stamped "
+        "or released.",
+    )
     field_manager: str = FIELD_MANAGER
     log_format: Literal["json", "plain"] = "json"
     health_port: int = Field(default=8081, ge=0, le=65535, description="0 disables /healthz.")

@@ -110,6 +110,8 @@ class OperatorProcess:
     drift_seconds: float = 3.0
     proc: subprocess.Popen[bytes] | None = None
     health_port: int = 0
+    also_watch: tuple[str, ...] = ()  # more namespaces
+    instance: str = ""  # THRIFTY_OPERATOR_INSTANCE, as the chart sets it
 
     def start(self) -> None:
         self.health_port = free_port()
@@ -118,6 +120,7 @@ class OperatorProcess:
             KUBECONFIG=str(self.kubeconfig),
             THRIFTY_OPERATOR_DRIFT_INTERVAL_SECONDS=str(self.drift_seconds),
             THRIFTY_OPERATOR_LOG_FORMAT="plain",
+            THRIFTY_OPERATOR_INSTANCE=self.instance,
         )
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
@@ -126,8 +129,7 @@ class OperatorProcess:
                 "-m",
                 "thrifty_cli",
                 "operator",
-                "--namespace",
-                self.namespace,
+                *(f"--namespace={ns}" for ns in (self.namespace, *self.also_watch)),
                 f"--liveness=http://127.0.0.1:{self.health_port}/healthz",
             ],
             env=env,
@@ -208,6 +210,31 @@ def installed_operator(
         cluster.delete_namespace(ns)
         cluster.delete_namespace(system_ns)
         delete_volumes(cluster, ns)
+
+
+def uninstall_and_clean(
+    cluster: Cluster,
+    operator: OperatorProcess | None,
+    release: str,
+    release_ns: str,
+    namespaces: tuple[str, ...],
+) -> None:
+    """A test's teardown: stop its operator (its log is printed, which pytest shows when the
+    test failed), uninstall the release, take the finalizers off the Thrifty resources left
+    in `namespaces` (no operator is left to do it) and delete the namespaces."""
+    if operator is not None:
+        print(operator.tail(100))  # noqa: T201 - shown by pytest only when a test failed
+        operator.stop()
+    helm(cluster, "uninstall", release, "-n", release_ns, "--ignore-not-found")
+    for name in (*namespaces, release_ns):
+        if cluster.kubectl("get", "namespace", name, check=False).returncode == 0:
+            for kind in ("llmgateways", "cachepolicies", "batchqueues", "distilledmodels"):
+                for item in cluster.get_json(kind, "-n", name)["items"]:
+                    cluster.kubectl(
+                        "patch", kind, item["metadata"]["name"], "-n", name,
+                        "--type=merge", "-p", '{"metadata":{"finalizers":null}}', check=False,
+                    )  # fmt: skip
+        cluster.delete_namespace(name)
 
 
 def get(cluster: Cluster, kind: str, namespace: str, name: str) -> dict[str, Any] | None:

@@ -23,6 +23,7 @@ from tests.e2e.operator_helpers import (
     helm,
     restricted_namespace,
     service_account_kubeconfig,
+    uninstall_and_clean,
 )
 from thrifty_operator.rbac import (
     CLUSTER_RULES,
@@ -209,9 +210,4 @@ def test_a_namespaced_operator_runs_on_its_roles_alone(
         assert get(cluster, "configmap", ns, "solo-gateway-config") is not None
         assert operator.healthy()
     finally:
-        if operator is not None:
-            print(operator.tail(100))  # noqa: T201 - shown by pytest only when a test failed
-            operator.stop()
-        helm(cluster, "uninstall", release, "-n", system_ns, "--ignore-not-found")
-        for name in (ns, system_ns, other):
-            cluster.delete_namespace(name)
+        uninstall_and_clean(cluster, operator, release, system_ns, (ns, other))

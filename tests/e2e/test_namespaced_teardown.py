@@ -24,6 +24,7 @@ from tests.e2e.operator_helpers import (
     helm,
     restricted_namespace,
     service_account_kubeconfig,
+    uninstall_and_clean,
 )
 
 pytestmark = pytest.mark.e2e
@@ -116,23 +117,91 @@ def test_deleting_a_watched_namespace_is_not_blocked_by_the_finalizers(
         assert f"cachepolicy {ns}/doomed released" in log
         assert operator.healthy()
     finally:
-        if operator is not None:
-            print(operator.tail(100))  # noqa: T201 - shown by pytest only when a test failed
-            operator.stop()
-        helm(cluster, "uninstall", release, "-n", system_ns, "--ignore-not-found")
-        for name in (ns, system_ns):
-            if cluster.kubectl("get", "namespace", name, check=False).returncode == 0:
-                for kind in ("llmgateways", "cachepolicies"):
-                    for item in cluster.get_json(kind, "-n", name)["items"]:
-                        cluster.kubectl(
-                            "patch",
-                            kind,
-                            item["metadata"]["name"],
-                            "-n",
-                            name,
-                            "--type=merge",
-                            "-p",
-                            '{"metadata":{"finalizers":null}}',
-                            check=False,
-                        )
-            cluster.delete_namespace(name)
+        uninstall_and_clean(cluster, operator, release, system_ns, (ns,))
+
+
+def _stamp(cluster: Cluster, kind: str, ns: str, name: str) -> str | None:
+    obj = get(cluster, kind, ns, name)
+    annotations = (obj or {}).get("metadata", {}).get("annotations") or {}
+    return annotations.get("thrifty.dev/operator")
+
+
+def test_a_namespace_dropped_from_the_watch_list_is_released(
+    k8s_cluster: Cluster, tmp_path: Path
+) -> None:
+    """Restarted without one of its namespaces, the operator takes its finalizer off its own
+    resources there (so deleting them does not wait forever), and only off its own."""
+    cluster = k8s_cluster
+    suffix = uuid.uuid4().hex[:6]
+    kept, dropped = f"e2e-keep-{suffix}", f"e2e-drop-{suffix}"
+    system_ns, release = f"e2e-drop-sys-{suffix}", f"dr{suffix}"
+    instance = f"{system_ns}/{release}"
+    chart = str(ROOT / "charts" / "thrifty")
+    operator: OperatorProcess | None = None
+    try:
+        for name in (kept, dropped, system_ns):
+            restricted_namespace(cluster, name)
+        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
+        helm(
+            cluster, "install", release, chart, "-n", system_ns,
+            "--set", f"operator.watchNamespaces={{{kept},{dropped}}}",
+        )  # fmt: skip
+        rendered = helm(cluster, "get", "manifest", release, "-n", system_ns)
+        assert f'value: "{instance}"' in rendered  # what the chart hands the operator
+        kubeconfig = service_account_kubeconfig(
+            cluster, system_ns, f"{release}-thrifty-operator", tmp_path / "operator.kubeconfig"
+        )
+        operator = OperatorProcess(
+            kubeconfig, kept, tmp_path / "operator.log", also_watch=(dropped,), instance=instance
+        )
+        operator.start()
+        for ns in (kept, dropped):
+            cluster.kubectl("apply", "-n", ns, "-f", str(ROOT / "examples" / "secrets.yaml"))
+        placed = [(kept, "g-kept"), (dropped, "g-dropped"), (dropped, "g-other")]
+        for ns, name in placed:
+            cluster.apply(_gateway(ns, name))
+        op = operator
+
+        def stamped() -> bool:
+            return all(
+                _finalized(cluster, "llmgateway", ns, n)
+                and _stamp(cluster, "llmgateway", ns, n) == instance
+                for ns, n in placed
+            )
+
+        wait_for(stamped, timeout=90, message=lambda: f"finalizers and stamps\n{op.tail(40)}")
+        operator.stop()
+        # Another installation's resource (as if another release had reconciled it).
+        cluster.kubectl(
+            "annotate", "llmgateway", "g-other", "-n", dropped, "--overwrite",
+            "thrifty.dev/operator=elsewhere/other",
+        )  # fmt: skip
+        helm(
+            cluster, "upgrade", release, chart, "-n", system_ns,
+            "--set", f"operator.watchNamespaces={{{kept}}}",
+        )  # fmt: skip
+        operator = OperatorProcess(kubeconfig, kept, tmp_path / "operator.log", instance=instance)
+        operator.start()
+        op = operator
+        wait_for(
+            lambda: not _finalized(cluster, "llmgateway", dropped, "g-dropped"),
+            timeout=60,
+            message=lambda: f"g-dropped released\n{op.tail(40)}",
+        )
+        assert _stamp(cluster, "llmgateway", dropped, "g-dropped") is None
+        assert f"llmgateway {dropped}/g-dropped released" in operator.tail(400)
+        # Not its own: left as it was; still watched: kept.
+        assert _finalized(cluster, "llmgateway", dropped, "g-other")
+        assert _stamp(cluster, "llmgateway", dropped, "g-other") == "elsewhere/other"
+        assert _finalized(cluster, "llmgateway", kept, "g-kept")
+        assert _stamp(cluster, "llmgateway", kept, "g-kept") == instance
+        # Deleting the released resource no longer waits for an operator.
+        cluster.kubectl("delete", "llmgateway", "g-dropped", "-n", dropped, "--wait=false")
+        wait_for(
+            lambda: get(cluster, "llmgateway", dropped, "g-dropped") is None,
+            timeout=30,
+            message="g-dropped deleted",
+        )
+        assert operator.healthy()
+    finally:
+        uninstall_and_clean(cluster, operator, release, system_ns, (kept, dropped))
