@@ -6,6 +6,8 @@ registered or configured at import time.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -42,11 +44,17 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo["ctx"] = ctx
     logger.info("thrifty operator started (drift check every %ss)", ours.drift_interval_seconds)
     watched = list(memo.get("namespaces") or [])
-    if watched:
-        try:
-            await release_unwatched(ctx.kube, ours.instance, watched)
-        except Exception:  # never keeps the operator from starting; tried again next start
-            logger.exception("releasing resources of namespaces no longer watched failed")
+    if watched and ours.instance:
+        # In the background: kopf serves the liveness probe only once startup returns, and a
+        # busy API server may take a while to answer cluster-wide lists.
+        memo["release"] = asyncio.create_task(_release(ctx, watched))
+
+
+async def _release(ctx: Context, watched: list[str]) -> None:
+    try:
+        await release_unwatched(ctx.kube, ctx.settings.instance, watched)
+    except Exception:  # never stops the operator; tried again at its next start
+        logger.exception("releasing resources of namespaces no longer watched failed")
 
 
 def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -56,6 +64,11 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    release = memo.get("release")
+    if isinstance(release, asyncio.Task):
+        release.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await release
     api = memo.get("api")
     if api is not None:
         await api.close()
@@ -116,7 +129,9 @@ def _register_reconcile(
         await fn(body, patch, ix.Indexes.from_kwargs(kw), ctx, True)
 
     async def on_timer(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **kw: Any) -> None:
-        await fn(body, patch, ix.Indexes.from_kwargs(kw), context(memo), False)
+        ctx = context(memo)
+        stamp(body.metadata, patch, ctx.settings.instance)  # back if it was removed
+        await fn(body, patch, ix.Indexes.from_kwargs(kw), ctx, False)
 
     common: dict[str, Any] = {"registry": registry}
     kopf.on.create(GROUP, VERSION, plural, id=f"{plural}-create", **common)(on_change)

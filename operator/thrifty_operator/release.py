@@ -70,11 +70,17 @@ def release_patch(
     ]
 
 
+def _transient(exc: BaseException) -> bool:
+    """No answer, throttled (429) or a server error: worth another try (a 404, a kind whose
+    CRD is not installed, is not)."""
+    return isinstance(exc, KubeError) and (exc.status in (0, 429) or exc.status >= 500)
+
+
 async def _list_all(kube: KubeClient, kind: str) -> list[dict[str, Any]]:
     """Every `kind` in the cluster; transient failures (an API server starting, a CRD's storage
     re-initialising: 429) are retried for about half a minute."""
     async for attempt in AsyncRetrying(
-        retry=retry_if_exception(lambda e: isinstance(e, KubeError) and not e.permanent),
+        retry=retry_if_exception(_transient),
         stop=stop_after_attempt(6),
         wait=wait_exponential(multiplier=0.5, max=10),
         reraise=True,
@@ -87,7 +93,10 @@ async def _list_all(kube: KubeClient, kind: str) -> list[dict[str, Any]]:
 async def release_unwatched(kube: KubeClient, instance: str, watched: list[str]) -> list[str]:
     """Release this instance's resources outside `watched`; returns "kind ns/name" of each
     released. Failures are logged and leave the resource as it was (retried next start)."""
-    if not instance or not exact_names(watched):
+    if not instance:
+        return []
+    if not exact_names(watched):
+        logger.info("namespaces given as patterns: resources outside them are not released")
         return []
     released = []
     for kind in KINDS:

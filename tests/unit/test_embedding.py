@@ -10,13 +10,19 @@ import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from thrifty_core.api.cachepolicy import EmbeddingModel
 from thrifty_core.embedding import Embedder, create_embedder
-from thrifty_core.embedding.local import STALE_GRAPH_SECONDS, LocalEmbedder, prune_stale_graphs
+from thrifty_core.embedding.local import (
+    STALE_GRAPH_SECONDS,
+    LocalEmbedder,
+    cached_graph,
+    prune_stale_graphs,
+)
 from thrifty_core.embedding.reference import reference_forward
 from thrifty_core.embedding.remote import EmbeddingError, OpenAIEmbedder
 from thrifty_core.embedding.weights import BertFiles, load_minilm
@@ -186,3 +192,56 @@ def test_unusable_cache_dir_falls_back_to_temp(files: BertFiles, tmp_path: Path)
     assert embedder.embed(["hello"]).shape == (1, 384)
     fallback = Path(tempfile.gettempdir()) / "thrifty" / "embedding"
     assert any(files.digest in p.name for p in fallback.glob("*.onnx"))
+
+
+def _matmul_chain(layers: int = 12, width: int = 1024) -> Any:
+    """A graph of `layers` MatMuls named like the encoder's ("l<i>_q_mm"), 48 MB of weights."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes, inits, x = [], [], "x"
+    for i in range(layers):
+        w = f"w{i}"
+        inits.append(numpy_helper.from_array(rng.standard_normal((width, width), np.float32), w))
+        nodes.append(helper.make_node("MatMul", [x, w], [f"y{i}"], name=f"l{i}_q_mm_{i}"))
+        x = f"y{i}"
+    graph = helper.make_graph(
+        nodes,
+        "chain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["batch", width])],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def _build_int8(folder: str, start: Any) -> str:
+    import onnxruntime.quantization  # noqa: F401 - imported before the start line, not after
+
+    start.wait()  # all at once, as workers that start together
+    return cached_graph("chain", _matmul_chain, Path(folder), True, ("l0_",)).name
+
+
+def test_workers_quantising_the_same_graph_at_once_all_get_it(tmp_path: Path) -> None:
+    """onnxruntime's quantiser writes and deletes a scratch file named after its input: workers
+    starting together (uvicorn workers, pods sharing a cache) each quantise their own copy."""
+    import multiprocessing
+
+    import onnx
+
+    cached_graph("chain", _matmul_chain, tmp_path, False)  # the float graph exists already
+    spawn = multiprocessing.get_context("spawn")
+    with spawn.Manager() as manager, spawn.Pool(4) as pool:
+        start = manager.Barrier(4)
+        names = pool.starmap(_build_int8, [(str(tmp_path), start)] * 4)
+    assert names == ["chain-int8pc-fl0.onnx"] * 4
+    folder = tmp_path / "embedding"
+    assert sorted(p.name for p in folder.iterdir()) == ["chain-int8pc-fl0.onnx", "chain.onnx"]
+    nodes = onnx.load(str(folder / "chain-int8pc-fl0.onnx")).graph.node
+    kept = [n for n in nodes if n.op_type == "MatMul"]
+    assert [n.name for n in kept] == ["l0_q_mm_0"]  # the first layer stays float, the rest int8
+    assert len(nodes) > len(kept) + 1  # quantised nodes replaced the other MatMuls

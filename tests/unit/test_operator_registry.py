@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import kopf
 import pytest
 
+from thrifty_operator import main
 from thrifty_operator.collection import collection_body, tenant_index_body
 from thrifty_operator.main import build_registry, not_ready
 from thrifty_operator.settings import OperatorSettings
@@ -41,3 +44,46 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     defaults = OperatorSettings().defaults()
     assert defaults.gateway_image == "registry.local/gw:1"
     assert defaults.shared_access_mode == "ReadWriteOnce"
+
+
+class _Api:
+    closed = False
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+async def test_startup_releases_in_the_background_and_cleanup_stops_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """kopf serves the liveness probe only once the startup handlers return: a slow
+    cluster-wide release must not hold the operator's start (nor its stop)."""
+    api = _Api()
+    calls: list[tuple[str, list[str]]] = []
+
+    async def connect() -> _Api:
+        return api
+
+    async def release(_kube: object, instance: str, watched: list[str]) -> list[str]:
+        calls.append((instance, watched))
+        await asyncio.Event().wait()  # an API server that never answers
+        return []
+
+    monkeypatch.setattr(main, "connect", connect)
+    monkeypatch.setattr(main, "release_unwatched", release)
+    memo = kopf.Memo(settings=OperatorSettings(instance="sys/rel"), namespaced=True)
+    memo["namespaces"] = ["kept"]
+    await asyncio.wait_for(main.startup(settings=kopf.OperatorSettings(), memo=memo), 5)
+    task = memo["release"]
+    await asyncio.sleep(0)
+    assert calls == [("sys/rel", ["kept"])] and not task.done()
+    await asyncio.wait_for(main.cleanup(memo=memo), 5)
+    assert task.cancelled() and api.closed
+    # Without an instance (a hand-run operator) or watching every namespace: nothing to release.
+    for settings, namespaces in (
+        (OperatorSettings(), ["kept"]),
+        (OperatorSettings(instance="a/b"), []),
+    ):
+        memo = kopf.Memo(settings=settings, namespaced=bool(namespaces), namespaces=namespaces)
+        await main.startup(settings=kopf.OperatorSettings(), memo=memo)
+        assert "release" not in memo

@@ -52,8 +52,15 @@ def test_another_installations_stamp_is_replaced_while_watched() -> None:
     assert patch["metadata"]["annotations"][OPERATOR_ANNOTATION] == ME
 
 
-def test_own_resource_outside_the_watch_list_is_released_by_a_conditional_patch() -> None:
+@pytest.mark.parametrize("deleting", [False, True])
+def test_own_resource_outside_the_watch_list_is_released_by_a_conditional_patch(
+    deleting: bool,
+) -> None:
+    """Also one being deleted: no operator will finish its cleanup there, and it would wait
+    for ever."""
     item = _item(finalizers=["example.com/keep", FINALIZER])
+    if deleting:
+        item["metadata"]["deletionTimestamp"] = "2026-12-07T10:00:00Z"
     ops = release_patch(item, ME, ["kept"])
     assert ops == [
         {"op": "test", "path": "/metadata/finalizers/1", "value": FINALIZER},

@@ -117,7 +117,7 @@ def test_the_int8_graph_keeps_the_first_layer_in_float(scorer: PairScorer, cache
 
     assert scorer.precision == "int8"  # built the graph below
 
-    (path,) = cache_dir.glob("embedding/pair-*-int8pc-fl0.onnx")
+    (path,) = cache_dir.glob("embedding/pair-*-int8pc-rr-fl0.onnx")
     nodes = onnx.load(str(path)).graph.node
     first = [n for n in nodes if n.name.startswith(layer_nodes(0))]
     assert {n.op_type for n in first if "_mm" in n.name} == {"MatMul"}
@@ -217,3 +217,17 @@ def test_adapter_records_how_it_was_trained(scorer: PairScorer) -> None:
     assert float(scorer.metadata["affix_share"]) > 0
     stage1 = json.loads(scorer.metadata["init_metadata"])
     assert float(stage1["epochs"]) == 2 and stage1["base"] == scorer.metadata["base"]
+
+
+async def test_gateway_policies_share_a_verifier_per_model_and_precision() -> None:
+    """The precision a policy declares is the one its lookups run; policies declaring the
+    same verifier share one scorer."""
+    from thrifty_gateway.services.cache.runtime import SharedModels
+
+    models = SharedModels()
+    default = await models.verifier(PairVerifier())
+    exact = await models.verifier(PairVerifier(precision="float32"))
+    assert isinstance(default, PairScorer) and isinstance(exact, PairScorer)
+    assert (default.precision, exact.precision) == ("int8", "float32")
+    assert await models.verifier(PairVerifier(min_score=0.9)) is default
+    assert len(models.verifiers) == 2

@@ -103,7 +103,7 @@ class PairVerifier(ApiModel):
     precision: PairPrecision = Field(
         default="int8",
         description="int8: the dense layers after the first in int8, each candidate scored in "
-        "its own run (about half the verifier's time; its score never depends on other "
+        "its own run (about 40% faster; its score never depends on other "
         "candidates); float32: the exact float graph (a few more hits, bench/RESULTS.md).",
     )
     max_candidates: int = Field(

@@ -1,7 +1,8 @@
 """The local embedder: a BERT sentence encoder run by onnxruntime on CPU.
 
 The ONNX graph is generated from the packaged weights on first use (`onnx_graph`) and cached
-under `<cache_dir>/embedding/<model>-<weights digest>-g<graph version>[-int8pc].onnx`, so
+under `<cache_dir>/embedding/<model>-<weights digest>-g<graph version>[-int8pc].onnx` (see
+`cached_graph`), so
 later starts only load it; graphs no process loaded for a week are deleted when a new one is
 built. `intra_op_num_threads=1` by default: per-request latency on one core matters more to the
 gateway than batch throughput, and several workers share the CPUs.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -32,7 +34,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 # A graph no process has loaded for this long belongs to an older weights digest, adapter or
-# graph version (or to a setting no longer used, such as an int8 graph): it is deleted when a
+# graph version (or to a setting no longer used, such as another precision): it is deleted when a
 # new graph is built, so upgrades do not pile up 20-90 MB files. A process that still wants it
 # rebuilds it at its next start (a running one holds its graph in memory). Not a lock: a start
 # that loads a week-old graph in the very moment another process prunes it fails (onnxruntime
@@ -62,11 +64,15 @@ def cached_graph(
     cache_dir: Path,
     quantize: bool,
     keep_float: Sequence[str] = (),
+    reduce_range: bool = False,
 ) -> Path:
-    """`<cache_dir>/embedding/<stem>[-int8pc[-f<kept>]].onnx`, built by `build()` the first time.
+    """`<cache_dir>/embedding/<stem>[-int8pc[-rr][-f<kept>]].onnx`, built by `build()` the
+    first time.
 
     `quantize`: the dense layers' weights in int8 (per channel), except the MatMul nodes whose
-    names start with one of `keep_float` (`onnx_graph.layer_nodes`). Files are written under a
+    names start with one of `keep_float` (`onnx_graph.layer_nodes`). `reduce_range`: 7-bit
+    weights, so that CPUs without VNNI (whose uint8 x int8 products saturate 16-bit sums)
+    compute what CPUs with it do. Files are written under a
     temporary name and renamed, so concurrent workers never read a half-written graph; a
     read-only cache dir (containers) falls back to the temp dir.
     """
@@ -92,33 +98,40 @@ def cached_graph(
     if not quantize:
         return plain
     kept = "".join(f"-f{prefix.rstrip('_')}" for prefix in keep_float)
-    quant = folder / f"{stem}-int8pc{kept}.onnx"
+    quant = folder / f"{stem}-int8pc{'-rr' if reduce_range else ''}{kept}.onnx"
     _mark_used(quant)
     if not quant.exists():
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        excluded = (
-            [
+        # onnxruntime writes a scratch file named after its input next to it
+        # (`<input>-inferred<suffix>`) and deletes it: each build quantises its own copy, so
+        # that workers building at once do not delete each other's.
+        source = _temp_path(folder, plain.name)
+        inferred = source.with_name(f"{source.stem}-inferred{source.suffix}")
+        tmp = _temp_path(folder, quant.name)
+        try:
+            shutil.copyfile(plain, source)
+            excluded = [
                 node.name
-                for node in onnx.load(str(plain)).graph.node
+                for node in onnx.load(str(source)).graph.node
                 if node.op_type == "MatMul" and node.name.startswith(tuple(keep_float))
             ]
-            if keep_float
-            else []
-        )
-        if keep_float and not excluded:
-            raise ValueError(f"no MatMul node of {plain.name} starts with {list(keep_float)}")
-        tmp = _temp_path(folder, quant.name)
-        # Weights of the dense layers only (the embedding tables stay float), per channel.
-        quantize_dynamic(
-            str(plain),
-            str(tmp),
-            weight_type=QuantType.QInt8,
-            op_types_to_quantize=["MatMul"],
-            per_channel=True,
-            nodes_to_exclude=excluded,
-        )
-        tmp.replace(quant)
+            if keep_float and not excluded:
+                raise ValueError(f"no MatMul node of {plain.name} starts with {list(keep_float)}")
+            # Weights of the dense layers only (the embedding tables stay float), per channel.
+            quantize_dynamic(
+                str(source),
+                str(tmp),
+                weight_type=QuantType.QInt8,
+                op_types_to_quantize=["MatMul"],
+                per_channel=True,
+                reduce_range=reduce_range,
+                nodes_to_exclude=excluded,
+            )
+            tmp.replace(quant)
+        finally:
+            for leftover in (source, inferred, tmp):
+                leftover.unlink(missing_ok=True)
     return quant
 
 
