@@ -13,7 +13,12 @@ import pytest
 
 from thrifty_gateway.services.cache.entry import CachedAnswer
 from thrifty_gateway.services.cache.selector import Selector
-from thrifty_gateway.services.cache.semantic import EdgeIndex, SemanticIndex, ServerIndex
+from thrifty_gateway.services.cache.semantic import (
+    EdgeIndex,
+    SemanticIndex,
+    ServerIndex,
+    build_due,
+)
 
 DIM = 8
 
@@ -284,3 +289,11 @@ def test_the_hnsw_build_runs_off_the_process_and_keeps_every_update(
                 proc.send_signal(signal.SIGCONT)
         index.close()
     assert not Path(f"{tmp_path}.build").exists() and not Path(f"{tmp_path}.old").exists()
+
+
+def test_a_build_is_due_when_the_unindexed_tail_reaches_a_tenth() -> None:
+    """Searches scan the entries added since the last build: at 100k entries the tail stays
+    under 10,000 (a quarter, 25,000, put the search p99 over 5 ms)."""
+    assert not build_due(9_999, 0, 10_000) and build_due(10_000, 0, 10_000)
+    assert not build_due(10_000, 100_010, 10_000) and build_due(10_001, 100_010, 10_000)
+    assert not build_due(19_999, 200_000, 10_000) and build_due(20_000, 200_000, 10_000)
