@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from tests.unit.fake_kube import FakeKube as BaseKube
 from thrifty_core.api import DistilledModel
 from thrifty_operator.builders import distill, names
 from thrifty_operator.builders.defaults import Defaults
@@ -21,42 +22,23 @@ from thrifty_operator.settings import OperatorSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 NS = "shop"
-Key = tuple[str, str]
 
 
-class FakeKube:
-    """Objects by (kind, name); apply keeps what another writer put in a ConfigMap's data
-    (as server-side apply keeps fields other managers own) unless it sets those keys."""
+class FakeKube(BaseKube):
+    """Apply keeps what another writer put in a ConfigMap's data (as server-side apply keeps
+    fields other managers own) unless it sets those keys, and a Job's status."""
 
-    def __init__(self) -> None:
-        self.objects: dict[Key, dict[str, Any]] = {}
-        self.deleted: list[Key] = []
-
-    async def get(self, _api: str, kind: str, _ns: str, name: str) -> dict[str, Any] | None:
-        found = self.objects.get((kind, name))
-        return deepcopy(found) if found is not None else None
-
-    async def apply(self, manifest: dict[str, Any], **_kw: Any) -> dict[str, Any]:
-        key = (manifest["kind"], manifest["metadata"]["name"])
-        old = self.objects.get(key, {})
+    def merged(
+        self, old: dict[str, Any] | None, manifest: dict[str, Any], manager: str
+    ) -> dict[str, Any]:
+        del manager  # one writer's fields are not told apart from another's here
+        old = old or {}
         new = deepcopy(manifest)
         if "data" in old or "data" in new:
             new["data"] = {**old.get("data", {}), **new.get("data", {})}
         if "status" in old:
             new["status"] = old["status"]
-        self.objects[key] = new
-        return deepcopy(new)
-
-    async def create(self, manifest: dict[str, Any]) -> bool:
-        key = (manifest["kind"], manifest["metadata"]["name"])
-        if key in self.objects:
-            return False
-        self.objects[key] = deepcopy(manifest)
-        return True
-
-    async def delete(self, _api: str, kind: str, _ns: str, name: str) -> bool:
-        self.deleted.append((kind, name))
-        return self.objects.pop((kind, name), None) is not None
+        return new
 
     def finish(self, name: str, condition: str = "Complete", reason: str = "") -> None:
         cond = {

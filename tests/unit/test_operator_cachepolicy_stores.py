@@ -9,6 +9,8 @@ from typing import Any
 import kopf
 import pytest
 
+from tests.unit.fake_kube import FakeKube as BaseKube
+from tests.unit.fake_kube import Key
 from tests.unit.test_operator_builders import example
 from thrifty_core.api import CachePolicy
 from thrifty_operator.builders import cache
@@ -19,35 +21,26 @@ from thrifty_operator.handlers.common import Context
 from thrifty_operator.handlers.indexes import BATCHQUEUES, CACHEPOLICIES, Indexes
 from thrifty_operator.settings import OperatorSettings
 
-Key = tuple[str, str]
 QDRANT = ("StatefulSet", "default-cache-qdrant")
 CLAIM = ("PersistentVolumeClaim", "storage-default-cache-qdrant-0")
 
 
-class FakeKube:
+class FakeKube(BaseKube):
     """Objects by (kind, name), with the parts of the StatefulSet controller and the garbage
     collector these tests rely on: the controller makes the Qdrant's claim and owns it while
     `whenDeleted` is Delete (`controllers()`); a deleted object's dependents go unless another
     of their owners exists. A partial apply as another field manager merges into the object
     (its claim owner references: that manager's own)."""
 
-    field_manager = "thrifty-operator"
-
     def __init__(self) -> None:
-        self.objects: dict[Key, dict[str, Any]] = {}
+        super().__init__()
         self.applied: list[tuple[Key, str]] = []
-        self.deleted: list[Key] = []
         self.uids = 0
 
-    async def get(self, _api: str, kind: str, _ns: str, name: str) -> dict[str, Any] | None:
-        found = self.objects.get((kind, name))
-        return deepcopy(found) if found is not None else None
-
-    async def apply(self, manifest: dict[str, Any], field_manager: str | None = None) -> Any:
-        key = (manifest["kind"], manifest["metadata"]["name"])
-        manager = field_manager or self.field_manager
-        self.applied.append((key, manager))
-        old = self.objects.get(key)
+    def merged(
+        self, old: dict[str, Any] | None, manifest: dict[str, Any], manager: str
+    ) -> dict[str, Any]:
+        self.applied.append((self.key(manifest), manager))
         if old is None:
             self.uids += 1
             new = deepcopy(manifest)
@@ -62,20 +55,11 @@ class FakeKube:
             for ref in manifest["metadata"].get("ownerReferences", []):
                 refs.append({**ref, "by": manager})
             new["metadata"]["ownerReferences"] = refs
-        self.objects[key] = new
-        return deepcopy(new)
-
-    async def create(self, manifest: dict[str, Any]) -> bool:
-        key = (manifest["kind"], manifest["metadata"]["name"])
-        if key in self.objects:
-            return False
-        self.objects[key] = deepcopy(manifest)
-        return True
+        return new
 
     async def delete(self, _api: str, kind: str, _ns: str, name: str) -> bool:
-        self.deleted.append((kind, name))
-        gone = self.objects.pop((kind, name), None)
-        if gone is None:
+        gone = self.objects.get((kind, name))
+        if not await super().delete(_api, kind, _ns, name) or gone is None:
             return False
         live = {o["metadata"].get("uid") for o in self.objects.values()} | {"uid-cachepolicy"}
         for key, obj in list(self.objects.items()):

@@ -14,6 +14,7 @@ import kopf
 import pytest
 import yaml
 
+from tests.unit.fake_kube import FakeKube, Key
 from tests.unit.test_operator_builders import NS, example
 from thrifty_core.config import CONFIG_KEY, GatewayConfig, parse_config
 from thrifty_operator.builders import names
@@ -33,26 +34,6 @@ from thrifty_operator.handlers.indexes import (
     gateways_by_policy,
 )
 from thrifty_operator.settings import OperatorSettings
-
-Key = tuple[str, str]
-
-
-class FakeKube:
-    field_manager = "thrifty-operator"
-
-    def __init__(self) -> None:
-        self.objects: dict[Key, dict[str, Any]] = {}
-
-    async def get(self, _api: str, kind: str, _ns: str, name: str) -> dict[str, Any] | None:
-        found = self.objects.get((kind, name))
-        return deepcopy(found) if found is not None else None
-
-    async def apply(self, manifest: dict[str, Any], **_kw: Any) -> dict[str, Any]:
-        self.objects[(manifest["kind"], manifest["metadata"]["name"])] = deepcopy(manifest)
-        return deepcopy(manifest)
-
-    async def delete(self, _api: str, kind: str, _ns: str, name: str) -> bool:
-        return self.objects.pop((kind, name), None) is not None
 
 
 def indexes(*bodies: dict[str, Any]) -> Indexes:
