@@ -111,6 +111,10 @@ def test_cel_rule_is_enforced_naming_the_field(crds: Cluster, namespace: str) ->
         "spec": {"limits": {"maxLinesPerBatch": 10, "maxLinesPerJob": 100}},
     }
     assert "spec.limits.maxLinesPerJob" in _apply_error(crds, namespace, queue)
+    queue["metadata"] = {"name": "waits"}
+    queue["spec"] = {"retries": {"backoffSeconds": 600, "maxBackoffSeconds": 60}}
+    error = _apply_error(crds, namespace, queue)
+    assert "spec.retries" in error and "backoffSeconds must be <= maxBackoffSeconds" in error
     gateway = {
         "apiVersion": "thrifty.dev/v1alpha1",
         "kind": "LLMGateway",

@@ -11,7 +11,8 @@ import openai
 import orjson
 import pytest
 
-from thrifty_core.api.batchqueue import BatchLimits
+from thrifty_core.api.batchqueue import BatchLimits, BatchQueueSpec
+from thrifty_core.config import BatchConfig
 from thrifty_gateway.services.batching.files import FilesystemStore, StoreFullError
 from thrifty_gateway.services.batching.finalize import order_of, output_line
 from thrifty_gateway.services.batching.model import BatchRecord, Line, Result, can_move
@@ -23,6 +24,7 @@ from thrifty_gateway.services.batching.provider import (
     poll_error_is_gone,
 )
 from thrifty_gateway.services.batching.validate import validate_input, validate_lines
+from thrifty_gateway.services.batching.worker import worker_options
 from thrifty_gateway.services.pipeline import Target
 
 
@@ -451,3 +453,22 @@ def test_a_line_keeps_its_backoff_and_a_quota_wait_is_not_an_attempt() -> None:
         ).not_before
         is None
     )
+
+
+def test_the_queues_retry_backoff_reaches_its_workers() -> None:
+    """A BatchQueue's `retries.backoffSeconds` / `maxBackoffSeconds` set the workers' waits
+    between attempts; the reclaim idle time defaults to twice the flush window (>= 60 s)."""
+    spec = BatchQueueSpec.model_validate(
+        {"flushWindowSeconds": 300, "retries": {"backoffSeconds": 5, "maxBackoffSeconds": 120}}
+    )
+    options = worker_options(BatchConfig(spec=spec), "w1")
+    assert (options.retry_backoff_seconds, options.retry_backoff_max_seconds) == (5.0, 120.0)
+    assert options.consumer == "w1" and options.reclaim_idle_seconds == 600.0
+    defaults = worker_options(BatchConfig(), "w2", reclaim_idle_seconds=90.0, sweep_seconds=0.5)
+    assert (defaults.retry_backoff_seconds, defaults.retry_backoff_max_seconds) == (30.0, 900.0)
+    assert (defaults.reclaim_idle_seconds, defaults.sweep_seconds) == (90.0, 0.5)
+
+
+def test_a_backoff_longer_than_its_cap_is_refused() -> None:
+    with pytest.raises(ValueError, match="backoffSeconds must be <= maxBackoffSeconds"):
+        BatchQueueSpec.model_validate({"retries": {"backoffSeconds": 600, "maxBackoffSeconds": 60}})

@@ -32,18 +32,16 @@ def batch_worker(
     from thrifty_core.config import load_config
     from thrifty_core.logging import setup_logging
     from thrifty_gateway.services.batching.main import run_worker
-    from thrifty_gateway.services.batching.worker import WorkerOptions
+    from thrifty_gateway.services.batching.worker import worker_options
 
     cfg = load_config(config)
     if cfg.batch is None:
         raise typer.BadParameter("the config has no `batch` section", param_hint="--config")
     setup_logging(cfg.server.log_level, cfg.server.log_format)
-    idle = reclaim_idle_seconds
-    if idle is None:
-        idle = max(60.0, 2.0 * cfg.batch.spec.flush_window_seconds)
-    options = WorkerOptions(
-        consumer=consumer or f"{socket.gethostname()}-{os.getpid()}",
-        reclaim_idle_seconds=idle,
-        sweep_seconds=sweep_seconds,
+    options = worker_options(
+        cfg.batch,
+        consumer or f"{socket.gethostname()}-{os.getpid()}",
+        reclaim_idle_seconds,
+        sweep_seconds,
     )
     asyncio.run(run_worker(cfg, options))

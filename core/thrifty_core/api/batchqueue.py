@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from .base import (
     QUANTITY,
@@ -52,6 +52,32 @@ class RetryPolicy(ApiModel):
         description="resubmit puts failed lines in the next provider job; direct calls them "
         "one by one.",
     )
+    backoff_seconds: int = Field(
+        default=30,
+        ge=1,
+        le=3600,
+        description="Wait before a line's next attempt after its provider job failed as a whole "
+        "or could not be submitted; doubles per attempt (with jitter) up to maxBackoffSeconds.",
+    )
+    max_backoff_seconds: int = Field(
+        default=900,
+        ge=1,
+        le=86_400,
+        description="Longest wait between two attempts of a line.",
+    )
+
+    model_config = with_cel(
+        cel(
+            "self.backoffSeconds <= self.maxBackoffSeconds",
+            "backoffSeconds must be <= maxBackoffSeconds",
+        )
+    )
+
+    @model_validator(mode="after")
+    def _backoff(self) -> RetryPolicy:
+        if self.backoff_seconds > self.max_backoff_seconds:
+            raise ValueError("backoffSeconds must be <= maxBackoffSeconds")
+        return self
 
 
 class DirectLimits(ApiModel):

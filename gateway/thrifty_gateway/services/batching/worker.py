@@ -63,7 +63,8 @@ class WorkerOptions:
     # a batch still `validating` this long after it was created (creation cut short) is failed
     stale_validating_seconds: float = 600.0
     # a line whose provider job failed as a whole, or could not be submitted, is retried
-    # after this many seconds, doubling per attempt up to the max
+    # after this many seconds, doubling per attempt up to the max (the BatchQueue's
+    # `retries.backoffSeconds` / `maxBackoffSeconds`, `worker_options`)
     retry_backoff_seconds: float = 30.0
     retry_backoff_max_seconds: float = 900.0
     # a job refused for the provider's enqueued-token quota (`token_limit_exceeded`): its lines
@@ -90,6 +91,28 @@ class WorkerOptions:
     # the lines of provider jobs no longer recorded (left behind by an older worker's drop
     # while old and new workers ran side by side) are looked for and removed this often
     orphans_seconds: float = 600.0
+
+
+def worker_options(
+    batch: BatchConfig,
+    consumer: str,
+    reclaim_idle_seconds: float | None = None,
+    sweep_seconds: float = 1.0,
+) -> WorkerOptions:
+    """The options a worker of `batch` runs with: its queue's spec (retry backoff) and the
+    command line (consumer name, reclaim idle time: by default twice the flush window, at
+    least a minute)."""
+    spec = batch.spec
+    idle = reclaim_idle_seconds
+    if idle is None:
+        idle = max(60.0, 2.0 * spec.flush_window_seconds)
+    return WorkerOptions(
+        consumer=consumer,
+        reclaim_idle_seconds=idle,
+        sweep_seconds=sweep_seconds,
+        retry_backoff_seconds=float(spec.retries.backoff_seconds),
+        retry_backoff_max_seconds=float(spec.retries.max_backoff_seconds),
+    )
 
 
 class BatchInfo(NamedTuple):
