@@ -6,8 +6,12 @@ not run."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import signal
+import threading
 import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,17 +19,21 @@ import httpx
 import orjson
 import pytest
 import redis as redis_sync
+from fastapi.testclient import TestClient
 
 from tests.integration.procs import Simulator, local_config, start_simulator
 from tests.integration.test_batch_flow import Worker, batch_config
-from tests.services import RedisServer, free_port
-from thrifty_core.config import GatewayConfig, parse_config
+from tests.services import RedisServer, free_port, start_redis
+from thrifty_core.config import GatewayConfig, ProviderConfig, parse_config
+from thrifty_gateway.app import create_app
+from thrifty_gateway.services.batching import stage as batch_stage
 from thrifty_gateway.services.batching.files import FilesystemStore
 from thrifty_gateway.services.batching.finalize import finalize
 from thrifty_gateway.services.batching.main import FollowingBatches
-from thrifty_gateway.services.batching.model import BatchRecord, Keys, Line, new_id
-from thrifty_gateway.services.batching.provider import job_line
+from thrifty_gateway.services.batching.model import BatchRecord, Keys, Line, Result, new_id
+from thrifty_gateway.services.batching.provider import OpenAIBatches, job_line
 from thrifty_gateway.services.batching.queue import CHUNK, PendingDelete, RedisQueue
+from thrifty_gateway.services.batching.stage import BatchStage
 from thrifty_gateway.services.batching.worker import Worker as BatchWorker
 from thrifty_gateway.services.batching.worker import WorkerOptions
 from thrifty_gateway.services.pipeline import Target
@@ -51,16 +59,70 @@ def finished_lines(redis: RedisServer, name: str, n: int) -> tuple[Any, Keys]:
     keys = Keys(name)
     client: Any = redis_sync.Redis.from_url(redis.url)
     client.xgroup_create(keys.ledger, keys.ledger_group, id="0", mkstream=True)
+    add_finished_lines(client, keys, n)
+    return client, keys
+
+
+def add_finished_lines(client: Any, keys: Keys, n: int) -> None:
+    """`n` finished lines (team-a, 0.25 USD each) on the ledger stream, as the workers write
+    them."""
     line = {"t": "team-a", "r": "default", "m": "gpt-4o-mini", "p": 10, "c": 5, "u": 0.25}
     for _ in range(n):
         client.xadd(keys.ledger, {**line, "s": 0.25, "ok": "1", "lv": "batch"})
-    return client, keys
+
+
+def gateway(config: dict[str, Any] | GatewayConfig) -> TestClient:
+    """A gateway app on `config` (parsed if it is not yet), in a test client."""
+    parsed = config if isinstance(config, GatewayConfig) else parse_config(config)
+    return TestClient(create_app(parsed))
+
+
+def admin_usage(gw: TestClient) -> Any:
+    """The gateway's usage report, as the admin reads it."""
+    return gw.get("/v1/thrifty/usage", headers={"authorization": "Bearer sk-local-admin"}).json()
+
+
+def with_daily_budgets(config: dict[str, Any]) -> None:
+    """Gives every tenant of `config` a daily hard limit of 100 USD (so spend is charged)."""
+    config["tenants"] = [
+        {**t, "budget": {"period": "day", "hardLimitUsd": 100.0}} for t in config["tenants"]
+    ]
+
+
+def new_record() -> BatchRecord:
+    return BatchRecord(id=new_id("batch"), endpoint="/v1/chat/completions", tenant="t")
+
+
+async def create_batch(queue: RedisQueue, config: GatewayConfig, n: int) -> BatchRecord:
+    """A batch of `n` lines for `config`'s first route, created in `queue`."""
+    record = new_record()
+    await queue.create(record, lines_for(record.id, n, model=config.routes[0].name))
+    return record
+
+
+async def read_one_line(queue: RedisQueue) -> tuple[str, Line]:
+    """One line queued (groups created first) and read by `worker-a`: its entry id and line."""
+    await queue.ensure_groups()
+    (line,) = lines_for("batch_x", 1)
+    await queue.redis.xadd(queue.keys.stream, line.fields())
+    ((entry_id, _),) = await queue.read("worker-a", 10, 100)
+    return entry_id, line
+
+
+@contextlib.contextmanager
+def simulator_at(tmp_path: Path, *args: str) -> Iterator[Simulator]:
+    """A simulator of its own (started with `args`), stopped when the block ends."""
+    sim = start_simulator(tmp_path / "sim", *args)
+    try:
+        yield sim
+    finally:
+        sim.stop()
 
 
 async def test_small_batch_is_created_in_one_step(redis: RedisServer) -> None:
     queue = queue_for(redis, "atomic")
     try:
-        record = BatchRecord(id=new_id("batch"), endpoint="/v1/chat/completions", tenant="t")
+        record = new_record()
         created = await queue.create(record, lines_for(record.id, 3))
         assert created.status == "in_progress"
         assert created.expires_at is not None and created.in_progress_at is not None
@@ -76,7 +138,7 @@ async def test_small_batch_is_created_in_one_step(redis: RedisServer) -> None:
 async def interrupted_batch(queue: RedisQueue, n: int) -> str:
     """A batch whose creation dies after the first chunk of lines (a line that cannot be
     encoded stands in for the gateway crashing)."""
-    record = BatchRecord(id=new_id("batch"), endpoint="/v1/chat/completions", tenant="t")
+    record = new_record()
     lines = lines_for(record.id, n)
     lines[CHUNK + 1] = Line(record.id, "bad", "chat", {"model": "gpt-4o-mini", "x": object()})
     with pytest.raises(TypeError):
@@ -138,7 +200,7 @@ async def test_a_batch_cancelled_while_validating_but_fully_queued_is_finalized_
     queue = queue_for(redis, f"cancel-queued-{time.time_ns()}")
     store = FilesystemStore(tmp_path / "files", 10**9)
     try:
-        record = BatchRecord(id=new_id("batch"), endpoint="/v1/chat/completions", tenant="t")
+        record = new_record()
         await queue.create(record, lines_for(record.id, CHUNK + 5))
         assert await queue.fully_queued(record.id)
         key = queue.keys.batch(record.id)
@@ -195,25 +257,16 @@ def test_ledger_lines_held_by_a_gateway_that_died_are_recorded_by_another(
     acknowledges it once recorded. A gateway that dies between the two leaves its lines pending
     under its name: another gateway takes them over once they have idled, records them, and
     drops the dead consumer."""
-    from fastapi.testclient import TestClient
-
-    from thrifty_core.config import parse_config
-    from thrifty_gateway.app import create_app
-    from thrifty_gateway.services.batching import stage as batch_stage
-
     name = f"orphans-{time.time_ns()}"
     client, keys = finished_lines(redis, name, 3)
     # The dead gateway: read them, never acknowledged them.
     client.xreadgroup(keys.ledger_group, "gateway-gone-1", {keys.ledger: ">"}, count=10)
     monkeypatch.setattr(batch_stage, "SYNC_MIN_IDLE_MS", 200)
     time.sleep(0.3)
-    config = parse_config(batch_config(simulator, redis, tmp_path, name))
-    with TestClient(create_app(config)) as gw:
+    with gateway(batch_config(simulator, redis, tmp_path, name)) as gw:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            usage = gw.get(
-                "/v1/thrifty/usage", headers={"authorization": "Bearer sk-local-admin"}
-            ).json()
+            usage = admin_usage(gw)
             if usage["totals"]["requests"] >= 3:
                 break
             time.sleep(0.1)
@@ -232,10 +285,7 @@ async def test_lines_of_a_dropped_provider_job_are_reclaimed(redis: RedisServer)
     pending for ever as if the job still held them."""
     queue = queue_for(redis, f"dropped-{time.time_ns()}")
     try:
-        await queue.ensure_groups()
-        (line,) = lines_for("batch_x", 1)
-        await queue.redis.xadd(queue.keys.stream, line.fields())
-        ((entry_id, _),) = await queue.read("worker-a", 10, 100)
+        entry_id, _ = await read_one_line(queue)
         await queue.save_job("job-1", {"lines": {}}, [entry_id])
         assert await queue.reclaim("worker-b", 0) == []  # inside a live job: not reclaimed
         await queue.drop_job("job-1")
@@ -252,15 +302,6 @@ def test_batch_spend_refused_by_a_paused_budget_store_is_charged_later(
     """Finished batch lines reach the gateway while the budget store (the ledger's Redis)
     hangs: their spend is not dropped. The lines stay pending, come back with the next
     reclaim once Redis answers again, and are charged and recorded once."""
-    import signal
-
-    from fastapi.testclient import TestClient
-
-    from tests.services import start_redis
-    from thrifty_core.config import parse_config
-    from thrifty_gateway.app import create_app
-    from thrifty_gateway.services.batching import stage as batch_stage
-
     name = f"spend-{time.time_ns()}"
     client, keys = finished_lines(redis, name, 3)
     monkeypatch.setattr(batch_stage, "SYNC_MIN_IDLE_MS", 200)
@@ -268,12 +309,10 @@ def test_batch_spend_refused_by_a_paused_budget_store_is_charged_later(
     spend = start_redis(tmp_path / "spend")
     config = batch_config(simulator, redis, tmp_path, name)
     config["ledger"] = {"redisUrl": spend.url}
-    config["tenants"] = [
-        {**t, "budget": {"period": "day", "hardLimitUsd": 100.0}} for t in config["tenants"]
-    ]
+    with_daily_budgets(config)
     spend.proc.send_signal(signal.SIGSTOP)
     try:
-        with TestClient(create_app(parse_config(config))) as gw:
+        with gateway(config) as gw:
             deadline = time.monotonic() + 15
             while (
                 time.monotonic() < deadline
@@ -283,8 +322,7 @@ def test_batch_spend_refused_by_a_paused_budget_store_is_charged_later(
             time.sleep(1.0)  # the settle's write to the hung store times out (0.5 s)
             # read, refused by the hung store, kept pending: nothing charged or recorded yet
             assert client.xpending(keys.ledger, keys.ledger_group)["pending"] == 3
-            usage = gw.get("/v1/thrifty/usage", headers={"authorization": "Bearer sk-local-admin"})
-            assert usage.json()["totals"]["requests"] == 0
+            assert admin_usage(gw)["totals"]["requests"] == 0
             spend.proc.send_signal(signal.SIGCONT)
             deadline = time.monotonic() + 15
             spent = 0.0
@@ -298,10 +336,7 @@ def test_batch_spend_refused_by_a_paused_budget_store_is_charged_later(
                 time.sleep(0.1)
             assert spent == pytest.approx(0.75)  # charged once, not dropped nor twice
             assert client.xpending(keys.ledger, keys.ledger_group)["pending"] == 0
-            usage = gw.get(
-                "/v1/thrifty/usage", headers={"authorization": "Bearer sk-local-admin"}
-            ).json()
-            assert usage["totals"]["requests"] == 3
+            assert admin_usage(gw)["totals"]["requests"] == 3
     finally:
         spend.proc.send_signal(signal.SIGCONT)
         spend.kill()
@@ -313,12 +348,6 @@ def test_batch_lines_are_recorded_uncharged_when_the_budget_store_stays_down(
 ) -> None:
     """A budget store that never comes back does not hold the ledger back for good: after
     `CHARGE_TRIES` refusals the lines are recorded (uncharged) and acknowledged."""
-    from fastapi.testclient import TestClient
-
-    from thrifty_core.config import parse_config
-    from thrifty_gateway.app import create_app
-    from thrifty_gateway.services.batching import stage as batch_stage
-
     name = f"nospend-{time.time_ns()}"
     client, keys = finished_lines(redis, name, 1)
     monkeypatch.setattr(batch_stage, "SYNC_MIN_IDLE_MS", 100)
@@ -326,10 +355,8 @@ def test_batch_lines_are_recorded_uncharged_when_the_budget_store_stays_down(
     monkeypatch.setattr(batch_stage, "CHARGE_TRIES", 3)
     config = batch_config(simulator, redis, tmp_path, name)
     config["ledger"] = {"redisUrl": f"redis://127.0.0.1:{free_port()}/0"}  # nothing listens
-    config["tenants"] = [
-        {**t, "budget": {"period": "day", "hardLimitUsd": 100.0}} for t in config["tenants"]
-    ]
-    with TestClient(create_app(parse_config(config))) as gw:
+    with_daily_budgets(config)
+    with gateway(config) as gw:
         stage = next(s for s in gw.app.state.gateway.stages if s.name == "batch")  # type: ignore[attr-defined]
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline and not stage.ledger.summary()["totals"]["requests"]:
@@ -345,18 +372,11 @@ def test_a_gateway_stopped_right_after_its_start_shuts_down(
     """A pod stopped just after it started (a quick rollout, a crash loop): the ledger sync's
     first Redis read is in flight. Shutdown stops it between two reads and finishes; it used
     to cancel that read, which redis-py could leave waiting for ever."""
-    import threading
-
-    from fastapi.testclient import TestClient
-
-    from thrifty_core.config import parse_config
-    from thrifty_gateway.app import create_app
-
     config = parse_config(batch_config(simulator, redis, tmp_path, f"quick-{time.time_ns()}"))
 
     def start_and_stop() -> None:
         for _ in range(3):
-            with TestClient(create_app(config)):
+            with gateway(config):
                 pass
 
     runner = threading.Thread(target=start_and_stop, daemon=True)  # a hang must not block exit
@@ -371,19 +391,13 @@ def test_ledger_lines_reach_the_shared_ledger_before_they_are_acknowledged(
     """The shared ledger writes a moment after a record; a line acknowledged before that write
     is lost if the gateway dies in between (nobody reads it again). So at every XACK of ledger
     lines nothing of them is still waiting in memory."""
-    from fastapi.testclient import TestClient
-
-    from thrifty_core.config import parse_config
-    from thrifty_gateway.app import create_app
-    from thrifty_gateway.services.batching.stage import BatchStage
-
     name = f"flushed-{time.time_ns()}"
     client, keys = finished_lines(redis, name, 0)
     config = batch_config(simulator, redis, tmp_path, name)
     config["ledger"] = {"redisUrl": redis.url}
     pending_at_ack: list[int] = []
     acked = 0
-    with TestClient(create_app(parse_config(config))) as gw:
+    with gateway(config) as gw:
         state = gw.app.state.gateway  # type: ignore[attr-defined]
         stage = next(s for s in state.stages if isinstance(s, BatchStage))
         assert stage.runtime.queue is not None
@@ -397,9 +411,8 @@ def test_ledger_lines_reach_the_shared_ledger_before_they_are_acknowledged(
             return await xack(stream, group, *ids)
 
         monkeypatch.setattr(queue_redis, "xack", watched)
-        line = {"t": "team-a", "r": "default", "m": "gpt-4o-mini", "p": 10, "c": 5, "u": 0.25}
-        for _ in range(3):  # as the workers write them, now that the gateway watches
-            client.xadd(keys.ledger, {**line, "s": 0.25, "ok": "1", "lv": "batch"})
+        # as the workers write them, now that the gateway watches
+        add_finished_lines(client, keys, 3)
         deadline = time.monotonic() + 10
         while acked < 3:
             assert time.monotonic() < deadline, acked
@@ -416,10 +429,7 @@ async def test_lines_waiting_in_a_live_job_are_not_claimed_nor_counted_as_delive
     and after a few the line was dead-lettered as a poison line, its paid answer discarded)."""
     queue = queue_for(redis, f"waiting-{time.time_ns()}")
     try:
-        await queue.ensure_groups()
-        (line,) = lines_for("batch_x", 1)
-        await queue.redis.xadd(queue.keys.stream, line.fields())
-        ((entry_id, _),) = await queue.read("worker-a", 10, 100)
+        entry_id, _ = await read_one_line(queue)
         await queue.save_job("job-1", {"lines": {}}, [entry_id])
         for _ in range(queue.max_attempts + 5):
             assert await queue.reclaim("worker-b", 0) == []
@@ -463,10 +473,7 @@ async def test_a_line_is_queued_again_once_however_often_its_failure_is_replayed
     the next attempt is queued only while the old entry is pending."""
     queue = queue_for(redis, f"resubmit-{time.time_ns()}")
     try:
-        await queue.ensure_groups()
-        (line,) = lines_for("batch_x", 1)
-        await queue.redis.xadd(queue.keys.stream, line.fields())
-        ((entry_id, _),) = await queue.read("worker-a", 10, 100)
+        entry_id, line = await read_one_line(queue)
         assert await queue.resubmit(entry_id, line, direct=True)
         assert not await queue.resubmit(entry_id, line, direct=True)
         entries = await queue.redis.xrange(queue.keys.stream)
@@ -483,13 +490,6 @@ async def test_a_provider_job_whose_create_timed_out_is_found_not_created_again(
     """The provider took the job but answered after the client's timeout: the SDK's retries
     would have created two more (billed) jobs. The create is not retried; the job is found by
     the marker in its metadata."""
-    import httpx
-
-    from tests.integration.procs import start_simulator
-    from thrifty_core.config import ProviderConfig
-    from thrifty_gateway.services.batching.provider import OpenAIBatches
-    from thrifty_gateway.services.pipeline import Target
-
     slow = start_simulator(tmp_path / "sim", "--batch-create-ms", "1500")
     batches = OpenAIBatches(
         [ProviderConfig(name="sim", base_url=f"{slow.url}/v1")], {"sim": None}, timeout=1.0
@@ -505,6 +505,46 @@ async def test_a_provider_job_whose_create_timed_out_is_found_not_created_again(
     finally:
         await batches.aclose()
         slow.stop()
+
+
+def queue_of(config: GatewayConfig, redis: RedisServer) -> RedisQueue:
+    """A client of `config`'s batch queue."""
+    assert config.batch is not None
+    return queue_for(redis, config.batch.name)
+
+
+async def results_of(config: GatewayConfig, redis: RedisServer, batch_id: str) -> dict[str, Result]:
+    queue = queue_of(config, redis)
+    try:
+        return await queue.results(batch_id)
+    finally:
+        await queue.aclose()
+
+
+async def wait_for_status(
+    queue: RedisQueue, batch_id: str, deadline: float, *statuses: str
+) -> BatchRecord | None:
+    """Polls the batch until it is in one of `statuses` (or gone), failing past `deadline`
+    (a `time.monotonic()` value) with the status it was stuck in; returns it as last read."""
+    while (got := await queue.get(batch_id)) is not None and got.status not in statuses:
+        assert time.monotonic() < deadline, got.status
+        await asyncio.sleep(0.05)
+    return got
+
+
+@contextlib.asynccontextmanager
+async def running(worker: BatchWorker, upstream: HttpUpstream) -> AsyncIterator[None]:
+    """`worker` runs for the block; then it is stopped, and its queue, its provider client and
+    `upstream` are closed."""
+    task = asyncio.create_task(worker.run())
+    try:
+        yield
+    finally:
+        worker.stop()
+        await task
+        await worker.queue.aclose()
+        await worker.batches.aclose()
+        await upstream.aclose()
 
 
 def direct_worker(
@@ -556,14 +596,10 @@ def direct_config(simulator: Simulator, redis: RedisServer, tmp_path: Path) -> G
 async def run_until_completed(
     config: GatewayConfig, redis: RedisServer, workers: list[BatchWorker], record: BatchRecord
 ) -> BatchRecord:
-    assert config.batch is not None
-    queue = queue_for(redis, config.batch.name)
+    queue = queue_of(config, redis)
     tasks = [asyncio.create_task(w.run()) for w in workers]
     try:
-        deadline = time.monotonic() + 30
-        while (got := await queue.get(record.id)) is not None and got.status != "completed":
-            assert time.monotonic() < deadline, got.status
-            await asyncio.sleep(0.05)
+        got = await wait_for_status(queue, record.id, time.monotonic() + 30, "completed")
         assert got is not None
         return got
     finally:
@@ -585,14 +621,11 @@ async def test_lines_a_live_worker_holds_are_neither_run_twice_nor_dead_lettered
     and called upstream twice (billed twice), and with one worker its own sweeps counted them
     as crashing deliveries until it dead-lettered lines it had paid for. The worker now marks
     what it holds as just delivered."""
-    slow = start_simulator(tmp_path / "sim", "--latency-ms", str(latency_ms))
-    try:
+    with simulator_at(tmp_path, "--latency-ms", str(latency_ms)) as slow:
         config = direct_config(slow, redis, tmp_path)
-        assert config.batch is not None
         built = [direct_worker(config, redis, tmp_path, f"w{i}", 0.6) for i in range(workers)]
-        queue = queue_for(redis, config.batch.name)
-        record = BatchRecord(id=new_id("batch"), endpoint="/v1/chat/completions", tenant="t")
-        await queue.create(record, lines_for(record.id, 3, model=config.routes[0].name))
+        queue = queue_of(config, redis)
+        record = await create_batch(queue, config, 3)
         done = await run_until_completed(config, redis, [w for w, _ in built], record)
         assert done.request_counts.completed == 3 and done.request_counts.failed == 0
         assert await queue.dead_letters() == []
@@ -600,8 +633,6 @@ async def test_lines_a_live_worker_holds_are_neither_run_twice_nor_dead_lettered
         await queue.aclose()
         for _, upstream in built:
             await upstream.aclose()
-    finally:
-        slow.stop()
 
 
 async def test_a_restarted_worker_dead_letters_its_own_poison_lines(
@@ -611,9 +642,8 @@ async def test_a_restarted_worker_dead_letters_its_own_poison_lines(
     the restarted pod (same consumer name: hostname and pid 1) ran its own pending lines at
     start without the delivery count check reclaims apply."""
     config = direct_config(simulator, redis, tmp_path)
-    assert config.batch is not None
-    queue = queue_for(redis, config.batch.name)
-    record = BatchRecord(id=new_id("batch"), endpoint="/v1/chat/completions", tenant="t")
+    queue = queue_of(config, redis)
+    record = new_record()
     poison, ok = lines_for(record.id, 2, model=config.routes[0].name)
     await queue.create(record, [poison, ok])
     await queue.read("pod", 1, 100)  # the poison line
@@ -698,19 +728,13 @@ async def run_until_terminal(
     record: BatchRecord,
     timeout: float = 60,
 ) -> BatchRecord:
-    assert config.batch is not None
-    queue = queue_for(redis, config.batch.name)
+    queue = queue_of(config, redis)
     task = asyncio.create_task(worker.run())
     try:
         deadline = time.monotonic() + timeout
-        while (got := await queue.get(record.id)) is not None and got.status not in (
-            "completed",
-            "failed",
-            "expired",
-            "cancelled",
-        ):
-            assert time.monotonic() < deadline, got.status
-            await asyncio.sleep(0.05)
+        got = await wait_for_status(
+            queue, record.id, deadline, "completed", "failed", "expired", "cancelled"
+        )
         assert got is not None
         return got
     finally:
@@ -731,14 +755,29 @@ def sim_stats(sim: Simulator) -> dict[str, Any]:
 
 
 async def new_batch(config: GatewayConfig, redis: RedisServer, n: int) -> BatchRecord:
-    assert config.batch is not None
-    queue = queue_for(redis, config.batch.name)
+    queue = queue_of(config, redis)
     try:
-        record = BatchRecord(id=new_id("batch"), endpoint="/v1/chat/completions", tenant="t")
-        await queue.create(record, lines_for(record.id, n, model=config.routes[0].name))
-        return record
+        return await create_batch(queue, config, n)
     finally:
         await queue.aclose()
+
+
+async def run_provider_batch(
+    config: GatewayConfig, redis: RedisServer, tmp_path: Path, n: int, **options: Any
+) -> tuple[BatchRecord, list[float]]:
+    """A new batch of `n` lines run by a provider-mode worker (`options` as in
+    `provider_worker`) until it ends: the batch as it ended and the times of the submits."""
+    record = await new_batch(config, redis, n)
+    worker, upstream, submits = provider_worker(config, redis, tmp_path, **options)
+    done = await run_until_terminal(config, redis, worker, record)
+    await upstream.aclose()
+    return done, submits
+
+
+async def assert_no_files_to_delete(config: GatewayConfig, redis: RedisServer) -> None:
+    queue = queue_of(config, redis)
+    assert await queue.files_to_delete() == {}
+    await queue.aclose()
 
 
 async def test_a_job_refused_for_the_enqueued_token_quota_waits_without_burning_attempts(
@@ -748,27 +787,21 @@ async def test_a_job_refused_for_the_enqueued_token_quota_waits_without_burning_
     organization's enqueued tokens are over its quota. Each line was requeued at once and
     counted an attempt: every attempt burnt in minutes, then dead-lettered `missing_result`.
     Now the lines wait, doubling, without an attempt counted, and complete once it frees."""
-    sim = start_simulator(tmp_path / "sim", "--batch-speedup", "20")
-    try:
+    with simulator_at(tmp_path, "--batch-speedup", "20") as sim:
         sim_faults(sim, fail_next=3, fail_code="token_limit_exceeded", fail_message="quota")
         config = provider_config(sim, redis, tmp_path, max_attempts=2)
-        record = await new_batch(config, redis, 3)
-        worker, upstream, submits = provider_worker(
-            config, redis, tmp_path, quota_backoff_seconds=0.5, quota_backoff_max_seconds=1.0
+        done, submits = await run_provider_batch(
+            config, redis, tmp_path, 3, quota_backoff_seconds=0.5, quota_backoff_max_seconds=1.0
         )
-        done = await run_until_terminal(config, redis, worker, record)
-        await upstream.aclose()
         assert done.status == "completed", done
         assert done.request_counts.completed == 3 and done.request_counts.failed == 0
-        queue = queue_for(redis, config.batch.name)  # type: ignore[union-attr]
+        queue = queue_of(config, redis)
         assert await queue.dead_letters() == []
         await queue.aclose()
         stats = sim_stats(sim)
         assert stats["batches_failed"] == 3 and stats["batches_created"] == 4
         gaps = [b - a for a, b in zip(submits, submits[1:], strict=False)]
         assert len(gaps) == 3 and all(g >= 0.4 for g in gaps), gaps  # backed off each time
-    finally:
-        sim.stop()
 
 
 async def test_a_job_the_provider_fails_gives_its_reason_and_backs_off(
@@ -777,27 +810,18 @@ async def test_a_job_the_provider_fails_gives_its_reason_and_backs_off(
     """A job failed as a whole for another reason: the lines' errors carry the provider's code
     and message (they said only `missing_result` / "provider job failed"), and the next
     attempt waits its backoff instead of being submitted at once."""
-    sim = start_simulator(tmp_path / "sim", "--batch-speedup", "20")
-    try:
+    with simulator_at(tmp_path, "--batch-speedup", "20") as sim:
         sim_faults(sim, fail_next=5, fail_code="invalid_request", fail_message="Bad input file.")
         config = provider_config(sim, redis, tmp_path, max_attempts=2)
-        record = await new_batch(config, redis, 2)
-        worker, upstream, submits = provider_worker(
-            config, redis, tmp_path, retry_backoff_seconds=3.0, retry_backoff_max_seconds=3.0
+        done, submits = await run_provider_batch(
+            config, redis, tmp_path, 2, retry_backoff_seconds=3.0, retry_backoff_max_seconds=3.0
         )
-        done = await run_until_terminal(config, redis, worker, record)
-        await upstream.aclose()
         assert done.request_counts.failed == 2
-        queue = queue_for(redis, config.batch.name)  # type: ignore[union-attr]
-        results = await queue.results(record.id)
-        await queue.aclose()
-        for result in results.values():
+        for result in (await results_of(config, redis, done.id)).values():
             assert result.error_code == "invalid_request"
             assert result.error_message is not None and "Bad input file." in result.error_message
         # a job, its poll and the flush window (under 3 s, all the gap was), and 2.4-3 s of backoff
         assert len(submits) == 2 and submits[1] - submits[0] >= 3.8, submits
-    finally:
-        sim.stop()
 
 
 async def test_a_job_failed_for_one_line_fails_that_line_and_reruns_the_others(
@@ -805,22 +829,14 @@ async def test_a_job_failed_for_one_line_fails_that_line_and_reruns_the_others(
 ) -> None:
     """The provider names the input line it refused: that line fails with its error; the
     others (the job failed for it) run again without an attempt counted."""
-    sim = start_simulator(tmp_path / "sim", "--batch-speedup", "20")
-    try:
+    with simulator_at(tmp_path, "--batch-speedup", "20") as sim:
         sim_faults(sim, fail_next=1, fail_code="invalid_value", fail_message="Bad.", fail_line=2)
         config = provider_config(sim, redis, tmp_path, max_attempts=1)
-        record = await new_batch(config, redis, 3)
-        worker, upstream, _ = provider_worker(config, redis, tmp_path)
-        done = await run_until_terminal(config, redis, worker, record)
-        await upstream.aclose()
-        queue = queue_for(redis, config.batch.name)  # type: ignore[union-attr]
-        results = await queue.results(record.id)
-        await queue.aclose()
+        done, _ = await run_provider_batch(config, redis, tmp_path, 3)
+        results = await results_of(config, redis, done.id)
         failed = {k: v.error_code for k, v in results.items() if not v.ok}
         assert len(failed) == 1 and set(failed.values()) == {"invalid_value"}
         assert done.request_counts.completed == 2
-    finally:
-        sim.stop()
 
 
 async def test_a_dead_workers_lines_are_taken_over_while_lines_back_off(
@@ -830,13 +846,11 @@ async def test_a_dead_workers_lines_are_taken_over_while_lines_back_off(
     reader refilled the room as soon as lines woke: a replaced pod's lines (another consumer
     name) waited for hours behind a quota episode. The reader now leaves a headroom that
     reclaims fill."""
-    sim = start_simulator(tmp_path / "sim", "--batch-speedup", "20")
-    try:
+    with simulator_at(tmp_path, "--batch-speedup", "20") as sim:
         sim_faults(sim, enqueued_token_limit=1)  # every job is refused for the quota
         config = provider_config(sim, redis, tmp_path, max_attempts=1)
-        assert config.batch is not None
         await new_batch(config, redis, 24)
-        queue = queue_for(redis, config.batch.name)
+        queue = queue_of(config, redis)
         keys = queue.keys
         worker, upstream, _ = provider_worker(
             config,
@@ -847,30 +861,25 @@ async def test_a_dead_workers_lines_are_taken_over_while_lines_back_off(
             max_delayed_lines=6,
             reclaim_idle_seconds=1.0,
         )
-        task = asyncio.create_task(worker.run())
         try:
-            started = time.monotonic()
-            while len(worker._delayed) < 3:  # refused for the quota: backing off, held
-                assert time.monotonic() - started < 8
-                await asyncio.sleep(0.05)
-            await asyncio.sleep(0.5)
-            # Three of the lines still in the stream are read by a pod that is then gone.
-            assert len(await queue.read("replaced-pod", 3, 100)) == 3
-            while await queue.redis.xpending_range(
-                keys.stream, keys.group, min="-", max="+", count=10, consumername="replaced-pod"
-            ):
-                assert time.monotonic() - started < 8, "the gone pod's lines were not taken over"
-                assert len(worker._delayed) <= 6
-                await asyncio.sleep(0.05)
+            async with running(worker, upstream):
+                started = time.monotonic()
+                while len(worker._delayed) < 3:  # refused for the quota: backing off, held
+                    assert time.monotonic() - started < 8
+                    await asyncio.sleep(0.05)
+                await asyncio.sleep(0.5)
+                # Three of the lines still in the stream are read by a pod that is then gone.
+                assert len(await queue.read("replaced-pod", 3, 100)) == 3
+                while await queue.redis.xpending_range(
+                    keys.stream, keys.group, min="-", max="+", count=10, consumername="replaced-pod"
+                ):
+                    assert time.monotonic() - started < 8, (
+                        "the gone pod's lines were not taken over"
+                    )
+                    assert len(worker._delayed) <= 6
+                    await asyncio.sleep(0.05)
         finally:
-            worker.stop()
-            await task
-            await worker.queue.aclose()
-            await worker.batches.aclose()
-            await upstream.aclose()
             await queue.aclose()
-    finally:
-        sim.stop()
 
 
 async def test_lines_backing_off_held_in_memory_are_bounded(
@@ -881,11 +890,9 @@ async def test_lines_backing_off_held_in_memory_are_bounded(
     was killed for memory. At most `max_delayed_lines` are held now, the rest wait unread in
     the stream; the held ones are kept alive (not reclaimed) and all complete once the
     enqueued-token quota frees."""
-    sim = start_simulator(tmp_path / "sim", "--batch-speedup", "20")
-    try:
+    with simulator_at(tmp_path, "--batch-speedup", "20") as sim:
         sim_faults(sim, enqueued_token_limit=1)  # every job passes it
         config = provider_config(sim, redis, tmp_path, max_attempts=1)
-        assert config.batch is not None
         record = await new_batch(config, redis, 30)
         worker, upstream, submits = provider_worker(
             config,
@@ -896,11 +903,10 @@ async def test_lines_backing_off_held_in_memory_are_bounded(
             max_delayed_lines=5,
             reclaim_idle_seconds=1.0,
         )
-        queue = queue_for(redis, config.batch.name)
+        queue = queue_of(config, redis)
         keys = queue.keys
-        task = asyncio.create_task(worker.run())
         most = unread_at_most = 0
-        try:
+        async with running(worker, upstream):
             started = time.monotonic()
             while time.monotonic() - started < 6:
                 most = max(most, len(worker._delayed))
@@ -918,20 +924,12 @@ async def test_lines_backing_off_held_in_memory_are_bounded(
                 assert time.monotonic() - started < 60, got.status
                 most = max(most, len(worker._delayed))
                 await asyncio.sleep(0.05)
-        finally:
-            worker.stop()
-            await task
-            await worker.queue.aclose()
-            await worker.batches.aclose()
-            await upstream.aclose()
         assert most <= 5
         assert got is not None
         assert got.request_counts.completed == 30 and got.request_counts.failed == 0
         assert await queue.dead_letters() == []
         assert len(submits) >= 3
         await queue.aclose()
-    finally:
-        sim.stop()
 
 
 async def test_a_cancel_answers_lines_backing_off_within_seconds(
@@ -940,30 +938,19 @@ async def test_a_cancel_answers_lines_backing_off_within_seconds(
     """A line backing off was looked at again only when it woke: cancelling its batch took up
     to the whole backoff (15-30 min) to end it. The sweeper answers such lines now."""
     config = offline_config(redis, tmp_path, "cancel-delayed")
-    assert config.batch is not None
-    queue = queue_for(redis, config.batch.name)
-    record = BatchRecord(id=new_id("batch"), endpoint="/v1/chat/completions", tenant="t")
+    queue = queue_of(config, redis)
+    record = new_record()
     (line,) = lines_for(record.id, 1, model=config.routes[0].name)
     later = dataclasses.replace(line, not_before=time.time() + 3600)
     await queue.create(record, [later])
     worker, upstream = direct_worker(config, redis, tmp_path, "w1")
-    task = asyncio.create_task(worker.run())
-    try:
+    async with running(worker, upstream):
         deadline = time.monotonic() + 10
         while not worker._delayed:
             assert time.monotonic() < deadline
             await asyncio.sleep(0.05)
         assert await queue.transition(record.id, "cancelling", cancelling_at=int(time.time()))
-        cancelled_at = time.monotonic()
-        while (got := await queue.get(record.id)) is not None and got.status != "cancelled":
-            assert time.monotonic() - cancelled_at < 5, got.status
-            await asyncio.sleep(0.05)
-    finally:
-        worker.stop()
-        await task
-        await worker.queue.aclose()
-        await worker.batches.aclose()
-        await upstream.aclose()
+        await wait_for_status(queue, record.id, time.monotonic() + 5, "cancelled")
     results = await queue.results(record.id)
     assert [r.error_code for r in results.values()] == ["batch_cancelled"]
     assert worker._delayed == [] and not worker._held
@@ -984,27 +971,19 @@ async def test_with_on_failure_direct_quota_waits_and_uncounted_reruns_stay_batc
     """`retries.onFailure: direct` sent every retried line direct: a quota refusal sent the
     whole job direct at full price (an attempt counted), and a job failed for one named line
     sent the others direct too. Only a line's own counted failure goes direct now."""
-    sim = start_simulator(tmp_path / "sim", "--batch-speedup", "20")
-    try:
+    with simulator_at(tmp_path, "--batch-speedup", "20") as sim:
         sim_faults(sim, fail_next=1, **fault)
         config = provider_config(sim, redis, tmp_path, max_attempts=2, on_failure="direct")
         assert config.batch is not None and config.batch.spec.retries.on_failure == "direct"
-        record = await new_batch(config, redis, 3)
-        worker, upstream, submits = provider_worker(
-            config, redis, tmp_path, quota_backoff_seconds=0.3, quota_backoff_max_seconds=0.5
+        done, submits = await run_provider_batch(
+            config, redis, tmp_path, 3, quota_backoff_seconds=0.3, quota_backoff_max_seconds=0.5
         )
-        done = await run_until_terminal(config, redis, worker, record)
-        await upstream.aclose()
         assert sim.stats()["requests"] == {}  # nothing ran direct
         assert len(submits) == 2  # the rest went in a second provider job
-        queue = queue_for(redis, config.batch.name)
-        results = await queue.results(record.id)
-        await queue.aclose()
+        results = await results_of(config, redis, done.id)
         failed = sorted(r.error_code or "" for r in results.values() if not r.ok)
         assert failed == ([] if "fail_line" not in fault else ["invalid_value"])
         assert done.request_counts.completed == 3 - len(failed)
-    finally:
-        sim.stop()
 
 
 async def test_lines_waiting_out_a_quota_end_batch_expired_with_the_window(
@@ -1012,13 +991,11 @@ async def test_lines_waiting_out_a_quota_end_batch_expired_with_the_window(
 ) -> None:
     """A quota that never frees: the lines, uncounted, wait no longer than the batch's
     completion window, then end `batch_expired` (the batch `expired`)."""
-    sim = start_simulator(tmp_path / "sim", "--batch-speedup", "20")
-    try:
+    with simulator_at(tmp_path, "--batch-speedup", "20") as sim:
         sim_faults(sim, fail_next=1000, fail_code="token_limit_exceeded")
         config = provider_config(sim, redis, tmp_path, max_attempts=1)
         record = await new_batch(config, redis, 2)
-        assert config.batch is not None
-        queue = queue_for(redis, config.batch.name)
+        queue = queue_of(config, redis)
         stored = await queue.get(record.id)
         assert stored is not None
         key = queue.keys.batch(record.id)
@@ -1036,8 +1013,6 @@ async def test_lines_waiting_out_a_quota_end_batch_expired_with_the_window(
         results = await queue.results(record.id)
         assert {r.error_code for r in results.values()} == {"batch_expired"}
         await queue.aclose()
-    finally:
-        sim.stop()
 
 
 async def test_a_failed_submit_backs_off_before_the_next_attempt(
@@ -1045,20 +1020,14 @@ async def test_a_failed_submit_backs_off_before_the_next_attempt(
 ) -> None:
     """The provider refuses the job (here its key): the lines' next attempt waits its backoff
     (they were submitted again at once, every attempt burnt in seconds)."""
-    sim = start_simulator(tmp_path / "sim", "--api-key", "sk-right", "--batch-speedup", "20")
-    try:
+    with simulator_at(tmp_path, "--api-key", "sk-right", "--batch-speedup", "20") as sim:
         config = provider_config(sim, redis, tmp_path, max_attempts=2)
-        record = await new_batch(config, redis, 1)
-        worker, upstream, submits = provider_worker(
-            config, redis, tmp_path, retry_backoff_seconds=1.5, retry_backoff_max_seconds=2.0
+        done, submits = await run_provider_batch(
+            config, redis, tmp_path, 1, retry_backoff_seconds=1.5, retry_backoff_max_seconds=2.0
         )
-        done = await run_until_terminal(config, redis, worker, record)
-        await upstream.aclose()
         assert done.request_counts.failed == 1
         # the flush window (1 s, all the gap was) and 1.2-1.5 s of backoff
         assert len(submits) == 2 and submits[1] - submits[0] >= 2.0, submits
-    finally:
-        sim.stop()
 
 
 async def test_the_provider_files_of_a_finished_job_are_deleted(
@@ -1067,29 +1036,20 @@ async def test_the_provider_files_of_a_finished_job_are_deleted(
     """The job's input upload and its output and error files stayed at the provider for ever
     (every tenant's prompts and answers, against the storage quota): once the lines' results
     are stored they are deleted, a failed job's input too."""
-    sim = start_simulator(tmp_path / "sim", "--batch-speedup", "20")
-    try:
+    with simulator_at(tmp_path, "--batch-speedup", "20") as sim:
         # The first job fails as a whole, every line of the second fails (an error file, rates
         # below 1 roll per job id: a run could get no error file), the third answers them all.
         sim_faults(sim, fail_next=1, fail_code="invalid_request", fail_rate=1.0, fail_jobs=2)
         config = provider_config(sim, redis, tmp_path, max_attempts=4)
-        record = await new_batch(config, redis, 10)
-        worker, upstream, submits = provider_worker(
-            config, redis, tmp_path, retry_backoff_seconds=0.2, retry_backoff_max_seconds=0.5
+        done, submits = await run_provider_batch(
+            config, redis, tmp_path, 10, retry_backoff_seconds=0.2, retry_backoff_max_seconds=0.5
         )
-        done = await run_until_terminal(config, redis, worker, record)
-        await upstream.aclose()
         assert done.status == "completed"
         assert done.request_counts.completed == 10
         stats = sim_stats(sim)
         assert stats["files_uploaded"] == len(submits) == 3  # failed, all lines failed, the rest
         assert stats["files"] == 0, stats  # inputs, outputs and error files all deleted
-        assert config.batch is not None
-        queue = queue_for(redis, config.batch.name)
-        assert await queue.files_to_delete() == {}
-        await queue.aclose()
-    finally:
-        sim.stop()
+        await assert_no_files_to_delete(config, redis)
 
 
 async def test_the_input_file_of_a_job_given_up_is_deleted(
@@ -1098,26 +1058,17 @@ async def test_the_input_file_of_a_job_given_up_is_deleted(
     """A job given up (here: the provider no longer knows it) was forgotten without its files:
     its input upload (every tenant's prompts) stayed at the provider. The input file id is
     recorded at submit and deleted when the job is given up."""
-    sim = start_simulator(tmp_path / "sim", "--batch-speedup", "20")
-    try:
+    with simulator_at(tmp_path, "--batch-speedup", "20") as sim:
         sim_faults(sim, forget_next=1)
         config = provider_config(sim, redis, tmp_path, max_attempts=3)
-        record = await new_batch(config, redis, 2)
-        worker, upstream, submits = provider_worker(
-            config, redis, tmp_path, job_lost_after_failures=2
+        done, submits = await run_provider_batch(
+            config, redis, tmp_path, 2, job_lost_after_failures=2
         )
-        done = await run_until_terminal(config, redis, worker, record)
-        await upstream.aclose()
         assert done.status == "completed" and done.request_counts.completed == 2
         stats = sim_stats(sim)
         assert stats["batches_forgotten"] == 1 and stats["files_uploaded"] == len(submits) == 2
         assert stats["files"] == 0, stats  # the given-up job's input too
-        assert config.batch is not None
-        queue = queue_for(redis, config.batch.name)
-        assert await queue.files_to_delete() == {}
-        await queue.aclose()
-    finally:
-        sim.stop()
+        await assert_no_files_to_delete(config, redis)
 
 
 async def test_slow_provider_file_deletes_never_hold_up_the_heartbeat(
@@ -1127,42 +1078,28 @@ async def test_slow_provider_file_deletes_never_hold_up_the_heartbeat(
     up to the SDK's timeout and retries: while it was busy the lines the worker held were not
     marked as delivered, and another worker's reclaim ran them a second time (billed twice).
     Deletes now have their own loop and the heartbeat its own."""
-    slow = start_simulator(tmp_path / "sim", "--latency-ms", "2500")
-    try:
+    with simulator_at(tmp_path, "--latency-ms", "2500") as slow:
         sim_faults(slow, delete_delay=1.0, delete_status=500)
         config = direct_config(slow, redis, tmp_path)
-        assert config.batch is not None
-        queue = queue_for(redis, config.batch.name)
+        queue = queue_of(config, redis)
         files = [f"file-{i}" for i in range(6)]
         await queue.drop_job("job-gone", files, config.providers[0].name)
         worker, upstream = direct_worker(
             config, redis, tmp_path, "w1", 1.0, file_delete_retry_seconds=0.3
         )
-        record = BatchRecord(id=new_id("batch"), endpoint="/v1/chat/completions", tenant="t")
-        await queue.create(record, lines_for(record.id, 2, model=config.routes[0].name))
-        task = asyncio.create_task(worker.run())
-        try:
+        record = await create_batch(queue, config, 2)
+        async with running(worker, upstream):
             started = time.monotonic()
             while time.monotonic() - started < 4.0:  # the lines are held all along
                 assert await queue.reclaim("w2", 1000) == [], "another worker took a held line"
                 await asyncio.sleep(0.2)
-            while (got := await queue.get(record.id)) is not None and got.status != "completed":
-                assert time.monotonic() - started < 30, got.status
-                await asyncio.sleep(0.05)
-        finally:
-            worker.stop()
-            await task
-            await worker.queue.aclose()
-            await worker.batches.aclose()
-            await upstream.aclose()
+            await wait_for_status(queue, record.id, started + 30, "completed")
         assert slow.stats()["requests"] == {"gpt-4o-mini": 2}  # each line called once
         assert sim_stats(slow)["delete_calls"] >= 1  # the deletes were tried meanwhile
         pending = await queue.pending_deletes()
         assert {p.file_id for p in pending} == set(files)  # kept, to be tried again
         assert any(p.tries >= 1 for p in pending)  # those tried back off
         await queue.aclose()
-    finally:
-        slow.stop()
 
 
 class Refused(Exception):
@@ -1252,37 +1189,23 @@ async def test_a_direct_line_of_a_batch_cancelled_while_it_waited_is_not_called(
     """Direct mode reads lines ahead of its concurrency: a line already read when its batch is
     cancelled was still called upstream (and paid for). It is now answered `batch_cancelled`
     when its turn comes, without a call."""
-    slow = start_simulator(tmp_path / "sim", "--latency-ms", "1500")
-    try:
+    with simulator_at(tmp_path, "--latency-ms", "1500") as slow:
         config = direct_config(slow, redis, tmp_path)
-        assert config.batch is not None
         worker, upstream = direct_worker(config, redis, tmp_path, "w1")
-        queue = queue_for(redis, config.batch.name)
-        record = BatchRecord(id=new_id("batch"), endpoint="/v1/chat/completions", tenant="t")
-        await queue.create(record, lines_for(record.id, 3, model=config.routes[0].name))
-        task = asyncio.create_task(worker.run())
-        try:
+        queue = queue_of(config, redis)
+        record = await create_batch(queue, config, 3)
+        async with running(worker, upstream):
             deadline = time.monotonic() + 10
             while not slow.stats()["requests"]:  # the first line's call is under way
                 assert time.monotonic() < deadline
                 await asyncio.sleep(0.05)
             assert await queue.transition(record.id, "cancelling", cancelling_at=int(time.time()))
-            while (got := await queue.get(record.id)) is not None and got.status != "cancelled":
-                assert time.monotonic() < deadline + 20, got.status
-                await asyncio.sleep(0.05)
-        finally:
-            worker.stop()
-            await task
-            await worker.queue.aclose()
-            await worker.batches.aclose()
-            await upstream.aclose()
+            await wait_for_status(queue, record.id, deadline + 20, "cancelled")
         assert slow.stats()["requests"] == {"gpt-4o-mini": 1}  # only the line already called
         results = await queue.results(record.id)
         codes = sorted(r.error_code or "ok" for r in results.values())
         assert codes == ["batch_cancelled", "batch_cancelled", "ok"]
         await queue.aclose()
-    finally:
-        slow.stop()
 
 
 async def test_a_job_shared_with_a_cancelled_batch_runs_on_for_the_others(
@@ -1293,34 +1216,20 @@ async def test_a_job_shared_with_a_cancelled_batch_runs_on_for_the_others(
     cancelled batch's lines already submitted run and are billed, as in-flight requests of an
     OpenAI batch cancel do. It ends `cancelled` saying so truthfully: those lines' answers in
     its output file, counted completed; the other batch completes."""
-    sim = start_simulator(tmp_path / "sim", "--batch-speedup", "0.2")  # 2.5 s validating
-    try:
+    with simulator_at(tmp_path, "--batch-speedup", "0.2") as sim:  # 2.5 s validating
         config = provider_config(sim, redis, tmp_path)
-        assert config.batch is not None
         first = await new_batch(config, redis, 3)
         second = await new_batch(config, redis, 3)
         worker, upstream, submits = provider_worker(config, redis, tmp_path)
-        queue = queue_for(redis, config.batch.name)
-        task = asyncio.create_task(worker.run())
-        try:
+        queue = queue_of(config, redis)
+        async with running(worker, upstream):
             deadline = time.monotonic() + 30
             while not await queue.redis.hlen(queue.keys.jobs):
                 assert time.monotonic() < deadline
                 await asyncio.sleep(0.05)
             assert await queue.transition(first.id, "cancelling", cancelling_at=int(time.time()))
             for record in (first, second):
-                while (got := await queue.get(record.id)) is not None and got.status not in (
-                    "completed",
-                    "cancelled",
-                ):
-                    assert time.monotonic() < deadline, got.status
-                    await asyncio.sleep(0.05)
-        finally:
-            worker.stop()
-            await task
-            await worker.queue.aclose()
-            await worker.batches.aclose()
-            await upstream.aclose()
+                await wait_for_status(queue, record.id, deadline, "completed", "cancelled")
         cancelled, completed = await queue.get(first.id), await queue.get(second.id)
         assert cancelled is not None and completed is not None
         assert cancelled.status == "cancelled" and cancelled.request_counts.completed == 3
@@ -1329,8 +1238,6 @@ async def test_a_job_shared_with_a_cancelled_batch_runs_on_for_the_others(
         stats = sim_stats(sim)
         assert len(submits) == 1 and stats["lines"] == 6  # one job, run whole, not cancelled
         await queue.aclose()
-    finally:
-        sim.stop()
 
 
 # -- provider jobs' lines kept apart from what the poller reads -------------------------------
@@ -1361,12 +1268,10 @@ async def test_a_job_recorded_whole_by_an_older_worker_is_still_polled_to_its_en
 ) -> None:
     """After an upgrade, jobs an older worker recorded (lines inside the job's hash value) are
     moved to the split form at the first poll pass and finish as usual."""
-    sim = start_simulator(tmp_path / "sim", "--batch-speedup", "20")
-    try:
+    with simulator_at(tmp_path, "--batch-speedup", "20") as sim:
         config = provider_config(sim, redis, tmp_path)
-        assert config.batch is not None
         record = await new_batch(config, redis, 3)
-        queue = queue_for(redis, config.batch.name)
+        queue = queue_of(config, redis)
         entries = await queue.read("older-worker", 10, 100)
         assert len(entries) == 3
         target = config.routes[0].targets[0]
@@ -1392,8 +1297,6 @@ async def test_a_job_recorded_whole_by_an_older_worker_is_still_polled_to_its_en
         assert await queue.redis.hlen(queue.keys.jobs) == 0
         assert not await queue.redis.exists(queue.keys.job_lines(job_id))
         await queue.aclose()
-    finally:
-        sim.stop()
 
 
 async def test_lines_an_older_worker_left_behind_are_removed(
@@ -1403,24 +1306,19 @@ async def test_lines_an_older_worker_left_behind_are_removed(
     meanwhile drops the record only: the job's lines (`joblines:<job>`, every prompt) stayed
     in Redis for good. New workers remove lines whose job is no longer recorded."""
     config = offline_config(redis, tmp_path, "orphans")
-    queue = queue_for(redis, config.batch.name)  # type: ignore[union-attr]
+    queue = queue_of(config, redis)
     lines = {"1-0": {"b": "batch_x", "c": "c0", "d": {"p": "x"}}}
     meta = {"provider": "p", "model": "m", "url": "/v1/chat/completions", "started": 1.0}
     for job_id in ("job-live", "job-dropped"):
         await queue.save_job(job_id, {**meta, "batches": ["batch_x"], "lines": lines}, [])
     await queue.redis.hdel(queue.keys.jobs, "job-dropped")  # the older worker's drop_job
     worker, upstream = direct_worker(config, redis, tmp_path, "w1", orphans_seconds=0.2)
-    task = asyncio.create_task(worker.run())
     try:
-        deadline = time.monotonic() + 5
-        while await queue.redis.exists(queue.keys.job_lines("job-dropped")):
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.05)
-        assert await queue.job_lines("job-live") == lines  # a recorded job keeps its lines
+        async with running(worker, upstream):
+            deadline = time.monotonic() + 5
+            while await queue.redis.exists(queue.keys.job_lines("job-dropped")):
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+            assert await queue.job_lines("job-live") == lines  # a recorded job keeps its lines
     finally:
-        worker.stop()
-        await task
-        await worker.queue.aclose()
-        await worker.batches.aclose()
-        await upstream.aclose()
         await queue.aclose()
