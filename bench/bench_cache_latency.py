@@ -4,9 +4,9 @@
   exact store, then the same with Redis; one request fills the entry, then wrk (or the asyncio
   fallback) at 1 connection (p50/p99) and 16 connections (requests/s). Direct simulator
   latency at 1 connection is printed next to it.
-* semantic lookup (embedding + search + guard + pair verifier) on one core, float32 and int8
-  (dense layers, per channel) embedding graphs, the verifier at the policy's default precision
-  and at the other one: LocalEmbedder(threads=1), PairScorer(threads=1), an
+* semantic lookup (embedding + search + guard + pair verifier) on one core, the embedder and
+  the verifier at the policy's default precisions and each at float32:
+  LocalEmbedder(threads=1), PairScorer(threads=1), an
   embedded qdrant-edge index holding 1,000 QQP questions, 300 QQP paraphrases under 64 tokens
   as queries.
 * search at N (default 100,000) entries in the embedded index (random unit vectors, 384-d):
@@ -39,7 +39,12 @@ from bench.bench_gateway import BODY, HEADERS, _gateway_config
 from bench.bench_semantic import load_workloads
 from bench.loadgen import load
 from bench.procs import free_port, process
-from thrifty_core.api.cachepolicy import PairPrecision, PairVerifier, SemanticLayer
+from thrifty_core.api.cachepolicy import (
+    EmbeddingModel,
+    PairPrecision,
+    PairVerifier,
+    SemanticLayer,
+)
 from thrifty_core.embedding.local import LocalEmbedder
 from thrifty_core.embedding.pair import PairScorer
 from thrifty_gateway.services.cache.entry import CachedAnswer
@@ -92,7 +97,7 @@ def exact_hits(redis_url: str | None) -> dict[str, Any]:
 
 
 def semantic_lookup(
-    quantize: bool = False,
+    embedding: PairPrecision | None = None,
     floor: float | None = None,
     judged: int | None = None,
     precision: PairPrecision | None = None,
@@ -100,7 +105,8 @@ def semantic_lookup(
     """What the gateway's lookup thread does, timed per part: embed the query, search the
     index (policy default floor, top 5), run the guard's checks, score the survivors with
     the pair verifier (policy defaults unless given)."""
-    embedder = LocalEmbedder(threads=1, quantize=quantize)
+    embedding = embedding or EmbeddingModel().precision
+    embedder = LocalEmbedder(threads=1, precision=embedding)
     precision = precision or PairVerifier().precision
     verifier = PairScorer(threads=1, precision=precision)
     floor = floor if floor is not None else SemanticLayer().threshold
@@ -139,7 +145,7 @@ def semantic_lookup(
     stored = index.count()
     index.close()
     return {
-        "model": "int8 dense layers" if quantize else "float32",
+        "embedding_precision": embedding,
         "verifier_precision": precision,
         "cached": stored,
         "candidate_floor": floor,
@@ -237,7 +243,7 @@ def main() -> dict[str, Any]:
         "machine": f"{platform.machine()} {os.cpu_count()} cpus, "
         f"Python {platform.python_version()}",
         "semantic_lookup": semantic_lookup(),
-        "semantic_lookup_int8": semantic_lookup(quantize=True),
+        "semantic_lookup_embedding_float32": semantic_lookup(embedding="float32"),
         "semantic_lookup_verifier_float32": semantic_lookup(precision="float32"),
         # A recall-leaning policy: more candidates above the floor for the verifier to score.
         "semantic_lookup_floor_0.75": semantic_lookup(floor=0.75),

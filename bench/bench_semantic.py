@@ -7,8 +7,10 @@ other origins, never cached, are the negative queries. A hit is correct when the
 in the query's duplicate group, otherwise wrong. Groups are connected components over all pairs
 of the set after lower-casing and collapsing whitespace (the README's rule for QQP; applied to
 GPTCache too, where it only merges character-identical sentences that the file lists under
-different pairs). All methods use the same all-MiniLM-L6-v2 embeddings (float32) and the same
-exact top-5 search:
+different pairs). Every method uses all-MiniLM-L6-v2 embeddings and the same exact top-5
+search: the plain threshold and the checks the model's float32 embeddings (the reference
+model), Thrifty the embeddings the policy's default runs with (`EmbeddingModel.precision`),
+also given over float32 embeddings (`default_with_float32_embeddings`):
 
 * plain: the top-1 above a cosine threshold, swept every 0.005, so "plain at the same wrong-hit
   share" gives the plain cache its best point;
@@ -48,7 +50,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bench.data import BENCH_PAIRS, DATA, norm, qqp_groups
-from thrifty_core.api.cachepolicy import PairPrecision, PairVerifier, SemanticLayer
+from thrifty_core.api.cachepolicy import EmbeddingModel, PairPrecision, PairVerifier, SemanticLayer
 from thrifty_core.embedding.local import LocalEmbedder
 from thrifty_core.embedding.pair import PairScorer
 from thrifty_gateway.services.cache.guard import CHECKS, first_failure
@@ -62,6 +64,7 @@ DEFAULT_FLOOR = SemanticLayer().threshold
 DEFAULT_SCORE = PairVerifier().min_score
 DEFAULT_JUDGED = PairVerifier().max_candidates
 DEFAULT_PRECISION = PairVerifier().precision
+EMBEDDING_PRECISION = EmbeddingModel().precision
 OTHER_PRECISION: PairPrecision = "float32" if DEFAULT_PRECISION == "int8" else "int8"
 SCORES = sorted(
     {round(0.05 * i, 2) for i in range(1, 20)}
@@ -269,21 +272,37 @@ def best_under(rows: list[Row], plain: list[Row], share: float) -> dict[str, Any
     return compare(max(ok, key=lambda r: r["correct_hits"]), plain)
 
 
+def similarities(
+    w: Workload, embedder: LocalEmbedder
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+    """Cosine of every query to every cached text, and each query's top-k cached texts."""
+    vectors = embed_all(embedder, w.cached + w.queries)
+    sims = np.stack([vectors[t] for t in w.queries]) @ np.stack([vectors[t] for t in w.cached]).T
+    return sims, np.argsort(-sims, axis=1)[:, :TOP_K]
+
+
 def evaluate(
-    w: Workload, embedder: LocalEmbedder, scorer: PairScorer, other: PairScorer
+    w: Workload,
+    embedders: tuple[LocalEmbedder, LocalEmbedder],
+    scorer: PairScorer,
+    other: PairScorer,
 ) -> dict[str, Any]:
     """Every method on one workload, scored with the file's labels and with the adjudicated
-    ones (the embedding and verifier runs are shared); `other` is the verifier at its other
-    precision, scored at the default point only."""
+    ones (the embedding and verifier runs are shared). `embedders`: the policy's default
+    (what Thrifty serves with) and the float32 one, which the plain threshold and the checks
+    use (the model's reference embeddings); `other` is the verifier at its other precision,
+    scored at the default point only."""
+    served, reference = embedders
     t0 = time.perf_counter()
-    vectors = embed_all(embedder, w.cached + w.queries)
+    sims, order = similarities(w, served)
     embed_s = time.perf_counter() - t0
-    sims = np.stack([vectors[t] for t in w.queries]) @ np.stack([vectors[t] for t in w.cached]).T
-    order = np.argsort(-sims, axis=1)[:, :TOP_K]
+    ref_sims, ref_order = (sims, order) if served is reference else similarities(w, reference)
     t0 = time.perf_counter()
     scored = pair_scored(w, sims, order, scorer, min(FLOORS + (DEFAULT_FLOOR,)))
     verify_s = time.perf_counter() - t0
     scored_other = pair_scored(w, sims, order, other, DEFAULT_FLOOR)
+    # The default verifier over float32 embeddings (`embedding.precision: float32`).
+    scored_float = pair_scored(w, ref_sims, ref_order, scorer, DEFAULT_FLOOR)
     adjudicated = w.adjudicated()
     return {
         "cached": len(w.cached),
@@ -292,8 +311,12 @@ def evaluate(
         "embed_seconds": round(embed_s, 2),
         "verify_seconds": round(verify_s, 2),
         "adjudicated_same_pairs": len(adjudicated.same),
-        "labels_of_the_file": score_methods(w, sims, order, scored, scored_other),
-        "labels_adjudicated": score_methods(adjudicated, sims, order, scored, scored_other),
+        "labels_of_the_file": score_methods(
+            w, ref_sims, ref_order, scored, scored_other, scored_float
+        ),
+        "labels_adjudicated": score_methods(
+            adjudicated, ref_sims, ref_order, scored, scored_other, scored_float
+        ),
     }
 
 
@@ -309,7 +332,10 @@ def score_methods(
     order: npt.NDArray[np.int64],
     scored: Scored,
     scored_other: Scored,
+    scored_float: Scored,
 ) -> dict[str, Any]:
+    """`sims` / `order`: the float32 embeddings' (plain threshold, checks); the scored
+    candidates come from the embeddings each Thrifty point runs with."""
     plain = curve(w, sims, order, None, PLAIN_THRESHOLDS)
     checks = curve(w, sims, order, guard_check(tuple(CHECKS)))
     curves = {f: thrifty_curve(w, scored, f) for f in sorted(set(FLOORS) | {DEFAULT_FLOOR})}
@@ -327,6 +353,7 @@ def score_methods(
         # The same point with every candidate above the floor judged (maxCandidates: TOP_K).
         "default_judging_all": compare(default_point(w, scored, TOP_K), plain),
         f"default_at_{OTHER_PRECISION}": compare(default_point(w, scored_other), plain),
+        "default_with_float32_embeddings": compare(default_point(w, scored_float), plain),
         "meets_targets": at_default["wrong_share"] <= MAX_WRONG_SHARE
         and (default["ratio"] or 0) >= 1.5,
         "thrifty_points": {
@@ -386,7 +413,12 @@ def near_misses(embedder: LocalEmbedder, scorer: PairScorer) -> dict[str, Any]:
 
 def main() -> dict[str, Any]:
     threads = max(1, os.cpu_count() or 1)
-    embedder = LocalEmbedder(threads=threads)
+    reference = LocalEmbedder(threads=threads)
+    served = (
+        reference
+        if EMBEDDING_PRECISION == "float32"
+        else LocalEmbedder(threads=threads, precision=EMBEDDING_PRECISION)
+    )
     scorer = PairScorer(threads=threads, precision=DEFAULT_PRECISION)
     other = PairScorer(threads=threads, precision=OTHER_PRECISION)
     excluded = int(scorer.metadata.get("bench_pairs_excluded", "0"))
@@ -396,14 +428,16 @@ def main() -> dict[str, Any]:
             f"this run benchmarks {N}: its questions may have been trained on"
         )
     result: dict[str, Any] = {
-        "embedding": "float32",
+        "embedding": EMBEDDING_PRECISION,
+        "plain_and_checks_embedding": "float32",
         "verifier": scorer.name,
         "verifier_precision": DEFAULT_PRECISION,
         "verifier_training": scorer.metadata,
     }
-    result |= {w.name: evaluate(w, embedder, scorer, other) for w in load_workloads()}
-    result["near_misses"] = near_misses(embedder, scorer)
-    result[f"near_misses_at_{OTHER_PRECISION}"] = near_misses(embedder, other)
+    result |= {w.name: evaluate(w, (served, reference), scorer, other) for w in load_workloads()}
+    result["near_misses"] = near_misses(served, scorer)
+    result[f"near_misses_at_{OTHER_PRECISION}"] = near_misses(served, other)
+    result["near_misses_with_float32_embeddings"] = near_misses(reference, scorer)
     return result
 
 

@@ -298,7 +298,7 @@ def main() -> dict[str, Any]:
     t0 = time.perf_counter()
     files = load_minilm()
     pool, groups = training_pool()
-    embedder = LocalEmbedder(threads=max(1, os.cpu_count() or 1), quantize=True)
+    embedder = LocalEmbedder(threads=max(1, os.cpu_count() or 1), precision="int8")
     examples = mine_examples(pool, groups, embedder)
     train, valid = split_by_group(examples, groups)
     train += swap_negatives(train, random.Random(SEED))

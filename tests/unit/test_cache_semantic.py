@@ -297,3 +297,17 @@ def test_a_build_is_due_when_the_unindexed_tail_reaches_a_tenth() -> None:
     assert not build_due(9_999, 0, 10_000) and build_due(10_000, 0, 10_000)
     assert not build_due(10_000, 100_010, 10_000) and build_due(10_001, 100_010, 10_000)
     assert not build_due(19_999, 200_000, 10_000) and build_due(20_000, 200_000, 10_000)
+
+
+def test_vectors_of_another_precision_are_never_searched() -> None:
+    """int8 and float32 vectors of a text differ (cosine about 0.99): a policy switching
+    precision starts a semantic keyspace of its own; float32 keeps the one entries had before
+    the precision existed, as do remote embeddings."""
+    from thrifty_core.api.cachepolicy import EmbeddingModel
+    from thrifty_gateway.services.cache.runtime import semantic_keyspace
+
+    int8 = semantic_keyspace("p/v1", EmbeddingModel())
+    exact = semantic_keyspace("p/v1", EmbeddingModel(precision="float32"))
+    assert int8 != exact and exact == "p/v1/all-MiniLM-L6-v2/384"
+    remote = EmbeddingModel(backend="openai", endpoint="http://e/v1", model="m", dimensions=8)
+    assert semantic_keyspace("p/v1", remote) == "p/v1/m/8"

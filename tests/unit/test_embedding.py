@@ -245,3 +245,43 @@ def test_workers_quantising_the_same_graph_at_once_all_get_it(tmp_path: Path) ->
     kept = [n for n in nodes if n.op_type == "MatMul"]
     assert [n.name for n in kept] == ["l0_q_mm_0"]  # the first layer stays float, the rest int8
     assert len(nodes) > len(kept) + 1  # quantised nodes replaced the other MatMuls
+
+
+@pytest.fixture(scope="module")
+def int8_embedder(files: BertFiles, tmp_path_factory: pytest.TempPathFactory) -> LocalEmbedder:
+    return LocalEmbedder(files, cache_dir=tmp_path_factory.mktemp("int8"), precision="int8")
+
+
+def test_int8_embeddings_track_float_ones_and_never_depend_on_the_batch(
+    embedder: LocalEmbedder, int8_embedder: LocalEmbedder
+) -> None:
+    """The semantic cache's default (`EmbeddingModel.precision`): int8 activations are scaled
+    per run, so each text gets a run of its own and its vector is the same whatever it is
+    embedded with."""
+    texts = [
+        "How do I reset my online banking password?",
+        "a",
+        "The quick brown fox jumps over the lazy dog, twice, in 2014 and again in 2018.",
+    ]
+    batch = int8_embedder.embed(texts)
+    for i, text in enumerate(texts):
+        assert np.array_equal(batch[i], int8_embedder.embed([text])[0])
+    exact = embedder.embed(texts)
+    cosines = (batch * exact).sum(axis=1)
+    assert cosines.min() > 0.98 and not np.allclose(batch, exact, atol=1e-6)
+    assert np.allclose(np.linalg.norm(batch, axis=1), 1.0, atol=1e-5)
+    # What one run over the batch would give: another vector for the same text.
+    ids, mask = int8_embedder.tokenize(texts)
+    (joint,) = int8_embedder._session.run(
+        ["embeddings"], {"input_ids": ids, "attention_mask": mask}
+    )
+    assert not np.allclose(joint[0], batch[0], atol=1e-4)
+
+
+def test_the_factory_builds_the_declared_precision(files: BertFiles, tmp_path: Path) -> None:
+    default = create_embedder(EmbeddingModel(), files=files, cache_dir=tmp_path)
+    exact = create_embedder(EmbeddingModel(precision="float32"), files=files, cache_dir=tmp_path)
+    assert isinstance(default, LocalEmbedder) and isinstance(exact, LocalEmbedder)
+    assert (default.precision, exact.precision) == ("int8", "float32")
+    graphs = sorted(p.name for p in (tmp_path / "embedding").glob("*.onnx"))
+    assert len(graphs) == 2 and any(g.endswith("-int8pc-rr-fl0.onnx") for g in graphs)

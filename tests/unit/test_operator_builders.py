@@ -459,6 +459,10 @@ def test_the_keyspace_follows_the_vectors_not_where_they_come_from() -> None:
     # A local-backend policy keeps the version it had before endpoint and key were ignored
     # (computed with that code): upgrading does not purge its caches.
     assert base == "v-6a86fcd575"
+    # The precision changes the vectors only: the gateway's semantic keyspace follows it, the
+    # exact layer is not purged.
+    body["spec"]["semantic"]["embedding"]["precision"] = "float32"
+    assert cache.keyspace_version(CachePolicy.model_validate(body)) == base
     remote = {
         "backend": "openai",
         "model": "text-embedding-3-small",

@@ -62,6 +62,12 @@ class EmbeddingModel(ApiModel):
         description="Embedding model name.",
     )
     dimensions: int = Field(default=384, ge=8, le=8192, description="Vector size.")
+    precision: Precision = Field(
+        default="int8",
+        description="backend local: int8 runs the dense layers after the first in int8, one "
+        "text per run (about half the time; a few percent fewer semantic hits); float32 the "
+        "float graph. Entries embedded at one precision are not searched at the other.",
+    )
     endpoint: str | None = Field(
         default=None, max_length=2048, pattern=HTTP_URL, description="Base URL for backend openai."
     )
@@ -79,7 +85,10 @@ class EmbeddingModel(ApiModel):
 
 
 PairModel = Literal["minilm-pair-qqp"]
-PairPrecision = Literal["int8", "float32"]
+# How a local model runs: int8 dense layers after the first (7-bit weights, one text or pair per
+# run) or the float graph (bench/RESULTS.md, Cache).
+Precision = Literal["int8", "float32"]
+PairPrecision = Precision
 
 
 class PairVerifier(ApiModel):

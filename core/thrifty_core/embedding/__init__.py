@@ -29,7 +29,6 @@ def create_embedder(
     api_key: str | None = None,
     cache_dir: Path | None = None,
     threads: int = 1,
-    quantize: bool = False,
     timeout: float = 5.0,
 ) -> Embedder:
     """Build the embedder a spec declares (the API key is resolved by the caller)."""
@@ -48,7 +47,7 @@ def create_embedder(
         )
     from .local import LocalEmbedder
 
-    embedder = LocalEmbedder(files, cache_dir=cache_dir, threads=threads, quantize=quantize)
+    embedder = LocalEmbedder(files, cache_dir=cache_dir, threads=threads, precision=spec.precision)
     if embedder.dim != spec.dimensions:
         raise ValueError(
             f"{spec.model} has {embedder.dim} dimensions, the spec says {spec.dimensions}"

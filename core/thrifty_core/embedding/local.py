@@ -7,10 +7,12 @@ later starts only load it; graphs no process loaded for a week are deleted when 
 built. `intra_op_num_threads=1` by default: per-request latency on one core matters more to the
 gateway than batch throughput, and several workers share the CPUs.
 
-`quantize=True` applies onnxruntime's dynamic int8 quantisation to the MatMul weights (about
-2x faster on CPUs with VNNI, cosine to the float graph about 0.99); the embedder's float graph
-is the default because int8 embeddings lost correct semantic hits and let more wrong ones
-through (bench/RESULTS.md, Cache). The pair verifier uses it (`pair.py`).
+`precision="int8"` applies onnxruntime's dynamic int8 quantisation to the MatMul weights of
+the layers after the first, with 7-bit weights (about twice as fast on one core, a few percent
+fewer semantic hits: bench/RESULTS.md, Cache), and embeds one text per run so that a vector
+never depends on its batch mates. The semantic cache uses it by default (`EmbeddingModel.
+precision`); the classifier students keep the float graph (`LocalEmbedder`'s default) they were
+measured with. The pair verifier's graph is built the same way (`pair.py`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .onnx_graph import GRAPH_VERSION, build_bert_onnx
+from ..api.cachepolicy import Precision
+from .onnx_graph import GRAPH_VERSION, build_bert_onnx, layer_nodes
 from .weights import MAX_TOKENS, MINILM_NAME, BertFiles, load_minilm
 
 if TYPE_CHECKING:
@@ -48,13 +51,20 @@ def default_cache_dir() -> Path:
     return Path(base) / "thrifty"
 
 
-def ensure_onnx_file(files: BertFiles, name: str, cache_dir: Path, quantize: bool) -> Path:
+# Dense layers an int8 graph keeps in float: quantising the first layer too lost the most
+# semantic hits (bench/RESULTS.md, Cache). Shared with the pair verifier's graph.
+FLOAT_LAYERS_IN_INT8 = (layer_nodes(0),)
+
+
+def ensure_onnx_file(files: BertFiles, name: str, cache_dir: Path, precision: Precision) -> Path:
     """Build (once) and return the path of the cached ONNX graph for `files`."""
     return cached_graph(
         f"{name}-{files.digest}-g{GRAPH_VERSION}",
         lambda: build_bert_onnx(files.config, files.weights),
         cache_dir,
-        quantize,
+        precision == "int8",
+        FLOAT_LAYERS_IN_INT8,
+        reduce_range=True,
     )
 
 
@@ -188,14 +198,15 @@ class LocalEmbedder:
         name: str = MINILM_NAME,
         cache_dir: Path | None = None,
         threads: int = 1,
-        quantize: bool = False,
+        precision: Precision = "float32",
         max_tokens: int = MAX_TOKENS,
     ) -> None:
         from tokenizers import Tokenizer
 
         files = files or load_minilm()
         self._dim = files.config.hidden
-        path = ensure_onnx_file(files, name, cache_dir or default_cache_dir(), quantize)
+        self.precision = precision
+        path = ensure_onnx_file(files, name, cache_dir or default_cache_dir(), precision)
         self._session = cpu_session(path, threads)
         tokenizer = Tokenizer.from_str(files.tokenizer_json)
         tokenizer.enable_truncation(max_length=max_tokens)
@@ -227,6 +238,10 @@ class LocalEmbedder:
 
         if not texts:
             return np.zeros((0, self._dim), dtype=np.float32)
+        if self.precision == "int8" and len(texts) > 1:
+            # One text per run: int8 activations are scaled per run, so a text's vector would
+            # depend on its batch mates (and a cached entry on what was embedded beside it).
+            return np.concatenate([self.embed([text]) for text in texts])
         ids, mask = self.tokenize(texts)
         (out,) = self._session.run(["embeddings"], {"input_ids": ids, "attention_mask": mask})
         result: npt.NDArray[np.float32] = np.ascontiguousarray(out, dtype=np.float32)

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..api.cachepolicy import PairPrecision
-from .local import cached_graph, cpu_session, default_cache_dir
-from .onnx_graph import GRAPH_VERSION, build_pair_onnx, layer_nodes
+from .local import FLOAT_LAYERS_IN_INT8, cached_graph, cpu_session, default_cache_dir
+from .onnx_graph import GRAPH_VERSION, build_pair_onnx
 from .weights import BertFiles, load_minilm
 
 if TYPE_CHECKING:
@@ -39,7 +39,6 @@ ADAPTER_DIR = Path(__file__).with_name("adapters")
 DEFAULT_ADAPTER = "minilm-pair-qqp"
 PAIR_MAX_TOKENS = 128  # query + cached question; longer pairs are truncated (longest first)
 PAIR_GRAPH_VERSION = "2"  # with the encoder's GRAPH_VERSION, keys the on-disk graph
-FLOAT_LAYERS_IN_INT8 = (layer_nodes(0),)  # dense layers the int8 graph keeps in float
 
 
 def packaged_adapter(model: str) -> Path:

@@ -65,7 +65,10 @@ def keyspace_version(policy: CachePolicy) -> str:
     """Changes when cached entries stop being valid: the sharing scope or the vectors' model.
     Where the embeddings come from (endpoint) and with which key do not change the vectors: a
     key rotation or a proxy must not throw the caches away. (They are blanked rather than left
-    out so that a local-backend policy keeps the version it had before they were ignored.)"""
+    out so that a local-backend policy keeps the version it had before they were ignored.)
+    The embedding's precision is left out: it changes the vectors only, and the gateway keeps
+    each precision's vectors in a semantic keyspace of its own (`runtime.semantic_keyspace`),
+    so a switch neither purges the exact layer nor mixes vectors."""
     spec = policy.spec
     embedding = spec.semantic.embedding
     vectors = (
@@ -73,7 +76,10 @@ def keyspace_version(policy: CachePolicy) -> str:
         if embedding
         else None
     )
-    basis = [spec.scope, vectors.model_dump(mode="json") if vectors else None]
+    basis = [
+        spec.scope,
+        vectors.model_dump(mode="json", exclude={"precision"}) if vectors else None,
+    ]
     return f"v-{short_hash(basis, 10)}"
 
 

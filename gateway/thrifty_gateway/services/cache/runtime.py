@@ -96,6 +96,14 @@ class SharedModels:
         return self.verifiers[key]
 
 
+def semantic_keyspace(keyspace: str, emb: EmbeddingModel) -> str:
+    """The semantic layer's keyspace: vectors of one model, size and precision only (int8 and
+    float32 vectors of a text differ: entries are searched only by queries embedded like them).
+    float32 keeps the keyspace entries had before the precision existed."""
+    base = f"{keyspace}/{emb.model}/{emb.dimensions}"
+    return f"{base}/int8" if emb.backend == "local" and emb.precision == "int8" else base
+
+
 async def open_policy(name: str, policy: CachePolicyConfig, models: SharedModels) -> PolicyRuntime:
     """Open the stores of a policy and load (or share) its embedder and verifier."""
     spec, stores = policy.spec, policy.stores
@@ -125,7 +133,7 @@ async def open_policy(name: str, policy: CachePolicyConfig, models: SharedModels
         guard = spec.semantic.guard
         if guard.enabled and guard.verifier.enabled:
             verifier = await models.verifier(guard.verifier)
-        sem_keyspace = f"{keyspace}/{emb.model}/{emb.dimensions}"
+        sem_keyspace = semantic_keyspace(keyspace, emb)
         if stores.qdrant_url:
             semantic = await asyncio.to_thread(
                 ServerIndex,
