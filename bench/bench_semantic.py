@@ -8,8 +8,8 @@ in the query's duplicate group, otherwise wrong. Groups are connected components
 of the set after lower-casing and collapsing whitespace (the README's rule for QQP; applied to
 GPTCache too, where it only merges character-identical sentences that the file lists under
 different pairs). Every method uses all-MiniLM-L6-v2 embeddings and the same exact top-5
-search: the plain threshold and the checks the model's float32 embeddings (the reference
-model), Thrifty the embeddings the policy's default runs with (`EmbeddingModel.precision`),
+search: the plain threshold and the checks run on the model's float32 embeddings (the
+reference model), Thrifty on the embeddings the policy's default uses (`EmbeddingModel.precision`),
 also given over float32 embeddings (`default_with_float32_embeddings`):
 
 * plain: the top-1 above a cosine threshold, swept every 0.005, so "plain at the same wrong-hit

@@ -298,6 +298,9 @@ def main() -> dict[str, Any]:
     t0 = time.perf_counter()
     files = load_minilm()
     pool, groups = training_pool()
+    # Mining only (which neighbours become negatives). The shipped adapter was mined with an
+    # older int8 graph (every layer, 8-bit weights, batches of 128), which no longer exists:
+    # a rerun mines slightly different neighbours.
     embedder = LocalEmbedder(threads=max(1, os.cpu_count() or 1), precision="int8")
     examples = mine_examples(pool, groups, embedder)
     train, valid = split_by_group(examples, groups)

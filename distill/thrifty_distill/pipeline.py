@@ -68,9 +68,13 @@ class Job:
 
 
 def default_embedder(spec: DistilledModelSpec, threads: int | None = None) -> Embedder:
-    """The same local embedding model the semantic cache uses."""
+    """The same local embedding model the semantic cache uses, in float32: the gateway serves
+    classifier students on the float graph (`services.embedders`), so they are trained and
+    gated on the vectors they will see."""
     model = spec.student.base_model or DEFAULT_EMBEDDING
-    return create_embedder(EmbeddingModel(model=model), threads=threads or (os.cpu_count() or 1))
+    return create_embedder(
+        EmbeddingModel(model=model, precision="float32"), threads=threads or (os.cpu_count() or 1)
+    )
 
 
 SNAPSHOTS_KEPT = 1  # snapshots of earlier runs kept whole beside the current run's

@@ -318,3 +318,14 @@ def test_export_drops_the_snapshots_of_earlier_runs(tmp_path: Path) -> None:
         assert sorted(p.name for p in (root / run).iterdir()) == sorted([HELD_OUT, SNAPSHOT])
     assert (root / "v0000000c" / TRAIN).exists() and (root / "notes" / TRAIN).exists()
     assert pipeline.prune_snapshots(tmp_path / "elsewhere" / "snap") == []
+
+
+def test_students_train_on_the_vectors_the_gateway_serves_them_with() -> None:
+    """The gateway serves classifier students on the float32 embedder (`services.embedders`);
+    the cache's int8 default must not leak into their training and promotion gate."""
+    from thrifty_gateway.services.embedders import EmbedderOnce
+
+    trained = pipeline.default_embedder(resource(0.8).spec, threads=1)
+    served = EmbedderOnce(resources=None)()
+    assert isinstance(trained, LocalEmbedder) and isinstance(served, LocalEmbedder)
+    assert trained.precision == served.precision == "float32"

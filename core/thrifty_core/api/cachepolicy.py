@@ -66,7 +66,7 @@ class EmbeddingModel(ApiModel):
         default="int8",
         description="backend local: int8 runs the dense layers after the first in int8, one "
         "text per run (about half the time; a few percent fewer semantic hits); float32 the "
-        "float graph. Entries embedded at one precision are not searched at the other.",
+        "float graph. Switching drops the semantic entries embedded at the other precision.",
     )
     endpoint: str | None = Field(
         default=None, max_length=2048, pattern=HTTP_URL, description="Base URL for backend openai."
