@@ -14,6 +14,8 @@ from typing import Any
 
 import kopf
 
+from thrifty_core.api import GROUP, VERSION
+
 from .apply import KubeClient, connect
 from .handlers import batchqueue, cachepolicy, distilledmodel, gateway
 from .handlers import indexes as ix
@@ -21,7 +23,6 @@ from .handlers.common import Body, Context, context, plain, run
 from .release import release_unwatched, stamp
 from .settings import OperatorSettings, configure_kopf
 
-GROUP, VERSION = "thrifty.dev", "v1alpha1"
 PLURALS = {
     "LLMGateway": "llmgateways",
     "CachePolicy": "cachepolicies",
@@ -123,15 +124,19 @@ def _register_reconcile(
     follows children that become available without waiting for the drift check)."""
     interval = settings.drift_interval_seconds
 
-    async def on_change(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **kw: Any) -> None:
+    async def reconcile(
+        body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, kw: dict[str, Any], strict: bool
+    ) -> None:
         ctx = context(memo)
+        # Every pass stamps the installation (back if it was removed), for `release`.
         stamp(body.metadata, patch, ctx.settings.instance)
-        await fn(body, patch, ix.Indexes.from_kwargs(kw), ctx, True)
+        await fn(body, patch, ix.Indexes.from_kwargs(kw), ctx, strict)
+
+    async def on_change(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **kw: Any) -> None:
+        await reconcile(body, patch, memo, kw, True)
 
     async def on_timer(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **kw: Any) -> None:
-        ctx = context(memo)
-        stamp(body.metadata, patch, ctx.settings.instance)  # back if it was removed
-        await fn(body, patch, ix.Indexes.from_kwargs(kw), ctx, False)
+        await reconcile(body, patch, memo, kw, False)
 
     common: dict[str, Any] = {"registry": registry}
     kopf.on.create(GROUP, VERSION, plural, id=f"{plural}-create", **common)(on_change)

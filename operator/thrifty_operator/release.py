@@ -24,13 +24,14 @@ from typing import Any
 import kopf
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
+from thrifty_core.api import API_VERSION, RESOURCES
+from thrifty_core.api.base import DNS_LABEL
+
 from .apply import KubeClient, KubeError
 from .settings import FINALIZER, PREFIX
 
 OPERATOR_ANNOTATION = f"{PREFIX}/operator"
-API_VERSION = "thrifty.dev/v1alpha1"
-KINDS = ("LLMGateway", "CachePolicy", "BatchQueue", "DistilledModel")
-_EXACT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_EXACT_NAME = re.compile(DNS_LABEL)
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ async def release_unwatched(kube: KubeClient, instance: str, watched: list[str])
         logger.info("namespaces given as patterns: resources outside them are not released")
         return []
     released = []
-    for kind in KINDS:
+    for kind in (resource.kind_name for resource in RESOURCES):
         try:
             items = await _list_all(kube, kind)
         except KubeError as exc:
