@@ -41,8 +41,8 @@ from bench.loadgen import load
 from bench.procs import free_port, process
 from thrifty_core.api.cachepolicy import (
     EmbeddingModel,
-    PairPrecision,
     PairVerifier,
+    Precision,
     SemanticLayer,
 )
 from thrifty_core.embedding.local import LocalEmbedder
@@ -97,10 +97,10 @@ def exact_hits(redis_url: str | None) -> dict[str, Any]:
 
 
 def semantic_lookup(
-    embedding: PairPrecision | None = None,
+    embedding: Precision | None = None,
     floor: float | None = None,
     judged: int | None = None,
-    precision: PairPrecision | None = None,
+    precision: Precision | None = None,
 ) -> dict[str, Any]:
     """What the gateway's lookup thread does, timed per part: embed the query, search the
     index (policy default floor, top 5), run the guard's checks, score the survivors with

@@ -50,7 +50,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bench.data import BENCH_PAIRS, DATA, norm, qqp_groups
-from thrifty_core.api.cachepolicy import EmbeddingModel, PairPrecision, PairVerifier, SemanticLayer
+from thrifty_core.api.cachepolicy import EmbeddingModel, PairVerifier, Precision, SemanticLayer
 from thrifty_core.embedding.local import LocalEmbedder
 from thrifty_core.embedding.pair import PairScorer
 from thrifty_gateway.services.cache.guard import CHECKS, first_failure
@@ -65,7 +65,7 @@ DEFAULT_SCORE = PairVerifier().min_score
 DEFAULT_JUDGED = PairVerifier().max_candidates
 DEFAULT_PRECISION = PairVerifier().precision
 EMBEDDING_PRECISION = EmbeddingModel().precision
-OTHER_PRECISION: PairPrecision = "float32" if DEFAULT_PRECISION == "int8" else "int8"
+OTHER_PRECISION: Precision = "float32" if DEFAULT_PRECISION == "int8" else "int8"
 SCORES = sorted(
     {round(0.05 * i, 2) for i in range(1, 20)}
     | {0.96, 0.97, 0.98, 0.99, 0.995, 0.998, DEFAULT_SCORE}
@@ -301,8 +301,13 @@ def evaluate(
     scored = pair_scored(w, sims, order, scorer, min(FLOORS + (DEFAULT_FLOOR,)))
     verify_s = time.perf_counter() - t0
     scored_other = pair_scored(w, sims, order, other, DEFAULT_FLOOR)
-    # The default verifier over float32 embeddings (`embedding.precision: float32`).
-    scored_float = pair_scored(w, ref_sims, ref_order, scorer, DEFAULT_FLOOR)
+    # The default verifier over float32 embeddings (`embedding.precision: float32`): the same
+    # candidates when the default embeds in float32 already.
+    scored_float = (
+        scored
+        if served is reference
+        else pair_scored(w, ref_sims, ref_order, scorer, DEFAULT_FLOOR)
+    )
     adjudicated = w.adjudicated()
     return {
         "cached": len(w.cached),

@@ -223,7 +223,7 @@ def _build_int8(folder: str, start: Any) -> str:
     import onnxruntime.quantization  # noqa: F401 - imported before the start line, not after
 
     start.wait()  # all at once, as workers that start together
-    return cached_graph("chain", _matmul_chain, Path(folder), True, ("l0_",)).name
+    return cached_graph("chain", _matmul_chain, Path(folder), "int8").name
 
 
 def test_workers_quantising_the_same_graph_at_once_all_get_it(tmp_path: Path) -> None:
@@ -233,15 +233,15 @@ def test_workers_quantising_the_same_graph_at_once_all_get_it(tmp_path: Path) ->
 
     import onnx
 
-    cached_graph("chain", _matmul_chain, tmp_path, False)  # the float graph exists already
+    cached_graph("chain", _matmul_chain, tmp_path, "float32")  # the float graph exists already
     spawn = multiprocessing.get_context("spawn")
     with spawn.Manager() as manager, spawn.Pool(4) as pool:
         start = manager.Barrier(4)
         names = pool.starmap(_build_int8, [(str(tmp_path), start)] * 4)
-    assert names == ["chain-int8pc-fl0.onnx"] * 4
+    assert names == ["chain-int8pc-rr-fl0.onnx"] * 4
     folder = tmp_path / "embedding"
-    assert sorted(p.name for p in folder.iterdir()) == ["chain-int8pc-fl0.onnx", "chain.onnx"]
-    nodes = onnx.load(str(folder / "chain-int8pc-fl0.onnx")).graph.node
+    assert sorted(p.name for p in folder.iterdir()) == ["chain-int8pc-rr-fl0.onnx", "chain.onnx"]
+    nodes = onnx.load(str(folder / "chain-int8pc-rr-fl0.onnx")).graph.node
     kept = [n for n in nodes if n.op_type == "MatMul"]
     assert [n.name for n in kept] == ["l0_q_mm_0"]  # the first layer stays float, the rest int8
     assert len(nodes) > len(kept) + 1  # quantised nodes replaced the other MatMuls

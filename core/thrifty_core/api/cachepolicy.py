@@ -88,7 +88,6 @@ PairModel = Literal["minilm-pair-qqp"]
 # How a local model runs: int8 dense layers after the first (7-bit weights, one text or pair per
 # run) or the float graph (bench/RESULTS.md, Cache).
 Precision = Literal["int8", "float32"]
-PairPrecision = Precision
 
 
 class PairVerifier(ApiModel):
@@ -109,7 +108,7 @@ class PairVerifier(ApiModel):
         le=1.0,
         description="Minimum verifier score (0 to 1) for a candidate to be served.",
     )
-    precision: PairPrecision = Field(
+    precision: Precision = Field(
         default="int8",
         description="int8: the dense layers after the first in int8, each candidate scored in "
         "its own run (about 40% faster; its score never depends on other "

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..api.cachepolicy import EmbeddingModel, PairModel, PairPrecision
+from ..api.cachepolicy import EmbeddingModel, PairModel, Precision
 from .protocol import Embedder, PairScoring
 from .weights import BertFiles
 
@@ -58,7 +58,7 @@ def create_embedder(
 def create_pair_scorer(
     model: PairModel,
     *,
-    precision: PairPrecision = "int8",
+    precision: Precision = "int8",
     files: BertFiles | None = None,
     cache_dir: Path | None = None,
     threads: int = 1,

@@ -1,14 +1,15 @@
 """The local embedder: a BERT sentence encoder run by onnxruntime on CPU.
 
 The ONNX graph is generated from the packaged weights on first use (`onnx_graph`) and cached
-under `<cache_dir>/embedding/<model>-<weights digest>-g<graph version>[-int8pc].onnx` (see
-`cached_graph`), so
+under `<cache_dir>/embedding/<model>-<weights digest>-g<graph version>[<int8 suffix>].onnx`
+(see `cached_graph`), so
 later starts only load it; graphs no process loaded for a week are deleted when a new one is
 built. `intra_op_num_threads=1` by default: per-request latency on one core matters more to the
 gateway than batch throughput, and several workers share the CPUs.
 
 `precision="int8"` applies onnxruntime's dynamic int8 quantisation to the MatMul weights of
-the layers after the first, with 7-bit weights (about twice as fast on one core, a few percent
+the layers after the first, with 7-bit weights (`INT8_SUFFIX`'s recipe; about twice as fast
+on one core, a few percent
 fewer semantic hits: bench/RESULTS.md, Cache), and embeds one text per run so that a vector
 never depends on its batch mates. The semantic cache uses it by default (`EmbeddingModel.
 precision`); the classifier students keep the float graph (`LocalEmbedder`'s default) they were
@@ -51,9 +52,12 @@ def default_cache_dir() -> Path:
     return Path(base) / "thrifty"
 
 
-# Dense layers an int8 graph keeps in float: quantising the first layer too lost the most
-# semantic hits (bench/RESULTS.md, Cache). Shared with the pair verifier's graph.
+# The int8 graph, one recipe for the embedder and the pair verifier: the dense layers' weights
+# in int8, per channel and in 7 bits (`reduce_range`: CPUs without VNNI, whose uint8 x int8
+# products saturate 16-bit sums, compute what CPUs with it do), except the first layer's, which
+# stay float (quantising them too lost the most semantic hits: bench/RESULTS.md, Cache).
 FLOAT_LAYERS_IN_INT8 = (layer_nodes(0),)
+INT8_SUFFIX = "-int8pc-rr" + "".join(f"-f{p.rstrip('_')}" for p in FLOAT_LAYERS_IN_INT8)
 
 
 def ensure_onnx_file(files: BertFiles, name: str, cache_dir: Path, precision: Precision) -> Path:
@@ -62,29 +66,18 @@ def ensure_onnx_file(files: BertFiles, name: str, cache_dir: Path, precision: Pr
         f"{name}-{files.digest}-g{GRAPH_VERSION}",
         lambda: build_bert_onnx(files.config, files.weights),
         cache_dir,
-        precision == "int8",
-        FLOAT_LAYERS_IN_INT8,
-        reduce_range=True,
+        precision,
     )
 
 
 def cached_graph(
-    stem: str,
-    build: Callable[[], Any],
-    cache_dir: Path,
-    quantize: bool,
-    keep_float: Sequence[str] = (),
-    reduce_range: bool = False,
+    stem: str, build: Callable[[], Any], cache_dir: Path, precision: Precision
 ) -> Path:
-    """`<cache_dir>/embedding/<stem>[-int8pc[-rr][-f<kept>]].onnx`, built by `build()` the
-    first time.
+    """`<cache_dir>/embedding/<stem>.onnx` (float32) or `<stem>-int8pc-rr-fl0.onnx` (int8, the
+    recipe above, quantised from the float one), built by `build()` the first time.
 
-    `quantize`: the dense layers' weights in int8 (per channel), except the MatMul nodes whose
-    names start with one of `keep_float` (`onnx_graph.layer_nodes`). `reduce_range`: 7-bit
-    weights, so that CPUs without VNNI (whose uint8 x int8 products saturate 16-bit sums)
-    compute what CPUs with it do. Files are written under a
-    temporary name and renamed, so concurrent workers never read a half-written graph; a
-    read-only cache dir (containers) falls back to the temp dir.
+    Files are written under a temporary name and renamed, so concurrent workers never read a
+    half-written graph; a read-only cache dir (containers) falls back to the temp dir.
     """
     import onnx
 
@@ -105,10 +98,9 @@ def cached_graph(
         onnx.save_model(build(), str(tmp))
         tmp.replace(plain)
         prune_stale_graphs(folder)
-    if not quantize:
+    if precision == "float32":
         return plain
-    kept = "".join(f"-f{prefix.rstrip('_')}" for prefix in keep_float)
-    quant = folder / f"{stem}-int8pc{'-rr' if reduce_range else ''}{kept}.onnx"
+    quant = folder / f"{stem}{INT8_SUFFIX}.onnx"
     _mark_used(quant)
     if not quant.exists():
         from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -124,18 +116,20 @@ def cached_graph(
             excluded = [
                 node.name
                 for node in onnx.load(str(source)).graph.node
-                if node.op_type == "MatMul" and node.name.startswith(tuple(keep_float))
+                if node.op_type == "MatMul" and node.name.startswith(FLOAT_LAYERS_IN_INT8)
             ]
-            if keep_float and not excluded:
-                raise ValueError(f"no MatMul node of {plain.name} starts with {list(keep_float)}")
-            # Weights of the dense layers only (the embedding tables stay float), per channel.
+            if not excluded:
+                raise ValueError(
+                    f"no MatMul node of {plain.name} starts with {FLOAT_LAYERS_IN_INT8}"
+                )
+            # Weights of the dense layers only (the embedding tables stay float).
             quantize_dynamic(
                 str(source),
                 str(tmp),
                 weight_type=QuantType.QInt8,
                 op_types_to_quantize=["MatMul"],
                 per_channel=True,
-                reduce_range=reduce_range,
+                reduce_range=True,
                 nodes_to_exclude=excluded,
             )
             tmp.replace(quant)

@@ -6,11 +6,9 @@ logistic head over mean pooling, about 1.4 MB of float16 in `adapters/`. The ada
 into the base weights in memory and the encoder graph is built by `onnx_graph.build_pair_onnx`,
 cached on disk like the embedder's and run by onnxruntime; the logistic head runs in numpy.
 
-Two precisions (`PairVerifier.precision`). `int8` (the default): onnxruntime's dynamic int8
-quantisation of the dense layers' weights, per channel and in 7 bits (`reduce_range`: CPUs
-without VNNI would otherwise saturate 16-bit sums and score differently from those with it),
-except the first layer's, which stay float (quantising them too lost the most hits:
-bench/RESULTS.md, Cache); about 40% less time than the float graph. Dynamic quantisation
+Two precisions (`PairVerifier.precision`). `int8` (the default): the embedder's int8 recipe
+(`local.INT8_SUFFIX`: dense layers after the first in int8, 7-bit weights); about 40% less
+time than the float graph. Dynamic quantisation
 scales the activations per run, so a candidate scored in one batch with others would get a
 score that depends on them; a cache decision must not, so int8 scores each pair in its own run.
 `float32`: the float graph, one batch per lookup (its scores do not depend on the batch),
@@ -26,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..api.cachepolicy import PairPrecision
-from .local import FLOAT_LAYERS_IN_INT8, cached_graph, cpu_session, default_cache_dir
+from ..api.cachepolicy import Precision
+from .local import cached_graph, cpu_session, default_cache_dir
 from .onnx_graph import GRAPH_VERSION, build_pair_onnx
 from .weights import BertFiles, load_minilm
 
@@ -117,7 +115,7 @@ class PairScorer:
         files: BertFiles | None = None,
         cache_dir: Path | None = None,
         threads: int = 1,
-        precision: PairPrecision = "int8",
+        precision: Precision = "int8",
     ) -> None:
         import numpy as np
         from tokenizers import Tokenizer
@@ -130,9 +128,7 @@ class PairScorer:
             stem,
             lambda: build_pair_onnx(files.config, merged_weights(files, adapter)),
             cache_dir or default_cache_dir(),
-            precision == "int8",
-            FLOAT_LAYERS_IN_INT8,
-            reduce_range=True,  # the same scores on CPUs with and without VNNI
+            precision,
         )
         self.precision = precision
         self._head_weight = adapter.head_weight.astype(np.float32)
