@@ -40,6 +40,21 @@ def restricted_namespace(cluster: Cluster, name: str) -> None:
     cluster.kubectl("label", "namespace", name, *(f"{k}={v}" for k, v in RESTRICTED.items()))
 
 
+def install_watching(
+    cluster: Cluster, release: str, release_ns: str, watched: tuple[str, ...], *others: str
+) -> str:
+    """A namespaced install: `watched`, `others` and `release_ns` created (restricted), the CRDs
+    applied and the chart installed in `release_ns` with `operator.watchNamespaces` = `watched`.
+    Returns the operator's ServiceAccount name."""
+    for name in (*watched, *others, release_ns):
+        restricted_namespace(cluster, name)
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
+    chart = str(ROOT / "charts" / "thrifty")
+    namespaces = f"operator.watchNamespaces={{{','.join(watched)}}}"
+    helm(cluster, "install", release, chart, "-n", release_ns, "--set", namespaces)
+    return f"{release}-thrifty-operator"
+
+
 def helm(cluster: Cluster, *args: str) -> str:
     result = subprocess.run(
         [str(tool_path("helm")), *args],

@@ -20,8 +20,7 @@ from tests.e2e.k8s import Cluster, tool_path, wait_for
 from tests.e2e.operator_helpers import (
     OperatorProcess,
     get,
-    helm,
-    restricted_namespace,
+    install_watching,
     service_account_kubeconfig,
     uninstall_and_clean,
 )
@@ -148,20 +147,7 @@ def test_a_namespaced_operator_runs_on_its_roles_alone(
     release = f"rb{suffix}"
     operator: OperatorProcess | None = None
     try:
-        for name in (ns, system_ns, other):
-            restricted_namespace(cluster, name)
-        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
-        helm(
-            cluster,
-            "install",
-            release,
-            str(CHART),
-            "-n",
-            system_ns,
-            "--set",
-            f"operator.watchNamespaces={{{ns}}}",
-        )
-        account = f"{release}-thrifty-operator"
+        account = install_watching(cluster, release, system_ns, (ns,), other)
         who = f"--as=system:serviceaccount:{system_ns}:{account}"
         for verb, resource, where, allowed in (
             ("patch", "deployments.apps", ns, "yes"),

@@ -22,7 +22,7 @@ from tests.e2e.operator_helpers import (
     OperatorProcess,
     get,
     helm,
-    restricted_namespace,
+    install_watching,
     service_account_kubeconfig,
     uninstall_and_clean,
 )
@@ -56,20 +56,7 @@ def test_deleting_a_watched_namespace_is_not_blocked_by_the_finalizers(
     ns, system_ns, release = f"e2e-nsdel-{suffix}", f"e2e-nsdel-sys-{suffix}", f"nd{suffix}"
     operator: OperatorProcess | None = None
     try:
-        for name in (ns, system_ns):
-            restricted_namespace(cluster, name)
-        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
-        helm(
-            cluster,
-            "install",
-            release,
-            str(ROOT / "charts" / "thrifty"),
-            "-n",
-            system_ns,
-            "--set",
-            f"operator.watchNamespaces={{{ns}}}",
-        )
-        account = f"{release}-thrifty-operator"
+        account = install_watching(cluster, release, system_ns, (ns,))
         kubeconfig = service_account_kubeconfig(
             cluster, system_ns, account, tmp_path / "operator.kubeconfig"
         )
@@ -139,17 +126,11 @@ def test_a_namespace_dropped_from_the_watch_list_is_released(
     chart = str(ROOT / "charts" / "thrifty")
     operator: OperatorProcess | None = None
     try:
-        for name in (kept, dropped, system_ns):
-            restricted_namespace(cluster, name)
-        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
-        helm(
-            cluster, "install", release, chart, "-n", system_ns,
-            "--set", f"operator.watchNamespaces={{{kept},{dropped}}}",
-        )  # fmt: skip
+        account = install_watching(cluster, release, system_ns, (kept, dropped))
         rendered = helm(cluster, "get", "manifest", release, "-n", system_ns)
         assert f'value: "{instance}"' in rendered  # what the chart hands the operator
         kubeconfig = service_account_kubeconfig(
-            cluster, system_ns, f"{release}-thrifty-operator", tmp_path / "operator.kubeconfig"
+            cluster, system_ns, account, tmp_path / "operator.kubeconfig"
         )
         operator = OperatorProcess(
             kubeconfig, kept, tmp_path / "operator.log", also_watch=(dropped,), instance=instance
