@@ -157,23 +157,49 @@ def test_evaluation_report_is_published_with_the_jobs_own_account(
     assert denied.value.code == 403
 
 
+def _rollout_state(workload: dict[str, Any]) -> tuple[Any, ...]:
+    """(name, generation, observed generation, wanted, current, updated, ready) replicas."""
+    status = workload.get("status", {})
+    return (
+        workload["metadata"]["name"],
+        workload["metadata"].get("generation"),
+        status.get("observedGeneration"),
+        workload["spec"].get("replicas", 1),
+        status.get("replicas", 0),
+        status.get("updatedReplicas", 0),
+        status.get("readyReplicas", 0),
+    )
+
+
+def _rolled_out(state: tuple[Any, ...]) -> bool:
+    _, generation, observed, wanted, current, updated, ready = state
+    return bool(generation == observed and wanted == current == updated == ready)
+
+
 def test_pods_are_admitted_as_restricted_and_scheduled(platform: Platform) -> None:
     cluster, ns = platform.cluster, platform.ns
     labels = json.loads(cluster.kubectl("get", "ns", ns, "-o", "json").stdout)["metadata"]["labels"]
     assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
     # The previous step switched the route to a new student version, which rolls the workloads
-    # that mount the gateway config: wait for each rollout to finish, as `kubectl rollout
-    # status` does, before counting ready replicas (mid-rollout a Deployment briefly has one
-    # more ready Pod than it asks for).
-    for kind in ("deployments", "statefulsets"):
-        for workload in _items(cluster, kind, ns):
-            name = workload["metadata"]["name"]
-            cluster.kubectl(
-                "rollout", "status", f"{kind}/{name}", "-n", ns, "--timeout=180s", timeout=200
-            )
-    for workload in _items(cluster, "deployments", ns) + _items(cluster, "statefulsets", ns):
-        want = workload["spec"].get("replicas", 1)
-        assert workload["status"].get("readyReplicas", 0) == want, workload["metadata"]["name"]
+    # that mount the gateway config, and the operator may roll them again on its next reconcile
+    # (one `kubectl rollout status` can return between two rollouts). Wait until every workload
+    # is settled (the controller has seen its last spec, every replica is updated and ready, no
+    # Pod of an old template is left) and stays so, unchanged, over two reads a few seconds apart.
+    last: list[tuple[Any, ...]] = []
+
+    def settled() -> bool:
+        workloads = _items(cluster, "deployments", ns) + _items(cluster, "statefulsets", ns)
+        now = [_rollout_state(w) for w in workloads]
+        steady = now == last and all(_rolled_out(state) for state in now)
+        last[:] = now
+        return steady
+
+    wait_for(
+        settled,
+        timeout=240,
+        interval=3,
+        message=lambda: f"every workload rolled out and steady: {last}",
+    )
     pods = cluster.pods(ns)
     assert len(pods) >= 8
     for pod in pods:
