@@ -7,16 +7,18 @@ Two implementations of `SemanticIndex`, chosen from the store config:
   (qdrant-client's own local mode evaluates filters in Python and scans every point).
 * `ServerIndex`: a Qdrant server through `qdrant-client` (clusters).
 
-Every search carries a hard `must` filter on the indexed `scope` field (the tenant, or
-`shared`) and on the exact `context` hash (model, system prompt, earlier turns, tools,
-sampling fields), plus `expires > now`. Calls are blocking; the stage runs them in a thread.
+Every search carries a hard `must` filter on the tenant scope (the tenant, or `shared`) and on
+the exact `context` hash (model, system prompt, earlier turns, tools, sampling fields), and
+serves no expired entry. The server index filters on the indexed `scope` and `context` fields
+and `expires > now`; the embedded index on one indexed tenant field holding both,
+`partition_of(scope, context)`, and checks expiry and both fields on the points it returns
+(`EdgeIndex.search`). Calls are blocking; the stage runs them in a thread.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import random
 import shutil
 import subprocess
 import sys
@@ -97,6 +99,26 @@ def payload_of(
     }
 
 
+def partition_of(scope: str, context: str) -> str:
+    """The embedded index's one search key: the tenant scope and the context together.
+
+    A search filtered on two keyword fields checks the second on every point the first selects,
+    which doubled the scan of the unindexed tail; one field selects them at once. `context` is a
+    fixed-length hex digest, so the value is unambiguous: equal partitions mean equal scopes
+    (`EdgeIndex.search` also checks both on every point it returns).
+    """
+    return f"{context}|{scope}"
+
+
+def edge_payload(
+    scope: str, context: str, query: str, entry: CachedAnswer, ttl: int, keyspace: str
+) -> dict[str, Any]:
+    """A point's payload in the embedded index: `payload_of` plus its `partition_of`."""
+    payload = payload_of(scope, context, query, entry, ttl, keyspace)
+    payload["partition"] = partition_of(scope, context)
+    return payload
+
+
 def candidate_of(score: float, payload: dict[str, Any]) -> Candidate:
     entry = CachedAnswer(
         body=orjson.loads(payload["answer"]),
@@ -112,13 +134,24 @@ def candidate_of(score: float, payload: dict[str, Any]) -> Candidate:
 
 
 def edge_config(qe: Any, dim: int, search_threads: int = 1) -> Any:
-    """The embedded shard's configuration (the serving process and the index build agree)."""
+    """The embedded shard's configuration (the serving process and the index build agree).
+
+    Every search stays inside one partition (`partition_of`), so there is no graph over all
+    entries (`m=0`): each partition large enough to need one gets its own (`payload_m`), and
+    smaller ones are scanned exactly. One graph over all entries, searched with the partition
+    as a filter, missed the nearest entry of a tenant holding a quarter of them about one
+    search in four on real embeddings (bench/RESULTS.md: "Search recall").
+    """
     return qe.EdgeConfig(
         vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Dot),
         max_search_threads=search_threads,
         payload_memory=qe.Memory.Cached,
         hnsw_config=qe.HnswIndexConfig(
-            m=16, ef_construct=64, full_scan_threshold=10_000, max_indexing_threads=1
+            m=0,
+            payload_m=16,
+            ef_construct=64,
+            full_scan_threshold=10_000,
+            max_indexing_threads=1,
         ),
         optimizers=qe.EdgeOptimizersConfig(indexing_threshold=10_000),
     )
@@ -126,10 +159,10 @@ def edge_config(qe: Any, dim: int, search_threads: int = 1) -> Any:
 
 BUILD_TIMEOUT = 3600.0  # seconds for one HNSW build in its subprocess
 # A build is due when the entries added since the last one reach a tenth of those it indexed
-# (and at least `optimize_every`): searches scan the unindexed tail, about 0.3 ms per 1,000
-# entries of one scope on one core, so at 100k entries the tail stays under 10,000 (search
-# p99 about 4 to 5.5 ms, against 8.3 ms with a 25,000 tail: bench/RESULTS.md), while builds
-# of a growing index still grow further apart.
+# (and at least `optimize_every`): searches scan the unindexed tail, about 0.13 ms per 1,000
+# entries of one partition on one core, so at 100k entries in one partition the tail stays
+# under 10,000 (search p99 about 3.5 ms: bench/RESULTS.md), while builds of a growing index
+# still grow further apart.
 TAIL_SHARE = 10
 
 
@@ -185,17 +218,22 @@ class EdgeIndex:
         except Exception:
             self._shard = qe.EdgeShard.create(self._path, self._config)
         self._lock = threading.Lock()
-        self._apply(
-            qe.UpdateOperation.create_field_index("scope", qe.KeywordIndexParams(is_tenant=True))
-        )
-        for name in ("context", "keyspace", "tenant", "gateway", "route", "model", "tags"):
-            self._apply(qe.UpdateOperation.create_field_index(name, qe.PayloadSchemaType.Keyword))
+        # Searches filter on the partition: it is the tenant field, and the build links each
+        # partition too large to scan into an HNSW graph of its own. The other indexes serve
+        # purges, expiry and the size cap only; graphs for their values (a time range of
+        # `created`, one route ...) would lengthen every build and serve no search. `context`
+        # needs no index: no filter names it alone.
+        index = qe.UpdateOperation.create_field_index
+        self._apply(index("partition", qe.KeywordIndexParams(is_tenant=True)))
+        for name in ("scope", "keyspace", "tenant", "gateway", "route", "model", "tags"):
+            self._apply(index(name, qe.KeywordIndexParams(enable_hnsw=False)))
         for name in ("expires", "created"):
-            self._apply(qe.UpdateOperation.create_field_index(name, qe.PayloadSchemaType.Float))
-        # A new keyspace version makes older entries unreachable: drop them.
-        self._delete(
-            qe.Filter(must_not=[qe.FieldCondition("keyspace", match=qe.MatchValue(keyspace))])
-        )
+            self._apply(index(name, qe.FloatIndexParams(enable_hnsw=False)))
+        # A new keyspace version makes older entries unreachable, and so does a missing
+        # partition (entries stored before it existed): drop them.
+        stale = qe.FieldCondition("keyspace", match=qe.MatchValue(keyspace))
+        self._delete(qe.Filter(must_not=[stale]))
+        self._delete(qe.Filter(must=[qe.IsEmptyCondition("partition")]))
 
     def _apply(self, op: Any) -> None:
         """Apply an update to the live shard (journaled while a build runs)."""
@@ -213,24 +251,41 @@ class EdgeIndex:
     def search(
         self, vector: Sequence[float], scope: str, context: str, threshold: float, limit: int
     ) -> list[Candidate]:
+        """The nearest live entries of `scope` and `context`.
+
+        One filter condition, the partition (see `partition_of`): an expiry condition would be
+        checked on every point of an unindexed tail too. Expired entries (left until the next
+        `maintain`) are rare among the nearest, so they are dropped here, and only when one was
+        among them is the search run again with the expiry in the filter, to fill the places.
+        """
         qe = self._qe
-        flt = qe.Filter(
-            must=[
-                qe.FieldCondition("scope", match=qe.MatchValue(scope)),
-                qe.FieldCondition("context", match=qe.MatchValue(context)),
-                qe.FieldCondition("expires", range=qe.RangeFloat(gt=time.time())),
-            ]
-        )
+        now = time.time()
+        must = [qe.FieldCondition("partition", match=qe.MatchValue(partition_of(scope, context)))]
+        points = self._query(vector, must, threshold, limit)
+        live = [p for p in points if float((p.payload or {}).get("expires", 0.0)) > now]
+        if len(live) < len(points):
+            must.append(qe.FieldCondition("expires", range=qe.RangeFloat(gt=now)))
+            live = self._query(vector, must, threshold, limit)
+        out = []
+        for p in live:
+            payload = p.payload or {}
+            if payload.get("scope") != scope or payload.get("context") != context:
+                log.error("semantic index returned an entry of another scope; dropped")
+                continue
+            out.append(candidate_of(p.score, payload))
+        return out
+
+    def _query(self, vector: Sequence[float], must: list[Any], threshold: float, limit: int) -> Any:
+        qe = self._qe
         request = qe.QueryRequest(
             limit=limit,
             query=qe.Query.Nearest(list(vector)),
-            filter=flt,
+            filter=qe.Filter(must=must),
             with_payload=True,
             score_threshold=threshold,
         )
         with self._lock:
-            points = self._shard.query(request)
-        return [candidate_of(p.score, p.payload or {}) for p in points]
+            return self._shard.query(request)
 
     def add(
         self,
@@ -243,7 +298,7 @@ class EdgeIndex:
         ttl: int,
     ) -> None:
         qe = self._qe
-        payload = payload_of(scope, context, query, entry, ttl, self._keyspace)
+        payload = edge_payload(scope, context, query, entry, ttl, self._keyspace)
         point = qe.Point(point_id(key), list(vector), payload)
         self._apply(qe.UpdateOperation.upsert_points([point]))
         with self._lock:
@@ -326,16 +381,24 @@ class EdgeIndex:
 
     def _warm_up(self, searches: int = 64) -> None:
         """A freshly loaded shard pages its index in on first use (the first searches after a
-        build at 100k entries took 8 to 10 ms, then under 1 ms): touch it before requests do."""
+        build at 100k entries took 8 to 10 ms, then under 1 ms): touch it before requests do,
+        with searches inside the partitions of some stored entries, near their vectors."""
         qe = self._qe
-        rng = random.Random(0)
-        for _ in range(searches):
-            vector = [rng.gauss(0.0, 1.0) for _ in range(self._dim)]
-            request = qe.QueryRequest(limit=5, query=qe.Query.Nearest(vector), with_payload=False)
-            with self._lock:
-                if self._closed:
-                    return
-                self._shard.query(request)
+        with self._lock:
+            if self._closed:
+                return
+            points, _ = self._shard.scroll(
+                qe.ScrollRequest(limit=searches, with_payload=True, with_vector=True)
+            )
+        for point in points:
+            partition = (point.payload or {}).get("partition")
+            if self._closed:
+                return
+            vector = point.vector  # a plain vector here (no multivectors in this shard)
+            if isinstance(partition, str) and isinstance(vector, list) and vector:
+                must = [qe.FieldCondition("partition", match=qe.MatchValue(partition))]
+                if isinstance(vector[0], float):
+                    self._query(vector, must, 0.0, 5)
 
     def _swap(self, staging: str) -> None:
         """Replace the live shard by the built copy, with the updates made since it was taken."""
