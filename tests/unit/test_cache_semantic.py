@@ -7,6 +7,7 @@ import hashlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -394,3 +395,51 @@ def test_a_large_tenant_finds_its_nearest_entry_after_a_build(tmp_path: Path) ->
         assert found >= 97
     finally:
         index.close()
+
+
+def test_expired_entries_among_the_nearest_are_swept_so_searches_query_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An expired entry among the nearest makes a search query twice (without, then with the
+    expiry): the search also starts a background sweep, and the next searches query once."""
+    index = EdgeIndex(DIM, "ks1")
+    queries: list[int] = []
+    real_query = index._query
+
+    def counted(*args: Any) -> Any:
+        queries.append(1)
+        return real_query(*args)
+
+    monkeypatch.setattr(index, "_query", counted)
+    try:
+        old = entry("a")
+        old.created = time.time() - 120
+        index.add(key(1), unit(1), "tenant:a", "ctx", "old", old, 60)
+        index.add(key(2), unit(1, 0.1), "tenant:a", "ctx", "new", entry("a"), 60)
+        assert [c.query for c in index.search(unit(1), "tenant:a", "ctx", 0.5, 5)] == ["new"]
+        assert len(queries) == 2
+        assert index._expirer is not None
+        index._expirer.join(30)
+        assert index.count() == 1
+        queries.clear()
+        assert [c.query for c in index.search(unit(1), "tenant:a", "ctx", 0.5, 5)] == ["new"]
+        assert len(queries) == 1
+    finally:
+        index.close()
+
+
+def test_a_shard_of_an_earlier_version_loses_its_unused_context_index(tmp_path: Path) -> None:
+    """Earlier versions indexed `context`; a payload index makes the build link a graph per
+    large value of it, for no search. Opening such a shard drops that index."""
+    path = str(tmp_path)
+    first = EdgeIndex(DIM, "ks1", path=path)
+    qe = first._qe
+    first._shard.update(
+        qe.UpdateOperation.create_field_index("context", qe.PayloadSchemaType.Keyword)
+    )
+    assert "context" in first._shard.info().payload_schema
+    first.close()
+    again = EdgeIndex(DIM, "ks1", path=path)
+    schema = again._shard.info().payload_schema
+    assert "context" not in schema and "partition" in schema
+    again.close()

@@ -186,6 +186,8 @@ class EdgeIndex:
     0.7 s (bench/RESULTS.md).
     """
 
+    EXPIRE_EVERY = 60.0  # seconds between two sweeps of expired entries, at most
+
     def __init__(
         self,
         dim: int,
@@ -205,6 +207,8 @@ class EdgeIndex:
         self._unindexed = 0
         self._indexed = 0  # entries at the last build: builds grow further apart as it grows
         self._optimizer: threading.Thread | None = None
+        self._expirer: threading.Thread | None = None
+        self._next_expiry = 0.0  # monotonic time of the next expiry sweep a search may start
         self._build: subprocess.Popen[bytes] | None = None
         self._journal: list[Any] | None = None  # updates since the build's copy was taken
         self._closed = False
@@ -229,6 +233,8 @@ class EdgeIndex:
             self._apply(index(name, qe.KeywordIndexParams(enable_hnsw=False)))
         for name in ("expires", "created"):
             self._apply(index(name, qe.FloatIndexParams(enable_hnsw=False)))
+        # A shard from an earlier version has one: it would only lengthen its builds.
+        self._apply(qe.UpdateOperation.delete_field_index("context"))
         # A new keyspace version makes older entries unreachable, and so does a missing
         # partition (entries stored before it existed): drop them.
         stale = qe.FieldCondition("keyspace", match=qe.MatchValue(keyspace))
@@ -266,6 +272,7 @@ class EdgeIndex:
         if len(live) < len(points):
             must.append(qe.FieldCondition("expires", range=qe.RangeFloat(gt=now)))
             live = self._query(vector, must, threshold, limit)
+            self._expire_when_due()
         out = []
         for p in live:
             payload = p.payload or {}
@@ -306,6 +313,28 @@ class EdgeIndex:
             due = build_due(self._unindexed, self._indexed, self._optimize_every)
         if due:
             self.optimize_in_background()
+
+    def _expire_when_due(self) -> None:
+        """Expired entries among the nearest cost each search a second query: drop them in the
+        background, at most every `EXPIRE_EVERY` seconds, rather than at the next build (which
+        a quiet gateway may not reach for hours)."""
+        now = time.monotonic()
+        with self._lock:
+            running = self._expirer is not None and self._expirer.is_alive()
+            if self._closed or running or now < self._next_expiry:
+                return
+            self._next_expiry = now + self.EXPIRE_EVERY
+            self._expirer = threading.Thread(
+                target=self._expire_quietly, name="thrifty-qdrant-expire", daemon=True
+            )
+            self._expirer.start()
+
+    def _expire_quietly(self) -> None:
+        try:
+            self.expire()
+        except Exception as exc:
+            if not self._closed:
+                log.warning("semantic index expiry failed: %s", type(exc).__name__)
 
     def optimize_in_background(self) -> bool:
         """Build the HNSW index in a subprocess and swap it in (see the class docstring);
@@ -481,6 +510,8 @@ class EdgeIndex:
             if self._build is not None:
                 self._build.kill()  # a build in progress is abandoned
         self.wait_optimized(timeout=60)
+        if self._expirer is not None:
+            self._expirer.join(timeout=60)
         with self._lock:
             self._shard.close()
         shutil.rmtree(self._staging, ignore_errors=True)
