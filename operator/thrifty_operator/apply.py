@@ -16,6 +16,8 @@ from kubernetes_asyncio import config
 from kubernetes_asyncio.client import ApiClient, Configuration
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from thrifty_core.api import API_VERSION, RESOURCES
+
 FIELD_MANAGER = "thrifty-operator"
 
 
@@ -40,10 +42,7 @@ KINDS: dict[tuple[str, str], KindInfo] = {
     ("policy/v1", "PodDisruptionBudget"): KindInfo("poddisruptionbudgets"),
     ("rbac.authorization.k8s.io/v1", "Role"): KindInfo("roles"),
     ("rbac.authorization.k8s.io/v1", "RoleBinding"): KindInfo("rolebindings"),
-    ("thrifty.dev/v1alpha1", "LLMGateway"): KindInfo("llmgateways"),
-    ("thrifty.dev/v1alpha1", "CachePolicy"): KindInfo("cachepolicies"),
-    ("thrifty.dev/v1alpha1", "BatchQueue"): KindInfo("batchqueues"),
-    ("thrifty.dev/v1alpha1", "DistilledModel"): KindInfo("distilledmodels"),
+    **{(API_VERSION, r.kind_name): KindInfo(r.plural) for r in RESOURCES},
 }
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import kopf
 
-from thrifty_core.api import GROUP, VERSION
+from thrifty_core.api import GROUP, RESOURCES, VERSION
 
 from .apply import KubeClient, connect
 from .handlers import batchqueue, cachepolicy, distilledmodel, gateway
@@ -22,13 +22,6 @@ from .handlers import indexes as ix
 from .handlers.common import Body, Context, context, plain, run
 from .release import release_unwatched, stamp
 from .settings import OperatorSettings, configure_kopf
-
-PLURALS = {
-    "LLMGateway": "llmgateways",
-    "CachePolicy": "cachepolicies",
-    "BatchQueue": "batchqueues",
-    "DistilledModel": "distilledmodels",
-}
 
 logger = logging.getLogger(__name__)
 
@@ -196,8 +189,9 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
     kopf.on.startup(registry=registry, id="startup")(startup)
     kopf.on.cleanup(registry=registry, id="cleanup")(cleanup)
     kopf.on.probe(registry=registry, id="initialised")(probe_context)
-    for kind, plural in PLURALS.items():
-        kopf.index(GROUP, VERSION, plural, registry=registry, id=ix.BY_KIND[kind])(ix.by_key)
+    for resource in RESOURCES:
+        index = ix.BY_KIND[resource.kind_name]
+        kopf.index(GROUP, VERSION, resource.plural, registry=registry, id=index)(ix.by_key)
     kopf.index(GROUP, VERSION, "llmgateways", registry=registry, id=ix.GATEWAYS_BY_POLICY)(
         ix.gateways_by_policy
     )
