@@ -406,9 +406,9 @@ def test_expired_entries_among_the_nearest_are_swept_so_searches_query_once(
     queries: list[int] = []
     real_query = index._query
 
-    def counted(*args: Any) -> Any:
+    def counted(*args: Any, **kwargs: Any) -> Any:
         queries.append(1)
-        return real_query(*args)
+        return real_query(*args, **kwargs)
 
     monkeypatch.setattr(index, "_query", counted)
     try:
@@ -418,8 +418,8 @@ def test_expired_entries_among_the_nearest_are_swept_so_searches_query_once(
         index.add(key(2), unit(1, 0.1), "tenant:a", "ctx", "new", entry("a"), 60)
         assert [c.query for c in index.search(unit(1), "tenant:a", "ctx", 0.5, 5)] == ["new"]
         assert len(queries) == 2
-        assert index._expirer is not None
-        index._expirer.join(30)
+        assert index._expiry.thread is not None
+        index._expiry.join(30)
         assert index.count() == 1
         queries.clear()
         assert [c.query for c in index.search(unit(1), "tenant:a", "ctx", 0.5, 5)] == ["new"]

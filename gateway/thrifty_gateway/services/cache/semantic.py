@@ -26,7 +26,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -171,6 +171,50 @@ def build_due(unindexed: int, indexed: int, every: int) -> bool:
     return unindexed >= max(every, indexed // TAIL_SHARE)
 
 
+class Periodic:
+    """`work` in a background thread, one run at a time and at most every `every` seconds
+    (monotonic; the first run from `first_at`), started by whoever calls `run_when_due`. A
+    failure is logged by its type only, unless `quiet()` says it is expected (a closed index)."""
+
+    def __init__(
+        self,
+        work: Callable[[], object],
+        every: float,
+        name: str,
+        *,
+        first_at: float = 0.0,
+        quiet: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self._work = work
+        self._every = every
+        self._name = name
+        self._quiet = quiet
+        self._next = first_at
+        self._lock = threading.Lock()
+        self.thread: threading.Thread | None = None  # the last run started
+
+    def run_when_due(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            running = self.thread is not None and self.thread.is_alive()
+            if running or now < self._next:
+                return
+            self._next = now + self._every
+            self.thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+            self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._work()
+        except Exception as exc:
+            if not self._quiet():
+                log.warning("%s failed: %s", self._name, type(exc).__name__)
+
+    def join(self, timeout: float) -> None:
+        if self.thread is not None:
+            self.thread.join(timeout)
+
+
 class EdgeIndex:
     """The embedded index: a qdrant-edge shard in a directory (a temp dir by default).
 
@@ -207,8 +251,12 @@ class EdgeIndex:
         self._unindexed = 0
         self._indexed = 0  # entries at the last build: builds grow further apart as it grows
         self._optimizer: threading.Thread | None = None
-        self._expirer: threading.Thread | None = None
-        self._next_expiry = 0.0  # monotonic time of the next expiry sweep a search may start
+        # Expired entries among the nearest cost each search a second query: a search that
+        # meets one drops them all in the background, rather than at the next build (which a
+        # quiet gateway may not reach for hours).
+        self._expiry = Periodic(
+            self.expire, self.EXPIRE_EVERY, "thrifty-qdrant-expire", quiet=lambda: self._closed
+        )
         self._build: subprocess.Popen[bytes] | None = None
         self._journal: list[Any] | None = None  # updates since the build's copy was taken
         self._closed = False
@@ -264,15 +312,14 @@ class EdgeIndex:
         `maintain`) are rare among the nearest, so they are dropped here, and only when one was
         among them is the search run again with the expiry in the filter, to fill the places.
         """
-        qe = self._qe
         now = time.time()
-        must = [qe.FieldCondition("partition", match=qe.MatchValue(partition_of(scope, context)))]
-        points = self._query(vector, must, threshold, limit)
+        partition = partition_of(scope, context)
+        points = self._query(vector, partition, threshold, limit)
         live = [p for p in points if float((p.payload or {}).get("expires", 0.0)) > now]
         if len(live) < len(points):
-            must.append(qe.FieldCondition("expires", range=qe.RangeFloat(gt=now)))
-            live = self._query(vector, must, threshold, limit)
-            self._expire_when_due()
+            live = self._query(vector, partition, threshold, limit, alive_at=now)
+            if not self._closed:
+                self._expiry.run_when_due()
         out = []
         for p in live:
             payload = p.payload or {}
@@ -282,8 +329,19 @@ class EdgeIndex:
             out.append(candidate_of(p.score, payload))
         return out
 
-    def _query(self, vector: Sequence[float], must: list[Any], threshold: float, limit: int) -> Any:
+    def _query(
+        self,
+        vector: Sequence[float],
+        partition: str,
+        threshold: float,
+        limit: int,
+        alive_at: float | None = None,
+    ) -> Any:
+        """The nearest points of one partition (and, given `alive_at`, not expired then)."""
         qe = self._qe
+        must = [qe.FieldCondition("partition", match=qe.MatchValue(partition))]
+        if alive_at is not None:
+            must.append(qe.FieldCondition("expires", range=qe.RangeFloat(gt=alive_at)))
         request = qe.QueryRequest(
             limit=limit,
             query=qe.Query.Nearest(list(vector)),
@@ -313,28 +371,6 @@ class EdgeIndex:
             due = build_due(self._unindexed, self._indexed, self._optimize_every)
         if due:
             self.optimize_in_background()
-
-    def _expire_when_due(self) -> None:
-        """Expired entries among the nearest cost each search a second query: drop them in the
-        background, at most every `EXPIRE_EVERY` seconds, rather than at the next build (which
-        a quiet gateway may not reach for hours)."""
-        now = time.monotonic()
-        with self._lock:
-            running = self._expirer is not None and self._expirer.is_alive()
-            if self._closed or running or now < self._next_expiry:
-                return
-            self._next_expiry = now + self.EXPIRE_EVERY
-            self._expirer = threading.Thread(
-                target=self._expire_quietly, name="thrifty-qdrant-expire", daemon=True
-            )
-            self._expirer.start()
-
-    def _expire_quietly(self) -> None:
-        try:
-            self.expire()
-        except Exception as exc:
-            if not self._closed:
-                log.warning("semantic index expiry failed: %s", type(exc).__name__)
 
     def optimize_in_background(self) -> bool:
         """Build the HNSW index in a subprocess and swap it in (see the class docstring);
@@ -420,14 +456,13 @@ class EdgeIndex:
                 qe.ScrollRequest(limit=searches, with_payload=True, with_vector=True)
             )
         for point in points:
-            partition = (point.payload or {}).get("partition")
             if self._closed:
                 return
-            vector = point.vector  # a plain vector here (no multivectors in this shard)
+            partition = (point.payload or {}).get("partition")
+            vector = point.vector  # a plain list of floats here (no named or multi vectors)
             if isinstance(partition, str) and isinstance(vector, list) and vector:
-                must = [qe.FieldCondition("partition", match=qe.MatchValue(partition))]
-                if isinstance(vector[0], float):
-                    self._query(vector, must, 0.0, 5)
+                if isinstance(vector[0], float):  # narrows to list[float] for the type checker
+                    self._query(vector, partition, 0.0, 5)
 
     def _swap(self, staging: str) -> None:
         """Replace the live shard by the built copy, with the updates made since it was taken."""
@@ -510,8 +545,7 @@ class EdgeIndex:
             if self._build is not None:
                 self._build.kill()  # a build in progress is abandoned
         self.wait_optimized(timeout=60)
-        if self._expirer is not None:
-            self._expirer.join(timeout=60)
+        self._expiry.join(timeout=60)
         with self._lock:
             self._shard.close()
         shutil.rmtree(self._staging, ignore_errors=True)
@@ -555,8 +589,12 @@ class ServerIndex:
         self._policy = policy
         self._max_entries = max_entries
         self._collection = collection
-        self._next_sweep = time.monotonic() + self.MAINTAIN_EVERY
-        self._sweeper: threading.Thread | None = None
+        self._sweep = Periodic(
+            self.maintain,
+            self.MAINTAIN_EVERY,
+            "thrifty-qdrant-sweep",
+            first_at=time.monotonic() + self.MAINTAIN_EVERY,
+        )
         self._dim = dim
         self._local = url == ":memory:"
         if self._local:
@@ -691,24 +729,7 @@ class ServerIndex:
             self._collection,
             points=[self._m.PointStruct(id=point_id(key), vector=list(vector), payload=payload)],
         )
-        self._sweep_when_due()
-
-    def _sweep_when_due(self) -> None:
-        now = time.monotonic()
-        with self._setup_lock:
-            if now < self._next_sweep or (self._sweeper and self._sweeper.is_alive()):
-                return
-            self._next_sweep = now + self.MAINTAIN_EVERY
-            self._sweeper = threading.Thread(
-                target=self._sweep, name="thrifty-qdrant-sweep", daemon=True
-            )
-            self._sweeper.start()
-
-    def _sweep(self) -> None:
-        try:
-            self.maintain()
-        except Exception as exc:
-            log.warning("semantic index sweep failed: %s", type(exc).__name__)
+        self._sweep.run_when_due()
 
     def maintain(self) -> int:
         """Delete expired points, then this keyspace's oldest above `max_entries`; returns
