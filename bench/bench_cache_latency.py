@@ -51,7 +51,7 @@ from thrifty_core.embedding.local import LocalEmbedder
 from thrifty_core.embedding.pair import PairScorer
 from thrifty_gateway.services.cache.entry import CachedAnswer
 from thrifty_gateway.services.cache.guard import CHECKS, first_failure
-from thrifty_gateway.services.cache.semantic import TAIL_SHARE, EdgeIndex, edge_payload
+from thrifty_gateway.services.cache.semantic import TAIL_SHARE, EdgeIndex, indexed_payload
 
 SECONDS = float(os.environ.get("THRIFTY_BENCH_SECONDS", "5"))
 ENTRIES = int(os.environ.get("THRIFTY_BENCH_ENTRIES", "100000"))
@@ -172,7 +172,7 @@ def _fill(index: EdgeIndex, vectors: np.ndarray[Any, Any], scopes: int, first: i
             qe.Point(
                 i,
                 vectors[i].tolist(),
-                edge_payload(f"tenant:t{i % scopes}", "ctx", f"q{i}", entry, 86400, "bench"),
+                indexed_payload(f"tenant:t{i % scopes}", "ctx", f"q{i}", entry, 86400, "bench"),
             )
             for i in range(start, min(start + 2000, len(vectors)))
         ]

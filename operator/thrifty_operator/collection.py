@@ -9,12 +9,29 @@ from typing import Any
 
 import aiohttp
 
+from thrifty_core.qdrant_layout import hnsw_layout
+
 logger = logging.getLogger(__name__)
 
 
 def collection_body(size: int) -> dict[str, Any]:
-    """Cosine vectors of the embedding size; payload kept on disk for large collections."""
-    return {"vectors": {"size": size, "distance": "Cosine"}, "on_disk_payload": True}
+    """Cosine vectors of the embedding size, a graph per partition and none over all entries
+    (`thrifty_core.qdrant_layout`); payload kept on disk for large collections."""
+    return {
+        "vectors": {"size": size, "distance": "Cosine"},
+        "hnsw_config": hnsw_layout(),
+        "on_disk_payload": True,
+    }
+
+
+def layout_update(info: dict[str, Any]) -> dict[str, Any] | None:
+    """The PATCH body that gives an existing collection the graph layout, or None when it has
+    it (Qdrant rebuilds the index in the background; searches keep working meanwhile)."""
+    hnsw = info["result"]["config"].get("hnsw_config") or {}
+    want = hnsw_layout()
+    if all(hnsw.get(field) == value for field, value in want.items()):
+        return None
+    return {"hnsw_config": want}
 
 
 def tenant_index_body(field: str) -> dict[str, Any]:
@@ -92,6 +109,14 @@ async def ensure_collection(
                     async with http.delete(f"{base}/collections/{name}") as gone:
                         if gone.status != 404:
                             gone.raise_for_status()
+                elif (patch := layout_update(info)) is not None:
+                    logger.warning(
+                        "collection %s has one graph over all entries: switching it to a graph "
+                        "per partition (the server reindexes in the background)",
+                        name,
+                    )
+                    async with http.patch(f"{base}/collections/{name}", json=patch) as done:
+                        done.raise_for_status()
             elif resp.status == 404:
                 created = True
             else:

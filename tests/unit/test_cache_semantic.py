@@ -19,7 +19,7 @@ from thrifty_gateway.services.cache.semantic import (
     SemanticIndex,
     ServerIndex,
     build_due,
-    edge_payload,
+    indexed_payload,
     partition_of,
     payload_of,
 )
@@ -161,17 +161,84 @@ def test_entries_stored_without_a_partition_are_dropped_on_load(tmp_path: Path) 
     again.close()
 
 
-def test_an_entry_whose_partition_disagrees_with_its_scope_is_never_served() -> None:
+def test_an_entry_whose_partition_disagrees_with_its_scope_is_never_served(
+    index: SemanticIndex,
+) -> None:
     """The partition holds the scope and the context; the search still checks both fields on
     what it returns (a point written wrongly, by a bug or by hand, stays unserved)."""
-    index = EdgeIndex(DIM, "ks1")
-    qe = index._qe
-    forged = edge_payload("tenant:b", "ctx", "theirs", entry("b"), 600, "ks1")
+    forged = indexed_payload("tenant:b", "ctx", "theirs", entry("b"), 600, "ks1")
     forged["partition"] = partition_of("tenant:a", "ctx")
-    index._shard.update(qe.UpdateOperation.upsert_points([qe.Point(7, unit(1), forged)]))
+    if isinstance(index, EdgeIndex):
+        qe = index._qe
+        index._shard.update(qe.UpdateOperation.upsert_points([qe.Point(7, unit(1), forged)]))
+    else:
+        assert isinstance(index, ServerIndex)
+        point = index._m.PointStruct(id=7, vector=unit(1), payload={**forged, "policy": ""})
+        index._client.upsert("c", points=[point])
     index.add(key(1), unit(1, 0.1), "tenant:a", "ctx", "mine", entry("a"), 600)
     assert [c.query for c in index.search(unit(1), "tenant:a", "ctx", 0.5, 5)] == ["mine"]
-    index.close()
+
+
+def test_a_server_index_drops_its_entries_without_a_partition_at_set_up() -> None:
+    """Entries written by gateways of earlier versions have no partition and would never be
+    found: set-up drops this policy's, and leaves another policy's to that policy."""
+    index = ServerIndex(":memory:", "c", DIM, "ks1", policy="pa")
+    try:
+        index.add(key(1), unit(1), "tenant:a", "ctx", "kept", entry(), 600)
+        models = index._m
+        older = [
+            models.PointStruct(
+                id=n,
+                vector=unit(1, 0.1),
+                payload={
+                    **payload_of("tenant:a", "ctx", "older", entry(), 600, ks),
+                    "policy": p,
+                },
+            )
+            for n, p, ks in ((7, "pa", "ks1"), (8, "pb", "pb/ks1"))
+        ]
+        index._client.upsert("c", points=older)
+        assert index._client.count("c").count == 3
+        index._ready, index._retry_at = False, 0.0
+        assert index.count() == 1  # set up again
+        assert [c.query for c in index.search(unit(1), "tenant:a", "ctx", 0.5, 5)] == ["kept"]
+        left = {(p.payload or {}).get("policy") for p in index._client.scroll("c")[0]}
+        assert index._client.count("c").count == 2 and left == {"pa", "pb"}
+    finally:
+        index.close()
+
+
+class _Hnsw:
+    def __init__(self, m: int | None, payload_m: int | None) -> None:
+        self.m, self.payload_m = m, payload_m
+
+
+class _LayoutRecorder:
+    """Records the collection updates `_ensure_layout` asks of the server (the local mode
+    has no graphs: the real server's side is measured in bench/RESULTS.md)."""
+
+    def __init__(self) -> None:
+        self.updates: list[tuple[str, Any]] = []
+
+    def update_collection(self, name: str, hnsw_config: Any) -> None:
+        self.updates.append((name, hnsw_config))
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_server_collection_with_one_graph_over_all_entries_is_switched_to_partitions() -> None:
+    index = ServerIndex(":memory:", "c", DIM, "ks1")
+    index._client.close()
+    recorder = _LayoutRecorder()
+    index._client = recorder  # type: ignore[assignment]
+    index._ensure_layout(_Hnsw(16, None))  # Qdrant's default
+    assert [(n, c.m, c.payload_m) for n, c in recorder.updates] == [("c", 0, 16)]
+    index._ensure_layout(_Hnsw(0, 16))  # laid out already
+    index._ensure_layout(_Hnsw(0, 16))
+    assert len(recorder.updates) == 1
+    index._ensure_layout(_Hnsw(0, 8))  # payload graphs of another size
+    assert len(recorder.updates) == 2
 
 
 @pytest.mark.parametrize("kind", ["edge", "client"])
@@ -377,7 +444,7 @@ def test_a_large_tenant_finds_its_nearest_entry_after_a_build(tmp_path: Path) ->
                 qe.Point(
                     i,
                     vectors[i].tolist(),
-                    edge_payload(f"tenant:{i % tenants}", "ctx", f"q{i}", entry(), 600, "ks1"),
+                    indexed_payload(f"tenant:{i % tenants}", "ctx", f"q{i}", entry(), 600, "ks1"),
                 )
                 for i in range(start, start + 2_000)
             ]

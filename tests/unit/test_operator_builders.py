@@ -255,7 +255,7 @@ def test_collection_job_carries_vector_size_and_tenant_index() -> None:
     assert args[:2] == ["operator", "ensure-collection"]
     assert args[args.index("--size") + 1] == "384"
     assert args[args.index("--collection") + 1] == f"thrifty-{NS}-default-cache"
-    assert args[args.index("--tenant-field") + 1] == "tenant"
+    assert args[args.index("--tenant-field") + 1] == "partition"
     # Its own collection may be recreated at a new vector size (unless it holds entries of
     # policies other than this one); a named one (maybe shared with other policies) never is.
     assert "--recreate" in args

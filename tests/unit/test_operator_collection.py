@@ -1,6 +1,6 @@
 """The collection Job's steps against a stand-in of the few Qdrant REST routes it calls (no
 Qdrant server can be installed here; the routes and bodies follow Qdrant's OpenAPI: GET, PUT and
-DELETE /collections/{name}, PUT /collections/{name}/index, POST
+DELETE and PATCH /collections/{name}, PUT /collections/{name}/index, POST
 /collections/{name}/points/count and /points/delete with a `match` filter)."""
 
 from __future__ import annotations
@@ -21,12 +21,16 @@ class FakeQdrant:
         self.deleted: list[str] = []
         self.keys: list[str | None] = []
         self.points: dict[str, list[dict[str, Any]]] = {}  # collection -> payloads
+        # collection -> its hnsw_config (Qdrant's defaults unless set)
+        self.hnsw: dict[str, dict[str, Any]] = {}
+        self.patches: list[dict[str, Any]] = []
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._auth])
         app.router.add_get("/collections/{name}", self.get)
         app.router.add_put("/collections/{name}", self.put)
         app.router.add_delete("/collections/{name}", self.delete)
+        app.router.add_patch("/collections/{name}", self.patch)
         app.router.add_put("/collections/{name}/index", self.index)
         app.router.add_post("/collections/{name}/points/count", self._count)
         app.router.add_post("/collections/{name}/points/delete", self.delete_points)
@@ -42,8 +46,18 @@ class FakeQdrant:
         found = self.collections.get(request.match_info["name"])
         if found is None:
             return web.json_response({"status": {"error": "Not found"}}, status=404)
+        name = request.match_info["name"]
+        hnsw = {
+            "m": 16,
+            "ef_construct": 100,
+            "full_scan_threshold": 10000,
+            **self.hnsw.get(name, {}),
+        }
         result = {
-            "config": {"params": {"vectors": {"size": found["size"], "distance": "Cosine"}}},
+            "config": {
+                "params": {"vectors": {"size": found["size"], "distance": "Cosine"}},
+                "hnsw_config": hnsw,
+            },
             "payload_schema": {f: {"data_type": "keyword"} for f in found["schema"]},
         }
         return web.json_response({"result": result, "status": "ok"})
@@ -54,11 +68,22 @@ class FakeQdrant:
             return web.json_response({"status": {"error": "already exists"}}, status=409)
         body = await request.json()
         self.collections[name] = {"size": body["vectors"]["size"], "schema": set()}
+        self.hnsw[name] = dict(body.get("hnsw_config") or {})
+        return web.json_response({"result": True, "status": "ok"})
+
+    async def patch(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name not in self.collections:
+            return web.json_response({"status": {"error": "Not found"}}, status=404)
+        body = await request.json()
+        self.patches.append(body)
+        self.hnsw.setdefault(name, {}).update(body.get("hnsw_config") or {})
         return web.json_response({"result": True, "status": "ok"})
 
     async def delete(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
         self.deleted.append(name)
+        self.hnsw.pop(name, None)
         if self.collections.pop(name, None) is None:
             return web.json_response({"status": {"error": "Not found"}}, status=404)
         return web.json_response({"result": True, "status": "ok"})
@@ -115,6 +140,26 @@ async def test_creates_a_missing_collection_with_its_tenant_index(
     assert set(fake.keys) == {"k"}
     assert await ensure_collection(url, "c", 384, "tenant", api_key="k") is False  # idempotent
     assert fake.deleted == []
+
+
+async def test_a_collection_gets_a_graph_per_partition_and_none_over_all_entries(
+    qdrant: tuple[FakeQdrant, str],
+) -> None:
+    """New collections are made with `m=0, payload_m=16`; one made before (Qdrant's default
+    `m=16`) is switched once, its entries kept."""
+    fake, url = qdrant
+    assert await ensure_collection(url, "new", 384, "partition") is True
+    assert fake.hnsw["new"] == {"m": 0, "payload_m": 16}
+    assert fake.patches == []
+    fake.collections["old"] = {"size": 384, "schema": {"scope", "keyspace", "tenant"}}
+    fake.points["old"] = [{"policy": "ns/p"}]
+    assert await ensure_collection(url, "old", 384, "partition") is False
+    assert fake.patches == [{"hnsw_config": {"m": 0, "payload_m": 16}}]
+    assert fake.hnsw["old"] == {"m": 0, "payload_m": 16}
+    assert await ensure_collection(url, "old", 384, "partition") is False
+    assert len(fake.patches) == 1  # already laid out: left alone
+    assert fake.deleted == [] and fake.points["old"] == [{"policy": "ns/p"}]
+    assert "partition" in fake.collections["old"]["schema"]
 
 
 async def test_recreates_a_cache_collection_made_for_another_vector_size(

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from thrifty_core.api import CachePolicy
+from thrifty_core.qdrant_layout import PARTITION_FIELD
 from thrifty_core.render import (
     collection_name,
     managed_qdrant_url,
@@ -24,7 +25,6 @@ from .secrets import secret_path, secret_volumes
 from .stores import build_qdrant, build_redis, claim_retention, qdrant_claim
 
 COLLECTION_COMPONENT = "thrifty-collection"
-TENANT_FIELD = "tenant"
 
 
 @dataclass(frozen=True)
@@ -248,7 +248,7 @@ def build_collection_job(policy: CachePolicy, owner: Owner, defaults: Defaults) 
         "--size",
         str(target.size),
         "--tenant-field",
-        TENANT_FIELD,
+        PARTITION_FIELD,
     ]
     if not policy.spec.stores.qdrant.collection:  # the policy's own collection ...
         # ... unless another namespace's default name coincides: its entries are never dropped.

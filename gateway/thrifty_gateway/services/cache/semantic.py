@@ -7,12 +7,12 @@ Two implementations of `SemanticIndex`, chosen from the store config:
   (qdrant-client's own local mode evaluates filters in Python and scans every point).
 * `ServerIndex`: a Qdrant server through `qdrant-client` (clusters).
 
-Every search carries a hard `must` filter on the tenant scope (the tenant, or `shared`) and on
-the exact `context` hash (model, system prompt, earlier turns, tools, sampling fields), and
-serves no expired entry. The server index filters on the indexed `scope` and `context` fields
-and `expires > now`; the embedded index on one indexed tenant field holding both,
-`partition_of(scope, context)`, and checks expiry and both fields on the points it returns
-(`EdgeIndex.search`). Calls are blocking; the stage runs them in a thread.
+Every search carries a hard `must` filter on one indexed tenant field, `partition`, holding the
+tenant scope (the tenant, or `shared`) and the exact `context` hash (model, system prompt,
+earlier turns, tools, sampling fields) together (`partition_of`), and serves no expired entry;
+both fields are checked again on every point returned (`matching`). Both indexes keep a graph
+per large partition rather than one over all entries (`thrifty_core.qdrant_layout`). Calls are
+blocking; the stage runs them in a thread.
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
+
+from thrifty_core.qdrant_layout import HNSW_M, PARTITION_FIELD, PAYLOAD_M, hnsw_layout
 
 from .entry import CachedAnswer
 from .selector import Selector
@@ -100,23 +102,38 @@ def payload_of(
 
 
 def partition_of(scope: str, context: str) -> str:
-    """The embedded index's one search key: the tenant scope and the context together.
+    """The one search key of both indexes: the tenant scope and the context together.
 
     A search filtered on two keyword fields checks the second on every point the first selects,
     which doubled the scan of the unindexed tail; one field selects them at once. `context` is a
     fixed-length hex digest, so the value is unambiguous: equal partitions mean equal scopes
-    (`EdgeIndex.search` also checks both on every point it returns).
+    (`matching` also checks both on every point a search returns).
     """
     return f"{context}|{scope}"
 
 
-def edge_payload(
+def indexed_payload(
     scope: str, context: str, query: str, entry: CachedAnswer, ttl: int, keyspace: str
 ) -> dict[str, Any]:
-    """A point's payload in the embedded index: `payload_of` plus its `partition_of`."""
+    """A point's payload as both indexes store it: `payload_of` plus its `partition_of`
+    (points of versions before it have none and are dropped)."""
     payload = payload_of(scope, context, query, entry, ttl, keyspace)
-    payload["partition"] = partition_of(scope, context)
+    payload[PARTITION_FIELD] = partition_of(scope, context)
     return payload
+
+
+def matching(points: Sequence[Any], scope: str, context: str) -> list[Candidate]:
+    """The candidates of the points a search returned, but for any of another scope or context:
+    the partition filter already excludes them, this is defence in depth (a forged or corrupt
+    point is never served)."""
+    out = []
+    for point in points:
+        payload = point.payload or {}
+        if payload.get("scope") != scope or payload.get("context") != context:
+            log.error("semantic index returned an entry of another scope; dropped")
+            continue
+        out.append(candidate_of(point.score, payload))
+    return out
 
 
 def candidate_of(score: float, payload: dict[str, Any]) -> Candidate:
@@ -147,8 +164,8 @@ def edge_config(qe: Any, dim: int, search_threads: int = 1) -> Any:
         max_search_threads=search_threads,
         payload_memory=qe.Memory.Cached,
         hnsw_config=qe.HnswIndexConfig(
-            m=0,
-            payload_m=16,
+            m=HNSW_M,
+            payload_m=PAYLOAD_M,
             ef_construct=64,
             full_scan_threshold=10_000,
             max_indexing_threads=1,
@@ -276,7 +293,7 @@ class EdgeIndex:
         # `created`, one route ...) would lengthen every build and serve no search. `context`
         # needs no index: no filter names it alone.
         index = qe.UpdateOperation.create_field_index
-        self._apply(index("partition", qe.KeywordIndexParams(is_tenant=True)))
+        self._apply(index(PARTITION_FIELD, qe.KeywordIndexParams(is_tenant=True)))
         for name in ("scope", "keyspace", "tenant", "gateway", "route", "model", "tags"):
             self._apply(index(name, qe.KeywordIndexParams(enable_hnsw=False)))
         for name in ("expires", "created"):
@@ -287,7 +304,7 @@ class EdgeIndex:
         # partition (entries stored before it existed): drop them.
         stale = qe.FieldCondition("keyspace", match=qe.MatchValue(keyspace))
         self._delete(qe.Filter(must_not=[stale]))
-        self._delete(qe.Filter(must=[qe.IsEmptyCondition("partition")]))
+        self._delete(qe.Filter(must=[qe.IsEmptyCondition(PARTITION_FIELD)]))
 
     def _apply(self, op: Any) -> None:
         """Apply an update to the live shard (journaled while a build runs)."""
@@ -320,14 +337,7 @@ class EdgeIndex:
             live = self._query(vector, partition, threshold, limit, alive_at=now)
             if not self._closed:
                 self._expiry.run_when_due()
-        out = []
-        for p in live:
-            payload = p.payload or {}
-            if payload.get("scope") != scope or payload.get("context") != context:
-                log.error("semantic index returned an entry of another scope; dropped")
-                continue
-            out.append(candidate_of(p.score, payload))
-        return out
+        return matching(live, scope, context)
 
     def _query(
         self,
@@ -339,7 +349,7 @@ class EdgeIndex:
     ) -> Any:
         """The nearest points of one partition (and, given `alive_at`, not expired then)."""
         qe = self._qe
-        must = [qe.FieldCondition("partition", match=qe.MatchValue(partition))]
+        must = [qe.FieldCondition(PARTITION_FIELD, match=qe.MatchValue(partition))]
         if alive_at is not None:
             must.append(qe.FieldCondition("expires", range=qe.RangeFloat(gt=alive_at)))
         request = qe.QueryRequest(
@@ -363,7 +373,7 @@ class EdgeIndex:
         ttl: int,
     ) -> None:
         qe = self._qe
-        payload = edge_payload(scope, context, query, entry, ttl, self._keyspace)
+        payload = indexed_payload(scope, context, query, entry, ttl, self._keyspace)
         point = qe.Point(point_id(key), list(vector), payload)
         self._apply(qe.UpdateOperation.upsert_points([point]))
         with self._lock:
@@ -458,7 +468,7 @@ class EdgeIndex:
         for point in points:
             if self._closed:
                 return
-            partition = (point.payload or {}).get("partition")
+            partition = (point.payload or {}).get(PARTITION_FIELD)
             vector = point.vector  # a plain list of floats here (no named or multi vectors)
             if isinstance(partition, str) and isinstance(vector, list) and vector:
                 if isinstance(vector[0], float):  # narrows to list[float] for the type checker
@@ -556,8 +566,9 @@ class EdgeIndex:
 class ServerIndex:
     """A Qdrant server collection through qdrant-client (or its `:memory:` local mode).
 
-    The collection is set up (created if absent, payload indexes, this policy's entries of
-    older keyspaces dropped) on first use rather than at start: a gateway starts while Qdrant is
+    The collection is set up (created if absent, switched to a graph per partition,
+    payload indexes, this policy's entries of older keyspaces or without a partition dropped)
+    on first use rather than at start: a gateway starts while Qdrant is
     down or still starting, and its semantic lookups bypass the cache (errors counted by the
     caller) until a setup succeeds, tried again at most every `SETUP_RETRY` seconds.
 
@@ -641,28 +652,44 @@ class ServerIndex:
             self._client.create_collection(
                 collection,
                 vectors_config=models.VectorParams(size=self._dim, distance=models.Distance.DOT),
+                hnsw_config=models.HnswConfigDiff(**hnsw_layout()),
             )
-        vectors = self._client.get_collection(collection).config.params.vectors
-        size = getattr(vectors, "size", None)
+        config = self._client.get_collection(collection).config
+        size = getattr(config.params.vectors, "size", None)
         if size != self._dim:
             # Made for another embedding model: the policy's collection Job recreates it at
             # the new size; until then this gateway bypasses the semantic cache.
             raise ValueError(f"collection {collection} has vector size {size}, want {self._dim}")
-        if not self._local:  # the local mode has no payload indexes (and warns)
+        if not self._local:  # the local mode has no payload indexes (and warns) nor graphs
+            self._ensure_layout(config.hnsw_config)
             self._create_indexes(collection)
+        mine = models.FieldCondition(key="policy", match=models.MatchValue(value=self._policy))
+        # Entries of an older keyspace are unreachable, and so are entries without a partition
+        # (written before it existed): drop them.
         self._client.delete(
             collection,
-            points_selector=models.Filter(
-                must=[
-                    models.FieldCondition(key="policy", match=models.MatchValue(value=self._policy))
-                ],
-                must_not=[
-                    models.FieldCondition(
-                        key="keyspace", match=models.MatchValue(value=self._keyspace)
-                    )
-                ],
-            ),
+            points_selector=models.Filter(must=[mine], must_not=[self._mine()]),
         )
+        unpartitioned = models.IsEmptyCondition(is_empty=models.PayloadField(key=PARTITION_FIELD))
+        self._client.delete(collection, points_selector=models.Filter(must=[mine, unpartitioned]))
+
+    def _ensure_layout(self, hnsw: Any) -> None:
+        """Switch a collection made with one graph over all entries (before partitions, or by
+        hand) to a graph per partition; the server rebuilds its index in the background and
+        searches keep working meanwhile. Every writer agrees, so this happens once."""
+        want = hnsw_layout()
+        if hnsw.m == want["m"] and hnsw.payload_m == want["payload_m"]:
+            return
+        log.warning(
+            "qdrant collection %s has hnsw m=%s payload_m=%s; switching it to m=%d payload_m=%d "
+            "(a graph per partition; the server reindexes in the background)",
+            self._collection,
+            hnsw.m,
+            hnsw.payload_m,
+            want["m"],
+            want["payload_m"],
+        )
+        self._client.update_collection(self._collection, hnsw_config=self._m.HnswConfigDiff(**want))
 
     def _mine(self) -> Any:
         return self._m.FieldCondition(
@@ -670,13 +697,17 @@ class ServerIndex:
         )
 
     def _create_indexes(self, collection: str) -> None:
+        """The partition is the tenant field, the only one linked into graphs (see
+        `thrifty_core.qdrant_layout`); the others serve purges, expiry, the size cap and
+        gateways of earlier versions (`scope` and `context`) and get no graphs of their own,
+        which would lengthen every index build and serve no search."""
         models = self._m
+        keyword, number = models.KeywordIndexType.KEYWORD, models.FloatIndexType.FLOAT
         self._client.create_payload_index(
-            collection,
-            "scope",
-            models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, is_tenant=True),
+            collection, PARTITION_FIELD, models.KeywordIndexParams(type=keyword, is_tenant=True)
         )
         for name in (
+            "scope",
             "context",
             "keyspace",
             "policy",
@@ -686,19 +717,23 @@ class ServerIndex:
             "model",
             "tags",
         ):
-            self._client.create_payload_index(collection, name, models.PayloadSchemaType.KEYWORD)
+            self._client.create_payload_index(
+                collection, name, models.KeywordIndexParams(type=keyword, enable_hnsw=False)
+            )
         for name in ("expires", "created"):
-            self._client.create_payload_index(collection, name, models.PayloadSchemaType.FLOAT)
+            self._client.create_payload_index(
+                collection, name, models.FloatIndexParams(type=number, enable_hnsw=False)
+            )
 
     def search(
         self, vector: Sequence[float], scope: str, context: str, threshold: float, limit: int
     ) -> list[Candidate]:
         self._ensure()
         m = self._m
+        partition = partition_of(scope, context)
         flt = m.Filter(
             must=[
-                m.FieldCondition(key="scope", match=m.MatchValue(value=scope)),
-                m.FieldCondition(key="context", match=m.MatchValue(value=context)),
+                m.FieldCondition(key=PARTITION_FIELD, match=m.MatchValue(value=partition)),
                 m.FieldCondition(key="expires", range=m.Range(gt=time.time())),
             ]
         )
@@ -710,7 +745,7 @@ class ServerIndex:
             with_payload=True,
             score_threshold=threshold,
         )
-        return [candidate_of(p.score, p.payload or {}) for p in result.points]
+        return matching(result.points, scope, context)
 
     def add(
         self,
@@ -723,7 +758,7 @@ class ServerIndex:
         ttl: int,
     ) -> None:
         self._ensure()
-        payload = payload_of(scope, context, query, entry, ttl, self._keyspace)
+        payload = indexed_payload(scope, context, query, entry, ttl, self._keyspace)
         payload["policy"] = self._policy
         self._client.upsert(
             self._collection,
