@@ -8,6 +8,12 @@ its points (`m=0`): Qdrant links each partition too large to scan exactly into a
 quarter of the points lost its nearest entry in about one search of five on real embeddings
 (bench/RESULTS.md, "One partition per search, and search recall"; the Qdrant server numbers are
 in "The same layout on a Qdrant server").
+
+Only servers from `LAYOUT_SINCE` on can keep graphs off the other payload indexes
+(`enable_hnsw: false`, ignored by older ones). With `m=0`, an older server would link a graph
+for every large value of every indexed field (a keyspace or a model holds all points: about
+ten graphs over the whole collection instead of one), so on those the collection keeps
+Qdrant's default graph and searches still filter on the partition alone.
 """
 
 from __future__ import annotations
@@ -15,6 +21,17 @@ from __future__ import annotations
 PARTITION_FIELD = "partition"
 HNSW_M = 0
 PAYLOAD_M = 16
+LAYOUT_SINCE = (1, 17)
+
+
+def layout_supported(version: str) -> bool:
+    """Whether a server of `version` (as its `GET /` reports it) gets the per-partition layout.
+    An unparsable version (a development build) is taken as recent."""
+    try:
+        major, minor = (int(part) for part in version.split(".")[:2])
+    except ValueError:
+        return True
+    return (major, minor) >= LAYOUT_SINCE
 
 
 def hnsw_layout() -> dict[str, int]:

@@ -9,19 +9,19 @@ from typing import Any
 
 import aiohttp
 
-from thrifty_core.qdrant_layout import hnsw_layout
+from thrifty_core.qdrant_layout import hnsw_layout, layout_supported
 
 logger = logging.getLogger(__name__)
 
 
-def collection_body(size: int) -> dict[str, Any]:
-    """Cosine vectors of the embedding size, a graph per partition and none over all entries
-    (`thrifty_core.qdrant_layout`); payload kept on disk for large collections."""
-    return {
-        "vectors": {"size": size, "distance": "Cosine"},
-        "hnsw_config": hnsw_layout(),
-        "on_disk_payload": True,
-    }
+def collection_body(size: int, *, laid_out: bool) -> dict[str, Any]:
+    """Cosine vectors of the embedding size and, where the server supports it (`laid_out`), a
+    graph per partition and none over all entries (`thrifty_core.qdrant_layout`); payload kept
+    on disk for large collections."""
+    body: dict[str, Any] = {"vectors": {"size": size, "distance": "Cosine"}}
+    if laid_out:
+        body["hnsw_config"] = hnsw_layout()
+    return {**body, "on_disk_payload": True}
 
 
 def layout_update(info: dict[str, Any]) -> dict[str, Any] | None:
@@ -73,6 +73,17 @@ async def ensure_collection(
     base = url.rstrip("/")
     timeout = aiohttp.ClientTimeout(total=30)
     async with aiohttp.ClientSession(headers=headers, timeout=timeout) as http:
+        async with http.get(f"{base}/") as resp:
+            resp.raise_for_status()
+            version = str((await resp.json()).get("version", ""))
+        laid_out = layout_supported(version)
+        if not laid_out:
+            logger.warning(
+                "qdrant %s cannot keep graphs off payload indexes: collection %s keeps one graph "
+                "over all entries (upgrade Qdrant to get a graph per partition)",
+                version,
+                name,
+            )
         async with http.get(f"{base}/collections/{name}") as resp:
             if resp.status == 200:
                 info = await resp.json()
@@ -109,7 +120,7 @@ async def ensure_collection(
                     async with http.delete(f"{base}/collections/{name}") as gone:
                         if gone.status != 404:
                             gone.raise_for_status()
-                elif (patch := layout_update(info)) is not None:
+                elif laid_out and (patch := layout_update(info)) is not None:
                     logger.warning(
                         "collection %s has one graph over all entries: switching it to a graph "
                         "per partition (the server reindexes in the background)",
@@ -122,7 +133,9 @@ async def ensure_collection(
             else:
                 resp.raise_for_status()
         if created:
-            async with http.put(f"{base}/collections/{name}", json=collection_body(size)) as resp:
+            async with http.put(
+                f"{base}/collections/{name}", json=collection_body(size, laid_out=laid_out)
+            ) as resp:
                 resp.raise_for_status()
         async with http.put(
             f"{base}/collections/{name}/index?wait=true", json=tenant_index_body(tenant_field)

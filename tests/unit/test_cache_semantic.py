@@ -227,6 +227,42 @@ class _LayoutRecorder:
         pass
 
 
+@pytest.mark.filterwarnings("ignore:Payload indexes have no effect in the local Qdrant")
+@pytest.mark.parametrize(("version", "laid_out"), [("1.18.3", True), ("1.12.4", False)])
+def test_a_server_gets_a_graph_per_partition_where_it_keeps_graphs_off_other_indexes(
+    version: str, laid_out: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before 1.17 Qdrant ignores `enable_hnsw: false`: with `m=0` it would link a graph for
+    every large value of every index (about ten over the whole collection), so such a server
+    keeps its default graph. The engine is the client's local mode, standing for a server of
+    `version` (it has no graphs: only the requests are checked)."""
+    index = ServerIndex(":memory:", "c", DIM, "ks1")
+    client = index._client
+    made: list[Any] = []
+    switched: list[Any] = []
+    create = client.create_collection
+
+    def record_create(name: str, **kwargs: Any) -> bool:
+        made.append(kwargs.get("hnsw_config"))
+        return create(name, **kwargs)
+
+    monkeypatch.setattr(client, "info", lambda: type("Info", (), {"version": version})())
+    monkeypatch.setattr(client, "create_collection", record_create)
+    monkeypatch.setattr(
+        client, "update_collection", lambda _name, hnsw_config: switched.append(hnsw_config)
+    )
+    index._collection, index._local, index._ready, index._retry_at = "new", False, False, 0.0
+    index.add(key(1), unit(1), "tenant:a", "ctx", "q", entry(), 600)
+    assert [c.query for c in index.search(unit(1), "tenant:a", "ctx", 0.5, 5)] == ["q"]
+    if laid_out:
+        assert [(h.m, h.payload_m) for h in made] == [(0, 16)]
+        # the local mode reports Qdrant's default graph whatever it was given: switched
+        assert [(h.m, h.payload_m) for h in switched] == [(0, 16)]
+    else:
+        assert made == [None] and switched == []
+    index.close()
+
+
 def test_a_server_collection_with_one_graph_over_all_entries_is_switched_to_partitions() -> None:
     index = ServerIndex(":memory:", "c", DIM, "ks1")
     index._client.close()
@@ -510,3 +546,16 @@ def test_a_shard_of_an_earlier_version_loses_its_unused_context_index(tmp_path: 
     schema = again._shard.info().payload_schema
     assert "context" not in schema and "partition" in schema
     again.close()
+
+
+def test_the_per_partition_layout_starts_at_qdrant_1_17() -> None:
+    from thrifty_core.qdrant_layout import layout_supported
+
+    assert [layout_supported(v) for v in ("1.16.3", "1.17.0", "1.18.3", "2.0.0")] == [
+        False,
+        True,
+        True,
+        True,
+    ]
+    assert not layout_supported("0.11.0") and not layout_supported("1.12.4")
+    assert layout_supported("dev")  # a development build is taken as recent

@@ -1,7 +1,9 @@
 """The collection Job's steps against a stand-in of the few Qdrant REST routes it calls (no
-Qdrant server can be installed here; the routes and bodies follow Qdrant's OpenAPI: GET, PUT and
-DELETE and PATCH /collections/{name}, PUT /collections/{name}/index, POST
-/collections/{name}/points/count and /points/delete with a `match` filter)."""
+Qdrant server package can be installed in CI; the routes and bodies follow Qdrant's OpenAPI, and
+the Job's requests were checked once by hand against a Qdrant 1.18.3 server built from source,
+bench/RESULTS.md: GET /, GET, PUT, DELETE and PATCH /collections/{name}, PUT
+/collections/{name}/index, POST /collections/{name}/points/count and /points/delete with a
+`match` filter)."""
 
 from __future__ import annotations
 
@@ -24,9 +26,11 @@ class FakeQdrant:
         # collection -> its hnsw_config (Qdrant's defaults unless set)
         self.hnsw: dict[str, dict[str, Any]] = {}
         self.patches: list[dict[str, Any]] = []
+        self.version = "1.18.3"
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._auth])
+        app.router.add_get("/", self.root)
         app.router.add_get("/collections/{name}", self.get)
         app.router.add_put("/collections/{name}", self.put)
         app.router.add_delete("/collections/{name}", self.delete)
@@ -41,6 +45,11 @@ class FakeQdrant:
         self.keys.append(request.headers.get("api-key"))
         response: web.StreamResponse = await handler(request)
         return response
+
+    async def root(self, _request: web.Request) -> web.Response:
+        return web.json_response(
+            {"title": "qdrant - vector search engine", "version": self.version}
+        )
 
     async def get(self, request: web.Request) -> web.Response:
         found = self.collections.get(request.match_info["name"])
@@ -160,6 +169,21 @@ async def test_a_collection_gets_a_graph_per_partition_and_none_over_all_entries
     assert len(fake.patches) == 1  # already laid out: left alone
     assert fake.deleted == [] and fake.points["old"] == [{"policy": "ns/p"}]
     assert "partition" in fake.collections["old"]["schema"]
+
+
+async def test_a_server_before_1_17_keeps_its_default_graph(
+    qdrant: tuple[FakeQdrant, str],
+) -> None:
+    """Such a server ignores `enable_hnsw: false`: with `m=0` it would link graphs for every
+    large value of every index, so the Job neither asks for the layout nor switches to it."""
+    fake, url = qdrant
+    fake.version = "1.12.4"
+    assert await ensure_collection(url, "new", 384, "partition") is True
+    assert fake.hnsw["new"] == {}
+    fake.collections["old"] = {"size": 384, "schema": {"scope", "keyspace"}}
+    assert await ensure_collection(url, "old", 384, "partition") is False
+    assert fake.patches == [] and "old" not in fake.hnsw
+    assert "partition" in fake.collections["new"]["schema"]
 
 
 async def test_recreates_a_cache_collection_made_for_another_vector_size(

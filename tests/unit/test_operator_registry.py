@@ -33,7 +33,7 @@ def test_progress_timer_runs_only_until_ready() -> None:
 
 
 def test_collection_and_tenant_index_requests() -> None:
-    assert collection_body(384)["vectors"] == {"size": 384, "distance": "Cosine"}
+    assert collection_body(384, laid_out=True)["vectors"] == {"size": 384, "distance": "Cosine"}
     index = tenant_index_body("tenant")
     assert index == {"field_name": "tenant", "field_schema": {"type": "keyword", "is_tenant": True}}
 

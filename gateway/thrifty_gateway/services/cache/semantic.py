@@ -32,7 +32,14 @@ from typing import Any, Protocol
 
 import orjson
 
-from thrifty_core.qdrant_layout import HNSW_M, PARTITION_FIELD, PAYLOAD_M, hnsw_layout
+from thrifty_core.qdrant_layout import (
+    HNSW_M,
+    LAYOUT_SINCE,
+    PARTITION_FIELD,
+    PAYLOAD_M,
+    hnsw_layout,
+    layout_supported,
+)
 
 from .entry import CachedAnswer
 from .selector import Selector
@@ -648,11 +655,13 @@ class ServerIndex:
 
     def _setup(self) -> None:
         models, collection = self._m, self._collection
+        # The local mode has no payload indexes (and warns) nor graphs.
+        laid_out = not self._local and self._layout_supported()
         if not self._client.collection_exists(collection):
             self._client.create_collection(
                 collection,
                 vectors_config=models.VectorParams(size=self._dim, distance=models.Distance.DOT),
-                hnsw_config=models.HnswConfigDiff(**hnsw_layout()),
+                hnsw_config=models.HnswConfigDiff(**hnsw_layout()) if laid_out else None,
             )
         config = self._client.get_collection(collection).config
         size = getattr(config.params.vectors, "size", None)
@@ -660,8 +669,9 @@ class ServerIndex:
             # Made for another embedding model: the policy's collection Job recreates it at
             # the new size; until then this gateway bypasses the semantic cache.
             raise ValueError(f"collection {collection} has vector size {size}, want {self._dim}")
-        if not self._local:  # the local mode has no payload indexes (and warns) nor graphs
+        if laid_out:
             self._ensure_layout(config.hnsw_config)
+        if not self._local:
             self._create_indexes(collection)
         mine = models.FieldCondition(key="policy", match=models.MatchValue(value=self._policy))
         # Entries of an older keyspace are unreachable, and so are entries without a partition
@@ -672,6 +682,22 @@ class ServerIndex:
         )
         unpartitioned = models.IsEmptyCondition(is_empty=models.PayloadField(key=PARTITION_FIELD))
         self._client.delete(collection, points_selector=models.Filter(must=[mine, unpartitioned]))
+
+    def _layout_supported(self) -> bool:
+        """Whether the server can keep graphs off the other indexes (`layout_supported`);
+        on an older one the collection keeps Qdrant's default graph, said once per set-up."""
+        version = self._client.info().version
+        if layout_supported(version):
+            return True
+        log.warning(
+            "qdrant %s cannot keep graphs off payload indexes (needs %d.%d or later): "
+            "collection %s keeps one graph over all entries, and a tenant holding more than "
+            "about an eighth of a segment may miss its nearest entries",
+            version,
+            *LAYOUT_SINCE,
+            self._collection,
+        )
+        return False
 
     def _ensure_layout(self, hnsw: Any) -> None:
         """Switch a collection made with one graph over all entries (before partitions, or by
