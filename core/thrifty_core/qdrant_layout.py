@@ -26,11 +26,13 @@ LAYOUT_SINCE = (1, 17)
 
 def layout_supported(version: str) -> bool:
     """Whether a server of `version` (as its `GET /` reports it) gets the per-partition layout.
-    An unparsable version (a development build) is taken as recent."""
+    A version that does not read as `[v]MAJOR.MINOR...` (none, behind a proxy) does not: the
+    default graph costs recall on large tenants, the layout on an old server costs a graph per
+    large value of every index."""
     try:
-        major, minor = (int(part) for part in version.split(".")[:2])
+        major, minor = (int(part) for part in version.strip().removeprefix("v").split(".")[:2])
     except ValueError:
-        return True
+        return False
     return (major, minor) >= LAYOUT_SINCE
 
 

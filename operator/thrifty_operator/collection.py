@@ -24,16 +24,6 @@ def collection_body(size: int, *, laid_out: bool) -> dict[str, Any]:
     return {**body, "on_disk_payload": True}
 
 
-def layout_update(info: dict[str, Any]) -> dict[str, Any] | None:
-    """The PATCH body that gives an existing collection the graph layout, or None when it has
-    it (Qdrant rebuilds the index in the background; searches keep working meanwhile)."""
-    hnsw = info["result"]["config"].get("hnsw_config") or {}
-    want = hnsw_layout()
-    if all(hnsw.get(field) == value for field, value in want.items()):
-        return None
-    return {"hnsw_config": want}
-
-
 def tenant_index_body(field: str) -> dict[str, Any]:
     """A keyword payload index marked as the tenant key (Qdrant co-locates a tenant's points)."""
     return {"field_name": field, "field_schema": {"type": "keyword", "is_tenant": True}}
@@ -65,6 +55,8 @@ async def ensure_collection(
     policy: str | None = None,
 ) -> bool:
     """Create the collection and its tenant index when missing; True when it was created.
+    A collection made before the per-partition layout is switched by the gateways, which own
+    the other payload indexes (they re-make them without graphs first).
     With `recreate`, a Thrifty cache collection of another vector size is dropped and made
     again (only for a policy's own collection: a named one may hold other policies' entries),
     unless it holds entries of a policy other than `policy` (two namespaces' default names
@@ -120,14 +112,6 @@ async def ensure_collection(
                     async with http.delete(f"{base}/collections/{name}") as gone:
                         if gone.status != 404:
                             gone.raise_for_status()
-                elif laid_out and (patch := layout_update(info)) is not None:
-                    logger.warning(
-                        "collection %s has one graph over all entries: switching it to a graph "
-                        "per partition (the server reindexes in the background)",
-                        name,
-                    )
-                    async with http.patch(f"{base}/collections/{name}", json=patch) as done:
-                        done.raise_for_status()
             elif resp.status == 404:
                 created = True
             else:

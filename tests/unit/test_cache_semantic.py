@@ -248,16 +248,28 @@ def test_a_server_gets_a_graph_per_partition_where_it_keeps_graphs_off_other_ind
 
     monkeypatch.setattr(client, "info", lambda: type("Info", (), {"version": version})())
     monkeypatch.setattr(client, "create_collection", record_create)
-    monkeypatch.setattr(
-        client, "update_collection", lambda _name, hnsw_config: switched.append(hnsw_config)
-    )
+    calls: list[str] = []
+    index_field = client.create_payload_index
+
+    def record_index(name: str, field: str, schema: Any) -> Any:
+        calls.append("index")
+        return index_field(name, field, schema)
+
+    def record_switch(_name: str, hnsw_config: Any) -> None:
+        calls.append("switch")
+        switched.append(hnsw_config)
+
+    monkeypatch.setattr(client, "create_payload_index", record_index)
+    monkeypatch.setattr(client, "update_collection", record_switch)
     index._collection, index._local, index._ready, index._retry_at = "new", False, False, 0.0
     index.add(key(1), unit(1), "tenant:a", "ctx", "q", entry(), 600)
     assert [c.query for c in index.search(unit(1), "tenant:a", "ctx", 0.5, 5)] == ["q"]
     if laid_out:
         assert [(h.m, h.payload_m) for h in made] == [(0, 16)]
-        # the local mode reports Qdrant's default graph whatever it was given: switched
+        # the local mode reports Qdrant's default graph whatever it was given: switched, after
+        # every index is re-made (the server's rebuild starts at the switch)
         assert [(h.m, h.payload_m) for h in switched] == [(0, 16)]
+        assert calls[-1] == "switch" and calls.count("index") == 12
     else:
         assert made == [None] and switched == []
     index.close()
@@ -558,4 +570,5 @@ def test_the_per_partition_layout_starts_at_qdrant_1_17() -> None:
         True,
     ]
     assert not layout_supported("0.11.0") and not layout_supported("1.12.4")
-    assert layout_supported("dev")  # a development build is taken as recent
+    assert layout_supported("v1.18.3") and not layout_supported("v1.12.4")
+    assert not any(layout_supported(v) for v in ("", "dev", "1"))  # unknown: the default graph

@@ -573,8 +573,8 @@ class EdgeIndex:
 class ServerIndex:
     """A Qdrant server collection through qdrant-client (or its `:memory:` local mode).
 
-    The collection is set up (created if absent, switched to a graph per partition,
-    payload indexes, this policy's entries of older keyspaces or without a partition dropped)
+    The collection is set up (created if absent, payload indexes, switched to a graph per
+    partition, this policy's entries of older keyspaces or without a partition dropped)
     on first use rather than at start: a gateway starts while Qdrant is
     down or still starting, and its semantic lookups bypass the cache (errors counted by the
     caller) until a setup succeeds, tried again at most every `SETUP_RETRY` seconds.
@@ -669,10 +669,12 @@ class ServerIndex:
             # Made for another embedding model: the policy's collection Job recreates it at
             # the new size; until then this gateway bypasses the semantic cache.
             raise ValueError(f"collection {collection} has vector size {size}, want {self._dim}")
+        if not self._local:
+            # Indexes first: a switch of the graph starts the server's rebuild at once, with
+            # the indexes' graph settings as they are then.
+            self._create_indexes(collection)
         if laid_out:
             self._ensure_layout(config.hnsw_config)
-        if not self._local:
-            self._create_indexes(collection)
         mine = models.FieldCondition(key="policy", match=models.MatchValue(value=self._policy))
         # Entries of an older keyspace are unreachable, and so are entries without a partition
         # (written before it existed): drop them.
