@@ -279,6 +279,7 @@ def test_status_survives_a_read_back(crds: Cluster, namespace: str) -> None:
         "collectionJob": "kept-collection-0123abcd",
         "redisUrl": "redis://kept-redis.x.svc:6379/0",
         "qdrantUrl": "http://kept-qdrant.x.svc:6333",
+        "qdrantImage": "docker.io/qdrant/qdrant:v1.12.4",
     }
     try:
         crds.kubectl(

@@ -92,6 +92,10 @@ def test_examples_reach_ready(platform: Platform) -> None:
     policy = get(cluster, "cachepolicy", ns, "default-cache") or {}
     assert policy["status"]["collection"] == f"thrifty-{ns}-default-cache"
     assert condition(policy, "CollectionReady")["reason"] == "Created"
+    # The managed Qdrant's image is recorded (kept across operator upgrades).
+    qdrant = get(cluster, "statefulset", ns, "default-cache-qdrant") or {}
+    (running,) = [c["image"] for c in qdrant["spec"]["template"]["spec"]["containers"]]
+    assert policy["status"]["qdrantImage"] == running
     # The status names the completed ensure Job, the only one of the policy's collection Jobs.
     jobs = _items(
         cluster,

@@ -222,3 +222,65 @@ def test_the_example_policy_runs_a_qdrant() -> None:
     body = example("cachepolicy")
     assert cache.qdrant_runs(CachePolicy.model_validate(body))
     assert Owner.from_body(body).name == "default-cache"
+
+
+def image(kube: FakeKube) -> str:
+    containers = kube.objects[QDRANT]["spec"]["template"]["spec"]["containers"]
+    return str(next(c["image"] for c in containers if c["name"] == "qdrant"))
+
+
+async def reconciled(kube: FakeKube, body: dict[str, Any]) -> dict[str, Any]:
+    """One reconcile, its status fields written back to the body as kopf does."""
+    ix = Indexes({CACHEPOLICIES: {}, BATCHQUEUES: {}})
+    outcome = await cachepolicy.reconcile(body, ix, context(kube))
+    kube.controllers()
+    body.setdefault("status", {}).update(outcome.fields)
+    return outcome.fields
+
+
+async def test_a_new_qdrant_runs_the_operators_default_image_and_keeps_it() -> None:
+    """Qdrant's storage moves one minor version at a time: an operator upgrade (a new default)
+    never moves a Qdrant that has data, also while its layer is off and its volume stays."""
+    kube = FakeKube()
+    body = policy()
+    fields = await reconciled(kube, body)
+    assert image(kube) == Defaults().qdrant_image == fields["qdrantImage"]
+    upgraded = Context(kube, Defaults(qdrant_image="qdrant:v9.0.0"), OperatorSettings())  # type: ignore[arg-type]
+    ix = Indexes({CACHEPOLICIES: {}, BATCHQUEUES: {}})
+    await cachepolicy.reconcile(body, ix, upgraded)
+    assert image(kube) == Defaults().qdrant_image
+    body["spec"]["semantic"]["enabled"] = False
+    fields = await reconciled(kube, body)
+    assert QDRANT not in kube.objects and fields["qdrantImage"] == Defaults().qdrant_image
+    body["spec"]["semantic"]["enabled"] = True
+    await cachepolicy.reconcile(body, ix, upgraded)
+    assert image(kube) == Defaults().qdrant_image  # the volume's version, not the new default
+
+
+async def test_a_qdrant_of_an_earlier_operator_keeps_its_image() -> None:
+    """No status field yet: the StatefulSet's image, or, with only its volume left, the image
+    every earlier operator ran."""
+    kube = FakeKube()
+    body = policy()
+    await reconciled(kube, body)
+    containers = kube.objects[QDRANT]["spec"]["template"]["spec"]["containers"]
+    containers[0]["image"] = "docker.io/qdrant/qdrant:v1.13.6"
+    body["status"] = {}
+    fields = await reconciled(kube, body)
+    assert image(kube) == "docker.io/qdrant/qdrant:v1.13.6" == fields["qdrantImage"]
+    del kube.objects[QDRANT]  # (the layer was off when the operator was upgraded)
+    body["status"] = {}
+    fields = await reconciled(kube, body)
+    assert image(kube) == cache.LEGACY_QDRANT_IMAGE == fields["qdrantImage"]
+
+
+async def test_the_policys_own_image_upgrades_its_qdrant_and_stays_after() -> None:
+    kube = FakeKube()
+    body = policy()
+    await reconciled(kube, body)
+    body["spec"]["stores"]["qdrant"]["image"] = "docker.io/qdrant/qdrant:v1.19.0"
+    await reconciled(kube, body)
+    assert image(kube) == "docker.io/qdrant/qdrant:v1.19.0"
+    del body["spec"]["stores"]["qdrant"]["image"]
+    await reconciled(kube, body)
+    assert image(kube) == "docker.io/qdrant/qdrant:v1.19.0"

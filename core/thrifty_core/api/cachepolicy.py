@@ -314,6 +314,11 @@ class CachePolicyStatus(CommonStatus):
     )
     redis_url: str = Field(default="", description="Redis endpoint in use (no credentials).")
     qdrant_url: str = Field(default="", description="Qdrant endpoint in use (no credentials).")
+    qdrant_image: str = Field(
+        default="",
+        description="Image of the managed Qdrant; kept across operator upgrades (its storage "
+        "moves one minor version at a time: set spec.stores.qdrant.image to upgrade it).",
+    )
 
 
 class CachePolicy(Resource):

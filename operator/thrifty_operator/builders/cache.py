@@ -83,10 +83,39 @@ def keyspace_version(policy: CachePolicy) -> str:
     return f"v-{short_hash(basis, 10)}"
 
 
-def build_stores(policy: CachePolicy, owner: Owner, defaults: Defaults) -> list[Manifest]:
+# The managed Qdrant image of every operator version before `managed_qdrant_image` existed.
+LEGACY_QDRANT_IMAGE = "docker.io/qdrant/qdrant:v1.12.4"
+
+
+def managed_qdrant_image(
+    policy: CachePolicy, defaults: Defaults, *, running: str, has_volume: bool
+) -> str:
+    """The image of the policy's managed Qdrant.
+
+    Qdrant's storage moves only one minor version at a time, so an operator upgrade never
+    changes the image of a Qdrant that has data: the policy's own (`stores.qdrant.image`, the
+    way to upgrade it, one minor version at a time), else the one recorded in its status
+    (`qdrantImage`, kept while the semantic layer is off and its volume stays), else the one
+    its StatefulSet `running`, else, for a volume left by an operator that recorded none, the
+    image those operators ran. Only a new Qdrant gets the operator's default.
+    """
+    recorded = policy.status.qdrant_image if policy.status else ""
+    if policy.spec.stores.qdrant.image:
+        return policy.spec.stores.qdrant.image
+    if recorded:
+        return recorded
+    if running:
+        return running
+    return LEGACY_QDRANT_IMAGE if has_volume else defaults.qdrant_image
+
+
+def build_stores(
+    policy: CachePolicy, owner: Owner, defaults: Defaults, qdrant_image: str | None = None
+) -> list[Manifest]:
     """The managed Redis (exact layer) and Qdrant (semantic layer) the policy asks for. Redis
     admits only gateways and batch workers; Qdrant (every tenant's cached prompts and answers)
-    only gateways and the collection Jobs: a worker never uses the semantic layer."""
+    only gateways and the collection Jobs: a worker never uses the semantic layer. The Qdrant
+    runs `qdrant_image` (`managed_qdrant_image`; by default that of a new one)."""
     spec = policy.spec
     out: list[Manifest] = []
     password = redis_password_ref(policy)
@@ -101,10 +130,12 @@ def build_stores(policy: CachePolicy, owner: Owner, defaults: Defaults) -> list[
             retain_data=spec.deletion_policy == "Retain",
         )
     if qdrant_runs(policy):
+        if qdrant_image is None:
+            qdrant_image = managed_qdrant_image(policy, defaults, running="", has_volume=False)
         out += build_qdrant(
             owner,
             spec.stores.qdrant,
-            defaults,
+            image=qdrant_image,
             delete_data=spec.deletion_policy == "Delete",
             clients=(GATEWAY_COMPONENT, COLLECTION_COMPONENT),
             api_key=qdrant_api_key_ref(policy),

@@ -27,7 +27,7 @@ class Defaults:
     # causal-lm students' train and evaluate Jobs run it.
     distill_lm_image: str = "ghcr.io/thrifty-dev/thrifty-distill-lm:0.1.0"
     vllm_image: str = "docker.io/vllm/vllm-openai:v0.6.3"
-    qdrant_image: str = "docker.io/qdrant/qdrant:v1.12.4"
+    qdrant_image: str = "docker.io/qdrant/qdrant:v1.18.3"
     redis_image: str = "docker.io/library/redis:7.4.1-alpine"
     # Volumes shared by several pods (batch files, capture/artifacts) need ReadWriteMany in a
     # real cluster; single-node development clusters (kind's local-path) only offer RWO.

@@ -223,22 +223,22 @@ def claim_retention(delete_data: bool) -> dict[str, str]:
 def build_qdrant(
     owner: Owner,
     store: QdrantStore,
-    defaults: Defaults,
     *,
+    image: str,
     delete_data: bool,
     clients: Sequence[str],
     api_key: SecretKeyRef | None,
 ) -> list[Manifest]:
-    """Headless Service + StatefulSet (one PVC per pod) for a managed Qdrant that requires
-    `api_key` on every call (except its health probes), admitting only the `clients`
-    components (a NetworkPolicy).
+    """Headless Service + StatefulSet (one PVC per pod) running `image`, for a managed Qdrant
+    that requires `api_key` on every call (except its health probes), admitting only the
+    `clients` components (a NetworkPolicy).
 
     The PVC follows the policy's deletionPolicy: Delete removes it with the StatefulSet.
     """
     name = names.qdrant(owner.name)
     main = container(
         "qdrant",
-        store.image or defaults.qdrant_image,
+        image,
         ports=[
             {"name": "http", "containerPort": QDRANT_HTTP_PORT, "protocol": "TCP"},
             {"name": "grpc", "containerPort": QDRANT_GRPC_PORT, "protocol": "TCP"},

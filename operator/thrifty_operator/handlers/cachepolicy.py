@@ -80,6 +80,23 @@ async def _qdrant_volume(policy: CachePolicy, owner: Owner, ctx: Context) -> str
     return ""
 
 
+async def _qdrant_image(policy: CachePolicy, owner: Owner, ctx: Context) -> str | None:
+    """The image the managed Qdrant runs (`cache.managed_qdrant_image`); None when there is
+    none to run."""
+    if not cache.qdrant_runs(policy):
+        return None
+    ns = owner.namespace
+    statefulset = await ctx.kube.get("apps/v1", "StatefulSet", ns, names.qdrant(owner.name))
+    running = ""
+    if statefulset is not None and owned_by(statefulset, owner):
+        containers = statefulset["spec"]["template"]["spec"]["containers"]
+        running = next((str(c["image"]) for c in containers if c["name"] == "qdrant"), "")
+    claim = await ctx.kube.get("v1", "PersistentVolumeClaim", ns, qdrant_claim(owner.name))
+    return cache.managed_qdrant_image(
+        policy, ctx.defaults, running=running, has_volume=claim is not None
+    )
+
+
 async def reconcile(body: Body, ix: Indexes, ctx: Context) -> Outcome:
     policy = parse(CachePolicy, body)
     owner = Owner.from_body(body)
@@ -91,7 +108,8 @@ async def reconcile(body: Body, ix: Indexes, ctx: Context) -> Outcome:
         await ensure_redis_password(ctx.kube, owner)
     if cache.generated_qdrant_key_needed(policy):
         await ensure_qdrant_key(ctx.kube, owner)
-    await apply_all(ctx.kube, cache.build_stores(policy, owner, ctx.defaults))
+    qdrant_image = await _qdrant_image(policy, owner, ctx)
+    await apply_all(ctx.kube, cache.build_stores(policy, owner, ctx.defaults, qdrant_image))
     for api_version, kind, name in cache.unused_stores(policy, owner):
         await delete_owned(ctx.kube, owner, api_version, kind, name)
     waiting = await _qdrant_volume(policy, owner, ctx)
@@ -135,6 +153,8 @@ async def reconcile(body: Body, ix: Indexes, ctx: Context) -> Outcome:
         "redisUrl": cache.redis_url(policy),
         "qdrantUrl": cache.qdrant_url(policy) if target else "",
         "keyspaceVersion": cache.keyspace_version(policy),
+        # Kept while the layer is off: the volume (and its storage version) stays.
+        "qdrantImage": qdrant_image or (policy.status.qdrant_image if policy.status else ""),
     }
     return Outcome(conds, fields)
 
