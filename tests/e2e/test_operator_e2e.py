@@ -92,10 +92,22 @@ def test_examples_reach_ready(platform: Platform) -> None:
     policy = get(cluster, "cachepolicy", ns, "default-cache") or {}
     assert policy["status"]["collection"] == f"thrifty-{ns}-default-cache"
     assert condition(policy, "CollectionReady")["reason"] == "Created"
-    # The managed Qdrant's image is recorded (kept across operator upgrades).
+    # The managed Qdrant's image is recorded in the status and on its volume claim (kept
+    # across operator upgrades, also when the StatefulSet and the status are gone).
     qdrant = get(cluster, "statefulset", ns, "default-cache-qdrant") or {}
     (running,) = [c["image"] for c in qdrant["spec"]["template"]["spec"]["containers"]]
     assert policy["status"]["qdrantImage"] == running
+    claim = wait_for(
+        lambda: (
+            (get(cluster, "persistentvolumeclaim", ns, "storage-default-cache-qdrant-0") or {})
+            .get("metadata", {})
+            .get("annotations", {})
+            .get("thrifty.dev/qdrant-image")
+        ),
+        timeout=60,
+        message="the Qdrant image on its volume claim",
+    )
+    assert claim == running
     # The status names the completed ensure Job, the only one of the policy's collection Jobs.
     jobs = _items(
         cluster,

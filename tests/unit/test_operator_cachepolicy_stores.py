@@ -30,7 +30,7 @@ class FakeKube(BaseKube):
     collector these tests rely on: the controller makes the Qdrant's claim and owns it while
     `whenDeleted` is Delete (`controllers()`); a deleted object's dependents go unless another
     of their owners exists. A partial apply as another field manager merges into the object
-    (its claim owner references: that manager's own)."""
+    (its claim owner references: that manager's own; its annotations)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -55,6 +55,12 @@ class FakeKube(BaseKube):
             for ref in manifest["metadata"].get("ownerReferences", []):
                 refs.append({**ref, "by": manager})
             new["metadata"]["ownerReferences"] = refs
+            annotations = manifest["metadata"].get("annotations")
+            if annotations:
+                new["metadata"]["annotations"] = {
+                    **new["metadata"].get("annotations", {}),
+                    **annotations,
+                }
         return new
 
     async def delete(self, _api: str, kind: str, _ns: str, name: str) -> bool:
@@ -258,8 +264,8 @@ async def test_a_new_qdrant_runs_the_operators_default_image_and_keeps_it() -> N
 
 
 async def test_a_qdrant_of_an_earlier_operator_keeps_its_image() -> None:
-    """No status field yet: the StatefulSet's image, or, with only its volume left, the image
-    every earlier operator ran."""
+    """No status field nor claim annotation yet: the StatefulSet's image, or, with only its
+    volume left, the image every earlier operator ran."""
     kube = FakeKube()
     body = policy()
     await reconciled(kube, body)
@@ -268,7 +274,9 @@ async def test_a_qdrant_of_an_earlier_operator_keeps_its_image() -> None:
     body["status"] = {}
     fields = await reconciled(kube, body)
     assert image(kube) == "docker.io/qdrant/qdrant:v1.13.6" == fields["qdrantImage"]
+    assert cache.claim_image(kube.objects[CLAIM]) == "docker.io/qdrant/qdrant:v1.13.6"
     del kube.objects[QDRANT]  # (the layer was off when the operator was upgraded)
+    del kube.objects[CLAIM]["metadata"]["annotations"]
     body["status"] = {}
     fields = await reconciled(kube, body)
     assert image(kube) == cache.LEGACY_QDRANT_IMAGE == fields["qdrantImage"]
@@ -279,8 +287,46 @@ async def test_the_policys_own_image_upgrades_its_qdrant_and_stays_after() -> No
     body = policy()
     await reconciled(kube, body)
     body["spec"]["stores"]["qdrant"]["image"] = "docker.io/qdrant/qdrant:v1.19.0"
-    await reconciled(kube, body)
-    assert image(kube) == "docker.io/qdrant/qdrant:v1.19.0"
+    fields = await reconciled(kube, body)
+    assert image(kube) == "docker.io/qdrant/qdrant:v1.19.0" == fields["qdrantImage"]
     del body["spec"]["stores"]["qdrant"]["image"]
+    upgraded = Context(kube, Defaults(qdrant_image="qdrant:v9.0.0"), OperatorSettings())  # type: ignore[arg-type]
+    ix = Indexes({CACHEPOLICIES: {}, BATCHQUEUES: {}})
+    outcome = await cachepolicy.reconcile(body, ix, upgraded)
+    assert image(kube) == "docker.io/qdrant/qdrant:v1.19.0" == outcome.fields["qdrantImage"]
+
+
+async def test_the_running_image_wins_over_a_stale_status() -> None:
+    """A reconcile that applied a new image and failed before writing its status leaves the
+    old one recorded there: the StatefulSet says what wrote the volume last."""
+    kube = FakeKube()
+    body = policy()
     await reconciled(kube, body)
-    assert image(kube) == "docker.io/qdrant/qdrant:v1.19.0"
+    containers = kube.objects[QDRANT]["spec"]["template"]["spec"]["containers"]
+    containers[0]["image"] = "docker.io/qdrant/qdrant:v1.19.0"
+    body["status"]["qdrantImage"] = "docker.io/qdrant/qdrant:v1.18.3"
+    fields = await reconciled(kube, body)
+    assert image(kube) == "docker.io/qdrant/qdrant:v1.19.0" == fields["qdrantImage"]
+
+
+async def test_a_retained_volume_keeps_its_qdrant_version_when_the_policy_is_made_again() -> None:
+    """deletionPolicy Retain, the policy deleted (its StatefulSet goes, its volume claim stays)
+    and applied again under the same name by a newer operator: a new uid, no status, no
+    StatefulSet. The claim says which Qdrant wrote it."""
+    kube = FakeKube()
+    body = policy("Retain")
+    await reconciled(kube, body)
+    await reconciled(kube, body)  # (the claim is made after the first: the next records)
+    written_by = image(kube)
+    assert cache.claim_image(kube.objects[CLAIM]) == written_by
+    del kube.objects[QDRANT]  # the policy went, and its StatefulSet with it
+    again = policy("Retain")
+    again["metadata"]["uid"] = "uid-cachepolicy-again"
+    upgraded = Context(kube, Defaults(qdrant_image="qdrant:v9.0.0"), OperatorSettings())  # type: ignore[arg-type]
+    ix = Indexes({CACHEPOLICIES: {}, BATCHQUEUES: {}})
+    outcome = await cachepolicy.reconcile(again, ix, upgraded)
+    assert image(kube) == written_by == outcome.fields["qdrantImage"]
+    # A policy with no volume left gets the new default.
+    fresh = Context(FakeKube(), Defaults(qdrant_image="qdrant:v9.0.0"), OperatorSettings())  # type: ignore[arg-type]
+    outcome = await cachepolicy.reconcile(policy("Retain"), ix, fresh)
+    assert outcome.fields["qdrantImage"] == "qdrant:v9.0.0"

@@ -85,28 +85,41 @@ def keyspace_version(policy: CachePolicy) -> str:
 
 # The managed Qdrant image of every operator version before `managed_qdrant_image` existed.
 LEGACY_QDRANT_IMAGE = "docker.io/qdrant/qdrant:v1.12.4"
+# On the Qdrant's volume claim: the image of the Qdrant that writes it (`claim_ownership`).
+QDRANT_IMAGE_ANNOTATION = "thrifty.dev/qdrant-image"
+
+
+def claim_image(claim: Mapping[str, Any] | None) -> str:
+    """The Qdrant image recorded on a volume claim ('' when none is)."""
+    annotations = (claim or {}).get("metadata", {}).get("annotations") or {}
+    return str(annotations.get(QDRANT_IMAGE_ANNOTATION, ""))
 
 
 def managed_qdrant_image(
-    policy: CachePolicy, defaults: Defaults, *, running: str, has_volume: bool
+    policy: CachePolicy,
+    defaults: Defaults,
+    *,
+    running: str,
+    claim: Mapping[str, Any] | None,
 ) -> str:
     """The image of the policy's managed Qdrant.
 
     Qdrant's storage moves only one minor version at a time, so an operator upgrade never
-    changes the image of a Qdrant that has data: the policy's own (`stores.qdrant.image`, the
-    way to upgrade it, one minor version at a time), else the one recorded in its status
-    (`qdrantImage`, kept while the semantic layer is off and its volume stays), else the one
-    its StatefulSet `running`, else, for a volume left by an operator that recorded none, the
-    image those operators ran. Only a new Qdrant gets the operator's default.
+    changes the image of a Qdrant that has data. In order: the policy's own
+    (`stores.qdrant.image`, the way to upgrade it, one minor version at a time); the one its
+    StatefulSet is `running`; with no StatefulSet, the one recorded on its volume `claim`
+    (which lives as long as the data: a layer turned off, a Retain policy deleted and made
+    again), else in its status, else the image every earlier operator ran. Only a Qdrant
+    without a volume gets the operator's default.
     """
-    recorded = policy.status.qdrant_image if policy.status else ""
     if policy.spec.stores.qdrant.image:
         return policy.spec.stores.qdrant.image
-    if recorded:
-        return recorded
     if running:
         return running
-    return LEGACY_QDRANT_IMAGE if has_volume else defaults.qdrant_image
+    recorded = policy.status.qdrant_image if policy.status else ""
+    if claim is not None:
+        return claim_image(claim) or recorded or LEGACY_QDRANT_IMAGE
+    return defaults.qdrant_image
 
 
 def build_stores(
@@ -131,7 +144,7 @@ def build_stores(
         )
     if qdrant_runs(policy):
         if qdrant_image is None:
-            qdrant_image = managed_qdrant_image(policy, defaults, running="", has_volume=False)
+            qdrant_image = managed_qdrant_image(policy, defaults, running="", claim=None)
         out += build_qdrant(
             owner,
             spec.stores.qdrant,
@@ -179,9 +192,12 @@ def has_owner(obj: Mapping[str, Any] | None, uid: str) -> bool:
     return any(ref.get("uid") == uid for ref in refs)
 
 
-def claim_ownership(policy: CachePolicy, owner: Owner, claim: Mapping[str, Any]) -> Manifest | None:
+def claim_ownership(
+    policy: CachePolicy, owner: Owner, claim: Mapping[str, Any], *, image: str | None = None
+) -> Manifest | None:
     """The apply (as `VOLUME_MANAGER`) that makes the Qdrant's volume claim follow the
-    policy's deletionPolicy whether or not its StatefulSet still exists, or None when it does.
+    policy's deletionPolicy whether or not its StatefulSet still exists, and records on it the
+    `image` of the Qdrant that writes it (None: the recorded one stays), or None when it does.
 
     With Delete the policy is one of the claim's owners (not its controller: the StatefulSet
     controller's own reference, `whenDeleted: Delete`, stays as it is): the claim goes when
@@ -190,12 +206,16 @@ def claim_ownership(policy: CachePolicy, owner: Owner, claim: Mapping[str, Any])
     With Retain the policy is not an owner (applied without the reference, which removes it).
     """
     want = policy.spec.deletion_policy == "Delete"
-    if has_owner(claim, owner.uid) == want:
+    recorded = claim_image(claim)
+    image = image or recorded
+    if has_owner(claim, owner.uid) == want and image == recorded:
         return None
     meta: dict[str, Any] = {
         "name": qdrant_claim(owner.name),
         "namespace": owner.namespace,
     }
+    if image:  # (every apply carries it: a field this manager leaves out is removed)
+        meta["annotations"] = {QDRANT_IMAGE_ANNOTATION: image}
     if want:
         meta["ownerReferences"] = [
             {

@@ -55,14 +55,15 @@ async def _store_state(policy: CachePolicy, owner: Owner, ctx: Context) -> tuple
     return redis_ok, qdrant_ok, "; ".join(parts) or "external stores"
 
 
-async def _qdrant_volume(policy: CachePolicy, owner: Owner, ctx: Context) -> str:
-    """Keep the managed Qdrant's volume claim owned as deletionPolicy says, and delete the
+async def _qdrant_volume(policy: CachePolicy, owner: Owner, ctx: Context, image: str | None) -> str:
+    """Keep the managed Qdrant's volume claim owned as deletionPolicy says and recording the
+    `image` of its Qdrant (None: none runs, the recorded one stays), and delete the
     StatefulSet of a Qdrant the policy no longer runs once that does not take the claim with
     it (the semantic data stays until the policy goes). Returns what it waits for, or ''."""
     ns = owner.namespace
     claim = await ctx.kube.get("v1", "PersistentVolumeClaim", ns, qdrant_claim(owner.name))
     if claim is not None:
-        change = cache.claim_ownership(policy, owner, claim)
+        change = cache.claim_ownership(policy, owner, claim, image=image)
         if change is not None:
             claim = await ctx.kube.apply(change, field_manager=cache.VOLUME_MANAGER)
     if cache.qdrant_runs(policy):
@@ -92,9 +93,7 @@ async def _qdrant_image(policy: CachePolicy, owner: Owner, ctx: Context) -> str 
         containers = statefulset["spec"]["template"]["spec"]["containers"]
         running = next((str(c["image"]) for c in containers if c["name"] == "qdrant"), "")
     claim = await ctx.kube.get("v1", "PersistentVolumeClaim", ns, qdrant_claim(owner.name))
-    return cache.managed_qdrant_image(
-        policy, ctx.defaults, running=running, has_volume=claim is not None
-    )
+    return cache.managed_qdrant_image(policy, ctx.defaults, running=running, claim=claim)
 
 
 async def reconcile(body: Body, ix: Indexes, ctx: Context) -> Outcome:
@@ -112,7 +111,7 @@ async def reconcile(body: Body, ix: Indexes, ctx: Context) -> Outcome:
     await apply_all(ctx.kube, cache.build_stores(policy, owner, ctx.defaults, qdrant_image))
     for api_version, kind, name in cache.unused_stores(policy, owner):
         await delete_owned(ctx.kube, owner, api_version, kind, name)
-    waiting = await _qdrant_volume(policy, owner, ctx)
+    waiting = await _qdrant_volume(policy, owner, ctx, qdrant_image)
     redis_ok, qdrant_ok, message = await _store_state(policy, owner, ctx)
     if waiting:
         message = f"{message}; {waiting}" if message != "external stores" else waiting
