@@ -108,6 +108,12 @@ def payload_of(
     }
 
 
+# Payload fields both indexes index without graphs (`enable_hnsw=False`): they serve purges,
+# expiry and the size cap, never a search (searches filter on the partition, the tenant field).
+KEYWORD_FIELDS = ("scope", "keyspace", "tenant", "gateway", "route", "model", "tags")
+TIME_FIELDS = ("expires", "created")
+
+
 def partition_of(scope: str, context: str) -> str:
     """The one search key of both indexes: the tenant scope and the context together.
 
@@ -301,9 +307,9 @@ class EdgeIndex:
         # needs no index: no filter names it alone.
         index = qe.UpdateOperation.create_field_index
         self._apply(index(PARTITION_FIELD, qe.KeywordIndexParams(is_tenant=True)))
-        for name in ("scope", "keyspace", "tenant", "gateway", "route", "model", "tags"):
+        for name in KEYWORD_FIELDS:
             self._apply(index(name, qe.KeywordIndexParams(enable_hnsw=False)))
-        for name in ("expires", "created"):
+        for name in TIME_FIELDS:
             self._apply(index(name, qe.FloatIndexParams(enable_hnsw=False)))
         # A shard from an earlier version has one: it would only lengthen its builds.
         self._apply(qe.UpdateOperation.delete_field_index("context"))
@@ -734,21 +740,13 @@ class ServerIndex:
         self._client.create_payload_index(
             collection, PARTITION_FIELD, models.KeywordIndexParams(type=keyword, is_tenant=True)
         )
-        for name in (
-            "scope",
-            "context",
-            "keyspace",
-            "policy",
-            "tenant",
-            "gateway",
-            "route",
-            "model",
-            "tags",
-        ):
+        # `context` (searched on by gateways of earlier versions) and `policy` (set-up): a
+        # server collection may be shared by several policies and gateway versions.
+        for name in ("context", "policy", *KEYWORD_FIELDS):
             self._client.create_payload_index(
                 collection, name, models.KeywordIndexParams(type=keyword, enable_hnsw=False)
             )
-        for name in ("expires", "created"):
+        for name in TIME_FIELDS:
             self._client.create_payload_index(
                 collection, name, models.FloatIndexParams(type=number, enable_hnsw=False)
             )
