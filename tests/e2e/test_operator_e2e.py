@@ -566,6 +566,50 @@ def test_policy_asking_to_delete_data_drops_its_collection_first(platform: Platf
     wait_gone(cluster, "persistentvolumeclaim", ns, "storage-scratch-qdrant-0")
 
 
+def test_an_older_managed_qdrant_is_upgraded_one_minor_version_at_a_time(
+    platform: Platform,
+) -> None:
+    """A Qdrant pinned at v1.16.3, then left to the operator (upgrade: Automatic): its
+    StatefulSet goes through v1.17.1 to the default, each step rolled out (the StatefulSet
+    controller's revisions record every template it rolled), never skipping a minor version."""
+    cluster, ns = platform.cluster, platform.ns
+    policy = yaml.safe_load((ROOT / "examples" / "cachepolicy.yaml").read_text())
+    policy["metadata"] = {"name": "stepped", "namespace": ns}
+    policy["spec"]["deletionPolicy"] = "Delete"
+    policy["spec"]["stores"]["qdrant"]["image"] = "docker.io/qdrant/qdrant:v1.16.3"
+    cluster.apply(policy)
+    obj = wait_ready(cluster, "cachepolicy", ns, "stepped", timeout=120)
+    assert obj["status"]["qdrantImage"] == "docker.io/qdrant/qdrant:v1.16.3"
+    cluster.kubectl(
+        "patch", "cachepolicy", "stepped", "-n", ns, "--type=json",
+        "-p", '[{"op": "remove", "path": "/spec/stores/qdrant/image"}]',
+    )  # fmt: skip
+    default = yaml.safe_load((ROOT / "charts/thrifty/values.yaml").read_text())["images"]["qdrant"]
+    obj = wait_ready(cluster, "cachepolicy", ns, "stepped", timeout=180)
+    assert obj["status"]["qdrantImage"] == default
+    assert "upgrading" not in condition(obj, "StoreReady")["message"]
+    sts = get(cluster, "statefulset", ns, "stepped-qdrant") or {}
+    revisions = sorted(
+        (
+            r
+            for r in _items(cluster, "controllerrevision", ns)
+            if any(o["uid"] == sts["metadata"]["uid"] for o in r["metadata"]["ownerReferences"])
+        ),
+        key=lambda r: int(r["revision"]),
+    )
+    rolled = [r["data"]["spec"]["template"]["spec"]["containers"][0]["image"] for r in revisions]
+    assert rolled == [
+        "docker.io/qdrant/qdrant:v1.16.3",
+        "docker.io/qdrant/qdrant:v1.17.1",
+        default,
+    ]
+    claim = get(cluster, "persistentvolumeclaim", ns, "storage-stepped-qdrant-0") or {}
+    assert claim["metadata"]["annotations"]["thrifty.dev/qdrant-image"] == default
+    cluster.kubectl("delete", "cachepolicy", "stepped", "-n", ns, "--wait=false")
+    wait_gone(cluster, "cachepolicy", ns, "stepped")
+    wait_gone(cluster, "persistentvolumeclaim", ns, "storage-stepped-qdrant-0")
+
+
 def test_rbac_is_exactly_what_the_operator_uses(platform: Platform) -> None:
     cluster = platform.cluster
     role = json.loads(cluster.kubectl("get", "clusterrole", platform.account, "-o", "json").stdout)

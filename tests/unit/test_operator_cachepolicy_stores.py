@@ -47,6 +47,10 @@ class FakeKube(BaseKube):
             new["metadata"]["uid"] = f"uid-{self.uids}"
         elif manager == self.field_manager:
             new = {**deepcopy(manifest), "metadata": {**old["metadata"], **manifest["metadata"]}}
+            if "status" in old:  # (an apply never writes the status; a new spec is a generation)
+                new["status"] = old["status"]
+            changed = old.get("spec") != manifest.get("spec")
+            new["metadata"]["generation"] = old["metadata"].get("generation", 1) + changed
         else:
             new = deepcopy(old)
             for field, value in manifest.get("spec", {}).items():
@@ -330,3 +334,98 @@ async def test_a_retained_volume_keeps_its_qdrant_version_when_the_policy_is_mad
     fresh = Context(FakeKube(), Defaults(qdrant_image="qdrant:v9.0.0"), OperatorSettings())  # type: ignore[arg-type]
     outcome = await cachepolicy.reconcile(policy("Retain"), ix, fresh)
     assert outcome.fields["qdrantImage"] == "qdrant:v9.0.0"
+
+
+def roll_out(kube: FakeKube) -> None:
+    """The StatefulSet controller rolled the Qdrant's spec (its generation) out, its pod
+    ready."""
+    sts = kube.objects[QDRANT]
+    want = sts["spec"]["replicas"]
+    sts["status"] = {
+        "observedGeneration": sts["metadata"].get("generation", 1),
+        "replicas": want,
+        "readyReplicas": want,
+        "updatedReplicas": want,
+        "currentRevision": "r",
+        "updateRevision": "r",
+    }
+    redis = kube.objects[("Deployment", "default-cache-redis")]
+    redis["status"] = {
+        "observedGeneration": redis["metadata"].get("generation", 1),
+        "updatedReplicas": 1,
+        "availableReplicas": 1,
+    }
+
+
+def set_image(kube: FakeKube, value: str) -> None:
+    kube.objects[QDRANT]["spec"]["template"]["spec"]["containers"][0]["image"] = value
+
+
+async def store_ready(kube: FakeKube, body: dict[str, Any]) -> tuple[str, str]:
+    ix = Indexes({CACHEPOLICIES: {}, BATCHQUEUES: {}})
+    outcome = await cachepolicy.reconcile(body, ix, context(kube))
+    kube.controllers()
+    body.setdefault("status", {}).update(outcome.fields)
+    (cond,) = [c for c in outcome.conditions if c.type == "StoreReady"]
+    return cond.reason, cond.message
+
+
+async def test_an_older_qdrant_is_upgraded_one_minor_version_at_a_time() -> None:
+    """upgrade: Automatic (the default). A Qdrant of an earlier operator (v1.16.3) moves to the
+    default (v1.18.3) through v1.17.1, each step once the previous one has rolled out and its
+    pod is ready; the store is not ready until it runs the default."""
+    kube = FakeKube()
+    body = policy()
+    await reconciled(kube, body)
+    set_image(kube, "docker.io/qdrant/qdrant:v1.16.3")
+    body["status"] = {}
+    reason, message = await store_ready(kube, body)  # not rolled out: no step yet
+    assert image(kube) == "docker.io/qdrant/qdrant:v1.16.3"
+    assert reason == "StoresProgressing"
+    assert f"upgrading to {Defaults().qdrant_image} one minor version at a time" in message
+    roll_out(kube)
+    reason, message = await store_ready(kube, body)
+    assert image(kube) == "docker.io/qdrant/qdrant:v1.17.1" == body["status"]["qdrantImage"]
+    assert cache.claim_image(kube.objects[CLAIM]) == "docker.io/qdrant/qdrant:v1.17.1"
+    assert reason == "StoresProgressing" and "now docker.io/qdrant/qdrant:v1.17.1" in message
+    await store_ready(kube, body)  # the step has not rolled out: the next waits
+    assert image(kube) == "docker.io/qdrant/qdrant:v1.17.1"
+    roll_out(kube)
+    await store_ready(kube, body)
+    assert image(kube) == Defaults().qdrant_image == body["status"]["qdrantImage"]
+    roll_out(kube)
+    reason, message = await store_ready(kube, body)
+    assert image(kube) == Defaults().qdrant_image
+    assert reason == "StoresAvailable" and "upgrading" not in message
+
+
+async def test_a_manual_or_pinned_qdrant_is_not_upgraded_but_says_it_is_behind() -> None:
+    kube = FakeKube()
+    body = policy()
+    body["spec"]["stores"]["qdrant"]["upgrade"] = "Manual"
+    await reconciled(kube, body)
+    set_image(kube, "docker.io/qdrant/qdrant:v1.16.3")
+    body["status"] = {}
+    roll_out(kube)
+    reason, message = await store_ready(kube, body)
+    assert image(kube) == "docker.io/qdrant/qdrant:v1.16.3"
+    roll_out(kube)
+    reason, message = await store_ready(kube, body)
+    assert reason == "StoresAvailable"
+    assert "older than the operator's default" in message and "upgrade: Manual" in message
+    body["spec"]["stores"]["qdrant"]["upgrade"] = "Automatic"
+    body["spec"]["stores"]["qdrant"]["image"] = "docker.io/qdrant/qdrant:v1.16.3"
+    reason, message = await store_ready(kube, body)
+    assert image(kube) == "docker.io/qdrant/qdrant:v1.16.3"
+    assert reason == "StoresAvailable" and "stores.qdrant.image names it" in message
+
+
+async def test_a_qdrant_newer_than_the_default_is_never_downgraded() -> None:
+    kube = FakeKube()
+    body = policy()
+    await reconciled(kube, body)
+    set_image(kube, "docker.io/qdrant/qdrant:v1.19.0")
+    roll_out(kube)
+    reason, message = await store_ready(kube, body)
+    assert image(kube) == "docker.io/qdrant/qdrant:v1.19.0"
+    assert reason == "StoresAvailable" and "qdrant:" in message and "upgrad" not in message

@@ -245,6 +245,14 @@ class QdrantStore(StoreEndpoint):
         pattern=r"^[A-Za-z0-9_-]*$",
         description="Collection name (default: thrifty-<namespace>-<policy>).",
     )
+    upgrade: Literal["Automatic", "Manual"] = Field(
+        default="Automatic",
+        description="How a managed Qdrant follows the operator's default image when image is "
+        "unset. Automatic: a Qdrant that runs an older release is moved one minor version at a "
+        "time, to the last patch of each (Qdrant's storage is compatible across one minor "
+        "version only), each step once the previous one has rolled out and is ready; a newer "
+        "release is never downgraded. Manual: it keeps the image it runs until image is set.",
+    )
 
 
 class Stores(ApiModel):
@@ -316,8 +324,8 @@ class CachePolicyStatus(CommonStatus):
     qdrant_url: str = Field(default="", description="Qdrant endpoint in use (no credentials).")
     qdrant_image: str = Field(
         default="",
-        description="Image of the managed Qdrant; kept across operator upgrades (its storage "
-        "moves one minor version at a time: set spec.stores.qdrant.image to upgrade it).",
+        description="Image of the managed Qdrant. An operator upgrade never jumps it to a new "
+        "default: its storage moves one minor version at a time (spec.stores.qdrant.upgrade).",
     )
 
 

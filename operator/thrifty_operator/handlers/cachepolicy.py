@@ -13,7 +13,7 @@ import kopf
 from thrifty_core.api import CachePolicy
 
 from ..apply import KubeError
-from ..builders import cache, names
+from ..builders import cache, names, qdrant_upgrade
 from ..builders.common import Owner
 from ..builders.stores import qdrant_claim
 from ..conditions import Cond, false, true
@@ -82,8 +82,8 @@ async def _qdrant_volume(policy: CachePolicy, owner: Owner, ctx: Context, image:
 
 
 async def _qdrant_image(policy: CachePolicy, owner: Owner, ctx: Context) -> str | None:
-    """The image the managed Qdrant runs (`cache.managed_qdrant_image`); None when there is
-    none to run."""
+    """The image the managed Qdrant runs (`cache.managed_qdrant_image`), or the next step of
+    its upgrade (`qdrant_upgrade`); None when there is none to run."""
     if not cache.qdrant_runs(policy):
         return None
     ns = owner.namespace
@@ -93,7 +93,15 @@ async def _qdrant_image(policy: CachePolicy, owner: Owner, ctx: Context) -> str 
         containers = statefulset["spec"]["template"]["spec"]["containers"]
         running = next((str(c["image"]) for c in containers if c["name"] == "qdrant"), "")
     claim = await ctx.kube.get("v1", "PersistentVolumeClaim", ns, qdrant_claim(owner.name))
-    return cache.managed_qdrant_image(policy, ctx.defaults, running=running, claim=claim)
+    image = cache.managed_qdrant_image(policy, ctx.defaults, running=running, claim=claim)
+    rolled_out = statefulset_state(statefulset)[0] if running else False
+    step = qdrant_upgrade.qdrant_upgrade_step(
+        policy, ctx.defaults, running=running, rolled_out=rolled_out
+    )
+    if step is not None:
+        logger.info("cachepolicy %s/%s: Qdrant %s -> %s", ns, owner.name, image, step)
+        image = step
+    return image
 
 
 async def reconcile(body: Body, ix: Indexes, ctx: Context) -> Outcome:
@@ -113,8 +121,10 @@ async def reconcile(body: Body, ix: Indexes, ctx: Context) -> Outcome:
         await delete_owned(ctx.kube, owner, api_version, kind, name)
     waiting = await _qdrant_volume(policy, owner, ctx, qdrant_image)
     redis_ok, qdrant_ok, message = await _store_state(policy, owner, ctx)
-    if waiting:
-        message = f"{message}; {waiting}" if message != "external stores" else waiting
+    upgrade = qdrant_upgrade.upgrade_message(policy, ctx.defaults, qdrant_image or "")
+    for note in (waiting, upgrade):
+        if note:
+            message = f"{message}; {note}" if message != "external stores" else note
     conds: list[Cond] = [
         true("StoreReady", "StoresAvailable", message)
         if redis_ok and qdrant_ok and not waiting
