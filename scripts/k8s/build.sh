@@ -185,10 +185,16 @@ build_kubernetes() {
 			die "building $m $K8S_VERSION failed"
 		log "kubernetes: $m built in $((SECONDS - t0))s"
 	done
-	"$BIN/kube-apiserver" --version | grep -qx "Kubernetes $K8S_VERSION" ||
-		die "kube-apiserver --version does not report $K8S_VERSION: $("$BIN/kube-apiserver" --version)"
-	"$BIN/kubectl" version --client | grep -qx "Client Version: $K8S_VERSION" ||
-		die "kubectl version --client does not report $K8S_VERSION: $("$BIN/kubectl" version --client)"
+	# The output is read whole before it is matched: `grep -q` exits at its first match, and
+	# under pipefail a writer still printing (kubectl's Kustomize line) dies of SIGPIPE and
+	# fails the check now and then.
+	local said
+	said=$("$BIN/kube-apiserver" --version)
+	grep -qx "Kubernetes $K8S_VERSION" <<<"$said" ||
+		die "kube-apiserver --version does not report $K8S_VERSION: $said"
+	said=$("$BIN/kubectl" version --client)
+	grep -qx "Client Version: $K8S_VERSION" <<<"$said" ||
+		die "kubectl version --client does not report $K8S_VERSION: $said"
 	printf '%s\n' "$K8S_VERSION" >"$BIN/.kubernetes.version"
 	log "kubernetes: built in $((SECONDS - start))s"
 }

@@ -267,7 +267,9 @@ our_pids() {
 		[[ -f "$pidfile" ]] || continue
 		pid="$(cat "$pidfile")"
 		[[ "$pid" =~ ^[0-9]+$ ]] || continue
-		exe="$(tr '\0' '\n' 2>/dev/null <"/proc/$pid/cmdline" | head -n 1)" || continue
+		# (read whole: `| head -n 1` under pipefail could fail the pipeline with SIGPIPE)
+		exe="$(tr '\0' '\n' 2>/dev/null <"/proc/$pid/cmdline")" || continue
+		exe="${exe%%$'\n'*}"
 		[[ "$exe" == "$CLUSTER_DIR/bin/"* ]] && printf '%s\n' "$pid"
 	done
 	return 0
