@@ -25,6 +25,9 @@ from .settings import OperatorSettings, configure_kopf
 
 logger = logging.getLogger(__name__)
 
+# In each object's memo: its reconcile passes (change handlers and timers) run one at a time.
+RECONCILE_LOCK = "reconcile_lock"
+
 
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     """Operator settings in one place; the API client every handler uses (via the memo)."""
@@ -123,7 +126,11 @@ def _register_reconcile(
         ctx = context(memo)
         # Every pass stamps the installation (back if it was removed), for `release`.
         stamp(body.metadata, patch, ctx.settings.instance)
-        await fn(body, patch, ix.Indexes.from_kwargs(kw), ctx, strict)
+        # kopf runs an object's timers beside its change handlers: one pass at a time, or a
+        # pass that read the children before another changed them applies its stale view
+        # after (a Qdrant upgrade step taken back). The memo is the object's own.
+        async with memo.setdefault(RECONCILE_LOCK, asyncio.Lock()):
+            await fn(body, patch, ix.Indexes.from_kwargs(kw), ctx, strict)
 
     async def on_change(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **kw: Any) -> None:
         await reconcile(body, patch, memo, kw, True)

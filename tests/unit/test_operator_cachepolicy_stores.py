@@ -13,6 +13,7 @@ from tests.unit.fake_kube import FakeKube as BaseKube
 from tests.unit.fake_kube import Key
 from tests.unit.test_operator_builders import example
 from thrifty_core.api import CachePolicy
+from thrifty_operator.apply import KubeError
 from thrifty_operator.builders import cache
 from thrifty_operator.builders.common import Owner
 from thrifty_operator.builders.defaults import Defaults
@@ -429,3 +430,46 @@ async def test_a_qdrant_newer_than_the_default_is_never_downgraded() -> None:
     reason, message = await store_ready(kube, body)
     assert image(kube) == "docker.io/qdrant/qdrant:v1.19.0"
     assert reason == "StoresAvailable" and "qdrant:" in message and "upgrad" not in message
+
+
+async def test_a_step_is_recorded_on_the_volume_before_it_is_applied() -> None:
+    """A pass that fails after the StatefulSet took a step (here the Qdrant's NetworkPolicy
+    apply) must not leave the claim naming the Qdrant before it: re-made from the claim (the
+    layer off and on again, a Retain policy applied again), the Qdrant would open data a newer
+    one wrote. The next step waits until the claim records the one that runs."""
+    kube = FailingKube()
+    body = policy()
+    await reconciled(kube, body)
+    set_image(kube, "docker.io/qdrant/qdrant:v1.16.3")
+    body["status"] = {}
+    await store_ready(kube, body)  # records v1.16.3, which runs
+    roll_out(kube)
+    kube.failing = "NetworkPolicy"
+    with pytest.raises(KubeError):
+        await store_ready(kube, body)
+    assert image(kube) == "docker.io/qdrant/qdrant:v1.17.1"
+    assert cache.claim_image(kube.objects[CLAIM]) == "docker.io/qdrant/qdrant:v1.17.1"
+    # A claim that records an older Qdrant than the one running (an earlier operator's, or
+    # one edited by hand): no step until the pass that records what runs.
+    kube.failing = ""
+    roll_out(kube)
+    kube.objects[CLAIM]["metadata"]["annotations"][cache.QDRANT_IMAGE_ANNOTATION] = "x:v1.16.3"
+    await store_ready(kube, body)
+    assert image(kube) == "docker.io/qdrant/qdrant:v1.17.1"
+    assert cache.claim_image(kube.objects[CLAIM]) == "docker.io/qdrant/qdrant:v1.17.1"
+    roll_out(kube)
+    await store_ready(kube, body)
+    assert image(kube) == Defaults().qdrant_image
+
+
+class FailingKube(FakeKube):
+    """Applies of one kind of the Qdrant's objects fail (a 500 from the API server)."""
+
+    failing = ""
+
+    async def apply(
+        self, manifest: dict[str, Any], field_manager: str | None = None
+    ) -> dict[str, Any]:
+        if self.key(manifest) == (self.failing, QDRANT[1]):
+            raise KubeError(500, "the API server failed")
+        return await super().apply(manifest, field_manager)

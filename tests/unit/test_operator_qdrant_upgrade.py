@@ -81,10 +81,19 @@ def test_a_registry_port_is_not_a_tag() -> None:
     assert qdrant_version("mirror.local:5000/qdrant") is None
 
 
-def test_the_condition_says_why_an_older_qdrant_stays() -> None:
+def test_the_condition_says_where_the_upgrade_is_and_why_an_older_qdrant_stays() -> None:
     policy = CachePolicy.model_validate(example("cachepolicy"))
+    default = Defaults().qdrant_image
+    step = upgrade_message(policy, Defaults(), f"{REPO}:v1.17.1", f"{REPO}:v1.16.3")
+    assert step == (
+        f"qdrant: upgrading to {default} one minor version at a time, now {REPO}:v1.17.1"
+        f" (from {REPO}:v1.16.3)"
+    )
+    last = upgrade_message(policy, Defaults(), default, f"{REPO}:v1.17.1")
+    assert f"now {default} (from {REPO}:v1.17.1)" in last
+    assert upgrade_message(policy, Defaults(), default, default) == ""
+    assert upgrade_message(policy, Defaults(), f"{REPO}:latest", "") == ""
     new_major = Defaults(qdrant_image=f"{REPO}:v2.0.0")
-    assert "no known step from it" in upgrade_message(policy, new_major, f"{REPO}:v1.18.3")
-    assert "now" in upgrade_message(policy, Defaults(), f"{REPO}:v1.16.3")
-    assert upgrade_message(policy, Defaults(), Defaults().qdrant_image) == ""
-    assert upgrade_message(policy, Defaults(), f"{REPO}:latest") == ""
+    assert "no known step from it" in upgrade_message(policy, new_major, default, default)
+    digest = Defaults(qdrant_image=f"{REPO}@sha256:{'0' * 64}")
+    assert "is no release tag" in upgrade_message(policy, digest, default, default)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import kopf
 import pytest
 
 from thrifty_operator import main
+from thrifty_operator.builders.defaults import Defaults
 from thrifty_operator.collection import collection_body, tenant_index_body
+from thrifty_operator.handlers.common import Context
 from thrifty_operator.main import build_registry, not_ready
 from thrifty_operator.settings import OperatorSettings
 
@@ -87,3 +90,41 @@ async def test_startup_releases_in_the_background_and_cleanup_stops_it(
         memo = kopf.Memo(settings=settings, namespaced=bool(namespaces), namespaces=namespaces)
         await main.startup(settings=kopf.OperatorSettings(), memo=memo)
         assert "release" not in memo
+
+
+async def test_an_objects_reconcile_passes_run_one_at_a_time() -> None:
+    """kopf runs timers beside the change handlers of the same object: the passes of one
+    object never overlap (a pass that read the children before another changed them would
+    apply its stale view after), those of two objects do."""
+    registry = kopf.OperatorRegistry()
+    running: dict[str, int] = {}
+    overlaps: list[str] = []
+
+    async def fn(body: Any, _patch: Any, _ix: Any, _ctx: Any, _strict: bool) -> None:
+        name = body["metadata"]["name"]
+        running[name] = running.get(name, 0) + 1
+        if running[name] > 1:
+            overlaps.append(name)
+        await asyncio.sleep(0.05)
+        running[name] -= 1
+
+    main._register_reconcile(registry, "things", fn, OperatorSettings())
+    handlers = [*registry._changing.get_all_handlers(), *registry._spawning.get_all_handlers()]
+    by_id: dict[str, Any] = {str(h.id): h.fn for h in handlers}
+    ctx = Context(object(), Defaults(), OperatorSettings())  # type: ignore[arg-type]
+
+    def call(handler: str, memo: kopf.Memo, name: str) -> Any:
+        body = kopf.Body({"metadata": {"name": name}})
+        return by_id[handler](body=body, patch=kopf.Patch(), memo=memo)
+
+    one = kopf.Memo(ctx=ctx)
+    other = kopf.Memo(ctx=ctx)
+    started = asyncio.get_running_loop().time()
+    await asyncio.gather(
+        call("things-update", one, "a"),
+        call("things-drift", one, "a"),
+        call("things-progress", one, "a"),
+        call("things-update", other, "b"),
+    )
+    assert overlaps == []
+    assert asyncio.get_running_loop().time() - started < 0.05 * 3 + 0.1  # b ran beside a

@@ -72,26 +72,35 @@ def upgrading(policy: CachePolicy) -> bool:
 
 
 def qdrant_upgrade_step(
-    policy: CachePolicy, defaults: Defaults, *, running: str, rolled_out: bool
+    policy: CachePolicy, defaults: Defaults, *, running: str, rolled_out: bool, recorded: str
 ) -> str | None:
     """The image to move the managed Qdrant to now, or None to keep the one it runs. A step
     is taken only once the StatefulSet runs `running` on every replica, ready (the previous
-    step has rolled out and Qdrant has opened its storage with it)."""
-    if not upgrading(policy) or not running or not rolled_out:
+    step has rolled out and Qdrant has opened its storage with it), and its volume claim
+    records it (`recorded`: the handler records each step there before it applies it, so the
+    claim never names an older Qdrant than the one that wrote the data)."""
+    if not upgrading(policy) or not running or not rolled_out or recorded != running:
         return None
     return next_qdrant_image(running, defaults.qdrant_image)
 
 
-def upgrade_message(policy: CachePolicy, defaults: Defaults, image: str) -> str:
-    """What the StoreReady condition says of the managed Qdrant's version when it runs
-    `image`: the upgrade under way, or that it is older than the default and why it stays
-    ('' when neither). (An upgrade under way never leaves the store ready: each step is
-    taken as soon as the previous one has rolled out.)"""
+def upgrade_message(policy: CachePolicy, defaults: Defaults, image: str, running: str) -> str:
+    """What the StoreReady condition says of the managed Qdrant's version when the operator
+    applies `image` to a StatefulSet that ran `running` ('' when none existed): the upgrade
+    under way, or that it is older than the default and why it stays ('' when neither). (An
+    upgrade under way never leaves the store ready: each step is taken in the pass that sees
+    the previous one rolled out.)"""
     target = defaults.qdrant_image
-    if upgrading(policy) and next_qdrant_image(image, target) is not None:
-        return f"qdrant: upgrading to {target} one minor version at a time, now {image}"
+    stepping = bool(running) and running != image
+    if upgrading(policy) and (stepping or next_qdrant_image(image, target) is not None):
+        since = f" (from {running})" if stepping else ""
+        return f"qdrant: upgrading to {target} one minor version at a time, now {image}{since}"
     have, want = qdrant_version(image), qdrant_version(target)
-    if have is None or want is None or have[1] >= want[1]:
+    if have is None or image == target:
+        return ""
+    if want is None:
+        return f"qdrant: runs {image}; the operator's default {target} is no release tag (vX.Y.Z)"
+    if have[1] >= want[1]:
         return ""
     qdrant = policy.spec.stores.qdrant
     why = (

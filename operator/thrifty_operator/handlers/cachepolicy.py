@@ -81,11 +81,12 @@ async def _qdrant_volume(policy: CachePolicy, owner: Owner, ctx: Context, image:
     return ""
 
 
-async def _qdrant_image(policy: CachePolicy, owner: Owner, ctx: Context) -> str | None:
+async def _qdrant_image(policy: CachePolicy, owner: Owner, ctx: Context) -> tuple[str | None, str]:
     """The image the managed Qdrant runs (`cache.managed_qdrant_image`), or the next step of
-    its upgrade (`qdrant_upgrade`); None when there is none to run."""
+    its upgrade (`qdrant_upgrade`), recorded on its volume claim before it is applied; None
+    when there is none to run. With it, the image its StatefulSet ran ('' without one)."""
     if not cache.qdrant_runs(policy):
-        return None
+        return None, ""
     ns = owner.namespace
     statefulset = await ctx.kube.get("apps/v1", "StatefulSet", ns, names.qdrant(owner.name))
     running = ""
@@ -94,14 +95,20 @@ async def _qdrant_image(policy: CachePolicy, owner: Owner, ctx: Context) -> str 
         running = next((str(c["image"]) for c in containers if c["name"] == "qdrant"), "")
     claim = await ctx.kube.get("v1", "PersistentVolumeClaim", ns, qdrant_claim(owner.name))
     image = cache.managed_qdrant_image(policy, ctx.defaults, running=running, claim=claim)
-    rolled_out = statefulset_state(statefulset)[0] if running else False
     step = qdrant_upgrade.qdrant_upgrade_step(
-        policy, ctx.defaults, running=running, rolled_out=rolled_out
+        policy,
+        ctx.defaults,
+        running=running,
+        rolled_out=bool(running) and statefulset_state(statefulset)[0],
+        recorded=cache.claim_image(claim),
     )
-    if step is not None:
+    if step is not None and claim is not None:
+        change = cache.claim_ownership(policy, owner, claim, image=step)
+        if change is not None:
+            await ctx.kube.apply(change, field_manager=cache.VOLUME_MANAGER)
         logger.info("cachepolicy %s/%s: Qdrant %s -> %s", ns, owner.name, image, step)
         image = step
-    return image
+    return image, running
 
 
 async def reconcile(body: Body, ix: Indexes, ctx: Context) -> Outcome:
@@ -115,13 +122,13 @@ async def reconcile(body: Body, ix: Indexes, ctx: Context) -> Outcome:
         await ensure_redis_password(ctx.kube, owner)
     if cache.generated_qdrant_key_needed(policy):
         await ensure_qdrant_key(ctx.kube, owner)
-    qdrant_image = await _qdrant_image(policy, owner, ctx)
+    qdrant_image, ran = await _qdrant_image(policy, owner, ctx)
     await apply_all(ctx.kube, cache.build_stores(policy, owner, ctx.defaults, qdrant_image))
     for api_version, kind, name in cache.unused_stores(policy, owner):
         await delete_owned(ctx.kube, owner, api_version, kind, name)
     waiting = await _qdrant_volume(policy, owner, ctx, qdrant_image)
     redis_ok, qdrant_ok, message = await _store_state(policy, owner, ctx)
-    upgrade = qdrant_upgrade.upgrade_message(policy, ctx.defaults, qdrant_image or "")
+    upgrade = qdrant_upgrade.upgrade_message(policy, ctx.defaults, qdrant_image or "", ran)
     for note in (waiting, upgrade):
         if note:
             message = f"{message}; {note}" if message != "external stores" else note
