@@ -96,6 +96,21 @@ NEAR_MISSES = [
     ("How do I install numpy on Windows?", "How do I install numpy on Ubuntu?"),
     ("What did Obama say about healthcare?", "What did Trump say about healthcare?"),
     ("Is coffee bad for your health?", "Is coffee not bad for your health?"),
+    # As people type them (typographic apostrophes, none at all), and opposites made by a
+    # prefix or written in another inflection, or other digits (2026-12-07, seventh session: a
+    # black-box probe of the gateway found the checks missed these and the verifier served them).
+    ("I want onions on my pizza", "I don\u2019t want onions on my pizza"),
+    ("Why does my build succeed on Linux?", "Why doesn\u2019t my build succeed on Linux?"),
+    ("Why doesnt my code compile?", "Why does my code compile?"),
+    ("Is it safe to eat raw chicken?", "Is it unsafe to eat raw chicken?"),
+    ("Is the contract valid?", "Is the contract invalid?"),
+    ("Is it likely to rain tomorrow?", "Is it unlikely to rain tomorrow?"),
+    ("Is the restaurant open on Sundays?", "Is the restaurant closed on Sundays?"),
+    ("How do I know if the firewall is enabled?", "How do I know if the firewall is disabled?"),
+    ("What is the longest river in Africa?", "What is the shortest river in Africa?"),
+    ("Show me the jobs that started yesterday", "Show me the jobs that stopped yesterday"),
+    ("Was the file encoded?", "Was the file decoded?"),
+    ("Book a table for \u2460 person", "Book a table for \u2462 persons"),
 ]
 MAX_WRONG_SHARE = 0.02
 

@@ -217,6 +217,11 @@ def test_a_paraphrase_within_a_tenant_hits_the_semantic_layer(h: Harness) -> Non
         ("Can I transfer money to Germany?", "Can I transfer money to France?"),
         ("Is the savings account taxable?", "Is the savings account not taxable?"),
         ("How do I convert USD to EUR?", "How do I convert EUR to USD?"),
+        # as phones type them, and opposites by prefix or inflection (each was served, the
+        # verifier scoring it 0.996 to 0.999, until the checks read them)
+        ("I want onions on my pizza", "I don\u2019t want onions on my pizza"),
+        ("Is it safe to eat raw chicken?", "Is it unsafe to eat raw chicken?"),
+        ("Is the restaurant open on Sundays?", "Is the restaurant closed on Sundays?"),
     ],
 )
 def test_the_guard_refuses_near_misses(h: Harness, cached: str, asked: str) -> None:

@@ -33,6 +33,25 @@ MUST_REJECT = [
     ("Who is the CEO of Google?", "Who is the CEO of Microsoft?"),
     ("How do I install numpy on Windows?", "How do I install numpy on Ubuntu?"),
     ("What did Obama say about healthcare?", "What did Trump say about healthcare?"),
+    # as people type them: typographic apostrophes, none, negating prefixes, inflections,
+    # other digits (found by a black-box probe of the gateway: the verifier served them all)
+    ("I want onions on my pizza", "I don\u2019t want onions on my pizza"),
+    ("Should I take ibuprofen with alcohol?", "Shouldn\u2019t I take ibuprofen with alcohol?"),
+    ("I want onions on my pizza please", "I dont want onions on my pizza please"),
+    ("Why doesnt my code compile?", "Why does my code compile?"),
+    ("Is it safe to eat raw chicken?", "Is it unsafe to eat raw chicken?"),
+    ("Is the contract valid?", "Is the contract invalid?"),
+    ("Is this statement accurate?", "Is this statement inaccurate?"),
+    ("Is it likely to rain tomorrow?", "Is it unlikely to rain tomorrow?"),
+    ("Is the restaurant open on Sundays?", "Is the restaurant closed on Sundays?"),
+    ("How do I know if the firewall is enabled?", "How do I know if the firewall is disabled?"),
+    ("What is the longest river in Africa?", "What is the shortest river in Africa?"),
+    ("Show me the jobs that started yesterday", "Show me the jobs that stopped yesterday"),
+    ("Was the file encoded?", "Was the file decoded?"),
+    ("Why are prices rising?", "Why are prices falling?"),
+    ("Who won the match?", "Who lost the match?"),
+    ("Book a table for \u2460 person", "Book a table for \u2462 persons"),
+    ("Book a table for \uff12 people", "Book a table for 3 people"),
 ]
 
 MUST_PASS = [
@@ -42,6 +61,16 @@ MUST_PASS = [
     ("Who won the World Cup in 2014?", "Which team won the 2014 World Cup?"),
     ("Explain recursion simply", "Explain recursion in simple terms"),
     ("Why is the sky blue?", "Why does the sky look blue?"),
+    # the same negation however it is typed
+    ("Why doesn\u2019t anybody answer my questions?", "Why doesn't anyone answer my questions?"),
+    ("Why don\u2019t my tests run?", "Why dont my tests run?"),
+    ("Is it unsafe to eat raw chicken?", "Is it dangerous to eat raw chicken?"),
+    ("Will you marry a non virgin girl?", "Will you marry a non-virgin girl?"),
+    # words that only look like forms of an antonym pair's words
+    ("You will be taught how to load a dataset", "You will learn how to load a dataset"),
+    ("What does the course offer?", "What is in the course?"),
+    ("How do I get the settings of the app?", "How can I get the app settings?"),
+    ("Does the universe have a beginning and an ending?", "Did the universe have a beginning?"),
 ]
 
 

@@ -6,26 +6,32 @@ pure function of the two texts (the new final user turn and the cached one) and 
 candidate when the texts disagree on something that changes the answer:
 
 * numbers: the multisets of numbers (digits, number words, ordinals, dates) differ;
-* negation: one text is negated and the other is not;
+* negation: one text is negated and the other is not ("don't", "don’t" and "dont" alike);
 * antonyms: one text uses one member of an antonym / direction pair and the other text the
-  other member (start/stop, buy/sell, increase/decrease, before/after ...), or shared words
-  swap sides around to/from/into/vs ("USD to EUR" / "EUR to USD");
+  other member, in any inflection (start/stopped, open/closed, longest/shortest ...), one
+  text has a word the other has with a negating prefix (safe/unsafe, valid/invalid), or
+  shared words swap sides around to/from/into/vs ("USD to EUR" / "EUR to USD");
 * entities: a named entity (capitalised or mixed-case token, acronym) of each text is absent
   from the other (a substitution), or shared entities appear in a different order;
 * length: one text is far longer than the other (it asks for more).
 
-Every check is measured in `bench/bench_semantic.py`.
+Texts are compared after NFKC normalisation (circled and full-width digits are digits) with
+typographic apostrophes made plain. Every check is measured in `bench/bench_semantic.py`.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
-_WORD = re.compile(r"[A-Za-z][A-Za-z'\-]*[A-Za-z]|[A-Za-z]|\d[\d,.:/\-]*\d|\d")
+# Words of any script (letters, inner apostrophes and hyphens), and numbers.
+_WORD = re.compile(r"[^\W\d_](?:[^\W\d_]|['\-])*[^\W\d_]|[^\W\d_]|\d[\d,.:/\-]*\d|\d")
+# Apostrophes as keyboards, phones and word processors type them.
+_APOSTROPHES = str.maketrans(dict.fromkeys("\u2019\u2018\u02bc\u2032\u0060\u00b4", "'"))
 _SENTENCE_END = re.compile(r"[.!?]\s+|\n")
 
 NUMBER_WORDS = {
@@ -44,11 +50,18 @@ MONTHS = (
     "january february march april may june july august september october november december"
 ).split()
 
+_CONTRACTIONS = (
+    "can't won't don't doesn't didn't isn't aren't wasn't weren't shouldn't wouldn't couldn't "
+    "haven't hasn't hadn't mustn't needn't ain't"
+).split()
 NEGATIONS = frozenset(
-    "not no never none nobody nothing neither nor without cannot can't won't don't doesn't "
-    "didn't isn't aren't wasn't weren't shouldn't wouldn't couldn't haven't hasn't hadn't "
-    "mustn't needn't ain't nowhere unable".split()
+    "not no never none nobody nothing neither nor without cannot nowhere unable".split()
+    + _CONTRACTIONS
+    + [c.replace("'", "") for c in _CONTRACTIONS]  # typed without the apostrophe: "dont"
 )
+# A word with one of these in front, against the same word without it: safe / unsafe.
+NEGATING_PREFIXES = ("un", "in", "im", "il", "ir", "dis", "non", "non-")
+PREFIXED_BASE_MIN = 4  # letters of the base word: "unit" is no negated "it"
 
 ANTONYM_PAIRS: tuple[tuple[str, str], ...] = tuple(
     tuple(p.split("/"))  # type: ignore[misc]
@@ -85,21 +98,12 @@ COMMON_CAPITALISED = frozenset(
 )
 
 
-def _stem(word: str) -> str:
-    w = word.lower()
-    for suffix in ("ing", "ed", "es", "s"):
-        if len(w) > len(suffix) + 3 and w.endswith(suffix):
-            return w[: -len(suffix)]
-    return w
-
-
 @dataclass(frozen=True, slots=True)
 class Features:
     """What the checks need from one text, computed once per text."""
 
     tokens: tuple[str, ...]
     lower: tuple[str, ...]
-    stems: frozenset[str]
     numbers: tuple[str, ...]
     negated: bool
     entities: tuple[str, ...]  # lower-cased, in order of appearance
@@ -141,9 +145,15 @@ def _entity_tokens(text: str) -> list[str]:
     return entities
 
 
+def normalised(text: str) -> str:
+    """NFKC ("①" is "1", full-width letters are letters), apostrophes made plain."""
+    return unicodedata.normalize("NFKC", text).translate(_APOSTROPHES)
+
+
 @lru_cache(maxsize=4096)
 def features(text: str) -> Features:
     """Tokenise once (cached: cached entries are compared again and again)."""
+    text = normalised(text)
     tokens = tuple(_WORD.findall(text))
     lower = tuple(t.lower() for t in tokens)
     numbers = tuple(sorted(n for n in (_number_of(t) for t in tokens) if n is not None))
@@ -151,7 +161,6 @@ def features(text: str) -> Features:
     return Features(
         tokens=tokens,
         lower=lower,
-        stems=frozenset(_stem(t) for t in lower),
         numbers=numbers,
         negated=negated,
         entities=tuple(_entity_tokens(text)),
@@ -166,28 +175,83 @@ def negation_matches(a: Features, b: Features) -> bool:
     return a.negated == b.negated
 
 
+# Irregular forms of the antonym pairs' words (the regular ones are made by `_inflections`).
+IRREGULAR = {
+    "begin": ("began", "begun"), "fall": ("fell", "fallen"), "rise": ("rose", "risen"),
+    "win": ("won",), "lose": ("lost",), "buy": ("bought",), "sell": ("sold",),
+    "give": ("gave",), "take": ("took", "taken"), "send": ("sent",), "lend": ("lent",),
+    "learn": ("learnt",), "write": ("wrote", "written"),
+    "get": ("got", "gotten"), "bad": ("worse", "worst"), "good": ("better", "best"),
+}  # fmt: skip
+# Not inflected ("offer" is no form of "off"), and not taken as a form of another word:
+# "given" ("given a list") and "taught" ("you will be taught" is "you will learn") are left out
+# of IRREGULAR for the same reason.
+PARTICLES = frozenset("on off up in out".split())
+
+
+def _inflections(word: str) -> set[str]:
+    """The word with the regular English endings: -s, -es, -ed, -ing, -er, -est (a final e
+    dropped, a final consonant after one vowel doubled, a final y after a consonant to i)."""
+    if word in PARTICLES:
+        return {word}
+    stems = {word}
+    if word.endswith("e"):
+        stems.add(word[:-1])
+    if re.fullmatch(r".*[^aeiou][aeiou][bdglmnprt]", word):
+        stems.add(word + word[-1])
+    if re.fullmatch(r".*[^aeiou]y", word):
+        stems.add(word[:-1] + "i")
+    out = {word, word + "s", word + "es", *IRREGULAR.get(word, ())}
+    for stem in stems:
+        out |= {stem + "ed", stem + "d", stem + "ing", stem + "er", stem + "est", stem + "es"}
+    return out
+
+
 @lru_cache(maxsize=1)
-def _antonym_stems() -> tuple[tuple[str, str], ...]:
-    return tuple((_stem(x), _stem(y)) for x, y in ANTONYM_PAIRS)
+def _antonym_forms() -> dict[str, frozenset[str]]:
+    """Each inflected form of a word of ANTONYM_PAIRS -> the pair words it is a form of."""
+    forms: dict[str, set[str]] = {}
+    for pair in ANTONYM_PAIRS:
+        for word in pair:
+            for form in _inflections(word):
+                forms.setdefault(form, set()).add(word)
+    return {form: frozenset(words) for form, words in forms.items()}
 
 
-def _ordered(words: Sequence[str], x: str, y: str) -> tuple[int, int] | None:
-    try:
-        return words.index(x), words.index(y)
-    except ValueError:
-        return None
+def _antonym_words(f: Features) -> frozenset[str]:
+    forms = _antonym_forms()
+    return frozenset(w for t in f.lower for w in forms.get(t, ()))
 
 
 def antonyms_match(a: Features, b: Features) -> bool:
-    for x, y in _antonym_stems():
-        sa = (x in a.stems, y in a.stems)
-        sb = (x in b.stems, y in b.stems)
+    wa, wb = _antonym_words(a), _antonym_words(b)
+    for x, y in ANTONYM_PAIRS:
+        sa = (x in wa, y in wa)
+        sb = (x in wb, y in wb)
         # A swap (one text says x and not y, the other y and not x), not a mere addition.
         if (sa == (True, False) and sb == (False, True)) or (
             sa == (False, True) and sb == (True, False)
         ):
             return False
-    return _direction_matches(a, b)
+    return _prefix_matches(a, b) and _prefix_matches(b, a) and _direction_matches(a, b)
+
+
+def _prefix_matches(a: Features, b: Features) -> bool:
+    """False when a word of `a` is a word of `b` with a negating prefix that `b` lacks (and `a`
+    lacks the plain word): "unsafe" against "safe", "invalid" against "valid"."""
+    words_a, words_b = set(a.lower), set(b.lower)
+    for word in words_a - words_b:
+        for prefix in NEGATING_PREFIXES:
+            base = word[len(prefix) :]
+            if (
+                word.startswith(prefix)
+                and len(base) >= PREFIXED_BASE_MIN
+                and base in words_b
+                and base not in words_a
+                and prefix.rstrip("-") not in words_b  # "non virgin" / "non-virgin"
+            ):
+                return False
+    return True
 
 
 DIRECTION_WINDOW = 2
