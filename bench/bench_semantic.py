@@ -111,6 +111,10 @@ NEAR_MISSES = [
     ("Show me the jobs that started yesterday", "Show me the jobs that stopped yesterday"),
     ("Was the file encoded?", "Was the file decoded?"),
     ("Book a table for \u2460 person", "Book a table for \u2462 persons"),
+    ("Set an alarm for 7am", "Set an alarm for 7pm"),
+    ("Schedule the meeting on monday", "Schedule the meeting on tuesday"),
+    ("What time does the train arrive?", "What time does the train depart?"),
+    ("What is 30 degrees celsius in fahrenheit?", "What is 30 degrees fahrenheit in celsius?"),
 ]
 MAX_WRONG_SHARE = 0.02
 

@@ -52,6 +52,12 @@ MUST_REJECT = [
     ("Who won the match?", "Who lost the match?"),
     ("Book a table for \u2460 person", "Book a table for \u2462 persons"),
     ("Book a table for \uff12 people", "Book a table for 3 people"),
+    ("Set an alarm for 7am", "Set an alarm for 7pm"),
+    ("Schedule the meeting on monday", "Schedule the meeting on tuesday"),
+    ("Why did the payment fail?", "Why did the payment succeed?"),
+    ("What time does the train arrive?", "What time does the train depart?"),
+    ("What is 30 degrees celsius in fahrenheit?", "What is 30 degrees fahrenheit in celsius?"),
+    ("How many minutes are in a week?", "How many hours are in a week?"),
 ]
 
 MUST_PASS = [
@@ -71,6 +77,9 @@ MUST_PASS = [
     ("What does the course offer?", "What is in the course?"),
     ("How do I get the settings of the app?", "How can I get the app settings?"),
     ("Does the universe have a beginning and an ending?", "Did the universe have a beginning?"),
+    ("Is it possible to dream in a dream?", "Is it possible to have a dream in a dream?"),
+    ("How do I set up 2fa?", "How do I set up two factor authentication?"),
+    ("What happened on the 1st of May?", "What happened on the first of May?"),
 ]
 
 

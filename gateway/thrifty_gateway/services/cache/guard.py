@@ -29,7 +29,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 # Words of any script (letters, inner apostrophes and hyphens), and numbers.
-_WORD = re.compile(r"[^\W\d_](?:[^\W\d_]|['\-])*[^\W\d_]|[^\W\d_]|\d[\d,.:/\-]*\d|\d")
+_WORD = re.compile(r"[^\W\d_](?:[^\W\d_]|['\-])*[^\W\d_]|[^\W\d_]|\d(?:[\d,.:/\-]*\d)?[^\W\d_]*")
+# Letters after a number that make another number of it: "7am" / "7pm", "10k" / "10m".
+NUMBER_UNITS = frozenset("k m b bn gb mb kb tb am pm".split())
 # Apostrophes as keyboards, phones and word processors type them.
 _APOSTROPHES = str.maketrans(dict.fromkeys("\u2019\u2018\u02bc\u2032\u0060\u00b4", "'"))
 _SENTENCE_END = re.compile(r"[.!?]\s+|\n")
@@ -49,6 +51,7 @@ NUMBER_WORDS = {
 MONTHS = (
     "january february march april may june july august september october november december"
 ).split()
+WEEKDAYS = "monday tuesday wednesday thursday friday saturday sunday".split()
 
 _CONTRACTIONS = (
     "can't won't don't doesn't didn't isn't aren't wasn't weren't shouldn't wouldn't couldn't "
@@ -60,7 +63,7 @@ NEGATIONS = frozenset(
     + [c.replace("'", "") for c in _CONTRACTIONS]  # typed without the apostrophe: "dont"
 )
 # A word with one of these in front, against the same word without it: safe / unsafe.
-NEGATING_PREFIXES = ("un", "in", "im", "il", "ir", "dis", "non", "non-")
+NEGATING_PREFIXES = ("un", "in", "im", "il", "ir", "dis", "de", "non", "non-", "anti")
 PREFIXED_BASE_MIN = 4  # letters of the base word: "unit" is no negated "it"
 
 ANTONYM_PAIRS: tuple[tuple[str, str], ...] = tuple(
@@ -80,10 +83,21 @@ ANTONYM_PAIRS: tuple[tuple[str, str], ...] = tuple(
         "morning/evening day/night summer/winter light/dark black/white early/late "
         "import/export send/receive give/take lend/borrow teach/learn buy/rent "
         "inhale/exhale internal/external input/output client/server read/write get/set "
-        "success/failure pass/fail legal/illegal possible/impossible safe/dangerous "
+        "success/failure succeed/fail pass/fail legal/illegal possible/impossible safe/dangerous "
         "true/fake real/fake friend/enemy agree/disagree same/different similar/different "
         "ascending/descending asc/desc synchronous/asynchronous "
-        "sync/async public/private import/export mean/median"
+        "sync/async public/private import/export mean/median "
+        "arrive/depart arrival/departure accept/decline approve/deny approve/reject hire/fire "
+        "freeze/thaw freezing/boiling husband/wife king/queen mother/father son/daughter "
+        "brother/sister deposit/withdraw debit/credit income/expense profit/loss "
+        "sunrise/sunset inbound/outbound incoming/outgoing upstream/downstream "
+        "uppercase/lowercase horizontal/vertical prefix/suffix header/footer top/bottom "
+        "front/back forward/backward ascend/descend expand/collapse show/hide join/leave "
+        "enter/exit login/logout attach/detach merge/split "
+        # units: one asked for in place of the other changes the answer
+        "celsius/fahrenheit km/mile kilometer/mile kilometre/mile kg/lb kg/pound kilo/pound "
+        "kilogram/pound meter/foot metre/foot meter/feet metre/feet cm/inch centimeter/inch "
+        "liter/gallon litre/gallon dollar/euro hour/minute day/week week/month month/year"
     ).split()
 )
 
@@ -115,14 +129,17 @@ def _number_of(token: str) -> str | None:
         return NUMBER_WORDS[low]
     if low in MONTHS:
         return f"month:{MONTHS.index(low) + 1}"
-    if token[0].isdigit():
-        return token.replace(",", "").rstrip(".")
-    m = re.fullmatch(r"(\d+)(st|nd|rd|th|s|k|m|gb|mb|kb|am|pm|x)", low)
-    return (
-        m.group(1) + (m.group(2) if m.group(2) in {"k", "m", "gb", "mb", "kb"} else "")
-        if m
-        else None
-    )
+    if low.rstrip("s") in WEEKDAYS:
+        return f"weekday:{WEEKDAYS.index(low.rstrip('s')) + 1}"
+    if not token[0].isdigit():
+        return None
+    # "7pm", "10k", "5gb" keep their unit; "1st" is 1, "1990s" 1990, "3x" 3; other letters
+    # ("2fa", "gpt-4o") are not part of the number.
+    m = re.fullmatch(r"([\d,.:/\-]*\d)([^\W\d_]*)", low)
+    if m is None:  # (a number token always matches; kept for the type checker)
+        return low
+    number, unit = m.group(1).replace(",", ""), m.group(2)
+    return number + unit if unit in NUMBER_UNITS else number
 
 
 def _entity_tokens(text: str) -> list[str]:
@@ -258,15 +275,17 @@ DIRECTION_WINDOW = 2
 
 
 def _direction_matches(a: Features, b: Features) -> bool:
-    """Words next to to/from/into/vs keep their side ("USD to EUR" vs "EUR to USD")."""
-    for marker in ("to", "into", "from", "vs", "versus", "than"):
+    """Words next to to/from/into/vs/than/in keep their side ("USD to EUR" vs "EUR to USD",
+    "celsius in fahrenheit" vs "fahrenheit in celsius")."""
+    for marker in ("to", "into", "from", "vs", "versus", "than", "in"):
         if marker not in a.lower or marker not in b.lower:
             continue
         ia, ib = a.lower.index(marker), b.lower.index(marker)
         w = DIRECTION_WINDOW
         before_a, after_a = set(a.lower[max(0, ia - w) : ia]), set(a.lower[ia + 1 : ia + 1 + w])
         before_b, after_b = set(b.lower[max(0, ib - w) : ib]), set(b.lower[ib + 1 : ib + 1 + w])
-        content = {w for w in before_a | after_a if w not in COMMON_CAPITALISED and len(w) > 1}
+        # (a word on both sides of the marker, "a dream in a dream", swaps nothing)
+        content = {w for w in before_a ^ after_a if w not in COMMON_CAPITALISED and len(w) > 1}
         if (before_a & after_b & content) and (after_a & before_b & content):
             return False
     return True
