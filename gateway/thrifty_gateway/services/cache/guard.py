@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -142,6 +142,21 @@ def _number_of(token: str) -> str | None:
     return number + unit if unit in NUMBER_UNITS else number
 
 
+# Words before "may" that make it the month ("in may"), not the verb ("you may").
+MONTH_CUES = frozenset("in of on since until till by during early late mid last next this".split())
+
+
+def _may_month(tokens: Sequence[str], i: int) -> bool:
+    """Whether "may" at `i` is the month: capitalised inside the text, after a month cue, or
+    next to a number ("May 3", "3 may")."""
+    near = [tokens[j] for j in (i - 1, i + 1) if 0 <= j < len(tokens)]
+    return (
+        (tokens[i] == "May" and i > 0)
+        or (i > 0 and tokens[i - 1].lower() in MONTH_CUES)
+        or any(t[0].isdigit() for t in near)
+    )
+
+
 def _entity_tokens(text: str) -> list[str]:
     entities: list[str] = []
     for sentence in _SENTENCE_END.split(text):
@@ -173,7 +188,13 @@ def features(text: str) -> Features:
     text = normalised(text)
     tokens = tuple(_WORD.findall(text))
     lower = tuple(t.lower() for t in tokens)
-    numbers = tuple(sorted(n for n in (_number_of(t) for t in tokens) if n is not None))
+    numbers = tuple(
+        sorted(
+            n
+            for i, t in enumerate(tokens)
+            if (n := _number_of(t)) is not None and (t.lower() != "may" or _may_month(tokens, i))
+        )
+    )
     negated = any(t in NEGATIONS or t.endswith("n't") for t in lower)
     return Features(
         tokens=tokens,
