@@ -115,6 +115,19 @@ NEAR_MISSES = [
     ("Schedule the meeting on monday", "Schedule the meeting on tuesday"),
     ("What time does the train arrive?", "What time does the train depart?"),
     ("What is 30 degrees celsius in fahrenheit?", "What is 30 degrees fahrenheit in celsius?"),
+    # A third round (same session): a lexical negator, a comparison scale, units, times, roles
+    # that trade places, an opposite pair.
+    ("Does the laptop have usb-c?", "Does the laptop lack usb-c?"),
+    ("Show customers with more than 5 orders", "Show customers with fewer than 5 orders"),
+    ("Is 50 mcg of vitamin d safe?", "Is 50 mg of vitamin d safe?"),
+    ("Microwave it for 30 seconds", "Microwave it for 30 minutes"),
+    ("Set the alarm for noon", "Set the alarm for midnight"),
+    ("Does sarah owe mike 20 dollars?", "Does mike owe sarah 20 dollars?"),
+    (
+        "Why does my code work locally but not in production?",
+        "Why does my code work in production but not locally?",
+    ),
+    ("Make a shallow copy of a dict", "Make a deep copy of a dict"),
 ]
 MAX_WRONG_SHARE = 0.02
 

@@ -5,18 +5,26 @@ and Paris with Lyon: sentence embeddings place such pairs very close. Each check
 pure function of the two texts (the new final user turn and the cached one) and rejects the
 candidate when the texts disagree on something that changes the answer:
 
-* numbers: the multisets of numbers (digits, number words, ordinals, dates) differ;
-* negation: one text is negated and the other is not ("don't", "don’t" and "dont" alike);
-* antonyms: one text uses one member of an antonym / direction pair and the other text the
-  other member, in any inflection (start/stopped, open/closed, longest/shortest ...), one
-  text has a word the other has with a negating prefix (safe/unsafe, valid/invalid), or
-  shared words swap sides around to/from/into/vs ("USD to EUR" / "EUR to USD");
-* entities: a named entity (capitalised or mixed-case token, acronym) of each text is absent
-  from the other (a substitution), or shared entities appear in a different order;
+* numbers: the numbers differ (digits, number words, ordinals, months, weekdays, clock times:
+  "2pm" is "14:00"), or several come in another order ("divide 100 by 4"), or both texts name
+  values of one unit, time or frequency group and not the same ones ("50 mg" / "50 mcg");
+* negation: one text is negated and the other is not ("don't", "don’t" and "dont" alike; "lack",
+  "barely", "refuse to" ...);
+* antonyms: one text uses one side of an antonym pair or opposite class and the other text the
+  other side, in any inflection (start/stopped, open/closed, more/fewer, all/some, did/will
+  ...); a word against the same word with a negating prefix or ending (safe/unsafe,
+  caffeinated/caffeine-free) or under opposite prefixes (overpay/underpay); or shared words
+  swap sides around to/from/into/than/in ("USD to EUR" / "EUR to USD");
+* entities: a named entity (capitalised or mixed-case token, acronym; not an instruction's
+  first verb) of each text is absent from the other (a substitution), or the same words come
+  in an order that trades two of them ("sarah owes mike" / "mike owes sarah"; moving one word,
+  whole marker-led chunks, or the sides of and/or/vs keeps the meaning);
 * length: one text is far longer than the other (it asks for more).
 
-Texts are compared after NFKC normalisation (circled and full-width digits are digits) with
-typographic apostrophes made plain. Every check is measured in `bench/bench_semantic.py`.
+The word lists are in `guard_lexicon` (English only). Texts are compared after NFKC
+normalisation (circled and full-width digits are digits) with typographic apostrophes made
+plain, "7 a.m." as "7am", "w/o" as "without" and comparison operators as words. Every check
+is measured in `bench/bench_semantic.py`.
 """
 
 from __future__ import annotations
@@ -28,88 +36,56 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-# Words of any script (letters, inner apostrophes and hyphens), and numbers.
-_WORD = re.compile(r"[^\W\d_](?:[^\W\d_]|['\-])*[^\W\d_]|[^\W\d_]|\d(?:[\d,.:/\-]*\d)?[^\W\d_]*")
-# Letters after a number that make another number of it: "7am" / "7pm", "10k" / "10m".
-NUMBER_UNITS = frozenset("k m b bn gb mb kb tb am pm".split())
+from .guard_lexicon import (
+    ANTONYM_PAIRS,
+    CHUNK_MARKERS,
+    COMMON_CAPITALISED,
+    CONJUNCTIONS,
+    INITIAL_VERBS,
+    IRREGULAR,
+    MONTH_CUES,
+    MONTHS,
+    NEGATING_BEFORE_TO,
+    NEGATING_PREFIXES,
+    NEGATING_SUFFIXES,
+    NEGATIONS,
+    NUMBER_PARTS,
+    NUMBER_WORDS,
+    OPPOSITE_BASE_MIN,
+    OPPOSITE_CLASSES,
+    OPPOSITE_PREFIXES,
+    ORDER_IGNORED,
+    PARTICLES,
+    PREFIXED_BASE_MIN,
+    PRONOUN_SUBJECTS,
+    VALUE_GROUPS,
+    WEEKDAYS,
+)
+
+# Words of any script (letters, inner apostrophes and hyphens), and numbers (a minus sign
+# before one that follows no word: "-18", not "gpt-4").
+_WORD = re.compile(
+    r"[^\W\d_](?:[^\W\d_]|['\-])*[^\W\d_]|[^\W\d_]"
+    r"|(?:(?<![\w.])-)?\d(?:[\d,.:/\-]*\d)?[^\W\d_]*"
+)
+# Letters after a number that make another number of it: "10k" / "10m". (Units of measure
+# are compared as values: VALUE_GROUPS.)
+NUMBER_UNITS = frozenset("k m b bn".split())
+_CLOCK = re.compile(r"(\d{1,2})(?::(\d\d))?(am|pm)?")
+# "7 am", "7 a.m." -> "7am"; operators -> words; "w/o" -> "without".
+_REWRITES = (
+    (re.compile(r"(\d)\s*([ap])\.?\s?m\b\.?", re.IGNORECASE), r"\1\2m"),
+    (re.compile(r"\bw/o\b", re.IGNORECASE), " without "),
+    (re.compile(r">="), " at least "),
+    (re.compile(r"<="), " at most "),
+    (re.compile(r"!="), " not equal "),
+    (re.compile(r"=="), " equal "),
+    (re.compile(r"(?<![-=])>"), " greater than "),
+    (re.compile(r"<(?![-=])"), " less than "),
+)
 # Apostrophes as keyboards, phones and word processors type them.
 _APOSTROPHES = str.maketrans(dict.fromkeys("\u2019\u2018\u02bc\u2032\u0060\u00b4", "'"))
 _SENTENCE_END = re.compile(r"[.!?]\s+|\n")
-
-NUMBER_WORDS = {
-    "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
-    "seven": "7", "eight": "8", "nine": "9", "ten": "10", "eleven": "11", "twelve": "12",
-    "thirteen": "13", "fourteen": "14", "fifteen": "15", "sixteen": "16", "seventeen": "17",
-    "eighteen": "18", "nineteen": "19", "twenty": "20", "thirty": "30", "forty": "40",
-    "fifty": "50", "sixty": "60", "seventy": "70", "eighty": "80", "ninety": "90",
-    "hundred": "100", "thousand": "1000", "million": "1000000", "billion": "1000000000",
-    "first": "1", "second": "2", "third": "3", "fourth": "4", "fifth": "5", "sixth": "6",
-    "seventh": "7", "eighth": "8", "ninth": "9", "tenth": "10", "twice": "2", "half": "0.5",
-    "dozen": "12", "single": "1", "double": "2", "triple": "3",
-}  # fmt: skip
-
-MONTHS = (
-    "january february march april may june july august september october november december"
-).split()
-WEEKDAYS = "monday tuesday wednesday thursday friday saturday sunday".split()
-
-_CONTRACTIONS = (
-    "can't won't don't doesn't didn't isn't aren't wasn't weren't shouldn't wouldn't couldn't "
-    "haven't hasn't hadn't mustn't needn't ain't"
-).split()
-NEGATIONS = frozenset(
-    "not no never none nobody nothing neither nor without cannot nowhere unable".split()
-    + _CONTRACTIONS
-    + [c.replace("'", "") for c in _CONTRACTIONS]  # typed without the apostrophe: "dont"
-)
-# A word with one of these in front, against the same word without it: safe / unsafe.
-NEGATING_PREFIXES = ("un", "in", "im", "il", "ir", "dis", "de", "non", "non-", "anti")
-PREFIXED_BASE_MIN = 4  # letters of the base word: "unit" is no negated "it"
-
-ANTONYM_PAIRS: tuple[tuple[str, str], ...] = tuple(
-    tuple(p.split("/"))  # type: ignore[misc]
-    for p in (
-        "start/stop start/end begin/end open/close enable/disable on/off up/down in/out "
-        "increase/decrease rise/fall raise/lower gain/lose win/lose buy/sell import/export "
-        "upload/download push/pull add/remove insert/delete encrypt/decrypt encode/decode "
-        "compress/decompress connect/disconnect lock/unlock install/uninstall include/exclude "
-        "accept/reject allow/deny before/after above/below over/under inside/outside "
-        "max/min maximum/minimum most/least more/less higher/lower high/low big/small "
-        "large/small long/short fast/slow hot/cold warm/cool best/worst better/worse good/bad "
-        "first/last true/false positive/negative pros/cons advantage/disadvantage "
-        "cheap/expensive cheapest/expensive strong/weak easy/hard easy/difficult "
-        "left/right north/south east/west male/female men/women boy/girl love/hate "
-        "like/dislike happy/sad rich/poor old/new old/young past/future yesterday/tomorrow "
-        "morning/evening day/night summer/winter light/dark black/white early/late "
-        "import/export send/receive give/take lend/borrow teach/learn buy/rent "
-        "inhale/exhale internal/external input/output client/server read/write get/set "
-        "success/failure succeed/fail pass/fail legal/illegal possible/impossible safe/dangerous "
-        "true/fake real/fake friend/enemy agree/disagree same/different similar/different "
-        "ascending/descending asc/desc synchronous/asynchronous "
-        "sync/async public/private import/export mean/median "
-        "arrive/depart arrival/departure accept/decline approve/deny approve/reject hire/fire "
-        "freeze/thaw freezing/boiling husband/wife king/queen mother/father son/daughter "
-        "brother/sister deposit/withdraw debit/credit income/expense profit/loss "
-        "sunrise/sunset inbound/outbound incoming/outgoing upstream/downstream "
-        "uppercase/lowercase horizontal/vertical prefix/suffix header/footer top/bottom "
-        "front/back forward/backward ascend/descend expand/collapse show/hide join/leave "
-        "enter/exit login/logout attach/detach merge/split "
-        # units: one asked for in place of the other changes the answer
-        "celsius/fahrenheit km/mile kilometer/mile kilometre/mile kg/lb kg/pound kilo/pound "
-        "kilogram/pound meter/foot metre/foot meter/feet metre/feet cm/inch centimeter/inch "
-        "liter/gallon litre/gallon dollar/euro hour/minute day/week week/month month/year"
-    ).split()
-)
-
-COMMON_CAPITALISED = frozenset(
-    "i a an the what what's whats how how's why when where who whom whose which is are was "
-    "were can could should would will do does did have has had may might must shall if in "
-    "on at for to of and or but so as my your our their his her its it it's this that these "
-    "those there here please tell give explain write describe list make create find show "
-    "help let i'm i've i'd i'll hi hello hey thanks thank yes no not any some all each every "
-    "best most why's where's who's after before with without from by about into be been "
-    "being am also then than just only very really now today yesterday tomorrow".split()
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,9 +94,11 @@ class Features:
 
     tokens: tuple[str, ...]
     lower: tuple[str, ...]
-    numbers: tuple[str, ...]
+    numbers: tuple[str, ...]  # sorted
+    number_order: tuple[str, ...]  # as they appear
     negated: bool
     entities: tuple[str, ...]  # lower-cased, in order of appearance
+    values: frozenset[tuple[str, str]]  # (VALUE_GROUPS group, value)
 
 
 def _number_of(token: str) -> str | None:
@@ -131,19 +109,39 @@ def _number_of(token: str) -> str | None:
         return f"month:{MONTHS.index(low) + 1}"
     if low.rstrip("s") in WEEKDAYS:
         return f"weekday:{WEEKDAYS.index(low.rstrip('s')) + 1}"
-    if not token[0].isdigit():
+    if "-" in low and low[0].isalpha():  # "twenty-five", "twenty-first"
+        parts = [NUMBER_WORDS.get(p, NUMBER_PARTS.get(p)) for p in low.split("-")]
+        if all(p is not None and p.isdigit() for p in parts):
+            return str(sum(int(p) for p in parts if p is not None))
         return None
-    # "7pm", "10k", "5gb" keep their unit; "1st" is 1, "1990s" 1990, "3x" 3; other letters
-    # ("2fa", "gpt-4o") are not part of the number.
+    sign = "-" if low.startswith("-") else ""
+    low = low.lstrip("-")
+    if not low[:1].isdigit():
+        return None
+    clock = _CLOCK.fullmatch(low)
+    if clock and (clock.group(2) or clock.group(3)):  # "7pm", "19:00", "7:30pm" -> "19:30"
+        hour, minute, half = int(clock.group(1)), clock.group(2) or "00", clock.group(3)
+        hour = hour % 12 + (12 if half == "pm" else 0) if half else hour
+        return f"{hour:02d}:{minute}"
+    # "10k" keeps its unit; "1st" is 1, "1990s" 1990, "3x" 3; other letters ("2fa", "50mg",
+    # "gpt-4o") are not part of the number.
     m = re.fullmatch(r"([\d,.:/\-]*\d)([^\W\d_]*)", low)
     if m is None:  # (a number token always matches; kept for the type checker)
-        return low
+        return sign + low
     number, unit = m.group(1).replace(",", ""), m.group(2)
-    return number + unit if unit in NUMBER_UNITS else number
+    return sign + (number + unit if unit in NUMBER_UNITS else number)
 
 
-# Words before "may" that make it the month ("in may"), not the verb ("you may").
-MONTH_CUES = frozenset("in of on since until till by during early late mid last next this".split())
+def _values(lower: Sequence[str]) -> frozenset[tuple[str, str]]:
+    """The (group, value) of each unit, time or size word, also one glued to a number
+    ("50mg")."""
+    out = set()
+    for token in lower:
+        word = re.sub(r"^-?[\d,.:/\-]+", "", token) if token[:1] in "-0123456789" else token
+        for group, spellings in VALUE_GROUPS.items():
+            if word in spellings:
+                out.add((group, spellings[word]))
+    return frozenset(out)
 
 
 def _may_month(tokens: Sequence[str], i: int) -> bool:
@@ -171,6 +169,8 @@ def _entity_tokens(text: str) -> list[str]:
             low = word.lower()
             if low in COMMON_CAPITALISED or low in MONTHS or low in NUMBER_WORDS:
                 continue
+            if i == 0 and not upper_inside and low in INITIAL_VERBS:
+                continue
             if i == 0 and not upper_inside and len(words) > 1 and low.endswith("ing"):
                 continue
             entities.append(low)
@@ -178,8 +178,12 @@ def _entity_tokens(text: str) -> list[str]:
 
 
 def normalised(text: str) -> str:
-    """NFKC ("①" is "1", full-width letters are letters), apostrophes made plain."""
-    return unicodedata.normalize("NFKC", text).translate(_APOSTROPHES)
+    """NFKC ("①" is "1", full-width letters are letters), apostrophes made plain, and the
+    `_REWRITES`."""
+    text = unicodedata.normalize("NFKC", text).translate(_APOSTROPHES)
+    for pattern, replacement in _REWRITES:
+        text = pattern.sub(replacement, text)
+    return text
 
 
 @lru_cache(maxsize=4096)
@@ -188,43 +192,45 @@ def features(text: str) -> Features:
     text = normalised(text)
     tokens = tuple(_WORD.findall(text))
     lower = tuple(t.lower() for t in tokens)
-    numbers = tuple(
-        sorted(
-            n
-            for i, t in enumerate(tokens)
-            if (n := _number_of(t)) is not None and (t.lower() != "may" or _may_month(tokens, i))
-        )
+    order = tuple(
+        n
+        for i, t in enumerate(tokens)
+        if (n := _number_of(t)) is not None and (t.lower() != "may" or _may_month(tokens, i))
     )
-    negated = any(t in NEGATIONS or t.endswith("n't") for t in lower)
+    negated = any(t in NEGATIONS or t.endswith("n't") for t in lower) or any(
+        t in NEGATING_BEFORE_TO and nxt == "to" for t, nxt in zip(lower, lower[1:], strict=False)
+    )
     return Features(
         tokens=tokens,
         lower=lower,
-        numbers=numbers,
+        numbers=tuple(sorted(order)),
+        number_order=order,
         negated=negated,
         entities=tuple(_entity_tokens(text)),
+        values=_values(lower),
     )
 
 
+def _numeric(order: Sequence[str]) -> list[str]:
+    """The numbers proper, in order (a month or weekday may move: "December 25" / "25th of
+    December")."""
+    return [n for n in order if not n.startswith(("month:", "weekday:"))]
+
+
 def numbers_match(a: Features, b: Features) -> bool:
-    return Counter(a.numbers) == Counter(b.numbers)
+    """The same numbers, in the same order when there are several ("divide 100 by 4" is not
+    "divide 4 by 100"), and the same values of each unit, time or size group both name
+    ("50 mg" / "50 mcg")."""
+    if a.numbers != b.numbers or _numeric(a.number_order) != _numeric(b.number_order):
+        return False
+    groups = {g for g, _ in a.values} & {g for g, _ in b.values}
+    return all(
+        {v for v in a.values if v[0] == g} == {v for v in b.values if v[0] == g} for g in groups
+    )
 
 
 def negation_matches(a: Features, b: Features) -> bool:
     return a.negated == b.negated
-
-
-# Irregular forms of the antonym pairs' words (the regular ones are made by `_inflections`).
-IRREGULAR = {
-    "begin": ("began", "begun"), "fall": ("fell", "fallen"), "rise": ("rose", "risen"),
-    "win": ("won",), "lose": ("lost",), "buy": ("bought",), "sell": ("sold",),
-    "give": ("gave",), "take": ("took", "taken"), "send": ("sent",), "lend": ("lent",),
-    "learn": ("learnt",), "write": ("wrote", "written"),
-    "get": ("got", "gotten"), "bad": ("worse", "worst"), "good": ("better", "best"),
-}  # fmt: skip
-# Not inflected ("offer" is no form of "off"), and not taken as a form of another word:
-# "given" ("given a list") and "taught" ("you will be taught" is "you will learn") are left out
-# of IRREGULAR for the same reason.
-PARTICLES = frozenset("on off up in out".split())
 
 
 def _inflections(word: str) -> set[str]:
@@ -246,32 +252,68 @@ def _inflections(word: str) -> set[str]:
 
 
 @lru_cache(maxsize=1)
-def _antonym_forms() -> dict[str, frozenset[str]]:
-    """Each inflected form of a word of ANTONYM_PAIRS -> the pair words it is a form of."""
-    forms: dict[str, set[str]] = {}
-    for pair in ANTONYM_PAIRS:
-        for word in pair:
-            for form in _inflections(word):
-                forms.setdefault(form, set()).add(word)
-    return {form: frozenset(words) for form, words in forms.items()}
+def _opposites() -> tuple[tuple[frozenset[str], frozenset[str]], ...]:
+    """Every antonym pair and opposite class, each side with its inflected forms."""
+    sides = [({x}, {y}) for x, y in ANTONYM_PAIRS] + [(set(x), set(y)) for x, y in OPPOSITE_CLASSES]
+    return tuple(
+        (frozenset().union(*map(_inflections, x)), frozenset().union(*map(_inflections, y)))
+        for x, y in sides
+    )
 
 
-def _antonym_words(f: Features) -> frozenset[str]:
-    forms = _antonym_forms()
-    return frozenset(w for t in f.lower for w in forms.get(t, ()))
+def _words_and_parts(f: Features) -> frozenset[str]:
+    """The text's words, and the parts of its hyphenated ones ("long-term": long, term)."""
+    return frozenset(f.lower) | {p for t in f.lower if "-" in t for p in t.split("-") if p}
 
 
 def antonyms_match(a: Features, b: Features) -> bool:
-    wa, wb = _antonym_words(a), _antonym_words(b)
-    for x, y in ANTONYM_PAIRS:
-        sa = (x in wa, y in wa)
-        sb = (x in wb, y in wb)
+    wa, wb = _words_and_parts(a), _words_and_parts(b)
+    for x, y in _opposites():
+        sa = (bool(x & wa), bool(y & wa))
+        sb = (bool(x & wb), bool(y & wb))
         # A swap (one text says x and not y, the other y and not x), not a mere addition.
         if (sa == (True, False) and sb == (False, True)) or (
             sa == (False, True) and sb == (True, False)
         ):
             return False
-    return _prefix_matches(a, b) and _prefix_matches(b, a) and _direction_matches(a, b)
+    return (
+        _prefix_matches(a, b)
+        and _prefix_matches(b, a)
+        and _suffix_matches(wa, wb)
+        and _suffix_matches(wb, wa)
+        and _opposite_prefixes_match(wa, wb)
+        and _direction_matches(a, b)
+    )
+
+
+def _suffix_matches(wa: frozenset[str], wb: frozenset[str]) -> bool:
+    """False when a word of `wa` is a word of `wb` with a negating ending that `wb` lacks:
+    "caffeine-free" / "caffeinated", "wireless" / "wired"."""
+    for word in wa - wb:
+        for suffix in NEGATING_SUFFIXES:
+            base = word[: -len(suffix)]
+            if word.endswith(suffix) and len(base) >= PREFIXED_BASE_MIN:
+                stem = base[:-1] if base.endswith("e") else base  # caffeine: caffeinated
+                if any(w.startswith(stem) and not w.endswith(suffix) for w in wb - wa):
+                    return False
+    return True
+
+
+def _opposite_prefixes_match(wa: frozenset[str], wb: frozenset[str]) -> bool:
+    """False when one text's word and the other's are one word under opposite prefixes that
+    the other text lacks: "overpay" / "underpay", "increment" / "decrement"."""
+    only_a, only_b = wa - wb, wb - wa
+    for p, q in OPPOSITE_PREFIXES:
+        for first, second in ((p, q), (q, p)):
+            for word in only_a:
+                base = word[len(first) :].lstrip("-")
+                if word.startswith(first) and len(base) >= OPPOSITE_BASE_MIN:
+                    if any(
+                        w.startswith(second) and w[len(second) :].lstrip("-") == base
+                        for w in only_b
+                    ):
+                        return False
+    return True
 
 
 def _prefix_matches(a: Features, b: Features) -> bool:
@@ -296,9 +338,9 @@ DIRECTION_WINDOW = 2
 
 
 def _direction_matches(a: Features, b: Features) -> bool:
-    """Words next to to/from/into/vs/than/in keep their side ("USD to EUR" vs "EUR to USD",
+    """Words next to to/from/into/than/in keep their side ("USD to EUR" vs "EUR to USD",
     "celsius in fahrenheit" vs "fahrenheit in celsius")."""
-    for marker in ("to", "into", "from", "vs", "versus", "than", "in"):
+    for marker in ("to", "into", "from", "than", "in"):  # ("vs" is symmetric: "a vs b")
         if marker not in a.lower or marker not in b.lower:
             continue
         ia, ib = a.lower.index(marker), b.lower.index(marker)
@@ -318,9 +360,59 @@ def entities_match(a: Features, b: Features) -> bool:
     words_a, words_b = set(a.lower), set(b.lower)
     if any(e not in words_b for e in a.entities) and any(e not in words_a for e in b.entities):
         return False
+    same_words, order_ok = _word_order(a, b)
+    if same_words:  # the same words: their order decides, named or not
+        return order_ok
     shared = [e for e in dict.fromkeys(a.entities) if e in b.entities]
     order_b = [e for e in dict.fromkeys(b.entities) if e in shared]
     return shared == order_b
+
+
+def _order_words(f: Features) -> list[str]:
+    return [PRONOUN_SUBJECTS.get(t, t) for t in f.lower if t not in ORDER_IGNORED]
+
+
+def _chunks(words: Sequence[str]) -> Counter[tuple[str, ...]]:
+    """The words cut before each of CHUNK_MARKERS ("from paris", "to london")."""
+    out: Counter[tuple[str, ...]] = Counter()
+    current: list[str] = []
+    for word in words:
+        if word in CHUNK_MARKERS and current:
+            out[tuple(current)] += 1
+            current = []
+        current.append(word)
+    out[tuple(current)] += 1
+    return out
+
+
+def _word_order(a: Features, b: Features) -> tuple[bool, bool]:
+    """(the same words, in an order that keeps the meaning). Two words that trade places
+    change who does what to whom ("sarah owes mike" / "mike owes sarah", "works locally but
+    not in production" / the reverse), unless they sit around and/or/vs ("python and java") or
+    whole chunks move with their marker ("from paris to london" / "to london from paris")."""
+    wa, wb = _order_words(a), _order_words(b)
+    if Counter(wa) != Counter(wb):
+        return False, True
+    if wa == wb:
+        return True, True
+    for i, word in enumerate(wa[1:-1], start=1):
+        if word in CONJUNCTIONS:
+            swapped = [*wa[: i - 1], wa[i + 1], word, wa[i - 1], *wa[i + 2 :]]
+            if swapped == wb:
+                return True, True
+    # One word moved, the rest in order: "how are waves formed" / "how waves are formed",
+    # "physically, how does it feel" / "how does it feel physically". (With the articles
+    # kept, "every square a rectangle" / "every rectangle a square" is no such move.)
+    for word in set(wa):
+        if _without(wa, word) == _without(wb, word):
+            return True, True
+    chunks = _chunks(wa)
+    return True, len(chunks) > 1 and chunks == _chunks(wb)
+
+
+def _without(words: Sequence[str], word: str) -> list[str]:
+    i = list(words).index(word)
+    return [*words[:i], *words[i + 1 :]]
 
 
 def length_matches(a: Features, b: Features, ratio: float = 3.0) -> bool:
