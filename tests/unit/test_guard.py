@@ -4,92 +4,45 @@ named entity are rejected; plain paraphrases pass."""
 from __future__ import annotations
 
 import pytest
+from bench.bench_semantic import NEAR_MISSES
 
 from thrifty_gateway.services.cache.guard import CHECKS, first_failure, passes
 
+# With the semantic bench's near misses (NEAR_MISSES), which cover the first kinds.
 MUST_REJECT = [
-    # negation
-    ("Is Python a compiled language?", "Is Python not a compiled language?"),
-    ("Why can't I sleep at night?", "Why can I sleep at night?"),
     ("Should I use a VPN?", "Should I never use a VPN?"),
-    # numbers and dates
-    ("Who won the World Cup in 2014?", "Who won the World Cup in 2018?"),
-    ("What is 15% of 200?", "What is 15% of 300?"),
-    ("Give me three tips for sleeping better", "Give me five tips for sleeping better"),
-    ("What happened on March 3?", "What happened on March 4?"),
     ("What happened in March?", "What happened in April?"),
-    ("How do I sort a list in Python 2?", "How do I sort a list in Python 3?"),
-    # antonyms and direction
-    ("How do I start the docker container?", "How do I stop the docker container?"),
-    ("How to increase my credit score", "How to decrease my credit score"),
-    ("What is the best time to buy stocks?", "What is the best time to sell stocks?"),
-    ("How do I enable dark mode?", "How do I disable dark mode?"),
-    ("Convert USD to EUR", "Convert EUR to USD"),
-    ("How do I upload files to S3?", "How do I download files from S3?"),
-    ("What should I eat before a workout?", "What should I eat after a workout?"),
-    ("How to lose weight fast?", "How to gain weight fast?"),
-    # named entities
-    ("What is the capital of France?", "What is the capital of Germany?"),
-    ("Who is the CEO of Google?", "Who is the CEO of Microsoft?"),
-    ("How do I install numpy on Windows?", "How do I install numpy on Ubuntu?"),
-    ("What did Obama say about healthcare?", "What did Trump say about healthcare?"),
     # as people type them: typographic apostrophes, none, negating prefixes, inflections,
     # other digits (found by a black-box probe of the gateway: the verifier served them all)
-    ("I want onions on my pizza", "I don\u2019t want onions on my pizza"),
     ("Should I take ibuprofen with alcohol?", "Shouldn\u2019t I take ibuprofen with alcohol?"),
     ("I want onions on my pizza please", "I dont want onions on my pizza please"),
-    ("Why doesnt my code compile?", "Why does my code compile?"),
-    ("Is it safe to eat raw chicken?", "Is it unsafe to eat raw chicken?"),
-    ("Is the contract valid?", "Is the contract invalid?"),
     ("Is this statement accurate?", "Is this statement inaccurate?"),
-    ("Is it likely to rain tomorrow?", "Is it unlikely to rain tomorrow?"),
-    ("Is the restaurant open on Sundays?", "Is the restaurant closed on Sundays?"),
-    ("How do I know if the firewall is enabled?", "How do I know if the firewall is disabled?"),
-    ("What is the longest river in Africa?", "What is the shortest river in Africa?"),
-    ("Show me the jobs that started yesterday", "Show me the jobs that stopped yesterday"),
-    ("Was the file encoded?", "Was the file decoded?"),
     ("Why are prices rising?", "Why are prices falling?"),
     ("Who won the match?", "Who lost the match?"),
-    ("Book a table for \u2460 person", "Book a table for \u2462 persons"),
     ("Book a table for \uff12 people", "Book a table for 3 people"),
-    ("Set an alarm for 7am", "Set an alarm for 7pm"),
     ("What happened in May?", "What happened in June?"),
     ("Book it for 3 may", "Book it for 3 june"),
     # a third round (216 written near misses, 66 served before): negators, quantifiers,
     # comparison scales and operators, units and times, signs, numbers in another order, words
     # that trade places, hyphenated and prefixed opposites, negating endings, tense
-    ("Does the laptop have usb-c?", "Does the laptop lack usb-c?"),
     ("Did she refuse to sign the contract?", "Did she agree to sign the contract?"),
     ("Cancel all my subscriptions", "Cancel any of my subscriptions"),
     ("Do many people use linux?", "Do few people use linux?"),
-    ("Show customers with more than 5 orders", "Show customers with fewer than 5 orders"),
     ("Filter rows where price > 100", "Filter rows where price < 100"),
-    ("Is 50 mcg of vitamin d safe?", "Is 50 mg of vitamin d safe?"),
-    ("Microwave it for 30 seconds", "Microwave it for 30 minutes"),
     ("Remind me this morning", "Remind me this afternoon"),
-    ("Set the alarm for noon", "Set the alarm for midnight"),
     ("Set the alarm for 7 a.m.", "Set the alarm for 7 p.m."),
     ("Is -18 degrees cold?", "Is 18 degrees cold?"),
     ("Divide 100 by 4", "Divide 4 by 100"),
-    ("Does sarah owe mike 20 dollars?", "Does mike owe sarah 20 dollars?"),
-    (
-        "Why does my code work locally but not in production?",
-        "Why does my code work in production but not locally?",
-    ),
     ("Move 200 dollars from checking into savings", "Move 200 dollars into checking from savings"),
     ("Is every square a rectangle?", "Is every rectangle a square?"),
     ("Is a long-term loan better?", "Is a short-term loan better?"),
     ("What happens if I overpay my taxes?", "What happens if I underpay my taxes?"),
     ("How do I increment a counter in python?", "How do I decrement a counter in python?"),
     ("Is caffeinated soda ok during pregnancy?", "Is caffeine-free soda ok during pregnancy?"),
-    ("Make a shallow copy of a dict", "Make a deep copy of a dict"),
     ("Sum the even numbers in a list", "Sum the odd numbers in a list"),
     ("Include the header row", "Skip the header row"),
     ("What was the weather in paris?", "What will the weather be in paris?"),
-    ("Schedule the meeting on monday", "Schedule the meeting on tuesday"),
     ("Why did the payment fail?", "Why did the payment succeed?"),
-    ("What time does the train arrive?", "What time does the train depart?"),
-    ("What is 30 degrees celsius in fahrenheit?", "What is 30 degrees fahrenheit in celsius?"),
     ("How many minutes are in a week?", "How many hours are in a week?"),
 ]
 
@@ -139,8 +92,9 @@ MUST_PASS = [
 ]
 
 
-@pytest.mark.parametrize(("a", "b"), MUST_REJECT)
+@pytest.mark.parametrize(("a", "b"), MUST_REJECT + NEAR_MISSES)
 def test_rejects_answer_changing_differences(a: str, b: str) -> None:
+    """The pairs here and the semantic bench's near misses (which it scores with the models)."""
     assert not passes(a, b)
     assert not passes(b, a)
 
