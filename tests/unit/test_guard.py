@@ -44,9 +44,34 @@ MUST_REJECT = [
     ("What was the weather in paris?", "What will the weather be in paris?"),
     ("Why did the payment fail?", "Why did the payment succeed?"),
     ("How many minutes are in a week?", "How many hours are in a week?"),
+    # the review of that round: bypasses by spelling, plurals, units, a second marker
+    ("Set an alarm for 7.30am", "Set an alarm for 7.30pm"),
+    ("Filter rows where price \u2265 100", "Filter rows where price \u2264 100"),
+    ("Is it \u22125\u00b0C outside?", "Is it 5\u00b0C outside?"),
+    ("Is 50 \u00b5g of vitamin d safe?", "Is 50 mg of vitamin d safe?"),
+    ("How to convert usd to eur", "How do I convert eur to usd"),
+    ("How many cm in an inch?", "How many inches in a cm?"),
+    ("Is a cat faster than a dog?", "Are dogs faster than cats?"),
+    ("Does sarah owe mike money?", "Does mike owe sarah any money?"),
+    ("Book a room for 2 adults and 1 child", "Book a room for 1 adult and 2 children"),
+    ("Is it safe to eat raw eggs?", "Is it risky to eat raw eggs?"),
 ]
 
 MUST_PASS = [
+    # (from the review of the third round)
+    ("Set an alarm for 7.30pm", "Set an alarm for 7:30pm"),
+    ("What is 10 -3?", "What is 10 - 3?"),
+    ("Give me one reason to learn Rust", "Give me 1 reason to learn Rust"),
+    ("How many calories are in 1 banana?", "How many calories are in a banana?"),
+    ("Does it work wirelessly?", "Is it wireless?"),
+    ("Is it a bother to call them?", "Is it some trouble to call them?"),  # not "both"
+    ("What causes a lack of sleep?", "What causes sleep deprivation?"),
+    ("What is the best album of all time?", "What are some of the best albums ever?"),
+    (
+        "What's the time difference between New York and London?",
+        "What is the time difference between London and New York?",
+    ),
+    ("Write me a story about a dragon and a knight", "Write a story about a knight and a dragon"),
     ("How do I reset my password?", "How can I reset my password?"),
     ("What is the capital of France?", "What's the capital city of France?"),
     ("How can I learn Python quickly?", "What is the fastest way to learn Python?"),

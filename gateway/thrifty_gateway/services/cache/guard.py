@@ -48,6 +48,7 @@ from .guard_lexicon import (
     NEGATING_BEFORE_TO,
     NEGATING_PREFIXES,
     NEGATING_SUFFIXES,
+    NEGATION_UNLESS_NEXT,
     NEGATIONS,
     NUMBER_PARTS,
     NUMBER_WORDS,
@@ -55,30 +56,33 @@ from .guard_lexicon import (
     OPPOSITE_CLASSES,
     OPPOSITE_PREFIXES,
     ORDER_IGNORED,
+    ORDER_SLACK,
     PARTICLES,
     PREFIXED_BASE_MIN,
-    PRONOUN_SUBJECTS,
+    SET_PHRASES,
     VALUE_GROUPS,
     WEEKDAYS,
 )
 
 # Words of any script (letters, inner apostrophes and hyphens), and numbers (a minus sign
-# before one that follows no word: "-18", not "gpt-4").
+# before one that follows no word, and no number before a space: "-18", not "gpt-4" nor
+# "10 -3").
 _WORD = re.compile(
     r"[^\W\d_](?:[^\W\d_]|['\-])*[^\W\d_]|[^\W\d_]"
-    r"|(?:(?<![\w.])-)?\d(?:[\d,.:/\-]*\d)?[^\W\d_]*"
+    r"|(?:(?<![\w.)\]])(?<![\d)\]] )-)?\d(?:[\d,.:/\-]*\d)?[^\W\d_]*"
 )
 # Letters after a number that make another number of it: "10k" / "10m". (Units of measure
 # are compared as values: VALUE_GROUPS.)
 NUMBER_UNITS = frozenset("k m b bn".split())
-_CLOCK = re.compile(r"(\d{1,2})(?::(\d\d))?(am|pm)?")
+_CLOCK = re.compile(r"(\d{1,2})(?:[:.](\d\d))?(am|pm)?")
 # "7 am", "7 a.m." -> "7am"; operators -> words; "w/o" -> "without".
 _REWRITES = (
     (re.compile(r"(\d)\s*([ap])\.?\s?m\b\.?", re.IGNORECASE), r"\1\2m"),
     (re.compile(r"\bw/o\b", re.IGNORECASE), " without "),
-    (re.compile(r">="), " at least "),
-    (re.compile(r"<="), " at most "),
-    (re.compile(r"!="), " not equal "),
+    (re.compile(r">=|\u2265"), " at least "),
+    (re.compile(r"<=|\u2264"), " at most "),
+    (re.compile(r"!=|\u2260"), " not equal "),
+    (re.compile(r"[\u2212\u2013](?=\d)"), "-"),  # minus sign, en dash before a number
     (re.compile(r"=="), " equal "),
     (re.compile(r"(?<![-=])>"), " greater than "),
     (re.compile(r"<(?![-=])"), " less than "),
@@ -114,12 +118,17 @@ def _number_of(token: str) -> str | None:
         if all(p is not None and p.isdigit() for p in parts):
             return str(sum(int(p) for p in parts if p is not None))
         return None
+    if low == "one":
+        return "1"
     sign = "-" if low.startswith("-") else ""
     low = low.lstrip("-")
     if not low[:1].isdigit():
         return None
     clock = _CLOCK.fullmatch(low)
-    if clock and (clock.group(2) or clock.group(3)):  # "7pm", "19:00", "7:30pm" -> "19:30"
+    dotted = "." in low and not clock_half(low)  # "3.11" is a version, "7.30pm" a time
+    if (
+        clock and (clock.group(2) or clock.group(3)) and not dotted
+    ):  # "7pm", "19:00", "7:30pm" -> "19:30"
         hour, minute, half = int(clock.group(1)), clock.group(2) or "00", clock.group(3)
         hour = hour % 12 + (12 if half == "pm" else 0) if half else hour
         return f"{hour:02d}:{minute}"
@@ -130,6 +139,10 @@ def _number_of(token: str) -> str | None:
         return sign + low
     number, unit = m.group(1).replace(",", ""), m.group(2)
     return sign + (number + unit if unit in NUMBER_UNITS else number)
+
+
+def clock_half(token: str) -> bool:
+    return token.endswith(("am", "pm"))
 
 
 def _values(lower: Sequence[str]) -> frozenset[tuple[str, str]]:
@@ -197,9 +210,15 @@ def features(text: str) -> Features:
         for i, t in enumerate(tokens)
         if (n := _number_of(t)) is not None and (t.lower() != "may" or _may_month(tokens, i))
     )
-    negated = any(t in NEGATIONS or t.endswith("n't") for t in lower) or any(
-        t in NEGATING_BEFORE_TO and nxt == "to" for t, nxt in zip(lower, lower[1:], strict=False)
-    )
+    if all(n == "1" for n in order):
+        # "one" and "1" alone are "a": "which one is better", "give me 1 reason" / "give me a
+        # reason". Beside other numbers they count ("2 adults and 1 child").
+        order = ()
+    nexts = [*lower[1:], ""]
+    negated = any(
+        (t in NEGATIONS or t.endswith("n't")) and NEGATION_UNLESS_NEXT.get(t) != nxt
+        for t, nxt in zip(lower, nexts, strict=True)
+    ) or any(t in NEGATING_BEFORE_TO and nxt == "to" for t, nxt in zip(lower, nexts, strict=True))
     return Features(
         tokens=tokens,
         lower=lower,
@@ -254,16 +273,23 @@ def _inflections(word: str) -> set[str]:
 @lru_cache(maxsize=1)
 def _opposites() -> tuple[tuple[frozenset[str], frozenset[str]], ...]:
     """Every antonym pair and opposite class, each side with its inflected forms."""
-    sides = [({x}, {y}) for x, y in ANTONYM_PAIRS] + [(set(x), set(y)) for x, y in OPPOSITE_CLASSES]
+    sides = [({x}, {y}, True) for x, y in ANTONYM_PAIRS] + [
+        (set(x), set(y), inflect) for x, y, inflect in OPPOSITE_CLASSES
+    ]
     return tuple(
-        (frozenset().union(*map(_inflections, x)), frozenset().union(*map(_inflections, y)))
-        for x, y in sides
+        (
+            frozenset().union(*map(_inflections, x)) if inflect else frozenset(x),
+            frozenset().union(*map(_inflections, y)) if inflect else frozenset(y),
+        )
+        for x, y, inflect in sides
     )
 
 
 def _words_and_parts(f: Features) -> frozenset[str]:
     """The text's words, and the parts of its hyphenated ones ("long-term": long, term)."""
-    return frozenset(f.lower) | {p for t in f.lower if "-" in t for p in t.split("-") if p}
+    words = frozenset(f.lower) | {p for t in f.lower if "-" in t for p in t.split("-") if p}
+    pairs = set(zip(f.lower, f.lower[1:], strict=False))
+    return words - {w for phrase in SET_PHRASES if phrase in pairs for w in phrase}
 
 
 def antonyms_match(a: Features, b: Features) -> bool:
@@ -290,12 +316,19 @@ def _suffix_matches(wa: frozenset[str], wb: frozenset[str]) -> bool:
     """False when a word of `wa` is a word of `wb` with a negating ending that `wb` lacks:
     "caffeine-free" / "caffeinated", "wireless" / "wired"."""
     for word in wa - wb:
+        for tail in ("ly", "ness"):  # "wirelessly", "homelessness"
+            if word.endswith(("less" + tail, "free" + tail)):
+                word = word[: -len(tail)]
         for suffix in NEGATING_SUFFIXES:
             base = word[: -len(suffix)]
-            if word.endswith(suffix) and len(base) >= PREFIXED_BASE_MIN:
-                stem = base[:-1] if base.endswith("e") else base  # caffeine: caffeinated
-                if any(w.startswith(stem) and not w.endswith(suffix) for w in wb - wa):
-                    return False
+            if not word.endswith(suffix) or len(base) < PREFIXED_BASE_MIN:
+                continue
+            # the base word in another form: "wired", "caffeinated"
+            forms = _inflections(base) | {base.removesuffix("e") + "ated"}
+            if any(w in forms for w in wb - wa) and not any(
+                w.startswith(base) and w.endswith(suffix) for w in wb
+            ):
+                return False
     return True
 
 
@@ -337,20 +370,35 @@ def _prefix_matches(a: Features, b: Features) -> bool:
 DIRECTION_WINDOW = 2
 
 
+def _direction_words(f: Features) -> list[str]:
+    """The words, units as their value and plurals as the singular ("inches": in, "cats":
+    cat), so that a swap is seen whichever way either side is written."""
+    units = {w: f"{g}:{v}" for g, spellings in VALUE_GROUPS.items() for w, v in spellings.items()}
+    out = []
+    for word in f.lower:
+        word = units.get(word, word)
+        out.append(word[:-1] if len(word) > 3 and word.endswith("s") else word)
+    return out
+
+
 def _direction_matches(a: Features, b: Features) -> bool:
     """Words next to to/from/into/than/in keep their side ("USD to EUR" vs "EUR to USD",
-    "celsius in fahrenheit" vs "fahrenheit in celsius")."""
+    "celsius in fahrenheit" vs "fahrenheit in celsius"), at every place the marker appears."""
+    wa, wb = _direction_words(a), _direction_words(b)
+    w = DIRECTION_WINDOW
     for marker in ("to", "into", "from", "than", "in"):  # ("vs" is symmetric: "a vs b")
-        if marker not in a.lower or marker not in b.lower:
-            continue
-        ia, ib = a.lower.index(marker), b.lower.index(marker)
-        w = DIRECTION_WINDOW
-        before_a, after_a = set(a.lower[max(0, ia - w) : ia]), set(a.lower[ia + 1 : ia + 1 + w])
-        before_b, after_b = set(b.lower[max(0, ib - w) : ib]), set(b.lower[ib + 1 : ib + 1 + w])
-        # (a word on both sides of the marker, "a dream in a dream", swaps nothing)
-        content = {w for w in before_a ^ after_a if w not in COMMON_CAPITALISED and len(w) > 1}
-        if (before_a & after_b & content) and (after_a & before_b & content):
-            return False
+        for ia in (i for i, x in enumerate(wa) if x == marker):
+            before_a, after_a = set(wa[max(0, ia - w) : ia]), set(wa[ia + 1 : ia + 1 + w])
+            for ib in (i for i, x in enumerate(wb) if x == marker):
+                before_b, after_b = set(wb[max(0, ib - w) : ib]), set(wb[ib + 1 : ib + 1 + w])
+                # (a word on both sides of the marker, "a dream in a dream", swaps nothing)
+                content = {
+                    x
+                    for x in (before_a ^ after_a) & (before_b ^ after_b)
+                    if x not in COMMON_CAPITALISED and len(x) > 1
+                }
+                if (before_a & after_b & content) and (after_a & before_b & content):
+                    return False
     return True
 
 
@@ -363,13 +411,43 @@ def entities_match(a: Features, b: Features) -> bool:
     same_words, order_ok = _word_order(a, b)
     if same_words:  # the same words: their order decides, named or not
         return order_ok
-    shared = [e for e in dict.fromkeys(a.entities) if e in b.entities]
-    order_b = [e for e in dict.fromkeys(b.entities) if e in shared]
+    in_b = set(b.entities)
+    shared = [e for e in dict.fromkeys(a.entities) if e in in_b]
+    order_b = [e for e in dict.fromkeys(b.entities) if e in set(shared)]
+    if shared != order_b and set(shared) == set(a.entities) == set(b.entities):
+        # The same entities on both sides, joined by and/or/vs in both ("TCP and UDP" / "UDP
+        # and TCP"): an order that keeps the meaning. (A swap around to/from/than is the
+        # direction check's.)
+        return bool(CONJUNCTIONS & words_a and CONJUNCTIONS & words_b)
     return shared == order_b
 
 
+def _conjuncts_swapped(wa: Sequence[str], wb: Sequence[str], i: int, j: int) -> bool:
+    """The texts differ by "x and/or/vs y" against "y and/or/vs x" ("rice or pasta", "a dragon
+    and a knight"), with `i` / `j` the lengths of their common start and end (the span
+    widened by up to two words each way, where an article or a shared word may sit)."""
+    for lo in range(max(0, i - 2), i + 1):
+        for hi in range(max(0, j - 2), j + 1):
+            ma, mb = list(wa[lo : len(wa) - hi]), list(wb[lo : len(wb) - hi])
+            for k, word in enumerate(ma):
+                if word in CONJUNCTIONS and mb == [*ma[k + 1 :], word, *ma[:k]]:
+                    return True
+    return False
+
+
+def _kept(words: Sequence[str], budget: Counter[str]) -> list[str]:
+    """`words` in order, each kept as many times as `budget` allows."""
+    left = Counter(budget)
+    out = []
+    for word in words:
+        if left[word] > 0:
+            left[word] -= 1
+            out.append(word)
+    return out
+
+
 def _order_words(f: Features) -> list[str]:
-    return [PRONOUN_SUBJECTS.get(t, t) for t in f.lower if t not in ORDER_IGNORED]
+    return [t for t in f.lower if t not in ORDER_IGNORED]
 
 
 def _chunks(words: Sequence[str]) -> Counter[tuple[str, ...]]:
@@ -388,31 +466,36 @@ def _chunks(words: Sequence[str]) -> Counter[tuple[str, ...]]:
 def _word_order(a: Features, b: Features) -> tuple[bool, bool]:
     """(the same words, in an order that keeps the meaning). Two words that trade places
     change who does what to whom ("sarah owes mike" / "mike owes sarah", "works locally but
-    not in production" / the reverse), unless they sit around and/or/vs ("python and java") or
-    whole chunks move with their marker ("from paris to london" / "to london from paris")."""
+    not in production" / the reverse), unless they sit around and/or/vs ("python and java"),
+    one word moved ("how are waves formed" / "how waves are formed"), or whole chunks move with
+    their marker ("from paris to london" / "to london from paris"). Linear in the length: the
+    texts are compared on the span where they differ."""
     wa, wb = _order_words(a), _order_words(b)
-    if Counter(wa) != Counter(wb):
-        return False, True
+    ca, cb = Counter(wa), Counter(wb)
+    if ca != cb:
+        # One word more or less on either side ("does mike owe sarah any money"): the words
+        # both have are compared.
+        if (ca - cb).total() + (cb - ca).total() > ORDER_SLACK:
+            return False, True
+        both = ca & cb
+        wa = _kept(wa, both)
+        wb = _kept(wb, both)
     if wa == wb:
         return True, True
-    for i, word in enumerate(wa[1:-1], start=1):
-        if word in CONJUNCTIONS:
-            swapped = [*wa[: i - 1], wa[i + 1], word, wa[i - 1], *wa[i + 2 :]]
-            if swapped == wb:
-                return True, True
-    # One word moved, the rest in order: "how are waves formed" / "how waves are formed",
-    # "physically, how does it feel" / "how does it feel physically". (With the articles
-    # kept, "every square a rectangle" / "every rectangle a square" is no such move.)
-    for word in set(wa):
-        if _without(wa, word) == _without(wb, word):
-            return True, True
+    i = 0
+    while wa[i] == wb[i]:
+        i += 1
+    j = 0
+    while wa[-1 - j] == wb[-1 - j]:
+        j += 1
+    ma, mb = wa[i : len(wa) - j], wb[i : len(wb) - j]
+    if _conjuncts_swapped(wa, wb, i, j):
+        return True, True
+    # one word moved: the differing span is the other's rotated by one
+    if (ma[1:] == mb[:-1] and ma[0] == mb[-1]) or (ma[:-1] == mb[1:] and ma[-1] == mb[0]):
+        return True, True
     chunks = _chunks(wa)
     return True, len(chunks) > 1 and chunks == _chunks(wb)
-
-
-def _without(words: Sequence[str], word: str) -> list[str]:
-    i = list(words).index(word)
-    return [*words[:i], *words[i + 1 :]]
 
 
 def length_matches(a: Features, b: Features, ratio: float = 3.0) -> bool:

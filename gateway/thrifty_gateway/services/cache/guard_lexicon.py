@@ -52,6 +52,7 @@ ANTONYM_PAIRS: tuple[tuple[str, str], ...] = tuple(
         "import/export send/receive give/take lend/borrow teach/learn buy/rent "
         "inhale/exhale internal/external input/output client/server read/write get/set "
         "success/failure succeed/fail pass/fail legal/illegal possible/impossible safe/dangerous "
+        "safe/risky safe/unsafe "
         "true/fake real/fake friend/enemy agree/disagree same/different similar/different "
         "ascending/descending asc/desc synchronous/asynchronous "
         "sync/async public/private import/export mean/median "
@@ -107,11 +108,14 @@ NEGATING_BEFORE_TO = frozenset(
     "neglected neglecting".split()
 )
 
+_INFLECTED_CLASSES = frozenset("more include keep shorten".split())
 # Opposite classes: a text with words of one side only, against one with words of the other
 # side only, asks the opposite ("more than 5" / "fewer than 5", "all files" / "some files").
 # Their words also match their regular inflections (`guard._inflections`).
-OPPOSITE_CLASSES: tuple[tuple[frozenset[str], frozenset[str]], ...] = tuple(
-    (frozenset(a.split()), frozenset(b.split()))
+# (Quantifiers, auxiliaries and last / next are matched as written: "bother" is no form of
+# "both", nor "willing" of "will"; the flag says which classes are inflected.)
+OPPOSITE_CLASSES: tuple[tuple[frozenset[str], frozenset[str], bool], ...] = tuple(
+    (frozenset(a.split()), frozenset(b.split()), a.split()[0] in _INFLECTED_CLASSES)
     for a, b in (
         (
             "more greater above over exceed higher larger bigger heavier thicker taller wider "
@@ -124,12 +128,12 @@ OPPOSITE_CLASSES: tuple[tuple[frozenset[str], frozenset[str]], ...] = tuple(
             "some any either several sometimes something someone anyone anything",
         ),
         ("many most often usually much lots", "few little rarely seldom hardly barely scarcely"),
-        ("did was were had", "will shall"),
+        ("did was were", "will shall"),
         (
             "include inclusive",
             "except exclude exclusive skip omit ignore",
         ),
-        ("keep retain preserve", "remove delete drop discard stop"),
+        ("keep retain preserve", "remove delete drop discard"),
         ("last previous past", "next coming upcoming"),
         ("shorten", "lengthen"),
     )
@@ -147,7 +151,8 @@ OPPOSITE_BASE_MIN = 3  # letters of the shared word
 # ("50 mg" / "50 mcg", "30 seconds" / "30 minutes", "this morning" / "this afternoon"). Each
 # spelling -> its value. (Singular "second" is left out: "the second day" is an ordinal.)
 _VALUE_GROUPS = {
-    "mass": "mg=mg milligram=mg milligrams=mg mcg=mcg ug=mcg microgram=mcg micrograms=mcg "
+    "mass": "mg=mg milligram=mg milligrams=mg mcg=mcg ug=mcg \u00b5g=mcg \u03bcg=mcg iu=iu "
+    "microgram=mcg micrograms=mcg "
     "g=g gram=g grams=g kg=kg kgs=kg kilo=kg kilos=kg kilogram=kg kilograms=kg lb=lb lbs=lb "
     "pound=lb pounds=lb oz=oz ounce=oz ounces=oz",
     "volume": "ml=ml milliliter=ml milliliters=ml millilitre=ml millilitres=ml l=l liter=l "
@@ -192,15 +197,15 @@ CHUNK_MARKERS = frozenset("to from into than of by for in on over instead with a
 CONJUNCTIONS = frozenset("and or vs versus".split())
 # Left out of the word-order comparison.
 ORDER_IGNORED = frozenset(["please"])
-# Object and possessive pronouns compared as their subject: "my landlord sues me" / "I sue my
-# landlord" then trade places.
-PRONOUN_SUBJECTS = {
-    "me": "i", "my": "i", "mine": "i", "him": "he", "his": "he", "her": "she", "us": "we",
-    "our": "we", "them": "they", "their": "they",
-}  # fmt: skip
-# "one" is no number word: "which one is better", "that one thing", "give me one example" /
-# "give me an example" mean what they mean without it ("one" against "two" still differs).
-# It counts inside a number ("twenty-one").
+# Words that may differ (added or dropped) with the order of the others still compared.
+ORDER_SLACK = 2
+# "one" is a number beside other numbers only (`guard.features`), and inside one
+# ("twenty-one").
 NUMBER_PARTS = {"one": "1"}
 # Endings that negate the word before them: "caffeine-free", "wireless".
 NEGATING_SUFFIXES = ("-free", "less")
+# Negators that negate nothing when the next word is this one: "a lack of sleep" is a noun.
+NEGATION_UNLESS_NEXT = {"lack": "of"}
+# Words left out of the opposite classes in these set phrases: "the best album of all time" is
+# not "some of the best albums" against "all".
+SET_PHRASES = (("all", "time"), ("at", "all"))
