@@ -55,6 +55,8 @@ MUST_REJECT = [
     ("Does sarah owe mike money?", "Does mike owe sarah any money?"),
     ("Book a room for 2 adults and 1 child", "Book a room for 1 adult and 2 children"),
     ("Is it safe to eat raw eggs?", "Is it risky to eat raw eggs?"),
+    ("Should I tell my boss?", "Should my boss tell me?"),
+    ("Can my employer fire me?", "Can I fire my employer?"),
 ]
 
 MUST_PASS = [
@@ -72,6 +74,7 @@ MUST_PASS = [
         "What is the time difference between London and New York?",
     ),
     ("Write me a story about a dragon and a knight", "Write a story about a knight and a dragon"),
+    ("Can I get a refund?", "Can you give me a refund?"),  # (more than the pronoun differs)
     ("How do I reset my password?", "How can I reset my password?"),
     ("What is the capital of France?", "What's the capital city of France?"),
     ("How can I learn Python quickly?", "What is the fastest way to learn Python?"),

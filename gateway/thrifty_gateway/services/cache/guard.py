@@ -16,7 +16,8 @@ candidate when the texts disagree on something that changes the answer:
   caffeinated/caffeine-free) or under opposite prefixes (overpay/underpay); or shared words
   swap sides around to/from/into/than/in ("USD to EUR" / "EUR to USD");
 * entities: a named entity (capitalised or mixed-case token, acronym; not an instruction's
-  first verb) of each text is absent from the other (a substitution), or the same words come
+  first verb) of each text is absent from the other (a substitution), a subject pronoun stands
+  for its object form ("can my employer fire me" / "can I fire ..."), or the same words come
   in an order that trades two of them ("sarah owes mike" / "mike owes sarah"; moving one word,
   whole marker-led chunks, or the sides of and/or/vs keeps the meaning);
 * length: one text is far longer than the other (it asks for more).
@@ -59,6 +60,7 @@ from .guard_lexicon import (
     ORDER_SLACK,
     PARTICLES,
     PREFIXED_BASE_MIN,
+    PRONOUN_ROLES,
     SET_PHRASES,
     VALUE_GROUPS,
     WEEKDAYS,
@@ -408,6 +410,8 @@ def entities_match(a: Features, b: Features) -> bool:
     words_a, words_b = set(a.lower), set(b.lower)
     if any(e not in words_b for e in a.entities) and any(e not in words_a for e in b.entities):
         return False
+    if _roles_swapped(a, b):
+        return False
     same_words, order_ok = _word_order(a, b)
     if same_words:  # the same words: their order decides, named or not
         return order_ok
@@ -420,6 +424,17 @@ def entities_match(a: Features, b: Features) -> bool:
         # direction check's.)
         return bool(CONJUNCTIONS & words_a and CONJUNCTIONS & words_b)
     return shared == order_b
+
+
+def _roles_swapped(a: Features, b: Features) -> bool:
+    """The texts differ only by a subject pronoun in one against its object form in the
+    other: "can my employer fire me" / "can I fire my employer"."""
+    ca, cb = Counter(_order_words(a)), Counter(_order_words(b))
+    only_a, only_b = ca - cb, cb - ca
+    if only_a.total() != 1 or only_b.total() != 1:
+        return False
+    (x,), (y,) = only_a, only_b
+    return (x, y) in PRONOUN_ROLES or (y, x) in PRONOUN_ROLES
 
 
 def _conjuncts_swapped(wa: Sequence[str], wb: Sequence[str], i: int, j: int) -> bool:

@@ -209,3 +209,6 @@ NEGATION_UNLESS_NEXT = {"lack": "of"}
 # Words left out of the opposite classes in these set phrases: "the best album of all time" is
 # not "some of the best albums" against "all".
 SET_PHRASES = (("all", "time"), ("at", "all"))
+# Subject and object forms: a text that differs from the other only by one in place of the
+# other swaps who does what ("should I tell my boss" / "should my boss tell me").
+PRONOUN_ROLES = (("i", "me"), ("he", "him"), ("we", "us"), ("they", "them"))
