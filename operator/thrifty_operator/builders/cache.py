@@ -102,14 +102,14 @@ def managed_qdrant_image(
     running: str,
     claim: Mapping[str, Any] | None,
 ) -> str:
-    """The image of the policy's managed Qdrant.
+    """The image the policy's managed Qdrant runs now.
 
     Qdrant's storage moves only one minor version at a time, so an operator upgrade never
-    changes the image of a Qdrant that has data. In order: the policy's own
-    (`stores.qdrant.image`, the way to upgrade it, one minor version at a time); the one its
-    StatefulSet is `running`; with no StatefulSet, the one recorded on its volume `claim`
-    (which lives as long as the data: a layer turned off, a Retain policy deleted and made
-    again), else in its status, else the image every earlier operator ran. Only a Qdrant
+    jumps a Qdrant that has data to a new default (`qdrant_upgrade` steps it there, one minor
+    version at a time, from this image). In order: the policy's own (`stores.qdrant.image`);
+    the one its StatefulSet is `running`; with no StatefulSet, the one recorded on its volume
+    `claim` (which lives as long as the data: a layer turned off, a Retain policy deleted and
+    made again), else in its status, else the image every earlier operator ran. Only a Qdrant
     without a volume gets the operator's default.
     """
     if policy.spec.stores.qdrant.image:

@@ -105,6 +105,9 @@ class Features:
     negated: bool
     entities: tuple[str, ...]  # lower-cased, in order of appearance
     values: frozenset[tuple[str, str]]  # (VALUE_GROUPS group, value)
+    parts: frozenset[str]  # words and their hyphen parts, for the antonym checks
+    direction: tuple[str, ...]  # words as the direction check compares them
+    order: tuple[str, ...]  # words as the word-order checks compare them
 
 
 def _number_of(token: str) -> str | None:
@@ -120,17 +123,15 @@ def _number_of(token: str) -> str | None:
         if all(p is not None and p.isdigit() for p in parts):
             return str(sum(int(p) for p in parts if p is not None))
         return None
-    if low == "one":
-        return "1"
+    if low in NUMBER_PARTS:  # ("one" only counts beside other numbers: `features`)
+        return NUMBER_PARTS[low]
     sign = "-" if low.startswith("-") else ""
     low = low.lstrip("-")
     if not low[:1].isdigit():
         return None
     clock = _CLOCK.fullmatch(low)
-    dotted = "." in low and not clock_half(low)  # "3.11" is a version, "7.30pm" a time
-    if (
-        clock and (clock.group(2) or clock.group(3)) and not dotted
-    ):  # "7pm", "19:00", "7:30pm" -> "19:30"
+    # "7pm", "19:00", "7:30pm" -> "19:30"; "7.30pm" is a time, "3.11" a version
+    if clock and (clock.group(2) or clock.group(3)) and ("." not in low or clock.group(3)):
         hour, minute, half = int(clock.group(1)), clock.group(2) or "00", clock.group(3)
         hour = hour % 12 + (12 if half == "pm" else 0) if half else hour
         return f"{hour:02d}:{minute}"
@@ -143,20 +144,18 @@ def _number_of(token: str) -> str | None:
     return sign + (number + unit if unit in NUMBER_UNITS else number)
 
 
-def clock_half(token: str) -> bool:
-    return token.endswith(("am", "pm"))
+@lru_cache(maxsize=1)
+def _value_of() -> dict[str, tuple[str, str]]:
+    """Each spelling of VALUE_GROUPS -> (its group, its value)."""
+    return {w: (g, v) for g, spellings in VALUE_GROUPS.items() for w, v in spellings.items()}
 
 
 def _values(lower: Sequence[str]) -> frozenset[tuple[str, str]]:
-    """The (group, value) of each unit, time or size word, also one glued to a number
+    """The (group, value) of each unit, time or frequency word, also one glued to a number
     ("50mg")."""
-    out = set()
-    for token in lower:
-        word = re.sub(r"^-?[\d,.:/\-]+", "", token) if token[:1] in "-0123456789" else token
-        for group, spellings in VALUE_GROUPS.items():
-            if word in spellings:
-                out.add((group, spellings[word]))
-    return frozenset(out)
+    value_of = _value_of()
+    words = (re.sub(r"^-?[\d,.:/\-]+", "", t) if t[:1] in "-0123456789" else t for t in lower)
+    return frozenset(value_of[w] for w in words if w in value_of)
 
 
 def _may_month(tokens: Sequence[str], i: int) -> bool:
@@ -229,6 +228,9 @@ def features(text: str) -> Features:
         negated=negated,
         entities=tuple(_entity_tokens(text)),
         values=_values(lower),
+        parts=_words_and_parts(lower),
+        direction=_direction_words(lower),
+        order=tuple(t for t in lower if t not in ORDER_IGNORED),
     )
 
 
@@ -287,15 +289,15 @@ def _opposites() -> tuple[tuple[frozenset[str], frozenset[str]], ...]:
     )
 
 
-def _words_and_parts(f: Features) -> frozenset[str]:
+def _words_and_parts(lower: Sequence[str]) -> frozenset[str]:
     """The text's words, and the parts of its hyphenated ones ("long-term": long, term)."""
-    words = frozenset(f.lower) | {p for t in f.lower if "-" in t for p in t.split("-") if p}
-    pairs = set(zip(f.lower, f.lower[1:], strict=False))
+    words = frozenset(lower) | {p for t in lower if "-" in t for p in t.split("-") if p}
+    pairs = set(zip(lower, lower[1:], strict=False))
     return words - {w for phrase in SET_PHRASES if phrase in pairs for w in phrase}
 
 
 def antonyms_match(a: Features, b: Features) -> bool:
-    wa, wb = _words_and_parts(a), _words_and_parts(b)
+    wa, wb = a.parts, b.parts
     for x, y in _opposites():
         sa = (bool(x & wa), bool(y & wa))
         sb = (bool(x & wb), bool(y & wb))
@@ -372,21 +374,21 @@ def _prefix_matches(a: Features, b: Features) -> bool:
 DIRECTION_WINDOW = 2
 
 
-def _direction_words(f: Features) -> list[str]:
-    """The words, units as their value and plurals as the singular ("inches": in, "cats":
-    cat), so that a swap is seen whichever way either side is written."""
-    units = {w: f"{g}:{v}" for g, spellings in VALUE_GROUPS.items() for w, v in spellings.items()}
+def _direction_words(lower: Sequence[str]) -> tuple[str, ...]:
+    """The words, units as their value and plurals as the singular ("inches": length:in,
+    "cats": cat), so that a swap is seen whichever way either side is written."""
+    value_of = _value_of()
     out = []
-    for word in f.lower:
-        word = units.get(word, word)
+    for word in lower:
+        word = ":".join(value_of[word]) if word in value_of else word
         out.append(word[:-1] if len(word) > 3 and word.endswith("s") else word)
-    return out
+    return tuple(out)
 
 
 def _direction_matches(a: Features, b: Features) -> bool:
     """Words next to to/from/into/than/in keep their side ("USD to EUR" vs "EUR to USD",
     "celsius in fahrenheit" vs "fahrenheit in celsius"), at every place the marker appears."""
-    wa, wb = _direction_words(a), _direction_words(b)
+    wa, wb = a.direction, b.direction
     w = DIRECTION_WINDOW
     for marker in ("to", "into", "from", "than", "in"):  # ("vs" is symmetric: "a vs b")
         for ia in (i for i, x in enumerate(wa) if x == marker):
@@ -417,7 +419,8 @@ def entities_match(a: Features, b: Features) -> bool:
         return order_ok
     in_b = set(b.entities)
     shared = [e for e in dict.fromkeys(a.entities) if e in in_b]
-    order_b = [e for e in dict.fromkeys(b.entities) if e in set(shared)]
+    in_shared = set(shared)
+    order_b = [e for e in dict.fromkeys(b.entities) if e in in_shared]
     if shared != order_b and set(shared) == set(a.entities) == set(b.entities):
         # The same entities on both sides, joined by and/or/vs in both ("TCP and UDP" / "UDP
         # and TCP"): an order that keeps the meaning. (A swap around to/from/than is the
@@ -429,7 +432,7 @@ def entities_match(a: Features, b: Features) -> bool:
 def _roles_swapped(a: Features, b: Features) -> bool:
     """The texts differ only by a subject pronoun in one against its object form in the
     other: "can my employer fire me" / "can I fire my employer"."""
-    ca, cb = Counter(_order_words(a)), Counter(_order_words(b))
+    ca, cb = Counter(a.order), Counter(b.order)
     only_a, only_b = ca - cb, cb - ca
     if only_a.total() != 1 or only_b.total() != 1:
         return False
@@ -461,10 +464,6 @@ def _kept(words: Sequence[str], budget: Counter[str]) -> list[str]:
     return out
 
 
-def _order_words(f: Features) -> list[str]:
-    return [t for t in f.lower if t not in ORDER_IGNORED]
-
-
 def _chunks(words: Sequence[str]) -> Counter[tuple[str, ...]]:
     """The words cut before each of CHUNK_MARKERS ("from paris", "to london")."""
     out: Counter[tuple[str, ...]] = Counter()
@@ -485,7 +484,7 @@ def _word_order(a: Features, b: Features) -> tuple[bool, bool]:
     one word moved ("how are waves formed" / "how waves are formed"), or whole chunks move with
     their marker ("from paris to london" / "to london from paris"). Linear in the length: the
     texts are compared on the span where they differ."""
-    wa, wb = _order_words(a), _order_words(b)
+    wa, wb = list(a.order), list(b.order)
     ca, cb = Counter(wa), Counter(wb)
     if ca != cb:
         # One word more or less on either side ("does mike owe sarah any money"): the words
