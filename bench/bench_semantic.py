@@ -128,6 +128,12 @@ NEAR_MISSES = [
         "Why does my code work in production but not locally?",
     ),
     ("Make a shallow copy of a dict", "Make a deep copy of a dict"),
+    # The eighth session: a frequency, bits against bytes, a compound turned round, roles that
+    # swap with their auxiliary.
+    ("Water the plant every day", "Water the plant every other day"),
+    ("Is 100 Mbps fast enough for 4k streaming?", "Is 100 MBps fast enough for 4k streaming?"),
+    ("Is chocolate milk healthy?", "Is milk chocolate healthy?"),
+    ("Does my landlord owe me money?", "Do I owe my landlord money?"),
 ]
 MAX_WRONG_SHARE = 0.02
 

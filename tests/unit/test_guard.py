@@ -57,6 +57,12 @@ MUST_REJECT = [
     ("Is it safe to eat raw eggs?", "Is it risky to eat raw eggs?"),
     ("Should I tell my boss?", "Should my boss tell me?"),
     ("Can my employer fire me?", "Can I fire my employer?"),
+    # the eighth session: blind spots the seventh left (with four of the bench's)
+    ("Should I take it daily?", "Should I take it on alternate days?"),
+    ("Is a 1 Gb/s link enough?", "Is a 1 GB/s link enough?"),
+    ("What download speed is 100 megabits?", "What download speed is 100 megabytes?"),
+    ("Is a house boat cheaper than a flat?", "Is a boat house cheaper than a flat?"),
+    ("Is he taller than me?", "Am I taller than him?"),
 ]
 
 MUST_PASS = [
@@ -117,6 +123,14 @@ MUST_PASS = [
     ("Give me one example of recursion", "Give me an example of recursion"),
     ("Compare python vs java", "Compare java vs python"),
     ("How many minutes are in an hour?", "How many minutes are there in one hour?"),
+    # (the eighth session) the same frequency, rate or words another way
+    ("Should I take it every other day?", "Should I take it every 2 days?"),
+    ("Do I water it every other week?", "Do I water it on alternate weeks?"),
+    ("Is 100 Mbps fast enough for streaming?", "Is 100 Mb/s fast enough for streaming?"),
+    ("Is 100 Mbps fast enough for streaming?", "Is 100 mbps fast enough for streaming?"),
+    ("Is 500MB/s fast for an SSD?", "Is 500 MBps fast for an SSD?"),
+    ("Who will win upcoming election of USA?", "Who will win upcoming USA election?"),
+    ("How can I learn Python quickly?", "How can I quickly learn Python?"),
 ]
 
 

@@ -159,7 +159,13 @@ _VALUE_GROUPS = {
     "liters=l litre=l litres=l gallon=gal gallons=gal cup=cup cups=cup tsp=tsp teaspoon=tsp "
     "teaspoons=tsp tbsp=tbsp tablespoon=tbsp tablespoons=tbsp",
     "data": "kb=kb kilobyte=kb kilobytes=kb mb=mb megabyte=mb megabytes=mb gb=gb gigabyte=gb "
-    "gigabytes=gb tb=tb terabyte=tb terabytes=tb kbps=kbps mbps=mbps gbps=gbps",
+    "gigabytes=gb tb=tb terabyte=tb terabytes=tb kilobit=kbit kilobits=kbit megabit=mbit "
+    "megabits=mbit gigabit=gbit gigabits=gbit",
+    # rates: "mbps" is megabits as people type it; bytes per second only when the case says so
+    # ("MBps", "MB/s": `guard._REWRITES`)
+    "rate": "kbps=kbit/s mbps=mbit/s gbps=gbit/s kilobits-per-second=kbit/s "
+    "megabits-per-second=mbit/s gigabits-per-second=gbit/s kilobytes-per-second=kb/s "
+    "megabytes-per-second=mb/s gigabytes-per-second=gb/s",
     "length": "mm=mm millimeter=mm millimeters=mm cm=cm centimeter=cm centimeters=cm "
     "centimetre=cm centimetres=cm km=km kilometer=km kilometers=km kilometre=km "
     "kilometres=km meter=m meters=m metre=m metres=m inch=in inches=in ft=ft foot=ft feet=ft "
@@ -212,3 +218,9 @@ SET_PHRASES = (("all", "time"), ("at", "all"))
 # Subject and object forms: a text that differs from the other only by one in place of the
 # other swaps who does what ("should I tell my boss" / "should my boss tell me").
 PRONOUN_ROLES = (("i", "me"), ("he", "him"), ("we", "us"), ("they", "them"))
+# Forms of one auxiliary that follow the subject when the roles swap ("does my landlord owe me"
+# / "do I owe my landlord"): the word -> its base.
+AUXILIARY_FORMS = {
+    "do": "do", "does": "do", "am": "be", "is": "be", "are": "be", "was": "was", "were": "was",
+    "has": "have", "have": "have",
+}  # fmt: skip
