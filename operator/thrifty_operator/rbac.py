@@ -82,6 +82,9 @@ NAMESPACED_RULES: list[Rule] = [
     # A store a CachePolicy no longer runs is removed (its workload, Service, NetworkPolicy).
     {"apiGroups": [""], "resources": ["services"], "verbs": [*APPLY, "delete"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+    # A managed Qdrant's pod, read by name when its StatefulSet is not ready, for why (an image
+    # it cannot pull, a crash loop): the StatefulSet does not say.
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]},
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
     {
         "apiGroups": ["apps"],

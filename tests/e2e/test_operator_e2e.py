@@ -625,6 +625,7 @@ def test_rbac_is_exactly_what_the_operator_uses(platform: Platform) -> None:
         ("patch", "secrets", "no"),
         ("patch", "networkpolicies.networking.k8s.io", "yes"),
         ("list", "pods", "no"),
+        ("get", "pods", "yes"),  # a managed Qdrant's pod, by name, for why it does not run
         ("delete", "deployments.apps", "yes"),  # a managed store a CachePolicy stopped running
         # Never called by the operator, but owner-reference enforcement (OpenShift, on in the
         # test control plane) asks for it to change an existing claim's owners.

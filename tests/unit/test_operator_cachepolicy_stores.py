@@ -473,3 +473,109 @@ class FailingKube(FakeKube):
         if self.key(manifest) == (self.failing, QDRANT[1]):
             raise KubeError(500, "the API server failed")
         return await super().apply(manifest, field_manager)
+
+
+async def test_a_step_whose_pod_cannot_start_says_why() -> None:
+    """The StatefulSet of a step whose image the mirror lacks only says that no replica is
+    ready; the store's condition says what its pod waits for (StoresFailing), and no further
+    step is taken. Once the pod runs, the upgrade goes on."""
+    kube = FakeKube()
+    body = policy()
+    await reconciled(kube, body)
+    set_image(kube, "docker.io/qdrant/qdrant:v1.16.3")
+    body["status"] = {}
+    await store_ready(kube, body)
+    roll_out(kube)
+    await store_ready(kube, body)
+    assert image(kube) == "docker.io/qdrant/qdrant:v1.17.1"
+    waiting = {"reason": "ImagePullBackOff", "message": 'Back-off pulling image "q:v1.17.1"'}
+    kube.objects[("Pod", "default-cache-qdrant-0")] = {
+        "metadata": {"name": "default-cache-qdrant-0"},
+        "status": {"containerStatuses": [{"name": "qdrant", "state": {"waiting": waiting}}]},
+    }
+    reason, message = await store_ready(kube, body)
+    assert reason == "StoresFailing"
+    assert "pod default-cache-qdrant-0: container qdrant ImagePullBackOff" in message
+    assert "now docker.io/qdrant/qdrant:v1.17.1" in message
+    assert image(kube) == "docker.io/qdrant/qdrant:v1.17.1"
+    del kube.objects[("Pod", "default-cache-qdrant-0")]
+    roll_out(kube)
+    reason, message = await store_ready(kube, body)
+    assert image(kube) == Defaults().qdrant_image
+    assert reason == "StoresProgressing" and "ImagePullBackOff" not in message
+
+
+async def test_a_role_that_cannot_read_pods_only_loses_the_detail() -> None:
+    """An operator run with a role granted before it read pods (403) reconciles as before."""
+    kube = PodlessKube()
+    body = policy()
+    await reconciled(kube, body)
+    reason, message = await store_ready(kube, body)
+    assert reason == "StoresProgressing" and "0/1 replicas ready" in message
+    assert kube.refused
+
+
+class PodlessKube(FakeKube):
+    refused = 0
+
+    async def get(self, api: str, kind: str, ns: str, name: str) -> dict[str, Any] | None:
+        if kind == "Pod":
+            self.refused += 1
+            raise KubeError(403, 'pods "x" is forbidden')
+        return await super().get(api, kind, ns, name)
+
+
+async def test_a_step_rolled_out_during_a_pass_leaves_the_store_not_ready() -> None:
+    """The StatefulSet is read twice in a pass: to choose the image, and for the store's state.
+    A step that rolls out between the two reads is taken in the next pass; this one must not
+    say the store is ready (the e2e test once saw Ready on v1.17.1, one step short)."""
+    kube = RacingKube()
+    body = policy()
+    await reconciled(kube, body)
+    set_image(kube, "docker.io/qdrant/qdrant:v1.16.3")
+    body["status"] = {}
+    await store_ready(kube, body)
+    roll_out(kube)
+    await store_ready(kube, body)
+    assert image(kube) == "docker.io/qdrant/qdrant:v1.17.1"
+    kube.reads = 0
+    kube.roll_out_at = 2  # rolled out after the pass chose the image
+    reason, message = await store_ready(kube, body)
+    assert image(kube) == "docker.io/qdrant/qdrant:v1.17.1"
+    assert reason == "StoresProgressing" and "upgrading" in message
+    kube.roll_out_at = 0
+    await store_ready(kube, body)
+    assert image(kube) == Defaults().qdrant_image
+    roll_out(kube)
+    reason, _ = await store_ready(kube, body)
+    assert reason == "StoresAvailable"
+
+
+class RacingKube(FakeKube):
+    """Rolls the Qdrant out on the `roll_out_at`-th read of its StatefulSet in a pass."""
+
+    reads = 0
+    roll_out_at = 0
+
+    async def get(self, api: str, kind: str, ns: str, name: str) -> dict[str, Any] | None:
+        if (kind, name) == QDRANT:
+            self.reads += 1
+            if self.reads == self.roll_out_at:
+                roll_out(self)
+        return await super().get(api, kind, ns, name)
+
+
+async def test_the_last_step_rolled_out_in_its_own_pass_reads_as_done() -> None:
+    """The StatefulSet rolls the last step out before the pass that applied it reads its
+    state: the store is ready, and its condition does not say it is upgrading."""
+    kube = RacingKube()
+    body = policy()
+    await reconciled(kube, body)
+    set_image(kube, "docker.io/qdrant/qdrant:v1.17.1")
+    body["status"] = {}
+    await store_ready(kube, body)
+    roll_out(kube)
+    kube.reads, kube.roll_out_at = 0, 2  # applied v1.18.3, then read rolled out
+    reason, message = await store_ready(kube, body)
+    assert image(kube) == Defaults().qdrant_image
+    assert reason == "StoresAvailable" and "upgrading" not in message

@@ -9,7 +9,12 @@ import pytest
 
 from thrifty_core.api import DistilledModel
 from thrifty_operator.conditions import false, merge, ready, transitions, true
-from thrifty_operator.handlers.common import deployment_state, job_state
+from thrifty_operator.handlers.common import (
+    PROBLEM_LIMIT,
+    deployment_state,
+    job_state,
+    pod_problem,
+)
 from thrifty_operator.handlers.distilledmodel import gate, read_report
 from thrifty_operator.report import normalise
 
@@ -207,3 +212,51 @@ async def test_ended_jobs_are_run_again_after_the_retry_interval() -> None:
     assert await _retry_after(ended("Complete", 120), "Complete", ctx, "ns", "no-report") is True
     assert await _retry_after(ended("Complete", 120), "Failed", ctx, "ns", "succeeded") is False
     assert ctx.kube.names == ["failed", "no-report"]
+
+
+def _pod(**status: Any) -> dict[str, Any]:
+    return {"metadata": {"name": "default-cache-qdrant-0"}, "status": status}
+
+
+def test_a_pod_that_waits_for_a_change_says_why() -> None:
+    """The kubelet's and the scheduler's reasons that do not pass by themselves, in their own
+    words; a pod starting or running says nothing."""
+    pulling = {"name": "qdrant", "state": {"waiting": {"reason": "ImagePullBackOff",
+               "message": 'Back-off pulling image "mirror/qdrant:v1.13.6"'}}}  # fmt: skip
+    assert pod_problem(_pod(containerStatuses=[pulling])) == (
+        "pod default-cache-qdrant-0: container qdrant ImagePullBackOff: "
+        'Back-off pulling image "mirror/qdrant:v1.13.6"'
+    )
+    crashing = {
+        "name": "qdrant",
+        "restartCount": 5,
+        "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+        "lastState": {"terminated": {"reason": "OOMKilled", "exitCode": 137}},
+    }
+    assert pod_problem(_pod(containerStatuses=[crashing])) == (
+        "pod default-cache-qdrant-0: container qdrant CrashLoopBackOff "
+        "(last exit: OOMKilled, 5 restarts)"
+    )
+    crashing["lastState"] = {"terminated": {"exitCode": 101}}
+    assert "(last exit: code 101, 5 restarts)" in pod_problem(_pod(containerStatuses=[crashing]))
+    unschedulable = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                     "message": "0/3 nodes are available: 3 Insufficient memory."}  # fmt: skip
+    assert pod_problem(_pod(conditions=[unschedulable])) == (
+        "pod default-cache-qdrant-0 cannot be scheduled: 0/3 nodes are available: 3 "
+        "Insufficient memory."
+    )
+    init = {"name": "init", "state": {"waiting": {"reason": "CreateContainerConfigError"}}}
+    assert "container init CreateContainerConfigError" in pod_problem(
+        _pod(initContainerStatuses=[init])
+    )
+    creating = {"name": "qdrant", "state": {"waiting": {"reason": "ContainerCreating"}}}
+    running = {"name": "qdrant", "state": {"running": {}}}
+    assert pod_problem(_pod(containerStatuses=[creating])) == ""
+    assert pod_problem(_pod(containerStatuses=[running])) == ""
+    assert pod_problem(_pod()) == ""
+    assert pod_problem(None) == ""
+    long = {
+        "name": "qdrant",
+        "state": {"waiting": {"reason": "ErrImagePull", "message": "x" * 999}},
+    }
+    assert len(pod_problem(_pod(containerStatuses=[long]))) == PROBLEM_LIMIT

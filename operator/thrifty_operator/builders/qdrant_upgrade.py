@@ -84,12 +84,18 @@ def qdrant_upgrade_step(
     return next_qdrant_image(running, defaults.qdrant_image)
 
 
+def upgrade_pending(policy: CachePolicy, defaults: Defaults, image: str) -> bool:
+    """A step is still to come after `image`: the store is not ready, whatever its StatefulSet
+    says (a pass may read it rolled out only after it chose the image, and take the step in the
+    next pass)."""
+    return upgrading(policy) and next_qdrant_image(image, defaults.qdrant_image) is not None
+
+
 def upgrade_message(policy: CachePolicy, defaults: Defaults, image: str, running: str) -> str:
     """What the StoreReady condition says of the managed Qdrant's version when the operator
     applies `image` to a StatefulSet that ran `running` ('' when none existed): the upgrade
     under way, or that it is older than the default and why it stays ('' when neither). (An
-    upgrade under way never leaves the store ready: each step is taken in the pass that sees
-    the previous one rolled out.)"""
+    upgrade under way never leaves the store ready: `upgrade_pending`.)"""
     target = defaults.qdrant_image
     stepping = bool(running) and running != image
     if upgrading(policy) and (stepping or next_qdrant_image(image, target) is not None):

@@ -33,6 +33,7 @@ from .common import (
     owned_by,
     parse,
     plain,
+    statefulset_pod_problem,
     statefulset_state,
 )
 from .indexes import Indexes
@@ -40,19 +41,35 @@ from .indexes import Indexes
 logger = logging.getLogger(__name__)
 
 
-async def _store_state(policy: CachePolicy, owner: Owner, ctx: Context) -> tuple[bool, bool, str]:
-    """(redis ok, qdrant ok, message) for the managed stores (external ones count as ok)."""
+@dataclass(frozen=True)
+class StoreState:
+    """The managed stores' state (external ones count as ok)."""
+
+    redis_ok: bool
+    qdrant_ok: bool
+    message: str
+    stuck: bool  # a store's pod waits for a change (`pod_problem`)
+
+
+async def _store_state(policy: CachePolicy, owner: Owner, ctx: Context) -> StoreState:
     ns, stores = owner.namespace, policy.spec.stores
-    redis_ok, qdrant_ok, parts = True, True, []
+    redis_ok, qdrant_ok, parts, stuck = True, True, [], False
     if stores.redis.managed:
         obj = await ctx.kube.get("apps/v1", "Deployment", ns, names.redis(owner.name))
         redis_ok, msg = deployment_state(obj)
         parts.append(f"redis: {msg}")
     if policy.spec.semantic.enabled and stores.qdrant.managed:
-        obj = await ctx.kube.get("apps/v1", "StatefulSet", ns, names.qdrant(owner.name))
+        name = names.qdrant(owner.name)
+        obj = await ctx.kube.get("apps/v1", "StatefulSet", ns, name)
         qdrant_ok, msg = statefulset_state(obj)
+        if not qdrant_ok and obj is not None:
+            # A StatefulSet says nothing of a pod that cannot start (an upgrade step's image
+            # missing from a mirror, a crash loop): its pod does.
+            problem = await statefulset_pod_problem(ctx.kube, ns, name)
+            if problem:
+                msg, stuck = f"{msg}; {problem}", True
         parts.append(f"qdrant: {msg}")
-    return redis_ok, qdrant_ok, "; ".join(parts) or "external stores"
+    return StoreState(redis_ok, qdrant_ok, "; ".join(parts) or "external stores", stuck)
 
 
 async def _qdrant_volume(policy: CachePolicy, owner: Owner, ctx: Context, image: str | None) -> str:
@@ -127,7 +144,13 @@ async def reconcile(body: Body, ix: Indexes, ctx: Context) -> Outcome:
     for api_version, kind, name in cache.unused_stores(policy, owner):
         await delete_owned(ctx.kube, owner, api_version, kind, name)
     waiting = await _qdrant_volume(policy, owner, ctx, qdrant_image)
-    redis_ok, qdrant_ok, message = await _store_state(policy, owner, ctx)
+    stores = await _store_state(policy, owner, ctx)
+    redis_ok, message = stores.redis_ok, stores.message
+    pending = qdrant_upgrade.upgrade_pending(policy, ctx.defaults, qdrant_image or "")
+    qdrant_ok = stores.qdrant_ok and not pending
+    # A step the StatefulSet already rolled out in this pass (kwok's pods are ready at once)
+    # is done: the message is of the Qdrant that runs, not of the step.
+    ran = (qdrant_image or "") if qdrant_ok else ran
     upgrade = qdrant_upgrade.upgrade_message(policy, ctx.defaults, qdrant_image or "", ran)
     for note in (waiting, upgrade):
         if note:
@@ -135,7 +158,7 @@ async def reconcile(body: Body, ix: Indexes, ctx: Context) -> Outcome:
     conds: list[Cond] = [
         true("StoreReady", "StoresAvailable", message)
         if redis_ok and qdrant_ok and not waiting
-        else false("StoreReady", "StoresProgressing", message)
+        else false("StoreReady", "StoresFailing" if stores.stuck else "StoresProgressing", message)
     ]
     target = cache.collection(policy)
     collection_job = policy.status.collection_job if policy.status else ""

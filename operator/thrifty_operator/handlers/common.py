@@ -209,6 +209,61 @@ def statefulset_state(obj: dict[str, Any] | None) -> tuple[bool, str]:
     return ok, f"{ready_n}/{want} replicas ready, {updated} updated"
 
 
+# Reasons the kubelet gives for a container that waits and will not start without a change (an
+# image to mirror, a crash to look at, a Secret or ConfigMap to create).
+STUCK_WAITING = frozenset(
+    "ErrImagePull ImagePullBackOff InvalidImageName CrashLoopBackOff CreateContainerConfigError "
+    "CreateContainerError RunContainerError".split()
+)
+PROBLEM_LIMIT = 300  # characters of the kubelet's or scheduler's message
+
+
+def pod_problem(pod: dict[str, Any] | None) -> str:
+    """Why a store's pod does not run, in the scheduler's or the kubelet's words ('' when they
+    report nothing that waits for a change): it cannot be scheduled, or a container cannot
+    start (an image it cannot pull, a crash loop with its last exit and restarts)."""
+    if pod is None:
+        return ""
+    name = pod.get("metadata", {}).get("name", "")
+    status = pod.get("status") or {}
+    for cond in status.get("conditions") or ():
+        if cond.get("type") == "PodScheduled" and cond.get("reason") == "Unschedulable":
+            if cond.get("status") == "False":
+                return f"pod {name} cannot be scheduled: {cond.get('message', '')}"[:PROBLEM_LIMIT]
+    containers = [
+        *(status.get("initContainerStatuses") or ()),
+        *(status.get("containerStatuses") or ()),
+    ]
+    for container in containers:
+        waiting = (container.get("state") or {}).get("waiting") or {}
+        reason = waiting.get("reason", "")
+        if reason not in STUCK_WAITING:
+            continue
+        problem = f"pod {name}: container {container.get('name', '')} {reason}"
+        last = (container.get("lastState") or {}).get("terminated") or {}
+        if last:
+            exit_ = last.get("reason") or f"code {last.get('exitCode')}"
+            problem += f" (last exit: {exit_}, {container.get('restartCount', 0)} restarts)"
+        if waiting.get("message"):
+            problem += f": {waiting['message']}"
+        return problem[:PROBLEM_LIMIT]
+    return ""
+
+
+async def statefulset_pod_problem(kube: KubeClient, namespace: str, name: str) -> str:
+    """`pod_problem` of the single pod of the StatefulSet `name`. An operator whose role
+    cannot read pods (one granted by hand before it needed to) reports nothing: the detail
+    helps, the reconcile does not depend on it."""
+    try:
+        pod = await kube.get("v1", "Pod", namespace, f"{name}-0")
+    except KubeError as exc:
+        if exc.status != 403:
+            raise
+        logger.warning("cannot read pod %s/%s-0 (403): grant get on pods", namespace, name)
+        return ""
+    return pod_problem(pod)
+
+
 def owned_by(obj: dict[str, Any], owner: Owner) -> bool:
     """`obj` names `owner` (by uid) among its owner references."""
     refs = obj.get("metadata", {}).get("ownerReferences") or []
