@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from contextvars import ContextVar
 from typing import Any
 
 import orjson
@@ -79,9 +80,28 @@ class TextFormatter(logging.Formatter):
         return redact(super().format(record))
 
 
+# The id of the request the current task serves (set by the gateway's request-id middleware;
+# tasks started while serving it inherit it): every log line written for a request carries it,
+# a retry's or a breaker's included.
+REQUEST_ID: ContextVar[str | None] = ContextVar("thrifty_request_id", default=None)
+
+
+class RequestIdFilter(logging.Filter):
+    """Sets `request_id` on records written while a request is served (unless the call named
+    one)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "request_id", None) is None:
+            request_id = REQUEST_ID.get()
+            if request_id is not None:
+                record.request_id = request_id
+        return True
+
+
 def setup_logging(level: str = "INFO", fmt: str = "json") -> None:
     """Configure the root logger once for a process (call from entry points only)."""
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RequestIdFilter())
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

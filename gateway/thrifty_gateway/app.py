@@ -16,6 +16,7 @@ from thrifty_core.config import GatewayConfig, LedgerConfig
 
 from .api import batches, budgets, cache_admin, dashboard, files, openai, ops, students
 from .api.errors import BodyLimitMiddleware, UnexpectedErrorMiddleware, install_error_handlers
+from .api.request_id import RequestIdMiddleware
 from .services.auth import KeyStore
 from .services.ledger import open_ledger
 from .services.metrics import Metrics
@@ -160,6 +161,7 @@ def create_app(
     install_error_handlers(app)
     app.add_middleware(UnexpectedErrorMiddleware)  # inside the body limit: a 413 passes it
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.server.max_request_bytes)
+    app.add_middleware(RequestIdMiddleware)  # outermost: every answer carries the id
     app.include_router(openai.router)
     app.include_router(ops.router)
     app.include_router(files.router)

@@ -894,3 +894,108 @@ def test_gateways_sharing_one_policy_share_no_entries(
         assert ask(clients[1], q).headers["x-thrifty-cache"] == "miss"
         for client in clients:
             client.close()
+
+
+def test_a_purge_on_one_gateway_reaches_the_embedded_index_of_another(
+    simulator: Simulator, own_redis: RedisServer
+) -> None:
+    """Gateways that share a Redis exact store but keep their own embedded semantic index:
+    a purge sent to one must also empty the other's index (through the purge log in Redis),
+    or the other keeps serving the purged answer as a semantic hit, even for the identical
+    question (the exact miss falls through to its semantic layer). Another tenant's entries
+    stay."""
+    config = parse_config(redis_config(simulator.url, own_redis.url, semantic=True))
+    q = "What documents do I need to open a savings account?"  # (a Redis of its own)
+    paraphrase = q.replace("What documents do I need", "Which documents do I need")
+    kept = "What documents do I need to open a business account?"
+    admin = {"authorization": "Bearer sk-local-admin"}
+    with TestClient(create_app(config)) as one, TestClient(create_app(config)) as two:
+        a2 = openai.OpenAI(base_url="http://t/v1", api_key="sk-local-a", http_client=two)
+        b2 = openai.OpenAI(base_url="http://t/v1", api_key="sk-local-b", http_client=two)
+        assert ask(a2, q).headers["x-thrifty-cache"] == "miss"
+        assert ask(b2, kept).headers["x-thrifty-cache"] == "miss"
+        wait_cache_stores(two, 2)
+        assert ask(a2, paraphrase).headers["x-thrifty-cache"] == "semantic"
+        kept_paraphrase = kept.replace("What documents", "Which documents")
+        assert ask(b2, kept_paraphrase).headers["x-thrifty-cache"] == "semantic"
+        purged = one.post("/v1/thrifty/cache/purge", json={"tenant": "team-a"}, headers=admin)
+        assert purged.status_code == 200 and purged.json()["exact"] == 1
+        assert purged.json()["semantic"] == 0  # (`one` holds none of them)
+        # (the identical question: its exact entry is gone, and it must not come back from
+        # the semantic layer; a miss stores a fresh answer)
+        assert ask(a2, q).headers["x-thrifty-cache"] == "miss"
+        b2_again = ask(b2, kept_paraphrase)
+        assert b2_again.headers["x-thrifty-cache"] == "semantic"  # team-b's entry stays
+        # An age purge applied late on the other gateway counts from when it ran: team-b's
+        # entry was younger than 2 s then, and stays, though older by the time it applies.
+        purged = one.post("/v1/thrifty/cache/purge", json={"older_than_seconds": 2}, headers=admin)
+        assert purged.status_code == 200
+        time.sleep(2.5)
+        assert ask(b2, kept_paraphrase).headers["x-thrifty-cache"] == "semantic"
+        for c in (a2, b2):
+            c.close()
+
+
+async def test_the_purge_log_gives_each_purge_since_a_fence_or_says_it_cannot(
+    own_redis: RedisServer,
+) -> None:
+    """Each purge advances the fence and is logged under its new value, with its selector and
+    time; the purges between two fences come back in order. A log that no longer holds them
+    all (trimmed, deleted, or written by a gateway that kept none) says so: None, and the
+    embedded index that follows it is dropped whole."""
+    import redis as redis_lib
+
+    from thrifty_gateway.services.cache.entry import Codec
+    from thrifty_gateway.services.cache.exact import RedisExactStore
+    from thrifty_gateway.services.cache.selector import Selector
+
+    store = RedisExactStore(own_redis.url, "p:", Codec(False), 1 << 20, timeout=1.0)
+    admin = redis_lib.Redis.from_url(own_redis.url)
+    try:
+        before = time.time()
+        await store.purge(Selector(tenant="team-a", gateway="gw"))
+        await store.purge(Selector(older_than_seconds=60.0, tag="faq"))
+        assert await store.fence() == "2"
+        purges = await store.purges_since("0", "2")
+        assert purges is not None
+        assert [s for s, _ in purges] == [
+            Selector(tenant="team-a", gateway="gw"),
+            Selector(older_than_seconds=60.0, tag="faq"),
+        ]
+        assert all(before <= at <= time.time() for _, at in purges)
+        assert await store.purges_since("1", "2") == [purges[1]]
+        assert await store.purges_since("2", "2") == []
+        admin.delete("p:purge-log")
+        assert await store.purges_since("0", "2") is None
+    finally:
+        await store.aclose()
+        admin.close()
+
+
+def test_a_restarted_redis_is_used_again_at_once(
+    simulator: Simulator, own_redis: RedisServer, tmp_path: Path
+) -> None:
+    """Redis restarted (an upgrade, a failover to the same address): the connections pooled
+    before it are dead. The first command on each is retried on a new connection, so the cache
+    works at once: no lookup bypassed, no purge refused. (Without the retry the first lookup
+    failed and cooled the cache down: 18 of the next 30 requests bypassed.)"""
+    config = parse_config(redis_config(simulator.url, own_redis.url))
+    prompts = [f"Question {i} {uuid.uuid4().hex[:6]}" for i in range(6)]
+    with TestClient(create_app(config)) as http:
+        client = openai.OpenAI(base_url="http://t/v1", api_key="sk-local-a", http_client=http)
+        for p in prompts[:3]:
+            assert ask(client, p).headers["x-thrifty-cache"] == "miss"
+        wait_cache_stores(http, 3)
+        admin = {"authorization": "Bearer sk-local-admin"}
+        purge = {"tenant": "team-b"}  # (team-a's entries stay)
+        assert http.post("/v1/thrifty/cache/purge", json=purge, headers=admin).status_code == 200
+        own_redis.stop()
+        restarted = start_redis(tmp_path / "again", port=own_redis.port)
+        try:
+            answered = [ask(client, p).headers["x-thrifty-cache"] for p in prompts]
+            assert answered == ["miss"] * 6  # (the restart emptied it; nothing bypassed)
+            purged = http.post("/v1/thrifty/cache/purge", json=purge, headers=admin)
+            assert purged.status_code == 200
+        finally:
+            restarted.kill()
+        client.close()

@@ -430,6 +430,11 @@ def test_purge_by_tenant_tag_and_everything(h: Harness) -> None:
     typo = purge(h, {"policy": "defualt"})
     assert typo.status_code == 404 and typo.json()["error"]["param"] == "policy"
     assert "policies:" in typo.json()["error"]["message"]
+    # A null field (an unset variable in a script) is a 400, not "every tenant".
+    null = purge(h, {"tenant": None})
+    assert null.status_code == 400 and null.json()["error"]["param"] == "tenant"
+    assert "null" in null.json()["error"]["message"]
+    assert cache_of(h.ask(q2)) == "exact"
     assert cache_of(h.ask(q1)) in ("miss", "semantic")
     assert cache_of(h.ask(q2)) == "exact"
     assert purge(h, {"route": "gpt-4o-mini", "olderThanSeconds": 0}).status_code == 200

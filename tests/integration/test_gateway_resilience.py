@@ -108,9 +108,13 @@ def test_429s_never_open_the_circuit_for_everyone(
 def test_a_target_cooling_down_is_a_503_saying_when_to_come_back(
     resilient: openai.OpenAI,
 ) -> None:
-    for _ in range(3):  # 2 attempts each: the breaker opens after 5 failures
-        with pytest.raises(openai.APIStatusError):
+    # 2 attempts each, counted once per request: the breaker opens after 5 failed requests,
+    # not after the 5 attempts of 3 (one tenant's malformed requests, which a provider may
+    # answer with a 500, must not open it for every tenant by their own retries)
+    for _ in range(5):
+        with pytest.raises(openai.APIStatusError) as info:
             resilient.chat.completions.create(model="broken", messages=MESSAGES)
+        assert info.value.status_code == 502
     with pytest.raises(openai.APIStatusError) as info:
         resilient.chat.completions.create(model="broken", messages=MESSAGES)
     assert info.value.status_code == 503 and info.value.code == "upstream_circuit_open"
@@ -177,3 +181,43 @@ def test_a_stream_opening_with_an_error_event_fails_over_like_a_5xx(tmp_path: Pa
     finally:
         gw.stop()
         sim.stop()
+
+
+def test_every_answer_carries_a_request_id_its_log_lines_share(
+    gateway_factory: GatewayFactory, simulator: Simulator
+) -> None:
+    """Errors carry `x-request-id` too (a 401, a shape 400, an upstream 502), the client's own
+    when it is a plain id and a new one when it is not (it would forge log fields), and the
+    log lines written for the request carry it: the retries and the failure, not only the
+    final line."""
+    import httpx
+    import orjson
+
+    from tests.integration.procs import local_config
+
+    base = local_config(simulator.url)["routes"]
+    broken = {
+        "name": "broken",
+        "maxRetries": 1,
+        "targets": [{"provider": "simulator", "model": "broken-model"}],
+    }
+    gw = gateway_factory(routes=_routes(base, broken))
+    url = f"{gw.base_url()}/chat/completions"
+    auth = {"authorization": "Bearer sk-local-a"}
+    body = {"model": "broken", "messages": MESSAGES}
+    with httpx.Client(timeout=20) as http:
+        unauthorised = http.post(url, json=body)
+        assert unauthorised.status_code == 401
+        assert len(unauthorised.headers["x-request-id"]) == 16
+        shape = http.post(url, json={"model": "broken", "messages": []}, headers=auth)
+        assert shape.status_code == 400 and len(shape.headers["x-request-id"]) == 16
+        forged = http.post(url, json=body, headers={**auth, "x-request-id": 'a\t"}{"x'})
+        assert forged.headers["x-request-id"] != 'a\t"}{"x'
+        failed = http.post(url, json=body, headers={**auth, "x-request-id": "probe-42.a:b"})
+        assert failed.status_code == 502 and failed.headers["x-request-id"] == "probe-42.a:b"
+    lines = [
+        orjson.loads(line) for line in gw.log_path.read_bytes().splitlines() if line[:1] == b"{"
+    ]
+    mine = [line["msg"] for line in lines if line.get("request_id") == "probe-42.a:b"]
+    assert mine.count("upstream attempt failed") == 2  # the attempt and its retry
+    assert "request failed" in mine

@@ -88,8 +88,29 @@ def test_parse_body_refuses_nesting_it_could_not_write_back() -> None:
             "messages[1].content",
         ),
         ({"messages": "hi"}, "messages"),
+        # Sent on, these got a provider's 500 (vLLM, Ollama, the simulator), retried and
+        # counted against the target's breaker that every tenant's traffic goes through.
+        ({"messages": []}, "messages"),
+        ({"messages": [{"role": "assistant", "content": "x", "tool_calls": True}]},
+         "messages[0].tool_calls"),
+        ({"messages": [{"role": "assistant", "content": None, "tool_calls": [{"id": "c"}]}]},
+         "messages[0].tool_calls[0]"),
+        ({"messages": [{"role": "tool", "content": "42"}]}, "messages[0].tool_call_id"),
+        ({"messages": [{"role": "tool", "content": "42", "tool_call_id": 7}]},
+         "messages[0].tool_call_id"),
+        ({"messages": [{"role": "user", "content": [{"text": "x"}]}]}, "messages[0].content[0]"),
+        ({"messages": [{"role": "user", "content": ["x"]}]}, "messages[0].content[0]"),
+        ({"messages": [{"role": "user", "content": "x", "name": 3}]}, "messages[0].name"),
+        ({"messages": [{"role": "user", "content": "x"}], "stream": "false"}, "stream"),
+        ({"messages": [{"role": "user", "content": "x"}], "temperature": "hot"}, "temperature"),
+        ({"messages": [{"role": "user", "content": "x"}], "temperature": True}, "temperature"),
+        ({"messages": [{"role": "user", "content": "x"}], "max_tokens": 10.5}, "max_tokens"),
+        ({"messages": [{"role": "user", "content": "x"}], "seed": "x"}, "seed"),
+        ({"messages": [{"role": "user", "content": "x"}], "logit_bias": [1]}, "logit_bias"),
+        ({"messages": [{"role": "user", "content": "x"}], "stop": [1]}, "stop"),
+        ({"messages": [{"role": "user", "content": "x"}], "tool_choice": 7}, "tool_choice"),
     ],
-)
+)  # fmt: skip
 def test_chat_fields_stages_read_are_type_checked(body: dict[str, object], param: str) -> None:
     from thrifty_gateway.services.proxy import check_chat_shape
 
@@ -106,10 +127,34 @@ def test_well_typed_chat_requests_pass_the_shape_check() -> None:
             "messages": [
                 {"role": "user", "content": [{"type": "text", "text": "x"}]},
                 {"role": "assistant", "content": None, "tool_calls": []},
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": "c1",
+                            "type": "function",
+                            "function": {"name": "f", "arguments": "{}"},
+                        }
+                    ],
+                },
+                {"role": "tool", "content": "42", "tool_call_id": "c1", "name": "f"},
             ],
             "tools": [{"type": "function", "function": {"name": "f"}}],
+            "stream": False,
+            "temperature": 0,
+            "top_p": 0.5,
+            "max_tokens": 10,
+            "seed": None,
+            "stop": ["\n"],
+            "logit_bias": {"50256": -100},
+            "tool_choice": "auto",
+            "logprobs": True,
+            "top_logprobs": 2,
+            "user": "u",
         }
     )
+    check_chat_shape({"messages": [{"role": "user", "content": "x"}], "stop": "END"})
 
 
 def test_a_stray_semicolon_does_not_hide_a_cache_directive() -> None:

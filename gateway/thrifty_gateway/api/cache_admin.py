@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
 from thrifty_core.errors import InvalidRequestError, NotFoundError
@@ -19,6 +21,15 @@ class PurgeRequest(BaseModel):
     """Entries matching every given field are removed; no field at all purges everything."""
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        """A field sent as null is refused, not read as absent: `{"tenant": null}` (an unset
+        variable in a script) would otherwise purge every tenant's entries."""
+        if value is None:
+            raise ValueError("null: give a value, or leave the field out")
+        return value
 
     tenant: str | None = None
     route: str | None = None

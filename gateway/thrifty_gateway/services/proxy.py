@@ -119,19 +119,14 @@ def check_chat_shape(body: dict[str, Any]) -> None:
         raise InvalidRequestError(
             "Invalid type for 'messages': expected an array of objects.", param="messages"
         )
+    if not messages:
+        raise InvalidRequestError(
+            "Invalid 'messages': empty array. Expected an array with minimum length 1.",
+            param="messages",
+        )
     for i, message in enumerate(messages):
-        if not isinstance(message.get("role"), str):
-            raise InvalidRequestError(
-                f"Invalid type for 'messages[{i}].role': expected a string.",
-                param=f"messages[{i}].role",
-            )
-        content = message.get("content")
-        if content is not None and not isinstance(content, str | list):
-            raise InvalidRequestError(
-                f"Invalid type for 'messages[{i}].content': expected a string or an array of "
-                "content parts.",
-                param=f"messages[{i}].content",
-            )
+        _check_message(i, message)
+    _check_fields(body)
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise InvalidRequestError(
@@ -157,6 +152,85 @@ def check_chat_shape(body: dict[str, Any]) -> None:
             raise InvalidRequestError(
                 f"Invalid type for '{name}': expected an array of objects.", param=name
             )
+
+
+def _invalid(param: str, expected: str) -> InvalidRequestError:
+    return InvalidRequestError(f"Invalid type for '{param}': expected {expected}.", param=param)
+
+
+def _check_message(i: int, message: dict[str, Any]) -> None:
+    """One message's fields, as OpenAI's API types them. A malformed one is refused here: sent
+    on, a provider may answer it with a 500 (vLLM, Ollama), which is retried and counted
+    against the target's breaker that every tenant's traffic goes through."""
+    at = f"messages[{i}]"
+    if not isinstance(message.get("role"), str):
+        raise _invalid(f"{at}.role", "a string")
+    content = message.get("content")
+    if content is not None and not isinstance(content, str | list):
+        raise _invalid(f"{at}.content", "a string or an array of content parts")
+    if isinstance(content, list):
+        for j, part in enumerate(content):
+            if not (isinstance(part, dict) and isinstance(part.get("type"), str)):
+                raise _invalid(f"{at}.content[{j}]", "an object with a 'type'")
+    for name in ("name", "tool_call_id"):
+        if message.get(name) is not None and not isinstance(message[name], str):
+            raise _invalid(f"{at}.{name}", "a string")
+    if message["role"] == "tool" and not isinstance(message.get("tool_call_id"), str):
+        raise InvalidRequestError(
+            f"Missing required parameter: '{at}.tool_call_id'.", param=f"{at}.tool_call_id"
+        )
+    calls = message.get("tool_calls")
+    if calls is None:
+        return
+    if not isinstance(calls, list):
+        raise _invalid(f"{at}.tool_calls", "an array of objects")
+    for j, call in enumerate(calls):
+        function = call.get("function") if isinstance(call, dict) else None
+        if not (
+            isinstance(call, dict)
+            and isinstance(call.get("id"), str)
+            and isinstance(function, dict)
+            and isinstance(function.get("name"), str)
+            and isinstance(function.get("arguments"), str)
+        ):
+            raise _invalid(
+                f"{at}.tool_calls[{j}]",
+                "an object with an 'id' and a 'function' with a 'name' and 'arguments' strings",
+            )
+
+
+# Fields of a chat request and the JSON types OpenAI's API takes for them (None: absent).
+_NUMBER = (int, float)
+_FIELD_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "stream": ((bool,), "a boolean"),
+    "temperature": (_NUMBER, "a number"),
+    "top_p": (_NUMBER, "a number"),
+    "presence_penalty": (_NUMBER, "a number"),
+    "frequency_penalty": (_NUMBER, "a number"),
+    "max_tokens": ((int,), "an integer"),
+    "max_completion_tokens": ((int,), "an integer"),
+    "seed": ((int,), "an integer"),
+    "top_logprobs": ((int,), "an integer"),
+    "logprobs": ((bool,), "a boolean"),
+    "logit_bias": ((dict,), "an object"),
+    "stop": ((str, list), "a string or an array of strings"),
+    "tool_choice": ((str, dict), "a string or an object"),
+    "parallel_tool_calls": ((bool,), "a boolean"),
+    "user": ((str,), "a string"),
+}
+
+
+def _check_fields(body: dict[str, Any]) -> None:
+    for name, (types, expected) in _FIELD_TYPES.items():
+        value = body.get(name)
+        if value is None:
+            continue
+        # (JSON true is no number: bool is an int in Python)
+        wrong = not isinstance(value, types) or (isinstance(value, bool) and bool not in types)
+        if name == "stop" and isinstance(value, list):
+            wrong = not all(isinstance(s, str) for s in value)
+        if wrong:
+            raise _invalid(name, expected)
 
 
 def resolve_route(state: GatewayState, body: dict[str, Any]) -> RouteRuntime:

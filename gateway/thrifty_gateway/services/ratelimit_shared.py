@@ -31,6 +31,7 @@ from prometheus_client import Counter
 from thrifty_core.config import TenantConfig
 
 from .ratelimit import LocalLimiter, refusal
+from .redis_client import fast_redis
 from .resilience import BreakerOpen, CircuitBreaker, call_guarded
 
 log = logging.getLogger(__name__)
@@ -126,15 +127,7 @@ class SharedLimiter:
     def from_url(
         cls, url: str, registry: Any, *, password: str | None = None, gateway: str = ""
     ) -> SharedLimiter:
-        from redis import asyncio as aioredis
-
-        client = aioredis.Redis.from_url(
-            url,
-            password=password,
-            socket_timeout=0.1,
-            socket_connect_timeout=0.1,
-            retry_on_timeout=False,
-        )
+        client = fast_redis(url, password=password, timeout=0.1)
         return cls(client, registry, gateway=gateway)
 
     def keys(self, tenant: str) -> tuple[str, str]:

@@ -186,6 +186,16 @@ class Breakers:
         return breaker
 
 
+def _fail_once(breaker: CircuitBreaker, counted: bool) -> bool:
+    """Count a failed attempt against the target's breaker once per request, however often the
+    request is retried: a tenant's malformed request that the provider answers with a 500 (as
+    vLLM and Ollama do) must not, by its own retries, open the breaker that every tenant's
+    traffic goes through (two such requests did). Returns True (now counted)."""
+    if not counted:
+        breaker.failure()
+    return True
+
+
 def _error_of(body: bytes) -> dict[str, Any] | None:
     """The provider's OpenAI-shaped `error` object, None when its body has none."""
     try:
@@ -282,6 +292,7 @@ async def call_with_fallback(
             )
             continue
         payload = payload_for(target)
+        counted = False  # this request's failure counted against the target's breaker
         for attempt in range(max_retries + 1):
             attempts += 1
             retry_after: float | None = None
@@ -294,11 +305,11 @@ async def call_with_fallback(
                 breaker.probing = False
                 raise
             except UpstreamTimeout:
-                breaker.failure()
+                counted = _fail_once(breaker, counted)
                 last = UpstreamTimeoutError(f"upstream {target.label} timed out")
                 reason = "timeout"
             except UpstreamConnectionError:
-                breaker.failure()
+                counted = _fail_once(breaker, counted)
                 last = UpstreamError(f"upstream {target.label} is unreachable")
                 reason = "connection"
             else:
@@ -335,10 +346,10 @@ async def call_with_fallback(
                         code="upstream_rate_limited",
                     )
                 elif resp.status == 504:
-                    breaker.failure()
+                    counted = _fail_once(breaker, counted)
                     last = UpstreamTimeoutError(f"upstream {target.label} timed out (504)")
                 else:
-                    breaker.failure()
+                    counted = _fail_once(breaker, counted)
                     last = UpstreamError(f"upstream {target.label} answered {resp.status}")
                 reason = str(resp.status)
             log.info(

@@ -16,6 +16,9 @@ import time
 from collections import OrderedDict
 from typing import Any, Literal, Protocol
 
+import orjson
+
+from ..redis_client import fast_redis
 from ..resilience import BreakerOpen, CircuitBreaker, call_guarded
 from .entry import CachedAnswer, Codec
 from .selector import Selector
@@ -43,6 +46,16 @@ return 1
 _LOOKUP = """
 return {redis.call('HGET', KEYS[1], 'v'), redis.call('GET', KEYS[2])}
 """
+
+# Advance the fence (KEYS[1]) and log the purge (its selector ARGV[1], its time ARGV[2]) under
+# the fence's new value in the purge log (KEYS[2], a stream capped near ARGV[3] entries), in one
+# step: a replica that reads the new fence always finds its purge in the log.
+_PURGE = """
+local n = redis.call('INCR', KEYS[1])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'n', n, 's', ARGV[1], 't', ARGV[2])
+return n
+"""
+PURGE_LOG_LENGTH = 1_000  # purges kept for replicas that have not applied them yet
 
 Put = Literal["stored", "too_large", "purged"]  # "purged": a purge started since the fence
 
@@ -157,17 +170,9 @@ class RedisExactStore:
         cooldown: float = 2.0,
         client: Any | None = None,
     ) -> None:
-        import redis.asyncio as aioredis
         from redis.exceptions import ResponseError
 
-        self._redis: Any = client or aioredis.Redis.from_url(
-            url,
-            password=password,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry_on_timeout=False,
-            health_check_interval=0,
-        )
+        self._redis: Any = client or fast_redis(url, password=password, timeout=timeout)
         self._prefix = prefix
         self._codec = codec
         self._max_bytes = max_entry_bytes
@@ -181,18 +186,15 @@ class RedisExactStore:
         self._answered: tuple[type[BaseException], ...] = (ResponseError,)
         # Purges scan and delete in bulk: their own connection, with timeouts fit for that, so
         # they neither trip the lookups' cool-down nor time out on a big cache.
-        self._admin: Any = client or aioredis.Redis.from_url(
-            url,
-            password=password,
-            socket_timeout=PURGE_TIMEOUT,
-            socket_connect_timeout=1.0,
-            retry_on_timeout=False,
-            health_check_interval=0,
+        self._admin: Any = client or fast_redis(
+            url, password=password, timeout=PURGE_TIMEOUT, connect_timeout=1.0
         )
 
         self._fence = f"{prefix}purges"  # no TTL: `volatile-lru` never evicts it
+        self._log = f"{prefix}purge-log"  # (nor this: `PURGE_LOG_LENGTH` bounds it)
         self._put = self._redis.register_script(_PUT)
         self._lookup = self._redis.register_script(_LOOKUP)
+        self._advance = self._admin.register_script(_PURGE)
 
     def _k(self, key: str) -> str:
         return f"{self._prefix}h:{key}"
@@ -269,11 +271,36 @@ class RedisExactStore:
         """Advance the fence, then delete the entries matching `selector`; a failure raises
         `StoreUnavailable` without cooling the lookups down."""
         try:
-            await asyncio.wait_for(self._admin.incr(self._fence), PURGE_TIMEOUT)
+            logged = orjson.dumps(dataclasses.asdict(selector))
+            args: list[bytes | str | int] = [logged, repr(time.time()), PURGE_LOG_LENGTH]
+            await asyncio.wait_for(
+                self._advance(keys=[self._fence, self._log], args=args), PURGE_TIMEOUT
+            )
             return await asyncio.wait_for(self._purge(selector), PURGE_TIMEOUT * 30)
         except Exception as exc:
             log.warning("redis purge failed: %s", type(exc).__name__)
             raise StoreUnavailable("purge") from exc
+
+    async def purges_since(self, applied: str, fence: str) -> list[tuple[Selector, float]] | None:
+        """The purges that advanced the fence from `applied` to `fence`, in order, each with
+        the time it ran: what a replica's own (embedded) semantic index has still to apply.
+        None when the log no longer holds them all (trimmed, or written by a gateway that
+        kept no log): the caller drops its whole index."""
+        first, last = int(applied) + 1, int(fence)
+        if last < first:
+            return []
+        if last - first >= PURGE_LOG_LENGTH:
+            return None
+        # (Purges are rare: the whole log is one small read, once per purge and replica.)
+        rows = await self._call("purge-log", self._redis.xrevrange(self._log))
+        found: dict[int, tuple[Selector, float]] = {}
+        for _, fields in rows:
+            n = int(fields[b"n"])
+            if first <= n <= last:
+                found[n] = (Selector(**orjson.loads(fields[b"s"])), float(fields[b"t"]))
+        if len(found) != last - first + 1:
+            return None
+        return [found[n] for n in range(first, last + 1)]
 
     async def _purge(self, selector: Selector) -> int:
         now = time.time()

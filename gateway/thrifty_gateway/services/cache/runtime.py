@@ -15,7 +15,7 @@ from thrifty_core.embedding import Embedder, PairScoring, create_embedder, creat
 from thrifty_core.embedding.weights import BertFiles, load_minilm
 
 from .entry import Codec
-from .exact import ExactStore, MemoryExactStore, RedisExactStore
+from .exact import ExactStore, MemoryExactStore, RedisExactStore, StoreUnavailable
 from .keys import policy_ident, policy_keyspace
 from .semantic import EdgeIndex, SemanticIndex, ServerIndex
 
@@ -39,6 +39,12 @@ class PolicyRuntime:
     # endpoint), the layer is bypassed until then (monotonic clock): one timeout, not one per
     # request.
     semantic_down_until: float = 0.0
+    # An embedded semantic index beside a Redis exact store that replicas share: the purges
+    # other replicas run reach this index through that store's purge log
+    # (`CacheStage._caught_up`), applied up to the fence `applied`.
+    purge_log: RedisExactStore | None = None
+    applied: str | None = None
+    catching_up: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def __post_init__(self) -> None:
         if self.fences is None:
@@ -171,4 +177,11 @@ async def open_policy(name: str, policy: CachePolicyConfig, models: SharedModels
             spec.exact.max_entry_bytes,
             password=_store_secret(stores.redis_password),
         )
-    return PolicyRuntime(name, spec, keyspace, exact, semantic, embedder, verifier, fences)
+    runtime = PolicyRuntime(name, spec, keyspace, exact, semantic, embedder, verifier, fences)
+    if isinstance(exact, RedisExactStore) and isinstance(semantic, EdgeIndex):
+        runtime.purge_log = exact
+        try:  # the index is new and empty: no purge before now concerns it
+            runtime.applied = await exact.fence()
+        except StoreUnavailable:
+            pass  # (set at the first fence read: nothing is stored without one)
+    return runtime

@@ -252,7 +252,10 @@ class CacheStage:
         if policy.exact is None and policy.fences is not None:
             plan.fence = await self._fence(policy.fences)  # (the exact lookup reads it)
         if answer is None and plan.semantic is not None:
-            answer = await self._semantic(ctx, plan)
+            if await self._caught_up(policy, plan.fence):
+                answer = await self._semantic(ctx, plan)
+            else:
+                plan.degraded = True
         if answer is None and not directives.no_store and plan.fence is not None:
             # (Without a fence, as while Redis fails, no answer could be shared.)
             answer = await self._follow(ctx, plan)
@@ -379,6 +382,37 @@ class CacheStage:
             return None
         self._metrics.lookups.labels("exact", "hit").inc()
         return self._respond(ctx, entry, "exact", {})
+
+    async def _caught_up(self, policy: PolicyRuntime, fence: str | None) -> bool:
+        """Whether the policy's semantic index may be searched. An embedded index beside a
+        Redis exact store is this process's own, while any replica may purge: first it applies
+        the purges logged up to `fence` (the one the exact lookup read) that it has not, each
+        as of the time it ran. False when they cannot be read or applied now."""
+        store, index = policy.purge_log, policy.semantic
+        if store is None or index is None or fence is None or policy.applied == fence:
+            return True
+        async with policy.catching_up:
+            applied = policy.applied
+            if applied is None or int(applied) >= int(fence):
+                policy.applied = fence if applied is None else applied
+                return True
+            try:
+                purges = await store.purges_since(applied, fence)
+                if purges is None:  # no longer all in the log: drop everything
+                    log.warning("purge log trimmed past this gateway's index: dropping it")
+                    purges = [(Selector(), time.time())]
+                for selector, at in purges:
+                    if selector.older_than_seconds is not None:
+                        late = max(0.0, time.time() - at)
+                        older = selector.older_than_seconds + late
+                        selector = replace(selector, older_than_seconds=older)
+                    await asyncio.to_thread(index.purge, selector)
+            except Exception as exc:
+                log.warning("semantic index not caught up with purges: %s", type(exc).__name__)
+                self._metrics.errors.labels("semantic", "purge").inc()
+                return False
+            policy.applied = fence
+            return True
 
     async def _fence(self, store: ExactStore) -> str | None:
         try:
