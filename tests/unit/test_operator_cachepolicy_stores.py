@@ -475,11 +475,8 @@ class FailingKube(FakeKube):
         return await super().apply(manifest, field_manager)
 
 
-async def test_a_step_whose_pod_cannot_start_says_why() -> None:
-    """The StatefulSet of a step whose image the mirror lacks only says that no replica is
-    ready; the store's condition says what its pod waits for (StoresFailing), and no further
-    step is taken. Once the pod runs, the upgrade goes on."""
-    kube = FakeKube()
+async def stepped_to_v1_17(kube: FakeKube) -> dict[str, Any]:
+    """A policy whose Qdrant of an earlier operator (v1.16.3) took its first step."""
     body = policy()
     await reconciled(kube, body)
     set_image(kube, "docker.io/qdrant/qdrant:v1.16.3")
@@ -488,6 +485,15 @@ async def test_a_step_whose_pod_cannot_start_says_why() -> None:
     roll_out(kube)
     await store_ready(kube, body)
     assert image(kube) == "docker.io/qdrant/qdrant:v1.17.1"
+    return body
+
+
+async def test_a_step_whose_pod_cannot_start_says_why() -> None:
+    """The StatefulSet of a step whose image the mirror lacks only says that no replica is
+    ready; the store's condition says what its pod waits for (StoresFailing), and no further
+    step is taken. Once the pod runs, the upgrade goes on."""
+    kube = FakeKube()
+    body = await stepped_to_v1_17(kube)
     waiting = {"reason": "ImagePullBackOff", "message": 'Back-off pulling image "q:v1.17.1"'}
     kube.objects[("Pod", "default-cache-qdrant-0")] = {
         "metadata": {"name": "default-cache-qdrant-0"},
@@ -530,14 +536,7 @@ async def test_a_step_rolled_out_during_a_pass_leaves_the_store_not_ready() -> N
     A step that rolls out between the two reads is taken in the next pass; this one must not
     say the store is ready (the e2e test once saw Ready on v1.17.1, one step short)."""
     kube = RacingKube()
-    body = policy()
-    await reconciled(kube, body)
-    set_image(kube, "docker.io/qdrant/qdrant:v1.16.3")
-    body["status"] = {}
-    await store_ready(kube, body)
-    roll_out(kube)
-    await store_ready(kube, body)
-    assert image(kube) == "docker.io/qdrant/qdrant:v1.17.1"
+    body = await stepped_to_v1_17(kube)
     kube.reads = 0
     kube.roll_out_at = 2  # rolled out after the pass chose the image
     reason, message = await store_ready(kube, body)
