@@ -107,6 +107,13 @@ def test_transport_fields_and_formatting_do_not_change_the_key() -> None:
     assert key(parts) == key(BASE)
     reordered = dict(reversed(list(BASE.items())))
     assert key(reordered) == key(BASE)
+    # null is the field's absence; the deprecated max_tokens is max_completion_tokens; the
+    # provider's own prompt-cache key and safety identifier change no answer
+    assert key({**BASE, "seed": None, "n": None, "tools": None}) == key(BASE)
+    assert key({**BASE, "max_tokens": 10}) == key({**BASE, "max_completion_tokens": 10})
+    both = {**BASE, "max_tokens": 10, "max_completion_tokens": 20}
+    assert key(both) != key({**BASE, "max_completion_tokens": 20})
+    assert key({**BASE, "prompt_cache_key": "k1", "safety_identifier": "u1"}) == key(BASE)
 
 
 def test_numbers_beyond_64_bits_are_keyed_not_refused() -> None:

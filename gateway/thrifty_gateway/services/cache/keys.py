@@ -4,7 +4,8 @@ Exact key = SHA-256(keyspace, scope, canonical request). The canonical request i
 with the model replaced by the model the route resolved to and with the fields that cannot
 change the answer removed (`IGNORED_FIELDS`); every other field, unknown ones included, is part
 of the key. Numbers are normalised (1 == 1.0), dict keys sorted, a content list holding one text
-part becomes that text.
+part becomes that text, a top-level null is an absent field, and `max_tokens` alone is keyed
+as `max_completion_tokens`.
 
 The semantic layer splits the same request in two: the final user turn (embedded) and the
 *context* (everything else: model, system prompt, earlier turns, tools, sampling fields),
@@ -22,10 +23,23 @@ from typing import Any
 
 import orjson
 
-# Fields that do not change the answer (transport, accounting, observability).
+# Fields that do not change the answer (transport, accounting, observability, the provider's
+# own prompt cache).
 IGNORED_FIELDS = frozenset(
-    {"stream", "stream_options", "user", "metadata", "store", "service_tier", "model"}
+    {
+        "stream",
+        "stream_options",
+        "user",
+        "safety_identifier",
+        "metadata",
+        "store",
+        "service_tier",
+        "prompt_cache_key",
+        "model",
+    }
 )
+# A field's deprecated name, keyed as the current one when only it is sent: the same request.
+ALIASES = {"max_tokens": "max_completion_tokens"}
 
 
 def normalise(value: Any) -> Any:
@@ -59,8 +73,13 @@ def _normalise_message(message: Any) -> Any:
 
 
 def canonical_request(body: Mapping[str, Any], resolved_model: str) -> dict[str, Any]:
-    """The answer-changing part of a chat request, normalised."""
-    out: dict[str, Any] = {k: normalise(v) for k, v in body.items() if k not in IGNORED_FIELDS}
+    """The answer-changing part of a chat request, normalised: a field sent as null is absent
+    (the API's own reading), and a deprecated name is its current one."""
+    out: dict[str, Any] = {
+        (ALIASES[k] if k in ALIASES and ALIASES[k] not in body else k): normalise(v)
+        for k, v in body.items()
+        if k not in IGNORED_FIELDS and v is not None
+    }
     if "messages" in body and isinstance(body["messages"], list):
         out["messages"] = [_normalise_message(m) for m in body["messages"]]
     out["model"] = resolved_model
