@@ -364,6 +364,8 @@ def test_no_store_no_cache_and_max_age(h: Harness) -> None:
     assert cache_of(h.ask(q, headers={"cache-control": "no-cache"})) == "bypass"
     h.settle()  # the no-cache answer is stored again: its age counts from that store
     time.sleep(1.5)  # wait out max-age=1 (a real clock: entries carry their creation time)
+    aged = h.ask(q, headers={"cache-control": "max-age=600"})
+    assert cache_of(aged) == "exact" and int(aged.headers["age"]) >= 1  # (RFC 9111's Age)
     assert cache_of(h.ask(q, headers={"cache-control": "max-age=1"})) == "miss"
     assert cache_of(h.ask(q, headers={"cache-control": "max-age=600"})) == "exact"
 

@@ -278,8 +278,17 @@ async def _after(head: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes
 
 
 async def _iter_chunks(resp: aiohttp.ClientResponse) -> AsyncGenerator[bytes, None]:
+    """The body as it comes. A body read to its end hands its connection back to the pool; one
+    that ended early (the provider broke off, the client left) closes it: a half-read
+    connection handed back failed the next request sent on it (a retry, and a failure
+    counted against that target's breaker)."""
+    read = False
     try:
         async for chunk in resp.content.iter_any():
             yield chunk
+        read = True
     finally:
-        resp.release()
+        if read:
+            resp.release()
+        else:
+            resp.close()

@@ -511,7 +511,8 @@ class CacheStage:
             served_by=f"cache:{layer}",
             cost_usd=0.0,
             saved_usd=saved,
-            headers={HEADER: layer, **headers},
+            # the entry's age in seconds (RFC 9111), for clients that send max-age
+            headers={HEADER: layer, "age": str(max(0, int(entry.age()))), **headers},
         )
 
     # -- store ------------------------------------------------------------------------------
