@@ -999,3 +999,55 @@ def test_a_restarted_redis_is_used_again_at_once(
         finally:
             restarted.kill()
         client.close()
+
+
+def test_a_request_arriving_while_its_twin_is_upstream_waits_for_it(tmp_path: Path) -> None:
+    """An identical request that arrives while the first is upstream follows it at once: it
+    does not first run a semantic lookup, during which the first may land and leave, sending
+    the second upstream too (the embedder is slowed here to make that window certain)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    slow: Simulator = start_simulator(tmp_path / "sim", "--latency-ms", "600")
+    config = parse_config(
+        {
+            **local_config(slow.url),
+            "cachePolicies": {
+                "p": {
+                    "spec": {
+                        "semantic": {"enabled": True, "embedding": {}, "lookupTimeoutMs": 3000}
+                    }
+                }
+            },
+            "defaultCachePolicy": "p",
+        }
+    )
+    try:
+        with TestClient(create_app(config)) as gw:
+            runtime = cache_stage_of(gw).policies["p"]
+            embedder = runtime.embedder
+
+            class Slow:
+                def __getattr__(self, name: str) -> Any:
+                    return getattr(embedder, name)
+
+                def embed(self, texts: Any) -> Any:
+                    time.sleep(0.8)
+                    return embedder.embed(texts)
+
+            runtime.embedder = Slow()
+            a = openai.OpenAI(base_url="http://t/v1", api_key="sk-local-a", http_client=gw)
+            q = f"What is the daily ATM limit? {uuid.uuid4().hex[:6]}"
+            with ThreadPoolExecutor(2) as pool:
+                leader = pool.submit(ask, a, q)  # semantic lookup 0.8 s, then upstream 0.6 s
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline and not slow.stats()["requests"]:
+                    time.sleep(0.01)
+                time.sleep(0.2)  # the leader is upstream, its flight registered
+                follower = pool.submit(ask, a, q)
+                heads = [leader.result().headers["x-thrifty-cache"]]
+                heads.append(follower.result().headers["x-thrifty-cache"])
+            assert heads == ["miss", "exact"]
+            assert slow.stats()["requests"]["gpt-4o-mini"] == 1
+            a.close()
+    finally:
+        slow.stop()

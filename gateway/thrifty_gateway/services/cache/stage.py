@@ -251,7 +251,10 @@ class CacheStage:
         answer = await self._exact(ctx, plan)
         if policy.exact is None and policy.fences is not None:
             plan.fence = await self._fence(policy.fences)  # (the exact lookup reads it)
-        if answer is None and plan.semantic is not None:
+        if answer is None and plan.semantic is not None and not self._in_flight(ctx, plan):
+            # (An identical request already upstream: its answer, an exact one, comes sooner
+            # than a semantic lookup would, and the flight may land while that lookup runs,
+            # sending this request upstream a second time.)
             if await self._caught_up(policy, plan.fence):
                 answer = await self._semantic(ctx, plan)
             else:
@@ -262,6 +265,17 @@ class CacheStage:
         if answer is None:
             ctx.response_headers[HEADER] = "bypass" if plan.degraded else "miss"
         return answer
+
+    def _in_flight(self, ctx: RequestContext, plan: Plan) -> bool:
+        """An identical request is upstream now, and this one would wait for it (`_follow`)."""
+        if plan.directives.no_store or plan.fence is None or ctx.body.get("stream"):
+            return False
+        flight = self._flights.get(plan.key)
+        return (
+            flight is not None
+            and not flight.answer.done()
+            and time.monotonic() - flight.started < flight.wait
+        )
 
     async def _follow(self, ctx: RequestContext, plan: Plan) -> StageResponse | None:
         """Identical concurrent misses go upstream once: the first leads, the others wait for
