@@ -1322,3 +1322,61 @@ async def test_lines_an_older_worker_left_behind_are_removed(
             assert await queue.job_lines("job-live") == lines  # a recorded job keeps its lines
     finally:
         await queue.aclose()
+
+
+async def test_a_creation_cut_short_does_not_hold_up_other_batches(
+    redis: RedisServer, tmp_path: Path
+) -> None:
+    """A batch whose creation died after its first 1,000 lines stays `validating` until it is
+    failed as stale (ten minutes). Its lines wait in the worker, and another tenant's batch
+    queued behind them runs meanwhile. (Each waiting line was a task of its own, over the gate
+    that stops reading: the other batch waited the ten minutes.) The stuck lines never run."""
+    with simulator_at(tmp_path) as sim:
+        config = direct_config(sim, redis, tmp_path)
+        queue = queue_of(config, redis)
+        stuck = await interrupted_batch(queue, CHUNK + 100)
+        record = await create_batch(queue, config, 3)
+        worker, upstream = direct_worker(config, redis, tmp_path, "w1")
+        async with running(worker, upstream):
+            done = await wait_for_status(queue, record.id, time.monotonic() + 30, "completed")
+            assert done is not None and done.request_counts.completed == 3
+            held = await queue.get(stuck)
+            assert held is not None and held.status == "validating"
+        assert sim.stats()["requests"] == {"gpt-4o-mini": 3}  # none of the stuck batch's
+        await queue.aclose()
+
+
+async def test_a_lease_is_kept_while_its_holder_works_and_let_go_soon_after_it_dies(
+    redis: RedisServer,
+) -> None:
+    """Job-poll and finalize leases are short and renewed while their work runs: a poll or a
+    finalization longer than the lease keeps it, and a holder that dies (here: stops renewing)
+    holds the job up for one lease at most (the job lease was 300 s, and a worker killed
+    mid-poll froze its job for five minutes)."""
+    queue = queue_for(redis, f"lease-{time.time_ns()}")
+    try:
+        assert await queue.lease("job:x", "w1", 300)
+        async with queue.holding("job:x", "w1", 300):
+            await asyncio.sleep(1.0)  # longer than the lease
+            assert not await queue.lease("job:x", "w2", 300)
+        assert not await queue.lease("job:x", "w2", 300)  # (kept after the work: w1 lives)
+        await asyncio.sleep(0.4)  # w1 gone: no renewal
+        assert await queue.lease("job:x", "w2", 300)
+    finally:
+        await queue.aclose()
+
+
+async def test_a_queue_redis_that_keeps_nothing_across_a_restart_is_told_apart(
+    redis: RedisServer,
+) -> None:
+    """The worker warns at start about a queue Redis without persistence (a restart loses
+    every batch, while the provider bills the jobs it was given): the test Redis has none, and
+    with an append-only file it is durable."""
+    queue = queue_for(redis, f"durable-{time.time_ns()}")
+    try:
+        assert await queue.durable() is False
+        await queue.redis.config_set("appendonly", "yes")
+        assert await queue.durable() is True
+    finally:
+        await queue.redis.config_set("appendonly", "no")
+        await queue.aclose()

@@ -235,13 +235,17 @@ async def test_a_purge_of_a_big_redis_cache_completes_and_leaves_lookups_alone(
         assert await store.get("0" * 64) is None  # reached Redis: no cool-down
         found = await store.get("b" * 64)
         assert found is not None and found.body == {"id": "kept"}
-        # Only team-b's entry is left, and the purge fence the purge advanced.
+        # Only team-b's entry is left, the purge fence the purge advanced, and the purge's
+        # record for other replicas' embedded indexes.
         assert sorted(writer.keys()) == [
             f"{prefix}h:{'b' * 64}".encode(),
+            f"{prefix}purge-log".encode(),
             f"{prefix}purges".encode(),
         ]
         assert writer.get(f"{prefix}purges") == b"1"
-        assert writer.ttl(f"{prefix}purges") == -1  # never expires, never evicted
+        assert writer.xlen(f"{prefix}purge-log") == 1
+        for key in ("purges", "purge-log"):
+            assert writer.ttl(f"{prefix}{key}") == -1  # never expires, never evicted
     finally:
         await store.aclose()
         writer.close()

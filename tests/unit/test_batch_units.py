@@ -49,6 +49,15 @@ def test_valid_input_yields_lines() -> None:
     assert report.lines[0].endpoint == "chat"
 
 
+def test_a_file_saved_with_a_utf8_bom_is_read() -> None:
+    """Windows editors start UTF-8 files with a byte-order mark: it is no part of line 1 (the
+    whole upload was refused: "line 1: not valid JSON"); inside a line it stays an error."""
+    report = validate_input(b"\xef\xbb\xbf" + jsonl(item(1), item(2)), BatchLimits(), {"m"})
+    assert report.ok and [line.custom_id for line in report.lines] == ["r1", "r2"]
+    second = jsonl(item(1)) + b"\xef\xbb\xbf" + jsonl(item(2))
+    assert [e.line for e in validate_input(second, BatchLimits(), {"m"}).errors] == [2]
+
+
 def test_every_bad_line_is_reported() -> None:
     data = jsonl(item(1), item(1), {"custom_id": "x"}, item(3, method="GET")) + b"{oops\n"
     report = validate_input(data, BatchLimits(), None)

@@ -14,6 +14,9 @@ from .model import BatchRecord, Result
 from .queue import RedisQueue
 
 log = logging.getLogger(__name__)
+# A batch's finalize lease: renewed while its files are written (`RedisQueue.holding`), so a
+# finalizer that dies holds the batch up this long at most.
+FINALIZE_LEASE_MS = 30_000
 
 
 def output_line(batch_id: str, result: Result) -> bytes:
@@ -89,19 +92,23 @@ async def finalize(
         return moved is not None
     if counts.completed + counts.failed < counts.total:
         return False
-    if not await queue.lease(f"finalize:{batch_id}", owner, 120_000):
+    lease = f"finalize:{batch_id}"
+    if not await queue.lease(lease, owner, FINALIZE_LEASE_MS):
         return False
     try:
-        cancelling = record.cancelling_at is not None
-        if record.status != "finalizing":
-            moved = await queue.transition(batch_id, "finalizing", finalizing_at=int(time.time()))
-            if moved is None:
-                return False
-            record = moved
-        await _write_files(queue, store, record, cancelling)
-        return True
+        async with queue.holding(lease, owner, FINALIZE_LEASE_MS):
+            cancelling = record.cancelling_at is not None
+            if record.status != "finalizing":
+                moved = await queue.transition(
+                    batch_id, "finalizing", finalizing_at=int(time.time())
+                )
+                if moved is None:
+                    return False
+                record = moved
+            await _write_files(queue, store, record, cancelling)
+            return True
     finally:
-        await queue.release(f"finalize:{batch_id}", owner)
+        await queue.release(lease, owner)
 
 
 async def fail_interrupted(queue: RedisQueue, record: BatchRecord) -> bool:

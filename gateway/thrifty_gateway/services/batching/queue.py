@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -158,6 +160,18 @@ class RedisQueue:
 
     async def aclose(self) -> None:
         await self.redis.aclose()
+
+    async def durable(self) -> bool | None:
+        """Whether this Redis keeps its data across a restart (append-only file or snapshots);
+        None when it cannot be told (managed Redis services often disable `CONFIG`)."""
+        try:
+            found = await asyncio.wait_for(self.redis.config_get("appendonly", "save"), 2.0)
+        except Exception:
+            return None
+        aof = found.get("appendonly", found.get(b"appendonly", b""))
+        save = found.get("save", found.get(b"save", b""))
+        aof, save = (v.decode() if isinstance(v, bytes) else str(v) for v in (aof, save))
+        return aof == "yes" or bool(save.strip())
 
     async def ensure_groups(self) -> None:
         for stream, group in (
@@ -626,6 +640,27 @@ class RedisQueue:
             await self.redis.pexpire(key, ttl_ms)
             return True
         return False
+
+    @contextlib.asynccontextmanager
+    async def holding(self, name: str, owner: str, ttl_ms: int) -> AsyncIterator[None]:
+        """Keep lease `name` (taken with `lease`) renewed while the block runs: a short lease
+        that a holder who dies lets go of within `ttl_ms`, while a long poll or finalization
+        keeps it. (A 300 s job lease held by a worker killed mid-poll froze that job for five
+        minutes when its replacement had another consumer name, as a rescheduled pod has.)"""
+
+        async def renew() -> None:
+            while True:
+                await asyncio.sleep(ttl_ms / 3000)
+                try:
+                    await self.lease(name, owner, ttl_ms)
+                except Exception as exc:  # Redis failing: the next renewal tries again
+                    log.warning("lease %s not renewed: %s", name, type(exc).__name__)
+
+        renewing = asyncio.get_running_loop().create_task(renew())
+        try:
+            yield
+        finally:
+            renewing.cancel()
 
     async def release(self, name: str, owner: str) -> None:
         key = self.keys.lock(name)

@@ -131,6 +131,9 @@ def _check_line(
     return InputLine(custom_id, url, body)
 
 
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
 def validate_input(
     data: bytes,
     limits: BatchLimits,
@@ -184,6 +187,8 @@ def validate_lines(
     blanks: list[int] = []  # blank lines so far; an error unless only blanks follow them
     last = 0  # number of the last non-blank line: the file's line count
     for number, raw in enumerate(raw_lines, start=1):
+        if number == 1 and raw is not None and raw.startswith(UTF8_BOM):
+            raw = raw[len(UTF8_BOM) :]  # as Windows editors save UTF-8
         too_large = raw is None or (
             max_line_bytes is not None and len(raw) - raw.endswith(b"\n") > max_line_bytes
         )

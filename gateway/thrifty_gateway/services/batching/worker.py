@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 RECLAIM_BATCH = 500  # lines taken over per reclaim, at most
+LEASE_MS = 30_000  # a job's poll lease: renewed while its worker polls it (`queue.holding`)
 VALIDATING_RECHECK = 1.0  # seconds before a line of a batch still being created is looked at
 # Batch statuses whose remaining lines are not run (answered with their status as the error).
 STOPPED = frozenset({"cancelling", "cancelled", "expired", "failed"})
@@ -184,6 +185,12 @@ class Worker:
 
     async def run(self) -> None:
         await self.queue.ensure_groups()
+        if await self.queue.durable() is False:
+            log.warning(
+                "the batch queue's Redis keeps nothing across a restart (no append-only file, "
+                "no snapshots): a restart loses every batch in it, while the provider still "
+                "runs and bills the jobs already submitted; turn on appendonly"
+            )
         for entry_id, line in await self.queue.read_own(self.options.consumer):
             await self._handle(entry_id, line)
         loops = [
@@ -285,9 +292,12 @@ class Worker:
             # Still being created (the rest of its lines are on their way): held here and
             # handled again in a moment (not left to a reclaim, which would count deliveries
             # and wait its idle time). Run now, its answers would be lost (and paid for) if the
-            # create is cut short and the batch failed.
+            # create is cut short and the batch failed. Held with the lines backing off, not
+            # as a task each: a creation cut short left a thousand such tasks, over the gate
+            # that stops reading, and every tenant's lines waited behind them until the batch
+            # was failed as stale (ten minutes).
             self._held.add(entry_id)
-            self._spawn(self._when_created(entry_id, line))
+            heapq.heappush(self._delayed, (time.time() + VALIDATING_RECHECK, entry_id, line))
             return
         if info is not None and info[0] in ("finalizing", "completed"):
             # A copy of a line that has its result (every line has one, or the batch would not
@@ -336,13 +346,6 @@ class Worker:
             return False
         await self._store(entry_id, line, stopped(line, info))
         return True
-
-    async def _when_created(self, entry_id: str, line: Line) -> None:
-        try:
-            await asyncio.sleep(VALIDATING_RECHECK)
-        finally:
-            self._held.discard(entry_id)
-        await self._handle(entry_id, line)
 
     async def _store(self, entry_id: str, line: Line, result: Result) -> None:
         done = await self.queue.complete(entry_id, line, result)
@@ -471,13 +474,20 @@ class Worker:
                     if now < self._next_poll.get(job_id, 0.0):
                         continue
                     self._next_poll[job_id] = now + next_poll(interval, job["started"], now)
-                    if await self.queue.lease(f"job:{job_id}", self.options.consumer, 300_000):
-                        await self._whole(self._poll_guarded(job_id, job))
+                    lease = f"job:{job_id}"
+                    if await self.queue.lease(lease, self.options.consumer, LEASE_MS):
+                        await self._whole(self._poll_leased(lease, job_id, job))
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("batch poller error; retrying")
             await asyncio.sleep(min(interval, 0.5))
+
+    async def _poll_leased(self, lease: str, job_id: str, job: dict[str, Any]) -> None:
+        """A poll, its job's lease renewed while it runs (and kept after it: only this worker
+        polls the job while it lives)."""
+        async with self.queue.holding(lease, self.options.consumer, LEASE_MS):
+            await self._poll_guarded(job_id, job)
 
     def _backoff(self, line: Line, quota: bool = False) -> float:
         """When the line's next try may run, after its provider job failed as a whole (or
