@@ -1205,6 +1205,10 @@ async def test_a_direct_line_of_a_batch_cancelled_while_it_waited_is_not_called(
         results = await queue.results(record.id)
         codes = sorted(r.error_code or "ok" for r in results.values())
         assert codes == ["batch_cancelled", "batch_cancelled", "ok"]
+        # Only the line called is a request in the ledger (the two unrun ones counted there
+        # as errors, and inflated the tenant's error rate).
+        ledger = await queue.redis.xrange(queue.keys.ledger)
+        assert [fields[b"ok"] for _, fields in ledger] == [b"1"]
         await queue.aclose()
 
 

@@ -481,3 +481,17 @@ def test_the_queues_retry_backoff_reaches_its_workers() -> None:
 def test_a_backoff_longer_than_its_cap_is_refused() -> None:
     with pytest.raises(ValueError, match="backoffSeconds must be <= maxBackoffSeconds"):
         BatchQueueSpec.model_validate({"retries": {"backoffSeconds": 600, "maxBackoffSeconds": 60}})
+
+
+def test_only_lines_answered_without_a_call_are_unrun() -> None:
+    """Unrun lines (their batch stopped, expired or vanished; an unknown model) are no request
+    in the ledger; lines the provider answered or that failed on the way are."""
+    from thrifty_gateway.services.batching.model import Result
+
+    for code in ("batch_cancelled", "batch_expired", "batch_failed", "batch_missing"):
+        assert Result("r", None, None, code, "x").unrun
+    assert Result("r", None, None, "model_not_found", "x").unrun
+    assert not Result("r", 500, {"error": {}}).unrun
+    assert not Result("r", 200, {}).unrun
+    assert not Result("r", None, None, "provider_job_failed", "x").unrun
+    assert not Result("r", None, None, "batch_expired", "x", cost_usd=0.1).unrun

@@ -227,6 +227,18 @@ class Result:
     def ok(self) -> bool:
         return self.status_code is not None and 200 <= self.status_code < 300
 
+    @property
+    def unrun(self) -> bool:
+        """Answered without a call: its batch stopped, expired or vanished, or its model is
+        unknown. Such a line is no request in the ledger (a cancelled batch's unrun lines
+        counted as errors there, and inflated error rates)."""
+        code = self.error_code or ""
+        return (
+            self.status_code is None
+            and not self.cost_usd
+            and (code.startswith("batch_") or code == "model_not_found")
+        )
+
     def dump(self) -> bytes:
         return orjson.dumps(
             {

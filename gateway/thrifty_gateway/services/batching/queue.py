@@ -80,9 +80,11 @@ if added == 1 then
   if ARGV[13] == '1' then
     redis.call('XADD', KEYS[5], '*', 'b', ARGV[14], 'c', ARGV[3], 'r', ARGV[4], 'l', ARGV[15])
   end
-  redis.call('XADD', KEYS[4], '*', 't', ARGV[6], 'r', ARGV[7],
-    'm', ARGV[8], 'p', ARGV[9], 'c', ARGV[10], 'u', ARGV[11], 's', ARGV[12], 'ok', ARGV[5],
-    'lv', ARGV[16])
+  if ARGV[17] == '1' then
+    redis.call('XADD', KEYS[4], '*', 't', ARGV[6], 'r', ARGV[7],
+      'm', ARGV[8], 'p', ARGV[9], 'c', ARGV[10], 'u', ARGV[11], 's', ARGV[12], 'ok', ARGV[5],
+      'lv', ARGV[16])
+  end
 end
 if ARGV[2] ~= '' then
   redis.call('XACK', KEYS[3], ARGV[1], ARGV[2])
@@ -463,6 +465,7 @@ class RedisQueue:
                 line.batch_id,
                 orjson.dumps({**line.body}) if dead else b"",
                 result.lever,
+                "0" if result.unrun else "1",  # a ledger line: it was a request
             ],
         )
         return int(done)
