@@ -701,11 +701,11 @@ def provider_worker(
     submits: list[float] = []
     submit = batches.submit
 
-    async def recorded(*args: Any) -> str:
+    async def recorded(*args: Any, **kwargs: Any) -> str:
         submits.append(time.monotonic())
-        return await submit(*args)
+        return await submit(*args, **kwargs)
 
-    batches.submit = recorded  # type: ignore[method-assign,assignment]
+    batches.submit = recorded  # type: ignore[method-assign]
     attempts = config.batch.spec.retries.max_attempts
     queue = RedisQueue.from_url(
         redis.url, config.batch.name, max_attempts=attempts, dead_letter=True, password=None
@@ -1384,3 +1384,80 @@ async def test_a_queue_redis_that_keeps_nothing_across_a_restart_is_told_apart(
     finally:
         await queue.redis.config_set("appendonly", "no")
         await queue.aclose()
+
+
+async def test_a_job_the_provider_made_for_a_worker_that_died_is_adopted_not_made_again(
+    simulator: Simulator, redis: RedisServer, tmp_path: Path
+) -> None:
+    """The worker dies after the provider made its job and before recording it (here: the
+    recording fails once). The job was billed and never polled, and its lines went to a second
+    job (billed twice, and every tenant's prompts left at the provider in two files). Now the
+    job's intent, recorded before the call, is adopted once its lease lapses: the provider's
+    job carrying its marker is polled, and no second job is made."""
+    before = sim_stats(simulator)
+    config = provider_config(simulator, redis, tmp_path)
+    worker, upstream, submits = provider_worker(config, redis, tmp_path, lease_seconds=0.5)
+    adopt = worker.queue.adopt_intent
+    died: list[str] = []
+
+    async def dies_once(marker: str, job_id: str, *args: Any) -> bool:
+        if not died:
+            died.append(job_id)
+            raise RuntimeError("the worker died")
+        return await adopt(marker, job_id, *args)
+
+    worker.queue.adopt_intent = dies_once  # type: ignore[method-assign,assignment]
+    record = await new_batch(config, redis, 4)
+    try:
+        done = await run_until_terminal(config, redis, worker, record)
+    finally:
+        await upstream.aclose()
+    assert done.status == "completed" and done.request_counts.completed == 4
+    after = sim_stats(simulator)
+    assert len(submits) == 1 and len(died) == 1
+    made = after.get("batches_created", 0) - before.get("batches_created", 0)
+    assert made == 1  # adopted, not made again
+    assert after.get("lines", 0) - before.get("lines", 0) == 4
+
+
+async def test_an_intent_whose_worker_died_before_the_provider_made_the_job_is_retried(
+    simulator: Simulator, redis: RedisServer, tmp_path: Path
+) -> None:
+    """The worker dies before the provider made the job (here: its submit dies, and with it
+    the worker's reader, as with the process): no job carries the intent's marker, so another
+    worker retries its lines into a new job, once."""
+    before = sim_stats(simulator)
+    config = provider_config(simulator, redis, tmp_path)
+    dying, dying_upstream, _ = provider_worker(config, redis, tmp_path, lease_seconds=0.5)
+
+    class Died(BaseException):
+        pass
+
+    async def dies(*_: Any, **__: Any) -> str:
+        raise Died
+
+    dying.batches.submit = dies  # type: ignore[method-assign]
+    other, other_upstream, _ = provider_worker(config, redis, tmp_path, lease_seconds=0.5)
+    other.options = dataclasses.replace(other.options, consumer="w2")
+    record = await new_batch(config, redis, 3)
+    queue = queue_of(config, redis)
+    first = asyncio.create_task(dying.run())
+    try:
+        while not await queue.intents():  # the dying worker took the lines
+            await asyncio.sleep(0.05)
+        second = asyncio.create_task(other.run())
+        done = await wait_for_status(queue, record.id, time.monotonic() + 60, "completed")
+        assert done is not None and done.request_counts.completed == 3
+    finally:
+        for worker, task in ((dying, first), (other, locals().get("second"))):
+            worker.stop()
+            if task is not None:
+                await asyncio.gather(task, return_exceptions=True)
+            await worker.queue.aclose()
+            await worker.batches.aclose()
+        await dying_upstream.aclose()
+        await other_upstream.aclose()
+        await queue.aclose()
+    after = sim_stats(simulator)
+    assert after.get("batches_created", 0) - before.get("batches_created", 0) == 1
+    assert after.get("lines", 0) - before.get("lines", 0) == 3

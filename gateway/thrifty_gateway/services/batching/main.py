@@ -40,8 +40,13 @@ class FollowingBatches:
             self._current = OpenAIBatches(self._providers, self._keys.values)
         return self._current
 
-    async def submit(self, target: Target, url: str, jsonl: bytes, window: str) -> str:
-        return await self._client().submit(target, url, jsonl, window)
+    async def submit(
+        self, target: Target, url: str, jsonl: bytes, window: str, marker: str | None = None
+    ) -> str:
+        return await self._client().submit(target, url, jsonl, window, marker)
+
+    async def find(self, target: Target, marker: str) -> str | None:
+        return await self._client().find(target, marker)
 
     async def state(self, target: Target, job_id: str) -> JobState:
         return await self._client().state(target, job_id)

@@ -268,6 +268,8 @@ class Keys:
         self.index = self.prefix + "batches"
         self.active = self.prefix + "active"
         self.jobs = self.prefix + "jobs"
+        # jobs about to be created at a provider (`RedisQueue.save_intent`), by marker
+        self.intents = self.prefix + "intents"
         self.inflight = self.prefix + "inflight"
         self.job_failures = self.prefix + "jobfailures"
         self.provider_files = self.prefix + "providerfiles"  # to delete at the provider
@@ -284,6 +286,11 @@ class Keys:
     def job_lines(self, job_id: str) -> str:
         """A provider job's lines (its metadata is in the `jobs` hash)."""
         return f"{self.prefix}joblines:{job_id}"
+
+    def intent_lines(self, marker: str) -> str:
+        """The lines of a job about to be created (not under `job_lines`: a sweep of the lines
+        of jobs no longer recorded, an older worker's too, would take them)."""
+        return f"{self.prefix}intentlines:{marker}"
 
     def lock(self, name: str) -> str:
         return f"{self.prefix}lock:{name}"

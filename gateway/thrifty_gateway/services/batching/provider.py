@@ -104,7 +104,15 @@ class SubmittedJob(str):
 
 
 class ProviderBatches(Protocol):
-    async def submit(self, target: Target, url: str, jsonl: bytes, window: str) -> str: ...
+    async def submit(
+        self, target: Target, url: str, jsonl: bytes, window: str, marker: str | None = None
+    ) -> str:
+        """Upload and create the job, carrying `marker` (a new one when None) in its metadata."""
+        ...
+
+    async def find(self, target: Target, marker: str) -> str | None:
+        """The provider's recent job carrying `marker`, if it made one."""
+        ...
 
     async def state(self, target: Target, job_id: str) -> JobState: ...
 
@@ -140,7 +148,9 @@ class OpenAIBatches:
             for p in providers
         }
 
-    async def submit(self, target: Target, url: str, jsonl: bytes, window: str) -> str:
+    async def submit(
+        self, target: Target, url: str, jsonl: bytes, window: str, marker: str | None = None
+    ) -> str:
         """Upload the lines and create the job. The create is never retried blindly: the
         Batches API takes no idempotency key, and a create that timed out after the provider
         accepted it, retried, made two billed jobs (the SDK retries twice by default). The
@@ -149,7 +159,8 @@ class OpenAIBatches:
         client = self._clients[target.provider]
         uploaded = await client.files.create(file=("thrifty.jsonl", jsonl), purpose="batch")
         try:
-            return SubmittedJob(await self._create(client, uploaded.id, url, window), uploaded.id)
+            made = await self._create(client, uploaded.id, url, window, marker or uuid.uuid4().hex)
+            return SubmittedJob(made, uploaded.id)
         except BaseException:
             # No job (that we know of) reads the upload: it would stay at the provider, with
             # every tenant's prompts, counting against the storage quota. A job created after
@@ -162,8 +173,9 @@ class OpenAIBatches:
                 )
             raise
 
-    async def _create(self, client: openai.AsyncOpenAI, file_id: str, url: str, window: str) -> str:
-        marker = uuid.uuid4().hex
+    async def _create(
+        self, client: openai.AsyncOpenAI, file_id: str, url: str, window: str, marker: str
+    ) -> str:
         for attempt in range(CREATE_TRIES):
             try:
                 job = await client.with_options(max_retries=0).batches.create(
@@ -193,6 +205,9 @@ class OpenAIBatches:
                 if found is not None:
                     return found
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def find(self, target: Target, marker: str) -> str | None:
+        return await self._find(self._clients[target.provider], marker)
 
     async def _find(self, client: openai.AsyncOpenAI, marker: str) -> str | None:
         """The recent job carrying `marker`, if the provider created it."""

@@ -65,6 +65,26 @@ class PendingDelete:
         )
 
 
+INTENT_PREFIX = "intent:"
+
+
+def intent_job(marker: str) -> str:
+    """The job name an intent's lines are kept under until it is adopted."""
+    return INTENT_PREFIX + marker
+
+
+# An intent (KEYS[1] field ARGV[1], its lines at KEYS[2]) becomes job ARGV[2] (metadata
+# ARGV[3], lines moved to KEYS[3], listed in the jobs hash KEYS[4]); its entries (ARGV[4..])
+# map to the job in `inflight` (KEYS[5]). Nothing when the intent is gone.
+_ADOPT = """
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('RENAME', KEYS[2], KEYS[3]) end
+redis.call('HSET', KEYS[4], ARGV[2], ARGV[3])
+for i = 4, #ARGV do redis.call('HSET', KEYS[5], ARGV[i], ARGV[2]) end
+return 1
+"""
+
+
 _COMPLETE = """
 local added = redis.call('HSETNX', KEYS[1], ARGV[3], ARGV[4])
 if added == 1 then
@@ -150,6 +170,7 @@ class RedisQueue:
         self.max_attempts = max_attempts
         self.dead_letter_enabled = dead_letter
         self._complete = redis.register_script(_COMPLETE)
+        self._adopt = redis.register_script(_ADOPT)
         self._resubmit = redis.register_script(_RESUBMIT)
         self._touch = redis.register_script(_TOUCH)
 
@@ -431,6 +452,10 @@ class RedisQueue:
         named = sorted({j for j in jobs if j is not None})
         found = await self.redis.hmget(k.jobs, named) if named else []
         live = {j for j, job in zip(named, found, strict=True) if job is not None}
+        about = [j for j in named if j.startswith(INTENT_PREFIX.encode())]  # (bytes)
+        markers = [j[len(INTENT_PREFIX) :] for j in about]
+        intents = await self.redis.hmget(k.intents, markers) if markers else []
+        live |= {j for j, intent in zip(about, intents, strict=True) if intent is not None}
         return [e for e, job in zip(entry_ids, jobs, strict=True) if job is None or job not in live]
 
     async def complete(
@@ -530,6 +555,48 @@ class RedisQueue:
             pipe.hset(self.keys.jobs, job_id, orjson.dumps(meta))
             if entry_ids:
                 pipe.hset(self.keys.inflight, mapping=dict.fromkeys(entry_ids, job_id))
+            await pipe.execute()
+
+    async def save_intent(self, marker: str, job: dict[str, Any], entry_ids: Sequence[str]) -> None:
+        """Record a job about to be created at the provider under `marker` (the one-off tag
+        its metadata carries), before the call: a worker that dies between the provider making
+        the job and `adopt_intent` recording it left a billed job that nobody polled, while its
+        lines were reclaimed and sent again (billed twice). Another worker adopts a lapsed
+        intent (`Worker._adopt`). Its lines are kept as a job's (`inflight`: no reclaim)."""
+        meta = {k: v for k, v in job.items() if k != "lines"}
+        name = intent_job(marker)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(self.keys.intent_lines(marker), orjson.dumps(list(job["lines"].items())))
+            pipe.hset(self.keys.intents, marker, orjson.dumps(meta))
+            if entry_ids:
+                pipe.hset(self.keys.inflight, mapping=dict.fromkeys(entry_ids, name))
+            await pipe.execute()
+
+    async def intents(self) -> dict[str, dict[str, Any]]:
+        """The jobs about to be created, by marker."""
+        raw = await self.redis.hgetall(self.keys.intents)
+        return {_text(k): orjson.loads(v) for k, v in raw.items()}
+
+    async def adopt_intent(
+        self, marker: str, job_id: str, meta: dict[str, Any], entry_ids: Sequence[str]
+    ) -> bool:
+        """The intent `marker` became the provider job `job_id`: recorded as a job, with its
+        lines, in one step. False when the intent is gone (given up by another worker, whose
+        retries now own its lines): the caller must not keep the job."""
+        k = self.keys
+        keys = [k.intents, k.intent_lines(marker), k.job_lines(job_id), k.jobs, k.inflight]
+        done = await self._adopt(keys=keys, args=[marker, job_id, orjson.dumps(meta), *entry_ids])
+        return bool(done)
+
+    async def intent_lines(self, marker: str) -> dict[str, dict[str, Any]]:
+        """An intent's lines, `{entry id: line}` in input order."""
+        raw = await self.redis.get(self.keys.intent_lines(marker))
+        return {} if raw is None else {str(eid): data for eid, data in orjson.loads(raw)}
+
+    async def drop_intent(self, marker: str) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hdel(self.keys.intents, marker)
+            pipe.delete(self.keys.intent_lines(marker))
             await pipe.execute()
 
     async def jobs(self) -> dict[str, dict[str, Any]]:

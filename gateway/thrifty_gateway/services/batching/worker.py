@@ -12,6 +12,7 @@ import asyncio
 import heapq
 import logging
 import time
+import uuid
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -36,14 +37,13 @@ from .provider import (
     poll_error_is_gone,
     retry_delay,
 )
-from .queue import Entry, PendingDelete, RedisQueue
+from .queue import Entry, PendingDelete, RedisQueue, intent_job
 
 if TYPE_CHECKING:
     from ..pipeline import Target
 
 log = logging.getLogger(__name__)
 RECLAIM_BATCH = 500  # lines taken over per reclaim, at most
-LEASE_MS = 30_000  # a job's poll lease: renewed while its worker polls it (`queue.holding`)
 VALIDATING_RECHECK = 1.0  # seconds before a line of a batch still being created is looked at
 # Batch statuses whose remaining lines are not run (answered with their status as the error).
 STOPPED = frozenset({"cancelling", "cancelled", "expired", "failed"})
@@ -63,6 +63,9 @@ class WorkerOptions:
     job_grace_seconds: float = 3600.0
     # a batch still `validating` this long after it was created (creation cut short) is failed
     stale_validating_seconds: float = 600.0
+    # A provider job's poll lease and a job creation's: renewed while the work runs
+    # (`RedisQueue.holding`), so a worker that dies holds its jobs up this long at most.
+    lease_seconds: float = 30.0
     # a line whose provider job failed as a whole, or could not be submitted, is retried
     # after this many seconds, doubling per attempt up to the max (the BatchQueue's
     # `retries.backoffSeconds` / `maxBackoffSeconds`, `worker_options`)
@@ -176,6 +179,7 @@ class Worker:
         self._held: set[str] = set()  # entries in a pack or a direct call of this worker
         # lines backing off (not before their time): (due, entry id, line), held by this worker
         self._delayed: list[tuple[float, str, Line]] = []
+        self._lease_ms = int(options.lease_seconds * 1000)
         self._stop = asyncio.Event()
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -431,11 +435,35 @@ class Worker:
             if not kept:
                 return
             pack = pack.only(kept)
+        job = {
+            "provider": pack.target.provider,
+            "model": pack.target.model,
+            "url": pack.url,
+            "started": time.time(),
+            "batches": sorted({line.batch_id for _, line in pack.entries}),
+            "lines": {eid: line.to_json() for eid, line in pack.entries},
+        }
+        marker = uuid.uuid4().hex
+        entry_ids = [eid for eid, _ in pack.entries]
+        # Recorded before the provider is called, and kept leased while the call runs: a
+        # worker that dies once the provider made the job leaves it to be adopted (`_adopt`),
+        # not billed twice.
+        await self.queue.save_intent(marker, job, entry_ids)
+        lease = intent_job(marker)
+        await self.queue.lease(lease, self.options.consumer, self._lease_ms)
+        async with self.queue.holding(lease, self.options.consumer, self._lease_ms):
+            await self._create_job(pack, marker, job, entry_ids)
+        await self.queue.release(lease, self.options.consumer)
+
+    async def _create_job(
+        self, pack: Pack, marker: str, job: dict[str, Any], entry_ids: list[str]
+    ) -> None:
         try:
             job_id = await self.batches.submit(
-                pack.target, pack.url, pack.jsonl(), self.spec.completion_window
+                pack.target, pack.url, pack.jsonl(), self.spec.completion_window, marker
             )
         except Exception as exc:
+            await self.queue.drop_intent(marker)
             log.warning("provider batch submit failed (%s); lines retried", type(exc).__name__)
             # The provider's own words stay out of the tenants' error files: a pack mixes
             # tenants, and a refusal of the gateway's key quotes it (masked, but the gateway's).
@@ -451,19 +479,38 @@ class Worker:
                 if done is not None:
                     await self._maybe_finalize(line.batch_id, done)
             return
-        job = {
-            "provider": pack.target.provider,
-            "model": pack.target.model,
-            "url": pack.url,
-            "started": time.time(),
-            "batches": sorted({line.batch_id for _, line in pack.entries}),
-            "input_file_id": getattr(job_id, "input_file_id", None),
-            "lines": {eid: line.to_json() for eid, line in pack.entries},
-        }
+        meta = {k: v for k, v in job.items() if k != "lines"}
+        meta["input_file_id"] = getattr(job_id, "input_file_id", None)
         job_id = str(job_id)
-        await self.queue.save_job(job_id, job, [eid for eid, _ in pack.entries])
+        if not await self.queue.adopt_intent(marker, job_id, meta, entry_ids):
+            # Given up by another worker meanwhile (this one's lease lapsed: Redis failing):
+            # its lines are retried there, so this job would run them twice.
+            log.warning("provider batch job %s made after its intent was given up", job_id)
+            await self._cancel_job(pack.target, job_id, meta)
+            return
         self.stats.jobs_submitted += 1
         log.info("provider batch job %s submitted with %d lines", job_id, len(pack.entries))
+
+    async def _adopt(self, marker: str, intent: dict[str, Any]) -> None:
+        """An intent whose worker stopped renewing its lease (it died, or lost Redis) while
+        creating the job: the provider's job carrying its marker is recorded as the job, or,
+        when the provider made none, its lines are retried."""
+        from ..pipeline import Target
+
+        target = Target(intent["provider"], intent["model"])
+        found = await self.batches.find(target, marker)
+        lines = await self.queue.intent_lines(marker)
+        if found is not None:
+            if await self.queue.adopt_intent(marker, found, intent, list(lines)):
+                log.warning("provider batch job %s adopted: its worker stopped creating it", found)
+            return
+        reason = "the worker creating the provider job stopped before the provider made it"
+        for entry_id, data in lines.items():
+            line = Line.from_json(data)
+            result = Result(line.custom_id, None, None, "submit_interrupted", reason)
+            await self._retry(entry_id, line, result, True)
+        await self.queue.drop_intent(marker)
+        log.warning("batch job intent %s given up: %s", marker, reason)
 
     async def _poller(self) -> None:
         interval = float(self.spec.poll_interval_seconds)
@@ -475,8 +522,16 @@ class Worker:
                         continue
                     self._next_poll[job_id] = now + next_poll(interval, job["started"], now)
                     lease = f"job:{job_id}"
-                    if await self.queue.lease(lease, self.options.consumer, LEASE_MS):
+                    if await self.queue.lease(lease, self.options.consumer, self._lease_ms):
                         await self._whole(self._poll_leased(lease, job_id, job))
+                for marker, intent in (await self.queue.intents()).items():
+                    # (left to its worker while it renews the lease: it may be creating it)
+                    if time.time() - float(intent["started"]) < 2 * self._lease_ms / 1000:
+                        continue
+                    if await self.queue.lease(
+                        intent_job(marker), self.options.consumer, self._lease_ms
+                    ):
+                        await self._whole(self._adopt(marker, intent))
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -486,7 +541,7 @@ class Worker:
     async def _poll_leased(self, lease: str, job_id: str, job: dict[str, Any]) -> None:
         """A poll, its job's lease renewed while it runs (and kept after it: only this worker
         polls the job while it lives)."""
-        async with self.queue.holding(lease, self.options.consumer, LEASE_MS):
+        async with self.queue.holding(lease, self.options.consumer, self._lease_ms):
             await self._poll_guarded(job_id, job)
 
     def _backoff(self, line: Line, quota: bool = False) -> float:
