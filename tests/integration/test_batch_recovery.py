@@ -1461,3 +1461,47 @@ async def test_an_intent_whose_worker_died_before_the_provider_made_the_job_is_r
     after = sim_stats(simulator)
     assert after.get("batches_created", 0) - before.get("batches_created", 0) == 1
     assert after.get("lines", 0) - before.get("lines", 0) == 3
+
+
+def test_ledger_lines_recorded_by_a_gateway_that_died_before_its_ack_count_once(
+    simulator: Simulator, redis: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A gateway writes finished batch lines to the shared ledger, then dies before it
+    acknowledges them in the queue's stream (another Redis). Another gateway takes them over:
+    it finds their marks in the shared ledger and does not record them again (it counted them
+    twice: 3,006 requests for 3,000 in a probe)."""
+    name = f"twice-{time.time_ns()}"
+    client, keys = finished_lines(redis, name, 3)
+    monkeypatch.setattr(batch_stage, "SYNC_MIN_IDLE_MS", 200)
+    monkeypatch.setattr(batch_stage, "SYNC_RECLAIM_SECONDS", 0.3)
+    shared = start_redis(tmp_path / "ledger")
+    config = batch_config(simulator, redis, tmp_path, name)
+    config["ledger"] = {"redisUrl": shared.url}
+    try:
+        with gateway(config) as first:
+            stages = first.app.state.gateway.stages  # type: ignore[attr-defined]
+            stage = next(s for s in stages if s.name == "batch")
+            queue = stage.runtime.queue
+
+            async def dies(*_: Any) -> int:
+                raise RuntimeError("the gateway died before its ack")
+
+            queue.redis.xack = dies  # (its lines stay pending under its name)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and admin_usage(first)["totals"]["requests"] < 3:
+                time.sleep(0.05)
+            assert admin_usage(first)["totals"]["requests"] == 3
+            assert client.xpending(keys.ledger, keys.ledger_group)["pending"] == 3
+        with gateway(config) as second:
+            deadline = time.monotonic() + 10
+            while (
+                time.monotonic() < deadline
+                and client.xpending(keys.ledger, keys.ledger_group)["pending"] > 0
+            ):
+                time.sleep(0.05)
+            assert client.xpending(keys.ledger, keys.ledger_group)["pending"] == 0
+            totals = admin_usage(second)["totals"]
+            assert totals["requests"] == 3 and totals["cost_usd"] == pytest.approx(0.75)
+    finally:
+        shared.kill()
+        client.close()

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Any
 
@@ -40,6 +40,11 @@ TIMEOUT = 2.0  # seconds for one pipelined write or read
 MAX_PAUSE = 30.0  # seconds between retries while Redis is down
 READ_CHUNK = 500  # buckets per pipelined read
 CLEANUP_EVERY = 600.0  # seconds between deletions of buckets past the retention
+# How long a mark says its line was recorded. A live gateway takes a dead one's lines over
+# within about 90 s (`batching.stage`); if every gateway stays down longer than this, such
+# lines may count twice. One short key per batch line for this long: about 10 MB of Redis per
+# 100,000 lines an hour.
+MARK_SECONDS = 3600
 _INT_FIELDS = ("requests", "errors", "prompt_tokens", "completion_tokens", "cached_tokens")
 
 
@@ -164,14 +169,15 @@ class SharedBuckets:
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, MAX_PAUSE)
 
-    async def flush(self) -> bool:
-        """Write the pending deltas now; False (deltas kept for a retry) when Redis fails."""
+    async def flush(self, marks: Sequence[str] = ()) -> bool:
+        """Write the pending deltas now, with `marks` (`recorded`) in the same transaction;
+        False (deltas kept for a retry, marks dropped) when Redis fails."""
         async with self._lock:
-            if not self._pending:
+            if not self._pending and not marks:
                 return True
             batch, self._pending = self._pending, {}
             try:
-                await asyncio.wait_for(self._write(batch), TIMEOUT)
+                await asyncio.wait_for(self._write(batch, marks), TIMEOUT)
             except Exception as exc:
                 for key, delta in batch.items():
                     self._pending.setdefault(key, Totals()).add(delta)
@@ -194,8 +200,21 @@ class SharedBuckets:
                 log.warning("shared ledger cleanup failed: %s", type(exc).__name__)
         return True
 
-    async def _write(self, batch: dict[Key, Totals]) -> None:
+    async def recorded(self, marks: Sequence[str]) -> set[str]:
+        """Which of `marks` a flush wrote: what a writer records at most once (a batch line
+        recorded, then acknowledged in another Redis, by a gateway that may die in between)."""
+        if not marks:
+            return set()
+        pipe = self.client.pipeline(transaction=False)
+        for mark in marks:
+            pipe.exists(self._prefix + "mark:" + mark)
+        flags = await asyncio.wait_for(pipe.execute(), TIMEOUT)
+        return {m for m, flag in zip(marks, flags, strict=True) if flag}
+
+    async def _write(self, batch: dict[Key, Totals], marks: Sequence[str] = ()) -> None:
         pipe = self.client.pipeline(transaction=True)
+        for mark in marks:
+            pipe.set(self._prefix + "mark:" + mark, 1, ex=MARK_SECONDS)
         index = self._prefix + "index"
         for key, delta in batch.items():
             member = bucket_id(key)

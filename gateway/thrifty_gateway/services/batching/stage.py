@@ -313,15 +313,25 @@ class BatchStage:
                     len(ids),
                     tries,
                 )
-            for _, f in lines:
-                self._record(f)
             shared = self.ledger.shared
+            marks = [f"{keys.ledger}:{entry_id.decode()}" for entry_id in ids]
+            done: set[str] = set()
+            if shared is not None and not shared.failing:
+                try:  # lines a gateway recorded, then died before acknowledging (a reclaim)
+                    done = await shared.recorded(marks)
+                except Exception as exc:
+                    log.warning("batch ledger marks unread (%s)", type(exc).__name__)
+            for mark, (_, f) in zip(marks, lines, strict=True):
+                if mark not in done:
+                    self._record(f)
             if shared is not None and not shared.failing:
                 # Written to the shared ledger before the lines are acknowledged: its writer
                 # would otherwise send them a moment later, and a gateway dying in between
                 # lost them. While Redis fails they wait in memory for its retries (acked all
-                # the same: left pending, they would be recorded, and counted, twice).
-                await shared.flush()
+                # the same: left pending, they would be recorded, and counted, twice). The
+                # lines' marks go with them: a gateway that dies before the acknowledgement
+                # leaves them to be taken over and skipped, not counted twice.
+                await shared.flush([m for m in marks if m not in done])
             await redis.xack(keys.ledger, keys.ledger_group, *ids)
             # Deleted once recorded: the stream holds only lines not recorded yet (it is never
             # trimmed by length, which dropped lines no gateway had read).
