@@ -1055,3 +1055,48 @@ def test_a_request_arriving_while_its_twin_is_upstream_waits_for_it(tmp_path: Pa
             a.close()
     finally:
         slow.stop()
+
+
+def test_a_replicas_embedded_index_never_serves_past_a_purge_it_cannot_see(
+    simulator: Simulator, own_redis: RedisServer
+) -> None:
+    """Two gateways on one Redis, each with its own embedded semantic index. (a) The Redis
+    loses its purge fence (a restart without persistence, an eviction): the next purge's fence
+    is lower than the one the other gateway applied; it cannot tell which purges it missed and
+    drops its index (it kept serving the purged answer). (b) Redis down: which purges ran is
+    unknown, so the semantic layer is bypassed (it served from the index)."""
+    import redis as redis_lib
+
+    config = parse_config(redis_config(simulator.url, own_redis.url, semantic=True))
+    q = "What documents do I need to open a savings account?"
+    paraphrase = q.replace("What documents do I need", "Which documents do I need")
+    admin = {"authorization": "Bearer sk-local-admin"}
+    raw = redis_lib.Redis.from_url(own_redis.url)
+    with TestClient(create_app(config)) as one, TestClient(create_app(config)) as two:
+        a2 = openai.OpenAI(base_url="http://t/v1", api_key="sk-local-a", http_client=two)
+        for _ in range(2):  # two purges of another tenant, applied by `two` at its lookups
+            assert (
+                one.post(
+                    "/v1/thrifty/cache/purge", json={"tenant": "team-b"}, headers=admin
+                ).status_code
+                == 200
+            )
+            ask(a2, f"Warm up {uuid.uuid4().hex[:6]}")
+        assert ask(a2, q).headers["x-thrifty-cache"] == "miss"
+        wait_cache_stores(two, 3)
+        assert ask(a2, paraphrase).headers["x-thrifty-cache"] == "semantic"
+        (fence,) = raw.keys("thrifty:cache:*:purges")
+        raw.delete(fence)  # lost: the next purge's fence is 1, below the 2 `two` applied
+        assert (
+            one.post(
+                "/v1/thrifty/cache/purge", json={"tenant": "team-a"}, headers=admin
+            ).status_code
+            == 200
+        )
+        assert ask(a2, paraphrase).headers["x-thrifty-cache"] == "miss"
+        wait_cache_stores(two, 4)
+        assert ask(a2, paraphrase).headers["x-thrifty-cache"] == "exact"
+        own_redis.kill()
+        assert ask(a2, paraphrase).headers["x-thrifty-cache"] == "bypass"
+        a2.close()
+    raw.close()

@@ -50,9 +50,17 @@ return {redis.call('HGET', KEYS[1], 'v'), redis.call('GET', KEYS[2])}
 # Advance the fence (KEYS[1]) and log the purge (its selector ARGV[1], its time ARGV[2]) under
 # the fence's new value in the purge log (KEYS[2], a stream capped near ARGV[3] entries), in one
 # step: a replica that reads the new fence always finds its purge in the log.
+# Each entry's id is `<n>-1`, so the purges between two fences are one exact range. A log
+# ahead of the fence (the fence key alone lost) is started again.
 _PURGE = """
 local n = redis.call('INCR', KEYS[1])
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'n', n, 's', ARGV[1], 't', ARGV[2])
+local id = n .. '-1'
+local added = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], id,
+  'n', n, 's', ARGV[1], 't', ARGV[2])
+if type(added) == 'table' and added.err then
+  redis.call('DEL', KEYS[2])
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], id, 'n', n, 's', ARGV[1], 't', ARGV[2])
+end
 return n
 """
 PURGE_LOG_LENGTH = 1_000  # purges kept for replicas that have not applied them yet
@@ -291,8 +299,9 @@ class RedisExactStore:
             return []
         if last - first >= PURGE_LOG_LENGTH:
             return None
-        # (Purges are rare: the whole log is one small read, once per purge and replica.)
-        rows = await self._call("purge-log", self._redis.xrevrange(self._log))
+        rows = await self._call(
+            "purge-log", self._redis.xrange(self._log, min=f"{first}-1", max=f"{last}-1")
+        )
         found: dict[int, tuple[Selector, float]] = {}
         for _, fields in rows:
             n = int(fields[b"n"])

@@ -39,9 +39,9 @@ class PolicyRuntime:
     # endpoint), the layer is bypassed until then (monotonic clock): one timeout, not one per
     # request.
     semantic_down_until: float = 0.0
-    # An embedded semantic index beside a Redis exact store that replicas share: the purges
-    # other replicas run reach this index through that store's purge log
-    # (`CacheStage._caught_up`), applied up to the fence `applied`.
+    # An embedded semantic index beside a Redis store that replicas share (the exact layer's,
+    # or the fence's): the purges other replicas run reach this index through that store's
+    # purge log (`CacheStage._caught_up`), applied up to the fence `applied`.
     purge_log: RedisExactStore | None = None
     applied: str | None = None
     catching_up: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -167,9 +167,10 @@ async def open_policy(name: str, policy: CachePolicyConfig, models: SharedModels
         verifier.name if verifier else "off",
     )
     fences: ExactStore | None = None
-    # Only a Qdrant server is shared by replicas: an embedded index is the process's own, and
-    # its fence too (it keeps working while Redis is down).
-    if exact is None and stores.qdrant_url and semantic is not None and stores.redis_url:
+    # A policy without an exact layer keeps its fence in its Redis when it has one: replicas
+    # share a Qdrant server's index, and an embedded index follows the others' purges
+    # (`purge_log`).
+    if exact is None and semantic is not None and stores.redis_url:
         fences = RedisExactStore(
             stores.redis_url,
             f"thrifty:cache:{keyspace}:",
@@ -178,10 +179,11 @@ async def open_policy(name: str, policy: CachePolicyConfig, models: SharedModels
             password=_store_secret(stores.redis_password),
         )
     runtime = PolicyRuntime(name, spec, keyspace, exact, semantic, embedder, verifier, fences)
-    if isinstance(exact, RedisExactStore) and isinstance(semantic, EdgeIndex):
-        runtime.purge_log = exact
+    shared = exact if exact is not None else fences
+    if isinstance(shared, RedisExactStore) and isinstance(semantic, EdgeIndex):
+        runtime.purge_log = shared
         try:  # the index is new and empty: no purge before now concerns it
-            runtime.applied = await exact.fence()
+            runtime.applied = await shared.fence()
         except StoreUnavailable:
             pass  # (set at the first fence read: nothing is stored without one)
     return runtime

@@ -399,28 +399,41 @@ class CacheStage:
 
     async def _caught_up(self, policy: PolicyRuntime, fence: str | None) -> bool:
         """Whether the policy's semantic index may be searched. An embedded index beside a
-        Redis exact store is this process's own, while any replica may purge: first it applies
-        the purges logged up to `fence` (the one the exact lookup read) that it has not, each
-        as of the time it ran. False when they cannot be read or applied now."""
+        Redis store is this process's own, while any replica may purge: first it applies the
+        purges logged up to `fence` (the one the lookup read) that it has not, each as of the
+        time it ran (entries stored here since stay). False (the semantic layer bypassed)
+        when the fence is unknown (a purge may have run unseen), while another request
+        applies purges (it does not wait), or when they cannot be read or applied now."""
         store, index = policy.purge_log, policy.semantic
-        if store is None or index is None or fence is None or policy.applied == fence:
+        if store is None or index is None:
             return True
+        if fence is None:
+            return False
+        if policy.applied == fence:
+            return True
+        if policy.catching_up.locked():
+            return False
         async with policy.catching_up:
             applied = policy.applied
-            if applied is None or int(applied) >= int(fence):
-                policy.applied = fence if applied is None else applied
+            if applied is None:  # (nothing is stored before the first fence is read)
+                policy.applied = fence
+                return True
+            if applied == fence:
                 return True
             try:
-                purges = await store.purges_since(applied, fence)
-                if purges is None:  # no longer all in the log: drop everything
-                    log.warning("purge log trimmed past this gateway's index: dropping it")
+                # A fence that went back (a Redis that lost its data, or another one): which
+                # purges ran is unknown, as with a log trimmed past this index: drop it all.
+                gone = int(fence) < int(applied)
+                purges = None if gone else await store.purges_since(applied, fence)
+                if purges is None:
+                    log.warning("purges this gateway's index missed are unknown: dropping it")
                     purges = [(Selector(), time.time())]
+                now = time.time()
                 for selector, at in purges:
-                    if selector.older_than_seconds is not None:
-                        late = max(0.0, time.time() - at)
-                        older = selector.older_than_seconds + late
-                        selector = replace(selector, older_than_seconds=older)
-                    await asyncio.to_thread(index.purge, selector)
+                    older = (selector.older_than_seconds or 0.0) + max(0.0, now - at)
+                    await asyncio.to_thread(
+                        index.purge, replace(selector, older_than_seconds=older)
+                    )
             except Exception as exc:
                 log.warning("semantic index not caught up with purges: %s", type(exc).__name__)
                 self._metrics.errors.labels("semantic", "purge").inc()
