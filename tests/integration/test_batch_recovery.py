@@ -1400,7 +1400,7 @@ async def test_a_job_the_provider_made_for_a_worker_that_died_is_adopted_not_mad
     adopt = worker.queue.adopt_intent
     died: list[str] = []
 
-    async def dies_once(marker: str, job_id: str, *args: Any) -> bool:
+    async def dies_once(marker: str, job_id: str, *args: Any) -> str:
         if not died:
             died.append(job_id)
             raise RuntimeError("the worker died")
@@ -1505,3 +1505,45 @@ def test_ledger_lines_recorded_by_a_gateway_that_died_before_its_ack_count_once(
     finally:
         shared.kill()
         client.close()
+
+
+async def test_a_job_is_found_by_its_marker_behind_more_than_a_page_of_newer_jobs(
+    tmp_path: Path,
+) -> None:
+    """The adopter looks for a dead worker's job by its marker: the provider has made more
+    than a page of jobs since (a busy key), and only the newest 100 were searched."""
+    with simulator_at(tmp_path) as sim:
+        batches = OpenAIBatches(
+            [ProviderConfig(name="sim", base_url=f"{sim.url}/v1")], {"sim": None}
+        )
+        target = Target("sim", "gpt-4o-mini")
+        line = b'{"custom_id":"a","method":"POST","url":"/v1/chat/completions","body":{}}\n'
+        try:
+            since = time.time()
+            wanted = await batches.submit(target, "/v1/chat/completions", line, "24h", "m-old")
+            await asyncio.sleep(1.1)  # (the provider's created_at counts seconds)
+            for i in range(120):
+                await batches.submit(target, "/v1/chat/completions", line, "24h", f"m-{i}")
+            assert await batches.find(target, "m-old", since) == str(wanted)
+            assert await batches.find(target, "m-none", since) is None
+        finally:
+            await batches.aclose()
+
+
+async def test_a_worker_slow_to_create_its_job_keeps_it(redis: RedisServer, tmp_path: Path) -> None:
+    """A create that takes longer than an intent may wait before others look at it (two
+    leases) is the worker's own: its poller does not adopt or give it up (it did, and then
+    cancelled the job, or made a second one)."""
+    with simulator_at(tmp_path, "--batch-create-ms", "2500") as sim:
+        before = sim_stats(sim)
+        config = provider_config(sim, redis, tmp_path)
+        worker, upstream, _ = provider_worker(config, redis, tmp_path, lease_seconds=0.5)
+        record = await new_batch(config, redis, 3)
+        try:
+            done = await run_until_terminal(config, redis, worker, record)
+        finally:
+            await upstream.aclose()
+        assert done.status == "completed" and done.request_counts.completed == 3
+        after = sim_stats(sim)
+        assert after.get("batches_created", 0) - before.get("batches_created", 0) == 1
+        assert after.get("cancels", 0) == before.get("cancels", 0)

@@ -235,9 +235,28 @@ async def get_batch(batch_id: str, request: Request) -> Response:
 
 @router.get("/v1/batches")
 async def list_batches(request: Request) -> Response:
+    """Newest first, `limit` (default 20, at most 100) at a time after the job `after`, as
+    the Batches API pages them."""
     bs, _ = _sim(request)
-    data = sorted(bs.jobs.values(), key=lambda j: j["created_at"], reverse=True)
-    return _json({"object": "list", "data": data, "has_more": False})
+    jobs = sorted(bs.jobs.values(), key=lambda j: (j["created_at"], j["id"]), reverse=True)
+    after = request.query_params.get("after")
+    if after:
+        ids = [j["id"] for j in jobs]
+        jobs = jobs[ids.index(after) + 1 :] if after in ids else []
+    try:
+        limit = min(100, max(1, int(request.query_params.get("limit", "20"))))
+    except ValueError:
+        return _error(400, "limit must be an integer")
+    page = jobs[:limit]
+    return _json(
+        {
+            "object": "list",
+            "data": page,
+            "first_id": page[0]["id"] if page else None,
+            "last_id": page[-1]["id"] if page else None,
+            "has_more": len(jobs) > limit,
+        }
+    )
 
 
 @router.post("/v1/batches/{batch_id}/cancel")
@@ -246,6 +265,7 @@ async def cancel_batch(batch_id: str, request: Request) -> Response:
     job = bs.jobs.get(batch_id)
     if job is None:
         return _error(404, f"No such Batch object: {batch_id}")
+    bs.count("cancels")
     if job["status"] in ("validating", "in_progress"):
         job["status"] = "cancelling"
         job["cancelling_at"] = int(time.time())

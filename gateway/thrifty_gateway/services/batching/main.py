@@ -45,8 +45,8 @@ class FollowingBatches:
     ) -> str:
         return await self._client().submit(target, url, jsonl, window, marker)
 
-    async def find(self, target: Target, marker: str) -> str | None:
-        return await self._client().find(target, marker)
+    async def find(self, target: Target, marker: str, since: float) -> str | None:
+        return await self._client().find(target, marker, since)
 
     async def state(self, target: Target, job_id: str) -> JobState:
         return await self._client().state(target, job_id)

@@ -110,8 +110,8 @@ class ProviderBatches(Protocol):
         """Upload and create the job, carrying `marker` (a new one when None) in its metadata."""
         ...
 
-    async def find(self, target: Target, marker: str) -> str | None:
-        """The provider's recent job carrying `marker`, if it made one."""
+    async def find(self, target: Target, marker: str, since: float) -> str | None:
+        """The provider's job carrying `marker`, made after `since`, if it made one."""
         ...
 
     async def state(self, target: Target, job_id: str) -> JobState: ...
@@ -131,6 +131,7 @@ class ProviderBatches(Protocol):
 MARKER = "thrifty_submit"  # metadata key of the marker a job is found by after a timeout
 # seconds before each look for a job whose create timed out
 FIND_PAUSES = (0.5, 1.0, 2.0, 4.0)
+FIND_MARGIN = 600.0  # seconds before an intent's start that jobs are still searched for it
 CREATE_TRIES = 3  # a batch create refused with one of RETRY_CREATE is tried this often
 RETRY_CREATE = frozenset({429, 500, 502, 503, 504})
 
@@ -206,8 +207,16 @@ class OpenAIBatches:
                     return found
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def find(self, target: Target, marker: str) -> str | None:
-        return await self._find(self._clients[target.provider], marker)
+    async def find(self, target: Target, marker: str, since: float) -> str | None:
+        """Every job made since `since` (a margin before it: clocks differ), newest first,
+        page after page (not the newest 100 only: a busy key makes more meanwhile)."""
+        client = self._clients[target.provider]
+        async for job in client.batches.list(limit=100):
+            if (job.metadata or {}).get(MARKER) == marker:
+                return job.id
+            if job.created_at < since - FIND_MARGIN:
+                return None
+        return None
 
     async def _find(self, client: openai.AsyncOpenAI, marker: str) -> str | None:
         """The recent job carrying `marker`, if the provider created it."""

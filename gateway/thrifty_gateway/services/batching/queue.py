@@ -20,7 +20,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from redis.asyncio import Redis
@@ -75,9 +75,13 @@ def intent_job(marker: str) -> str:
 
 # An intent (KEYS[1] field ARGV[1], its lines at KEYS[2]) becomes job ARGV[2] (metadata
 # ARGV[3], lines moved to KEYS[3], listed in the jobs hash KEYS[4]); its entries (ARGV[4..])
-# map to the job in `inflight` (KEYS[5]). Nothing when the intent is gone.
+# map to the job in `inflight` (KEYS[5]): 1. When the intent is gone: 2 if that job is recorded
+# (another worker adopted it), else 0 (given up: its lines are retried).
 _ADOPT = """
-if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then
+  if redis.call('HEXISTS', KEYS[4], ARGV[2]) == 1 then return 2 end
+  return 0
+end
 if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('RENAME', KEYS[2], KEYS[3]) end
 redis.call('HSET', KEYS[4], ARGV[2], ARGV[3])
 for i = 4, #ARGV do redis.call('HSET', KEYS[5], ARGV[i], ARGV[2]) end
@@ -579,25 +583,29 @@ class RedisQueue:
 
     async def adopt_intent(
         self, marker: str, job_id: str, meta: dict[str, Any], entry_ids: Sequence[str]
-    ) -> bool:
+    ) -> Literal["adopted", "taken", "given_up"]:
         """The intent `marker` became the provider job `job_id`: recorded as a job, with its
-        lines, in one step. False when the intent is gone (given up by another worker, whose
-        retries now own its lines): the caller must not keep the job."""
+        lines, in one step ("adopted"). When the intent is gone: "taken" (another worker
+        recorded this job) or "given_up" (its lines are being retried: the caller must not
+        keep the job)."""
         k = self.keys
         keys = [k.intents, k.intent_lines(marker), k.job_lines(job_id), k.jobs, k.inflight]
         done = await self._adopt(keys=keys, args=[marker, job_id, orjson.dumps(meta), *entry_ids])
-        return bool(done)
+        return "adopted" if done == 1 else "taken" if done == 2 else "given_up"
 
     async def intent_lines(self, marker: str) -> dict[str, dict[str, Any]]:
         """An intent's lines, `{entry id: line}` in input order."""
         raw = await self.redis.get(self.keys.intent_lines(marker))
         return {} if raw is None else {str(eid): data for eid, data in orjson.loads(raw)}
 
-    async def drop_intent(self, marker: str) -> None:
+    async def drop_intent(self, marker: str) -> bool:
+        """Give the intent up; True for the caller that did (its lines are then the caller's
+        to retry), False when it was adopted or given up already."""
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hdel(self.keys.intents, marker)
             pipe.delete(self.keys.intent_lines(marker))
-            await pipe.execute()
+            dropped, _ = await pipe.execute()
+        return bool(dropped)
 
     async def jobs(self) -> dict[str, dict[str, Any]]:
         """Every provider job's metadata (not its lines: `job_lines`). A job recorded whole by

@@ -180,6 +180,7 @@ class Worker:
         # lines backing off (not before their time): (due, entry id, line), held by this worker
         self._delayed: list[tuple[float, str, Line]] = []
         self._lease_ms = int(options.lease_seconds * 1000)
+        self._submitting: set[str] = set()  # markers of the jobs this worker is creating
         self._stop = asyncio.Event()
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -448,11 +449,15 @@ class Worker:
         # Recorded before the provider is called, and kept leased while the call runs: a
         # worker that dies once the provider made the job leaves it to be adopted (`_adopt`),
         # not billed twice.
-        await self.queue.save_intent(marker, job, entry_ids)
         lease = intent_job(marker)
         await self.queue.lease(lease, self.options.consumer, self._lease_ms)
-        async with self.queue.holding(lease, self.options.consumer, self._lease_ms):
-            await self._create_job(pack, marker, job, entry_ids)
+        self._submitting.add(marker)  # (this worker's poller leaves it alone, however long)
+        try:
+            await self.queue.save_intent(marker, job, entry_ids)
+            async with self.queue.holding(lease, self.options.consumer, self._lease_ms):
+                await self._create_job(pack, marker, job, entry_ids)
+        finally:
+            self._submitting.discard(marker)
         await self.queue.release(lease, self.options.consumer)
 
     async def _create_job(
@@ -463,7 +468,12 @@ class Worker:
                 pack.target, pack.url, pack.jsonl(), self.spec.completion_window, marker
             )
         except Exception as exc:
-            await self.queue.drop_intent(marker)
+            if not await self.queue.drop_intent(marker):
+                # Taken meanwhile by a worker that found the job (this one's lease lapsed and
+                # the create went through after all): its lines are that job's now.
+                log.warning("provider batch submit failed (%s) after its job was adopted",
+                            type(exc).__name__)  # fmt: skip
+                return
             log.warning("provider batch submit failed (%s); lines retried", type(exc).__name__)
             # The provider's own words stay out of the tenants' error files: a pack mixes
             # tenants, and a refusal of the gateway's key quotes it (masked, but the gateway's).
@@ -482,11 +492,17 @@ class Worker:
         meta = {k: v for k, v in job.items() if k != "lines"}
         meta["input_file_id"] = getattr(job_id, "input_file_id", None)
         job_id = str(job_id)
-        if not await self.queue.adopt_intent(marker, job_id, meta, entry_ids):
+        adopted = await self.queue.adopt_intent(marker, job_id, meta, entry_ids)
+        if adopted == "taken":
+            return  # another worker found this job and recorded it (this one's lease lapsed)
+        if adopted == "given_up":
             # Given up by another worker meanwhile (this one's lease lapsed: Redis failing):
-            # its lines are retried there, so this job would run them twice.
+            # its lines are retried there, so this job would run them twice. Recorded without
+            # lines to be cancelled (again at each poll until it is) and its files deleted.
             log.warning("provider batch job %s made after its intent was given up", job_id)
-            await self._cancel_job(pack.target, job_id, meta)
+            orphan = {**meta, "orphan": True}
+            await self.queue.save_job(job_id, orphan, [])
+            await self._cancel_job(pack.target, job_id, orphan)
             return
         self.stats.jobs_submitted += 1
         log.info("provider batch job %s submitted with %d lines", job_id, len(pack.entries))
@@ -498,19 +514,23 @@ class Worker:
         from ..pipeline import Target
 
         target = Target(intent["provider"], intent["model"])
-        found = await self.batches.find(target, marker)
-        lines = await self.queue.intent_lines(marker)
-        if found is not None:
-            if await self.queue.adopt_intent(marker, found, intent, list(lines)):
-                log.warning("provider batch job %s adopted: its worker stopped creating it", found)
-            return
-        reason = "the worker creating the provider job stopped before the provider made it"
-        for entry_id, data in lines.items():
-            line = Line.from_json(data)
-            result = Result(line.custom_id, None, None, "submit_interrupted", reason)
-            await self._retry(entry_id, line, result, True)
-        await self.queue.drop_intent(marker)
-        log.warning("batch job intent %s given up: %s", marker, reason)
+        lease = intent_job(marker)
+        async with self.queue.holding(lease, self.options.consumer, self._lease_ms):
+            found = await self.batches.find(target, marker, float(intent["started"]))
+            lines = await self.queue.intent_lines(marker)
+            if found is not None:
+                if await self.queue.adopt_intent(marker, found, intent, list(lines)) == "adopted":
+                    log.warning("provider batch job %s adopted: its worker stopped", found)
+                return
+            # Given up first, then retried: a worker that adopts it meanwhile keeps its lines.
+            if not await self.queue.drop_intent(marker):
+                return
+            reason = "the worker creating the provider job stopped before the provider made it"
+            for entry_id, data in lines.items():
+                line = Line.from_json(data)
+                result = Result(line.custom_id, None, None, "submit_interrupted", reason)
+                await self._retry(entry_id, line, result, True)
+            log.warning("batch job intent %s given up: %s", marker, reason)
 
     async def _poller(self) -> None:
         interval = float(self.spec.poll_interval_seconds)
@@ -526,12 +546,18 @@ class Worker:
                         await self._whole(self._poll_leased(lease, job_id, job))
                 for marker, intent in (await self.queue.intents()).items():
                     # (left to its worker while it renews the lease: it may be creating it)
+                    if marker in self._submitting:
+                        continue
                     if time.time() - float(intent["started"]) < 2 * self._lease_ms / 1000:
                         continue
                     if await self.queue.lease(
                         intent_job(marker), self.options.consumer, self._lease_ms
                     ):
-                        await self._whole(self._adopt(marker, intent))
+                        try:
+                            await self._whole(self._adopt(marker, intent))
+                        except Exception as exc:  # tried again next pass; the others go on
+                            log.warning("batch job intent %s not adopted: %s", marker,
+                                        type(exc).__name__)  # fmt: skip
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -634,7 +660,7 @@ class Worker:
         from ..pipeline import Target
 
         target = Target(job["provider"], job["model"])
-        if not job.get("cancel_sent") and await self._all_stopped(job):
+        if not job.get("cancel_sent") and (job.get("orphan") or await self._all_stopped(job)):
             await self._cancel_job(target, job_id, job)
         self.stats.polls += 1
         state = await self.batches.state(target, job_id)
