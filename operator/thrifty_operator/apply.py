@@ -80,12 +80,34 @@ def _message(body: Any, fallback: Any) -> str:
         return str(fallback)
 
 
+class NotOurs(KubeError):
+    """A child's name is taken by an object the resource does not own (a user's own): it is
+    not applied (an apply would take it over, and the garbage collector delete it with the
+    resource). Permanent until that object goes or the resource is renamed."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(409, message)
+
+    @property
+    def permanent(self) -> bool:
+        return True
+
+
+def _controller(meta: dict[str, Any]) -> dict[str, Any] | None:
+    for ref in meta.get("ownerReferences") or ():
+        if ref.get("controller"):
+            return dict(ref)
+    return None
+
+
 class KubeClient:
     """The operator's API access; one instance per operator, kept in kopf's memo."""
 
     def __init__(self, api: ApiClient, field_manager: str = FIELD_MANAGER) -> None:
         self._api = api
         self.field_manager = field_manager
+        # (apiVersion, kind, namespace, name, owner uid) of children seen to be the owner's
+        self._ours: set[tuple[str, str, str, str, str]] = set()
 
     async def _call(
         self,
@@ -124,13 +146,54 @@ class KubeClient:
         """Server-side apply (force: the operator owns the fields it sets), as the operator's
         field manager unless another is named (a hand-over of a field, see `gateway`)."""
         meta = manifest["metadata"]
+        ref = _controller(meta) if field_manager is None else None
+        owner = str(ref["uid"]) if ref is not None else None
+        if ref is not None and owner is not None:
+            await self._check_ours(manifest, ref)
         url = path(manifest["apiVersion"], manifest["kind"], meta.get("namespace"), meta["name"])
-        return await self._call(
+        applied = await self._call(
             "PATCH",
             url,
             query=[("fieldManager", field_manager or self.field_manager), ("force", "true")],
             body=manifest,
             content_type="application/apply-patch+yaml",
+        )
+        if owner is not None:
+            self._ours.add(self._key(manifest, owner))
+        return applied
+
+    @staticmethod
+    def _key(manifest: dict[str, Any], owner: str) -> tuple[str, str, str, str, str]:
+        meta = manifest["metadata"]
+        kind = (manifest["apiVersion"], manifest["kind"])
+        return (*kind, str(meta.get("namespace") or ""), str(meta["name"]), owner)
+
+    async def _check_ours(self, manifest: dict[str, Any], owner: dict[str, Any]) -> None:
+        """Raise `NotOurs` when the child's name is taken by an object `owner` (its controller
+        reference) does not own (read once per child: then it is known to be the owner's)."""
+        uid = str(owner["uid"])
+        if self._key(manifest, uid) in self._ours:
+            return
+        meta = manifest["metadata"]
+        found = await self.get(
+            manifest["apiVersion"], manifest["kind"], meta.get("namespace") or "", meta["name"]
+        )
+        if found is None:
+            return
+        refs = found.get("metadata", {}).get("ownerReferences") or ()
+        if any(str(ref.get("uid")) == uid for ref in refs):
+            return
+        if any((r.get("kind"), r.get("name")) == (owner["kind"], owner["name"]) for r in refs):
+            # An earlier resource of this name, deleted: its children go with it in a moment.
+            raise KubeError(
+                409,
+                f"{manifest['kind']} {meta['name']} still belongs to an earlier "
+                f"{owner['kind']} {owner['name']} being deleted; retrying",
+            )
+        whose = next((f"{r.get('kind')} {r.get('name')}" for r in refs), "nobody: a user's own")
+        raise NotOurs(
+            f"{manifest['kind']} {meta['name']} exists and is not this resource's (owned by "
+            f"{whose}); it is left alone: delete it, or give this resource another name"
         )
 
     async def create(self, manifest: dict[str, Any]) -> bool:
@@ -190,12 +253,14 @@ class KubeClient:
         namespace: str,
         name: str,
         ops: Sequence[dict[str, Any]],
+        field_manager: str | None = None,
     ) -> dict[str, Any]:
         """A JSON patch (RFC 6902) of an object; its `test` operations make it conditional
         (the API server refuses the whole patch, 422, when one fails)."""
         return await self._call(
             "PATCH",
             path(api_version, kind, namespace, name),
+            query=[("fieldManager", field_manager)] if field_manager else None,
             body=[dict(op) for op in ops],
             content_type="application/json-patch+json",
         )

@@ -701,3 +701,36 @@ def test_deleting_the_resources_leaves_nothing_behind(platform: Platform) -> Non
         message="children garbage-collected",
     )
     assert not _items(cluster, "statefulsets", ns)
+
+
+def test_a_users_object_with_a_childs_name_is_left_alone(platform: Platform) -> None:
+    """A ConfigMap of the user's own named as a gateway's child would be: the operator neither
+    takes it over (it merged its config into it, made itself its controller, and the garbage
+    collector deleted it with the gateway) nor reports the gateway ready: `Applied` is False,
+    reason NameConflict, and the gateway's deletion leaves the user's object."""
+    cluster, ns = platform.cluster, platform.ns
+    cluster.kubectl(
+        "create", "configmap", "mine-gateway-config", "-n", ns, "--from-literal=mine=precious"
+    )
+    gateway = plain_gateway("mine", ns)
+    for key in ("cachePolicyRef", "autoscaling", "podDisruptionBudget"):
+        gateway["spec"].pop(key)
+    cluster.apply(gateway)
+    wait_for(
+        lambda: (
+            condition(get(cluster, "llmgateway", ns, "mine"), "Applied").get("reason")
+            == "NameConflict"
+        ),
+        timeout=60,
+        message="the name conflict reported",
+    )
+    message = condition(get(cluster, "llmgateway", ns, "mine"), "Applied")["message"]
+    assert "ConfigMap mine-gateway-config exists and is not this resource's" in message
+    cm = get(cluster, "configmap", ns, "mine-gateway-config") or {}
+    assert cm["data"] == {"mine": "precious"}
+    assert not cm["metadata"].get("ownerReferences")
+    cluster.kubectl("delete", "llmgateway", "mine", "-n", ns)
+    wait_gone(cluster, "llmgateway", ns, "mine")
+    kept = get(cluster, "configmap", ns, "mine-gateway-config") or {}
+    assert kept.get("data") == {"mine": "precious"}  # not collected with the gateway
+    cluster.kubectl("delete", "configmap", "mine-gateway-config", "-n", ns)

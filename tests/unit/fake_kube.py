@@ -54,3 +54,27 @@ class FakeKube:
     async def delete(self, _api: str, kind: str, _ns: str, name: str) -> bool:
         self.deleted.append((kind, name))
         return self.objects.pop((kind, name), None) is not None
+
+    async def patch_json(
+        self,
+        _api: str,
+        kind: str,
+        _ns: str,
+        name: str,
+        ops: Any,
+        field_manager: str | None = None,
+    ) -> dict[str, Any]:
+        """JSON-patch `add` operations (what the operator sends), or a 404."""
+        from thrifty_operator.apply import KubeError
+
+        del field_manager
+        found = self.objects.get((kind, name))
+        if found is None:
+            raise KubeError(404, f"{kind} {name} not found")
+        for op in ops:
+            *parents, last = [p.replace("~1", "/") for p in op["path"].strip("/").split("/")]
+            node = found
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[last] = deepcopy(op["value"])
+        return deepcopy(found)

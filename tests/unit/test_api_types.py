@@ -227,3 +227,35 @@ def test_provider_url_carries_no_credentials() -> None:
     with pytest.raises(ValidationError) as exc:
         LLMGateway.model_validate(doc)
     assert "baseUrl" in _error_text(exc)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://sim:9100/v1?api_key=sk-live-123",  # copied into the gateway's ConfigMap
+        "https://api.example.com/v1?key=x",
+        "https://api.example.com/v1#token=x",
+    ],
+)
+def test_provider_and_qdrant_urls_carry_no_query_string(url: str) -> None:
+    with pytest.raises(ValidationError) as exc:
+        LLMGateway.model_validate(_gateway(providers=[{"name": "p", "baseUrl": url}]))
+    assert "baseUrl" in _error_text(exc)
+    doc = {"kind": "CachePolicy", "spec": {"stores": {"qdrant": {"managed": False, "url": url}}}}
+    with pytest.raises(ValidationError):
+        CachePolicy.model_validate(doc)
+
+
+@pytest.mark.parametrize("size", ["-1Gi", "1..5Gi", "+1Gi", "Gi", "1GB", "1 Gi"])
+def test_store_sizes_are_quantities_that_are_not_negative(size: str) -> None:
+    """A size the API server's old pattern let through ("-1Gi", "1..5Gi"): the child's apply
+    then failed half-way (a partial apply; for "1..5Gi" a 500, retried for ever)."""
+    doc = {"kind": "CachePolicy", "spec": {"stores": {"redis": {"storage": size}}}}
+    with pytest.raises(ValidationError):
+        CachePolicy.model_validate(doc)
+
+
+@pytest.mark.parametrize("size", ["1Gi", "500Mi", "1.5Gi", "2", "100M", "1e3"])
+def test_store_sizes_as_kubernetes_writes_them_are_accepted(size: str) -> None:
+    doc = {"kind": "CachePolicy", "spec": {"stores": {"redis": {"storage": size}}}}
+    assert CachePolicy.model_validate(doc).spec.stores.redis.storage == size

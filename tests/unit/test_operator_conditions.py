@@ -260,3 +260,59 @@ def test_a_pod_that_waits_for_a_change_says_why() -> None:
         "state": {"waiting": {"reason": "ErrImagePull", "message": "x" * 999}},
     }
     assert len(pod_problem(_pod(containerStatuses=[long]))) == PROBLEM_LIMIT
+
+
+class CredentialsKube:
+    """A Secret that exists or not, and the store workload's pod template annotations."""
+
+    def __init__(self, secret_exists: bool, workload: dict[str, str] | None) -> None:
+        self.secret_exists = secret_exists
+        self.workload = workload  # its template annotations; None: not there
+        self.managers: list[str | None] = []
+
+    async def create(self, _manifest: dict[str, Any]) -> bool:
+        created = not self.secret_exists
+        self.secret_exists = True
+        return created
+
+    async def patch_json(
+        self, _api: str, _kind: str, _ns: str, _name: str, ops: Any, manager: str | None = None
+    ) -> dict[str, Any]:
+        from thrifty_operator.apply import KubeError
+
+        if self.workload is None:
+            raise KubeError(404, "not found")
+        if ops[0]["path"].endswith("/annotations") is False and not self.workload:
+            raise KubeError(422, "the annotations do not exist")
+        self.workload[ops[-1]["path"].rsplit("/", 1)[1].replace("~1", "/")] = ops[-1]["value"]
+        self.managers.append(manager)
+        return {}
+
+
+async def test_a_regenerated_store_password_restarts_the_store() -> None:
+    """Its Secret deleted, the Redis password is generated again, and the Redis that read the
+    old one from its environment at start is restarted (its clients read the new one and were
+    refused until someone restarted it); with the Secret there, nothing happens."""
+    from thrifty_operator.builders.common import Owner
+    from thrifty_operator.handlers.common import (
+        CREDENTIALS_ANNOTATION,
+        CREDENTIALS_MANAGER,
+        ensure_qdrant_key,
+        ensure_redis_password,
+    )
+
+    owner = Owner(api_version="thrifty.dev/v1alpha1", kind="CachePolicy", name="c",
+                  namespace="ns", uid="u")  # fmt: skip
+    kept = CredentialsKube(secret_exists=True, workload={})
+    await ensure_redis_password(kept, owner)  # type: ignore[arg-type]
+    assert kept.workload == {}
+    again = CredentialsKube(secret_exists=False, workload={})
+    await ensure_redis_password(again, owner)  # type: ignore[arg-type]
+    assert again.workload is not None and CREDENTIALS_ANNOTATION in again.workload
+    assert again.managers == [CREDENTIALS_MANAGER]  # (the operator's own applies keep it)
+    annotated = CredentialsKube(secret_exists=False, workload={"other": "x"})
+    await ensure_qdrant_key(annotated, owner)  # type: ignore[arg-type]
+    assert annotated.workload is not None and CREDENTIALS_ANNOTATION in annotated.workload
+    first = CredentialsKube(secret_exists=False, workload=None)  # a new store: nothing to roll
+    await ensure_redis_password(first, owner)  # type: ignore[arg-type]
+    assert first.managers == []

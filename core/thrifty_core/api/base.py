@@ -19,11 +19,17 @@ API_VERSION = f"{GROUP}/{VERSION}"
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._:/@-]*$"
-QUANTITY = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
-# URLs carry no credentials (no `user:password@` in the authority): those go in Secret refs, since
-# URLs are copied into ConfigMaps and status. A Redis URL takes no query string either: redis-py
-# reads `?password=` from it (the API server's RE2 patterns cannot refuse only that parameter).
-HTTP_URL = r"^https?://[^\s/@]+(/[^\s]*)?$"
+# A Kubernetes quantity that is not negative ("500m", "1Gi", "1.5"): "-1Gi" and "1..5Gi"
+# passed the looser pattern, and the apply of the child then failed half-way.
+QUANTITY = (
+    r"^(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+# URLs carry no credentials (no `user:password@` in the authority, no query string or fragment,
+# where `?api_key=` would sit): those go in Secret refs, since URLs are copied into ConfigMaps
+# and status. (Azure's api-version has a field of its own.) A Redis URL takes no query string
+# either: redis-py reads `?password=` from it.
+HTTP_URL = r"^https?://[^\s/@?#]+(/[^\s?#]*)?$"
 REDIS_URL = r"^rediss?://[^\s/@?]+(/[^\s?]*)?$"
 
 Name = Annotated[str, Field(min_length=1, max_length=63, pattern=DNS_LABEL)]

@@ -15,7 +15,8 @@ from pydantic import ValidationError
 
 from thrifty_core.api import Resource
 
-from ..apply import KubeClient, KubeError
+from ..apply import KubeClient, KubeError, NotOurs
+from ..builders import names
 from ..builders.common import Owner
 from ..builders.defaults import Defaults
 from ..builders.stores import build_qdrant_auth_secret, build_redis_auth_secret
@@ -130,6 +131,8 @@ async def run(
         return
     except KubeError as exc:
         reason = "ApplyRejected" if exc.permanent else "ApiUnavailable"
+        if isinstance(exc, NotOurs):
+            reason = "NameConflict"
         finish(body, patch.status, Outcome([false("Applied", reason, exc.message)]))
         if strict and exc.permanent:
             raise kopf.PermanentError(f"the API server refused a child: {exc.message}") from exc
@@ -148,15 +151,50 @@ async def run(
 
 async def ensure_redis_password(kube: KubeClient, owner: Owner) -> None:
     """Create the managed Redis's password Secret unless it exists: generated once, owned by
-    the resource (deleted with it), never read nor replaced by the operator."""
+    the resource (deleted with it), never read nor replaced by the operator. Generated again
+    (its Secret was deleted), the running Redis is restarted to take it."""
     if await kube.create(build_redis_auth_secret(owner, secrets.token_urlsafe(32))):
         logger.info("generated the Redis password of %s/%s", owner.namespace, owner.name)
+        await restart_for_credentials(kube, "Deployment", owner.namespace, names.redis(owner.name))
 
 
 async def ensure_qdrant_key(kube: KubeClient, owner: Owner) -> None:
     """Create the managed Qdrant's API-key Secret unless it exists (as for Redis above)."""
     if await kube.create(build_qdrant_auth_secret(owner, secrets.token_urlsafe(32))):
         logger.info("generated the Qdrant API key of %s/%s", owner.namespace, owner.name)
+        await restart_for_credentials(
+            kube, "StatefulSet", owner.namespace, names.qdrant(owner.name)
+        )
+
+
+CREDENTIALS_ANNOTATION = "thrifty.dev/credentials-generated-at"
+CREDENTIALS_MANAGER = "thrifty-operator-credentials"
+
+
+async def restart_for_credentials(kube: KubeClient, kind: str, namespace: str, name: str) -> None:
+    """Roll a store's pods after its credentials were generated again: the store reads them
+    from its environment at start (Redis's `--requirepass`, Qdrant's API key), so it kept the
+    old ones while its clients read the new file, and refused every one of them. An annotation
+    on the pod template, as `kubectl rollout restart` does, under a field manager of its own
+    (the operator's applies leave it). Nothing to do when the store is not there yet."""
+    stamp = now().strftime("%Y-%m-%dT%H:%M:%SZ")
+    key = CREDENTIALS_ANNOTATION.replace("/", "~1")
+    tries: tuple[list[dict[str, Any]], ...] = (
+        [{"op": "add", "path": f"/spec/template/metadata/annotations/{key}", "value": stamp}],
+        [{"op": "add", "path": "/spec/template/metadata/annotations", "value": {}},
+         {"op": "add", "path": f"/spec/template/metadata/annotations/{key}", "value": stamp}],
+    )  # fmt: skip
+    for ops in tries:
+        try:
+            await kube.patch_json("apps/v1", kind, namespace, name, ops, CREDENTIALS_MANAGER)
+        except KubeError as exc:
+            if exc.status == 404:
+                return
+            if exc.status == 422:  # the template has no annotations yet: made with them
+                continue
+            raise
+        logger.info("restarted %s %s/%s for its new credentials", kind, namespace, name)
+        return
 
 
 async def apply_all(kube: KubeClient, manifests: Iterable[dict[str, Any] | None]) -> None:
