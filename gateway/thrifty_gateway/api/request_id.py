@@ -20,12 +20,13 @@ HEADER = b"x-request-id"
 _PLAIN_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
 
 
-def request_id_of(headers: list[tuple[bytes, bytes]]) -> bytes:
-    """The client's id when it is a plain one, else a new one."""
-    for name, value in headers:
-        if name == HEADER and _PLAIN_ID.fullmatch(value):
-            return value
-    return os.urandom(8).hex().encode()
+def request_id_of(headers: list[tuple[bytes, bytes]]) -> tuple[bytes, bool]:
+    """(the client's id when it is the one plain one it sent, else a new one; whether the
+    request's headers must be rewritten to carry it)."""
+    sent = [value for name, value in headers if name == HEADER]
+    if len(sent) == 1 and _PLAIN_ID.fullmatch(sent[0]):
+        return sent[0], False
+    return os.urandom(8).hex().encode(), True
 
 
 class RequestIdMiddleware:
@@ -36,17 +37,18 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = list(scope["headers"])
-        request_id = request_id_of(headers)
-        scope = {
-            **scope,
-            "headers": [*(h for h in headers if h[0] != HEADER), (HEADER, request_id)],
-        }
+        headers = scope["headers"]
+        request_id, rewrite = request_id_of(headers)
+        if rewrite:
+            kept = [h for h in headers if h[0] != HEADER]
+            scope = {**scope, "headers": [*kept, (HEADER, request_id)]}
 
         async def stamped(message: Message) -> None:
+            # (the proxy's answers carry it already, read from the request: left as they are)
             if message["type"] == "http.response.start":
-                sent = [h for h in message.get("headers", []) if h[0].lower() != HEADER]
-                message = {**message, "headers": [*sent, (HEADER, request_id)]}
+                sent = message.get("headers", [])
+                if not any(h[0].lower() == HEADER for h in sent):
+                    message = {**message, "headers": [*sent, (HEADER, request_id)]}
             await send(message)
 
         token = REQUEST_ID.set(request_id.decode())
