@@ -147,8 +147,7 @@ class KubeClient:
         field manager unless another is named (a hand-over of a field, see `gateway`)."""
         meta = manifest["metadata"]
         ref = _controller(meta) if field_manager is None else None
-        owner = str(ref["uid"]) if ref is not None else None
-        if ref is not None and owner is not None:
+        if ref is not None:
             await self._check_ours(manifest, ref)
         url = path(manifest["apiVersion"], manifest["kind"], meta.get("namespace"), meta["name"])
         applied = await self._call(
@@ -158,8 +157,8 @@ class KubeClient:
             body=manifest,
             content_type="application/apply-patch+yaml",
         )
-        if owner is not None:
-            self._ours.add(self._key(manifest, owner))
+        if ref is not None:
+            self._ours.add(self._key(manifest, str(ref["uid"])))
         return applied
 
     @staticmethod

@@ -177,6 +177,7 @@ class OpenAIBatches:
     async def _create(
         self, client: openai.AsyncOpenAI, file_id: str, url: str, window: str, marker: str
     ) -> str:
+        since = time.time()  # (the job, if made, is newer: `_find` looks back to it)
         for attempt in range(CREATE_TRIES):
             try:
                 job = await client.with_options(max_retries=0).batches.create(
@@ -191,7 +192,7 @@ class OpenAIBatches:
                 # lines are retried; a job made after that is the one duplicate left possible).
                 for pause in FIND_PAUSES:
                     await asyncio.sleep(pause)
-                    found = await self._find(client, marker)
+                    found = await self._find(client, marker, since)
                     if found is not None:
                         log.info("provider batch create timed out but the job exists: %s", found)
                         return found
@@ -202,28 +203,23 @@ class OpenAIBatches:
                 if exc.status_code not in RETRY_CREATE or attempt == CREATE_TRIES - 1:
                     raise
                 await asyncio.sleep(2.0**attempt)
-                found = await self._find(client, marker)
+                found = await self._find(client, marker, since)
                 if found is not None:
                     return found
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def find(self, target: Target, marker: str, since: float) -> str | None:
-        """Every job made since `since` (a margin before it: clocks differ), newest first,
-        page after page (not the newest 100 only: a busy key makes more meanwhile)."""
-        client = self._clients[target.provider]
+        return await self._find(self._clients[target.provider], marker, since)
+
+    async def _find(self, client: openai.AsyncOpenAI, marker: str, since: float) -> str | None:
+        """The job carrying `marker`, if the provider made one: every job made since `since` (a
+        margin before it: clocks differ), newest first, page after page (not the newest 100
+        only: a busy key makes more meanwhile)."""
         async for job in client.batches.list(limit=100):
             if (job.metadata or {}).get(MARKER) == marker:
                 return job.id
             if job.created_at < since - FIND_MARGIN:
                 return None
-        return None
-
-    async def _find(self, client: openai.AsyncOpenAI, marker: str) -> str | None:
-        """The recent job carrying `marker`, if the provider created it."""
-        page = await client.batches.list(limit=100)
-        for job in page.data:
-            if (job.metadata or {}).get(MARKER) == marker:
-                return job.id
         return None
 
     async def state(self, target: Target, job_id: str) -> JobState:

@@ -266,16 +266,17 @@ class CacheStage:
             ctx.response_headers[HEADER] = "bypass" if plan.degraded else "miss"
         return answer
 
+    def _flight(self, plan: Plan, now: float) -> Flight | None:
+        """The flight of an identical request upstream, while it may still be followed."""
+        flight = self._flights.get(plan.key)
+        return flight if flight is not None and now - flight.started < flight.wait else None
+
     def _in_flight(self, ctx: RequestContext, plan: Plan) -> bool:
         """An identical request is upstream now, and this one would wait for it (`_follow`)."""
         if plan.directives.no_store or plan.fence is None or ctx.body.get("stream"):
             return False
-        flight = self._flights.get(plan.key)
-        return (
-            flight is not None
-            and not flight.answer.done()
-            and time.monotonic() - flight.started < flight.wait
-        )
+        flight = self._flight(plan, time.monotonic())
+        return flight is not None and not flight.answer.done()
 
     async def _follow(self, ctx: RequestContext, plan: Plan) -> StageResponse | None:
         """Identical concurrent misses go upstream once: the first leads, the others wait for
@@ -285,8 +286,8 @@ class CacheStage:
         answer). The key holds the tenant scope: only requests that could share an entry
         share a flight."""
         now = time.monotonic()
-        flight = self._flights.get(plan.key)
-        if flight is not None and now - flight.started < flight.wait:
+        flight = self._flight(plan, now)
+        if flight is not None:
             if ctx.body.get("stream"):
                 # The leader's answer is handed over once it is whole: a streamed request
                 # would get its first token only then. It asks upstream itself.
