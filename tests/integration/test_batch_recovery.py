@@ -31,7 +31,7 @@ from thrifty_gateway.services.batching.files import FilesystemStore
 from thrifty_gateway.services.batching.finalize import finalize
 from thrifty_gateway.services.batching.main import FollowingBatches
 from thrifty_gateway.services.batching.model import BatchRecord, Keys, Line, Result, new_id
-from thrifty_gateway.services.batching.provider import OpenAIBatches, job_line
+from thrifty_gateway.services.batching.provider import OpenAIBatches, job_line, upload_name
 from thrifty_gateway.services.batching.queue import CHUNK, PendingDelete, RedisQueue
 from thrifty_gateway.services.batching.stage import BatchStage
 from thrifty_gateway.services.batching.worker import Worker as BatchWorker
@@ -135,6 +135,61 @@ async def test_small_batch_is_created_in_one_step(redis: RedisServer) -> None:
         await queue.aclose()
 
 
+async def test_batch_list_reads_only_the_tenants_own_index(redis: RedisServer) -> None:
+    """A tenant's list pages through its own batches (not every tenant's records), and another
+    tenant's batch id as the cursor reads as no cursor: it told where that batch sat among
+    the tenant's own (and so that the id exists)."""
+    queue = queue_for(redis, "listing")
+    try:
+        made: dict[str, list[str]] = {"a": [], "b": []}
+        for i, tenant in enumerate(["a", "b", "a", "b", "a"]):
+            record = BatchRecord(
+                id=new_id("batch"), endpoint="/v1/chat/completions", tenant=tenant, created_at=i
+            )
+            await queue.create(record, lines_for(record.id, 1))
+            made[tenant].append(record.id)
+        newest_a = made["a"][::-1]
+        assert ([r.id for r in (await queue.list_batches("a", None, 10))[0]]) == newest_a
+        page, more = await queue.list_batches("a", None, 2)
+        assert [r.id for r in page] == newest_a[:2] and more
+        page, more = await queue.list_batches("a", page[-1].id, 2)
+        assert [r.id for r in page] == newest_a[2:] and not more
+        # b's oldest batch sits after a's two newest: as a's cursor it reads as none
+        page, _ = await queue.list_batches("a", made["b"][0], 10)
+        assert [r.id for r in page] == newest_a
+        assert await queue.redis.exists(queue.keys.index) == 0
+        # an expired record leaves the index when a list meets it
+        await queue.redis.delete(queue.keys.batch(made["a"][0]))
+        page, _ = await queue.list_batches("a", None, 10)
+        assert [r.id for r in page] == newest_a[:2]
+        assert await queue.redis.zcard(queue.keys.tenant_index("a")) == 2
+    finally:
+        await queue.aclose()
+
+
+async def test_batch_list_moves_the_shared_index_of_older_gateways(redis: RedisServer) -> None:
+    """Batches an older gateway indexed only in the index every tenant shared are listed for
+    their tenant, and the shared index is emptied."""
+    queue = queue_for(redis, "oldindex")
+    try:
+        ids = []
+        for i, tenant in enumerate(["a", "b", "a"]):
+            record = BatchRecord(
+                id=new_id("batch"), endpoint="/v1/chat/completions", tenant=tenant, created_at=i
+            )
+            await queue.create(record, lines_for(record.id, 1))
+            await queue.redis.zrem(queue.keys.tenant_index(tenant), record.id)
+            await queue.redis.zadd(queue.keys.index, {record.id: i})  # as written before
+            ids.append(record.id)
+        await queue.redis.zadd(queue.keys.index, {"batch_gone": 5})  # its record expired
+        page, more = await queue.list_batches("a", None, 10)
+        assert [r.id for r in page] == [ids[2], ids[0]] and not more
+        assert [r.id for r in (await queue.list_batches("b", None, 10))[0]] == [ids[1]]
+        assert await queue.redis.exists(queue.keys.index) == 0
+    finally:
+        await queue.aclose()
+
+
 async def interrupted_batch(queue: RedisQueue, n: int) -> str:
     """A batch whose creation dies after the first chunk of lines (a line that cannot be
     encoded stands in for the gateway crashing)."""
@@ -210,6 +265,33 @@ async def test_a_batch_cancelled_while_validating_but_fully_queued_is_finalized_
         assert not await finalize(queue, store, record.id, "w", stale_validating_seconds=0)
         still = await queue.get(record.id)
         assert still is not None and still.status == "cancelling"
+    finally:
+        await queue.aclose()
+
+
+async def test_a_cancel_after_the_finalizers_read_ends_the_batch_cancelled(
+    redis: RedisServer, tmp_path: Path
+) -> None:
+    """A cancel that lands between the finalizer's read of the batch and its move to
+    finalizing: the batch ends `cancelled`, not `completed` with `cancelling_at` set."""
+    queue = queue_for(redis, f"cancel-race-{time.time_ns()}")
+    store = FilesystemStore(tmp_path / "files", 10**9)
+    try:
+        record = new_record()
+        await queue.create(record, lines_for(record.id, 1))
+        ((entry_id, line),) = await queue.read("w", 10, 100)
+        await queue.complete(entry_id, line, Result("req-0", 200, {"x": 1}))
+        lease = queue.lease
+
+        async def cancel_then_lease(name: str, owner: str, ms: int) -> bool:
+            moved = await queue.transition(record.id, "cancelling", cancelling_at=1)
+            assert moved is not None
+            return await lease(name, owner, ms)
+
+        queue.lease = cancel_then_lease  # type: ignore[method-assign,assignment]
+        assert await finalize(queue, store, record.id, "w")
+        done = await queue.get(record.id)
+        assert done is not None and done.status == "cancelled" and done.completed_at is None
     finally:
         await queue.aclose()
 
@@ -1423,20 +1505,27 @@ async def test_a_job_the_provider_made_for_a_worker_that_died_is_adopted_not_mad
 async def test_an_intent_whose_worker_died_before_the_provider_made_the_job_is_retried(
     simulator: Simulator, redis: RedisServer, tmp_path: Path
 ) -> None:
-    """The worker dies before the provider made the job (here: its submit dies, and with it
-    the worker's reader, as with the process): no job carries the intent's marker, so another
-    worker retries its lines into a new job, once."""
+    """The worker dies before the provider made the job (here: its submit dies once the
+    lines are uploaded, and with it the worker's reader, as with the process): no job carries
+    the intent's marker, so another worker retries its lines into a new job, once, and deletes
+    the upload (every tenant's prompts, left at the provider before)."""
     before = sim_stats(simulator)
     config = provider_config(simulator, redis, tmp_path)
     dying, dying_upstream, _ = provider_worker(config, redis, tmp_path, lease_seconds=0.5)
+    uploads: list[str] = []
 
     class Died(BaseException):
         pass
 
-    async def dies(*_: Any, **__: Any) -> str:
+    async def dies(_: Any, __: str, jsonl: bytes, ___: str, marker: str) -> str:
+        async with httpx.AsyncClient(base_url=simulator.url) as client:
+            uploaded = await client.post(
+                "/v1/files", files={"file": (upload_name(marker), jsonl)}, data={"purpose": "batch"}
+            )
+        uploads.append(uploaded.json()["id"])
         raise Died
 
-    dying.batches.submit = dies  # type: ignore[method-assign]
+    dying.batches.submit = dies  # type: ignore[method-assign,assignment]
     other, other_upstream, _ = provider_worker(config, redis, tmp_path, lease_seconds=0.5)
     other.options = dataclasses.replace(other.options, consumer="w2")
     record = await new_batch(config, redis, 3)
@@ -1461,6 +1550,11 @@ async def test_an_intent_whose_worker_died_before_the_provider_made_the_job_is_r
     after = sim_stats(simulator)
     assert after.get("batches_created", 0) - before.get("batches_created", 0) == 1
     assert after.get("lines", 0) - before.get("lines", 0) == 3
+    assert len(uploads) == 1
+    deadline = time.monotonic() + 10  # (deleted right after the lines were retried)
+    while httpx.get(f"{simulator.url}/v1/files/{uploads[0]}").status_code != 404:
+        assert time.monotonic() < deadline, "the dead worker's upload was left"
+        time.sleep(0.1)
 
 
 def test_ledger_lines_recorded_by_a_gateway_that_died_before_its_ack_count_once(

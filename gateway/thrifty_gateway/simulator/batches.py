@@ -125,6 +125,35 @@ async def upload_file(request: Request) -> Response:
     return _json(meta)
 
 
+@router.get("/v1/files")
+async def list_files(request: Request) -> Response:
+    """Newest first (or `order=asc`), `limit` at a time after the file `after`, only those
+    of `purpose` when given, as the Files API pages them."""
+    bs, _ = _sim(request)
+    query = request.query_params
+    purpose = query.get("purpose")
+    metas = [meta for meta, _ in bs.files.values() if purpose in (None, meta["purpose"])]
+    metas.sort(key=lambda m: (m["created_at"], m["id"]), reverse=query.get("order") != "asc")
+    after = query.get("after")
+    if after:
+        ids = [m["id"] for m in metas]
+        metas = metas[ids.index(after) + 1 :] if after in ids else []
+    try:
+        limit = min(10_000, max(1, int(query.get("limit", "10000"))))
+    except ValueError:
+        return _error(400, "limit must be an integer")
+    page = metas[:limit]
+    return _json(
+        {
+            "object": "list",
+            "data": page,
+            "first_id": page[0]["id"] if page else None,
+            "last_id": page[-1]["id"] if page else None,
+            "has_more": len(metas) > limit,
+        }
+    )
+
+
 @router.get("/v1/files/{file_id}")
 async def get_file(file_id: str, request: Request) -> Response:
     bs, _ = _sim(request)

@@ -97,15 +97,14 @@ async def finalize(
         return False
     try:
         async with queue.holding(lease, owner, FINALIZE_LEASE_MS):
-            cancelling = record.cancelling_at is not None
             if record.status != "finalizing":
                 moved = await queue.transition(
                     batch_id, "finalizing", finalizing_at=int(time.time())
                 )
                 if moved is None:
                     return False
-                record = moved
-            await _write_files(queue, store, record, cancelling)
+                record = moved  # as stored when it moved: a cancel since the read is in it
+            await _write_files(queue, store, record, record.cancelling_at is not None)
             return True
     finally:
         await queue.release(lease, owner)

@@ -48,6 +48,9 @@ class FollowingBatches:
     async def find(self, target: Target, marker: str, since: float) -> str | None:
         return await self._client().find(target, marker, since)
 
+    async def find_upload(self, target: Target, marker: str, since: float) -> str | None:
+        return await self._client().find_upload(target, marker, since)
+
     async def state(self, target: Target, job_id: str) -> JobState:
         return await self._client().state(target, job_id)
 

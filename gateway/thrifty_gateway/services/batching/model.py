@@ -265,6 +265,8 @@ class Keys:
         self.dead = self.prefix + "dead"
         self.ledger = self.prefix + "ledger"
         self.ledger_group = "gateways"
+        # every tenant's batches, written by gateways before 2026-12-08 only: moved into
+        # the per-tenant indexes (`tenant_index`) by the next list call
         self.index = self.prefix + "batches"
         self.active = self.prefix + "active"
         self.jobs = self.prefix + "jobs"
@@ -276,6 +278,10 @@ class Keys:
 
     def batch(self, batch_id: str) -> str:
         return f"{self.prefix}batch:{batch_id}"
+
+    def tenant_index(self, tenant: str) -> str:
+        """The tenant's batches by creation time (a list reads only its own tenant's)."""
+        return f"{self.prefix}tenantbatches:{tenant}"
 
     def results(self, batch_id: str) -> str:
         return f"{self.prefix}results:{batch_id}"

@@ -114,6 +114,11 @@ class ProviderBatches(Protocol):
         """The provider's job carrying `marker`, made after `since`, if it made one."""
         ...
 
+    async def find_upload(self, target: Target, marker: str, since: float) -> str | None:
+        """The input file uploaded for the job carrying `marker`, made after `since`, if the
+        upload went through (a worker that died before the create left it there)."""
+        ...
+
     async def state(self, target: Target, job_id: str) -> JobState: ...
 
     async def download(self, target: Target, file_id: str) -> bytes: ...
@@ -134,6 +139,12 @@ FIND_PAUSES = (0.5, 1.0, 2.0, 4.0)
 FIND_MARGIN = 600.0  # seconds before an intent's start that jobs are still searched for it
 CREATE_TRIES = 3  # a batch create refused with one of RETRY_CREATE is tried this often
 RETRY_CREATE = frozenset({429, 500, 502, 503, 504})
+
+
+def upload_name(marker: str) -> str:
+    """The file name a job's input is uploaded under: its marker, so that the upload of a
+    worker that died before creating the job is found and deleted."""
+    return f"thrifty-{marker}.jsonl"
 
 
 class OpenAIBatches:
@@ -158,9 +169,10 @@ class OpenAIBatches:
         job carries a one-off marker in its metadata instead; after a timeout or a dropped
         connection the provider's recent jobs are searched for it."""
         client = self._clients[target.provider]
-        uploaded = await client.files.create(file=("thrifty.jsonl", jsonl), purpose="batch")
+        marker = marker or uuid.uuid4().hex
+        uploaded = await client.files.create(file=(upload_name(marker), jsonl), purpose="batch")
         try:
-            made = await self._create(client, uploaded.id, url, window, marker or uuid.uuid4().hex)
+            made = await self._create(client, uploaded.id, url, window, marker)
             return SubmittedJob(made, uploaded.id)
         except BaseException:
             # No job (that we know of) reads the upload: it would stay at the provider, with
@@ -219,6 +231,17 @@ class OpenAIBatches:
             if (job.metadata or {}).get(MARKER) == marker:
                 return job.id
             if job.created_at < since - FIND_MARGIN:
+                return None
+        return None
+
+    async def find_upload(self, target: Target, marker: str, since: float) -> str | None:
+        """Newest first, page after page, back to `since` (less the margin)."""
+        client = self._clients[target.provider]
+        name = upload_name(marker)
+        async for uploaded in client.files.list(purpose="batch", order="desc", limit=100):
+            if uploaded.filename == name:
+                return uploaded.id
+            if uploaded.created_at < since - FIND_MARGIN:
                 return None
         return None
 

@@ -231,7 +231,7 @@ class RedisQueue:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.set(k.batch(record.id), record.store())
             if not record.deferred:
-                pipe.zadd(k.index, {record.id: record.created_at})
+                pipe.zadd(k.tenant_index(record.tenant), {record.id: record.created_at})
             pipe.hset(k.counts(record.id), mapping={"completed": 0, "failed": 0})
             pipe.sadd(k.active, record.id)
             if small:
@@ -258,41 +258,67 @@ class RedisQueue:
         return bool(await self.redis.hget(self.keys.counts(batch_id), "queued"))
 
     async def get(self, batch_id: str) -> BatchRecord | None:
-        k = self.keys
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.get(k.batch(batch_id))
-            pipe.hmget(k.counts(batch_id), ["completed", "failed"])
-            raw, counts = await pipe.execute()
-        if raw is None:
-            return None
-        record = BatchRecord.load(raw)
-        total = record.request_counts.total
-        record.request_counts = RequestCounts(
-            total=total, completed=int(counts[0] or 0), failed=int(counts[1] or 0)
-        )
-        return record
+        return (await self._records([batch_id]))[0]
 
     async def list_batches(
         self, tenant: str, after: str | None, limit: int
     ) -> tuple[list[BatchRecord], bool]:
-        """The tenant's batches, newest first, after the batch `after` (a cursor)."""
+        """The tenant's batches, newest first, after the batch `after` (a cursor; another
+        tenant's batch id, or an unknown one, reads as no cursor)."""
+        await self._move_shared_index()
+        index = self.keys.tenant_index(tenant)
         start = 0
         if after:
-            rank = await self.redis.zrevrank(self.keys.index, after)
+            rank = await self.redis.zrevrank(index, after)
             start = rank + 1 if rank is not None else 0
         out: list[BatchRecord] = []
         while len(out) <= limit:
-            page = await self.redis.zrevrange(self.keys.index, start, start + 199)
+            page = [m.decode() for m in await self.redis.zrevrange(index, start, start + limit)]
             if not page:
                 break
             start += len(page)
-            for raw in page:
-                record = await self.get(raw.decode())
+            for batch_id, record in zip(page, await self._records(page), strict=True):
                 if record is None:
-                    await self.redis.zrem(self.keys.index, raw)  # expired record
+                    await self.redis.zrem(index, batch_id)  # expired record
                 elif record.tenant == tenant:
                     out.append(record)
         return out[:limit], len(out) > limit
+
+    async def _records(self, batch_ids: Sequence[str]) -> list[BatchRecord | None]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for batch_id in batch_ids:
+                pipe.get(self.keys.batch(batch_id))
+                pipe.hmget(self.keys.counts(batch_id), ["completed", "failed"])
+            raw = await pipe.execute()
+        out: list[BatchRecord | None] = []
+        for stored, counts in zip(raw[::2], raw[1::2], strict=True):
+            if stored is None:
+                out.append(None)
+                continue
+            record = BatchRecord.load(stored)
+            record.request_counts = RequestCounts(
+                total=record.request_counts.total,
+                completed=int(counts[0] or 0),
+                failed=int(counts[1] or 0),
+            )
+            out.append(record)
+        return out
+
+    async def _move_shared_index(self) -> None:
+        """Move the batches of the index every tenant shared (gateways before 2026-12-08
+        wrote only that one, and a list read every tenant's records to find its own) into
+        the per-tenant indexes. Empty after the first list call, one `ZRANGE` from then on;
+        idempotent, so gateways doing it at once agree."""
+        k = self.keys
+        while page := await self.redis.zrange(k.index, 0, 499, withscores=True):
+            ids = [m.decode() for m, _ in page]
+            records = await self._records(ids)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for (member, score), record in zip(page, records, strict=True):
+                    if record is not None:
+                        pipe.zadd(k.tenant_index(record.tenant), {member: score})
+                pipe.zrem(k.index, *ids)
+                await pipe.execute()
 
     async def transition(self, batch_id: str, to: str, **fields: Any) -> BatchRecord | None:
         """Move a batch to status `to` if allowed from its current status (optimistic lock);

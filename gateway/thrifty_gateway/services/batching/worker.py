@@ -531,6 +531,15 @@ class Worker:
                 result = Result(line.custom_id, None, None, "submit_interrupted", reason)
                 await self._retry(entry_id, line, result, True)
             log.warning("batch job intent %s given up: %s", marker, reason)
+            # Its upload (every tenant's prompts), if it went through, is of no job's now.
+            try:
+                upload = await self.batches.find_upload(target, marker, float(intent["started"]))
+            except Exception as exc:  # (best effort, as every provider file delete)
+                log.warning("the upload of batch job intent %s not looked up: %s", marker,
+                            type(exc).__name__)  # fmt: skip
+                return
+            if upload is not None:
+                await self._delete_files(target.provider, [upload])
 
     async def _poller(self) -> None:
         interval = float(self.spec.poll_interval_seconds)
