@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from thrifty_core.student.capture import (
     CaptureRecord,
     TokenLogprob,
+    instructions_digest,
     label_index,
     match_label,
     normalise_label,
@@ -69,6 +70,8 @@ class Snapshot:
     last_ts: float
     requests: int
     teacher_cost_usd: float
+    # the training examples' instructions (`instructions_digest`), most frequent first
+    instructions: list[str] = field(default_factory=list)
 
     @property
     def requests_per_day(self) -> float:
@@ -202,6 +205,17 @@ def build_examples(
     return examples, labels, dropped
 
 
+MAX_INSTRUCTIONS = 64  # distinct instructions a student is trained under, at most
+
+
+def common_instructions(examples: Iterable[Example], limit: int = MAX_INSTRUCTIONS) -> list[str]:
+    """The digests of the examples' instructions, most frequent first (`limit` at most: a
+    route whose system prompt changes with every request, say with the date in it, gets a
+    student that serves under the most frequent ones only)."""
+    counts = Counter(instructions_digest(e.messages) for e in examples)
+    return [digest for digest, _ in counts.most_common(limit)]
+
+
 def write_examples(path: Path, examples: Iterable[Example]) -> int:
     n = 0
     with path.open("w", encoding="utf-8") as fh:
@@ -245,6 +259,7 @@ def export_snapshot(
         last_ts=max((r.ts for r in records), default=0.0),
         requests=len(teacher),
         teacher_cost_usd=sum(r.cost_usd for r in teacher),
+        instructions=common_instructions(train),
     )
     (out / SNAPSHOT).write_text(json.dumps(snapshot.as_dict(), indent=2), "utf-8")
     log.info(

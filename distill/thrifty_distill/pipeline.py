@@ -155,6 +155,7 @@ def train(
             route=job.spec.teacher.route,
             base_model=job.spec.student.base_model or DEFAULT_EMBEDDING,
             labels=snapshot.labels,
+            instructions=snapshot.instructions,
             dim=int(result.head.weights.shape[0]),
             temperature=result.head.temperature,
             gate=job.gate,
@@ -180,6 +181,7 @@ def train(
             route=job.spec.teacher.route,
             base_model=base,
             labels=snapshot.labels,
+            instructions=snapshot.instructions,
             gate=job.gate,
             training=info,
         )

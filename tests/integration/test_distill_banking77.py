@@ -209,6 +209,32 @@ def test_capture_train_promote_route(
             assert stream.headers["x-thrifty-served-by"] == "student"
             chunks: list[Any] = list(stream.parse())
         assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == answer
+
+        # 5. the student answers only under the instructions it was trained under, and only
+        # what the teacher could have answered whole: other instructions (another task,
+        # another label list, none), a token limit below its answer or a stop sequence in it
+        # go to the teacher (they got the student's label, confidently)
+        def served_by(messages: list[dict[str, Any]], **fields: Any) -> str:
+            raw = gw.client.chat.completions.with_raw_response.create(
+                model="intent",
+                messages=messages,  # type: ignore[arg-type]
+                **fields,
+            )
+            return raw.headers["x-thrifty-served-by"]
+
+        user = {"role": "user", "content": text}
+        assert served_by(banking77.messages(text, LABELS)) == "student"
+        translate = {"role": "system", "content": "Translate the user's message into French."}
+        assert served_by([translate, user]) == "teacher"
+        assert served_by(banking77.messages(text, LABELS[:3])) == "teacher"
+        assert served_by([user]) == "teacher"
+        assert served_by(banking77.messages(text, LABELS), max_tokens=1) == "teacher"
+        assert served_by(banking77.messages(text, LABELS), stop=[answer[1:3]]) == "teacher"
+        assert served_by(banking77.messages(text, LABELS), max_tokens=50, stop=["\n"]) == (
+            "student"
+        )
+        counts = gw.stage.status()[0]["served"]
+        assert counts["unfamiliar_instructions"] == 3 and counts["answer_limits"] == 2
     finally:
         sim.stop()
 

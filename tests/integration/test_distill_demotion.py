@@ -26,6 +26,7 @@ pytestmark = pytest.mark.integration
 class Fixed:
     def __init__(self, version: str) -> None:
         self.version = version
+        self.instructions: frozenset[str] = frozenset()
 
     async def predict(self, body: dict[str, Any]) -> None:
         del body

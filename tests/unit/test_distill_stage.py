@@ -13,13 +13,14 @@ from pydantic import ValidationError
 from thrifty_core.api.distilledmodel import Capture, DistilledModel
 from thrifty_core.config import StudentConfig
 from thrifty_core.render import render_student
-from thrifty_core.student.capture import CaptureRecord, build_record
+from thrifty_core.student.capture import CaptureRecord, build_record, instructions_digest
 from thrifty_core.student.redact import redact
 from thrifty_core.student.store import FileDatasetStore
 from thrifty_gateway.services.distill.agreement import AgreementTracker, same_answer
 from thrifty_gateway.services.distill.capture import CaptureSink, opted_out
 from thrifty_gateway.services.distill.predictors import EndpointPredictor, StudentError
-from thrifty_gateway.services.distill.stage import canary_bucket, eligible
+from thrifty_distill.dataset import Example, common_instructions
+from thrifty_gateway.services.distill.stage import canary_bucket, eligible, familiar, fits
 from thrifty_gateway.services.proxy import hide_choice_fields
 
 
@@ -51,6 +52,52 @@ def test_eligibility() -> None:
     image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA"}}
     parts = [{"type": "text", "text": "what is this?"}, image]
     assert not eligible({"messages": [{"role": "user", "content": parts}]})
+
+
+def test_a_student_serves_only_under_the_instructions_it_was_trained_under() -> None:
+    """Digests of the training examples' system and developer messages, as captured
+    (redacted): a request under the same instructions is familiar, redacted or not; another
+    system prompt, an added developer message or none at all is not."""
+    system = "Classify the intent. Escalations: ops@example.com."
+    ask = {"role": "user", "content": "where is my card?"}
+    record = build_record(
+        request_id="1", ts=0.0, route="r", student="s", model="m",
+        messages=[{"role": "system", "content": system}, ask],
+        completion={"choices": [{"message": {"content": "card_arrival"}}]},
+        prompt_tokens=1, completion_tokens=1, cost_usd=0.0,
+    )  # fmt: skip
+    assert record is not None and "ops@example.com" not in record.messages[0]["content"]
+    trained = frozenset({instructions_digest(record.messages)})
+    same = {"messages": [{"role": "system", "content": system}, ask]}
+    assert familiar(trained, same)
+    parts = [{"type": "text", "text": system}]  # the same text as content parts
+    assert familiar(trained, {"messages": [{"role": "system", "content": parts}, ask]})
+    assert not familiar(trained, {"messages": [{"role": "system", "content": "Translate."}, ask]})
+    developer = {"role": "developer", "content": "Answer yes or no."}
+    assert not familiar(trained, {"messages": [*same["messages"], developer]})
+    assert not familiar(trained, {"messages": [ask]})
+    assert familiar(frozenset(), {"messages": [ask]})  # a version trained before: unknown
+
+
+def test_common_instructions_are_the_most_frequent_first_and_capped() -> None:
+    def example(system: str) -> Example:
+        return Example("q", "a", messages=[{"role": "system", "content": system}])
+
+    examples = [example("a"), example("b"), example("b"), example("c"), example("b")]
+    digest = {x: instructions_digest([{"role": "system", "content": x}]) for x in "abc"}
+    assert common_instructions(examples)[0] == digest["b"]
+    assert set(common_instructions(examples)) == set(digest.values())
+    assert common_instructions(examples, limit=1) == [digest["b"]]
+
+
+def test_a_student_answer_fits_only_within_the_request_limits() -> None:
+    assert fits({}, "card_arrival", 3)
+    assert not fits({"max_tokens": 2}, "card_arrival", 3)
+    assert not fits({"max_completion_tokens": 2, "max_tokens": 10}, "card_arrival", 3)
+    assert fits({"max_completion_tokens": 3}, "card_arrival", 3)
+    assert not fits({"stop": "_"}, "card_arrival", 3)
+    assert not fits({"stop": ["\n", "arr"]}, "card_arrival", 3)
+    assert fits({"stop": ["\n", ""]}, "card_arrival", 3)
 
 
 def test_agreement_tracker_needs_samples_before_demoting() -> None:

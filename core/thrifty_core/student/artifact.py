@@ -54,6 +54,9 @@ class ArtifactManifest(BaseModel):
     created: str = Field(default_factory=lambda: now_iso())
     base_model: str = ""
     labels: list[str] = Field(default_factory=list)
+    # digests of the instructions (system and developer messages) of the training examples
+    # (`instructions_digest`); empty for versions trained before 2026-12-08
+    instructions: list[str] = Field(default_factory=list)
     dim: int = 0
     temperature: float = 1.0
     gate: Gate = Field(default_factory=Gate)

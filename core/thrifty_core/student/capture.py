@@ -8,6 +8,9 @@ content is kept (images and tool calls are not captured).
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import re
 import unicodedata
 from collections.abc import Iterable, Sequence
@@ -15,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .redact import Redactor, redact
+from .redact import Redactor, no_redaction, redact
 
 SCHEMA_VERSION = 1
 MAX_LOGPROB_TOKENS = 64
@@ -79,6 +82,31 @@ def student_input(messages: Sequence[dict[str, Any]]) -> str:
         if msg.get("role") == "user":
             return content_text(msg.get("content"))
     return ""
+
+
+INSTRUCTION_ROLES = frozenset({"system", "developer"})
+
+
+def instructions_digest(
+    messages: Sequence[dict[str, Any]], redactor: Redactor = no_redaction
+) -> str:
+    """A digest of a request's instructions (its system and developer messages, in order):
+    a student answers only requests whose instructions it was trained under, since it reads
+    the user turn alone. From a capture record's messages (redacted already) or a request's
+    (with the redactor its captures were written with)."""
+    return _digest(
+        tuple(
+            (str(m.get("role")), redactor(content_text(m.get("content"))).strip())
+            for m in messages
+            if m.get("role") in INSTRUCTION_ROLES
+        )
+    )
+
+
+@functools.lru_cache(maxsize=256)  # (a route's few system prompts, asked again and again)
+def _digest(parts: tuple[tuple[str, str], ...]) -> str:
+    text = json.dumps(parts, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def answer_text(completion: dict[str, Any] | None) -> str | None:

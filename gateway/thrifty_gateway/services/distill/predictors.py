@@ -49,6 +49,9 @@ class StudentError(Exception):
 
 class Predictor(Protocol):
     version: str
+    # digests of the instructions its version was trained under (`instructions_digest`);
+    # empty when they are not known (no check)
+    instructions: frozenset[str]
 
     async def predict(self, body: dict[str, Any]) -> Answer | None: ...
 
@@ -61,6 +64,7 @@ class ClassifierPredictor:
     def __init__(self, student: ClassifierStudent) -> None:
         self.student = student
         self.version = student.version
+        self.instructions = frozenset(student.manifest.instructions)
 
     @classmethod
     def load(cls, root: Path, embedder: Embedder, pinned: str | None) -> ClassifierPredictor | None:
@@ -97,6 +101,8 @@ class EndpointPredictor:
         client: httpx.AsyncClient | None = None,
     ) -> None:
         self.url = endpoint.rstrip("/") + "/chat/completions"
+        # (it reads the whole request, instructions included, and answers within `labels`)
+        self.instructions: frozenset[str] = frozenset()
         self.served_model = served_model
         self.version = version or served_model
         self.index = label_index(labels or [])

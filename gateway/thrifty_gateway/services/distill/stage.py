@@ -16,7 +16,8 @@ import orjson
 
 from thrifty_core.config import StudentConfig
 from thrifty_core.prices import Usage
-from thrifty_core.student.capture import answer_text
+from thrifty_core.student.capture import answer_text, instructions_digest
+from thrifty_core.student.redact import redact
 
 from ...state import GatewayState
 from ..ledger import Entry
@@ -112,6 +113,32 @@ def eligible(body: dict[str, Any]) -> bool:
     return users == 1
 
 
+def familiar(instructions: frozenset[str], body: dict[str, Any]) -> bool:
+    """The request's instructions are among those the student was trained under (it reads
+    the user turn alone: under other instructions, "translate this" or another label list,
+    its label is no answer), as captured: redacted by default, or not (a route that opted
+    out). True when they are not known (versions trained before they were recorded)."""
+    if not instructions:
+        return True
+    messages = body.get("messages") or []
+    return (
+        instructions_digest(messages) in instructions
+        or instructions_digest(messages, redact) in instructions
+    )
+
+
+def fits(body: dict[str, Any], text: str, completion_tokens: int) -> bool:
+    """The teacher could have given this answer whole: none of the request's stop sequences
+    is in it and it is within the request's token limit (a cut answer ends `length`, which a
+    student never serves)."""
+    stop = body.get("stop")
+    stops = [stop] if isinstance(stop, str) else stop if isinstance(stop, list) else []
+    if any(isinstance(s, str) and s and s in text for s in stops):
+        return False
+    limit = body.get("max_completion_tokens", body.get("max_tokens"))
+    return not (isinstance(limit, int) and completion_tokens > limit)
+
+
 def finished(completion: dict[str, Any] | None) -> bool:
     """The first choice ended on its own (`finish_reason: stop`)."""
     choices = (completion or {}).get("choices") or []
@@ -196,15 +223,20 @@ class DistillStage:
             self._teacher(ctx, sr, "shadow")
             return None
         answer, seconds, failed = await self._predict(sr, ctx.body)
-        if answer is None or answer.confidence < cfg.confidence_threshold:
+        usage = self._teacher_usage(ctx, sr, answer) if answer is not None else None
+        if answer is None or usage is None or answer.confidence < cfg.confidence_threshold:
             # The student ran and the teacher answers: its inference was paid for all the same
             # (a loss of the distill lever on this request).
             ctx.spend("distill", cfg.cost_per_hour * seconds / 3600)
             self._teacher(ctx, sr, "student_error" if failed else "low_confidence")
             return None
+        if not fits(ctx.body, answer.text, usage.completion_tokens):
+            ctx.spend("distill", cfg.cost_per_hour * seconds / 3600)
+            self._teacher(ctx, sr, "answer_limits")
+            return None
         if cfg.evaluation_sample_rate and self.rand() < cfg.evaluation_sample_rate:
             st["evaluate"] = answer
-        return self._student(ctx, sr, answer, seconds)
+        return self._student(ctx, sr, answer, usage, seconds)
 
     async def _predict(
         self, sr: StudentRoute, body: dict[str, Any]
@@ -234,6 +266,8 @@ class DistillStage:
             return "demoted"
         if not eligible(ctx.body):
             return "ineligible"
+        if not familiar(sr.predictor.instructions, ctx.body):
+            return "unfamiliar_instructions"
         if sr.config.mode == "canary" and canary_bucket(ctx.request_id) >= sr.config.canary_percent:
             return "canary"
         if sr.config.mode != "shadow" and not sr.breaker.allow():
@@ -245,15 +279,25 @@ class DistillStage:
         sr.count(reason)
         self.metrics.requests.labels(sr.name, "teacher", reason).inc()
 
-    def _student(
-        self, ctx: RequestContext, sr: StudentRoute, answer: Answer, seconds: float
-    ) -> StageResponse:
-        cfg = sr.config
+    @staticmethod
+    def _teacher_usage(ctx: RequestContext, sr: StudentRoute, answer: Answer) -> Usage:
+        """The tokens the teacher would have counted for this answer (estimated, scaled by
+        what the teacher reported on the route)."""
         usage = estimate_usage(ctx.body, {"choices": [{"message": {"content": answer.text}}]})
-        teacher_usage = Usage(
+        return Usage(
             prompt_tokens=round(usage.prompt_tokens * sr.prompt_ratio),
             completion_tokens=max(1, round(usage.completion_tokens * sr.completion_ratio)),
         )
+
+    def _student(
+        self,
+        ctx: RequestContext,
+        sr: StudentRoute,
+        answer: Answer,
+        teacher_usage: Usage,
+        seconds: float,
+    ) -> StageResponse:
+        cfg = sr.config
         cost = cfg.cost_per_hour * seconds / 3600
         saved = max(ctx.baseline_cost(teacher_usage) - cost, 0.0)
         sr.count("confident")
