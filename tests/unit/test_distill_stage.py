@@ -16,10 +16,10 @@ from thrifty_core.render import render_student
 from thrifty_core.student.capture import CaptureRecord, build_record, instructions_digest
 from thrifty_core.student.redact import redact
 from thrifty_core.student.store import FileDatasetStore
+from thrifty_distill.dataset import Example, common_instructions
 from thrifty_gateway.services.distill.agreement import AgreementTracker, same_answer
 from thrifty_gateway.services.distill.capture import CaptureSink, opted_out
 from thrifty_gateway.services.distill.predictors import EndpointPredictor, StudentError
-from thrifty_distill.dataset import Example, common_instructions
 from thrifty_gateway.services.distill.stage import canary_bucket, eligible, familiar, fits
 from thrifty_gateway.services.proxy import hide_choice_fields
 
