@@ -20,6 +20,7 @@ from thrifty_core.api.costcontrol import Budget
 from thrifty_core.prices import Usage
 from thrifty_gateway.services.budgets.stage import (
     BudgetExceededError,
+    BudgetHeldError,
     BudgetLine,
     BudgetMetrics,
     BudgetStage,
@@ -50,13 +51,14 @@ async def test_replicas_reserve_atomically_and_give_holds_back(redis: RedisServe
         c = ctx()
         try:
             await stage.before_upstream(c)
-        except BudgetExceededError as exc:
+        except BudgetHeldError as exc:  # (nothing spent yet: held by the two in flight)
             return exc
         return c
 
     results = await asyncio.gather(*(attempt(s) for _ in range(20) for s in (one, two)))
     admitted = [r for r in results if isinstance(r, RequestContext)]
     assert len(admitted) == 2
+    assert all(isinstance(r, BudgetHeldError) for r in results if r not in admitted)
     key = one.lines[0].window(time.time())[0]
     check = aioredis.Redis.from_url(redis.url)
     assert len(await check.hgetall(f"{key}:held")) == 2  # one field per request in flight

@@ -18,6 +18,7 @@ from thrifty_core.errors import ServiceUnavailableError
 from thrifty_core.prices import Usage
 from thrifty_gateway.services.budgets.stage import (
     BudgetExceededError,
+    BudgetHeldError,
     BudgetLine,
     BudgetMetrics,
     BudgetStage,
@@ -31,6 +32,7 @@ from thrifty_gateway.services.budgets.store import (
     SpendStoreUnavailable,
 )
 from thrifty_gateway.services.pipeline import Outcome, RequestContext
+from thrifty_gateway.services.tiering.stage import DOWNGRADE_KEY
 
 from .test_budget_units import NOW, ctx
 
@@ -105,6 +107,33 @@ async def test_the_refusal_names_its_period_in_words(period: str, word: str) -> 
     assert f"has used its {word} budget of $0.01 (spent $0.02)" in refused.value.message
 
 
+async def test_a_budget_partly_spent_and_partly_held_and_the_soft_limit() -> None:
+    """Spent under the hard limit, the rest held: `budget_held`; the soft limit counts what is
+    spent (holds are estimates of requests that may cost far less: they downgraded requests
+    for nothing); spent past the hard limit with holds too: `budget_exceeded`."""
+    budget = Budget(period="day", soft_limit_usd=0.006, hard_limit_usd=0.02)
+    s = stage(MemorySpendStore(lambda: NOW), budget)
+    first = ctx()
+    await s.before_upstream(first)
+    await s.after_upstream(first, cost(0.004))
+    in_flight = [ctx() for _ in range(4)]  # each holds $0.00512
+    for c in in_flight:
+        assert await s.before_upstream(c) is None
+        assert DOWNGRADE_KEY not in c.state  # (the second saw $0.00912 spent or held)
+    with pytest.raises(BudgetHeldError) as held:
+        await s.before_upstream(ctx())
+    assert "has $0.016 of its daily budget of $0.02 left" in held.value.message
+    for c in in_flight:
+        await s.after_upstream(c, cost(0.003))
+    downgraded = ctx()
+    assert await s.before_upstream(downgraded) is None  # $0.016 spent
+    assert downgraded.state[DOWNGRADE_KEY] is True
+    await s.after_upstream(downgraded, cost(0.006))
+    with pytest.raises(BudgetExceededError) as spent:
+        await s.before_upstream(ctx())
+    assert "has used its daily budget of $0.02 (spent $0.022)" in spent.value.message
+
+
 async def test_concurrent_requests_reserve_before_they_run() -> None:
     """50 requests at once against a $0.01 limit: each holds its estimate (no prompt, 512
     completion tokens of gpt-4o: ~$0.005) as it is checked, so two get in, not fifty."""
@@ -118,9 +147,14 @@ async def test_concurrent_requests_reserve_before_they_run() -> None:
 
     results = await asyncio.gather(*(one() for _ in range(50)), return_exceptions=True)
     admitted = [r for r in results if not isinstance(r, BaseException)]
-    refused = [r for r in results if isinstance(r, BudgetExceededError)]
+    refused = [r for r in results if isinstance(r, BudgetHeldError)]
     assert (len(admitted), len(refused)) == (2, 48)
-    assert "held by requests in flight" in refused[0].message
+    # nothing is spent yet: refused for a moment (the holds go when those requests end), not
+    # told the budget is used and to come back when the period ends
+    body = refused[0].body()["error"]
+    assert (body["type"], body["code"]) == ("rate_limit_error", "budget_held")
+    assert refused[0].headers["retry-after"] == "2"
+    assert "$0.01 left, held by its requests in flight ($0.01024)" in refused[0].message
     for c in admitted:
         await s.after_upstream(c, cost(0.0075))
     [status] = await s.status()
@@ -132,7 +166,7 @@ async def test_a_failed_request_gives_its_hold_back() -> None:
     held = [ctx(), ctx()]
     for c in held:
         await s.before_upstream(c)
-    with pytest.raises(BudgetExceededError):
+    with pytest.raises(BudgetHeldError):
         await s.before_upstream(ctx())
     for c in held:
         c.done()  # failed: no after hook ran

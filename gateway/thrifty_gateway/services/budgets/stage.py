@@ -2,6 +2,9 @@
 
 * hard limit reached: 429 in OpenAI's shape (`type: insufficient_quota`,
   `code: budget_exceeded`) with `Retry-After` up to the end of the period;
+* the rest of the budget held by the tenant's requests in flight (spend itself under the hard
+  limit): 429 `rate_limit_error` / `budget_held` with a `Retry-After` of a few seconds (the
+  holds are given back, or settled, as those requests end);
 * soft limit reached: the request goes on, downgraded to the route's cheapest tier that can
   take it (`ctx.state[DOWNGRADE_KEY]`, read by the tiering stage), with an `x-thrifty-budget`
   header and the `thrifty_budget_limited` metric.
@@ -53,6 +56,16 @@ _STATE_KEY = "budgets"
 _PERIOD_WORD = {"day": "daily", "month": "monthly"}
 
 
+HELD_RETRY_SECONDS = 2  # Retry-After when requests in flight hold the rest of a budget
+
+
+def dollars(usd: float) -> str:
+    """An amount as people read it: cents, or the digits that matter below a cent ($0.005
+    read "$0.01" and $0.0004 "$0.00")."""
+    cents = f"{usd:.2f}"
+    return cents if usd >= 10 or abs(float(cents) - usd) < 1e-9 else f"{usd:.6f}".rstrip("0")
+
+
 class BudgetExceededError(RateLimitError):
     """A hard budget limit: 429 until the period ends."""
 
@@ -62,16 +75,30 @@ class BudgetExceededError(RateLimitError):
     @classmethod
     def for_line(
         cls, line: BudgetLine, spent: float, end: datetime, now: float, held: float = 0.0
-    ) -> BudgetExceededError:
-        """The error for `line` at its hard limit, retryable when its period ends."""
+    ) -> RateLimitError:
+        """The error for `line` at its hard limit, retryable when its period ends; when its
+        spend is under the limit and requests in flight hold the rest, `BudgetHeldError`."""
         b = line.budget
-        flight = f", ${held:.4f} more held by requests in flight" if held > 0 else ""
+        limit = b.hard_limit_usd or 0.0
+        word = _PERIOD_WORD[b.period]
+        if spent < limit:
+            return BudgetHeldError(
+                f"The {line.scope} '{line.owner}' has ${dollars(limit - spent)} of its {word} "
+                f"budget of ${dollars(limit)} left, held by its requests in flight "
+                f"(${dollars(held)}). Retry in a few seconds.",
+                retry_after=HELD_RETRY_SECONDS,
+            )
         return cls(
-            f"The {line.scope} '{line.owner}' has used its {_PERIOD_WORD[b.period]} budget of "
-            f"${b.hard_limit_usd:.2f} (spent ${spent:.2f}{flight}). It resets at "
-            f"{end.isoformat().replace('+00:00', 'Z')}.",
+            f"The {line.scope} '{line.owner}' has used its {word} budget of ${dollars(limit)} "
+            f"(spent ${dollars(spent)}). It resets at {end.isoformat().replace('+00:00', 'Z')}.",
             retry_after=end.timestamp() - now,
         )
+
+
+class BudgetHeldError(RateLimitError):
+    """What is left of a budget is held by requests in flight: 429 for a few seconds."""
+
+    code = "budget_held"
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +151,8 @@ class BudgetMetrics:
         )
         self.limited = Counter(
             "thrifty_budget_limited",
-            "Requests downgraded (soft) or refused (hard) by a budget.",
+            "Requests downgraded (soft) or refused by a budget (hard: spent; held: the rest "
+            "held by requests in flight).",
             ["scope", "owner", "kind"],
             registry=registry,
         )
@@ -212,25 +240,30 @@ class BudgetStage:
         if held is not None:
             self._hold(ctx, held)
         soft: list[str] = []
-        refused: BudgetExceededError | None = None
+        refused: RateLimitError | None = None
         for line, (key, _, end), usd, inflight in zip(
             lines, windows, reading.spent, reading.held, strict=True
         ):
             b = line.budget
             self.metrics.spend.labels(line.scope, line.owner, b.period).set(usd)
             if b.hard_limit_usd is not None and usd + inflight >= b.hard_limit_usd:
-                self.metrics.limited.labels(line.scope, line.owner, "hard").inc()
-                self._warn(key, "hard", line)
-                refused = refused or BudgetExceededError.for_line(line, usd, end, now, inflight)
+                error = BudgetExceededError.for_line(line, usd, end, now, inflight)
+                held_only = isinstance(error, BudgetHeldError)
+                kind = "held" if held_only else "hard"
+                self.metrics.limited.labels(line.scope, line.owner, kind).inc()
+                if not held_only:
+                    self._warn(key, "hard", line)
+                if refused is None or isinstance(refused, BudgetHeldError):
+                    refused = error  # (a budget spent outranks one held)
                 continue
-            if b.soft_limit_usd is not None and usd + inflight >= b.soft_limit_usd:
+            if b.soft_limit_usd is not None and usd >= b.soft_limit_usd:
                 self.metrics.limited.labels(line.scope, line.owner, "soft").inc()
                 self._warn(key, "soft", line)
                 soft.append(f"{line.scope}={line.owner}")
         if refused is not None or not reading.admitted:
             line = next((ln for ln in lines if ln.budget.hard_limit_usd is not None), lines[0])
             raise refused or BudgetExceededError.for_line(
-                line, reading.spent[0], windows[0][2], now
+                line, reading.spent[0], windows[0][2], now, reading.held[0]
             )
         if soft:
             ctx.state[DOWNGRADE_KEY] = True
