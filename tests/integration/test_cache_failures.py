@@ -157,6 +157,11 @@ def test_aborted_streams_are_never_stored(tmp_path: Path) -> None:
         # The gateway sees the hang-up, then runs the after-hook (which must not store) and
         # records the aborted request in the ledger.
         wait_recorded(gateway.url, 1, tenant="team-a")
+        # booked as the client's hang-up (499, as nginx does), not as an upstream failure (502)
+        metrics = httpx.get(f"{gateway.url}/metrics").text
+        requests = [ln for ln in metrics.splitlines() if ln.startswith("thrifty_requests_total{")]
+        assert any('status="499"' in ln for ln in requests), requests
+        assert not any('status="502"' in ln for ln in requests), requests
         again = ask(client, q)
         assert again.headers["x-thrifty-cache"] == "miss"
         wait_cache_stores(gateway.url, 1)

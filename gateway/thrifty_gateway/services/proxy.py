@@ -453,6 +453,7 @@ class Proxy:
         usage: Usage | None = None
         done = False
         unread = False  # a chunk was relayed that could not be parsed into the assembled answer
+        left = False  # the client hung up (booked 499, as nginx does: no upstream failure)
         try:
             async for data in chunks:
                 out: list[bytes] = []
@@ -516,13 +517,16 @@ class Proxy:
             yield error_event(
                 f"The stream from upstream {target.label} broke off.", "upstream_stream_error"
             )
+        except (asyncio.CancelledError, GeneratorExit):
+            left = True
+            raise
         finally:
             close()
             whole = not unread and not assembler.broken
             completion = assembler.completion() if whole else None
             final = usage or estimate_usage(ctx.body, completion)
             cost = self.state.catalog.cost(target.model, final, provider=target.provider)
-            status = 200 if done or usage is not None else 502
+            status = 200 if done or usage is not None else 499 if left else 502
             outcome = Outcome(status, completion, final, target.model, target.label, cost)
             hidden = hide_choice_fields(completion, ctx.hidden_choice_fields)
             if hidden is not None:
