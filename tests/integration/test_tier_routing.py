@@ -88,7 +88,9 @@ def test_easy_requests_go_to_the_cheap_tier_and_the_ledger_says_so(
     body = usage(gw, 4)
     smart = next(r for r in body["by_route"] if r["route"] == "smart")
     assert smart["served_by_tier"] == {"cheap": 2, "route": 2}
-    assert smart["served_by_lever"]["tier"] == 0  # routed, not answered by a stage
+    # the cheap tier's answers are the tier lever's, as a cascade's are (its saving is booked
+    # there: before 2026-12-08 they were counted under no lever)
+    assert smart["served_by_lever"]["tier"] == 2
     assert smart["saved_by_lever_usd"]["tier"] > 0
     # baseline = what gpt-4o would have cost: more than what was paid
     assert smart["baseline_cost_usd"] > smart["cost_usd"]
@@ -98,6 +100,13 @@ def test_easy_requests_go_to_the_cheap_tier_and_the_ledger_says_so(
 
     metrics = httpx.get(f"{gw.url}/metrics").text
     assert 'thrifty_tier_decisions_total{reason="rules",route="smart",tier="cheap"} 2.0' in metrics
+    served = [
+        ln.split()[-1]
+        for ln in metrics.splitlines()
+        if ln.startswith("thrifty_requests_total{") and 'route="smart"' in ln
+        and 'lever="tier"' in ln
+    ]  # fmt: skip
+    assert sum(float(n) for n in served) == 2.0
 
 
 def test_cascade_escalates_when_the_cheap_answer_fails_a_check(

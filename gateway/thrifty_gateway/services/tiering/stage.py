@@ -309,6 +309,7 @@ class TierStage:
             # student that ran first books its own cost as its own loss).
             paid = outcome.cost_usd - ctx.spent_usd
             ctx.add_saving("tier", ctx.baseline_cost(outcome.usage) - paid)
+            outcome.lever = "tier"  # served by the tier lever, as a cascade's answer is
 
 
 def moved_targets(
