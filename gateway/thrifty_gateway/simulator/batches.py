@@ -127,29 +127,37 @@ async def upload_file(request: Request) -> Response:
 
 @router.get("/v1/files")
 async def list_files(request: Request) -> Response:
-    """Newest first (or `order=asc`), `limit` at a time after the file `after`, only those
-    of `purpose` when given, as the Files API pages them."""
+    """Newest first (or `order=asc`), `limit` (default 10,000) at a time after the file
+    `after`, only those of `purpose` when given, as the Files API pages them."""
     bs, _ = _sim(request)
     query = request.query_params
     purpose = query.get("purpose")
     metas = [meta for meta, _ in bs.files.values() if purpose in (None, meta["purpose"])]
     metas.sort(key=lambda m: (m["created_at"], m["id"]), reverse=query.get("order") != "asc")
-    after = query.get("after")
+    return _page(request, metas, default_limit=10_000, max_limit=10_000)
+
+
+def _page(
+    request: Request, items: list[dict[str, Any]], *, default_limit: int, max_limit: int
+) -> Response:
+    """One page of `items` (in order) after the item `after`, as OpenAI's lists page."""
+    after = request.query_params.get("after")
     if after:
-        ids = [m["id"] for m in metas]
-        metas = metas[ids.index(after) + 1 :] if after in ids else []
+        ids = [item["id"] for item in items]
+        items = items[ids.index(after) + 1 :] if after in ids else []
     try:
-        limit = min(10_000, max(1, int(query.get("limit", "10000"))))
+        limit = int(request.query_params.get("limit", str(default_limit)))
     except ValueError:
         return _error(400, "limit must be an integer")
-    page = metas[:limit]
+    limit = min(max_limit, max(1, limit))
+    page = items[:limit]
     return _json(
         {
             "object": "list",
             "data": page,
             "first_id": page[0]["id"] if page else None,
             "last_id": page[-1]["id"] if page else None,
-            "has_more": len(metas) > limit,
+            "has_more": len(items) > limit,
         }
     )
 
@@ -268,24 +276,7 @@ async def list_batches(request: Request) -> Response:
     the Batches API pages them."""
     bs, _ = _sim(request)
     jobs = sorted(bs.jobs.values(), key=lambda j: (j["created_at"], j["id"]), reverse=True)
-    after = request.query_params.get("after")
-    if after:
-        ids = [j["id"] for j in jobs]
-        jobs = jobs[ids.index(after) + 1 :] if after in ids else []
-    try:
-        limit = min(100, max(1, int(request.query_params.get("limit", "20"))))
-    except ValueError:
-        return _error(400, "limit must be an integer")
-    page = jobs[:limit]
-    return _json(
-        {
-            "object": "list",
-            "data": page,
-            "first_id": page[0]["id"] if page else None,
-            "last_id": page[-1]["id"] if page else None,
-            "has_more": len(jobs) > limit,
-        }
-    )
+    return _page(request, jobs, default_limit=20, max_limit=100)
 
 
 @router.post("/v1/batches/{batch_id}/cancel")
