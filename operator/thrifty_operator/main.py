@@ -61,6 +61,9 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    ctx = memo.get("ctx")
+    if isinstance(ctx, Context):
+        ctx.stopping.set()  # (reconciles kopf left running fail on the closed client below)
     release = memo.get("release")
     if isinstance(release, asyncio.Task):
         release.cancel()
@@ -77,26 +80,50 @@ def probe_context(memo: kopf.Memo, **_: Any) -> bool:
 
 
 async def _gateway(body: Body, patch: Any, indexes: ix.Indexes, ctx: Context, strict: bool) -> None:
-    await run(body, patch, lambda: gateway.sync(plain(body), indexes, ctx), strict=strict)
+    await run(
+        body,
+        patch,
+        lambda: gateway.sync(plain(body), indexes, ctx),
+        strict=strict,
+        stopping=ctx.stopping,
+    )
 
 
 async def _cachepolicy(
     body: Body, patch: Any, indexes: ix.Indexes, ctx: Context, strict: bool
 ) -> None:
-    await run(body, patch, lambda: cachepolicy.reconcile(body, indexes, ctx), strict=strict)
+    await run(
+        body,
+        patch,
+        lambda: cachepolicy.reconcile(body, indexes, ctx),
+        strict=strict,
+        stopping=ctx.stopping,
+    )
     await cachepolicy.dependents(body, dict(patch.status), indexes, ctx)
 
 
 async def _batchqueue(
     body: Body, patch: Any, indexes: ix.Indexes, ctx: Context, strict: bool
 ) -> None:
-    await run(body, patch, lambda: batchqueue.reconcile(body, indexes, ctx), strict=strict)
+    await run(
+        body,
+        patch,
+        lambda: batchqueue.reconcile(body, indexes, ctx),
+        strict=strict,
+        stopping=ctx.stopping,
+    )
 
 
 async def _distilledmodel(
     body: Body, patch: Any, indexes: ix.Indexes, ctx: Context, strict: bool
 ) -> None:
-    await run(body, patch, lambda: distilledmodel.reconcile(body, indexes, ctx), strict=strict)
+    await run(
+        body,
+        patch,
+        lambda: distilledmodel.reconcile(body, indexes, ctx),
+        strict=strict,
+        stopping=ctx.stopping,
+    )
     await distilledmodel.dependents(body, dict(patch.status), indexes, ctx)
 
 

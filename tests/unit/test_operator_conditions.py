@@ -180,6 +180,70 @@ async def test_an_unexpected_reconcile_failure_is_a_condition_not_a_silent_retry
     assert ("Warning", "ReconcileError") in events
 
 
+async def test_a_reconcile_cut_short_by_the_operators_shutdown_leaves_the_status(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The operator stops (an upgrade, a drained node): kopf leaves timers running while the
+    API client closes under them, and they fail (aiohttp's AssertionError, "Session is
+    closed"). That is not the resource's failure: its status is left for the next operator
+    (every upgrade showed `Ready=False ReconcileError` before); a bad spec is still said."""
+    import asyncio
+
+    import kopf
+
+    events: list[tuple[str, str]] = []
+    monkeypatch.setattr(
+        kopf, "event", lambda _o, *, type, reason, **_: events.append((type, reason))
+    )
+    from thrifty_operator.handlers.common import InvalidSpec, Outcome, run
+
+    body: dict[str, Any] = {
+        "apiVersion": "thrifty.dev/v1alpha1",
+        "kind": "CachePolicy",
+        "metadata": {"name": "p", "namespace": "ns", "uid": "u1", "generation": 2},
+        "status": {},
+    }
+
+    async def closed() -> Outcome:
+        raise AssertionError  # (aiohttp: self._connector is not None)
+
+    async def invalid() -> Outcome:
+        raise InvalidSpec("threshold above 1")
+
+    stopping = asyncio.Event()
+    stopping.set()
+    patch = kopf.Patch()
+    await run(body, patch, closed, strict=False, stopping=stopping)
+    assert "status" not in patch and not events
+    with pytest.raises(kopf.TemporaryError):
+        await run(body, kopf.Patch(), closed, strict=True, stopping=stopping)
+    patch = kopf.Patch()
+    await run(body, patch, invalid, strict=False, stopping=stopping)
+    (cond,) = [c for c in patch["status"]["conditions"] if c["type"] == "SpecValid"]
+    assert cond["reason"] == "InvalidSpec"
+    patch = kopf.Patch()
+    await run(body, patch, closed, strict=False, stopping=asyncio.Event())  # not stopping
+    (cond,) = [c for c in patch["status"]["conditions"] if c["type"] == "Applied"]
+    assert cond["reason"] == "ReconcileError"
+
+
+async def test_the_operators_cleanup_says_it_is_stopping_before_closing_its_client() -> None:
+    import kopf
+
+    from thrifty_operator.handlers.common import Context
+    from thrifty_operator.main import cleanup
+
+    seen: list[bool] = []
+
+    class Api:
+        async def close(self) -> None:
+            seen.append(ctx.stopping.is_set())
+
+    ctx = Context(kube=None, defaults=None, settings=None)  # type: ignore[arg-type]
+    await cleanup(kopf.Memo(ctx=ctx, api=Api()))
+    assert seen == [True]
+
+
 async def test_ended_jobs_are_run_again_after_the_retry_interval() -> None:
     """A failed evaluate Job (a drained node, an OOM) or one that ended without its report is
     deleted once older than `retrain_after_seconds`, so the next reconcile evaluates again; a

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import secrets
@@ -36,6 +37,9 @@ class Context:
     kube: KubeClient
     defaults: Defaults
     settings: OperatorSettings
+    # Set when the operator shuts down (before its API client closes): a reconcile still
+    # running then fails on the closed client, which is not the resource's failure.
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @dataclass
@@ -116,14 +120,26 @@ async def run(
     reconcile: Callable[[], Awaitable[Outcome]],
     *,
     strict: bool,
+    stopping: asyncio.Event | None = None,
 ) -> None:
     """Run one reconcile and write its status.
 
     `strict` (change handlers) raises so kopf retries transient faults and stops on permanent
-    ones; timers only record the result and try again at the next interval.
+    ones; timers only record the result and try again at the next interval. A reconcile
+    that fails once `stopping` is set (the operator shutting down under it: a rollout of the
+    operator, a drained node) leaves the status as it was, for the next operator to write.
     """
     try:
-        outcome = await reconcile()
+        outcome = await _cut_short_by_shutdown(reconcile, stopping)
+    except _ShutDown as exc:
+        logger.info(
+            "reconcile of %s cut short by the operator's shutdown (%s)",
+            (body.get("metadata") or {}).get("name"),
+            type(exc.__cause__).__name__,
+        )
+        if strict:
+            raise kopf.TemporaryError("the operator is shutting down", delay=10) from exc
+        return
     except InvalidSpec as exc:
         finish(body, patch.status, Outcome([false("SpecValid", "InvalidSpec", str(exc))]))
         if strict:
@@ -147,6 +163,23 @@ async def run(
             raise kopf.TemporaryError(f"reconcile failed: {message}", delay=60) from exc
         return
     finish(body, patch.status, outcome)
+
+
+class _ShutDown(Exception):
+    """A reconcile failed while the operator shut down (its cause is the failure)."""
+
+
+async def _cut_short_by_shutdown(
+    reconcile: Callable[[], Awaitable[Outcome]], stopping: asyncio.Event | None
+) -> Outcome:
+    try:
+        return await reconcile()
+    except InvalidSpec:
+        raise
+    except Exception as exc:
+        if stopping is not None and stopping.is_set():
+            raise _ShutDown from exc
+        raise
 
 
 async def ensure_redis_password(kube: KubeClient, owner: Owner) -> None:
