@@ -56,7 +56,14 @@ def install_watching(
 
 
 def helm(cluster: Cluster, *args: str) -> str:
-    result = subprocess.run(
+    result = helm_run(cluster, *args)
+    assert result.returncode == 0, f"helm {' '.join(args)}:\n{result.stderr}"
+    return result.stdout
+
+
+def helm_run(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
+    """helm against `cluster`, whatever its exit status."""
+    return subprocess.run(
         [str(tool_path("helm")), *args],
         env=cluster.env,
         capture_output=True,
@@ -64,8 +71,6 @@ def helm(cluster: Cluster, *args: str) -> str:
         timeout=300,
         check=False,
     )
-    assert result.returncode == 0, f"helm {' '.join(args)}:\n{result.stderr}"
-    return result.stdout
 
 
 def create_volumes(cluster: Cluster, prefix: str, count: int) -> list[str]:

@@ -110,7 +110,18 @@ def test_lint_strict_is_clean() -> None:
 
 
 def test_values_schema_refuses_unknown_keys_and_bad_values() -> None:
-    for bad in (["--set", "bogus=1"], ["--set", "operator.logFormat=xml"], ["--set", "rbac.x=1"]):
+    for bad in (
+        ["--set", "bogus=1"],
+        ["--set", "operator.logFormat=xml"],
+        ["--set", "rbac.x=1"],
+        ["--set", "images.gateway=Bad/Repo:1"],  # repository names are lower case
+        ["--set", "images.gateway=null"],  # (helm drops the key: no image at all)
+        ["--set-string", "image.repository=bad repo"],
+        ["--set-string", "image.tag=has space"],
+        # The operator's cluster-wide role would be bound to the namespace's `default`
+        # account, which every other pod there runs as.
+        ["--set", "serviceAccount.create=false"],
+    ):
         result = _run("helm", "template", "t", str(CHART), "--kube-version", KUBE_VERSION, *bad)
         assert result.returncode != 0, bad
         assert "schema" in result.stderr.lower() or "not allowed" in result.stderr
@@ -132,6 +143,18 @@ def test_images_and_tags_are_configurable() -> None:
     assert env["THRIFTY_OPERATOR_GATEWAY_IMAGE"] == "registry.local/gw:1.2.3"
     assert env["THRIFTY_OPERATOR_OPERATOR_IMAGE"] == "registry.local/op:9.9.9"
     assert deploy["spec"]["strategy"]["type"] == "Recreate" and deploy["spec"]["replicas"] == 1
+    # tags may have capitals; registries with ports, nested paths and digests are images too
+    digest = "sha256:" + "a" * 64
+    for image in ("thrifty-gateway:V1.0-RC1", f"registry.local:5000/team/gw:1.2.3@{digest}"):
+        text = _template("--set", f"images.gateway={image}")
+        deploy = next(d for d in yaml.safe_load_all(text) if d and d["kind"] == "Deployment")
+        env = {
+            e["name"]: e.get("value")
+            for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]
+        }
+        assert env["THRIFTY_OPERATOR_GATEWAY_IMAGE"] == image
+    named = _template("--set", "serviceAccount.create=false", "--set", "serviceAccount.name=ops")
+    assert "serviceAccountName: ops" in named
 
 
 def test_rendered_chart_and_examples_pass_kubeconform(k8s_cluster: Cluster, tmp_path: Path) -> None:

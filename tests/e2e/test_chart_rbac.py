@@ -20,7 +20,10 @@ from tests.e2e.k8s import Cluster, tool_path, wait_for
 from tests.e2e.operator_helpers import (
     OperatorProcess,
     get,
+    helm,
+    helm_run,
     install_watching,
+    restricted_namespace,
     service_account_kubeconfig,
     uninstall_and_clean,
 )
@@ -197,3 +200,49 @@ def test_a_namespaced_operator_runs_on_its_roles_alone(
         assert operator.healthy()
     finally:
         uninstall_and_clean(cluster, operator, release, system_ns, (ns, other))
+
+
+def test_a_second_installation_watching_the_same_namespaces_is_refused(
+    k8s_cluster: Cluster,
+) -> None:
+    """Two operators on the same resources undo each other's changes for ever (the gateway's
+    image flipped between their two images every few seconds): helm refuses an installation
+    whose namespaces overlap another's (every namespace overlaps all), says which release,
+    and lets installations with namespaces of their own, and upgrades, through."""
+    cluster = k8s_cluster
+    suffix = uuid.uuid4().hex[:6]
+    chart = str(CHART)
+    sys_a, sys_b, sys_c, p, q = (f"e2e-{x}-{suffix}" for x in ("sa", "sb", "sc", "p", "q"))
+    releases: list[tuple[str, str]] = []
+
+    def install(release: str, ns: str, *watched: str) -> subprocess.CompletedProcess[str]:
+        extra = ["--set", f"operator.watchNamespaces={{{','.join(watched)}}}"] if watched else []
+        result = helm_run(cluster, "install", release, chart, "-n", ns, *extra)
+        if result.returncode == 0:
+            releases.append((release, ns))
+        return result
+
+    try:
+        for ns in (sys_a, sys_b, sys_c, p, q):
+            restricted_namespace(cluster, ns)
+        assert install(f"a{suffix}", sys_a).returncode == 0  # every namespace
+        refused = install(f"b{suffix}", sys_b, p)
+        assert refused.returncode != 0
+        assert f"release a{suffix} in namespace {sys_a}" in refused.stderr, refused.stderr
+        assert "already watches every namespace" in refused.stderr
+        helm(cluster, "upgrade", f"a{suffix}", chart, "-n", sys_a)  # not another installation
+        helm(cluster, "uninstall", f"a{suffix}", "-n", sys_a)
+        releases.clear()
+        assert install(f"b{suffix}", sys_b, p).returncode == 0
+        assert install(f"c{suffix}", sys_c, q).returncode == 0  # namespaces of its own
+        overlapping = install(f"d{suffix}", sys_a, q)
+        assert overlapping.returncode != 0
+        assert f"release c{suffix} in namespace {sys_c}) already watches {q}" in (
+            overlapping.stderr
+        )
+        assert install(f"d{suffix}", sys_a).returncode != 0  # every namespace: overlaps both
+    finally:
+        for release, ns in releases:
+            helm_run(cluster, "uninstall", release, "-n", ns)
+        for ns in (sys_a, sys_b, sys_c, p, q):
+            cluster.delete_namespace(ns)

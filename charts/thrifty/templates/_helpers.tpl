@@ -54,3 +54,37 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- define "thrifty.operatorImage" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
+
+{{- /*
+One operator per resource: two installations watching the same namespaces would both reconcile
+every resource there and undo each other's changes (images, config) for ever. At install and
+upgrade (`lookup` reads the cluster; `helm template` skips this), every other release's operator
+ClusterRole says what it watches (annotation thrifty.dev/watch-namespaces, "" = every
+namespace); one that overlaps this release's namespaces stops the install. A ClusterRole of a
+chart before this check has no annotation: watching every namespace, unless its name carries
+its release namespace (the name a namespaced install gets), whose namespaces are not known.
+*/}}
+{{- define "thrifty.refuseOverlappingInstallations" -}}
+{{- $mine := .Values.operator.watchNamespaces | default list -}}
+{{- $roles := lookup "rbac.authorization.k8s.io/v1" "ClusterRole" "" "" | default dict -}}
+{{- range ($roles.items | default list) -}}
+{{- $meta := .metadata -}}
+{{- $labels := $meta.labels | default dict -}}
+{{- $ann := $meta.annotations | default dict -}}
+{{- $release := get $ann "meta.helm.sh/release-name" -}}
+{{- $releaseNs := get $ann "meta.helm.sh/release-namespace" -}}
+{{- $ours := and (eq $release $.Release.Name) (eq $releaseNs $.Release.Namespace) -}}
+{{- if and (eq (get $labels "app.kubernetes.io/name") "thrifty-operator") $release (not $ours) -}}
+{{- $known := hasKey $ann "thrifty.dev/watch-namespaces" -}}
+{{- $theirs := splitList "," (get $ann "thrifty.dev/watch-namespaces") | compact -}}
+{{- if or $known (not (hasSuffix (printf "-%s" $releaseNs) $meta.name)) -}}
+{{- $clash := or (empty $mine) (empty $theirs) -}}
+{{- range $mine -}}{{- if has . $theirs -}}{{- $clash = true -}}{{- end -}}{{- end -}}
+{{- if $clash -}}
+{{- $where := ternary "every namespace" (join ", " $theirs) (empty $theirs) -}}
+{{- fail (printf "another Thrifty operator (release %s in namespace %s) already watches %s: two operators would reconcile the same resources and undo each other's changes. Uninstall it first, or give each installation namespaces of its own (operator.watchNamespaces)." $release $releaseNs $where) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
