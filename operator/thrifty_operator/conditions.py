@@ -24,6 +24,24 @@ class Cond:
         return self.status == "True"
 
 
+# Reasons of a condition not met yet on the way to it (a rollout, a Job running, a store
+# starting): posted as Normal events. Every other reason not met is a Warning, which people
+# alert on.
+PROGRESS_REASONS = frozenset(
+    {
+        "Progressing",
+        "StoresProgressing",
+        "WorkersProgressing",
+        "DeploymentProgressing",
+        "Creating",
+        "Training",
+        "Evaluating",
+        "WaitingForTraining",
+        "WaitingForStore",
+    }
+)
+
+
 def true(type_: str, reason: str, message: str = "") -> Cond:
     return Cond(type_, "True", reason, message)
 

@@ -14,6 +14,7 @@ from thrifty_operator.handlers.common import (
     deployment_state,
     job_state,
     pod_problem,
+    rollout_reason,
 )
 from thrifty_operator.handlers.distilledmodel import gate, read_report
 from thrifty_operator.report import normalise
@@ -77,6 +78,9 @@ def test_deployment_and_job_state() -> None:
     }
     ok, message = deployment_state(obj)
     assert not ok and message.endswith('; pods "g-1" is forbidden: exceeded quota: compute')
+    assert rollout_reason(obj) == "RolloutStuck"
+    obj["status"]["conditions"] = []
+    assert rollout_reason(obj) == "Progressing" and rollout_reason(None, "X") == "X"
     assert job_state(None) == "Missing"
     assert job_state({"status": {"conditions": [{"type": "Complete", "status": "True"}]}}) == (
         "Complete"
@@ -178,6 +182,29 @@ async def test_an_unexpected_reconcile_failure_is_a_condition_not_a_silent_retry
         assert (cond["status"], cond["reason"]) == ("False", "ReconcileError")
         assert "not a quantity" in cond["message"]
     assert ("Warning", "ReconcileError") in events
+
+
+def test_progress_is_a_normal_event_and_a_failure_a_warning(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """People alert on Warning events: a rollout, a Job or a store on its way posts Normal
+    ones; a stuck rollout, a missing reference, a failed Job Warnings."""
+    import kopf
+
+    from thrifty_operator.handlers.common import Outcome, finish
+
+    events: list[tuple[str, str]] = []
+    monkeypatch.setattr(
+        kopf, "event", lambda _o, *, type, reason, **_: events.append((type, reason))
+    )
+    body: dict[str, Any] = {"metadata": {"name": "g", "generation": 1}, "status": {}}
+    for reason in ("Progressing", "StoresProgressing", "Training", "Evaluating", "Creating"):
+        finish(body, {}, Outcome([false("Available", reason, "on its way")]))
+    assert events and all(kind == "Normal" for kind, _ in events)
+    events.clear()
+    for reason in ("RolloutStuck", "MissingReference", "StoresFailing", "GateFailed"):
+        finish(body, {}, Outcome([false("Available", reason, "stuck")]))
+    assert events and all(kind == "Warning" for kind, _ in events)
 
 
 async def test_a_reconcile_cut_short_by_the_operators_shutdown_leaves_the_status(

@@ -20,6 +20,7 @@ from .common import (
     apply_all,
     delete_owned,
     deployment_state,
+    rollout_reason,
     ensure_redis_password,
     parse,
     plain,
@@ -79,7 +80,9 @@ async def reconcile(body: Body, ix: Indexes, ctx: Context) -> Outcome:
     conds.append(
         true("Available", "WorkersAvailable", f"{message}; {serves}")
         if ok
-        else false("Available", "WorkersProgressing", f"{message}; {serves}")
+        else false(
+            "Available", rollout_reason(worker, "WorkersProgressing"), f"{message}; {serves}"
+        )
     )
     return Outcome(conds, fields)
 

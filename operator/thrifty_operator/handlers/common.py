@@ -21,7 +21,7 @@ from ..builders import names
 from ..builders.common import Owner
 from ..builders.defaults import Defaults
 from ..builders.stores import build_qdrant_auth_secret, build_redis_auth_secret
-from ..conditions import Cond, false, merge, ready, transitions
+from ..conditions import PROGRESS_REASONS, Cond, false, merge, ready, transitions
 from ..settings import OperatorSettings
 
 logger = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ def finish(body: Body, out: MutableMapping[str, Any], outcome: Outcome) -> Cond:
     out.update(outcome.fields)
     obj = cast(kopf.Body, body)
     for cond in transitions(existing, conds):
-        kind = "Normal" if cond.ok else "Warning"
+        kind = "Normal" if cond.ok or cond.reason in PROGRESS_REASONS else "Warning"
         kopf.event(obj, type=kind, reason=cond.reason, message=f"{cond.type}: {cond.message}")
     return summary
 
@@ -255,12 +255,26 @@ def deployment_state(obj: dict[str, Any] | None) -> tuple[bool, str]:
     if not ok:
         # What the Deployment controller itself reports as stuck (pods it cannot create: a
         # quota, a refused pod spec; a rollout past its progress deadline), said here too.
-        for cond in status.get("conditions") or ():
-            stuck = cond.get("type") == "ReplicaFailure" and cond.get("status") == "True"
-            stuck |= cond.get("reason") == "ProgressDeadlineExceeded"
-            if stuck and cond.get("message"):
+        for cond in _stuck(obj):
+            if cond.get("message"):
                 message += f"; {cond['message']}"
     return ok, message
+
+
+def _stuck(obj: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        cond
+        for cond in (obj.get("status") or {}).get("conditions") or ()
+        if (cond.get("type") == "ReplicaFailure" and cond.get("status") == "True")
+        or cond.get("reason") == "ProgressDeadlineExceeded"
+    ]
+
+
+def rollout_reason(obj: dict[str, Any] | None, progressing: str = "Progressing") -> str:
+    """The reason of a Deployment that is not available: `RolloutStuck` when its controller
+    says it is (pods it cannot create, a rollout past its progress deadline: a Warning),
+    else `progressing` (a rollout on its way: a Normal event)."""
+    return "RolloutStuck" if obj is not None and _stuck(obj) else progressing
 
 
 def statefulset_state(obj: dict[str, Any] | None) -> tuple[bool, str]:

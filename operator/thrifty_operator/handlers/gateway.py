@@ -28,6 +28,7 @@ from .common import (
     apply_all,
     delete_owned,
     deployment_state,
+    rollout_reason,
     finish,
     parse,
 )
@@ -253,11 +254,16 @@ async def sync(body: dict[str, Any], ix: Indexes, ctx: Context) -> Outcome:
         # First: Ready says what is missing rather than how the rollout goes.
         false("ReferencesResolved", "MissingReference", "; ".join(gathered.missing))
         if gathered.missing
-        else true("ReferencesResolved", "Resolved", "every referenced resource exists"),
+        else true(
+            "ReferencesResolved",
+            "Resolved",
+            "every referenced Thrifty resource exists (Secrets are not read by the operator: "
+            "the kubelet mounts them, and a missing one keeps the pods from starting)",
+        ),
         true("ConfigRendered", "Rendered", rendered),
         true("Available", "MinimumReplicasAvailable", message)
         if available
-        else false("Available", "Progressing", message),
+        else false("Available", rollout_reason(deployment), message),
     ]
     if gateway.spec.batch_queue_ref is not None:
         conds.append(queue_cond)
@@ -330,7 +336,7 @@ async def _kept(
         false("ConfigRendered", "InvalidReference", f"not rendered: {message}"),
         true("Available", "MinimumReplicasAvailable", state)
         if available
-        else false("Available", "Progressing", state),
+        else false("Available", rollout_reason(deployment), state),
     ]
     if gateway.spec.batch_queue_ref is not None:
         conds.append(queue_cond)
