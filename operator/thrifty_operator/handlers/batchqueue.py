@@ -20,10 +20,10 @@ from .common import (
     apply_all,
     delete_owned,
     deployment_state,
-    rollout_reason,
     ensure_redis_password,
     parse,
     plain,
+    rollout_reason,
 )
 from .indexes import Indexes
 

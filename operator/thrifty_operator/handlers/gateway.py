@@ -28,9 +28,9 @@ from .common import (
     apply_all,
     delete_owned,
     deployment_state,
-    rollout_reason,
     finish,
     parse,
+    rollout_reason,
 )
 from .indexes import Indexes
 
