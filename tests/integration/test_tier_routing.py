@@ -227,3 +227,6 @@ def test_a_cascade_whose_last_tier_fails_still_books_what_its_cheap_attempts_cos
     assert route["cost_usd"] > 0  # the gpt-4o-mini answer that failed its check
     assert route["saved_by_lever_usd"]["tier"] == pytest.approx(-route["cost_usd"])
     assert route["baseline_cost_usd"] == pytest.approx(0.0, abs=1e-12)
+    assert "request failed" in gw.log()  # logged as every failure is (it was not)
+    # booked under a model it asked for, not under the route's name as if it were a model
+    assert "smart" not in {m["model"] for m in body["by_model"]}

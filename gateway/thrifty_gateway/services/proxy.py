@@ -631,8 +631,15 @@ class Proxy:
         tier failed, a student that was not confident): booked and charged like an answer
         (`_account` adds `ctx.spent_usd`)."""
         outcome = Outcome(
-            exc.status, None, Usage(), ctx.route.name, "error", 0.0, error_type=type(exc).__name__
+            exc.status,
+            None,
+            Usage(),
+            _asked_model(ctx),
+            "error",
+            0.0,
+            error_type=type(exc).__name__,
         )
+        _log_failure(ctx, exc)
         await self._finish(ctx, outcome)
 
     def _finish_error(self, ctx: RequestContext, exc: ThriftyError) -> None:
@@ -642,7 +649,7 @@ class Proxy:
             Entry(
                 tenant=ctx.tenant_name,
                 route=ctx.route.name,
-                model=ctx.route.name,
+                model=_asked_model(ctx),
                 usage=Usage(),
                 cost_usd=0.0,
                 savings={},
@@ -653,16 +660,26 @@ class Proxy:
             ctx.tenant_name, ctx.route.name, str(exc.status), "none"
         ).inc()
         state.metrics.duration.labels(ctx.route.name).observe(time.perf_counter() - ctx.started)
-        log.warning(
-            "request failed",
-            extra={
-                "tenant": ctx.tenant_name,
-                "route": ctx.route.name,
-                "status": exc.status,
-                "error_type": type(exc).__name__,
-                "request_id": ctx.request_id,
-            },
-        )
+        _log_failure(ctx, exc)
+
+
+def _asked_model(ctx: RequestContext) -> str:
+    """The model a failed request was for: its route's first target (the route's name, an
+    alias, is no model: failures showed up as models of their own in the usage report)."""
+    return ctx.targets[0].model if ctx.targets else ctx.route.name
+
+
+def _log_failure(ctx: RequestContext, exc: ThriftyError) -> None:
+    log.warning(
+        "request failed",
+        extra={
+            "tenant": ctx.tenant_name,
+            "route": ctx.route.name,
+            "status": exc.status,
+            "error_type": type(exc).__name__,
+            "request_id": ctx.request_id,
+        },
+    )
 
 
 __all__ = ["DONE", "Proxy"]
