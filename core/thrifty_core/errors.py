@@ -42,6 +42,12 @@ class ThriftyError(Exception):
         }
 
 
+# The header the official SDKs obey before their own retry rules (they retry 408, 409, 429 and
+# 5xx by default): on an answer a retry cannot change (a cache miss under only-if-cached, a
+# feature this gateway is not configured for, a budget spent until the period ends).
+NO_RETRY = {"x-should-retry": "false"}
+
+
 class InvalidRequestError(ThriftyError):
     status = 400
     type = "invalid_request_error"

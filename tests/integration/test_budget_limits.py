@@ -130,6 +130,7 @@ def assert_budget_refusal(exc: openai.RateLimitError) -> None:
     assert error["type"] == "insufficient_quota"
     assert error["code"] == "budget_exceeded"
     assert "team-b" in error["message"]
+    assert exc.response.headers["x-should-retry"] == "false"  # spent until the period ends
     now = datetime.now(UTC)
     end_of_day = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
     retry_after = int(exc.response.headers["retry-after"])

@@ -379,6 +379,7 @@ def test_only_if_cached_and_pragma_no_cache(h: Harness) -> None:
         h.ask(q, headers={"cache-control": "only-if-cached"})
     assert info.value.status_code == 504
     assert isinstance(info.value.body, dict) and info.value.body["code"] == "cache_miss"
+    assert info.value.response.headers["x-should-retry"] == "false"  # (the SDK retried a 504)
     assert h.upstream_calls() == calls
     assert cache_of(h.ask(q)) == "miss"
     h.settle()

@@ -157,6 +157,32 @@ def test_a_stream_cut_short_upstream_is_an_error_to_the_client(tmp_path: Path) -
         sim.stop()
 
 
+def test_a_provider_200_that_is_not_json_is_a_502_the_sdk_raises(tmp_path: Path) -> None:
+    """A proxy in front of the provider answers 200 with an HTML page: passed on as a 200
+    `application/json`, the SDK raised a JSONDecodeError, which no `except openai.APIError`
+    catches. It is an upstream error, OpenAI-shaped."""
+    from tests.integration.procs import local_config, start_gateway, start_simulator
+
+    sim = start_simulator(tmp_path / "sim", "--fault", "portal=not-json")
+    config = local_config(sim.url)
+    config["routes"].append(
+        {"name": "portal", "targets": [{"provider": "simulator", "model": "portal"}]}
+    )
+    gw = start_gateway(tmp_path / "gw", config)
+    try:
+        with pytest.raises(openai.InternalServerError) as info:
+            gw.openai("sk-local-a").with_options(max_retries=0).chat.completions.create(
+                model="portal", messages=MESSAGES
+            )
+        assert info.value.status_code == 502
+        body = info.value.body
+        assert isinstance(body, dict) and body["type"] == "upstream_error"
+        assert "answered HTTP 200 with a body that is not a JSON object" in body["message"]
+    finally:
+        gw.stop()
+        sim.stop()
+
+
 def test_a_stream_opening_with_an_error_event_fails_over_like_a_5xx(tmp_path: Path) -> None:
     """The provider answers 200, then an error as its first event (an overload reported after
     the headers): nothing reached the client yet, so the next target answers."""

@@ -130,6 +130,26 @@ def test_the_stream_assembler_merges_fragments_and_knows_what_it_cannot_assemble
     parts = StreamAssembler()
     parts.add({"choices": [{"index": 0, "delta": {"content": [{"type": "text", "text": "x"}]}}]})
     assert parts.broken
+    # A custom tool's call (free-form input, no function) was assembled as a function call
+    # with no name and no arguments, and could be stored so.
+    custom = StreamAssembler()
+    call = {"index": 0, "id": "c1", "type": "custom", "custom": {"name": "sh", "input": "ls"}}
+    custom.add({"choices": [{"index": 0, "delta": {"role": "assistant", "tool_calls": [call]}}]})
+    assert custom.broken
+
+
+def test_a_custom_tool_call_is_not_stored_a_streamed_hit_would_lose_it() -> None:
+    custom = {"id": "c1", "type": "custom", "custom": {"name": "sh", "input": "ls"}}
+    function = {"id": "c2", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    assert not answer_replayable(answer(content=None, tool_calls=[custom]))
+    assert not answer_replayable(answer(content=None, tool_calls=[function, custom]))
+    assert answer_replayable(answer(content=None, tool_calls=[function]))
+    assert (
+        answer_ineligible(
+            200, answer(content=None, tool_calls=[custom]), Eligibility(cache_tool_calls=True)
+        )
+        == "unreplayable"
+    )
 
 
 def test_directives_and_threshold_tightening() -> None:

@@ -26,7 +26,7 @@ def test_max_tokens_ceiling() -> None:
     assert body == {"max_completion_tokens": 10}
     body = {}
     _clamp_max_tokens(body, 256)
-    assert body == {"max_tokens": 256}
+    assert body == {"max_completion_tokens": 256}  # max_tokens: refused by reasoning models
     body = {}
     _clamp_max_tokens(body, None)
     assert body == {}
@@ -95,6 +95,9 @@ def test_parse_body_refuses_nesting_it_could_not_write_back() -> None:
          "messages[0].tool_calls"),
         ({"messages": [{"role": "assistant", "content": None, "tool_calls": [{"id": "c"}]}]},
          "messages[0].tool_calls[0]"),
+        ({"messages": [{"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c", "type": "custom", "custom": {"name": "sh"}}]}]},
+         "messages[0].tool_calls[0]"),
         ({"messages": [{"role": "tool", "content": "42"}]}, "messages[0].tool_call_id"),
         ({"messages": [{"role": "tool", "content": "42", "tool_call_id": 7}]},
          "messages[0].tool_call_id"),
@@ -135,7 +138,9 @@ def test_well_typed_chat_requests_pass_the_shape_check() -> None:
                             "id": "c1",
                             "type": "function",
                             "function": {"name": "f", "arguments": "{}"},
-                        }
+                        },
+                        # a custom tool's call (free-form input, no function): refused before
+                        {"id": "c2", "type": "custom", "custom": {"name": "sh", "input": "ls"}},
                     ],
                 },
                 {"role": "tool", "content": "42", "tool_call_id": "c1", "name": "f"},

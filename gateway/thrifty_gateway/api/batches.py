@@ -15,7 +15,7 @@ import time
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from thrifty_core.errors import InvalidRequestError, NotFoundError, ThriftyError
+from thrifty_core.errors import NO_RETRY, InvalidRequestError, NotFoundError, ThriftyError
 
 from ..services.batching.budgets import find_budgets, refuse_over_hard_limit
 from ..services.batching.finalize import finalize
@@ -39,7 +39,9 @@ class QueueUnavailableError(ThriftyError):
 
 def require_queue(queue: RedisQueue | None) -> RedisQueue:
     if queue is None:
-        raise QueueUnavailableError("The batch queue needs Redis (config `batch.redisUrl`).")
+        raise QueueUnavailableError(
+            "The batch queue needs Redis (config `batch.redisUrl`).", headers=NO_RETRY
+        )
     return queue
 
 

@@ -20,10 +20,12 @@ from starlette.responses import Response, StreamingResponse
 
 from thrifty_core.config import TenantConfig
 from thrifty_core.errors import (
+    NO_RETRY,
     AuthenticationError,
     InvalidRequestError,
     ModelNotFoundError,
     ThriftyError,
+    UpstreamError,
     UpstreamTimeoutError,
 )
 from thrifty_core.prices import Usage
@@ -185,18 +187,30 @@ def _check_message(i: int, message: dict[str, Any]) -> None:
     if not isinstance(calls, list):
         raise _invalid(f"{at}.tool_calls", "an array of objects")
     for j, call in enumerate(calls):
-        function = call.get("function") if isinstance(call, dict) else None
-        if not (
-            isinstance(call, dict)
-            and isinstance(call.get("id"), str)
-            and isinstance(function, dict)
-            and isinstance(function.get("name"), str)
-            and isinstance(function.get("arguments"), str)
-        ):
+        if not _well_formed_call(call):
             raise _invalid(
                 f"{at}.tool_calls[{j}]",
-                "an object with an 'id' and a 'function' with a 'name' and 'arguments' strings",
+                "an object with an 'id' and a 'function' with 'name' and 'arguments' strings "
+                "(or, with type 'custom', a 'custom' with 'name' and 'input' strings)",
             )
+
+
+def _well_formed_call(call: Any) -> bool:
+    """A function tool call (`type` "function" or absent), or a custom tool's (`type`
+    "custom": free-form `input` instead of JSON `arguments`); other types are the
+    provider's to judge."""
+    if not isinstance(call, dict) or not isinstance(call.get("id"), str):
+        return False
+    kind = call.get("type", "function")
+    fields = {"function": ("function", "arguments"), "custom": ("custom", "input")}.get(kind)
+    if fields is None:
+        return isinstance(kind, str)
+    body = call.get(fields[0])
+    return (
+        isinstance(body, dict)
+        and isinstance(body.get("name"), str)
+        and isinstance(body.get(fields[1]), str)
+    )
 
 
 # Fields of a chat request and the JSON types OpenAI's API takes for them (None: absent).
@@ -254,7 +268,8 @@ def _clamp_max_tokens(body: dict[str, Any], ceiling: int | None) -> None:
         if isinstance(value, int) and value > ceiling:
             body[key] = ceiling
     if "max_tokens" not in body and "max_completion_tokens" not in body:
-        body["max_tokens"] = ceiling
+        # (not `max_tokens`: deprecated, and refused by OpenAI's reasoning models)
+        body["max_completion_tokens"] = ceiling
 
 
 def estimate_usage(body: dict[str, Any], answer: dict[str, Any] | None) -> Usage:
@@ -358,7 +373,9 @@ class Proxy:
                     return self._stage_response(ctx, answer)
             if ctx.cache_control.only_if_cached:
                 raise UpstreamTimeoutError(
-                    "No cached answer and only-if-cached was asked.", code="cache_miss"
+                    "No cached answer and only-if-cached was asked.",
+                    code="cache_miss",
+                    headers=NO_RETRY,
                 )
             return await self._upstream(ctx, route)
         except ThriftyError as exc:
@@ -427,6 +444,22 @@ class Proxy:
         usage = usage_of(answer) or estimate_usage(ctx.body, answer)
         cost = state.catalog.cost(target.model, usage, provider=target.provider)
         headers["x-thrifty-cost-usd"] = f"{cost:.8f}"
+        if not isinstance(answer, dict):
+            # An HTML page from a proxy in front of the provider, a cut body: passed on as
+            # JSON (with a 200) the SDK raised a JSONDecodeError, which no `except
+            # openai.APIError` catches.
+            error = UpstreamError(
+                f"upstream {target.label} answered HTTP {resp.status} with a body that is "
+                "not a JSON object"
+            )
+            outcome = Outcome(error.status, None, usage, target.model, target.label, cost)
+            return Response(
+                orjson.dumps(error.body()),
+                status_code=error.status,
+                media_type=JSON,
+                headers=headers,
+                background=BackgroundTask(self._finish, ctx, outcome),
+            )
         outcome = Outcome(resp.status, answer, usage, target.model, target.label, cost)
         content = resp.body
         hidden = hide_choice_fields(answer, ctx.hidden_choice_fields)

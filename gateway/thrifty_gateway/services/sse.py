@@ -75,6 +75,7 @@ def event_data(event: bytes) -> bytes | None:
 
 BASE_FIELDS = ("id", "created", "model", "system_fingerprint", "service_tier")
 ASSEMBLED = frozenset({"role", "content", "refusal", "tool_calls"})  # delta fields read below
+TOOL_CALL_DELTA = frozenset({"index", "id", "type", "function"})  # a function call's fields
 
 
 def _merged(have: Any, delta: Any) -> Any:
@@ -136,6 +137,11 @@ class StreamAssembler:
                     continue
                 msg[name] = _merged(msg.get(name), value)
             for call in delta.get("tool_calls") or ():
+                if call.get("type", "function") != "function" or set(call) - TOOL_CALL_DELTA:
+                    # A custom tool's call (free-form `input`) or a kind this does not know:
+                    # relayed as it came, never assembled as a function call with no name.
+                    self.broken = True
+                    continue
                 calls = msg.setdefault("tool_calls", [])
                 i = int(call.get("index", len(calls)))
                 while len(calls) <= i:

@@ -1,6 +1,6 @@
 """The simulator's HTTP app: an OpenAI-compatible provider with latency and fault injection.
 
-Faults, per request: header `x-sim-fault: 429|500|502|503|timeout|truncate`; per model
+Faults, per request: header `x-sim-fault: 429|500|502|503|timeout|truncate|not-json|...`; per model
 (`SimulatorSettings.model_faults`, e.g. every call to `storm-model` answers 429); or at random
 with the configured ratios. `GET /sim/stats` returns request and fault counters per model (tests
 use it to check retries and fallbacks); `POST /sim/reset` clears them.
@@ -76,6 +76,9 @@ async def _fault_response(sim: SimState, model: str, request: Request) -> Respon
     if fault == "timeout":
         await asyncio.sleep(sim.settings.hang_seconds)
         return None
+    if fault == "not-json":
+        page = b"<html><body><h1>502 Bad Gateway</h1></body></html>"
+        return Response(page, status_code=200, media_type="text/html")
     return fault  # answered, with a flaw: truncate, split-emoji
 
 

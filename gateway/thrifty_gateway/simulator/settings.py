@@ -17,7 +17,8 @@ from .engine import Oracle
 # strict UTF-8 parser (orjson) refuses.
 # cut-stream: a stream stops half-way without [DONE] (a provider or proxy that closed early);
 # abort-stream: the connection is dropped half-way through a stream; error-stream: a 200 stream
-# whose first event is an error (an overload reported after the headers).
+# whose first event is an error (an overload reported after the headers); not-json: a 200 whose
+# body is an HTML page (a proxy or captive portal in front of the provider).
 FaultKind = Literal[
     "429",
     "500",
@@ -29,6 +30,7 @@ FaultKind = Literal[
     "cut-stream",
     "abort-stream",
     "error-stream",
+    "not-json",
 ]
 FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
 DEFAULT_MODELS: tuple[str, ...] = (

@@ -37,7 +37,7 @@ from prometheus_client import Counter, Gauge
 
 from thrifty_core.api.costcontrol import Budget
 from thrifty_core.config import GatewayConfig
-from thrifty_core.errors import RateLimitError, ServiceUnavailableError
+from thrifty_core.errors import NO_RETRY, RateLimitError, ServiceUnavailableError
 from thrifty_core.prices import Usage
 
 from ..pipeline import Outcome, RequestContext, StageResponse
@@ -88,11 +88,13 @@ class BudgetExceededError(RateLimitError):
                 f"(${dollars(held)}). Retry in a few seconds.",
                 retry_after=HELD_RETRY_SECONDS,
             )
-        return cls(
+        refused = cls(
             f"The {line.scope} '{line.owner}' has used its {word} budget of ${dollars(limit)} "
             f"(spent ${dollars(spent)}). It resets at {end.isoformat().replace('+00:00', 'Z')}.",
             retry_after=end.timestamp() - now,
         )
+        refused.headers.update(NO_RETRY)  # (the SDKs would retry a 429 at once, twice)
+        return refused
 
 
 class BudgetHeldError(RateLimitError):

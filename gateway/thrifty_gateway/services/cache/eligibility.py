@@ -128,7 +128,18 @@ def replayable(message: Mapping[str, Any]) -> bool:
     content = message.get("content")
     if content is not None and not isinstance(content, str):
         return False
+    calls = message.get("tool_calls") or []
+    if not isinstance(calls, list) or not all(_function_call(c) for c in calls):
+        return False  # a custom tool's call (free-form input) replays as no function call
     return all(name in REPLAYED_FIELDS or _blank(value) for name, value in message.items())
+
+
+def _function_call(call: Any) -> bool:
+    return (
+        isinstance(call, Mapping)
+        and call.get("type", "function") == "function"
+        and isinstance(call.get("function"), Mapping)
+    )
 
 
 def _blank(value: Any) -> bool:
