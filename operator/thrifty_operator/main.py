@@ -99,7 +99,8 @@ async def _cachepolicy(
         strict=strict,
         stopping=ctx.stopping,
     )
-    await cachepolicy.dependents(body, dict(patch.status), indexes, ctx)
+    if not ctx.stopping.is_set():  # (the client closes under it)
+        await cachepolicy.dependents(body, dict(patch.status), indexes, ctx)
 
 
 async def _batchqueue(
@@ -124,7 +125,8 @@ async def _distilledmodel(
         strict=strict,
         stopping=ctx.stopping,
     )
-    await distilledmodel.dependents(body, dict(patch.status), indexes, ctx)
+    if not ctx.stopping.is_set():  # (the client closes under it)
+        await distilledmodel.dependents(body, dict(patch.status), indexes, ctx)
 
 
 def not_ready(status: kopf.Status, **_: Any) -> bool:

@@ -115,6 +115,7 @@ def test_values_schema_refuses_unknown_keys_and_bad_values() -> None:
         ["--set", "operator.logFormat=xml"],
         ["--set", "rbac.x=1"],
         ["--set", "images.gateway=Bad/Repo:1"],  # repository names are lower case
+        ["--set", "images.gateway=MyOrg/op"],  # (a first part without "." or ":" is a path)
         ["--set", "images.gateway=null"],  # (helm drops the key: no image at all)
         ["--set-string", "image.repository=bad repo"],
         ["--set-string", "image.tag=has space"],
@@ -153,6 +154,12 @@ def test_images_and_tags_are_configurable() -> None:
             for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]
         }
         assert env["THRIFTY_OPERATOR_GATEWAY_IMAGE"] == image
+    pinned = _template(
+        "--set", "image.repository=registry.local/op", "--set", f"image.tag=9.9@{digest}"
+    )  # fmt: skip
+    deploy = next(d for d in yaml.safe_load_all(pinned) if d and d["kind"] == "Deployment")
+    image = deploy["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert image == f"registry.local/op:9.9@{digest}"  # the operator pinned by its digest
     named = _template("--set", "serviceAccount.create=false", "--set", "serviceAccount.name=ops")
     assert "serviceAccountName: ops" in named
 

@@ -241,7 +241,32 @@ def test_a_second_installation_watching_the_same_namespaces_is_refused(
             overlapping.stderr
         )
         assert install(f"d{suffix}", sys_a).returncode != 0  # every namespace: overlaps both
+        for release, ns in releases:
+            helm(cluster, "uninstall", release, "-n", ns)
+        releases.clear()
+        # an older chart's namespaced install (no annotation: its namespaces are unknown)
+        # overlaps an installation watching every namespace, and no namespaced one
+        cluster.apply(
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRole",
+                "metadata": {
+                    "name": f"old{suffix}-thrifty-operator-{sys_c}",
+                    "labels": {"app.kubernetes.io/name": "thrifty-operator"},
+                    "annotations": {
+                        "meta.helm.sh/release-name": f"old{suffix}",
+                        "meta.helm.sh/release-namespace": sys_c,
+                    },
+                },
+                "rules": [],
+            }
+        )
+        assert f"release old{suffix} in namespace {sys_c}" in install(f"e{suffix}", sys_a).stderr
+        assert install(f"e{suffix}", sys_a, p).returncode == 0
     finally:
+        cluster.kubectl(
+            "delete", "clusterrole", f"old{suffix}-thrifty-operator-{sys_c}", "--ignore-not-found"
+        )
         for release, ns in releases:
             helm_run(cluster, "uninstall", release, "-n", ns)
         for ns in (sys_a, sys_b, sys_c, p, q):

@@ -142,9 +142,13 @@ async def test_batch_list_reads_only_the_tenants_own_index(redis: RedisServer) -
     queue = queue_for(redis, "listing")
     try:
         made: dict[str, list[str]] = {"a": [], "b": []}
+        now = int(time.time())
         for i, tenant in enumerate(["a", "b", "a", "b", "a"]):
             record = BatchRecord(
-                id=new_id("batch"), endpoint="/v1/chat/completions", tenant=tenant, created_at=i
+                id=new_id("batch"),
+                endpoint="/v1/chat/completions",
+                tenant=tenant,
+                created_at=now + i,
             )
             await queue.create(record, lines_for(record.id, 1))
             made[tenant].append(record.id)
@@ -163,6 +167,45 @@ async def test_batch_list_reads_only_the_tenants_own_index(redis: RedisServer) -
         page, _ = await queue.list_batches("a", None, 10)
         assert [r.id for r in page] == newest_a[:2]
         assert await queue.redis.zcard(queue.keys.tenant_index("a")) == 2
+    finally:
+        await queue.aclose()
+
+
+async def test_batch_list_pages_past_expired_records(redis: RedisServer) -> None:
+    """Expired records among live ones (records expire 30 days after their batch ends; an
+    evicting Redis takes them any time): every live batch is listed, none skipped (removing
+    the expired ones during the walk shifted the ranks it read: 2 of 6 were never shown,
+    `has_more` false), and entries of batches older than any record are dropped at create."""
+    queue = queue_for(redis, f"expired-{time.time_ns()}")
+    try:
+        ids = []
+        now = int(time.time())
+        for i in range(6):
+            record = BatchRecord(
+                id=new_id("batch"), endpoint="/v1/chat/completions", tenant="a", created_at=now + i
+            )
+            await queue.create(record, lines_for(record.id, 1))
+            ids.append(record.id)
+        newest = ids[::-1]
+        for gone in newest[1:3]:
+            await queue.redis.delete(queue.keys.batch(gone))
+        live = [newest[0], *newest[3:]]
+        seen: list[str] = []
+        cursor = None
+        while True:
+            page, more = await queue.list_batches("a", cursor, 2)
+            seen += [r.id for r in page]
+            if not more:
+                break
+            cursor = page[-1].id
+        assert seen == live
+        # a tenant that never lists: entries older than any record are dropped at create
+        index = queue.keys.tenant_index("a")
+        await queue.redis.zadd(index, {"batch_ancient": time.time() - 40 * 86400})
+        record = BatchRecord(id=new_id("batch"), endpoint="/v1/chat/completions", tenant="a")
+        await queue.create(record, lines_for(record.id, 1))
+        assert await queue.redis.zscore(index, "batch_ancient") is None
+        assert await queue.redis.zscore(index, record.id) is not None
     finally:
         await queue.aclose()
 
@@ -1620,6 +1663,30 @@ async def test_a_job_is_found_by_its_marker_behind_more_than_a_page_of_newer_job
                 await batches.submit(target, "/v1/chat/completions", line, "24h", f"m-{i}")
             assert await batches.find(target, "m-old", since) == str(wanted)
             assert await batches.find(target, "m-none", since) is None
+        finally:
+            await batches.aclose()
+
+
+async def test_a_jobs_upload_is_named_after_its_marker_and_found_by_it(tmp_path: Path) -> None:
+    """What a worker that died between the upload and the create left at the provider is
+    found by its marker (the upload's file name), behind other uploads."""
+    with simulator_at(tmp_path) as sim:
+        batches = OpenAIBatches(
+            [ProviderConfig(name="sim", base_url=f"{sim.url}/v1")], {"sim": None}
+        )
+        target = Target("sim", "gpt-4o-mini")
+        line = b'{"custom_id":"a","method":"POST","url":"/v1/chat/completions","body":{}}\n'
+        try:
+            since = time.time()
+            job = await batches.submit(target, "/v1/chat/completions", line, "24h", "m-dead")
+            for i in range(3):
+                await batches.submit(target, "/v1/chat/completions", line, "24h", f"m-{i}")
+            uploaded = await batches.find_upload(target, "m-dead", since)
+            assert uploaded is not None
+            assert uploaded == getattr(job, "input_file_id", None)
+            meta = httpx.get(f"{sim.url}/v1/files/{uploaded}").json()
+            assert meta["filename"] == upload_name("m-dead")
+            assert await batches.find_upload(target, "m-none", since) is None
         finally:
             await batches.aclose()
 

@@ -134,6 +134,16 @@ async def test_a_budget_partly_spent_and_partly_held_and_the_soft_limit() -> Non
     assert "has used its daily budget of $0.02 (spent $0.022)" in spent.value.message
 
 
+def test_amounts_are_written_as_people_read_them() -> None:
+    from thrifty_gateway.services.budgets.stage import dollars
+
+    cases = {
+        0.005: "0.005", 0.0051: "0.0051", 0.00048: "0.00048", 0.01: "0.01", 0.5: "0.50",
+        2.0000004: "2.00", 1e-7: "0.00", 9.9999999: "10.00", 12.345: "12.35", 0.0: "0.00",
+    }  # fmt: skip
+    assert {usd: dollars(usd) for usd in cases} == cases
+
+
 async def test_concurrent_requests_reserve_before_they_run() -> None:
     """50 requests at once against a $0.01 limit: each holds its estimate (no prompt, 512
     completion tokens of gpt-4o: ~$0.005) as it is checked, so two get in, not fifty."""

@@ -311,6 +311,15 @@ async def test_gpu_student_released_when_teacher_gateway_is_gone() -> None:
     assert student in c.kube.objects and c.jobs() == jobs
     assert conds["Serving"]["reason"] == "DeploymentProgressing"
     assert good in conds["Serving"]["message"]
+    # its controller cannot create the GPU pods (a quota): stuck, a Warning, not progress
+    c.kube.objects[student]["status"] = {
+        "conditions": [
+            {"type": "ReplicaFailure", "status": "True", "message": "exceeded quota: gpu"}
+        ]
+    }
+    conds = await c.reconcile()
+    assert conds["Serving"]["reason"] == "RolloutStuck"
+    assert "exceeded quota: gpu" in conds["Serving"]["message"]
 
 
 async def test_gpu_student_released_when_its_route_leaves_the_teacher() -> None:

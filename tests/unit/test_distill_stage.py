@@ -95,6 +95,7 @@ def test_a_student_answer_fits_only_within_the_request_limits() -> None:
     assert not fits({"max_tokens": 2}, "card_arrival", 3)
     assert not fits({"max_completion_tokens": 2, "max_tokens": 10}, "card_arrival", 3)
     assert fits({"max_completion_tokens": 3}, "card_arrival", 3)
+    assert not fits({"max_completion_tokens": None, "max_tokens": 1}, "card_arrival", 3)
     assert not fits({"stop": "_"}, "card_arrival", 3)
     assert not fits({"stop": ["\n", "arr"]}, "card_arrival", 3)
     assert fits({"stop": ["\n", ""]}, "card_arrival", 3)

@@ -14,7 +14,7 @@ from tests.unit.fake_kube import Key
 from tests.unit.test_operator_builders import example
 from thrifty_core.api import CachePolicy
 from thrifty_operator.apply import KubeError
-from thrifty_operator.builders import cache
+from thrifty_operator.builders import cache, names
 from thrifty_operator.builders.common import Owner
 from thrifty_operator.builders.defaults import Defaults
 from thrifty_operator.handlers import cachepolicy
@@ -578,3 +578,24 @@ async def test_the_last_step_rolled_out_in_its_own_pass_reads_as_done() -> None:
     reason, message = await store_ready(kube, body)
     assert image(kube) == Defaults().qdrant_image
     assert reason == "StoresAvailable" and "upgrading" not in message
+
+
+async def test_a_managed_redis_its_controller_reports_stuck_fails_the_store() -> None:
+    """Its pods cannot be created (a quota, a refused pod spec): `StoresFailing`, a Warning
+    with the controller's words, not `StoresProgressing` (a Normal event) for ever."""
+    kube = FakeKube()
+    body = policy()
+    await reconcile(kube, body)
+    redis = kube.objects[("Deployment", names.redis(body["metadata"]["name"]))]
+    redis["status"] = {
+        "conditions": [
+            {
+                "type": "ReplicaFailure",
+                "status": "True",
+                "message": 'pods "r-1" is forbidden: exceeded quota: compute',
+            }
+        ]
+    }
+    conds = await reconcile(kube, body)
+    assert conds["StoreReady"]["reason"] == "StoresFailing"
+    assert "exceeded quota" in conds["StoreReady"]["message"]

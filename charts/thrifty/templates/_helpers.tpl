@@ -62,7 +62,8 @@ upgrade (`lookup` reads the cluster; `helm template` skips this), every other re
 ClusterRole says what it watches (annotation thrifty.dev/watch-namespaces, "" = every
 namespace); one that overlaps this release's namespaces stops the install. A ClusterRole of a
 chart before this check has no annotation: watching every namespace, unless its name carries
-its release namespace (the name a namespaced install gets), whose namespaces are not known.
+its release namespace (the name a namespaced install gets), whose namespaces are not known (an
+overlap only for a release watching every namespace).
 */}}
 {{- define "thrifty.refuseOverlappingInstallations" -}}
 {{- $mine := .Values.operator.watchNamespaces | default list -}}
@@ -77,7 +78,7 @@ its release namespace (the name a namespaced install gets), whose namespaces are
 {{- if and (eq (get $labels "app.kubernetes.io/name") "thrifty-operator") $release (not $ours) -}}
 {{- $known := hasKey $ann "thrifty.dev/watch-namespaces" -}}
 {{- $theirs := splitList "," (get $ann "thrifty.dev/watch-namespaces") | compact -}}
-{{- if or $known (not (hasSuffix (printf "-%s" $releaseNs) $meta.name)) -}}
+{{- if or $known (empty $mine) (not (hasSuffix (printf "-%s" $releaseNs) $meta.name)) -}}
 {{- $clash := or (empty $mine) (empty $theirs) -}}
 {{- range $mine -}}{{- if has . $theirs -}}{{- $clash = true -}}{{- end -}}{{- end -}}
 {{- if $clash -}}

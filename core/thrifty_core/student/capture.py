@@ -94,18 +94,18 @@ def instructions_digest(
     a student answers only requests whose instructions it was trained under, since it reads
     the user turn alone. From a capture record's messages (redacted already) or a request's
     (with the redactor its captures were written with)."""
-    return _digest(
-        tuple(
-            (str(m.get("role")), redactor(content_text(m.get("content"))).strip())
-            for m in messages
-            if m.get("role") in INSTRUCTION_ROLES
-        )
+    parts = tuple(
+        (str(m.get("role")), content_text(m.get("content")))
+        for m in messages
+        if m.get("role") in INSTRUCTION_ROLES
     )
+    return _digest(parts, redactor)
 
 
 @functools.lru_cache(maxsize=256)  # (a route's few system prompts, asked again and again)
-def _digest(parts: tuple[tuple[str, str], ...]) -> str:
-    text = json.dumps(parts, ensure_ascii=False, separators=(",", ":"))
+def _digest(parts: tuple[tuple[str, str], ...], redactor: Redactor) -> str:
+    kept = [(role, redactor(text).strip()) for role, text in parts]
+    text = json.dumps(kept, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 

@@ -26,6 +26,7 @@ from .common import (
     apply_all,
     delete_owned,
     deployment_state,
+    rollout_reason,
     ensure_qdrant_key,
     ensure_redis_password,
     job_state,
@@ -57,6 +58,7 @@ async def _store_state(policy: CachePolicy, owner: Owner, ctx: Context) -> Store
     if stores.redis.managed:
         obj = await ctx.kube.get("apps/v1", "Deployment", ns, names.redis(owner.name))
         redis_ok, msg = deployment_state(obj)
+        stuck = not redis_ok and rollout_reason(obj) == "RolloutStuck"
         parts.append(f"redis: {msg}")
     if policy.spec.semantic.enabled and stores.qdrant.managed:
         name = names.qdrant(owner.name)

@@ -34,6 +34,7 @@ from .common import (
     apply_all,
     delete_owned,
     deployment_state,
+    rollout_reason,
     job_state,
     now,
     owned_by,
@@ -372,12 +373,14 @@ async def _serve(
     await ensure_student_key(ctx, owner)  # the Deployment reads it: created first
     await apply_all(ctx.kube, serving.build_serving(model, owner, active, ctx.defaults))
     fields["endpoint"] = names.student_endpoint(owner.name, owner.namespace)
-    ok, message = deployment_state(
-        await ctx.kube.get("apps/v1", "Deployment", owner.namespace, names.student(owner.name))
+    deployment = await ctx.kube.get(
+        "apps/v1", "Deployment", owner.namespace, names.student(owner.name)
     )
+    ok, message = deployment_state(deployment)
     if ok:
         return true("Serving", "DeploymentAvailable", f"{active}: {message}")
-    return false("Serving", "DeploymentProgressing", f"{active}: {message}")
+    reason = rollout_reason(deployment, "DeploymentProgressing")  # (a GPU quota, say)
+    return false("Serving", reason, f"{active}: {message}")
 
 
 async def dependents(body: Body, status: dict[str, Any], ix: Indexes, ctx: Context) -> None:

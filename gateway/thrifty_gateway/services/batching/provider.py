@@ -235,7 +235,9 @@ class OpenAIBatches:
         return None
 
     async def find_upload(self, target: Target, marker: str, since: float) -> str | None:
-        """Newest first, page after page, back to `since` (less the margin)."""
+        """Newest first, page after page, back to `since` (less the margin). (A provider that
+        ignores `order=desc` and lists oldest first makes this find nothing: best effort, as
+        every delete of a provider file.)"""
         client = self._clients[target.provider]
         name = upload_name(marker)
         async for uploaded in client.files.list(purpose="batch", order="desc", limit=100):

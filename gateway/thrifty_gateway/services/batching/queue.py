@@ -34,6 +34,11 @@ CHUNK = 1000  # lines per enqueue round trip (and the most enqueued in one trans
 Entry = tuple[str, Line]
 
 
+# A batch's index entry is dropped this long after its creation (its record is kept 30 days
+# after it ends, and it ends within its 24 h window).
+INDEX_DAYS = 35
+
+
 @dataclass(frozen=True)
 class PendingDelete:
     """A provider file still to be deleted: recorded `since`, tried `tries` times, next try
@@ -231,7 +236,10 @@ class RedisQueue:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.set(k.batch(record.id), record.store())
             if not record.deferred:
-                pipe.zadd(k.tenant_index(record.tenant), {record.id: record.created_at})
+                index = k.tenant_index(record.tenant)
+                pipe.zadd(index, {record.id: record.created_at})
+                # (entries whose record has surely expired: a tenant that never lists)
+                pipe.zremrangebyscore(index, "-inf", now - INDEX_DAYS * 86400)
             pipe.hset(k.counts(record.id), mapping={"completed": 0, "failed": 0})
             pipe.sadd(k.active, record.id)
             if small:
@@ -272,6 +280,7 @@ class RedisQueue:
             rank = await self.redis.zrevrank(index, after)
             start = rank + 1 if rank is not None else 0
         out: list[BatchRecord] = []
+        expired: list[str] = []
         while len(out) <= limit:
             page = [m.decode() for m in await self.redis.zrevrange(index, start, start + limit)]
             if not page:
@@ -279,9 +288,11 @@ class RedisQueue:
             start += len(page)
             for batch_id, record in zip(page, await self._records(page), strict=True):
                 if record is None:
-                    await self.redis.zrem(index, batch_id)  # expired record
+                    expired.append(batch_id)
                 elif record.tenant == tenant:
                     out.append(record)
+        if expired:  # (after the walk: removed during it, they shifted the ranks it reads)
+            await self.redis.zrem(index, *expired)
         return out[:limit], len(out) > limit
 
     async def _records(self, batch_ids: Sequence[str]) -> list[BatchRecord | None]:

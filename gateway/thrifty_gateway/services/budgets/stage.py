@@ -62,8 +62,9 @@ HELD_RETRY_SECONDS = 2  # Retry-After when requests in flight hold the rest of a
 def dollars(usd: float) -> str:
     """An amount as people read it: cents, or the digits that matter below a cent ($0.005
     read "$0.01" and $0.0004 "$0.00")."""
-    cents = f"{usd:.2f}"
-    return cents if usd >= 10 or abs(float(cents) - usd) < 1e-9 else f"{usd:.6f}".rstrip("0")
+    if usd >= 10 or round(usd, 2) == round(usd, 6):
+        return f"{usd:.2f}"
+    return f"{usd:.6f}".rstrip("0")
 
 
 class BudgetExceededError(RateLimitError):

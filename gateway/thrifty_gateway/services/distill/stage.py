@@ -135,7 +135,8 @@ def fits(body: dict[str, Any], text: str, completion_tokens: int) -> bool:
     stops = [stop] if isinstance(stop, str) else stop if isinstance(stop, list) else []
     if any(isinstance(s, str) and s and s in text for s in stops):
         return False
-    limit = body.get("max_completion_tokens", body.get("max_tokens"))
+    limits = (body.get("max_completion_tokens"), body.get("max_tokens"))
+    limit = next((n for n in limits if n is not None), None)  # (one may be sent as null)
     return not (isinstance(limit, int) and completion_tokens > limit)
 
 
