@@ -26,7 +26,6 @@ from .common import (
     apply_all,
     delete_owned,
     deployment_state,
-    rollout_reason,
     ensure_qdrant_key,
     ensure_redis_password,
     job_state,
@@ -34,6 +33,7 @@ from .common import (
     owned_by,
     parse,
     plain,
+    rollout_reason,
     statefulset_pod_problem,
     statefulset_state,
 )

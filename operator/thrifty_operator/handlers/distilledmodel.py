@@ -34,12 +34,12 @@ from .common import (
     apply_all,
     delete_owned,
     deployment_state,
-    rollout_reason,
     job_state,
     now,
     owned_by,
     parse,
     plain,
+    rollout_reason,
 )
 from .indexes import Indexes
 
