@@ -226,6 +226,21 @@ async def test_a_store_outage_checks_against_this_replicas_copy(
         await under.before_upstream(ctx())
 
 
+async def test_holds_taken_while_the_store_was_down_are_not_spend() -> None:
+    """Two requests held $0.01 in this replica's copy while the store was down; once it is
+    back, the next is refused for a moment (`budget_held`), not told the budget is used
+    until the period ends (the copy's holds were counted as spent)."""
+    store = Flaky()
+    s = stage(store)
+    store.down = True
+    in_flight = [ctx(), ctx()]
+    for c in in_flight:
+        assert await s.before_upstream(c) is None  # held here: 0.00512 each
+    store.down = False
+    with pytest.raises(BudgetHeldError):
+        await s.before_upstream(ctx())
+
+
 async def test_kept_spend_is_retried_in_the_background() -> None:
     store = Flaky()
     s = stage(store, Budget(period="day", hard_limit_usd=100))

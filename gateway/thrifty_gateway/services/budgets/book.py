@@ -151,8 +151,12 @@ class SpendBook:
             return self._reserve_here(checks, items, usd, hold)
         for c, value, mark in zip(checks, reading.spent, marks, strict=True):
             self._seen(c.key, value, mark)
-        spent = [s + c.unseen for s, c in zip(reading.spent, sent, strict=True)]
-        reading = Reading(reading.admitted, spent, reading.held)
+        # What only this copy holds (reserved while the store was down) is held, not spent:
+        # counted as spent, a budget held up by it was refused as used until the period ended.
+        found = [self._key(k) for k in keys]
+        spent = [s + k.unwritten for s, k in zip(reading.spent, found, strict=True)]
+        held = [h + k.held_here for h, k in zip(reading.held, found, strict=True)]
+        reading = Reading(reading.admitted, spent, held)
         if not reading.admitted:
             return reading, None
         res = Reservation(items, usd, hold if usd > 0 else None)
