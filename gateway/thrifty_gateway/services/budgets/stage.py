@@ -264,9 +264,9 @@ class BudgetStage:
                 self._warn(key, "soft", line)
                 soft.append(f"{line.scope}={line.owner}")
         if refused is not None or not reading.admitted:
-            line = next((ln for ln in lines if ln.budget.hard_limit_usd is not None), lines[0])
+            i = next((i for i, ln in enumerate(lines) if ln.budget.hard_limit_usd is not None), 0)
             raise refused or BudgetExceededError.for_line(
-                line, reading.spent[0], windows[0][2], now, reading.held[0]
+                lines[i], reading.spent[i], windows[i][2], now, reading.held[i]
             )
         if soft:
             ctx.state[DOWNGRADE_KEY] = True
