@@ -137,3 +137,10 @@ def test_the_simulator_refuses_wrongly_typed_requests_as_openai_does() -> None:
         refused = engine.embeddings_request_error(dict(emb, dimensions=dims))
         assert refused is not None and refused[1] == "dimensions"
     assert engine.embeddings_request_error(dict(emb, input=""))[1] == "input"  # type: ignore[index]
+
+
+def test_the_cli_help_names_every_fault_kind() -> None:
+    from thrifty_cli.cmd.simulator import FAULTS
+    from thrifty_gateway.simulator.settings import FAULT_KINDS
+
+    assert FAULTS.split("|") == list(FAULT_KINDS)

@@ -143,8 +143,8 @@ def evaluate(
 
 @distill_app.command("versions")
 def versions(artifacts_dir: ArtifactsDir = Path("artifacts")) -> None:
-    """List trained versions; the serving one is the pin (spec.serving.version) or else the
-    newest promoted one."""
+    """List trained versions; `*` marks the newest promoted one (the one that serves unless
+    spec.serving.version pins another)."""
     from thrifty_core.student.artifact import list_versions, resolve_version
 
     active = resolve_version(artifacts_dir)

@@ -6,6 +6,10 @@ from typing import Annotated
 
 import typer
 
+# The simulator's fault kinds (thrifty_gateway.simulator.settings.FAULT_KINDS, which a test
+# compares: imported here, the whole simulator would load for every `thrifty --help`).
+FAULTS = "429|500|502|503|timeout|truncate|split-emoji|cut-stream|abort-stream|error-stream|not-json"
+
 
 def register(app: typer.Typer) -> None:
     """Attach `thrifty simulator`."""
@@ -29,7 +33,7 @@ def simulator(
     fault: Annotated[
         list[str] | None,
         typer.Option(
-            help="MODEL=KIND: every call to MODEL fails (429|500|502|503|timeout|truncate)."
+            help=f"MODEL=KIND: every call to MODEL fails or answers with a flaw ({FAULTS})."
         ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the random faults.")] = 0,
