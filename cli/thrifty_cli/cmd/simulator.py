@@ -8,7 +8,9 @@ import typer
 
 # The simulator's fault kinds (thrifty_gateway.simulator.settings.FAULT_KINDS, which a test
 # compares: imported here, the whole simulator would load for every `thrifty --help`).
-FAULTS = "429|500|502|503|timeout|truncate|split-emoji|cut-stream|abort-stream|error-stream|not-json"
+FAULTS = (
+    "429|500|502|503|timeout|truncate|split-emoji|cut-stream|abort-stream|error-stream|not-json"
+)
 
 
 def register(app: typer.Typer) -> None:
