@@ -19,7 +19,7 @@ from thrifty_core.api import GROUP, RESOURCES, VERSION
 from .apply import KubeClient, connect
 from .handlers import batchqueue, cachepolicy, distilledmodel, gateway
 from .handlers import indexes as ix
-from .handlers.common import Body, Context, context, plain, run
+from .handlers.common import Body, Context, Outcome, context, plain, run
 from .release import release_unwatched, stamp
 from .settings import OperatorSettings, configure_kopf
 
@@ -80,25 +80,13 @@ def probe_context(memo: kopf.Memo, **_: Any) -> bool:
 
 
 async def _gateway(body: Body, patch: Any, indexes: ix.Indexes, ctx: Context, strict: bool) -> None:
-    await run(
-        body,
-        patch,
-        lambda: gateway.sync(plain(body), indexes, ctx),
-        strict=strict,
-        stopping=ctx.stopping,
-    )
+    await _reconcile(body, patch, ctx, strict, lambda: gateway.sync(plain(body), indexes, ctx))
 
 
 async def _cachepolicy(
     body: Body, patch: Any, indexes: ix.Indexes, ctx: Context, strict: bool
 ) -> None:
-    await run(
-        body,
-        patch,
-        lambda: cachepolicy.reconcile(body, indexes, ctx),
-        strict=strict,
-        stopping=ctx.stopping,
-    )
+    await _reconcile(body, patch, ctx, strict, lambda: cachepolicy.reconcile(body, indexes, ctx))
     if not ctx.stopping.is_set():  # (the client closes under it)
         await cachepolicy.dependents(body, dict(patch.status), indexes, ctx)
 
@@ -106,27 +94,25 @@ async def _cachepolicy(
 async def _batchqueue(
     body: Body, patch: Any, indexes: ix.Indexes, ctx: Context, strict: bool
 ) -> None:
-    await run(
-        body,
-        patch,
-        lambda: batchqueue.reconcile(body, indexes, ctx),
-        strict=strict,
-        stopping=ctx.stopping,
-    )
+    await _reconcile(body, patch, ctx, strict, lambda: batchqueue.reconcile(body, indexes, ctx))
 
 
 async def _distilledmodel(
     body: Body, patch: Any, indexes: ix.Indexes, ctx: Context, strict: bool
 ) -> None:
-    await run(
-        body,
-        patch,
-        lambda: distilledmodel.reconcile(body, indexes, ctx),
-        strict=strict,
-        stopping=ctx.stopping,
-    )
+    await _reconcile(body, patch, ctx, strict, lambda: distilledmodel.reconcile(body, indexes, ctx))
     if not ctx.stopping.is_set():  # (the client closes under it)
         await distilledmodel.dependents(body, dict(patch.status), indexes, ctx)
+
+
+async def _reconcile(
+    body: Body,
+    patch: Any,
+    ctx: Context,
+    strict: bool,
+    reconcile: Callable[[], Awaitable[Outcome]],
+) -> None:
+    await run(body, patch, reconcile, strict=strict, stopping=ctx.stopping)
 
 
 def not_ready(status: kopf.Status, **_: Any) -> bool:

@@ -11,7 +11,7 @@ import dataclasses
 import signal
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -1650,37 +1650,43 @@ async def test_a_job_is_found_by_its_marker_behind_more_than_a_page_of_newer_job
     """The adopter looks for a dead worker's job by its marker: the provider has made more
     than a page of jobs since (a busy key), and only the newest 100 were searched."""
     with simulator_at(tmp_path) as sim:
-        batches = OpenAIBatches(
-            [ProviderConfig(name="sim", base_url=f"{sim.url}/v1")], {"sim": None}
-        )
+        batches, submit = sim_batches(sim)
         target = Target("sim", "gpt-4o-mini")
-        line = b'{"custom_id":"a","method":"POST","url":"/v1/chat/completions","body":{}}\n'
         try:
             since = time.time()
-            wanted = await batches.submit(target, "/v1/chat/completions", line, "24h", "m-old")
+            wanted = await submit("m-old")
             await asyncio.sleep(1.1)  # (the provider's created_at counts seconds)
             for i in range(120):
-                await batches.submit(target, "/v1/chat/completions", line, "24h", f"m-{i}")
+                await submit(f"m-{i}")
             assert await batches.find(target, "m-old", since) == str(wanted)
             assert await batches.find(target, "m-none", since) is None
         finally:
             await batches.aclose()
 
 
+def sim_batches(sim: Simulator) -> tuple[OpenAIBatches, Callable[[str], Awaitable[str]]]:
+    """Batches calls to `sim`, and a submit of a one-line job carrying a marker."""
+    batches = OpenAIBatches([ProviderConfig(name="sim", base_url=f"{sim.url}/v1")], {"sim": None})
+    target = Target("sim", "gpt-4o-mini")
+    line = b'{"custom_id":"a","method":"POST","url":"/v1/chat/completions","body":{}}\n'
+
+    async def submit(marker: str) -> str:
+        return await batches.submit(target, "/v1/chat/completions", line, "24h", marker)
+
+    return batches, submit
+
+
 async def test_a_jobs_upload_is_named_after_its_marker_and_found_by_it(tmp_path: Path) -> None:
     """What a worker that died between the upload and the create left at the provider is
     found by its marker (the upload's file name), behind other uploads."""
     with simulator_at(tmp_path) as sim:
-        batches = OpenAIBatches(
-            [ProviderConfig(name="sim", base_url=f"{sim.url}/v1")], {"sim": None}
-        )
+        batches, submit = sim_batches(sim)
         target = Target("sim", "gpt-4o-mini")
-        line = b'{"custom_id":"a","method":"POST","url":"/v1/chat/completions","body":{}}\n'
         try:
             since = time.time()
-            job = await batches.submit(target, "/v1/chat/completions", line, "24h", "m-dead")
+            job = await submit("m-dead")
             for i in range(3):
-                await batches.submit(target, "/v1/chat/completions", line, "24h", f"m-{i}")
+                await submit(f"m-{i}")
             uploaded = await batches.find_upload(target, "m-dead", since)
             assert uploaded is not None
             assert uploaded == getattr(job, "input_file_id", None)
