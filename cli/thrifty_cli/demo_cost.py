@@ -25,6 +25,9 @@ TENANT_KEYS = {"team-a": "sk-local-a", "team-b": "sk-local-b"}
 ADMIN_KEY = "sk-local-admin"
 REQUESTS = 150
 CONCURRENCY = 8
+# As a chat app caps its answers: each request holds its prompt plus this many tokens at
+# gpt-4o's price on team-b's budget while it runs (512 without a cap: more than the budget).
+MAX_TOKENS = 200
 
 
 def cost_config(simulator_url: str, port: int) -> dict[str, Any]:
@@ -87,10 +90,14 @@ async def run_cost_demo(gateway_url: str, console: Console) -> list[tuple[str, s
         async with sem:
             try:
                 raw = await clients[tenant].chat.completions.with_raw_response.create(
-                    model="smart", messages=[{"role": "user", "content": prompt}]
+                    model="smart",
+                    messages=[{"role": "user", "content": prompt}],
+                    max_completion_tokens=MAX_TOKENS,
                 )
-            except RateLimitError:
-                budget["refused"] += 1
+            except RateLimitError as exc:
+                # budget_exceeded: spent until the period ends; budget_held: what is left is
+                # held by requests in flight (retry in 2 s; the SDK would, max_retries > 0)
+                budget["held" if exc.code == "budget_held" else "refused"] += 1
                 return
             tiers[raw.headers.get("x-thrifty-tier", "none")] += 1
             for step in filter(None, raw.headers.get("x-thrifty-tier-escalated", "").split(",")):
@@ -129,7 +136,9 @@ async def run_cost_demo(gateway_url: str, console: Console) -> list[tuple[str, s
         (
             "budget",
             f"team-b (soft $0.002, hard $0.005 a day): {budget['downgraded']} requests "
-            f"downgraded to the cheap tier, {budget['refused']} refused with 429",
+            f"downgraded to the cheap tier, {budget['refused']} refused with 429 "
+            f"(budget spent), {budget['held']} asked to retry (the rest held by requests in "
+            "flight)",
         ),
     ]
 
