@@ -1196,6 +1196,38 @@ async def test_the_input_file_of_a_job_given_up_is_deleted(
         await assert_no_files_to_delete(config, redis)
 
 
+async def test_a_refused_create_whose_upload_delete_failed_leaves_no_upload(
+    redis: RedisServer, tmp_path: Path
+) -> None:
+    """The provider refuses the create (400) after the upload, and the submit's own delete of
+    the upload fails too: the upload (every tenant's prompts) was left at the provider, only
+    logged. It is found by its marker, recorded and deleted once deletes work again; the
+    lines go into a new job."""
+    with simulator_at(tmp_path) as sim:
+        sim_faults(sim, refuse_next=1, delete_status=500)
+        config = provider_config(sim, redis, tmp_path)
+        worker, upstream, submits = provider_worker(
+            config, redis, tmp_path, retry_backoff_seconds=0.5
+        )
+        record = await new_batch(config, redis, 3)
+        queue = queue_of(config, redis)
+        try:
+            async with running(worker, upstream):
+                done = await wait_for_status(queue, record.id, time.monotonic() + 60, "completed")
+                assert done is not None and done.request_counts.completed == 3
+                sim_faults(sim, delete_status=0)
+                deadline = time.monotonic() + 60
+                while await queue.pending_deletes():
+                    assert time.monotonic() < deadline, "never deleted"
+                    await asyncio.sleep(0.1)
+        finally:
+            await queue.aclose()
+        # every file is gone: the jobs' and the refused job's upload (left before, its
+        # delete having failed inside the submit)
+        assert sim_stats(sim)["files"] == 0
+        assert sim_stats(sim)["creates_refused"] == 1 and len(submits) >= 2
+
+
 async def test_slow_provider_file_deletes_never_hold_up_the_heartbeat(
     redis: RedisServer, tmp_path: Path
 ) -> None:

@@ -14,6 +14,8 @@ synchronous endpoints. Faults, set with `POST /sim/batches/faults`:
 * `enqueued_token_limit`: the organization's enqueued-token quota (0: none). A job whose
   input's tokens (about 4 characters each), with those of the jobs still running, pass it
   fails at validation with `token_limit_exceeded` and no files, as OpenAI's does;
+* `refuse_next`: the next N creates are refused with a 400 (as OpenAI refuses one at create
+  time: its enqueued-token limit, say), after the input file was uploaded;
 * `fail_next`: the next N jobs fail at validation with `fail_code` / `fail_message` (about
   input line `fail_line`, 1-based, when set), status `failed`, no output or error file.
 
@@ -63,6 +65,7 @@ class BatchSim:
     forget_next: int = 0
     enqueued_token_limit: int = 0
     fail_next: int = 0
+    refuse_next: int = 0
     fail_code: str = "invalid_request"
     fail_message: str = "The batch input file is invalid (simulated)."
     fail_line: int | None = None
@@ -212,6 +215,10 @@ async def create_batch(request: Request) -> Response:
         return _error(400, "completion_window must be 24h")
     if sim.settings.batch_create_ms:
         await asyncio.sleep(sim.settings.batch_create_ms / 1000)
+    if bs.refuse_next > 0:
+        bs.refuse_next -= 1
+        bs.count("creates_refused")
+        return _error(400, "Enqueued token limit reached (simulated).")
     now = int(time.time())
     job: dict[str, Any] = {
         "id": _id("batch_sim"),
@@ -302,6 +309,7 @@ async def set_faults(request: Request) -> Response:
     bs.forget_next = int(body.get("forget_next", bs.forget_next))
     bs.enqueued_token_limit = int(body.get("enqueued_token_limit", bs.enqueued_token_limit))
     bs.fail_next = int(body.get("fail_next", bs.fail_next))
+    bs.refuse_next = int(body.get("refuse_next", bs.refuse_next))
     bs.fail_code = str(body.get("fail_code", bs.fail_code))
     bs.fail_message = str(body.get("fail_message", bs.fail_message))
     bs.delete_delay = float(body.get("delete_delay", bs.delete_delay))
@@ -316,6 +324,7 @@ async def set_faults(request: Request) -> Response:
             "forget_next": bs.forget_next,
             "enqueued_token_limit": bs.enqueued_token_limit,
             "fail_next": bs.fail_next,
+            "refuse_next": bs.refuse_next,
             "fail_code": bs.fail_code,
             "fail_message": bs.fail_message,
             "fail_line": bs.fail_line,

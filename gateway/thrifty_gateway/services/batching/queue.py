@@ -692,6 +692,12 @@ class RedisQueue:
                 pipe.hset(self.keys.provider_files, mapping=dict.fromkeys(provider_files, pending))
             await pipe.execute()
 
+    async def to_delete(self, provider: str, file_ids: Sequence[str]) -> None:
+        """Record provider files to be deleted (before the first try: one that fails is
+        retried by the deleter)."""
+        pending = PendingDelete("", provider, time.time(), 0, 0.0).dump()
+        await self.redis.hset(self.keys.provider_files, mapping=dict.fromkeys(file_ids, pending))
+
     async def pending_deletes(self) -> list[PendingDelete]:
         """Provider files still to be deleted, with their tries so far."""
         raw = await self.redis.hgetall(self.keys.provider_files)

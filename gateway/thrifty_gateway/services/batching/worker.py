@@ -475,6 +475,9 @@ class Worker:
                             type(exc).__name__)  # fmt: skip
                 return
             log.warning("provider batch submit failed (%s); lines retried", type(exc).__name__)
+            # The submit deleted its upload; if that failed too, the upload is left (every
+            # tenant's prompts): looked up by its marker and recorded for the deleter.
+            await self._drop_upload(pack.target, marker, float(job["started"]))
             # The provider's own words stay out of the tenants' error files: a pack mixes
             # tenants, and a refusal of the gateway's key quotes it (masked, but the gateway's).
             status = getattr(exc, "status_code", None)
@@ -532,14 +535,20 @@ class Worker:
                 await self._retry(entry_id, line, result, True)
             log.warning("batch job intent %s given up: %s", marker, reason)
             # Its upload (every tenant's prompts), if it went through, is of no job's now.
-            try:
-                upload = await self.batches.find_upload(target, marker, float(intent["started"]))
-            except Exception as exc:  # (best effort, as every provider file delete)
-                log.warning("the upload of batch job intent %s not looked up: %s", marker,
-                            type(exc).__name__)  # fmt: skip
-                return
-            if upload is not None:
-                await self._delete_files(target.provider, [upload])
+            await self._drop_upload(target, marker, float(intent["started"]))
+
+    async def _drop_upload(self, target: Target, marker: str, started: float) -> None:
+        """Delete the upload of a job that was never made, if the provider has one (best
+        effort, as every provider file delete: a delete that fails is recorded and retried)."""
+        try:
+            upload = await self.batches.find_upload(target, marker, started)
+        except Exception as exc:
+            log.warning("the upload of batch job %s not looked up: %s", marker,
+                        type(exc).__name__)  # fmt: skip
+            return
+        if upload is not None:
+            await self.queue.to_delete(target.provider, [upload])
+            await self._delete_files(target.provider, [upload])
 
     async def _poller(self) -> None:
         interval = float(self.spec.poll_interval_seconds)
