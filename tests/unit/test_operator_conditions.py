@@ -142,6 +142,16 @@ def test_a_statefulset_is_ready_once_its_current_spec_has_rolled_out() -> None:
     assert statefulset_state(None) == (False, "not created yet")
 
 
+def policy_body() -> dict[str, Any]:
+    """A CachePolicy as kopf hands it to a handler (generation 2, no status yet)."""
+    return {
+        "apiVersion": "thrifty.dev/v1alpha1",
+        "kind": "CachePolicy",
+        "metadata": {"name": "p", "namespace": "ns", "uid": "u1", "generation": 2},
+        "status": {},
+    }
+
+
 async def test_an_unexpected_reconcile_failure_is_a_condition_not_a_silent_retry(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -161,12 +171,7 @@ async def test_an_unexpected_reconcile_failure_is_a_condition_not_a_silent_retry
 
     from thrifty_operator.handlers.common import Outcome, run
 
-    body: dict[str, Any] = {
-        "apiVersion": "thrifty.dev/v1alpha1",
-        "kind": "CachePolicy",
-        "metadata": {"name": "p", "namespace": "ns", "uid": "u1", "generation": 2},
-        "status": {},
-    }
+    body = policy_body()
 
     async def broken() -> Outcome:
         raise ValueError("not a quantity: '1Xi'")
@@ -224,12 +229,7 @@ async def test_a_reconcile_cut_short_by_the_operators_shutdown_leaves_the_status
     )
     from thrifty_operator.handlers.common import InvalidSpec, Outcome, run
 
-    body: dict[str, Any] = {
-        "apiVersion": "thrifty.dev/v1alpha1",
-        "kind": "CachePolicy",
-        "metadata": {"name": "p", "namespace": "ns", "uid": "u1", "generation": 2},
-        "status": {},
-    }
+    body = policy_body()
 
     async def closed() -> Outcome:
         raise AssertionError  # (aiohttp: self._connector is not None)

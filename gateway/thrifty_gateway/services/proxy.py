@@ -195,6 +195,10 @@ def _check_message(i: int, message: dict[str, Any]) -> None:
             )
 
 
+# A tool call's type -> the object it carries and that object's payload string.
+_CALL_FIELDS = {"function": ("function", "arguments"), "custom": ("custom", "input")}
+
+
 def _well_formed_call(call: Any) -> bool:
     """A function tool call (`type` "function" or absent), or a custom tool's (`type`
     "custom": free-form `input` instead of JSON `arguments`); other types are the
@@ -202,7 +206,7 @@ def _well_formed_call(call: Any) -> bool:
     if not isinstance(call, dict) or not isinstance(call.get("id"), str):
         return False
     kind = call.get("type", "function")
-    fields = {"function": ("function", "arguments"), "custom": ("custom", "input")}.get(kind)
+    fields = _CALL_FIELDS.get(kind) if isinstance(kind, str) else None
     if fields is None:
         return isinstance(kind, str)
     body = call.get(fields[0])
@@ -444,6 +448,7 @@ class Proxy:
         usage = usage_of(answer) or estimate_usage(ctx.body, answer)
         cost = state.catalog.cost(target.model, usage, provider=target.provider)
         headers["x-thrifty-cost-usd"] = f"{cost:.8f}"
+        status, content = resp.status, resp.body
         if not isinstance(answer, dict):
             # An HTML page from a proxy in front of the provider, a cut body: passed on as
             # JSON (with a 200) the SDK raised a JSONDecodeError, which no `except
@@ -452,23 +457,15 @@ class Proxy:
                 f"upstream {target.label} answered HTTP {resp.status} with a body that is "
                 "not a JSON object"
             )
-            outcome = Outcome(error.status, None, usage, target.model, target.label, cost)
-            return Response(
-                orjson.dumps(error.body()),
-                status_code=error.status,
-                media_type=JSON,
-                headers=headers,
-                background=BackgroundTask(self._finish, ctx, outcome),
-            )
-        outcome = Outcome(resp.status, answer, usage, target.model, target.label, cost)
-        content = resp.body
+            status, content, answer = error.status, orjson.dumps(error.body()), None
+        outcome = Outcome(status, answer, usage, target.model, target.label, cost)
         hidden = hide_choice_fields(answer, ctx.hidden_choice_fields)
         if hidden is not None:  # the client did not ask for them: neither it nor caches see them
             content = orjson.dumps(hidden)
             outcome.body, outcome.upstream_body = hidden, answer
         return Response(
             content,
-            status_code=resp.status,
+            status_code=status,
             media_type=JSON,
             headers=headers,
             background=BackgroundTask(self._finish, ctx, outcome),

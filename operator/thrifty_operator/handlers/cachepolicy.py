@@ -33,7 +33,7 @@ from .common import (
     owned_by,
     parse,
     plain,
-    rollout_reason,
+    rollout_stuck,
     statefulset_pod_problem,
     statefulset_state,
 )
@@ -58,7 +58,7 @@ async def _store_state(policy: CachePolicy, owner: Owner, ctx: Context) -> Store
     if stores.redis.managed:
         obj = await ctx.kube.get("apps/v1", "Deployment", ns, names.redis(owner.name))
         redis_ok, msg = deployment_state(obj)
-        stuck = not redis_ok and rollout_reason(obj) == "RolloutStuck"
+        stuck = not redis_ok and rollout_stuck(obj)
         parts.append(f"redis: {msg}")
     if policy.spec.semantic.enabled and stores.qdrant.managed:
         name = names.qdrant(owner.name)

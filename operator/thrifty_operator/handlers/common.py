@@ -270,11 +270,16 @@ def _stuck(obj: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+def rollout_stuck(obj: dict[str, Any] | None) -> bool:
+    """Whether a Deployment's controller says its rollout is stuck (pods it cannot create, a
+    rollout past its progress deadline)."""
+    return obj is not None and bool(_stuck(obj))
+
+
 def rollout_reason(obj: dict[str, Any] | None, progressing: str = "Progressing") -> str:
-    """The reason of a Deployment that is not available: `RolloutStuck` when its controller
-    says it is (pods it cannot create, a rollout past its progress deadline: a Warning),
-    else `progressing` (a rollout on its way: a Normal event)."""
-    return "RolloutStuck" if obj is not None and _stuck(obj) else progressing
+    """The reason of a Deployment that is not available: `RolloutStuck` when it is stuck (a
+    Warning), else `progressing` (a rollout on its way: a Normal event)."""
+    return "RolloutStuck" if rollout_stuck(obj) else progressing
 
 
 def statefulset_state(obj: dict[str, Any] | None) -> tuple[bool, str]:

@@ -73,6 +73,11 @@ class PendingDelete:
 INTENT_PREFIX = "intent:"
 
 
+def _new_deletes(provider: str, file_ids: Sequence[str]) -> dict[str, bytes]:
+    """`provider_files` entries of files to delete, not tried yet."""
+    return dict.fromkeys(file_ids, PendingDelete("", provider, time.time(), 0, 0.0).dump())
+
+
 def intent_job(marker: str) -> str:
     """The job name an intent's lines are kept under until it is adopted."""
     return INTENT_PREFIX + marker
@@ -688,15 +693,13 @@ class RedisQueue:
             pipe.hdel(self.keys.job_failures, job_id)
             pipe.delete(self.keys.job_lines(job_id))
             if provider_files:
-                pending = PendingDelete("", provider, time.time(), 0, 0.0).dump()
-                pipe.hset(self.keys.provider_files, mapping=dict.fromkeys(provider_files, pending))
+                pipe.hset(self.keys.provider_files, mapping=_new_deletes(provider, provider_files))
             await pipe.execute()
 
     async def to_delete(self, provider: str, file_ids: Sequence[str]) -> None:
         """Record provider files to be deleted (before the first try: one that fails is
         retried by the deleter)."""
-        pending = PendingDelete("", provider, time.time(), 0, 0.0).dump()
-        await self.redis.hset(self.keys.provider_files, mapping=dict.fromkeys(file_ids, pending))
+        await self.redis.hset(self.keys.provider_files, mapping=_new_deletes(provider, file_ids))
 
     async def pending_deletes(self) -> list[PendingDelete]:
         """Provider files still to be deleted, with their tries so far."""

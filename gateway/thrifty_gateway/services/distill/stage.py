@@ -224,16 +224,12 @@ class DistillStage:
             self._teacher(ctx, sr, "shadow")
             return None
         answer, seconds, failed = await self._predict(sr, ctx.body)
-        usage = self._teacher_usage(ctx, sr, answer) if answer is not None else None
-        if answer is None or usage is None or answer.confidence < cfg.confidence_threshold:
-            # The student ran and the teacher answers: its inference was paid for all the same
-            # (a loss of the distill lever on this request).
-            ctx.spend("distill", cfg.cost_per_hour * seconds / 3600)
-            self._teacher(ctx, sr, "student_error" if failed else "low_confidence")
+        if answer is None or answer.confidence < cfg.confidence_threshold:
+            self._decline(ctx, sr, seconds, "student_error" if failed else "low_confidence")
             return None
+        usage = self._teacher_usage(ctx, sr, answer)
         if not fits(ctx.body, answer.text, usage.completion_tokens):
-            ctx.spend("distill", cfg.cost_per_hour * seconds / 3600)
-            self._teacher(ctx, sr, "answer_limits")
+            self._decline(ctx, sr, seconds, "answer_limits")
             return None
         if cfg.evaluation_sample_rate and self.rand() < cfg.evaluation_sample_rate:
             st["evaluate"] = answer
@@ -274,6 +270,12 @@ class DistillStage:
         if sr.config.mode != "shadow" and not sr.breaker.allow():
             return "student_unavailable"
         return None
+
+    def _decline(self, ctx: RequestContext, sr: StudentRoute, seconds: float, reason: str) -> None:
+        """The student ran and the teacher answers: its inference was paid for all the same
+        (a loss of the distill lever on this request)."""
+        ctx.spend("distill", sr.config.cost_per_hour * seconds / 3600)
+        self._teacher(ctx, sr, reason)
 
     def _teacher(self, ctx: RequestContext, sr: StudentRoute, reason: str) -> None:
         ctx.response_headers[SERVED_BY] = "teacher"
