@@ -98,6 +98,9 @@ def test_parse_body_refuses_nesting_it_could_not_write_back() -> None:
         ({"messages": [{"role": "assistant", "content": None, "tool_calls": [
             {"id": "c", "type": "custom", "custom": {"name": "sh"}}]}]},
          "messages[0].tool_calls[0]"),
+        ({"messages": [{"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c", "type": ["function"], "function": {"name": "f", "arguments": ""}}]}]},
+         "messages[0].tool_calls[0]"),
         ({"messages": [{"role": "tool", "content": "42"}]}, "messages[0].tool_call_id"),
         ({"messages": [{"role": "tool", "content": "42", "tool_call_id": 7}]},
          "messages[0].tool_call_id"),
